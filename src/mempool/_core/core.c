@@ -1,0 +1,62 @@
+/*
+ * core.c -- what every strategy shares: the registry of operation tables, the
+ * head validation that precedes any deep check, and the default node budget.
+ */
+#include <stdio.h>
+
+#include "mempool.h"
+
+static const mp_ops_t *const registry[] = {
+    [MP_KIND_TLSF] = &mp_tlsf_ops,
+    [MP_KIND_BESTFIT] = &mp_bestfit_ops,
+};
+
+const mp_ops_t *mp_ops_by_kind(unsigned kind)
+{
+    if (kind >= sizeof registry / sizeof registry[0]) return NULL;
+    return registry[kind];
+}
+
+int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, char *msg,
+                     size_t msglen)
+{
+    const mp_head_t *h = st;
+    if (state_len < sizeof(mp_head_t)) {
+        snprintf(msg, msglen, "state of %llu bytes is shorter than its head",
+                 (unsigned long long)state_len);
+        return MP_ECORRUPT;
+    }
+    if (h->magic != MP_STATE_MAGIC) {
+        snprintf(msg, msglen, "bad state magic 0x%08x", h->magic);
+        return MP_ECORRUPT;
+    }
+    if (h->kind != ops->kind) {
+        const mp_ops_t *other = mp_ops_by_kind(h->kind);
+        snprintf(msg, msglen, "state is a %s state, not %s", other ? other->name : "unknown",
+                 ops->name);
+        return MP_ECORRUPT;
+    }
+    if (h->version != MP_STATE_VERSION) {
+        snprintf(msg, msglen, "state format version %u, this build reads %u", h->version,
+                 MP_STATE_VERSION);
+        return MP_ECORRUPT;
+    }
+    if (h->state_size != state_len) {
+        snprintf(msg, msglen, "state says %llu bytes, got %llu", (unsigned long long)h->state_size,
+                 (unsigned long long)state_len);
+        return MP_ECORRUPT;
+    }
+    return MP_OK;
+}
+
+/* One node per 64 bytes of capacity, at least 1024 and at most 2^20 (40 MiB of
+ * nodes), and never more than the capacity (every range holds >= 1 byte, so a
+ * pool of n bytes never needs more than n nodes). */
+uint64_t mp_default_max_blocks(uint64_t capacity)
+{
+    uint64_t n = capacity / 64;
+    if (n < 1024) n = 1024;
+    if (n > ((uint64_t)1 << 20)) n = (uint64_t)1 << 20;
+    if (n > capacity) n = capacity;
+    return n;
+}

@@ -1,0 +1,162 @@
+/*
+ * mempool.h -- the public C API of the mempool core (layer 1).
+ *
+ * C11, no Python.h.  Every strategy manages a span [0, capacity) of offsets and
+ * keeps ALL of its state in one contiguous block of integers (principle 1):
+ *
+ *     +-----------+---------------------------------------------+
+ *     | mp_head_t | strategy-specific tables (indices, bitmaps) |
+ *     +-----------+---------------------------------------------+
+ *     ^ state                                  state + head.state_size ^
+ *
+ * The block holds no pointers, so it can be memcpy'd (snapshot), placed in a
+ * shared segment or a file, and used at any address.  A strategy never reads or
+ * writes the memory it manages (principle 2).
+ *
+ * Every strategy exports
+ *     uint64_t mp_<s>_state_size(params...)          0 when the params are invalid
+ *     int      mp_<s>_init(void *state, params...)
+ * and an mp_ops_t table (mp_<s>_ops) with the operations below.  Callers (the
+ * binding, the replay loop, the pools) go through the table.
+ *
+ * Error model: every operation returns MP_OK or a negative MP_E* code, and a call
+ * that returns an error has changed nothing (principle 3).
+ */
+#ifndef MEMPOOL_H
+#define MEMPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- status codes ---------------------------------------------------------- */
+#define MP_OK 0
+#define MP_ENOSPACE (-1)  /* nothing free fits the request                    */
+#define MP_ENONODES (-2)  /* the state's fixed tables are full (max_blocks)   */
+#define MP_ENOTALLOC (-3) /* offset is not the start of a live range          */
+#define MP_EINVAL (-4)    /* bad argument (size 0, align not a power of two)  */
+#define MP_ECORRUPT (-5)  /* check() found a broken invariant                 */
+
+#define MP_NO_SPACE UINT64_MAX /* sentinel offset for "no range"            */
+#define MP_NIL UINT32_MAX      /* sentinel index in index-linked tables     */
+
+#define MP_STATE_MAGIC 0x5453504dU /* "MPST" little-endian */
+#define MP_STATE_VERSION 1
+
+/* ---- strategy kinds (stable numbers: they are stored in files/segments) ---- */
+enum mp_kind {
+    MP_KIND_TLSF = 1,
+    MP_KIND_BESTFIT = 2,
+    MP_KIND_BUDDY = 3,
+    MP_KIND_BITMAP = 4,
+    MP_KIND_SLAB = 5,
+    MP_KIND_BUMP = 6,
+    MP_KIND_HEAP = 7,
+};
+
+/*
+ * The common head of every state block.  Counters that every strategy keeps
+ * live here so that stats, snapshots and undo (alloc_many) are generic.
+ *
+ *   used      == sum of size_of() over live ranges            (rounding shows)
+ *   requested == sum of the sizes asked for by live ranges    (<= used)
+ *   live      == number of live ranges
+ *   peak_used == max of used over time
+ *   high_water== max over time of (offset + size_of) of any range handed out
+ */
+typedef struct mp_head {
+    uint32_t magic;      /* MP_STATE_MAGIC                                    */
+    uint16_t kind;       /* enum mp_kind                                      */
+    uint16_t version;    /* MP_STATE_VERSION                                  */
+    uint64_t state_size; /* bytes of the whole state block, head included     */
+    uint64_t capacity;   /* bytes managed: offsets are in [0, capacity)      */
+    uint64_t used;       /* see above                                         */
+    uint64_t requested;  /* see above                                         */
+    uint64_t live;       /* see above                                         */
+    uint64_t peak_used;  /* see above                                         */
+    uint64_t high_water; /* see above                                         */
+    uint64_t cursor;     /* strategy scratch that undo must restore (next fit) */
+    uint64_t param[6];   /* the construction parameters (restore/attach)      */
+} mp_head_t;
+
+/* segments(): one call per range in address order; return non-zero to stop. */
+typedef int (*mp_walk_fn)(void *ctx, uint64_t offset, uint64_t size, int allocated);
+
+/* The operation table of a strategy.  All functions are required. */
+typedef struct mp_ops {
+    const char *name; /* "tlsf", "bestfit", ...                             */
+    uint16_t kind;    /* enum mp_kind                                       */
+    /* size >= 1, align a power of two; *out = offset */
+    int (*alloc)(void *st, uint64_t size, uint64_t align, uint64_t *out);
+    int (*free)(void *st, uint64_t offset);
+    /* *out = new offset (== offset when in place); `align` applies when the range
+     * moves; on error nothing changed */
+    int (*realloc)(void *st, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out);
+    int (*size_of)(const void *st, uint64_t offset, uint64_t *out);
+    void (*reset)(void *st);
+    /* Verifies every invariant.  Must never crash or loop on arbitrary bytes
+     * (the state may come from a file or a segment): every index is bounds
+     * checked before it is followed and every walk is bounded.  On failure
+     * writes a message into msg and returns MP_ECORRUPT. */
+    int (*check)(const void *st, uint64_t state_len, char *msg, size_t msglen);
+    int (*walk)(const void *st, mp_walk_fn fn, void *ctx);
+    uint64_t (*largest_free)(const void *st); /* largest size alloc(size, 1) serves */
+    uint64_t (*available)(const void *st);    /* bytes not handed out           */
+    uint64_t (*free_ranges)(const void *st);  /* number of free ranges          */
+} mp_ops_t;
+
+/* ---- helpers every caller may use ------------------------------------------ */
+static inline int mp_is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+/* Validate a state block's head against the table that claims it (no deep check). */
+int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, char *msg,
+                     size_t msglen);
+
+/* Look a strategy's table up by kind, or NULL. */
+const mp_ops_t *mp_ops_by_kind(unsigned kind);
+
+/* ---- the strategies ---------------------------------------------------------- */
+/* TLSF: O(1) two-level segregated fit, exact sizes, merges on free. */
+uint64_t mp_tlsf_state_size(uint64_t capacity, uint64_t max_blocks);
+int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks);
+extern const mp_ops_t mp_tlsf_ops;
+
+/* BestFit: exact best fit in O(log n) (AVL tree keyed by (size, offset)). */
+uint64_t mp_bestfit_state_size(uint64_t capacity, uint64_t max_blocks);
+int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks);
+extern const mp_ops_t mp_bestfit_ops;
+
+/* The default node budget for the range strategies (TLSF, BestFit). */
+uint64_t mp_default_max_blocks(uint64_t capacity);
+
+/* ---- traces and replay (replay.c) -------------------------------------------- */
+enum mp_trace_op { MP_OP_ALLOC = 0, MP_OP_FREE = 1, MP_OP_REALLOC = 2 };
+
+/* Parse a mempool-trace v1 text (without its header line) into the arrays, which
+ * hold room for `cap` ops.  Returns the number of ops, or -1 with *err_line (1-based
+ * line number within the whole text, header = line 1) and err set. */
+int64_t mp_trace_parse(const char *text, uint64_t len, uint64_t cap, uint8_t *op, uint32_t *id,
+                       uint64_t *size, uint32_t *align, uint64_t *err_line, char *err,
+                       size_t errlen);
+
+typedef struct mp_replay_result {
+    uint64_t ops;         /* operations executed                              */
+    uint64_t failures;    /* alloc/realloc that returned an error             */
+    uint64_t peak_used;   /* peak of used (strategy rounding included)        */
+    uint64_t high_water;  /* highest end offset ever handed out               */
+    uint64_t maxlive;     /* peak of the sum of requested sizes of live ids   */
+    uint64_t elapsed_ns;  /* wall time of the op loop (final frees included)  */
+    int status;           /* MP_OK, or MP_EINVAL for a trace that is not valid */
+    uint64_t bad_op;      /* index of the invalid op when status != MP_OK     */
+} mp_replay_result_t;
+
+/* Replay through a strategy.  `ptr` and `live` are scratch arrays of max_id+1
+ * entries.  Size-0 requests are served as size 1. */
+void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
+               const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
+               uint64_t *live, mp_replay_result_t *res);
+/* The same loop through the C library's malloc/free/realloc/posix_memalign. */
+void mp_replay_libc(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
+                    const uint32_t *align, uint32_t max_id, uint64_t *ptr, uint64_t *live,
+                    mp_replay_result_t *res);
+
+#endif /* MEMPOOL_H */

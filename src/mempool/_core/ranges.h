@@ -1,0 +1,617 @@
+/*
+ * ranges.h -- the range engine shared by the exact strategies (TLSF, BestFit).
+ *
+ * A span [0, capacity) is cut into ranges, each described by one node of a fixed
+ * node array.  The nodes form the *physical list* (prev/next by address) that
+ * covers the span without gaps.  Free ranges are also filed in a *free index*
+ * that each strategy supplies (TLSF: segregated bins + bitmaps; BestFit: an AVL
+ * tree keyed by (size, offset)).  Allocated ranges are found by offset through an
+ * open-addressing hash table (linear probing, backward-shift deletion).
+ *
+ * State layout (all integers, no pointers; see mempool.h principle 1):
+ *
+ *   +-----------+-----------+----------------+---------------------+--------------+
+ *   | mp_head_t | mp_rset_t | free index     | mp_rnode_t          | uint32_t     |
+ *   | (counters)| (tables)  | (area_size B)  | nodes[max_blocks]   | table[2^bits]|
+ *   +-----------+-----------+----------------+---------------------+--------------+
+ *
+ * Node life: unused (never touched: index >= top; or returned: on the spare stack,
+ * linked through .next) -> in the physical list, free (in the free index) or
+ * allocated (in the hash table).
+ *
+ * Invariants (checked by rs_check):
+ *  1. The physical list starts at `first`, visits each in-use node once, and its
+ *     ranges are contiguous: node.offset == prev.offset + prev.size, the first at
+ *     0, the last ends at capacity; every size >= 1; prev links mirror next links.
+ *  2. No two physically adjacent ranges are both free (merged on free).
+ *  3. nfree == number of free ranges; head.live == number of allocated ranges;
+ *     head.used == head.requested == sum of allocated sizes.
+ *  4. The hash table holds exactly the allocated nodes, each reachable from its
+ *     home slot without crossing an empty slot.
+ *  5. Spare stack + in-use nodes == top; every spare node is marked unused.
+ *  6. The free index holds exactly the free nodes (checked by the strategy).
+ *
+ * The engine functions are `static inline` and take the strategy's free-index
+ * table as a constant, so each strategy file gets its own specialised copy.
+ */
+#ifndef MEMPOOL_RANGES_H
+#define MEMPOOL_RANGES_H
+
+#include <stdio.h>
+#include <string.h>
+
+#include "mempool.h"
+
+#define RN_INUSE 1u /* node belongs to the physical list                */
+#define RN_FREE 2u  /* the range is free (filed in the free index)      */
+/* bits 8..15 of flags: scratch for the free index (AVL height) */
+
+typedef struct mp_rnode {
+    uint64_t offset;  /* start of the range                              */
+    uint64_t size;    /* bytes, >= 1                                     */
+    uint32_t prev;    /* physical predecessor, MP_NIL for the first      */
+    uint32_t next;    /* physical successor, MP_NIL for the last; spare stack link */
+    uint32_t link[3]; /* free-index links (TLSF: prev/next in bin; AVL: left/right/parent) */
+    uint32_t flags;   /* RN_INUSE | RN_FREE | index scratch << 8         */
+} mp_rnode_t;
+
+typedef struct mp_rset {
+    uint32_t max_blocks; /* nodes in the node array (== head.param[0])     */
+    uint32_t top;        /* nodes [0, top) have been handed out once       */
+    uint32_t spare;      /* stack of returned nodes, MP_NIL when empty     */
+    uint32_t nspare;     /* nodes on the spare stack                       */
+    uint32_t nfree;      /* free ranges                                    */
+    uint32_t first;      /* node at offset 0                               */
+    uint32_t hash_bits;  /* table has 1 << hash_bits slots                 */
+    uint32_t pad;
+} mp_rset_t;
+
+/* The free index a strategy plugs into the engine. */
+typedef struct mp_fidx {
+    uint64_t area_size; /* bytes of the index area after mp_rset_t (multiple of 8) */
+    void (*insert)(void *st, uint32_t i);
+    void (*remove)(void *st, uint32_t i);
+    /* a free node in which an aligned placement of `size` fits, or MP_NIL */
+    uint32_t (*find)(void *st, uint64_t size, uint64_t align);
+    uint64_t (*largest)(const void *st);
+    void (*clear)(void *st);
+    /* verify the index holds exactly the nfree free nodes; write msg, return MP_ECORRUPT */
+    int (*check)(const void *st, char *msg, size_t msglen);
+} mp_fidx_t;
+
+#define RS_HEAD_BYTES ((uint64_t)sizeof(mp_head_t))
+#define RS_AREA_OFF (RS_HEAD_BYTES + (uint64_t)sizeof(mp_rset_t))
+
+static inline mp_head_t *rs_head(void *st) { return (mp_head_t *)st; }
+static inline mp_rset_t *rs_set(void *st) { return (mp_rset_t *)((char *)st + RS_HEAD_BYTES); }
+static inline const mp_rset_t *rs_cset(const void *st)
+{
+    return (const mp_rset_t *)((const char *)st + RS_HEAD_BYTES);
+}
+static inline void *rs_area(void *st) { return (char *)st + RS_AREA_OFF; }
+static inline const void *rs_carea(const void *st) { return (const char *)st + RS_AREA_OFF; }
+static inline mp_rnode_t *rs_nodes(void *st, const mp_fidx_t *fi)
+{
+    return (mp_rnode_t *)((char *)st + RS_AREA_OFF + fi->area_size);
+}
+static inline const mp_rnode_t *rs_cnodes(const void *st, const mp_fidx_t *fi)
+{
+    return (const mp_rnode_t *)((const char *)st + RS_AREA_OFF + fi->area_size);
+}
+static inline uint32_t *rs_table(void *st, const mp_fidx_t *fi)
+{
+    return (uint32_t *)(rs_nodes(st, fi) + rs_set(st)->max_blocks);
+}
+static inline const uint32_t *rs_ctable(const void *st, const mp_fidx_t *fi)
+{
+    return (const uint32_t *)(rs_cnodes(st, fi) + rs_cset(st)->max_blocks);
+}
+
+static inline uint32_t rs_hash_bits(uint64_t max_blocks)
+{
+    uint32_t bits = 4;
+    while (((uint64_t)1 << bits) < 2 * max_blocks) bits++;
+    return bits;
+}
+
+static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uint64_t max_blocks)
+{
+    if (capacity == 0 || max_blocks == 0 || max_blocks >= MP_NIL) return 0;
+    uint32_t bits = rs_hash_bits(max_blocks);
+    uint64_t n = RS_AREA_OFF + fi->area_size + max_blocks * sizeof(mp_rnode_t) +
+                 ((uint64_t)1 << bits) * sizeof(uint32_t);
+    return (n + 7) & ~(uint64_t)7;
+}
+
+static inline uint64_t rs_slot(uint64_t offset, uint32_t bits)
+{
+    return (offset * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+}
+
+/* ---- node pool ----------------------------------------------------------- */
+static inline uint32_t rs_spare_count(const mp_rset_t *rs)
+{
+    return rs->max_blocks - rs->top + rs->nspare;
+}
+
+static inline uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
+{
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint32_t i;
+    if (rs->spare != MP_NIL) {
+        i = rs->spare;
+        rs->spare = nodes[i].next;
+        rs->nspare--;
+    } else {
+        i = rs->top++;
+    }
+    nodes[i].flags = RN_INUSE;
+    nodes[i].link[0] = nodes[i].link[1] = nodes[i].link[2] = MP_NIL;
+    return i;
+}
+
+static inline void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
+{
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    nodes[i].flags = 0;
+    nodes[i].next = rs->spare;
+    nodes[i].prev = MP_NIL;
+    rs->spare = i;
+    rs->nspare++;
+}
+
+/* ---- offset -> allocated node hash table -------------------------------- */
+static inline uint32_t rs_lookup(const void *st, const mp_fidx_t *fi, uint64_t offset)
+{
+    const mp_rset_t *rs = rs_cset(st);
+    const mp_rnode_t *nodes = rs_cnodes(st, fi);
+    const uint32_t *t = rs_ctable(st, fi);
+    uint64_t mask = ((uint64_t)1 << rs->hash_bits) - 1;
+    uint64_t s = rs_slot(offset, rs->hash_bits);
+    for (uint64_t probes = 0; probes <= mask; probes++) { /* bounded: see rs_check */
+        uint32_t i = t[s];
+        if (i == MP_NIL) return MP_NIL;
+        if (nodes[i].offset == offset) return i;
+        s = (s + 1) & mask;
+    }
+    return MP_NIL;
+}
+
+static inline void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
+{
+    mp_rset_t *rs = rs_set(st);
+    uint32_t *t = rs_table(st, fi);
+    uint64_t mask = ((uint64_t)1 << rs->hash_bits) - 1;
+    uint64_t s = rs_slot(rs_nodes(st, fi)[i].offset, rs->hash_bits);
+    while (t[s] != MP_NIL) s = (s + 1) & mask;
+    t[s] = i;
+}
+
+static inline void rs_hash_remove(void *st, const mp_fidx_t *fi, uint32_t i)
+{
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint32_t *t = rs_table(st, fi);
+    uint32_t bits = rs->hash_bits;
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    uint64_t s = rs_slot(nodes[i].offset, bits);
+    while (t[s] != i) s = (s + 1) & mask;
+    /* backward-shift deletion keeps every probe chain unbroken */
+    uint64_t hole = s;
+    for (;;) {
+        s = (s + 1) & mask;
+        uint32_t j = t[s];
+        if (j == MP_NIL) break;
+        uint64_t home = rs_slot(nodes[j].offset, bits);
+        /* move j into the hole when its home is not in (hole, s] cyclically */
+        if (((s - home) & mask) >= ((s - hole) & mask)) {
+            t[hole] = j;
+            hole = s;
+        }
+    }
+    t[hole] = MP_NIL;
+}
+
+/* ---- init / reset -------------------------------------------------------- */
+static inline void rs_reset(void *st, const mp_fidx_t *fi)
+{
+    mp_head_t *h = rs_head(st);
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint32_t *t = rs_table(st, fi);
+    /* only the nodes below top were ever touched; clear the table fully */
+    memset(t, 0xff, ((uint64_t)1 << rs->hash_bits) * sizeof(uint32_t));
+    h->used = h->requested = h->live = 0;
+    h->cursor = 0;
+    rs->top = 0;
+    rs->spare = MP_NIL;
+    rs->nspare = 0;
+    fi->clear(st);
+    uint32_t i = rs_node_new(st, fi);
+    nodes[i].offset = 0;
+    nodes[i].size = h->capacity;
+    nodes[i].prev = nodes[i].next = MP_NIL;
+    nodes[i].flags = RN_INUSE | RN_FREE;
+    rs->first = i;
+    rs->nfree = 1;
+    fi->insert(st, i);
+}
+
+static inline int rs_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t capacity,
+                          uint64_t max_blocks)
+{
+    uint64_t size = rs_state_size(fi, capacity, max_blocks);
+    if (size == 0) return MP_EINVAL;
+    mp_head_t *h = rs_head(st);
+    memset(st, 0, RS_AREA_OFF + fi->area_size);
+    h->magic = MP_STATE_MAGIC;
+    h->kind = kind;
+    h->version = MP_STATE_VERSION;
+    h->state_size = size;
+    h->capacity = capacity;
+    h->param[0] = max_blocks;
+    mp_rset_t *rs = rs_set(st);
+    rs->max_blocks = (uint32_t)max_blocks;
+    rs->hash_bits = rs_hash_bits(max_blocks);
+    rs_reset(st, fi);
+    h->peak_used = h->high_water = 0;
+    return MP_OK;
+}
+
+/* ---- carving and merging ------------------------------------------------- */
+static inline uint64_t rs_align_up(uint64_t x, uint64_t align)
+{
+    return (x + align - 1) & ~(align - 1);
+}
+
+/* Nodes needed to carve [at, at+size) out of free node i. */
+static inline uint32_t rs_carve_cost(const mp_rnode_t *n, uint64_t at, uint64_t size)
+{
+    return (at > n->offset) + (at + size < n->offset + n->size);
+}
+
+static inline void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
+{
+    h->used += size;
+    h->requested += size;
+    h->live++;
+    if (h->used > h->peak_used) h->peak_used = h->used;
+    if (end > h->high_water) h->high_water = end;
+}
+
+/* Turn [at, at+size) of free node i (already removed from the free index) into an
+ * allocated range; the gap in front and the tail stay free.  The caller made sure
+ * that enough nodes are spare.  Returns the allocated node. */
+static inline uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
+                                uint64_t size)
+{
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    rs->nfree--;
+    if (at > nodes[i].offset) { /* the front gap keeps node i */
+        uint32_t g = i;
+        i = rs_node_new(st, fi);
+        nodes = rs_nodes(st, fi);
+        nodes[i].offset = at;
+        nodes[i].size = nodes[g].offset + nodes[g].size - at;
+        nodes[g].size = at - nodes[g].offset;
+        nodes[i].prev = g;
+        nodes[i].next = nodes[g].next;
+        if (nodes[g].next != MP_NIL) nodes[nodes[g].next].prev = i;
+        nodes[g].next = i;
+        nodes[g].flags = RN_INUSE | RN_FREE;
+        rs->nfree++;
+        fi->insert(st, g);
+    }
+    if (nodes[i].size > size) { /* the tail */
+        uint32_t t = rs_node_new(st, fi);
+        nodes[t].offset = at + size;
+        nodes[t].size = nodes[i].size - size;
+        nodes[t].prev = i;
+        nodes[t].next = nodes[i].next;
+        if (nodes[i].next != MP_NIL) nodes[nodes[i].next].prev = t;
+        nodes[i].next = t;
+        nodes[i].size = size;
+        nodes[t].flags = RN_INUSE | RN_FREE;
+        rs->nfree++;
+        fi->insert(st, t);
+    }
+    nodes[i].flags = RN_INUSE;
+    rs_hash_insert(st, fi, i);
+    rs_note_alloc(rs_head(st), at + size, size);
+    return i;
+}
+
+static inline int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
+                           uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    uint32_t i = fi->find(st, size, align);
+    if (i == MP_NIL) return MP_ENOSPACE;
+    mp_rnode_t *n = &rs_nodes(st, fi)[i];
+    uint64_t at = rs_align_up(n->offset, align);
+    if (rs_carve_cost(n, at, size) > rs_spare_count(rs_set(st))) return MP_ENONODES;
+    fi->remove(st, i);
+    rs_carve(st, fi, i, at, size);
+    *out = at;
+    return MP_OK;
+}
+
+/* Unlink node j (physically after i) and give it back; i absorbs nothing here. */
+static inline void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
+{
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint32_t p = nodes[j].prev, q = nodes[j].next;
+    if (p != MP_NIL) nodes[p].next = q;
+    else rs_set(st)->first = q;
+    if (q != MP_NIL) nodes[q].prev = p;
+    rs_node_release(st, fi, j);
+}
+
+/* Free allocated node i (already out of the hash table), merging with free
+ * neighbours; returns the node of the merged free range (filed in the index). */
+static inline uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
+{
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint32_t p = nodes[i].prev, q = nodes[i].next;
+    if (q != MP_NIL && (nodes[q].flags & RN_FREE)) {
+        fi->remove(st, q);
+        nodes[i].size += nodes[q].size;
+        rs_unlink(st, fi, q);
+        rs->nfree--;
+    }
+    if (p != MP_NIL && (nodes[p].flags & RN_FREE)) {
+        fi->remove(st, p);
+        nodes[p].size += nodes[i].size;
+        rs_unlink(st, fi, i);
+        rs->nfree--;
+        i = p;
+    }
+    nodes[i].flags = RN_INUSE | RN_FREE;
+    rs->nfree++;
+    fi->insert(st, i);
+    return i;
+}
+
+static inline int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
+{
+    uint32_t i = rs_lookup(st, fi, offset);
+    if (i == MP_NIL) return MP_ENOTALLOC;
+    mp_head_t *h = rs_head(st);
+    uint64_t size = rs_nodes(st, fi)[i].size;
+    rs_hash_remove(st, fi, i);
+    h->used -= size;
+    h->requested -= size;
+    h->live--;
+    rs_release(st, fi, i);
+    return MP_OK;
+}
+
+static inline int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t *out)
+{
+    uint32_t i = rs_lookup(st, fi, offset);
+    if (i == MP_NIL) return MP_ENOTALLOC;
+    *out = rs_cnodes(st, fi)[i].size;
+    return MP_OK;
+}
+
+/* realloc: in place (shrink, or grow into a free successor), else moved to a new
+ * range, else moved down into the free predecessor (overlapping: the caller uses
+ * memmove).  On error nothing changed. */
+static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
+                             uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    uint32_t i = rs_lookup(st, fi, offset);
+    if (i == MP_NIL) return MP_ENOTALLOC;
+    mp_head_t *h = rs_head(st);
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi);
+    uint64_t old = nodes[i].size;
+    uint32_t q = nodes[i].next;
+    int qfree = q != MP_NIL && (nodes[q].flags & RN_FREE);
+    *out = offset;
+    if (size == old) return MP_OK;
+    if (size < old) { /* shrink: the tail goes back */
+        uint64_t delta = old - size;
+        if (qfree) {
+            fi->remove(st, q);
+            nodes[q].offset -= delta;
+            nodes[q].size += delta;
+            fi->insert(st, q);
+        } else {
+            if (rs_spare_count(rs) < 1) return MP_ENONODES;
+            uint32_t t = rs_node_new(st, fi);
+            nodes[t].offset = offset + size;
+            nodes[t].size = delta;
+            nodes[t].prev = i;
+            nodes[t].next = q;
+            if (q != MP_NIL) nodes[q].prev = t;
+            nodes[i].next = t;
+            nodes[t].flags = RN_INUSE | RN_FREE;
+            rs->nfree++;
+            fi->insert(st, t);
+        }
+        nodes[i].size = size;
+        h->used -= delta;
+        h->requested -= delta;
+        return MP_OK;
+    }
+    uint64_t delta = size - old;
+    if (qfree && nodes[q].size >= delta) { /* grow in place */
+        fi->remove(st, q);
+        if (nodes[q].size == delta) {
+            rs_unlink(st, fi, q);
+            rs->nfree--;
+        } else {
+            nodes[q].offset += delta;
+            nodes[q].size -= delta;
+            fi->insert(st, q);
+        }
+        nodes[i].size = size;
+        h->used += delta;
+        h->requested += delta;
+        if (h->used > h->peak_used) h->peak_used = h->used;
+        if (offset + size > h->high_water) h->high_water = offset + size;
+        return MP_OK;
+    }
+    /* move elsewhere: allocate while the old range is still held */
+    uint64_t at;
+    int rc = rs_alloc(st, fi, size, align, &at);
+    if (rc == MP_OK) {
+        rs_free(st, fi, offset);
+        *out = at;
+        return MP_OK;
+    }
+    /* move down: the free predecessor + this range + a free successor */
+    uint32_t p = nodes[i].prev;
+    if (p == MP_NIL || !(nodes[p].flags & RN_FREE)) return rc;
+    uint64_t start = nodes[p].offset;
+    uint64_t end = qfree ? nodes[q].offset + nodes[q].size : offset + old;
+    uint64_t a = rs_align_up(start, align);
+    if (a < start || a > end || end - a < size) return rc;
+    /* merging releases 1 (+1 with q) node; carving needs up to 2 */
+    uint32_t spare = rs_spare_count(rs) + 1 + (uint32_t)qfree;
+    if ((uint32_t)((a > start) + (a + size < end)) > spare) return MP_ENONODES;
+    rs_hash_remove(st, fi, i);
+    h->used -= old;
+    h->requested -= old;
+    h->live--;
+    uint32_t f = rs_release(st, fi, i);
+    fi->remove(st, f);
+    rs_carve(st, fi, f, a, size);
+    *out = a;
+    return MP_OK;
+}
+
+/* ---- queries ------------------------------------------------------------- */
+static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx)
+{
+    const mp_rset_t *rs = rs_cset(st);
+    const mp_rnode_t *nodes = rs_cnodes(st, fi);
+    uint64_t steps = 0;
+    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; i = nodes[i].next) {
+        steps++;
+        int r = fn(ctx, nodes[i].offset, nodes[i].size, !(nodes[i].flags & RN_FREE));
+        if (r) return r;
+    }
+    return MP_OK;
+}
+
+/* ---- check ---------------------------------------------------------------- */
+#define RS_FAIL(...)                                                                             \
+    do {                                                                                         \
+        snprintf(msg, msglen, __VA_ARGS__);                                                      \
+        return MP_ECORRUPT;                                                                      \
+    } while (0)
+
+/* Validate the head and the layout against params before touching any table. */
+static inline int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *fi,
+                                  uint16_t kind, char *msg, size_t msglen)
+{
+    if (state_len < RS_AREA_OFF + fi->area_size) RS_FAIL("state too short: %llu bytes",
+                                                          (unsigned long long)state_len);
+    const mp_head_t *h = (const mp_head_t *)st;
+    const mp_rset_t *rs = rs_cset(st);
+    if (h->magic != MP_STATE_MAGIC) RS_FAIL("bad state magic 0x%08x", h->magic);
+    if (h->kind != kind) RS_FAIL("state is of kind %u, not %u", h->kind, kind);
+    if (h->version != MP_STATE_VERSION) RS_FAIL("state version %u, expected %u", h->version,
+                                                MP_STATE_VERSION);
+    uint64_t want = rs_state_size(fi, h->capacity, h->param[0]);
+    if (want == 0) RS_FAIL("bad parameters: capacity %llu, max_blocks %llu",
+                           (unsigned long long)h->capacity, (unsigned long long)h->param[0]);
+    if (h->state_size != want || state_len < want)
+        RS_FAIL("state size %llu (buffer %llu), parameters need %llu",
+                (unsigned long long)h->state_size, (unsigned long long)state_len,
+                (unsigned long long)want);
+    if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]))
+        RS_FAIL("node table header does not match parameters");
+    if (rs->top > rs->max_blocks) RS_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
+    if (rs->nspare > rs->top) RS_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
+    return MP_OK;
+}
+
+static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *fi,
+                           uint16_t kind, char *msg, size_t msglen)
+{
+    int rc = rs_check_layout(st, state_len, fi, kind, msg, msglen);
+    if (rc) return rc;
+    const mp_head_t *h = (const mp_head_t *)st;
+    const mp_rset_t *rs = rs_cset(st);
+    const mp_rnode_t *nodes = rs_cnodes(st, fi);
+    const uint32_t *t = rs_ctable(st, fi);
+    uint32_t top = rs->top;
+    /* 5: the spare stack */
+    uint32_t nsp = 0;
+    for (uint32_t i = rs->spare; i != MP_NIL; i = nodes[i].next) {
+        if (i >= top) RS_FAIL("spare node %u beyond watermark %u", i, top);
+        if (nodes[i].flags != 0) RS_FAIL("spare node %u is marked in use", i);
+        if (++nsp > rs->nspare) RS_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
+    }
+    if (nsp != rs->nspare) RS_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
+    /* 4: the table holds only allocated nodes (before any lookup follows it) */
+    uint64_t entries = 0, slots = (uint64_t)1 << rs->hash_bits;
+    for (uint64_t s = 0; s < slots; s++) {
+        uint32_t i = t[s];
+        if (i == MP_NIL) continue;
+        if (i >= top || (nodes[i].flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
+            RS_FAIL("offset table slot %llu holds node %u, which is not allocated",
+                    (unsigned long long)s, i);
+        entries++;
+    }
+    /* 1-3: the physical list */
+    uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
+    uint32_t prev = MP_NIL;
+    int prev_free = 0;
+    for (uint32_t i = rs->first; i != MP_NIL; i = nodes[i].next) {
+        if (i >= top) RS_FAIL("node %u beyond watermark %u", i, top);
+        if (++walked > (uint64_t)top - nsp) RS_FAIL("physical list longer than the in-use nodes");
+        const mp_rnode_t *n = &nodes[i];
+        if (!(n->flags & RN_INUSE)) RS_FAIL("node %u in the list is not in use", i);
+        if (n->prev != prev) RS_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
+        if (n->offset != expect) RS_FAIL("node %u at offset %llu, expected %llu", i,
+                                         (unsigned long long)n->offset,
+                                         (unsigned long long)expect);
+        if (n->size == 0 || n->size > h->capacity - n->offset)
+            RS_FAIL("node %u: size %llu at %llu leaves the span", i, (unsigned long long)n->size,
+                    (unsigned long long)n->offset);
+        int fr = (n->flags & RN_FREE) != 0;
+        if (fr && prev_free) RS_FAIL("free ranges at %llu and before are not merged",
+                                     (unsigned long long)n->offset);
+        if (fr) nfree++;
+        else {
+            live++;
+            used += n->size;
+            if (rs_lookup(st, fi, n->offset) != i)
+                RS_FAIL("allocated range at %llu is not in the offset table",
+                        (unsigned long long)n->offset);
+        }
+        expect = n->offset + n->size;
+        prev = i;
+        prev_free = fr;
+    }
+    if (expect != h->capacity) RS_FAIL("ranges end at %llu, capacity is %llu",
+                                       (unsigned long long)expect,
+                                       (unsigned long long)h->capacity);
+    if (walked != (uint64_t)top - nsp) RS_FAIL("%llu nodes in the list, %u in use",
+                                               (unsigned long long)walked, top - nsp);
+    if (nfree != rs->nfree) RS_FAIL("%llu free ranges, count says %u", (unsigned long long)nfree,
+                                    rs->nfree);
+    if (live != h->live) RS_FAIL("%llu live ranges, count says %llu", (unsigned long long)live,
+                                 (unsigned long long)h->live);
+    if (used != h->used || used != h->requested)
+        RS_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu",
+                (unsigned long long)used, (unsigned long long)h->used,
+                (unsigned long long)h->requested);
+    if (h->peak_used < h->used) RS_FAIL("peak_used below used");
+    if (h->high_water > h->capacity) RS_FAIL("high_water beyond capacity");
+    if (entries != live) RS_FAIL("offset table holds %llu entries for %llu live ranges",
+                                 (unsigned long long)entries, (unsigned long long)live);
+    /* 6 */
+    return fi->check(st, msg, msglen);
+}
+
+#endif /* MEMPOOL_RANGES_H */
