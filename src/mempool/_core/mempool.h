@@ -149,6 +149,12 @@ typedef struct mp_replay_result {
     uint64_t bad_op;      /* index of the invalid op when status != MP_OK     */
 } mp_replay_result_t;
 
+/* Validate a parsed trace (ids <= max_id, 'a' on a free id, 'f'/'r' on a live id,
+ * no realloc to 0); `live` is scratch of max_id+1 entries.  Returns MP_OK with
+ * res->maxlive set, or MP_EINVAL with res->bad_op = index of the first bad op. */
+int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
+                      uint32_t max_id, uint64_t *live, mp_replay_result_t *res);
+
 /* Replay through a strategy.  `ptr` and `live` are scratch arrays of max_id+1
  * entries.  Size-0 requests are served as size 1. */
 void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,

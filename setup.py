@@ -1,0 +1,36 @@
+"""Build the one C extension, mempool._mempool, from _core/ (the strategies, C11,
+no Python.h) and _native/ (the CPython binding).
+
+Build switches (environment):
+    MEMPOOL_SANITIZE=1   ASan + UBSan, -O1 -g, aborting on the first report
+    MEMPOOL_DEBUG=1      -O0 -g and MP_DEBUG
+"""
+
+import os
+from glob import glob
+
+from setuptools import Extension, setup
+
+sources = sorted(glob("src/mempool/_core/*.c")) + sorted(glob("src/mempool/_native/*.c"))
+cflags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+ldflags = []
+if os.environ.get("MEMPOOL_SANITIZE") == "1":
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+    cflags += san + ["-O1", "-g"]
+    ldflags += san
+elif os.environ.get("MEMPOOL_DEBUG") == "1":
+    cflags += ["-O0", "-g", "-DMP_DEBUG=1"]
+else:
+    cflags += ["-O2"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "mempool._mempool",
+            sources=sources,
+            depends=sorted(glob("src/mempool/_core/*.h")) + sorted(glob("src/mempool/_native/*.h")),
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    ]
+)

@@ -1,0 +1,119 @@
+/*
+ * args.c -- argument readers shared by every type.
+ *
+ * Integers only: an exact int takes the fast path; int subclasses and objects
+ * with __index__ (NumPy integers) are accepted; floats, strings and anything
+ * else raise TypeError naming the argument.  Negative values raise ValueError.
+ */
+#include "native.h"
+
+static int read_long(PyObject *o, const char *name, int minimum, uint64_t *out)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow == 0) {
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 0) {
+            PyErr_Format(PyExc_ValueError, "%s must be >= %d, got %lld", name, minimum, v);
+            return -1;
+        }
+        *out = (uint64_t)v;
+        return 0;
+    }
+    if (overflow < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= %d, got %S", name, minimum, o);
+        return -1;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        *out = UINT64_MAX;
+        return 1;
+    }
+    *out = u;
+    return 0;
+}
+
+static int read_int(PyObject *o, const char *name, int minimum, uint64_t *out)
+{
+    if (PyLong_CheckExact(o)) return read_long(o, name, minimum, out);
+    if (PyFloat_Check(o) || !PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an integer, not %.100s", name,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(o);
+    if (!i) return -1;
+    int rc = read_long(i, name, minimum, out);
+    Py_DECREF(i);
+    return rc;
+}
+
+int mp_arg_u64(PyObject *o, const char *name, uint64_t *out) { return read_int(o, name, 0, out); }
+
+int mp_arg_size(PyObject *o, const char *name, uint64_t *out)
+{
+    int rc = read_int(o, name, 1, out);
+    if (rc == 0 && *out == 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 1, got 0", name);
+        return -1;
+    }
+    return rc;
+}
+
+int mp_arg_align(PyObject *o, uint64_t *out)
+{
+    int rc = mp_arg_u64(o, "align", out);
+    if (rc < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "align must be a positive power of two, got %S", o);
+        }
+        return -1;
+    }
+    if (rc > 0 || !mp_is_pow2(*out)) {
+        PyErr_Format(PyExc_ValueError, "align must be a positive power of two, got %S", o);
+        return -1;
+    }
+    return 0;
+}
+
+int mp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nparams, int nreq, PyObject **vals)
+{
+    if (nargs > nparams) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
+                     nparams, nargs);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++) vals[k] = args[k];
+    int seen = (int)nargs;
+    if (kwnames) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nkw; k++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+            int j;
+            for (j = 0; j < nparams; j++)
+                if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) break;
+            if (j == nparams) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, key);
+                return -1;
+            }
+            if (j < nargs) {
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                             fname, names[j]);
+                return -1;
+            }
+            vals[j] = args[nargs + k];
+            if (j >= seen) seen = j + 1;
+        }
+    }
+    for (int j = 0; j < nreq; j++)
+        if (!vals[j]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+    return 0;
+}

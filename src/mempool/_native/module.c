@@ -1,0 +1,219 @@
+/*
+ * module.c -- mempool._mempool: module init, the error types, and the trace
+ * functions (parse into arrays, replay through a strategy or through libc).
+ */
+#include "native.h"
+
+PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
+    *mp_PoolClosed, *mp_StatsType;
+
+/* A contiguous buffer of exactly n items of itemsize bytes (writable when asked). */
+static int get_array(PyObject *o, const char *name, Py_ssize_t itemsize, int writable,
+                     Py_buffer *view)
+{
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, view, flags) < 0) return -1;
+    if (view->len % itemsize) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "%s must hold %zd-byte items", name, itemsize);
+        return -1;
+    }
+    return 0;
+}
+
+/* parse_trace(text, op, id, size, align) -> number of ops */
+static PyObject *ext_parse_trace(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *objs[5];
+    Py_buffer v[5];
+    static const char *names[] = {"text", "op", "id", "size", "align"};
+    static const Py_ssize_t isz[] = {1, 1, 4, 8, 4};
+    if (!PyArg_ParseTuple(args, "OOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4]))
+        return NULL;
+    int got = 0;
+    PyObject *ret = NULL;
+    for (; got < 5; got++)
+        if (get_array(objs[got], names[got], isz[got], got > 0, &v[got]) < 0) goto done;
+    uint64_t cap = (uint64_t)v[1].len;
+    if ((uint64_t)v[2].len / 4 < cap || (uint64_t)v[3].len / 8 < cap || (uint64_t)v[4].len / 4 < cap) {
+        PyErr_SetString(PyExc_ValueError, "output arrays differ in length");
+        goto done;
+    }
+    uint64_t err_line = 0;
+    char err[200];
+    int64_t n = mp_trace_parse(v[0].buf, (uint64_t)v[0].len, cap, v[1].buf, v[2].buf, v[3].buf,
+                               v[4].buf, &err_line, err, sizeof err);
+    if (n < 0) PyErr_Format(PyExc_ValueError, "line %llu: %s", (unsigned long long)err_line, err);
+    else ret = PyLong_FromLongLong(n);
+done:
+    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    return ret;
+}
+
+static PyObject *result_dict(const mp_replay_result_t *r)
+{
+    return Py_BuildValue("{sKsKsKsKsKsK}", "ops", (unsigned long long)r->ops, "failures",
+                         (unsigned long long)r->failures, "peak_used",
+                         (unsigned long long)r->peak_used, "high_water",
+                         (unsigned long long)r->high_water, "maxlive",
+                         (unsigned long long)r->maxlive, "elapsed_ns",
+                         (unsigned long long)r->elapsed_ns);
+}
+
+/* replay(strategy or None, op, id, size, align, max_id) -> dict; None = libc */
+static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *strat, *objs[4];
+    unsigned long max_id;
+    if (!PyArg_ParseTuple(args, "OOOOOk", &strat, &objs[0], &objs[1], &objs[2], &objs[3], &max_id))
+        return NULL;
+    if (strat != Py_None && !PyObject_TypeCheck(strat, &StrategyType)) {
+        PyErr_SetString(PyExc_TypeError, "replay() needs a strategy object or None (libc)");
+        return NULL;
+    }
+    if (max_id >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "max_id too large");
+        return NULL;
+    }
+    static const char *names[] = {"op", "id", "size", "align"};
+    static const Py_ssize_t isz[] = {1, 4, 8, 4};
+    Py_buffer v[4];
+    int got = 0;
+    PyObject *ret = NULL;
+    uint64_t *scratch = NULL;
+    for (; got < 4; got++)
+        if (get_array(objs[got], names[got], isz[got], 0, &v[got]) < 0) goto done;
+    uint64_t n = (uint64_t)v[0].len;
+    if ((uint64_t)v[1].len / 4 != n || (uint64_t)v[2].len / 8 != n || (uint64_t)v[3].len / 4 != n) {
+        PyErr_SetString(PyExc_ValueError, "trace arrays differ in length");
+        goto done;
+    }
+    scratch = PyMem_RawMalloc(2 * ((size_t)max_id + 1) * sizeof *scratch);
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mp_replay_result_t r;
+    if (strat == Py_None) {
+        mp_replay_libc(n, v[0].buf, v[1].buf, v[2].buf, v[3].buf, (uint32_t)max_id, scratch,
+                       scratch + max_id + 1, &r);
+    } else {
+        StrategyObject *s = (StrategyObject *)strat;
+        if (!s->st) {
+            PyErr_SetString(mp_PoolClosed, "the strategy is closed");
+            goto done;
+        }
+        if (((mp_head_t *)s->st)->live) {
+            PyErr_SetString(PyExc_ValueError, "replay() needs an empty strategy");
+            goto done;
+        }
+        mp_replay(s->ops, s->st, n, v[0].buf, v[1].buf, v[2].buf, v[3].buf, (uint32_t)max_id,
+                  scratch, scratch + max_id + 1, &r);
+    }
+    if (r.status != MP_OK)
+        PyErr_Format(PyExc_ValueError, "the trace is not valid at operation %llu (an id out of "
+                     "range, an 'a' on a live id, or an 'f'/'r' on a free id)",
+                     (unsigned long long)r.bad_op);
+    else ret = result_dict(&r);
+done:
+    PyMem_RawFree(scratch);
+    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    return ret;
+}
+
+/* validate_trace(op, id, size, align, max_id) -> maxlive; ValueError naming the op */
+static PyObject *ext_validate_trace(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *objs[4];
+    unsigned long max_id;
+    if (!PyArg_ParseTuple(args, "OOOOk", &objs[0], &objs[1], &objs[2], &objs[3], &max_id))
+        return NULL;
+    if (max_id >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "max_id too large");
+        return NULL;
+    }
+    static const char *names[] = {"op", "id", "size", "align"};
+    static const Py_ssize_t isz[] = {1, 4, 8, 4};
+    Py_buffer v[4];
+    int got = 0;
+    PyObject *ret = NULL;
+    uint64_t *scratch = NULL;
+    for (; got < 4; got++)
+        if (get_array(objs[got], names[got], isz[got], 0, &v[got]) < 0) goto done;
+    uint64_t n = (uint64_t)v[0].len;
+    if ((uint64_t)v[1].len / 4 != n || (uint64_t)v[2].len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "trace arrays differ in length");
+        goto done;
+    }
+    scratch = PyMem_RawMalloc(((size_t)max_id + 1) * sizeof *scratch);
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    mp_replay_result_t r = {0};
+    if (mp_trace_validate(n, v[0].buf, v[1].buf, v[2].buf, (uint32_t)max_id, scratch, &r))
+        ret = Py_BuildValue("(OK)", Py_False, (unsigned long long)r.bad_op);
+    else ret = Py_BuildValue("(OK)", Py_True, (unsigned long long)r.maxlive);
+done:
+    PyMem_RawFree(scratch);
+    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    return ret;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},
+    {"validate_trace", ext_validate_trace, METH_VARARGS,
+     "validate_trace(op, id, size, align, max_id)\n--\n\n"
+     "(True, maxlive) for a valid trace, (False, index of the first invalid op) otherwise."},
+    {"parse_trace", ext_parse_trace, METH_VARARGS,
+     "parse_trace(text, op, id, size, align)\n--\n\n"
+     "Parse trace text into preallocated arrays (uint8, uint32, uint64, uint32); returns\n"
+     "the number of ops.  Raises ValueError('line N: ...') on malformed input."},
+    {"replay", ext_replay, METH_VARARGS,
+     "replay(strategy, op, id, size, align, max_id)\n--\n\n"
+     "Replay a parsed trace in C through `strategy` (None: the C library's malloc)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "mempool._mempool",
+    "The C core of mempool: strategy types and trace replay.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+static int import_names(void)
+{
+    PyObject *errors = PyImport_ImportModule("mempool.errors");
+    if (!errors) return -1;
+    struct {
+        PyObject **dst;
+        const char *name;
+    } want[] = {{&mp_MempoolError, "MempoolError"}, {&mp_OutOfSpace, "OutOfSpace"},
+                {&mp_NotAllocated, "NotAllocated"}, {&mp_CorruptionError, "CorruptionError"},
+                {&mp_PoolClosed, "PoolClosed"}};
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        *want[k].dst = PyObject_GetAttrString(errors, want[k].name);
+        if (!*want[k].dst) {
+            Py_DECREF(errors);
+            return -1;
+        }
+    }
+    Py_DECREF(errors);
+    PyObject *stats = PyImport_ImportModule("mempool.stats");
+    if (!stats) return -1;
+    mp_StatsType = PyObject_GetAttrString(stats, "Stats");
+    Py_DECREF(stats);
+    return mp_StatsType ? 0 : -1;
+}
+
+PyMODINIT_FUNC PyInit__mempool(void)
+{
+    if (import_names() < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

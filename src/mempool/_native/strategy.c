@@ -1,0 +1,648 @@
+/*
+ * strategy.c -- the base type mempool._mempool.Strategy.
+ *
+ * Every strategy type (TLSF, BestFit, ...) is a subclass that only supplies a
+ * constructor and, where it has them, extra methods.  Everything in the strategy
+ * interface of DESIGN.md is implemented here once, over the mp_ops_t table the
+ * object carries.  The hot methods (alloc, free, realloc, size_of) are
+ * METH_FASTCALL with the arguments read by hand and create no object on success
+ * but the returned int.
+ */
+#include "native.h"
+
+#include <string.h>
+
+#define MAX_TYPES 16
+static struct {
+    PyTypeObject *type;
+    const mp_ops_t *ops;
+} types[MAX_TYPES];
+static int ntypes;
+
+int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops)
+{
+    if (ntypes == MAX_TYPES) {
+        PyErr_SetString(PyExc_RuntimeError, "too many strategy types");
+        return -1;
+    }
+    type->tp_base = &StrategyType;
+    if (PyType_Ready(type) < 0) return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, strrchr(type->tp_name, '.') + 1, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    types[ntypes].type = type;
+    types[ntypes].ops = ops;
+    ntypes++;
+    return 0;
+}
+
+const mp_ops_t *mp_ops_of_type(PyTypeObject *type)
+{
+    for (PyTypeObject *t = type; t; t = t->tp_base)
+        for (int k = 0; k < ntypes; k++)
+            if (types[k].type == t) return types[k].ops;
+    return NULL;
+}
+
+PyTypeObject *mp_type_of_ops(const mp_ops_t *ops)
+{
+    for (int k = 0; k < ntypes; k++)
+        if (types[k].ops == ops) return types[k].type;
+    return NULL;
+}
+
+StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len)
+{
+    if (st_len > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    void *st = PyMem_RawMalloc((size_t)st_len);
+    if (!st) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    StrategyObject *self = (StrategyObject *)cls->tp_alloc(cls, 0);
+    if (!self) {
+        PyMem_RawFree(st);
+        return NULL;
+    }
+    self->ops = ops;
+    self->st = st;
+    self->st_len = st_len;
+    self->owns = 1;
+    return self;
+}
+
+static void strategy_dealloc(StrategyObject *self)
+{
+    if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->owns) PyMem_RawFree(self->st);
+    if (self->owner) {
+        PyBuffer_Release(&self->owner_view);
+        Py_CLEAR(self->owner);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ---- errors ---------------------------------------------------------------------- */
+static const mp_head_t *head(StrategyObject *self) { return (const mp_head_t *)self->st; }
+
+static PyObject *raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size,
+                           const char *fmt_reason)
+{
+    uint64_t avail = self->ops->available(self->st);
+    uint64_t largest = self->ops->largest_free(self->st);
+    PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
+    if (!sz) return NULL;
+    PyObject *msg = PyUnicode_FromFormat("cannot allocate %S bytes: %s (%llu bytes available, "
+                                         "largest free range %llu)",
+                                         sz, fmt_reason, (unsigned long long)avail,
+                                         (unsigned long long)largest);
+    if (!msg) {
+        Py_DECREF(sz);
+        return NULL;
+    }
+    PyObject *exc = PyObject_CallFunction(mp_OutOfSpace, "OOKK", msg, sz,
+                                          (unsigned long long)avail,
+                                          (unsigned long long)largest);
+    Py_DECREF(msg);
+    Py_DECREF(sz);
+    if (exc) {
+        PyErr_SetObject(mp_OutOfSpace, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset)
+{
+    (void)align;
+    switch (rc) {
+    case MP_ENOSPACE:
+        return raise_oos(self, NULL, size, "no free range fits");
+    case MP_ENONODES:
+        return raise_oos(self, NULL, size, "the state's range table is full (max_blocks)");
+    case MP_ENOTALLOC:
+        PyErr_Format(mp_NotAllocated, "offset %llu is not the start of a live range",
+                     (unsigned long long)offset);
+        return NULL;
+    case MP_EINVAL:
+        PyErr_SetString(PyExc_ValueError, "invalid argument");
+        return NULL;
+    default:
+        PyErr_Format(mp_CorruptionError, "strategy returned error %d", rc);
+        return NULL;
+    }
+}
+
+static int closed(StrategyObject *self)
+{
+    if (self->st) return 0;
+    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
+    return 1;
+}
+
+/* ---- hot methods ------------------------------------------------------------------- */
+static const char *const alloc_names[] = {"size", "align"};
+
+static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *vals[2] = {NULL, NULL};
+    uint64_t size, align = 1, off;
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
+        return NULL;
+    int rc = mp_arg_size(vals[0], "size", &size);
+    if (rc < 0) return NULL;
+    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
+    if (closed(self)) return NULL;
+    if (rc > 0) return raise_oos(self, vals[0], size, "larger than the capacity");
+    rc = self->ops->alloc(self->st, size, align, &off);
+    if (rc) return mp_raise(self, rc, size, align, 0);
+    return PyLong_FromUnsignedLongLong(off);
+}
+
+static int read_offset(PyObject *o, uint64_t *off)
+{
+    int rc = mp_arg_u64(o, "offset", off);
+    if (rc > 0) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", o);
+        return -1;
+    }
+    return rc;
+}
+
+static PyObject *ext_strategy_free(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t off;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "free() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (read_offset(args[0], &off) < 0 || closed(self)) return NULL;
+    int rc = self->ops->free(self->st, off);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    Py_RETURN_NONE;
+}
+
+static const char *const realloc_names[] = {"offset", "size", "align"};
+
+static PyObject *ext_strategy_realloc(StrategyObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *vals[3] = {NULL, NULL, NULL};
+    uint64_t off, size, align = 1, out;
+    if (mp_parse_args("realloc", args, nargs, kwnames, realloc_names, 3, 2, vals) < 0)
+        return NULL;
+    if (read_offset(vals[0], &off) < 0) return NULL;
+    int big = mp_arg_size(vals[1], "size", &size);
+    if (big < 0) return NULL;
+    if (vals[2] && mp_arg_align(vals[2], &align) < 0) return NULL;
+    if (closed(self)) return NULL;
+    uint64_t cur;
+    int rc = self->ops->size_of(self->st, off, &cur);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    if (big) return raise_oos(self, vals[1], size, "larger than the capacity");
+    rc = self->ops->realloc(self->st, off, size, align, &out);
+    if (rc) return mp_raise(self, rc, size, align, off);
+    return PyLong_FromUnsignedLongLong(out);
+}
+
+static PyObject *ext_strategy_size_of(StrategyObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs)
+{
+    uint64_t off, size;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "size_of() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (read_offset(args[0], &off) < 0 || closed(self)) return NULL;
+    int rc = self->ops->size_of(self->st, off, &size);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    return PyLong_FromUnsignedLongLong(size);
+}
+
+/* ---- batch methods -------------------------------------------------------------- */
+static PyObject *np_call(const char *fn, PyObject *arg)
+{
+    static PyObject *np;
+    if (!np && !(np = PyImport_ImportModule("numpy"))) return NULL;
+    return PyObject_CallMethod(np, fn, "Os", arg, "int64");
+}
+
+/* A contiguous int64 view of `obj` (converted through numpy when it is not one). */
+static int int64_view(PyObject *obj, const char *name, PyObject **holder, Py_buffer *view)
+{
+    *holder = NULL;
+    if (PyObject_CheckBuffer(obj) && PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
+        const char *f = view->format ? view->format : "B";
+        if (*f == '<' || *f == '=' || *f == '@') f++;
+        if (view->itemsize == 8 && (f[0] == 'q' || f[0] == 'l') && f[1] == 0) return 0;
+        PyBuffer_Release(view);
+    }
+    PyErr_Clear();
+    PyObject *arr = np_call("ascontiguousarray", obj);
+    if (!arr) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be a sequence of integers", name);
+        }
+        return -1;
+    }
+    if (PyObject_GetBuffer(arr, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        Py_DECREF(arr);
+        return -1;
+    }
+    *holder = arr;
+    return 0;
+}
+
+static const char *const many_names[] = {"sizes", "align"};
+
+static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *vals[2] = {NULL, NULL}, *holder, *out = NULL;
+    uint64_t align = 1;
+    Py_buffer in, res;
+    if (mp_parse_args("alloc_many", args, nargs, kwnames, many_names, 2, 1, vals) < 0)
+        return NULL;
+    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
+    if (closed(self)) return NULL;
+    if (int64_view(vals[0], "sizes", &holder, &in) < 0) return NULL;
+    const int64_t *sz = in.buf;
+    Py_ssize_t n = in.len / 8;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (sz[k] < 1) {
+            PyErr_Format(PyExc_ValueError, "sizes[%zd] must be >= 1, got %lld", k,
+                         (long long)sz[k]);
+            goto done;
+        }
+    PyObject *count = PyLong_FromSsize_t(n);
+    if (!count) goto done;
+    out = np_call("empty", count);
+    Py_DECREF(count);
+    if (!out) goto done;
+    if (PyObject_GetBuffer(out, &res, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        Py_CLEAR(out);
+        goto done;
+    }
+    uint64_t *o = res.buf;
+    mp_head_t saved = *head(self);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int rc = self->ops->alloc(self->st, (uint64_t)sz[k], align, &o[k]);
+        if (rc) { /* all or nothing: give back what this call took */
+            for (Py_ssize_t j = k - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
+            *(mp_head_t *)self->st = saved;
+            PyBuffer_Release(&res);
+            Py_CLEAR(out);
+            mp_raise(self, rc, (uint64_t)sz[k], align, 0);
+            goto done;
+        }
+    }
+    PyBuffer_Release(&res);
+done:
+    PyBuffer_Release(&in);
+    Py_XDECREF(holder);
+    return out;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs)
+{
+    PyObject *holder, *ret = NULL;
+    Py_buffer in;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "free_many() takes exactly one argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (closed(self)) return NULL;
+    if (int64_view(args[0], "offsets", &holder, &in) < 0) return NULL;
+    const int64_t *off = in.buf;
+    Py_ssize_t n = in.len / 8;
+    uint64_t *sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *sorted);
+    if (!sorted) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* all or nothing: every offset must be live and named once before any is freed */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t s;
+        if (off[k] < 0) {
+            PyErr_Format(PyExc_ValueError, "offsets[%zd] must be >= 0, got %lld", k,
+                         (long long)off[k]);
+            goto done;
+        }
+        if (self->ops->size_of(self->st, (uint64_t)off[k], &s)) {
+            PyErr_Format(mp_NotAllocated, "offsets[%zd] = %lld is not the start of a live range",
+                         k, (long long)off[k]);
+            goto done;
+        }
+        sorted[k] = (uint64_t)off[k];
+    }
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_u64);
+    for (Py_ssize_t k = 1; k < n; k++)
+        if (sorted[k] == sorted[k - 1]) {
+            PyErr_Format(mp_NotAllocated, "offset %llu is named twice",
+                         (unsigned long long)sorted[k]);
+            goto done;
+        }
+    for (Py_ssize_t k = 0; k < n; k++) self->ops->free(self->st, (uint64_t)off[k]);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(sorted);
+    PyBuffer_Release(&in);
+    Py_XDECREF(holder);
+    return ret;
+}
+
+/* ---- introspection ----------------------------------------------------------------- */
+static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (closed(self)) return NULL;
+    const mp_head_t *h = head(self);
+    uint64_t avail = self->ops->available(self->st);
+    uint64_t largest = self->ops->largest_free(self->st);
+    double frag = avail ? 1.0 - (double)largest / (double)avail : 0.0;
+    PyObject *kw = Py_BuildValue(
+        "{sKsKsKsKsKsKsKsKsdsK}", "capacity", (unsigned long long)h->capacity, "used",
+        (unsigned long long)h->used, "available", (unsigned long long)avail, "largest_free",
+        (unsigned long long)largest, "live", (unsigned long long)h->live, "free_ranges",
+        (unsigned long long)self->ops->free_ranges(self->st), "peak_used",
+        (unsigned long long)h->peak_used, "high_water", (unsigned long long)h->high_water,
+        "fragmentation", frag, "internal_fragmentation",
+        (unsigned long long)(h->used - h->requested));
+    if (!kw) return NULL;
+    PyObject *args = PyTuple_New(0);
+    PyObject *res = args ? PyObject_Call(mp_StatsType, args, kw) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(kw);
+    return res;
+}
+
+static int walk_collect(void *ctx, uint64_t offset, uint64_t size, int allocated)
+{
+    PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)offset, (unsigned long long)size,
+                                allocated ? Py_True : Py_False);
+    if (!t) return -1;
+    int rc = PyList_Append((PyObject *)ctx, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static PyObject *ext_strategy_segments(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (closed(self)) return NULL;
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    if (self->ops->walk(self->st, walk_collect, list)) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return list;
+}
+
+static PyObject *ext_strategy_check(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    char msg[256];
+    if (closed(self)) return NULL;
+    if (self->ops->check(self->st, self->st_len, msg, sizeof msg)) {
+        PyErr_SetString(mp_CorruptionError, msg);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_strategy_reset(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (closed(self)) return NULL;
+    self->ops->reset(self->st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_strategy_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (closed(self)) return NULL;
+    return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)self->st_len);
+}
+
+static PyObject *restore_into(PyTypeObject *cls, PyObject *data)
+{
+    const mp_ops_t *ops = mp_ops_of_type(cls);
+    if (!ops) {
+        PyErr_Format(PyExc_TypeError, "%s is not a strategy type", cls->tp_name);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    char msg[256];
+    StrategyObject *self = NULL;
+    uint64_t len = (uint64_t)view.len;
+    if (mp_head_validate(view.buf, len, ops, msg, sizeof msg)) {
+        PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
+        goto done;
+    }
+    self = mp_strategy_alloc(cls, ops, len);
+    if (!self) goto done;
+    memcpy(self->st, view.buf, (size_t)len);
+    if (ops->check(self->st, len, msg, sizeof msg)) {
+        PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
+        Py_CLEAR(self);
+    }
+done:
+    PyBuffer_Release(&view);
+    return (PyObject *)self;
+}
+
+static PyObject *ext_strategy_restore(PyObject *cls, PyObject *data)
+{
+    return restore_into((PyTypeObject *)cls, data);
+}
+
+/* pickling: (_restore, (type, snapshot)); _restore is a module function */
+PyObject *mp_ext_restore_fn(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *cls, *data;
+    if (!PyArg_ParseTuple(args, "O!O", &PyType_Type, &cls, &data)) return NULL;
+    return restore_into((PyTypeObject *)cls, data);
+}
+
+static PyObject *ext_strategy_reduce(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (closed(self)) return NULL;
+    PyObject *mod = PyImport_ImportModule("mempool._mempool");
+    if (!mod) return NULL;
+    PyObject *fn = PyObject_GetAttrString(mod, "_restore");
+    Py_DECREF(mod);
+    if (!fn) return NULL;
+    PyObject *snap = ext_strategy_snapshot(self, NULL);
+    if (!snap) {
+        Py_DECREF(fn);
+        return NULL;
+    }
+    return Py_BuildValue("(N(ON))", fn, (PyObject *)Py_TYPE(self), snap);
+}
+
+static PyObject *ext_strategy_detach(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* the pool owning the state's memory is closing: no call may touch it again */
+    if (self->owns) PyMem_RawFree(self->st);
+    self->owns = 0;
+    self->st = NULL;
+    if (self->owner) {
+        PyBuffer_Release(&self->owner_view);
+        Py_CLEAR(self->owner);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_strategy_repr(StrategyObject *self)
+{
+    if (!self->st) return PyUnicode_FromFormat("<%s closed>", Py_TYPE(self)->tp_name);
+    const mp_head_t *h = head(self);
+    return PyUnicode_FromFormat("<%s capacity=%llu used=%llu live=%llu>", Py_TYPE(self)->tp_name,
+                                (unsigned long long)h->capacity, (unsigned long long)h->used,
+                                (unsigned long long)h->live);
+}
+
+static Py_ssize_t strategy_len(StrategyObject *self)
+{
+    if (closed(self)) return -1;
+    return (Py_ssize_t)head(self)->live;
+}
+
+/* ---- properties --------------------------------------------------------------------- */
+#define HEAD_GETTER(field)                                                                       \
+    static PyObject *get_##field(StrategyObject *self, void *Py_UNUSED(c))                      \
+    {                                                                                            \
+        if (closed(self)) return NULL;                                                           \
+        return PyLong_FromUnsignedLongLong(head(self)->field);                                   \
+    }
+HEAD_GETTER(capacity)
+HEAD_GETTER(used)
+HEAD_GETTER(peak_used)
+HEAD_GETTER(high_water)
+
+static PyObject *get_available(StrategyObject *self, void *Py_UNUSED(c))
+{
+    if (closed(self)) return NULL;
+    return PyLong_FromUnsignedLongLong(self->ops->available(self->st));
+}
+
+static PyObject *get_largest_free(StrategyObject *self, void *Py_UNUSED(c))
+{
+    if (closed(self)) return NULL;
+    return PyLong_FromUnsignedLongLong(self->ops->largest_free(self->st));
+}
+
+static PyObject *get_state_size(StrategyObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->st_len);
+}
+
+static PyObject *get_name(StrategyObject *self, void *Py_UNUSED(c))
+{
+    return PyUnicode_FromString(self->ops->name);
+}
+
+static PyGetSetDef strategy_getset[] = {
+    {"capacity", (getter)get_capacity, NULL, "Bytes managed: offsets are in [0, capacity).", NULL},
+    {"used", (getter)get_used, NULL, "Sum of size_of() over the live ranges, in bytes.", NULL},
+    {"available", (getter)get_available, NULL, "Bytes not handed out.", NULL},
+    {"largest_free", (getter)get_largest_free, NULL,
+     "The largest size that alloc(size) serves now, in bytes.", NULL},
+    {"peak_used", (getter)get_peak_used, NULL, "The highest `used` ever seen, in bytes.", NULL},
+    {"high_water", (getter)get_high_water, NULL,
+     "The highest end offset ever handed out, in bytes.", NULL},
+    {"state_size", (getter)get_state_size, NULL, "Bytes of the state block (snapshot size).",
+     NULL},
+    {"strategy", (getter)get_name, NULL, "The strategy's name, as Pool(strategy=...) takes it.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef strategy_methods[] = {
+    {"alloc", (PyCFunction)(void (*)(void))ext_strategy_alloc, METH_FASTCALL | METH_KEYWORDS,
+     "alloc($self, /, size, align=1)\n--\n\n"
+     "Allocate a range of at least `size` bytes whose offset is a multiple of `align`.\n\n"
+     "Returns the offset (int).  Raises OutOfSpace when nothing free fits, ValueError for\n"
+     "size < 1 or an align that is not a positive power of two, TypeError for non-integers."},
+    {"free", (PyCFunction)(void (*)(void))ext_strategy_free, METH_FASTCALL,
+     "free($self, offset, /)\n--\n\n"
+     "Give the range that starts at `offset` back.  Raises NotAllocated for an offset that\n"
+     "is not the start of a live range (unknown, interior or already freed)."},
+    {"realloc", (PyCFunction)(void (*)(void))ext_strategy_realloc, METH_FASTCALL | METH_KEYWORDS,
+     "realloc($self, /, offset, size, align=1)\n--\n\n"
+     "Grow or shrink a live range to `size` bytes.  Returns its offset: the same one when\n"
+     "it changed in place, else a new one (`align` applies there; the caller copies the\n"
+     "bytes).  On any error nothing changed."},
+    {"size_of", (PyCFunction)(void (*)(void))ext_strategy_size_of, METH_FASTCALL,
+     "size_of($self, offset, /)\n--\n\nUsable size in bytes of the live range at `offset`."},
+    {"alloc_many", (PyCFunction)(void (*)(void))ext_strategy_alloc_many,
+     METH_FASTCALL | METH_KEYWORDS,
+     "alloc_many($self, /, sizes, align=1)\n--\n\n"
+     "Allocate one range per size (a sequence or int64 array); returns an int64 array of\n"
+     "offsets.  All or nothing: on failure the ranges taken so far are given back."},
+    {"free_many", (PyCFunction)(void (*)(void))ext_strategy_free_many, METH_FASTCALL,
+     "free_many($self, offsets, /)\n--\n\n"
+     "Free every offset (a sequence or int64 array).  All or nothing: raises NotAllocated\n"
+     "before freeing anything if one offset is not live or appears twice."},
+    {"stats", (PyCFunction)ext_strategy_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nA frozen Stats snapshot of the counters."},
+    {"segments", (PyCFunction)ext_strategy_segments, METH_NOARGS,
+     "segments($self, /)\n--\n\n"
+     "The memory map: a list of (offset, size, allocated) in address order."},
+    {"check", (PyCFunction)ext_strategy_check, METH_NOARGS,
+     "check($self, /)\n--\n\nVerify every invariant of the state; raises CorruptionError."},
+    {"reset", (PyCFunction)ext_strategy_reset, METH_NOARGS,
+     "reset($self, /)\n--\n\nMake everything free (peak_used and high_water are kept)."},
+    {"snapshot", (PyCFunction)ext_strategy_snapshot, METH_NOARGS,
+     "snapshot($self, /)\n--\n\nThe relocatable state block, copied, as bytes."},
+    {"restore", (PyCFunction)ext_strategy_restore, METH_O | METH_CLASS,
+     "restore($type, data, /)\n--\n\n"
+     "A new strategy from snapshot() bytes.  Raises CorruptionError when the data is not a\n"
+     "valid state of this type."},
+    {"__reduce__", (PyCFunction)ext_strategy_reduce, METH_NOARGS, NULL},
+    {"_detach", (PyCFunction)ext_strategy_detach, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods strategy_as_sequence = {
+    .sq_length = (lenfunc)strategy_len,
+};
+
+PyTypeObject StrategyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool.Strategy",
+    .tp_basicsize = sizeof(StrategyObject),
+    .tp_dealloc = (destructor)strategy_dealloc,
+    .tp_repr = (reprfunc)ext_strategy_repr,
+    .tp_as_sequence = &strategy_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Base of the strategy types: the strategy interface over one state block.",
+    .tp_weaklistoffset = offsetof(StrategyObject, weakreflist),
+    .tp_methods = strategy_methods,
+    .tp_getset = strategy_getset,
+};
+
+int mp_strategy_ready(PyObject *module)
+{
+    if (PyType_Ready(&StrategyType) < 0) return -1;
+    Py_INCREF(&StrategyType);
+    if (PyModule_AddObject(module, "Strategy", (PyObject *)&StrategyType) < 0) {
+        Py_DECREF(&StrategyType);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,28 @@
+/*
+ * type_bestfit.c -- mempool.BestFit: the constructor over _core/bestfit.c.
+ */
+#include "native.h"
+
+static PyObject *bestfit_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
+{
+    return mp_range_strategy_new(cls, args, kw, &mp_bestfit_ops, mp_bestfit_state_size,
+                                 mp_bestfit_init);
+}
+
+static PyTypeObject BestFitType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool.BestFit",
+    .tp_basicsize = sizeof(StrategyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = bestfit_new,
+    .tp_doc = "BestFit(capacity, *, max_blocks=None)\n--\n\n"
+              "Exact best fit over the offsets [0, capacity): the smallest free range in which\n"
+              "an aligned placement fits, the lowest offset among equals (O(log n)).  The\n"
+              "alignment gap in front stays free; free neighbours are merged at once.\n\n"
+              "max_blocks bounds the ranges (free and allocated) the state can track; the\n"
+              "default is capacity // 64 clamped to [1024, 2**20] (and to capacity).",
+};
+
+int mp_bestfit_type_ready(PyObject *module)
+{
+    return mp_register_type(module, &BestFitType, &mp_bestfit_ops);
+}

@@ -1,0 +1,38 @@
+"""The strategy registry: every strategy type by the name Pool and the bench use.
+
+Strategies are C types (layer 2); this module only names them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._mempool import BestFit, Strategy, TLSF
+
+__all__ = ["STRATEGIES", "RANGE_STRATEGIES", "make", "strategy_type"]
+
+#: name -> type, in the order the bench lists them.
+STRATEGIES: dict[str, type[Strategy]] = {"tlsf": TLSF, "bestfit": BestFit}
+
+#: the exact strategies, whose node budget is max_blocks.
+RANGE_STRATEGIES: frozenset[type[Strategy]] = frozenset({TLSF, BestFit})
+
+
+def strategy_type(name: str | type[Strategy]) -> type[Strategy]:
+    """The strategy type for a name (case-insensitive) or a type.
+
+    Raises ValueError for an unknown name, TypeError for anything else.
+    """
+    if isinstance(name, type) and issubclass(name, Strategy):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"strategy must be a name or a strategy type, not {type(name).__name__}")
+    try:
+        return STRATEGIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}") from None
+
+
+def make(name: str | type[Strategy], capacity: int, **options: Any) -> Strategy:
+    """A new strategy of the given name over ``capacity`` bytes."""
+    return strategy_type(name)(capacity, **options)

@@ -1,0 +1,284 @@
+"""Allocation traces: read the ``mempool-trace v1`` format, replay it in C.
+
+The format (``../shared/traces/README.md``)::
+
+    # mempool-trace v1 program=<name> maxlive=<peak live bytes> ops=<count>
+    a ID SIZE            allocate SIZE bytes
+    a ID SIZE ALIGN      allocate SIZE bytes aligned to ALIGN
+    f ID                 free ID
+    r ID SIZE            resize ID to SIZE bytes (realloc; ID stays the same)
+
+:func:`read` parses a file (plain or gzip) into NumPy arrays with a C parser and
+validates it; :func:`replay` runs a whole trace through a strategy inside C, with
+no Python per operation, and frees what is left live at the end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _mempool
+from ._mempool import Strategy
+from .errors import OutOfSpace
+from .strategies import RANGE_STRATEGIES, strategy_type
+
+__all__ = ["ReplayResult", "Trace", "TraceError", "bundled", "python_replay", "read", "replay"]
+
+MAGIC = "mempool-trace v1"
+
+
+class TraceError(ValueError):
+    """A trace file is malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A parsed trace: one entry per operation in four parallel arrays.
+
+    Attributes
+    ----------
+    op : numpy.ndarray of uint8
+        0 = alloc, 1 = free, 2 = realloc.
+    id : numpy.ndarray of uint32
+        The allocation's ID.
+    size : numpy.ndarray of uint64
+        Requested bytes (0 for free; an alloc may ask for 0).
+    align : numpy.ndarray of uint32
+        Alignment in bytes (1 when the line gives none).
+    program : str
+        The header's ``program=`` field ('' when absent).
+    maxlive : int
+        Peak of the requested bytes of live IDs, computed from the operations.
+    name : str
+        A short name (the file name without ``.trace[.gz]``).
+    header : dict
+        Every ``key=value`` of the header line.
+    """
+
+    op: np.ndarray
+    id: np.ndarray
+    size: np.ndarray
+    align: np.ndarray
+    program: str
+    maxlive: int
+    name: str
+    header: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.op)
+
+    @property
+    def max_id(self) -> int:
+        """The largest ID (0 for an empty trace)."""
+        return int(self.id.max()) if len(self.id) else 0
+
+    def head(self, n: int) -> Trace:
+        """The first ``n`` operations (a prefix of a trace is a valid trace)."""
+        n = min(int(n), len(self))
+        ok, maxlive = _mempool.validate_trace(
+            self.op[:n], self.id[:n], self.size[:n], self.align[:n], self.max_id
+        )
+        return Trace(
+            self.op[:n], self.id[:n], self.size[:n], self.align[:n],
+            self.program, int(maxlive), self.name, dict(self.header),
+        )
+
+
+def _open_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise TraceError(f"{path}: not a valid gzip file ({e})") from None
+    return data
+
+
+def _line_of_op(text: bytes, k: int) -> int:
+    """The 1-based line of the k-th operation (error path only)."""
+    seen = -1
+    for lineno, line in enumerate(text.split(b"\n"), 1):
+        s = line.strip()
+        if s and not s.startswith(b"#"):
+            seen += 1
+            if seen == k:
+                return lineno
+    return 0
+
+
+def read(path: str | os.PathLike[str]) -> Trace:
+    """Read a ``mempool-trace v1`` file (plain text or gzip) into a :class:`Trace`.
+
+    Raises
+    ------
+    TraceError
+        (a ValueError) naming the file and the line of the first malformed record, of
+        an operation on an ID that is not live, or an allocation of a live ID.
+    OSError
+        When the file cannot be read.
+    """
+    path = Path(path)
+    text = _open_bytes(path)
+    first, _, _ = text.partition(b"\n")
+    try:
+        header_line = first.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: line 1: not a {MAGIC} header") from None
+    if not header_line.startswith("# " + MAGIC):
+        raise TraceError(f"{path}: line 1: not a {MAGIC} header: {header_line[:60]!r}")
+    header = dict(
+        kv.split("=", 1) for kv in header_line[len("# " + MAGIC):].split() if "=" in kv
+    )
+    cap = text.count(b"\n") + 1
+    op = np.empty(cap, np.uint8)
+    ids = np.empty(cap, np.uint32)
+    size = np.empty(cap, np.uint64)
+    align = np.empty(cap, np.uint32)
+    try:
+        n = _mempool.parse_trace(text, op, ids, size, align)
+    except ValueError as e:
+        raise TraceError(f"{path}: {e}") from None
+    op, ids, size, align = op[:n].copy(), ids[:n].copy(), size[:n].copy(), align[:n].copy()
+    max_id = int(ids.max()) if n else 0
+    ok, value = _mempool.validate_trace(op, ids, size, align, max_id)
+    if not ok:
+        kind = {0: "alloc of an ID that is live", 1: "free of an ID that is not live",
+                2: "realloc of an ID that is not live"}[int(op[value])]
+        raise TraceError(f"{path}: line {_line_of_op(text, int(value))}: {kind} (ID {ids[value]})")
+    name = path.name
+    for suffix in (".gz", ".trace", ".txt"):
+        name = name.removesuffix(suffix)
+    return Trace(op, ids, size, align, header.get("program", ""), int(value), name, header)
+
+
+def bundled() -> list[Path]:
+    """The traces shipped with the package (recorded from real programs)."""
+    folder = resources.files("mempool") / "traces"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".trace.gz"))
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What :func:`replay` measured.
+
+    ``ns_per_op`` is wall time of the C loop (final frees included) over ``ops``;
+    ``high_water_ratio`` is ``high_water / maxlive`` (the span the strategy needed
+    over the peak of live requested bytes; libc reports 0).
+    """
+
+    strategy: str
+    trace: str
+    ops: int
+    ns_per_op: float
+    failures: int
+    peak_used: int
+    high_water: int
+    maxlive: int
+    capacity: int
+
+    @property
+    def high_water_ratio(self) -> float:
+        return self.high_water / self.maxlive if self.maxlive and self.high_water else 0.0
+
+
+def _make_strategy(
+    strategy: Any, capacity: int, max_id: int, options: dict[str, Any]
+) -> tuple[str, Strategy | None]:
+    """(name, strategy object or None for libc)."""
+    if strategy is None or strategy == "libc":
+        return "libc", None
+    if isinstance(strategy, Strategy):
+        return strategy.strategy, strategy
+    cls = strategy_type(strategy)
+    if "max_blocks" not in options and any(issubclass(cls, t) for t in RANGE_STRATEGIES):
+        # every live id is a range, and free ranges are at most one more: room for both
+        options = dict(options, max_blocks=min(capacity, 4 * (max_id + 1) + 1024))
+    obj = cls(capacity, **options)
+    return obj.strategy, obj
+
+
+def replay(
+    trace: Trace | str | os.PathLike[str],
+    strategy: Any = "tlsf",
+    *,
+    capacity: int | None = None,
+    **options: Any,
+) -> ReplayResult:
+    """Replay a whole trace in C through ``strategy`` and return what it measured.
+
+    Parameters
+    ----------
+    trace : Trace or path
+    strategy : str, strategy type, strategy instance, or "libc"
+        A name of :data:`mempool.STRATEGIES`, or ``"libc"`` for the C library's
+        malloc/free/realloc/posix_memalign in the same C loop (the baseline).
+    capacity : int, optional
+        Bytes of the span; default ``2 * trace.maxlive`` (at least 4096).
+    **options
+        Passed to the strategy's constructor (``max_blocks=...``).
+
+    Size-0 allocations are served as size 1.  A failed alloc or realloc is counted
+    in ``failures``; later operations on that ID are skipped.
+    """
+    if not isinstance(trace, Trace):
+        trace = read(trace)
+    cap = int(capacity) if capacity is not None else max(2 * trace.maxlive, 4096)
+    name, obj = _make_strategy(strategy, cap, trace.max_id, options)
+    r = _mempool.replay(obj, trace.op, trace.id, trace.size, trace.align, trace.max_id)
+    n = max(r["ops"], 1)
+    return ReplayResult(
+        strategy=name, trace=trace.name, ops=r["ops"], ns_per_op=r["elapsed_ns"] / n,
+        failures=r["failures"], peak_used=r["peak_used"], high_water=r["high_water"],
+        maxlive=r["maxlive"], capacity=cap if obj is not None else 0,
+    )
+
+
+def python_replay(trace: Trace, strategy: Any, *, capacity: int | None = None,
+                  **options: Any) -> tuple[float, int]:
+    """Replay ``trace`` op by op from a Python loop: (ns per op, failures).
+
+    This is what a Python program pays per call (the loop's own cost included);
+    use a prefix (``trace.head(n)``) to keep it short.
+    """
+    cap = int(capacity) if capacity is not None else max(2 * trace.maxlive, 4096)
+    _, obj = _make_strategy(strategy, cap, trace.max_id, options)
+    if obj is None:
+        return 0.0, 0
+    ops, ids = trace.op.tolist(), trace.id.tolist()
+    sizes = [s or 1 for s in trace.size.tolist()]
+    aligns = trace.align.tolist()
+    ptr: list[int | None] = [None] * (trace.max_id + 1)
+    failures = 0
+    alloc, free, realloc = obj.alloc, obj.free, obj.realloc
+    t0 = time.perf_counter_ns()
+    for o, i, s, a in zip(ops, ids, sizes, aligns):
+        try:
+            if o == 0:
+                ptr[i] = alloc(s, a)
+            elif o == 1:
+                p = ptr[i]
+                if p is not None:
+                    free(p)
+                    ptr[i] = None
+            else:
+                p = ptr[i]
+                if p is not None:
+                    ptr[i] = realloc(p, s)
+        except OutOfSpace:
+            failures += 1
+            if o == 0:
+                ptr[i] = None
+    for p in ptr:
+        if p is not None:
+            free(p)
+    elapsed = time.perf_counter_ns() - t0
+    return elapsed / max(len(ops), 1), failures
