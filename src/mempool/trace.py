@@ -238,7 +238,7 @@ def replay(
     return ReplayResult(
         strategy=name, trace=trace.name, ops=r["ops"], ns_per_op=r["elapsed_ns"] / n,
         failures=r["failures"], peak_used=r["peak_used"], high_water=r["high_water"],
-        maxlive=r["maxlive"], capacity=cap if obj is not None else 0,
+        maxlive=r["maxlive"], capacity=obj.capacity if obj is not None else 0,
     )
 
 

@@ -6,12 +6,15 @@
  * covers the span without gaps.  Free ranges are also filed in a *free index*
  * that each strategy supplies (TLSF: segregated bins + bitmaps; BestFit: an AVL
  * tree keyed by (size, offset)).  Allocated ranges are found by offset through an
- * open-addressing hash table (linear probing, backward-shift deletion).
+ * open-addressing hash table (linear probing, backward-shift deletion) whose slots
+ * hold {tag, node}: tag = (uint32_t)(offset >> 3), so probing compares tags in the
+ * table without touching nodes, and the home slot (tag ^ tag >> bits) & mask keeps
+ * ranges that are near in address near in the table (cache locality).
  *
  * State layout (all integers, no pointers; see mempool.h principle 1):
  *
  *   +-----------+-----------+----------------+---------------------+--------------+
- *   | mp_head_t | mp_rset_t | free index     | mp_rnode_t          | uint32_t     |
+ *   | mp_head_t | mp_rset_t | free index     | mp_rnode_t          | mp_slot_t    |
  *   | (counters)| (tables)  | (area_size B)  | nodes[max_blocks]   | table[2^bits]|
  *   +-----------+-----------+----------------+---------------------+--------------+
  *
@@ -66,6 +69,12 @@ typedef struct mp_rset {
     uint32_t pad;
 } mp_rset_t;
 
+/* A slot of the offset table; node == MP_NIL marks it empty. */
+typedef struct mp_slot {
+    uint32_t tag;  /* (uint32_t)(offset >> 3) of the node's range */
+    uint32_t node; /* allocated node, or MP_NIL                   */
+} mp_slot_t;
+
 /* The free index a strategy plugs into the engine. */
 typedef struct mp_fidx {
     uint64_t area_size; /* bytes of the index area after mp_rset_t (multiple of 8) */
@@ -98,13 +107,13 @@ static inline const mp_rnode_t *rs_cnodes(const void *st, const mp_fidx_t *fi)
 {
     return (const mp_rnode_t *)((const char *)st + RS_AREA_OFF + fi->area_size);
 }
-static inline uint32_t *rs_table(void *st, const mp_fidx_t *fi)
+static inline mp_slot_t *rs_table(void *st, const mp_fidx_t *fi)
 {
-    return (uint32_t *)(rs_nodes(st, fi) + rs_set(st)->max_blocks);
+    return (mp_slot_t *)(rs_nodes(st, fi) + rs_set(st)->max_blocks);
 }
-static inline const uint32_t *rs_ctable(const void *st, const mp_fidx_t *fi)
+static inline const mp_slot_t *rs_ctable(const void *st, const mp_fidx_t *fi)
 {
-    return (const uint32_t *)(rs_cnodes(st, fi) + rs_cset(st)->max_blocks);
+    return (const mp_slot_t *)(rs_cnodes(st, fi) + rs_cset(st)->max_blocks);
 }
 
 static inline uint32_t rs_hash_bits(uint64_t max_blocks)
@@ -119,13 +128,14 @@ static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uin
     if (capacity == 0 || max_blocks == 0 || max_blocks >= MP_NIL) return 0;
     uint32_t bits = rs_hash_bits(max_blocks);
     uint64_t n = RS_AREA_OFF + fi->area_size + max_blocks * sizeof(mp_rnode_t) +
-                 ((uint64_t)1 << bits) * sizeof(uint32_t);
+                 ((uint64_t)1 << bits) * sizeof(mp_slot_t);
     return (n + 7) & ~(uint64_t)7;
 }
 
-static inline uint64_t rs_slot(uint64_t offset, uint32_t bits)
+static inline uint32_t rs_tag(uint64_t offset) { return (uint32_t)(offset >> 3); }
+static inline uint64_t rs_home(uint32_t tag, uint32_t bits)
 {
-    return (offset * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+    return (tag ^ (tag >> bits)) & (((uint64_t)1 << bits) - 1);
 }
 
 /* ---- node pool ----------------------------------------------------------- */
@@ -163,55 +173,63 @@ static inline void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
 }
 
 /* ---- offset -> allocated node hash table -------------------------------- */
-static inline uint32_t rs_lookup(const void *st, const mp_fidx_t *fi, uint64_t offset)
+/* The slot that holds the allocated node starting at offset, or -1.  Bounded:
+ * even a corrupted table cannot make it loop (see rs_check). */
+static inline int64_t rs_find_slot(const void *st, const mp_fidx_t *fi, uint64_t offset)
 {
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, fi);
-    const uint32_t *t = rs_ctable(st, fi);
+    const mp_slot_t *t = rs_ctable(st, fi);
     uint64_t mask = ((uint64_t)1 << rs->hash_bits) - 1;
-    uint64_t s = rs_slot(offset, rs->hash_bits);
-    for (uint64_t probes = 0; probes <= mask; probes++) { /* bounded: see rs_check */
-        uint32_t i = t[s];
-        if (i == MP_NIL) return MP_NIL;
-        if (nodes[i].offset == offset) return i;
+    uint32_t tag = rs_tag(offset);
+    uint64_t s = rs_home(tag, rs->hash_bits);
+    for (uint64_t probes = 0; probes <= mask; probes++) {
+        uint32_t i = t[s].node;
+        if (i == MP_NIL) return -1;
+        if (t[s].tag == tag && nodes[i].offset == offset) return (int64_t)s;
         s = (s + 1) & mask;
     }
-    return MP_NIL;
+    return -1;
+}
+
+static inline uint32_t rs_lookup(const void *st, const mp_fidx_t *fi, uint64_t offset)
+{
+    int64_t s = rs_find_slot(st, fi, offset);
+    return s < 0 ? MP_NIL : rs_ctable(st, fi)[s].node;
 }
 
 static inline void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
-    uint32_t *t = rs_table(st, fi);
+    mp_slot_t *t = rs_table(st, fi);
     uint64_t mask = ((uint64_t)1 << rs->hash_bits) - 1;
-    uint64_t s = rs_slot(rs_nodes(st, fi)[i].offset, rs->hash_bits);
-    while (t[s] != MP_NIL) s = (s + 1) & mask;
-    t[s] = i;
+    uint32_t tag = rs_tag(rs_nodes(st, fi)[i].offset);
+    uint64_t s = rs_home(tag, rs->hash_bits);
+    while (t[s].node != MP_NIL) s = (s + 1) & mask;
+    t[s].tag = tag;
+    t[s].node = i;
 }
 
-static inline void rs_hash_remove(void *st, const mp_fidx_t *fi, uint32_t i)
+/* Empty slot s; backward-shift deletion keeps every probe chain unbroken. */
+static inline void rs_hash_remove_slot(void *st, const mp_fidx_t *fi, uint64_t s)
 {
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t *t = rs_table(st, fi);
+    mp_slot_t *t = rs_table(st, fi);
     uint32_t bits = rs->hash_bits;
     uint64_t mask = ((uint64_t)1 << bits) - 1;
-    uint64_t s = rs_slot(nodes[i].offset, bits);
-    while (t[s] != i) s = (s + 1) & mask;
-    /* backward-shift deletion keeps every probe chain unbroken */
     uint64_t hole = s;
     for (;;) {
         s = (s + 1) & mask;
-        uint32_t j = t[s];
-        if (j == MP_NIL) break;
-        uint64_t home = rs_slot(nodes[j].offset, bits);
-        /* move j into the hole when its home is not in (hole, s] cyclically */
+        if (t[s].node == MP_NIL) break;
+        uint64_t home = rs_home(t[s].tag, bits);
+        /* move the entry into the hole when its home is not in (hole, s] cyclically */
         if (((s - home) & mask) >= ((s - hole) & mask)) {
-            t[hole] = j;
+            t[hole] = t[s];
             hole = s;
         }
     }
-    t[hole] = MP_NIL;
+    t[hole].node = MP_NIL;
+    t[hole].tag = 0;
 }
 
 /* ---- init / reset -------------------------------------------------------- */
@@ -220,9 +238,12 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t *t = rs_table(st, fi);
+    mp_slot_t *t = rs_table(st, fi);
     /* only the nodes below top were ever touched; clear the table fully */
-    memset(t, 0xff, ((uint64_t)1 << rs->hash_bits) * sizeof(uint32_t));
+    for (uint64_t s = 0, n = (uint64_t)1 << rs->hash_bits; s < n; s++) {
+        t[s].tag = 0;
+        t[s].node = MP_NIL;
+    }
     h->used = h->requested = h->live = 0;
     h->cursor = 0;
     rs->top = 0;
@@ -378,11 +399,12 @@ static inline uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
 
 static inline int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
 {
-    uint32_t i = rs_lookup(st, fi, offset);
-    if (i == MP_NIL) return MP_ENOTALLOC;
+    int64_t slot = rs_find_slot(st, fi, offset);
+    if (slot < 0) return MP_ENOTALLOC;
+    uint32_t i = rs_table(st, fi)[slot].node;
     mp_head_t *h = rs_head(st);
     uint64_t size = rs_nodes(st, fi)[i].size;
-    rs_hash_remove(st, fi, i);
+    rs_hash_remove_slot(st, fi, (uint64_t)slot);
     h->used -= size;
     h->requested -= size;
     h->live--;
@@ -405,8 +427,9 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
                              uint64_t align, uint64_t *out)
 {
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
-    uint32_t i = rs_lookup(st, fi, offset);
-    if (i == MP_NIL) return MP_ENOTALLOC;
+    int64_t slot = rs_find_slot(st, fi, offset);
+    if (slot < 0) return MP_ENOTALLOC;
+    uint32_t i = rs_table(st, fi)[slot].node;
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
@@ -476,7 +499,7 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     /* merging releases 1 (+1 with q) node; carving needs up to 2 */
     uint32_t spare = rs_spare_count(rs) + 1 + (uint32_t)qfree;
     if ((uint32_t)((a > start) + (a + size < end)) > spare) return MP_ENONODES;
-    rs_hash_remove(st, fi, i);
+    rs_hash_remove_slot(st, fi, (uint64_t)slot);
     h->used -= old;
     h->requested -= old;
     h->live--;
@@ -542,7 +565,7 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
     const mp_head_t *h = (const mp_head_t *)st;
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, fi);
-    const uint32_t *t = rs_ctable(st, fi);
+    const mp_slot_t *t = rs_ctable(st, fi);
     uint32_t top = rs->top;
     /* 5: the spare stack */
     uint32_t nsp = 0;
@@ -555,11 +578,13 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
     /* 4: the table holds only allocated nodes (before any lookup follows it) */
     uint64_t entries = 0, slots = (uint64_t)1 << rs->hash_bits;
     for (uint64_t s = 0; s < slots; s++) {
-        uint32_t i = t[s];
+        uint32_t i = t[s].node;
         if (i == MP_NIL) continue;
         if (i >= top || (nodes[i].flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
             RS_FAIL("offset table slot %llu holds node %u, which is not allocated",
                     (unsigned long long)s, i);
+        if (t[s].tag != rs_tag(nodes[i].offset))
+            RS_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s, i);
         entries++;
     }
     /* 1-3: the physical list */

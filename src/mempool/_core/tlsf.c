@@ -203,6 +203,10 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
     uint64_t filed = 0;
+    /* bits at or above FL_COUNT have no sl_bitmap: largest/next_bin would index past it */
+    uint64_t fl_valid = FL_COUNT >= 64 ? ~0ull : ((uint64_t)1 << (FL_COUNT & 63)) - 1;
+    if (x->fl_bitmap & ~fl_valid) RS_FAIL("first-level bitmap 0x%llx has bits beyond level %u",
+                                          (unsigned long long)x->fl_bitmap, FL_COUNT - 1);
     for (unsigned fl = 0; fl < FL_COUNT; fl++) {
         if (((x->fl_bitmap >> fl) & 1) != (x->sl_bitmap[fl] != 0))
             RS_FAIL("first-level bit %u disagrees with its second-level bitmap", fl);

@@ -1,0 +1,166 @@
+"""The command line: ``python -m mempool bench [TRACE...]`` (layer 6).
+
+``bench`` replays each trace through every strategy and the libc baseline in C,
+times a prefix of it from a Python loop, and prints one table:
+
+    trace x strategy -> native ns/op, ratio to libc, Python ns/op,
+                        high_water / maxlive, failures
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import trace as tr
+from .strategies import STRATEGIES
+
+__all__ = ["main"]
+
+
+def _progress(msg: str, quiet: bool) -> None:
+    if quiet:
+        return
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + msg)
+    else:
+        sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _best_replay(trace: tr.Trace, name: str, repeat: int, capacity_factor: float) -> tr.ReplayResult:
+    """The fastest of `repeat` runs on one warm object (page faults of a fresh
+    state block would otherwise be billed to the first run only)."""
+    cap = max(int(capacity_factor * trace.maxlive), 4096)
+    if name == "libc":
+        runs = [tr.replay(trace, "libc") for _ in range(repeat + 1)]
+    else:
+        obj = tr._make_strategy(name, cap, trace.max_id, {})[1]
+        runs = [tr.replay(trace, obj, capacity=cap) for _ in range(repeat + 1)]
+    return min(runs[1:], key=lambda r: r.ns_per_op)
+
+
+def bench(
+    paths: Sequence[str | os.PathLike[str]],
+    strategies: Sequence[str],
+    *,
+    quick: bool = False,
+    repeat: int = 3,
+    python_sample: int = 200_000,
+    capacity_factor: float = 2.0,
+    csv_path: str | None = None,
+    quiet: bool = False,
+) -> list[dict[str, object]]:
+    """Run the bench; returns one row per (trace, strategy) and prints the table."""
+    rows: list[dict[str, object]] = []
+    names = ["libc", *strategies]
+    total = len(paths) * len(names)
+    done = 0
+    t_start = time.perf_counter()
+    for path in paths:
+        _progress(f"reading {Path(path).name}", quiet)
+        trace = tr.read(path)
+        if quick:
+            trace = trace.head(50_000)
+            python_sample = min(python_sample, 10_000)
+        sample = trace.head(python_sample)
+        base = None
+        for name in names:
+            done += 1
+            _progress(f"[{done}/{total}] {trace.name}: {name}", quiet)
+            r = _best_replay(trace, name, 1 if quick else repeat, capacity_factor)
+            if name == "libc":
+                base = r.ns_per_op
+                py_ns = float("nan")
+            else:
+                py_ns, _ = tr.python_replay(sample, name,
+                                            capacity=max(int(capacity_factor * trace.maxlive), 4096))
+            rows.append({
+                "trace": trace.name,
+                "strategy": name,
+                "ops": r.ops,
+                "native_ns_per_op": r.ns_per_op,
+                "ratio_to_libc": r.ns_per_op / base if base else float("nan"),
+                "python_ns_per_op": py_ns,
+                "high_water_over_maxlive": r.high_water_ratio if name != "libc" else float("nan"),
+                "failures": r.failures,
+                "maxlive": r.maxlive,
+                "capacity": r.capacity,
+            })
+    _progress(f"done in {time.perf_counter() - t_start:.1f} s\n", quiet)
+    print(format_table(rows))
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return rows
+
+
+def _fmt(v: object, spec: str) -> str:
+    if isinstance(v, float) and v != v:  # NaN
+        return "-"
+    return format(v, spec)
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    head = ["trace", "strategy", "native ns/op", "x libc", "python ns/op", "hw/maxlive", "failures"]
+    body = [
+        [
+            str(r["trace"]),
+            str(r["strategy"]),
+            _fmt(r["native_ns_per_op"], ".1f"),
+            _fmt(r["ratio_to_libc"], ".2f"),
+            _fmt(r["python_ns_per_op"], ".0f"),
+            _fmt(r["high_water_over_maxlive"], ".4f"),
+            str(r["failures"]),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))
+    )
+    out = [line(head), line(["-" * w for w in widths])]
+    prev = None
+    for cells in body:
+        if prev is not None and cells[0] != prev:
+            out.append("")
+        out.append(line(cells))
+        prev = cells[0]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mempool", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="replay traces through every strategy and print a table")
+    b.add_argument("traces", nargs="*", help="trace files (default: the bundled ones)")
+    b.add_argument("--quick", action="store_true", help="a 50,000-op prefix of each trace")
+    b.add_argument("--strategy", "-s", action="append", choices=sorted(STRATEGIES),
+                   help="only these strategies (repeatable; default: all)")
+    b.add_argument("--repeat", type=int, default=3, help="timed runs per cell; the best counts")
+    b.add_argument("--python-sample", type=int, default=200_000,
+                   help="ops of each trace timed from a Python loop")
+    b.add_argument("--capacity-factor", type=float, default=2.0,
+                   help="span = factor x maxlive of the trace (default 2)")
+    b.add_argument("--csv", help="also write the rows to this CSV file")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        paths = args.traces or tr.bundled()
+        try:
+            bench(
+                paths, args.strategy or list(STRATEGIES), quick=args.quick, repeat=args.repeat,
+                python_sample=args.python_sample, capacity_factor=args.capacity_factor,
+                csv_path=args.csv, quiet=args.quiet,
+            )
+        except (OSError, ValueError) as e:
+            print(f"mempool bench: {e}", file=sys.stderr)
+            return 2
+    return 0

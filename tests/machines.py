@@ -1,0 +1,211 @@
+"""A Hypothesis state machine for any strategy, against a plain Python model.
+
+The model keeps the live ranges {offset: size}.  After every step the machine
+calls check() and compares the strategy's counters and memory map with the
+model.  For exact strategies (TLSF, BestFit) the model also knows the free gaps,
+so it can say whether a failed request really had nowhere to go; for BestFit it
+predicts the exact offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+
+import mempool
+
+ALIGNS = st.sampled_from([1, 1, 1, 2, 8, 16, 64, 256, 4096])
+
+
+def align_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+class Model:
+    """Live ranges of an exact strategy over [0, capacity)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.live: dict[int, int] = {}
+
+    def gaps(self) -> list[tuple[int, int]]:
+        out, pos = [], 0
+        for off in sorted(self.live):
+            if off > pos:
+                out.append((pos, off - pos))
+            pos = off + self.live[off]
+        if pos < self.capacity:
+            out.append((pos, self.capacity - pos))
+        return out
+
+    def fits(self, size: int, align: int) -> list[tuple[int, int]]:
+        return [(s, n) for s, n in self.gaps() if n - (align_up(s, align) - s) >= size]
+
+    def best_fit(self, size: int, align: int) -> int | None:
+        cands = self.fits(size, align)
+        if not cands:
+            return None
+        s, _ = min(cands, key=lambda g: (g[1], g[0]))
+        return align_up(s, align)
+
+    def segments(self) -> list[tuple[int, int, bool]]:
+        segs = [(o, n, True) for o, n in self.live.items()] + [(s, n, False) for s, n in self.gaps()]
+        return sorted(segs)
+
+    def next_gap(self, off: int) -> int:
+        end = off + self.live[off]
+        for s, n in self.gaps():
+            if s == end:
+                return n
+        return 0
+
+
+def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int = 1 << 16,
+                  predicts_offsets: bool = False) -> type[RuleBasedStateMachine]:
+    """A state machine class for an exact strategy made by factory(capacity)."""
+
+    class ExactMachine(RuleBasedStateMachine):
+        ranges = Bundle("ranges")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.s: mempool.Strategy | None = None
+            self.m: Model | None = None
+
+        @precondition(lambda self: self.s is None)
+        @rule(capacity=st.integers(1, capacity_max))
+        def create(self, capacity: int) -> None:
+            self.s = factory(capacity)
+            self.m = Model(capacity)
+
+        @precondition(lambda self: self.s is not None)
+        @rule(target=ranges, size=st.one_of(st.integers(1, 64), st.integers(1, capacity_max)),
+              align=ALIGNS)
+        def alloc(self, size: int, align: int):
+            s, m = self.s, self.m
+            before = s.stats()
+            try:
+                off = s.alloc(size, align)
+            except mempool.OutOfSpace as e:
+                assert not m.fits(size, align), "refused a request that a free range could hold"
+                assert e.size == size and e.available == before.available
+                assert s.stats() == before
+                return mempool_nothing()
+            assert off % align == 0
+            assert 0 <= off and off + size <= m.capacity
+            if predicts_offsets:
+                assert off == m.best_fit(size, align)
+            assert any(g <= off and off + size <= g + n for g, n in m.gaps())
+            assert s.size_of(off) == size
+            m.live[off] = size
+            return off
+
+        @precondition(lambda self: self.s is not None)
+        @rule(off=consumes(ranges))
+        def free(self, off):
+            if off is None or off not in self.m.live:
+                return
+            self.s.free(off)
+            del self.m.live[off]
+
+        @precondition(lambda self: self.s is not None)
+        @rule(off=ranges)
+        def double_or_interior_free(self, off):
+            if off is None:
+                return
+            before = self.s.stats()
+            bad = off if off not in self.m.live else off + 1 if self.m.live[off] > 1 else None
+            if bad is None or bad in self.m.live:
+                return
+            try:
+                self.s.free(bad)
+            except mempool.NotAllocated:
+                pass
+            else:
+                raise AssertionError(f"free({bad}) of a range that is not live succeeded")
+            assert self.s.stats() == before
+
+        @precondition(lambda self: self.s is not None)
+        @rule(target=ranges, off=consumes(ranges), size=st.integers(1, 1 << 12), align=ALIGNS)
+        def realloc(self, off, size: int, align: int):
+            s, m = self.s, self.m
+            if off is None or off not in m.live:
+                return mempool_nothing()
+            old = m.live[off]
+            in_place = size <= old or m.next_gap(off) >= size - old
+            before = s.stats()
+            try:
+                new = s.realloc(off, size, align)
+            except mempool.OutOfSpace:
+                assert not in_place and size > old
+                assert not m.fits(size, align), "a free range could have held the move"
+                prev_gap = next((n for g, n in m.gaps() if g + n == off), 0)
+                start, end = off - prev_gap, off + old + m.next_gap(off)
+                assert end - align_up(start, align) < size, "moving down would have fit"
+                assert s.stats() == before
+                return off
+            if in_place:
+                assert new == off, "realloc moved although it could stay"
+            else:
+                assert new % align == 0
+            del m.live[off]
+            assert not any(o < new + size and new < o + n for o, n in m.live.items())
+            assert new + size <= m.capacity
+            m.live[new] = size
+            return new
+
+        @precondition(lambda self: self.s is not None)
+        @rule()
+        def reset(self) -> None:
+            self.s.reset()
+            self.m.live.clear()
+
+        @precondition(lambda self: self.s is not None)
+        @rule()
+        def snapshot_restore(self) -> None:
+            data = self.s.snapshot()
+            self.s = type(self.s).restore(data)
+            assert self.s.snapshot() == data
+
+        @precondition(lambda self: self.s is not None)
+        @rule(sizes=st.lists(st.integers(1, 256), max_size=8))
+        def alloc_many_free_many(self, sizes) -> None:
+            before = self.s.stats()
+            try:
+                offs = self.s.alloc_many(sizes)
+            except mempool.OutOfSpace:
+                assert self.s.stats() == before
+                return
+            assert len(offs) == len(sizes)
+            self.s.free_many(offs)
+            assert self.s.used == before.used and len(self.s) == before.live
+
+        @invariant()
+        def consistent(self) -> None:
+            if self.s is None:
+                return
+            s, m = self.s, self.m
+            s.check()
+            assert len(s) == len(m.live)
+            assert s.used == sum(m.live.values())
+            assert s.available == m.capacity - s.used
+            assert s.segments() == m.segments()
+            gaps = m.gaps()
+            assert s.largest_free == max((n for _, n in gaps), default=0)
+            assert s.stats().free_ranges == len(gaps)
+
+    return ExactMachine
+
+
+def mempool_nothing():
+    """What a rule returns into the bundle when it made nothing."""
+    return None

@@ -1,0 +1,9 @@
+"""TLSF against the model: check() after every step, no false OutOfSpace."""
+
+import mempool
+from machines import exact_machine
+
+TestTLSF = exact_machine(lambda cap: mempool.TLSF(cap)).TestCase
+TestTLSFFewNodes = exact_machine(
+    lambda cap: mempool.TLSF(cap, max_blocks=min(cap, 4096)), capacity_max=4096
+).TestCase

@@ -1,0 +1,133 @@
+"""mempool.trace: reading (good and malformed files), replay in C, the libc
+baseline, the Python-loop replay."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import trace
+
+HEADER = "# mempool-trace v1 program=test maxlive=300 ops=6\n"
+
+
+def write(tmp_path, text, name="t.trace", gz=False):
+    p = tmp_path / (name + (".gz" if gz else ""))
+    data = text.encode()
+    p.write_bytes(gzip.compress(data) if gz else data)
+    return p
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_small_trace(tmp_path, gz):
+    p = write(tmp_path, HEADER + "a 0 100\na 1 200 64\nr 0 150\nf 1\na 1 0\nf 0\n", gz=gz)
+    t = trace.read(p)
+    assert len(t) == 6 and t.name == "t" and t.program == "test"
+    assert t.op.tolist() == [0, 0, 2, 1, 0, 1]
+    assert t.id.tolist() == [0, 1, 0, 1, 1, 0]
+    assert t.size.tolist() == [100, 200, 150, 0, 0, 0]
+    assert t.align.tolist() == [1, 64, 1, 1, 1, 1]
+    assert t.maxlive == 350 and t.max_id == 1
+    assert t.header["maxlive"] == "300"
+
+
+def test_blank_and_comment_lines_and_crlf(tmp_path):
+    p = write(tmp_path, HEADER + "\n# note\r\na 0 5\r\n\nf 0")
+    assert trace.read(p).op.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "body, line, match",
+    [
+        ("a 0 10\nx 1 5\n", 3, "unknown operation"),
+        ("a 0 10\na 1\n", 3, "expected a SIZE"),
+        ("a 0 10\nf\n", 3, "expected an ID"),
+        ("a 0 10\na 1 8 3\n", 3, "not a power of two"),
+        ("a 0 10\na 1 8 64 9\n", 3, "unexpected text"),
+        ("a 0 10\nr 0 0\n", 3, "realloc to size 0"),
+        ("a 0 -5\n", 2, "expected a SIZE"),
+        ("a 0 99999999999999999999999\n", 2, "expected a SIZE"),
+        ("a 0 10\nfree 0\n", 3, "unknown operation"),
+        ("a 0 10\na 0 10\n", 3, "alloc of an ID that is live"),
+        ("a 0 10\n\nf 1\n", 4, "free of an ID that is not live"),
+        ("a 0 10\nf 0\nr 0 5\n", 4, "realloc of an ID that is not live"),
+        ("a 5000000000 10\n", 2, "too large"),
+    ],
+)
+def test_malformed_lines_are_named(tmp_path, body, line, match):
+    p = write(tmp_path, HEADER + body)
+    with pytest.raises(trace.TraceError, match=f"line {line}: .*{match}"):
+        trace.read(p)
+
+
+def test_bad_header_and_files(tmp_path):
+    with pytest.raises(trace.TraceError, match="line 1: not a mempool-trace v1 header"):
+        trace.read(write(tmp_path, "a 0 10\n"))
+    with pytest.raises(trace.TraceError, match="line 1"):
+        trace.read(write(tmp_path, "\xff\xfe garbage"))
+    bad_gz = tmp_path / "bad.trace.gz"
+    bad_gz.write_bytes(b"\x1f\x8b" + b"\x00" * 20)
+    with pytest.raises(trace.TraceError, match="gzip"):
+        trace.read(bad_gz)
+    with pytest.raises(OSError):
+        trace.read(tmp_path / "missing.trace")
+    assert issubclass(trace.TraceError, ValueError)
+
+
+def test_bundled_traces_are_packaged():
+    names = sorted(p.name for p in trace.bundled())
+    assert names == ["ffmpeg-x264-aac.trace.gz", "python3-compileall.trace.gz",
+                     "sqlite3-import-index.trace.gz"]
+
+
+def test_read_bundled_trace_matches_its_readme():
+    t = trace.read([p for p in trace.bundled() if p.name.startswith("ffmpeg")][0])
+    assert len(t) == 630_430 and t.maxlive == 11_885_351 and t.max_id == 781
+    assert int((t.op == 0).sum()) == 314_689 and int((t.op == 2).sum()) == 1_056
+    assert int((t.align == 64).sum()) == 287_861
+
+
+@pytest.mark.parametrize("strategy", ["tlsf", "bestfit", "libc"])
+def test_replay_prefix(strategy):
+    t = trace.read([p for p in trace.bundled() if p.name.startswith("sqlite")][0]).head(40_000)
+    r = trace.replay(t, strategy)
+    assert r.ops == 40_000 and r.failures == 0 and r.ns_per_op > 0
+    assert r.maxlive == t.maxlive
+    if strategy != "libc":
+        assert r.capacity == 2 * t.maxlive
+        assert 1.0 <= r.high_water_ratio < 1.1
+        assert r.peak_used >= t.maxlive
+
+
+def test_replay_counts_failures_in_a_small_span(tmp_path):
+    p = write(tmp_path, HEADER + "a 0 100\na 1 100\nf 0\na 0 50\nr 1 500\nf 1\n")
+    r = trace.replay(p, "tlsf", capacity=150)
+    # 'a 1 100' fails; then 'r 1' and 'f 1' are skipped (1 is not live); 'a 0 50' fits
+    assert r.failures == 1 and r.high_water == 100
+    r = trace.replay(p, "tlsf", capacity=1000)
+    assert r.failures == 0 and r.high_water == 600  # 'r 1 500' grew in place at 100
+
+
+def test_replay_instance_must_be_empty_and_strategy_known(tmp_path):
+    p = write(tmp_path, HEADER + "a 0 10\nf 0\n")
+    s = mempool.TLSF(100)
+    s.alloc(1)
+    with pytest.raises(ValueError, match="empty"):
+        trace.replay(p, s)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        trace.replay(p, "nope")
+    with pytest.raises(TypeError):
+        trace.replay(p, 42)
+
+
+def test_python_replay(tmp_path):
+    p = write(tmp_path, HEADER + "a 0 100\na 1 200 64\nr 0 150\nf 1\na 1 0\nf 0\n")
+    ns, failures = trace.python_replay(trace.read(p), "bestfit")
+    assert ns > 0 and failures == 0
+
+
+def test_trace_arrays_types():
+    t = trace.read([p for p in trace.bundled() if p.name.startswith("sqlite")][0]).head(10)
+    assert t.op.dtype == np.uint8 and t.id.dtype == np.uint32
+    assert t.size.dtype == np.uint64 and t.align.dtype == np.uint32
