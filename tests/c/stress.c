@@ -981,6 +981,65 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
     }
 }
 
+/* BestFit: a huge free tree relinked into one long, otherwise plausible chain (parent
+ * links and stored heights consistent, in key order).  check() must reject it without
+ * recursing down the chain (a stack overflow), and so must a cycle through the chain. */
+static void degenerate_tree(const strat_t *s)
+{
+    if (!s->exact_best) return;
+    enum { N = 200000 };
+    snprintf(g_ctx, sizeof g_ctx, "%s: degenerate free tree of %d nodes", s->name, N / 2);
+    snprintf(g_op, sizeof g_op, "build");
+    uint64_t len = s->state_size(N + 2, N + 2);
+    unsigned char *st = xmalloc(len);
+    REQUIRE(s->init(st, N + 2, N + 2) == MP_OK, "init");
+    uint64_t out;
+    for (int i = 0; i < N; i++) REQUIRE(s->ops->alloc(st, 1, 1, &out) == MP_OK, "alloc %d", i);
+    for (uint64_t o = 0; o < N; o += 2) REQUIRE(s->ops->free(st, o) == MP_OK, "free %llu", (ull)o);
+    char msg[256];
+    REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
+    const mp_rset_t *rs = rs_cset(st);
+    uint64_t tbl = ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
+    uint64_t nodes_off = len - tbl - (uint64_t)rs->max_blocks * sizeof(mp_rnode_t);
+    mp_rnode_t *nodes = (mp_rnode_t *)(st + nodes_off);
+    uint32_t *order = xmalloc(sizeof(uint32_t) * (N + 2));
+    uint32_t n = 0;
+    /* free nodes in key order: sizes are 1 except the tail, so by offset, tail last */
+    uint32_t tail = MP_NIL;
+    for (uint32_t i = 0; i < rs->top; i++) {
+        if ((nodes[i].flags & 3) != 3) continue;
+        if (nodes[i].size != 1) tail = i;
+        else order[n++] = i;
+    }
+    /* sort by offset (counting: offsets are even and < N) */
+    uint32_t *by_off = xmalloc(sizeof(uint32_t) * (N / 2 + 1));
+    for (uint32_t a = 0; a < n; a++) by_off[nodes[order[a]].offset / 2] = order[a];
+    memcpy(order, by_off, sizeof(uint32_t) * n);
+    free(by_off);
+    if (tail != MP_NIL) order[n++] = tail;
+    REQUIRE(n == rs->nfree, "%u free nodes found, nfree %u", n, rs->nfree);
+    unsigned char *root_at = st + RS_AREA_OFF; /* bestfit: the root is the first word */
+    for (int variant = 0; variant < 2; variant++) {
+        for (uint32_t a = 0; a < n; a++) {
+            mp_rnode_t *x = &nodes[order[a]];
+            x->link[0] = MP_NIL;
+            x->link[1] = a + 1 < n ? order[a + 1] : MP_NIL;
+            x->link[2] = a ? order[a - 1] : MP_NIL;
+            uint32_t h = n - a > 255 ? 255 : n - a;
+            x->flags = 3u | h << 8;
+        }
+        if (variant == 1) { /* close the chain into a cycle */
+            nodes[order[n - 1]].link[1] = order[0];
+            nodes[order[0]].link[2] = order[n - 1];
+        }
+        memcpy(root_at, &order[0], sizeof(uint32_t));
+        snprintf(g_op, sizeof g_op, "check of a %s of %u nodes", variant ? "cycle" : "chain", n);
+        REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_ECORRUPT, "check accepted it");
+    }
+    free(order);
+    free(st);
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 int main(int argc, char **argv)
 {
@@ -996,6 +1055,7 @@ int main(int argc, char **argv)
         g_rng = seed * 0x100000001B3ull + si;
         clock_t t1 = clock();
         known_cases(s);
+        degenerate_tree(s);
         random_runs(s, runs, steps);
         printf("%-8s coverage: %llu verified steps; alloc %llu ok, %llu ENOSPACE, %llu ENONODES; "
                "%llu frees, %llu bad offsets, %llu resets; realloc %llu same, %llu shrink, %llu "
