@@ -10,6 +10,17 @@ import os
 from glob import glob
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class always_build_ext(build_ext):
+    """Recompile every time: pip builds in the source tree, and objects left in
+    build/ by a plain build must not be reused by a sanitizer build (or back)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.force = True
+
 
 sources = sorted(glob("src/mempool/_core/*.c")) + sorted(glob("src/mempool/_native/*.c"))
 cflags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
@@ -24,6 +35,7 @@ else:
     cflags += ["-O2"]
 
 setup(
+    cmdclass={"build_ext": always_build_ext},
     ext_modules=[
         Extension(
             "mempool._mempool",
