@@ -974,6 +974,25 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
                 exercise_accepted(&p, buf, 10);
             }
         }
+        /* two adjacent free ranges, each properly filed, counters consistent: only the
+         * merge invariant is broken.  Made by hiding A from B (B.prev = NIL) while B is
+         * freed, then restoring the link. */
+        for (size_t k = 0; k + 1 < p.nsegs; k++) {
+            if (p.segs[k].alloc || !p.segs[k + 1].alloc) continue;
+            memcpy(buf, v, p.len);
+            mp_fidx_t fake = {.area_size = L.area_size}; /* rs_lookup needs only the layout */
+            uint32_t b = rs_lookup(buf, &fake, p.segs[k + 1].off);
+            REQUIRE(b != MP_NIL, "allocated range not found");
+            mp_rnode_t *nodes = (mp_rnode_t *)(buf + L.nodes_off);
+            uint32_t a = nodes[b].prev;
+            nodes[b].prev = MP_NIL;
+            REQUIRE(p.ops->free(buf, p.segs[k + 1].off) == MP_OK, "free");
+            nodes[b].prev = a;
+            snprintf(g_op, sizeof g_op, "unmerged free ranges at %llu and %llu",
+                     (ull)p.segs[k].off, (ull)p.segs[k + 1].off);
+            expect_corrupt(&p, buf, p.len, "a state with unmerged free neighbours");
+            break;
+        }
         /* the valid state itself still passes, untouched */
         verify(&p);
         free(buf);
@@ -1040,6 +1059,37 @@ static void degenerate_tree(const strat_t *s)
     free(st);
 }
 
+/* The offset table stays short-probed for sequential tiny ranges: mean displacement
+ * (slot - home) of its entries is small.  Deterministic, no timing: a home function
+ * that keeps sequential offsets in one run of slots makes it grow with n. */
+static void table_spread(const strat_t *s)
+{
+    enum { N = 20000 };
+    static const uint64_t sizes[] = {1, 3, 8, 16, 4096};
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+        snprintf(g_ctx, sizeof g_ctx, "%s: table spread, %d sequential allocs of %llu", s->name,
+                 N, (ull)sizes[z]);
+        snprintf(g_op, sizeof g_op, "sequential allocs");
+        uint64_t cap = N * sizes[z] + 1, len = s->state_size(cap, N + 2), out;
+        unsigned char *st = xmalloc(len);
+        REQUIRE(s->init(st, cap, N + 2) == MP_OK, "init");
+        for (int i = 0; i < N; i++) REQUIRE(s->ops->alloc(st, sizes[z], 1, &out) == MP_OK, "alloc");
+        const mp_rset_t *rs = rs_cset(st);
+        uint64_t slots = (uint64_t)1 << rs->hash_bits, mask = slots - 1, total = 0, n = 0;
+        const mp_slot_t *t = (const mp_slot_t *)(st + len - slots * sizeof(mp_slot_t));
+        for (uint64_t k = 0; k < slots; k++) {
+            if (t[k].node == MP_NIL) continue;
+            total += (k - rs_home(t[k].tag, rs->hash_bits)) & mask;
+            n++;
+        }
+        REQUIRE(n == N, "table holds %llu entries", (ull)n);
+        REQUIRE(total < 16 * n, "mean probe displacement %.1f slots", (double)total / (double)n);
+        char msg[256];
+        REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
+        free(st);
+    }
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 int main(int argc, char **argv)
 {
@@ -1056,6 +1106,7 @@ int main(int argc, char **argv)
         clock_t t1 = clock();
         known_cases(s);
         degenerate_tree(s);
+        table_spread(s);
         random_runs(s, runs, steps);
         printf("%-8s coverage: %llu verified steps; alloc %llu ok, %llu ENOSPACE, %llu ENONODES; "
                "%llu frees, %llu bad offsets, %llu resets; realloc %llu same, %llu shrink, %llu "

@@ -8,8 +8,7 @@
  * tree keyed by (size, offset)).  Allocated ranges are found by offset through an
  * open-addressing hash table (linear probing, backward-shift deletion) whose slots
  * hold {tag, node}: tag = (uint32_t)(offset >> 3), so probing compares tags in the
- * table without touching nodes, and the home slot (tag ^ tag >> bits) & mask keeps
- * ranges that are near in address near in the table (cache locality).
+ * table without touching nodes; the home slot is a multiplicative hash of the tag.
  *
  * State layout (all integers, no pointers; see mempool.h principle 1):
  *
@@ -133,9 +132,12 @@ static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uin
 }
 
 static inline uint32_t rs_tag(uint64_t offset) { return (uint32_t)(offset >> 3); }
+/* Fibonacci hashing of the tag.  Not (tag ^ tag >> bits): that keeps sequential
+ * ranges in one contiguous run of slots (and < 8-byte ranges on one home), so every
+ * lookup and every backward-shift deletion walked the whole run: O(n) per op. */
 static inline uint64_t rs_home(uint32_t tag, uint32_t bits)
 {
-    return (tag ^ (tag >> bits)) & (((uint64_t)1 << bits) - 1);
+    return ((uint64_t)tag * 0x9E3779B97F4A7C15ull) >> (64 - bits);
 }
 
 /* ---- node pool ----------------------------------------------------------- */
