@@ -53,7 +53,9 @@ int mp_strategy_ready(PyObject *module);
 StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len);
 /* Raise the Python exception that matches rc for an operation on self. */
 PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset);
-/* Register a concrete strategy type for restore() and attach. */
+/* Register a concrete strategy type (module attribute, restore(), attach).  The
+ * type's own tp_methods (extras, NULL-terminated) are merged with the generic
+ * ones; its tp_getset defaults to the generic properties. */
 int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops);
 const mp_ops_t *mp_ops_of_type(PyTypeObject *type);
 PyTypeObject *mp_type_of_ops(const mp_ops_t *ops);

@@ -19,25 +19,6 @@ static struct {
 } types[MAX_TYPES];
 static int ntypes;
 
-int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops)
-{
-    if (ntypes == MAX_TYPES) {
-        PyErr_SetString(PyExc_RuntimeError, "too many strategy types");
-        return -1;
-    }
-    type->tp_base = &StrategyType;
-    if (PyType_Ready(type) < 0) return -1;
-    Py_INCREF(type);
-    if (PyModule_AddObject(module, strrchr(type->tp_name, '.') + 1, (PyObject *)type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    types[ntypes].type = type;
-    types[ntypes].ops = ops;
-    ntypes++;
-    return 0;
-}
-
 const mp_ops_t *mp_ops_of_type(PyTypeObject *type)
 {
     for (PyTypeObject *t = type; t; t = t->tp_base)
@@ -644,5 +625,46 @@ int mp_strategy_ready(PyObject *module)
         Py_DECREF(&StrategyType);
         return -1;
     }
+    return 0;
+}
+
+/* Each concrete type carries the whole method table itself (its own extras
+ * first): a method descriptor found on the exact type skips the subtype check
+ * that an inherited one pays on every call. */
+static int merge_methods(PyTypeObject *type)
+{
+    size_t nbase = 0, nextra = 0;
+    while (strategy_methods[nbase].ml_name) nbase++;
+    if (type->tp_methods)
+        while (type->tp_methods[nextra].ml_name) nextra++;
+    PyMethodDef *all = PyMem_Calloc(nbase + nextra + 1, sizeof *all); /* lives forever */
+    if (!all) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (nextra) memcpy(all, type->tp_methods, nextra * sizeof *all);
+    memcpy(all + nextra, strategy_methods, nbase * sizeof *all);
+    type->tp_methods = all;
+    return 0;
+}
+
+int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops)
+{
+    if (ntypes == MAX_TYPES) {
+        PyErr_SetString(PyExc_RuntimeError, "too many strategy types");
+        return -1;
+    }
+    type->tp_base = &StrategyType;
+    if (!type->tp_getset) type->tp_getset = StrategyType.tp_getset;
+    if (merge_methods(type) < 0) return -1;
+    if (PyType_Ready(type) < 0) return -1;
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, strrchr(type->tp_name, '.') + 1, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    types[ntypes].type = type;
+    types[ntypes].ops = ops;
+    ntypes++;
     return 0;
 }
