@@ -9,6 +9,7 @@ Build switches (environment):
 import os
 from glob import glob
 
+import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -40,6 +41,7 @@ setup(
         Extension(
             "mempool._mempool",
             sources=sources,
+            include_dirs=[numpy.get_include()],
             depends=sorted(glob("src/mempool/_core/*.h")) + sorted(glob("src/mempool/_native/*.h")),
             extra_compile_args=cflags,
             extra_link_args=ldflags,

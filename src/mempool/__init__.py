@@ -5,18 +5,34 @@ relocatable block (see DESIGN.md).  The strategy types:
 
 - :class:`TLSF` -- O(1) two-level segregated fit, exact sizes.
 - :class:`BestFit` -- exact best fit in O(log n).
+
+Pools (:class:`Pool`) put a strategy over real bytes from a source
+(:class:`AnonymousMemory`, :class:`FileMemory`, :class:`BufferMemory`,
+:class:`External`) and hand out :class:`Block` objects and NumPy arrays.
 """
 
 from __future__ import annotations
 
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .stats import Stats
-from ._mempool import BestFit, Strategy, TLSF
+from ._mempool import BestFit, Block, Strategy, TLSF
 from .strategies import STRATEGIES
+from .sources import AnonymousMemory, BufferMemory, External, FileMemory, NumaPolicy
+from .pool import Pool
+from .regions import RegionPool, RegionStats
 from . import trace
 
 __all__ = [
+    "AnonymousMemory",
     "BestFit",
+    "Block",
+    "BufferMemory",
+    "External",
+    "FileMemory",
+    "NumaPolicy",
+    "Pool",
+    "RegionPool",
+    "RegionStats",
     "CorruptionError",
     "MempoolError",
     "NotAllocated",

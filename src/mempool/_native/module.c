@@ -160,8 +160,24 @@ done:
     return ret;
 }
 
+/* address_of(buffer) -> the address of its first byte (sources use it for mbind/mlock) */
+static PyObject *ext_address_of(PyObject *Py_UNUSED(mod), PyObject *obj)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *r = PyLong_FromVoidPtr(v.buf);
+    PyBuffer_Release(&v);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
+    {"address_of", ext_address_of, METH_O,
+     "address_of(buffer)\n--\n\nThe address of the buffer's first byte (an int)."},
     {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},
+    {"attach", mp_ext_attach, METH_VARARGS,
+     "attach(buffer, offset, length)\n--\n\n"
+     "A strategy over the state block at buffer[offset:offset+length] (a file mapping or a\n"
+     "shared segment), validated: CorruptionError for anything that is not a valid state."},
     {"validate_trace", ext_validate_trace, METH_VARARGS,
      "validate_trace(op, id, size, align, max_id)\n--\n\n"
      "(True, maxlive) for a valid trace, (False, index of the first invalid op) otherwise."},
@@ -211,7 +227,8 @@ PyMODINIT_FUNC PyInit__mempool(void)
     if (import_names() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0) {
+    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0 ||
+        mp_block_ready(m) < 0 || mp_pool_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -30,6 +30,52 @@ typedef struct {
     PyObject *weakreflist;
 } StrategyObject;
 
+/* A pool: a strategy over real bytes (or none, for External sources). */
+typedef struct {
+    PyObject_HEAD
+    StrategyObject *strategy; /* offsets                                        */
+    char *base;               /* byte 0 of the span, NULL when there are no bytes */
+    uint64_t capacity;        /* == strategy capacity                           */
+    Py_buffer view;           /* the data buffer, held while open (has_view)    */
+    int has_view;
+    int closed;
+    int auto_free;            /* blocks give their range back when collected   */
+    PyObject *source;         /* the memory source, kept alive                  */
+    Py_ssize_t exports;       /* buffer exports of blocks + array-owned blocks  */
+    uint64_t default_align;   /* alloc()'s default alignment (16)               */
+    volatile uint64_t *gen;   /* persistent pools: the header's generation word: odd
+                                 while an allocator call is under way, or NULL  */
+    Py_buffer gen_view;       /* the header buffer gen points into (has_gen)    */
+    int has_gen;
+    PyObject *weakreflist;
+} PoolObject;
+
+/* A range of a pool, with the buffer protocol. */
+typedef struct {
+    PyObject_HEAD
+    PoolObject *pool;  /* strong reference: a block keeps its pool alive        */
+    uint64_t offset;
+    uint64_t size;     /* bytes asked for: what the buffer exposes              */
+    uint64_t align;    /* kept when realloc moves the range                     */
+    Py_ssize_t exports;
+    int live;          /* 0 once freed (or the pool closed under it)            */
+    int owned;         /* give the range back when collected                    */
+    int array;         /* owned by an ndarray made by the pool: counts as an export */
+} BlockObject;
+
+/* block.c */
+extern PyTypeObject BlockType;
+int mp_block_ready(PyObject *module);
+BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint64_t align,
+                          int owned);
+
+/* pool.c */
+extern PyTypeObject PoolCoreType;
+int mp_pool_ready(PyObject *module);
+int mp_pool_check_open(PoolObject *pool);
+/* Give a live block's range back to its pool (the block is marked dead). */
+int mp_pool_release(PoolObject *pool, BlockObject *b);
+
 /* module.c: the error types, imported from mempool.errors at init */
 extern PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
     *mp_PoolClosed, *mp_StatsType;
@@ -60,6 +106,7 @@ int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops);
 const mp_ops_t *mp_ops_of_type(PyTypeObject *type);
 PyTypeObject *mp_type_of_ops(const mp_ops_t *ops);
 PyObject *mp_ext_restore_fn(PyObject *mod, PyObject *args); /* _restore(type, data) */
+PyObject *mp_ext_attach(PyObject *mod, PyObject *args);      /* attach(buffer, off, len) */
 
 /* type_*.c */
 /* TYPE(capacity, *, max_blocks=None) for the range strategies (type_tlsf.c) */

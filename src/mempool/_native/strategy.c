@@ -447,6 +447,51 @@ done:
     return (PyObject *)self;
 }
 
+/* attach(buffer, offset, length): a strategy whose state lives in someone else's
+ * writable buffer (a file mapping, a shared segment); the type comes from the
+ * state's kind.  The head and the whole state are validated first. */
+PyObject *mp_ext_attach(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *buffer;
+    unsigned long long offset, length;
+    if (!PyArg_ParseTuple(args, "OKK", &buffer, &offset, &length)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    char msg[256];
+    if (offset % 8 || offset > (unsigned long long)view.len ||
+        length > (unsigned long long)view.len - offset || length < sizeof(mp_head_t)) {
+        PyErr_Format(mp_CorruptionError, "state block [%llu, +%llu) does not fit the buffer",
+                     offset, length);
+        goto fail;
+    }
+    void *st = (char *)view.buf + offset;
+    mp_head_t head;
+    memcpy(&head, st, sizeof head);
+    const mp_ops_t *ops = mp_ops_by_kind(head.kind);
+    PyTypeObject *type = ops ? mp_type_of_ops(ops) : NULL;
+    if (!type) {
+        PyErr_Format(mp_CorruptionError, "state of unknown strategy kind %u", head.kind);
+        goto fail;
+    }
+    if (mp_head_validate(st, length, ops, msg, sizeof msg) || ops->check(st, length, msg, sizeof msg)) {
+        PyErr_Format(mp_CorruptionError, "invalid %s state: %s", ops->name, msg);
+        goto fail;
+    }
+    StrategyObject *self = (StrategyObject *)type->tp_alloc(type, 0);
+    if (!self) goto fail;
+    self->ops = ops;
+    self->st = st;
+    self->st_len = length;
+    self->owns = 0;
+    Py_INCREF(buffer);
+    self->owner = buffer;
+    self->owner_view = view;
+    return (PyObject *)self;
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyObject *ext_strategy_restore(PyObject *cls, PyObject *data)
 {
     return restore_into((PyTypeObject *)cls, data);

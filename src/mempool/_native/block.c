@@ -1,0 +1,197 @@
+/*
+ * block.c -- mempool.Block: one range of a pool, with the buffer protocol.
+ *
+ * Safety rules (DESIGN.md, "Memory and pools"):
+ *  - a block holds a strong reference to its pool, and the pool to its source,
+ *    so memory a block can reach stays mapped while the block lives;
+ *  - every buffer export (memoryview, numpy.asarray, bytes) is counted on the
+ *    block and on the pool: free() of a block with exports and close() of a pool
+ *    with exports raise BufferError, as mmap.close() does;
+ *  - a freed block, or a block of a closed pool, has no buffer and no address.
+ */
+#include "native.h"
+
+#include <string.h>
+
+BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint64_t align,
+                          int owned)
+{
+    BlockObject *b = PyObject_New(BlockObject, &BlockType);
+    if (!b) return NULL;
+    Py_INCREF(pool);
+    b->pool = pool;
+    b->offset = offset;
+    b->size = size;
+    b->align = align;
+    b->exports = 0;
+    b->live = 1;
+    b->owned = owned;
+    b->array = 0;
+    return b;
+}
+
+static void block_dealloc(BlockObject *b)
+{
+    PoolObject *pool = b->pool;
+    if (b->array) { /* the array that owned the block is gone: so is its export */
+        b->exports--;
+        pool->exports--;
+        b->array = 0;
+    }
+    if (b->live && b->owned && !pool->closed) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb); /* may run while an exception is set */
+        if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)b);
+        PyErr_Restore(et, ev, tb);
+    }
+    Py_DECREF(pool);
+    PyObject_Free(b);
+}
+
+/* 0 when the block can be used; else an exception is set. */
+static int block_usable(BlockObject *b)
+{
+    if (b->pool->closed) {
+        PyErr_SetString(mp_PoolClosed, "the block's pool is closed");
+        return -1;
+    }
+    if (!b->live) {
+        PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
+                     (unsigned long long)b->offset);
+        return -1;
+    }
+    return 0;
+}
+
+static int block_getbuffer(BlockObject *b, Py_buffer *view, int flags)
+{
+    if (block_usable(b) < 0) return -1;
+    if (!b->pool->base) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a block of a pool over External memory has no bytes (offsets only)");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)b, b->pool->base + b->offset, (Py_ssize_t)b->size, 0,
+                          flags) < 0)
+        return -1;
+    b->exports++;
+    b->pool->exports++;
+    return 0;
+}
+
+static void block_releasebuffer(BlockObject *b, Py_buffer *Py_UNUSED(view))
+{
+    b->exports--;
+    b->pool->exports--;
+}
+
+static PyBufferProcs block_as_buffer = {
+    (getbufferproc)block_getbuffer,
+    (releasebufferproc)block_releasebuffer,
+};
+
+static PyObject *ext_block_free(BlockObject *b, PyObject *Py_UNUSED(ignored))
+{
+    if (block_usable(b) < 0) return NULL;
+    if (mp_pool_release(b->pool, b) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_block_enter(BlockObject *b, PyObject *Py_UNUSED(ignored))
+{
+    if (block_usable(b) < 0) return NULL;
+    Py_INCREF(b);
+    return (PyObject *)b;
+}
+
+static PyObject *ext_block_exit(BlockObject *b, PyObject *Py_UNUSED(args))
+{
+    if (b->live && !b->pool->closed && mp_pool_release(b->pool, b) < 0) return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *ext_block_repr(BlockObject *b)
+{
+    const char *state = b->pool->closed ? " (pool closed)" : b->live ? "" : " (freed)";
+    return PyUnicode_FromFormat("<mempool.Block offset=%llu size=%llu%s>",
+                                (unsigned long long)b->offset, (unsigned long long)b->size,
+                                state);
+}
+
+static PyObject *get_offset(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(b->offset);
+}
+static PyObject *get_size(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(b->size);
+}
+static PyObject *get_pool(BlockObject *b, void *Py_UNUSED(c))
+{
+    Py_INCREF(b->pool);
+    return (PyObject *)b->pool;
+}
+static PyObject *get_address(BlockObject *b, void *Py_UNUSED(c))
+{
+    if (block_usable(b) < 0) return NULL;
+    if (!b->pool->base) {
+        PyErr_SetString(PyExc_TypeError, "a block of a pool over External memory has no address");
+        return NULL;
+    }
+    return PyLong_FromVoidPtr(b->pool->base + b->offset);
+}
+static PyObject *get_live(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(b->live && !b->pool->closed);
+}
+static PyObject *get_exports(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(b->exports);
+}
+
+static PyGetSetDef block_getset[] = {
+    {"offset", (getter)get_offset, NULL, "Offset of the range in its pool, in bytes.", NULL},
+    {"size", (getter)get_size, NULL, "Bytes of the range (what the buffer exposes).", NULL},
+    {"pool", (getter)get_pool, NULL, "The pool the block belongs to.", NULL},
+    {"address", (getter)get_address, NULL,
+     "The range's address in this process (an int).  PoolClosed / NotAllocated once the pool\n"
+     "is closed or the block freed; TypeError over External memory.",
+     NULL},
+    {"live", (getter)get_live, NULL, "False once freed or once the pool is closed.", NULL},
+    {"exports", (getter)get_exports, NULL, "Buffer views of the block alive now.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef block_methods[] = {
+    {"free", (PyCFunction)ext_block_free, METH_NOARGS,
+     "free($self, /)\n--\n\nGive the range back to the pool.  BufferError while a view of the\n"
+     "block is alive; NotAllocated when freed already; PoolClosed after close()."},
+    {"__enter__", (PyCFunction)ext_block_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)ext_block_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool.Block",
+    .tp_basicsize = sizeof(BlockObject),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_repr = (reprfunc)ext_block_repr,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A range of a pool: offset, size, address, pool; the buffer protocol\n"
+              "(memoryview(b), numpy.asarray(b), bytes(b)) without a copy; free(); a\n"
+              "context manager that frees on exit.  Made by Pool.alloc, never directly.",
+    .tp_methods = block_methods,
+    .tp_getset = block_getset,
+};
+
+int mp_block_ready(PyObject *module)
+{
+    if (PyType_Ready(&BlockType) < 0) return -1;
+    Py_INCREF(&BlockType);
+    if (PyModule_AddObject(module, "Block", (PyObject *)&BlockType) < 0) {
+        Py_DECREF(&BlockType);
+        return -1;
+    }
+    return 0;
+}

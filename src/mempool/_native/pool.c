@@ -1,0 +1,460 @@
+/*
+ * pool.c -- mempool._mempool.PoolCore: a strategy over real bytes.
+ *
+ * mempool.Pool (pool.py) is a Python subclass that composes a source and a
+ * strategy and then hands both to PoolCore.__init__; everything a user calls on
+ * the hot path (alloc, free, realloc, empty, zeros) is here, in C, with no Python
+ * frame in between (DESIGN.md principle 4).
+ *
+ * Persistent pools (state in a file's header area) set `gen` to the header's
+ * generation word: it is odd while an allocator call is under way, so a process
+ * killed in the middle leaves a file that Pool.open() knows to verify.
+ */
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL mempool_ARRAY_API
+#include "native.h"
+
+#include <numpy/arrayobject.h>
+#include <string.h>
+
+/* ---- helpers ------------------------------------------------------------------------ */
+int mp_pool_check_open(PoolObject *pool)
+{
+    if (!pool->closed) return 0;
+    PyErr_SetString(mp_PoolClosed, "the pool is closed");
+    return -1;
+}
+
+static inline void gen_begin(PoolObject *p)
+{
+    if (p->gen) __atomic_add_fetch(p->gen, 1, __ATOMIC_SEQ_CST);
+}
+static inline void gen_end(PoolObject *p)
+{
+    if (p->gen) __atomic_add_fetch(p->gen, 1, __ATOMIC_SEQ_CST);
+}
+
+static inline const mp_ops_t *OPS(PoolObject *p) { return p->strategy->ops; }
+static inline void *ST(PoolObject *p) { return p->strategy->st; }
+
+int mp_pool_release(PoolObject *pool, BlockObject *b)
+{
+    if (b->exports > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot free the block at offset %llu: %zd view(s) of it are alive",
+                     (unsigned long long)b->offset, b->exports);
+        return -1;
+    }
+    gen_begin(pool);
+    int rc = OPS(pool)->free(ST(pool), b->offset);
+    gen_end(pool);
+    if (rc) {
+        mp_raise(pool->strategy, rc, 0, 1, b->offset);
+        return -1;
+    }
+    b->live = 0;
+    return 0;
+}
+
+static BlockObject *as_block(PoolObject *self, PyObject *o)
+{
+    if (!PyObject_TypeCheck(o, &BlockType)) {
+        PyErr_Format(PyExc_TypeError, "expected a mempool.Block, not %.100s", Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    BlockObject *b = (BlockObject *)o;
+    if (b->pool != self) {
+        PyErr_SetString(mp_NotAllocated, "the block belongs to another pool");
+        return NULL;
+    }
+    if (!b->live) {
+        PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
+                     (unsigned long long)b->offset);
+        return NULL;
+    }
+    return b;
+}
+
+/* ---- init / dealloc ---------------------------------------------------------------- */
+static const char *const init_names[] = {"strategy", "buffer", "source", "auto_free", "align"};
+
+static int ext_pool_init(PoolObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *strategy, *buffer = Py_None, *source = Py_None;
+    int auto_free = 1;
+    unsigned long long align = 16;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|OO$pK:PoolCore", (char **)init_names,
+                                     &StrategyType, &strategy, &buffer, &source, &auto_free,
+                                     &align))
+        return -1;
+    if (self->strategy) {
+        PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
+        return -1;
+    }
+    if (!mp_is_pow2(align)) {
+        PyErr_Format(PyExc_ValueError, "align must be a positive power of two, got %llu", align);
+        return -1;
+    }
+    StrategyObject *s = (StrategyObject *)strategy;
+    if (!s->st) {
+        PyErr_SetString(mp_PoolClosed, "the strategy is closed");
+        return -1;
+    }
+    uint64_t capacity = ((mp_head_t *)s->st)->capacity;
+    if (buffer != Py_None) {
+        if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        if ((uint64_t)self->view.len < capacity) {
+            PyErr_Format(PyExc_ValueError, "the buffer holds %zd bytes, the strategy manages %llu",
+                         self->view.len, (unsigned long long)capacity);
+            PyBuffer_Release(&self->view);
+            return -1;
+        }
+        self->has_view = 1;
+        self->base = self->view.buf;
+    }
+    Py_INCREF(strategy);
+    self->strategy = s;
+    Py_INCREF(source);
+    self->source = source;
+    self->capacity = capacity;
+    self->auto_free = auto_free;
+    self->default_align = align;
+    return 0;
+}
+
+static void pool_dealloc(PoolObject *self)
+{
+    if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->has_view) PyBuffer_Release(&self->view);
+    if (self->has_gen) PyBuffer_Release(&self->gen_view);
+    Py_XDECREF(self->strategy);
+    Py_XDECREF(self->source);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ---- hot methods -------------------------------------------------------------------- */
+static const char *const alloc_names[] = {"size", "align"};
+
+static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    PyObject *vals[2] = {NULL, NULL};
+    uint64_t size, align = self->default_align, off;
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
+        return NULL;
+    int big = mp_arg_size(vals[0], "size", &size);
+    if (big < 0) return NULL;
+    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
+    if (mp_pool_check_open(self) < 0) return NULL;
+    if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
+    gen_begin(self);
+    int rc = OPS(self)->alloc(ST(self), size, align, &off);
+    gen_end(self);
+    if (rc) return mp_raise(self->strategy, rc, size, align, 0);
+    BlockObject *b = mp_block_new(self, off, size, align, self->auto_free);
+    if (!b) {
+        gen_begin(self);
+        OPS(self)->free(ST(self), off);
+        gen_end(self);
+    }
+    return (PyObject *)b;
+}
+
+static PyObject *ext_pool_free(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "free() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (mp_pool_check_open(self) < 0) return NULL;
+    BlockObject *b = as_block(self, args[0]);
+    if (!b || mp_pool_release(self, b) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t size, off;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "realloc() takes exactly two arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (mp_pool_check_open(self) < 0) return NULL;
+    BlockObject *b = as_block(self, args[0]);
+    if (!b) return NULL;
+    int big = mp_arg_size(args[1], "size", &size);
+    if (big < 0) return NULL;
+    if (b->exports > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot resize the block at offset %llu: %zd view(s) of it are alive",
+                     (unsigned long long)b->offset, b->exports);
+        return NULL;
+    }
+    if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, b->align, 0);
+    gen_begin(self);
+    int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+    gen_end(self);
+    if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
+    if (off != b->offset && self->base)
+        memmove(self->base + off, self->base + b->offset, (size_t)(size < b->size ? size : b->size));
+    b->offset = off;
+    b->size = size;
+    Py_INCREF(b);
+    return (PyObject *)b;
+}
+
+/* block_at(offset): a Block for a live range (persistent pools reopened). */
+static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t off, size;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "block_at() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    int rc = mp_arg_u64(args[0], "offset", &off);
+    if (rc < 0) return NULL;
+    if (mp_pool_check_open(self) < 0) return NULL;
+    if (rc > 0 || OPS(self)->size_of(ST(self), off, &size)) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
+        return NULL;
+    }
+    return (PyObject *)mp_block_new(self, off, size, 1, 0);
+}
+
+/* ---- arrays -------------------------------------------------------------------------- */
+static const char *const array_names[] = {"shape", "dtype"};
+
+static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames, const char *fname, int zero)
+{
+    PyObject *vals[2] = {NULL, NULL};
+    if (mp_parse_args(fname, args, nargs, kwnames, array_names, 2, 1, vals) < 0) return NULL;
+    if (mp_pool_check_open(self) < 0) return NULL;
+    if (!self->base) {
+        PyErr_SetString(PyExc_TypeError, "a pool over External memory cannot hold arrays");
+        return NULL;
+    }
+    PyArray_Dims dims = {NULL, 0};
+    PyArray_Descr *descr = NULL;
+    PyObject *arr = NULL;
+    if (!PyArray_IntpConverter(vals[0], &dims)) return NULL;
+    if (vals[1] && vals[1] != Py_None) {
+        if (!PyArray_DescrConverter(vals[1], &descr)) goto done;
+    } else {
+        descr = PyArray_DescrFromType(NPY_DOUBLE);
+    }
+    if (PyDataType_REFCHK(descr)) {
+        PyErr_Format(PyExc_ValueError,
+                     "dtype %R holds Python object references, which cannot live in pool memory",
+                     (PyObject *)descr);
+        goto done;
+    }
+    uint64_t nbytes = (uint64_t)PyDataType_ELSIZE(descr);
+    for (int k = 0; k < dims.len; k++) {
+        if (dims.ptr[k] < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative dimensions are not allowed");
+            goto done;
+        }
+        if (dims.ptr[k] && nbytes > UINT64_MAX / (uint64_t)dims.ptr[k]) {
+            PyErr_SetString(PyExc_ValueError, "array is too big");
+            goto done;
+        }
+        nbytes *= (uint64_t)dims.ptr[k];
+    }
+    uint64_t align = (uint64_t)PyDataType_ALIGNMENT(descr), off;
+    if (align < 64) align = 64;
+    if (!mp_is_pow2(align)) align = 64;
+    uint64_t size = nbytes ? nbytes : 1;
+    gen_begin(self);
+    int rc = OPS(self)->alloc(ST(self), size, align, &off);
+    gen_end(self);
+    if (rc) {
+        mp_raise(self->strategy, rc, size, align, 0);
+        goto done;
+    }
+    BlockObject *b = mp_block_new(self, off, size, align, 1);
+    if (!b) {
+        gen_begin(self);
+        OPS(self)->free(ST(self), off);
+        gen_end(self);
+        goto done;
+    }
+    b->array = 1;      /* the array's life is an export of the block */
+    b->exports = 1;
+    self->exports++;
+    if (zero) memset(self->base + off, 0, (size_t)nbytes);
+    Py_INCREF(descr); /* NewFromDescr steals it */
+    arr = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, self->base + off,
+                               NPY_ARRAY_CARRAY, NULL);
+    if (!arr) {
+        Py_DECREF(b); /* its dealloc gives the range back */
+        goto done;
+    }
+    /* the array owns the block from here; the block's dealloc frees the range */
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)b) < 0) /* steals b */
+        Py_CLEAR(arr);
+done:
+    Py_XDECREF(descr);
+    PyDimMem_FREE(dims.ptr);
+    return arr;
+}
+
+static PyObject *ext_pool_empty(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    return make_array(self, args, nargs, kwnames, "empty", 0);
+}
+
+static PyObject *ext_pool_zeros(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    return make_array(self, args, nargs, kwnames, "zeros", 1);
+}
+
+/* ---- lifetime ------------------------------------------------------------------------- */
+static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->closed) Py_RETURN_FALSE;
+    if (self->exports > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot close the pool: %zd view(s) or array(s) of its memory are alive",
+                     self->exports);
+        return NULL;
+    }
+    self->closed = 1;
+    self->gen = NULL;
+    if (self->has_gen) {
+        PyBuffer_Release(&self->gen_view);
+        self->has_gen = 0;
+    }
+    PyObject *r = PyObject_CallMethod((PyObject *)self->strategy, "_detach", NULL);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+    self->base = NULL;
+    Py_RETURN_TRUE;
+}
+
+/* _set_generation(buffer, offset): the persistent header's generation word */
+static PyObject *ext_pool_set_generation(PoolObject *self, PyObject *args)
+{
+    PyObject *buffer;
+    unsigned long long offset;
+    if (!PyArg_ParseTuple(args, "OK", &buffer, &offset)) return NULL;
+    if (self->has_gen || self->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "the generation word is set already");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(buffer, &self->gen_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (offset % 8 || offset + 8 > (unsigned long long)self->gen_view.len) {
+        PyBuffer_Release(&self->gen_view);
+        PyErr_SetString(PyExc_ValueError, "the generation word must be inside the buffer");
+        return NULL;
+    }
+    self->has_gen = 1;
+    self->gen = (volatile uint64_t *)((char *)self->gen_view.buf + offset);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
+{
+    if (!self->strategy) Py_RETURN_NONE;
+    Py_INCREF(self->strategy);
+    return (PyObject *)self->strategy;
+}
+static PyObject *get_closed(PoolObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->closed);
+}
+static PyObject *get_exports(PoolObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromSsize_t(self->exports);
+}
+static PyObject *get_capacity(PoolObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->capacity);
+}
+static PyObject *get_source(PoolObject *self, void *Py_UNUSED(c))
+{
+    PyObject *s = self->source ? self->source : Py_None;
+    Py_INCREF(s);
+    return s;
+}
+static PyObject *get_address(PoolObject *self, void *Py_UNUSED(c))
+{
+    if (mp_pool_check_open(self) < 0) return NULL;
+    if (!self->base) Py_RETURN_NONE;
+    return PyLong_FromVoidPtr(self->base);
+}
+
+static PyGetSetDef pool_getset[] = {
+    {"strategy", (getter)get_strategy, NULL, "The strategy object (offsets).", NULL},
+    {"closed", (getter)get_closed, NULL, "True after close().", NULL},
+    {"exports", (getter)get_exports, NULL,
+     "Views and arrays of the pool's memory alive now (close() needs 0).", NULL},
+    {"capacity", (getter)get_capacity, NULL, "Bytes the pool manages.", NULL},
+    {"source", (getter)get_source, NULL, "The memory source.", NULL},
+    {"address", (getter)get_address, NULL,
+     "Address of byte 0 of the pool in this process, or None over External memory.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef pool_methods[] = {
+    {"alloc", (PyCFunction)(void (*)(void))ext_pool_alloc, METH_FASTCALL | METH_KEYWORDS,
+     "alloc($self, /, size, align=16)\n--\n\n"
+     "A Block of `size` bytes at an offset that is a multiple of `align`.\n"
+     "Raises OutOfSpace, ValueError (size < 1, bad align), TypeError, PoolClosed."},
+    {"free", (PyCFunction)(void (*)(void))ext_pool_free, METH_FASTCALL,
+     "free($self, block, /)\n--\n\n"
+     "Give a block's range back.  BufferError while a view of it is alive; NotAllocated for\n"
+     "a freed block or a block of another pool."},
+    {"realloc", (PyCFunction)(void (*)(void))ext_pool_realloc, METH_FASTCALL,
+     "realloc($self, block, size, /)\n--\n\n"
+     "Resize a block to `size` bytes, keeping its bytes (moved with memmove when the range\n"
+     "moves).  Returns the same Block, updated.  BufferError while a view of it is alive;\n"
+     "on any error nothing changed."},
+    {"block_at", (PyCFunction)(void (*)(void))ext_pool_block_at, METH_FASTCALL,
+     "block_at($self, offset, /)\n--\n\n"
+     "A Block for the live range at `offset` (its size is size_of(offset)), for pools reopened\n"
+     "from a file; it is not freed when collected.  NotAllocated for any other offset."},
+    {"empty", (PyCFunction)(void (*)(void))ext_pool_empty, METH_FASTCALL | METH_KEYWORDS,
+     "empty($self, /, shape, dtype=float64)\n--\n\n"
+     "A C-contiguous NumPy array in pool memory, as numpy.empty makes it; aligned for the dtype\n"
+     "and to at least 64 bytes.  Its range is freed when the array is collected."},
+    {"zeros", (PyCFunction)(void (*)(void))ext_pool_zeros, METH_FASTCALL | METH_KEYWORDS,
+     "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
+    {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
+    {"_set_generation", (PyCFunction)ext_pool_set_generation, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject PoolCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool._mempool.PoolCore",
+    .tp_basicsize = sizeof(PoolObject),
+    .tp_dealloc = (destructor)pool_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The C half of mempool.Pool: a strategy over a buffer (see pool.py).",
+    .tp_weaklistoffset = offsetof(PoolObject, weakreflist),
+    .tp_methods = pool_methods,
+    .tp_getset = pool_getset,
+    .tp_init = (initproc)ext_pool_init,
+    .tp_new = PyType_GenericNew,
+};
+
+int mp_pool_ready(PyObject *module)
+{
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+    if (PyType_Ready(&PoolCoreType) < 0) return -1;
+    Py_INCREF(&PoolCoreType);
+    if (PyModule_AddObject(module, "PoolCore", (PyObject *)&PoolCoreType) < 0) {
+        Py_DECREF(&PoolCoreType);
+        return -1;
+    }
+    return 0;
+}

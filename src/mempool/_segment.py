@@ -1,0 +1,130 @@
+"""The layout of a self-describing segment: a persistent pool file or a shared pool.
+
+::
+
+    0      +------------------------------+
+           | header (one 4 KiB page)      |  magic, version, sizes, strategy, checksum,
+           |                              |  generation word (odd during a call)
+    4096   +------------------------------+
+           | strategy state block         |  principle 1: integers only, relocatable
+           +------------------------------+
+           | lock (shared pools only)     |
+    data   +------------------------------+  page aligned
+           | data: capacity bytes         |
+           +------------------------------+
+
+The header's first 120 bytes are immutable after creation and covered by a
+checksum; the generation word after them changes on every allocator call.  Every
+field is validated against the segment's real length before anything is trusted,
+so a truncated, foreign or random segment raises CorruptionError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from .errors import CorruptionError
+
+__all__ = ["GEN_OFFSET", "HEADER_SIZE", "Header", "layout"]
+
+HEADER_SIZE = 4096
+VERSION = 1
+_FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q 16s")  # 120 bytes
+assert _FMT.size == 120
+CHECKSUM_OFFSET = 120
+GEN_OFFSET = 128
+_PAGE = 4096
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _digest(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The immutable header fields of a segment."""
+
+    magic: bytes
+    kind: int
+    capacity: int
+    state_off: int
+    state_size: int
+    data_off: int
+    total_size: int
+    lock_off: int
+    lock_size: int
+    strategy: str
+    created_ns: int = 0
+    version: int = VERSION
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        """The header page: fields, checksum, generation 0."""
+        body = _FMT.pack(
+            self.magic, self.version, HEADER_SIZE, self.kind, self.flags,
+            self.capacity, self.state_off, self.state_size, self.data_off, self.total_size,
+            self.lock_off, self.lock_size, self.strategy.encode("ascii").ljust(16, b"\0"),
+            self.created_ns, b"\0" * 16,
+        )
+        page = bytearray(HEADER_SIZE)
+        page[:120] = body
+        page[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 8] = _digest(body).to_bytes(8, "little")
+        return bytes(page)
+
+    @classmethod
+    def unpack(cls, buf: memoryview | bytes, length: int, magic: bytes, what: str) -> Header:
+        """Validate and read a header from a segment of ``length`` bytes.
+
+        Raises CorruptionError naming ``what`` (the file or segment) for anything
+        that does not hold.
+        """
+        if length < HEADER_SIZE:
+            raise CorruptionError(f"{what}: {length} bytes, too short for a mempool header")
+        body = bytes(buf[:120])
+        f = _FMT.unpack(body)
+        if f[0] != magic:
+            raise CorruptionError(f"{what}: not a mempool segment (magic {f[0]!r})")
+        if f[1] != VERSION:
+            raise CorruptionError(f"{what}: format version {f[1]}, this mempool reads {VERSION}")
+        stored = int.from_bytes(bytes(buf[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 8]), "little")
+        if stored != _digest(body):
+            raise CorruptionError(f"{what}: header checksum mismatch (damaged header)")
+        try:
+            name = f[12].rstrip(b"\0").decode("ascii")
+        except UnicodeDecodeError:
+            raise CorruptionError(f"{what}: bad strategy name in the header") from None
+        h = cls(magic=f[0], version=f[1], kind=f[3], flags=f[4], capacity=f[5], state_off=f[6],
+                state_size=f[7], data_off=f[8], total_size=f[9], lock_off=f[10], lock_size=f[11],
+                strategy=name, created_ns=f[13])
+        if f[2] != HEADER_SIZE or h.state_off != HEADER_SIZE:
+            raise CorruptionError(f"{what}: unexpected header size")
+        state_end = h.state_off + h.state_size
+        lock_end = h.lock_off + h.lock_size if h.lock_size else 0
+        if (h.capacity < 1 or h.state_size < 64 or h.data_off % _PAGE
+                or h.data_off < max(state_end, lock_end)
+                or (h.lock_size and h.lock_off < state_end)
+                or h.data_off + h.capacity > h.total_size):
+            raise CorruptionError(f"{what}: inconsistent sizes in the header")
+        if h.total_size > length:
+            raise CorruptionError(
+                f"{what}: truncated: the header says {h.total_size} bytes, found {length}")
+        return h
+
+
+def layout(magic: bytes, kind: int, strategy: str, capacity: int, state_size: int,
+           lock_size: int = 0, created_ns: int = 0) -> Header:
+    """Where everything goes in a new segment."""
+    state_off = HEADER_SIZE
+    lock_off = _align(state_off + state_size, 64) if lock_size else 0
+    end = (lock_off + lock_size) if lock_size else state_off + state_size
+    data_off = _align(end, _PAGE)
+    return Header(magic=magic, kind=kind, capacity=capacity, state_off=state_off,
+                  state_size=state_size, data_off=data_off,
+                  total_size=data_off + _align(capacity, _PAGE), lock_off=lock_off,
+                  lock_size=lock_size, strategy=strategy, created_ns=created_ns)

@@ -1,0 +1,43 @@
+"""Sizes as users write them: ints, or strings such as "64MiB", "1.5 GiB", "512KB".
+
+Binary suffixes (KiB, MiB, GiB, TiB, and K/M/G/T) are powers of 1024; decimal ones
+(KB, MB, GB, TB) are powers of 1000.  This module imports nothing from mempool.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+__all__ = ["parse_size"]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+    "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+}
+_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str, name: str = "size") -> int:
+    """Bytes from an int (or anything with ``__index__``) or a size string.
+
+    Raises TypeError for other types and ValueError for malformed strings or
+    values below 1.
+    """
+    if isinstance(value, str):
+        m = _RE.match(value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"{name} must be an integer or a size such as '64MiB', got {value!r}")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if n != int(n):
+            raise ValueError(f"{name} {value!r} is not a whole number of bytes")
+        n = int(n)
+    elif isinstance(value, float) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an integer or a size string, not {type(value).__name__}")
+    else:
+        n = operator.index(value)
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return n

@@ -1,0 +1,251 @@
+"""Pool: a strategy over real bytes, handed to Python code as Blocks and arrays (layer 4).
+
+The hot methods (``alloc``, ``free``, ``realloc``, ``empty``, ``zeros``, ``block_at``)
+are C (``PoolCore``); this module composes the source and the strategy, and adds
+what is not on a hot path: ``array``, statistics, closing, and persistent files.
+
+Safety: a Block or array keeps its pool and source alive; freeing a block, or
+closing a pool, while a view or array of its memory is alive raises BufferError;
+after ``close()`` every use raises PoolClosed.  No Python code can reach freed or
+unmapped memory through mempool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _mempool
+from ._mempool import PoolCore, Strategy
+from ._segment import GEN_OFFSET, Header, layout
+from ._units import parse_size
+from .errors import CorruptionError, PoolClosed
+from .sources import AnonymousMemory, FileMemory, Source
+from .stats import Stats
+from .strategies import make, strategy_type
+
+__all__ = ["Pool"]
+
+FILE_MAGIC = b"MEMPOOL\0"
+
+
+class Pool(PoolCore):
+    """A pool of memory: a strategy handing out ranges of a source's bytes.
+
+    Parameters
+    ----------
+    capacity : int or str
+        Bytes the pool manages (``"64MiB"`` works too).
+    strategy : str or strategy type
+        ``"tlsf"`` (default), ``"bestfit"``, or any name of ``mempool.STRATEGIES``.
+    source : Source, optional
+        Where the bytes come from; default a new :class:`AnonymousMemory` of
+        ``capacity`` bytes, which the pool closes with itself.  A source passed in
+        stays the caller's to close.
+    **options
+        Passed to the strategy (``max_blocks=...``, ``min_block=...``).
+
+    Blocks made by :meth:`alloc` give their range back when they are collected or
+    freed; arrays made by :meth:`empty`, :meth:`zeros` and :meth:`array` when they
+    are collected.  (Persistent pools, :meth:`create` / :meth:`open`, keep blocks
+    until they are freed explicitly: that is what persistence means.)
+    """
+
+    def __init__(self, capacity: int | str, strategy: str | type[Strategy] = "tlsf", *,
+                 source: Source | None = None, **options: Any) -> None:
+        capacity = parse_size(capacity, "capacity")
+        strategy_type(strategy)  # ValueError for an unknown name before mapping anything
+        owns = source is None
+        if source is None:
+            source = AnonymousMemory(capacity)
+        elif not isinstance(source, Source):
+            raise TypeError(f"source must be a mempool source, not {type(source).__name__}")
+        elif source.closed:
+            raise PoolClosed("the source is closed")
+        elif source.size < capacity:
+            raise ValueError(f"the source holds {source.size} bytes, fewer than capacity {capacity}")
+        try:
+            strat = make(strategy, capacity, **options)
+            super().__init__(strat, source.buffer, source)
+        except BaseException:
+            if owns:
+                source.close()
+            raise
+        self._owns_source = owns
+        self.path: Path | None = None
+        self.recovered = False
+
+    # ---- not hot: composed in Python ------------------------------------------------
+    def array(self, obj: Any, dtype: Any = None) -> np.ndarray:
+        """A copy of ``obj`` as a C-contiguous array in pool memory (as ``np.array``)."""
+        src = np.asarray(obj, dtype=dtype)
+        out = self.empty(src.shape, src.dtype)
+        np.copyto(out, src)
+        return out
+
+    def stats(self) -> Stats:
+        """The strategy's counters (see :class:`mempool.Stats`)."""
+        self._check_open()
+        return self.strategy.stats()
+
+    def check(self) -> None:
+        """Verify every invariant of the strategy state; raises CorruptionError."""
+        self._check_open()
+        self.strategy.check()
+
+    @property
+    def used(self) -> int:
+        self._check_open()
+        return self.strategy.used
+
+    @property
+    def available(self) -> int:
+        self._check_open()
+        return self.strategy.available
+
+    @property
+    def largest_free(self) -> int:
+        self._check_open()
+        return self.strategy.largest_free
+
+    def __len__(self) -> int:
+        self._check_open()
+        return len(self.strategy)
+
+    def segments(self) -> list[tuple[int, int, bool]]:
+        """The memory map: (offset, size, allocated) in address order."""
+        self._check_open()
+        return self.strategy.segments()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+
+    def flush(self) -> None:
+        """Make state and data durable (msync) for pools over files; a no-op otherwise."""
+        self._check_open()
+        flush = getattr(self.source, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        """Release the memory.  BufferError while a view or array of it is alive (the
+        pool then stays open).  Blocks of a closed pool raise PoolClosed."""
+        if self._close_core() and self._owns_source:
+            self.source.close()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<{type(self).__name__} closed>"
+        st = self.strategy
+        where = f" file={str(self.path)!r}" if self.path else ""
+        return (f"<{type(self).__name__} {st.strategy} capacity={st.capacity} used={st.used} "
+                f"live={len(st)}{where}>")
+
+    # ---- persistent pools -------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], capacity: int | str,
+               strategy: str | type[Strategy] = "tlsf", *, exist_ok: bool = False,
+               **options: Any) -> Pool:
+        """A new persistent pool in the file ``path``.
+
+        The file holds a header (magic, format version, sizes, checksum), the
+        strategy's state block and the data, so :meth:`open` finds the allocations
+        again.  Raises FileExistsError when the file exists (unless ``exist_ok``, which
+        overwrites it).
+        """
+        capacity = parse_size(capacity, "capacity")
+        template = make(strategy, capacity, **options)
+        state = template.snapshot()
+        h = layout(FILE_MAGIC, _kind_of(state), template.strategy, capacity, len(state),
+                   created_ns=time.time_ns())
+        path = Path(path)
+        if path.exists() and not exist_ok:
+            raise FileExistsError(f"{path} exists; Pool.open() it, or pass exist_ok=True")
+        with open(path, "wb"):
+            pass  # truncate: FileMemory then allocates the blocks of the new size
+        mem = FileMemory(path, h.total_size)
+        try:
+            mm = memoryview(mem.buffer)
+            mm[h.state_off:h.state_off + h.state_size] = state
+            mm[:4096] = h.pack()
+            mm.release()
+            mem.flush()
+        except BaseException:
+            mem.close()
+            raise
+        return cls._over_file(mem, h, str(path))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Pool:
+        """Reopen a persistent pool with its allocations intact.
+
+        Validates everything it reads: a damaged, truncated or foreign file raises
+        CorruptionError (never a crash, never a silently wrong heap).  A file whose
+        last writer was killed during an allocator call is accepted only when its
+        state passes ``check()`` (then ``pool.recovered`` is True).
+        """
+        path = Path(path)
+        size = path.stat().st_size
+        if size < 4096:
+            raise CorruptionError(f"{path}: {size} bytes, too short for a mempool file")
+        mem = FileMemory(path)
+        try:
+            view = memoryview(mem.buffer)
+            try:
+                h = Header.unpack(view, mem.size, FILE_MAGIC, str(path))
+            finally:
+                view.release()
+        except BaseException:
+            mem.close()
+            raise
+        return cls._over_file(mem, h, str(path))
+
+    @classmethod
+    def _over_file(cls, mem: FileMemory, h: Header, what: str) -> Pool:
+        pool = cls.__new__(cls)
+        mm = memoryview(mem.buffer)
+        data = mm[h.data_off:h.data_off + h.capacity]
+        try:
+            strat = _mempool.attach(mem.buffer, h.state_off, h.state_size)
+            if strat.strategy != h.strategy:
+                raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
+            if strat.capacity != h.capacity:
+                raise CorruptionError(f"{what}: header and state disagree on the capacity")
+            PoolCore.__init__(pool, strat, data, mem, auto_free=False)
+        except CorruptionError as e:
+            data.release()
+            mm.release()
+            mem.close()
+            if not str(e).startswith(what):
+                raise CorruptionError(f"{what}: {e}") from None
+            raise
+        except BaseException:
+            data.release()
+            mm.release()
+            mem.close()
+            raise
+        del data  # PoolCore holds the view now; it goes when the pool closes
+        gen = int.from_bytes(mm[GEN_OFFSET:GEN_OFFSET + 8], "little")
+        pool.recovered = gen % 2 == 1  # killed in a call; check() above passed
+        if pool.recovered:
+            mm[GEN_OFFSET:GEN_OFFSET + 8] = (gen + 1).to_bytes(8, "little")
+        mm.release()
+        pool._set_generation(mem.buffer, GEN_OFFSET)
+        pool._owns_source = True
+        pool.path = Path(what)
+        return pool
+
+
+def _kind_of(state: bytes) -> int:
+    return int.from_bytes(state[4:6], "little")  # mp_head_t.kind

@@ -1,0 +1,393 @@
+"""Memory sources (layer 3): raw bytes for pools, and nothing else.
+
+A source owns a span of memory and exposes it as a writable buffer:
+
+- :class:`AnonymousMemory` -- an anonymous private mapping, with huge pages, a NUMA
+  policy, pre-faulting and locking as options;
+- :class:`FileMemory` -- a file mapped shared (what persistent pools live in);
+- :class:`BufferMemory` -- any writable C-contiguous buffer (bytearray, NumPy array),
+  without a copy;
+- :class:`External` -- no bytes at all: a capacity of offsets (a GPU buffer managed
+  elsewhere).
+
+Every option the machine refuses raises a clear ``OSError`` (or ``ValueError`` for
+arguments that can never work); nothing falls back silently unless
+``strict=False`` is asked for, and then :attr:`AnonymousMemory.refused` says what was
+not applied.  A source cannot be closed while a pool or view still uses its memory
+(``BufferError``, as ``mmap.close()`` raises).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _mempool
+from ._units import parse_size
+from .errors import PoolClosed
+
+__all__ = [
+    "AnonymousMemory",
+    "BufferMemory",
+    "External",
+    "FileMemory",
+    "NumaPolicy",
+    "Source",
+    "numa_nodes",
+]
+
+PAGE = mmap.PAGESIZE
+MAP_HUGETLB = 0x40000  # Linux, every architecture we build on
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+# mbind(2) system call numbers
+_SYS_MBIND = {"x86_64": 237, "aarch64": 235, "i686": 274, "ppc64le": 259, "s390x": 268}.get(
+    platform.machine()
+)
+
+
+def _round_up(n: int, unit: int) -> int:
+    return (n + unit - 1) // unit * unit
+
+
+class Source:
+    """Base of the memory sources: ``size`` bytes, exposed as ``buffer``.
+
+    ``buffer`` is a writable buffer object over the whole span (None for
+    :class:`External`); ``address`` is the address of its first byte.
+    """
+
+    size: int
+    buffer: Any
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def address(self) -> int | None:
+        """The address of byte 0 in this process (None when there are no bytes)."""
+        self._check_open()
+        return _mempool.address_of(self.buffer) if self.buffer is not None else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed(f"{type(self).__name__} is closed")
+
+    def close(self) -> None:
+        """Release the memory.  BufferError while a pool or a view still uses it."""
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} size={self.size}{state}>"
+
+
+# ---- NUMA ---------------------------------------------------------------------------
+_MODES = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4}
+
+
+def numa_nodes() -> list[int]:
+    """The NUMA nodes this machine has online (``[0]`` when it reports none)."""
+    try:
+        text = Path("/sys/devices/system/node/online").read_text().strip()
+    except OSError:
+        return [0]
+    nodes: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            nodes.extend(range(int(a), int(b) + 1))
+        elif part:
+            nodes.append(int(part))
+    return nodes or [0]
+
+
+@dataclass(frozen=True)
+class NumaPolicy:
+    """A NUMA memory policy for :class:`AnonymousMemory`, applied with ``mbind(2)``.
+
+    ``mode`` is one of ``"default"``, ``"bind"``, ``"preferred"``, ``"interleave"`` and
+    ``"local"``; ``nodes`` the node numbers (any the system has; none for "default"
+    and "local", exactly one for "preferred", at least one for "bind" and
+    "interleave").  Raises ValueError for an unknown mode, a node the system does not
+    have, or a node list that does not fit the mode.
+    """
+
+    mode: str
+    nodes: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"NUMA mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        nodes = tuple(self.nodes)
+        object.__setattr__(self, "nodes", nodes)
+        for n in nodes:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"NUMA nodes must be integers, got {n!r}")
+        online = numa_nodes()
+        bad = [n for n in nodes if n not in online]
+        if bad:
+            raise ValueError(f"NUMA node(s) {bad} do not exist here; this machine has {online}")
+        if self.mode in ("default", "local") and nodes:
+            raise ValueError(f"NUMA mode {self.mode!r} takes no nodes, got {list(nodes)}")
+        if self.mode == "preferred" and len(nodes) != 1:
+            raise ValueError(f"NUMA mode 'preferred' takes exactly one node, got {list(nodes)}")
+        if self.mode in ("bind", "interleave") and not nodes:
+            raise ValueError(f"NUMA mode {self.mode!r} needs at least one node")
+
+    def apply(self, address: int, length: int) -> None:
+        """mbind(address, length, mode, nodemask): OSError when the kernel refuses."""
+        if _SYS_MBIND is None:
+            raise OSError(errno.ENOSYS, f"mbind is not known on {platform.machine()}")
+        bits = max(self.nodes, default=0) + 1
+        words = (bits + 63) // 64
+        mask = (ctypes.c_ulong * words)()
+        for n in self.nodes:
+            mask[n // 64] |= 1 << (n % 64)
+        # the kernel reads maxnode - 1 bits: pass one more than the highest node + 1
+        rc = _libc.syscall(
+            ctypes.c_long(_SYS_MBIND), ctypes.c_void_p(address), ctypes.c_ulong(length),
+            ctypes.c_int(_MODES[self.mode]), mask if self.nodes else None,
+            ctypes.c_ulong(words * 64 + 1 if self.nodes else 0), ctypes.c_uint(0),
+        )
+        if rc != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"mbind({self.mode}, nodes={list(self.nodes)}) refused: "
+                             f"{os.strerror(e)}")
+
+
+# ---- anonymous memory ---------------------------------------------------------------
+def _hugepage_size() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("Hugepagesize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 << 20
+
+
+def _reserved_hugepages() -> int:
+    try:
+        return int(Path("/proc/sys/vm/nr_hugepages").read_text())
+    except OSError:
+        return 0
+
+
+class AnonymousMemory(Source):
+    """An anonymous private mapping of at least ``size`` bytes (rounded up to pages).
+
+    Parameters
+    ----------
+    size : int or str
+        Bytes, or a size string such as ``"64MiB"``.
+    hugepages : None, "transparent" or "explicit"
+        ``"transparent"`` asks for transparent huge pages with ``madvise``;
+        ``"explicit"`` maps from the reserved huge-page pool (``MAP_HUGETLB``; the
+        size is rounded up to the huge page size).
+    numa : NumaPolicy, optional
+        Applied to the whole mapping with ``mbind``.
+    populate : bool
+        Pre-fault every page (``MAP_POPULATE``).
+    lock : bool
+        ``mlock`` the mapping (RLIMIT_MEMLOCK applies).
+    strict : bool
+        When True (default) an option the machine refuses raises ``OSError``; when
+        False it is skipped and named in :attr:`refused`.
+    """
+
+    def __init__(self, size: int | str, *, hugepages: str | None = None,
+                 numa: NumaPolicy | None = None, populate: bool = False, lock: bool = False,
+                 strict: bool = True) -> None:
+        super().__init__()
+        size = parse_size(size, "size")
+        if hugepages not in (None, "transparent", "explicit"):
+            raise ValueError(f"hugepages must be None, 'transparent' or 'explicit', got {hugepages!r}")
+        if numa is not None and not isinstance(numa, NumaPolicy):
+            raise TypeError(f"numa must be a NumaPolicy, not {type(numa).__name__}")
+        self.refused: list[str] = []
+        self.hugepages = hugepages
+        self.numa = numa
+        unit = _hugepage_size() if hugepages == "explicit" else PAGE
+        self.size = _round_up(size, unit)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        if populate:
+            flags |= mmap.MAP_POPULATE
+        mm = None
+        if hugepages == "explicit":
+            try:
+                mm = mmap.mmap(-1, self.size, flags=flags | MAP_HUGETLB)
+            except OSError as e:
+                msg = (f"explicit huge pages: cannot map {self.size} bytes from the huge-page "
+                       f"pool ({_reserved_hugepages()} pages of {unit} bytes reserved in "
+                       f"/proc/sys/vm/nr_hugepages): {e.strerror}")
+                if strict:
+                    raise OSError(e.errno, msg) from None
+                self.refused.append(msg)
+                self.size = _round_up(size, PAGE)
+        if mm is None:
+            mm = mmap.mmap(-1, self.size, flags=flags)
+        self._mmap = mm
+        self.buffer = mm
+        addr = _mempool.address_of(mm)
+        try:
+            if hugepages == "transparent":
+                try:
+                    mm.madvise(mmap.MADV_HUGEPAGE)
+                except OSError as e:
+                    self._refuse(strict, e, "transparent huge pages (madvise MADV_HUGEPAGE) "
+                                 "refused; see /sys/kernel/mm/transparent_hugepage/enabled")
+            if numa is not None:
+                try:
+                    numa.apply(addr, self.size)
+                except OSError as e:
+                    self._refuse(strict, e, str(e.strerror or e))
+            self._locked = False
+            if lock:
+                if _libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.size)) != 0:
+                    err = ctypes.get_errno()
+                    self._refuse(strict, OSError(err, os.strerror(err)),
+                                 f"mlock of {self.size} bytes refused (RLIMIT_MEMLOCK; "
+                                 "see ulimit -l)")
+                else:
+                    self._locked = True
+        except BaseException:
+            mm.close()
+            raise
+
+    def _refuse(self, strict: bool, e: OSError, msg: str) -> None:
+        if strict:
+            raise OSError(e.errno, f"{msg}: {os.strerror(e.errno) if e.errno else e}") from None
+        self.refused.append(msg)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._mmap.close()  # BufferError while exported: then we stay open
+        self._closed = True
+
+
+# ---- files ----------------------------------------------------------------------------
+class FileMemory(Source):
+    """A file mapped shared: writes reach the file, and a later mapping sees them.
+
+    ``FileMemory(path, size)`` creates the file when it is missing and extends it to
+    ``size`` bytes when it is shorter (allocating the blocks, so a full disk is an
+    error now rather than a SIGBUS later); ``FileMemory(path)`` maps an existing file
+    whole.  :meth:`flush` makes the bytes durable (msync).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], size: int | str | None = None,
+                 *, readonly: bool = False) -> None:
+        super().__init__()
+        self.path = Path(path)
+        want = parse_size(size, "size") if size is not None else None
+        flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            have = os.fstat(fd).st_size
+            if want is None:
+                if have == 0:
+                    raise ValueError(f"{self.path} is empty: give a size to create it")
+                want = have
+            elif have < want:
+                if readonly:
+                    raise ValueError(f"{self.path} holds {have} bytes, fewer than {want}")
+                try:
+                    os.posix_fallocate(fd, 0, want)
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.ftruncate(fd, want)
+            self.size = want
+            access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
+            self._mmap = mmap.mmap(fd, want, mmap.MAP_SHARED, access=access)
+        finally:
+            os.close(fd)
+        self.buffer = self._mmap
+
+    def flush(self) -> None:
+        """Write the mapped bytes back to the file (msync)."""
+        self._check_open()
+        self._mmap.flush()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._mmap.close()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
+
+
+# ---- someone else's buffer ------------------------------------------------------------
+class BufferMemory(Source):
+    """Any writable C-contiguous buffer (bytearray, NumPy array, mmap) without a copy.
+
+    The object is kept alive while the source is open.  Raises TypeError for an
+    object without the buffer protocol, ValueError for a read-only, non-contiguous
+    or empty one.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        super().__init__()
+        try:
+            view = memoryview(obj)
+        except TypeError:
+            raise TypeError(f"BufferMemory needs a buffer, not {type(obj).__name__}") from None
+        if view.readonly:
+            view.release()
+            raise ValueError("BufferMemory needs a writable buffer")
+        if not view.c_contiguous:
+            view.release()
+            raise ValueError("BufferMemory needs a C-contiguous buffer")
+        if view.nbytes == 0:
+            view.release()
+            raise ValueError("BufferMemory needs a buffer of at least one byte")
+        self.obj = obj
+        self.buffer = view.cast("B") if view.ndim != 1 or view.format != "B" else view
+        self._view = view
+        self.size = view.nbytes
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self.buffer is not self._view:
+            self.buffer.release()
+        self._view.release()
+        self._closed = True
+
+
+class External(Source):
+    """No bytes: ``capacity`` offsets of memory that lives elsewhere (a GPU buffer).
+
+    A pool over it hands out Blocks with an offset and a size but no buffer
+    (``memoryview(block)`` raises TypeError) and no address.
+    """
+
+    def __init__(self, capacity: int | str) -> None:
+        super().__init__()
+        self.size = parse_size(capacity, "capacity")
+        self.buffer = None
