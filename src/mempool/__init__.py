@@ -17,9 +17,17 @@ from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, Poo
 from .stats import Stats
 from ._mempool import BestFit, Block, Strategy, TLSF
 from .strategies import STRATEGIES
-from .sources import AnonymousMemory, BufferMemory, External, FileMemory, NumaPolicy
+from .sources import (
+    AnonymousMemory,
+    BufferMemory,
+    External,
+    FileMemory,
+    NumaPolicy,
+    SharedMemory,
+)
 from .pool import Pool
 from .regions import RegionPool, RegionStats
+from .shared import SharedArray, SharedPool, SharedStats
 from . import trace
 
 __all__ = [
@@ -33,6 +41,10 @@ __all__ = [
     "Pool",
     "RegionPool",
     "RegionStats",
+    "SharedArray",
+    "SharedMemory",
+    "SharedPool",
+    "SharedStats",
     "CorruptionError",
     "MempoolError",
     "NotAllocated",

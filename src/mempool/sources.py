@@ -39,6 +39,7 @@ __all__ = [
     "External",
     "FileMemory",
     "NumaPolicy",
+    "SharedMemory",
     "Source",
     "numa_nodes",
 ]
@@ -340,6 +341,79 @@ class FileMemory(Source):
 
     def __repr__(self) -> str:
         return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
+
+
+# ---- shared memory ------------------------------------------------------------------------
+SHM_DIR = Path("/dev/shm")
+
+
+def _shm_path(name: str) -> Path:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if not name or len(name) > 200 or not all(c.isalnum() or c in "._-" for c in name) \
+            or name.startswith("."):
+        raise ValueError(f"a shared memory name is 1-200 of [A-Za-z0-9._-], not starting with "
+                         f"'.', got {name!r}")
+    return SHM_DIR / name
+
+
+class SharedMemory(Source):
+    """A POSIX shared memory segment (``/dev/shm/<name>``) mapped shared.
+
+    ``SharedMemory(name, size, create=True, mode=0o600)`` makes a new segment
+    (FileExistsError when the name is taken) and allocates its pages up front, so a
+    full /dev/shm is an error now rather than a SIGBUS later; ``SharedMemory(name)``
+    maps an existing one (FileNotFoundError, PermissionError).  Unlike
+    ``multiprocessing.shared_memory``, nothing is registered with a resource tracker:
+    the segment lives until :meth:`unlink`, and attaching never unlinks.
+    """
+
+    def __init__(self, name: str, size: int | str | None = None, *, create: bool = False,
+                 mode: int = 0o600) -> None:
+        super().__init__()
+        self.name = name
+        self.path = _shm_path(name)
+        if create:
+            if size is None:
+                raise ValueError("creating a shared memory segment needs a size")
+            want = parse_size(size, "size")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+            try:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+                os.posix_fallocate(fd, 0, want)
+            except BaseException:
+                os.close(fd)
+                os.unlink(self.path)
+                raise
+        else:
+            fd = os.open(self.path, os.O_RDWR)
+            want = os.fstat(fd).st_size
+            if want == 0:
+                os.close(fd)
+                raise ValueError(f"shared memory segment {name!r} is empty")
+        try:
+            self._mmap = mmap.mmap(fd, want, mmap.MAP_SHARED)
+        except BaseException:
+            if create:
+                os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self.size = want
+        self.buffer = self._mmap
+
+    def unlink(self) -> None:
+        """Remove the name; the memory stays mapped until every process closes it."""
+        os.unlink(self.path)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._mmap.close()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"<SharedMemory {self.name!r} size={self.size}{' closed' if self._closed else ''}>"
 
 
 # ---- someone else's buffer ------------------------------------------------------------

@@ -128,6 +128,41 @@ extern const mp_ops_t mp_bestfit_ops;
 /* The default node budget for the range strategies (TLSF, BestFit). */
 uint64_t mp_default_max_blocks(uint64_t capacity);
 
+/* ---- shared pools (shared.c): robust lock + block registry --------------------- */
+typedef struct mp_shared_ctl mp_shared_ctl_t;
+typedef struct mp_entry {
+    uint64_t offset; /* the range; UINT64_MAX marks an empty slot            */
+    uint64_t tag;    /* unique per allocation: handles name (offset, tag)    */
+    uint64_t size;   /* bytes asked for                                      */
+    uint32_t owner;  /* pid of the allocating process                        */
+    uint32_t refs;   /* handles alive in all processes                       */
+} mp_entry_t;
+
+uint64_t mp_shared_ctl_size(uint64_t max_entries); /* 0 when invalid */
+int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries);
+int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen);
+/* The whole check (layout, strategy, registry against the strategy); lock held. */
+int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
+                    uint64_t st_len, char *msg, size_t msglen);
+/* Locking: trylock (0, EBUSY or EOWNERDEAD); lock_wait blocks; then locked() with
+ * the rc verifies/repairs after a dead owner and returns MP_OK with the lock held,
+ * or an error with the lock released. */
+int mp_shared_trylock(mp_shared_ctl_t *c);
+int mp_shared_lock_wait(mp_shared_ctl_t *c);
+int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
+                     char *msg, size_t msglen);
+void mp_shared_unlock(mp_shared_ctl_t *c);
+/* entries, max_entries, serial, lock_calls, lock_waits, lock_wait_ns, recoveries, repaired */
+void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
+/* The registry (lock held). */
+mp_entry_t *mp_reg_find(mp_shared_ctl_t *c, uint64_t offset);
+int mp_reg_insert(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner,
+                  uint64_t *tag);
+void mp_reg_remove(mp_shared_ctl_t *c, mp_entry_t *e);
+int mp_reg_move(mp_shared_ctl_t *c, mp_entry_t *e, uint64_t offset, uint64_t size);
+int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, mp_entry_t *e), void *ctx);
+uint64_t mp_reg_entries(const mp_shared_ctl_t *c);
+
 /* ---- traces and replay (replay.c) -------------------------------------------- */
 enum mp_trace_op { MP_OP_ALLOC = 0, MP_OP_FREE = 1, MP_OP_REALLOC = 2 };
 

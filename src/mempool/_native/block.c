@@ -27,6 +27,9 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->live = 1;
     b->owned = owned;
     b->array = 0;
+    b->tag = 0;
+    b->pid = mp_getpid();
+    b->owner = 0;
     return b;
 }
 
@@ -110,6 +113,24 @@ static PyObject *ext_block_exit(BlockObject *b, PyObject *Py_UNUSED(args))
     Py_RETURN_FALSE;
 }
 
+/* pickling: shared pools turn a block into a handle; private pools cannot */
+static PyObject *ext_block_reduce(BlockObject *b, PyObject *Py_UNUSED(ignored))
+{
+    if (block_usable(b) < 0) return NULL;
+    if (!b->pool->reducer) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a Block of a private Pool cannot be pickled (its memory is this "
+                        "process's); use a SharedPool to pass blocks between processes");
+        return NULL;
+    }
+    return PyObject_CallOneArg(b->pool->reducer, (PyObject *)b);
+}
+
+static PyObject *get_tag(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(b->tag);
+}
+
 static PyObject *ext_block_repr(BlockObject *b)
 {
     const char *state = b->pool->closed ? " (pool closed)" : b->live ? "" : " (freed)";
@@ -159,6 +180,9 @@ static PyGetSetDef block_getset[] = {
      NULL},
     {"live", (getter)get_live, NULL, "False once freed or once the pool is closed.", NULL},
     {"exports", (getter)get_exports, NULL, "Buffer views of the block alive now.", NULL},
+    {"tag", (getter)get_tag, NULL,
+     "Shared pools: the allocation's unique tag (a handle names offset and tag); 0 otherwise.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -167,6 +191,7 @@ static PyMethodDef block_methods[] = {
      "free($self, /)\n--\n\nGive the range back to the pool.  BufferError while a view of the\n"
      "block is alive; NotAllocated when freed already; PoolClosed after close()."},
     {"__enter__", (PyCFunction)ext_block_enter, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)ext_block_reduce, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)ext_block_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

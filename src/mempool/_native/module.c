@@ -170,12 +170,27 @@ static PyObject *ext_address_of(PyObject *Py_UNUSED(mod), PyObject *obj)
     return r;
 }
 
+/* shared_ctl_size(max_entries) -> bytes of a shared pool's lock + registry area */
+static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t size = mp_shared_ctl_size(n);
+    if (!size) {
+        PyErr_Format(PyExc_ValueError, "max_entries must be in [1, 2**30], got %llu", n);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(size);
+}
+
 static PyMethodDef module_methods[] = {
+    {"shared_ctl_size", ext_shared_ctl_size, METH_O,
+     "shared_ctl_size(max_entries)\n--\n\nBytes of a shared pool's lock and block registry."},
     {"address_of", ext_address_of, METH_O,
      "address_of(buffer)\n--\n\nThe address of the buffer's first byte (an int)."},
     {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},
     {"attach", mp_ext_attach, METH_VARARGS,
-     "attach(buffer, offset, length)\n--\n\n"
+     "attach(buffer, offset, length, deep=True)\n--\n\n"
      "A strategy over the state block at buffer[offset:offset+length] (a file mapping or a\n"
      "shared segment), validated: CorruptionError for anything that is not a valid state."},
     {"validate_trace", ext_validate_trace, METH_VARARGS,

@@ -47,6 +47,12 @@ typedef struct {
                                  while an allocator call is under way, or NULL  */
     Py_buffer gen_view;       /* the header buffer gen points into (has_gen)    */
     int has_gen;
+    mp_shared_ctl_t *ctl;     /* shared pools: lock + block registry, or NULL   */
+    uint64_t ctl_len;
+    Py_buffer ctl_view;       /* the segment buffer ctl points into (has_ctl)   */
+    int has_ctl;
+    PyObject *reducer;        /* shared pools: reducer(block) -> pickle handle  */
+    PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     PyObject *weakreflist;
 } PoolObject;
 
@@ -58,6 +64,9 @@ typedef struct {
     uint64_t size;     /* bytes asked for: what the buffer exposes              */
     uint64_t align;    /* kept when realloc moves the range                     */
     Py_ssize_t exports;
+    uint64_t tag;      /* shared pools: the registry tag the handle names        */
+    uint32_t pid;      /* shared pools: the process that made this handle       */
+    int owner;         /* shared pools: the allocating process's handle         */
     int live;          /* 0 once freed (or the pool closed under it)            */
     int owned;         /* give the range back when collected                    */
     int array;         /* owned by an ndarray made by the pool: counts as an export */
@@ -73,6 +82,11 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
 extern PyTypeObject PoolCoreType;
 int mp_pool_ready(PyObject *module);
 int mp_pool_check_open(PoolObject *pool);
+/* This process's pid, kept right across fork(). */
+uint32_t mp_getpid(void);
+/* Take / drop a shared pool's lock (no-ops for private pools). */
+int mp_pool_lock(PoolObject *pool);
+void mp_pool_unlock(PoolObject *pool);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 

@@ -454,7 +454,8 @@ PyObject *mp_ext_attach(PyObject *Py_UNUSED(mod), PyObject *args)
 {
     PyObject *buffer;
     unsigned long long offset, length;
-    if (!PyArg_ParseTuple(args, "OKK", &buffer, &offset, &length)) return NULL;
+    int deep = 1; /* 0: the head only (shared pools check the rest under their lock) */
+    if (!PyArg_ParseTuple(args, "OKK|p", &buffer, &offset, &length, &deep)) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     char msg[256];
@@ -473,7 +474,8 @@ PyObject *mp_ext_attach(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_Format(mp_CorruptionError, "state of unknown strategy kind %u", head.kind);
         goto fail;
     }
-    if (mp_head_validate(st, length, ops, msg, sizeof msg) || ops->check(st, length, msg, sizeof msg)) {
+    if (mp_head_validate(st, length, ops, msg, sizeof msg) ||
+        (deep && ops->check(st, length, msg, sizeof msg))) {
         PyErr_Format(mp_CorruptionError, "invalid %s state: %s", ops->name, msg);
         goto fail;
     }

@@ -1,0 +1,378 @@
+"""SharedPool: one pool used by many processes; arrays passed without copies (layer 4).
+
+A shared pool is one POSIX shared memory segment with an allocator inside it::
+
+    header | strategy state | lock + block registry | data
+
+Every process maps the same segment; every allocator call takes the segment's
+robust process-shared mutex.  Blocks and arrays made by the pool pickle to a small
+handle (pool name, segment id, offset, tag, and for arrays dtype, shape and strides)
+and unpickle in any process as a zero-copy view of the same bytes, attaching the
+pool on first use; so ``multiprocessing`` and ``concurrent.futures`` pass pool
+arrays to workers without copying them.
+
+Lifetime of ranges: every Block (made by ``alloc``, ``empty``, ``zeros``,
+``array``, ``block_at``, or by unpickling a handle) holds one reference in the
+segment's registry; the range goes back when the last reference in any process is
+released (``free()``, the end of a ``with``, or collection).  A handle whose range
+was freed or reused is refused (its tag no longer matches), never aliased.  When a
+process dies, ``pool.reclaim(pid)`` releases the references its own allocations
+held.  When a process dies holding the lock, the next taker recovers: it checks
+the state, repairs what a half-done call left in the registry, and carries on (or
+marks the pool corrupt when the strategy state itself is broken).
+
+The creator owns unlinking: ``pool.unlink()``, or ``unlink_on_exit=True``.
+Attaching processes never unlink and never involve the resource tracker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _mempool
+from ._mempool import Block, PoolCore, Strategy
+from ._segment import Header, layout
+from ._units import parse_size
+from .errors import CorruptionError, NotAllocated
+from .pool import Pool
+from .sources import SharedMemory
+from .stats import Stats
+from .strategies import make
+
+__all__ = ["SharedArray", "SharedPool", "SharedStats"]
+
+MAGIC = b"MPSHARED"
+
+#: the shared pools this process has open, by name: handles attach through it
+_attached: dict[str, SharedPool] = {}
+
+
+@dataclass(frozen=True)
+class SharedStats:
+    """The lock and registry counters of a shared pool (all processes together)."""
+
+    entries: int  #: live blocks in the registry
+    max_entries: int  #: the registry's capacity
+    allocations: int  #: blocks allocated so far (the last tag)
+    lock_calls: int  #: lock acquisitions
+    lock_waits: int  #: acquisitions that found the lock taken
+    lock_wait_ns: int  #: time spent waiting for the lock
+    recoveries: int  #: takeovers after a process died holding the lock
+    repaired: int  #: registry entries repaired after such a death
+
+
+# ---- arrays and handles --------------------------------------------------------------
+def _block_of(a: Any) -> Block | None:
+    """The pool Block an array's memory belongs to, or None."""
+    base = a
+    for _ in range(64):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+        if base is None:
+            return None
+        if isinstance(base, Block):
+            return base
+    return None
+
+
+class SharedArray(np.ndarray):
+    """An ndarray in a shared pool's memory: it pickles to a handle, not to its bytes.
+
+    Views of it (slices, reshapes) are SharedArrays too and pickle as views of the
+    same block; results that own memory elsewhere (``a + 1``) are plain ndarrays.
+    """
+
+    def __reduce__(self):
+        blk = _block_of(self)
+        if blk is None or not blk.live or not isinstance(blk.pool, SharedPool):
+            return np.asarray(self).view(np.ndarray).copy().__reduce__()
+        pool = blk.pool
+        byte_off = self.ctypes.data - blk.address
+        return (_rebuild_array, (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off,
+                                 self.dtype, self.shape, self.strides))
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        arr = arr.view(SharedArray if _block_of(arr) is not None else np.ndarray)
+        return arr[()] if return_scalar else arr
+
+
+def _pool_for(name: str, segment_id: int) -> SharedPool:
+    pool = _attached.get(name)
+    if pool is None or pool.closed:
+        pool = SharedPool.attach(name)
+    if pool.segment_id != segment_id:
+        raise NotAllocated(f"stale handle: shared pool {name!r} was created anew since")
+    return pool
+
+
+def _rebuild_block(name: str, segment_id: int, offset: int, tag: int) -> Block:
+    return _pool_for(name, segment_id)._handle(offset, tag)
+
+
+def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: int,
+                   dtype: np.dtype, shape: tuple[int, ...], strides: tuple[int, ...]) -> SharedArray:
+    blk = _rebuild_block(name, segment_id, offset, tag)
+    return np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk, offset=byte_off,
+                              strides=strides)
+
+
+def _block_reduce(block: Block):
+    pool = block.pool
+    return (_rebuild_block, (pool.name, pool.segment_id, block.offset, block.tag))
+
+
+# ---- the pool -------------------------------------------------------------------------
+def _default_entries(capacity: int) -> int:
+    return min(max(capacity // 4096, 1024), 1 << 18)
+
+
+class SharedPool(Pool):
+    """A pool in a named shared memory segment, used by every process that attaches.
+
+    Make one with :meth:`create` or :meth:`attach` (not the constructor).  It has the
+    Pool interface (``alloc``, ``free``, ``realloc``, ``empty``, ``zeros``, ``array``,
+    ``block_at``, ``stats``, ``check``, ``close``) plus :meth:`unlink`,
+    :meth:`reclaim` and :meth:`shared_stats`.  Any attached process may allocate and
+    free any block; every allocator call takes the segment's lock.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("use SharedPool.create(name, capacity) or SharedPool.attach(name)")
+
+    # ---- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, capacity: int | str, strategy: str | type[Strategy] = "tlsf",
+               *, mode: int = 0o600, max_entries: int | None = None,
+               unlink_on_exit: bool = False, **options: Any) -> SharedPool:
+        """A new shared pool named ``name`` (``/dev/shm/<name>``).
+
+        Parameters
+        ----------
+        capacity : int or str
+            Bytes of data.
+        strategy : str
+            Any strategy name; ``**options`` go to it.
+        mode : int
+            Permissions of the segment (default 0o600: this user only).
+        max_entries : int, optional
+            The most blocks live at once (the block registry's size); default
+            ``capacity // 4096`` clamped to [1024, 2**18].
+        unlink_on_exit : bool
+            Unlink the name when this process exits.
+
+        Raises FileExistsError when the name is taken.
+        """
+        capacity = parse_size(capacity, "capacity")
+        if max_entries is None:
+            max_entries = _default_entries(capacity)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        template = make(strategy, capacity, **options)
+        state = template.snapshot()
+        ctl_size = _mempool.shared_ctl_size(max_entries)
+        h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
+                   len(state), lock_size=ctl_size, created_ns=time.time_ns())
+        del template
+        mem = SharedMemory(name, h.total_size, create=True, mode=mode)
+        try:
+            mm = memoryview(mem.buffer)
+            mm[h.state_off:h.state_off + h.state_size] = state
+            mm.release()
+            pool = cls._build(mem, h, name, create_entries=max_entries)
+            mm = memoryview(mem.buffer)
+            mm[:4096] = h.pack()  # last: until now, attach finds no valid header
+            mm.release()
+        except BaseException:
+            if not mem.closed:
+                try:
+                    mem.close()
+                except BufferError:
+                    pass
+            mem.unlink()
+            raise
+        pool._creator = True
+        if unlink_on_exit:
+            atexit.register(_unlink_quietly, mem.path)
+        return pool
+
+    @classmethod
+    def attach(cls, name: str) -> SharedPool:
+        """Map the shared pool ``name`` created by another (or this) process.
+
+        Validates everything it reads (magic, version, sizes within the segment, the
+        strategy state's and the registry's check()): a random, truncated or foreign
+        segment raises CorruptionError, never crashes.  FileNotFoundError when there
+        is no such segment, PermissionError when its mode forbids this user.
+        """
+        mem = SharedMemory(name)
+        try:
+            view = memoryview(mem.buffer)
+            try:
+                h = Header.unpack(view, mem.size, MAGIC, f"shared pool {name!r}")
+            finally:
+                view.release()
+            return cls._build(mem, h, name, create_entries=0)
+        except BaseException:
+            if not mem.closed:
+                try:
+                    mem.close()
+                except BufferError:
+                    pass
+            raise
+
+    @classmethod
+    def _build(cls, mem: SharedMemory, h: Header, name: str, create_entries: int) -> SharedPool:
+        what = f"shared pool {name!r}"
+        pool = cls.__new__(cls)
+        data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
+        try:
+            strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
+            if strat.strategy != h.strategy or strat.capacity != h.capacity:
+                raise CorruptionError("header and state disagree")
+            PoolCore.__init__(pool, strat, data, mem, auto_free=True)
+            del data
+            pool._set_shared(mem.buffer, h.lock_off, h.lock_size, create_entries, _block_reduce,
+                             SharedArray)
+            pool._check_shared()
+        except CorruptionError as e:
+            try:
+                pool._close_core()
+            except Exception:
+                pass
+            raise CorruptionError(f"{what}: {e}") from None
+        except BaseException:
+            try:
+                pool._close_core()
+            except Exception:
+                pass
+            raise
+        pool._owns_source = True
+        pool.path = mem.path
+        pool.recovered = False
+        pool._name = name
+        pool._segment_id = h.created_ns
+        pool._creator = False
+        _attached[name] = pool
+        return pool
+
+    # ---- identity ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The segment's name (``/dev/shm/<name>``)."""
+        return self._name
+
+    @property
+    def segment_id(self) -> int:
+        """Unique per created segment: a handle to a re-created name is refused."""
+        return self._segment_id
+
+    @property
+    def strategy(self):  # type: ignore[override]
+        raise TypeError("a shared pool's strategy is only used under its lock: call the pool's "
+                        "methods (stats, segments, check) instead")
+
+    def __reduce__(self):
+        return (_attach_cached, (self._name, self._segment_id))
+
+    # ---- locked views of the strategy -------------------------------------------------
+    def stats(self) -> Stats:
+        return self._locked("stats")
+
+    def check(self) -> None:
+        """Verify the strategy state and the block registry, under the lock."""
+        self._check_shared()
+
+    def segments(self) -> list[tuple[int, int, bool]]:
+        return self._locked("segments")
+
+    @property
+    def used(self) -> int:
+        return self._locked("stats").used
+
+    @property
+    def available(self) -> int:
+        return self._locked("stats").available
+
+    @property
+    def largest_free(self) -> int:
+        return self._locked("stats").largest_free
+
+    def __len__(self) -> int:
+        return self._locked("__len__")
+
+    def shared_stats(self) -> SharedStats:
+        """The lock and registry counters (see :class:`SharedStats`)."""
+        d = self._shared_stats()
+        return SharedStats(entries=d["entries"], max_entries=d["max_entries"],
+                           allocations=d["serial"], lock_calls=d["lock_calls"],
+                           lock_waits=d["lock_waits"], lock_wait_ns=d["lock_wait_ns"],
+                           recoveries=d["recoveries"], repaired=d["repaired"])
+
+    # ---- lifetime ----------------------------------------------------------------------
+    def reclaim(self, pid: int, *, force: bool = False) -> int:
+        """Release the references that the blocks allocated by process ``pid`` held
+        (a range with no other handle is freed); returns the number of ranges freed.
+
+        Raises ValueError when ``pid`` is still alive (unless ``force``).
+        """
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"pid must be a positive integer, got {pid!r}")
+        if not force and _alive(pid):
+            raise ValueError(f"process {pid} is alive: its blocks are still its own")
+        freed, _ = self._reclaim(pid)
+        return freed
+
+    def unlink(self) -> None:
+        """Remove the segment's name; processes that have it mapped keep using it."""
+        _unlink_quietly(self.path, missing_ok=False)
+
+    def close(self) -> None:
+        super().close()
+        if _attached.get(getattr(self, "_name", None)) is self:
+            del _attached[self._name]
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<SharedPool closed>"
+        st = self.stats()
+        return (f"<SharedPool {self._name!r} capacity={st.capacity} used={st.used} "
+                f"live={st.live}>")
+
+
+def _attach_cached(name: str, segment_id: int) -> SharedPool:
+    return _pool_for(name, segment_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (dead, not yet reaped) counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _unlink_quietly(path: Any, missing_ok: bool = True) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def shared_pool(name: str) -> SharedPool:
+    """The shared pool ``name``: this process's open one, or a new attachment."""
+    pool = _attached.get(name)
+    return pool if pool is not None and not pool.closed else SharedPool.attach(name)
+

@@ -1,0 +1,76 @@
+"""Worker functions for tests/test_shared.py (importable by spawned processes)."""
+
+import os
+import random
+
+import numpy as np
+
+import mempool
+
+
+def churn(name: str, rounds: int, seed: int) -> tuple[int, int]:
+    """Allocate, write a pattern, verify, free: returns (allocations, bytes verified)."""
+    pool = mempool.SharedPool.attach(name)
+    rng = random.Random(seed)
+    pid = os.getpid() & 0xFF
+    live: list[tuple[mempool.Block, int]] = []
+    allocs = verified = 0
+    for _ in range(rounds):
+        if live and (rng.random() < 0.5 or len(live) > 20):
+            b, pat = live.pop(rng.randrange(len(live)))
+            data = np.asarray(b)
+            assert (data == pat).all(), "another process wrote into my block"
+            verified += b.size
+            del data
+            b.free()
+        else:
+            try:
+                b = pool.alloc(rng.randint(1, 4096))
+            except mempool.OutOfSpace:
+                continue
+            pat = (pid + allocs) & 0xFF
+            np.asarray(b)[:] = pat
+            live.append((b, pat))
+            allocs += 1
+    for b, pat in live:
+        assert (np.asarray(b) == pat).all()
+        b.free()
+    pool.close()
+    return allocs, verified
+
+
+def touch(arr):
+    """Read and write a shared array in place; return it (a handle back)."""
+    arr[0] += 1
+    arr[-1] = arr[0] * 2
+    return arr
+
+
+def add_one(arr):
+    arr += 1
+    return float(arr.sum())
+
+
+def hold_lock(name: str, nblocks: int, conn) -> None:
+    """Allocate some blocks, then take the lock and sleep holding it (to be killed)."""
+    pool = mempool.SharedPool.attach(name)
+    keep = [pool.alloc(1000) for _ in range(nblocks)]
+    conn.send(("holding", os.getpid(), [b.offset for b in keep]))
+    pool._hold_lock(60.0)
+
+
+def hammer(name: str, seconds: float, conn) -> None:
+    """alloc(64)+free as fast as possible for `seconds`; send the count."""
+    import time
+
+    pool = mempool.SharedPool.attach(name)
+    alloc, free = pool.alloc, pool.free
+    conn.recv()  # start together
+    n = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            b = alloc(64)
+            free(b)
+        n += 1000
+    conn.send(n)

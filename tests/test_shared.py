@@ -1,0 +1,346 @@
+"""SharedPool across real processes: spawn and fork, pickled handles, a lock owner
+killed with SIGKILL, reclaim, and refused segments."""
+
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mempool
+import shared_workers as W
+from conftest import SLOW
+from mempool import SharedPool
+
+_count = itertools.count()
+
+
+@pytest.fixture
+def name():
+    n = f"mptest-{os.getpid()}-{next(_count)}"
+    yield n
+    try:
+        os.unlink(f"/dev/shm/{n}")
+    except FileNotFoundError:
+        pass
+
+
+def test_create_attach_unlink(name):
+    p = SharedPool.create(name, "1MiB", "bestfit")
+    assert Path(f"/dev/shm/{name}").exists()
+    assert oct(os.stat(f"/dev/shm/{name}").st_mode & 0o777) == "0o600"
+    q = SharedPool.attach(name)
+    b = p.alloc(100)
+    memoryview(b)[:3] = b"abc"
+    assert bytes(q.block_at(b.offset))[:3] == b"abc"  # the same bytes through q
+    assert q.stats().live == 1 and q.segment_id == p.segment_id
+    with pytest.raises(FileExistsError):
+        SharedPool.create(name, "1MiB")
+    q.close()
+    del b
+    p.unlink()
+    assert not Path(f"/dev/shm/{name}").exists()
+    assert p.alloc(10).size == 10  # the mapping stays usable after unlink
+    p.close()
+    with pytest.raises(FileNotFoundError):
+        SharedPool.attach(name)
+
+
+def test_constructor_and_bad_arguments(name):
+    with pytest.raises(TypeError, match="create"):
+        SharedPool(name, 4096)
+    for bad in ("", "a/b", ".hidden", "x" * 300, "sp ace"):
+        with pytest.raises(ValueError, match="name"):
+            SharedPool.create(bad, 4096)
+    with pytest.raises(TypeError):
+        SharedPool.create(42, 4096)
+    with pytest.raises(ValueError):
+        SharedPool.create(name, 0)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        SharedPool.create(name, 4096, "nosuch")
+    with pytest.raises(ValueError, match="max_entries"):
+        SharedPool.create(name, 4096, max_entries=0)
+    assert not Path(f"/dev/shm/{name}").exists()  # nothing left behind by a failed create
+
+
+def test_strategy_is_not_reachable_unlocked(name):
+    with SharedPool.create(name, 65536) as p:
+        with pytest.raises(TypeError, match="lock"):
+            p.strategy
+
+
+def test_workers_churn_spawn(name):
+    rounds = 3000 if SLOW else 400
+    with SharedPool.create(name, "8MiB") as p:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(3) as workers:
+            results = workers.starmap(W.churn, [(name, rounds, s) for s in range(3)])
+        assert all(a > 0 for a, _ in results)
+        p.check()
+        assert p.stats().live == 0 and p.stats().used == 0  # no block lost
+        assert p.shared_stats().entries == 0
+
+
+def test_workers_churn_fork(name):
+    with SharedPool.create(name, "4MiB") as p:
+        keep = p.alloc(64)
+        memoryview(keep)[:4] = b"KEEP"
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=W.churn, args=(name, 300, s)) for s in range(2)]
+        for pr in procs:
+            pr.start()
+        for pr in procs:
+            pr.join(60)
+            assert pr.exitcode == 0
+        # a forked child inherits `keep`; when its copy is collected nothing is freed
+        child = ctx.Process(target=lambda: None)
+        child.start()
+        child.join(30)
+        assert bytes(keep)[:4] == b"KEEP" and p.stats().live == 1
+        del keep
+        p.check()
+        assert p.stats().live == 0
+
+
+def test_block_handle_round_trip_and_refcounts(name):
+    with SharedPool.create(name, "1MiB") as p:
+        b = p.alloc(100)
+        memoryview(b)[:5] = b"hello"
+        h = pickle.dumps(b)
+        assert len(h) < 120
+        c = pickle.loads(h)
+        assert c is not b and c.offset == b.offset and c.tag == b.tag and bytes(c)[:5] == b"hello"
+        b.free()  # c still holds a reference: the range stays
+        assert p.stats().live == 1 and bytes(c)[:5] == b"hello"
+        del c
+        assert p.stats().live == 0
+
+
+def test_stale_handles_are_refused(name):
+    with SharedPool.create(name, "1MiB", "bestfit") as p:
+        b = p.alloc(100)
+        h = pickle.dumps(b)
+        off = b.offset
+        b.free()
+        with pytest.raises(mempool.NotAllocated, match="stale"):
+            pickle.loads(h)  # freed
+        again = p.alloc(100)
+        assert again.offset == off  # the same range, reused
+        with pytest.raises(mempool.NotAllocated, match="stale"):
+            pickle.loads(h)  # reused: another tag
+        del again
+    os.unlink(f"/dev/shm/{name}")
+    with SharedPool.create(name, "1MiB") as p2:
+        p2.alloc(100)
+        with pytest.raises(mempool.NotAllocated, match="created anew"):
+            pickle.loads(h)
+
+
+def test_arrays_pass_to_spawned_workers_without_copies(name):
+    with SharedPool.create(name, "4MiB") as p:
+        a = p.zeros(1000)
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
+            back = ex.submit(W.touch, a).result()
+            assert a[0] == 1 and a[-1] == 2  # the worker wrote our memory
+            assert back.ctypes.data == a.ctypes.data  # and its result is our array
+            assert ex.submit(W.add_one, a[10:20]).result() == 10.0
+            assert a[10:20].tolist() == [1.0] * 10 and a[9] == 0
+        assert isinstance(a, mempool.SharedArray)
+        del a, back
+        assert p.stats().live == 0
+
+
+def test_multiprocessing_pool_map_with_views(name):
+    with SharedPool.create(name, "4MiB") as p:
+        a = p.zeros((4, 100))
+        with mp.get_context("spawn").Pool(2) as workers:
+            sums = workers.map(W.add_one, [a[k] for k in range(4)])
+        assert sums == [100.0] * 4 and a.sum() == 400
+        del a
+
+
+def test_plain_results_pickle_by_value(name):
+    with SharedPool.create(name, 65536) as p:
+        a = p.zeros(10)
+        b = a + 1  # memory of its own: a plain ndarray
+        assert type(b) is np.ndarray
+        assert pickle.loads(pickle.dumps(b)).tolist() == [1.0] * 10
+        with pytest.raises(TypeError, match="private Pool"):
+            pickle.dumps(mempool.Pool(4096).alloc(10))
+        del a
+
+
+def test_realloc_with_other_handles_refused(name):
+    with SharedPool.create(name, 65536) as p:
+        b = p.alloc(100)
+        c = pickle.loads(pickle.dumps(b))
+        with pytest.raises(BufferError, match="other handle"):
+            p.realloc(b, 200)
+        del c
+        assert p.realloc(b, 200).size == 200
+        p.check()
+
+
+def test_lock_owner_killed_does_not_wedge_and_blocks_are_reclaimed(name):
+    rounds = 20 if SLOW else 5
+    ctx = mp.get_context("spawn")
+    with SharedPool.create(name, "2MiB") as p:
+        for k in range(rounds):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=W.hold_lock, args=(name, 3, child))
+            proc.start()
+            msg, pid, offsets = parent.recv()
+            assert msg == "holding"
+            import time
+
+            time.sleep(0.05)  # it is asleep inside the lock now
+            os.kill(pid, signal.SIGKILL)
+            proc.join(30)
+            b = p.alloc(10)  # would hang forever on a dead owner without robustness
+            assert p.shared_stats().recoveries == k + 1
+            assert p.stats().live == 4
+            with pytest.raises(ValueError, match="alive"):
+                p.reclaim(os.getpid())
+            assert p.reclaim(pid) == 3
+            assert p.stats().live == 1
+            b.free()
+            p.check()
+
+
+def test_reclaim_keeps_ranges_other_processes_hold(name):
+    with SharedPool.create(name, 65536) as p:
+        code = f"""
+            import os, pickle, sys, mempool
+            p = mempool.SharedPool.attach({name!r})
+            b = p.alloc(100)
+            sys.stdout.buffer.write(pickle.dumps((os.getpid(), b)))
+            sys.stdout.flush()
+            os._exit(0)   # dies without freeing
+        """
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True)
+        assert r.returncode == 0, r.stderr
+        pid, mine = pickle.loads(r.stdout)  # a handle of ours: two references now
+        assert p.stats().live == 1
+        assert p.reclaim(pid) == 0  # the dead owner's reference is released, ours stays
+        assert p.stats().live == 1 and mine.live
+        del mine
+        assert p.stats().live == 0
+        p.check()
+
+
+def test_attach_refuses_random_truncated_and_foreign_segments(name):
+    shm = Path(f"/dev/shm/{name}")
+    shm.write_bytes(os.urandom(1 << 16))
+    with pytest.raises(mempool.CorruptionError, match="not a mempool segment"):
+        SharedPool.attach(name)
+    shm.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        SharedPool.attach(name)
+    shm.write_bytes(b"\x00" * 100)
+    with pytest.raises(mempool.CorruptionError, match="too short"):
+        SharedPool.attach(name)
+    shm.unlink()
+    with SharedPool.create(name, "1MiB") as p:
+        p.alloc(1000)
+        good = shm.read_bytes()
+    for label, blob in {
+        "truncated": good[: len(good) // 2],
+        "header": good[:30] + b"\xff" + good[31:],
+        "state": good[:4096] + b"\x00" * 64 + good[4160:],
+        "foreign": b"MEMPOOL\0" + good[8:],
+    }.items():
+        shm.write_bytes(blob)
+        with pytest.raises(mempool.CorruptionError):
+            SharedPool.attach(name)
+
+
+def test_attach_refuses_damaged_registry(name):
+    shm = Path(f"/dev/shm/{name}")
+    with SharedPool.create(name, "1MiB") as p:
+        keep = p.alloc(1000)
+        from mempool._segment import Header
+
+        h = Header.unpack(shm.read_bytes(), shm.stat().st_size, b"MPSHARED", name)
+        del keep
+    data = bytearray(shm.read_bytes())
+    data[h.lock_off] ^= 0xFF  # the lock area's magic
+    shm.write_bytes(bytes(data))
+    with pytest.raises(mempool.CorruptionError, match="lock area"):
+        SharedPool.attach(name)
+
+
+def test_permissions_follow_mode(name):
+    SharedPool.create(name, 65536, mode=0o600).close()
+
+    def body():
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            SharedPool.attach(name)
+        except PermissionError:
+            os._exit(0)
+        os._exit(1)
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            body()
+        finally:
+            os._exit(2)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_attaching_process_never_unlinks_or_warns(name):
+    SharedPool.create(name, 65536).close()
+    code = f"""
+        import mempool
+        p = mempool.SharedPool.attach({name!r})
+        b = p.alloc(10)
+        del b
+        p.close()
+    """
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stderr == ""
+    assert Path(f"/dev/shm/{name}").exists()
+
+
+def test_unlink_on_exit(name):
+    code = f"""
+        import mempool
+        p = mempool.SharedPool.create({name!r}, 65536, unlink_on_exit=True)
+        a = p.zeros(10)   # still alive at exit: unlinking must not need a close
+    """
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert not Path(f"/dev/shm/{name}").exists()
+
+
+def test_use_after_close(name):
+    p = SharedPool.create(name, 65536)
+    b = p.alloc(10)
+    memoryview(b)[:2] = b"ok"
+    h = pickle.dumps(b)
+    p.close()  # b's reference stays in the segment: the range is still live
+    for fn in (lambda: p.alloc(1), lambda: p.stats(), lambda: p.check(), lambda: len(p),
+               lambda: p.reclaim(1, force=True), lambda: b.free(), lambda: bytes(b)):
+        with pytest.raises(mempool.PoolClosed):
+            fn()
+    c = pickle.loads(h)  # attaches the pool anew, on first use
+    assert bytes(c)[:2] == b"ok" and c.pool is not p
+    q = c.pool
+    assert q.reclaim(os.getpid(), force=True) == 0  # our old handle's reference goes...
+    del c  # ...and with the last one, the range
+    assert q.stats().live == 0
+    q.close()
