@@ -92,7 +92,7 @@ class SharedArray(np.ndarray):
         if blk is None or not blk.live or not isinstance(blk.pool, SharedPool):
             return np.asarray(self).view(np.ndarray).copy().__reduce__()
         pool = blk.pool
-        byte_off = self.ctypes.data - blk.address
+        byte_off = _mempool.data_address(self) - blk.address
         return (_rebuild_array, (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off,
                                  self.dtype, self.shape, self.strides))
 
