@@ -330,17 +330,21 @@ def test_unlink_on_exit(name):
 def test_use_after_close(name):
     p = SharedPool.create(name, 65536)
     b = p.alloc(10)
-    memoryview(b)[:2] = b"ok"
-    h = pickle.dumps(b)
-    p.close()  # b's reference stays in the segment: the range is still live
+    keep = p.alloc(20)
+    memoryview(keep)[:2] = b"ok"
+    h = pickle.dumps(keep)
+    q = SharedPool.attach(name)  # another attachment holds a handle of `keep`
+    kept = q._handle(keep.offset, keep.tag)
+    p.close()  # p's handles give their references back: b's range is freed, keep's stays
     for fn in (lambda: p.alloc(1), lambda: p.stats(), lambda: p.check(), lambda: len(p),
                lambda: p.reclaim(1, force=True), lambda: b.free(), lambda: bytes(b)):
         with pytest.raises(mempool.PoolClosed):
             fn()
-    c = pickle.loads(h)  # attaches the pool anew, on first use
-    assert bytes(c)[:2] == b"ok" and c.pool is not p
-    q = c.pool
-    assert q.reclaim(os.getpid(), force=True) == 0  # our old handle's reference goes...
-    del c  # ...and with the last one, the range
+    assert q.stats().live == 1 and bytes(kept)[:2] == b"ok"
+    c = pickle.loads(h)  # attaches through q, the open attachment
+    assert bytes(c)[:2] == b"ok" and c.pool is q
+    del c, kept
     assert q.stats().live == 0
     q.close()
+    with pytest.raises(mempool.NotAllocated, match="stale"):
+        pickle.loads(h)  # attaches anew on first use; the range is gone

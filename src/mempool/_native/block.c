@@ -30,6 +30,10 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->tag = 0;
     b->pid = mp_getpid();
     b->owner = 0;
+    b->prev = NULL;
+    b->next = pool->blocks;
+    if (pool->blocks) pool->blocks->prev = b;
+    pool->blocks = b;
     return b;
 }
 
@@ -47,6 +51,9 @@ static void block_dealloc(BlockObject *b)
         if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)b);
         PyErr_Restore(et, ev, tb);
     }
+    if (b->prev) b->prev->next = b->next;
+    else pool->blocks = b->next;
+    if (b->next) b->next->prev = b->prev;
     Py_DECREF(pool);
     PyObject_Free(b);
 }

@@ -53,12 +53,14 @@ typedef struct {
     int has_ctl;
     PyObject *reducer;        /* shared pools: reducer(block) -> pickle handle  */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
+    struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
     PyObject *weakreflist;
 } PoolObject;
 
 /* A range of a pool, with the buffer protocol. */
-typedef struct {
+typedef struct BlockObject {
     PyObject_HEAD
+    struct BlockObject *prev, *next; /* the pool's list of Block objects         */
     PoolObject *pool;  /* strong reference: a block keeps its pool alive        */
     uint64_t offset;
     uint64_t size;     /* bytes asked for: what the buffer exposes              */

@@ -489,6 +489,24 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
                      self->exports);
         return NULL;
     }
+    /* shared pools: the handles of this process give their references back now
+     * (they cannot reach the segment once it is unmapped) */
+    if (self->ctl && mp_pool_lock(self) == 0) {
+        for (BlockObject *b = self->blocks; b; b = b->next) {
+            if (!b->live || b->pid != mp_getpid()) continue;
+            mp_entry_t *e = mp_reg_find(self->ctl, b->offset);
+            if (e && e->tag == b->tag) {
+                if (b->owner && e->owner == b->pid) e->owner = 0;
+                if (--e->refs == 0) {
+                    mp_reg_remove(self->ctl, e);
+                    OPS(self)->free(ST(self), b->offset);
+                }
+            }
+            b->live = 0;
+        }
+        mp_pool_unlock(self);
+    }
+    PyErr_Clear();
     self->closed = 1;
     self->gen = NULL;
     if (self->has_gen) {
