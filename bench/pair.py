@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import mempool  # noqa: E402
+import mempool
 
 CAPACITY = 1 << 24
 

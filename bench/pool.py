@@ -23,9 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import mempool  # noqa: E402
+import mempool
 
 CASES = {
     "np.empty(4096,u1)": "np.empty(4096, np.uint8)",

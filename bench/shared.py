@@ -35,9 +35,9 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import mempool  # noqa: E402
+import mempool
 
 N = 1 << 17  # float64: 1 MiB
 RESULTS = Path(__file__).parent / "results"

@@ -1,8 +1,11 @@
 """Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long)."""
 
 import os
+import sys
 
 from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/machines.py, tests/shared_workers.py
 
 SLOW = os.environ.get("MEMPOOL_SLOW_TESTS") == "1"
 
@@ -15,7 +18,3 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("slow" if SLOW else "ci")
-
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))  # tests/machines.py

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mempool
-from mempool import BestFit, TLSF
+from mempool import TLSF, BestFit
 
 
 @pytest.fixture(params=[TLSF, BestFit], ids=lambda c: c.__name__)

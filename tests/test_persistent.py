@@ -10,10 +10,10 @@ import textwrap
 import time
 
 import pytest
+from conftest import SLOW
 
 import mempool
 from mempool import Pool
-from conftest import SLOW
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 BufferErrors, and the bad-input matrix."""
 
 import gc
+import itertools
 import pickle
 import weakref
 
@@ -134,7 +135,7 @@ def test_close_with_views_or_arrays_raises_and_stays_open(pool):
     m = memoryview(b)
     with pytest.raises(BufferError, match="alive"):
         pool.close()
-    assert not pool.closed and bytes(m[:1]) == b"\0" or True
+    assert (not pool.closed and bytes(m[:1]) == b"\0") or True
     m.release()
     a = pool.empty(10)
     with pytest.raises(BufferError):
@@ -228,7 +229,7 @@ def test_arrays_do_not_overlap(pool):
         a[:] = k
     assert all((a == k).all() for k, a in enumerate(arrs))
     spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrs)
-    assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
+    assert all(x[1] <= y[0] for x, y in itertools.pairwise(spans))
 
 
 def test_array_bad_input(pool):

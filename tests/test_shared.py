@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import mempool
 import shared_workers as W
 from conftest import SLOW
+
+import mempool
 from mempool import SharedPool
 
 _count = itertools.count()
@@ -197,7 +197,7 @@ def test_lock_owner_killed_does_not_wedge_and_blocks_are_reclaimed(name):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=W.hold_lock, args=(name, 3, child))
             proc.start()
-            msg, pid, offsets = parent.recv()
+            msg, pid, _offsets = parent.recv()
             assert msg == "holding"
             import time
 
@@ -251,7 +251,7 @@ def test_attach_refuses_random_truncated_and_foreign_segments(name):
     with SharedPool.create(name, "1MiB") as p:
         p.alloc(1000)
         good = shm.read_bytes()
-    for label, blob in {
+    for _label, blob in {
         "truncated": good[: len(good) // 2],
         "header": good[:30] + b"\xff" + good[31:],
         "state": good[:4096] + b"\x00" * 64 + good[4160:],

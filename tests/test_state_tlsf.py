@@ -1,7 +1,8 @@
 """TLSF against the model: check() after every step, no false OutOfSpace."""
 
-import mempool
 from machines import exact_machine
+
+import mempool
 
 TestTLSF = exact_machine(lambda cap: mempool.TLSF(cap)).TestCase
 TestTLSFFewNodes = exact_machine(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mempool
-from mempool import BestFit, TLSF
+from mempool import TLSF, BestFit
 
 EXACT = [TLSF, BestFit]
 
@@ -119,7 +119,7 @@ def test_realloc_shrink_in_place_gives_tail_back(cls):
 def test_realloc_grow_in_place_consumes_gap_exactly(cls):
     # orderly-allocator 0.2.1 panicked here
     s = cls(1000)
-    a, b, c = s.alloc(100), s.alloc(50), s.alloc(100)
+    a, b, _c = s.alloc(100), s.alloc(50), s.alloc(100)
     s.free(b)
     assert s.realloc(a, 150) == a
     assert s.segments()[:2] == [(0, 150, True), (150, 100, True)]
@@ -128,7 +128,7 @@ def test_realloc_grow_in_place_consumes_gap_exactly(cls):
 
 def test_realloc_moves_when_neighbour_is_taken(cls):
     s = cls(1000)
-    a, b = s.alloc(100), s.alloc(100)
+    a, _b = s.alloc(100), s.alloc(100)
     new = s.realloc(a, 300)
     assert new == 200 and s.size_of(new) == 300
     assert s.segments()[0] == (0, 100, False)
@@ -137,7 +137,7 @@ def test_realloc_moves_when_neighbour_is_taken(cls):
 
 def test_realloc_moves_down_into_free_predecessor(cls):
     s = cls(300)
-    a, b, c = s.alloc(100), s.alloc(100), s.alloc(100)
+    a, b, _c = s.alloc(100), s.alloc(100), s.alloc(100)
     s.free(a)
     # nothing else is free: only predecessor + itself can hold 180 bytes
     assert s.realloc(b, 180) == 0
@@ -147,7 +147,7 @@ def test_realloc_moves_down_into_free_predecessor(cls):
 
 def test_failed_realloc_changes_nothing(cls):
     s = cls(300)
-    a, b = s.alloc(100), s.alloc(100)
+    a, _b = s.alloc(100), s.alloc(100)
     s.alloc(100)
     before, snap = s.stats(), s.snapshot()
     with pytest.raises(mempool.OutOfSpace):
@@ -285,7 +285,7 @@ def test_node_exhaustion_raises_and_never_corrupts(cls):
     assert s.snapshot() == before
     s.check()
     full = cls(30, max_blocks=3)
-    a, b, c = full.alloc(10), full.alloc(10), full.alloc(10)
+    a, b, _c = full.alloc(10), full.alloc(10), full.alloc(10)
     before = full.snapshot()
     with pytest.raises(mempool.OutOfSpace, match="max_blocks"):
         full.realloc(a, 5)  # the freed tail would need a 4th node

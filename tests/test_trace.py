@@ -82,7 +82,7 @@ def test_bundled_traces_are_packaged():
 
 
 def test_read_bundled_trace_matches_its_readme():
-    t = trace.read([p for p in trace.bundled() if p.name.startswith("ffmpeg")][0])
+    t = trace.read(next(p for p in trace.bundled() if p.name.startswith("ffmpeg")))
     assert len(t) == 630_430 and t.maxlive == 11_885_351 and t.max_id == 781
     assert int((t.op == 0).sum()) == 314_689 and int((t.op == 2).sum()) == 1_056
     assert int((t.align == 64).sum()) == 287_861
@@ -90,7 +90,7 @@ def test_read_bundled_trace_matches_its_readme():
 
 @pytest.mark.parametrize("strategy", ["tlsf", "bestfit", "libc"])
 def test_replay_prefix(strategy):
-    t = trace.read([p for p in trace.bundled() if p.name.startswith("sqlite")][0]).head(40_000)
+    t = trace.read(next(p for p in trace.bundled() if p.name.startswith("sqlite"))).head(40_000)
     r = trace.replay(t, strategy)
     assert r.ops == 40_000 and r.failures == 0 and r.ns_per_op > 0
     assert r.maxlive == t.maxlive
@@ -128,6 +128,6 @@ def test_python_replay(tmp_path):
 
 
 def test_trace_arrays_types():
-    t = trace.read([p for p in trace.bundled() if p.name.startswith("sqlite")][0]).head(10)
+    t = trace.read(next(p for p in trace.bundled() if p.name.startswith("sqlite"))).head(10)
     assert t.op.dtype == np.uint8 and t.id.dtype == np.uint32
     assert t.size.dtype == np.uint64 and t.align.dtype == np.uint32

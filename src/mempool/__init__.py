@@ -13,10 +13,12 @@ Pools (:class:`Pool`) put a strategy over real bytes from a source
 
 from __future__ import annotations
 
+from . import trace
+from ._mempool import TLSF, BestFit, Block, Strategy
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
-from .stats import Stats
-from ._mempool import BestFit, Block, Strategy, TLSF
-from .strategies import STRATEGIES
+from .pool import Pool
+from .regions import RegionPool, RegionStats
+from .shared import SharedArray, SharedPool, SharedStats
 from .sources import (
     AnonymousMemory,
     BufferMemory,
@@ -25,35 +27,33 @@ from .sources import (
     NumaPolicy,
     SharedMemory,
 )
-from .pool import Pool
-from .regions import RegionPool, RegionStats
-from .shared import SharedArray, SharedPool, SharedStats
-from . import trace
+from .stats import Stats
+from .strategies import STRATEGIES
 
 __all__ = [
+    "STRATEGIES",
+    "TLSF",
     "AnonymousMemory",
     "BestFit",
     "Block",
     "BufferMemory",
+    "CorruptionError",
     "External",
     "FileMemory",
+    "MempoolError",
+    "NotAllocated",
     "NumaPolicy",
+    "OutOfSpace",
     "Pool",
+    "PoolClosed",
     "RegionPool",
     "RegionStats",
     "SharedArray",
     "SharedMemory",
     "SharedPool",
     "SharedStats",
-    "CorruptionError",
-    "MempoolError",
-    "NotAllocated",
-    "OutOfSpace",
-    "PoolClosed",
     "Stats",
     "Strategy",
-    "TLSF",
-    "STRATEGIES",
     "trace",
 ]
 

@@ -133,7 +133,7 @@ class RegionPool:
         need = size + (align if align > PAGE else 0)
         if need > self.region_size:
             big = [r for r in self._regions if r.capacity >= need]
-            return big + [self._map(_round_up(need, PAGE))] if not big else big
+            return big or [self._map(_round_up(need, PAGE))]
         return self._regions
 
     def alloc(self, size: int, align: int = 16) -> Block:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import BestFit, Strategy, TLSF
+from ._mempool import TLSF, BestFit, Strategy
 
-__all__ = ["STRATEGIES", "RANGE_STRATEGIES", "make", "strategy_type"]
+__all__ = ["RANGE_STRATEGIES", "STRATEGIES", "make", "strategy_type"]
 
 #: name -> type, in the order the bench lists them.
 STRATEGIES: dict[str, type[Strategy]] = {"tlsf": TLSF, "bestfit": BestFit}

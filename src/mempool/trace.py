@@ -83,7 +83,7 @@ class Trace:
     def head(self, n: int) -> Trace:
         """The first ``n`` operations (a prefix of a trace is a valid trace)."""
         n = min(int(n), len(self))
-        ok, maxlive = _mempool.validate_trace(
+        _ok, maxlive = _mempool.validate_trace(
             self.op[:n], self.id[:n], self.size[:n], self.align[:n], self.max_id
         )
         return Trace(
@@ -260,7 +260,7 @@ def python_replay(trace: Trace, strategy: Any, *, capacity: int | None = None,
     failures = 0
     alloc, free, realloc = obj.alloc, obj.free, obj.realloc
     t0 = time.perf_counter_ns()
-    for o, i, s, a in zip(ops, ids, sizes, aligns):
+    for o, i, s, a in zip(ops, ids, sizes, aligns, strict=False):
         try:
             if o == 0:
                 ptr[i] = alloc(s, a)
