@@ -5,23 +5,27 @@ relocatable block (see DESIGN.md).  The strategy types:
 
 - :class:`TLSF` -- O(1) two-level segregated fit, exact sizes.
 - :class:`BestFit` -- exact best fit in O(log n).
+- :class:`Slab` -- equal items carved page by page, freed items reused first.
+- :class:`Bump` -- bump pointer with marks and rewind.
 """
 
 from __future__ import annotations
 
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .stats import Stats
-from ._mempool import BestFit, Strategy, TLSF
+from ._mempool import BestFit, Bump, Slab, Strategy, TLSF
 from .strategies import STRATEGIES
 from . import trace
 
 __all__ = [
     "BestFit",
+    "Bump",
     "CorruptionError",
     "MempoolError",
     "NotAllocated",
     "OutOfSpace",
     "PoolClosed",
+    "Slab",
     "Stats",
     "Strategy",
     "TLSF",
