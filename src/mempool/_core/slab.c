@@ -50,7 +50,7 @@
  *
  * Invariants (slab_check):
  *  S1. The header matches the geometry of (capacity, param[0] = item_size,
- *      param[1] = page_size); state_size matches.
+ *      param[1] = page_size), its capacity copy included; state_size matches.
  *  S2. Pool bit p is set <=> page p is FREE; no bit beyond npages; free_pages ==
  *      the number of FREE pages; page_lo == the lowest FREE page (npages: none).
  *  S3. A FREE page is all zero with prev == next == NIL.  A RUN page of n > per items
@@ -94,6 +94,7 @@ typedef struct slab_page {
 } slab_page_t;
 
 typedef struct slab_hdr {
+    uint64_t capacity; /* == head.capacity: a flipped capacity is noticed */
     uint64_t item_size, page_size, stride, align, per, npages, nitems, nwords;
     uint64_t off_bitmap, off_state, off_stack; /* byte offsets from the state start */
     uint32_t page_shift, stride_shift;         /* log2 when a power of two, else 64 */
@@ -163,6 +164,7 @@ static int slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_si
     if (nitems > ((uint64_t)1 << 58)) GFAIL("too many items (%llu)", (ull)nitems);
     uint64_t nwords = (npages + 63) / 64;
     memset(g, 0, sizeof *g);
+    g->capacity = capacity;
     g->item_size = item_size;
     g->page_size = page_size;
     g->stride = stride;
