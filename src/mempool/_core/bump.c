@@ -31,13 +31,14 @@
  *
  *   +-----------+------------------------------+------------------------------------------+
  *   | mp_head_t | bump_hdr                     | entry[max_blocks]                        |
- *   | cursor =  | max_blocks, depth, top,      | offset, size, tag = serial << 1 | dead   |
- *   | serial    | epoch                        | (24 bytes; slots >= depth are all zero)  |
+ *   | cursor =  | capacity, max_blocks, depth, | offset, size, tag = serial << 1 | dead   |
+ *   | serial    | top, epoch                   | (24 bytes; slots >= depth are all zero)  |
  *   +-----------+------------------------------+------------------------------------------+
  *
  * Invariants (bump_check):
- *  B1. param[0] == max_blocks (1 <= max_blocks < 2^32 - 1), state_size matches,
- *      depth <= max_blocks, epoch <= serial.
+ *  B1. param[0] == max_blocks (1 <= max_blocks < 2^32 - 1), the header's copies of
+ *      capacity and max_blocks match the head, state_size matches,
+ *      depth <= max_blocks, epoch <= serial <= 2^62.
  *  B2. Entries [0, depth): size >= 1, inside the span, each starting at or after
  *      the end of the one below (sorted, disjoint); serials strictly increasing,
  *      >= epoch and < serial; the tag holds only the serial and the dead bit.
@@ -58,6 +59,7 @@ typedef struct bump_entry {
 } bump_entry_t;
 
 typedef struct bump_hdr {
+    uint64_t capacity; /* == head.capacity: a flipped capacity is noticed */
     uint64_t max_blocks;
     uint64_t depth;
     uint64_t top;
@@ -67,6 +69,9 @@ typedef struct bump_hdr {
 #define OFF_HDR ((uint64_t)sizeof(mp_head_t))
 #define OFF_STACK (OFF_HDR + (uint64_t)sizeof(bump_hdr_t))
 #define DEAD 1u
+/* serials live in tag bits 1..63; check() bounds them far below that (2^62 pushes
+ * would take a century), so an accepted state never overflows the tag */
+#define SERIAL_MAX ((uint64_t)1 << 62)
 
 static inline bump_hdr_t *HD(void *st) { return (bump_hdr_t *)((char *)st + OFF_HDR); }
 static inline const bump_hdr_t *CHD(const void *st)
@@ -110,6 +115,7 @@ int mp_bump_init(void *st, uint64_t capacity, uint64_t max_blocks)
     m->state_size = size;
     m->capacity = capacity;
     m->param[0] = max_blocks;
+    HD(st)->capacity = capacity;
     HD(st)->max_blocks = max_blocks;
     return MP_OK;
 }
@@ -337,9 +343,11 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
         BFAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,
               (ull)len, (ull)want);
     /* B1 */
-    if (h->max_blocks != m->param[0]) BFAIL("max_blocks in the header does not match");
+    if (h->max_blocks != m->param[0] || h->capacity != m->capacity)
+        BFAIL("max_blocks or capacity in the header does not match the head");
     if (h->depth > h->max_blocks)
         BFAIL("stack depth %llu beyond max_blocks %llu", (ull)h->depth, (ull)h->max_blocks);
+    if (m->cursor > SERIAL_MAX) BFAIL("serial %llu beyond 2^62", (ull)m->cursor);
     if (h->epoch > m->cursor) BFAIL("epoch %llu beyond the serial %llu", (ull)h->epoch,
                                     (ull)m->cursor);
     /* B2, B3, B5 */
