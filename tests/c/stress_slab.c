@@ -306,7 +306,7 @@ static void do_alloc_array(pool_t *p, uint64_t n)
         REQUIRE(rc == MP_ENOSPACE, "alloc_array returned %d", rc);
         if (n <= per) REQUIRE(!has_item_run(p, n), "alloc_array(%llu): ENOSPACE but a page has "
                               "%llu free items in a row", (ull)n, (ull)n);
-        else if (n <= p->g.pages * per)
+        else if (n <= p->g.pages * p->g.page_size / p->g.stride)
             REQUIRE(!has_page_run(p, pages_of(p, n)), "alloc_array(%llu): ENOSPACE but %llu "
                     "free pages in a row exist", (ull)n, (ull)pages_of(p, n));
         C.arr_full++;
@@ -496,7 +496,7 @@ static void random_ops(pool_t *p, uint64_t steps)
             case 0: n = 1 + below(3); break;
             case 1: n = 1 + below(per); break;
             case 2: n = per + 1 + below(per * 3 + 1); break;
-            default: n = below(8) ? 2 + below(per + 1) : items + below(3); break;
+            default: n = below(8) ? 2 + below(per + 1) : items + below(p->g.pages + 2); break;
             }
             do_alloc_array(p, n);
         } else if (r < 75) {

@@ -321,6 +321,13 @@ static inline uint64_t pages_for(const slab_hdr_t *h, uint64_t bytes)
     return bytes / h->page_size + (bytes % h->page_size != 0);
 }
 
+/* The most items a multi-page array can have: it spans whole pages, the bytes after
+ * the last item of each page included, so it may hold more than npages * per. */
+static inline uint64_t max_run_items(const slab_hdr_t *h)
+{
+    return h->npages * h->page_size / h->stride;
+}
+
 /* A fresh SLAB page from the pool (lowest first), or MP_NIL. */
 static uint32_t new_slab_page(void *st)
 {
@@ -461,7 +468,7 @@ int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
         *out = off;
         return MP_OK;
     }
-    if (n > h->nitems) return MP_ENOSPACE;
+    if (n > max_run_items(h)) return MP_ENOSPACE;
     uint64_t bytes = n * h->stride; /* <= npages * page_size <= capacity */
     uint64_t k = pages_for(h, bytes);
     if (k > h->free_pages) return MP_ENOSPACE;
@@ -892,7 +899,7 @@ static int slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
             break;
         case PG_RUN: {
             uint64_t n = P->items;
-            if (n <= h->per || n > h->nitems)
+            if (n <= h->per || n > max_run_items(h))
                 SFAIL("page %llu: array of %llu items (a page holds %llu)", (ull)p, (ull)n,
                       (ull)h->per);
             uint64_t k = pages_for(h, n * h->stride);

@@ -137,9 +137,10 @@ static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, P
     mp_slab_info_t in;
     mp_slab_info(self->st, &in);
     PyObject *why;
-    if (big || n > in.pages * in.per_page)
-        why = PyUnicode_FromFormat("more items than the %llu the slab holds",
-                                   (unsigned long long)(in.pages * in.per_page));
+    uint64_t most = in.pages * in.page_size / in.stride; /* a run uses the page slack too */
+    if (big || n > most)
+        why = PyUnicode_FromFormat("more items than the %llu an array can hold",
+                                   (unsigned long long)most);
     else if (n <= in.per_page)
         why = PyUnicode_FromFormat("no page has %llu free items in a row (%llu items free)",
                                    (unsigned long long)n, (unsigned long long)in.free_items);
