@@ -16,7 +16,7 @@
  *     free item; no page with n free items in a row; no run of enough free pages) and
  *     left the state byte for byte as it was.  A single freed item is the next one
  *     handed out (LIFO).  A batch undone by freeing in reverse and restoring the head
- *     (what alloc_many does) leaves the same memory map and counters.
+ *     (what alloc_many does) leaves the state byte for byte as it was.
  *   - corruption: truncated lengths, single-bit flips (every bit of the slab header and
  *     its tables, and of the head's counters, must be detected), random multi-byte
  *     mutations: check() never crashes, and a state it accepts works (random ops with
@@ -428,6 +428,7 @@ static void do_batch(pool_t *p)
     seg_t *segs = xmalloc(p->nsegs * sizeof *segs);
     size_t nsegs = p->nsegs;
     memcpy(segs, p->segs, nsegs * sizeof *segs);
+    memcpy(p->before, p->st, p->len);
     uint64_t fr = OPS->free_ranges(p->st);
     mp_head_t saved = *(mp_head_t *)p->st;
     uint64_t offs[16];
@@ -436,6 +437,7 @@ static void do_batch(pool_t *p)
         if (OPS->alloc(p->st, 1 + below(p->isz), 1, &offs[got])) break;
     while (got) REQUIRE(OPS->free(p->st, offs[--got]) == MP_OK, "undo free");
     *(mp_head_t *)p->st = saved;
+    require_unchanged(p, "an undone batch");
     verify(p);
     REQUIRE(p->nsegs == nsegs && !memcmp(segs, p->segs, nsegs * sizeof *segs),
             "the undone batch changed the memory map");

@@ -28,6 +28,10 @@
  *   - free pushes the items of the range on its page's stack (the last item
  *     first, so the range's first item is on top) and moves the page to the front
  *     of the partial list; a multi-page array gives its pages back to the pool.
+ *     When the stack is empty and the range ends at the cursor, the cursor moves
+ *     back over it instead (the same items come next either way): so every free
+ *     undoes its alloc byte for byte, and a batch undone in reverse (alloc_many)
+ *     leaves the state exactly as it was.
  *
  * State layout (integers only; offsets of the areas are in the header):
  *
@@ -57,7 +61,8 @@
  *      spans used == ceil(n * stride / page_size) pages inside the span, followed
  *      by used - 1 TAIL pages pointing back at it; every TAIL page belongs to one.
  *  S4. A SLAB page: 1 <= used <= per, cursor <= per, used + nfree == cursor; its
- *      stack entries k < nfree are distinct carved items whose state is FREE | k;
+ *      stack entries k < nfree are distinct carved items whose state is FREE | k,
+ *      the bottom one not the last carved item (canonical form: it would be uncarved);
  *      stack slots from nfree on are 0; every carved item is free, a live single,
  *      an array start followed by exactly n - 1 INNER items (inside the carved
  *      part), or INNER inside such an array; uncarved items have state 0; the live
@@ -430,6 +435,20 @@ static void take_run(void *st, uint32_t p, uint64_t i, uint64_t n)
     for (uint32_t j = k; j < P->nfree; j++) stack[j] = 0;
     P->nfree = k;
     if (i + n > P->cursor) P->cursor = (uint32_t)(i + n);
+    /* keep S4's canonical form: free items at the bottom of the stack that sit just
+     * below the cursor become uncarved again (the same order of reuse: the stack's
+     * bottom goes last, then the cursor) */
+    uint32_t drop = 0;
+    while (drop < P->nfree && stack[drop] == P->cursor - 1 - drop) drop++;
+    if (!drop) return;
+    for (uint32_t j = 0; j < drop; j++) state[stack[j]] = 0;
+    for (uint32_t j = drop; j < P->nfree; j++) {
+        stack[j - drop] = stack[j];
+        state[stack[j]] = ST_FREE | (j - drop);
+    }
+    for (uint32_t j = P->nfree - drop; j < P->nfree; j++) stack[j] = 0;
+    P->nfree -= drop;
+    P->cursor -= drop;
 }
 
 int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
@@ -575,11 +594,18 @@ static void release(void *st, const range_t *r)
         pool_give(st, p, 1);
         return;
     }
-    for (uint64_t j = r->n; j-- > 0;) {
-        uint32_t it = (uint32_t)(r->item + j);
-        stack[P->nfree] = it;
-        state[it] = ST_FREE | P->nfree;
-        P->nfree++;
+    if (P->nfree == 0 && r->item + r->n == P->cursor) {
+        /* the last carved items, nothing on the stack: uncarve them (they are still
+         * the next ones handed out), so that a free undoes its alloc byte for byte */
+        memset(state + r->item, 0, (size_t)r->n * sizeof *state);
+        P->cursor = (uint32_t)r->item;
+    } else {
+        for (uint64_t j = r->n; j-- > 0;) {
+            uint32_t it = (uint32_t)(r->item + j);
+            stack[P->nfree] = it;
+            state[it] = ST_FREE | P->nfree;
+            P->nfree++;
+        }
     }
     if (h->partial != p) {
         if (in_list(h, pg, p)) list_remove(h, pg, p);
@@ -773,6 +799,9 @@ static int check_slab_page(const void *st, uint64_t p, uint64_t *live, uint64_t 
         SFAIL("slab page %llu: used %u, free %u, cursor %u do not add up (%llu items a page)",
               (ull)p, P->used, P->nfree, P->cursor, (ull)h->per);
     if (P->items != 0) SFAIL("slab page %llu has an array length", (ull)p);
+    if (P->nfree && stack[0] == P->cursor - 1)
+        SFAIL("page %llu: the stack's bottom is the last carved item %u (not uncarved)", (ull)p,
+              stack[0]);
     for (uint64_t k = 0; k < h->per; k++) {
         if (k < P->nfree) {
             uint32_t it = stack[k];
