@@ -69,7 +69,7 @@ def test_page_slack_and_capacity_tail_are_never_handed_out():
 # ---- reuse --------------------------------------------------------------------------------
 def test_freed_items_are_reused_last_in_first_out():
     s = Slab(1 << 16, 32, page_size=1024)
-    a, b, c, d = (s.alloc(32) for _ in range(4))
+    a, b, _, d = (s.alloc(32) for _ in range(4))
     s.free(b)
     s.free(d)
     s.free(a)
@@ -115,7 +115,8 @@ def test_full_slab_raises_out_of_space_not_abort():
 def test_size_and_align_limits():
     s = Slab(1 << 16, 48, page_size=4096)  # align 16
     unchanged(s, lambda: s.alloc(49), mempool.OutOfSpace, "larger than the item size 48")
-    unchanged(s, lambda: s.alloc(8, 32), mempool.OutOfSpace, "align 32 is above the item alignment 16")
+    unchanged(s, lambda: s.alloc(8, 32), mempool.OutOfSpace,
+              "align 32 is above the item alignment 16")
     assert s.alloc(48, 16) == 0 and s.alloc(1, 1) == 48
     with pytest.raises(mempool.OutOfSpace) as ei:
         s.alloc(1000)
@@ -300,7 +301,7 @@ def test_segments_cover_the_span_and_stats():
     for o in offs[::4]:
         s.free(o)
     pos = 0
-    for off, size, allocated in s.segments():
+    for off, size, _ in s.segments():
         assert off == pos and size >= 1
         pos = off + size
     assert pos == 10_000
@@ -424,8 +425,10 @@ def test_realloc_bad_input(s):
         ((1 << 20, 64), {"page_size": 100}, ValueError, "multiple of the item alignment 64"),
         ((1 << 20, 24), {"page_size": 1004}, ValueError, "multiple of the item alignment 8"),
         ((1 << 20, 48), {"page_size": 32}, ValueError, "too small for one item of 48"),
-        ((1 << 20, 100), {"page_size": 96}, ValueError, "too small for one item of 100 bytes \\(stride 104\\)"),
-        ((4096, 64), {}, ValueError, "capacity 4096 is smaller than one page \\(page_size 65536\\)"),
+        ((1 << 20, 100), {"page_size": 96}, ValueError,
+         "too small for one item of 100 bytes \\(stride 104\\)"),
+        ((4096, 64), {}, ValueError,
+         "capacity 4096 is smaller than one page \\(page_size 65536\\)"),
         ((1 << 20, 64, 4096), {}, TypeError, "at most 2 positional"),
         ((1 << 20,), {"items": 3}, TypeError, "unexpected keyword argument 'items'"),
         ((1 << 20, 64), {"item_size": 64}, TypeError, "multiple values for argument 'item_size'"),

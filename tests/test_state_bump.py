@@ -23,7 +23,7 @@ import mempool
 
 
 class Entry:
-    __slots__ = ("id", "off", "size", "dead")
+    __slots__ = ("dead", "id", "off", "size")
 
     def __init__(self, id_: int, off: int, size: int):
         self.id, self.off, self.size, self.dead = id_, off, size, False
@@ -103,7 +103,10 @@ class BumpMachine(RuleBasedStateMachine):
     ranges = Bundle("ranges")
     marks = Bundle("marks")
 
-    @initialize(capacity=st.one_of(st.integers(1, 64), st.integers(512, 4096), st.integers(512, 4096)), max_blocks=st.one_of(st.none(), st.integers(1, 12)))
+    @initialize(
+        capacity=st.one_of(st.integers(1, 64), st.integers(512, 4096), st.integers(512, 4096)),
+        max_blocks=st.one_of(st.none(), st.integers(1, 12)),
+    )
     def create(self, capacity, max_blocks):
         if max_blocks is None:
             self.s = mempool.Bump(capacity)
@@ -251,7 +254,7 @@ class BumpMachine(RuleBasedStateMachine):
             # undone by freeing in reverse and restoring the head: byte for byte
             assert self.s.snapshot() == snap
             return
-        for size, off in zip(sizes, offs.tolist()):
+        for size, off in zip(sizes, offs.tolist(), strict=True):
             assert off == self.m.place(size, align)
             self.m.push(off, size)
 

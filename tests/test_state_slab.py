@@ -223,7 +223,8 @@ class SlabMachine(RuleBasedStateMachine):
     def alloc(self, size, align):
         want = self.m.alloc(size, align)
         if want is None:
-            why = "item size" if size > self.m.item_size else "alignment" if align > self.m.align else "no free item"
+            why = ("item size" if size > self.m.item_size
+                   else "alignment" if align > self.m.align else "no free item")
             self._oos(lambda: self.s.alloc(size, align), why)
             return None
         off = self.s.alloc(size, align)
