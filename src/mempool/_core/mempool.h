@@ -156,7 +156,7 @@ typedef struct mp_bump_info {
 void mp_bump_info(const void *st, mp_bump_info_t *out);
 extern const mp_ops_t mp_bump_ops;
 
-/* The default node budget for the range strategies (TLSF, BestFit). */
+/* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 uint64_t mp_default_max_blocks(uint64_t capacity);
 
 /* ---- traces and replay (replay.c) -------------------------------------------- */
