@@ -5,16 +5,19 @@ relocatable block (see DESIGN.md).  The strategy types:
 
 - :class:`TLSF` -- O(1) two-level segregated fit, exact sizes.
 - :class:`BestFit` -- exact best fit in O(log n).
+- :class:`Slab` -- equal items carved page by page, freed items reused first.
+- :class:`Bump` -- bump pointer with marks and rewind.
 
-Pools (:class:`Pool`) put a strategy over real bytes from a source
-(:class:`AnonymousMemory`, :class:`FileMemory`, :class:`BufferMemory`,
-:class:`External`) and hand out :class:`Block` objects and NumPy arrays.
+Pools (:class:`Pool`, :class:`RegionPool`, :class:`SharedPool`) put a strategy over
+real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
+:class:`SharedMemory`, :class:`BufferMemory`, :class:`External`) and hand out
+:class:`Block` objects and NumPy arrays.
 """
 
 from __future__ import annotations
 
 from . import trace
-from ._mempool import TLSF, BestFit, Block, Strategy
+from ._mempool import TLSF, BestFit, Block, Bump, Slab, Strategy
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .regions import RegionPool, RegionStats
@@ -37,6 +40,7 @@ __all__ = [
     "BestFit",
     "Block",
     "BufferMemory",
+    "Bump",
     "CorruptionError",
     "External",
     "FileMemory",
@@ -52,6 +56,7 @@ __all__ = [
     "SharedMemory",
     "SharedPool",
     "SharedStats",
+    "Slab",
     "Stats",
     "Strategy",
     "trace",

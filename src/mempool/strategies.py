@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import TLSF, BestFit, Strategy
+from ._mempool import TLSF, BestFit, Bump, Slab, Strategy
 
 __all__ = ["RANGE_STRATEGIES", "STRATEGIES", "make", "strategy_type"]
 
 #: name -> type, in the order the bench lists them.
-STRATEGIES: dict[str, type[Strategy]] = {"tlsf": TLSF, "bestfit": BestFit}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "tlsf": TLSF, "bestfit": BestFit, "slab": Slab, "bump": Bump,
+}
 
 #: the exact strategies, whose node budget is max_blocks.
 RANGE_STRATEGIES: frozenset[type[Strategy]] = frozenset({TLSF, BestFit})

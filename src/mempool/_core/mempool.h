@@ -125,7 +125,38 @@ uint64_t mp_bestfit_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks);
 extern const mp_ops_t mp_bestfit_ops;
 
-/* The default node budget for the range strategies (TLSF, BestFit). */
+/* Slab: equal items carved page by page, freed items reused first (slab.c).
+ * item_size in [1, 2^30), page_size a multiple of the item alignment holding at
+ * least one item, capacity >= page_size. */
+uint64_t mp_slab_state_size(uint64_t capacity, uint64_t item_size, uint64_t page_size);
+int mp_slab_init(void *st, uint64_t capacity, uint64_t item_size, uint64_t page_size);
+/* MP_OK, or MP_EINVAL with the first rule the parameters break written into msg. */
+int mp_slab_explain(uint64_t capacity, uint64_t item_size, uint64_t page_size, char *msg,
+                    size_t msglen);
+/* n contiguous items (n >= 1); freed by free() or mp_slab_free_array(st, off, n),
+ * which is MP_EINVAL when n is not the array's length. */
+int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out);
+int mp_slab_free_array(void *st, uint64_t offset, uint64_t n);
+int mp_slab_items_at(const void *st, uint64_t offset, uint64_t *n); /* items of a live range */
+typedef struct mp_slab_info {
+    uint64_t item_size, page_size, stride, align, per_page, pages, free_pages, free_items;
+} mp_slab_info_t;
+void mp_slab_info(const void *st, mp_slab_info_t *out);
+extern const mp_ops_t mp_slab_ops;
+
+/* Bump: a bump pointer over a stack of live ranges, with marks (bump.c). */
+uint64_t mp_bump_state_size(uint64_t capacity, uint64_t max_blocks);
+int mp_bump_init(void *st, uint64_t capacity, uint64_t max_blocks);
+void mp_bump_mark(const void *st, uint64_t *serial, uint64_t *depth);
+int mp_bump_mark_valid(const void *st, uint64_t serial, uint64_t depth);
+int mp_bump_rewind(void *st, uint64_t serial, uint64_t depth); /* MP_EINVAL: stale mark */
+typedef struct mp_bump_info {
+    uint64_t max_blocks, depth, top;
+} mp_bump_info_t;
+void mp_bump_info(const void *st, mp_bump_info_t *out);
+extern const mp_ops_t mp_bump_ops;
+
+/* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 uint64_t mp_default_max_blocks(uint64_t capacity);
 
 /* ---- shared pools (shared.c): robust lock + block registry --------------------- */

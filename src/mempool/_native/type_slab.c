@@ -1,0 +1,337 @@
+/*
+ * type_slab.c -- mempool.Slab: the constructor over _core/slab.c, the array
+ * methods, the geometry properties, and alloc/realloc with messages that name the
+ * item size and alignment (the generic ones cannot know them).
+ */
+#include "native.h"
+
+static int closed(StrategyObject *self)
+{
+    if (self->st) return 0;
+    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
+    return 1;
+}
+
+static int read_offset(PyObject *o, uint64_t *off)
+{
+    int rc = mp_arg_u64(o, "offset", off);
+    if (rc > 0) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", o);
+        return -1;
+    }
+    return rc;
+}
+
+/* OutOfSpace(message, size, available, largest_free); `what` says why. */
+static PyObject *slab_oos(StrategyObject *self, PyObject *size_obj, uint64_t size,
+                          const char *what, PyObject *why)
+{
+    uint64_t avail = self->ops->available(self->st);
+    uint64_t largest = self->ops->largest_free(self->st);
+    PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
+    if (!sz) return NULL;
+    PyObject *msg = PyUnicode_FromFormat("cannot allocate %s%S bytes: %U (%llu bytes available, "
+                                         "largest free range %llu)",
+                                         what, sz, why, (unsigned long long)avail,
+                                         (unsigned long long)largest);
+    if (msg) {
+        PyObject *exc = PyObject_CallFunction(mp_OutOfSpace, "OOKK", msg, sz,
+                                              (unsigned long long)avail,
+                                              (unsigned long long)largest);
+        if (exc) {
+            PyErr_SetObject(mp_OutOfSpace, exc);
+            Py_DECREF(exc);
+        }
+        Py_DECREF(msg);
+    }
+    Py_DECREF(sz);
+    return NULL;
+}
+
+/* Why a single-item request of `size` bytes aligned to `align` failed. */
+static PyObject *slab_raise(StrategyObject *self, int rc, PyObject *size_obj, uint64_t size,
+                            uint64_t align, uint64_t offset)
+{
+    if (rc != MP_ENOSPACE) return mp_raise(self, rc, size, align, offset);
+    mp_slab_info_t in;
+    mp_slab_info(self->st, &in);
+    PyObject *why;
+    if (size_obj || size > in.item_size)
+        why = PyUnicode_FromFormat("larger than the item size %llu",
+                                   (unsigned long long)in.item_size);
+    else if (align > in.align)
+        why = PyUnicode_FromFormat("align %llu is above the item alignment %llu",
+                                   (unsigned long long)align, (unsigned long long)in.align);
+    else
+        why = PyUnicode_FromFormat("no free item (all %llu items of %llu-byte items in use)",
+                                   (unsigned long long)(in.pages * in.per_page),
+                                   (unsigned long long)in.item_size);
+    if (!why) return NULL;
+    slab_oos(self, size_obj, size, "", why);
+    Py_DECREF(why);
+    return NULL;
+}
+
+static const char *const alloc_names[] = {"size", "align"};
+
+static PyObject *slab_alloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *vals[2] = {NULL, NULL};
+    uint64_t size, align = 1, off;
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
+        return NULL;
+    int rc = mp_arg_size(vals[0], "size", &size);
+    if (rc < 0) return NULL;
+    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
+    if (closed(self)) return NULL;
+    if (rc > 0) return slab_raise(self, MP_ENOSPACE, vals[0], size, align, 0);
+    rc = self->ops->alloc(self->st, size, align, &off);
+    if (rc) return slab_raise(self, rc, NULL, size, align, 0);
+    return PyLong_FromUnsignedLongLong(off);
+}
+
+static const char *const realloc_names[] = {"offset", "size", "align"};
+
+static PyObject *slab_realloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    PyObject *vals[3] = {NULL, NULL, NULL};
+    uint64_t off, size, align = 1, out, cur;
+    if (mp_parse_args("realloc", args, nargs, kwnames, realloc_names, 3, 2, vals) < 0)
+        return NULL;
+    if (read_offset(vals[0], &off) < 0) return NULL;
+    int big = mp_arg_size(vals[1], "size", &size);
+    if (big < 0) return NULL;
+    if (vals[2] && mp_arg_align(vals[2], &align) < 0) return NULL;
+    if (closed(self)) return NULL;
+    int rc = self->ops->size_of(self->st, off, &cur);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    if (big) return slab_raise(self, MP_ENOSPACE, vals[1], size, 1, off);
+    rc = self->ops->realloc(self->st, off, size, align, &out);
+    if (rc == MP_EINVAL) {
+        PyErr_Format(PyExc_ValueError,
+                     "realloc(%llu): the range is an array; arrays keep their length "
+                     "(free_array it and alloc_array a new one)", (unsigned long long)off);
+        return NULL;
+    }
+    /* in place needs only size <= item_size: align matters for a move, and no move helps */
+    if (rc) return slab_raise(self, rc, NULL, size, 1, off);
+    return PyLong_FromUnsignedLongLong(out);
+}
+
+static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t n, off;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "alloc_array() takes exactly one argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    int big = mp_arg_size(args[0], "n", &n);
+    if (big < 0 || closed(self)) return NULL;
+    int rc = big ? MP_ENOSPACE : mp_slab_alloc_array(self->st, n, &off);
+    if (rc == MP_OK) return PyLong_FromUnsignedLongLong(off);
+    if (rc != MP_ENOSPACE) return mp_raise(self, rc, 0, 1, 0);
+    mp_slab_info_t in;
+    mp_slab_info(self->st, &in);
+    PyObject *why;
+    uint64_t most = in.pages * in.page_size / in.stride; /* a run uses the page slack too */
+    if (big || n > most)
+        why = PyUnicode_FromFormat("more items than the %llu an array can hold",
+                                   (unsigned long long)most);
+    else if (n <= in.per_page)
+        why = PyUnicode_FromFormat("no page has %llu free items in a row (%llu items free)",
+                                   (unsigned long long)n, (unsigned long long)in.free_items);
+    else
+        why = PyUnicode_FromFormat("no run of enough free pages (%llu of %llu pages free)",
+                                   (unsigned long long)in.free_pages,
+                                   (unsigned long long)in.pages);
+    if (!why) return NULL;
+    PyObject *stride = PyLong_FromUnsignedLongLong(in.stride);
+    PyObject *bytes = stride ? PyNumber_Multiply(args[0], stride) : NULL;
+    Py_XDECREF(stride);
+    if (!bytes) {
+        Py_DECREF(why);
+        return NULL;
+    }
+    PyObject *what = PyUnicode_FromFormat("an array of %S items, ", args[0]);
+    if (what) {
+        const char *w = PyUnicode_AsUTF8(what);
+        if (w) slab_oos(self, bytes, 0, w, why);
+        Py_DECREF(what);
+    }
+    Py_DECREF(bytes);
+    Py_DECREF(why);
+    return NULL;
+}
+
+static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t off, n, have;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "free_array() takes exactly 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (read_offset(args[0], &off) < 0) return NULL;
+    int big = mp_arg_size(args[1], "n", &n);
+    if (big < 0 || closed(self)) return NULL;
+    int rc = mp_slab_items_at(self->st, off, &have);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    if (big || n != have) {
+        PyErr_Format(PyExc_ValueError, "free_array(%llu, %S): the range there has %llu items",
+                     (unsigned long long)off, args[1], (unsigned long long)have);
+        return NULL;
+    }
+    rc = mp_slab_free_array(self->st, off, n);
+    if (rc) return mp_raise(self, rc, 0, 1, off);
+    Py_RETURN_NONE;
+}
+
+/* ---- properties ------------------------------------------------------------------------- */
+#define INFO_GETTER(name, field)                                                                 \
+    static PyObject *get_##name(StrategyObject *self, void *Py_UNUSED(c))                       \
+    {                                                                                            \
+        if (closed(self)) return NULL;                                                           \
+        mp_slab_info_t in;                                                                       \
+        mp_slab_info(self->st, &in);                                                             \
+        return PyLong_FromUnsignedLongLong(in.field);                                            \
+    }
+INFO_GETTER(item_size, item_size)
+INFO_GETTER(item_align, align)
+INFO_GETTER(item_stride, stride)
+INFO_GETTER(page_size, page_size)
+INFO_GETTER(items_per_page, per_page)
+INFO_GETTER(pages, pages)
+INFO_GETTER(free_pages, free_pages)
+INFO_GETTER(free_items, free_items)
+
+static PyGetSetDef slab_getset[] = {
+    {"item_size", (getter)get_item_size, NULL, "The item size asked for at construction.", NULL},
+    {"item_align", (getter)get_item_align, NULL,
+     "Every item's alignment: the largest power of two dividing item_size, at least 8 "
+     "when item_size >= 8.", NULL},
+    {"item_stride", (getter)get_item_stride, NULL,
+     "item_size rounded up to item_align: the distance between items and each item's "
+     "size_of.", NULL},
+    {"page_size", (getter)get_page_size, NULL, "Bytes of a page.", NULL},
+    {"items_per_page", (getter)get_items_per_page, NULL, "page_size // item_stride.", NULL},
+    {"pages", (getter)get_pages, NULL, "capacity // page_size.", NULL},
+    {"free_pages", (getter)get_free_pages, NULL, "Pages in the page pool.", NULL},
+    {"free_items", (getter)get_free_items, NULL,
+     "Items alloc() can still hand out (the same as stats().free_ranges).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef slab_methods[] = {
+    {"alloc", (PyCFunction)(void (*)(void))slab_alloc_meth, METH_FASTCALL | METH_KEYWORDS,
+     "alloc($self, /, size, align=1)\n--\n\n"
+     "One item (size <= item_size) whose offset is a multiple of `align`; the most\n"
+     "recently freed item first.  Returns the offset.  Raises OutOfSpace naming the\n"
+     "item size when size > item_size, naming the item alignment when align >\n"
+     "item_align, and when no item is free; ValueError / TypeError for bad arguments."},
+    {"realloc", (PyCFunction)(void (*)(void))slab_realloc_meth, METH_FASTCALL | METH_KEYWORDS,
+     "realloc($self, /, offset, size, align=1)\n--\n\n"
+     "Resize a single item in place (size <= item_size; returns `offset`).  OutOfSpace\n"
+     "for a larger size; ValueError for an array.  On any error nothing changed."},
+    {"alloc_array", (PyCFunction)(void (*)(void))slab_alloc_array, METH_FASTCALL,
+     "alloc_array($self, n, /)\n--\n\n"
+     "Offset of n >= 1 contiguous items (n * item_stride bytes).  n <= items_per_page:\n"
+     "inside one page; larger n: whole contiguous pages from the page pool, held by the\n"
+     "array until it is freed.  Raises OutOfSpace when no run fits."},
+    {"free_array", (PyCFunction)(void (*)(void))slab_free_array, METH_FASTCALL,
+     "free_array($self, offset, n, /)\n--\n\n"
+     "Free the array of n items at offset (free(offset) does the same without n).\n"
+     "NotAllocated when offset is not the start of a live range; ValueError when the\n"
+     "range there does not have n items."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- constructor ------------------------------------------------------------------------- */
+static const char *const slab_names[] = {"capacity", "item_size", "page_size"};
+
+static PyObject *slab_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
+{
+    PyObject *vals[3] = {NULL, NULL, NULL};
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 positional arguments (%zd given)",
+                     cls->tp_name, nargs);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++) vals[k] = PyTuple_GET_ITEM(args, k);
+    if (kw) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(kw, &pos, &key, &value)) {
+            int j;
+            for (j = 0; j < 3; j++)
+                if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, slab_names[j]) == 0)
+                    break;
+            if (j == 3 || vals[j]) {
+                PyErr_Format(PyExc_TypeError, j == 3 ? "%s() got an unexpected keyword argument '%S'"
+                                                     : "%s() got multiple values for argument '%S'",
+                             cls->tp_name, key);
+                return NULL;
+            }
+            vals[j] = value;
+        }
+    }
+    if (!vals[0]) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'capacity'", cls->tp_name);
+        return NULL;
+    }
+    uint64_t v[3] = {0, 64, 65536};
+    for (int j = 0; j < 3; j++) {
+        if (!vals[j]) continue;
+        int rc = mp_arg_size(vals[j], slab_names[j], &v[j]);
+        if (rc < 0) return NULL;
+        if (rc > 0) {
+            PyErr_Format(PyExc_ValueError, "%s must be < 2**64, got %S", slab_names[j], vals[j]);
+            return NULL;
+        }
+    }
+    char why[200];
+    if (mp_slab_explain(v[0], v[1], v[2], why, sizeof why) != MP_OK) {
+        PyErr_Format(PyExc_ValueError, "%s(): %s", cls->tp_name, why);
+        return NULL;
+    }
+    StrategyObject *self = mp_strategy_alloc(cls, &mp_slab_ops, mp_slab_state_size(v[0], v[1], v[2]));
+    if (!self) return NULL;
+    if (mp_slab_init(self->st, v[0], v[1], v[2]) != MP_OK) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_ValueError, "invalid parameters");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyTypeObject SlabType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool.Slab",
+    .tp_basicsize = sizeof(StrategyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = slab_new,
+    .tp_methods = slab_methods,
+    .tp_getset = slab_getset,
+    .tp_doc =
+        "Slab(capacity, item_size=64, *, page_size=65536)\n--\n\n"
+        "A cache of equal items carved page by page over the offsets [0, capacity)\n"
+        "(tsload's mp_cache).  Freed items are reused first, the most recent first; a\n"
+        "page whose items are all free goes back to the page pool.\n\n"
+        "Rounding: items are aligned to item_align, the largest power of two dividing\n"
+        "item_size (at least 8 when item_size >= 8); item_stride = item_size rounded up\n"
+        "to item_align is each item's size_of and what `used` counts.  A page holds\n"
+        "page_size // item_stride items; pages are page_size aligned; the bytes after\n"
+        "the last item of a page and after the last whole page are never handed out.\n\n"
+        "alloc(size, align) gives one item (size <= item_size, align <= item_align, else\n"
+        "OutOfSpace); alloc_array(n) n contiguous items; free(offset) frees either.\n\n"
+        "Parameters: item_size in [1, 2**30); page_size a multiple of item_align that\n"
+        "holds one item; capacity >= page_size.",
+};
+
+int mp_slab_type_ready(PyObject *module)
+{
+    return mp_register_type(module, &SlabType, &mp_slab_ops);
+}

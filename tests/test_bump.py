@@ -1,0 +1,377 @@
+"""Bump: exact behaviour (bumping, the last-range rewind, dead ranges, realloc, marks),
+the seed's defect absent, state round trips, and the bad-input matrix."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import Bump
+
+
+def unchanged(s, fn, exc, match=None):
+    before, segs, snap = s.stats(), s.segments(), s.snapshot()
+    with pytest.raises(exc, match=match):
+        fn()
+    assert s.stats() == before and s.segments() == segs and s.snapshot() == snap
+    s.check()
+
+
+def test_offsets_only_grow_with_alignment_gaps():
+    s = Bump(1000)
+    assert s.alloc(3) == 0
+    assert s.alloc(10, align=64) == 64
+    assert s.alloc(1) == 74 and s.top == 75 and s.depth == 3
+    assert s.segments() == [(0, 3, True), (3, 61, False), (64, 10, True), (74, 1, True),
+                            (75, 925, False)]
+    st = s.stats()
+    assert (st.used, st.live, st.free_ranges, st.largest_free) == (14, 3, 2, 925)
+    assert st.internal_fragmentation == 0 and st.fragmentation == pytest.approx(1 - 925 / 986)
+    assert s.strategy == "bump" and mempool.STRATEGIES["bump"] is Bump
+    s.check()
+
+
+def test_free_of_the_last_range_rewinds_over_its_alignment_gap():
+    s = Bump(1000)
+    s.alloc(3)
+    b = s.alloc(10, align=64)
+    s.free(b)
+    assert s.top == 3 and s.largest_free == 997  # the gap [3, 64) is back too
+    assert s.alloc(5) == 3
+
+
+def test_free_of_another_range_only_marks_it_dead():
+    s = Bump(1000)
+    a, b, c = s.alloc(100), s.alloc(100), s.alloc(100)
+    s.free(b)
+    assert s.top == 300 and s.depth == 3 and len(s) == 2 and s.used == 200
+    assert s.segments() == [(0, 100, True), (100, 100, False), (200, 100, True), (300, 700, False)]
+    unchanged(s, lambda: s.free(b), mempool.NotAllocated)  # dead: not live any more
+    unchanged(s, lambda: s.size_of(b), mempool.NotAllocated)
+    assert s.alloc(50) == 300  # offsets only grow: the dead range is not reused
+    s.free(300)
+    assert s.top == 300
+    # freeing the last live range pops it and the dead one under it
+    s.free(c)
+    assert s.top == 100 and s.depth == 1
+    s.free(a)
+    assert s.top == 0 and s.depth == 0 and s.segments() == [(0, 1000, False)]
+    s.check()
+
+
+def test_realloc_of_the_last_range_in_place():
+    s = Bump(1000)
+    s.alloc(10)
+    b = s.alloc(100)
+    assert s.realloc(b, 500) == b and s.top == 510
+    assert s.realloc(b, 20, align=512) == b and s.top == 30  # in place: align is moot
+    unchanged(s, lambda: s.realloc(b, 991), mempool.OutOfSpace)
+    assert s.realloc(b, 990) == b and s.largest_free == 0
+
+
+def test_realloc_of_another_range_shrinks_in_place_and_moves_to_grow():
+    s = Bump(1000)
+    a, b = s.alloc(100), s.alloc(100)
+    assert s.realloc(a, 40) == a and s.size_of(a) == 40 and s.top == 200
+    assert s.segments()[:3] == [(0, 40, True), (40, 60, False), (100, 100, True)]
+    moved = s.realloc(a, 150, align=64)
+    assert moved == 256 and s.size_of(moved) == 150 and s.top == 406
+    unchanged(s, lambda: s.size_of(a), mempool.NotAllocated)  # the old range is dead
+    unchanged(s, lambda: s.realloc(b, 700), mempool.OutOfSpace)  # a move that cannot fit
+    s.free(moved)
+    s.free(b)
+    assert s.top == 0  # the shrunk dead range went with b
+
+
+def test_marks_nested_and_rewound_in_order():
+    s = Bump(10_000)
+    s.alloc(10)
+    m1 = s.mark()
+    s.alloc(20)
+    m2 = s.mark()
+    s.alloc(30)
+    s.alloc(40, align=256)
+    assert isinstance(m1, int) and isinstance(m2, int) and m1 != m2
+    s.rewind(m2)
+    assert s.top == 30 and len(s) == 2
+    s.rewind(m2)  # rewinding to the same mark again is fine
+    s.alloc(5)
+    s.rewind(m1)
+    assert s.top == 10 and len(s) == 1
+    unchanged(s, lambda: s.rewind(m2), ValueError, "stale")  # newer than where we are
+    s.check()
+
+
+def test_rewind_to_an_older_mark_after_newer_ones_and_stale_marks():
+    s = Bump(10_000)
+    m0 = s.mark()
+    a = s.alloc(10)
+    m1 = s.mark()
+    s.alloc(10)
+    m2 = s.mark()
+    s.alloc(10)
+    s.rewind(m0)  # past both newer marks at once
+    assert s.top == 0 and len(s) == 0
+    unchanged(s, lambda: s.rewind(m1), ValueError, "stale")
+    # the same depth reached again by new ranges does not revive them
+    s.alloc(10)
+    s.alloc(10)
+    s.alloc(10)
+    assert s.depth == 3
+    unchanged(s, lambda: s.rewind(m1), ValueError, "stale")
+    unchanged(s, lambda: s.rewind(m2), ValueError, "stale")
+    s.rewind(m0)
+    assert a == 0
+
+
+def test_marks_are_stale_after_reset_and_after_a_free_below_them():
+    s = Bump(1000)
+    m0 = s.mark()
+    s.alloc(8)
+    m1 = s.mark()
+    s.reset()
+    unchanged(s, lambda: s.rewind(m0), ValueError, "stale")
+    unchanged(s, lambda: s.rewind(m1), ValueError, "stale")
+    a = s.alloc(8)
+    m2 = s.mark()
+    s.alloc(8)
+    s.rewind(m2)
+    s.free(a)  # below m2: the stack went under it
+    s.alloc(8)
+    unchanged(s, lambda: s.rewind(m2), ValueError, "stale")
+
+
+def test_rewind_also_pops_dead_ranges_under_the_mark():
+    s = Bump(1000)
+    a, b = s.alloc(10), s.alloc(10)
+    m = s.mark()
+    s.alloc(10)
+    s.free(b)  # dead, under the mark
+    s.rewind(m)
+    assert s.top == 10 and s.depth == 1 and len(s) == 1
+    s.free(a)
+    assert s.top == 0
+
+
+def test_a_failed_allocation_keeps_the_last_range_and_the_marks():
+    # context-allocator's defect: a failed allocation clobbered "last"
+    s = Bump(100)
+    s.alloc(10)
+    m = s.mark()
+    b = s.alloc(50)
+    unchanged(s, lambda: s.alloc(60), mempool.OutOfSpace, "cannot allocate 60 bytes")
+    unchanged(s, lambda: s.alloc(1, align=128), mempool.OutOfSpace)
+    unchanged(s, lambda: s.realloc(b, 91), mempool.OutOfSpace)
+    s.free(b)  # still the last range: rewinds
+    assert s.top == 10
+    c = s.alloc(40)
+    s.rewind(m)  # the mark survived too
+    assert s.top == 10 and c == 10
+    assert s.alloc(90) == 10  # and the allocator goes on
+
+
+def test_range_table_full():
+    s = Bump(1000, max_blocks=2)
+    a = s.alloc(1)
+    s.alloc(1)
+    unchanged(s, lambda: s.alloc(1), mempool.OutOfSpace, "max_blocks")
+    s.free(a)  # dead, still on the stack
+    unchanged(s, lambda: s.alloc(1), mempool.OutOfSpace, "max_blocks")
+    s.free(1)
+    assert s.depth == 0 and s.alloc(1) == 0
+    assert Bump(1 << 24).max_blocks == (1 << 24) // 64 and Bump(1 << 40).max_blocks == 1 << 20
+    assert Bump(1000).max_blocks == 1000 and Bump(200_000).max_blocks == 3125
+
+
+def test_largest_free_always_succeeds():
+    rng = np.random.default_rng(2)
+    s = Bump(1 << 14)
+    live = []
+    for _ in range(300):
+        r = rng.random()
+        if live and r < 0.3:
+            s.free(live.pop())
+        elif live and r < 0.45:
+            s.free(live.pop(int(rng.integers(len(live)))))
+        else:
+            try:
+                live.append(s.alloc(int(rng.integers(1, 300)), int(2 ** rng.integers(0, 7))))
+            except mempool.OutOfSpace:
+                pass
+        if s.largest_free:
+            m = s.mark()
+            off = s.alloc(s.largest_free)
+            assert off + s.size_of(off) == s.capacity
+            s.rewind(m)
+    s.check()
+
+
+def test_reset_snapshot_pickle():
+    s = Bump(5000)
+    a = s.alloc(100)
+    s.alloc(7, 16)
+    m = s.mark()
+    s.alloc(300)
+    s.free(a)
+    data = s.snapshot()
+    r = Bump.restore(data)
+    assert r.segments() == s.segments() and r.stats() == s.stats() and r.top == s.top
+    r.rewind(m)  # marks are part of the state: valid in the copy
+    assert r.top == 119  # 7 bytes at 112
+    t = pickle.loads(pickle.dumps(s))
+    assert type(t) is Bump and t.snapshot() == s.snapshot()
+    s.reset()
+    st = s.stats()
+    assert (st.used, st.live, st.free_ranges, st.largest_free) == (0, 0, 1, 5000)
+    assert st.peak_used == 407 and st.high_water == 419 and s.top == 0
+    s.check()
+
+
+def test_restore_refuses_garbage_and_corruption():
+    s = Bump(1 << 12, max_blocks=16)
+    for n in (10, 20, 30, 40):
+        s.alloc(n, 8)
+    s.free(16)
+    with pytest.raises(mempool.CorruptionError, match="state"):
+        Bump.restore(mempool.TLSF(1000).snapshot())
+    with pytest.raises(mempool.CorruptionError):
+        Bump.restore(s.snapshot()[:-8])
+    rng = np.random.default_rng(9)
+    good = s.snapshot()
+    refused = 0
+    for _ in range(400):
+        bad = bytearray(good)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
+        try:
+            r = Bump.restore(bytes(bad))
+        except mempool.CorruptionError:
+            refused += 1
+            continue
+        r.check()
+        r.alloc(1)
+        r.check()
+    assert refused > 250
+
+
+def test_alloc_many_is_all_or_nothing_byte_for_byte():
+    s = Bump(100)
+    s.alloc(10)
+    m = s.mark()
+    unchanged(s, lambda: s.alloc_many([20, 20, 20, 40], align=8), mempool.OutOfSpace)
+    offs = s.alloc_many([20, 20], align=8)
+    assert offs.tolist() == [16, 40]
+    s.rewind(m)  # the mark survived the failed batch
+    s.free_many([0])
+    assert s.top == 0
+
+
+def test_large_capacity_is_ordinary():
+    s = Bump(2**64 - 1)
+    assert s.alloc(2**63) == 0
+    assert s.alloc(10, align=2**62) == 2**63
+    unchanged(s, lambda: s.alloc(2**63, align=2**63), mempool.OutOfSpace)
+    s.check()
+
+
+def test_repr_and_properties():
+    s = Bump(1000, max_blocks=8)
+    s.alloc(10)
+    assert repr(s) == "<mempool.Bump capacity=1000 used=10 live=1>"
+    assert (s.capacity, s.top, s.depth, s.max_blocks) == (1000, 10, 1, 8)
+
+
+# ---- bad input ---------------------------------------------------------------------------
+@pytest.fixture
+def b():
+    b = Bump(4096)
+    b.alloc(100)
+    b.alloc(50, align=64)
+    return b
+
+
+@pytest.mark.parametrize(
+    "size, exc, match",
+    [
+        (0, ValueError, "size must be >= 1, got 0"),
+        (-1, ValueError, "size must be >= 1"),
+        (1.0, TypeError, "size must be an integer, not float"),
+        ("8", TypeError, "size must be an integer"),
+        (5000, mempool.OutOfSpace, "cannot allocate 5000 bytes"),
+        (2**64, mempool.OutOfSpace, "larger than the capacity"),
+    ],
+)
+def test_bad_sizes(b, size, exc, match):
+    unchanged(b, lambda: b.alloc(size), exc, match)
+
+
+@pytest.mark.parametrize("align", [0, 3, -8, 2**64])
+def test_bad_align(b, align):
+    unchanged(b, lambda: b.alloc(8, align), ValueError, "align must be a positive power of two")
+
+
+@pytest.mark.parametrize("offset", [1, 99, 100, 150, 4095, 4096, 2**64 - 1, 2**70])
+def test_offsets_that_start_no_live_range(b, offset):
+    unchanged(b, lambda: b.free(offset), mempool.NotAllocated, "not the start of a live range")
+    unchanged(b, lambda: b.size_of(offset), mempool.NotAllocated)
+    unchanged(b, lambda: b.realloc(offset, 8), mempool.NotAllocated)
+
+
+def test_offset_types_and_double_free(b):
+    unchanged(b, lambda: b.free(-1), ValueError, "offset must be >= 0")
+    unchanged(b, lambda: b.free(None), TypeError, "offset must be an integer")
+    b.free(128)
+    unchanged(b, lambda: b.free(128), mempool.NotAllocated)
+    b.free(0)
+    unchanged(b, lambda: b.free(0), mempool.NotAllocated)
+
+
+def test_realloc_bad_input(b):
+    unchanged(b, lambda: b.realloc(0, 0), ValueError, "size must be >= 1")
+    unchanged(b, lambda: b.realloc(0, 2**64), mempool.OutOfSpace)
+    unchanged(b, lambda: b.realloc(0, 8, align=3), ValueError, "align")
+
+
+@pytest.mark.parametrize(
+    "mark, exc, match",
+    [
+        (-1, ValueError, "not a valid mark"),
+        (2**40 + 7, ValueError, "stale"),
+        (2**200, ValueError, "not a valid mark"),
+        (1.5, TypeError, "mark must be an integer"),
+        ("0", TypeError, "mark must be an integer"),
+        (None, TypeError, "mark must be an integer"),
+    ],
+)
+def test_bad_marks(b, mark, exc, match):
+    unchanged(b, lambda: b.rewind(mark), exc, match)
+
+
+def test_method_arguments(b):
+    unchanged(b, lambda: b.rewind(), TypeError, "exactly one argument")
+    unchanged(b, lambda: b.mark(1), TypeError)
+    assert b.rewind(np.int64(b.mark())) is None  # any integer type
+
+
+def test_bad_constructor_arguments():
+    for cap, exc in [(0, ValueError), (-1, ValueError), (1.5, TypeError), (2**64, ValueError)]:
+        with pytest.raises(exc, match="capacity"):
+            Bump(cap)
+    with pytest.raises(ValueError, match="max_blocks"):
+        Bump(100, max_blocks=0)
+    with pytest.raises(ValueError, match="max_blocks"):
+        Bump(100, max_blocks=2**32)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Bump(100, blocks=3)
+    with pytest.raises(TypeError):
+        Bump()
+
+
+def test_capacity_of_one_byte():
+    s = Bump(1)
+    assert s.alloc(1) == 0
+    unchanged(s, lambda: s.alloc(1), mempool.OutOfSpace)
+    s.free(0)
+    assert s.top == 0
+    s.check()
