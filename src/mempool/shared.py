@@ -188,11 +188,7 @@ class SharedPool(Pool):
             mm[:4096] = h.pack()  # last: until now, attach finds no valid header
             mm.release()
         except BaseException:
-            if not mem.closed:
-                try:
-                    mem.close()
-                except BufferError:
-                    pass
+            mem.close_quietly()
             mem.unlink()
             raise
         pool._creator = True
@@ -218,11 +214,7 @@ class SharedPool(Pool):
                 view.release()
             return cls._build(mem, h, name, create_entries=0)
         except BaseException:
-            if not mem.closed:
-                try:
-                    mem.close()
-                except BufferError:
-                    pass
+            mem.close_quietly()
             raise
 
     @classmethod

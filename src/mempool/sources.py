@@ -104,6 +104,27 @@ class Source:
         return f"<{type(self).__name__} size={self.size}{state}>"
 
 
+class _Mapped(Source):
+    """A source over an mmap object (``self._mmap``)."""
+
+    _mmap: mmap.mmap
+
+    def close(self) -> None:
+        """Unmap.  BufferError while a pool or a view still uses the memory (the source
+        then stays open)."""
+        if self._closed:
+            return
+        self._mmap.close()
+        self._closed = True
+
+    def close_quietly(self) -> None:
+        """Unmap if nothing uses the memory any more (for error paths)."""
+        try:
+            self.close()
+        except BufferError:
+            pass
+
+
 # ---- NUMA ---------------------------------------------------------------------------
 _MODES = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4}
 
@@ -196,7 +217,7 @@ def _reserved_hugepages() -> int:
         return 0
 
 
-class AnonymousMemory(Source):
+class AnonymousMemory(_Mapped):
     """An anonymous private mapping of at least ``size`` bytes (rounded up to pages).
 
     Parameters
@@ -282,15 +303,9 @@ class AnonymousMemory(Source):
             raise OSError(e.errno, f"{msg}: {os.strerror(e.errno) if e.errno else e}") from None
         self.refused.append(msg)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._mmap.close()  # BufferError while exported: then we stay open
-        self._closed = True
-
 
 # ---- files ----------------------------------------------------------------------------
-class FileMemory(Source):
+class FileMemory(_Mapped):
     """A file mapped shared: writes reach the file, and a later mapping sees them.
 
     ``FileMemory(path, size)`` creates the file when it is missing and extends it to
@@ -333,12 +348,6 @@ class FileMemory(Source):
         self._check_open()
         self._mmap.flush()
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._mmap.close()
-        self._closed = True
-
     def __repr__(self) -> str:
         return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
 
@@ -357,7 +366,7 @@ def _shm_path(name: str) -> Path:
     return SHM_DIR / name
 
 
-class SharedMemory(Source):
+class SharedMemory(_Mapped):
     """A POSIX shared memory segment (``/dev/shm/<name>``) mapped shared.
 
     ``SharedMemory(name, size, create=True, mode=0o600)`` makes a new segment
@@ -405,12 +414,6 @@ class SharedMemory(Source):
     def unlink(self) -> None:
         """Remove the name; the memory stays mapped until every process closes it."""
         os.unlink(self.path)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._mmap.close()
-        self._closed = True
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.name!r} size={self.size}{' closed' if self._closed else ''}>"

@@ -60,6 +60,48 @@ static PyObject *result_dict(const mp_replay_result_t *r)
                          (unsigned long long)r->elapsed_ns);
 }
 
+/* The four parallel arrays of a parsed trace and a scratch area of `per_id` uint64
+ * per id; the caller releases with trace_arrays_release. */
+typedef struct {
+    Py_buffer v[4];
+    int got;
+    uint64_t n;
+    uint64_t *scratch;
+} trace_arrays_t;
+
+static void trace_arrays_release(trace_arrays_t *t)
+{
+    PyMem_RawFree(t->scratch);
+    for (int k = 0; k < t->got; k++) PyBuffer_Release(&t->v[k]);
+}
+
+static int trace_arrays(PyObject *const objs[4], unsigned long max_id, int per_id,
+                        trace_arrays_t *t)
+{
+    static const char *names[] = {"op", "id", "size", "align"};
+    static const Py_ssize_t isz[] = {1, 4, 8, 4};
+    t->got = 0;
+    t->scratch = NULL;
+    if (max_id >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "max_id too large");
+        return -1;
+    }
+    for (; t->got < 4; t->got++)
+        if (get_array(objs[t->got], names[t->got], isz[t->got], 0, &t->v[t->got]) < 0) return -1;
+    t->n = (uint64_t)t->v[0].len;
+    for (int k = 1; k < 4; k++)
+        if ((uint64_t)t->v[k].len / (uint64_t)isz[k] != t->n) {
+            PyErr_SetString(PyExc_ValueError, "trace arrays differ in length");
+            return -1;
+        }
+    t->scratch = PyMem_RawMalloc((size_t)per_id * ((size_t)max_id + 1) * sizeof *t->scratch);
+    if (!t->scratch) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 /* replay(strategy or None, op, id, size, align, max_id) -> dict; None = libc */
 static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
 {
@@ -71,32 +113,14 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_SetString(PyExc_TypeError, "replay() needs a strategy object or None (libc)");
         return NULL;
     }
-    if (max_id >= UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "max_id too large");
-        return NULL;
-    }
-    static const char *names[] = {"op", "id", "size", "align"};
-    static const Py_ssize_t isz[] = {1, 4, 8, 4};
-    Py_buffer v[4];
-    int got = 0;
+    trace_arrays_t t;
     PyObject *ret = NULL;
-    uint64_t *scratch = NULL;
-    for (; got < 4; got++)
-        if (get_array(objs[got], names[got], isz[got], 0, &v[got]) < 0) goto done;
-    uint64_t n = (uint64_t)v[0].len;
-    if ((uint64_t)v[1].len / 4 != n || (uint64_t)v[2].len / 8 != n || (uint64_t)v[3].len / 4 != n) {
-        PyErr_SetString(PyExc_ValueError, "trace arrays differ in length");
-        goto done;
-    }
-    scratch = PyMem_RawMalloc(2 * ((size_t)max_id + 1) * sizeof *scratch);
-    if (!scratch) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (trace_arrays(objs, max_id, 2, &t) < 0) goto done;
     mp_replay_result_t r;
+    uint64_t *ptr = t.scratch, *live = t.scratch + max_id + 1;
     if (strat == Py_None) {
-        mp_replay_libc(n, v[0].buf, v[1].buf, v[2].buf, v[3].buf, (uint32_t)max_id, scratch,
-                       scratch + max_id + 1, &r);
+        mp_replay_libc(t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, t.v[3].buf, (uint32_t)max_id, ptr,
+                       live, &r);
     } else {
         StrategyObject *s = (StrategyObject *)strat;
         if (!s->st) {
@@ -107,8 +131,8 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
             PyErr_SetString(PyExc_ValueError, "replay() needs an empty strategy");
             goto done;
         }
-        mp_replay(s->ops, s->st, n, v[0].buf, v[1].buf, v[2].buf, v[3].buf, (uint32_t)max_id,
-                  scratch, scratch + max_id + 1, &r);
+        mp_replay(s->ops, s->st, t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, t.v[3].buf,
+                  (uint32_t)max_id, ptr, live, &r);
     }
     if (r.status != MP_OK)
         PyErr_Format(PyExc_ValueError, "the trace is not valid at operation %llu (an id out of "
@@ -116,47 +140,27 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
                      (unsigned long long)r.bad_op);
     else ret = result_dict(&r);
 done:
-    PyMem_RawFree(scratch);
-    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    trace_arrays_release(&t);
     return ret;
 }
 
-/* validate_trace(op, id, size, align, max_id) -> maxlive; ValueError naming the op */
+/* validate_trace(op, id, size, align, max_id) -> (True, maxlive) or (False, bad op) */
 static PyObject *ext_validate_trace(PyObject *Py_UNUSED(mod), PyObject *args)
 {
     PyObject *objs[4];
     unsigned long max_id;
     if (!PyArg_ParseTuple(args, "OOOOk", &objs[0], &objs[1], &objs[2], &objs[3], &max_id))
         return NULL;
-    if (max_id >= UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "max_id too large");
-        return NULL;
-    }
-    static const char *names[] = {"op", "id", "size", "align"};
-    static const Py_ssize_t isz[] = {1, 4, 8, 4};
-    Py_buffer v[4];
-    int got = 0;
+    trace_arrays_t t;
     PyObject *ret = NULL;
-    uint64_t *scratch = NULL;
-    for (; got < 4; got++)
-        if (get_array(objs[got], names[got], isz[got], 0, &v[got]) < 0) goto done;
-    uint64_t n = (uint64_t)v[0].len;
-    if ((uint64_t)v[1].len / 4 != n || (uint64_t)v[2].len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "trace arrays differ in length");
-        goto done;
+    if (trace_arrays(objs, max_id, 1, &t) == 0) {
+        mp_replay_result_t r = {0};
+        if (mp_trace_validate(t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, (uint32_t)max_id,
+                              t.scratch, &r))
+            ret = Py_BuildValue("(OK)", Py_False, (unsigned long long)r.bad_op);
+        else ret = Py_BuildValue("(OK)", Py_True, (unsigned long long)r.maxlive);
     }
-    scratch = PyMem_RawMalloc(((size_t)max_id + 1) * sizeof *scratch);
-    if (!scratch) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    mp_replay_result_t r = {0};
-    if (mp_trace_validate(n, v[0].buf, v[1].buf, v[2].buf, (uint32_t)max_id, scratch, &r))
-        ret = Py_BuildValue("(OK)", Py_False, (unsigned long long)r.bad_op);
-    else ret = Py_BuildValue("(OK)", Py_True, (unsigned long long)r.maxlive);
-done:
-    PyMem_RawFree(scratch);
-    for (int k = 0; k < got; k++) PyBuffer_Release(&v[k]);
+    trace_arrays_release(&t);
     return ret;
 }
 
