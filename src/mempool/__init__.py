@@ -5,19 +5,21 @@ relocatable block (see DESIGN.md).  The strategy types:
 
 - :class:`TLSF` -- O(1) two-level segregated fit, exact sizes.
 - :class:`BestFit` -- exact best fit in O(log n).
+- :class:`Heap` -- slab classes, page fragments and TLSF in one span (general purpose).
 """
 
 from __future__ import annotations
 
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .stats import Stats
-from ._mempool import BestFit, Strategy, TLSF
+from ._mempool import BestFit, Heap, Strategy, TLSF
 from .strategies import STRATEGIES
 from . import trace
 
 __all__ = [
     "BestFit",
     "CorruptionError",
+    "Heap",
     "MempoolError",
     "NotAllocated",
     "OutOfSpace",

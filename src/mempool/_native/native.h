@@ -69,5 +69,6 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
                                 int (*init)(void *, uint64_t, uint64_t));
 int mp_tlsf_type_ready(PyObject *module);
 int mp_bestfit_type_ready(PyObject *module);
+int mp_heap_type_ready(PyObject *module);
 
 #endif /* MEMPOOL_NATIVE_H */
