@@ -81,7 +81,9 @@
  *  H5. live = live items + fragment runs + TLSF ranges that are not pages; used =
  *      their size_of sum; requested = used - the waste of live items and runs
  *      (TLSF ranges are exact); every waste < its range's size; peak_used >= used;
- *      every range the TLSF handed out ends at or below high_water <= capacity.
+ *      every range the TLSF handed out but the spare ends at or below
+ *      high_water <= capacity (alloc_many undoes a failed batch by restoring the
+ *      head: a page the batch took may be left as the spare).
  */
 #include <stdio.h>
 #include <string.h>
@@ -419,13 +421,11 @@ static uint32_t page_take(void *st, uint32_t owner)
     uint32_t p = c->spare;
     if (p != MP_NIL) {
         off = page_base(c, REC(st, c, p), p);
-        if (PT(st, c)[p] == owner) {
+        if (PT(st, c)[p] == owner || off % page_align(owner) == 0) {
+            if (PT(st, c)[p] != owner) page_setup(st, p, off, owner);
             c->spare = MP_NIL;
-            return p;
-        }
-        if (off % page_align(owner) == 0) {
-            c->spare = MP_NIL;
-            page_setup(st, p, off, owner);
+            /* handed out again (high_water may have been restored below it) */
+            if (off + psz > H(st)->high_water) H(st)->high_water = off + psz;
             return p;
         }
     }
@@ -795,6 +795,15 @@ static int heap_free(void *st, uint64_t off)
     return MP_OK;
 }
 
+int mp_heap_served_by(const void *st, uint64_t off)
+{
+    where_t w;
+    uint64_t sz;
+    if (locate(st, off, &w)) return MP_ENOTALLOC;
+    if (w.kind == R_TLSF) return mp_tlsf_ops.size_of(CSUB(st, CCT(st)), off, &sz) ? MP_ENOTALLOC : 0;
+    return w.kind == R_SLAB ? 1 : 2;
+}
+
 static int heap_size_of(const void *st, uint64_t off, uint64_t *out)
 {
     const heap_ctl_t *c = CCT(st);
@@ -1120,9 +1129,11 @@ static int check_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
 {
     checker_t *k = ctx;
     if (!allocated) return 0;
-    if (off + size > k->max_end) k->max_end = off + size;
-    uint32_t owner;
-    if (range_page(k->st, CCT(k->st), off, size, &owner) != MP_NIL) {
+    uint32_t owner, p = range_page(k->st, CCT(k->st), off, size, &owner);
+    /* the spare holds nothing handed out: a failed alloc_many that took it is
+     * undone by restoring the head, high_water included */
+    if (p != CCT(k->st)->spare && off + size > k->max_end) k->max_end = off + size;
+    if (p != MP_NIL) {
         k->pages_seen++;
     } else {
         k->direct_live++;

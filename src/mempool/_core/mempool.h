@@ -134,6 +134,9 @@ uint64_t mp_heap_default_max_blocks(uint64_t capacity);
 /* What size_of() of a new range of (size, align) would be: the class size, the
  * fragment run, or size itself (TLSF).  MP_EINVAL for size 0 or a bad align. */
 int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *out);
+/* Which allocator holds the live range at `off`: 0 = TLSF, 1 = slab class,
+ * 2 = fragments; MP_ENOTALLOC when no live range starts there. */
+int mp_heap_served_by(const void *st, uint64_t off);
 extern const mp_ops_t mp_heap_ops;
 
 /* The default node budget for the range strategies (TLSF, BestFit). */

@@ -109,6 +109,28 @@ static PyObject *heap_size_class(StrategyObject *self, PyObject *const *args, Py
     return PyLong_FromUnsignedLongLong(out);
 }
 
+static PyObject *heap_served_by(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char *const names[] = {"tlsf", "class", "fragments"};
+    uint64_t off;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "served_by() takes exactly one argument (%zd given)", nargs);
+        return NULL;
+    }
+    int rc = mp_arg_u64(args[0], "offset", &off);
+    if (rc < 0) return NULL;
+    if (!self->st) {
+        PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
+        return NULL;
+    }
+    int k = rc > 0 ? MP_ENOTALLOC : mp_heap_served_by(self->st, off);
+    if (k < 0) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
+        return NULL;
+    }
+    return PyUnicode_FromString(names[k]);
+}
+
 static PyObject *heap_page_size(StrategyObject *self, void *Py_UNUSED(c))
 {
     if (!self->st) {
@@ -125,6 +147,11 @@ static PyMethodDef heap_methods[] = {
      "(a multiple of 16 up to 256), the fragment run (a multiple of 256), or `size`\n"
      "itself when the TLSF serves it.  (A class request that finds no page is served by\n"
      "the TLSF exactly; this reports the class.)"},
+    {"served_by", (PyCFunction)(void (*)(void))heap_served_by, METH_FASTCALL,
+     "served_by($self, offset, /)\n--\n\n"
+     "Which allocator holds the live range at `offset`: 'class' (a slab item),\n"
+     "'fragments' (a run of 256-byte fragments) or 'tlsf' (an exact TLSF range).\n"
+     "Raises NotAllocated when no live range starts there."},
     {NULL, NULL, 0, NULL},
 };
 
