@@ -686,8 +686,9 @@ static int spill(void *st, uint64_t size, uint64_t align, uint64_t *out)
         for (uint32_t k = (uint32_t)(align_up(size, a) >> 4); k <= NCLASS; k += (uint32_t)(a >> 4))
             if (c->cls[k].head != MP_NIL) return slab_alloc(st, k, size, out);
     }
-    uint64_t n = (size + FRAG - 1) / FRAG;
-    if (n <= c->frag_max_n && (c->fbits & (~0u << n))) return frag_alloc(st, (uint32_t)n, size, out);
+    if (size > (uint64_t)c->frag_max_n * FRAG) return MP_ENOSPACE;
+    uint32_t n = (uint32_t)((size + FRAG - 1) / FRAG);
+    if (c->fbits & (~0u << n)) return frag_alloc(st, n, size, out);
     return MP_ENOSPACE;
 }
 
