@@ -36,9 +36,8 @@ def unchanged(h, fn, exc, match=None):
         (1, 256, 4096, 256, "class"),
         (8, 512, 4096, 8, "tlsf"),  # alignment above 256: TLSF
         (257, 1, 4096, 257, "tlsf"),  # 512 would waste half of it
-        (496, 1, 4096, 512, "fragments"),  # waste 16 <= 496 / 16
-        (480, 1, 4096, 480, "tlsf"),  # waste 32 > 480 / 16
-        (470, 1, 4096, 470, "tlsf"),  # waste 42 > 470 / 16
+        (456, 1, 4096, 512, "fragments"),  # waste 56 <= 456 / 8
+        (455, 1, 4096, 455, "tlsf"),  # waste 57 > 455 / 8
         (512, 64, 4096, 512, "fragments"),
         (1024, 1, 4096, 1024, "fragments"),  # 4 KiB pages: runs up to 1 KiB
         (1025, 1, 4096, 1025, "tlsf"),

@@ -37,7 +37,7 @@ def route(size: int, align: int, page_size: int) -> tuple[str, int]:
         return "class", align_up(size, max(align, 16))
     if align <= 256:
         n = -(-size // FRAG)
-        if n <= frag_max(page_size) and (n * FRAG - size) * 16 <= size:
+        if n <= frag_max(page_size) and (n * FRAG - size) * 8 <= size:
             return "fragments", n * FRAG
     return "tlsf", size
 

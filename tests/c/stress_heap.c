@@ -85,7 +85,7 @@ static int route(uint64_t size, uint64_t align, uint64_t ps, uint64_t *rounded)
     }
     if (align <= 256) {
         uint64_t n = (size + 255) / 256;
-        if (n <= frag_max(ps) && (n * 256 - size) * 16 <= size) {
+        if (n <= frag_max(ps) && (n * 256 - size) * 8 <= size) {
             *rounded = n * 256;
             return K_FRAG;
         }

@@ -11,7 +11,7 @@
  *     the choice of k).
  *   - FRAG n (a run of n 256-byte fragments, 256-aligned): 256 < size and
  *     align <= 256 and n = ceil(size / 256) <= frag_max_n, when the rounding wastes
- *     at most 1/16 of the request (n * 256 - size <= size / 16; other sizes pack
+ *     at most 1/8 of the request (n * 256 - size <= size / 8; other sizes pack
  *     better in the TLSF).  frag_max_n = min(16, page_size / 1024) fragments: 4 KiB
  *     for pages of 16 KiB and more, 1 KiB for the default 4 KiB pages.  A run never
  *     crosses a 64-fragment (16 KiB) group of its page.
@@ -337,7 +337,7 @@ static inline int route(const heap_ctl_t *c, uint64_t size, uint64_t align, uint
     }
     if (size <= (uint64_t)c->frag_max_n * FRAG) {
         uint32_t n = (uint32_t)((size + FRAG - 1) / FRAG);
-        if (((uint64_t)n * FRAG - size) * 16 <= size) {
+        if (((uint64_t)n * FRAG - size) * 8 <= size) {
             *arg = n;
             return R_FRAG;
         }
@@ -784,6 +784,32 @@ static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
 
 static int heap_free(void *st, uint64_t off)
 {
+    /* the hot path, inlined: a slab item */
+    heap_ctl_t *c = CT(st);
+    uint64_t s = off >> c->page_shift;
+    if (s < c->npages) {
+        const uint8_t *pt = PT(st, c);
+        uint64_t in = off & (((uint64_t)1 << c->page_shift) - 1), rel = 0;
+        uint32_t k = pt[s], p = MP_NIL;
+        if (k && in >= r_start(REC(st, c, (uint32_t)s))) {
+            p = (uint32_t)s;
+            rel = in - r_start(REC(st, c, p));
+        } else if (s && (k = pt[s - 1]) != 0 && in < r_start(REC(st, c, (uint32_t)s - 1))) {
+            p = (uint32_t)s - 1;
+            rel = in + ((uint64_t)1 << c->page_shift) - r_start(REC(st, c, p));
+        }
+        if (p != MP_NIL && k <= NCLASS) {
+            uint32_t i;
+            if (slab_find(st, c, k, p, rel, &i)) return MP_ENOTALLOC;
+            mp_head_t *h = H(st);
+            uint32_t sz = c->cls[k].size;
+            h->used -= sz;
+            h->requested -= sz - WASTE(st, c)[off >> 4];
+            h->live--;
+            slab_free_item(st, c, k, p, i);
+            return MP_OK;
+        }
+    }
     where_t w;
     if (locate(st, off, &w)) return MP_ENOTALLOC;
     if (w.kind == R_TLSF) {

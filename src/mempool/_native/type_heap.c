@@ -169,7 +169,7 @@ static PyTypeObject HeapType = {
         "  class is size rounded up to max(align, 16)); items are aligned to the largest\n"
         "  power of two dividing the class size.\n"
         "- 256 < size <= min(4 KiB, page_size // 4), align <= 256, when rounding up to\n"
-        "  256-byte fragments wastes at most 1/16 of the request: a run of fragments in a\n"
+        "  256-byte fragments wastes at most 1/8 of the request: a run of fragments in a\n"
         "  fragment page (256-aligned).\n"
         "- everything else: the TLSF, exact size, any alignment.\n\n"
         "Classes and fragments take pages of page_size bytes (a power of two, 4096 to\n"
