@@ -94,12 +94,28 @@ def test_pages_move_between_classes():
     h = Heap(1 << 20)
     items = [h.alloc(16) for _ in range(257)]  # a page holds 256 items of 16 B
     assert items[255] == 4080 and items[256] == 4096
+    big = h.alloc(5000)  # the TLSF, at 8192
     for o in items:
         h.free(o)
     # the first page went back to the TLSF, the second is the spare
-    assert h.segments() == [(0, 1 << 20, False)]
+    assert h.segments() == [(0, 8192, False), (8192, 5000, True), (13192, (1 << 20) - 13192, False)]
     assert h.alloc(32) == 4096  # class 32 takes the spare
     assert h.alloc(48) == 0  # class 48 gets the page that went back
+    h.check()
+
+
+def test_an_empty_heap_keeps_no_spare_but_at_offset_zero():
+    h = Heap(1 << 20)
+    a, b = h.alloc(16), h.alloc(32)
+    assert (a, b) == (0, 4096)
+    h.free(a)  # page 0 is the spare
+    h.free(b)  # the heap is empty: page 4096 would be the spare, but it would cut the span
+    assert h.alloc(5000) == 0  # one free range again: the TLSF starts at 0
+    h.free(0)
+    assert h.alloc(16) == 0 and h.alloc(5000) == 4096
+    h.free(4096)
+    h.free(0)  # the spare at 0 cuts nothing: it is kept
+    assert h.alloc(64) == 0 and h.served_by(0) == "class"
     h.check()
 
 

@@ -36,7 +36,10 @@
  * back), and the next owner that needs a page takes it (set up again when
  * another owner left it, if it is aligned enough), so an alloc/free pair does
  * not take and give back a page each time.  The spare goes back when a TLSF
- * allocation fails (then it is retried) and on reset().  Because of that retry,
+ * allocation fails (then it is retried), when the last live range is freed
+ * and the spare is not at offset 0 (alone in an empty span it would cut the
+ * TLSF's one free range in two, and good fit would then build up from whichever
+ * part is smaller), and on reset().  Because of that retry,
  * largest_free counts the spare as free, and segments() reports it as free:
  * keeping or releasing the spare is invisible in stats() and segments().
  *
@@ -782,6 +785,16 @@ static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
     h->live--;
 }
 
+/* The last live range is gone.  The spare stays only at offset 0: anywhere else,
+ * alone in the span, it would cut the TLSF's one free range in two, and good fit
+ * would then build up from whichever part is smaller. */
+static void empty_heap(void *st)
+{
+    heap_ctl_t *c = CT(st);
+    if (c->spare != MP_NIL && page_base(c, REC(st, c, c->spare), c->spare) != 0)
+        release_spares(st);
+}
+
 static int heap_free(void *st, uint64_t off)
 {
     /* the hot path, inlined: a slab item */
@@ -807,6 +820,7 @@ static int heap_free(void *st, uint64_t off)
             h->requested -= sz - WASTE(st, c)[off >> 4];
             h->live--;
             slab_free_item(st, c, k, p, i);
+            if (h->live == 0) empty_heap(st);
             return MP_OK;
         }
     }
@@ -816,9 +830,10 @@ static int heap_free(void *st, uint64_t off)
         uint64_t sz;
         if (mp_tlsf_ops.size_of(SUB(st, CT(st)), off, &sz)) return MP_ENOTALLOC;
         tlsf_free_counted(st, off, sz);
-        return MP_OK;
+    } else {
+        free_located(st, off, &w);
     }
-    free_located(st, off, &w);
+    if (H(st)->live == 0) empty_heap(st);
     return MP_OK;
 }
 
