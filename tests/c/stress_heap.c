@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "mempool.h"
 
@@ -508,8 +507,8 @@ static void corruption(pool_t *p, uint64_t rounds)
 
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
-    uint64_t scale = argc > 2 ? strtoull(argv[2], NULL, 0) : 1;
+    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240611;
+    uint64_t scale = argc > 2 ? strtoull(argv[2], NULL, 0) : 3;
     g_rng = seed;
     printf("stress_heap: seed %llu scale %llu\n", (ull)seed, (ull)scale);
     params();

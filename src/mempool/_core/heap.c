@@ -968,6 +968,7 @@ typedef struct walker {
     uint64_t free_off, free_len; /* the pending free piece */
     uint64_t nfree_ranges;
     int stop;
+    int runs_only; /* largest_free: only the runs below, no pieces */
     /* for largest_free: runs of free TLSF ranges and spare pages */
     uint64_t run_off, run_len, best_run;
 } walker_t;
@@ -1081,6 +1082,10 @@ static int walk_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
     walker_t *w = ctx;
     const heap_ctl_t *c = CCT(w->st);
     uint32_t owner = 0, p = allocated ? range_page(w->st, c, off, size, &owner) : MP_NIL;
+    if (w->runs_only) {
+        run_piece(w, off, size, !allocated || (p != MP_NIL && c->spare == p));
+        return 0;
+    }
     if (p != MP_NIL && owner <= FRAG_OWNER) {
         if (owner <= NCLASS) walk_slab_page(w, c, p, owner);
         else walk_frag_page(w, c, p);
@@ -1130,6 +1135,7 @@ static uint64_t heap_largest(const void *st)
         walker_t w;
         memset(&w, 0, sizeof w);
         w.st = st;
+        w.runs_only = 1;
         walk_all(&w);
         best = w.best_run;
     } else {
