@@ -43,6 +43,21 @@
  * largest_free counts the spare as free, and segments() reports it as free:
  * keeping or releasing the spare is invisible in stats() and segments().
  *
+ * realloc: a slab item stays in place when the new size maps to the same class,
+ * else it moves (the new range is allocated first, then the old one freed; the
+ * caller copies); a fragment run shrinks in place (the tail fragments go back)
+ * and grows in place into free fragments that follow it in its group, else it
+ * moves; a TLSF range moves into a class or fragment run when the new size maps
+ * there and they have room, else it uses the TLSF's realloc (in place when it
+ * can).  requested follows the new size exactly (tsload's realloc never shrank
+ * and leaked a block on every call).
+ *
+ * Costs: alloc, free, realloc and size_of are O(1) (bit scans over a page's
+ * bitmap words, the TLSF's O(1) for pages and large ranges).  segments(),
+ * free_ranges (stats) and check() walk the TLSF's ranges and the pages;
+ * largest_free walks the TLSF's ranges while a spare page exists (to merge it
+ * with its free neighbours), else it is the TLSF's O(1) answer.
+ *
  * State layout (all integers; offsets in bytes from the start of the block):
  *
  *   +-----------+------------+------------+-------------------------+-----------+--------+
