@@ -26,9 +26,9 @@
  * of page_size (P) bytes aligned to what its owner needs (the class's item
  * alignment, 256 for fragments): pages do not start at multiples of P, because
  * TLSF's aligned search would then skip the free ranges low in the span and
- * raise the high-water mark.  The span is cut into slots of P bytes; owner[s]
+ * raise the high-water mark.  The span is cut into slots of P bytes; slot[s]
  * names the owner of the page that STARTS in slot s (0 = none, 1..16 = class,
- * 17 = fragments) and its record holds the start, so free / realloc / size_of
+ * 17 = fragments) and where it starts, so free / realloc / size_of
  * route by offset alone: the page holding `off` starts in slot off / P or the
  * one before; an offset in no page belongs to the TLSF, whose own offset lookup
  * finds (or refuses) it.  A page whose items are all free goes back to the TLSF,
@@ -60,19 +60,20 @@
  *
  * State layout (all integers; offsets in bytes from the start of the block):
  *
- *   +-----------+------------+------------+-------------------------+-----------+--------+
- *   | mp_head_t | heap_ctl_t | owner[]    | page records            | waste[]   | TLSF   |
- *   |           | classes,   | uint8 per  | rec_words uint64 each,  | uint8 per | sub-   |
- *   |           | fragment   | slot       | one per slot: links,    | 16 B of   | state  |
- *   |           | buckets,   |            | counts, start, summary, | the span  | (its   |
- *   |           | spare      |            | bitmap[bm_words]        |           |  head) |
- *   +-----------+------------+------------+-------------------------+-----------+--------+
- *                               pt_off      rec_off                   waste_off  tlsf_off
+ *   +-----------+------------+-------------+-------------------------+-----------+--------+
+ *   | mp_head_t | heap_ctl_t | slot[]      | page records            | waste[]   | TLSF   |
+ *   |           | classes,   | uint32 per  | rec_words uint64 each   | uint8 per | sub-   |
+ *   |           | fragment   | slot: owner | (whole cache lines), one| 16 B of   | state  |
+ *   |           | buckets,   | | start<<16 | per slot: links, counts,| the span  | (its   |
+ *   |           | spare      |             | summary, bitmap         |           |  head) |
+ *   +-----------+------------+-------------+-------------------------+-----------+--------+
+ *                               pt_off       rec_off (64-aligned)      waste_off  tlsf_off
  *
+ *   slot[s] = owner | start << 16 of the page that starts in slot s (start = page
+ *   offset - s * P, < P), 0 when none; both probes of a lookup stay in this table.
  *   page record: w0 = prev | next << 32 (list links, MP_NIL), w1 = nfree |
- *   maxrun << 16 | start << 32 (start = page offset - slot offset), w2 = summary
- *   (slab: bit w set <=> bitmap word w has a free item), then bm_words
- *   (= P / 1024) bitmap words:
+ *   maxrun << 16, w2 = summary (slab: bit w set <=> bitmap word w has a free item),
+ *   then bm_words (= P / 1024) bitmap words, then zero padding:
  *     slab page: bit i = item i allocated; bits past the item count in the last
  *                used word are set (padding), words past it are 0;
  *     frag page: words [0, groups) = fragment allocated (padding bits past the
@@ -84,9 +85,10 @@
  * Invariants (checked by heap_check, after the TLSF sub-state's own check):
  *  H1. head, params and the derived layout agree (page size a power of two in
  *      [4 KiB, 64 KiB]); the TLSF sub-state's capacity and max_blocks are the Heap's.
- *  H2. owner[s] != 0 <=> the TLSF has an allocated range of exactly P bytes at
- *      s * P + start (start < P, aligned for the owner, the page inside the span);
- *      owner <= 17.  (The TLSF's ranges are disjoint, so pages do not overlap.)
+ *  H2. slot[s] has an owner <=> the TLSF has an allocated range of exactly P
+ *      bytes at s * P + start (start < P, aligned for the owner, the page inside
+ *      the span); owner <= 17, no other bits; a slot without an owner is 0.  (The
+ *      TLSF's ranges are disjoint, so pages do not overlap.)
  *  H3. a slab page of class k: bitmap as described, nfree = item count - live
  *      items, summary exactly the words with a free item; a fragment page: run
  *      starts on allocated fragments, every allocated fragment after a free one
@@ -159,11 +161,17 @@ static inline const heap_ctl_t *CCT(const void *st)
 {
     return (const heap_ctl_t *)((const char *)st + CTL_OFF);
 }
-static inline uint8_t *PT(void *st, const heap_ctl_t *c) { return (uint8_t *)st + c->pt_off; }
-static inline const uint8_t *CPT(const void *st, const heap_ctl_t *c)
+/* the slot table: per slot, owner | start << 16 of the page that starts there */
+static inline uint32_t *PT(void *st, const heap_ctl_t *c)
 {
-    return (const uint8_t *)st + c->pt_off;
+    return (uint32_t *)((char *)st + c->pt_off);
 }
+static inline const uint32_t *CPT(const void *st, const heap_ctl_t *c)
+{
+    return (const uint32_t *)((const char *)st + c->pt_off);
+}
+static inline uint32_t e_owner(uint32_t e) { return e & 0xff; }
+static inline uint32_t e_start(uint32_t e) { return e >> 16; }
 static inline uint64_t *REC(void *st, const heap_ctl_t *c, uint32_t p)
 {
     return (uint64_t *)((char *)st + c->rec_off) + (uint64_t)p * c->rec_words;
@@ -197,16 +205,15 @@ static inline void r_set_next(uint64_t *r, uint32_t next)
 }
 static inline uint32_t r_nfree(const uint64_t *r) { return (uint32_t)(r[1] & 0xffff); }
 static inline uint32_t r_maxrun(const uint64_t *r) { return (uint32_t)((r[1] >> 16) & 0xffff); }
-static inline uint32_t r_start(const uint64_t *r) { return (uint32_t)(r[1] >> 32); }
 static inline void r_counts(uint64_t *r, uint32_t nfree, uint32_t maxrun)
 {
-    r[1] = (r[1] & ~0xffffffffull) | nfree | (uint64_t)maxrun << 16;
+    r[1] = nfree | (uint64_t)maxrun << 16;
 }
 static inline void r_set_nfree(uint64_t *r, uint32_t nfree) { r[1] = (r[1] & ~0xffffull) | nfree; }
 /* where the page that starts in slot p starts */
-static inline uint64_t page_base(const heap_ctl_t *c, const uint64_t *r, uint32_t p)
+static inline uint64_t page_base(const void *st, const heap_ctl_t *c, uint32_t p)
 {
-    return ((uint64_t)p << c->page_shift) + r_start(r);
+    return ((uint64_t)p << c->page_shift) + e_start(CPT(st, c)[p]);
 }
 
 static inline uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
@@ -231,13 +238,14 @@ static int compute_layout(uint64_t capacity, uint64_t page_size, uint64_t max_bl
     L->page_shift = shift;
     L->npages = (uint32_t)npages;
     L->bm_words = (uint32_t)(page_size / 1024);
-    L->rec_words = REC_HDR + L->bm_words;
+    L->rec_words = (REC_HDR + L->bm_words + 7) & ~7u; /* whole cache lines */
     L->nfrags = (uint32_t)(page_size / FRAG);
     L->groups = L->nfrags > GROUP_FRAGS ? L->nfrags / GROUP_FRAGS : 1;
     L->frag_max_n = L->nfrags / 4 < NMAX ? L->nfrags / 4 : NMAX;
     uint64_t off = CTL_OFF + ((sizeof(heap_ctl_t) + 7) & ~(uint64_t)7);
     L->pt_off = off;
-    off += (npages + 7) & ~(uint64_t)7;
+    off += (npages * 4 + 7) & ~(uint64_t)7;
+    off = align_up(off, 64);
     L->rec_off = off;
     off += npages * L->rec_words * 8;
     L->waste_off = off;
@@ -313,23 +321,17 @@ static inline uint32_t page_of(const void *st, const heap_ctl_t *c, uint64_t off
     uint64_t s = off >> c->page_shift;
     if (s >= c->npages) return MP_NIL;
     uint64_t in = off & (((uint64_t)1 << c->page_shift) - 1);
-    const uint8_t *pt = CPT(st, c);
-    uint32_t o = pt[s];
-    if (o) {
-        uint64_t s0 = r_start(CREC(st, c, (uint32_t)s));
-        if (in >= s0) {
-            *rel = in - s0;
-            *owner = o;
-            return (uint32_t)s;
-        }
+    const uint32_t *pt = CPT(st, c);
+    uint32_t e = pt[s];
+    if (e && in >= e_start(e)) {
+        *rel = in - e_start(e);
+        *owner = e_owner(e);
+        return (uint32_t)s;
     }
-    if (s && (o = pt[s - 1]) != 0) {
-        uint64_t s0 = r_start(CREC(st, c, (uint32_t)s - 1));
-        if (in < s0) {
-            *rel = in + ((uint64_t)1 << c->page_shift) - s0;
-            *owner = o;
-            return (uint32_t)s - 1;
-        }
+    if (s && (e = pt[s - 1]) != 0 && in < e_start(e)) {
+        *rel = in + ((uint64_t)1 << c->page_shift) - e_start(e);
+        *owner = e_owner(e);
+        return (uint32_t)s - 1;
     }
     return MP_NIL;
 }
@@ -411,11 +413,10 @@ static void page_setup(void *st, uint32_t p, uint64_t off, uint32_t owner)
 {
     heap_ctl_t *c = CT(st);
     uint64_t psz = (uint64_t)1 << c->page_shift;
-    PT(st, c)[p] = (uint8_t)owner;
+    PT(st, c)[p] = owner | (uint32_t)(off & (psz - 1)) << 16;
     uint64_t *r = REC(st, c, p);
     memset(r, 0, (size_t)c->rec_words * 8);
     r_links(r, MP_NIL, MP_NIL);
-    r[1] = (uint64_t)(off & (psz - 1)) << 32;
     if (owner <= NCLASS) {
         uint32_t count = c->cls[owner].count;
         uint32_t nw = (count + 63) / 64;
@@ -438,9 +439,9 @@ static uint32_t page_take(void *st, uint32_t owner)
     uint64_t psz = (uint64_t)1 << c->page_shift, off;
     uint32_t p = c->spare;
     if (p != MP_NIL) {
-        off = page_base(c, REC(st, c, p), p);
-        if (PT(st, c)[p] == owner || off % page_align(owner) == 0) {
-            if (PT(st, c)[p] != owner) page_setup(st, p, off, owner);
+        off = page_base(st, c, p);
+        if (e_owner(PT(st, c)[p]) == owner || off % page_align(owner) == 0) {
+            if (e_owner(PT(st, c)[p]) != owner) page_setup(st, p, off, owner);
             c->spare = MP_NIL;
             /* handed out again (high_water may have been restored below it) */
             if (off + psz > H(st)->high_water) H(st)->high_water = off + psz;
@@ -459,7 +460,7 @@ static void page_release(void *st, uint32_t p)
 {
     heap_ctl_t *c = CT(st);
     uint64_t *r = REC(st, c, p);
-    uint64_t base = page_base(c, r, p);
+    uint64_t base = page_base(st, c, p);
     memset(r, 0, (size_t)c->rec_words * 8);
     r_links(r, MP_NIL, MP_NIL);
     PT(st, c)[p] = 0;
@@ -518,7 +519,7 @@ static inline uint64_t slab_take_item(void *st, heap_ctl_t *c, uint32_t k, uint3
     uint32_t nfree = r_nfree(r) - 1;
     r_set_nfree(r, nfree);
     if (nfree == 0) list_remove(st, c, &c->cls[k].head, p);
-    return page_base(c, r, p) + (uint64_t)(w * 64 + b) * c->cls[k].size;
+    return page_base(st, c, p) + (uint64_t)(w * 64 + b) * c->cls[k].size;
 }
 
 /* Allocate from class k (MP_ENOSPACE when it has no room and gets no page). */
@@ -660,7 +661,7 @@ static int frag_alloc(void *st, uint32_t n, uint64_t size, uint64_t *out)
     r[REC_HDR + c->groups + g] |= (uint64_t)1 << b;
     r_set_nfree(r, r_nfree(r) - n);
     frag_refile(st, c, p, was);
-    uint64_t off = page_base(c, r, p) + ((uint64_t)g * GROUP_FRAGS + b) * FRAG;
+    uint64_t off = page_base(st, c, p) + ((uint64_t)g * GROUP_FRAGS + b) * FRAG;
     WASTE(st, c)[off >> 4] = (uint8_t)((uint64_t)n * FRAG - size);
     note_alloc(H(st), (uint64_t)n * FRAG, size);
     *out = off;
@@ -724,22 +725,57 @@ static int alloc_routed(void *st, uint64_t size, uint64_t align, uint64_t *out, 
     return rc;
 }
 
-static int heap_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+__attribute__((noinline)) static int heap_alloc_slow(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     if (size - 1 < SMALL_MAX && align - 1 < 16 && !(align & (align - 1))) {
         heap_ctl_t *c = CT(st);
         uint32_t k = (uint32_t)((size + 15) >> 4);
         uint32_t p = c->cls[k].head;
-        if (p != MP_NIL) { /* the hot path: a page of the class has a free item */
+        if (p != MP_NIL) { /* a page of the class has a free item */
             uint64_t off = slab_take_item(st, c, k, p);
             WASTE(st, c)[off >> 4] = (uint8_t)(16 * k - size);
             note_alloc(H(st), 16 * k, size);
             *out = off;
             return MP_OK;
         }
+    } else if (size - 1 < (uint64_t)CT(st)->frag_max_n * FRAG && align - 1 < 16 &&
+               !(align & (align - 1))) {
+        /* fragments, when a partial page has a run (route() would say the same) */
+        uint32_t n = (uint32_t)((size + FRAG - 1) / FRAG);
+        if (((uint64_t)n * FRAG - size) * 8 <= size && (CT(st)->fbits & (~0u << n)))
+            return frag_alloc(st, n, size, out);
     }
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
     return alloc_routed(st, size, align, out, 0);
+}
+
+/* The hot path, without calls: an item from the head page of its class, when
+ * the page keeps a free item (no list to update). */
+static int heap_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+{
+    if (size - 1 < SMALL_MAX && align - 1 < 16 && !(align & (align - 1))) {
+        heap_ctl_t *c = CT(st);
+        uint32_t k = (uint32_t)((size + 15) >> 4);
+        uint32_t p = c->cls[k].head;
+        if (p != MP_NIL) {
+            uint64_t *r = REC(st, c, p);
+            if (r_nfree(r) > 1) {
+                uint32_t w = (uint32_t)__builtin_ctzll(r[2]);
+                uint64_t word = r[REC_HDR + w];
+                uint32_t b = (uint32_t)__builtin_ctzll(~word);
+                word |= (uint64_t)1 << b;
+                r[REC_HDR + w] = word;
+                if (word == ~0ull) r[2] &= ~((uint64_t)1 << w);
+                r[1]--; /* nfree, in the low bits, stays >= 1 */
+                uint64_t off = page_base(st, c, p) + (uint64_t)(w * 64 + b) * (16 * k);
+                WASTE(st, c)[off >> 4] = (uint8_t)(16 * k - size);
+                note_alloc(H(st), 16 * k, size);
+                *out = off;
+                return MP_OK;
+            }
+        }
+    }
+    return heap_alloc_slow(st, size, align, out);
 }
 
 /* What lives at `off`. */
@@ -806,39 +842,12 @@ static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
 static void empty_heap(void *st)
 {
     heap_ctl_t *c = CT(st);
-    if (c->spare != MP_NIL && page_base(c, REC(st, c, c->spare), c->spare) != 0)
+    if (c->spare != MP_NIL && page_base(st, c, c->spare) != 0)
         release_spares(st);
 }
 
-static int heap_free(void *st, uint64_t off)
+__attribute__((noinline)) static int heap_free_slow(void *st, uint64_t off)
 {
-    /* the hot path, inlined: a slab item */
-    heap_ctl_t *c = CT(st);
-    uint64_t s = off >> c->page_shift;
-    if (s < c->npages) {
-        const uint8_t *pt = PT(st, c);
-        uint64_t in = off & (((uint64_t)1 << c->page_shift) - 1), rel = 0;
-        uint32_t k = pt[s], p = MP_NIL;
-        if (k && in >= r_start(REC(st, c, (uint32_t)s))) {
-            p = (uint32_t)s;
-            rel = in - r_start(REC(st, c, p));
-        } else if (s && (k = pt[s - 1]) != 0 && in < r_start(REC(st, c, (uint32_t)s - 1))) {
-            p = (uint32_t)s - 1;
-            rel = in + ((uint64_t)1 << c->page_shift) - r_start(REC(st, c, p));
-        }
-        if (p != MP_NIL && k <= NCLASS) {
-            uint32_t i;
-            if (slab_find(st, c, k, p, rel, &i)) return MP_ENOTALLOC;
-            mp_head_t *h = H(st);
-            uint32_t sz = c->cls[k].size;
-            h->used -= sz;
-            h->requested -= sz - WASTE(st, c)[off >> 4];
-            h->live--;
-            slab_free_item(st, c, k, p, i);
-            if (h->live == 0) empty_heap(st);
-            return MP_OK;
-        }
-    }
     where_t w;
     if (locate(st, off, &w)) return MP_ENOTALLOC;
     if (w.kind == R_TLSF) {
@@ -850,6 +859,47 @@ static int heap_free(void *st, uint64_t off)
     }
     if (H(st)->live == 0) empty_heap(st);
     return MP_OK;
+}
+
+/* The hot path, without calls: a slab item whose page stays partial, in a heap
+ * that stays non-empty.  Everything else (and every refusal) takes the slow
+ * path, which decides again from scratch. */
+static int heap_free(void *st, uint64_t off)
+{
+    heap_ctl_t *c = CT(st);
+    uint64_t s = off >> c->page_shift;
+    if (s < c->npages) {
+        const uint32_t *pt = PT(st, c);
+        uint64_t in = off & (((uint64_t)1 << c->page_shift) - 1);
+        uint32_t e = pt[s], p = (uint32_t)s;
+        if (!e || in < e_start(e)) {
+            e = s ? pt[s - 1] : 0;
+            p = (uint32_t)s - 1;
+            in += (uint64_t)1 << c->page_shift;
+        }
+        uint32_t k = e_owner(e);
+        uint64_t rel = in - e_start(e);
+        if (k - 1 < NCLASS && rel < ((uint64_t)1 << c->page_shift) && !(rel & 15)) {
+            uint32_t x = (uint32_t)(rel >> 4);
+            uint32_t i = (uint32_t)(((uint64_t)x * INV[k]) >> 24);
+            uint64_t *r = REC(st, c, p);
+            uint64_t *wp = &r[REC_HDR + (i >> 6)], bit = (uint64_t)1 << (i & 63);
+            uint32_t nfree = r_nfree(r);
+            mp_head_t *h = H(st);
+            if (i * k == x && i < c->cls[k].count && (*wp & bit) && nfree &&
+                nfree + 1 < c->cls[k].count && h->live > 1) {
+                *wp &= ~bit;
+                r[2] |= (uint64_t)1 << (i >> 6);
+                r[1]++; /* nfree, in the low bits, stays below count */
+                uint32_t sz = 16 * k;
+                h->used -= sz;
+                h->requested -= sz - WASTE(st, c)[off >> 4];
+                h->live--;
+                return MP_OK;
+            }
+        }
+    }
+    return heap_free_slow(st, off);
 }
 
 int mp_heap_served_by(const void *st, uint64_t off)
@@ -957,14 +1007,14 @@ static void heap_reset(void *st)
 {
     heap_ctl_t *c = CT(st);
     mp_head_t *h = H(st);
-    uint8_t *pt = PT(st, c);
+    uint32_t *pt = PT(st, c);
     for (uint32_t p = 0; p < c->npages; p++)
         if (pt[p]) {
             uint64_t *r = REC(st, c, p);
             memset(r, 0, (size_t)c->rec_words * 8);
             r_links(r, MP_NIL, MP_NIL);
         }
-    memset(pt, 0, c->npages);
+    memset(pt, 0, (size_t)c->npages * 4);
     for (uint32_t k = 1; k <= NCLASS; k++) c->cls[k].head = MP_NIL;
     for (uint32_t b = 0; b <= NMAX; b++) c->fhead[b] = MP_NIL;
     c->fbits = 0;
@@ -1018,7 +1068,7 @@ static void w_piece(walker_t *w, uint64_t off, uint64_t len, int allocated)
 static void walk_slab_page(walker_t *w, const heap_ctl_t *c, uint32_t p, uint32_t k)
 {
     const uint64_t *r = CREC(w->st, c, p);
-    uint64_t base = page_base(c, r, p), sz = c->cls[k].size;
+    uint64_t base = page_base(w->st, c, p), sz = c->cls[k].size;
     uint32_t count = c->cls[k].count;
     for (uint32_t i = 0; i < count && !w->stop;) {
         uint64_t word = r[REC_HDR + (i >> 6)] >> (i & 63);
@@ -1048,7 +1098,7 @@ static void walk_slab_page(walker_t *w, const heap_ctl_t *c, uint32_t p, uint32_
 static void walk_frag_page(walker_t *w, const heap_ctl_t *c, uint32_t p)
 {
     const uint64_t *r = CREC(w->st, c, p);
-    uint64_t base = page_base(c, r, p), pad = frag_pad(c);
+    uint64_t base = page_base(w->st, c, p), pad = frag_pad(c);
     uint32_t lim = c->nfrags < GROUP_FRAGS ? c->nfrags : GROUP_FRAGS;
     for (uint32_t g = 0; g < c->groups && !w->stop; g++) {
         uint64_t used = r[REC_HDR + g], start = r[REC_HDR + c->groups + g];
@@ -1086,9 +1136,9 @@ static inline uint32_t range_page(const void *st, const heap_ctl_t *c, uint64_t 
 {
     uint64_t s = off >> c->page_shift, psz = (uint64_t)1 << c->page_shift;
     if (size != psz || s >= c->npages) return MP_NIL;
-    uint32_t o = CPT(st, c)[s];
-    if (!o || r_start(CREC(st, c, (uint32_t)s)) != (off & (psz - 1))) return MP_NIL;
-    *owner = o;
+    uint32_t e = CPT(st, c)[s];
+    if (!e || e_start(e) != (off & (psz - 1))) return MP_NIL;
+    *owner = e_owner(e);
     return (uint32_t)s;
 }
 
@@ -1245,7 +1295,7 @@ static int check_layout(const void *st, uint64_t len, char *msg, size_t msglen, 
 static int64_t check_list(const void *st, const heap_ctl_t *c, uint32_t head, uint32_t owner,
                           uint32_t bucket, char *msg, size_t msglen)
 {
-    const uint8_t *pt = CPT(st, c);
+    const uint32_t *pt = CPT(st, c);
     uint32_t prev = MP_NIL;
     int64_t n = 0;
     for (uint32_t p = head; p != MP_NIL;) {
@@ -1259,8 +1309,9 @@ static int64_t check_list(const void *st, const heap_ctl_t *c, uint32_t head, ui
             return -1;
         }
         const uint64_t *r = CREC(st, c, p);
-        if (pt[p] != owner) {
-            snprintf(msg, msglen, "list of owner %u holds page %u of owner %u", owner, p, pt[p]);
+        if (e_owner(pt[p]) != owner) {
+            snprintf(msg, msglen, "list of owner %u holds page %u of owner %u", owner, p,
+                     e_owner(pt[p]));
             return -1;
         }
         if (r_prev(r) != prev) {
@@ -1291,7 +1342,7 @@ static int check_slab_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
 {
     const uint64_t *r = CREC(st, c, p);
     const uint8_t *waste = CWASTE(st, c);
-    uint64_t base = page_base(c, r, p);
+    uint64_t base = page_base(st, c, p);
     uint32_t count = c->cls[k].count, nw = (count + 63) / 64;
     uint64_t sz = c->cls[k].size, summary = 0, alloc = 0;
     if (r_maxrun(r)) FAIL("slab page %u has a run length", p);
@@ -1329,7 +1380,7 @@ static int check_frag_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
 {
     const uint64_t *r = CREC(st, c, p);
     const uint8_t *waste = CWASTE(st, c);
-    uint64_t base = page_base(c, r, p), pad = frag_pad(c), freen = 0;
+    uint64_t base = page_base(st, c, p), pad = frag_pad(c), freen = 0;
     if (r[2]) FAIL("fragment page %u has a summary", p);
     for (uint32_t j = 2 * c->groups; j < c->bm_words; j++)
         if (r[REC_HDR + j]) FAIL("fragment page %u: bitmap word %u is not zero", p, j);
@@ -1377,20 +1428,23 @@ static int heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (mp_tlsf_ops.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
         FAIL("TLSF sub-state: %s", sub_msg);
     /* H2: the page table against the TLSF's ranges */
-    const uint8_t *pt = CPT(st, c);
+    const uint32_t *pt = CPT(st, c);
     uint64_t owned = 0, psz = (uint64_t)1 << c->page_shift;
     for (uint32_t p = 0; p < c->npages; p++) {
         const uint64_t *r = CREC(st, c, p);
-        if (!pt[p]) {
+        if (!e_owner(pt[p])) {
+            if (pt[p]) FAIL("page slot %u: start without an owner", p);
             if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL || r[1] || r[2])
                 FAIL("page slot %u belongs to the TLSF but has a live record", p);
             for (uint32_t j = 0; j < c->bm_words; j++)
                 if (r[REC_HDR + j]) FAIL("page slot %u belongs to the TLSF but has bitmap bits", p);
             continue;
         }
-        if (pt[p] > FRAG_OWNER) FAIL("page %u has owner %u", p, pt[p]);
-        uint64_t s0 = r_start(r);
-        if (s0 % page_align(pt[p]) || s0 >= psz || ((uint64_t)p << c->page_shift) + s0 + psz > h->capacity)
+        if (e_owner(pt[p]) > FRAG_OWNER || (pt[p] & 0xff00))
+            FAIL("page %u has owner %u", p, pt[p] & 0xffff);
+        if (r[1] >> 32) FAIL("page %u: record counts 0x%llx", p, (ull)r[1]);
+        uint64_t s0 = e_start(pt[p]);
+        if (s0 % page_align(e_owner(pt[p])) || s0 >= psz || ((uint64_t)p << c->page_shift) + s0 + psz > h->capacity)
             FAIL("page %u starts at %llu past its slot or ends past the span", p, (ull)s0);
         owned++;
     }
@@ -1410,7 +1464,7 @@ static int heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     uint64_t partial[FRAG_OWNER + 1] = {0}, empty = 0;
     uint64_t buckets[NMAX + 1] = {0};
     for (uint32_t p = 0; p < c->npages; p++) {
-        uint32_t owner = pt[p];
+        uint32_t owner = e_owner(pt[p]);
         if (!owner) continue;
         const uint64_t *r = CREC(st, c, p);
         uint32_t full = owner <= NCLASS ? c->cls[owner].count : c->nfrags;
@@ -1427,10 +1481,11 @@ static int heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     /* H4: lists and spares */
     uint32_t spare = c->spare;
     if (spare != MP_NIL) {
-        if (spare >= c->npages || !pt[spare])
+        if (spare >= c->npages || !e_owner(pt[spare]))
             FAIL("the spare is page %u, which is not a page", spare);
         const uint64_t *r = CREC(st, c, spare);
-        uint32_t full = pt[spare] <= NCLASS ? c->cls[pt[spare]].count : c->nfrags;
+        uint32_t so = e_owner(pt[spare]);
+        uint32_t full = so <= NCLASS ? c->cls[so].count : c->nfrags;
         if (r_nfree(r) != full) FAIL("the spare page %u is not empty", spare);
         if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL) FAIL("the spare page %u is linked", spare);
     }
