@@ -7,6 +7,7 @@ relocatable block (see DESIGN.md).  The strategy types:
 - :class:`BestFit` -- exact best fit in O(log n).
 - :class:`Slab` -- equal items carved page by page, freed items reused first.
 - :class:`Bump` -- bump pointer with marks and rewind.
+- :class:`Heap` -- slab classes, page fragments and TLSF in one span (general purpose).
 
 Pools (:class:`Pool`, :class:`RegionPool`, :class:`SharedPool`) put a strategy over
 real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
@@ -17,7 +18,7 @@ real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
 from __future__ import annotations
 
 from . import trace
-from ._mempool import TLSF, BestFit, Block, Bump, Slab, Strategy
+from ._mempool import TLSF, BestFit, Block, Bump, Heap, Slab, Strategy
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .regions import RegionPool, RegionStats
@@ -44,6 +45,7 @@ __all__ = [
     "CorruptionError",
     "External",
     "FileMemory",
+    "Heap",
     "MempoolError",
     "NotAllocated",
     "NumaPolicy",

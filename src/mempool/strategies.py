@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import TLSF, BestFit, Bump, Slab, Strategy
+from ._mempool import TLSF, BestFit, Bump, Heap, Slab, Strategy
 
 __all__ = ["RANGE_STRATEGIES", "STRATEGIES", "make", "strategy_type"]
 
 #: name -> type, in the order the bench lists them.
 STRATEGIES: dict[str, type[Strategy]] = {
-    "tlsf": TLSF, "bestfit": BestFit, "slab": Slab, "bump": Bump,
+    "tlsf": TLSF, "bestfit": BestFit, "slab": Slab, "bump": Bump, "heap": Heap,
 }
 
 #: the exact strategies, whose node budget is max_blocks.

@@ -157,6 +157,21 @@ void mp_bump_info(const void *st, mp_bump_info_t *out);
 extern const mp_ops_t mp_bump_ops;
 
 /* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
+/* Heap: slab classes (<= 256 B), 256 B page fragments, TLSF for the rest, all in
+ * one span; page_size a power of two in [4 KiB, 64 KiB]; max_blocks bounds the
+ * embedded TLSF's ranges (pages and large blocks). */
+uint64_t mp_heap_state_size(uint64_t capacity, uint64_t page_size, uint64_t max_blocks);
+int mp_heap_init(void *st, uint64_t capacity, uint64_t page_size, uint64_t max_blocks);
+uint64_t mp_heap_default_max_blocks(uint64_t capacity);
+/* What size_of() of a new range of (size, align) would be: the class size, the
+ * fragment run, or size itself (TLSF).  MP_EINVAL for size 0 or a bad align. */
+int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *out);
+/* Which allocator holds the live range at `off`: 0 = TLSF, 1 = slab class,
+ * 2 = fragments; MP_ENOTALLOC when no live range starts there. */
+int mp_heap_served_by(const void *st, uint64_t off);
+extern const mp_ops_t mp_heap_ops;
+
+/* The default node budget for the range strategies (TLSF, BestFit). */
 uint64_t mp_default_max_blocks(uint64_t capacity);
 
 /* ---- shared pools (shared.c): robust lock + block registry --------------------- */

@@ -261,7 +261,7 @@ PyMODINIT_FUNC PyInit__mempool(void)
     if (!m) return NULL;
     if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0 ||
         mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 || mp_slab_type_ready(m) < 0 ||
-        mp_bump_type_ready(m) < 0) {
+        mp_bump_type_ready(m) < 0 || mp_heap_type_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

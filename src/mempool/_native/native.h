@@ -134,5 +134,6 @@ int mp_tlsf_type_ready(PyObject *module);
 int mp_bestfit_type_ready(PyObject *module);
 int mp_slab_type_ready(PyObject *module);
 int mp_bump_type_ready(PyObject *module);
+int mp_heap_type_ready(PyObject *module);
 
 #endif /* MEMPOOL_NATIVE_H */

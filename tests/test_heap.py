@@ -1,0 +1,440 @@
+"""Exact behaviour of Heap: routing and rounding, placement, pages moving between
+classes, fragments, TLSF ranges, realloc in place and moved, tsload's seed
+scenarios (its defects must not come back), snapshot / pickle / reset, and the
+bad-input matrix (every failure leaves the heap as it was)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import Heap
+
+KiB = 1024
+
+
+def unchanged(h, fn, exc, match=None):
+    before, segs = h.stats(), h.segments()
+    with pytest.raises(exc, match=match):
+        fn()
+    assert h.stats() == before and h.segments() == segs
+    h.check()
+
+
+# ---- routing ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "size, align, page_size, want, kind",
+    [
+        (1, 1, 4096, 16, "class"),
+        (16, 1, 4096, 16, "class"),
+        (17, 1, 4096, 32, "class"),
+        (255, 1, 4096, 256, "class"),
+        (256, 1, 4096, 256, "class"),
+        (8, 64, 4096, 64, "class"),  # rounded to the alignment
+        (100, 128, 4096, 128, "class"),
+        (1, 256, 4096, 256, "class"),
+        (8, 512, 4096, 8, "tlsf"),  # alignment above 256: TLSF
+        (257, 1, 4096, 257, "tlsf"),  # 512 would waste half of it
+        (456, 1, 4096, 512, "fragments"),  # waste 56 <= 456 / 8
+        (455, 1, 4096, 455, "tlsf"),  # waste 57 > 455 / 8
+        (512, 64, 4096, 512, "fragments"),
+        (1024, 1, 4096, 1024, "fragments"),  # 4 KiB pages: runs up to 1 KiB
+        (1025, 1, 4096, 1025, "tlsf"),
+        (2048, 1, 4096, 2048, "tlsf"),
+        (2048, 1, 8192, 2048, "fragments"),  # 8 KiB pages: up to 2 KiB
+        (4096, 1, 16384, 4096, "fragments"),  # 16 KiB and up: up to 4 KiB
+        (4096, 1, 65536, 4096, "fragments"),
+        (4097, 1, 65536, 4097, "tlsf"),
+        (10**6, 1, 4096, 10**6, "tlsf"),
+    ],
+)
+def test_routing(size, align, page_size, want, kind):
+    h = Heap(1 << 22, page_size=page_size)
+    assert h.size_class(size, align) == want
+    off = h.alloc(size, align)
+    assert h.size_of(off) == want and h.served_by(off) == kind
+    assert off % align == 0
+    h.check()
+
+
+@pytest.mark.parametrize("k", range(1, 17))
+@pytest.mark.parametrize("align", [1, 16, 32, 64, 128, 256])
+def test_class_items_are_aligned(k, align):
+    h = Heap(1 << 20)
+    size = 16 * k - 5
+    offs = [h.alloc(size, align) for _ in range(40)]
+    cls = h.size_class(size, align)
+    natural = cls & -cls
+    assert all(h.size_of(o) == cls for o in offs)
+    assert all(o % natural == 0 and o % align == 0 for o in offs)
+    h.check()
+
+
+# ---- placement ---------------------------------------------------------------------------
+def test_first_allocations_are_packed():
+    h = Heap(1 << 20)
+    assert [h.alloc(16) for _ in range(3)] == [0, 16, 32]  # item 0 is usable (tsload: bitmap on it)
+    assert h.alloc(20) == 4096  # class 32 takes the next page
+    assert h.alloc(512) == 8192  # a fragment page
+    assert h.alloc(5000) == 12288  # the TLSF, exact
+    assert h.segments() == [
+        (0, 16, True), (16, 16, True), (32, 16, True), (48, 4048, False),
+        (4096, 32, True), (4128, 4064, False),
+        (8192, 512, True), (8704, 3584, False),
+        (12288, 5000, True), (17288, (1 << 20) - 17288, False),
+    ]
+    s = h.stats()
+    assert (s.used, s.live, s.internal_fragmentation) == (48 + 32 + 512 + 5000, 6, 12)
+    assert s.high_water == 17288  # pages count up to their end
+    h.check()
+
+
+def test_pages_move_between_classes():
+    h = Heap(1 << 20)
+    items = [h.alloc(16) for _ in range(257)]  # a page holds 256 items of 16 B
+    assert items[255] == 4080 and items[256] == 4096
+    big = h.alloc(5000)  # the TLSF, at 8192
+    for o in items:
+        h.free(o)
+    # the first page went back to the TLSF, the second is the spare
+    assert h.segments() == [(0, 8192, False), (8192, 5000, True), (13192, (1 << 20) - 13192, False)]
+    assert h.alloc(32) == 4096  # class 32 takes the spare
+    assert h.alloc(48) == 0  # class 48 gets the page that went back
+    h.check()
+
+
+def test_an_empty_heap_keeps_no_spare_but_at_offset_zero():
+    h = Heap(1 << 20)
+    a, b = h.alloc(16), h.alloc(32)
+    assert (a, b) == (0, 4096)
+    h.free(a)  # page 0 is the spare
+    h.free(b)  # the heap is empty: page 4096 would be the spare, but it would cut the span
+    assert h.alloc(5000) == 0  # one free range again: the TLSF starts at 0
+    h.free(0)
+    assert h.alloc(16) == 0 and h.alloc(5000) == 4096
+    h.free(4096)
+    h.free(0)  # the spare at 0 cuts nothing: it is kept
+    assert h.alloc(64) == 0 and h.served_by(0) == "class"
+    h.check()
+
+
+def test_empty_page_goes_back_when_the_room_is_needed():
+    h = Heap(8192)
+    items = [h.alloc(16) for _ in range(512)]
+    with pytest.raises(mempool.OutOfSpace):
+        h.alloc(16)  # tsload aborted here
+    for o in items:
+        h.free(o)
+    assert h.largest_free == 8192  # the spare counts as free
+    assert h.alloc(8192) == 0  # ... and goes back to the TLSF for this
+    assert h.served_by(0) == "tlsf"
+    h.check()
+
+
+def test_capacity_below_one_page_uses_the_tlsf():
+    h = Heap(100)
+    a, b = h.alloc(16), h.alloc(20)
+    assert (a, b) == (0, 16) and h.size_of(b) == 20 and h.served_by(b) == "tlsf"
+    h = Heap(1)
+    assert h.alloc(1) == 0
+    with pytest.raises(mempool.OutOfSpace):
+        h.alloc(1)
+    h.free(0)
+    h.check()
+
+
+def test_full_heap_raises_and_spills_into_larger_classes():
+    h = Heap(4 * 4096)
+    offs = [h.alloc(16) for _ in range(3 * 256)]  # three pages of 16 B items
+    big = h.alloc(256)  # class 256 takes the last page
+    assert h.served_by(big) == "class"
+    offs += [h.alloc(256) for _ in range(15)]
+    # no page, no TLSF room: a 16 B request spills into no class with room
+    with pytest.raises(mempool.OutOfSpace):
+        h.alloc(16)
+    h.free(offs[-1])  # one 256 B item free
+    assert h.largest_free == 256
+    o = h.alloc(16)  # served by the class with room
+    assert h.size_of(o) == 256 and h.served_by(o) == "class"
+    assert h.stats().internal_fragmentation == 240
+    h.check()
+
+
+# ---- fragments ---------------------------------------------------------------------------
+def test_fragment_runs_are_exact_and_reuse_holes():
+    h = Heap(1 << 20)
+    a, b, c = (h.alloc(n * 256) for n in (2, 3, 4))  # tsload took a cell too many
+    assert (a, b, c) == (0, 512, 1280)
+    assert [h.size_of(o) for o in (a, b, c)] == [512, 768, 1024]
+    assert all(h.served_by(o) == "fragments" for o in (a, b, c))
+    assert h.segments()[:4] == [(0, 512, True), (512, 768, True), (1280, 1024, True),
+                                (2304, (1 << 20) - 2304, False)]  # merged with the TLSF
+    h.free(b)
+    assert h.alloc(768) == 512  # the hole is reused
+    assert h.alloc(1024) == 2304 and h.alloc(1024) == 4096  # a second fragment page
+    h.check()
+
+
+def test_fragment_realloc_in_place():
+    h = Heap(1 << 20)
+    a = h.alloc(1024)
+    b = h.alloc(512)
+    assert (a, b) == (0, 1024)
+    assert h.realloc(a, 512) == a and h.size_of(a) == 512  # shrink frees the tail
+    c = h.alloc(512)
+    assert c == 512
+    h.free(c)
+    assert h.realloc(a, 1024) == a and h.size_of(a) == 1024  # grows back in place
+    with pytest.raises(mempool.NotAllocated):
+        h.free(a + 256)
+    assert h.used == 1536
+    assert h.realloc(b, 1024) == b  # the rest of the page is free
+    assert h.realloc(b, 5000) != b  # beyond fragments: moves to the TLSF
+    h.check()
+
+
+# ---- realloc -------------------------------------------------------------------------------
+def test_realloc_in_class_in_place_and_across_classes_moves():
+    h = Heap(1 << 20)
+    o = h.alloc(20)
+    assert h.realloc(o, 30) == o and h.size_of(o) == 32
+    assert h.stats().internal_fragmentation == 2
+    assert h.realloc(o, 17) == o
+    assert h.stats().internal_fragmentation == 15
+    p = h.realloc(o, 40)  # class 48: moved
+    assert p != o and h.size_of(p) == 48 and len(h) == 1
+    q = h.realloc(p, 8)  # shrinking to another class moves too
+    assert q != p and h.size_of(q) == 16 and len(h) == 1
+    with pytest.raises(mempool.NotAllocated):
+        h.free(p)
+    h.check()
+
+
+def test_realloc_tlsf_ranges():
+    h = Heap(1 << 20)
+    t = h.alloc(10000)
+    assert h.served_by(t) == "tlsf"
+    assert h.realloc(t, 6000) == t and h.size_of(t) == 6000  # shrink in place
+    assert h.realloc(t, 9000) == t  # grow in place into the freed tail
+    s = h.realloc(t, 100)  # to a class: moves into a page
+    assert s != t and h.served_by(s) == "class" and h.size_of(s) == 112
+    assert h.used == 112 and len(h) == 1
+    h.check()
+
+
+def test_realloc_never_leaks():
+    # tsload's mp_realloc never shrank and leaked a block on every call
+    h = Heap(1 << 20)
+    rng = np.random.default_rng(7)
+    o = h.alloc(100)
+    for _ in range(2000):
+        size = int(rng.choice([rng.integers(1, 300), rng.integers(1, 3000), rng.integers(1, 20000)]))
+        o = h.realloc(o, size)
+        assert len(h) == 1 and h.used == h.size_of(o) >= size
+    h.free(o)
+    assert h.used == 0 and h.segments() == [(0, 1 << 20, False)]
+    h.check()
+
+
+# ---- largest_free -------------------------------------------------------------------------
+def test_every_size_up_to_largest_free_succeeds():
+    rng = np.random.default_rng(3)
+    for cap, ps in [(1 << 16, 4096), (50000, 16384), (3 * 4096 + 100, 4096)]:
+        h = Heap(cap, page_size=ps)
+        live = []
+        for _ in range(400):
+            if live and rng.random() < 0.45:
+                h.free(live.pop(int(rng.integers(len(live)))))
+            else:
+                try:
+                    live.append(h.alloc(int(rng.choice([rng.integers(1, 300), rng.integers(1, 6000)]))))
+                except mempool.OutOfSpace as e:
+                    assert e.size > e.largest_free
+            lf = h.largest_free
+            for size in {lf, lf // 2, min(lf, 100), min(lf, 600)} - {0}:
+                c = Heap.restore(h.snapshot())
+                c.alloc(size)
+                c.check()
+        h.check()
+
+
+# ---- snapshot, pickle, reset, map -------------------------------------------------------------
+def test_snapshot_pickle_reset():
+    h = Heap(1 << 18, page_size=8192)
+    offs = [h.alloc(n) for n in (10, 300, 600, 2048, 40000, 100)]
+    data = h.snapshot()
+    assert len(data) == h.state_size
+    r = Heap.restore(data)
+    assert r.snapshot() == data and r.segments() == h.segments() and r.page_size == 8192
+    p = pickle.loads(pickle.dumps(h))
+    assert type(p) is Heap and p.stats() == h.stats()
+    p.free(offs[2])
+    assert h.size_of(offs[2]) == 2048 - 2048 + h.size_of(offs[2])  # the original is untouched
+    hw = h.high_water
+    h.reset()
+    assert h.segments() == [(0, 1 << 18, False)] and len(h) == 0 and h.high_water == hw
+    assert h.alloc(10) == 0
+    h.check()
+
+
+def test_segments_cover_the_span():
+    h = Heap(100000)
+    rng = np.random.default_rng(5)
+    offs = [h.alloc(int(rng.integers(1, 3000))) for _ in range(30)]
+    for o in offs[::3]:
+        h.free(o)
+    segs = h.segments()
+    assert segs[0][0] == 0 and sum(n for _, n, _ in segs) == 100000
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(segs, segs[1:]))
+    assert not any(not x[2] and not y[2] for x, y in zip(segs, segs[1:]))
+
+
+def test_corrupted_snapshots_are_refused():
+    h = Heap(1 << 16)
+    for n in (10, 20, 600, 5000):
+        h.alloc(n)
+    data = bytearray(h.snapshot())
+    for pos in (0, 8, 16, 24, 120, 124, 160):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        with pytest.raises(mempool.CorruptionError):
+            Heap.restore(bytes(bad))
+    with pytest.raises(mempool.CorruptionError):
+        Heap.restore(bytes(data[:-8]))
+    with pytest.raises(mempool.CorruptionError):
+        mempool.TLSF.restore(bytes(data))
+    rng = np.random.default_rng(11)
+    for _ in range(300):  # never a crash; when accepted, the state works
+        bad = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
+        try:
+            r = Heap.restore(bytes(bad))
+        except mempool.CorruptionError:
+            continue
+        r.alloc(16)
+        r.check()
+
+
+# ---- bad input -------------------------------------------------------------------------------
+@pytest.fixture
+def h():
+    h = Heap(1 << 16)
+    h.alloc(20)
+    h.alloc(600)  # fragments
+    h.alloc(3000)  # TLSF
+    h.alloc(50, align=64)
+    return h
+
+
+@pytest.mark.parametrize(
+    "size, exc, match",
+    [
+        (0, ValueError, "size must be >= 1, got 0"),  # tsload's malloc(0) aliased a fragment
+        (-1, ValueError, "size must be >= 1"),
+        (1.0, TypeError, "size must be an integer"),
+        ("8", TypeError, "size must be an integer"),
+        (None, TypeError, "size must be an integer"),
+        (1 << 17, mempool.OutOfSpace, "cannot allocate 131072 bytes"),
+        (2**64, mempool.OutOfSpace, "larger than the capacity"),
+    ],
+)
+def test_bad_sizes(h, size, exc, match):
+    unchanged(h, lambda: h.alloc(size), exc, match)
+    if exc is not mempool.OutOfSpace:
+        unchanged(h, lambda: h.size_class(size), exc, match)
+
+
+@pytest.mark.parametrize("align", [0, 3, 6, -8, 2**64])
+def test_bad_align(h, align):
+    unchanged(h, lambda: h.alloc(8, align), ValueError, "align must be a positive power of two")
+    unchanged(h, lambda: h.size_class(8, align), ValueError, "align")
+
+
+def test_double_and_interior_frees(h):
+    segs = [(o, n) for o, n, a in h.segments() if a]
+    for o, n in segs:
+        for bad in (o + 1, o + 8, o + 16, o + n - 1):
+            if bad != o and (bad, n) not in segs and not any(x == bad for x, _ in segs):
+                unchanged(h, lambda: h.free(bad), mempool.NotAllocated, "not the start")
+                unchanged(h, lambda: h.size_of(bad), mempool.NotAllocated)
+                unchanged(h, lambda: h.realloc(bad, 10), mempool.NotAllocated)
+                unchanged(h, lambda: h.served_by(bad), mempool.NotAllocated)
+    o = h.alloc(16)
+    h.free(o)
+    unchanged(h, lambda: h.free(o), mempool.NotAllocated)  # double free (slab)
+    f = h.alloc(512)
+    h.free(f)
+    unchanged(h, lambda: h.free(f), mempool.NotAllocated)  # double free (fragments)
+    t = h.alloc(9000)
+    h.free(t)
+    unchanged(h, lambda: h.free(t), mempool.NotAllocated)  # double free (TLSF)
+
+
+@pytest.mark.parametrize("offset", [1 << 16, (1 << 16) + 5, 10**9, 2**64, 2**80])
+def test_offsets_beyond_the_span(h, offset):
+    unchanged(h, lambda: h.free(offset), mempool.NotAllocated)
+    unchanged(h, lambda: h.size_of(offset), mempool.NotAllocated)
+    unchanged(h, lambda: h.served_by(offset), mempool.NotAllocated)
+
+
+def test_negative_and_wrong_type_offsets(h):
+    unchanged(h, lambda: h.free(-1), ValueError, "offset must be >= 0")
+    unchanged(h, lambda: h.realloc(-5, 10), ValueError, "offset must be >= 0")
+    unchanged(h, lambda: h.served_by(-1), ValueError, "offset must be >= 0")
+    unchanged(h, lambda: h.free(0.0), TypeError, "offset must be an integer")
+    unchanged(h, lambda: h.served_by("0"), TypeError)
+    unchanged(h, lambda: h.served_by(), TypeError, "exactly one argument")
+
+
+def test_realloc_bad_input(h):
+    unchanged(h, lambda: h.realloc(0, 0), ValueError, "size must be >= 1")
+    unchanged(h, lambda: h.realloc(0, 10**9), mempool.OutOfSpace)
+    unchanged(h, lambda: h.realloc(0, 200, align=3), ValueError, "align")
+
+
+def test_batch_bad_input(h):
+    unchanged(h, lambda: h.alloc_many([1, 0, 3]), ValueError, r"sizes\[1\] must be >= 1")
+    unchanged(h, lambda: h.alloc_many([100, 1 << 17]), mempool.OutOfSpace)
+    unchanged(h, lambda: h.free_many([12345]), mempool.NotAllocated)
+
+
+def test_failed_alloc_many_changes_nothing_visible(h):
+    # the batch takes pages, then fails; its pages are given back (the spare aside,
+    # which is reported as free)
+    unchanged(h, lambda: h.alloc_many([16, 32, 48, 600, 1 << 17]), mempool.OutOfSpace)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"capacity": 0}, ValueError, "capacity must be >= 1"),
+        ({"capacity": -1}, ValueError, "capacity"),
+        ({"capacity": 1.5}, TypeError, "capacity must be an integer"),
+        ({"capacity": 2**64}, ValueError, "capacity"),
+        ({"capacity": 100, "page_size": 0}, ValueError, "page_size must be >= 1"),
+        ({"capacity": 100, "page_size": 3000}, ValueError, "page_size must be a power of two"),
+        ({"capacity": 100, "page_size": 2048}, ValueError, "from 4096 to 65536"),
+        ({"capacity": 100, "page_size": 1 << 17}, ValueError, "from 4096 to 65536"),
+        ({"capacity": 100, "page_size": -4096}, ValueError, "page_size"),
+        ({"capacity": 100, "page_size": 4096.0}, TypeError, "page_size must be an integer"),
+        ({"capacity": 100, "max_blocks": 0}, ValueError, "max_blocks"),
+        ({"capacity": 100, "max_blocks": 2**32}, ValueError, "max_blocks"),
+        ({"capacity": 100, "blocks": 3}, TypeError, "unexpected keyword"),
+        ({"capacity": 2**60, "page_size": 4096}, ValueError, "too large for page_size"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Heap(**kwargs)
+
+
+def test_constructor_signature():
+    with pytest.raises(TypeError):
+        Heap()
+    with pytest.raises(TypeError, match="1 positional argument"):
+        Heap(100, 4096)
+    h = Heap(capacity=100, page_size=8192, max_blocks=None)
+    assert h.page_size == 8192 and h.strategy == "heap"
+    assert mempool.STRATEGIES["heap"] is Heap
