@@ -3,6 +3,7 @@ classes, fragments, TLSF ranges, realloc in place and moved, tsload's seed
 scenarios (its defects must not come back), snapshot / pickle / reset, and the
 bad-input matrix (every failure leaves the heap as it was)."""
 
+import itertools
 import pickle
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_pages_move_between_classes():
     h = Heap(1 << 20)
     items = [h.alloc(16) for _ in range(257)]  # a page holds 256 items of 16 B
     assert items[255] == 4080 and items[256] == 4096
-    big = h.alloc(5000)  # the TLSF, at 8192
+    assert h.alloc(5000) == 8192  # the TLSF
     for o in items:
         h.free(o)
     # the first page went back to the TLSF, the second is the spare
@@ -286,8 +287,8 @@ def test_segments_cover_the_span():
         h.free(o)
     segs = h.segments()
     assert segs[0][0] == 0 and sum(n for _, n, _ in segs) == 100000
-    assert all(a + n == b for (a, n, _), (b, _, _) in zip(segs, segs[1:]))
-    assert not any(not x[2] and not y[2] for x, y in zip(segs, segs[1:]))
+    assert all(a + n == b for (a, n, _), (b, _, _) in itertools.pairwise(segs))
+    assert not any(not x[2] and not y[2] for x, y in itertools.pairwise(segs))
 
 
 def test_corrupted_snapshots_are_refused():

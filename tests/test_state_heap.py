@@ -149,7 +149,7 @@ class HeapMachine(RuleBasedStateMachine):
             return off
         del self.live[off]
         self.live[new] = self.check_new_range(new, size, 1)
-        new_sz, _, new_kind = self.live[new]
+        new_sz, _, _new_kind = self.live[new]
         if kind == "class":
             if want_kind == "class" and want == old_sz:
                 assert new == off and new_sz == old_sz, "same class: must stay in place"
