@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import BestFit, Strategy, TLSF
+from ._mempool import BestFit, Bitmap, Buddy, Strategy, TLSF
 
 __all__ = ["STRATEGIES", "RANGE_STRATEGIES", "make", "strategy_type"]
 
 #: name -> type, in the order the bench lists them.
-STRATEGIES: dict[str, type[Strategy]] = {"tlsf": TLSF, "bestfit": BestFit}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "tlsf": TLSF,
+    "bestfit": BestFit,
+    "buddy": Buddy,
+    "bitmap": Bitmap,
+}
 
 #: the exact strategies, whose node budget is max_blocks.
 RANGE_STRATEGIES: frozenset[type[Strategy]] = frozenset({TLSF, BestFit})

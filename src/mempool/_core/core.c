@@ -9,6 +9,8 @@
 static const mp_ops_t *const registry[] = {
     [MP_KIND_TLSF] = &mp_tlsf_ops,
     [MP_KIND_BESTFIT] = &mp_bestfit_ops,
+    [MP_KIND_BUDDY] = &mp_buddy_ops,
+    [MP_KIND_BITMAP] = &mp_bitmap_ops,
 };
 
 const mp_ops_t *mp_ops_by_kind(unsigned kind)

@@ -211,7 +211,8 @@ PyMODINIT_FUNC PyInit__mempool(void)
     if (import_names() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0) {
+    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0 ||
+        mp_buddy_type_ready(m) < 0 || mp_bitmap_type_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,0 +1,874 @@
+/*
+ * buddy.c -- buddy allocator over offsets: size classes min_block * fanout**k.
+ *
+ * hcsshim's internal/memory pool, generalised (fanout 4, min 1 MiB, max 4 GiB
+ * gives its seven classes) and with its O(n) map scan replaced by bitmaps:
+ *   - Class k holds blocks of size(k) = min_block * fanout**k, k < K, where
+ *     size(K-1) = max_block.  min_block and fanout are powers of two, so every
+ *     class size is one, and a block of class k sits at an offset that is a
+ *     multiple of its size: block (k, i) is [i*size(k), (i+1)*size(k)).
+ *   - The usable span is the capacity rounded down to a multiple of min_block
+ *     (head.capacity; the tail beyond it is never handed out and is not counted
+ *     anywhere).  reset() carves it greedily from offset 0 into the largest
+ *     blocks that fit: as many class K-1 blocks as fit, then fewer than fanout
+ *     blocks of each smaller class (the base-fanout digits of the span).
+ *   - alloc(size, align): k0 = the smallest class with size(k0) >= size.  The
+ *     first class k >= k0 that has a free block at an offset that is a multiple
+ *     of align gives its lowest such block (align <= size(k) holds for every
+ *     block of class k: the non-empty classes bitmap and the class's bitmap
+ *     answer in O(log n); a larger align searches the class's bitmap with a
+ *     stride).  A block of class k > k0 is split: it keeps its offset, it becomes
+ *     its first child at each class down to k0, and the other fanout-1 children
+ *     at each level go free.
+ *   - free(offset): the block goes free; while all fanout siblings of a free
+ *     block are free (and the class is below K-1), they merge into their parent.
+ *   - realloc: the same class stays; a smaller class keeps the offset and frees
+ *     the tail buddies; a larger class grows in place when the block is the first
+ *     descendant of its new ancestor and every other part of that ancestor is
+ *     free; else it moves to a new block (alloc with the old one held, then free
+ *     it), else to the block that freeing it would merge into (may overlap the
+ *     old block: the caller copies with memmove).  On failure nothing changed.
+ *
+ * State layout (all integers; after mp_head_t):
+ *
+ *   +----------+--------------------+----------------------+--------------+-----------+
+ *   | bd_hdr_t | bd_class_t cls[K]  | words[nwords]        | req[nslots]  | tag[nslots]|
+ *   |          | (bits, free count, | free bitmaps: per    | uint64_t     | uint8_t,  |
+ *   |          |  level offsets)    | class, per level     |              | padded to 8|
+ *   +----------+--------------------+----------------------+--------------+-----------+
+ *
+ *   A slot is a min_block-sized unit of the span (slot j = offset j*min_block).
+ *   Class k's free set is a hierarchical bitmap: level 0 has bit i set when
+ *   block (k, i) is free; bit w of level l+1 is set when word w of level l is
+ *   non-zero; the top level is one word.  Lowest free block: descend from the
+ *   top with count-trailing-zeros (O(levels) = O(log64 n)).  hdr.nonempty has
+ *   bit k set when class k has a free block.  tag[j] = k+1 when an allocated
+ *   block of class k starts at slot j (0 otherwise) and req[j] is the size asked
+ *   for it (0 otherwise).
+ *
+ * Invariants (checked by bd_check):
+ *  B1. The header and class table equal what the parameters (head.param[0..3]:
+ *      capacity, min_block, max_block, fanout) give; head.capacity is the usable
+ *      span; state_size matches.
+ *  B2. Level 0 of class k has no bits at or beyond nbits(k); bit w of level l+1
+ *      is set iff word w of level l is non-zero (no other bits); cls[k].nfree ==
+ *      popcount of level 0; hdr.nfree == the sum; hdr.nonempty bit k iff
+ *      cls[k].nfree > 0, no bits at or above K.
+ *  B3. The allocated blocks (tags) and the free blocks (bits) tile the usable
+ *      span exactly: every block lies inside it and is aligned to its size; no
+ *      slot inside a block carries a tag, a request or another block's bit.
+ *  B4. No fanout siblings of a class below K-1 are all free (merged on free).
+ *  B5. 1 <= req[j] <= size(class) for every allocated block; head.live, used
+ *      (sum of class sizes) and requested (sum of req) equal what the walk finds;
+ *      peak_used >= used, high_water <= capacity.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mempool.h"
+
+enum { BD_MAX_LEVELS = 8, BD_MAX_CLASSES = 64 };
+#define BD_MAX_SLOTS ((uint64_t)1 << 40)
+#define BD_NONE UINT64_MAX
+
+typedef struct bd_class {
+    uint64_t nbits;               /* blocks of this class inside the usable span */
+    uint64_t nfree;               /* free blocks of this class (level-0 bits)    */
+    uint64_t lvl[BD_MAX_LEVELS];  /* word offset of each level in words[]        */
+    uint32_t nlevels;             /* levels; the last has exactly one word       */
+    uint32_t pad;
+} bd_class_t;
+
+typedef struct bd_hdr {
+    uint32_t min_shift; /* log2(min_block)                                  */
+    uint32_t fan_shift; /* log2(fanout)                                     */
+    uint32_t nclasses;  /* K                                                */
+    uint32_t pad;
+    uint64_t nslots;    /* usable / min_block                               */
+    uint64_t nonempty;  /* bit k: class k has a free block                  */
+    uint64_t nfree;     /* free blocks in all classes                       */
+    uint64_t nwords;    /* words of the bitmap area                         */
+    uint64_t words_off; /* byte offsets from the start of the state         */
+    uint64_t req_off;
+    uint64_t tag_off;
+} bd_hdr_t;
+
+#define BD_HDR_OFF ((uint64_t)sizeof(mp_head_t))
+#define BD_CLS_OFF (BD_HDR_OFF + (uint64_t)sizeof(bd_hdr_t))
+
+/* What the parameters give: everything check() compares the state against. */
+typedef struct bd_plan {
+    uint64_t usable, nslots, nwords, words_off, req_off, tag_off, size, max_block;
+    uint32_t min_shift, fan_shift, nclasses;
+    bd_class_t cls[BD_MAX_CLASSES];
+} bd_plan_t;
+
+static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
+static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
+static inline uint64_t words_for(uint64_t bits) { return (bits + 63) >> 6; }
+
+/* 0 when the parameters are invalid; max_block 0 = the largest class that fits. */
+static int bd_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block,
+                        uint64_t fanout, bd_plan_t *P)
+{
+    if (capacity == 0 || !mp_is_pow2(min_block) || !mp_is_pow2(fanout) || fanout < 2) return 0;
+    if (capacity < min_block) return 0;
+    uint32_t ms = (uint32_t)ctz64(min_block), fs = (uint32_t)ctz64(fanout);
+    uint64_t nslots = capacity >> ms;
+    if (nslots > BD_MAX_SLOTS) return 0;
+    uint32_t K;
+    if (max_block == 0) {
+        K = 1;
+        while (ms + (uint64_t)K * fs < 64 && ((uint64_t)1 << (ms + K * fs)) <= capacity) K++;
+    } else {
+        if (!mp_is_pow2(max_block) || max_block < min_block || max_block > capacity) return 0;
+        uint32_t d = (uint32_t)ctz64(max_block) - ms;
+        if (d % fs) return 0;
+        K = d / fs + 1;
+    }
+    if (K > BD_MAX_CLASSES) return 0;
+    memset(P, 0, sizeof *P);
+    P->min_shift = ms;
+    P->fan_shift = fs;
+    P->nclasses = K;
+    P->nslots = nslots;
+    P->usable = nslots << ms;
+    P->max_block = (uint64_t)1 << (ms + (K - 1) * fs);
+    uint64_t w = 0;
+    for (uint32_t k = 0; k < K; k++) {
+        bd_class_t *c = &P->cls[k];
+        c->nbits = nslots >> (k * fs);
+        uint64_t bits = c->nbits;
+        do {
+            if (c->nlevels == BD_MAX_LEVELS) return 0;
+            c->lvl[c->nlevels++] = w;
+            bits = words_for(bits);
+            w += bits;
+        } while (bits > 1);
+    }
+    P->nwords = w;
+    P->words_off = BD_CLS_OFF + (uint64_t)K * sizeof(bd_class_t);
+    P->req_off = P->words_off + 8 * w;
+    P->tag_off = P->req_off + 8 * nslots;
+    P->size = P->tag_off + ((nslots + 7) & ~(uint64_t)7);
+    return 1;
+}
+
+/* ---- accessors --------------------------------------------------------------------- */
+static inline bd_hdr_t *hdr(void *st) { return (bd_hdr_t *)((char *)st + BD_HDR_OFF); }
+static inline const bd_hdr_t *chdr(const void *st)
+{
+    return (const bd_hdr_t *)((const char *)st + BD_HDR_OFF);
+}
+static inline bd_class_t *cls(void *st) { return (bd_class_t *)((char *)st + BD_CLS_OFF); }
+static inline const bd_class_t *ccls(const void *st)
+{
+    return (const bd_class_t *)((const char *)st + BD_CLS_OFF);
+}
+static inline uint64_t *words(void *st) { return (uint64_t *)((char *)st + hdr(st)->words_off); }
+static inline const uint64_t *cwords(const void *st)
+{
+    return (const uint64_t *)((const char *)st + chdr(st)->words_off);
+}
+static inline uint64_t *reqs(void *st) { return (uint64_t *)((char *)st + hdr(st)->req_off); }
+static inline const uint64_t *creqs(const void *st)
+{
+    return (const uint64_t *)((const char *)st + chdr(st)->req_off);
+}
+static inline uint8_t *tags(void *st) { return (uint8_t *)st + hdr(st)->tag_off; }
+static inline const uint8_t *ctags(const void *st)
+{
+    return (const uint8_t *)st + chdr(st)->tag_off;
+}
+static inline uint32_t cshift(const bd_hdr_t *x, uint32_t k) { return k * x->fan_shift; }
+static inline uint64_t csize(const bd_hdr_t *x, uint32_t k)
+{
+    return (uint64_t)1 << (x->min_shift + k * x->fan_shift);
+}
+
+/* ---- hierarchical bitmaps -------------------------------------------------------- */
+static inline int hb_test(const uint64_t *w, const bd_class_t *c, uint64_t i)
+{
+    return (int)((w[c->lvl[0] + (i >> 6)] >> (i & 63)) & 1);
+}
+
+/* OR `bits` into word `wi` of level l, propagating a new non-zero word upwards. */
+static inline void hb_or(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi, uint64_t bits)
+{
+    for (;;) {
+        uint64_t *p = &w[c->lvl[l] + wi];
+        uint64_t was = *p;
+        *p = was | bits;
+        if (was || !bits || ++l == c->nlevels) return;
+        bits = (uint64_t)1 << (wi & 63);
+        wi >>= 6;
+    }
+}
+
+/* Clear `bits` in word `wi` of level l, propagating a word that became zero. */
+static inline void hb_andnot(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi,
+                             uint64_t bits)
+{
+    for (;;) {
+        uint64_t *p = &w[c->lvl[l] + wi];
+        uint64_t was = *p;
+        *p = was & ~bits;
+        if (!was || *p || ++l == c->nlevels) return;
+        bits = (uint64_t)1 << (wi & 63);
+        wi >>= 6;
+    }
+}
+
+static inline uint64_t range_mask(uint64_t from, uint64_t n) /* bits [from&63, +n) of one word */
+{
+    uint64_t m = n >= 64 ? ~0ull : (((uint64_t)1 << n) - 1);
+    return m << (from & 63);
+}
+
+/* Set / clear level-0 bits [from, from+n) (n >= 1). */
+static void hb_set_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
+{
+    while (n) {
+        uint64_t k = 64 - (from & 63);
+        if (k > n) k = n;
+        hb_or(w, c, 0, from >> 6, range_mask(from, k));
+        from += k;
+        n -= k;
+    }
+}
+static void hb_clear_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
+{
+    while (n) {
+        uint64_t k = 64 - (from & 63);
+        if (k > n) k = n;
+        hb_andnot(w, c, 0, from >> 6, range_mask(from, k));
+        from += k;
+        n -= k;
+    }
+}
+
+/* Set bits in [from, from+n). */
+static uint64_t hb_count_range(const uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
+{
+    uint64_t total = 0;
+    while (n) {
+        uint64_t k = 64 - (from & 63);
+        if (k > n) k = n;
+        total += (uint64_t)__builtin_popcountll(w[c->lvl[0] + (from >> 6)] & range_mask(from, k));
+        from += k;
+        n -= k;
+    }
+    return total;
+}
+
+/* The lowest set bit, or BD_NONE. */
+static inline uint64_t hb_first(const uint64_t *w, const bd_class_t *c)
+{
+    uint64_t i = 0;
+    for (uint32_t l = c->nlevels; l-- > 0;) {
+        uint64_t x = w[c->lvl[l] + i];
+        if (!x) return BD_NONE;
+        i = (i << 6) | (uint64_t)ctz64(x);
+    }
+    return i;
+}
+
+/* The lowest set bit at or after pos, or BD_NONE. */
+static uint64_t hb_next(const uint64_t *w, const bd_class_t *c, uint64_t pos)
+{
+    uint64_t nb = c->nbits; /* bits at level l */
+    uint32_t l = 0;
+    for (;;) {
+        if (pos >= nb) return BD_NONE; /* (upper levels: no word beyond the last) */
+        uint64_t x = w[c->lvl[l] + (pos >> 6)] & (~0ull << (pos & 63));
+        if (x) {
+            pos = (pos & ~(uint64_t)63) | (uint64_t)ctz64(x);
+            break;
+        }
+        if (++l == c->nlevels) return BD_NONE;
+        pos = (pos >> 6) + 1;
+        nb = words_for(nb);
+    }
+    while (l-- > 0) {
+        uint64_t x = w[c->lvl[l] + pos];
+        if (!x) return BD_NONE; /* only in a corrupted state */
+        pos = (pos << 6) | (uint64_t)ctz64(x);
+    }
+    return pos;
+}
+
+/* Bits at positions that are multiples of s (a power of two <= 64) in a word. */
+static inline uint64_t stride_mask(uint64_t s)
+{
+    uint64_t m = 1;
+    for (uint64_t sh = s; sh < 64; sh <<= 1) m |= m << sh;
+    return m;
+}
+
+/* The lowest set bit whose index is a multiple of stride (a power of two). */
+static uint64_t hb_first_strided(const uint64_t *w, const bd_class_t *c, uint64_t stride)
+{
+    uint64_t pos = 0;
+    uint64_t sm = stride <= 64 ? stride_mask(stride) : 1;
+    while (pos < c->nbits) {
+        uint64_t i = hb_next(w, c, pos);
+        if (i == BD_NONE) return BD_NONE;
+        if (stride <= 64) {
+            uint64_t x = w[c->lvl[0] + (i >> 6)] & (~0ull << (i & 63)) & sm;
+            if (x) return (i & ~(uint64_t)63) | (uint64_t)ctz64(x);
+            pos = (i | 63) + 1;
+        } else {
+            if ((i & (stride - 1)) == 0) return i;
+            uint64_t next = (i | (stride - 1)) + 1;
+            if (next <= i) return BD_NONE;
+            pos = next;
+        }
+    }
+    return BD_NONE;
+}
+
+/* ---- free-set bookkeeping ------------------------------------------------------------ */
+static inline void put_free(void *st, uint32_t k, uint64_t i)
+{
+    bd_hdr_t *x = hdr(st);
+    bd_class_t *c = &cls(st)[k];
+    hb_or(words(st), c, 0, i >> 6, (uint64_t)1 << (i & 63));
+    c->nfree++;
+    x->nfree++;
+    x->nonempty |= (uint64_t)1 << k;
+}
+
+static inline void take_free(void *st, uint32_t k, uint64_t i)
+{
+    bd_hdr_t *x = hdr(st);
+    bd_class_t *c = &cls(st)[k];
+    hb_andnot(words(st), c, 0, i >> 6, (uint64_t)1 << (i & 63));
+    c->nfree--;
+    x->nfree--;
+    if (!c->nfree) x->nonempty &= ~((uint64_t)1 << k);
+}
+
+/* Mark children 1..fanout-1 of (k, i*fanout) free: the tail of a split. */
+static inline void put_tail_children(void *st, uint32_t k, uint64_t first)
+{
+    bd_hdr_t *x = hdr(st);
+    bd_class_t *c = &cls(st)[k];
+    uint64_t n = ((uint64_t)1 << x->fan_shift) - 1;
+    if (n < 64 && ((first + 1) & 63) + n <= 64) /* one word: the common case */
+        hb_or(words(st), c, 0, (first + 1) >> 6, range_mask(first + 1, n));
+    else
+        hb_set_range(words(st), c, first + 1, n);
+    c->nfree += n;
+    x->nfree += n;
+    x->nonempty |= (uint64_t)1 << k;
+}
+
+/* Take free block (k, i) and split it down to class k0 (its first descendant). */
+static void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
+{
+    uint32_t fs = hdr(st)->fan_shift;
+    take_free(st, k, i);
+    while (k > k0) {
+        k--;
+        i <<= fs;
+        put_tail_children(st, k, i);
+    }
+}
+
+/* Give block (k, i) back, merging complete sibling groups upwards.  Block (k, i)
+ * itself is not in the free set (allocated, or the path of a shrink). */
+static void release(void *st, uint32_t k, uint64_t i)
+{
+    bd_hdr_t *x = hdr(st);
+    uint64_t *w = words(st);
+    uint32_t fs = x->fan_shift, top = x->nclasses - 1;
+    uint64_t f = (uint64_t)1 << fs;
+    while (k < top) {
+        bd_class_t *c = &cls(st)[k];
+        uint64_t g = i & ~(f - 1);
+        uint64_t others;
+        if (f <= 64) {
+            uint64_t m = range_mask(g, f) & ~((uint64_t)1 << (i & 63));
+            if ((w[c->lvl[0] + (g >> 6)] & m) != m) break;
+            hb_andnot(w, c, 0, g >> 6, m);
+            others = f - 1;
+        } else { /* a group spans whole words: it must lie inside the class */
+            if (g + f > c->nbits || hb_count_range(w, c, g, f) != f - 1) break;
+            hb_clear_range(w, c, g, f);
+            others = f - 1;
+        }
+        c->nfree -= others;
+        x->nfree -= others;
+        if (!c->nfree) x->nonempty &= ~((uint64_t)1 << k);
+        i >>= fs;
+        k++;
+    }
+    put_free(st, k, i);
+}
+
+/* ---- the strategy ------------------------------------------------------------------ */
+uint64_t mp_buddy_state_size(uint64_t capacity, uint64_t min_block, uint64_t max_block,
+                             uint64_t fanout)
+{
+    bd_plan_t P;
+    return bd_make_plan(capacity, min_block, max_block, fanout, &P) ? P.size : 0;
+}
+
+static void bd_reset(void *st)
+{
+    mp_head_t *h = st;
+    bd_hdr_t *x = hdr(st);
+    uint32_t K = x->nclasses, fs = x->fan_shift;
+    memset(words(st), 0, 8 * x->nwords);
+    memset(reqs(st), 0, 8 * x->nslots);
+    memset(tags(st), 0, (x->nslots + 7) & ~(uint64_t)7);
+    for (uint32_t k = 0; k < K; k++) cls(st)[k].nfree = 0;
+    x->nonempty = 0;
+    x->nfree = 0;
+    /* greedy carving from offset 0: the base-fanout digits of nslots */
+    uint64_t p = 0;
+    for (uint32_t k = K; k-- > 0;) {
+        uint64_t n = (x->nslots - p) >> (k * fs);
+        if (!n) continue;
+        bd_class_t *c = &cls(st)[k];
+        hb_set_range(words(st), c, p >> (k * fs), n);
+        c->nfree = n;
+        x->nfree += n;
+        x->nonempty |= (uint64_t)1 << k;
+        p += n << (k * fs);
+    }
+    h->used = h->requested = h->live = 0;
+    h->cursor = 0;
+}
+
+int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_block,
+                  uint64_t fanout)
+{
+    bd_plan_t P;
+    if (!bd_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
+    memset(st, 0, P.words_off);
+    mp_head_t *h = st;
+    h->magic = MP_STATE_MAGIC;
+    h->kind = MP_KIND_BUDDY;
+    h->version = MP_STATE_VERSION;
+    h->state_size = P.size;
+    h->capacity = P.usable;
+    h->param[0] = capacity;
+    h->param[1] = min_block;
+    h->param[2] = P.max_block;
+    h->param[3] = fanout;
+    bd_hdr_t *x = hdr(st);
+    x->min_shift = P.min_shift;
+    x->fan_shift = P.fan_shift;
+    x->nclasses = P.nclasses;
+    x->nslots = P.nslots;
+    x->nwords = P.nwords;
+    x->words_off = P.words_off;
+    x->req_off = P.req_off;
+    x->tag_off = P.tag_off;
+    memcpy(cls(st), P.cls, P.nclasses * sizeof(bd_class_t));
+    bd_reset(st);
+    h->peak_used = h->high_water = 0;
+    return MP_OK;
+}
+
+unsigned mp_buddy_classes(const void *st) { return chdr(st)->nclasses; }
+
+uint64_t mp_buddy_class_size(const void *st, unsigned k)
+{
+    const bd_hdr_t *x = chdr(st);
+    return k < x->nclasses ? csize(x, k) : 0;
+}
+
+/* The smallest class whose blocks hold `size`; MP_EINVAL for 0 or beyond max_block. */
+int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k)
+{
+    const bd_hdr_t *x = chdr(st);
+    if (size == 0 || size > csize(x, x->nclasses - 1)) return MP_EINVAL;
+    if (size <= ((uint64_t)1 << x->min_shift)) {
+        *k = 0;
+        return MP_OK;
+    }
+    uint32_t bits = (uint32_t)msb64(size - 1) + 1; /* ceil(log2(size)) */
+    *k = (bits - x->min_shift + x->fan_shift - 1) / x->fan_shift;
+    return MP_OK;
+}
+
+static inline void note_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_t req)
+{
+    h->used += size;
+    h->requested += req;
+    h->live++;
+    if (h->used > h->peak_used) h->peak_used = h->used;
+    if (end > h->high_water) h->high_water = end;
+}
+
+/* The free block alloc(size of class k0, align) takes: class in *kc, index returned. */
+static uint64_t bd_find(const void *st, uint32_t k0, uint64_t align, uint32_t *kc)
+{
+    const bd_hdr_t *x = chdr(st);
+    uint64_t mask = x->nonempty & (~0ull << k0);
+    if (!mask) return BD_NONE;
+    uint32_t k = k0;
+    /* classes whose blocks are smaller than align: only every stride-th block */
+    for (; k < x->nclasses && csize(x, k) < align; k++) {
+        if (!((mask >> k) & 1)) continue;
+        uint64_t stride = align >> (x->min_shift + cshift(x, k));
+        uint64_t i = hb_first_strided(cwords(st), &ccls(st)[k], stride);
+        if (i != BD_NONE) {
+            *kc = k;
+            return i;
+        }
+    }
+    if (k >= 64) return BD_NONE;
+    mask &= ~0ull << k;
+    if (!mask) return BD_NONE;
+    k = (uint32_t)ctz64(mask);
+    *kc = k;
+    return hb_first(cwords(st), &ccls(st)[k]);
+}
+
+static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    bd_hdr_t *x = hdr(st);
+    unsigned k0;
+    if (mp_buddy_class_of(st, size, &k0)) return MP_ENOSPACE;
+    uint32_t k;
+    uint64_t i = bd_find(st, k0, align, &k);
+    if (i == BD_NONE) return MP_ENOSPACE;
+    take_and_split(st, k, i, k0);
+    uint64_t j = i << cshift(x, k); /* slot */
+    tags(st)[j] = (uint8_t)(k0 + 1);
+    reqs(st)[j] = size;
+    uint64_t bsize = csize(x, k0), off = j << x->min_shift;
+    note_alloc((mp_head_t *)st, off + bsize, bsize, size);
+    *out = off;
+    return MP_OK;
+}
+
+/* The slot of the allocated block at offset, or BD_NONE. */
+static inline uint64_t lookup(const void *st, uint64_t offset)
+{
+    const bd_hdr_t *x = chdr(st);
+    if (offset & (((uint64_t)1 << x->min_shift) - 1)) return BD_NONE;
+    uint64_t j = offset >> x->min_shift;
+    if (j >= x->nslots || !ctags(st)[j]) return BD_NONE;
+    return j;
+}
+
+static int bd_free(void *st, uint64_t offset)
+{
+    uint64_t j = lookup(st, offset);
+    if (j == BD_NONE) return MP_ENOTALLOC;
+    mp_head_t *h = st;
+    bd_hdr_t *x = hdr(st);
+    uint32_t k = tags(st)[j] - 1u;
+    h->used -= csize(x, k);
+    h->requested -= reqs(st)[j];
+    h->live--;
+    tags(st)[j] = 0;
+    reqs(st)[j] = 0;
+    release(st, k, j >> cshift(x, k));
+    return MP_OK;
+}
+
+static int bd_size_of(const void *st, uint64_t offset, uint64_t *out)
+{
+    uint64_t j = lookup(st, offset);
+    if (j == BD_NONE) return MP_ENOTALLOC;
+    *out = csize(chdr(st), ctags(st)[j] - 1u);
+    return MP_OK;
+}
+
+/* The class the block (k, i) would reach if it were freed now, and that block's index. */
+static uint32_t merge_reach(const void *st, uint32_t k, uint64_t i, uint64_t *at)
+{
+    const bd_hdr_t *x = chdr(st);
+    const uint64_t *w = cwords(st);
+    uint32_t fs = x->fan_shift;
+    uint64_t f = (uint64_t)1 << fs;
+    while (k + 1 < x->nclasses) {
+        const bd_class_t *c = &ccls(st)[k];
+        uint64_t g = i & ~(f - 1);
+        /* (k, i) itself is not free: the others must be */
+        if (g + f > c->nbits || hb_count_range(w, c, g, f) != f - 1) break;
+        i >>= fs;
+        k++;
+    }
+    *at = i;
+    return k;
+}
+
+static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    uint64_t j = lookup(st, offset);
+    if (j == BD_NONE) return MP_ENOTALLOC;
+    mp_head_t *h = st;
+    bd_hdr_t *x = hdr(st);
+    uint32_t k = tags(st)[j] - 1u, fs = x->fan_shift;
+    unsigned kn;
+    if (mp_buddy_class_of(st, size, &kn)) return MP_ENOSPACE;
+    uint64_t old_req = reqs(st)[j];
+    *out = offset;
+    if (kn == k) { /* same class */
+        h->requested = h->requested - old_req + size;
+        reqs(st)[j] = size;
+        return MP_OK;
+    }
+    if (kn < k) { /* shrink: keep the first descendant, free the tail buddies */
+        uint64_t i = j >> cshift(x, k);
+        for (uint32_t l = k; l > kn; l--) {
+            i <<= fs;
+            put_tail_children(st, l - 1, i);
+        }
+        tags(st)[j] = (uint8_t)(kn + 1);
+        reqs(st)[j] = size;
+        h->used -= csize(x, k) - csize(x, kn);
+        h->requested = h->requested - old_req + size;
+        return MP_OK;
+    }
+    /* grow in place: the first descendant of its class-kn ancestor, the rest free */
+    const uint64_t *w = cwords(st);
+    uint64_t f = (uint64_t)1 << fs;
+    int in_place = (j & (((uint64_t)1 << cshift(x, kn)) - 1)) == 0;
+    for (uint32_t l = k; in_place && l < kn; l++) {
+        uint64_t i = j >> cshift(x, l);
+        in_place = i + f <= ccls(st)[l].nbits &&
+                   hb_count_range(w, &ccls(st)[l], i + 1, f - 1) == f - 1;
+    }
+    if (in_place) {
+        for (uint32_t l = k; l < kn; l++) {
+            uint64_t i = j >> cshift(x, l);
+            bd_class_t *c = &cls(st)[l];
+            hb_clear_range(words(st), c, i + 1, f - 1);
+            c->nfree -= f - 1;
+            x->nfree -= f - 1;
+            if (!c->nfree) x->nonempty &= ~((uint64_t)1 << l);
+        }
+        tags(st)[j] = (uint8_t)(kn + 1);
+        reqs(st)[j] = size;
+        uint64_t grow = csize(x, kn) - csize(x, k);
+        h->used += grow;
+        h->requested = h->requested - old_req + size;
+        if (h->used > h->peak_used) h->peak_used = h->used;
+        if (offset + csize(x, kn) > h->high_water) h->high_water = offset + csize(x, kn);
+        return MP_OK;
+    }
+    /* move: a new block while the old one is held */
+    uint64_t at;
+    if (bd_alloc(st, size, align, &at) == MP_OK) {
+        bd_free(st, offset);
+        *out = at;
+        return MP_OK;
+    }
+    /* move into the block that freeing this one merges into: it is the only new
+     * candidate, and alloc takes its first descendant */
+    uint64_t mi;
+    uint32_t km = merge_reach(st, k, j >> cshift(x, k), &mi);
+    uint64_t moff = (mi << cshift(x, km)) << x->min_shift;
+    if (km < kn || (moff & (align - 1))) return MP_ENOSPACE;
+    bd_free(st, offset);
+    int rc = bd_alloc(st, size, align, &at);
+    if (rc != MP_OK || at != moff) return MP_ECORRUPT; /* unreachable on a valid state */
+    *out = at;
+    return MP_OK;
+}
+
+/* ---- queries ------------------------------------------------------------------------- */
+/* The class of the free block that starts at slot j, or -1. */
+static int free_class_at(const void *st, uint64_t j)
+{
+    const bd_hdr_t *x = chdr(st);
+    const uint64_t *w = cwords(st);
+    for (uint32_t k = x->nclasses; k-- > 0;) {
+        uint32_t sh = cshift(x, k);
+        if (sh < 64 && (j & (((uint64_t)1 << sh) - 1))) continue;
+        uint64_t i = j >> sh;
+        if (i < ccls(st)[k].nbits && hb_test(w, &ccls(st)[k], i)) return (int)k;
+    }
+    return -1;
+}
+
+static int bd_walk(const void *st, mp_walk_fn fn, void *ctx)
+{
+    const bd_hdr_t *x = chdr(st);
+    const uint8_t *t = ctags(st);
+    uint64_t j = 0;
+    while (j < x->nslots) {
+        int k, allocated = t[j] != 0;
+        if (allocated) k = t[j] - 1;
+        else if ((k = free_class_at(st, j)) < 0) return MP_ECORRUPT;
+        int r = fn(ctx, j << x->min_shift, csize(x, (uint32_t)k), allocated);
+        if (r) return r;
+        j += (uint64_t)1 << cshift(x, (uint32_t)k);
+    }
+    return MP_OK;
+}
+
+static uint64_t bd_largest(const void *st)
+{
+    const bd_hdr_t *x = chdr(st);
+    return x->nonempty ? csize(x, (uint32_t)msb64(x->nonempty)) : 0;
+}
+
+static uint64_t bd_available(const void *st)
+{
+    const mp_head_t *h = st;
+    return h->capacity - h->used;
+}
+
+static uint64_t bd_free_ranges(const void *st) { return chdr(st)->nfree; }
+
+static int bd_why_nospace(const void *st, uint64_t size, char *buf, size_t len)
+{
+    const bd_hdr_t *x = chdr(st);
+    uint64_t top = csize(x, x->nclasses - 1);
+    if (size <= top) return 0;
+    snprintf(buf, len, "larger than the largest block class (max_block = %llu bytes)",
+             (unsigned long long)top);
+    return 1;
+}
+
+/* ---- check ----------------------------------------------------------------------------- */
+#define BD_FAIL(...)                                                                             \
+    do {                                                                                         \
+        snprintf(msg, msglen, __VA_ARGS__);                                                      \
+        return MP_ECORRUPT;                                                                      \
+    } while (0)
+
+typedef unsigned long long ull;
+
+static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
+{
+    if (len < BD_CLS_OFF) BD_FAIL("state too short: %llu bytes", (ull)len);
+    const mp_head_t *h = st;
+    if (h->magic != MP_STATE_MAGIC) BD_FAIL("bad state magic 0x%08x", h->magic);
+    if (h->kind != MP_KIND_BUDDY) BD_FAIL("state is of kind %u, not buddy", h->kind);
+    if (h->version != MP_STATE_VERSION) BD_FAIL("state version %u, expected %u", h->version,
+                                                MP_STATE_VERSION);
+    /* B1 */
+    bd_plan_t P;
+    if (!bd_make_plan(h->param[0], h->param[1], h->param[2], h->param[3], &P) ||
+        P.max_block != h->param[2])
+        BD_FAIL("bad parameters: capacity %llu, min_block %llu, max_block %llu, fanout %llu",
+                (ull)h->param[0], (ull)h->param[1], (ull)h->param[2], (ull)h->param[3]);
+    if (h->state_size != P.size || len < P.size)
+        BD_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
+                (ull)len, (ull)P.size);
+    if (h->capacity != P.usable) BD_FAIL("capacity %llu, parameters give %llu",
+                                         (ull)h->capacity, (ull)P.usable);
+    const bd_hdr_t *x = chdr(st);
+    if (x->min_shift != P.min_shift || x->fan_shift != P.fan_shift ||
+        x->nclasses != P.nclasses || x->nslots != P.nslots || x->nwords != P.nwords ||
+        x->words_off != P.words_off || x->req_off != P.req_off || x->tag_off != P.tag_off)
+        BD_FAIL("buddy header does not match the parameters");
+    const bd_class_t *C = ccls(st);
+    uint32_t K = P.nclasses, fs = P.fan_shift;
+    for (uint32_t k = 0; k < K; k++)
+        if (C[k].nbits != P.cls[k].nbits || C[k].nlevels != P.cls[k].nlevels ||
+            memcmp(C[k].lvl, P.cls[k].lvl, sizeof C[k].lvl) != 0)
+            BD_FAIL("class %u table does not match the parameters", k);
+    /* B2 */
+    const uint64_t *w = cwords(st);
+    uint64_t total = 0, nonempty = 0;
+    for (uint32_t k = 0; k < K; k++) {
+        const bd_class_t *c = &C[k];
+        uint64_t nb = c->nbits, cnt = 0;
+        for (uint32_t l = 0; l < c->nlevels; l++) {
+            uint64_t nw = words_for(nb);
+            const uint64_t *lv = w + c->lvl[l];
+            for (uint64_t q = 0; q < nw; q++) {
+                uint64_t valid = (q + 1) * 64 <= nb ? ~0ull : range_mask(0, nb - q * 64);
+                if (lv[q] & ~valid) BD_FAIL("class %u level %u: bits beyond the end", k, l);
+                if (l == 0) cnt += (uint64_t)__builtin_popcountll(lv[q]);
+                if (l + 1 < c->nlevels) {
+                    const uint64_t *up = w + c->lvl[l + 1];
+                    int bit = (int)((up[q >> 6] >> (q & 63)) & 1);
+                    if (bit != (lv[q] != 0))
+                        BD_FAIL("class %u level %u: summary bit of word %llu is wrong", k, l + 1,
+                                (ull)q);
+                }
+            }
+            nb = nw;
+        }
+        if (cnt != c->nfree) BD_FAIL("class %u holds %llu free blocks, count says %llu", k,
+                                     (ull)cnt, (ull)c->nfree);
+        total += cnt;
+        if (cnt) nonempty |= (uint64_t)1 << k;
+    }
+    if (total != x->nfree) BD_FAIL("%llu free blocks, count says %llu", (ull)total,
+                                   (ull)x->nfree);
+    if (nonempty != x->nonempty) BD_FAIL("non-empty classes bitmap 0x%llx, expected 0x%llx",
+                                         (ull)x->nonempty, (ull)nonempty);
+    /* B4 */
+    uint64_t f = (uint64_t)1 << fs;
+    for (uint32_t k = 0; k + 1 < K; k++) {
+        const bd_class_t *c = &C[k];
+        for (uint64_t g = 0; g + f <= c->nbits; g += f)
+            if (hb_count_range(w, c, g, f) == f)
+                BD_FAIL("class %u: the %llu buddies at block %llu are free but not merged", k,
+                        (ull)f, (ull)g);
+    }
+    /* B3, B5: the tiling */
+    const uint8_t *t = ctags(st);
+    const uint64_t *rq = creqs(st);
+    uint64_t j = 0, blocks = 0, live = 0, used = 0, requested = 0;
+    while (j < P.nslots) {
+        uint32_t k;
+        if (t[j]) {
+            if (t[j] > K) BD_FAIL("slot %llu: tag %u beyond %u classes", (ull)j, t[j], K);
+            k = t[j] - 1u;
+            if (rq[j] == 0 || rq[j] > csize(x, k))
+                BD_FAIL("block at slot %llu: %llu bytes asked for a class of %llu", (ull)j,
+                        (ull)rq[j], (ull)csize(x, k));
+            if ((j >> cshift(x, k)) >= C[k].nbits || (j & (((uint64_t)1 << cshift(x, k)) - 1)))
+                BD_FAIL("allocated block at slot %llu: class %u is misplaced", (ull)j, k);
+            if (hb_test(w, &C[k], j >> cshift(x, k)))
+                BD_FAIL("block at slot %llu is both allocated and free", (ull)j);
+            live++;
+            used += csize(x, k);
+            requested += rq[j];
+        } else {
+            if (rq[j]) BD_FAIL("slot %llu: a request without a block", (ull)j);
+            int fk = free_class_at(st, j);
+            if (fk < 0) BD_FAIL("slot %llu is neither allocated nor in a free block", (ull)j);
+            k = (uint32_t)fk;
+            blocks++;
+        }
+        uint64_t span = (uint64_t)1 << cshift(x, k);
+        for (uint64_t s = j + 1; s < j + span; s++)
+            if (t[s] || rq[s]) BD_FAIL("slot %llu inside the block at slot %llu is tagged",
+                                       (ull)s, (ull)j);
+        j += span;
+    }
+    if (blocks != total) BD_FAIL("%llu free blocks tile the span, the bitmaps hold %llu",
+                                 (ull)blocks, (ull)total);
+    if (live != h->live) BD_FAIL("%llu live blocks, count says %llu", (ull)live, (ull)h->live);
+    if (used != h->used || requested != h->requested)
+        BD_FAIL("live blocks hold %llu bytes (%llu asked for), head says %llu (%llu)", (ull)used,
+                (ull)requested, (ull)h->used, (ull)h->requested);
+    if (h->peak_used < h->used) BD_FAIL("peak_used below used");
+    if (h->high_water > h->capacity) BD_FAIL("high_water beyond capacity");
+    /* the pad bytes after the tags */
+    for (uint64_t s = P.nslots; s < ((P.nslots + 7) & ~(uint64_t)7); s++)
+        if (t[s]) BD_FAIL("tag padding is not zero");
+    return MP_OK;
+}
+
+const mp_ops_t mp_buddy_ops = {
+    .name = "buddy",
+    .kind = MP_KIND_BUDDY,
+    .alloc = bd_alloc,
+    .free = bd_free,
+    .realloc = bd_realloc,
+    .size_of = bd_size_of,
+    .reset = bd_reset,
+    .check = bd_check,
+    .walk = bd_walk,
+    .largest_free = bd_largest,
+    .available = bd_available,
+    .free_ranges = bd_free_ranges,
+    .why_nospace = bd_why_nospace,
+};
