@@ -51,9 +51,9 @@
  *      capacity, min_block, max_block, fanout) give; head.capacity is the usable
  *      span; state_size matches.
  *  B2. Level 0 of class k has no bits at or beyond nbits(k); bit w of level l+1
- *      is set iff word w of level l is non-zero (no other bits); cls[k].nfree ==
- *      popcount of level 0; hdr.nfree == the sum; hdr.nonempty bit k iff
- *      cls[k].nfree > 0, no bits at or above K.
+ *      is set iff word w of level l is non-zero (no other bits); hdr.nfree == the
+ *      level-0 bits of all classes; hdr.nonempty bit k iff class k has one, no
+ *      bits at or above K.
  *  B3. The allocated blocks (tags) and the free blocks (bits) tile the usable
  *      span exactly: every block lies inside it and is aligned to its size; no
  *      slot inside a block carries a tag, a request or another block's bit.
@@ -67,17 +67,17 @@
 
 #include "mempool.h"
 
-enum { BD_MAX_LEVELS = 8, BD_MAX_CLASSES = 64 };
-#define BD_MAX_SLOTS ((uint64_t)1 << 40)
+enum { BD_MAX_LEVELS = 6, BD_MAX_CLASSES = 64 };
+#define BD_MAX_SLOTS ((uint64_t)1 << 36) /* 6 levels of 64-bit words */
 #define BD_NONE UINT64_MAX
 
 typedef struct bd_class {
     uint64_t nbits;               /* blocks of this class inside the usable span */
-    uint64_t nfree;               /* free blocks of this class (level-0 bits)    */
     uint64_t lvl[BD_MAX_LEVELS];  /* word offset of each level in words[]        */
     uint32_t nlevels;             /* levels; the last has exactly one word       */
     uint32_t pad;
 } bd_class_t;
+_Static_assert(sizeof(bd_class_t) == 64, "class entries are indexed by shifting");
 
 typedef struct bd_hdr {
     uint32_t min_shift; /* log2(min_block)                                  */
@@ -192,28 +192,31 @@ static inline int hb_test(const uint64_t *w, const bd_class_t *c, uint64_t i)
     return (int)((w[c->lvl[0] + (i >> 6)] >> (i & 63)) & 1);
 }
 
-/* OR `bits` into word `wi` of level l, propagating a new non-zero word upwards. */
+/* OR `bits` (non-zero) into word `wi` of level l, propagating a new non-zero word
+ * upwards. */
 static inline void hb_or(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi, uint64_t bits)
 {
     for (;;) {
         uint64_t *p = &w[c->lvl[l] + wi];
         uint64_t was = *p;
         *p = was | bits;
-        if (was || !bits || ++l == c->nlevels) return;
+        if (was || ++l == c->nlevels) return;
         bits = (uint64_t)1 << (wi & 63);
         wi >>= 6;
     }
 }
 
-/* Clear `bits` in word `wi` of level l, propagating a word that became zero. */
-static inline void hb_andnot(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi,
-                             uint64_t bits)
+/* Clear `bits` in word `wi` of level l, propagating a word that became zero.
+ * Returns 1 when the class has no set bit left (its top word is zero). */
+static inline int hb_andnot(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi,
+                            uint64_t bits)
 {
     for (;;) {
         uint64_t *p = &w[c->lvl[l] + wi];
-        uint64_t was = *p;
-        *p = was & ~bits;
-        if (!was || *p || ++l == c->nlevels) return;
+        uint64_t v = *p & ~bits;
+        *p = v;
+        if (v) return 0;
+        if (++l == c->nlevels) return 1;
         bits = (uint64_t)1 << (wi & 63);
         wi >>= 6;
     }
@@ -225,7 +228,8 @@ static inline uint64_t range_mask(uint64_t from, uint64_t n) /* bits [from&63, +
     return m << (from & 63);
 }
 
-/* Set / clear level-0 bits [from, from+n) (n >= 1). */
+/* Set / clear level-0 bits [from, from+n) (n >= 1); clear returns 1 when the class
+ * is left empty. */
 static void hb_set_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
 {
     while (n) {
@@ -236,15 +240,17 @@ static void hb_set_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64
         n -= k;
     }
 }
-static void hb_clear_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
+static int hb_clear_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
 {
+    int empty = 0;
     while (n) {
         uint64_t k = 64 - (from & 63);
         if (k > n) k = n;
-        hb_andnot(w, c, 0, from >> 6, range_mask(from, k));
+        empty = hb_andnot(w, c, 0, from >> 6, range_mask(from, k));
         from += k;
         n -= k;
     }
+    return empty;
 }
 
 /* Set bits in [from, from+n). */
@@ -328,82 +334,100 @@ static uint64_t hb_first_strided(const uint64_t *w, const bd_class_t *c, uint64_
 }
 
 /* ---- free-set bookkeeping ------------------------------------------------------------ */
-static inline void put_free(void *st, uint32_t k, uint64_t i)
+/* Mark children 1..fanout-1 of a split free: `first` is child 0's index in class k. */
+static inline void put_tail_children(uint64_t *w, const bd_class_t *c, uint32_t fs,
+                                     uint64_t first)
 {
-    bd_hdr_t *x = hdr(st);
-    bd_class_t *c = &cls(st)[k];
-    hb_or(words(st), c, 0, i >> 6, (uint64_t)1 << (i & 63));
-    c->nfree++;
-    x->nfree++;
-    x->nonempty |= (uint64_t)1 << k;
-}
-
-static inline void take_free(void *st, uint32_t k, uint64_t i)
-{
-    bd_hdr_t *x = hdr(st);
-    bd_class_t *c = &cls(st)[k];
-    hb_andnot(words(st), c, 0, i >> 6, (uint64_t)1 << (i & 63));
-    c->nfree--;
-    x->nfree--;
-    if (!c->nfree) x->nonempty &= ~((uint64_t)1 << k);
-}
-
-/* Mark children 1..fanout-1 of (k, i*fanout) free: the tail of a split. */
-static inline void put_tail_children(void *st, uint32_t k, uint64_t first)
-{
-    bd_hdr_t *x = hdr(st);
-    bd_class_t *c = &cls(st)[k];
-    uint64_t n = ((uint64_t)1 << x->fan_shift) - 1;
-    if (n < 64 && ((first + 1) & 63) + n <= 64) /* one word: the common case */
-        hb_or(words(st), c, 0, (first + 1) >> 6, range_mask(first + 1, n));
+    uint64_t n = ((uint64_t)1 << fs) - 1;
+    if (fs <= 6) /* the group lies in one word */
+        hb_or(w, c, 0, first >> 6, range_mask(first + 1, n));
     else
-        hb_set_range(words(st), c, first + 1, n);
-    c->nfree += n;
-    x->nfree += n;
-    x->nonempty |= (uint64_t)1 << k;
+        hb_set_range(w, c, first + 1, n);
 }
 
 /* Take free block (k, i) and split it down to class k0 (its first descendant). */
-static void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
-{
-    uint32_t fs = hdr(st)->fan_shift;
-    take_free(st, k, i);
-    while (k > k0) {
-        k--;
-        i <<= fs;
-        put_tail_children(st, k, i);
-    }
-}
-
-/* Give block (k, i) back, merging complete sibling groups upwards.  Block (k, i)
- * itself is not in the free set (allocated, or the path of a shrink). */
-static void release(void *st, uint32_t k, uint64_t i)
+static inline void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
 {
     bd_hdr_t *x = hdr(st);
     uint64_t *w = words(st);
-    uint32_t fs = x->fan_shift, top = x->nclasses - 1;
-    uint64_t f = (uint64_t)1 << fs;
-    while (k < top) {
-        bd_class_t *c = &cls(st)[k];
-        uint64_t g = i & ~(f - 1);
-        uint64_t others;
-        if (f <= 64) {
-            uint64_t m = range_mask(g, f) & ~((uint64_t)1 << (i & 63));
-            if ((w[c->lvl[0] + (g >> 6)] & m) != m) break;
-            hb_andnot(w, c, 0, g >> 6, m);
-            others = f - 1;
-        } else { /* a group spans whole words: it must lie inside the class */
-            if (g + f > c->nbits || hb_count_range(w, c, g, f) != f - 1) break;
-            hb_clear_range(w, c, g, f);
-            others = f - 1;
+    const bd_class_t *c = ccls(st) + k;
+    uint32_t fs = x->fan_shift, levels = k - k0;
+    uint64_t nonempty = x->nonempty;
+    if (hb_andnot(w, c, 0, i >> 6, (uint64_t)1 << (i & 63))) nonempty &= ~((uint64_t)1 << k);
+    if (fs <= 6) { /* each level: one word of the class below (+ its summary) */
+        uint64_t tail = (((uint64_t)1 << ((1u << fs) - 1)) - 1) << 1; /* children 1..f-1 */
+        for (uint32_t n = levels; n; n--) {
+            c--;
+            i <<= fs;
+            uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, was = *p;
+            *p = was | (tail << (i & 63));
+            if (!was && c->nlevels > 1) hb_or(w, c, 1, wi >> 6, (uint64_t)1 << (wi & 63));
         }
-        c->nfree -= others;
-        x->nfree -= others;
-        if (!c->nfree) x->nonempty &= ~((uint64_t)1 << k);
-        i >>= fs;
-        k++;
+    } else {
+        for (uint32_t n = levels; n; n--) {
+            c--;
+            i <<= fs;
+            put_tail_children(w, c, fs, i);
+        }
     }
-    put_free(st, k, i);
+    x->nonempty = nonempty | ((((uint64_t)1 << levels) - 1) << k0);
+    x->nfree += (uint64_t)levels * (((uint64_t)1 << fs) - 1) - 1;
+}
+
+/* Clear the fanout-1 siblings of (k, i) (all free); 1 when class k is left empty. */
+static inline int take_siblings(uint64_t *w, const bd_class_t *c, uint32_t fs, uint64_t i)
+{
+    uint64_t f = (uint64_t)1 << fs, g = i & ~(f - 1);
+    if (fs <= 6)
+        return hb_andnot(w, c, 0, g >> 6, range_mask(g, f) & ~((uint64_t)1 << (i & 63)));
+    int empty = 0;
+    if (i > g) empty = hb_clear_range(w, c, g, i - g);
+    if (g + f > i + 1) empty = hb_clear_range(w, c, i + 1, g + f - i - 1);
+    return empty;
+}
+
+/* Are the fanout-1 siblings of (k, i) all free?  (Bits beyond nbits are zero, so a
+ * group that does not lie inside the class never is.) */
+static inline int siblings_free(const uint64_t *w, const bd_class_t *c, uint32_t fs, uint64_t i)
+{
+    uint64_t f = (uint64_t)1 << fs, g = i & ~(f - 1);
+    if (fs <= 6) {
+        uint64_t m = range_mask(g, f) & ~((uint64_t)1 << (i & 63));
+        return (w[c->lvl[0] + (g >> 6)] & m) == m;
+    }
+    if (g + f > c->nbits) return 0; /* whole words: stay inside the class */
+    return hb_count_range(w, c, g, f) - (uint64_t)hb_test(w, c, i) == f - 1;
+}
+
+/* Give block (k, i) back (it is not in the free set), merging complete sibling groups
+ * upwards. */
+static inline void release(void *st, uint32_t k, uint64_t i)
+{
+    bd_hdr_t *x = hdr(st);
+    uint64_t *w = words(st);
+    const bd_class_t *c = ccls(st) + k;
+    uint32_t fs = x->fan_shift, top = x->nclasses - 1, merged = 0;
+    uint64_t nonempty = x->nonempty, f = (uint64_t)1 << fs;
+    if (fs <= 6) { /* a sibling group lies in one word */
+        uint64_t fm = fs == 6 ? ~0ull : ((uint64_t)1 << f) - 1;
+        for (; k < top; k++, c++, i >>= fs) {
+            uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, v = *p;
+            uint64_t m = (fm << (i & 63 & ~(f - 1))) & ~((uint64_t)1 << (i & 63));
+            if ((v & m) != m) break;
+            *p = v &= ~m;
+            if (!v && (c->nlevels == 1 || hb_andnot(w, c, 1, wi >> 6, (uint64_t)1 << (wi & 63))))
+                nonempty &= ~((uint64_t)1 << k);
+            merged++;
+        }
+    } else {
+        for (; k < top && siblings_free(w, c, fs, i); k++, c++, i >>= fs) {
+            if (take_siblings(w, c, fs, i)) nonempty &= ~((uint64_t)1 << k);
+            merged++;
+        }
+    }
+    hb_or(w, c, 0, i >> 6, (uint64_t)1 << (i & 63));
+    x->nonempty = nonempty | ((uint64_t)1 << k);
+    x->nfree = x->nfree + 1 - (uint64_t)merged * (f - 1);
 }
 
 /* ---- the strategy ------------------------------------------------------------------ */
@@ -422,7 +446,6 @@ static void bd_reset(void *st)
     memset(words(st), 0, 8 * x->nwords);
     memset(reqs(st), 0, 8 * x->nslots);
     memset(tags(st), 0, (x->nslots + 7) & ~(uint64_t)7);
-    for (uint32_t k = 0; k < K; k++) cls(st)[k].nfree = 0;
     x->nonempty = 0;
     x->nfree = 0;
     /* greedy carving from offset 0: the base-fanout digits of nslots */
@@ -430,9 +453,7 @@ static void bd_reset(void *st)
     for (uint32_t k = K; k-- > 0;) {
         uint64_t n = (x->nslots - p) >> (k * fs);
         if (!n) continue;
-        bd_class_t *c = &cls(st)[k];
-        hb_set_range(words(st), c, p >> (k * fs), n);
-        c->nfree = n;
+        hb_set_range(words(st), &cls(st)[k], p >> (k * fs), n);
         x->nfree += n;
         x->nonempty |= (uint64_t)1 << k;
         p += n << (k * fs);
@@ -481,17 +502,21 @@ uint64_t mp_buddy_class_size(const void *st, unsigned k)
 }
 
 /* The smallest class whose blocks hold `size`; MP_EINVAL for 0 or beyond max_block. */
-int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k)
+static inline int class_of(const bd_hdr_t *x, uint64_t size, unsigned *k)
 {
-    const bd_hdr_t *x = chdr(st);
     if (size == 0 || size > csize(x, x->nclasses - 1)) return MP_EINVAL;
     if (size <= ((uint64_t)1 << x->min_shift)) {
         *k = 0;
         return MP_OK;
     }
-    uint32_t bits = (uint32_t)msb64(size - 1) + 1; /* ceil(log2(size)) */
-    *k = (bits - x->min_shift + x->fan_shift - 1) / x->fan_shift;
+    uint32_t above = (uint32_t)msb64(size - 1) + 1 - x->min_shift; /* ceil(log2(size)) - ms */
+    *k = x->fan_shift == 1 ? above : (above + x->fan_shift - 1) / x->fan_shift;
     return MP_OK;
+}
+
+int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k)
+{
+    return class_of(chdr(st), size, k);
 }
 
 static inline void note_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_t req)
@@ -533,9 +558,17 @@ static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
     bd_hdr_t *x = hdr(st);
     unsigned k0;
-    if (mp_buddy_class_of(st, size, &k0)) return MP_ENOSPACE;
+    if (class_of(x, size, &k0)) return MP_ENOSPACE;
     uint32_t k;
-    uint64_t i = bd_find(st, k0, align, &k);
+    uint64_t i;
+    if (align <= csize(x, k0)) { /* every block of class >= k0 is aligned */
+        uint64_t mask = x->nonempty & (~0ull << k0);
+        if (!mask) return MP_ENOSPACE;
+        k = (uint32_t)ctz64(mask);
+        i = hb_first(words(st), &ccls(st)[k]);
+    } else {
+        i = bd_find(st, k0, align, &k);
+    }
     if (i == BD_NONE) return MP_ENOSPACE;
     take_and_split(st, k, i, k0);
     uint64_t j = i << cshift(x, k); /* slot */
@@ -587,12 +620,7 @@ static uint32_t merge_reach(const void *st, uint32_t k, uint64_t i, uint64_t *at
     const bd_hdr_t *x = chdr(st);
     const uint64_t *w = cwords(st);
     uint32_t fs = x->fan_shift;
-    uint64_t f = (uint64_t)1 << fs;
-    while (k + 1 < x->nclasses) {
-        const bd_class_t *c = &ccls(st)[k];
-        uint64_t g = i & ~(f - 1);
-        /* (k, i) itself is not free: the others must be */
-        if (g + f > c->nbits || hb_count_range(w, c, g, f) != f - 1) break;
+    while (k + 1 < x->nclasses && siblings_free(w, &ccls(st)[k], fs, i)) {
         i >>= fs;
         k++;
     }
@@ -609,7 +637,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
     bd_hdr_t *x = hdr(st);
     uint32_t k = tags(st)[j] - 1u, fs = x->fan_shift;
     unsigned kn;
-    if (mp_buddy_class_of(st, size, &kn)) return MP_ENOSPACE;
+    if (class_of(x, size, &kn)) return MP_ENOSPACE;
     uint64_t old_req = reqs(st)[j];
     *out = offset;
     if (kn == k) { /* same class */
@@ -621,8 +649,10 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         uint64_t i = j >> cshift(x, k);
         for (uint32_t l = k; l > kn; l--) {
             i <<= fs;
-            put_tail_children(st, l - 1, i);
+            put_tail_children(words(st), &ccls(st)[l - 1], fs, i);
         }
+        x->nonempty |= (((uint64_t)1 << (k - kn)) - 1) << kn;
+        x->nfree += (uint64_t)(k - kn) * (((uint64_t)1 << fs) - 1);
         tags(st)[j] = (uint8_t)(kn + 1);
         reqs(st)[j] = size;
         h->used -= csize(x, k) - csize(x, kn);
@@ -631,22 +661,14 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
     }
     /* grow in place: the first descendant of its class-kn ancestor, the rest free */
     const uint64_t *w = cwords(st);
-    uint64_t f = (uint64_t)1 << fs;
     int in_place = (j & (((uint64_t)1 << cshift(x, kn)) - 1)) == 0;
-    for (uint32_t l = k; in_place && l < kn; l++) {
-        uint64_t i = j >> cshift(x, l);
-        in_place = i + f <= ccls(st)[l].nbits &&
-                   hb_count_range(w, &ccls(st)[l], i + 1, f - 1) == f - 1;
-    }
+    for (uint32_t l = k; in_place && l < kn; l++)
+        in_place = siblings_free(w, &ccls(st)[l], fs, j >> cshift(x, l));
     if (in_place) {
-        for (uint32_t l = k; l < kn; l++) {
-            uint64_t i = j >> cshift(x, l);
-            bd_class_t *c = &cls(st)[l];
-            hb_clear_range(words(st), c, i + 1, f - 1);
-            c->nfree -= f - 1;
-            x->nfree -= f - 1;
-            if (!c->nfree) x->nonempty &= ~((uint64_t)1 << l);
-        }
+        for (uint32_t l = k; l < kn; l++)
+            if (take_siblings(words(st), &ccls(st)[l], fs, j >> cshift(x, l)))
+                x->nonempty &= ~((uint64_t)1 << l);
+        x->nfree -= (uint64_t)(kn - k) * (((uint64_t)1 << fs) - 1);
         tags(st)[j] = (uint8_t)(kn + 1);
         reqs(st)[j] = size;
         uint64_t grow = csize(x, kn) - csize(x, k);
@@ -793,8 +815,6 @@ static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
             }
             nb = nw;
         }
-        if (cnt != c->nfree) BD_FAIL("class %u holds %llu free blocks, count says %llu", k,
-                                     (ull)cnt, (ull)c->nfree);
         total += cnt;
         if (cnt) nonempty |= (uint64_t)1 << k;
     }

@@ -104,9 +104,9 @@ static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
         }
         max_block = m;
     }
-    if (capacity / min_block > ((uint64_t)1 << 40)) {
+    if (capacity / min_block > ((uint64_t)1 << 36)) {
         PyErr_Format(PyExc_ValueError,
-                     "capacity // min_block must be <= 2**40 blocks, got %llu",
+                     "capacity // min_block must be <= 2**36 blocks, got %llu",
                      (unsigned long long)(capacity / min_block));
         return NULL;
     }
