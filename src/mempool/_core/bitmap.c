@@ -42,7 +42,8 @@
  *
  * Invariants (checked by bm_check):
  *  M1. The header equals what the parameters (head.param[0..2]: capacity,
- *      block_size, first_fit) give; head.capacity == N * block_size.
+ *      block_size, first_fit) give; head.capacity == N * block_size;
+ *      param[3..5] are 0.
  *  M2. Padding: bits at or beyond N are 1 in used (searches stop there), 0 in
  *      start; waste fields at or beyond N are 0.
  *  M3. start is a subset of used, and every used block that follows a free block
@@ -527,6 +528,7 @@ static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
     uint64_t N = x->nblocks, B = x->block_size, NW = x->nwords;
     if (h->capacity != N * B) BM_FAIL("capacity %llu, parameters give %llu", (ull)h->capacity,
                                       (ull)(N * B));
+    if (h->param[3] || h->param[4] || h->param[5]) BM_FAIL("unused parameters are not zero");
     const uint64_t *used = cusedmap(st), *start = cstartmap(st), *wm = cwastemap(st);
     /* M2 */
     uint64_t pad = (N & 63) ? ~0ull << (N & 63) : 0;

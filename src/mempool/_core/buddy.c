@@ -49,7 +49,7 @@
  * Invariants (checked by bd_check):
  *  B1. The header and class table equal what the parameters (head.param[0..3]:
  *      capacity, min_block, max_block, fanout) give; head.capacity is the usable
- *      span; state_size matches.
+ *      span; state_size matches; head.cursor and param[4..5] are 0 (unused).
  *  B2. Level 0 of class k has no bits at or beyond nbits(k); bit w of level l+1
  *      is set iff word w of level l is non-zero (no other bits); hdr.nfree == the
  *      level-0 bits of all classes; hdr.nonempty bit k iff class k has one, no
@@ -781,16 +781,17 @@ static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
                 (ull)len, (ull)P.size);
     if (h->capacity != P.usable) BD_FAIL("capacity %llu, parameters give %llu",
                                          (ull)h->capacity, (ull)P.usable);
+    if (h->cursor || h->param[4] || h->param[5]) BD_FAIL("unused head fields are not zero");
     const bd_hdr_t *x = chdr(st);
     if (x->min_shift != P.min_shift || x->fan_shift != P.fan_shift ||
         x->nclasses != P.nclasses || x->nslots != P.nslots || x->nwords != P.nwords ||
-        x->words_off != P.words_off || x->req_off != P.req_off || x->tag_off != P.tag_off)
+        x->words_off != P.words_off || x->req_off != P.req_off || x->tag_off != P.tag_off ||
+        x->pad)
         BD_FAIL("buddy header does not match the parameters");
     const bd_class_t *C = ccls(st);
     uint32_t K = P.nclasses, fs = P.fan_shift;
     for (uint32_t k = 0; k < K; k++)
-        if (C[k].nbits != P.cls[k].nbits || C[k].nlevels != P.cls[k].nlevels ||
-            memcmp(C[k].lvl, P.cls[k].lvl, sizeof C[k].lvl) != 0)
+        if (memcmp(&C[k], &P.cls[k], sizeof C[k]) != 0)
             BD_FAIL("class %u table does not match the parameters", k);
     /* B2 */
     const uint64_t *w = cwords(st);
