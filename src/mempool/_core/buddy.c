@@ -104,6 +104,13 @@ typedef struct bd_plan {
 } bd_plan_t;
 
 static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
+
+/* BIT[n] == 1 << n: a load instead of a variable shift in the split/merge loops */
+#define B4(n) 1ull << (n), 1ull << ((n) + 1), 1ull << ((n) + 2), 1ull << ((n) + 3)
+#define B16(n) B4(n), B4((n) + 4), B4((n) + 8), B4((n) + 12)
+static const uint64_t BIT[64] = {B16(0), B16(16), B16(32), B16(48)};
+#undef B16
+#undef B4
 static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
 static inline uint64_t words_for(uint64_t bits) { return (bits + 63) >> 6; }
 
@@ -361,7 +368,11 @@ static inline void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
             i <<= fs;
             uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, was = *p;
             *p = was | (tail << (i & 63));
-            if (!was && c->nlevels > 1) hb_or(w, c, 1, wi >> 6, (uint64_t)1 << (wi & 63));
+            if (!was) { /* a word became non-zero: its summary bit */
+                uint32_t nl = c->nlevels;
+                if (nl == 2) w[c->lvl[1]] |= BIT[wi]; /* wi < 64 */
+                else if (nl > 2) hb_or(w, c, 1, wi >> 6, BIT[wi & 63]);
+            }
         }
     } else {
         for (uint32_t n = levels; n; n--) {
@@ -406,28 +417,43 @@ static inline void release(void *st, uint32_t k, uint64_t i)
     bd_hdr_t *x = hdr(st);
     uint64_t *w = words(st);
     const bd_class_t *c = ccls(st) + k;
-    uint32_t fs = x->fan_shift, top = x->nclasses - 1, merged = 0;
+    uint32_t fs = x->fan_shift, top = x->nclasses - 1, k1 = k;
     uint64_t nonempty = x->nonempty, f = (uint64_t)1 << fs;
-    if (fs <= 6) { /* a sibling group lies in one word */
-        uint64_t fm = fs == 6 ? ~0ull : ((uint64_t)1 << f) - 1;
+    if (fs == 1) { /* binary: the sibling is one bit */
+        uint64_t kbit = (uint64_t)1 << k;
+        for (; k < top; k++, c++, i >>= 1, kbit <<= 1) {
+            uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, v = *p;
+            uint64_t m = BIT[(i ^ 1) & 63];
+            if (!(v & m)) break;
+            *p = v ^= m;
+            if (!v) {
+                uint32_t nl = c->nlevels;
+                if (nl == 1 || (nl == 2 ? !(w[c->lvl[1]] &= ~BIT[wi])
+                                        : hb_andnot(w, c, 1, wi >> 6, BIT[wi & 63])))
+                    nonempty &= ~kbit;
+            }
+        }
+    } else if (fs <= 6) { /* a sibling group lies in one word */
+        uint64_t fm = fs == 6 ? ~0ull : ((uint64_t)1 << f) - 1, gm = 63 & ~(f - 1);
         for (; k < top; k++, c++, i >>= fs) {
             uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, v = *p;
-            uint64_t m = (fm << (i & 63 & ~(f - 1))) & ~((uint64_t)1 << (i & 63));
+            uint64_t m = (fm << (i & gm)) ^ ((uint64_t)1 << (i & 63));
             if ((v & m) != m) break;
-            *p = v &= ~m;
-            if (!v && (c->nlevels == 1 || hb_andnot(w, c, 1, wi >> 6, (uint64_t)1 << (wi & 63))))
-                nonempty &= ~((uint64_t)1 << k);
-            merged++;
+            *p = v ^= m;
+            if (!v) {
+                uint32_t nl = c->nlevels;
+                if (nl == 1 || (nl == 2 ? !(w[c->lvl[1]] &= ~((uint64_t)1 << wi))
+                                        : hb_andnot(w, c, 1, wi >> 6, (uint64_t)1 << (wi & 63))))
+                    nonempty &= ~((uint64_t)1 << k);
+            }
         }
     } else {
-        for (; k < top && siblings_free(w, c, fs, i); k++, c++, i >>= fs) {
+        for (; k < top && siblings_free(w, c, fs, i); k++, c++, i >>= fs)
             if (take_siblings(w, c, fs, i)) nonempty &= ~((uint64_t)1 << k);
-            merged++;
-        }
     }
     hb_or(w, c, 0, i >> 6, (uint64_t)1 << (i & 63));
     x->nonempty = nonempty | ((uint64_t)1 << k);
-    x->nfree = x->nfree + 1 - (uint64_t)merged * (f - 1);
+    x->nfree = x->nfree + 1 - (uint64_t)(k - k1) * (f - 1);
 }
 
 /* ---- the strategy ------------------------------------------------------------------ */
