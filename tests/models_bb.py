@@ -126,17 +126,17 @@ class BuddyModel:
             return off
         if kn < k:
             i = off // self.sizes[k]
-            for l in range(k, kn, -1):
+            for c in range(k, kn, -1):
                 i *= self.f
-                self.free[l - 1].update(range(i + 1, i + self.f))
+                self.free[c - 1].update(range(i + 1, i + self.f))
             self.live[off] = (kn, size)
             return off
         if off % self.sizes[kn] == 0 and all(
-            set(range(off // self.sizes[l] + 1, off // self.sizes[l] + self.f)) <= self.free[l]
-            for l in range(k, kn)
+            set(range(off // self.sizes[c] + 1, off // self.sizes[c] + self.f)) <= self.free[c]
+            for c in range(k, kn)
         ):
-            for l in range(k, kn):
-                self.free[l] -= set(range(off // self.sizes[l] + 1, off // self.sizes[l] + self.f))
+            for c in range(k, kn):
+                self.free[c] -= set(range(off // self.sizes[c] + 1, off // self.sizes[c] + self.f))
             self.live[off] = (kn, size)
             self._note(off, kn)
             return off

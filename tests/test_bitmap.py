@@ -148,7 +148,7 @@ def test_realloc_in_place_and_shrink():
 
 def test_realloc_moves_and_may_overlap():
     s = Bitmap(100, 1, first_fit=True)
-    a, b, c, d = s.alloc(10), s.alloc(10), s.alloc(10), s.alloc(10)
+    a, b, c, _ = s.alloc(10), s.alloc(10), s.alloc(10), s.alloc(10)
     s.free(a)
     assert s.realloc(b, 15) == 0  # freed first, then the lowest run: overlaps itself
     assert s.segments()[:3] == [(0, 15, True), (15, 5, False), (20, 10, True)]
@@ -161,7 +161,9 @@ def test_realloc_moves_and_may_overlap():
 def test_failed_grow_keeps_the_original():
     # the seed had already freed it
     s = Bitmap(30, 1)
-    a, b, c = s.alloc(10), s.alloc(10), s.alloc(10)
+    s.alloc(10)
+    b = s.alloc(10)
+    s.alloc(10)
     unchanged(s, lambda: s.realloc(b, 25), mempool.OutOfSpace)
     assert s.size_of(b) == 10
 

@@ -6,10 +6,17 @@ from __future__ import annotations
 import copy
 
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+from models_bb import BitmapModel
 
 import mempool
-from models_bb import BitmapModel
 
 ALIGNS = st.sampled_from([1, 1, 1, 2, 8, 16, 64, 256, 1024, 1 << 20])
 
@@ -80,7 +87,8 @@ class BitmapMachine(RuleBasedStateMachine):
         self._unchanged(lambda: self.s.realloc(bad, 1), mempool.NotAllocated)
 
     @precondition(lambda self: self.s is not None)
-    @rule(target=runs, off=consumes(runs), nblocks=st.one_of(st.integers(1, 8), st.integers(1, 700)),
+    @rule(target=runs, off=consumes(runs),
+          nblocks=st.one_of(st.integers(1, 8), st.integers(1, 700)),
           rest=st.integers(0, 4095), align=ALIGNS)
     def realloc(self, off, nblocks, rest, align):
         if off is None or off % self.m.B or off // self.m.B not in self.m.runs:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import copy
 
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+)
+from models_bb import BuddyModel
 
 import mempool
-from models_bb import BuddyModel
 
 ALIGNS = st.sampled_from([1, 1, 1, 2, 16, 64, 256, 1024, 4096, 1 << 20])
 
