@@ -74,7 +74,12 @@ class BuddyModel:
         self.high_water = max(self.high_water, off + self.sizes[k])
 
     def _find(self, k0: int, align: int) -> tuple[int, int] | None:
-        for k in range(k0, self.K):
+        if align <= self.sizes[-1]:  # the smallest non-empty class whose blocks are aligned
+            for k in range(k0, self.K):
+                if self.sizes[k] >= align and self.free[k]:
+                    return k, min(self.free[k])
+            return None
+        for k in range(k0, self.K):  # beyond max_block: offsets that are multiples of align
             c = [i for i in self.free[k] if i * self.sizes[k] % align == 0]
             if c:
                 return k, min(c)

@@ -153,11 +153,21 @@ def test_align_above_class_size_takes_an_aligned_block():
     b = Buddy(1 << 16, min_block=64)
     assert b.alloc(64) == 0
     assert b.alloc(64) == 64
-    # class 0 has no free block at a multiple of 1024: the first class that does
+    # the smallest non-empty class whose blocks are 1024-aligned, split down to 64 bytes
     off = b.alloc(64, align=1024)
     assert off == 1024 and b.size_of(off) == 64
-    # an aligned free block of class 0 exists now (split leftovers are not aligned, 1024+64..)
-    assert b.alloc(64, align=128) == 128
+    assert b.alloc(64, align=128) == 128  # class 1 (128 bytes) has a free block at 128
+    b.check()
+
+
+def test_align_does_not_scan_smaller_classes():
+    b = Buddy(1024, min_block=64)
+    x = b.alloc(64)
+    b.alloc(64)
+    b.alloc(64)  # 0, 64, 128; class 0 has 192 free
+    b.free(x)  # class 0: 0 and 192 free; 0 is 128-aligned but class 0 is not searched
+    assert b.alloc(64, align=128) == 256  # the lowest block of class 2 (256 bytes), split
+    assert b.alloc(64) == 0
     b.check()
 
 

@@ -16,8 +16,9 @@
  *     the class of the size asked for), used / requested / live / available /
  *     largest_free / free_ranges agree, and alloc(largest_free) succeeds on a copy;
  *   - alloc is predicted from the map alone: the smallest free block >= the class
- *     whose offset is a multiple of align, lowest offset among equals; ENOSPACE
- *     exactly when there is none; any failure leaves the state byte for byte;
+ *     and >= align (or, for an align beyond max_block, at a multiple of it), lowest
+ *     offset among equals; ENOSPACE exactly when there is none; any failure leaves
+ *     the state byte for byte;
  *   - realloc: same or smaller class in place; in place growth exactly when the
  *     buddies above the block are free; else the alloc prediction, else what a
  *     free followed by an alloc gives (on a copy), else ENOSPACE, unchanged;
@@ -261,6 +262,9 @@ static uint64_t predict_alloc(const pool_t *p, uint64_t size, uint64_t align)
     unsigned k0;
     if (!class_of(p, size, &k0)) return MP_NO_SPACE;
     uint64_t need = class_size(p, k0), best = MP_NO_SPACE, bsize = 0;
+    /* align <= max_block: a block of a class whose size is >= align (all aligned);
+     * beyond: any block at a multiple of align */
+    if (align <= p->top && align > need) need = align;
     for (size_t k = 0; k < p->nsegs; k++) {
         const seg_t *g = &p->segs[k];
         if (g->alloc || g->size < need || g->off % align) continue;

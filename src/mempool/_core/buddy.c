@@ -13,13 +13,14 @@
  *     blocks that fit: as many class K-1 blocks as fit, then fewer than fanout
  *     blocks of each smaller class (the base-fanout digits of the span).
  *   - alloc(size, align): k0 = the smallest class with size(k0) >= size.  The
- *     first class k >= k0 that has a free block at an offset that is a multiple
- *     of align gives its lowest such block (align <= size(k) holds for every
- *     block of class k: the non-empty classes bitmap and the class's bitmap
- *     answer in O(log n); a larger align searches the class's bitmap with a
- *     stride).  A block of class k > k0 is split: it keeps its offset, it becomes
- *     its first child at each class down to k0, and the other fanout-1 children
- *     at each level go free.
+ *     lowest free block of the smallest non-empty class k >= k0 with size(k) >=
+ *     align (every block of such a class is aligned; the non-empty classes bitmap
+ *     and the class's bitmap answer in O(log n)).  Only an align beyond max_block
+ *     searches instead, class by class from k0, for the lowest free block at a
+ *     multiple of align (a strided search; there are few such offsets).  A block
+ *     of class k > k0 is split: it keeps its offset, it becomes its first child
+ *     at each class down to k0, and the other fanout-1 children at each level go
+ *     free.  So an align above size(k0) costs no memory, only a larger split.
  *   - free(offset): the block goes free; while all fanout siblings of a free
  *     block are free (and the class is below K-1), they merge into their parent.
  *   - realloc: the same class stays; a smaller class keeps the offset and frees
@@ -554,15 +555,31 @@ static inline void note_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_
     if (end > h->high_water) h->high_water = end;
 }
 
-/* The free block alloc(size of class k0, align) takes: class in *kc, index returned. */
+/* The free block alloc(size of class k0, align) takes: class in *kc, index returned.
+ * Every block of a class whose size is >= align is aligned, so:
+ *   align <= max_block: the lowest block of the smallest non-empty class >= k0 whose
+ *     size is >= align (O(log n); smaller classes are not searched for the odd
+ *     aligned block: that would be a scan);
+ *   align > max_block: only offsets that are multiples of align qualify (few: at most
+ *     one per top-level block), so each class from k0 up is searched with a stride
+ *     for its lowest such block. */
 static uint64_t bd_find(const void *st, uint32_t k0, uint64_t align, uint32_t *kc)
 {
     const bd_hdr_t *x = chdr(st);
     uint64_t mask = x->nonempty & (~0ull << k0);
     if (!mask) return BD_NONE;
-    uint32_t k = k0;
-    /* classes whose blocks are smaller than align: only every stride-th block */
-    for (; k < x->nclasses && csize(x, k) < align; k++) {
+    uint32_t top = x->nclasses - 1;
+    if (align <= csize(x, top)) {
+        uint32_t a = (uint32_t)ctz64(align), ka = k0;
+        if (a > x->min_shift + cshift(x, k0))
+            ka = (a - x->min_shift + x->fan_shift - 1) / x->fan_shift;
+        mask &= ~0ull << ka;
+        if (!mask) return BD_NONE;
+        uint32_t k = (uint32_t)ctz64(mask);
+        *kc = k;
+        return hb_first(cwords(st), &ccls(st)[k]);
+    }
+    for (uint32_t k = k0; k <= top; k++) {
         if (!((mask >> k) & 1)) continue;
         uint64_t stride = align >> (x->min_shift + cshift(x, k));
         uint64_t i = hb_first_strided(cwords(st), &ccls(st)[k], stride);
@@ -571,12 +588,7 @@ static uint64_t bd_find(const void *st, uint32_t k0, uint64_t align, uint32_t *k
             return i;
         }
     }
-    if (k >= 64) return BD_NONE;
-    mask &= ~0ull << k;
-    if (!mask) return BD_NONE;
-    k = (uint32_t)ctz64(mask);
-    *kc = k;
-    return hb_first(cwords(st), &ccls(st)[k]);
+    return BD_NONE;
 }
 
 static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
@@ -712,11 +724,13 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         return MP_OK;
     }
     /* move into the block that freeing this one merges into: it is the only new
-     * candidate, and alloc takes its first descendant */
+     * candidate, and alloc takes its first descendant -- if bd_find would take it */
     uint64_t mi;
     uint32_t km = merge_reach(st, k, j >> cshift(x, k), &mi);
     uint64_t moff = (mi << cshift(x, km)) << x->min_shift;
-    if (km < kn || (moff & (align - 1))) return MP_ENOSPACE;
+    int eligible = align <= csize(x, x->nclasses - 1) ? csize(x, km) >= align
+                                                      : (moff & (align - 1)) == 0;
+    if (km < kn || !eligible) return MP_ENOSPACE;
     bd_free(st, offset);
     int rc = bd_alloc(st, size, align, &at);
     if (rc != MP_OK || at != moff) return MP_ECORRUPT; /* unreachable on a valid state */
