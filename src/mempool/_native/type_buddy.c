@@ -214,11 +214,11 @@ static PyTypeObject BuddyType = {
               "min_block and fanout are powers of two (fanout >= 2), so a block is aligned to\n"
               "its size; a larger align takes the lowest block of the smallest non-empty class\n"
               "whose size is >= align and splits it down (a larger split, no memory lost); an\n"
-              "align beyond max_block, the lowest free block at a multiple of it.\n"
-              "The capacity may hold several top-level blocks;\n"
-              "a tail below min_block is unusable: `capacity` is the argument rounded down to\n"
-              "a multiple of min_block.  fanout=4, min_block=1 MiB, max_block=4 GiB gives the\n"
-              "seven classes of hcsshim's VPMem pool.",
+              "align beyond max_block, the lowest free block at a multiple of it.\n\n"
+              "The capacity may hold several top-level blocks; a tail below min_block is\n"
+              "unusable: `capacity` is the argument rounded down to a multiple of min_block.\n"
+              "fanout=4, min_block=1 MiB, max_block=4 GiB gives the seven classes of\n"
+              "hcsshim's VPMem pool.",
 };
 
 int mp_buddy_type_ready(PyObject *module)
