@@ -23,6 +23,9 @@
  *     free.  So an align above size(k0) costs no memory, only a larger split.
  *   - free(offset): the block goes free; while all fanout siblings of a free
  *     block are free (and the class is below K-1), they merge into their parent.
+ *   - The last split is kept as a pending chain instead of being written into the
+ *     bitmaps, so that alloc + free of a lone block is O(1), not two walks over
+ *     the classes (see materialize()).  Nothing observable depends on it.
  *   - realloc: the same class stays; a smaller class keeps the offset and frees
  *     the tail buddies; a larger class grows in place when the block is the first
  *     descendant of its new ancestor and every other part of that ancestor is
@@ -62,6 +65,11 @@
  *  B5. 1 <= req[j] <= size(class) for every allocated block; head.live, used
  *      (sum of class sizes) and requested (sum of req) equal what the walk finds;
  *      peak_used >= used, high_water <= capacity.
+ *  B6. The pending chain (see materialize()): none, and its record is zero; or
+ *      chain_k0 < chain_top < K, chain_slot is a class chain_top block position whose
+ *      slot holds the allocated class-chain_k0 bottom block, its blocks are in no
+ *      bitmap but counted in nfree and nonempty (B2 and B3 count them), and
+ *      chain_prev equals the bitmaps' non-empty bits of classes chain_k0..top-1.
  */
 #include <stdio.h>
 #include <string.h>
@@ -92,6 +100,11 @@ typedef struct bd_hdr {
     uint64_t words_off; /* byte offsets from the start of the state         */
     uint64_t req_off;
     uint64_t tag_off;
+    /* the pending split chain (all 0 when there is none) */
+    uint32_t chain_k0;   /* class of its allocated bottom block              */
+    uint32_t chain_top;  /* class of the block it was split from (> chain_k0) */
+    uint64_t chain_slot; /* slot of the bottom block (= of the split block)  */
+    uint64_t chain_prev; /* hdr.nonempty bits of classes chain_k0..top-1 before it */
 } bd_hdr_t;
 
 #define BD_HDR_OFF ((uint64_t)sizeof(mp_head_t))
@@ -353,36 +366,88 @@ static inline void put_tail_children(uint64_t *w, const bd_class_t *c, uint32_t 
         hb_set_range(w, c, first + 1, n);
 }
 
-/* Take free block (k, i) and split it down to class k0 (its first descendant). */
-static inline void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
+/* ---- the pending split chain -------------------------------------------------------
+ * Splitting block (top, i) down to class k0 frees, at each class l in [k0, top), the
+ * fanout-1 siblings of the block's ancestor there; freeing the block merges them all
+ * back.  Instead of writing those blocks into the bitmaps, the last split is kept as a
+ * record (chain_k0, chain_top, chain_slot): its blocks are free, counted in hdr.nfree
+ * and hdr.nonempty, but not in the bitmaps.  Freeing the bottom block collapses the
+ * whole chain in O(1) (alloc + free of a lone block costs no split or merge walk);
+ * any other change first writes the chain into the bitmaps (materialize), and a call
+ * that fails after that takes it out again (dematerialize), byte for byte.  (The
+ * undo of a failed alloc_many frees in reverse: the same state, but a chain written
+ * out by the batch stays written out -- equal stats, segments and check(), another
+ * snapshot.) */
+typedef struct bd_chain {
+    uint32_t k0, top;
+    uint64_t slot, prev;
+} bd_chain_t;
+
+static inline uint64_t chain_mask(uint32_t k0, uint32_t top)
+{
+    return (((uint64_t)1 << (top - k0)) - 1) << k0;
+}
+
+/* Write the pending chain (if any) into the bitmaps; *saved says what it was. */
+static int materialize(void *st, bd_chain_t *saved)
+{
+    bd_hdr_t *x = hdr(st);
+    if (!x->chain_top) return 0;
+    *saved = (bd_chain_t){x->chain_k0, x->chain_top, x->chain_slot, x->chain_prev};
+    uint64_t *w = words(st);
+    const bd_class_t *c = ccls(st);
+    uint32_t fs = x->fan_shift;
+    for (uint32_t l = saved->k0; l < saved->top; l++) {
+        uint64_t i = saved->slot >> cshift(x, l);
+        if (fs <= 6) { /* the group lies in one word */
+            uint64_t wi = i >> 6, *p = w + c[l].lvl[0] + wi, was = *p;
+            *p = was | range_mask(i + 1, ((uint64_t)1 << fs) - 1);
+            if (!was && c[l].nlevels > 1) hb_or(w, &c[l], 1, wi >> 6, BIT[wi & 63]);
+        } else {
+            hb_set_range(w, &c[l], i + 1, ((uint64_t)1 << fs) - 1);
+        }
+    }
+    x->chain_k0 = x->chain_top = 0;
+    x->chain_slot = x->chain_prev = 0;
+    return 1;
+}
+
+/* Undo materialize(): the bitmaps and the record as they were before it. */
+static void dematerialize(void *st, const bd_chain_t *saved)
 {
     bd_hdr_t *x = hdr(st);
     uint64_t *w = words(st);
-    const bd_class_t *c = ccls(st) + k;
+    const bd_class_t *c = ccls(st);
+    uint32_t fs = x->fan_shift;
+    for (uint32_t l = saved->k0; l < saved->top; l++) {
+        uint64_t i = saved->slot >> cshift(x, l);
+        if (fs <= 6) hb_andnot(w, &c[l], 0, i >> 6, range_mask(i + 1, ((uint64_t)1 << fs) - 1));
+        else hb_clear_range(w, &c[l], i + 1, ((uint64_t)1 << fs) - 1);
+    }
+    x->chain_k0 = saved->k0;
+    x->chain_top = saved->top;
+    x->chain_slot = saved->slot;
+    x->chain_prev = saved->prev;
+}
+
+/* Take free block (k, i) and split it down to class k0 (its first descendant): the
+ * split becomes the pending chain.  There is no pending chain on entry. */
+static inline void take_and_split(void *st, uint32_t k, uint64_t i, uint32_t k0)
+{
+    bd_hdr_t *x = hdr(st);
     uint32_t fs = x->fan_shift, levels = k - k0;
     uint64_t nonempty = x->nonempty;
-    if (hb_andnot(w, c, 0, i >> 6, (uint64_t)1 << (i & 63))) nonempty &= ~((uint64_t)1 << k);
-    if (fs <= 6) { /* each level: one word of the class below (+ its summary) */
-        uint64_t tail = (((uint64_t)1 << ((1u << fs) - 1)) - 1) << 1; /* children 1..f-1 */
-        for (uint32_t n = levels; n; n--) {
-            c--;
-            i <<= fs;
-            uint64_t wi = i >> 6, *p = w + c->lvl[0] + wi, was = *p;
-            *p = was | (tail << (i & 63));
-            if (!was) { /* a word became non-zero: its summary bit */
-                uint32_t nl = c->nlevels;
-                if (nl == 2) w[c->lvl[1]] |= BIT[wi]; /* wi < 64 */
-                else if (nl > 2) hb_or(w, c, 1, wi >> 6, BIT[wi & 63]);
-            }
-        }
-    } else {
-        for (uint32_t n = levels; n; n--) {
-            c--;
-            i <<= fs;
-            put_tail_children(w, c, fs, i);
-        }
+    if (hb_andnot(words(st), &ccls(st)[k], 0, i >> 6, BIT[i & 63]))
+        nonempty &= ~((uint64_t)1 << k);
+    if (levels) {
+        uint64_t m = chain_mask(k0, k);
+        x->chain_k0 = k0;
+        x->chain_top = k;
+        x->chain_slot = i << cshift(x, k);
+        x->chain_prev = nonempty & m;
+        nonempty |= m;
     }
-    x->nonempty = nonempty | ((((uint64_t)1 << levels) - 1) << k0);
+    x->nonempty = nonempty;
     x->nfree += (uint64_t)levels * (((uint64_t)1 << fs) - 1) - 1;
 }
 
@@ -475,6 +540,8 @@ static void bd_reset(void *st)
     memset(tags(st), 0, (x->nslots + 7) & ~(uint64_t)7);
     x->nonempty = 0;
     x->nfree = 0;
+    x->chain_k0 = x->chain_top = 0;
+    x->chain_slot = x->chain_prev = 0;
     /* greedy carving from offset 0: the base-fanout digits of nslots */
     uint64_t p = 0;
     for (uint32_t k = K; k-- > 0;) {
@@ -599,15 +666,21 @@ static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     if (class_of(x, size, &k0)) return MP_ENOSPACE;
     uint32_t k;
     uint64_t i;
+    bd_chain_t saved;
     if (align <= csize(x, k0)) { /* every block of class >= k0 is aligned */
         uint64_t mask = x->nonempty & (~0ull << k0);
         if (!mask) return MP_ENOSPACE;
+        materialize(st, &saved);
         k = (uint32_t)ctz64(mask);
         i = hb_first(words(st), &ccls(st)[k]);
     } else {
+        int had = materialize(st, &saved);
         i = bd_find(st, k0, align, &k);
+        if (i == BD_NONE) {
+            if (had) dematerialize(st, &saved);
+            return MP_ENOSPACE;
+        }
     }
-    if (i == BD_NONE) return MP_ENOSPACE;
     take_and_split(st, k, i, k0);
     uint64_t j = i << cshift(x, k); /* slot */
     tags(st)[j] = (uint8_t)(k0 + 1);
@@ -640,6 +713,17 @@ static int bd_free(void *st, uint64_t offset)
     h->live--;
     tags(st)[j] = 0;
     reqs(st)[j] = 0;
+    if (x->chain_top && j == x->chain_slot) { /* the bottom of the chain: it all merges */
+        uint32_t top = x->chain_top;
+        x->nonempty = (x->nonempty & ~chain_mask(k, top)) | x->chain_prev;
+        x->nfree -= (uint64_t)(top - k) * (((uint64_t)1 << x->fan_shift) - 1);
+        x->chain_k0 = x->chain_top = 0;
+        x->chain_slot = x->chain_prev = 0;
+        release(st, top, j >> cshift(x, top));
+        return MP_OK;
+    }
+    bd_chain_t saved;
+    materialize(st, &saved);
     release(st, k, j >> cshift(x, k));
     return MP_OK;
 }
@@ -683,6 +767,8 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         reqs(st)[j] = size;
         return MP_OK;
     }
+    bd_chain_t saved;
+    int had = materialize(st, &saved);
     if (kn < k) { /* shrink: keep the first descendant, free the tail buddies */
         uint64_t i = j >> cshift(x, k);
         for (uint32_t l = k; l > kn; l--) {
@@ -723,6 +809,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         *out = at;
         return MP_OK;
     }
+    /* (bd_alloc failed: it changed nothing, there was no chain to write out) */
     /* move into the block that freeing this one merges into: it is the only new
      * candidate, and alloc takes its first descendant -- if bd_find would take it */
     uint64_t mi;
@@ -730,7 +817,10 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
     uint64_t moff = (mi << cshift(x, km)) << x->min_shift;
     int eligible = align <= csize(x, x->nclasses - 1) ? csize(x, km) >= align
                                                       : (moff & (align - 1)) == 0;
-    if (km < kn || !eligible) return MP_ENOSPACE;
+    if (km < kn || !eligible) {
+        if (had) dematerialize(st, &saved);
+        return MP_ENOSPACE;
+    }
     bd_free(st, offset);
     int rc = bd_alloc(st, size, align, &at);
     if (rc != MP_OK || at != moff) return MP_ECORRUPT; /* unreachable on a valid state */
@@ -744,6 +834,13 @@ static int free_class_at(const void *st, uint64_t j)
 {
     const bd_hdr_t *x = chdr(st);
     const uint64_t *w = cwords(st);
+    if (x->chain_top && j > x->chain_slot &&
+        j - x->chain_slot < ((uint64_t)1 << cshift(x, x->chain_top))) {
+        /* in the pending chain: j = slot + c * fanout**l, 1 <= c < fanout */
+        uint64_t d = j - x->chain_slot;
+        uint32_t l = (uint32_t)ctz64(d) / x->fan_shift;
+        if ((d >> cshift(x, l)) < ((uint64_t)1 << x->fan_shift) && l >= x->chain_k0) return (int)l;
+    }
     for (uint32_t k = x->nclasses; k-- > 0;) {
         uint32_t sh = cshift(x, k);
         if (sh < 64 && (j & (((uint64_t)1 << sh) - 1))) continue;
@@ -859,10 +956,31 @@ static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
         total += cnt;
         if (cnt) nonempty |= (uint64_t)1 << k;
     }
-    if (total != x->nfree) BD_FAIL("%llu free blocks, count says %llu", (ull)total,
-                                   (ull)x->nfree);
-    if (nonempty != x->nonempty) BD_FAIL("non-empty classes bitmap 0x%llx, expected 0x%llx",
-                                         (ull)x->nonempty, (ull)nonempty);
+    /* B6: the pending chain */
+    const uint8_t *t = ctags(st);
+    uint64_t cmask = 0, ccount = 0;
+    if (!x->chain_top) {
+        if (x->chain_k0 || x->chain_slot || x->chain_prev)
+            BD_FAIL("no pending chain, but its record is not zero");
+    } else {
+        uint32_t k0 = x->chain_k0, top = x->chain_top;
+        uint64_t slot = x->chain_slot;
+        if (k0 >= top || top >= K) BD_FAIL("pending chain classes %u..%u", k0, top);
+        if ((slot & (((uint64_t)1 << cshift(x, top)) - 1)) ||
+            (slot >> cshift(x, top)) >= C[top].nbits)
+            BD_FAIL("pending chain at slot %llu is not a class %u block", (ull)slot, top);
+        if (t[slot] != k0 + 1) BD_FAIL("the bottom of the pending chain is not allocated");
+        cmask = chain_mask(k0, top);
+        ccount = (uint64_t)(top - k0) * (((uint64_t)1 << fs) - 1);
+        if (x->chain_prev != (nonempty & cmask))
+            BD_FAIL("pending chain: classes before it 0x%llx, bitmaps say 0x%llx",
+                    (ull)x->chain_prev, (ull)(nonempty & cmask));
+    }
+    if (total + ccount != x->nfree) BD_FAIL("%llu free blocks, count says %llu",
+                                            (ull)(total + ccount), (ull)x->nfree);
+    if ((nonempty | cmask) != x->nonempty)
+        BD_FAIL("non-empty classes bitmap 0x%llx, expected 0x%llx", (ull)x->nonempty,
+                (ull)(nonempty | cmask));
     /* B4 */
     uint64_t f = (uint64_t)1 << fs;
     for (uint32_t k = 0; k + 1 < K; k++) {
@@ -873,7 +991,6 @@ static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
                         (ull)f, (ull)g);
     }
     /* B3, B5: the tiling */
-    const uint8_t *t = ctags(st);
     const uint64_t *rq = creqs(st);
     uint64_t j = 0, blocks = 0, live = 0, used = 0, requested = 0;
     while (j < P.nslots) {
@@ -904,8 +1021,9 @@ static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
                                        (ull)s, (ull)j);
         j += span;
     }
-    if (blocks != total) BD_FAIL("%llu free blocks tile the span, the bitmaps hold %llu",
-                                 (ull)blocks, (ull)total);
+    if (blocks != total + ccount)
+        BD_FAIL("%llu free blocks tile the span, the bitmaps and the chain hold %llu",
+                (ull)blocks, (ull)(total + ccount));
     if (live != h->live) BD_FAIL("%llu live blocks, count says %llu", (ull)live, (ull)h->live);
     if (used != h->used || requested != h->requested)
         BD_FAIL("live blocks hold %llu bytes (%llu asked for), head says %llu (%llu)", (ull)used,
