@@ -35,11 +35,11 @@
  *
  * State layout (all integers; after mp_head_t):
  *
- *   +----------+--------------------+----------------------+--------------+-----------+
- *   | bd_hdr_t | bd_class_t cls[K]  | words[nwords]        | req[nslots]  | tag[nslots]|
- *   |          | (bits, free count, | free bitmaps: per    | uint64_t     | uint8_t,  |
- *   |          |  level offsets)    | class, per level     |              | padded to 8|
- *   +----------+--------------------+----------------------+--------------+-----------+
+ *   +-------------+--------------------+------------------+-------------+-------------+
+ *   | bd_hdr_t    | bd_class_t cls[K]  | words[nwords]    | req[nslots] | tag[nslots] |
+ *   | (counters,  | (bits, levels,     | free bitmaps:    | uint64_t    | uint8_t,    |
+ *   |  the chain) |  level offsets)    | per class/level  |             | padded to 8 |
+ *   +-------------+--------------------+------------------+-------------+-------------+
  *
  *   A slot is a min_block-sized unit of the span (slot j = offset j*min_block).
  *   Class k's free set is a hierarchical bitmap: level 0 has bit i set when
@@ -56,8 +56,8 @@
  *      span; state_size matches; head.cursor and param[4..5] are 0 (unused).
  *  B2. Level 0 of class k has no bits at or beyond nbits(k); bit w of level l+1
  *      is set iff word w of level l is non-zero (no other bits); hdr.nfree == the
- *      level-0 bits of all classes; hdr.nonempty bit k iff class k has one, no
- *      bits at or above K.
+ *      level-0 bits of all classes (+ the chain's blocks); hdr.nonempty bit k iff
+ *      class k has one (or a chain block), no bits at or above K.
  *  B3. The allocated blocks (tags) and the free blocks (bits) tile the usable
  *      span exactly: every block lies inside it and is aligned to its size; no
  *      slot inside a block carries a tag, a request or another block's bit.
@@ -397,16 +397,8 @@ static int materialize(void *st, bd_chain_t *saved)
     uint64_t *w = words(st);
     const bd_class_t *c = ccls(st);
     uint32_t fs = x->fan_shift;
-    for (uint32_t l = saved->k0; l < saved->top; l++) {
-        uint64_t i = saved->slot >> cshift(x, l);
-        if (fs <= 6) { /* the group lies in one word */
-            uint64_t wi = i >> 6, *p = w + c[l].lvl[0] + wi, was = *p;
-            *p = was | range_mask(i + 1, ((uint64_t)1 << fs) - 1);
-            if (!was && c[l].nlevels > 1) hb_or(w, &c[l], 1, wi >> 6, BIT[wi & 63]);
-        } else {
-            hb_set_range(w, &c[l], i + 1, ((uint64_t)1 << fs) - 1);
-        }
-    }
+    for (uint32_t l = saved->k0; l < saved->top; l++)
+        put_tail_children(w, &c[l], fs, saved->slot >> cshift(x, l));
     x->chain_k0 = x->chain_top = 0;
     x->chain_slot = x->chain_prev = 0;
     return 1;
