@@ -5,6 +5,8 @@ relocatable block (see DESIGN.md).  The strategy types:
 
 - :class:`TLSF` -- O(1) two-level segregated fit, exact sizes.
 - :class:`BestFit` -- exact best fit in O(log n).
+- :class:`Buddy` -- power-of-two size classes, split and merged as buddies.
+- :class:`Bitmap` -- fixed blocks in a bitmap, next fit or first fit.
 - :class:`Slab` -- equal items carved page by page, freed items reused first.
 - :class:`Bump` -- bump pointer with marks and rewind.
 - :class:`Heap` -- slab classes, page fragments and TLSF in one span (general purpose).
@@ -18,7 +20,7 @@ real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
 from __future__ import annotations
 
 from . import trace
-from ._mempool import TLSF, BestFit, Block, Bump, Heap, Slab, Strategy
+from ._mempool import TLSF, BestFit, Bitmap, Block, Buddy, Bump, Heap, Slab, Strategy
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .regions import RegionPool, RegionStats
@@ -39,8 +41,10 @@ __all__ = [
     "TLSF",
     "AnonymousMemory",
     "BestFit",
+    "Bitmap",
     "Block",
     "BufferMemory",
+    "Buddy",
     "Bump",
     "CorruptionError",
     "External",

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import TLSF, BestFit, Bump, Heap, Slab, Strategy
+from ._mempool import TLSF, BestFit, Bitmap, Buddy, Bump, Heap, Slab, Strategy
 
 __all__ = ["RANGE_STRATEGIES", "STRATEGIES", "make", "strategy_type"]
 
 #: name -> type, in the order the bench lists them.
 STRATEGIES: dict[str, type[Strategy]] = {
-    "tlsf": TLSF, "bestfit": BestFit, "slab": Slab, "bump": Bump, "heap": Heap,
+    "tlsf": TLSF,
+    "bestfit": BestFit,
+    "buddy": Buddy,
+    "bitmap": Bitmap,
+    "slab": Slab,
+    "bump": Bump,
+    "heap": Heap,
 }
 
 #: the exact strategies, whose node budget is max_blocks.

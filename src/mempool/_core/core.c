@@ -12,6 +12,8 @@ static const mp_ops_t *const registry[] = {
     [MP_KIND_SLAB] = &mp_slab_ops,
     [MP_KIND_BUMP] = &mp_bump_ops,
     [MP_KIND_HEAP] = &mp_heap_ops,
+    [MP_KIND_BUDDY] = &mp_buddy_ops,
+    [MP_KIND_BITMAP] = &mp_bitmap_ops,
 };
 
 const mp_ops_t *mp_ops_by_kind(unsigned kind)

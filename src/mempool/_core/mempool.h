@@ -102,6 +102,10 @@ typedef struct mp_ops {
     uint64_t (*largest_free)(const void *st); /* largest size alloc(size, 1) serves */
     uint64_t (*available)(const void *st);    /* bytes not handed out           */
     uint64_t (*free_ranges)(const void *st);  /* number of free ranges          */
+    /* Optional (NULL: none).  After alloc/realloc of `size` returned MP_ENOSPACE:
+     * when the size itself is beyond what the strategy ever hands out (a size class
+     * limit), write the reason into buf and return 1; else return 0. */
+    int (*why_nospace)(const void *st, uint64_t size, char *buf, size_t buflen);
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */
@@ -170,6 +174,24 @@ int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *
  * 2 = fragments; MP_ENOTALLOC when no live range starts there. */
 int mp_heap_served_by(const void *st, uint64_t off);
 extern const mp_ops_t mp_heap_ops;
+/* Buddy: classes min_block * fanout**k up to max_block (0 = the largest class that
+ * fits the capacity); min_block and fanout powers of two, fanout >= 2.  The usable
+ * span (head.capacity) is the capacity rounded down to a multiple of min_block. */
+uint64_t mp_buddy_state_size(uint64_t capacity, uint64_t min_block, uint64_t max_block,
+                             uint64_t fanout);
+int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_block,
+                  uint64_t fanout);
+unsigned mp_buddy_classes(const void *st);
+uint64_t mp_buddy_class_size(const void *st, unsigned k);         /* 0 beyond the classes */
+int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k); /* MP_EINVAL: no class */
+extern const mp_ops_t mp_buddy_ops;
+
+/* Bitmap: capacity // block_size fixed blocks (block_size >= 1), one bit each,
+ * searched a word at a time; next fit (first_fit = 0) or lowest run (1).  The usable
+ * span (head.capacity) is blocks * block_size. */
+uint64_t mp_bitmap_state_size(uint64_t capacity, uint64_t block_size, int first_fit);
+int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_fit);
+extern const mp_ops_t mp_bitmap_ops;
 
 /* The default node budget for the range strategies (TLSF, BestFit). */
 uint64_t mp_default_max_blocks(uint64_t capacity);

@@ -260,8 +260,9 @@ PyMODINIT_FUNC PyInit__mempool(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0 ||
-        mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 || mp_slab_type_ready(m) < 0 ||
-        mp_bump_type_ready(m) < 0 || mp_heap_type_ready(m) < 0) {
+        mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 || mp_buddy_type_ready(m) < 0 ||
+        mp_bitmap_type_ready(m) < 0 || mp_slab_type_ready(m) < 0 || mp_bump_type_ready(m) < 0 ||
+        mp_heap_type_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -135,5 +135,11 @@ int mp_bestfit_type_ready(PyObject *module);
 int mp_slab_type_ready(PyObject *module);
 int mp_bump_type_ready(PyObject *module);
 int mp_heap_type_ready(PyObject *module);
+/* tp_new arguments (tuple + dict) by name: the first npos may be positional, the
+ * rest are keyword-only; nreq required.  Fills vals[] (missing ones untouched). */
+int mp_parse_new_args(PyTypeObject *cls, PyObject *args, PyObject *kw, const char *const *names,
+                      int nparams, int npos, int nreq, PyObject **vals);
+int mp_buddy_type_ready(PyObject *module);
+int mp_bitmap_type_ready(PyObject *module);
 
 #endif /* MEMPOOL_NATIVE_H */

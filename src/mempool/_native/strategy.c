@@ -102,8 +102,12 @@ PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, 
 {
     (void)align;
     switch (rc) {
-    case MP_ENOSPACE:
+    case MP_ENOSPACE: {
+        char why[160]; /* a size beyond the strategy's classes says so */
+        if (self->ops->why_nospace && self->ops->why_nospace(self->st, size, why, sizeof why))
+            return raise_oos(self, NULL, size, why);
         return raise_oos(self, NULL, size, "no free range fits");
+    }
     case MP_ENONODES:
         return raise_oos(self, NULL, size, "the state's range table is full (max_blocks)");
     case MP_ENOTALLOC:
