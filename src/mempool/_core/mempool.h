@@ -220,7 +220,7 @@ int mp_shared_lock_wait(mp_shared_ctl_t *c);
 int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
                      char *msg, size_t msglen);
 void mp_shared_unlock(mp_shared_ctl_t *c);
-/* entries, max_entries, serial, lock_calls, lock_waits, lock_wait_ns, recoveries, repaired */
+/* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
 /* The registry (lock held). */
 mp_entry_t *mp_reg_find(mp_shared_ctl_t *c, uint64_t offset);

@@ -53,7 +53,8 @@ struct mp_shared_ctl {
     uint32_t corrupt;      /* a dead owner left a broken strategy state      */
     uint32_t recoveries;   /* EOWNERDEAD takeovers so far                    */
     uint64_t serial;       /* the last tag handed out                        */
-    uint64_t lock_calls;   /* lock acquisitions                              */
+    uint64_t reserved;     /* (0) acquisitions are counted per process: a shared
+                              counter written on every call would bounce between cores */
     uint64_t lock_waits;   /* acquisitions that found the lock taken         */
     uint64_t lock_wait_ns; /* time spent waiting for it                      */
     uint64_t repaired;     /* registry entries repaired after a dead owner   */
@@ -308,7 +309,6 @@ int mp_shared_lock_wait(mp_shared_ctl_t *c)
 int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
                      char *msg, size_t msglen)
 {
-    c->lock_calls++;
     if (rc == EOWNERDEAD) {
         c->recoveries++;
         int bad = c->corrupt || ops->check(st, st_len, msg, msglen) != MP_OK ||
@@ -335,7 +335,7 @@ void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8])
     out[0] = c->entries;
     out[1] = c->max_entries;
     out[2] = c->serial;
-    out[3] = c->lock_calls;
+    out[3] = 0; /* see reserved */
     out[4] = c->lock_waits;
     out[5] = c->lock_wait_ns;
     out[6] = c->recoveries;

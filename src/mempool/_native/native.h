@@ -54,6 +54,7 @@ typedef struct {
     PyObject *reducer;        /* shared pools: reducer(block) -> pickle handle  */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
+    uint64_t lock_calls;      /* shared pools: acquisitions by this process      */
     PyObject *weakreflist;
 } PoolObject;
 

@@ -48,6 +48,7 @@ uint32_t mp_getpid(void) { return cached_pid; }
 int mp_pool_lock(PoolObject *p)
 {
     if (!p->ctl) return 0;
+    p->lock_calls++;
     int rc = mp_shared_trylock(p->ctl);
     if (rc == EBUSY) { /* another process holds it: wait without the GIL */
         Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(p->ctl);
@@ -71,7 +72,8 @@ static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *
                      uint64_t *tag)
 {
     if (mp_pool_lock(self) < 0) return -1;
-    mp_head_t saved = *(mp_head_t *)ST(self);
+    mp_head_t saved;
+    if (self->ctl) saved = *(mp_head_t *)ST(self); /* the registry may refuse: undo */
     gen_begin(self);
     int rc = OPS(self)->alloc(ST(self), size, align, off);
     int reg = MP_OK;
@@ -712,7 +714,7 @@ static PyObject *ext_pool_shared_stats(PoolObject *self, PyObject *Py_UNUSED(ign
     mp_shared_stats(self->ctl, v); /* plain counters: read without the lock */
     return Py_BuildValue("{sKsKsKsKsKsKsKsK}", "entries", (unsigned long long)v[0], "max_entries",
                          (unsigned long long)v[1], "serial", (unsigned long long)v[2],
-                         "lock_calls", (unsigned long long)v[3], "lock_waits",
+                         "lock_calls", (unsigned long long)self->lock_calls, "lock_waits",
                          (unsigned long long)v[4], "lock_wait_ns", (unsigned long long)v[5],
                          "recoveries", (unsigned long long)v[6], "repaired",
                          (unsigned long long)v[7]);
