@@ -28,6 +28,7 @@ Attaching processes never unlink and never involve the resource tracker.
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import os
 import time
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class SharedStats:
     lock_wait_ns: int  #: time spent waiting for the lock
     recoveries: int  #: takeovers after a process died holding the lock
     repaired: int  #: registry entries repaired after such a death
+    cached: int  #: ranges this process freed and keeps for its next allocations
 
 
 # ---- arrays and handles --------------------------------------------------------------
@@ -311,7 +313,8 @@ class SharedPool(Pool):
         return SharedStats(entries=d["entries"], max_entries=d["max_entries"],
                            allocations=d["serial"], lock_calls=d["lock_calls"],
                            lock_waits=d["lock_waits"], lock_wait_ns=d["lock_wait_ns"],
-                           recoveries=d["recoveries"], repaired=d["repaired"])
+                           recoveries=d["recoveries"], repaired=d["repaired"],
+                           cached=d["cached"])
 
     # ---- lifetime ----------------------------------------------------------------------
     def reclaim(self, pid: int, *, force: bool = False) -> int:
@@ -342,6 +345,22 @@ class SharedPool(Pool):
         st = self.stats()
         return (f"<SharedPool {self._name!r} capacity={st.capacity} used={st.used} "
                 f"live={st.live}>")
+
+
+def _give_back_caches() -> None:
+    """At exit (normal, or a multiprocessing child's): every open shared pool gives its
+    cache back, so ranges a process freed do not outlive it."""
+    for pool in list(_attached.values()):
+        if not pool.closed:
+            try:
+                pool._flush_cache()
+            except Exception:  # exiting: nothing to report to
+                pass
+
+
+atexit.register(_give_back_caches)
+# multiprocessing children end with os._exit(), after running these finalizers
+multiprocessing.util.Finalize(None, _give_back_caches, exitpriority=100)
 
 
 def _attach_cached(name: str, segment_id: int) -> SharedPool:

@@ -199,11 +199,10 @@ uint64_t mp_default_max_blocks(uint64_t capacity);
 /* ---- shared pools (shared.c): robust lock + block registry --------------------- */
 typedef struct mp_shared_ctl mp_shared_ctl_t;
 typedef struct mp_entry {
-    uint64_t offset; /* the range; UINT64_MAX marks an empty slot            */
-    uint64_t tag;    /* unique per allocation: handles name (offset, tag)    */
-    uint64_t size;   /* bytes asked for                                      */
-    uint32_t owner;  /* pid of the allocating process                        */
-    uint32_t refs;   /* handles alive in all processes                       */
+    uint64_t offset; /* the range; UINT64_MAX while the entry is unused      */
+    uint64_t tag;    /* unique per handing-out: handles name (offset, tag)   */
+    uint64_t size;   /* bytes asked for; unused entries: the next free one   */
+    uint64_t state;  /* atomic: owner pid << 32 | owner_ref << 31 | refs     */
 } mp_entry_t;
 
 uint64_t mp_shared_ctl_size(uint64_t max_entries); /* 0 when invalid */
@@ -222,14 +221,32 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, 
 void mp_shared_unlock(mp_shared_ctl_t *c);
 /* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
-/* The registry (lock held). */
-mp_entry_t *mp_reg_find(mp_shared_ctl_t *c, uint64_t offset);
-int mp_reg_insert(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner,
-                  uint64_t *tag);
-void mp_reg_remove(mp_shared_ctl_t *c, mp_entry_t *e);
-int mp_reg_move(mp_shared_ctl_t *c, mp_entry_t *e, uint64_t offset, uint64_t size);
-int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, mp_entry_t *e), void *ctx);
-uint64_t mp_reg_entries(const mp_shared_ctl_t *c);
+/* n fresh tags (the first is returned); any time, atomic. */
+uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n);
+/* The registry's index and entries (lock held). */
+uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset); /* entry index or MP_NIL */
+mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i);
+int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
+               uint32_t *out); /* refs 1, owner_ref; MP_ENONODES when full */
+void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i);
+void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size);
+int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx);
+/* References.  take (lock held): one more handle when tag matches (0: any) and the
+ * range is handed out (refs > 0); when it loses a race with a reuse and its undo
+ * dropped the last reference, *dispose says the caller must drop the entry and free
+ * the range.  release (any time): 1 when it dropped the last reference (the entry is
+ * then the caller's, refs 0: cache it or dispose of it under the lock), 0 when
+ * others remain, -1 for a double release.  reuse (any time, the caller's cached
+ * entry): a new tag, then refs 1. */
+int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose);
+int mp_ref_release(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, int owner_handle);
+int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uint64_t size);
+uint32_t mp_entry_refs(const mp_entry_t *e);
+uint32_t mp_entry_owner(const mp_entry_t *e);
+/* Dispose of what a dead process held (lock held): ranges it cached or that only its
+ * own handle referenced are freed (returned); its other references are released. */
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
+                           uint64_t *released);
 
 /* ---- traces and replay (replay.c) -------------------------------------------- */
 enum mp_trace_op { MP_OP_ALLOC = 0, MP_OP_FREE = 1, MP_OP_REALLOC = 2 };

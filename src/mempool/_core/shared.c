@@ -1,35 +1,53 @@
 /*
  * shared.c -- what a pool shared by several processes keeps beside the strategy
- * state: a robust process-shared lock and the block registry.  (POSIX threads;
- * no Python.h.)
+ * state: a robust process-shared lock and the block registry.  (POSIX threads and
+ * GCC __atomic builtins; no Python.h.)
  *
  * Layout (inside the shared segment, after the strategy state):
  *
- *   +----------------------+-------------------------------------------+
- *   | mp_shared_ctl_t      | mp_entry_t slots[1 << bits]                |
- *   | magic, counters,     | open addressing by offset (linear probing, |
- *   | pthread_mutex_t      | backward-shift deletion); offset == EMPTY  |
- *   +----------------------+-------------------------------------------+
+ *   +-----------------+-----------------------------+------------------------------+
+ *   | mp_shared_ctl_t | uint32_t index[1 << bits]   | mp_entry_t entries[max]      |
+ *   | magic, counters,| offset -> entry (linear     | stable while in use; unused  |
+ *   | pthread_mutex_t | probing, backward shift)    | ones form a free list        |
+ *   +-----------------+-----------------------------+------------------------------+
  *
- * The registry holds one entry per live range of the strategy:
- *   offset  the range                 tag    unique per allocation (serial)
- *   size    bytes asked for           owner  pid of the allocating process
- *   refs    handles alive in all processes (a Block made by alloc, or by
- *           unpickling a handle); the range is freed when refs reaches 0.
+ * One entry per live range of the strategy:
+ *   offset  the range                    tag   unique per handing-out (see tags)
+ *   size    bytes asked for (information)
+ *   state   one atomic word: owner pid (bits 32..63) | owner_ref (bit 31) | refs
+ *           refs       handles alive in all processes (Blocks made by alloc, or by
+ *                      unpickling a handle, or block_at)
+ *           owner      the process that allocated the range (or caches it)
+ *           owner_ref  the owner's own Block still holds one of the refs
  * A handle names (offset, tag): a handle to a freed or reused range finds no
- * entry or another tag, and is refused instead of aliased.
+ * entry, another tag, or refs == 0, and is refused instead of aliased.
+ *
+ * Per-process caches.  When a process releases the last reference to a range it
+ * allocated itself, it may keep the range (still allocated in the strategy, its
+ * entry with refs == 0 and owner == its pid) and hand it out again later without
+ * the lock: a new tag first, then refs = 1 (mp_ref_reuse).  Entries never move
+ * (only index slots do), so these lock-free transitions of a process's own entries
+ * cannot race with the locked work of others: every transition is one CAS on the
+ * state word, and the locked paths (handles, reclaim) act only on refs > 0 or on
+ * dead owners.
+ *
+ * Tags.  ctl->serial is bumped by reservations of TAG_CHUNK tags (one atomic add per
+ * chunk); a process hands out its chunk alone, so tags are unique without a shared
+ * write per allocation, and every tag in use is <= serial.
  *
  * The mutex is PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST: when its owner dies,
- * the next taker gets EOWNERDEAD, verifies the strategy state and the registry
- * (mp_shared_recover), repairs what a half-done registry update left, and marks
- * the mutex consistent; when the strategy state itself is broken the pool is
- * marked corrupt and every later call fails with MP_ECORRUPT.  No one waits on a
- * dead owner.
+ * the next taker gets EOWNERDEAD, verifies the strategy state and the registry,
+ * repairs what a half-done call left in the registry (entries without a live range,
+ * live ranges without an entry), and marks the mutex consistent; when the strategy
+ * state itself is broken the pool is marked corrupt and every later call fails with
+ * MP_ECORRUPT.  No one waits on a dead owner.
  *
- * Invariants (mp_shared_check):
+ * Invariants (mp_shared_check, lock held):
  *  S1. magic, bits and max_entries agree with the size the segment gives.
- *  S2. entries == number of used slots <= max_entries; every used slot is reachable
- *      from its home slot; tags are <= serial and non-zero; refs >= 1.
+ *  S2. used entries + the free list == max_entries; entries == used entries; every
+ *      used entry is found from its offset through the index, and every index slot
+ *      names a used entry; tags are non-zero and <= serial; refs == 0 only with an
+ *      owner (a cached range).
  *  S3. every entry's offset is a live range of the strategy, and the strategy has
  *      exactly `entries` live ranges.
  */
@@ -42,44 +60,53 @@
 
 #include "mempool.h"
 
-#define CTL_MAGIC 0x4353504dU /* "MPSC" */
-#define EMPTY UINT64_MAX
+#define CTL_MAGIC 0x3253504dU /* "MPS2" */
+#define UNUSED UINT64_MAX
+#define REFS_MASK 0x7fffffffull
+#define OWNER_REF (1ull << 31)
 
 struct mp_shared_ctl {
     uint32_t magic;        /* CTL_MAGIC                                      */
-    uint32_t bits;         /* the registry has 1 << bits slots               */
-    uint32_t max_entries;  /* at most this many live entries                 */
-    uint32_t entries;      /* live entries                                   */
+    uint32_t bits;         /* the index has 1 << bits slots                  */
+    uint32_t max_entries;  /* the entry table's size                         */
+    uint32_t entries;      /* entries in use                                 */
     uint32_t corrupt;      /* a dead owner left a broken strategy state      */
     uint32_t recoveries;   /* EOWNERDEAD takeovers so far                    */
-    uint64_t serial;       /* the last tag handed out                        */
-    uint64_t reserved;     /* (0) acquisitions are counted per process: a shared
-                              counter written on every call would bounce between cores */
+    uint64_t serial;       /* tags reserved so far (atomic)                  */
+    uint32_t free_head;    /* first unused entry (linked through .size)      */
+    uint32_t pad0;
     uint64_t lock_waits;   /* acquisitions that found the lock taken         */
     uint64_t lock_wait_ns; /* time spent waiting for it                      */
-    uint64_t repaired;     /* registry entries repaired after a dead owner   */
-    uint8_t pad[8];
+    uint64_t repaired;     /* registry repairs after a dead owner            */
     union {
         pthread_mutex_t mutex;
         uint8_t room[64];
     } lock;
 };
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex fits its room");
-_Static_assert(sizeof(struct mp_shared_ctl) % 8 == 0, "slots are 8-aligned");
+_Static_assert(sizeof(struct mp_shared_ctl) % 64 == 0, "tables start on a cache line");
+_Static_assert(sizeof(mp_entry_t) == 32, "entries are 32 bytes");
 
-static mp_entry_t *slots(mp_shared_ctl_t *c) { return (mp_entry_t *)(c + 1); }
+static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
+static mp_entry_t *entries_of(mp_shared_ctl_t *c)
+{
+    uint64_t slots = (uint64_t)1 << c->bits;
+    return (mp_entry_t *)((char *)(c + 1) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63));
+}
 
-static uint32_t bits_for(uint32_t max_entries)
+static uint32_t bits_for(uint64_t max_entries)
 {
     uint32_t bits = 4;
-    while (((uint64_t)1 << bits) < 2 * (uint64_t)max_entries) bits++;
+    while (((uint64_t)1 << bits) < 2 * max_entries) bits++;
     return bits;
 }
 
 uint64_t mp_shared_ctl_size(uint64_t max_entries)
 {
-    if (max_entries == 0 || max_entries > ((uint64_t)1 << 30)) return 0;
-    return sizeof(mp_shared_ctl_t) + ((uint64_t)1 << bits_for((uint32_t)max_entries)) * sizeof(mp_entry_t);
+    if (max_entries == 0 || max_entries > ((uint64_t)1 << 28)) return 0;
+    uint64_t slots = (uint64_t)1 << bits_for(max_entries);
+    return sizeof(mp_shared_ctl_t) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63) +
+           max_entries * sizeof(mp_entry_t);
 }
 
 int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
@@ -88,12 +115,15 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
     memset(c, 0, sizeof *c);
     c->magic = CTL_MAGIC;
     c->max_entries = (uint32_t)max_entries;
-    c->bits = bits_for(c->max_entries);
-    for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) {
-        slots(c)[s].offset = EMPTY;
-        slots(c)[s].tag = slots(c)[s].size = 0;
-        slots(c)[s].owner = slots(c)[s].refs = 0;
+    c->bits = bits_for(max_entries);
+    for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) index_of(c)[s] = MP_NIL;
+    mp_entry_t *e = entries_of(c);
+    for (uint32_t i = 0; i < c->max_entries; i++) {
+        e[i].offset = UNUSED;
+        e[i].tag = e[i].state = 0;
+        e[i].size = i + 1 < c->max_entries ? i + 1 : MP_NIL;
     }
+    c->free_head = 0;
     pthread_mutexattr_t a;
     if (pthread_mutexattr_init(&a)) return MP_EINVAL;
     int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) ||
@@ -103,86 +133,165 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
     return rc ? MP_EINVAL : MP_OK;
 }
 
-/* ---- the registry ---------------------------------------------------------------- */
+/* ---- state words ----------------------------------------------------------------- */
+static inline uint64_t st_load(const mp_entry_t *e) { return __atomic_load_n(&e->state, __ATOMIC_ACQUIRE); }
+static inline int st_cas(mp_entry_t *e, uint64_t *old, uint64_t new_)
+{
+    return __atomic_compare_exchange_n(&e->state, old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t mk(uint32_t owner, int owner_ref, uint64_t refs)
+{
+    return ((uint64_t)owner << 32) | (owner_ref ? OWNER_REF : 0) | refs;
+}
+uint32_t mp_entry_refs(const mp_entry_t *e) { return (uint32_t)(st_load(e) & REFS_MASK); }
+uint32_t mp_entry_owner(const mp_entry_t *e) { return (uint32_t)(st_load(e) >> 32); }
+
+uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n)
+{
+    return __atomic_add_fetch(&c->serial, n, __ATOMIC_ACQ_REL) - n + 1;
+}
+
+/* ---- the index (lock held) --------------------------------------------------------- */
 static uint64_t home(uint64_t offset, uint32_t bits)
 {
     return (offset * 0x9E3779B97F4A7C15ull) >> (64 - bits);
 }
 
-mp_entry_t *mp_reg_find(mp_shared_ctl_t *c, uint64_t offset)
+uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset)
 {
+    uint32_t *ix = index_of(c);
+    mp_entry_t *e = entries_of(c);
     uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(offset, c->bits);
     for (uint64_t n = 0; n <= mask; n++, s = (s + 1) & mask) {
-        mp_entry_t *e = &slots(c)[s];
-        if (e->offset == EMPTY) return NULL;
-        if (e->offset == offset) return e;
+        uint32_t i = ix[s];
+        if (i == MP_NIL) return MP_NIL;
+        if (i < c->max_entries && e[i].offset == offset) return i;
     }
-    return NULL;
+    return MP_NIL;
 }
 
-int mp_reg_insert(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner,
-                  uint64_t *tag)
+mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i) { return &entries_of(c)[i]; }
+
+static void index_insert(mp_shared_ctl_t *c, uint32_t i)
 {
-    if (c->entries >= c->max_entries) return MP_ENONODES;
-    uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(offset, c->bits);
-    while (slots(c)[s].offset != EMPTY) s = (s + 1) & mask;
-    mp_entry_t *e = &slots(c)[s];
-    e->tag = ++c->serial;
-    e->size = size;
-    e->owner = owner;
-    e->refs = 1;
-    e->offset = offset; /* last: the slot becomes visible whole */
-    c->entries++;
-    *tag = e->tag;
-    return MP_OK;
+    uint32_t *ix = index_of(c);
+    uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(entries_of(c)[i].offset, c->bits);
+    while (ix[s] != MP_NIL) s = (s + 1) & mask;
+    ix[s] = i;
 }
 
-void mp_reg_remove(mp_shared_ctl_t *c, mp_entry_t *e)
+static void index_remove(mp_shared_ctl_t *c, uint32_t i)
 {
-    uint64_t mask = ((uint64_t)1 << c->bits) - 1;
-    uint64_t hole = (uint64_t)(e - slots(c)), s = hole;
-    for (;;) {
+    uint32_t *ix = index_of(c);
+    mp_entry_t *e = entries_of(c);
+    uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(e[i].offset, c->bits);
+    while (ix[s] != i) s = (s + 1) & mask;
+    uint64_t hole = s;
+    for (;;) { /* backward shift: every probe chain stays unbroken */
         s = (s + 1) & mask;
-        mp_entry_t *x = &slots(c)[s];
-        if (x->offset == EMPTY) break;
-        uint64_t h = home(x->offset, c->bits);
+        uint32_t j = ix[s];
+        if (j == MP_NIL) break;
+        uint64_t h = home(e[j].offset, c->bits);
         if (((s - h) & mask) >= ((s - hole) & mask)) {
-            slots(c)[hole] = *x;
+            ix[hole] = j;
             hole = s;
         }
     }
-    slots(c)[hole].offset = EMPTY;
-    slots(c)[hole].refs = 0;
-    c->entries--;
+    ix[hole] = MP_NIL;
 }
 
-/* Move an entry to a new offset (realloc moved the range); keeps its tag. */
-int mp_reg_move(mp_shared_ctl_t *c, mp_entry_t *e, uint64_t offset, uint64_t size)
+int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
+               uint32_t *out)
 {
-    mp_entry_t keep = *e;
-    mp_reg_remove(c, e);
-    uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(offset, c->bits);
-    while (slots(c)[s].offset != EMPTY) s = (s + 1) & mask;
-    keep.offset = offset;
-    keep.size = size;
-    slots(c)[s] = keep;
+    uint32_t i = c->free_head;
+    if (i == MP_NIL) return MP_ENONODES;
+    mp_entry_t *e = &entries_of(c)[i];
+    c->free_head = (uint32_t)e->size;
+    e->size = size;
+    e->tag = tag;
+    __atomic_store_n(&e->state, mk(owner, 1, 1), __ATOMIC_RELEASE);
+    e->offset = offset;
+    index_insert(c, i);
     c->entries++;
+    *out = i;
     return MP_OK;
 }
 
-uint64_t mp_reg_entries(const mp_shared_ctl_t *c) { return c->entries; }
-
-int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, mp_entry_t *e), void *ctx)
+void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i)
 {
-    for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++)
-        if (slots(c)[s].offset != EMPTY) {
-            int r = fn(ctx, &slots(c)[s]);
+    mp_entry_t *e = &entries_of(c)[i];
+    index_remove(c, i);
+    e->offset = UNUSED;
+    e->tag = 0;
+    __atomic_store_n(&e->state, 0, __ATOMIC_RELEASE);
+    e->size = c->free_head;
+    c->free_head = i;
+    c->entries--;
+}
+
+void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size)
+{
+    index_remove(c, i);
+    entries_of(c)[i].offset = offset;
+    entries_of(c)[i].size = size;
+    index_insert(c, i);
+}
+
+int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx)
+{
+    mp_entry_t *e = entries_of(c);
+    for (uint32_t i = 0; i < c->max_entries; i++)
+        if (e[i].offset != UNUSED) {
+            int r = fn(ctx, i, &e[i]);
             if (r) return r;
         }
     return MP_OK;
 }
 
-/* ---- check and recovery ------------------------------------------------------------ */
+/* ---- references (atomic; see the head comment for who may call what when) ---------- */
+int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose)
+{
+    mp_entry_t *e = &entries_of(c)[i];
+    *dispose = 0;
+    if (tag && __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) != tag) return MP_ENOTALLOC;
+    uint64_t s = st_load(e);
+    do {
+        if ((s & REFS_MASK) == 0 || (s & REFS_MASK) == REFS_MASK) return MP_ENOTALLOC;
+    } while (!st_cas(e, &s, s + 1));
+    if (tag && __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) != tag) { /* reused meanwhile */
+        *dispose = mp_ref_release(c, i, pid, 0) == 1;
+        return MP_ENOTALLOC;
+    }
+    return MP_OK;
+}
+
+int mp_ref_release(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, int owner_handle)
+{
+    mp_entry_t *e = &entries_of(c)[i];
+    uint64_t s = st_load(e), n;
+    do {
+        uint64_t refs = s & REFS_MASK;
+        if (refs == 0) return -1; /* released twice: a bug somewhere */
+        uint32_t owner = (uint32_t)(s >> 32);
+        int oref = (s & OWNER_REF) && !(owner_handle && owner == pid);
+        /* the last one: the range becomes the releaser's, to cache or dispose; no
+         * reclaim of a dead former owner can take it from under us */
+        n = refs == 1 ? mk(pid, 0, 0) : mk(owner, oref, refs - 1);
+    } while (!st_cas(e, &s, n));
+    return (s & REFS_MASK) == 1;
+}
+
+int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uint64_t size)
+{
+    mp_entry_t *e = &entries_of(c)[i];
+    uint64_t s = mk(pid, 0, 0);
+    if (st_load(e) != s) return MP_EINVAL;
+    __atomic_store_n(&e->tag, tag, __ATOMIC_RELEASE); /* before refs: see mp_ref_take */
+    e->size = size;
+    return st_cas(e, &s, mk(pid, 1, 1)) ? MP_OK : MP_EINVAL;
+}
+
+/* ---- check and recovery (lock held) ------------------------------------------------- */
 #define FAIL(...)                                                                              \
     do {                                                                                       \
         snprintf(msg, msglen, __VA_ARGS__);                                                    \
@@ -214,48 +323,76 @@ static int orphan_cb(void *ctx, uint64_t offset, uint64_t size, int allocated)
 {
     struct orphans *w = ctx;
     (void)size;
-    if (allocated && !mp_reg_find(w->c, offset)) {
+    if (allocated && mp_reg_lookup(w->c, offset) == MP_NIL) {
         w->offset[w->n++] = offset;
         if (w->n == 64) return 1;
     }
     return 0;
 }
 
-/* S2 and S3.  With repair != 0, entries whose range is not live are dropped and
- * live ranges without an entry are freed (what a dead owner's half-done call
- * left); each repair is counted in c->repaired. */
+/* Rebuild the index and the free list from the entries (repair after a death). */
+static void rebuild(mp_shared_ctl_t *c)
+{
+    mp_entry_t *e = entries_of(c);
+    for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) index_of(c)[s] = MP_NIL;
+    c->free_head = MP_NIL;
+    c->entries = 0;
+    for (uint32_t i = c->max_entries; i-- > 0;) {
+        if (e[i].offset != UNUSED) {
+            index_insert(c, i);
+            c->entries++;
+        } else {
+            e[i].size = c->free_head;
+            c->free_head = i;
+        }
+    }
+}
+
+/* S2 and S3.  With repair != 0, entries without a live range are dropped, the
+ * index and free list are rebuilt from the entries, and live ranges without an
+ * entry are freed (what a dead owner's half-done call left); each repair is
+ * counted in c->repaired. */
 static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int repair,
                           char *msg, size_t msglen)
 {
-    uint64_t n = (uint64_t)1 << c->bits, mask = n - 1, used;
-restart:
-    used = 0;
-    for (uint64_t s = 0; s < n; s++) {
-        mp_entry_t *e = &slots(c)[s];
-        if (e->offset == EMPTY) continue;
-        used++;
-        uint64_t size;
-        if (e->tag == 0 || e->tag > c->serial || e->refs == 0)
-            FAIL("registry entry at %llu: bad tag or refs", (unsigned long long)e->offset);
-        /* reachable from home without crossing an empty slot */
-        for (uint64_t k = home(e->offset, c->bits); k != s; k = (k + 1) & mask)
-            if (slots(c)[k].offset == EMPTY)
-                FAIL("registry entry at %llu is cut off from its home slot",
-                     (unsigned long long)e->offset);
-        if (ops->size_of(st, e->offset, &size) != MP_OK) {
-            if (!repair) FAIL("registry names offset %llu, which is not a live range",
-                              (unsigned long long)e->offset);
-            if (c->entries == 0) c->entries = 1; /* remove decrements it */
-            mp_reg_remove(c, e);
+    mp_entry_t *e = entries_of(c);
+    uint32_t *ix = index_of(c);
+    uint64_t slots = (uint64_t)1 << c->bits, used = 0, indexed = 0, nfree = 0;
+    uint64_t serial = __atomic_load_n(&c->serial, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < c->max_entries; i++) {
+        if (e[i].offset == UNUSED) continue;
+        uint64_t s = st_load(&e[i]), size, tag = __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE);
+        if (tag == 0 || tag > serial || ((s & REFS_MASK) == 0 && (s >> 32) == 0) ||
+            ops->size_of(st, e[i].offset, &size) != MP_OK) {
+            if (!repair) FAIL("registry entry %u (offset %llu): bad tag or state, or not a live "
+                              "range", i, (unsigned long long)e[i].offset);
+            e[i].offset = UNUSED; /* dropped: the rebuild below files it as free */
             c->repaired++;
-            goto restart; /* removal shifted slots */
+            continue;
         }
+        used++;
+        if (!repair && mp_reg_lookup(c, e[i].offset) != i)
+            FAIL("registry entry %u (offset %llu) is not found through the index", i,
+                 (unsigned long long)e[i].offset);
     }
-    if (used != c->entries) {
-        if (!repair) FAIL("registry counts %u entries, holds %llu", c->entries,
-                          (unsigned long long)used);
-        c->entries = (uint32_t)used;
-        c->repaired++;
+    if (!repair) {
+        for (uint64_t s = 0; s < slots; s++) {
+            if (ix[s] == MP_NIL) continue;
+            if (ix[s] >= c->max_entries || e[ix[s]].offset == UNUSED)
+                FAIL("index slot %llu names entry %u, which is not in use", (unsigned long long)s,
+                     ix[s]);
+            indexed++;
+        }
+        for (uint32_t i = c->free_head; i != MP_NIL; i = (uint32_t)e[i].size) {
+            if (i >= c->max_entries || e[i].offset != UNUSED || ++nfree > c->max_entries)
+                FAIL("the free entry list is broken at %u", i);
+        }
+        if (used != c->entries || indexed != used || used + nfree != c->max_entries)
+            FAIL("registry counts disagree: %u counted, %llu used, %llu indexed, %llu free",
+                 c->entries, (unsigned long long)used, (unsigned long long)indexed,
+                 (unsigned long long)nfree);
+    } else {
+        rebuild(c);
     }
     const mp_head_t *h = st;
     if (h->live != c->entries) {
@@ -284,6 +421,55 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
     rc = ops->check(st, st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, ops, st, 0, msg, msglen);
+}
+
+/* ---- reclaim (lock held) ------------------------------------------------------------ */
+struct owned_by {
+    uint32_t pid;
+    uint32_t idx[256];
+    int n;
+};
+
+static int owned_cb(void *ctx, uint32_t i, mp_entry_t *e)
+{
+    struct owned_by *w = ctx;
+    uint64_t s = st_load(e);
+    /* cached by pid, or still holding pid's own reference */
+    if ((uint32_t)(s >> 32) != w->pid || ((s & REFS_MASK) && !(s & OWNER_REF))) return 0;
+    w->idx[w->n++] = i;
+    return w->n == 256;
+}
+
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
+                           uint64_t *released)
+{
+    uint64_t freed = 0;
+    struct owned_by w = {pid, {0}, 0};
+    *released = 0;
+    do {
+        w.n = 0;
+        mp_reg_walk(c, owned_cb, &w);
+        for (int k = 0; k < w.n; k++) {
+            mp_entry_t *e = &entries_of(c)[w.idx[k]];
+            uint64_t s = st_load(e);
+            int last = 1;
+            if (s & REFS_MASK) { /* drop the dead owner's own reference */
+                uint64_t n;
+                do {
+                    n = (s & REFS_MASK) == 1 ? mk(0, 0, 0) : mk(0, 0, (s & REFS_MASK) - 1);
+                } while (!st_cas(e, &s, n));
+                last = (s & REFS_MASK) == 1;
+                (*released)++;
+            }
+            if (last) {
+                uint64_t off = e->offset;
+                mp_reg_drop(c, w.idx[k]);
+                ops->free(st, off);
+                freed++;
+            }
+        }
+    } while (w.n);
+    return freed;
 }
 
 /* ---- the lock ------------------------------------------------------------------------ */
@@ -334,8 +520,8 @@ void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8])
 {
     out[0] = c->entries;
     out[1] = c->max_entries;
-    out[2] = c->serial;
-    out[3] = 0; /* see reserved */
+    out[2] = __atomic_load_n(&c->serial, __ATOMIC_RELAXED);
+    out[3] = 0;
     out[4] = c->lock_waits;
     out[5] = c->lock_wait_ns;
     out[6] = c->recoveries;

@@ -30,6 +30,7 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->tag = 0;
     b->pid = mp_getpid();
     b->owner = 0;
+    b->entry = 0;
     b->prev = NULL;
     b->next = pool->blocks;
     if (pool->blocks) pool->blocks->prev = b;

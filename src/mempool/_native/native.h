@@ -30,6 +30,8 @@ typedef struct {
     PyObject *weakreflist;
 } StrategyObject;
 
+typedef struct mp_shared_local mp_shared_local_t; /* pool_shared.c: the process's cache */
+
 /* A pool: a strategy over real bytes (or none, for External sources). */
 typedef struct {
     PyObject_HEAD
@@ -55,6 +57,7 @@ typedef struct {
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
     uint64_t lock_calls;      /* shared pools: acquisitions by this process      */
+    mp_shared_local_t *local; /* shared pools: this process's cache and tags     */
     PyObject *weakreflist;
 } PoolObject;
 
@@ -68,6 +71,7 @@ typedef struct BlockObject {
     uint64_t align;    /* kept when realloc moves the range                     */
     Py_ssize_t exports;
     uint64_t tag;      /* shared pools: the registry tag the handle names        */
+    uint32_t entry;    /* shared pools: the registry entry (stable while held)   */
     uint32_t pid;      /* shared pools: the process that made this handle       */
     int owner;         /* shared pools: the allocating process's handle         */
     int live;          /* 0 once freed (or the pool closed under it)            */
@@ -87,9 +91,27 @@ int mp_pool_ready(PyObject *module);
 int mp_pool_check_open(PoolObject *pool);
 /* This process's pid, kept right across fork(). */
 uint32_t mp_getpid(void);
-/* Take / drop a shared pool's lock (no-ops for private pools). */
-int mp_pool_lock(PoolObject *pool);
+int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
+
+/* pool_shared.c: the shared-pool half of PoolCore */
+int mp_pool_lock(PoolObject *pool); /* take / drop the segment's lock (no-ops when private) */
 void mp_pool_unlock(PoolObject *pool);
+int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
+                uint32_t *entry);
+void mp_sh_untake(PoolObject *p, uint32_t entry); /* undo mp_sh_alloc (no Block was made) */
+int mp_sh_release(PoolObject *p, BlockObject *b);
+PyObject *mp_sh_handle(PoolObject *p, PyObject *what, uint64_t off, uint64_t tag);
+int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off);
+void mp_sh_close(PoolObject *p);
+void mp_sh_free_local(PoolObject *p);
+PyObject *mp_ext_pool_set_shared(PoolObject *self, PyObject *args);
+PyObject *mp_ext_pool_check_shared(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_pool_locked(PoolObject *self, PyObject *args);
+PyObject *mp_ext_pool_reclaim(PoolObject *self, PyObject *arg);
+PyObject *mp_ext_pool_flush_cache(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_pool_hold_lock(PoolObject *self, PyObject *arg);
+PyObject *mp_ext_pool_shared_stats(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_pool_handle(PoolObject *self, PyObject *args);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 

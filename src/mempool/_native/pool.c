@@ -45,69 +45,49 @@ static uint32_t cached_pid;
 static void refresh_pid(void) { cached_pid = (uint32_t)getpid(); }
 uint32_t mp_getpid(void) { return cached_pid; }
 
-int mp_pool_lock(PoolObject *p)
+int mp_is_ndarray_type(PyObject *type)
 {
-    if (!p->ctl) return 0;
-    p->lock_calls++;
-    int rc = mp_shared_trylock(p->ctl);
-    if (rc == EBUSY) { /* another process holds it: wait without the GIL */
-        Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(p->ctl);
-        Py_END_ALLOW_THREADS
-    }
-    char msg[256];
-    int r = mp_shared_locked(p->ctl, rc, OPS(p), ST(p), p->strategy->st_len, msg, sizeof msg);
-    if (r == MP_OK) return 0;
-    PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_OSError, msg);
-    return -1;
+    return PyType_Check(type) && PyType_IsSubtype((PyTypeObject *)type, &PyArray_Type);
 }
 
-void mp_pool_unlock(PoolObject *p)
-{
-    if (p->ctl) mp_shared_unlock(p->ctl);
-}
-
-/* Allocate a range and, in a shared pool, its registry entry.  0, or -1 with the
+/* Allocate a range (and in a shared pool its registry entry).  0, or -1 with the
  * exception set and nothing changed. */
 static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *off,
-                     uint64_t *tag)
+                     uint64_t *tag, uint32_t *entry)
 {
-    if (mp_pool_lock(self) < 0) return -1;
-    mp_head_t saved;
-    if (self->ctl) saved = *(mp_head_t *)ST(self); /* the registry may refuse: undo */
+    if (self->ctl) return mp_sh_alloc(self, size, align, off, tag, entry);
     gen_begin(self);
     int rc = OPS(self)->alloc(ST(self), size, align, off);
-    int reg = MP_OK;
-    if (rc == MP_OK && self->ctl) {
-        reg = mp_reg_insert(self->ctl, *off, size, mp_getpid(), tag);
-        if (reg != MP_OK) {
-            OPS(self)->free(ST(self), *off);
-            *(mp_head_t *)ST(self) = saved;
-        }
-    }
     gen_end(self);
-    if (rc) mp_raise(self->strategy, rc, size, align, 0); /* reads the state: lock held */
-    else if (reg)
-        PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: the shared pool's block "
-                     "registry is full (max_entries)", (unsigned long long)size);
-    mp_pool_unlock(self);
-    return rc || reg ? -1 : 0;
+    if (rc) mp_raise(self->strategy, rc, size, align, 0);
+    return rc ? -1 : 0;
 }
 
 /* Give a range back after a failure past pool_take (a Block could not be made). */
-static void pool_untake(PoolObject *self, uint64_t off)
+static void pool_untake(PoolObject *self, uint64_t off, uint32_t entry)
 {
-    if (mp_pool_lock(self) < 0) {
-        PyErr_Clear();
-        return;
-    }
     if (self->ctl) {
-        mp_entry_t *e = mp_reg_find(self->ctl, off);
-        if (e) mp_reg_remove(self->ctl, e);
+        mp_sh_untake(self, entry);
+        return;
     }
     gen_begin(self);
     OPS(self)->free(ST(self), off);
     gen_end(self);
-    mp_pool_unlock(self);
+}
+
+/* A Block made by alloc/empty: the allocating process's handle. */
+static BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint64_t size,
+                                    uint64_t align, int owned, uint64_t tag, uint32_t entry)
+{
+    BlockObject *b = mp_block_new(self, off, size, align, owned);
+    if (!b) {
+        pool_untake(self, off, entry);
+        return NULL;
+    }
+    b->tag = tag;
+    b->entry = entry;
+    b->owner = 1;
+    return b;
 }
 
 int mp_pool_release(PoolObject *pool, BlockObject *b)
@@ -118,34 +98,14 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
                      (unsigned long long)b->offset, b->exports);
         return -1;
     }
-    if (mp_pool_lock(pool) < 0) return -1;
-    int rc = MP_OK, give_back = 1;
-    if (pool->ctl) {
-        if (b->pid != mp_getpid()) {
-            give_back = 0; /* inherited through fork(): the parent's handle, not ours */
-        } else {
-            mp_entry_t *e = mp_reg_find(pool->ctl, b->offset);
-            if (!e || e->tag != b->tag) {
-                mp_pool_unlock(pool);
-                b->live = 0;
-                PyErr_Format(mp_NotAllocated,
-                             "the block at offset %llu was freed or reused (reclaimed after its "
-                             "owner died?)", (unsigned long long)b->offset);
-                return -1;
-            }
-            if (b->owner && e->owner == b->pid) e->owner = 0;
-            if (--e->refs > 0) give_back = 0; /* other handles still use it */
-            else mp_reg_remove(pool->ctl, e);
-        }
+    if (pool->ctl) return mp_sh_release(pool, b);
+    gen_begin(pool);
+    int rc = OPS(pool)->free(ST(pool), b->offset);
+    gen_end(pool);
+    if (rc) {
+        mp_raise(pool->strategy, rc, 0, 1, b->offset);
+        return -1;
     }
-    if (give_back) {
-        gen_begin(pool);
-        rc = OPS(pool)->free(ST(pool), b->offset);
-        gen_end(pool);
-        if (rc) mp_raise(pool->strategy, rc, 0, 1, b->offset);
-    }
-    mp_pool_unlock(pool);
-    if (rc) return -1;
     b->live = 0;
     return 0;
 }
@@ -222,7 +182,11 @@ static void pool_dealloc(PoolObject *self)
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_gen) PyBuffer_Release(&self->gen_view);
-    if (self->has_ctl) PyBuffer_Release(&self->ctl_view);
+    if (self->has_ctl) {
+        mp_sh_close(self); /* a shared pool collected open: give back what we hold */
+        PyBuffer_Release(&self->ctl_view);
+    }
+    mp_sh_free_local(self);
     Py_XDECREF(self->reducer);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
@@ -247,15 +211,9 @@ static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssiz
     if (mp_pool_check_open(self) < 0) return NULL;
     if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
     uint64_t tag = 0;
-    if (pool_take(self, size, align, &off, &tag) < 0) return NULL;
-    BlockObject *b = mp_block_new(self, off, size, align, self->auto_free);
-    if (!b) {
-        pool_untake(self, off);
-        return NULL;
-    }
-    b->tag = tag;
-    b->owner = 1;
-    return (PyObject *)b;
+    uint32_t entry = 0;
+    if (pool_take(self, size, align, &off, &tag, &entry) < 0) return NULL;
+    return (PyObject *)new_owned_block(self, off, size, align, self->auto_free, tag, entry);
 }
 
 static PyObject *ext_pool_free(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -289,36 +247,14 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
         return NULL;
     }
     if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, b->align, 0);
-    if (mp_pool_lock(self) < 0) return NULL;
-    mp_entry_t *e = NULL;
     if (self->ctl) {
-        e = mp_reg_find(self->ctl, b->offset);
-        if (!e || e->tag != b->tag || b->pid != mp_getpid()) {
-            mp_pool_unlock(self);
-            PyErr_Format(mp_NotAllocated, "the block at offset %llu is not this process's live "
-                         "handle", (unsigned long long)b->offset);
-            return NULL;
-        }
-        if (e->refs > 1) {
-            mp_pool_unlock(self);
-            PyErr_Format(PyExc_BufferError, "cannot resize the block at offset %llu: %u other "
-                         "handle(s) of it are alive", (unsigned long long)b->offset, e->refs - 1);
-            return NULL;
-        }
+        if (mp_sh_realloc(self, b, size, &off) < 0) return NULL;
+    } else {
+        gen_begin(self);
+        int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+        gen_end(self);
+        if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
     }
-    gen_begin(self);
-    int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
-    if (rc == MP_OK && e) {
-        if (off != b->offset) mp_reg_move(self->ctl, e, off, size);
-        else e->size = size;
-    }
-    gen_end(self);
-    if (rc) {
-        mp_raise(self->strategy, rc, size, b->align, b->offset);
-        mp_pool_unlock(self);
-        return NULL;
-    }
-    mp_pool_unlock(self);
     if (off != b->offset && self->base)
         memmove(self->base + off, self->base + b->offset, (size_t)(size < b->size ? size : b->size));
     b->offset = off;
@@ -343,48 +279,17 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     return take_handle(self, args[0], rc > 0 ? UINT64_MAX : off, 0);
 }
 
-/* A Block for the live range at off.  Shared pools: a new handle (the entry's refs
- * grow; the handle gives its reference back when collected); with tag != 0 the
- * entry must carry that tag, or the handle is stale. */
+/* A Block for the live range at off (block_at).  Shared pools: a new handle that
+ * holds a reference; other pools: a Block that is not freed when collected. */
 static PyObject *take_handle(PoolObject *self, PyObject *what, uint64_t off, uint64_t tag)
 {
     uint64_t size;
-    if (mp_pool_lock(self) < 0) return NULL;
-    mp_entry_t *e = self->ctl ? mp_reg_find(self->ctl, off) : NULL;
-    int ok = self->ctl ? e && (!tag || e->tag == tag) && e->refs < UINT32_MAX
-                       : off != UINT64_MAX && OPS(self)->size_of(ST(self), off, &size) == MP_OK;
-    if (!ok) {
-        mp_pool_unlock(self);
-        if (tag)
-            PyErr_Format(mp_NotAllocated, "stale handle: the range at offset %llu (tag %llu) was "
-                         "freed or reused", (unsigned long long)off, (unsigned long long)tag);
-        else PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
+    if (self->ctl) return mp_sh_handle(self, what, off, tag);
+    if (off == UINT64_MAX || OPS(self)->size_of(ST(self), off, &size) != MP_OK) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
         return NULL;
     }
-    BlockObject *b = mp_block_new(self, off, e ? e->size : size, 1, e != NULL);
-    if (b && e) {
-        e->refs++;
-        b->tag = e->tag;
-    }
-    mp_pool_unlock(self);
-    return (PyObject *)b;
-}
-
-/* _handle(offset, tag): unpickle a shared block handle */
-static PyObject *ext_pool_handle(PoolObject *self, PyObject *args)
-{
-    unsigned long long off, tag;
-    if (!PyArg_ParseTuple(args, "KK", &off, &tag)) return NULL;
-    if (mp_pool_check_open(self) < 0) return NULL;
-    if (!self->ctl || !tag) {
-        PyErr_SetString(PyExc_TypeError, "handles name blocks of shared pools");
-        return NULL;
-    }
-    PyObject *o = PyLong_FromUnsignedLongLong(off);
-    if (!o) return NULL;
-    PyObject *b = take_handle(self, o, off, tag);
-    Py_DECREF(o);
-    return b;
+    return (PyObject *)mp_block_new(self, off, size, 1, 0);
 }
 
 /* ---- arrays -------------------------------------------------------------------------- */
@@ -441,14 +346,10 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
     if (align < 64) align = 64;
     if (!mp_is_pow2(align)) align = 64;
     uint64_t size = nbytes ? nbytes : 1, tag = 0;
-    if (pool_take(self, size, align, &off, &tag) < 0) goto done;
-    BlockObject *b = mp_block_new(self, off, size, align, 1);
-    if (!b) {
-        pool_untake(self, off);
-        goto done;
-    }
-    b->tag = tag;
-    b->owner = 1;
+    uint32_t entry = 0;
+    if (pool_take(self, size, align, &off, &tag, &entry) < 0) goto done;
+    BlockObject *b = new_owned_block(self, off, size, align, 1, tag, entry);
+    if (!b) goto done;
     b->array = 1;      /* the array's life is an export of the block */
     b->exports = 1;
     self->exports++;
@@ -491,23 +392,9 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
                      self->exports);
         return NULL;
     }
-    /* shared pools: the handles of this process give their references back now
-     * (they cannot reach the segment once it is unmapped) */
-    if (self->ctl && mp_pool_lock(self) == 0) {
-        for (BlockObject *b = self->blocks; b; b = b->next) {
-            if (!b->live || b->pid != mp_getpid()) continue;
-            mp_entry_t *e = mp_reg_find(self->ctl, b->offset);
-            if (e && e->tag == b->tag) {
-                if (b->owner && e->owner == b->pid) e->owner = 0;
-                if (--e->refs == 0) {
-                    mp_reg_remove(self->ctl, e);
-                    OPS(self)->free(ST(self), b->offset);
-                }
-            }
-            b->live = 0;
-        }
-        mp_pool_unlock(self);
-    }
+    /* shared pools: the cache and this process's handles give their references back
+     * now (they cannot reach the segment once it is unmapped) */
+    if (self->ctl) mp_sh_close(self);
     PyErr_Clear();
     self->closed = 1;
     self->gen = NULL;
@@ -551,173 +438,6 @@ static PyObject *ext_pool_set_generation(PoolObject *self, PyObject *args)
     self->has_gen = 1;
     self->gen = (volatile uint64_t *)((char *)self->gen_view.buf + offset);
     Py_RETURN_NONE;
-}
-
-/* _set_shared(buffer, offset, length, max_entries, reducer, array_type): make this a
- * shared pool whose lock and registry live at buffer[offset:offset+length];
- * max_entries > 0 initialises them (create), 0 attaches (layout validated here,
- * the whole state by _check_shared under the lock). */
-static PyObject *ext_pool_set_shared(PoolObject *self, PyObject *args)
-{
-    PyObject *buffer, *reducer, *array_type;
-    unsigned long long offset, length, max_entries;
-    if (!PyArg_ParseTuple(args, "OKKKOO!", &buffer, &offset, &length, &max_entries, &reducer,
-                          &PyType_Type, &array_type))
-        return NULL;
-    if (self->has_ctl || self->closed || !self->strategy) {
-        PyErr_SetString(PyExc_RuntimeError, "the pool cannot become shared now");
-        return NULL;
-    }
-    if (!PyType_IsSubtype((PyTypeObject *)array_type, &PyArray_Type)) {
-        PyErr_SetString(PyExc_TypeError, "array_type must be an ndarray subclass");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(buffer, &self->ctl_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    char msg[256];
-    mp_shared_ctl_t *c = (mp_shared_ctl_t *)((char *)self->ctl_view.buf + offset);
-    if (offset % 64 || offset > (unsigned long long)self->ctl_view.len ||
-        length > (unsigned long long)self->ctl_view.len - offset) {
-        PyErr_SetString(mp_CorruptionError, "the lock area does not fit the segment");
-        goto fail;
-    }
-    if (max_entries) {
-        if (mp_shared_ctl_size(max_entries) != length || mp_shared_ctl_init(c, max_entries)) {
-            PyErr_SetString(PyExc_ValueError, "cannot initialise the lock area");
-            goto fail;
-        }
-    } else if (mp_shared_check_layout(c, length, msg, sizeof msg)) {
-        PyErr_Format(mp_CorruptionError, "invalid lock area: %s", msg);
-        goto fail;
-    }
-    self->has_ctl = 1;
-    self->ctl = c;
-    self->ctl_len = length;
-    Py_INCREF(reducer);
-    self->reducer = reducer;
-    Py_INCREF(array_type);
-    self->array_type = (PyTypeObject *)array_type;
-    Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&self->ctl_view);
-    return NULL;
-}
-
-static PyObject *need_shared(PoolObject *self)
-{
-    if (mp_pool_check_open(self) < 0) return NULL;
-    if (!self->ctl) {
-        PyErr_SetString(PyExc_TypeError, "not a shared pool");
-        return NULL;
-    }
-    return Py_None;
-}
-
-/* _check_shared(): the whole check under the lock */
-static PyObject *ext_pool_check_shared(PoolObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
-    char msg[256];
-    int rc = mp_shared_check(self->ctl, self->ctl_len, OPS(self), ST(self), self->strategy->st_len,
-                             msg, sizeof msg);
-    mp_pool_unlock(self);
-    if (rc) {
-        PyErr_SetString(mp_CorruptionError, msg);
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-/* _locked(name, *args): call a strategy method under the lock (stats, segments...) */
-static PyObject *ext_pool_locked(PoolObject *self, PyObject *args)
-{
-    if (mp_pool_check_open(self) < 0) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(PyExc_TypeError, "_locked(name, *args)");
-        return NULL;
-    }
-    PyObject *fn = PyObject_GetAttr((PyObject *)self->strategy, PyTuple_GET_ITEM(args, 0));
-    if (!fn) return NULL;
-    PyObject *rest = PyTuple_GetSlice(args, 1, n), *r = NULL;
-    if (rest && mp_pool_lock(self) == 0) {
-        r = PyObject_Call(fn, rest, NULL);
-        mp_pool_unlock(self);
-    }
-    Py_XDECREF(rest);
-    Py_DECREF(fn);
-    return r;
-}
-
-/* Registry entries owned by one pid, collected by a walk (256 at a time). */
-struct owned_by {
-    uint32_t pid;
-    uint64_t offset[256];
-    int n;
-};
-
-static int owned_cb(void *ctx, mp_entry_t *e)
-{
-    struct owned_by *w = ctx;
-    if (e->owner != w->pid) return 0;
-    w->offset[w->n++] = e->offset;
-    return w->n == 256;
-}
-
-/* _reclaim(pid) -> (freed, released): drop the references that a dead process's
- * own handles held (a range with no other handle is freed). */
-static PyObject *ext_pool_reclaim(PoolObject *self, PyObject *arg)
-{
-    unsigned long pid = PyLong_AsUnsignedLong(arg);
-    if (pid == (unsigned long)-1 && PyErr_Occurred()) return NULL;
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
-    uint64_t freed = 0, released = 0;
-    struct owned_by w = {(uint32_t)pid, {0}, 0};
-    do {
-        w.n = 0;
-        mp_reg_walk(self->ctl, owned_cb, &w);
-        for (int k = 0; k < w.n; k++) {
-            mp_entry_t *e = mp_reg_find(self->ctl, w.offset[k]);
-            if (!e) continue;
-            e->owner = 0;
-            released++;
-            if (--e->refs == 0) {
-                mp_reg_remove(self->ctl, e);
-                gen_begin(self);
-                OPS(self)->free(ST(self), w.offset[k]);
-                gen_end(self);
-                freed++;
-            }
-        }
-    } while (w.n);
-    mp_pool_unlock(self);
-    return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)released);
-}
-
-/* _hold_lock(seconds): take the lock and sleep holding it (tests kill us meanwhile) */
-static PyObject *ext_pool_hold_lock(PoolObject *self, PyObject *arg)
-{
-    double secs = PyFloat_AsDouble(arg);
-    if (secs == -1.0 && PyErr_Occurred()) return NULL;
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
-    struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
-    Py_BEGIN_ALLOW_THREADS nanosleep(&ts, NULL);
-    Py_END_ALLOW_THREADS mp_pool_unlock(self);
-    Py_RETURN_NONE;
-}
-
-/* _shared_stats(): the lock and registry counters */
-static PyObject *ext_pool_shared_stats(PoolObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (!need_shared(self)) return NULL;
-    uint64_t v[8];
-    mp_shared_stats(self->ctl, v); /* plain counters: read without the lock */
-    return Py_BuildValue("{sKsKsKsKsKsKsKsK}", "entries", (unsigned long long)v[0], "max_entries",
-                         (unsigned long long)v[1], "serial", (unsigned long long)v[2],
-                         "lock_calls", (unsigned long long)self->lock_calls, "lock_waits",
-                         (unsigned long long)v[4], "lock_wait_ns", (unsigned long long)v[5],
-                         "recoveries", (unsigned long long)v[6], "repaired",
-                         (unsigned long long)v[7]);
 }
 
 static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
@@ -788,13 +508,14 @@ static PyMethodDef pool_methods[] = {
     {"zeros", (PyCFunction)(void (*)(void))ext_pool_zeros, METH_FASTCALL | METH_KEYWORDS,
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
-    {"_set_shared", (PyCFunction)ext_pool_set_shared, METH_VARARGS, NULL},
-    {"_check_shared", (PyCFunction)ext_pool_check_shared, METH_NOARGS, NULL},
-    {"_locked", (PyCFunction)ext_pool_locked, METH_VARARGS, NULL},
-    {"_reclaim", (PyCFunction)ext_pool_reclaim, METH_O, NULL},
-    {"_hold_lock", (PyCFunction)ext_pool_hold_lock, METH_O, NULL},
-    {"_shared_stats", (PyCFunction)ext_pool_shared_stats, METH_NOARGS, NULL},
-    {"_handle", (PyCFunction)ext_pool_handle, METH_VARARGS, NULL},
+    {"_set_shared", (PyCFunction)mp_ext_pool_set_shared, METH_VARARGS, NULL},
+    {"_check_shared", (PyCFunction)mp_ext_pool_check_shared, METH_NOARGS, NULL},
+    {"_locked", (PyCFunction)mp_ext_pool_locked, METH_VARARGS, NULL},
+    {"_reclaim", (PyCFunction)mp_ext_pool_reclaim, METH_O, NULL},
+    {"_flush_cache", (PyCFunction)mp_ext_pool_flush_cache, METH_NOARGS, NULL},
+    {"_hold_lock", (PyCFunction)mp_ext_pool_hold_lock, METH_O, NULL},
+    {"_shared_stats", (PyCFunction)mp_ext_pool_shared_stats, METH_NOARGS, NULL},
+    {"_handle", (PyCFunction)mp_ext_pool_handle, METH_VARARGS, NULL},
     {"_set_generation", (PyCFunction)ext_pool_set_generation, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
