@@ -15,10 +15,13 @@
  *   offset  the range                    tag   unique per handing-out (see tags)
  *   size    bytes asked for (information)
  *   state   one atomic word: owner pid (bits 32..63) | owner_ref (bit 31) | refs
- *           refs       handles alive in all processes (Blocks made by alloc, or by
- *                      unpickling a handle, or block_at)
+ *           refs       handles alive in all processes
  *           owner      the process that allocated the range (or caches it)
- *           owner_ref  the owner's own Block still holds one of the refs
+ *           owner_ref  the owner's own Block (from alloc) holds one of the refs
+ *   holder  who borrowed the others: (pid, count) for up to MP_HOLDERS processes,
+ *           the rest in overflow.  Borrowing (a handle unpickled, block_at) and
+ *           giving back a borrowed reference take the lock; so reclaim(pid) knows
+ *           what a dead process held, not only what it allocated.
  * A handle names (offset, tag): a handle to a freed or reused range finds no
  * entry, another tag, or refs == 0, and is refused instead of aliased.
  *
@@ -47,7 +50,7 @@
  *  S2. used entries + the free list == max_entries; entries == used entries; every
  *      used entry is found from its offset through the index, and every index slot
  *      names a used entry; tags are non-zero and <= serial; refs == 0 only with an
- *      owner (a cached range).
+ *      owner (a cached range); refs == owner_ref + holder counts + overflow.
  *  S3. every entry's offset is a live range of the strategy, and the strategy has
  *      exactly `entries` live ranges.
  */
@@ -82,10 +85,11 @@ struct mp_shared_ctl {
         pthread_mutex_t mutex;
         uint8_t room[64];
     } lock;
+    char why[64];          /* what the check found when the pool was marked corrupt */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex fits its room");
 _Static_assert(sizeof(struct mp_shared_ctl) % 64 == 0, "tables start on a cache line");
-_Static_assert(sizeof(mp_entry_t) == 32, "entries are 32 bytes");
+_Static_assert(sizeof(mp_entry_t) == 64, "an entry is a cache line");
 
 static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
 static mp_entry_t *entries_of(mp_shared_ctl_t *c)
@@ -209,6 +213,8 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     c->free_head = (uint32_t)e->size;
     e->size = size;
     e->tag = tag;
+    memset(e->holder, 0, sizeof e->holder);
+    e->overflow = 0;
     __atomic_store_n(&e->state, mk(owner, 1, 1), __ATOMIC_RELEASE);
     e->offset = offset;
     index_insert(c, i);
@@ -259,24 +265,61 @@ int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int 
         if ((s & REFS_MASK) == 0 || (s & REFS_MASK) == REFS_MASK) return MP_ENOTALLOC;
     } while (!st_cas(e, &s, s + 1));
     if (tag && __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) != tag) { /* reused meanwhile */
-        *dispose = mp_ref_release(c, i, pid, 0) == 1;
+        uint64_t n;
+        s = st_load(e);
+        do {
+            n = (s & REFS_MASK) == 1 ? mk(pid, 0, 0) : s - 1;
+        } while (!st_cas(e, &s, n));
+        *dispose = (s & REFS_MASK) == 1;
         return MP_ENOTALLOC;
     }
+    int k, empty = -1;
+    for (k = 0; k < MP_HOLDERS; k++) {
+        if (e->holder[k].count && e->holder[k].pid == pid) break;
+        if (!e->holder[k].count && empty < 0) empty = k;
+    }
+    if (k < MP_HOLDERS) e->holder[k].count++;
+    else if (empty >= 0) {
+        e->holder[empty].pid = pid;
+        e->holder[empty].count = 1;
+    } else e->overflow++;
     return MP_OK;
+}
+
+/* One reference less, the last one making the entry pid's (refs 0). */
+static int drop_ref(mp_entry_t *e, uint32_t pid)
+{
+    uint64_t s = st_load(e), n;
+    do {
+        if ((s & REFS_MASK) == 0) return -1;
+        n = (s & REFS_MASK) == 1 ? mk(pid, 0, 0) : s - 1;
+    } while (!st_cas(e, &s, n));
+    return (s & REFS_MASK) == 1;
+}
+
+int mp_ref_release_borrowed(mp_shared_ctl_t *c, uint32_t i, uint32_t pid)
+{
+    mp_entry_t *e = &entries_of(c)[i];
+    int k;
+    for (k = 0; k < MP_HOLDERS; k++)
+        if (e->holder[k].count && e->holder[k].pid == pid) break;
+    if (k < MP_HOLDERS) e->holder[k].count--;
+    else if (e->overflow) e->overflow--;
+    else return -1;
+    return drop_ref(e, pid);
 }
 
 int mp_ref_release(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, int owner_handle)
 {
     mp_entry_t *e = &entries_of(c)[i];
     uint64_t s = st_load(e), n;
+    (void)owner_handle;
     do {
         uint64_t refs = s & REFS_MASK;
-        if (refs == 0) return -1; /* released twice: a bug somewhere */
-        uint32_t owner = (uint32_t)(s >> 32);
-        int oref = (s & OWNER_REF) && !(owner_handle && owner == pid);
-        /* the last one: the range becomes the releaser's, to cache or dispose; no
+        if (refs == 0 || !(s & OWNER_REF) || (uint32_t)(s >> 32) != pid) return -1;
+        /* the last one: the range stays the releaser's, to cache or dispose; no
          * reclaim of a dead former owner can take it from under us */
-        n = refs == 1 ? mk(pid, 0, 0) : mk(owner, oref, refs - 1);
+        n = refs == 1 ? mk(pid, 0, 0) : mk(pid, 0, refs - 1);
     } while (!st_cas(e, &s, n));
     return (s & REFS_MASK) == 1;
 }
@@ -362,6 +405,21 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
     for (uint32_t i = 0; i < c->max_entries; i++) {
         if (e[i].offset == UNUSED) continue;
         uint64_t s = st_load(&e[i]), size, tag = __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE);
+        uint64_t borrowed = e[i].overflow, want;
+        for (int k = 0; k < MP_HOLDERS; k++) borrowed += e[i].holder[k].count;
+        want = borrowed + ((s & OWNER_REF) ? 1 : 0);
+        if ((s & REFS_MASK) != want) {
+            if (!repair) FAIL("registry entry %u (offset %llu): %llu refs, its holders account "
+                              "for %llu", i, (unsigned long long)e[i].offset,
+                              (unsigned long long)(s & REFS_MASK), (unsigned long long)want);
+            /* a death between a reference's count and its holder: trust the holders */
+            uint64_t n;
+            do {
+                n = (s & ~REFS_MASK) | want;
+            } while (!st_cas(&e[i], &s, n));
+            s = n;
+            c->repaired++;
+        }
         if (tag == 0 || tag > serial || ((s & REFS_MASK) == 0 && (s >> 32) == 0) ||
             ops->size_of(st, e[i].offset, &size) != MP_OK) {
             if (!repair) FAIL("registry entry %u (offset %llu): bad tag or state, or not a live "
@@ -417,58 +475,46 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
 {
     int rc = mp_shared_check_layout(c, len, msg, msglen);
     if (rc) return rc;
-    if (c->corrupt) FAIL("the pool was marked corrupt after a process died holding its lock");
+    if (c->corrupt) FAIL("the pool was marked corrupt after a process died holding its lock "
+                         "(%.64s)", c->why);
     rc = ops->check(st, st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, ops, st, 0, msg, msglen);
 }
 
 /* ---- reclaim (lock held) ------------------------------------------------------------ */
-struct owned_by {
-    uint32_t pid;
-    uint32_t idx[256];
-    int n;
-};
-
-static int owned_cb(void *ctx, uint32_t i, mp_entry_t *e)
-{
-    struct owned_by *w = ctx;
-    uint64_t s = st_load(e);
-    /* cached by pid, or still holding pid's own reference */
-    if ((uint32_t)(s >> 32) != w->pid || ((s & REFS_MASK) && !(s & OWNER_REF))) return 0;
-    w->idx[w->n++] = i;
-    return w->n == 256;
-}
-
 uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
                            uint64_t *released)
 {
+    mp_entry_t *e = entries_of(c);
     uint64_t freed = 0;
-    struct owned_by w = {pid, {0}, 0};
     *released = 0;
-    do {
-        w.n = 0;
-        mp_reg_walk(c, owned_cb, &w);
-        for (int k = 0; k < w.n; k++) {
-            mp_entry_t *e = &entries_of(c)[w.idx[k]];
-            uint64_t s = st_load(e);
-            int last = 1;
-            if (s & REFS_MASK) { /* drop the dead owner's own reference */
-                uint64_t n;
-                do {
-                    n = (s & REFS_MASK) == 1 ? mk(0, 0, 0) : mk(0, 0, (s & REFS_MASK) - 1);
-                } while (!st_cas(e, &s, n));
-                last = (s & REFS_MASK) == 1;
-                (*released)++;
+    for (uint32_t i = 0; i < c->max_entries; i++) {
+        if (e[i].offset == UNUSED) continue;
+        uint64_t borrowed = 0;
+        for (int k = 0; k < MP_HOLDERS; k++)
+            if (e[i].holder[k].count && e[i].holder[k].pid == pid) {
+                borrowed += e[i].holder[k].count;
+                e[i].holder[k].count = 0;
             }
-            if (last) {
-                uint64_t off = e->offset;
-                mp_reg_drop(c, w.idx[k]);
-                ops->free(st, off);
-                freed++;
-            }
+        uint64_t s = st_load(&e[i]), n, refs;
+        int mine;
+        do {
+            refs = s & REFS_MASK;
+            mine = (uint32_t)(s >> 32) == pid;
+            if (refs == 0 && !mine) break; /* cached by a live process: its own */
+            uint64_t drop = borrowed + (mine && (s & OWNER_REF) ? 1 : 0);
+            n = mine ? mk(0, 0, refs - drop) : (s & ~REFS_MASK) | (refs - drop);
+        } while (!st_cas(&e[i], &s, n));
+        if (refs == 0 && !mine) continue;
+        *released += refs - (n & REFS_MASK);
+        if ((n & REFS_MASK) == 0) { /* no reference left (or cached by the dead) */
+            uint64_t off = e[i].offset;
+            mp_reg_drop(c, i);
+            ops->free(st, off);
+            freed++;
         }
-    } while (w.n);
+    }
     return freed;
 }
 
@@ -497,17 +543,20 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, 
 {
     if (rc == EOWNERDEAD) {
         c->recoveries++;
-        int bad = c->corrupt || ops->check(st, st_len, msg, msglen) != MP_OK ||
-                  check_registry(c, ops, st, 1, msg, msglen) != MP_OK;
-        if (bad) c->corrupt = 1;
+        int bad = !c->corrupt && (ops->check(st, st_len, msg, msglen) != MP_OK ||
+                                  check_registry(c, ops, st, 1, msg, msglen) != MP_OK);
+        if (bad) {
+            c->corrupt = 1;
+            snprintf(c->why, sizeof c->why, "%s", msg);
+        }
         pthread_mutex_consistent(&c->lock.mutex);
     } else if (rc != 0) {
         snprintf(msg, msglen, "cannot take the pool's lock: %s", strerror(rc));
         return MP_EINVAL;
     }
     if (c->corrupt) {
-        snprintf(msg, msglen,
-                 "the pool is corrupt: a process died holding its lock in the middle of a call");
+        snprintf(msg, msglen, "the pool is corrupt: a process died holding its lock in the "
+                 "middle of a call (%.64s)", c->why);
         pthread_mutex_unlock(&c->lock.mutex);
         return MP_ECORRUPT;
     }

@@ -6,10 +6,12 @@
  *  - alloc of a small size this process freed before: popped from the local cache
  *    with a fresh tag (mp_ref_reuse): no lock, no shared cache line written but the
  *    range's own entry;
- *  - release of a handle that is not the last: one atomic decrement, no lock;
- *  - release of the last handle of a small range this process allocated: pushed to
- *    the local cache (the entry stays, refs 0, owner = this pid): no lock;
- *  - everything else takes the lock: the strategy, the index, handles by tag.
+ *  - release of the handle alloc made (the owner's): one CAS, no lock; when it was
+ *    the last reference to a small range, the range goes to the local cache (the
+ *    entry stays, refs 0, owner = this pid);
+ *  - everything else takes the lock: the strategy, the index, handles by tag and
+ *    the references they borrow (recorded per process, so that reclaim(pid) can give
+ *    back what a dead process held).
  * The cache holds at most MAG_CLASSES x MAG_DEPTH ranges of <= MAG_MAX bytes; it is
  * given back when the pool closes or is collected, before stats/check/segments, when
  * an allocation would otherwise fail, and by reclaim(pid) after the process died.
@@ -180,12 +182,19 @@ int mp_sh_release(PoolObject *p, BlockObject *b)
                      "while its process was alive?)", (unsigned long long)b->offset);
         return -1;
     }
-    int last = mp_ref_release(p->ctl, b->entry, b->pid, b->owner);
+    if (!b->owner) { /* a borrowed reference: given back under the lock */
+        if (mp_pool_lock(p) < 0) return -1;
+        if (mp_ref_release_borrowed(p->ctl, b->entry, b->pid) == 1) dispose(p, b->entry);
+        mp_pool_unlock(p);
+        b->live = 0;
+        return 0;
+    }
+    int last = mp_ref_release(p->ctl, b->entry, b->pid, 1);
     b->live = 0;
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
     mp_shared_local_t *l = local_of(p);
     int k = mag_class(b->size);
-    if (b->owner && k >= 0 && l->n[k] < MAG_DEPTH) { /* keep it for the next alloc */
+    if (k >= 0 && l->n[k] < MAG_DEPTH) { /* keep it for the next alloc */
         l->slot[k][l->n[k]].entry = b->entry;
         l->slot[k][l->n[k]].offset = b->offset;
         l->n[k]++;
@@ -216,7 +225,7 @@ PyObject *mp_sh_handle(PoolObject *p, PyObject *what, uint64_t off, uint64_t tag
     if (b) {
         b->tag = e->tag;
         b->entry = i;
-    } else if (mp_ref_release(p->ctl, i, mp_getpid(), 0) == 1) {
+    } else if (mp_ref_release_borrowed(p->ctl, i, mp_getpid()) == 1) {
         dispose(p, i);
     }
     mp_pool_unlock(p);
@@ -260,7 +269,9 @@ void mp_sh_close(PoolObject *p)
     flush(p);
     for (BlockObject *b = p->blocks; b; b = b->next) {
         if (!b->live || b->pid != mp_getpid()) continue;
-        if (entry_matches(p, b) && mp_ref_release(p->ctl, b->entry, b->pid, b->owner) == 1)
+        if (entry_matches(p, b) &&
+            (b->owner ? mp_ref_release(p->ctl, b->entry, b->pid, 1)
+                      : mp_ref_release_borrowed(p->ctl, b->entry, b->pid)) == 1)
             dispose(p, b->entry);
         b->live = 0;
     }
