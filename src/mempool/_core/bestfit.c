@@ -193,6 +193,16 @@ static void bf_remove(void *st, uint32_t i)
     rebalance(x, nodes, start);
 }
 
+/* A free range's key changed in place (the node is still linked where its old key
+ * belonged): re-file it.  bf_remove relinks by structure, not by key, so it works on
+ * the changed node. */
+static void bf_rekey(void *st, uint32_t i, uint64_t old_size)
+{
+    (void)old_size;
+    bf_remove(st, i);
+    bf_insert(st, i);
+}
+
 static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
 {
     uint64_t pad = (0 - n->offset) & (align - 1); /* align_up(offset) - offset */
@@ -338,6 +348,7 @@ static const mp_fidx_t bestfit_fidx = {
     .area_size = BF_AREA,
     .insert = bf_insert,
     .remove = bf_remove,
+    .rekey = bf_rekey,
     .find = bf_find,
     .largest = bf_largest,
     .clear = bf_clear,

@@ -33,8 +33,15 @@
  *  5. Spare stack + in-use nodes == top; every spare node is marked unused.
  *  6. The free index holds exactly the free nodes (checked by the strategy).
  *
- * The engine functions are `static inline` and take the strategy's free-index
- * table as a constant, so each strategy file gets its own specialised copy.
+ * Free ranges change in place where they can: alloc carves the request out of a
+ * free node and that node keeps the larger remainder; free lets a free neighbour
+ * absorb the freed range.  The index is then told with rekey(), which for most
+ * changes of a large range has nothing to do (TLSF: the bin did not change), instead
+ * of a remove + insert pair that touches the neighbours in the index.
+ *
+ * The engine functions are `static inline` (the hot ones forced) and take the
+ * strategy's free-index table as a constant, so each strategy file gets its own
+ * specialised copy with the index operations folded in.
  */
 #ifndef MEMPOOL_RANGES_H
 #define MEMPOOL_RANGES_H
@@ -43,6 +50,10 @@
 #include <string.h>
 
 #include "mempool.h"
+
+/* The hot paths are forced inline: each strategy file then gets one straight-line
+ * copy of alloc and free with its free index folded in (no calls, no spills). */
+#define RS_HOT static inline __attribute__((always_inline))
 
 #define RN_INUSE 1u /* node belongs to the physical list                */
 #define RN_FREE 2u  /* the range is free (filed in the free index)      */
@@ -79,6 +90,10 @@ typedef struct mp_fidx {
     uint64_t area_size; /* bytes of the index area after mp_rset_t (multiple of 8) */
     void (*insert)(void *st, uint32_t i);
     void (*remove)(void *st, uint32_t i);
+    /* free node i, still filed, had its offset and/or size changed in place (its
+     * size was old_size): re-file it where its new key belongs.  Cheaper than
+     * remove + insert when the key still maps to the same place. */
+    void (*rekey)(void *st, uint32_t i, uint64_t old_size);
     /* a free node in which an aligned placement of `size` fits, or MP_NIL */
     uint32_t (*find)(void *st, uint64_t size, uint64_t align);
     uint64_t (*largest)(const void *st);
@@ -131,22 +146,22 @@ static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uin
     return (n + 7) & ~(uint64_t)7;
 }
 
-static inline uint32_t rs_tag(uint64_t offset) { return (uint32_t)(offset >> 3); }
+RS_HOT uint32_t rs_tag(uint64_t offset) { return (uint32_t)(offset >> 3); }
 /* Fibonacci hashing of the tag.  Not (tag ^ tag >> bits): that keeps sequential
  * ranges in one contiguous run of slots (and < 8-byte ranges on one home), so every
  * lookup and every backward-shift deletion walked the whole run: O(n) per op. */
-static inline uint64_t rs_home(uint32_t tag, uint32_t bits)
+RS_HOT uint64_t rs_home(uint32_t tag, uint32_t bits)
 {
     return ((uint64_t)tag * 0x9E3779B97F4A7C15ull) >> (64 - bits);
 }
 
 /* ---- node pool ----------------------------------------------------------- */
-static inline uint32_t rs_spare_count(const mp_rset_t *rs)
+RS_HOT uint32_t rs_spare_count(const mp_rset_t *rs)
 {
     return rs->max_blocks - rs->top + rs->nspare;
 }
 
-static inline uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
+RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
@@ -163,7 +178,7 @@ static inline uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
     return i;
 }
 
-static inline void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
+RS_HOT void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
@@ -177,7 +192,7 @@ static inline void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
 /* ---- offset -> allocated node hash table -------------------------------- */
 /* The slot that holds the allocated node starting at offset, or -1.  Bounded:
  * even a corrupted table cannot make it loop (see rs_check). */
-static inline int64_t rs_find_slot(const void *st, const mp_fidx_t *fi, uint64_t offset)
+RS_HOT int64_t rs_find_slot(const void *st, const mp_fidx_t *fi, uint64_t offset)
 {
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, fi);
@@ -194,13 +209,13 @@ static inline int64_t rs_find_slot(const void *st, const mp_fidx_t *fi, uint64_t
     return -1;
 }
 
-static inline uint32_t rs_lookup(const void *st, const mp_fidx_t *fi, uint64_t offset)
+RS_HOT uint32_t rs_lookup(const void *st, const mp_fidx_t *fi, uint64_t offset)
 {
     int64_t s = rs_find_slot(st, fi, offset);
     return s < 0 ? MP_NIL : rs_ctable(st, fi)[s].node;
 }
 
-static inline void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
+RS_HOT void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
     mp_slot_t *t = rs_table(st, fi);
@@ -213,7 +228,7 @@ static inline void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
 }
 
 /* Empty slot s; backward-shift deletion keeps every probe chain unbroken. */
-static inline void rs_hash_remove_slot(void *st, const mp_fidx_t *fi, uint64_t s)
+RS_HOT void rs_hash_remove_slot(void *st, const mp_fidx_t *fi, uint64_t s)
 {
     mp_rset_t *rs = rs_set(st);
     mp_slot_t *t = rs_table(st, fi);
@@ -284,18 +299,18 @@ static inline int rs_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t
 }
 
 /* ---- carving and merging ------------------------------------------------- */
-static inline uint64_t rs_align_up(uint64_t x, uint64_t align)
+RS_HOT uint64_t rs_align_up(uint64_t x, uint64_t align)
 {
     return (x + align - 1) & ~(align - 1);
 }
 
 /* Nodes needed to carve [at, at+size) out of free node i. */
-static inline uint32_t rs_carve_cost(const mp_rnode_t *n, uint64_t at, uint64_t size)
+RS_HOT uint32_t rs_carve_cost(const mp_rnode_t *n, uint64_t at, uint64_t size)
 {
     return (at > n->offset) + (at + size < n->offset + n->size);
 }
 
-static inline void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
+RS_HOT void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
 {
     h->used += size;
     h->requested += size;
@@ -304,50 +319,85 @@ static inline void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
     if (end > h->high_water) h->high_water = end;
 }
 
-/* Turn [at, at+size) of free node i (already removed from the free index) into an
- * allocated range; the gap in front and the tail stay free.  The caller made sure
- * that enough nodes are spare.  Returns the allocated node. */
-static inline uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
+/* Link node n into the physical list just before node i / just after node i. */
+RS_HOT void rs_link_before(mp_rset_t *rs, mp_rnode_t *nodes, uint32_t n, uint32_t i)
+{
+    uint32_t p = nodes[i].prev;
+    nodes[n].prev = p;
+    nodes[n].next = i;
+    nodes[i].prev = n;
+    if (p != MP_NIL) nodes[p].next = n;
+    else rs->first = n;
+}
+
+RS_HOT void rs_link_after(mp_rnode_t *nodes, uint32_t n, uint32_t i)
+{
+    uint32_t q = nodes[i].next;
+    nodes[n].prev = i;
+    nodes[n].next = q;
+    nodes[i].next = n;
+    if (q != MP_NIL) nodes[q].prev = n;
+}
+
+/* Turn [at, at+size) of free node i (filed in the free index) into an allocated
+ * range; the gap in front and the tail stay free.  The larger of the two remainders
+ * keeps node i, re-keyed in place (usually no index work: a big range that loses a
+ * little stays where it is filed); the allocated range and the smaller remainder
+ * get new nodes.  The caller made sure that enough nodes are spare (rs_carve_cost).
+ * Returns the allocated node. */
+RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
                                 uint64_t size)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    rs->nfree--;
-    if (at > nodes[i].offset) { /* the front gap keeps node i */
-        uint32_t g = i;
-        i = rs_node_new(st, fi);
-        nodes = rs_nodes(st, fi);
-        nodes[i].offset = at;
-        nodes[i].size = nodes[g].offset + nodes[g].size - at;
-        nodes[g].size = at - nodes[g].offset;
-        nodes[i].prev = g;
-        nodes[i].next = nodes[g].next;
-        if (nodes[g].next != MP_NIL) nodes[nodes[g].next].prev = i;
-        nodes[g].next = i;
-        nodes[g].flags = RN_INUSE | RN_FREE;
-        rs->nfree++;
-        fi->insert(st, g);
+    uint64_t o = nodes[i].offset, s = nodes[i].size;
+    uint64_t gap = at - o, tail = o + s - (at + size);
+    uint32_t a;
+    if (gap == 0 && tail == 0) { /* exact fit: node i itself becomes allocated */
+        fi->remove(st, i);
+        rs->nfree--;
+        a = i;
+    } else if (tail >= gap) { /* i keeps the tail; [gap][a][i] */
+        a = rs_node_new(st, fi);
+        nodes[a].offset = at;
+        nodes[a].size = size;
+        rs_link_before(rs, nodes, a, i);
+        nodes[i].offset = at + size;
+        nodes[i].size = tail;
+        fi->rekey(st, i, s);
+        if (gap) {
+            uint32_t g = rs_node_new(st, fi);
+            nodes[g].offset = o;
+            nodes[g].size = gap;
+            rs_link_before(rs, nodes, g, a);
+            nodes[g].flags = RN_INUSE | RN_FREE;
+            rs->nfree++;
+            fi->insert(st, g);
+        }
+    } else { /* i keeps the gap; [i][a][tail] */
+        a = rs_node_new(st, fi);
+        nodes[a].offset = at;
+        nodes[a].size = size;
+        rs_link_after(nodes, a, i);
+        nodes[i].size = gap;
+        fi->rekey(st, i, s);
+        if (tail) {
+            uint32_t t = rs_node_new(st, fi);
+            nodes[t].offset = at + size;
+            nodes[t].size = tail;
+            rs_link_after(nodes, t, a);
+            nodes[t].flags = RN_INUSE | RN_FREE;
+            rs->nfree++;
+            fi->insert(st, t);
+        }
     }
-    if (nodes[i].size > size) { /* the tail */
-        uint32_t t = rs_node_new(st, fi);
-        nodes[t].offset = at + size;
-        nodes[t].size = nodes[i].size - size;
-        nodes[t].prev = i;
-        nodes[t].next = nodes[i].next;
-        if (nodes[i].next != MP_NIL) nodes[nodes[i].next].prev = t;
-        nodes[i].next = t;
-        nodes[i].size = size;
-        nodes[t].flags = RN_INUSE | RN_FREE;
-        rs->nfree++;
-        fi->insert(st, t);
-    }
-    nodes[i].flags = RN_INUSE;
-    rs_hash_insert(st, fi, i);
+    nodes[a].flags = RN_INUSE;
+    rs_hash_insert(st, fi, a);
     rs_note_alloc(rs_head(st), at + size, size);
-    return i;
+    return a;
 }
 
-static inline int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
+RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
                            uint64_t *out)
 {
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
@@ -356,14 +406,13 @@ static inline int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_
     mp_rnode_t *n = &rs_nodes(st, fi)[i];
     uint64_t at = rs_align_up(n->offset, align);
     if (rs_carve_cost(n, at, size) > rs_spare_count(rs_set(st))) return MP_ENONODES;
-    fi->remove(st, i);
     rs_carve(st, fi, i, at, size);
     *out = at;
     return MP_OK;
 }
 
-/* Unlink node j (physically after i) and give it back; i absorbs nothing here. */
-static inline void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
+/* Take node j out of the physical list and give it back to the spare stack. */
+RS_HOT void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
 {
     mp_rnode_t *nodes = rs_nodes(st, fi);
     uint32_t p = nodes[j].prev, q = nodes[j].next;
@@ -374,24 +423,52 @@ static inline void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
 }
 
 /* Free allocated node i (already out of the hash table), merging with free
- * neighbours; returns the node of the merged free range (filed in the index). */
-static inline uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
+ * neighbours: a free neighbour absorbs the range in place (re-keyed; with two free
+ * neighbours the larger absorbs the other too).  Returns the node of the merged
+ * free range (filed in the index). */
+RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
     uint32_t p = nodes[i].prev, q = nodes[i].next;
-    if (q != MP_NIL && (nodes[q].flags & RN_FREE)) {
-        fi->remove(st, q);
-        nodes[i].size += nodes[q].size;
+    int pf = p != MP_NIL && (nodes[p].flags & RN_FREE);
+    int qf = q != MP_NIL && (nodes[q].flags & RN_FREE);
+    uint64_t old;
+    if (pf && qf) {
+        if (nodes[p].size < nodes[q].size) { /* q absorbs p and i */
+            fi->remove(st, p);
+            old = nodes[q].size;
+            nodes[q].offset = nodes[p].offset;
+            nodes[q].size = old + nodes[p].size + nodes[i].size;
+            rs_unlink(st, fi, p);
+            rs_unlink(st, fi, i);
+            rs->nfree--;
+            fi->rekey(st, q, old);
+            return q;
+        }
+        fi->remove(st, q); /* p absorbs i and q */
+        old = nodes[p].size;
+        nodes[p].size = old + nodes[i].size + nodes[q].size;
         rs_unlink(st, fi, q);
-        rs->nfree--;
-    }
-    if (p != MP_NIL && (nodes[p].flags & RN_FREE)) {
-        fi->remove(st, p);
-        nodes[p].size += nodes[i].size;
         rs_unlink(st, fi, i);
         rs->nfree--;
-        i = p;
+        fi->rekey(st, p, old);
+        return p;
+    }
+    if (pf) {
+        old = nodes[p].size;
+        nodes[p].size = old + nodes[i].size;
+        rs_unlink(st, fi, i);
+        fi->rekey(st, p, old);
+        return p;
+    }
+    if (qf) {
+        old = nodes[q].size;
+        nodes[q].offset = nodes[i].offset;
+        nodes[q].size = old + nodes[i].size;
+        rs_unlink(st, fi, i);
+        fi->rekey(st, q, old);
+        return q;
     }
     nodes[i].flags = RN_INUSE | RN_FREE;
     rs->nfree++;
@@ -399,7 +476,7 @@ static inline uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
     return i;
 }
 
-static inline int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
+RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
 {
     int64_t slot = rs_find_slot(st, fi, offset);
     if (slot < 0) return MP_ENOTALLOC;
@@ -414,7 +491,7 @@ static inline int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     return MP_OK;
 }
 
-static inline int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t *out)
+RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t *out)
 {
     uint32_t i = rs_lookup(st, fi, offset);
     if (i == MP_NIL) return MP_ENOTALLOC;
@@ -442,20 +519,17 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     if (size == old) return MP_OK;
     if (size < old) { /* shrink: the tail goes back */
         uint64_t delta = old - size;
-        if (qfree) {
-            fi->remove(st, q);
+        if (qfree) { /* the free successor grows down over it */
+            uint64_t qold = nodes[q].size;
             nodes[q].offset -= delta;
-            nodes[q].size += delta;
-            fi->insert(st, q);
+            nodes[q].size = qold + delta;
+            fi->rekey(st, q, qold);
         } else {
             if (rs_spare_count(rs) < 1) return MP_ENONODES;
             uint32_t t = rs_node_new(st, fi);
             nodes[t].offset = offset + size;
             nodes[t].size = delta;
-            nodes[t].prev = i;
-            nodes[t].next = q;
-            if (q != MP_NIL) nodes[q].prev = t;
-            nodes[i].next = t;
+            rs_link_after(nodes, t, i);
             nodes[t].flags = RN_INUSE | RN_FREE;
             rs->nfree++;
             fi->insert(st, t);
@@ -467,14 +541,15 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     }
     uint64_t delta = size - old;
     if (qfree && nodes[q].size >= delta) { /* grow in place */
-        fi->remove(st, q);
-        if (nodes[q].size == delta) {
+        uint64_t qold = nodes[q].size;
+        if (qold == delta) {
+            fi->remove(st, q);
             rs_unlink(st, fi, q);
             rs->nfree--;
         } else {
             nodes[q].offset += delta;
-            nodes[q].size -= delta;
-            fi->insert(st, q);
+            nodes[q].size = qold - delta;
+            fi->rekey(st, q, qold);
         }
         nodes[i].size = size;
         h->used += delta;
@@ -506,7 +581,6 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     h->requested -= old;
     h->live--;
     uint32_t f = rs_release(st, fi, i);
-    fi->remove(st, f);
     rs_carve(st, fi, f, a, size);
     *out = a;
     return MP_OK;

@@ -20,9 +20,10 @@
  * Layout of the free index (after mp_head_t and mp_rset_t, see ranges.h):
  *
  *   +-------------+---------------------------+----------------------------------+
- *   | fl_bitmap   | sl_bitmap[FL_COUNT]       | bins[FL_COUNT][SL_COUNT]          |
+ *   | fl_bitmap   | sl_bitmap[FL_COUNT]       | bins[FL_COUNT * SL_COUNT]         |
  *   | uint64_t    | uint32_t                  | uint32_t head node of each bin    |
  *   +-------------+---------------------------+----------------------------------+
+ *   Bin (fl, sl) is bins[fl * SL_COUNT + sl]: the flat bin number b.
  *   Bin lists are doubly linked through node.link[0] (prev) / link[1] (next).
  *
  * Invariants (tlsf_fidx_check, plus those of ranges.h):
@@ -49,7 +50,7 @@ _Static_assert(FL_COUNT <= 64, "fl_bitmap is 64 bits");
 typedef struct tlsf_index {
     uint64_t fl_bitmap;
     uint32_t sl_bitmap[FL_COUNT];
-    uint32_t bins[FL_COUNT][SL_COUNT];
+    uint32_t bins[FL_COUNT * SL_COUNT]; /* head node of bin b = fl * SL_COUNT + sl */
 } tlsf_index_t;
 
 #define TLSF_AREA ((sizeof(tlsf_index_t) + 7) & ~(size_t)7)
@@ -60,120 +61,146 @@ static inline const tlsf_index_t *cidx(const void *st)
     return (const tlsf_index_t *)rs_carea(st);
 }
 
+#define TLSF_INLINE static inline __attribute__((always_inline))
+
 static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
+
+/* Bins are numbered flat, b = fl * SL_COUNT + sl.  For s < 2 * SMALL the bin is s
+ * itself (fl 0 exact, and fl 1 is exact too: its bins are one byte wide); above,
+ * e = msb(s) - SLI bits are dropped: b = e * SL_COUNT + (s >> e).  One formula,
+ * no branch: e = msb(s | 2 * SMALL) - SLI. */
+TLSF_INLINE unsigned bin_down(uint64_t s)
+{
+    unsigned e = (unsigned)msb64(s | (2 * SMALL)) - SLI;
+    return (e << SLI) + (unsigned)(s >> e);
+}
 
 /* (fl, sl) of the bin that holds ranges of size s (rounded down). */
 static inline void map_down(uint64_t s, unsigned *fl, unsigned *sl)
 {
-    if (s < SMALL) {
-        *fl = 0;
-        *sl = (unsigned)s;
-    } else {
-        int m = msb64(s);
-        *fl = (unsigned)(m - SLI + 1);
-        *sl = (unsigned)((s >> (m - SLI)) - SL_COUNT);
-    }
+    unsigned b = bin_down(s);
+    *fl = b >> SLI;
+    *sl = b & (SL_COUNT - 1);
 }
 
 /* The first bin whose every range is >= s; returns 0 when s is beyond all bins. */
-static inline int map_up(uint64_t s, unsigned *fl, unsigned *sl)
+TLSF_INLINE int bin_up(uint64_t s, unsigned *b)
 {
-    if (s >= SMALL) {
-        uint64_t round = ((uint64_t)1 << (msb64(s) - SLI)) - 1;
-        if (s > UINT64_MAX - round) return 0;
-        s += round;
-    }
-    map_down(s, fl, sl);
+    unsigned e = (unsigned)msb64(s | (2 * SMALL)) - SLI;
+    uint64_t round = ((uint64_t)1 << e) - 1;
+    if (s > UINT64_MAX - round) return 0;
+    *b = bin_down(s + round);
     return 1;
 }
 
-/* First non-empty bin at or after (fl, sl), in bin order; 0 when none. */
-static inline int next_bin(const tlsf_index_t *x, unsigned *fl, unsigned *sl)
+/* First non-empty bin at or after bin b, in bin order; 0 when none. */
+TLSF_INLINE int next_bin(const tlsf_index_t *x, unsigned *b)
 {
-    uint32_t slmap = *sl < SL_COUNT ? x->sl_bitmap[*fl] & (~0u << *sl) : 0;
+    unsigned fl = *b >> SLI, sl = *b & (SL_COUNT - 1);
+    uint32_t slmap = x->sl_bitmap[fl] & (~0u << sl);
     if (!slmap) {
-        uint64_t flmap = *fl + 1 < 64 ? x->fl_bitmap & (~0ull << (*fl + 1)) : 0;
+        /* fl + 1 <= FL_COUNT < 64: the shift is defined */
+        uint64_t flmap = x->fl_bitmap & (~0ull << (fl + 1));
         if (!flmap) return 0;
-        *fl = (unsigned)__builtin_ctzll(flmap);
-        slmap = x->sl_bitmap[*fl];
+        fl = (unsigned)__builtin_ctzll(flmap);
+        slmap = x->sl_bitmap[fl];
     }
-    *sl = (unsigned)__builtin_ctz(slmap);
+    *b = (fl << SLI) + (unsigned)__builtin_ctz(slmap);
     return 1;
 }
 
 static const mp_fidx_t tlsf_fidx;
 
-static void tlsf_insert(void *st, uint32_t i)
+TLSF_INLINE uint32_t *bin_head(tlsf_index_t *x, unsigned b) { return &x->bins[b]; }
+
+TLSF_INLINE void bin_link(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
-    tlsf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
-    unsigned fl, sl;
-    map_down(nodes[i].size, &fl, &sl);
-    uint32_t h = x->bins[fl][sl];
+    uint32_t *head = bin_head(x, b);
+    uint32_t h = *head;
     nodes[i].link[0] = MP_NIL;
     nodes[i].link[1] = h;
     if (h != MP_NIL) nodes[h].link[0] = i;
-    x->bins[fl][sl] = i;
-    x->sl_bitmap[fl] |= 1u << sl;
-    x->fl_bitmap |= 1ull << fl;
+    *head = i;
+    x->sl_bitmap[b >> SLI] |= 1u << (b & (SL_COUNT - 1));
+    x->fl_bitmap |= 1ull << (b >> SLI);
 }
 
-static void tlsf_remove(void *st, uint32_t i)
+TLSF_INLINE void bin_unlink(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
-    tlsf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
     uint32_t p = nodes[i].link[0], q = nodes[i].link[1];
     if (q != MP_NIL) nodes[q].link[0] = p;
     if (p != MP_NIL) {
         nodes[p].link[1] = q;
         return;
     }
-    unsigned fl, sl;
-    map_down(nodes[i].size, &fl, &sl);
-    x->bins[fl][sl] = q;
+    *bin_head(x, b) = q;
     if (q == MP_NIL) {
-        x->sl_bitmap[fl] &= ~(1u << sl);
+        unsigned fl = b >> SLI;
+        x->sl_bitmap[fl] &= ~(1u << (b & (SL_COUNT - 1)));
         if (!x->sl_bitmap[fl]) x->fl_bitmap &= ~(1ull << fl);
     }
 }
 
-static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
+TLSF_INLINE void tlsf_insert(void *st, uint32_t i)
 {
-    uint64_t pad = ((n->offset + align - 1) & ~(align - 1)) - n->offset;
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    bin_link(idx(st), nodes, i, bin_down(nodes[i].size));
+}
+
+TLSF_INLINE void tlsf_remove(void *st, uint32_t i)
+{
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    bin_unlink(idx(st), nodes, i, bin_down(nodes[i].size));
+}
+
+/* A free range's size changed in place: it moves only when its bin changes (a large
+ * range that grows or shrinks by a little stays where it is, untouched). */
+TLSF_INLINE void tlsf_rekey(void *st, uint32_t i, uint64_t old_size)
+{
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    unsigned b0 = bin_down(old_size), b = bin_down(nodes[i].size);
+    if (b == b0) return;
+    tlsf_index_t *x = idx(st);
+    bin_unlink(x, nodes, i, b0);
+    bin_link(x, nodes, i, b);
+}
+
+TLSF_INLINE int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
+{
+    uint64_t pad = (0 - n->offset) & (align - 1); /* align_up(offset) - offset */
     return n->size >= pad && n->size - pad >= size;
 }
 
-static uint32_t tlsf_find(void *st, uint64_t size, uint64_t align)
+/* (3): every bin from b up to (not including) stop, every range in it. */
+static uint32_t tlsf_scan(const tlsf_index_t *x, const mp_rnode_t *nodes, unsigned b,
+                          unsigned stop, uint64_t size, uint64_t align)
+{
+    while (b < stop && next_bin(x, &b) && b < stop) {
+        for (uint32_t i = x->bins[b]; i != MP_NIL; i = nodes[i].link[1])
+            if (fits(&nodes[i], size, align)) return i;
+        b++;
+    }
+    return MP_NIL;
+}
+
+TLSF_INLINE uint32_t tlsf_find(void *st, uint64_t size, uint64_t align)
 {
     const tlsf_index_t *x = cidx(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
-    unsigned fl0, sl0, fl, sl;
-    map_down(size, &fl0, &sl0);
+    unsigned b0 = bin_down(size), bu;
     /* (1) the head of the request's own bin */
-    uint32_t h = x->bins[fl0][sl0];
+    uint32_t h = x->bins[b0];
     if (h != MP_NIL && fits(&nodes[h], size, align)) return h;
     /* (2) good fit: every range in a bin at or above need fits */
     uint64_t need = size + (align - 1);
-    int have_up = need >= size && map_up(need, &fl, &sl);
-    if (have_up) {
-        unsigned f = fl, s = sl;
-        if (next_bin(x, &f, &s)) return x->bins[f][s];
+    if (need >= size && bin_up(need, &bu)) {
+        unsigned b = bu;
+        if (next_bin(x, &b)) return x->bins[b];
+    } else {
+        bu = FL_COUNT * SL_COUNT;
     }
     /* (3) complete search of the bins from the request's own up to the good-fit bin */
-    fl = fl0;
-    sl = sl0;
-    unsigned ful = 0, sul = 0;
-    if (have_up) map_up(need, &ful, &sul);
-    while (next_bin(x, &fl, &sl)) {
-        if (have_up && (fl > ful || (fl == ful && sl >= sul))) break;
-        for (uint32_t i = x->bins[fl][sl]; i != MP_NIL; i = nodes[i].link[1])
-            if (fits(&nodes[i], size, align)) return i;
-        if (++sl == SL_COUNT) {
-            sl = 0;
-            if (++fl == FL_COUNT) break;
-        }
-    }
-    return MP_NIL;
+    return tlsf_scan(x, nodes, b0, bu, size, align);
 }
 
 static uint64_t tlsf_largest(const void *st)
@@ -184,7 +211,7 @@ static uint64_t tlsf_largest(const void *st)
     unsigned fl = (unsigned)msb64(x->fl_bitmap);
     unsigned sl = (unsigned)(31 - __builtin_clz(x->sl_bitmap[fl]));
     uint64_t best = 0;
-    for (uint32_t i = x->bins[fl][sl]; i != MP_NIL; i = nodes[i].link[1])
+    for (uint32_t i = x->bins[fl * SL_COUNT + sl]; i != MP_NIL; i = nodes[i].link[1])
         if (nodes[i].size > best) best = nodes[i].size;
     return best;
 }
@@ -211,7 +238,7 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
         if (((x->fl_bitmap >> fl) & 1) != (x->sl_bitmap[fl] != 0))
             RS_FAIL("first-level bit %u disagrees with its second-level bitmap", fl);
         for (unsigned sl = 0; sl < SL_COUNT; sl++) {
-            uint32_t h = x->bins[fl][sl];
+            uint32_t h = x->bins[fl * SL_COUNT + sl];
             if (((x->sl_bitmap[fl] >> sl) & 1) != (h != MP_NIL))
                 RS_FAIL("bitmap bit (%u, %u) disagrees with its bin", fl, sl);
             uint32_t prev = MP_NIL;
@@ -240,6 +267,7 @@ static const mp_fidx_t tlsf_fidx = {
     .area_size = TLSF_AREA,
     .insert = tlsf_insert,
     .remove = tlsf_remove,
+    .rekey = tlsf_rekey,
     .find = tlsf_find,
     .largest = tlsf_largest,
     .clear = tlsf_clear,
