@@ -8,11 +8,33 @@
  *   - alloc(size, align) takes the free range with the smallest size in which an
  *     aligned placement of `size` fits (pad = align_up(offset, align) - offset;
  *     it fits when range.size - pad >= size), the lowest offset among equal sizes:
- *     a lower-bound descent to (size, 0), then in-order successors until one fits.
- *     Every range of size >= size + align - 1 fits, so the walk only passes over
- *     ranges whose size is in [size, size + align - 1): O(log n) for align 1.
- *     This is an exact aligned fit, unlike orderly-allocator, which asks for
- *     size + align - 1 up front and so skips aligned exact fits.
+ *     the first node in key order at or after (size, 0) that fits.  Every range of
+ *     size >= size + align - 1 fits, so only ranges with a size in
+ *     [size, size + align - 1) can be passed over.  This is an exact aligned fit,
+ *     unlike orderly-allocator, which asks for size + align - 1 up front and so
+ *     skips aligned exact fits.
+ *   - Passing over them one by one is what made aligned requests slow: the gaps
+ *     that alignment leaves in front of aligned ranges are small free ranges that
+ *     never hold an aligned request (their pad is their size), and an align-64
+ *     request walked every one of them whose size was near its own.  So every tree
+ *     node also keeps, for the alignments 2^BF_LEVEL[j] (16, 64, 256, 4096), the
+ *     largest aligned usable size in its subtree, capped at BF_CAP (32 KiB - 1):
+ *         use_j(n) = min(n.size - pad_j(n.offset), BF_CAP)  (0 when pad > size)
+ *         aug_j    = max of use_j over the subtree
+ *     The four values are 16-bit lanes of one word, so a node's augment is a few
+ *     word operations from its children's.
+ *     A request of size <= BF_CAP with align >= 16 uses the largest level L with
+ *     2^L <= align: a subtree whose aug is below the request holds no fit (pad grows
+ *     with the alignment), so it is skipped whole.  When 2^L == align the search is
+ *     one descent, O(log n); for other alignments it prunes less but stays exact.
+ *     Requests with align < 16 or size > BF_CAP walk: their windows are narrow or
+ *     sparse.  The cap is what keeps the augments cheap: the big ranges (the tail
+ *     of the pool above all) change at nearly every alloc and free, and uncapped
+ *     their maxima would change all the way up the tree each time.
+ *   - A free range that changes in place (carved, or absorbing a freed neighbour)
+ *     keeps its tree position when its new key is still between its neighbours in
+ *     key order; only the augments on its path up are refreshed, and only until
+ *     they stop changing.
  *   - largest_free is the rightmost node; free merges neighbours at once (ranges.h).
  *
  * Layout of the free index (after mp_head_t and mp_rset_t, see ranges.h):
@@ -22,12 +44,16 @@
  *   | uint32_t  | uint32_t  |
  *   +-----------+-----------+
  *
- *   Each free node carries its tree links and height in the node array:
+ *   Nodes are 64 bytes (one cache line): mp_rnode_t, then the augments.  Each free
+ *   node carries its tree links, height and augments:
  *
  *     node.link[0] = left child   (MP_NIL when none)
  *     node.link[1] = right child  (MP_NIL when none)
  *     node.link[2] = parent       (MP_NIL for the root)
  *     node.flags   = RN_INUSE | RN_FREE | height << 8   (a leaf has height 1)
+ *     aug          = subtree max of use_j in lane j (bits 16j..16j+15)
+ *     own          = this node's own use_j lanes (cached: it changes with the key)
+ *     spare        unused (nodes are 64 bytes so that each is one cache line)
  *
  *                 root
  *                (s5,o9)
@@ -46,6 +72,8 @@
  *      flags hold no bits beyond RN_INUSE, RN_FREE and the height.
  *  B5. The tree holds exactly nfree nodes (so, with ranges.h, exactly the free ones).
  *  B6. The pad word is 0.
+ *  B7. Every tree node's own == its use_j lanes, and its aug == the lane-wise max
+ *      of own and its children's aug.
  * The height of an AVL tree of n < 2^32 nodes is below 47, so 8 bits hold it and
  * the check can bound its recursion at BF_MAX_DEPTH.
  */
@@ -55,6 +83,22 @@ typedef struct bf_index {
     uint32_t root;
     uint32_t pad;
 } bf_index_t;
+
+/* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
+ * each value capped at BF_CAP (so lanes never carry into each other). */
+enum { BF_LEVELS = 4 };
+static const unsigned BF_LEVEL[BF_LEVELS] = {4, 6, 8, 12}; /* 16, 64, 256, 4096 */
+#define BF_CAP 0x7fffu
+#define BF_LANE_TOP 0x8000800080008000ull
+#define BF_ALL_CAP 0x7fff7fff7fff7fffull
+
+typedef struct bf_node {
+    mp_rnode_t n;   /* what ranges.h sees                                    */
+    uint64_t aug;   /* free nodes: subtree max of use_j, lane j (see above)  */
+    uint64_t own;   /* free nodes: this node's own use_j lanes (own_aug)      */
+    uint64_t spare; /* unused: a node is one cache line                      */
+} bf_node_t;
+_Static_assert(sizeof(bf_node_t) == 64, "a BestFit node is one cache line");
 
 #define BF_AREA ((sizeof(bf_index_t) + 7) & ~(size_t)7)
 #define BF_HSHIFT 8
@@ -67,21 +111,61 @@ static const mp_fidx_t bestfit_fidx;
 
 static inline bf_index_t *idx(void *st) { return (bf_index_t *)rs_area(st); }
 static inline const bf_index_t *cidx(const void *st) { return (const bf_index_t *)rs_carea(st); }
-
-static inline unsigned height(const mp_rnode_t *nodes, uint32_t i)
+static inline bf_node_t *bnodes(void *st) { return (bf_node_t *)rs_nodes(st, &bestfit_fidx); }
+static inline const bf_node_t *cbnodes(const void *st)
 {
-    return i == MP_NIL ? 0 : (nodes[i].flags & BF_HMASK) >> BF_HSHIFT;
+    return (const bf_node_t *)rs_cnodes(st, &bestfit_fidx);
 }
 
-static inline void set_height(mp_rnode_t *n, unsigned h)
+static inline unsigned height(const bf_node_t *nodes, uint32_t i)
 {
-    n->flags = (n->flags & ~BF_HMASK) | ((uint32_t)h << BF_HSHIFT);
+    return i == MP_NIL ? 0 : (nodes[i].n.flags & BF_HMASK) >> BF_HSHIFT;
 }
 
-static inline void update_height(mp_rnode_t *nodes, uint32_t i)
+static inline void set_height(bf_node_t *x, unsigned h)
 {
-    unsigned hl = height(nodes, nodes[i].link[L]), hr = height(nodes, nodes[i].link[R]);
-    set_height(&nodes[i], 1 + (hl > hr ? hl : hr));
+    x->n.flags = (x->n.flags & ~BF_HMASK) | ((uint32_t)h << BF_HSHIFT);
+}
+
+/* The lanes of use_j(n): for each level, the largest request that an aligned
+ * placement at 2^BF_LEVEL[j] fits in n, capped at BF_CAP. */
+static inline uint64_t use_lane(const mp_rnode_t *n, uint64_t mask, unsigned j)
+{
+    uint64_t pad = (0 - n->offset) & mask;
+    uint64_t use = n->size >= pad ? n->size - pad : 0;
+    return (use < BF_CAP ? use : BF_CAP) << (16 * j);
+}
+
+static inline uint64_t own_aug(const mp_rnode_t *n)
+{
+    _Static_assert(BF_LEVELS == 4, "own_aug spells the levels out");
+    if (n->size >= BF_CAP + ((uint64_t)1 << BF_LEVEL[BF_LEVELS - 1])) return BF_ALL_CAP;
+    return use_lane(n, (1u << 4) - 1, 0) | use_lane(n, (1u << 6) - 1, 1) |
+           use_lane(n, (1u << 8) - 1, 2) | use_lane(n, (1u << 12) - 1, 3);
+}
+
+/* Lane-wise max of two augments (lanes <= BF_CAP: the subtraction never borrows
+ * across lanes, and its top bit per lane says a >= b). */
+static inline uint64_t lanes_max(uint64_t a, uint64_t b)
+{
+    uint64_t ge = ((a | BF_LANE_TOP) - b) & BF_LANE_TOP;
+    uint64_t m = (ge >> 15) * 0xffffu;
+    return (a & m) | (b & ~m);
+}
+
+static inline unsigned lane(uint64_t aug, unsigned j) { return (unsigned)(aug >> (16 * j)) & 0xffffu; }
+
+/* Recompute height and augment of node i from its children. */
+static inline void update(bf_node_t *nodes, uint32_t i)
+{
+    bf_node_t *x = &nodes[i];
+    uint32_t l = x->n.link[L], r = x->n.link[R];
+    unsigned hl = height(nodes, l), hr = height(nodes, r);
+    set_height(x, 1 + (hl > hr ? hl : hr));
+    uint64_t a = x->own;
+    if (l != MP_NIL) a = lanes_max(a, nodes[l].aug);
+    if (r != MP_NIL) a = lanes_max(a, nodes[r].aug);
+    x->aug = a;
 }
 
 /* (a.size, a.offset) < (b.size, b.offset) */
@@ -91,80 +175,83 @@ static inline int key_less(const mp_rnode_t *a, const mp_rnode_t *b)
 }
 
 /* Make `to` the child of `parent` where `from` was (or the root). */
-static inline void replace_child(bf_index_t *x, mp_rnode_t *nodes, uint32_t parent, uint32_t from,
+static inline void replace_child(bf_index_t *x, bf_node_t *nodes, uint32_t parent, uint32_t from,
                                  uint32_t to)
 {
     if (parent == MP_NIL) x->root = to;
-    else if (nodes[parent].link[L] == from) nodes[parent].link[L] = to;
-    else nodes[parent].link[R] = to;
-    if (to != MP_NIL) nodes[to].link[P] = parent;
+    else if (nodes[parent].n.link[L] == from) nodes[parent].n.link[L] = to;
+    else nodes[parent].n.link[R] = to;
+    if (to != MP_NIL) nodes[to].n.link[P] = parent;
 }
 
 /* Lift the child of n on side d into n's place; returns the new subtree root. */
-static uint32_t rotate(bf_index_t *x, mp_rnode_t *nodes, uint32_t n, int d)
+static uint32_t rotate(bf_index_t *x, bf_node_t *nodes, uint32_t n, int d)
 {
-    uint32_t c = nodes[n].link[d];
-    uint32_t inner = nodes[c].link[!d];
-    uint32_t p = nodes[n].link[P];
-    nodes[n].link[d] = inner;
-    if (inner != MP_NIL) nodes[inner].link[P] = n;
-    nodes[c].link[!d] = n;
-    nodes[n].link[P] = c;
+    uint32_t c = nodes[n].n.link[d];
+    uint32_t inner = nodes[c].n.link[!d];
+    uint32_t p = nodes[n].n.link[P];
+    nodes[n].n.link[d] = inner;
+    if (inner != MP_NIL) nodes[inner].n.link[P] = n;
+    nodes[c].n.link[!d] = n;
+    nodes[n].n.link[P] = c;
     replace_child(x, nodes, p, n, c);
-    update_height(nodes, n);
-    update_height(nodes, c);
+    update(nodes, n);
+    update(nodes, c);
     return c;
 }
 
-/* Restore heights and balance from n up to the root; stops early once a subtree
- * comes out as high as it was (nothing above it can change then). */
-static void rebalance(bf_index_t *x, mp_rnode_t *nodes, uint32_t n)
+/* Everything below n is right; restore heights, balance and augments from n up to
+ * the root.  Stops once a subtree comes out with the height and augments it had
+ * (nothing above it can change then). */
+static void fixup(bf_index_t *x, bf_node_t *nodes, uint32_t n)
 {
     while (n != MP_NIL) {
         unsigned old = height(nodes, n);
-        unsigned hl = height(nodes, nodes[n].link[L]), hr = height(nodes, nodes[n].link[R]);
+        uint64_t a = nodes[n].aug;
+        unsigned hl = height(nodes, nodes[n].n.link[L]), hr = height(nodes, nodes[n].n.link[R]);
         if (hl > hr + 1 || hr > hl + 1) {
             int d = hl > hr ? L : R; /* the heavy side */
-            uint32_t c = nodes[n].link[d];
-            if (height(nodes, nodes[c].link[!d]) > height(nodes, nodes[c].link[d]))
+            uint32_t c = nodes[n].n.link[d];
+            if (height(nodes, nodes[c].n.link[!d]) > height(nodes, nodes[c].n.link[d]))
                 rotate(x, nodes, c, !d); /* double rotation: straighten the zig-zag */
             n = rotate(x, nodes, n, d);
         } else {
-            set_height(&nodes[n], 1 + (hl > hr ? hl : hr));
+            update(nodes, n);
         }
-        if (height(nodes, n) == old) return;
-        n = nodes[n].link[P];
+        if (height(nodes, n) == old && nodes[n].aug == a) return;
+        n = nodes[n].n.link[P];
     }
 }
 
 static void bf_insert(void *st, uint32_t i)
 {
     bf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &bestfit_fidx);
+    bf_node_t *nodes = bnodes(st);
     uint32_t p = MP_NIL, c = x->root;
     int d = L;
     while (c != MP_NIL) {
         p = c;
-        d = key_less(&nodes[i], &nodes[c]) ? L : R;
-        c = nodes[c].link[d];
+        d = key_less(&nodes[i].n, &nodes[c].n) ? L : R;
+        c = nodes[c].n.link[d];
     }
-    nodes[i].link[L] = nodes[i].link[R] = MP_NIL;
-    nodes[i].link[P] = p;
-    set_height(&nodes[i], 1);
+    nodes[i].n.link[L] = nodes[i].n.link[R] = MP_NIL;
+    nodes[i].n.link[P] = p;
+    nodes[i].own = own_aug(&nodes[i].n);
+    update(nodes, i);
     if (p == MP_NIL) {
         x->root = i;
         return;
     }
-    nodes[p].link[d] = i;
-    rebalance(x, nodes, p);
+    nodes[p].n.link[d] = i;
+    fixup(x, nodes, p);
 }
 
 static void bf_remove(void *st, uint32_t i)
 {
     bf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &bestfit_fidx);
-    uint32_t l = nodes[i].link[L], r = nodes[i].link[R], p = nodes[i].link[P];
-    uint32_t start;
+    bf_node_t *nodes = bnodes(st);
+    uint32_t l = nodes[i].n.link[L], r = nodes[i].n.link[R], p = nodes[i].n.link[P];
+    uint32_t start, moved = MP_NIL;
     if (l == MP_NIL || r == MP_NIL) {
         replace_child(x, nodes, p, i, l != MP_NIL ? l : r);
         start = p;
@@ -172,35 +259,87 @@ static void bf_remove(void *st, uint32_t i)
         /* Two children: the in-order successor s takes i's place in the tree.  The
          * nodes are relinked, not their keys copied: indices name ranges elsewhere. */
         uint32_t s = r;
-        while (nodes[s].link[L] != MP_NIL) s = nodes[s].link[L];
+        while (nodes[s].n.link[L] != MP_NIL) s = nodes[s].n.link[L];
         if (s == r) {
             start = s; /* s keeps its right subtree */
         } else {
-            uint32_t sp = nodes[s].link[P], sr = nodes[s].link[R];
-            nodes[sp].link[L] = sr;
-            if (sr != MP_NIL) nodes[sr].link[P] = sp;
-            nodes[s].link[R] = r;
-            nodes[r].link[P] = s;
+            uint32_t sp = nodes[s].n.link[P], sr = nodes[s].n.link[R];
+            nodes[sp].n.link[L] = sr;
+            if (sr != MP_NIL) nodes[sr].n.link[P] = sp;
+            nodes[s].n.link[R] = r;
+            nodes[r].n.link[P] = s;
             start = sp;
+            moved = s;
         }
-        nodes[s].link[L] = l;
-        nodes[l].link[P] = s;
+        nodes[s].n.link[L] = l;
+        nodes[l].n.link[P] = s;
         replace_child(x, nodes, p, i, s);
         set_height(&nodes[s], height(nodes, i)); /* the height its position had */
+        nodes[s].aug = nodes[i].aug; /* likewise, stale */
     }
-    nodes[i].link[L] = nodes[i].link[R] = nodes[i].link[P] = MP_NIL;
+    nodes[i].n.link[L] = nodes[i].n.link[R] = nodes[i].n.link[P] = MP_NIL;
     set_height(&nodes[i], 0);
-    rebalance(x, nodes, start);
+    fixup(x, nodes, start);
+    /* s's own augments are new at its new place; the walk from below may have
+     * stopped short of it */
+    if (moved != MP_NIL) fixup(x, nodes, moved);
+}
+
+static inline uint32_t successor(const bf_node_t *nodes, uint32_t i)
+{
+    uint32_t c = nodes[i].n.link[R];
+    if (c != MP_NIL) {
+        while (nodes[c].n.link[L] != MP_NIL) c = nodes[c].n.link[L];
+        return c;
+    }
+    uint32_t p = nodes[i].n.link[P];
+    while (p != MP_NIL && nodes[p].n.link[R] == i) {
+        i = p;
+        p = nodes[p].n.link[P];
+    }
+    return p;
+}
+
+static inline uint32_t predecessor(const bf_node_t *nodes, uint32_t i)
+{
+    uint32_t c = nodes[i].n.link[L];
+    if (c != MP_NIL) {
+        while (nodes[c].n.link[R] != MP_NIL) c = nodes[c].n.link[R];
+        return c;
+    }
+    uint32_t p = nodes[i].n.link[P];
+    while (p != MP_NIL && nodes[p].n.link[L] == i) {
+        i = p;
+        p = nodes[p].n.link[P];
+    }
+    return p;
 }
 
 /* A free range's key changed in place (the node is still linked where its old key
- * belonged): re-file it.  bf_remove relinks by structure, not by key, so it works on
- * the changed node. */
+ * belonged).  When the key is still between its in-order neighbours the node stays
+ * and only the augments above it are refreshed; else it is re-filed (bf_remove
+ * relinks by structure, not by key, so it works on the changed node). */
 static void bf_rekey(void *st, uint32_t i, uint64_t old_size)
 {
-    (void)old_size;
-    bf_remove(st, i);
-    bf_insert(st, i);
+    bf_node_t *nodes = bnodes(st);
+    const mp_rnode_t *n = &nodes[i].n;
+    int stays;
+    if (n->size < old_size) { /* the key went down: only the predecessor can pass it */
+        uint32_t q = predecessor(nodes, i);
+        stays = q == MP_NIL || key_less(&nodes[q].n, n);
+    } else if (n->size > old_size) { /* up: only the successor */
+        uint32_t q = successor(nodes, i);
+        stays = q == MP_NIL || key_less(n, &nodes[q].n);
+    } else {
+        stays = 0;
+    }
+    if (stays) {
+        nodes[i].own = own_aug(n);
+        fixup(idx(st), nodes, i);
+    } else {
+        bf_remove(st, i);
+        bf_insert(st, i);
+    }
 }
 
 static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
@@ -209,49 +348,58 @@ static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
     return n->size >= pad && n->size - pad >= size;
 }
 
-static inline uint32_t successor(const mp_rnode_t *nodes, uint32_t i)
+/* The first node in key order in the subtree at c that fits, skipping subtrees whose
+ * lane j of aug is below size (none of their nodes fits: use_j >= the usable size at any
+ * alignment >= 2^BF_LEVEL[j]).  Recursion depth <= the tree height. */
+static uint32_t bf_search(const bf_node_t *nodes, uint32_t c, uint64_t size, uint64_t align,
+                          unsigned j)
 {
-    uint32_t c = nodes[i].link[R];
-    if (c != MP_NIL) {
-        while (nodes[c].link[L] != MP_NIL) c = nodes[c].link[L];
-        return c;
+    while (c != MP_NIL && lane(nodes[c].aug, j) >= size) {
+        if (nodes[c].n.size >= size) { /* keys left of c may still be large enough */
+            uint32_t r = bf_search(nodes, nodes[c].n.link[L], size, align, j);
+            if (r != MP_NIL) return r;
+            if (fits(&nodes[c].n, size, align)) return c;
+        }
+        c = nodes[c].n.link[R];
     }
-    uint32_t p = nodes[i].link[P];
-    while (p != MP_NIL && nodes[p].link[R] == i) {
-        i = p;
-        p = nodes[p].link[P];
-    }
-    return p;
+    return MP_NIL;
 }
 
 static uint32_t bf_find(void *st, uint64_t size, uint64_t align)
 {
     const bf_index_t *x = cidx(st);
-    const mp_rnode_t *nodes = rs_cnodes(st, &bestfit_fidx);
+    const bf_node_t *nodes = cbnodes(st);
+    /* Capped augments still decide exactly for size <= BF_CAP: min(max, CAP) < size
+     * <=> max < size.  Larger requests walk their window. */
+    if (align >= ((uint64_t)1 << BF_LEVEL[0]) && size <= BF_CAP) {
+        unsigned j = BF_LEVELS - 1;
+        while (align < ((uint64_t)1 << BF_LEVEL[j])) j--;
+        return bf_search(nodes, x->root, size, align, j);
+    }
     /* lower bound of (size, 0): the first node whose size is >= size */
     uint32_t best = MP_NIL;
     for (uint32_t c = x->root; c != MP_NIL;) {
-        if (nodes[c].size >= size) {
+        if (nodes[c].n.size >= size) {
             best = c;
-            c = nodes[c].link[L];
+            c = nodes[c].n.link[L];
         } else {
-            c = nodes[c].link[R];
+            c = nodes[c].n.link[R];
         }
     }
     /* in key order until one fits; ends by size + align - 1 at the latest */
     for (uint32_t i = best; i != MP_NIL; i = successor(nodes, i))
-        if (fits(&nodes[i], size, align)) return i;
+        if (fits(&nodes[i].n, size, align)) return i;
     return MP_NIL;
 }
 
 static uint64_t bf_largest(const void *st)
 {
     const bf_index_t *x = cidx(st);
-    const mp_rnode_t *nodes = rs_cnodes(st, &bestfit_fidx);
+    const bf_node_t *nodes = cbnodes(st);
     uint32_t i = x->root;
     if (i == MP_NIL) return 0;
-    while (nodes[i].link[R] != MP_NIL) i = nodes[i].link[R];
-    return nodes[i].size;
+    while (nodes[i].n.link[R] != MP_NIL) i = nodes[i].n.link[R];
+    return nodes[i].n.size;
 }
 
 static void bf_clear(void *st)
@@ -263,7 +411,7 @@ static void bf_clear(void *st)
 
 /* ---- check: robust against arbitrary bytes ------------------------------------ */
 typedef struct bf_walk {
-    const mp_rnode_t *nodes;
+    const bf_node_t *nodes;
     uint32_t top;
     uint32_t nfree;
     uint64_t count;
@@ -273,13 +421,15 @@ typedef struct bf_walk {
 } bf_walk_t;
 
 /* Checks the subtree at i (a valid index below top, reached from `parent`) and
- * writes its height.  Recursion depth <= BF_MAX_DEPTH, nodes visited <= nfree + 1. */
+ * writes its height and augments.  Recursion depth <= BF_MAX_DEPTH, nodes visited
+ * <= nfree + 1. */
 static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned depth,
-                        unsigned *out_height)
+                        unsigned *out_height, uint64_t *out_aug)
 {
     char *msg = w->msg;
     size_t msglen = w->msglen;
-    const mp_rnode_t *n = &w->nodes[i];
+    const bf_node_t *x = &w->nodes[i];
+    const mp_rnode_t *n = &x->n;
     if (depth > BF_MAX_DEPTH) RS_FAIL("free tree deeper than %u at node %u", BF_MAX_DEPTH, i);
     if (++w->count > w->nfree) RS_FAIL("free tree holds more nodes than the %u free ranges",
                                        w->nfree);
@@ -295,8 +445,9 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
                                             i, r);
     if (l != MP_NIL && l == r) RS_FAIL("free tree node %u has node %u as both children", i, l);
     unsigned hl = 0, hr = 0;
+    uint64_t al = 0, ar = 0;
     if (l != MP_NIL) {
-        int rc = bf_check_sub(w, l, i, depth + 1, &hl);
+        int rc = bf_check_sub(w, l, i, depth + 1, &hl, &al);
         if (rc) return rc;
     }
     /* in order: everything left of n is already visited */
@@ -305,7 +456,7 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
                 (unsigned long long)n->size, (unsigned long long)n->offset);
     w->prev = n;
     if (r != MP_NIL) {
-        int rc = bf_check_sub(w, r, i, depth + 1, &hr);
+        int rc = bf_check_sub(w, r, i, depth + 1, &hr, &ar);
         if (rc) return rc;
     }
     unsigned h = 1 + (hl > hr ? hl : hr);
@@ -314,6 +465,14 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
                 (n->flags & BF_HMASK) >> BF_HSHIFT, h);
     if (hl > hr + 1 || hr > hl + 1)
         RS_FAIL("free tree node %u is unbalanced: heights %u and %u", i, hl, hr);
+    if (x->own != own_aug(n))
+        RS_FAIL("free tree node %u: own augment 0x%016llx, its range says 0x%016llx", i,
+                (unsigned long long)x->own, (unsigned long long)own_aug(n));
+    uint64_t m = lanes_max(lanes_max(x->own, al), ar);
+    if (x->aug != m)
+        RS_FAIL("free tree node %u: augment 0x%016llx, its subtree says 0x%016llx", i,
+                (unsigned long long)x->aug, (unsigned long long)m);
+    *out_aug = m;
     *out_height = h;
     return MP_OK;
 }
@@ -323,7 +482,7 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
     const bf_index_t *x = cidx(st);
     const mp_rset_t *rs = rs_cset(st);
     bf_walk_t w = {
-        .nodes = rs_cnodes(st, &bestfit_fidx),
+        .nodes = cbnodes(st),
         .top = rs->top,
         .nfree = rs->nfree,
         .count = 0,
@@ -336,7 +495,8 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
         if (x->root >= rs->top) RS_FAIL("free tree root %u beyond the watermark %u", x->root,
                                         rs->top);
         unsigned h;
-        int rc = bf_check_sub(&w, x->root, MP_NIL, 1, &h);
+        uint64_t aug;
+        int rc = bf_check_sub(&w, x->root, MP_NIL, 1, &h, &aug);
         if (rc) return rc;
     }
     if (w.count != rs->nfree) RS_FAIL("free tree holds %llu nodes for %u free ranges",
@@ -346,6 +506,7 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
 
 static const mp_fidx_t bestfit_fidx = {
     .area_size = BF_AREA,
+    .node_size = sizeof(bf_node_t),
     .insert = bf_insert,
     .remove = bf_remove,
     .rekey = bf_rekey,

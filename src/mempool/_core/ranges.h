@@ -13,9 +13,10 @@
  * State layout (all integers, no pointers; see mempool.h principle 1):
  *
  *   +-----------+-----------+----------------+---------------------+--------------+
- *   | mp_head_t | mp_rset_t | free index     | mp_rnode_t          | mp_slot_t    |
- *   | (counters)| (tables)  | (area_size B)  | nodes[max_blocks]   | table[2^bits]|
+ *   | mp_head_t | mp_rset_t | free index     | nodes[max_blocks]   | mp_slot_t    |
+ *   | (counters)| (tables)  | (area_size B)  | (node_size B each)  | table[2^bits]|
  *   +-----------+-----------+----------------+---------------------+--------------+
+ *   A node starts with mp_rnode_t; a strategy may extend it (fi->node_size).
  *
  * Node life: unused (never touched: index >= top; or returned: on the spare stack,
  * linked through .next) -> in the physical list, free (in the free index) or
@@ -88,6 +89,8 @@ typedef struct mp_slot {
 /* The free index a strategy plugs into the engine. */
 typedef struct mp_fidx {
     uint64_t area_size; /* bytes of the index area after mp_rset_t (multiple of 8) */
+    uint64_t node_size; /* bytes per node: sizeof(mp_rnode_t) or more, a multiple of 8;
+                         * a strategy may extend its nodes (BestFit: subtree augments) */
     void (*insert)(void *st, uint32_t i);
     void (*remove)(void *st, uint32_t i);
     /* free node i, still filed, had its offset and/or size changed in place (its
@@ -113,6 +116,9 @@ static inline const mp_rset_t *rs_cset(const void *st)
 }
 static inline void *rs_area(void *st) { return (char *)st + RS_AREA_OFF; }
 static inline const void *rs_carea(const void *st) { return (const char *)st + RS_AREA_OFF; }
+/* Node i of a node array (nodes are fi->node_size bytes apart); needs `fi` in scope. */
+#define RS_N(base, i) (*(mp_rnode_t *)((char *)(base) + (uint64_t)(i) * fi->node_size))
+
 static inline mp_rnode_t *rs_nodes(void *st, const mp_fidx_t *fi)
 {
     return (mp_rnode_t *)((char *)st + RS_AREA_OFF + fi->area_size);
@@ -123,11 +129,12 @@ static inline const mp_rnode_t *rs_cnodes(const void *st, const mp_fidx_t *fi)
 }
 static inline mp_slot_t *rs_table(void *st, const mp_fidx_t *fi)
 {
-    return (mp_slot_t *)(rs_nodes(st, fi) + rs_set(st)->max_blocks);
+    return (mp_slot_t *)((char *)rs_nodes(st, fi) + rs_set(st)->max_blocks * fi->node_size);
 }
 static inline const mp_slot_t *rs_ctable(const void *st, const mp_fidx_t *fi)
 {
-    return (const mp_slot_t *)(rs_cnodes(st, fi) + rs_cset(st)->max_blocks);
+    return (const mp_slot_t *)((const char *)rs_cnodes(st, fi) +
+                               rs_cset(st)->max_blocks * fi->node_size);
 }
 
 static inline uint32_t rs_hash_bits(uint64_t max_blocks)
@@ -141,7 +148,7 @@ static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uin
 {
     if (capacity == 0 || max_blocks == 0 || max_blocks >= MP_NIL) return 0;
     uint32_t bits = rs_hash_bits(max_blocks);
-    uint64_t n = RS_AREA_OFF + fi->area_size + max_blocks * sizeof(mp_rnode_t) +
+    uint64_t n = RS_AREA_OFF + fi->area_size + max_blocks * fi->node_size +
                  ((uint64_t)1 << bits) * sizeof(mp_slot_t);
     return (n + 7) & ~(uint64_t)7;
 }
@@ -168,13 +175,13 @@ RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
     uint32_t i;
     if (rs->spare != MP_NIL) {
         i = rs->spare;
-        rs->spare = nodes[i].next;
+        rs->spare = RS_N(nodes, i).next;
         rs->nspare--;
     } else {
         i = rs->top++;
     }
-    nodes[i].flags = RN_INUSE;
-    nodes[i].link[0] = nodes[i].link[1] = nodes[i].link[2] = MP_NIL;
+    RS_N(nodes, i).flags = RN_INUSE;
+    RS_N(nodes, i).link[0] = RS_N(nodes, i).link[1] = RS_N(nodes, i).link[2] = MP_NIL;
     return i;
 }
 
@@ -182,9 +189,9 @@ RS_HOT void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    nodes[i].flags = 0;
-    nodes[i].next = rs->spare;
-    nodes[i].prev = MP_NIL;
+    RS_N(nodes, i).flags = 0;
+    RS_N(nodes, i).next = rs->spare;
+    RS_N(nodes, i).prev = MP_NIL;
     rs->spare = i;
     rs->nspare++;
 }
@@ -203,7 +210,7 @@ RS_HOT int64_t rs_find_slot(const void *st, const mp_fidx_t *fi, uint64_t offset
     for (uint64_t probes = 0; probes <= mask; probes++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) return -1;
-        if (t[s].tag == tag && nodes[i].offset == offset) return (int64_t)s;
+        if (t[s].tag == tag && RS_N(nodes, i).offset == offset) return (int64_t)s;
         s = (s + 1) & mask;
     }
     return -1;
@@ -220,7 +227,7 @@ RS_HOT void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
     mp_rset_t *rs = rs_set(st);
     mp_slot_t *t = rs_table(st, fi);
     uint64_t mask = ((uint64_t)1 << rs->hash_bits) - 1;
-    uint32_t tag = rs_tag(rs_nodes(st, fi)[i].offset);
+    uint32_t tag = rs_tag(RS_N(rs_nodes(st, fi), i).offset);
     uint64_t s = rs_home(tag, rs->hash_bits);
     while (t[s].node != MP_NIL) s = (s + 1) & mask;
     t[s].tag = tag;
@@ -268,10 +275,10 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
     rs->nspare = 0;
     fi->clear(st);
     uint32_t i = rs_node_new(st, fi);
-    nodes[i].offset = 0;
-    nodes[i].size = h->capacity;
-    nodes[i].prev = nodes[i].next = MP_NIL;
-    nodes[i].flags = RN_INUSE | RN_FREE;
+    RS_N(nodes, i).offset = 0;
+    RS_N(nodes, i).size = h->capacity;
+    RS_N(nodes, i).prev = RS_N(nodes, i).next = MP_NIL;
+    RS_N(nodes, i).flags = RN_INUSE | RN_FREE;
     rs->first = i;
     rs->nfree = 1;
     fi->insert(st, i);
@@ -320,23 +327,24 @@ RS_HOT void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
 }
 
 /* Link node n into the physical list just before node i / just after node i. */
-RS_HOT void rs_link_before(mp_rset_t *rs, mp_rnode_t *nodes, uint32_t n, uint32_t i)
+RS_HOT void rs_link_before(const mp_fidx_t *fi, mp_rset_t *rs, mp_rnode_t *nodes, uint32_t n,
+                           uint32_t i)
 {
-    uint32_t p = nodes[i].prev;
-    nodes[n].prev = p;
-    nodes[n].next = i;
-    nodes[i].prev = n;
-    if (p != MP_NIL) nodes[p].next = n;
+    uint32_t p = RS_N(nodes, i).prev;
+    RS_N(nodes, n).prev = p;
+    RS_N(nodes, n).next = i;
+    RS_N(nodes, i).prev = n;
+    if (p != MP_NIL) RS_N(nodes, p).next = n;
     else rs->first = n;
 }
 
-RS_HOT void rs_link_after(mp_rnode_t *nodes, uint32_t n, uint32_t i)
+RS_HOT void rs_link_after(const mp_fidx_t *fi, mp_rnode_t *nodes, uint32_t n, uint32_t i)
 {
-    uint32_t q = nodes[i].next;
-    nodes[n].prev = i;
-    nodes[n].next = q;
-    nodes[i].next = n;
-    if (q != MP_NIL) nodes[q].prev = n;
+    uint32_t q = RS_N(nodes, i).next;
+    RS_N(nodes, n).prev = i;
+    RS_N(nodes, n).next = q;
+    RS_N(nodes, i).next = n;
+    if (q != MP_NIL) RS_N(nodes, q).prev = n;
 }
 
 /* Turn [at, at+size) of free node i (filed in the free index) into an allocated
@@ -350,7 +358,7 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint64_t o = nodes[i].offset, s = nodes[i].size;
+    uint64_t o = RS_N(nodes, i).offset, s = RS_N(nodes, i).size;
     uint64_t gap = at - o, tail = o + s - (at + size);
     uint32_t a;
     if (gap == 0 && tail == 0) { /* exact fit: node i itself becomes allocated */
@@ -359,39 +367,39 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
         a = i;
     } else if (tail >= gap) { /* i keeps the tail; [gap][a][i] */
         a = rs_node_new(st, fi);
-        nodes[a].offset = at;
-        nodes[a].size = size;
-        rs_link_before(rs, nodes, a, i);
-        nodes[i].offset = at + size;
-        nodes[i].size = tail;
+        RS_N(nodes, a).offset = at;
+        RS_N(nodes, a).size = size;
+        rs_link_before(fi, rs, nodes, a, i);
+        RS_N(nodes, i).offset = at + size;
+        RS_N(nodes, i).size = tail;
         fi->rekey(st, i, s);
         if (gap) {
             uint32_t g = rs_node_new(st, fi);
-            nodes[g].offset = o;
-            nodes[g].size = gap;
-            rs_link_before(rs, nodes, g, a);
-            nodes[g].flags = RN_INUSE | RN_FREE;
+            RS_N(nodes, g).offset = o;
+            RS_N(nodes, g).size = gap;
+            rs_link_before(fi, rs, nodes, g, a);
+            RS_N(nodes, g).flags = RN_INUSE | RN_FREE;
             rs->nfree++;
             fi->insert(st, g);
         }
     } else { /* i keeps the gap; [i][a][tail] */
         a = rs_node_new(st, fi);
-        nodes[a].offset = at;
-        nodes[a].size = size;
-        rs_link_after(nodes, a, i);
-        nodes[i].size = gap;
+        RS_N(nodes, a).offset = at;
+        RS_N(nodes, a).size = size;
+        rs_link_after(fi, nodes, a, i);
+        RS_N(nodes, i).size = gap;
         fi->rekey(st, i, s);
         if (tail) {
             uint32_t t = rs_node_new(st, fi);
-            nodes[t].offset = at + size;
-            nodes[t].size = tail;
-            rs_link_after(nodes, t, a);
-            nodes[t].flags = RN_INUSE | RN_FREE;
+            RS_N(nodes, t).offset = at + size;
+            RS_N(nodes, t).size = tail;
+            rs_link_after(fi, nodes, t, a);
+            RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
             rs->nfree++;
             fi->insert(st, t);
         }
     }
-    nodes[a].flags = RN_INUSE;
+    RS_N(nodes, a).flags = RN_INUSE;
     rs_hash_insert(st, fi, a);
     rs_note_alloc(rs_head(st), at + size, size);
     return a;
@@ -403,7 +411,7 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
     uint32_t i = fi->find(st, size, align);
     if (i == MP_NIL) return MP_ENOSPACE;
-    mp_rnode_t *n = &rs_nodes(st, fi)[i];
+    mp_rnode_t *n = &RS_N(rs_nodes(st, fi), i);
     uint64_t at = rs_align_up(n->offset, align);
     if (rs_carve_cost(n, at, size) > rs_spare_count(rs_set(st))) return MP_ENONODES;
     rs_carve(st, fi, i, at, size);
@@ -415,10 +423,10 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
 RS_HOT void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
 {
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t p = nodes[j].prev, q = nodes[j].next;
-    if (p != MP_NIL) nodes[p].next = q;
+    uint32_t p = RS_N(nodes, j).prev, q = RS_N(nodes, j).next;
+    if (p != MP_NIL) RS_N(nodes, p).next = q;
     else rs_set(st)->first = q;
-    if (q != MP_NIL) nodes[q].prev = p;
+    if (q != MP_NIL) RS_N(nodes, q).prev = p;
     rs_node_release(st, fi, j);
 }
 
@@ -430,16 +438,16 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t p = nodes[i].prev, q = nodes[i].next;
-    int pf = p != MP_NIL && (nodes[p].flags & RN_FREE);
-    int qf = q != MP_NIL && (nodes[q].flags & RN_FREE);
+    uint32_t p = RS_N(nodes, i).prev, q = RS_N(nodes, i).next;
+    int pf = p != MP_NIL && (RS_N(nodes, p).flags & RN_FREE);
+    int qf = q != MP_NIL && (RS_N(nodes, q).flags & RN_FREE);
     uint64_t old;
     if (pf && qf) {
-        if (nodes[p].size < nodes[q].size) { /* q absorbs p and i */
+        if (RS_N(nodes, p).size < RS_N(nodes, q).size) { /* q absorbs p and i */
             fi->remove(st, p);
-            old = nodes[q].size;
-            nodes[q].offset = nodes[p].offset;
-            nodes[q].size = old + nodes[p].size + nodes[i].size;
+            old = RS_N(nodes, q).size;
+            RS_N(nodes, q).offset = RS_N(nodes, p).offset;
+            RS_N(nodes, q).size = old + RS_N(nodes, p).size + RS_N(nodes, i).size;
             rs_unlink(st, fi, p);
             rs_unlink(st, fi, i);
             rs->nfree--;
@@ -447,8 +455,8 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
             return q;
         }
         fi->remove(st, q); /* p absorbs i and q */
-        old = nodes[p].size;
-        nodes[p].size = old + nodes[i].size + nodes[q].size;
+        old = RS_N(nodes, p).size;
+        RS_N(nodes, p).size = old + RS_N(nodes, i).size + RS_N(nodes, q).size;
         rs_unlink(st, fi, q);
         rs_unlink(st, fi, i);
         rs->nfree--;
@@ -456,21 +464,21 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
         return p;
     }
     if (pf) {
-        old = nodes[p].size;
-        nodes[p].size = old + nodes[i].size;
+        old = RS_N(nodes, p).size;
+        RS_N(nodes, p).size = old + RS_N(nodes, i).size;
         rs_unlink(st, fi, i);
         fi->rekey(st, p, old);
         return p;
     }
     if (qf) {
-        old = nodes[q].size;
-        nodes[q].offset = nodes[i].offset;
-        nodes[q].size = old + nodes[i].size;
+        old = RS_N(nodes, q).size;
+        RS_N(nodes, q).offset = RS_N(nodes, i).offset;
+        RS_N(nodes, q).size = old + RS_N(nodes, i).size;
         rs_unlink(st, fi, i);
         fi->rekey(st, q, old);
         return q;
     }
-    nodes[i].flags = RN_INUSE | RN_FREE;
+    RS_N(nodes, i).flags = RN_INUSE | RN_FREE;
     rs->nfree++;
     fi->insert(st, i);
     return i;
@@ -482,7 +490,7 @@ RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     if (slot < 0) return MP_ENOTALLOC;
     uint32_t i = rs_table(st, fi)[slot].node;
     mp_head_t *h = rs_head(st);
-    uint64_t size = rs_nodes(st, fi)[i].size;
+    uint64_t size = RS_N(rs_nodes(st, fi), i).size;
     rs_hash_remove_slot(st, fi, (uint64_t)slot);
     h->used -= size;
     h->requested -= size;
@@ -495,7 +503,7 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
 {
     uint32_t i = rs_lookup(st, fi, offset);
     if (i == MP_NIL) return MP_ENOTALLOC;
-    *out = rs_cnodes(st, fi)[i].size;
+    *out = RS_N(rs_cnodes(st, fi), i).size;
     return MP_OK;
 }
 
@@ -512,46 +520,46 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint64_t old = nodes[i].size;
-    uint32_t q = nodes[i].next;
-    int qfree = q != MP_NIL && (nodes[q].flags & RN_FREE);
+    uint64_t old = RS_N(nodes, i).size;
+    uint32_t q = RS_N(nodes, i).next;
+    int qfree = q != MP_NIL && (RS_N(nodes, q).flags & RN_FREE);
     *out = offset;
     if (size == old) return MP_OK;
     if (size < old) { /* shrink: the tail goes back */
         uint64_t delta = old - size;
         if (qfree) { /* the free successor grows down over it */
-            uint64_t qold = nodes[q].size;
-            nodes[q].offset -= delta;
-            nodes[q].size = qold + delta;
+            uint64_t qold = RS_N(nodes, q).size;
+            RS_N(nodes, q).offset -= delta;
+            RS_N(nodes, q).size = qold + delta;
             fi->rekey(st, q, qold);
         } else {
             if (rs_spare_count(rs) < 1) return MP_ENONODES;
             uint32_t t = rs_node_new(st, fi);
-            nodes[t].offset = offset + size;
-            nodes[t].size = delta;
-            rs_link_after(nodes, t, i);
-            nodes[t].flags = RN_INUSE | RN_FREE;
+            RS_N(nodes, t).offset = offset + size;
+            RS_N(nodes, t).size = delta;
+            rs_link_after(fi, nodes, t, i);
+            RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
             rs->nfree++;
             fi->insert(st, t);
         }
-        nodes[i].size = size;
+        RS_N(nodes, i).size = size;
         h->used -= delta;
         h->requested -= delta;
         return MP_OK;
     }
     uint64_t delta = size - old;
-    if (qfree && nodes[q].size >= delta) { /* grow in place */
-        uint64_t qold = nodes[q].size;
+    if (qfree && RS_N(nodes, q).size >= delta) { /* grow in place */
+        uint64_t qold = RS_N(nodes, q).size;
         if (qold == delta) {
             fi->remove(st, q);
             rs_unlink(st, fi, q);
             rs->nfree--;
         } else {
-            nodes[q].offset += delta;
-            nodes[q].size = qold - delta;
+            RS_N(nodes, q).offset += delta;
+            RS_N(nodes, q).size = qold - delta;
             fi->rekey(st, q, qold);
         }
-        nodes[i].size = size;
+        RS_N(nodes, i).size = size;
         h->used += delta;
         h->requested += delta;
         if (h->used > h->peak_used) h->peak_used = h->used;
@@ -567,10 +575,10 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
         return MP_OK;
     }
     /* move down: the free predecessor + this range + a free successor */
-    uint32_t p = nodes[i].prev;
-    if (p == MP_NIL || !(nodes[p].flags & RN_FREE)) return rc;
-    uint64_t start = nodes[p].offset;
-    uint64_t end = qfree ? nodes[q].offset + nodes[q].size : offset + old;
+    uint32_t p = RS_N(nodes, i).prev;
+    if (p == MP_NIL || !(RS_N(nodes, p).flags & RN_FREE)) return rc;
+    uint64_t start = RS_N(nodes, p).offset;
+    uint64_t end = qfree ? RS_N(nodes, q).offset + RS_N(nodes, q).size : offset + old;
     uint64_t a = rs_align_up(start, align);
     if (a < start || a > end || end - a < size) return rc;
     /* merging releases 1 (+1 with q) node; carving needs up to 2 */
@@ -592,9 +600,9 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, fi);
     uint64_t steps = 0;
-    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; i = nodes[i].next) {
+    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; i = RS_N(nodes, i).next) {
         steps++;
-        int r = fn(ctx, nodes[i].offset, nodes[i].size, !(nodes[i].flags & RN_FREE));
+        int r = fn(ctx, RS_N(nodes, i).offset, RS_N(nodes, i).size, !(RS_N(nodes, i).flags & RN_FREE));
         if (r) return r;
     }
     return MP_OK;
@@ -645,9 +653,9 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
     uint32_t top = rs->top;
     /* 5: the spare stack */
     uint32_t nsp = 0;
-    for (uint32_t i = rs->spare; i != MP_NIL; i = nodes[i].next) {
+    for (uint32_t i = rs->spare; i != MP_NIL; i = RS_N(nodes, i).next) {
         if (i >= top) RS_FAIL("spare node %u beyond watermark %u", i, top);
-        if (nodes[i].flags != 0) RS_FAIL("spare node %u is marked in use", i);
+        if (RS_N(nodes, i).flags != 0) RS_FAIL("spare node %u is marked in use", i);
         if (++nsp > rs->nspare) RS_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
     }
     if (nsp != rs->nspare) RS_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
@@ -656,10 +664,10 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
     for (uint64_t s = 0; s < slots; s++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) continue;
-        if (i >= top || (nodes[i].flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
+        if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
             RS_FAIL("offset table slot %llu holds node %u, which is not allocated",
                     (unsigned long long)s, i);
-        if (t[s].tag != rs_tag(nodes[i].offset))
+        if (t[s].tag != rs_tag(RS_N(nodes, i).offset))
             RS_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s, i);
         entries++;
     }
@@ -667,10 +675,10 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
     uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
     uint32_t prev = MP_NIL;
     int prev_free = 0;
-    for (uint32_t i = rs->first; i != MP_NIL; i = nodes[i].next) {
+    for (uint32_t i = rs->first; i != MP_NIL; i = RS_N(nodes, i).next) {
         if (i >= top) RS_FAIL("node %u beyond watermark %u", i, top);
         if (++walked > (uint64_t)top - nsp) RS_FAIL("physical list longer than the in-use nodes");
-        const mp_rnode_t *n = &nodes[i];
+        const mp_rnode_t *n = &RS_N(nodes, i);
         if (!(n->flags & RN_INUSE)) RS_FAIL("node %u in the list is not in use", i);
         if (n->prev != prev) RS_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
         if (n->offset != expect) RS_FAIL("node %u at offset %llu, expected %llu", i,

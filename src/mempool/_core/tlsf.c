@@ -265,6 +265,7 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
 
 static const mp_fidx_t tlsf_fidx = {
     .area_size = TLSF_AREA,
+    .node_size = sizeof(mp_rnode_t),
     .insert = tlsf_insert,
     .remove = tlsf_remove,
     .rekey = tlsf_rekey,
