@@ -1034,7 +1034,8 @@ static void degenerate_tree(const strat_t *s)
 #define AUG(i) (*(uint64_t *)(st + nodes_off + (uint64_t)(i) * s->node_size + sizeof(mp_rnode_t)))
     uint32_t *order = xmalloc(sizeof(uint32_t) * (N + 2));
     uint32_t n = 0;
-    /* free nodes in key order: sizes are 1 except the tail, so by offset, tail last */
+    /* the free nodes of size 1 (all in bin 1; the tail has a bin of its own), in key
+     * order: by offset */
     uint32_t tail = MP_NIL;
     for (uint32_t i = 0; i < rs->top; i++) {
         if ((NODE(i).flags & 3) != 3) continue;
@@ -1046,9 +1047,10 @@ static void degenerate_tree(const strat_t *s)
     for (uint32_t a = 0; a < n; a++) by_off[NODE(order[a]).offset / 2] = order[a];
     memcpy(order, by_off, sizeof(uint32_t) * n);
     free(by_off);
-    if (tail != MP_NIL) order[n++] = tail;
-    REQUIRE(n == rs->nfree, "%u free nodes found, nfree %u", n, rs->nfree);
-    unsigned char *root_at = st + RS_AREA_OFF; /* bestfit: the root is the first word */
+    REQUIRE(n + (tail != MP_NIL) == rs->nfree, "%u free nodes found, nfree %u", n, rs->nfree);
+    /* bestfit's index: the bin map, then root[RS_BINS], then first[RS_BINS] */
+    unsigned char *root_at = st + RS_AREA_OFF + sizeof(rs_binmap_t) + 1 * sizeof(uint32_t);
+    unsigned char *first_at = root_at + RS_BINS * sizeof(uint32_t);
     for (int variant = 0; variant < 2; variant++) {
         for (uint32_t a = n; a-- > 0;) {
             mp_rnode_t *x = &NODE(order[a]);
@@ -1074,6 +1076,7 @@ static void degenerate_tree(const strat_t *s)
             NODE(order[0]).link[2] = order[n - 1];
         }
         memcpy(root_at, &order[0], sizeof(uint32_t));
+        memcpy(first_at, &order[0], sizeof(uint32_t));
         snprintf(g_op, sizeof g_op, "check of a %s of %u nodes", variant ? "cycle" : "chain", n);
         REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_ECORRUPT, "check accepted it");
     }
@@ -1114,6 +1117,35 @@ static void table_spread(const strat_t *s)
     }
 }
 
+/* The size bins of ranges.h: sizes below 64 have bins of their own; bins never fall
+ * as sizes grow; rs_bin_up(s) is the first bin whose every size is >= s: bin(s) when
+ * s is the lowest size of its bin, else the next; the last size is in the last bin. */
+static void size_bins(void)
+{
+    snprintf(g_ctx, sizeof g_ctx, "size bins");
+    snprintf(g_op, sizeof g_op, "rs_bin_down / rs_bin_up");
+    for (uint64_t s = 1; s < RS_EXACT; s++)
+        REQUIRE(rs_bin_down(s) == s, "size %llu in bin %u", (ull)s, rs_bin_down(s));
+    for (int k = 0; k < 200000; k++) {
+        uint64_t s;
+        if (k < 64 * 5) s = ((uint64_t)1 << (k / 5)) + (uint64_t)(k % 5) - 2;
+        else if (k < 70000) s = (uint64_t)k - 64 * 5 + 1;
+        else s = rnd() >> below(64);
+        if (s < 2) continue;
+        unsigned b = rs_bin_down(s), below_ = rs_bin_down(s - 1), u;
+        REQUIRE(b < RS_BINS && below_ <= b, "bins fall from %llu (bin %u) to %llu (bin %u)",
+                (ull)(s - 1), below_, (ull)s, b);
+        if (!rs_bin_up(s, &u)) {
+            REQUIRE(below_ == b && b == RS_BINS - 1, "no bin above %llu (bin %u)", (ull)s, b);
+            continue;
+        }
+        REQUIRE(u == (below_ < b ? b : b + 1), "bin_up(%llu) = %u; bin(s - 1) = %u, bin(s) = %u",
+                (ull)s, u, below_, b);
+    }
+    REQUIRE(rs_bin_down(UINT64_MAX) == RS_BINS - 1, "the last size in bin %u",
+            rs_bin_down(UINT64_MAX));
+}
+
 /* ---- main --------------------------------------------------------------------------- */
 int main(int argc, char **argv)
 {
@@ -1124,6 +1156,8 @@ int main(int argc, char **argv)
     if (runs < 1) runs = 1;
     if (states < 1) states = 1;
     clock_t t0 = clock();
+    g_rng = seed;
+    size_bins();
     for (size_t si = 0; si < sizeof STRATS / sizeof STRATS[0]; si++) {
         const strat_t *s = &STRATS[si];
         g_rng = seed * 0x100000001B3ull + si;
