@@ -56,9 +56,17 @@
  * copy of alloc and free with its free index folded in (no calls, no spills). */
 #define RS_HOT static inline __attribute__((always_inline))
 
+/* c ? a : b without a branch (for data-dependent choices a predictor cannot learn;
+ * compilers turn ?: on such values into branches more often than not). */
+RS_HOT uint32_t rs_sel32(int c, uint32_t a, uint32_t b)
+{
+    uint32_t m = 0u - (uint32_t)(c != 0);
+    return (a & m) | (b & ~m);
+}
+
 #define RN_INUSE 1u /* node belongs to the physical list                */
 #define RN_FREE 2u  /* the range is free (filed in the free index)      */
-/* bits 8..15 of flags: scratch for the free index (AVL height) */
+/* bits 8..31 of flags: scratch for the free index (TLSF: the bin; AVL: the height) */
 
 typedef struct mp_rnode {
     uint64_t offset;  /* start of the range                              */
@@ -205,19 +213,19 @@ RS_HOT int rs_bin_up(uint64_t s, unsigned *b)
     return 1;
 }
 
-/* The first non-empty bin at or after bin *b (< RS_BINS); 0 when none. */
+/* The first non-empty bin at or after bin *b (< RS_BINS); 0 when none.  No branch
+ * on whether it is in b's own first level: the candidates are this level's bins at
+ * or after b (when there are any) and every later level. */
 RS_HOT int rs_next_bin(const rs_binmap_t *m, unsigned *b)
 {
     unsigned fl = *b >> RS_SLI, sl = *b & (RS_SL_COUNT - 1);
     uint32_t slmap = m->sl[fl] & (~0u << sl);
-    if (!slmap) {
-        /* fl + 1 <= RS_FL_COUNT < 64: the shift is defined */
-        uint64_t flmap = m->fl & (~0ull << (fl + 1));
-        if (!flmap) return 0;
-        fl = (unsigned)__builtin_ctzll(flmap);
-        slmap = m->sl[fl];
-    }
-    *b = (fl << RS_SLI) + (unsigned)__builtin_ctz(slmap);
+    /* fl + 1 <= RS_FL_COUNT < 64: the shift is defined */
+    uint64_t flmap = (m->fl & (~0ull << (fl + 1))) | ((uint64_t)(slmap != 0) << fl);
+    if (__builtin_expect(!flmap, 0)) return 0;
+    unsigned f = (unsigned)__builtin_ctzll(flmap);
+    uint32_t w = rs_sel32(f == fl, slmap, m->sl[f]);
+    *b = (f << RS_SLI) + (unsigned)__builtin_ctz(w);
     return 1;
 }
 
@@ -236,12 +244,16 @@ RS_HOT void rs_bin_mark(rs_binmap_t *m, unsigned b)
     m->fl |= 1ull << (b >> RS_SLI);
 }
 
-RS_HOT void rs_bin_unmark(rs_binmap_t *m, unsigned b)
+/* Clear bin b's bit when `empty` (0 or 1), without a branch. */
+RS_HOT void rs_bin_unmark_if(rs_binmap_t *m, unsigned b, unsigned empty)
 {
     unsigned fl = b >> RS_SLI;
-    m->sl[fl] &= ~(1u << (b & (RS_SL_COUNT - 1)));
-    if (!m->sl[fl]) m->fl &= ~(1ull << fl);
+    uint32_t sl = m->sl[fl] & ~((uint32_t)empty << (b & (RS_SL_COUNT - 1)));
+    m->sl[fl] = sl;
+    m->fl &= ~((uint64_t)(sl == 0) << fl);
 }
+
+RS_HOT void rs_bin_unmark(rs_binmap_t *m, unsigned b) { rs_bin_unmark_if(m, b, 1); }
 
 /* The bitmaps agree with the bins' heads (MP_NIL = empty) and have no stray bits. */
 static inline int rs_binmap_check(const rs_binmap_t *m, const uint32_t *heads, char *msg,
@@ -513,14 +525,17 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
 }
 
 RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
-                           uint64_t *out)
+                    uint64_t *out)
 {
-    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    if (__builtin_expect(size == 0 || align == 0 || (align & (align - 1)) != 0, 0))
+        return MP_EINVAL;
     uint32_t i = fi->find(st, size, align);
-    if (i == MP_NIL) return MP_ENOSPACE;
+    if (__builtin_expect(i == MP_NIL, 0)) return MP_ENOSPACE;
     mp_rnode_t *n = &RS_N(rs_nodes(st, fi), i);
     uint64_t at = rs_align_up(n->offset, align);
-    if (rs_carve_cost(n, at, size) > rs_spare_count(rs_set(st))) return MP_ENONODES;
+    uint32_t spare = rs_spare_count(rs_set(st));
+    if (__builtin_expect(spare < 2, 0) && rs_carve_cost(n, at, size) > spare)
+        return MP_ENONODES;
     rs_carve(st, fi, i, at, size);
     *out = at;
     return MP_OK;
@@ -546,8 +561,9 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
     uint32_t p = RS_N(nodes, i).prev, q = RS_N(nodes, i).next;
-    int pf = p != MP_NIL && (RS_N(nodes, p).flags & RN_FREE);
-    int qf = q != MP_NIL && (RS_N(nodes, q).flags & RN_FREE);
+    /* i is allocated: a missing neighbour reads as i, not free (no branch) */
+    int pf = (RS_N(nodes, rs_sel32(p != MP_NIL, p, i)).flags & RN_FREE) != 0;
+    int qf = (RS_N(nodes, rs_sel32(q != MP_NIL, q, i)).flags & RN_FREE) != 0;
     uint64_t old;
     if (pf && qf) {
         if (RS_N(nodes, p).size < RS_N(nodes, q).size) { /* q absorbs p and i */

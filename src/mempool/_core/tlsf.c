@@ -28,8 +28,9 @@
  * Invariants (tlsf_fidx_check, plus those of ranges.h):
  *  T1. bit fl of map.fl is set  <=>  map.sl[fl] != 0 (no bits beyond RS_FL_COUNT).
  *  T2. bit sl of map.sl[fl] is set  <=>  bins[fl * RS_SL_COUNT + sl] != MP_NIL.
- *  T3. Every node in bin b is free and its size maps (rounded down) to b; prev
- *      links mirror next links; the bins together hold exactly nfree nodes.
+ *  T3. Every node in bin b is free, its size maps (rounded down) to b and its flags
+ *      are RN_INUSE | RN_FREE | b << 8 (the bin, cached); prev links mirror next
+ *      links; the bins together hold exactly nfree nodes.
  */
 #include "ranges.h"
 
@@ -40,6 +41,7 @@ typedef struct tlsf_index {
 
 #define TLSF_AREA ((sizeof(tlsf_index_t) + 7) & ~(size_t)7)
 #define TLSF_INLINE static inline __attribute__((always_inline))
+#define TLSF_BIN_SHIFT 8 /* a free node's flags: RN_INUSE | RN_FREE | bin << 8 */
 
 static inline tlsf_index_t *idx(void *st) { return (tlsf_index_t *)rs_area(st); }
 static inline const tlsf_index_t *cidx(const void *st)
@@ -51,13 +53,21 @@ static const mp_fidx_t tlsf_fidx;
 
 TLSF_INLINE uint32_t *bin_head(tlsf_index_t *x, unsigned b) { return &x->bins[b]; }
 
+/* A free node's bin, cached in its flags (T3). */
+TLSF_INLINE unsigned bin_of(const mp_rnode_t *n) { return n->flags >> TLSF_BIN_SHIFT; }
+
+/* Bin lists change without branches on their neighbours (whether a neighbour
+ * exists is data, and a mispredicted branch costs more than a store): a link that
+ * would go to a missing neighbour goes to node i itself, whose links are written
+ * (bin_link) or dead (bin_unlink) afterwards. */
 TLSF_INLINE void bin_link(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
     uint32_t *head = bin_head(x, b);
     uint32_t h = *head;
+    nodes[rs_sel32(h != MP_NIL, h, i)].link[0] = i;
     nodes[i].link[0] = MP_NIL;
     nodes[i].link[1] = h;
-    if (h != MP_NIL) nodes[h].link[0] = i;
+    nodes[i].flags = RN_INUSE | RN_FREE | (b << TLSF_BIN_SHIFT);
     *head = i;
     rs_bin_mark(&x->map, b);
 }
@@ -65,13 +75,10 @@ TLSF_INLINE void bin_link(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsign
 TLSF_INLINE void bin_unlink(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
     uint32_t p = nodes[i].link[0], q = nodes[i].link[1];
-    if (q != MP_NIL) nodes[q].link[0] = p;
-    if (p != MP_NIL) {
-        nodes[p].link[1] = q;
-        return;
-    }
-    *bin_head(x, b) = q;
-    if (q == MP_NIL) rs_bin_unmark(&x->map, b);
+    uint32_t *head = bin_head(x, b);
+    nodes[rs_sel32(q != MP_NIL, q, i)].link[0] = p;
+    *(p != MP_NIL ? &nodes[p].link[1] : head) = q;
+    rs_bin_unmark_if(&x->map, b, *head == MP_NIL);
 }
 
 TLSF_INLINE void tlsf_insert(void *st, uint32_t i)
@@ -83,15 +90,16 @@ TLSF_INLINE void tlsf_insert(void *st, uint32_t i)
 TLSF_INLINE void tlsf_remove(void *st, uint32_t i)
 {
     mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
-    bin_unlink(idx(st), nodes, i, rs_bin_down(nodes[i].size));
+    bin_unlink(idx(st), nodes, i, bin_of(&nodes[i]));
 }
 
 /* A free range's size changed in place: it moves only when its bin changes (a large
  * range that grows or shrinks by a little stays where it is, untouched). */
 TLSF_INLINE void tlsf_rekey(void *st, uint32_t i, uint64_t old_size)
 {
+    (void)old_size; /* the old bin is cached */
     mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
-    unsigned b0 = rs_bin_down(old_size), b = rs_bin_down(nodes[i].size);
+    unsigned b0 = bin_of(&nodes[i]), b = rs_bin_down(nodes[i].size);
     if (b == b0) return;
     tlsf_index_t *x = idx(st);
     bin_unlink(x, nodes, i, b0);
@@ -169,6 +177,8 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
             if (i >= rs->top) RS_FAIL("bin %u links node %u beyond the watermark", b, i);
             if ((nodes[i].flags & (RN_INUSE | RN_FREE)) != (RN_INUSE | RN_FREE))
                 RS_FAIL("bin %u holds node %u, which is not free", b, i);
+            if (nodes[i].flags != (RN_INUSE | RN_FREE | (b << TLSF_BIN_SHIFT)))
+                RS_FAIL("node %u in bin %u has flags 0x%x", i, b, nodes[i].flags);
             if (rs_bin_down(nodes[i].size) != b)
                 RS_FAIL("node %u of size %llu filed in bin %u", i,
                         (unsigned long long)nodes[i].size, b);
