@@ -764,7 +764,9 @@ static layout_t layout_of(const pool_t *p)
 {
     const mp_rset_t *rs = rs_cset(p->st);
     layout_t L;
-    L.table_len = ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
+    /* the table and the nursery after it: slots alike */
+    L.table_len = (((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs_nursery_bits(rs->hash_bits))) *
+                  sizeof(mp_slot_t);
     L.area_off = RS_AREA_OFF;
     L.area_size = p->len - RS_AREA_OFF - p->maxb * p->s->node_size - L.table_len;
     L.nodes_off = L.area_off + L.area_size;
@@ -1028,7 +1030,8 @@ static void degenerate_tree(const strat_t *s)
     char msg[256];
     REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
     const mp_rset_t *rs = rs_cset(st);
-    uint64_t tbl = ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
+    uint64_t tbl = (((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs_nursery_bits(rs->hash_bits))) *
+                   sizeof(mp_slot_t);
     uint64_t nodes_off = len - tbl - (uint64_t)rs->max_blocks * s->node_size;
 #define NODE(i) (*(mp_rnode_t *)(st + nodes_off + (uint64_t)(i) * s->node_size))
 #define AUG(i) (*(uint64_t *)(st + nodes_off + (uint64_t)(i) * s->node_size + sizeof(mp_rnode_t)))
@@ -1088,10 +1091,11 @@ static void degenerate_tree(const strat_t *s)
 
 /* The offset table stays short-probed for sequential tiny ranges: mean displacement
  * (slot - home) of its entries is small.  Deterministic, no timing: a home function
- * that keeps sequential offsets in one run of slots makes it grow with n. */
+ * that keeps sequential offsets in one run of slots makes it grow with n.  The
+ * nursery after the table holds the rest, each entry in its own slot. */
 static void table_spread(const strat_t *s)
 {
-    enum { N = 20000 };
+    enum { N = 100000 }; /* well beyond the nursery (<= 2^15): most go to the table */
     static const uint64_t sizes[] = {1, 3, 8, 16, 4096};
     for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
         snprintf(g_ctx, sizeof g_ctx, "%s: table spread, %d sequential allocs of %llu", s->name,
@@ -1102,14 +1106,24 @@ static void table_spread(const strat_t *s)
         REQUIRE(s->init(st, cap, N + 2) == MP_OK, "init");
         for (int i = 0; i < N; i++) REQUIRE(s->ops->alloc(st, sizes[z], 1, &out) == MP_OK, "alloc");
         const mp_rset_t *rs = rs_cset(st);
+        uint32_t nbits = rs_nursery_bits(rs->hash_bits);
         uint64_t slots = (uint64_t)1 << rs->hash_bits, mask = slots - 1, total = 0, n = 0;
-        const mp_slot_t *t = (const mp_slot_t *)(st + len - slots * sizeof(mp_slot_t));
+        uint64_t nslots = (uint64_t)1 << nbits, in_nursery = 0;
+        const mp_slot_t *t = (const mp_slot_t *)(st + len - (slots + nslots) * sizeof(mp_slot_t));
         for (uint64_t k = 0; k < slots; k++) {
             if (t[k].node == MP_NIL) continue;
             total += (k - rs_home(t[k].tag, rs->hash_bits)) & mask;
             n++;
         }
-        REQUIRE(n == N, "table holds %llu entries", (ull)n);
+        for (uint64_t k = 0; k < nslots; k++) {
+            if (t[slots + k].node == MP_NIL) continue;
+            REQUIRE(rs_nhome(t[slots + k].tag, nbits) == k, "nursery entry away from its slot");
+            in_nursery++;
+        }
+        REQUIRE(n + in_nursery == N, "table holds %llu entries, nursery %llu", (ull)n,
+                (ull)in_nursery);
+        REQUIRE(in_nursery > 0 && n > N / 2, "the nursery holds %llu, the table %llu",
+                (ull)in_nursery, (ull)n);
         REQUIRE(total < 16 * n, "mean probe displacement %.1f slots", (double)total / (double)n);
         char msg[256];
         REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
