@@ -47,10 +47,10 @@
  *
  * Layout of the free index (after mp_head_t and mp_rset_t, see ranges.h):
  *
- *   +----------+---------------------+------------------+------------------+
- *   | map.fl   | map.sl[RS_FL_COUNT] | root[RS_BINS]    | first[RS_BINS]   |
- *   | uint64_t | uint32_t            | uint32_t         | uint32_t         |
- *   +----------+---------------------+------------------+------------------+
+ *   +--------+---------------+---------------+
+ *   | map    | root[RS_BINS] | first[RS_BINS]|
+ *   | binmap | uint32_t      | uint32_t      |
+ *   +--------+---------------+---------------+
  *   root[b]: the root of bin b's tree, first[b]: its leftmost node (MP_NIL: empty).
  *
  *   Nodes are 64 bytes (one cache line): mp_rnode_t, then the augments.  Each free
@@ -88,15 +88,15 @@
  */
 #include "ranges.h"
 
-typedef struct bf_index {
-    rs_binmap_t map;          /* which bins are non-empty                       */
-    uint32_t root[RS_BINS];   /* root of each bin's tree                        */
-    uint32_t first[RS_BINS];  /* leftmost node of each bin's tree               */
-} bf_index_t;
-
 /* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
  * each value capped at BF_CAP (so lanes never carry into each other). */
 enum { BF_LEVELS = 4 };
+
+typedef struct bf_index {
+    rs_binmap_t map;             /* which bins are non-empty                      */
+    uint32_t root[RS_BINS];      /* root of each bin's tree                       */
+    uint32_t first[RS_BINS];     /* leftmost node of each bin's tree              */
+} bf_index_t;
 static const unsigned BF_LEVEL[BF_LEVELS] = {4, 6, 8, 12}; /* 16, 64, 256, 4096 */
 #define BF_CAP 0x7fffu
 #define BF_LANE_TOP 0x8000800080008000ull
@@ -151,6 +151,16 @@ static inline uint64_t own_aug(const mp_rnode_t *n)
 {
     _Static_assert(BF_LEVELS == 4, "own_aug spells the levels out");
     if (n->size >= BF_CAP + ((uint64_t)1 << BF_LEVEL[BF_LEVELS - 1])) return BF_ALL_CAP;
+    if (n->size <= BF_CAP) {
+        /* all four at once: size - pad_j in each lane (size < 2^15: no borrow across
+         * lanes; a lane whose top bit is clear after the subtraction had pad > size) */
+        uint64_t neg = 0 - n->offset;
+        uint64_t pads = (neg & 0xf) | (neg & 0x3f) << 16 | (neg & 0xff) << 32 |
+                        (neg & 0xfff) << 48;
+        uint64_t d = (n->size * 0x0001000100010001ull | BF_LANE_TOP) - pads;
+        uint64_t keep = ((d & BF_LANE_TOP) >> 15) * 0x7fffu;
+        return d & keep;
+    }
     return use_lane(n, (1u << 4) - 1, 0) | use_lane(n, (1u << 6) - 1, 1) |
            use_lane(n, (1u << 8) - 1, 2) | use_lane(n, (1u << 12) - 1, 3);
 }
@@ -169,17 +179,24 @@ static inline unsigned lane(uint64_t aug, unsigned j)
     return (unsigned)(aug >> (16 * j)) & 0xffffu;
 }
 
-/* Recompute height and augment of node i from its children. */
-static inline void update(bf_node_t *nodes, uint32_t i)
+
+
+/* Recompute height and augment of node x from its children l, r (heights hl, hr). */
+static inline void update_with(bf_node_t *nodes, bf_node_t *x, uint32_t l, uint32_t r,
+                               unsigned hl, unsigned hr)
 {
-    bf_node_t *x = &nodes[i];
-    uint32_t l = x->n.link[L], r = x->n.link[R];
-    unsigned hl = height(nodes, l), hr = height(nodes, r);
     set_height(x, 1 + (hl > hr ? hl : hr));
     uint64_t a = x->own;
     if (l != MP_NIL) a = lanes_max(a, nodes[l].aug);
     if (r != MP_NIL) a = lanes_max(a, nodes[r].aug);
     x->aug = a;
+}
+
+static inline void update(bf_node_t *nodes, uint32_t i)
+{
+    bf_node_t *x = &nodes[i];
+    uint32_t l = x->n.link[L], r = x->n.link[R];
+    update_with(nodes, x, l, r, height(nodes, l), height(nodes, r));
 }
 
 /* (a.size, a.offset) < (b.size, b.offset) */
@@ -220,20 +237,23 @@ static uint32_t rotate(bf_index_t *x, bf_node_t *nodes, unsigned b, uint32_t n, 
 static void fixup(bf_index_t *x, bf_node_t *nodes, unsigned b, uint32_t n)
 {
     while (n != MP_NIL) {
-        unsigned old = height(nodes, n);
-        uint64_t a = nodes[n].aug;
-        unsigned hl = height(nodes, nodes[n].n.link[L]), hr = height(nodes, nodes[n].n.link[R]);
-        if (hl > hr + 1 || hr > hl + 1) {
+        bf_node_t *y = &nodes[n];
+        uint32_t flags = y->n.flags;
+        uint64_t a = y->aug;
+        uint32_t l = y->n.link[L], r = y->n.link[R];
+        unsigned hl = height(nodes, l), hr = height(nodes, r);
+        if (__builtin_expect(hl > hr + 1 || hr > hl + 1, 0)) {
             int d = hl > hr ? L : R; /* the heavy side */
-            uint32_t c = nodes[n].n.link[d];
+            uint32_t c = y->n.link[d];
             if (height(nodes, nodes[c].n.link[!d]) > height(nodes, nodes[c].n.link[d]))
                 rotate(x, nodes, b, c, !d); /* double rotation: straighten the zig-zag */
             n = rotate(x, nodes, b, n, d);
+            y = &nodes[n];
         } else {
-            update(nodes, n);
+            update_with(nodes, y, l, r, hl, hr);
         }
-        if (height(nodes, n) == old && nodes[n].aug == a) return;
-        n = nodes[n].n.link[P];
+        if (y->n.flags == flags && y->aug == a) return; /* same height, same augment */
+        n = y->n.link[P];
     }
 }
 
@@ -454,10 +474,18 @@ static uint32_t bf_find(void *st, uint64_t size, uint64_t align)
     } else {
         bu = RS_BINS;
     }
-    for (b = b0; b < bu && rs_next_bin(&x->map, &b) && b < bu; b++) {
-        if (j >= 0 && lane(nodes[x->root[b]].aug, (unsigned)j) < size) continue;
-        uint32_t r = bf_find_in_bin(x, nodes, b, size, align, j);
-        if (r != MP_NIL) return r;
+    /* the non-empty bins of the window, a bitmap word at a time; with a level, a bin
+     * whose root augment rules it out is passed over without a search */
+    for (unsigned fl = b0 >> RS_SLI; fl <= (bu - 1) >> RS_SLI && fl < RS_FL_COUNT; fl++) {
+        uint32_t w = x->map.sl[fl];
+        if (fl == b0 >> RS_SLI) w &= ~0u << (b0 & (RS_SL_COUNT - 1));
+        if (fl == (bu - 1) >> RS_SLI) w &= ~0u >> (RS_SL_COUNT - 1 - ((bu - 1) & (RS_SL_COUNT - 1)));
+        for (; w; w &= w - 1) {
+            b = (fl << RS_SLI) + (unsigned)__builtin_ctz(w);
+            if (j >= 0 && lane(nodes[x->root[b]].aug, (unsigned)j) < size) continue;
+            uint32_t r = bf_find_in_bin(x, nodes, b, size, align, j);
+            if (r != MP_NIL) return r;
+        }
     }
     b = bu;
     return b < RS_BINS && rs_next_bin(&x->map, &b) ? x->first[b] : MP_NIL;
