@@ -786,7 +786,7 @@ static int must_detect(const pool_t *p, const unsigned char *v, const layout_t *
         return pos >= offsetof(mp_head_t, param) && pos < offsetof(mp_head_t, param) + 8;
 #undef IN
     }
-    if (pos < RS_AREA_OFF) return pos - RS_HEAD_BYTES < offsetof(mp_rset_t, pad);
+    if (pos < RS_AREA_OFF) return 1; /* every field of mp_rset_t */
     if (pos < L->nodes_off) return 1; /* the free index header */
     if (pos < L->table_off) {
         const mp_rset_t *rs = rs_cset(v);

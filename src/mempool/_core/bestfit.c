@@ -280,7 +280,37 @@ static void bf_insert_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned 
         return;
     }
     nodes[p].n.link[d] = i;
-    fixup(x, nodes, b, p);
+    /* Retrace: every subtree on the path gained exactly node i, so its augment is the
+     * old one lane-maxed with i's own; heights need their children only while the
+     * subtree below grew.  Stops when neither changes. */
+    uint64_t own = nodes[i].own;
+    int grew = 1;
+    for (uint32_t n = p; n != MP_NIL;) {
+        bf_node_t *y = &nodes[n];
+        uint64_t a = lanes_max(y->aug, own);
+        if (grew) {
+            unsigned old = (y->n.flags & BF_HMASK) >> BF_HSHIFT;
+            unsigned hl = height(nodes, y->n.link[L]), hr = height(nodes, y->n.link[R]);
+            if (__builtin_expect(hl > hr + 1 || hr > hl + 1, 0)) {
+                /* after an insert one rotation restores the old height: done growing */
+                int dd = hl > hr ? L : R;
+                uint32_t c = y->n.link[dd];
+                if (height(nodes, nodes[c].n.link[!dd]) > height(nodes, nodes[c].n.link[dd]))
+                    rotate(x, nodes, b, c, !dd);
+                n = rotate(x, nodes, b, n, dd); /* augments recomputed from children */
+                grew = 0;
+            } else {
+                unsigned h = 1 + (hl > hr ? hl : hr);
+                set_height(y, h);
+                y->aug = a;
+                grew = h != old;
+            }
+        } else {
+            if (a == y->aug) return;
+            y->aug = a;
+        }
+        n = nodes[n].n.link[P];
+    }
 }
 
 static inline uint32_t successor(const bf_node_t *nodes, uint32_t i)

@@ -26,7 +26,8 @@
  *
  * Node life: unused (never touched: index >= top; or returned: on the spare stack,
  * linked through .next) -> in the physical list, free (in the free index) or
- * allocated (in the hash table).
+ * allocated (in the nursery or the hash table).  Only what a node's state uses is
+ * kept: a spare node's prev and links, an allocated node's links are stale.
  *
  * Invariants (checked by rs_check):
  *  1. The physical list starts at `first`, visits each in-use node once, and its
@@ -67,8 +68,13 @@
  * compilers turn ?: on such values into branches more often than not). */
 RS_HOT uint32_t rs_sel32(int c, uint32_t a, uint32_t b)
 {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __asm__("test %1, %1\n\tcmovne %2, %0" : "+r"(b) : "r"(c), "r"(a) : "cc");
+    return b;
+#else
     uint32_t m = 0u - (uint32_t)(c != 0);
     return (a & m) | (b & ~m);
+#endif
 }
 
 #define RN_INUSE 1u /* node belongs to the physical list                */
@@ -92,7 +98,7 @@ typedef struct mp_rset {
     uint32_t nfree;      /* free ranges                                    */
     uint32_t first;      /* node at offset 0                               */
     uint32_t hash_bits;  /* table has 1 << hash_bits slots                 */
-    uint32_t pad;
+    uint32_t nursery_bits; /* nursery has 1 << nursery_bits slots (derived)  */
 } mp_rset_t;
 
 /* A slot of the offset table; node == MP_NIL marks it empty. */
@@ -176,6 +182,7 @@ static inline const mp_slot_t *rs_cnursery(const void *st, const mp_fidx_t *fi)
 {
     return rs_ctable(st, fi) + ((uint64_t)1 << rs_cset(st)->hash_bits);
 }
+
 
 static inline uint64_t rs_state_size(const mp_fidx_t *fi, uint64_t capacity, uint64_t max_blocks)
 {
@@ -330,8 +337,7 @@ RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
     } else {
         i = rs->top++;
     }
-    RS_N(nodes, i).flags = RN_INUSE;
-    RS_N(nodes, i).link[0] = RS_N(nodes, i).link[1] = RS_N(nodes, i).link[2] = MP_NIL;
+    RS_N(nodes, i).flags = RN_INUSE; /* links: written when it is filed as free */
     return i;
 }
 
@@ -341,7 +347,6 @@ RS_HOT void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
     mp_rnode_t *nodes = rs_nodes(st, fi);
     RS_N(nodes, i).flags = 0;
     RS_N(nodes, i).next = rs->spare;
-    RS_N(nodes, i).prev = MP_NIL;
     rs->spare = i;
     rs->nspare++;
 }
@@ -375,7 +380,7 @@ RS_HOT int64_t rs_find(const void *st, const mp_fidx_t *fi, uint64_t offset)
 {
     const mp_rset_t *rs = rs_cset(st);
     uint32_t tag = rs_tag(offset);
-    uint64_t n = rs_nhome(tag, rs_nursery_bits(rs->hash_bits));
+    uint64_t n = rs_nhome(tag, rs->nursery_bits);
     mp_slot_t e = rs_cnursery(st, fi)[n];
     if (e.node != MP_NIL && e.tag == tag && RS_N(rs_cnodes(st, fi), e.node).offset == offset)
         return RS_LOC_NURSERY(n);
@@ -410,7 +415,7 @@ RS_HOT void rs_table_insert(void *st, const mp_fidx_t *fi, uint32_t tag, uint32_
 RS_HOT void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     uint32_t tag = rs_tag(RS_N(rs_nodes(st, fi), i).offset);
-    mp_slot_t *e = &rs_nursery(st, fi)[rs_nhome(tag, rs_nursery_bits(rs_set(st)->hash_bits))];
+    mp_slot_t *e = &rs_nursery(st, fi)[rs_nhome(tag, rs_set(st)->nursery_bits)];
     if (e->node != MP_NIL) rs_table_insert(st, fi, e->tag, e->node);
     e->tag = tag;
     e->node = i;
@@ -458,7 +463,7 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
     mp_rnode_t *nodes = rs_nodes(st, fi);
     mp_slot_t *t = rs_table(st, fi); /* the nursery follows it */
     /* only the nodes below top were ever touched; clear the table fully */
-    uint64_t slots = ((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs_nursery_bits(rs->hash_bits));
+    uint64_t slots = ((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs->nursery_bits);
     for (uint64_t s = 0; s < slots; s++) {
         t[s].tag = 0;
         t[s].node = MP_NIL;
@@ -495,6 +500,7 @@ static inline int rs_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t
     mp_rset_t *rs = rs_set(st);
     rs->max_blocks = (uint32_t)max_blocks;
     rs->hash_bits = rs_hash_bits(max_blocks);
+    rs->nursery_bits = rs_nursery_bits(rs->hash_bits);
     rs_reset(st, fi);
     h->peak_used = h->high_water = 0;
     return MP_OK;
@@ -833,7 +839,8 @@ static inline int rs_check_layout(const void *st, uint64_t state_len, const mp_f
         RS_FAIL("state size %llu (buffer %llu), parameters need %llu",
                 (unsigned long long)h->state_size, (unsigned long long)state_len,
                 (unsigned long long)want);
-    if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]))
+    if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]) ||
+        rs->nursery_bits != rs_nursery_bits(rs->hash_bits))
         RS_FAIL("node table header does not match parameters");
     if (rs->top > rs->max_blocks) RS_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
     if (rs->nspare > rs->top) RS_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
@@ -871,7 +878,7 @@ static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *
         entries++;
     }
     /* 4: so does the nursery, each entry in its own slot (lookups look nowhere else) */
-    uint32_t nbits = rs_nursery_bits(rs->hash_bits);
+    uint32_t nbits = rs->nursery_bits;
     const mp_slot_t *ns = rs_cnursery(st, fi);
     for (uint64_t n = 0; n < ((uint64_t)1 << nbits); n++) {
         uint32_t i = ns[n].node;

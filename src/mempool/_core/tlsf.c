@@ -128,13 +128,18 @@ TLSF_INLINE uint32_t tlsf_find(void *st, uint64_t size, uint64_t align)
 {
     const tlsf_index_t *x = cidx(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
-    unsigned b0 = rs_bin_down(size), bu;
+    unsigned e = (unsigned)(63 - __builtin_clzll(size | RS_SL_COUNT)) - RS_SLI;
+    unsigned b0 = (e << RS_SLI) + (unsigned)(size >> e), bu; /* rs_bin_down(size) */
     /* (1) the head of the request's own bin */
     uint32_t h = x->bins[b0];
     if (h != MP_NIL && fits(&nodes[h], size, align)) return h;
     /* (2) good fit: every range in a bin at or above need fits */
     uint64_t need = size + (align - 1);
-    if (need >= size && rs_bin_up(need, &bu)) {
+    if (align == 1) { /* rs_bin_up(size): the own bin when size is its lowest */
+        bu = b0 + ((size & (((uint64_t)1 << e) - 1)) != 0);
+        unsigned b = bu;
+        if (bu < RS_BINS && rs_next_bin(&x->map, &b)) return x->bins[b];
+    } else if (need >= size && rs_bin_up(need, &bu)) {
         unsigned b = bu;
         if (rs_next_bin(&x->map, &b)) return x->bins[b];
     } else {
