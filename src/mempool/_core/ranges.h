@@ -648,25 +648,20 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
     int qf = (RS_N(nodes, rs_sel32(q != MP_NIL, q, i)).flags & RN_FREE) != 0;
     uint64_t old;
     if (pf && qf) {
-        if (RS_N(nodes, p).size < RS_N(nodes, q).size) { /* q absorbs p and i */
-            fi->remove(st, p);
-            old = RS_N(nodes, q).size;
-            RS_N(nodes, q).offset = RS_N(nodes, p).offset;
-            RS_N(nodes, q).size = old + RS_N(nodes, p).size + RS_N(nodes, i).size;
-            rs_unlink(st, fi, p);
-            rs_unlink(st, fi, i);
-            rs->nfree--;
-            fi->rekey(st, q, old);
-            return q;
-        }
-        fi->remove(st, q); /* p absorbs i and q */
-        old = RS_N(nodes, p).size;
-        RS_N(nodes, p).size = old + RS_N(nodes, i).size + RS_N(nodes, q).size;
-        rs_unlink(st, fi, q);
+        /* the larger absorbs the other and i (chosen without a branch: which one is
+         * data); the merged range starts at p either way */
+        uint64_t ps = RS_N(nodes, p).size, qs = RS_N(nodes, q).size;
+        uint32_t keep = rs_sel32(ps < qs, q, p), gone = p ^ q ^ keep;
+        uint64_t start = RS_N(nodes, p).offset, total = ps + RS_N(nodes, i).size + qs;
+        old = RS_N(nodes, keep).size;
+        fi->remove(st, gone);
+        RS_N(nodes, keep).offset = start;
+        RS_N(nodes, keep).size = total;
+        rs_unlink(st, fi, gone);
         rs_unlink(st, fi, i);
         rs->nfree--;
-        fi->rekey(st, p, old);
-        return p;
+        fi->rekey(st, keep, old);
+        return keep;
     }
     if (pf) {
         old = RS_N(nodes, p).size;

@@ -77,8 +77,10 @@ TLSF_INLINE void bin_unlink(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsi
     uint32_t p = nodes[i].link[0], q = nodes[i].link[1];
     uint32_t *head = bin_head(x, b);
     nodes[rs_sel32(q != MP_NIL, q, i)].link[0] = p;
-    *(p != MP_NIL ? &nodes[p].link[1] : head) = q;
-    rs_bin_unmark_if(&x->map, b, *head == MP_NIL);
+    nodes[rs_sel32(p != MP_NIL, p, i)].link[1] = q;
+    uint32_t h = rs_sel32(p != MP_NIL, *head, q); /* i was the head: q is */
+    *head = h;
+    rs_bin_unmark_if(&x->map, b, h == MP_NIL);
 }
 
 TLSF_INLINE void tlsf_insert(void *st, uint32_t i)
