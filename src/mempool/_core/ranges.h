@@ -99,6 +99,8 @@ typedef struct mp_rset {
     uint32_t first;      /* node at offset 0                               */
     uint32_t hash_bits;  /* table has 1 << hash_bits slots                 */
     uint32_t nursery_bits; /* nursery has 1 << nursery_bits slots (derived)  */
+    uint64_t table_off;  /* byte offset of the table in the state (derived) */
+    uint64_t nursery_off; /* byte offset of the nursery (derived)           */
 } mp_rset_t;
 
 /* A slot of the offset table; node == MP_NIL marks it empty. */
@@ -148,14 +150,21 @@ static inline const mp_rnode_t *rs_cnodes(const void *st, const mp_fidx_t *fi)
 {
     return (const mp_rnode_t *)((const char *)st + RS_AREA_OFF + fi->area_size);
 }
+/* The table and the nursery are found through offsets kept in mp_rset_t (derived
+ * from the parameters, and checked against them before any table is followed). */
 static inline mp_slot_t *rs_table(void *st, const mp_fidx_t *fi)
 {
-    return (mp_slot_t *)((char *)rs_nodes(st, fi) + rs_set(st)->max_blocks * fi->node_size);
+    (void)fi;
+    return (mp_slot_t *)((char *)st + rs_set(st)->table_off);
 }
 static inline const mp_slot_t *rs_ctable(const void *st, const mp_fidx_t *fi)
 {
-    return (const mp_slot_t *)((const char *)rs_cnodes(st, fi) +
-                               rs_cset(st)->max_blocks * fi->node_size);
+    (void)fi;
+    return (const mp_slot_t *)((const char *)st + rs_cset(st)->table_off);
+}
+static inline uint64_t rs_table_off(const mp_fidx_t *fi, uint64_t max_blocks)
+{
+    return RS_AREA_OFF + fi->area_size + max_blocks * fi->node_size;
 }
 
 /* Table slots: the power of two >= 1.5 * max_blocks, so even with every node
@@ -180,11 +189,13 @@ static inline uint32_t rs_nursery_bits(uint32_t hash_bits)
 
 static inline mp_slot_t *rs_nursery(void *st, const mp_fidx_t *fi)
 {
-    return rs_table(st, fi) + ((uint64_t)1 << rs_set(st)->hash_bits);
+    (void)fi;
+    return (mp_slot_t *)((char *)st + rs_set(st)->nursery_off);
 }
 static inline const mp_slot_t *rs_cnursery(const void *st, const mp_fidx_t *fi)
 {
-    return rs_ctable(st, fi) + ((uint64_t)1 << rs_cset(st)->hash_bits);
+    (void)fi;
+    return (const mp_slot_t *)((const char *)st + rs_cset(st)->nursery_off);
 }
 
 
@@ -379,16 +390,27 @@ RS_HOT int64_t rs_table_find(const void *st, const mp_fidx_t *fi, uint32_t tag, 
     return RS_NOT_FOUND;
 }
 
-/* Where the allocated node starting at offset is filed: its nursery slot first. */
-RS_HOT int64_t rs_find(const void *st, const mp_fidx_t *fi, uint64_t offset)
+/* Where the allocated node starting at offset is filed (its nursery slot first),
+ * and the node in *node (when found). */
+RS_HOT int64_t rs_find_node(const void *st, const mp_fidx_t *fi, uint64_t offset, uint32_t *node)
 {
     const mp_rset_t *rs = rs_cset(st);
     uint32_t tag = rs_tag(offset);
     uint64_t n = rs_nhome(tag, rs->nursery_bits);
     mp_slot_t e = rs_cnursery(st, fi)[n];
-    if (e.node != MP_NIL && e.tag == tag && RS_N(rs_cnodes(st, fi), e.node).offset == offset)
+    if (e.node != MP_NIL && e.tag == tag && RS_N(rs_cnodes(st, fi), e.node).offset == offset) {
+        *node = e.node;
         return RS_LOC_NURSERY(n);
-    return rs_table_find(st, fi, tag, offset);
+    }
+    int64_t s = rs_table_find(st, fi, tag, offset);
+    if (s >= 0) *node = rs_ctable(st, fi)[s].node;
+    return s;
+}
+
+RS_HOT int64_t rs_find(const void *st, const mp_fidx_t *fi, uint64_t offset)
+{
+    uint32_t node;
+    return rs_find_node(st, fi, offset, &node);
 }
 
 RS_HOT uint32_t rs_loc_node(const void *st, const mp_fidx_t *fi, int64_t loc)
@@ -505,6 +527,8 @@ static inline int rs_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t
     rs->max_blocks = (uint32_t)max_blocks;
     rs->hash_bits = rs_hash_bits(max_blocks);
     rs->nursery_bits = rs_nursery_bits(rs->hash_bits);
+    rs->table_off = rs_table_off(fi, max_blocks);
+    rs->nursery_off = rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
     rs_reset(st, fi);
     h->peak_used = h->high_water = 0;
     return MP_OK;
@@ -690,9 +714,9 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
 
 RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
 {
-    int64_t loc = rs_find(st, fi, offset);
+    uint32_t i = MP_NIL;
+    int64_t loc = rs_find_node(st, fi, offset, &i);
     if (loc == RS_NOT_FOUND) return MP_ENOTALLOC;
-    uint32_t i = rs_loc_node(st, fi, loc);
     mp_head_t *h = rs_head(st);
     uint64_t size = RS_N(rs_nodes(st, fi), i).size;
     rs_loc_remove(st, fi, loc);
@@ -839,7 +863,9 @@ static inline int rs_check_layout(const void *st, uint64_t state_len, const mp_f
                 (unsigned long long)h->state_size, (unsigned long long)state_len,
                 (unsigned long long)want);
     if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]) ||
-        rs->nursery_bits != rs_nursery_bits(rs->hash_bits))
+        rs->nursery_bits != rs_nursery_bits(rs->hash_bits) ||
+        rs->table_off != rs_table_off(fi, h->param[0]) ||
+        rs->nursery_off != rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t))
         RS_FAIL("node table header does not match parameters");
     if (rs->top > rs->max_blocks) RS_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
     if (rs->nspare > rs->top) RS_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
