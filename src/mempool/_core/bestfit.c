@@ -474,7 +474,7 @@ static uint32_t bf_find_in_bin(const bf_index_t *x, const bf_node_t *nodes, unsi
     return MP_NIL;
 }
 
-static uint32_t bf_find(void *st, uint64_t size, uint64_t align)
+BF_INLINE uint32_t bf_find(void *st, uint64_t size, uint64_t align)
 {
     const bf_index_t *x = cidx(st);
     const bf_node_t *nodes = cbnodes(st);
@@ -675,6 +675,8 @@ int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks)
 
 static int bestfit_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
+    /* most requests are unaligned: a copy of the path with align folded to 1 */
+    if (align == 1) return rs_alloc(st, &bestfit_fidx, size, 1, out);
     return rs_alloc(st, &bestfit_fidx, size, align, out);
 }
 static int bestfit_free(void *st, uint64_t offset) { return rs_free(st, &bestfit_fidx, offset); }
