@@ -4,8 +4,9 @@
  * A span [0, capacity) is cut into ranges, each described by one node of a fixed
  * node array.  The nodes form the *physical list* (prev/next by address) that
  * covers the span without gaps.  Free ranges are also filed in a *free index*
- * that each strategy supplies (TLSF: segregated bins + bitmaps; BestFit: an AVL
- * tree keyed by (size, offset)).  Allocated ranges are found by offset through an
+ * that each strategy supplies (TLSF: a list per size bin; BestFit: an AVL tree
+ * keyed by (size, offset) per size bin; the bin map is below).  Allocated ranges
+ * are found by offset through an
  * open-addressing hash table (linear probing, backward-shift deletion) whose slots
  * hold {tag, node}: tag = (uint32_t)(offset >> 3), so probing compares tags in the
  * table without touching nodes; the home slot is a multiplicative hash of the tag.
@@ -13,7 +14,8 @@
  * a new allocation is filed in its nursery slot, and the slot's previous occupant
  * moves on to the table.  Most ranges are freed soon after they were handed out, and
  * then never touch the table, which is sized for max_blocks and so out of cache
- * (python3-compileall: 1 table access per op before, ~0.3 after).
+ * (python3-compileall: 1 table access per op before, ~0.3 after).  mp_rset_t keeps
+ * the byte offsets of both (derived, and checked before any table is followed).
  *
  * State layout (all integers, no pointers; see mempool.h principle 1):
  *
@@ -41,12 +43,18 @@
  *     reachable from its home slot without crossing an empty slot.
  *  5. Spare stack + in-use nodes == top; every spare node is marked unused.
  *  6. The free index holds exactly the free nodes (checked by the strategy).
+ *  7. mp_rset_t's derived fields (hash_bits, nursery_bits, table_off, nursery_off)
+ *     are what the parameters give.
  *
  * Free ranges change in place where they can: alloc carves the request out of a
  * free node and that node keeps the larger remainder; free lets a free neighbour
- * absorb the freed range.  The index is then told with rekey(), which for most
- * changes of a large range has nothing to do (TLSF: the bin did not change), instead
- * of a remove + insert pair that touches the neighbours in the index.
+ * absorb the freed range (both free: the larger absorbs both).  The index is then
+ * told with rekey(), which for most changes of a large range has nothing to do
+ * (TLSF: the bin did not change; BestFit: the key stays between its neighbours),
+ * instead of a remove + insert pair that touches the neighbours in the index.
+ * Choices that depend on the data (is there a neighbour, is it free, which one is
+ * larger) are made with selects (rs_sel32), not branches, where a mispredicted
+ * branch costs more than the work it would skip (measured, see the git log).
  *
  * The engine functions are `static inline` (the hot ones forced) and take the
  * strategy's free-index table as a constant, so each strategy file gets its own
