@@ -80,12 +80,21 @@ typedef struct strat {
     const mp_ops_t *ops;
     uint64_t (*state_size)(uint64_t, uint64_t);
     int (*init)(void *, uint64_t, uint64_t);
-    int exact_best; /* verify the exact best-fit choice */
+    int exact_best;     /* verify the exact best-fit choice */
+    uint64_t node_size; /* white box: bytes per node (mp_rnode_t, then the strategy's) */
 } strat_t;
 
+/* BestFit's nodes: mp_rnode_t, then the subtree augment (lane j: use_j for alignment
+ * 2^BF_LEVEL[j], capped at BF_CAP; bestfit.c), the node's own lanes, an unused word:
+ * one cache line. */
+#define BF_NODE_SIZE 64
+#define BF_AUG_END (sizeof(mp_rnode_t) + 16)
+#define BF_CAP 0x7fffu
+static const unsigned BF_LEVEL[] = {4, 6, 8, 12};
+
 static const strat_t STRATS[] = {
-    {"tlsf", &mp_tlsf_ops, mp_tlsf_state_size, mp_tlsf_init, 0},
-    {"bestfit", &mp_bestfit_ops, mp_bestfit_state_size, mp_bestfit_init, 1},
+    {"tlsf", &mp_tlsf_ops, mp_tlsf_state_size, mp_tlsf_init, 0, sizeof(mp_rnode_t)},
+    {"bestfit", &mp_bestfit_ops, mp_bestfit_state_size, mp_bestfit_init, 1, BF_NODE_SIZE},
 };
 
 typedef struct seg {
@@ -755,11 +764,13 @@ static layout_t layout_of(const pool_t *p)
 {
     const mp_rset_t *rs = rs_cset(p->st);
     layout_t L;
-    L.table_len = ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
+    /* the table and the nursery after it: slots alike */
+    L.table_len = (((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs_nursery_bits(rs->hash_bits))) *
+                  sizeof(mp_slot_t);
     L.area_off = RS_AREA_OFF;
-    L.area_size = p->len - RS_AREA_OFF - p->maxb * sizeof(mp_rnode_t) - L.table_len;
+    L.area_size = p->len - RS_AREA_OFF - p->maxb * p->s->node_size - L.table_len;
     L.nodes_off = L.area_off + L.area_size;
-    L.table_off = L.nodes_off + p->maxb * sizeof(mp_rnode_t);
+    L.table_off = L.nodes_off + p->maxb * p->s->node_size;
     return L;
 }
 
@@ -775,24 +786,24 @@ static int must_detect(const pool_t *p, const unsigned char *v, const layout_t *
         return pos >= offsetof(mp_head_t, param) && pos < offsetof(mp_head_t, param) + 8;
 #undef IN
     }
-    if (pos < RS_AREA_OFF) return pos - RS_HEAD_BYTES < offsetof(mp_rset_t, pad);
+    if (pos < RS_AREA_OFF) return 1; /* every field of mp_rset_t */
     if (pos < L->nodes_off) return 1; /* the free index header */
     if (pos < L->table_off) {
         const mp_rset_t *rs = rs_cset(v);
-        uint64_t i = (pos - L->nodes_off) / sizeof(mp_rnode_t);
-        uint64_t f = (pos - L->nodes_off) % sizeof(mp_rnode_t);
+        uint64_t i = (pos - L->nodes_off) / p->s->node_size;
+        uint64_t f = (pos - L->nodes_off) % p->s->node_size;
         if (i >= rs->top) return 0;
         mp_rnode_t n;
-        memcpy(&n, v + L->nodes_off + i * sizeof(mp_rnode_t), sizeof n);
+        memcpy(&n, v + L->nodes_off + i * p->s->node_size, sizeof n);
         uint64_t flags_at = offsetof(mp_rnode_t, flags);
         uint64_t next_at = offsetof(mp_rnode_t, next), link_at = offsetof(mp_rnode_t, link);
-        if (n.flags == 0) /* spare */
-            return (f >= next_at && f < next_at + 4) || f >= flags_at;
+        if (n.flags == 0) /* spare: its link and flags; a strategy's extension is free */
+            return (f >= next_at && f < next_at + 4) || (f >= flags_at && f < flags_at + 4);
         if (f < link_at) return 1; /* offset, size, prev, next */
         int is_free = (n.flags & RN_FREE) != 0;
-        if (f >= flags_at) {
+        if (f >= flags_at) { /* flags, then the extension (BestFit: augment, B7) */
             if (f == flags_at && bit < 2) return 1;
-            return is_free && p->s->exact_best;
+            return is_free && p->s->exact_best && f < BF_AUG_END;
         }
         if (!is_free) return 0;
         if (p->s->exact_best) return 1;           /* left, right, parent */
@@ -862,7 +873,7 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
         layout_t L = layout_of(&p);
         unsigned char *buf = xmalloc(p.len);
         const mp_rset_t *rs = rs_cset(v);
-        uint64_t live_end = L.nodes_off + (uint64_t)rs->top * sizeof(mp_rnode_t);
+        uint64_t live_end = L.nodes_off + (uint64_t)rs->top * s->node_size;
 
         /* truncated lengths: an exact-size buffer, so ASan sees any overread */
         uint64_t cuts[] = {0, 1, 7, sizeof(mp_head_t) - 1, sizeof(mp_head_t), RS_AREA_OFF - 1,
@@ -953,9 +964,9 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
             }
             /* sometimes swap two nodes' tree/bin links: structurally plausible lies */
             if (below(4) == 0 && rs->top >= 2) {
-                uint64_t a = L.nodes_off + below(rs->top) * sizeof(mp_rnode_t) +
+                uint64_t a = L.nodes_off + below(rs->top) * s->node_size +
                              offsetof(mp_rnode_t, link) + 4 * below(3);
-                uint64_t b = L.nodes_off + below(rs->top) * sizeof(mp_rnode_t) +
+                uint64_t b = L.nodes_off + below(rs->top) * s->node_size +
                              offsetof(mp_rnode_t, link) + 4 * below(3);
                 uint32_t x, y;
                 memcpy(&x, buf + a, 4);
@@ -980,14 +991,15 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
         for (size_t k = 0; k + 1 < p.nsegs; k++) {
             if (p.segs[k].alloc || !p.segs[k + 1].alloc) continue;
             memcpy(buf, v, p.len);
-            mp_fidx_t fake = {.area_size = L.area_size}; /* rs_lookup needs only the layout */
+            /* rs_lookup needs only the layout */
+            mp_fidx_t fake = {.area_size = L.area_size, .node_size = s->node_size};
             uint32_t b = rs_lookup(buf, &fake, p.segs[k + 1].off);
             REQUIRE(b != MP_NIL, "allocated range not found");
-            mp_rnode_t *nodes = (mp_rnode_t *)(buf + L.nodes_off);
-            uint32_t a = nodes[b].prev;
-            nodes[b].prev = MP_NIL;
+            mp_rnode_t *nb = (mp_rnode_t *)(buf + L.nodes_off + b * s->node_size);
+            uint32_t a = nb->prev;
+            nb->prev = MP_NIL;
             REQUIRE(p.ops->free(buf, p.segs[k + 1].off) == MP_OK, "free");
-            nodes[b].prev = a;
+            nb->prev = a;
             snprintf(g_op, sizeof g_op, "unmerged free ranges at %llu and %llu",
                      (ull)p.segs[k].off, (ull)p.segs[k + 1].off);
             expect_corrupt(&p, buf, p.len, "a state with unmerged free neighbours");
@@ -1001,7 +1013,7 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
 }
 
 /* BestFit: a huge free tree relinked into one long, otherwise plausible chain (parent
- * links and stored heights consistent, in key order).  check() must reject it without
+ * links, stored heights and augments consistent, in key order).  check() must reject it without
  * recursing down the chain (a stack overflow), and so must a cycle through the chain. */
 static void degenerate_tree(const strat_t *s)
 {
@@ -1018,53 +1030,72 @@ static void degenerate_tree(const strat_t *s)
     char msg[256];
     REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
     const mp_rset_t *rs = rs_cset(st);
-    uint64_t tbl = ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
-    uint64_t nodes_off = len - tbl - (uint64_t)rs->max_blocks * sizeof(mp_rnode_t);
-    mp_rnode_t *nodes = (mp_rnode_t *)(st + nodes_off);
+    uint64_t tbl = (((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs_nursery_bits(rs->hash_bits))) *
+                   sizeof(mp_slot_t);
+    uint64_t nodes_off = len - tbl - (uint64_t)rs->max_blocks * s->node_size;
+#define NODE(i) (*(mp_rnode_t *)(st + nodes_off + (uint64_t)(i) * s->node_size))
+#define AUG(i) (*(uint64_t *)(st + nodes_off + (uint64_t)(i) * s->node_size + sizeof(mp_rnode_t)))
     uint32_t *order = xmalloc(sizeof(uint32_t) * (N + 2));
     uint32_t n = 0;
-    /* free nodes in key order: sizes are 1 except the tail, so by offset, tail last */
+    /* the free nodes of size 1 (all in bin 1; the tail has a bin of its own), in key
+     * order: by offset */
     uint32_t tail = MP_NIL;
     for (uint32_t i = 0; i < rs->top; i++) {
-        if ((nodes[i].flags & 3) != 3) continue;
-        if (nodes[i].size != 1) tail = i;
+        if ((NODE(i).flags & 3) != 3) continue;
+        if (NODE(i).size != 1) tail = i;
         else order[n++] = i;
     }
     /* sort by offset (counting: offsets are even and < N) */
     uint32_t *by_off = xmalloc(sizeof(uint32_t) * (N / 2 + 1));
-    for (uint32_t a = 0; a < n; a++) by_off[nodes[order[a]].offset / 2] = order[a];
+    for (uint32_t a = 0; a < n; a++) by_off[NODE(order[a]).offset / 2] = order[a];
     memcpy(order, by_off, sizeof(uint32_t) * n);
     free(by_off);
-    if (tail != MP_NIL) order[n++] = tail;
-    REQUIRE(n == rs->nfree, "%u free nodes found, nfree %u", n, rs->nfree);
-    unsigned char *root_at = st + RS_AREA_OFF; /* bestfit: the root is the first word */
+    REQUIRE(n + (tail != MP_NIL) == rs->nfree, "%u free nodes found, nfree %u", n, rs->nfree);
+    /* bestfit's index: the bin map, then root[RS_BINS], then first[RS_BINS] */
+    unsigned char *root_at = st + RS_AREA_OFF + sizeof(rs_binmap_t) + 1 * sizeof(uint32_t);
+    unsigned char *first_at = root_at + RS_BINS * sizeof(uint32_t);
     for (int variant = 0; variant < 2; variant++) {
-        for (uint32_t a = 0; a < n; a++) {
-            mp_rnode_t *x = &nodes[order[a]];
+        for (uint32_t a = n; a-- > 0;) {
+            mp_rnode_t *x = &NODE(order[a]);
             x->link[0] = MP_NIL;
             x->link[1] = a + 1 < n ? order[a + 1] : MP_NIL;
             x->link[2] = a ? order[a - 1] : MP_NIL;
             uint32_t h = n - a > 255 ? 255 : n - a;
             x->flags = 3u | h << 8;
+            uint64_t own = 0, aug = 0, below_ = a + 1 < n ? AUG(order[a + 1]) : 0;
+            for (unsigned j = 0; j < sizeof BF_LEVEL / sizeof BF_LEVEL[0]; j++) {
+                uint64_t pad = (0 - x->offset) & ((1ull << BF_LEVEL[j]) - 1);
+                uint64_t use = x->size >= pad ? x->size - pad : 0;
+                if (use > BF_CAP) use = BF_CAP;
+                uint64_t b = (below_ >> (16 * j)) & 0xffff;
+                own |= use << (16 * j);
+                aug |= (use > b ? use : b) << (16 * j);
+            }
+            AUG(order[a]) = aug;
+            (&AUG(order[a]))[1] = own;
         }
         if (variant == 1) { /* close the chain into a cycle */
-            nodes[order[n - 1]].link[1] = order[0];
-            nodes[order[0]].link[2] = order[n - 1];
+            NODE(order[n - 1]).link[1] = order[0];
+            NODE(order[0]).link[2] = order[n - 1];
         }
         memcpy(root_at, &order[0], sizeof(uint32_t));
+        memcpy(first_at, &order[0], sizeof(uint32_t));
         snprintf(g_op, sizeof g_op, "check of a %s of %u nodes", variant ? "cycle" : "chain", n);
         REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_ECORRUPT, "check accepted it");
     }
+#undef NODE
+#undef AUG
     free(order);
     free(st);
 }
 
 /* The offset table stays short-probed for sequential tiny ranges: mean displacement
  * (slot - home) of its entries is small.  Deterministic, no timing: a home function
- * that keeps sequential offsets in one run of slots makes it grow with n. */
+ * that keeps sequential offsets in one run of slots makes it grow with n.  The
+ * nursery after the table holds the rest, each entry in its own slot. */
 static void table_spread(const strat_t *s)
 {
-    enum { N = 20000 };
+    enum { N = 100000 }; /* well beyond the nursery (<= 2^15): most go to the table */
     static const uint64_t sizes[] = {1, 3, 8, 16, 4096};
     for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
         snprintf(g_ctx, sizeof g_ctx, "%s: table spread, %d sequential allocs of %llu", s->name,
@@ -1075,19 +1106,58 @@ static void table_spread(const strat_t *s)
         REQUIRE(s->init(st, cap, N + 2) == MP_OK, "init");
         for (int i = 0; i < N; i++) REQUIRE(s->ops->alloc(st, sizes[z], 1, &out) == MP_OK, "alloc");
         const mp_rset_t *rs = rs_cset(st);
+        uint32_t nbits = rs_nursery_bits(rs->hash_bits);
         uint64_t slots = (uint64_t)1 << rs->hash_bits, mask = slots - 1, total = 0, n = 0;
-        const mp_slot_t *t = (const mp_slot_t *)(st + len - slots * sizeof(mp_slot_t));
+        uint64_t nslots = (uint64_t)1 << nbits, in_nursery = 0;
+        const mp_slot_t *t = (const mp_slot_t *)(st + len - (slots + nslots) * sizeof(mp_slot_t));
         for (uint64_t k = 0; k < slots; k++) {
             if (t[k].node == MP_NIL) continue;
             total += (k - rs_home(t[k].tag, rs->hash_bits)) & mask;
             n++;
         }
-        REQUIRE(n == N, "table holds %llu entries", (ull)n);
+        for (uint64_t k = 0; k < nslots; k++) {
+            if (t[slots + k].node == MP_NIL) continue;
+            REQUIRE(rs_nhome(t[slots + k].tag, nbits) == k, "nursery entry away from its slot");
+            in_nursery++;
+        }
+        REQUIRE(n + in_nursery == N, "table holds %llu entries, nursery %llu", (ull)n,
+                (ull)in_nursery);
+        REQUIRE(in_nursery > 0 && n > N / 2, "the nursery holds %llu, the table %llu",
+                (ull)in_nursery, (ull)n);
         REQUIRE(total < 16 * n, "mean probe displacement %.1f slots", (double)total / (double)n);
         char msg[256];
         REQUIRE(s->ops->check(st, len, msg, sizeof msg) == MP_OK, "check: %s", msg);
         free(st);
     }
+}
+
+/* The size bins of ranges.h: sizes below 64 have bins of their own; bins never fall
+ * as sizes grow; rs_bin_up(s) is the first bin whose every size is >= s: bin(s) when
+ * s is the lowest size of its bin, else the next; the last size is in the last bin. */
+static void size_bins(void)
+{
+    snprintf(g_ctx, sizeof g_ctx, "size bins");
+    snprintf(g_op, sizeof g_op, "rs_bin_down / rs_bin_up");
+    for (uint64_t s = 1; s < RS_EXACT; s++)
+        REQUIRE(rs_bin_down(s) == s, "size %llu in bin %u", (ull)s, rs_bin_down(s));
+    for (int k = 0; k < 200000; k++) {
+        uint64_t s;
+        if (k < 64 * 5) s = ((uint64_t)1 << (k / 5)) + (uint64_t)(k % 5) - 2;
+        else if (k < 70000) s = (uint64_t)k - 64 * 5 + 1;
+        else s = rnd() >> below(64);
+        if (s < 2) continue;
+        unsigned b = rs_bin_down(s), below_ = rs_bin_down(s - 1), u;
+        REQUIRE(b < RS_BINS && below_ <= b, "bins fall from %llu (bin %u) to %llu (bin %u)",
+                (ull)(s - 1), below_, (ull)s, b);
+        if (!rs_bin_up(s, &u)) {
+            REQUIRE(below_ == b && b == RS_BINS - 1, "no bin above %llu (bin %u)", (ull)s, b);
+            continue;
+        }
+        REQUIRE(u == (below_ < b ? b : b + 1), "bin_up(%llu) = %u; bin(s - 1) = %u, bin(s) = %u",
+                (ull)s, u, below_, b);
+    }
+    REQUIRE(rs_bin_down(UINT64_MAX) == RS_BINS - 1, "the last size in bin %u",
+            rs_bin_down(UINT64_MAX));
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -1100,6 +1170,8 @@ int main(int argc, char **argv)
     if (runs < 1) runs = 1;
     if (states < 1) states = 1;
     clock_t t0 = clock();
+    g_rng = seed;
+    size_bins();
     for (size_t si = 0; si < sizeof STRATS / sizeof STRATS[0]; si++) {
         const strat_t *s = &STRATS[si];
         g_rng = seed * 0x100000001B3ull + si;

@@ -2,64 +2,119 @@
  * bestfit.c -- exact best fit over offsets (exact sizes, O(log n)).
  *
  * Algorithm (orderly-allocator's ordered set by (size, offset); context-allocator's
- * binary-search-tree allocator), with the tree kept inside the state:
- *   - Free ranges are the nodes of one AVL tree ordered by the key (size, offset).
- *     Keys are unique (free ranges have distinct offsets).
+ * binary-search-tree allocator), kept inside the state and filed by size class:
+ *   - Free ranges are filed in the segregated size bins of ranges.h (TLSF's map:
+ *     a size below 64 has a bin of its own, above there are 32 bins per power of
+ *     two), and the ranges of one bin form an AVL tree ordered by the key
+ *     (size, offset).  Keys are unique (free ranges have distinct offsets); bins
+ *     partition the sizes, so key order is bin order, then tree order.  Each bin
+ *     also keeps its leftmost node (its smallest key).
  *   - alloc(size, align) takes the free range with the smallest size in which an
  *     aligned placement of `size` fits (pad = align_up(offset, align) - offset;
  *     it fits when range.size - pad >= size), the lowest offset among equal sizes:
- *     a lower-bound descent to (size, 0), then in-order successors until one fits.
- *     Every range of size >= size + align - 1 fits, so the walk only passes over
- *     ranges whose size is in [size, size + align - 1): O(log n) for align 1.
- *     This is an exact aligned fit, unlike orderly-allocator, which asks for
- *     size + align - 1 up front and so skips aligned exact fits.
- *   - largest_free is the rightmost node; free merges neighbours at once (ranges.h).
+ *     the first node in key order at or after (size, 0) that fits.  This is an
+ *     exact aligned fit, unlike orderly-allocator, which asks for size + align - 1
+ *     up front and so skips aligned exact fits.
+ *       align 1: every range of size >= size fits, so the answer is the lower bound
+ *       of (size, 0) in the request's own bin, else the leftmost node of the next
+ *       non-empty bin (bitmaps, O(1)).
+ *       align > 1: every range in a bin at or above bin_up(size + align - 1) fits,
+ *       so only the bins from the request's own up to that one are searched, in
+ *       order, then the next non-empty bin's leftmost node is the answer.
+ *   - Searching the bins in that window one range at a time is what made aligned
+ *     requests slow: the gaps that alignment leaves in front of aligned ranges are
+ *     small free ranges that never hold an aligned request (their pad is their
+ *     size), and ffmpeg's align-64 requests walked ~240 of them per alloc.  So every
+ *     tree node also keeps, for the alignments 2^BF_LEVEL[j] (16, 64, 256, 4096),
+ *     the largest aligned usable size in its subtree, capped at BF_CAP (32 KiB - 1):
+ *         use_j(n) = min(n.size - pad_j(n.offset), BF_CAP)  (0 when pad > size)
+ *         aug_j    = max of use_j over the subtree
+ *     (four 16-bit lanes of one word, so a node's augment is a few word operations
+ *     from its children's).  A request of size <= BF_CAP with align >= 16 uses the
+ *     largest level L with 2^L <= align: a bin or subtree whose aug is below the
+ *     request holds no fit (pad grows with the alignment), so it is skipped whole.
+ *     When 2^L == align that decides exactly and a search is one descent; for other
+ *     alignments it prunes less but stays exact.  Requests with align < 16 or size >
+ *     BF_CAP walk their window in key order (it spans fewer than 16 sizes, or is
+ *     sparse).  The cap keeps the augments cheap: big ranges change at nearly every
+ *     alloc and free, and uncapped their maxima would change all the way up.
+ *   - A free range that changes in place (carved, or absorbing a freed neighbour)
+ *     keeps its tree position when it stays in its bin and its new key is still
+ *     between its in-order neighbours; only the augments on its path up are
+ *     refreshed, and only until they stop changing.
+ *   - largest_free is the rightmost node of the last non-empty bin; free merges
+ *     neighbours at once (ranges.h).
  *
  * Layout of the free index (after mp_head_t and mp_rset_t, see ranges.h):
  *
- *   +-----------+-----------+
- *   | root      | pad (0)   |     8 bytes
- *   | uint32_t  | uint32_t  |
- *   +-----------+-----------+
+ *   +--------+---------------+---------------+
+ *   | map    | root[RS_BINS] | first[RS_BINS]|
+ *   | binmap | uint32_t      | uint32_t      |
+ *   +--------+---------------+---------------+
+ *   root[b]: the root of bin b's tree, first[b]: its leftmost node (MP_NIL: empty).
  *
- *   Each free node carries its tree links and height in the node array:
+ *   Nodes are 64 bytes (one cache line): mp_rnode_t, then the augments.  Each free
+ *   node carries its tree links, height and augments:
  *
  *     node.link[0] = left child   (MP_NIL when none)
  *     node.link[1] = right child  (MP_NIL when none)
- *     node.link[2] = parent       (MP_NIL for the root)
+ *     node.link[2] = parent       (MP_NIL for the root of its bin)
  *     node.flags   = RN_INUSE | RN_FREE | height << 8   (a leaf has height 1)
+ *     aug          = subtree max of use_j in lane j (bits 16j..16j+15)
+ *     own          = this node's own use_j lanes (cached: it changes with the key)
+ *     spare        unused (nodes are 64 bytes so that each is one cache line)
  *
- *                 root
- *                (s5,o9)
- *               /       \
- *          (s2,o4)     (s5,o40)        key = (size, offset)
- *          /     \
- *     (s1,o0)  (s2,o30)
+ *     bin 40:       (40,o9)            bin 70 (sizes 70..71):   (70,o40)
+ *                   /     \                                      /     \
+ *              (40,o4)   (40,o30)                         (70,o12)   (71,o0)
  *
  * Invariants (bestfit_fidx_check, plus those of ranges.h):
- *  B1. In-order traversal visits keys (size, offset) strictly increasing.
- *  B2. Every child's parent link names the node that links to it; the root's
+ *  B0. Bit sl of map.sl[fl] is set <=> root[fl * 32 + sl] != MP_NIL; bit fl of map.fl
+ *      is set <=> map.sl[fl] != 0; no bits beyond RS_FL_COUNT.  first[b] is the
+ *      leftmost node of bin b's tree (MP_NIL for an empty bin).
+ *  B1. In-order traversal of a bin's tree visits keys (size, offset) strictly
+ *      increasing, and every size maps (rounded down) to that bin.
+ *  B2. Every child's parent link names the node that links to it; a root's
  *      parent is MP_NIL; a node's two children differ (unless both MP_NIL).
  *  B3. Stored height == 1 + max(height(left), height(right)), height(MP_NIL) == 0,
  *      and |height(left) - height(right)| <= 1 at every node.
  *  B4. Every tree node is below the watermark and is a free, in-use node whose
  *      flags hold no bits beyond RN_INUSE, RN_FREE and the height.
- *  B5. The tree holds exactly nfree nodes (so, with ranges.h, exactly the free ones).
- *  B6. The pad word is 0.
+ *  B5. The trees hold exactly nfree nodes (so, with ranges.h, exactly the free ones).
+ *  B7. Every tree node's own == its use_j lanes, and its aug == the lane-wise max
+ *      of own and its children's aug.
  * The height of an AVL tree of n < 2^32 nodes is below 47, so 8 bits hold it and
  * the check can bound its recursion at BF_MAX_DEPTH.
  */
 #include "ranges.h"
 
+/* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
+ * each value capped at BF_CAP (so lanes never carry into each other). */
+enum { BF_LEVELS = 4 };
+
 typedef struct bf_index {
-    uint32_t root;
-    uint32_t pad;
+    rs_binmap_t map;             /* which bins are non-empty                      */
+    uint32_t root[RS_BINS];      /* root of each bin's tree                       */
+    uint32_t first[RS_BINS];     /* leftmost node of each bin's tree              */
 } bf_index_t;
+static const unsigned BF_LEVEL[BF_LEVELS] = {4, 6, 8, 12}; /* 16, 64, 256, 4096 */
+#define BF_CAP 0x7fffu
+#define BF_LANE_TOP 0x8000800080008000ull
+#define BF_ALL_CAP 0x7fff7fff7fff7fffull
+
+typedef struct bf_node {
+    mp_rnode_t n;   /* what ranges.h sees                                    */
+    uint64_t aug;   /* free nodes: subtree max of use_j, lane j (see above)  */
+    uint64_t own;   /* free nodes: this node's own use_j lanes (own_aug)      */
+    uint64_t spare; /* unused: a node is one cache line                      */
+} bf_node_t;
+_Static_assert(sizeof(bf_node_t) == 64, "a BestFit node is one cache line");
 
 #define BF_AREA ((sizeof(bf_index_t) + 7) & ~(size_t)7)
 #define BF_HSHIFT 8
 #define BF_HMASK (0xffu << BF_HSHIFT)
 #define BF_MAX_DEPTH 64 /* > the height of any AVL tree of fewer than 2^32 nodes */
+#define BF_INLINE static inline __attribute__((always_inline))
 
 enum { L = 0, R = 1, P = 2 };
 
@@ -67,21 +122,81 @@ static const mp_fidx_t bestfit_fidx;
 
 static inline bf_index_t *idx(void *st) { return (bf_index_t *)rs_area(st); }
 static inline const bf_index_t *cidx(const void *st) { return (const bf_index_t *)rs_carea(st); }
-
-static inline unsigned height(const mp_rnode_t *nodes, uint32_t i)
+static inline bf_node_t *bnodes(void *st) { return (bf_node_t *)rs_nodes(st, &bestfit_fidx); }
+static inline const bf_node_t *cbnodes(const void *st)
 {
-    return i == MP_NIL ? 0 : (nodes[i].flags & BF_HMASK) >> BF_HSHIFT;
+    return (const bf_node_t *)rs_cnodes(st, &bestfit_fidx);
 }
 
-static inline void set_height(mp_rnode_t *n, unsigned h)
+static inline unsigned height(const bf_node_t *nodes, uint32_t i)
 {
-    n->flags = (n->flags & ~BF_HMASK) | ((uint32_t)h << BF_HSHIFT);
+    return i == MP_NIL ? 0 : (nodes[i].n.flags & BF_HMASK) >> BF_HSHIFT;
 }
 
-static inline void update_height(mp_rnode_t *nodes, uint32_t i)
+static inline void set_height(bf_node_t *x, unsigned h)
 {
-    unsigned hl = height(nodes, nodes[i].link[L]), hr = height(nodes, nodes[i].link[R]);
-    set_height(&nodes[i], 1 + (hl > hr ? hl : hr));
+    x->n.flags = (x->n.flags & ~BF_HMASK) | ((uint32_t)h << BF_HSHIFT);
+}
+
+/* The lanes of use_j(n): for each level, the largest request that an aligned
+ * placement at 2^BF_LEVEL[j] fits in n, capped at BF_CAP. */
+static inline uint64_t use_lane(const mp_rnode_t *n, uint64_t mask, unsigned j)
+{
+    uint64_t pad = (0 - n->offset) & mask;
+    uint64_t use = n->size >= pad ? n->size - pad : 0;
+    return (use < BF_CAP ? use : BF_CAP) << (16 * j);
+}
+
+static inline uint64_t own_aug(const mp_rnode_t *n)
+{
+    _Static_assert(BF_LEVELS == 4, "own_aug spells the levels out");
+    if (n->size >= BF_CAP + ((uint64_t)1 << BF_LEVEL[BF_LEVELS - 1])) return BF_ALL_CAP;
+    if (n->size <= BF_CAP) {
+        /* all four at once: size - pad_j in each lane (size < 2^15: no borrow across
+         * lanes; a lane whose top bit is clear after the subtraction had pad > size) */
+        uint64_t neg = 0 - n->offset;
+        uint64_t pads = (neg & 0xf) | (neg & 0x3f) << 16 | (neg & 0xff) << 32 |
+                        (neg & 0xfff) << 48;
+        uint64_t d = (n->size * 0x0001000100010001ull | BF_LANE_TOP) - pads;
+        uint64_t keep = ((d & BF_LANE_TOP) >> 15) * 0x7fffu;
+        return d & keep;
+    }
+    return use_lane(n, (1u << 4) - 1, 0) | use_lane(n, (1u << 6) - 1, 1) |
+           use_lane(n, (1u << 8) - 1, 2) | use_lane(n, (1u << 12) - 1, 3);
+}
+
+/* Lane-wise max of two augments (lanes <= BF_CAP: the subtraction never borrows
+ * across lanes, and its top bit per lane says a >= b). */
+static inline uint64_t lanes_max(uint64_t a, uint64_t b)
+{
+    uint64_t ge = ((a | BF_LANE_TOP) - b) & BF_LANE_TOP;
+    uint64_t m = (ge >> 15) * 0xffffu;
+    return (a & m) | (b & ~m);
+}
+
+static inline unsigned lane(uint64_t aug, unsigned j)
+{
+    return (unsigned)(aug >> (16 * j)) & 0xffffu;
+}
+
+
+
+/* Recompute height and augment of node x from its children l, r (heights hl, hr). */
+static inline void update_with(bf_node_t *nodes, bf_node_t *x, uint32_t l, uint32_t r,
+                               unsigned hl, unsigned hr)
+{
+    set_height(x, 1 + (hl > hr ? hl : hr));
+    uint64_t a = x->own;
+    if (l != MP_NIL) a = lanes_max(a, nodes[l].aug);
+    if (r != MP_NIL) a = lanes_max(a, nodes[r].aug);
+    x->aug = a;
+}
+
+static inline void update(bf_node_t *nodes, uint32_t i)
+{
+    bf_node_t *x = &nodes[i];
+    uint32_t l = x->n.link[L], r = x->n.link[R];
+    update_with(nodes, x, l, r, height(nodes, l), height(nodes, r));
 }
 
 /* (a.size, a.offset) < (b.size, b.offset) */
@@ -90,188 +205,366 @@ static inline int key_less(const mp_rnode_t *a, const mp_rnode_t *b)
     return a->size < b->size || (a->size == b->size && a->offset < b->offset);
 }
 
-/* Make `to` the child of `parent` where `from` was (or the root). */
-static inline void replace_child(bf_index_t *x, mp_rnode_t *nodes, uint32_t parent, uint32_t from,
-                                 uint32_t to)
+/* Make `to` the child of `parent` where `from` was (or the root of bin b). */
+static inline void replace_child(bf_index_t *x, bf_node_t *nodes, unsigned b, uint32_t parent,
+                                 uint32_t from, uint32_t to)
 {
-    if (parent == MP_NIL) x->root = to;
-    else if (nodes[parent].link[L] == from) nodes[parent].link[L] = to;
-    else nodes[parent].link[R] = to;
-    if (to != MP_NIL) nodes[to].link[P] = parent;
+    if (parent == MP_NIL) x->root[b] = to;
+    else if (nodes[parent].n.link[L] == from) nodes[parent].n.link[L] = to;
+    else nodes[parent].n.link[R] = to;
+    if (to != MP_NIL) nodes[to].n.link[P] = parent;
 }
 
 /* Lift the child of n on side d into n's place; returns the new subtree root. */
-static uint32_t rotate(bf_index_t *x, mp_rnode_t *nodes, uint32_t n, int d)
+static uint32_t rotate(bf_index_t *x, bf_node_t *nodes, unsigned b, uint32_t n, int d)
 {
-    uint32_t c = nodes[n].link[d];
-    uint32_t inner = nodes[c].link[!d];
-    uint32_t p = nodes[n].link[P];
-    nodes[n].link[d] = inner;
-    if (inner != MP_NIL) nodes[inner].link[P] = n;
-    nodes[c].link[!d] = n;
-    nodes[n].link[P] = c;
-    replace_child(x, nodes, p, n, c);
-    update_height(nodes, n);
-    update_height(nodes, c);
+    uint32_t c = nodes[n].n.link[d];
+    uint32_t inner = nodes[c].n.link[!d];
+    uint32_t p = nodes[n].n.link[P];
+    nodes[n].n.link[d] = inner;
+    if (inner != MP_NIL) nodes[inner].n.link[P] = n;
+    nodes[c].n.link[!d] = n;
+    nodes[n].n.link[P] = c;
+    replace_child(x, nodes, b, p, n, c);
+    update(nodes, n);
+    update(nodes, c);
     return c;
 }
 
-/* Restore heights and balance from n up to the root; stops early once a subtree
- * comes out as high as it was (nothing above it can change then). */
-static void rebalance(bf_index_t *x, mp_rnode_t *nodes, uint32_t n)
+/* Everything below n is right; restore heights, balance and augments from n up to
+ * the root of bin b.  Stops once a subtree comes out with the height and augment
+ * it had (nothing above it can change then). */
+static void fixup(bf_index_t *x, bf_node_t *nodes, unsigned b, uint32_t n)
 {
     while (n != MP_NIL) {
-        unsigned old = height(nodes, n);
-        unsigned hl = height(nodes, nodes[n].link[L]), hr = height(nodes, nodes[n].link[R]);
-        if (hl > hr + 1 || hr > hl + 1) {
+        bf_node_t *y = &nodes[n];
+        uint32_t flags = y->n.flags;
+        uint64_t a = y->aug;
+        uint32_t l = y->n.link[L], r = y->n.link[R];
+        unsigned hl = height(nodes, l), hr = height(nodes, r);
+        if (__builtin_expect(hl > hr + 1 || hr > hl + 1, 0)) {
             int d = hl > hr ? L : R; /* the heavy side */
-            uint32_t c = nodes[n].link[d];
-            if (height(nodes, nodes[c].link[!d]) > height(nodes, nodes[c].link[d]))
-                rotate(x, nodes, c, !d); /* double rotation: straighten the zig-zag */
-            n = rotate(x, nodes, n, d);
+            uint32_t c = y->n.link[d];
+            if (height(nodes, nodes[c].n.link[!d]) > height(nodes, nodes[c].n.link[d]))
+                rotate(x, nodes, b, c, !d); /* double rotation: straighten the zig-zag */
+            n = rotate(x, nodes, b, n, d);
+            y = &nodes[n];
         } else {
-            set_height(&nodes[n], 1 + (hl > hr ? hl : hr));
+            update_with(nodes, y, l, r, hl, hr);
         }
-        if (height(nodes, n) == old) return;
-        n = nodes[n].link[P];
+        if (y->n.flags == flags && y->aug == a) return; /* same height, same augment */
+        n = y->n.link[P];
     }
 }
 
-static void bf_insert(void *st, uint32_t i)
+/* File free node i (own computed here) in bin b. */
+static void bf_insert_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned b)
 {
-    bf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &bestfit_fidx);
-    uint32_t p = MP_NIL, c = x->root;
-    int d = L;
+    uint32_t p = MP_NIL, c = x->root[b];
+    int d = L, leftmost = 1;
     while (c != MP_NIL) {
         p = c;
-        d = key_less(&nodes[i], &nodes[c]) ? L : R;
-        c = nodes[c].link[d];
+        d = key_less(&nodes[i].n, &nodes[c].n) ? L : R;
+        leftmost &= d == L;
+        c = nodes[c].n.link[d];
     }
-    nodes[i].link[L] = nodes[i].link[R] = MP_NIL;
-    nodes[i].link[P] = p;
+    nodes[i].n.link[L] = nodes[i].n.link[R] = MP_NIL;
+    nodes[i].n.link[P] = p;
+    nodes[i].own = own_aug(&nodes[i].n);
+    nodes[i].aug = nodes[i].own;
     set_height(&nodes[i], 1);
+    if (leftmost) x->first[b] = i;
     if (p == MP_NIL) {
-        x->root = i;
+        x->root[b] = i;
+        rs_bin_mark(&x->map, b);
         return;
     }
-    nodes[p].link[d] = i;
-    rebalance(x, nodes, p);
+    nodes[p].n.link[d] = i;
+    /* Retrace: every subtree on the path gained exactly node i, so its augment is the
+     * old one lane-maxed with i's own; heights need their children only while the
+     * subtree below grew.  Stops when neither changes. */
+    uint64_t own = nodes[i].own;
+    int grew = 1;
+    for (uint32_t n = p; n != MP_NIL;) {
+        bf_node_t *y = &nodes[n];
+        uint64_t a = lanes_max(y->aug, own);
+        if (grew) {
+            unsigned old = (y->n.flags & BF_HMASK) >> BF_HSHIFT;
+            unsigned hl = height(nodes, y->n.link[L]), hr = height(nodes, y->n.link[R]);
+            if (__builtin_expect(hl > hr + 1 || hr > hl + 1, 0)) {
+                /* after an insert one rotation restores the old height: done growing */
+                int dd = hl > hr ? L : R;
+                uint32_t c = y->n.link[dd];
+                if (height(nodes, nodes[c].n.link[!dd]) > height(nodes, nodes[c].n.link[dd]))
+                    rotate(x, nodes, b, c, !dd);
+                n = rotate(x, nodes, b, n, dd); /* augments recomputed from children */
+                grew = 0;
+            } else {
+                unsigned h = 1 + (hl > hr ? hl : hr);
+                set_height(y, h);
+                y->aug = a;
+                grew = h != old;
+            }
+        } else {
+            if (a == y->aug) return;
+            y->aug = a;
+        }
+        n = nodes[n].n.link[P];
+    }
 }
 
-static void bf_remove(void *st, uint32_t i)
+static inline uint32_t successor(const bf_node_t *nodes, uint32_t i)
 {
-    bf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &bestfit_fidx);
-    uint32_t l = nodes[i].link[L], r = nodes[i].link[R], p = nodes[i].link[P];
-    uint32_t start;
+    uint32_t c = nodes[i].n.link[R];
+    if (c != MP_NIL) {
+        while (nodes[c].n.link[L] != MP_NIL) c = nodes[c].n.link[L];
+        return c;
+    }
+    uint32_t p = nodes[i].n.link[P];
+    while (p != MP_NIL && nodes[p].n.link[R] == i) {
+        i = p;
+        p = nodes[p].n.link[P];
+    }
+    return p;
+}
+
+static inline uint32_t predecessor(const bf_node_t *nodes, uint32_t i)
+{
+    uint32_t c = nodes[i].n.link[L];
+    if (c != MP_NIL) {
+        while (nodes[c].n.link[R] != MP_NIL) c = nodes[c].n.link[R];
+        return c;
+    }
+    uint32_t p = nodes[i].n.link[P];
+    while (p != MP_NIL && nodes[p].n.link[L] == i) {
+        i = p;
+        p = nodes[p].n.link[P];
+    }
+    return p;
+}
+
+/* Take node i out of bin b's tree. */
+static void bf_remove_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned b)
+{
+    uint32_t l = nodes[i].n.link[L], r = nodes[i].n.link[R], p = nodes[i].n.link[P];
+    uint32_t start, moved = MP_NIL;
+    if (x->first[b] == i) x->first[b] = successor(nodes, i); /* MP_NIL: the bin empties */
     if (l == MP_NIL || r == MP_NIL) {
-        replace_child(x, nodes, p, i, l != MP_NIL ? l : r);
+        replace_child(x, nodes, b, p, i, l != MP_NIL ? l : r);
         start = p;
     } else {
         /* Two children: the in-order successor s takes i's place in the tree.  The
          * nodes are relinked, not their keys copied: indices name ranges elsewhere. */
         uint32_t s = r;
-        while (nodes[s].link[L] != MP_NIL) s = nodes[s].link[L];
+        while (nodes[s].n.link[L] != MP_NIL) s = nodes[s].n.link[L];
         if (s == r) {
             start = s; /* s keeps its right subtree */
         } else {
-            uint32_t sp = nodes[s].link[P], sr = nodes[s].link[R];
-            nodes[sp].link[L] = sr;
-            if (sr != MP_NIL) nodes[sr].link[P] = sp;
-            nodes[s].link[R] = r;
-            nodes[r].link[P] = s;
+            uint32_t sp = nodes[s].n.link[P], sr = nodes[s].n.link[R];
+            nodes[sp].n.link[L] = sr;
+            if (sr != MP_NIL) nodes[sr].n.link[P] = sp;
+            nodes[s].n.link[R] = r;
+            nodes[r].n.link[P] = s;
             start = sp;
+            moved = s;
         }
-        nodes[s].link[L] = l;
-        nodes[l].link[P] = s;
-        replace_child(x, nodes, p, i, s);
+        nodes[s].n.link[L] = l;
+        nodes[l].n.link[P] = s;
+        replace_child(x, nodes, b, p, i, s);
         set_height(&nodes[s], height(nodes, i)); /* the height its position had */
+        nodes[s].aug = nodes[i].aug;             /* likewise, stale */
     }
-    nodes[i].link[L] = nodes[i].link[R] = nodes[i].link[P] = MP_NIL;
+    nodes[i].n.link[L] = nodes[i].n.link[R] = nodes[i].n.link[P] = MP_NIL;
     set_height(&nodes[i], 0);
-    rebalance(x, nodes, start);
+    fixup(x, nodes, b, start);
+    /* s's own augment is new at its new place; the walk from below may have stopped
+     * short of it */
+    if (moved != MP_NIL) fixup(x, nodes, b, moved);
+    if (x->root[b] == MP_NIL) rs_bin_unmark(&x->map, b);
 }
 
-static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
+static void bf_insert(void *st, uint32_t i)
+{
+    bf_node_t *nodes = bnodes(st);
+    bf_insert_bin(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
+}
+
+static void bf_remove(void *st, uint32_t i)
+{
+    bf_node_t *nodes = bnodes(st);
+    bf_remove_bin(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
+}
+
+/* A free range's key changed in place (the node is still linked where its old key
+ * belonged).  When it stays in its bin and its key is still between its in-order
+ * neighbours the node stays and only the augments above it are refreshed; else it
+ * is re-filed (bf_remove_bin relinks by structure, not by key, so it works on the
+ * changed node). */
+static void bf_rekey(void *st, uint32_t i, uint64_t old_size)
+{
+    bf_index_t *x = idx(st);
+    bf_node_t *nodes = bnodes(st);
+    const mp_rnode_t *n = &nodes[i].n;
+    unsigned b0 = rs_bin_down(old_size), b = rs_bin_down(n->size);
+    int stays = 0;
+    if (b == b0) {
+        if (n->size < old_size) { /* the key went down: only the predecessor can pass it */
+            uint32_t q = predecessor(nodes, i);
+            stays = q == MP_NIL || key_less(&nodes[q].n, n);
+        } else if (n->size > old_size) { /* up: only the successor */
+            uint32_t q = successor(nodes, i);
+            stays = q == MP_NIL || key_less(n, &nodes[q].n);
+        }
+    }
+    if (stays) { /* first[b] stays right too: the order did not change */
+        nodes[i].own = own_aug(n);
+        fixup(x, nodes, b, i);
+    } else {
+        bf_remove_bin(x, nodes, i, b0);
+        bf_insert_bin(x, nodes, i, b);
+    }
+}
+
+BF_INLINE int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
 {
     uint64_t pad = (0 - n->offset) & (align - 1); /* align_up(offset) - offset */
     return n->size >= pad && n->size - pad >= size;
 }
 
-static inline uint32_t successor(const mp_rnode_t *nodes, uint32_t i)
+/* The first node in key order in the subtree at c that fits, skipping subtrees whose
+ * lane j of aug is below size (none of their nodes fits: use_j >= the usable size at
+ * any alignment >= 2^BF_LEVEL[j]).  Recursion depth <= the tree height. */
+static uint32_t bf_search(const bf_node_t *nodes, uint32_t c, uint64_t size, uint64_t align,
+                          unsigned j)
 {
-    uint32_t c = nodes[i].link[R];
-    if (c != MP_NIL) {
-        while (nodes[c].link[L] != MP_NIL) c = nodes[c].link[L];
-        return c;
+    while (c != MP_NIL && lane(nodes[c].aug, j) >= size) {
+        if (nodes[c].n.size >= size) { /* keys left of c may still be large enough */
+            uint32_t r = bf_search(nodes, nodes[c].n.link[L], size, align, j);
+            if (r != MP_NIL) return r;
+            if (fits(&nodes[c].n, size, align)) return c;
+        }
+        c = nodes[c].n.link[R];
     }
-    uint32_t p = nodes[i].link[P];
-    while (p != MP_NIL && nodes[p].link[R] == i) {
-        i = p;
-        p = nodes[p].link[P];
-    }
-    return p;
+    return MP_NIL;
 }
 
-static uint32_t bf_find(void *st, uint64_t size, uint64_t align)
+/* The lower bound of (size, 0) in the tree at c: its first node of size >= size. */
+BF_INLINE uint32_t lower_bound(const bf_node_t *nodes, uint32_t c, uint64_t size)
 {
-    const bf_index_t *x = cidx(st);
-    const mp_rnode_t *nodes = rs_cnodes(st, &bestfit_fidx);
-    /* lower bound of (size, 0): the first node whose size is >= size */
     uint32_t best = MP_NIL;
-    for (uint32_t c = x->root; c != MP_NIL;) {
-        if (nodes[c].size >= size) {
+    while (c != MP_NIL) {
+        if (nodes[c].n.size >= size) {
             best = c;
-            c = nodes[c].link[L];
+            c = nodes[c].n.link[L];
         } else {
-            c = nodes[c].link[R];
+            c = nodes[c].n.link[R];
         }
     }
-    /* in key order until one fits; ends by size + align - 1 at the latest */
-    for (uint32_t i = best; i != MP_NIL; i = successor(nodes, i))
-        if (fits(&nodes[i], size, align)) return i;
+    return best;
+}
+
+/* The first node of bin b in key order that fits (see bf_find for level j). */
+static uint32_t bf_find_in_bin(const bf_index_t *x, const bf_node_t *nodes, unsigned b,
+                               uint64_t size, uint64_t align, int j)
+{
+    if (j >= 0) return bf_search(nodes, x->root[b], size, align, (unsigned)j);
+    /* in key order until one fits; the window ends by size + align - 1 */
+    for (uint32_t i = lower_bound(nodes, x->root[b], size); i != MP_NIL; i = successor(nodes, i))
+        if (fits(&nodes[i].n, size, align)) return i;
     return MP_NIL;
+}
+
+BF_INLINE uint32_t bf_find(void *st, uint64_t size, uint64_t align)
+{
+    const bf_index_t *x = cidx(st);
+    const bf_node_t *nodes = cbnodes(st);
+    unsigned b0 = rs_bin_down(size), b;
+    if (align == 1) {
+        /* the own bin: its sizes straddle the request (an exact bin: all fit) */
+        uint32_t r = x->root[b0];
+        if (r != MP_NIL) {
+            if (b0 < RS_EXACT) return x->first[b0];
+            r = lower_bound(nodes, r, size);
+            if (r != MP_NIL) return r;
+        }
+        b = b0 + 1; /* every range in a later bin fits: its leftmost is the best */
+        return b < RS_BINS && rs_next_bin(&x->map, &b) ? x->first[b] : MP_NIL;
+    }
+    /* Capped augments still decide exactly for size <= BF_CAP: min(max, CAP) < size
+     * <=> max < size.  Larger requests, and alignments below the first level, walk. */
+    int j = -1;
+    if (align >= ((uint64_t)1 << BF_LEVEL[0]) && size <= BF_CAP) {
+        j = BF_LEVELS - 1;
+        while (align < ((uint64_t)1 << BF_LEVEL[j])) j--;
+    }
+    unsigned bu = RS_BINS; /* from bin bu on, every range fits */
+    uint64_t need = size + (align - 1);
+    if (need >= size && rs_bin_up(need, &bu)) {
+        /* nothing */
+    } else {
+        bu = RS_BINS;
+    }
+    /* the non-empty bins of the window, a bitmap word at a time; with a level, a bin
+     * whose root augment rules it out is passed over without a search */
+    for (unsigned fl = b0 >> RS_SLI; fl <= (bu - 1) >> RS_SLI && fl < RS_FL_COUNT; fl++) {
+        uint32_t w = x->map.sl[fl];
+        if (fl == b0 >> RS_SLI) w &= ~0u << (b0 & (RS_SL_COUNT - 1));
+        if (fl == (bu - 1) >> RS_SLI) w &= ~0u >> (RS_SL_COUNT - 1 - ((bu - 1) & (RS_SL_COUNT - 1)));
+        for (; w; w &= w - 1) {
+            b = (fl << RS_SLI) + (unsigned)__builtin_ctz(w);
+            if (j >= 0 && lane(nodes[x->root[b]].aug, (unsigned)j) < size) continue;
+            uint32_t r = bf_find_in_bin(x, nodes, b, size, align, j);
+            if (r != MP_NIL) return r;
+        }
+    }
+    b = bu;
+    return b < RS_BINS && rs_next_bin(&x->map, &b) ? x->first[b] : MP_NIL;
 }
 
 static uint64_t bf_largest(const void *st)
 {
     const bf_index_t *x = cidx(st);
-    const mp_rnode_t *nodes = rs_cnodes(st, &bestfit_fidx);
-    uint32_t i = x->root;
-    if (i == MP_NIL) return 0;
-    while (nodes[i].link[R] != MP_NIL) i = nodes[i].link[R];
-    return nodes[i].size;
+    const bf_node_t *nodes = cbnodes(st);
+    unsigned b;
+    if (!rs_last_bin(&x->map, &b)) return 0;
+    uint32_t i = x->root[b];
+    while (nodes[i].n.link[R] != MP_NIL) i = nodes[i].n.link[R];
+    return nodes[i].n.size;
 }
 
 static void bf_clear(void *st)
 {
     bf_index_t *x = idx(st);
-    x->root = MP_NIL;
-    x->pad = 0;
+    memset(&x->map, 0, sizeof x->map);
+    memset(x->root, 0xff, sizeof x->root);
+    memset(x->first, 0xff, sizeof x->first);
 }
 
 /* ---- check: robust against arbitrary bytes ------------------------------------ */
 typedef struct bf_walk {
-    const mp_rnode_t *nodes;
+    const bf_node_t *nodes;
     uint32_t top;
     uint32_t nfree;
+    unsigned bin;
     uint64_t count;
     const mp_rnode_t *prev; /* the previous node in order (B1) */
+    uint32_t leftmost;      /* the first node visited in the bin */
     char *msg;
     size_t msglen;
 } bf_walk_t;
 
 /* Checks the subtree at i (a valid index below top, reached from `parent`) and
- * writes its height.  Recursion depth <= BF_MAX_DEPTH, nodes visited <= nfree + 1. */
+ * writes its height and augment.  Recursion depth <= BF_MAX_DEPTH, nodes visited
+ * <= nfree + 1. */
 static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned depth,
-                        unsigned *out_height)
+                        unsigned *out_height, uint64_t *out_aug)
 {
     char *msg = w->msg;
     size_t msglen = w->msglen;
-    const mp_rnode_t *n = &w->nodes[i];
+    const bf_node_t *x = &w->nodes[i];
+    const mp_rnode_t *n = &x->n;
     if (depth > BF_MAX_DEPTH) RS_FAIL("free tree deeper than %u at node %u", BF_MAX_DEPTH, i);
-    if (++w->count > w->nfree) RS_FAIL("free tree holds more nodes than the %u free ranges",
+    if (++w->count > w->nfree) RS_FAIL("free trees hold more nodes than the %u free ranges",
                                        w->nfree);
     if ((n->flags & ~BF_HMASK) != (RN_INUSE | RN_FREE))
         RS_FAIL("free tree holds node %u with flags 0x%x, which is not a free range", i,
@@ -285,17 +578,21 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
                                             i, r);
     if (l != MP_NIL && l == r) RS_FAIL("free tree node %u has node %u as both children", i, l);
     unsigned hl = 0, hr = 0;
+    uint64_t al = 0, ar = 0;
     if (l != MP_NIL) {
-        int rc = bf_check_sub(w, l, i, depth + 1, &hl);
+        int rc = bf_check_sub(w, l, i, depth + 1, &hl, &al);
         if (rc) return rc;
     }
     /* in order: everything left of n is already visited */
     if (w->prev && !key_less(w->prev, n))
         RS_FAIL("free tree out of order at node %u (size %llu, offset %llu)", i,
                 (unsigned long long)n->size, (unsigned long long)n->offset);
+    if (!w->prev) w->leftmost = i;
     w->prev = n;
+    if (rs_bin_down(n->size) != w->bin)
+        RS_FAIL("node %u of size %llu filed in bin %u", i, (unsigned long long)n->size, w->bin);
     if (r != MP_NIL) {
-        int rc = bf_check_sub(w, r, i, depth + 1, &hr);
+        int rc = bf_check_sub(w, r, i, depth + 1, &hr, &ar);
         if (rc) return rc;
     }
     unsigned h = 1 + (hl > hr ? hl : hr);
@@ -304,7 +601,15 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
                 (n->flags & BF_HMASK) >> BF_HSHIFT, h);
     if (hl > hr + 1 || hr > hl + 1)
         RS_FAIL("free tree node %u is unbalanced: heights %u and %u", i, hl, hr);
+    if (x->own != own_aug(n))
+        RS_FAIL("free tree node %u: own augment 0x%016llx, its range says 0x%016llx", i,
+                (unsigned long long)x->own, (unsigned long long)own_aug(n));
+    uint64_t m = lanes_max(lanes_max(x->own, al), ar);
+    if (x->aug != m)
+        RS_FAIL("free tree node %u: augment 0x%016llx, its subtree says 0x%016llx", i,
+                (unsigned long long)x->aug, (unsigned long long)m);
     *out_height = h;
+    *out_aug = m;
     return MP_OK;
 }
 
@@ -312,32 +617,45 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
 {
     const bf_index_t *x = cidx(st);
     const mp_rset_t *rs = rs_cset(st);
+    int rc = rs_binmap_check(&x->map, x->root, msg, msglen); /* B0 */
+    if (rc) return rc;
     bf_walk_t w = {
-        .nodes = rs_cnodes(st, &bestfit_fidx),
+        .nodes = cbnodes(st),
         .top = rs->top,
         .nfree = rs->nfree,
-        .count = 0,
-        .prev = NULL,
         .msg = msg,
         .msglen = msglen,
     };
-    if (x->pad != 0) RS_FAIL("free tree pad word is 0x%x, not 0", x->pad);
-    if (x->root != MP_NIL) {
-        if (x->root >= rs->top) RS_FAIL("free tree root %u beyond the watermark %u", x->root,
-                                        rs->top);
+    for (unsigned b = 0; b < RS_BINS; b++) {
+        uint32_t root = x->root[b];
+        if (root == MP_NIL) {
+            if (x->first[b] != MP_NIL) RS_FAIL("empty bin %u has a first node %u", b,
+                                               x->first[b]);
+            continue;
+        }
+        if (root >= rs->top) RS_FAIL("bin %u: tree root %u beyond the watermark %u", b, root,
+                                     rs->top);
+        w.bin = b;
+        w.prev = NULL;
+        w.leftmost = MP_NIL;
         unsigned h;
-        int rc = bf_check_sub(&w, x->root, MP_NIL, 1, &h);
+        uint64_t aug;
+        rc = bf_check_sub(&w, root, MP_NIL, 1, &h, &aug);
         if (rc) return rc;
+        if (x->first[b] != w.leftmost) RS_FAIL("bin %u: first node %u, its leftmost is %u", b,
+                                                x->first[b], w.leftmost);
     }
-    if (w.count != rs->nfree) RS_FAIL("free tree holds %llu nodes for %u free ranges",
+    if (w.count != rs->nfree) RS_FAIL("free trees hold %llu nodes for %u free ranges",
                                       (unsigned long long)w.count, rs->nfree);
     return MP_OK;
 }
 
 static const mp_fidx_t bestfit_fidx = {
     .area_size = BF_AREA,
+    .node_size = sizeof(bf_node_t),
     .insert = bf_insert,
     .remove = bf_remove,
+    .rekey = bf_rekey,
     .find = bf_find,
     .largest = bf_largest,
     .clear = bf_clear,
@@ -357,6 +675,8 @@ int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks)
 
 static int bestfit_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
+    /* most requests are unaligned: a copy of the path with align folded to 1 */
+    if (align == 1) return rs_alloc(st, &bestfit_fidx, size, 1, out);
     return rs_alloc(st, &bestfit_fidx, size, align, out);
 }
 static int bestfit_free(void *st, uint64_t offset) { return rs_free(st, &bestfit_fidx, offset); }

@@ -3,12 +3,11 @@
  *
  * Algorithm (Masmano et al., "TLSF: a new dynamic memory allocator for real-time
  * systems", 2004; the bin layout of sebbbi/OffsetAllocator, with more bins):
- *   - Free ranges are filed in bins.  A size s < 2^SLI goes to first level 0,
- *     second level s (exact).  Otherwise fl = msb(s) - SLI + 1 and the SLI bits
- *     under the msb pick one of SL_COUNT = 2^SLI second-level bins, so a bin spans
- *     at most 1/32 of its size.  A free range is filed under its size rounded DOWN.
- *   - A 64-bit first-level bitmap and one 32-bit second-level bitmap per first
- *     level find the first non-empty bin at or above any bin in O(1) (ctz).
+ *   - Free ranges are filed in the segregated size bins of ranges.h (a size below
+ *     64 has a bin of its own; above, 32 bins per power of two, so a bin spans at
+ *     most 1/32 of its sizes), under their size rounded DOWN, one doubly linked
+ *     list per bin; the bin map's bitmaps find the first non-empty bin at or above
+ *     any bin in O(1) (ctz).
  *   - alloc(size, align): (1) the head of the request's own bin if it fits
  *     (a better fit, still O(1)); (2) the first non-empty bin at or above
  *     size + align - 1 rounded UP to a bin boundary: any range there fits;
@@ -20,39 +19,29 @@
  * Layout of the free index (after mp_head_t and mp_rset_t, see ranges.h):
  *
  *   +-------------+---------------------------+----------------------------------+
- *   | fl_bitmap   | sl_bitmap[FL_COUNT]       | bins[FL_COUNT][SL_COUNT]          |
+ *   | map.fl      | map.sl[RS_FL_COUNT]       | bins[RS_BINS]                     |
  *   | uint64_t    | uint32_t                  | uint32_t head node of each bin    |
  *   +-------------+---------------------------+----------------------------------+
+ *   Bin (fl, sl) is bins[fl * RS_SL_COUNT + sl]: the flat bin number b.
  *   Bin lists are doubly linked through node.link[0] (prev) / link[1] (next).
  *
  * Invariants (tlsf_fidx_check, plus those of ranges.h):
- *  T1. bit fl of fl_bitmap is set  <=>  sl_bitmap[fl] != 0.
- *  T2. bit sl of sl_bitmap[fl] is set  <=>  bins[fl][sl] != MP_NIL.
- *  T3. Every node in bin (fl, sl) is free and maps (rounded down) to (fl, sl);
- *      prev links mirror next links; the bins together hold exactly nfree nodes.
+ *  T1. bit fl of map.fl is set  <=>  map.sl[fl] != 0 (no bits beyond RS_FL_COUNT).
+ *  T2. bit sl of map.sl[fl] is set  <=>  bins[fl * RS_SL_COUNT + sl] != MP_NIL.
+ *  T3. Every node in bin b is free, its size maps (rounded down) to b and its flags
+ *      are RN_INUSE | RN_FREE | b << 8 (the bin, cached); prev links mirror next
+ *      links; the bins together hold exactly nfree nodes.
  */
 #include "ranges.h"
 
-/* ---- tunables ---------------------------------------------------------------- */
-enum tlsf_public {
-    SLI = 5, /* log2 of second-level bins per first level (>= 3 promised: 8 bins) */
-};
-/* ---- derived: do not edit ------------------------------------------------------ */
-enum tlsf_private {
-    SL_COUNT = 1 << SLI,
-    SMALL = 1 << SLI,       /* sizes below this are binned exactly in fl 0 */
-    FL_COUNT = 64 - SLI + 1 /* fl 0 plus one per msb in [SLI, 63]          */
-};
-_Static_assert(SL_COUNT <= 32, "sl_bitmap is 32 bits");
-_Static_assert(FL_COUNT <= 64, "fl_bitmap is 64 bits");
-
 typedef struct tlsf_index {
-    uint64_t fl_bitmap;
-    uint32_t sl_bitmap[FL_COUNT];
-    uint32_t bins[FL_COUNT][SL_COUNT];
+    rs_binmap_t map;         /* which bins are non-empty                        */
+    uint32_t bins[RS_BINS];  /* head node of bin b = fl * RS_SL_COUNT + sl      */
 } tlsf_index_t;
 
 #define TLSF_AREA ((sizeof(tlsf_index_t) + 7) & ~(size_t)7)
+#define TLSF_INLINE static inline __attribute__((always_inline))
+#define TLSF_BIN_SHIFT 8 /* a free node's flags: RN_INUSE | RN_FREE | bin << 8 */
 
 static inline tlsf_index_t *idx(void *st) { return (tlsf_index_t *)rs_area(st); }
 static inline const tlsf_index_t *cidx(const void *st)
@@ -60,131 +49,116 @@ static inline const tlsf_index_t *cidx(const void *st)
     return (const tlsf_index_t *)rs_carea(st);
 }
 
-static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
-
-/* (fl, sl) of the bin that holds ranges of size s (rounded down). */
-static inline void map_down(uint64_t s, unsigned *fl, unsigned *sl)
-{
-    if (s < SMALL) {
-        *fl = 0;
-        *sl = (unsigned)s;
-    } else {
-        int m = msb64(s);
-        *fl = (unsigned)(m - SLI + 1);
-        *sl = (unsigned)((s >> (m - SLI)) - SL_COUNT);
-    }
-}
-
-/* The first bin whose every range is >= s; returns 0 when s is beyond all bins. */
-static inline int map_up(uint64_t s, unsigned *fl, unsigned *sl)
-{
-    if (s >= SMALL) {
-        uint64_t round = ((uint64_t)1 << (msb64(s) - SLI)) - 1;
-        if (s > UINT64_MAX - round) return 0;
-        s += round;
-    }
-    map_down(s, fl, sl);
-    return 1;
-}
-
-/* First non-empty bin at or after (fl, sl), in bin order; 0 when none. */
-static inline int next_bin(const tlsf_index_t *x, unsigned *fl, unsigned *sl)
-{
-    uint32_t slmap = *sl < SL_COUNT ? x->sl_bitmap[*fl] & (~0u << *sl) : 0;
-    if (!slmap) {
-        uint64_t flmap = *fl + 1 < 64 ? x->fl_bitmap & (~0ull << (*fl + 1)) : 0;
-        if (!flmap) return 0;
-        *fl = (unsigned)__builtin_ctzll(flmap);
-        slmap = x->sl_bitmap[*fl];
-    }
-    *sl = (unsigned)__builtin_ctz(slmap);
-    return 1;
-}
-
 static const mp_fidx_t tlsf_fidx;
 
-static void tlsf_insert(void *st, uint32_t i)
+TLSF_INLINE uint32_t *bin_head(tlsf_index_t *x, unsigned b) { return &x->bins[b]; }
+
+/* A free node's bin, cached in its flags (T3). */
+TLSF_INLINE unsigned bin_of(const mp_rnode_t *n) { return n->flags >> TLSF_BIN_SHIFT; }
+
+/* Bin lists change without branches on their neighbours (whether a neighbour
+ * exists is data, and a mispredicted branch costs more than a store): a link that
+ * would go to a missing neighbour goes to node i itself, whose links are written
+ * (bin_link) or dead (bin_unlink) afterwards. */
+TLSF_INLINE void bin_link(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
-    tlsf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
-    unsigned fl, sl;
-    map_down(nodes[i].size, &fl, &sl);
-    uint32_t h = x->bins[fl][sl];
+    uint32_t *head = bin_head(x, b);
+    uint32_t h = *head;
+    nodes[rs_sel32(h != MP_NIL, h, i)].link[0] = i;
     nodes[i].link[0] = MP_NIL;
     nodes[i].link[1] = h;
-    if (h != MP_NIL) nodes[h].link[0] = i;
-    x->bins[fl][sl] = i;
-    x->sl_bitmap[fl] |= 1u << sl;
-    x->fl_bitmap |= 1ull << fl;
+    nodes[i].flags = RN_INUSE | RN_FREE | (b << TLSF_BIN_SHIFT);
+    *head = i;
+    rs_bin_mark(&x->map, b);
 }
 
-static void tlsf_remove(void *st, uint32_t i)
+TLSF_INLINE void bin_unlink(tlsf_index_t *x, mp_rnode_t *nodes, uint32_t i, unsigned b)
 {
-    tlsf_index_t *x = idx(st);
-    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
     uint32_t p = nodes[i].link[0], q = nodes[i].link[1];
-    if (q != MP_NIL) nodes[q].link[0] = p;
-    if (p != MP_NIL) {
-        nodes[p].link[1] = q;
-        return;
-    }
-    unsigned fl, sl;
-    map_down(nodes[i].size, &fl, &sl);
-    x->bins[fl][sl] = q;
-    if (q == MP_NIL) {
-        x->sl_bitmap[fl] &= ~(1u << sl);
-        if (!x->sl_bitmap[fl]) x->fl_bitmap &= ~(1ull << fl);
-    }
+    uint32_t *head = bin_head(x, b);
+    nodes[rs_sel32(q != MP_NIL, q, i)].link[0] = p;
+    nodes[rs_sel32(p != MP_NIL, p, i)].link[1] = q;
+    uint32_t h = rs_sel32(p != MP_NIL, *head, q); /* i was the head: q is */
+    *head = h;
+    rs_bin_unmark_if(&x->map, b, h == MP_NIL);
 }
 
-static inline int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
+TLSF_INLINE void tlsf_insert(void *st, uint32_t i)
 {
-    uint64_t pad = ((n->offset + align - 1) & ~(align - 1)) - n->offset;
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    bin_link(idx(st), nodes, i, rs_bin_down(nodes[i].size));
+}
+
+TLSF_INLINE void tlsf_remove(void *st, uint32_t i)
+{
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    bin_unlink(idx(st), nodes, i, bin_of(&nodes[i]));
+}
+
+/* A free range's size changed in place: it moves only when its bin changes (a large
+ * range that grows or shrinks by a little stays where it is, untouched). */
+TLSF_INLINE void tlsf_rekey(void *st, uint32_t i, uint64_t old_size)
+{
+    (void)old_size; /* the old bin is cached */
+    mp_rnode_t *nodes = rs_nodes(st, &tlsf_fidx);
+    unsigned b0 = bin_of(&nodes[i]), b = rs_bin_down(nodes[i].size);
+    if (b == b0) return;
+    tlsf_index_t *x = idx(st);
+    bin_unlink(x, nodes, i, b0);
+    bin_link(x, nodes, i, b);
+}
+
+TLSF_INLINE int fits(const mp_rnode_t *n, uint64_t size, uint64_t align)
+{
+    uint64_t pad = (0 - n->offset) & (align - 1); /* align_up(offset) - offset */
     return n->size >= pad && n->size - pad >= size;
 }
 
-static uint32_t tlsf_find(void *st, uint64_t size, uint64_t align)
+/* (3): every bin from b up to (not including) stop, every range in it. */
+static uint32_t tlsf_scan(const tlsf_index_t *x, const mp_rnode_t *nodes, unsigned b,
+                          unsigned stop, uint64_t size, uint64_t align)
+{
+    while (b < stop && rs_next_bin(&x->map, &b) && b < stop) {
+        for (uint32_t i = x->bins[b]; i != MP_NIL; i = nodes[i].link[1])
+            if (fits(&nodes[i], size, align)) return i;
+        b++;
+    }
+    return MP_NIL;
+}
+
+TLSF_INLINE uint32_t tlsf_find(void *st, uint64_t size, uint64_t align)
 {
     const tlsf_index_t *x = cidx(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
-    unsigned fl0, sl0, fl, sl;
-    map_down(size, &fl0, &sl0);
+    unsigned e = (unsigned)(63 - __builtin_clzll(size | RS_SL_COUNT)) - RS_SLI;
+    unsigned b0 = (e << RS_SLI) + (unsigned)(size >> e), bu; /* rs_bin_down(size) */
     /* (1) the head of the request's own bin */
-    uint32_t h = x->bins[fl0][sl0];
+    uint32_t h = x->bins[b0];
     if (h != MP_NIL && fits(&nodes[h], size, align)) return h;
     /* (2) good fit: every range in a bin at or above need fits */
     uint64_t need = size + (align - 1);
-    int have_up = need >= size && map_up(need, &fl, &sl);
-    if (have_up) {
-        unsigned f = fl, s = sl;
-        if (next_bin(x, &f, &s)) return x->bins[f][s];
+    if (align == 1) { /* rs_bin_up(size): the own bin when size is its lowest */
+        bu = b0 + ((size & (((uint64_t)1 << e) - 1)) != 0);
+        unsigned b = bu;
+        if (bu < RS_BINS && rs_next_bin(&x->map, &b)) return x->bins[b];
+    } else if (need >= size && rs_bin_up(need, &bu)) {
+        unsigned b = bu;
+        if (rs_next_bin(&x->map, &b)) return x->bins[b];
+    } else {
+        bu = RS_BINS;
     }
     /* (3) complete search of the bins from the request's own up to the good-fit bin */
-    fl = fl0;
-    sl = sl0;
-    unsigned ful = 0, sul = 0;
-    if (have_up) map_up(need, &ful, &sul);
-    while (next_bin(x, &fl, &sl)) {
-        if (have_up && (fl > ful || (fl == ful && sl >= sul))) break;
-        for (uint32_t i = x->bins[fl][sl]; i != MP_NIL; i = nodes[i].link[1])
-            if (fits(&nodes[i], size, align)) return i;
-        if (++sl == SL_COUNT) {
-            sl = 0;
-            if (++fl == FL_COUNT) break;
-        }
-    }
-    return MP_NIL;
+    return tlsf_scan(x, nodes, b0, bu, size, align);
 }
 
 static uint64_t tlsf_largest(const void *st)
 {
     const tlsf_index_t *x = cidx(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
-    if (!x->fl_bitmap) return 0;
-    unsigned fl = (unsigned)msb64(x->fl_bitmap);
-    unsigned sl = (unsigned)(31 - __builtin_clz(x->sl_bitmap[fl]));
+    unsigned b;
+    if (!rs_last_bin(&x->map, &b)) return 0;
     uint64_t best = 0;
-    for (uint32_t i = x->bins[fl][sl]; i != MP_NIL; i = nodes[i].link[1])
+    for (uint32_t i = x->bins[b]; i != MP_NIL; i = nodes[i].link[1])
         if (nodes[i].size > best) best = nodes[i].size;
     return best;
 }
@@ -192,8 +166,7 @@ static uint64_t tlsf_largest(const void *st)
 static void tlsf_clear(void *st)
 {
     tlsf_index_t *x = idx(st);
-    x->fl_bitmap = 0;
-    memset(x->sl_bitmap, 0, sizeof x->sl_bitmap);
+    memset(&x->map, 0, sizeof x->map);
     memset(x->bins, 0xff, sizeof x->bins);
 }
 
@@ -203,32 +176,22 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
     uint64_t filed = 0;
-    /* bits at or above FL_COUNT have no sl_bitmap: largest/next_bin would index past it */
-    uint64_t fl_valid = FL_COUNT >= 64 ? ~0ull : ((uint64_t)1 << (FL_COUNT & 63)) - 1;
-    if (x->fl_bitmap & ~fl_valid) RS_FAIL("first-level bitmap 0x%llx has bits beyond level %u",
-                                          (unsigned long long)x->fl_bitmap, FL_COUNT - 1);
-    for (unsigned fl = 0; fl < FL_COUNT; fl++) {
-        if (((x->fl_bitmap >> fl) & 1) != (x->sl_bitmap[fl] != 0))
-            RS_FAIL("first-level bit %u disagrees with its second-level bitmap", fl);
-        for (unsigned sl = 0; sl < SL_COUNT; sl++) {
-            uint32_t h = x->bins[fl][sl];
-            if (((x->sl_bitmap[fl] >> sl) & 1) != (h != MP_NIL))
-                RS_FAIL("bitmap bit (%u, %u) disagrees with its bin", fl, sl);
-            uint32_t prev = MP_NIL;
-            for (uint32_t i = h; i != MP_NIL; i = nodes[i].link[1]) {
-                if (i >= rs->top) RS_FAIL("bin (%u, %u) links node %u beyond the watermark", fl,
-                                          sl, i);
-                if ((nodes[i].flags & (RN_INUSE | RN_FREE)) != (RN_INUSE | RN_FREE))
-                    RS_FAIL("bin (%u, %u) holds node %u, which is not free", fl, sl, i);
-                unsigned f, s;
-                map_down(nodes[i].size, &f, &s);
-                if (f != fl || s != sl) RS_FAIL("node %u of size %llu filed in bin (%u, %u)", i,
-                                                (unsigned long long)nodes[i].size, fl, sl);
-                if (nodes[i].link[0] != prev) RS_FAIL("bin (%u, %u): bad prev link at node %u",
-                                                      fl, sl, i);
-                if (++filed > rs->nfree) RS_FAIL("bins hold more nodes than free ranges");
-                prev = i;
-            }
+    int rc = rs_binmap_check(&x->map, x->bins, msg, msglen); /* T1, T2 */
+    if (rc) return rc;
+    for (unsigned b = 0; b < RS_BINS; b++) {
+        uint32_t prev = MP_NIL;
+        for (uint32_t i = x->bins[b]; i != MP_NIL; i = nodes[i].link[1]) {
+            if (i >= rs->top) RS_FAIL("bin %u links node %u beyond the watermark", b, i);
+            if ((nodes[i].flags & (RN_INUSE | RN_FREE)) != (RN_INUSE | RN_FREE))
+                RS_FAIL("bin %u holds node %u, which is not free", b, i);
+            if (nodes[i].flags != (RN_INUSE | RN_FREE | (b << TLSF_BIN_SHIFT)))
+                RS_FAIL("node %u in bin %u has flags 0x%x", i, b, nodes[i].flags);
+            if (rs_bin_down(nodes[i].size) != b)
+                RS_FAIL("node %u of size %llu filed in bin %u", i,
+                        (unsigned long long)nodes[i].size, b);
+            if (nodes[i].link[0] != prev) RS_FAIL("bin %u: bad prev link at node %u", b, i);
+            if (++filed > rs->nfree) RS_FAIL("bins hold more nodes than free ranges");
+            prev = i;
         }
     }
     if (filed != rs->nfree) RS_FAIL("bins hold %llu nodes for %u free ranges",
@@ -238,8 +201,10 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
 
 static const mp_fidx_t tlsf_fidx = {
     .area_size = TLSF_AREA,
+    .node_size = sizeof(mp_rnode_t),
     .insert = tlsf_insert,
     .remove = tlsf_remove,
+    .rekey = tlsf_rekey,
     .find = tlsf_find,
     .largest = tlsf_largest,
     .clear = tlsf_clear,
@@ -259,6 +224,8 @@ int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks)
 
 static int tlsf_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
+    /* most requests are unaligned: a copy of the path with align folded to 1 */
+    if (align == 1) return rs_alloc(st, &tlsf_fidx, size, 1, out);
     return rs_alloc(st, &tlsf_fidx, size, align, out);
 }
 static int tlsf_free(void *st, uint64_t offset) { return rs_free(st, &tlsf_fidx, offset); }

@@ -1,9 +1,11 @@
 /*
  * args.c -- argument readers shared by every type.
  *
- * Integers only: an exact int takes the fast path; int subclasses and objects
- * with __index__ (NumPy integers) are accepted; floats, strings and anything
- * else raise TypeError naming the argument.  Negative values raise ValueError.
+ * Integers only: an exact int takes the fast path (one or two digits are read
+ * from the object itself; larger ones through PyLong_AsLongLongAndOverflow); int
+ * subclasses and objects with __index__ (NumPy integers) are accepted; floats,
+ * strings and anything else raise TypeError naming the argument.  Negative values
+ * raise ValueError.
  */
 #include "native.h"
 
@@ -34,9 +36,46 @@ static int read_long(PyObject *o, const char *name, int minimum, uint64_t *out)
     return 0;
 }
 
+/* The value of an exact int of at most two digits (every size and offset below
+ * 2^60 with 30-bit digits), read from the object without a call into the
+ * interpreter; 0 when it is larger (the general path reads it). */
+static inline int compact_long(PyObject *o, long long *v)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)o)) return 0;
+    *v = (long long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+    return 1;
+#else
+    const digit *d = ((PyLongObject *)o)->ob_digit;
+    switch (Py_SIZE(o)) {
+    case 0:
+        *v = 0;
+        return 1;
+    case 1:
+        *v = (long long)d[0];
+        return 1;
+    case -1:
+        *v = -(long long)d[0];
+        return 1;
+    case 2:
+        *v = (long long)d[0] | (long long)d[1] << PyLong_SHIFT;
+        return 1;
+    default:
+        return 0;
+    }
+#endif
+}
+
 static int read_int(PyObject *o, const char *name, int minimum, uint64_t *out)
 {
-    if (PyLong_CheckExact(o)) return read_long(o, name, minimum, out);
+    if (PyLong_CheckExact(o)) {
+        long long v;
+        if (compact_long(o, &v) && v >= 0) {
+            *out = (uint64_t)v;
+            return 0;
+        }
+        return read_long(o, name, minimum, out); /* big, or negative: the messages */
+    }
     if (PyFloat_Check(o) || !PyIndex_Check(o)) {
         PyErr_Format(PyExc_TypeError, "%s must be an integer, not %.100s", name,
                      Py_TYPE(o)->tp_name);
@@ -53,6 +92,11 @@ int mp_arg_u64(PyObject *o, const char *name, uint64_t *out) { return read_int(o
 
 int mp_arg_size(PyObject *o, const char *name, uint64_t *out)
 {
+    long long v;
+    if (PyLong_CheckExact(o) && compact_long(o, &v) && v >= 1) { /* the hot path */
+        *out = (uint64_t)v;
+        return 0;
+    }
     int rc = read_int(o, name, 1, out);
     if (rc == 0 && *out == 0) {
         PyErr_Format(PyExc_ValueError, "%s must be >= 1, got 0", name);
