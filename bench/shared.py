@@ -5,6 +5,8 @@
 1. Round trip of a 1 MiB float64 array to a worker process and back, over a
    multiprocessing Pipe to a worker started once (spawn); the worker reads and writes
    both ends of the array (arr[0] += 1; arr[-1] = 2 * arr[0]) and sends it back:
+     pipe floor      a 100-byte message each way: the transport alone, measured in
+                     the same rounds, so the table also shows each case beyond it
      sharedpool      the array is made in a SharedPool; only a handle crosses
      shared_memory   one multiprocessing.shared_memory.SharedMemory per array (create,
                      attach in the worker, close, unlink), the name crosses
@@ -54,6 +56,9 @@ def worker(conn) -> None:
         kind, payload = conn.recv()
         if kind == "stop":
             return
+        if kind == "ping":
+            conn.send(payload)
+            continue
         if kind == "shm":
             s = SharedMemory(name=payload)  # spawn children share the parent's tracker
             a = np.ndarray(N, np.float64, buffer=s.buf)
@@ -61,8 +66,11 @@ def worker(conn) -> None:
             del a
             s.close()
             conn.send(payload)
-        else:  # an array, by handle or by value
-            conn.send(touch(payload))
+        else:  # an array, by handle or by value: no reference kept past the reply
+            result = touch(payload)
+            del payload
+            conn.send(result)
+            del result
 
 
 def trip_sharedpool(conn, pool):
@@ -86,6 +94,11 @@ def trip_shared_memory(conn, _pool):
     shm.unlink()
 
 
+def trip_floor(conn, _pool):
+    conn.send(("ping", b"x" * 100))  # the transport alone: a small message each way
+    conn.recv()
+
+
 def trip_pickle(conn, _pool):
     a = np.empty(N)
     a[0] = 1.0
@@ -101,8 +114,8 @@ def roundtrips(rounds: int, number: int) -> list[dict[str, object]]:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=worker, args=(child,))
     proc.start()
-    cases = {"sharedpool": trip_sharedpool, "shared_memory": trip_shared_memory,
-             "pickle": trip_pickle}
+    cases = {"pipe floor": trip_floor, "sharedpool": trip_sharedpool,
+             "shared_memory": trip_shared_memory, "pickle": trip_pickle}
     for fn in cases.values():  # warm up: attach, first faults
         for _ in range(20):
             fn(parent, pool)
@@ -133,11 +146,16 @@ def roundtrips(rounds: int, number: int) -> list[dict[str, object]]:
     pool.close()
     pool.unlink()
     med = {k: statistics.median(v) for k, v in {**times, **ex_times}.items()}
-    base = med["sharedpool"]
-    return [{"case": k, "us_per_roundtrip": round(v, 1),
-             "x_sharedpool": round(v / (base if not k.startswith("executor") else
-                                        med["executor sharedpool"]), 1)}
-            for k, v in med.items()]
+    base, floor = med["sharedpool"], med["pipe floor"]
+    rows = []
+    for k, v in med.items():
+        ref = med["executor sharedpool"] if k.startswith("executor") else base
+        over = v - floor if not k.startswith("executor") and k != "pipe floor" else float("nan")
+        rows.append({"case": k, "us_per_roundtrip": round(v, 1), "x_sharedpool": round(v / ref, 1),
+                     "us_beyond_floor": round(over, 1),
+                     "x_sharedpool_beyond_floor": round(over / (base - floor), 1)
+                     if over == over else float("nan")})
+    return rows
 
 
 def hammer(name: str, seconds: float, conn) -> None:
