@@ -14,9 +14,10 @@
    Rounds interleave the three; medians count.  The same with
    concurrent.futures.ProcessPoolExecutor for sharedpool and pickle.
 2. Throughput of `b = pool.alloc(64); pool.free(b)` on one SharedPool from 1 process
-   and from 2 processes at once (this machine has 2 cores), with the lock's share of
-   the time: the waits the lock counted, and the single-process cost of the lock and
-   registry (SharedPool pair minus a private Pool pair).
+   and from 2 processes at once (this machine has 2 cores), alternated for several
+   rounds (the median of the per-round ratios counts: the host's speed drifts), with
+   the lock's share of the time (the waits it counted) and the single-process cost of
+   the pair against a private Pool's.
 
 Writes bench/results/shared_roundtrip.csv and bench/results/shared_throughput.csv.
 """
@@ -173,33 +174,44 @@ def hammer(name: str, seconds: float, conn) -> None:
     pool.close()
 
 
-def throughput(seconds: float) -> list[dict[str, object]]:
+def _hammer_run(ctx, name: str, nproc: int, seconds: float, pool) -> tuple[float, float]:
+    """(ops/s of nproc processes together, lock-wait share of their time)."""
+    pipes, procs = [], []
+    for _ in range(nproc):
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=hammer, args=(name, seconds, b))
+        p.start()
+        pipes.append(a)
+        procs.append(p)
+    for a in pipes:
+        a.recv()
+    before = pool.shared_stats()
+    for a in pipes:
+        a.send("go")
+    counts = [a.recv() for a in pipes]
+    for p in procs:
+        p.join()
+    after = pool.shared_stats()
+    return (sum(counts) / seconds,
+            (after.lock_wait_ns - before.lock_wait_ns) / (seconds * 1e9 * nproc))
+
+
+def throughput(seconds: float, rounds: int = 5) -> list[dict[str, object]]:
+    """1 and 2 processes alternately, `rounds` times; the host's speed drifts, so the
+    figure is the median of the per-round ratios."""
     ctx = mp.get_context("spawn")
     name = f"mempool-bench-tp-{os.getpid()}"
     pool = mempool.SharedPool.create(name, "64MiB", unlink_on_exit=True)
-    rows = []
-    for nproc in (1, 2, 1, 2):
-        pipes, procs = [], []
-        for _ in range(nproc):
-            a, b = ctx.Pipe()
-            p = ctx.Process(target=hammer, args=(name, seconds, b))
-            p.start()
-            pipes.append(a)
-            procs.append(p)
-        for a in pipes:
-            a.recv()
-        before = pool.shared_stats()
-        for a in pipes:
-            a.send("go")
-        counts = [a.recv() for a in pipes]
-        for p in procs:
-            p.join()
-        after = pool.shared_stats()
-        rows.append({"processes": nproc, "ops_per_s": sum(counts) / seconds,
-                     "lock_wait_share": (after.lock_wait_ns - before.lock_wait_ns)
-                     / (seconds * 1e9 * nproc),
-                     "lock_waits_per_op": (after.lock_waits - before.lock_waits)
-                     / max(sum(counts), 1)})
+    one, two, ratios, waits = [], [], [], []
+    for r in range(rounds):
+        o, _ = _hammer_run(ctx, name, 1, seconds, pool)
+        t, w = _hammer_run(ctx, name, 2, seconds, pool)
+        one.append(o)
+        two.append(t)
+        ratios.append(t / o)
+        waits.append(w)
+        print(f"\rthroughput: round {r + 1}/{rounds}", end="", file=sys.stderr)
+    print(file=sys.stderr)
     # the single-process cost of lock + registry: SharedPool pair vs a private Pool pair
     private = mempool.Pool("64MiB")
     n = 200_000
@@ -211,17 +223,16 @@ def throughput(seconds: float) -> list[dict[str, object]]:
                                   number=n, repeat=5)) / n * 1e9
     pool.close()
     pool.unlink()
-    best = {k: max(r["ops_per_s"] for r in rows if r["processes"] == k) for k in (1, 2)}
-    out = []
-    for k in (1, 2):
-        r = max((r for r in rows if r["processes"] == k), key=lambda r: r["ops_per_s"])
-        out.append({"processes": k, "ops_per_s": round(r["ops_per_s"]),
-                    "x_one_process": round(r["ops_per_s"] / best[1], 2),
-                    "lock_wait_share": round(r["lock_wait_share"], 4),
-                    "lock_waits_per_op": round(r["lock_waits_per_op"], 4),
-                    "pair_ns_shared": round(t_shared, 1), "pair_ns_private": round(t_private, 1),
-                    "lock_and_registry_share": round(1 - t_private / t_shared, 3)})
-    return out
+    med = statistics.median
+    return [
+        {"processes": 1, "ops_per_s_median": round(med(one)), "x_one_process_median": 1.0,
+         "x_one_process_min": 1.0, "x_one_process_max": 1.0, "lock_wait_share": 0.0,
+         "pair_ns_shared": round(t_shared, 1), "pair_ns_private": round(t_private, 1)},
+        {"processes": 2, "ops_per_s_median": round(med(two)),
+         "x_one_process_median": round(med(ratios), 2), "x_one_process_min": round(min(ratios), 2),
+         "x_one_process_max": round(max(ratios), 2), "lock_wait_share": round(med(waits), 4),
+         "pair_ns_shared": round(t_shared, 1), "pair_ns_private": round(t_private, 1)},
+    ]
 
 
 def write(rows: list[dict[str, object]], path: Path) -> None:
@@ -238,10 +249,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--number", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--throughput-rounds", type=int, default=7)
     a = ap.parse_args()
     write(roundtrips(a.rounds, a.number), RESULTS / "shared_roundtrip.csv")
-    write(throughput(a.seconds), RESULTS / "shared_throughput.csv")
+    write(throughput(a.seconds, a.throughput_rounds), RESULTS / "shared_throughput.csv")
 
 
 if __name__ == "__main__":
