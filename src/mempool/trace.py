@@ -200,8 +200,9 @@ def _make_strategy(
         return strategy.strategy, strategy
     cls = strategy_type(strategy)
     if "max_blocks" not in options and any(issubclass(cls, t) for t in RANGE_STRATEGIES):
-        # every live id is a range, and free ranges are at most one more: room for both
-        options = dict(options, max_blocks=min(capacity, 4 * (max_id + 1) + 1024))
+        # every live id is a range, and free ranges are at most one more (plus the one a
+        # moving realloc holds for a moment): a node table no larger than the trace needs
+        options = dict(options, max_blocks=min(capacity, 2 * (max_id + 1) + 64))
     obj = cls(capacity, **options)
     return obj.strategy, obj
 

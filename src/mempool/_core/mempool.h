@@ -124,7 +124,8 @@ uint64_t mp_tlsf_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks);
 extern const mp_ops_t mp_tlsf_ops;
 
-/* BestFit: exact best fit in O(log n) (AVL tree keyed by (size, offset)). */
+/* BestFit: exact best fit in O(log n): per size bin an AVL tree keyed by (size, offset),
+ * whose nodes carry the largest aligned fit of their subtree (bestfit.c). */
 uint64_t mp_bestfit_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks);
 extern const mp_ops_t mp_bestfit_ops;
