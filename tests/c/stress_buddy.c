@@ -35,42 +35,7 @@
 #include <time.h>
 
 #include "mempool.h"
-
-typedef unsigned long long ull;
-
-static uint64_t g_rng;
-static char g_ctx[256], g_op[256];
-
-static uint64_t rnd(void)
-{
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static uint64_t below(uint64_t n) { return n ? rnd() % n : 0; }
-
-#define FAIL(...)                                                                                \
-    do {                                                                                         \
-        fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                     \
-        fprintf(stderr, __VA_ARGS__);                                                            \
-        fprintf(stderr, "\n  context: %s\n  last op: %s\n", g_ctx, g_op);                        \
-        exit(1);                                                                                 \
-    } while (0)
-#define REQUIRE(cond, ...)                                                                       \
-    do {                                                                                         \
-        if (!(cond)) FAIL(__VA_ARGS__);                                                          \
-    } while (0)
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
+#include "stress_common.h"
 
 static const mp_ops_t *OPS = &mp_buddy_ops;
 

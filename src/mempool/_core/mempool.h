@@ -161,7 +161,6 @@ typedef struct mp_bump_info {
 void mp_bump_info(const void *st, mp_bump_info_t *out);
 extern const mp_ops_t mp_bump_ops;
 
-/* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 /* Heap: slab classes (<= 256 B), 256 B page fragments, TLSF for the rest, all in
  * one span; page_size a power of two in [4 KiB, 64 KiB]; max_blocks bounds the
  * embedded TLSF's ranges (pages and large blocks). */
@@ -194,7 +193,7 @@ uint64_t mp_bitmap_state_size(uint64_t capacity, uint64_t block_size, int first_
 int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_fit);
 extern const mp_ops_t mp_bitmap_ops;
 
-/* The default node budget for the range strategies (TLSF, BestFit). */
+/* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 uint64_t mp_default_max_blocks(uint64_t capacity);
 
 /* ---- shared pools (shared.c): robust lock + block registry --------------------- */
