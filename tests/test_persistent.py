@@ -178,3 +178,24 @@ def test_killed_writer_leaves_consistent_or_refused_file(tmp_path):
     print(outcomes)
     assert sum(outcomes.values()) == rounds
     assert outcomes["consistent"] + outcomes["recovered"] > 0, outcomes
+
+
+def test_one_writer_at_a_time(tmp_path):
+    path = tmp_path / "busy.mp"
+    p = Pool.create(path, 65536)
+    with pytest.raises(BlockingIOError, match="one writer"):
+        Pool.open(path)  # the same process, another open: refused
+    with pytest.raises(BlockingIOError):
+        Pool.create(path, 65536, exist_ok=True)  # and not truncated under the writer
+    r = run_child("""
+        import sys, mempool
+        try:
+            mempool.Pool.open(sys.argv[1])
+        except BlockingIOError as e:
+            print("refused")
+        """, str(path))
+    assert r.stdout.strip() == "refused", r.stderr
+    p.alloc(10)
+    p.close()
+    with Pool.open(path) as q:  # free again once closed
+        assert len(q) == 1

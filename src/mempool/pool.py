@@ -172,9 +172,11 @@ class Pool(PoolCore):
         path = Path(path)
         if path.exists() and not exist_ok:
             raise FileExistsError(f"{path} exists; Pool.open() it, or pass exist_ok=True")
+        if path.exists():
+            FileMemory(path, exclusive=True).close()  # BlockingIOError while in use
         with open(path, "wb"):
             pass  # truncate: FileMemory then allocates the blocks of the new size
-        mem = FileMemory(path, h.total_size)
+        mem = FileMemory(path, h.total_size, exclusive=True)
         try:
             mm = memoryview(mem.buffer)
             mm[h.state_off:h.state_off + h.state_size] = state
@@ -191,7 +193,9 @@ class Pool(PoolCore):
         """Reopen a persistent pool with its allocations intact.
 
         Validates everything it reads: a damaged, truncated or foreign file raises
-        CorruptionError (never a crash, never a silently wrong heap).  A file whose
+        CorruptionError (never a crash, never a silently wrong heap).  The file is
+        locked (flock) while the pool is open: a second opener, in this process or
+        another, gets BlockingIOError (use a SharedPool to share a pool).  A file whose
         last writer was killed during an allocator call is accepted only when its
         state passes ``check()`` (then ``pool.recovered`` is True).
         """
@@ -199,7 +203,7 @@ class Pool(PoolCore):
         size = path.stat().st_size
         if size < 4096:
             raise CorruptionError(f"{path}: {size} bytes, too short for a mempool file")
-        mem = FileMemory(path)
+        mem = FileMemory(path, exclusive=True)
         try:
             view = memoryview(mem.buffer)
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import mmap
 import os
 import platform
@@ -311,17 +312,29 @@ class FileMemory(_Mapped):
     ``FileMemory(path, size)`` creates the file when it is missing and extends it to
     ``size`` bytes when it is shorter (allocating the blocks, so a full disk is an
     error now rather than a SIGBUS later); ``FileMemory(path)`` maps an existing file
-    whole.  :meth:`flush` makes the bytes durable (msync).
+    whole.  :meth:`flush` makes the bytes durable (msync).  With ``exclusive=True``
+    the file is flock()ed until close(): a second exclusive opener, in this process
+    or another, gets BlockingIOError.
     """
 
     def __init__(self, path: str | os.PathLike[str], size: int | str | None = None,
-                 *, readonly: bool = False) -> None:
+                 *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         fd = os.open(self.path, flags, 0o600)
+        self._lock_fd = -1
         try:
+            if exclusive:  # one writer at a time: held until close()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise BlockingIOError(
+                        errno.EWOULDBLOCK,
+                        f"{self.path} is open elsewhere (a persistent pool has one writer at "
+                        "a time; use a SharedPool to share a pool between processes)") from None
+                self._lock_fd = os.dup(fd)
             have = os.fstat(fd).st_size
             if want is None:
                 if have == 0:
@@ -339,9 +352,19 @@ class FileMemory(_Mapped):
             self.size = want
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
             self._mmap = mmap.mmap(fd, want, mmap.MAP_SHARED, access=access)
+        except BaseException:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            raise
         finally:
             os.close(fd)
         self.buffer = self._mmap
+
+    def close(self) -> None:
+        super().close()
+        if self._closed and self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
 
     def flush(self) -> None:
         """Write the mapped bytes back to the file (msync)."""
