@@ -161,3 +161,71 @@ int mp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py
         }
     return 0;
 }
+
+/* ---- constructors (tp_new: an args tuple and a kw dict) ------------------------------ */
+
+int mp_parse_new_args(PyTypeObject *cls, PyObject *args, PyObject *kw, const char *const *names,
+                      int nparams, int npos, int nreq, int flags, PyObject **vals)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > npos) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %s%d positional argument%s (%zd given)",
+                     cls->tp_name, flags & MP_NEW_NPOS_EXACT ? "" : "at most ", npos,
+                     npos == 1 ? "" : "s", nargs);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++) vals[k] = PyTuple_GET_ITEM(args, k);
+    if (kw) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(kw, &pos, &key, &value)) {
+            int j = -1;
+            if (PyUnicode_Check(key))
+                for (j = 0; j < nparams; j++)
+                    if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) break;
+            if (j < 0 || j == nparams || (j < nargs && flags & MP_NEW_REPEAT_UNEXPECTED)) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
+                             cls->tp_name, key);
+                return -1;
+            }
+            if (j < nargs) {
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                             cls->tp_name, names[j]);
+                return -1;
+            }
+            vals[j] = value;
+        }
+    }
+    for (int j = 0; j < nreq; j++)
+        if (!vals[j]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", cls->tp_name,
+                         names[j]);
+            return -1;
+        }
+    return 0;
+}
+
+int mp_arg_size64(PyObject *o, const char *name, uint64_t *out)
+{
+    int rc = mp_arg_size(o, name, out);
+    if (rc > 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be < 2**64, got %S", name, o);
+        return -1;
+    }
+    return rc;
+}
+
+int mp_arg_max_blocks(PyObject *o, uint64_t dflt, uint64_t *out)
+{
+    if (!o || o == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    int rc = mp_arg_size(o, "max_blocks", out);
+    if (rc < 0) return -1;
+    if (rc > 0 || *out >= MP_NIL) {
+        PyErr_Format(PyExc_ValueError, "max_blocks must be < 2**32 - 1, got %S", o);
+        return -1;
+    }
+    return 0;
+}

@@ -3,7 +3,8 @@
  *
  * One extension module, mempool._mempool, one file per Python type:
  *   module.c     module init, errors, trace parse/replay functions
- *   args.c       argument readers shared by every type (integers, sizes, align)
+ *   args.c       argument readers shared by every type (integers, sizes, align,
+ *                constructor arguments)
  *   strategy.c   the base type Strategy: every generic method over an mp_ops_t
  *   type_*.c     one strategy type each (TLSF, BestFit, ...): constructor + extras
  *
@@ -130,12 +131,32 @@ int mp_arg_align(PyObject *o, uint64_t *out);                  /* power of two *
  * required.  Fills vals[]; missing optional ones are left as given. */
 int mp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                   const char *const *names, int nparams, int nreq, PyObject **vals);
+/* tp_new arguments (tuple + dict) by name: the first npos may be positional, the
+ * rest are keyword-only; nreq required.  Fills vals[] (missing ones untouched).
+ * flags keep the wording some types have always had:
+ *   MP_NEW_NPOS_EXACT         too many positionals: "takes N positional argument(s)"
+ *                             rather than "takes at most N ..."
+ *   MP_NEW_REPEAT_UNEXPECTED  a keyword naming an argument given by position is an
+ *                             "unexpected keyword argument", not "multiple values" */
+#define MP_NEW_NPOS_EXACT 1
+#define MP_NEW_REPEAT_UNEXPECTED 2
+int mp_parse_new_args(PyTypeObject *cls, PyObject *args, PyObject *kw, const char *const *names,
+                      int nparams, int npos, int nreq, int flags, PyObject **vals);
+/* A constructor's size parameter (capacity, block_size, ...): mp_arg_size, and a
+ * value of 2**64 or more is a ValueError too.  0 or -1 with an exception set. */
+int mp_arg_size64(PyObject *o, const char *name, uint64_t *out);
+/* The optional max_blocks: dflt when o is NULL or None, else 1 <= max_blocks
+ * < 2**32 - 1 (ValueError).  0 or -1 with an exception set. */
+int mp_arg_max_blocks(PyObject *o, uint64_t dflt, uint64_t *out);
 
 /* strategy.c */
 extern PyTypeObject StrategyType;
 int mp_strategy_ready(PyObject *module);
 /* Make a strategy object of `cls` with a fresh malloc'd state of st_len bytes. */
 StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len);
+/* The end of a constructor: self when init_rc is MP_OK, else self released and
+ * NULL with ValueError(msg). */
+PyObject *mp_strategy_inited(StrategyObject *self, int init_rc, const char *msg);
 /* Raise the Python exception that matches rc for an operation on self. */
 PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
@@ -158,10 +179,6 @@ int mp_bestfit_type_ready(PyObject *module);
 int mp_slab_type_ready(PyObject *module);
 int mp_bump_type_ready(PyObject *module);
 int mp_heap_type_ready(PyObject *module);
-/* tp_new arguments (tuple + dict) by name: the first npos may be positional, the
- * rest are keyword-only; nreq required.  Fills vals[] (missing ones untouched). */
-int mp_parse_new_args(PyTypeObject *cls, PyObject *args, PyObject *kw, const char *const *names,
-                      int nparams, int npos, int nreq, PyObject **vals);
 int mp_buddy_type_ready(PyObject *module);
 int mp_bitmap_type_ready(PyObject *module);
 

@@ -57,6 +57,14 @@ StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64
     return self;
 }
 
+PyObject *mp_strategy_inited(StrategyObject *self, int init_rc, const char *msg)
+{
+    if (init_rc == MP_OK) return (PyObject *)self;
+    Py_DECREF(self);
+    PyErr_SetString(PyExc_ValueError, msg);
+    return NULL;
+}
+
 static void strategy_dealloc(StrategyObject *self)
 {
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);

@@ -9,23 +9,11 @@ static const char *const bitmap_names[] = {"capacity", "block_size", "first_fit"
 static PyObject *bitmap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
     PyObject *v[3] = {NULL, NULL, NULL};
-    if (mp_parse_new_args(cls, args, kw, bitmap_names, 3, 2, 1, v) < 0) return NULL;
+    if (mp_parse_new_args(cls, args, kw, bitmap_names, 3, 2, 1, 0, v) < 0) return NULL;
     uint64_t capacity, block_size = 16;
     int first_fit = 0;
-    int rc = mp_arg_size(v[0], "capacity", &capacity);
-    if (rc < 0) return NULL;
-    if (rc > 0) {
-        PyErr_Format(PyExc_ValueError, "capacity must be < 2**64, got %S", v[0]);
-        return NULL;
-    }
-    if (v[1]) {
-        rc = mp_arg_size(v[1], "block_size", &block_size);
-        if (rc < 0) return NULL;
-        if (rc > 0) {
-            PyErr_Format(PyExc_ValueError, "block_size must be < 2**64, got %S", v[1]);
-            return NULL;
-        }
-    }
+    if (mp_arg_size64(v[0], "capacity", &capacity) < 0) return NULL;
+    if (v[1] && mp_arg_size64(v[1], "block_size", &block_size) < 0) return NULL;
     if (v[2]) {
         if (!PyLong_Check(v[2])) { /* bool is an int */
             PyErr_Format(PyExc_TypeError, "first_fit must be a bool, not %.100s",
@@ -54,12 +42,8 @@ static PyObject *bitmap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     StrategyObject *self = mp_strategy_alloc(cls, &mp_bitmap_ops, size);
     if (!self) return NULL;
-    if (mp_bitmap_init(self->st, capacity, block_size, first_fit) != MP_OK) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError, "invalid Bitmap parameters");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return mp_strategy_inited(self, mp_bitmap_init(self->st, capacity, block_size, first_fit),
+                              "invalid Bitmap parameters");
 }
 
 static int is_closed(StrategyObject *self)

@@ -1,49 +1,8 @@
 /*
  * type_buddy.c -- mempool.Buddy: the constructor over _core/buddy.c, the class
  * helpers class_of(size) / class_size(k), and the parameter properties.
- * Also the tp_new argument parser the class-based types share.
  */
 #include "native.h"
-
-int mp_parse_new_args(PyTypeObject *cls, PyObject *args, PyObject *kw, const char *const *names,
-                      int nparams, int npos, int nreq, PyObject **vals)
-{
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs > npos) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional argument%s (%zd given)",
-                     cls->tp_name, npos, npos == 1 ? "" : "s", nargs);
-        return -1;
-    }
-    for (Py_ssize_t k = 0; k < nargs; k++) vals[k] = PyTuple_GET_ITEM(args, k);
-    if (kw) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(kw, &pos, &key, &value)) {
-            int j = -1;
-            if (PyUnicode_Check(key))
-                for (j = 0; j < nparams; j++)
-                    if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) break;
-            if (j < 0 || j == nparams) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
-                             cls->tp_name, key);
-                return -1;
-            }
-            if (j < nargs) {
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                             cls->tp_name, names[j]);
-                return -1;
-            }
-            vals[j] = value;
-        }
-    }
-    for (int j = 0; j < nreq; j++)
-        if (!vals[j]) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", cls->tp_name,
-                         names[j]);
-            return -1;
-        }
-    return 0;
-}
 
 /* A power of two >= minimum, else ValueError naming the argument and the rule. */
 static int read_pow2(PyObject *o, const char *name, uint64_t minimum, uint64_t *out)
@@ -64,14 +23,9 @@ static const char *const buddy_names[] = {"capacity", "min_block", "max_block", 
 static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
     PyObject *v[4] = {NULL, NULL, NULL, NULL};
-    if (mp_parse_new_args(cls, args, kw, buddy_names, 4, 1, 1, v) < 0) return NULL;
+    if (mp_parse_new_args(cls, args, kw, buddy_names, 4, 1, 1, 0, v) < 0) return NULL;
     uint64_t capacity, min_block = 4096, max_block = 0, fanout = 2;
-    int rc = mp_arg_size(v[0], "capacity", &capacity);
-    if (rc < 0) return NULL;
-    if (rc > 0) {
-        PyErr_Format(PyExc_ValueError, "capacity must be < 2**64, got %S", v[0]);
-        return NULL;
-    }
+    if (mp_arg_size64(v[0], "capacity", &capacity) < 0) return NULL;
     if (v[1] && read_pow2(v[1], "min_block", 1, &min_block) < 0) return NULL;
     if (v[3] && read_pow2(v[3], "fanout", 2, &fanout) < 0) return NULL;
     if (capacity < min_block) {
@@ -82,7 +36,7 @@ static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     if (v[2] && v[2] != Py_None) {
         uint64_t m;
-        rc = mp_arg_u64(v[2], "max_block", &m);
+        int rc = mp_arg_u64(v[2], "max_block", &m);
         if (rc < 0 && !PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
         int ok = rc == 0 && mp_is_pow2(m) && m >= min_block;
         if (ok) {
@@ -117,12 +71,8 @@ static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     StrategyObject *self = mp_strategy_alloc(cls, &mp_buddy_ops, size);
     if (!self) return NULL;
-    if (mp_buddy_init(self->st, capacity, min_block, max_block, fanout) != MP_OK) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError, "invalid Buddy parameters");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return mp_strategy_inited(self, mp_buddy_init(self->st, capacity, min_block, max_block, fanout),
+                              "invalid Buddy parameters");
 }
 
 static int is_closed(StrategyObject *self)

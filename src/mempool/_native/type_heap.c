@@ -11,46 +11,12 @@ static const char *const heap_names[] = {"capacity", "page_size", "max_blocks"};
 static PyObject *heap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
     PyObject *vals[3] = {NULL, NULL, NULL};
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 1 positional argument (%zd given)",
-                     cls->tp_name, nargs);
+    if (mp_parse_new_args(cls, args, kw, heap_names, 3, 1, 1, MP_NEW_NPOS_EXACT, vals) < 0)
         return NULL;
-    }
-    if (nargs) vals[0] = PyTuple_GET_ITEM(args, 0);
-    if (kw) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(kw, &pos, &key, &value)) {
-            int j = -1;
-            for (int k = 0; k < 3; k++)
-                if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, heap_names[k]) == 0)
-                    j = k;
-            if (j < 0 || vals[j]) {
-                if (j >= 0)
-                    PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                                 cls->tp_name, heap_names[j]);
-                else
-                    PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
-                                 cls->tp_name, key);
-                return NULL;
-            }
-            vals[j] = value;
-        }
-    }
-    if (!vals[0]) {
-        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'capacity'", cls->tp_name);
-        return NULL;
-    }
     uint64_t capacity, page_size = 4096, max_blocks;
-    int rc = mp_arg_size(vals[0], "capacity", &capacity);
-    if (rc < 0) return NULL;
-    if (rc > 0) {
-        PyErr_Format(PyExc_ValueError, "capacity must be < 2**64, got %S", vals[0]);
-        return NULL;
-    }
+    if (mp_arg_size64(vals[0], "capacity", &capacity) < 0) return NULL;
     if (vals[1] && vals[1] != Py_None) {
-        rc = mp_arg_size(vals[1], "page_size", &page_size);
+        int rc = mp_arg_size(vals[1], "page_size", &page_size);
         if (rc < 0) return NULL;
         if (rc > 0 || !mp_is_pow2(page_size) || page_size < 4096 || page_size > 65536) {
             PyErr_Format(PyExc_ValueError,
@@ -58,16 +24,8 @@ static PyObject *heap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
             return NULL;
         }
     }
-    if (vals[2] && vals[2] != Py_None) {
-        rc = mp_arg_size(vals[2], "max_blocks", &max_blocks);
-        if (rc < 0) return NULL;
-        if (rc > 0 || max_blocks >= MP_NIL) {
-            PyErr_Format(PyExc_ValueError, "max_blocks must be < 2**32 - 1, got %S", vals[2]);
-            return NULL;
-        }
-    } else {
-        max_blocks = mp_heap_default_max_blocks(capacity);
-    }
+    if (mp_arg_max_blocks(vals[2], mp_heap_default_max_blocks(capacity), &max_blocks) < 0)
+        return NULL;
     uint64_t size = mp_heap_state_size(capacity, page_size, max_blocks);
     if (size == 0) {
         PyErr_Format(PyExc_ValueError,
@@ -77,12 +35,8 @@ static PyObject *heap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     StrategyObject *self = mp_strategy_alloc(cls, &mp_heap_ops, size);
     if (!self) return NULL;
-    if (mp_heap_init(self->st, capacity, page_size, max_blocks) != MP_OK) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError, "invalid parameters");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return mp_strategy_inited(self, mp_heap_init(self->st, capacity, page_size, max_blocks),
+                              "invalid parameters");
 }
 
 static const char *const class_names[] = {"size", "align"};

@@ -255,44 +255,10 @@ static const char *const slab_names[] = {"capacity", "item_size", "page_size"};
 static PyObject *slab_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
     PyObject *vals[3] = {NULL, NULL, NULL};
-    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 positional arguments (%zd given)",
-                     cls->tp_name, nargs);
-        return NULL;
-    }
-    for (Py_ssize_t k = 0; k < nargs; k++) vals[k] = PyTuple_GET_ITEM(args, k);
-    if (kw) {
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(kw, &pos, &key, &value)) {
-            int j;
-            for (j = 0; j < 3; j++)
-                if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, slab_names[j]) == 0)
-                    break;
-            if (j == 3 || vals[j]) {
-                PyErr_Format(PyExc_TypeError, j == 3 ? "%s() got an unexpected keyword argument '%S'"
-                                                     : "%s() got multiple values for argument '%S'",
-                             cls->tp_name, key);
-                return NULL;
-            }
-            vals[j] = value;
-        }
-    }
-    if (!vals[0]) {
-        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'capacity'", cls->tp_name);
-        return NULL;
-    }
+    if (mp_parse_new_args(cls, args, kw, slab_names, 3, 2, 1, 0, vals) < 0) return NULL;
     uint64_t v[3] = {0, 64, 65536};
-    for (int j = 0; j < 3; j++) {
-        if (!vals[j]) continue;
-        int rc = mp_arg_size(vals[j], slab_names[j], &v[j]);
-        if (rc < 0) return NULL;
-        if (rc > 0) {
-            PyErr_Format(PyExc_ValueError, "%s must be < 2**64, got %S", slab_names[j], vals[j]);
-            return NULL;
-        }
-    }
+    for (int j = 0; j < 3; j++)
+        if (vals[j] && mp_arg_size64(vals[j], slab_names[j], &v[j]) < 0) return NULL;
     char why[200];
     if (mp_slab_explain(v[0], v[1], v[2], why, sizeof why) != MP_OK) {
         PyErr_Format(PyExc_ValueError, "%s(): %s", cls->tp_name, why);
@@ -300,12 +266,7 @@ static PyObject *slab_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     StrategyObject *self = mp_strategy_alloc(cls, &mp_slab_ops, mp_slab_state_size(v[0], v[1], v[2]));
     if (!self) return NULL;
-    if (mp_slab_init(self->st, v[0], v[1], v[2]) != MP_OK) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_ValueError, "invalid parameters");
-        return NULL;
-    }
-    return (PyObject *)self;
+    return mp_strategy_inited(self, mp_slab_init(self->st, v[0], v[1], v[2]), "invalid parameters");
 }
 
 static PyTypeObject SlabType = {
