@@ -127,6 +127,17 @@ extern PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_Corrupti
 int mp_arg_u64(PyObject *o, const char *name, uint64_t *out);
 int mp_arg_size(PyObject *o, const char *name, uint64_t *out); /* >= 1, overflow -> 1 */
 int mp_arg_align(PyObject *o, uint64_t *out);                  /* power of two */
+/* An offset argument: one of 2**64 or more names no live range (NotAllocated).
+ * 0, or -1 with an exception set.  Inline: free() and size_of() are hot. */
+static inline int mp_arg_offset(PyObject *o, uint64_t *off)
+{
+    int rc = mp_arg_u64(o, "offset", off);
+    if (rc > 0) {
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", o);
+        return -1;
+    }
+    return rc;
+}
 /* Parse fastcall arguments by hand: names[] of the accepted parameters, nreq
  * required.  Fills vals[]; missing optional ones are left as given. */
 int mp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
@@ -151,22 +162,74 @@ int mp_arg_max_blocks(PyObject *o, uint64_t dflt, uint64_t *out);
 
 /* strategy.c */
 extern PyTypeObject StrategyType;
+/* 1 with PoolClosed set when the state is gone (the pool behind it closed), else 0. */
+static inline int mp_strategy_closed(StrategyObject *self)
+{
+    if (self->st) return 0;
+    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
+    return 1;
+}
 int mp_strategy_ready(PyObject *module);
 /* Make a strategy object of `cls` with a fresh malloc'd state of st_len bytes. */
 StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len);
 /* The end of a constructor: self when init_rc is MP_OK, else self released and
  * NULL with ValueError(msg). */
 PyObject *mp_strategy_inited(StrategyObject *self, int init_rc, const char *msg);
+/* Raise OutOfSpace("cannot allocate <what><size> bytes: <why> (...)", size, available,
+ * largest_free) for a request of size_obj bytes (or of `size` when size_obj is NULL). */
+PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, const char *what,
+                       const char *why);
 /* Raise the Python exception that matches rc for an operation on self. */
 PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */
 int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops);
+/* A getter of the state head's param[(intptr_t)closure]: a constructor parameter. */
+PyObject *mp_strategy_get_param(StrategyObject *self, void *which);
 const mp_ops_t *mp_ops_of_type(PyTypeObject *type);
 PyTypeObject *mp_type_of_ops(const mp_ops_t *ops);
 PyObject *mp_ext_restore_fn(PyObject *mod, PyObject *args); /* _restore(type, data) */
 PyObject *mp_ext_attach(PyObject *mod, PyObject *args);      /* attach(buffer, off, len) */
+/* The arguments of alloc(size, align=1) and realloc(offset, size, align=1), read and
+ * checked in the order every strategy's methods follow: the arguments, then the state
+ * open, then (realloc) the range at offset live.  vals[] gets the argument objects.
+ * Return 0, 1 when size is 2**64 or more (the caller raises OutOfSpace naming
+ * vals[0] / vals[1]), or -1 with an exception set.  Inline: the generic ones are hot. */
+static inline int mp_alloc_args(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames, PyObject **vals, uint64_t *size,
+                                uint64_t *align)
+{
+    static const char *const names[] = {"size", "align"};
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc", args, nargs, kwnames, names, 2, 1, vals) < 0)
+        return -1;
+    int big = mp_arg_size(vals[0], "size", size);
+    if (big < 0) return -1;
+    if (vals[1] && mp_arg_align(vals[1], align) < 0) return -1;
+    if (mp_strategy_closed(self)) return -1;
+    return big;
+}
+
+static inline int mp_realloc_args(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames, PyObject **vals, uint64_t *off,
+                                  uint64_t *size, uint64_t *align)
+{
+    static const char *const names[] = {"offset", "size", "align"};
+    if (mp_parse_args("realloc", args, nargs, kwnames, names, 3, 2, vals) < 0) return -1;
+    if (mp_arg_offset(vals[0], off) < 0) return -1;
+    int big = mp_arg_size(vals[1], "size", size);
+    if (big < 0) return -1;
+    if (vals[2] && mp_arg_align(vals[2], align) < 0) return -1;
+    if (mp_strategy_closed(self)) return -1;
+    uint64_t cur;
+    int rc = self->ops->size_of(self->st, *off, &cur);
+    if (rc) {
+        mp_raise(self, rc, 0, 1, *off);
+        return -1;
+    }
+    return big;
+}
 
 /* type_*.c */
 /* TYPE(capacity, *, max_blocks=None) for the range strategies (type_tlsf.c) */

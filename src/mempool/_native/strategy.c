@@ -79,16 +79,16 @@ static void strategy_dealloc(StrategyObject *self)
 /* ---- errors ---------------------------------------------------------------------- */
 static const mp_head_t *head(StrategyObject *self) { return (const mp_head_t *)self->st; }
 
-static PyObject *raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size,
-                           const char *fmt_reason)
+PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, const char *what,
+                       const char *why)
 {
     uint64_t avail = self->ops->available(self->st);
     uint64_t largest = self->ops->largest_free(self->st);
     PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
     if (!sz) return NULL;
-    PyObject *msg = PyUnicode_FromFormat("cannot allocate %S bytes: %s (%llu bytes available, "
+    PyObject *msg = PyUnicode_FromFormat("cannot allocate %s%S bytes: %s (%llu bytes available, "
                                          "largest free range %llu)",
-                                         sz, fmt_reason, (unsigned long long)avail,
+                                         what, sz, why, (unsigned long long)avail,
                                          (unsigned long long)largest);
     if (!msg) {
         Py_DECREF(sz);
@@ -113,11 +113,12 @@ PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, 
     case MP_ENOSPACE: {
         char why[160]; /* a size beyond the strategy's classes says so */
         if (self->ops->why_nospace && self->ops->why_nospace(self->st, size, why, sizeof why))
-            return raise_oos(self, NULL, size, why);
-        return raise_oos(self, NULL, size, "no free range fits");
+            return mp_raise_oos(self, NULL, size, "", why);
+        return mp_raise_oos(self, NULL, size, "", "no free range fits");
     }
     case MP_ENONODES:
-        return raise_oos(self, NULL, size, "the state's range table is full (max_blocks)");
+        return mp_raise_oos(self, NULL, size, "",
+                            "the state's range table is full (max_blocks)");
     case MP_ENOTALLOC:
         PyErr_Format(mp_NotAllocated, "offset %llu is not the start of a live range",
                      (unsigned long long)offset);
@@ -131,42 +132,18 @@ PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, 
     }
 }
 
-static int closed(StrategyObject *self)
-{
-    if (self->st) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-    return 1;
-}
-
 /* ---- hot methods ------------------------------------------------------------------- */
-static const char *const alloc_names[] = {"size", "align"};
-
 static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
-    if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
-        return NULL;
-    int rc = mp_arg_size(vals[0], "size", &size);
+    int rc = mp_alloc_args(self, args, nargs, kwnames, vals, &size, &align);
     if (rc < 0) return NULL;
-    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
-    if (closed(self)) return NULL;
-    if (rc > 0) return raise_oos(self, vals[0], size, "larger than the capacity");
+    if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);
     if (rc) return mp_raise(self, rc, size, align, 0);
     return PyLong_FromUnsignedLongLong(off);
-}
-
-static int read_offset(PyObject *o, uint64_t *off)
-{
-    int rc = mp_arg_u64(o, "offset", off);
-    if (rc > 0) {
-        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", o);
-        return -1;
-    }
-    return rc;
 }
 
 static PyObject *ext_strategy_free(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -176,30 +153,20 @@ static PyObject *ext_strategy_free(StrategyObject *self, PyObject *const *args, 
         PyErr_Format(PyExc_TypeError, "free() takes exactly one argument (%zd given)", nargs);
         return NULL;
     }
-    if (read_offset(args[0], &off) < 0 || closed(self)) return NULL;
+    if (mp_arg_offset(args[0], &off) < 0 || mp_strategy_closed(self)) return NULL;
     int rc = self->ops->free(self->st, off);
     if (rc) return mp_raise(self, rc, 0, 1, off);
     Py_RETURN_NONE;
 }
-
-static const char *const realloc_names[] = {"offset", "size", "align"};
 
 static PyObject *ext_strategy_realloc(StrategyObject *self, PyObject *const *args,
                                       Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *vals[3] = {NULL, NULL, NULL};
     uint64_t off, size, align = 1, out;
-    if (mp_parse_args("realloc", args, nargs, kwnames, realloc_names, 3, 2, vals) < 0)
-        return NULL;
-    if (read_offset(vals[0], &off) < 0) return NULL;
-    int big = mp_arg_size(vals[1], "size", &size);
-    if (big < 0) return NULL;
-    if (vals[2] && mp_arg_align(vals[2], &align) < 0) return NULL;
-    if (closed(self)) return NULL;
-    uint64_t cur;
-    int rc = self->ops->size_of(self->st, off, &cur);
-    if (rc) return mp_raise(self, rc, 0, 1, off);
-    if (big) return raise_oos(self, vals[1], size, "larger than the capacity");
+    int rc = mp_realloc_args(self, args, nargs, kwnames, vals, &off, &size, &align);
+    if (rc < 0) return NULL;
+    if (rc > 0) return mp_raise_oos(self, vals[1], size, "", "larger than the capacity");
     rc = self->ops->realloc(self->st, off, size, align, &out);
     if (rc) return mp_raise(self, rc, size, align, off);
     return PyLong_FromUnsignedLongLong(out);
@@ -213,7 +180,7 @@ static PyObject *ext_strategy_size_of(StrategyObject *self, PyObject *const *arg
         PyErr_Format(PyExc_TypeError, "size_of() takes exactly one argument (%zd given)", nargs);
         return NULL;
     }
-    if (read_offset(args[0], &off) < 0 || closed(self)) return NULL;
+    if (mp_arg_offset(args[0], &off) < 0 || mp_strategy_closed(self)) return NULL;
     int rc = self->ops->size_of(self->st, off, &size);
     if (rc) return mp_raise(self, rc, 0, 1, off);
     return PyLong_FromUnsignedLongLong(size);
@@ -265,7 +232,7 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
     if (mp_parse_args("alloc_many", args, nargs, kwnames, many_names, 2, 1, vals) < 0)
         return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     if (int64_view(vals[0], "sizes", &holder, &in) < 0) return NULL;
     const int64_t *sz = in.buf;
     Py_ssize_t n = in.len / 8;
@@ -320,7 +287,7 @@ static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *a
                      nargs);
         return NULL;
     }
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     if (int64_view(args[0], "offsets", &holder, &in) < 0) return NULL;
     const int64_t *off = in.buf;
     Py_ssize_t n = in.len / 8;
@@ -364,7 +331,7 @@ done:
 /* ---- introspection ----------------------------------------------------------------- */
 static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     const mp_head_t *h = head(self);
     uint64_t avail = self->ops->available(self->st);
     uint64_t largest = self->ops->largest_free(self->st);
@@ -397,7 +364,7 @@ static int walk_collect(void *ctx, uint64_t offset, uint64_t size, int allocated
 
 static PyObject *ext_strategy_segments(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
     if (self->ops->walk(self->st, walk_collect, list)) {
@@ -410,7 +377,7 @@ static PyObject *ext_strategy_segments(StrategyObject *self, PyObject *Py_UNUSED
 static PyObject *ext_strategy_check(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     char msg[256];
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     if (self->ops->check(self->st, self->st_len, msg, sizeof msg)) {
         PyErr_SetString(mp_CorruptionError, msg);
         return NULL;
@@ -420,14 +387,14 @@ static PyObject *ext_strategy_check(StrategyObject *self, PyObject *Py_UNUSED(ig
 
 static PyObject *ext_strategy_reset(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     self->ops->reset(self->st);
     Py_RETURN_NONE;
 }
 
 static PyObject *ext_strategy_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)self->st_len);
 }
 
@@ -521,7 +488,7 @@ PyObject *mp_ext_restore_fn(PyObject *Py_UNUSED(mod), PyObject *args)
 
 static PyObject *ext_strategy_reduce(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     PyObject *mod = PyImport_ImportModule("mempool._mempool");
     if (!mod) return NULL;
     PyObject *fn = PyObject_GetAttrString(mod, "_restore");
@@ -559,7 +526,7 @@ static PyObject *ext_strategy_repr(StrategyObject *self)
 
 static Py_ssize_t strategy_len(StrategyObject *self)
 {
-    if (closed(self)) return -1;
+    if (mp_strategy_closed(self)) return -1;
     return (Py_ssize_t)head(self)->live;
 }
 
@@ -567,7 +534,7 @@ static Py_ssize_t strategy_len(StrategyObject *self)
 #define HEAD_GETTER(field)                                                                       \
     static PyObject *get_##field(StrategyObject *self, void *Py_UNUSED(c))                      \
     {                                                                                            \
-        if (closed(self)) return NULL;                                                           \
+        if (mp_strategy_closed(self)) return NULL;                                               \
         return PyLong_FromUnsignedLongLong(head(self)->field);                                   \
     }
 HEAD_GETTER(capacity)
@@ -577,14 +544,20 @@ HEAD_GETTER(high_water)
 
 static PyObject *get_available(StrategyObject *self, void *Py_UNUSED(c))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     return PyLong_FromUnsignedLongLong(self->ops->available(self->st));
 }
 
 static PyObject *get_largest_free(StrategyObject *self, void *Py_UNUSED(c))
 {
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     return PyLong_FromUnsignedLongLong(self->ops->largest_free(self->st));
+}
+
+PyObject *mp_strategy_get_param(StrategyObject *self, void *which)
+{
+    if (mp_strategy_closed(self)) return NULL;
+    return PyLong_FromUnsignedLongLong(head(self)->param[(intptr_t)which]);
 }
 
 static PyObject *get_state_size(StrategyObject *self, void *Py_UNUSED(c))

@@ -46,34 +46,21 @@ static PyObject *bitmap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
                               "invalid Bitmap parameters");
 }
 
-static int is_closed(StrategyObject *self)
-{
-    if (self->st) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-    return 1;
-}
-
-static PyObject *get_block_size(StrategyObject *self, void *Py_UNUSED(c))
-{
-    if (is_closed(self)) return NULL;
-    return PyLong_FromUnsignedLongLong(((const mp_head_t *)self->st)->param[1]);
-}
-
 static PyObject *get_blocks(StrategyObject *self, void *Py_UNUSED(c))
 {
-    if (is_closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     const mp_head_t *h = self->st;
     return PyLong_FromUnsignedLongLong(h->capacity / h->param[1]);
 }
 
 static PyObject *get_first_fit(StrategyObject *self, void *Py_UNUSED(c))
 {
-    if (is_closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     return PyBool_FromLong(((const mp_head_t *)self->st)->param[2] != 0);
 }
 
 static PyGetSetDef bitmap_getset[] = {
-    {"block_size", (getter)get_block_size, NULL, "Bytes of a block.", NULL},
+    {"block_size", (getter)mp_strategy_get_param, NULL, "Bytes of a block.", (void *)1},
     {"blocks", (getter)get_blocks, NULL, "Number of blocks: capacity // block_size.", NULL},
     {"first_fit", (getter)get_first_fit, NULL,
      "True: the lowest run that fits; False: next fit from the last run handed out.", NULL},

@@ -75,18 +75,11 @@ static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
                               "invalid Buddy parameters");
 }
 
-static int is_closed(StrategyObject *self)
-{
-    if (self->st) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-    return 1;
-}
-
 static PyObject *buddy_class_of(StrategyObject *self, PyObject *arg)
 {
     uint64_t size;
     int rc = mp_arg_size(arg, "size", &size);
-    if (rc < 0 || is_closed(self)) return NULL;
+    if (rc < 0 || mp_strategy_closed(self)) return NULL;
     unsigned k;
     if (rc > 0 || mp_buddy_class_of(self->st, size, &k) != MP_OK) {
         unsigned top = mp_buddy_classes(self->st) - 1;
@@ -103,7 +96,7 @@ static PyObject *buddy_class_size(StrategyObject *self, PyObject *arg)
     uint64_t k;
     int rc = mp_arg_u64(arg, "k", &k);
     if (rc < 0 && !PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
-    if (is_closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     unsigned n = mp_buddy_classes(self->st);
     if (rc != 0 || k >= n) {
         PyErr_Clear();
@@ -114,15 +107,9 @@ static PyObject *buddy_class_size(StrategyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(mp_buddy_class_size(self->st, (unsigned)k));
 }
 
-static PyObject *get_param(StrategyObject *self, void *which)
-{
-    if (is_closed(self)) return NULL;
-    return PyLong_FromUnsignedLongLong(((const mp_head_t *)self->st)->param[(intptr_t)which]);
-}
-
 static PyObject *get_num_classes(StrategyObject *self, void *Py_UNUSED(c))
 {
-    if (is_closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     return PyLong_FromUnsignedLong(mp_buddy_classes(self->st));
 }
 
@@ -139,9 +126,9 @@ static PyMethodDef buddy_methods[] = {
 };
 
 static PyGetSetDef buddy_getset[] = {
-    {"min_block", (getter)get_param, NULL, "Bytes of a class-0 block.", (void *)1},
-    {"max_block", (getter)get_param, NULL, "Bytes of a block of the largest class.", (void *)2},
-    {"fanout", (getter)get_param, NULL, "Children of a split block (a power of two >= 2).",
+    {"min_block", (getter)mp_strategy_get_param, NULL, "Bytes of a class-0 block.", (void *)1},
+    {"max_block", (getter)mp_strategy_get_param, NULL, "Bytes of a block of the largest class.", (void *)2},
+    {"fanout", (getter)mp_strategy_get_param, NULL, "Children of a split block (a power of two >= 2).",
      (void *)3},
     {"num_classes", (getter)get_num_classes, NULL, "Number of size classes.", NULL},
     {NULL, NULL, NULL, NULL, NULL},

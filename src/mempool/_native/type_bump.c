@@ -4,18 +4,11 @@
  */
 #include "native.h"
 
-static int closed(StrategyObject *self)
-{
-    if (self->st) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-    return 1;
-}
-
 /* A mark is the int (serial << 32) | depth (depth < 2^32 - 1: max_blocks bounds it). */
 static PyObject *bump_mark(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     uint64_t serial, depth;
-    if (closed(self)) return NULL;
+    if (mp_strategy_closed(self)) return NULL;
     mp_bump_mark(self->st, &serial, &depth);
     if (serial >> 32 == 0) return PyLong_FromUnsignedLongLong(serial << 32 | depth);
     PyObject *s = PyLong_FromUnsignedLongLong(serial), *shift = PyLong_FromLong(32), *d = NULL,
@@ -70,7 +63,7 @@ static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssi
     }
     uint64_t serial = 0, depth = 0;
     int rc = split_mark(args[0], &serial, &depth);
-    if (rc < 0 || closed(self)) return NULL;
+    if (rc < 0 || mp_strategy_closed(self)) return NULL;
     if (rc > 0 || mp_bump_rewind(self->st, serial, depth) != MP_OK) {
         PyErr_Format(PyExc_ValueError,
                      "rewind(%S): not a valid mark of this allocator (stale: a reset, an older "
@@ -83,7 +76,7 @@ static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssi
 #define INFO_GETTER(name)                                                                        \
     static PyObject *get_##name(StrategyObject *self, void *Py_UNUSED(c))                       \
     {                                                                                            \
-        if (closed(self)) return NULL;                                                           \
+        if (mp_strategy_closed(self)) return NULL;                                               \
         mp_bump_info_t in;                                                                       \
         mp_bump_info(self->st, &in);                                                             \
         return PyLong_FromUnsignedLongLong(in.name);                                             \

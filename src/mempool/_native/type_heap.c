@@ -51,10 +51,7 @@ static PyObject *heap_size_class(StrategyObject *self, PyObject *const *args, Py
     int rc = mp_arg_size(vals[0], "size", &size);
     if (rc < 0) return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
-    if (!self->st) {
-        PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-        return NULL;
-    }
+    if (mp_strategy_closed(self)) return NULL;
     if (rc > 0) return PyLong_FromUnsignedLongLong(UINT64_MAX); /* TLSF: exact */
     if (mp_heap_size_class(self->st, size, align, &out)) {
         PyErr_SetString(PyExc_ValueError, "invalid argument");
@@ -73,25 +70,13 @@ static PyObject *heap_served_by(StrategyObject *self, PyObject *const *args, Py_
     }
     int rc = mp_arg_u64(args[0], "offset", &off);
     if (rc < 0) return NULL;
-    if (!self->st) {
-        PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-        return NULL;
-    }
+    if (mp_strategy_closed(self)) return NULL;
     int k = rc > 0 ? MP_ENOTALLOC : mp_heap_served_by(self->st, off);
     if (k < 0) {
         PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
         return NULL;
     }
     return PyUnicode_FromString(names[k]);
-}
-
-static PyObject *heap_page_size(StrategyObject *self, void *Py_UNUSED(c))
-{
-    if (!self->st) {
-        PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-        return NULL;
-    }
-    return PyLong_FromUnsignedLongLong(((const mp_head_t *)self->st)->param[0]);
 }
 
 static PyMethodDef heap_methods[] = {
@@ -140,7 +125,8 @@ static PyTypeObject HeapType = {
 };
 
 static PyGetSetDef heap_getset_own[] = {
-    {"page_size", (getter)heap_page_size, NULL, "Bytes per slab / fragment page.", NULL},
+    {"page_size", (getter)mp_strategy_get_param, NULL, "Bytes per slab / fragment page.",
+     (void *)0},
 };
 
 int mp_heap_type_ready(PyObject *module)

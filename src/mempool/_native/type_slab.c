@@ -5,49 +5,6 @@
  */
 #include "native.h"
 
-static int closed(StrategyObject *self)
-{
-    if (self->st) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
-    return 1;
-}
-
-static int read_offset(PyObject *o, uint64_t *off)
-{
-    int rc = mp_arg_u64(o, "offset", off);
-    if (rc > 0) {
-        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", o);
-        return -1;
-    }
-    return rc;
-}
-
-/* OutOfSpace(message, size, available, largest_free); `what` says why. */
-static PyObject *slab_oos(StrategyObject *self, PyObject *size_obj, uint64_t size,
-                          const char *what, PyObject *why)
-{
-    uint64_t avail = self->ops->available(self->st);
-    uint64_t largest = self->ops->largest_free(self->st);
-    PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
-    if (!sz) return NULL;
-    PyObject *msg = PyUnicode_FromFormat("cannot allocate %s%S bytes: %U (%llu bytes available, "
-                                         "largest free range %llu)",
-                                         what, sz, why, (unsigned long long)avail,
-                                         (unsigned long long)largest);
-    if (msg) {
-        PyObject *exc = PyObject_CallFunction(mp_OutOfSpace, "OOKK", msg, sz,
-                                              (unsigned long long)avail,
-                                              (unsigned long long)largest);
-        if (exc) {
-            PyErr_SetObject(mp_OutOfSpace, exc);
-            Py_DECREF(exc);
-        }
-        Py_DECREF(msg);
-    }
-    Py_DECREF(sz);
-    return NULL;
-}
-
 /* Why a single-item request of `size` bytes aligned to `align` failed. */
 static PyObject *slab_raise(StrategyObject *self, int rc, PyObject *size_obj, uint64_t size,
                             uint64_t align, uint64_t offset)
@@ -55,60 +12,40 @@ static PyObject *slab_raise(StrategyObject *self, int rc, PyObject *size_obj, ui
     if (rc != MP_ENOSPACE) return mp_raise(self, rc, size, align, offset);
     mp_slab_info_t in;
     mp_slab_info(self->st, &in);
-    PyObject *why;
+    char why[160];
     if (size_obj || size > in.item_size)
-        why = PyUnicode_FromFormat("larger than the item size %llu",
-                                   (unsigned long long)in.item_size);
+        snprintf(why, sizeof why, "larger than the item size %llu",
+                 (unsigned long long)in.item_size);
     else if (align > in.align)
-        why = PyUnicode_FromFormat("align %llu is above the item alignment %llu",
-                                   (unsigned long long)align, (unsigned long long)in.align);
+        snprintf(why, sizeof why, "align %llu is above the item alignment %llu",
+                 (unsigned long long)align, (unsigned long long)in.align);
     else
-        why = PyUnicode_FromFormat("no free item (all %llu items of %llu-byte items in use)",
-                                   (unsigned long long)(in.pages * in.per_page),
-                                   (unsigned long long)in.item_size);
-    if (!why) return NULL;
-    slab_oos(self, size_obj, size, "", why);
-    Py_DECREF(why);
-    return NULL;
+        snprintf(why, sizeof why, "no free item (all %llu items of %llu-byte items in use)",
+                 (unsigned long long)(in.pages * in.per_page), (unsigned long long)in.item_size);
+    return mp_raise_oos(self, size_obj, size, "", why);
 }
-
-static const char *const alloc_names[] = {"size", "align"};
 
 static PyObject *slab_alloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
-    if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
-        return NULL;
-    int rc = mp_arg_size(vals[0], "size", &size);
+    int rc = mp_alloc_args(self, args, nargs, kwnames, vals, &size, &align);
     if (rc < 0) return NULL;
-    if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
-    if (closed(self)) return NULL;
     if (rc > 0) return slab_raise(self, MP_ENOSPACE, vals[0], size, align, 0);
     rc = self->ops->alloc(self->st, size, align, &off);
     if (rc) return slab_raise(self, rc, NULL, size, align, 0);
     return PyLong_FromUnsignedLongLong(off);
 }
 
-static const char *const realloc_names[] = {"offset", "size", "align"};
-
 static PyObject *slab_realloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
     PyObject *vals[3] = {NULL, NULL, NULL};
-    uint64_t off, size, align = 1, out, cur;
-    if (mp_parse_args("realloc", args, nargs, kwnames, realloc_names, 3, 2, vals) < 0)
-        return NULL;
-    if (read_offset(vals[0], &off) < 0) return NULL;
-    int big = mp_arg_size(vals[1], "size", &size);
-    if (big < 0) return NULL;
-    if (vals[2] && mp_arg_align(vals[2], &align) < 0) return NULL;
-    if (closed(self)) return NULL;
-    int rc = self->ops->size_of(self->st, off, &cur);
-    if (rc) return mp_raise(self, rc, 0, 1, off);
-    if (big) return slab_raise(self, MP_ENOSPACE, vals[1], size, 1, off);
+    uint64_t off, size, align = 1, out;
+    int rc = mp_realloc_args(self, args, nargs, kwnames, vals, &off, &size, &align);
+    if (rc < 0) return NULL;
+    if (rc > 0) return slab_raise(self, MP_ENOSPACE, vals[1], size, 1, off);
     rc = self->ops->realloc(self->st, off, size, align, &out);
     if (rc == MP_EINVAL) {
         PyErr_Format(PyExc_ValueError,
@@ -130,40 +67,34 @@ static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, P
         return NULL;
     }
     int big = mp_arg_size(args[0], "n", &n);
-    if (big < 0 || closed(self)) return NULL;
+    if (big < 0 || mp_strategy_closed(self)) return NULL;
     int rc = big ? MP_ENOSPACE : mp_slab_alloc_array(self->st, n, &off);
     if (rc == MP_OK) return PyLong_FromUnsignedLongLong(off);
     if (rc != MP_ENOSPACE) return mp_raise(self, rc, 0, 1, 0);
     mp_slab_info_t in;
     mp_slab_info(self->st, &in);
-    PyObject *why;
+    char why[160];
     uint64_t most = in.pages * in.page_size / in.stride; /* a run uses the page slack too */
     if (big || n > most)
-        why = PyUnicode_FromFormat("more items than the %llu an array can hold",
-                                   (unsigned long long)most);
+        snprintf(why, sizeof why, "more items than the %llu an array can hold",
+                 (unsigned long long)most);
     else if (n <= in.per_page)
-        why = PyUnicode_FromFormat("no page has %llu free items in a row (%llu items free)",
-                                   (unsigned long long)n, (unsigned long long)in.free_items);
+        snprintf(why, sizeof why, "no page has %llu free items in a row (%llu items free)",
+                 (unsigned long long)n, (unsigned long long)in.free_items);
     else
-        why = PyUnicode_FromFormat("no run of enough free pages (%llu of %llu pages free)",
-                                   (unsigned long long)in.free_pages,
-                                   (unsigned long long)in.pages);
-    if (!why) return NULL;
+        snprintf(why, sizeof why, "no run of enough free pages (%llu of %llu pages free)",
+                 (unsigned long long)in.free_pages, (unsigned long long)in.pages);
     PyObject *stride = PyLong_FromUnsignedLongLong(in.stride);
     PyObject *bytes = stride ? PyNumber_Multiply(args[0], stride) : NULL;
     Py_XDECREF(stride);
-    if (!bytes) {
-        Py_DECREF(why);
-        return NULL;
-    }
+    if (!bytes) return NULL;
     PyObject *what = PyUnicode_FromFormat("an array of %S items, ", args[0]);
     if (what) {
         const char *w = PyUnicode_AsUTF8(what);
-        if (w) slab_oos(self, bytes, 0, w, why);
+        if (w) mp_raise_oos(self, bytes, 0, w, why);
         Py_DECREF(what);
     }
     Py_DECREF(bytes);
-    Py_DECREF(why);
     return NULL;
 }
 
@@ -175,9 +106,9 @@ static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py
                      nargs);
         return NULL;
     }
-    if (read_offset(args[0], &off) < 0) return NULL;
+    if (mp_arg_offset(args[0], &off) < 0) return NULL;
     int big = mp_arg_size(args[1], "n", &n);
-    if (big < 0 || closed(self)) return NULL;
+    if (big < 0 || mp_strategy_closed(self)) return NULL;
     int rc = mp_slab_items_at(self->st, off, &have);
     if (rc) return mp_raise(self, rc, 0, 1, off);
     if (big || n != have) {
@@ -194,7 +125,7 @@ static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py
 #define INFO_GETTER(name, field)                                                                 \
     static PyObject *get_##name(StrategyObject *self, void *Py_UNUSED(c))                       \
     {                                                                                            \
-        if (closed(self)) return NULL;                                                           \
+        if (mp_strategy_closed(self)) return NULL;                                               \
         mp_slab_info_t in;                                                                       \
         mp_slab_info(self->st, &in);                                                             \
         return PyLong_FromUnsignedLongLong(in.field);                                            \
