@@ -28,7 +28,7 @@ cflags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
 ldflags = []
 if os.environ.get("MEMPOOL_SANITIZE") == "1":
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-    cflags += san + ["-O1", "-g"]
+    cflags += [*san, "-O1", "-g"]
     ldflags += san
 elif os.environ.get("MEMPOOL_DEBUG") == "1":
     cflags += ["-O0", "-g", "-DMP_DEBUG=1"]

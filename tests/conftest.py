@@ -5,7 +5,7 @@ import sys
 
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/machines.py, tests/shared_workers.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, machines.py, shared_workers.py
 
 SLOW = os.environ.get("MEMPOOL_SLOW_TESTS") == "1"
 

@@ -1,14 +1,19 @@
-"""A Hypothesis state machine for any strategy, against a plain Python model.
+"""Hypothesis state machines for the strategies, against plain Python models.
 
-The model keeps the live ranges {offset: size}.  After every step the machine
-calls check() and compares the strategy's counters and memory map with the
-model.  For exact strategies (TLSF, BestFit) the model also knows the free gaps,
-so it can say whether a failed request really had nowhere to go; for BestFit it
-predicts the exact offset.
+exact_machine(factory): a whole machine for an exact strategy.  Its model keeps the
+live ranges {offset: size}.  After every step the machine calls check() and compares
+the strategy's counters and memory map with the model.  For exact strategies (TLSF,
+BestFit) the model also knows the free gaps, so it can say whether a failed request
+really had nowhere to go; for BestFit it predicts the exact offset.
+
+PredictingMachine: the rules and checks shared by the machines whose model predicts
+every offset and every failure (Bitmap, Buddy: models_bb.py); each subclass adds its
+create / alloc / free / realloc rules and its invariant.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from hypothesis import strategies as st
@@ -209,3 +214,101 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
 def mempool_nothing():
     """What a rule returns into the bundle when it made nothing."""
     return None
+
+
+class PredictingMachine(RuleBasedStateMachine):
+    """Shared part of a machine over a strategy self.s and a model self.m whose
+    alloc(size, align) / realloc(off, size, align) return the offset the strategy must
+    give, or None where it must raise OutOfSpace; free_(off) and reset() follow it."""
+
+    # a failed alloc_many leaves the snapshot byte for byte as it was; False: the same
+    # stats() and memory map (set where the undo may write the same state differently)
+    batch_undo_exact = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = None
+        self.m = None
+
+    def _unchanged(self, fn, exc):
+        before, snap = self.s.stats(), self.s.snapshot()
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError("no exception")
+        assert self.s.stats() == before and self.s.snapshot() == snap
+
+    def _alloc(self, size, align):
+        """alloc as the model predicts: the offset, or None (OutOfSpace, nothing changed)."""
+        want = self.m.alloc(size, align)
+        if want is None:
+            self._unchanged(lambda: self.s.alloc(size, align), mempool.OutOfSpace)
+            return None
+        got = self.s.alloc(size, align)
+        assert got == want, (got, want)
+        return got
+
+    def _realloc(self, off, size, align):
+        """realloc as the model predicts: the new offset, or off (OutOfSpace, nothing changed)."""
+        want = self.m.realloc(off, size, align)
+        if want is None:
+            self._unchanged(lambda: self.s.realloc(off, size, align), mempool.OutOfSpace)
+            return off
+        got = self.s.realloc(off, size, align)
+        assert got == want, (got, want)
+        return got
+
+    def _alloc_many_free_many(self, sizes, align) -> None:
+        """alloc_many all or nothing as the model predicts, then free_many of the batch."""
+        trial = copy.deepcopy(self.m)
+        want = [trial.alloc(n, align) for n in sizes]
+        if None in want:
+            before, segs, snap = self.s.stats(), self.s.segments(), self.s.snapshot()
+            try:
+                self.s.alloc_many(sizes, align)
+            except mempool.OutOfSpace:
+                pass
+            else:
+                raise AssertionError("alloc_many succeeded where the model fails")
+            assert self.s.stats() == before
+            if self.batch_undo_exact:
+                assert self.s.snapshot() == snap  # undone exactly
+            else:
+                assert self.s.segments() == segs
+            return
+        offs = self.s.alloc_many(sizes, align)
+        assert offs.tolist() == want
+        self.m = trial
+        self.s.free_many(offs)
+        for o in want:
+            self.m.free_(o)
+
+    def _consistent(self, live: int, used: int) -> None:
+        """check(), and the counters and memory map equal to the model's (live ranges
+        and bytes used as the model counts them)."""
+        s, m = self.s, self.m
+        s.check()
+        st_ = s.stats()
+        assert len(s) == live == st_.live
+        assert s.capacity == m.capacity
+        assert st_.used == used and st_.available == m.capacity - used
+        assert st_.internal_fragmentation == used - m.requested
+        assert s.segments() == m.segments()
+        assert st_.largest_free == m.largest_free()
+        assert st_.free_ranges == m.free_ranges()
+        assert st_.peak_used == m.peak_used and st_.high_water == m.high_water
+
+    @precondition(lambda self: self.s is not None)
+    @rule()
+    def reset(self) -> None:
+        self.s.reset()
+        self.m.reset()
+
+    @precondition(lambda self: self.s is not None)
+    @rule()
+    def snapshot_restore(self) -> None:
+        data = self.s.snapshot()
+        self.s = type(self.s).restore(data)
+        assert self.s.snapshot() == data

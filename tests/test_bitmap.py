@@ -5,17 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import assert_tiles, check_alloc_free, corrupted_restores, unchanged
 
 import mempool
 from mempool import Bitmap
-
-
-def unchanged(s, fn, exc, match=None):
-    before, segs, snap = s.stats(), s.segments(), s.snapshot()
-    with pytest.raises(exc, match=match):
-        fn()
-    assert s.stats() == before and s.segments() == segs and s.snapshot() == snap
-    s.check()
 
 
 def cursor(s):
@@ -187,28 +180,11 @@ def test_reset_snapshot_pickle():
 def test_restore_refuses_corruption():
     with pytest.raises(mempool.CorruptionError):
         Bitmap.restore(mempool.Buddy(4096).snapshot())
-    rng = np.random.default_rng(9)
     s = Bitmap(1000, 8)
     for n in (8, 100, 33, 200, 9):
         s.alloc(n)
     s.free(8)
-    good = bytearray(s.snapshot())
-    refused = 0
-    for _ in range(400):
-        bad = bytearray(good)
-        for _ in range(int(rng.integers(1, 4))):
-            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
-        try:
-            r = Bitmap.restore(bytes(bad))
-        except mempool.CorruptionError:
-            refused += 1
-            continue
-        r.check()
-        try:
-            r.free(r.alloc(1))
-        except mempool.OutOfSpace:
-            pass
-    assert refused > 100
+    assert corrupted_restores(Bitmap, s.snapshot(), 9, check_alloc_free) > 100
 
 
 def test_segments_cover_the_span():
@@ -217,11 +193,8 @@ def test_segments_cover_the_span():
     offs = [s.alloc(int(rng.integers(1, 300)), int(2 ** rng.integers(0, 8))) for _ in range(30)]
     for o in offs[::3]:
         s.free(o)
-    pos = 0
-    for off, size, _ in s.segments():
-        assert off == pos and size >= 16
-        pos = off + size
-    assert pos == s.capacity == 10_000
+    assert s.capacity == 10_000
+    assert_tiles(s.segments(), 10_000, min_size=16)
 
 
 def test_in_registry():

@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import assert_tiles, check_alloc_free, corrupted_restores, unchanged
 
 import mempool
 from mempool import Buddy
@@ -14,14 +15,6 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 def hcs():
     return Buddy(4 * GiB, min_block=MiB, max_block=4 * GiB, fanout=4)
-
-
-def unchanged(s, fn, exc, match=None):
-    before, segs, snap = s.stats(), s.segments(), s.snapshot()
-    with pytest.raises(exc, match=match):
-        fn()
-    assert s.stats() == before and s.segments() == segs and s.snapshot() == snap
-    s.check()
 
 
 # ---- hcsshim's pool -------------------------------------------------------------
@@ -269,28 +262,11 @@ def test_restore_refuses_other_kinds_and_corruption():
         Buddy.restore(mempool.TLSF(1000).snapshot())
     with pytest.raises(mempool.CorruptionError):
         Buddy.restore(Buddy(8192, min_block=64).snapshot()[:-8])
-    rng = np.random.default_rng(5)
     b = Buddy(8192, min_block=64, fanout=4)
     for n in (64, 300, 1000, 64, 2000):
         b.alloc(n)
     b.free(64)
-    good = bytearray(b.snapshot())
-    refused = 0
-    for _ in range(400):
-        bad = bytearray(good)
-        for _ in range(int(rng.integers(1, 4))):
-            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
-        try:
-            r = Buddy.restore(bytes(bad))
-        except mempool.CorruptionError:
-            refused += 1
-            continue
-        r.check()
-        try:
-            r.free(r.alloc(1))
-        except mempool.OutOfSpace:
-            pass
-    assert refused > 100
+    assert corrupted_restores(Buddy, b.snapshot(), 5, check_alloc_free) > 100
 
 
 def test_segments_cover_the_span_and_alloc_many():
@@ -299,11 +275,8 @@ def test_segments_cover_the_span_and_alloc_many():
     offs = [b.alloc(int(rng.integers(1, 300))) for _ in range(20)]
     for o in offs[::3]:
         b.free(o)
-    pos = 0
-    for off, size, _ in b.segments():
-        assert off == pos and size >= 16
-        pos = off + size
-    assert pos == b.capacity == 10_000
+    assert b.capacity == 10_000
+    assert_tiles(b.segments(), 10_000, min_size=16)
     many = b.alloc_many([16, 16, 16])
     b.free_many(many)
     b.check()

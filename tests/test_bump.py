@@ -5,17 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import check_alloc_check, corrupted_restores, unchanged
 
 import mempool
 from mempool import Bump
-
-
-def unchanged(s, fn, exc, match=None):
-    before, segs, snap = s.stats(), s.segments(), s.snapshot()
-    with pytest.raises(exc, match=match):
-        fn()
-    assert s.stats() == before and s.segments() == segs and s.snapshot() == snap
-    s.check()
 
 
 def test_offsets_only_grow_with_alignment_gaps():
@@ -237,22 +230,7 @@ def test_restore_refuses_garbage_and_corruption():
         Bump.restore(mempool.TLSF(1000).snapshot())
     with pytest.raises(mempool.CorruptionError):
         Bump.restore(s.snapshot()[:-8])
-    rng = np.random.default_rng(9)
-    good = s.snapshot()
-    refused = 0
-    for _ in range(400):
-        bad = bytearray(good)
-        for _ in range(int(rng.integers(1, 4))):
-            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
-        try:
-            r = Bump.restore(bytes(bad))
-        except mempool.CorruptionError:
-            refused += 1
-            continue
-        r.check()
-        r.alloc(1)
-        r.check()
-    assert refused > 250
+    assert corrupted_restores(Bump, s.snapshot(), 9, check_alloc_check) > 250
 
 
 def test_alloc_many_is_all_or_nothing_byte_for_byte():

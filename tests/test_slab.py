@@ -5,17 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import assert_tiles, check_alloc_check, corrupted_restores, unchanged
 
 import mempool
 from mempool import Slab
-
-
-def unchanged(s, fn, exc, match=None):
-    before, segs, snap = s.stats(), s.segments(), s.snapshot()
-    with pytest.raises(exc, match=match):
-        fn()
-    assert s.stats() == before and s.segments() == segs and s.snapshot() == snap
-    s.check()
 
 
 # ---- geometry and rounding ----------------------------------------------------------
@@ -277,22 +270,7 @@ def test_restore_refuses_other_kinds_garbage_and_corruption():
         Slab.restore(b"\x00" * 400)
     with pytest.raises(mempool.CorruptionError):
         Slab.restore(s.snapshot()[:-8])
-    rng = np.random.default_rng(5)
-    good = s.snapshot()
-    refused = 0
-    for _ in range(400):
-        bad = bytearray(good)
-        for _ in range(int(rng.integers(1, 4))):
-            bad[int(rng.integers(len(bad)))] = int(rng.integers(256))
-        try:
-            r = Slab.restore(bytes(bad))
-        except mempool.CorruptionError:
-            refused += 1
-            continue
-        r.check()
-        r.alloc(1)
-        r.check()
-    assert refused > 350
+    assert corrupted_restores(Slab, s.snapshot(), 5, check_alloc_check) > 350
 
 
 def test_segments_cover_the_span_and_stats():
@@ -300,11 +278,7 @@ def test_segments_cover_the_span_and_stats():
     offs = [s.alloc(20) for _ in range(50)] + [s.alloc_array(30)]
     for o in offs[::4]:
         s.free(o)
-    pos = 0
-    for off, size, _ in s.segments():
-        assert off == pos and size >= 1
-        pos = off + size
-    assert pos == 10_000
+    assert_tiles(s.segments(), 10_000)
     st = s.stats()
     assert st.used == s.used == (50 - 13 + 30) * 24
     assert st.internal_fragmentation == (37 + 30) * 4

@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import assert_tiles, corrupted_restores
 
 import mempool
 from mempool import TLSF, BestFit
@@ -196,26 +197,16 @@ def test_restore_refuses_other_kind_and_garbage(cls):
 
 
 def test_restore_refuses_corrupted_state(cls):
-    rng = np.random.default_rng(7)
     s = cls(1 << 14, max_blocks=64)
     for n in (100, 200, 300, 400):
         s.alloc(n)
     s.free(200 - 100)  # the 200-byte range at offset 100
-    good = bytearray(s.snapshot())
-    refused = 0
-    for _ in range(400):
-        bad = bytearray(good)
-        for _ in range(int(rng.integers(1, 4))):
-            k = int(rng.integers(len(bad)))
-            bad[k] = int(rng.integers(256))
-        try:
-            r = cls.restore(bytes(bad))
-        except mempool.CorruptionError:
-            refused += 1
-            continue
+
+    def works(r):
         r.check()  # accepted: must be fully consistent
         r.alloc(1)
-    assert refused > 0
+
+    assert corrupted_restores(cls, s.snapshot(), 7, works) > 0
 
 
 def test_pickle_round_trip(cls):
@@ -233,11 +224,7 @@ def test_segments_cover_the_span(cls):
     offs = [s.alloc(int(rng.integers(1, 300)), int(2 ** rng.integers(0, 8))) for _ in range(30)]
     for o in offs[::3]:
         s.free(o)
-    pos = 0
-    for off, size, allocated in s.segments():
-        assert off == pos and size >= 1 and isinstance(allocated, bool)
-        pos = off + size
-    assert pos == 10_000
+    assert_tiles(s.segments(), 10_000)
 
 
 def test_alloc_many_free_many(cls):
