@@ -505,23 +505,32 @@ static void known_cases(void)
 }
 
 /* ---- corruption ---------------------------------------------------------------------- */
-static void exercise_accepted(pool_t *model, unsigned char *buf, int steps)
+/* one random op on an accepted state: alloc, or free / realloc of an offset that
+ * size_of() says is live */
+static void accepted_op(const attack_t *a)
 {
-    char msg[256];
-    for (int s = 0; s < steps; s++) {
-        uint64_t off = 0, sz = 0;
-        uint64_t r = below(3);
-        if (r == 0) OPS->alloc(buf, rand_size(model), rand_align(), &off);
-        else {
-            /* free or realloc whatever the walk shows allocated */
-            off = below(model->usable);
-            if (OPS->size_of(buf, off, &sz) == MP_OK) {
-                if (r == 1) OPS->free(buf, off);
-                else OPS->realloc(buf, off, rand_size(model), rand_align(), &off);
-            }
+    const pool_t *model = a->ctx;
+    uint64_t off = 0, sz = 0, r = below(3);
+    if (r == 0) OPS->alloc(a->buf, rand_size(model), rand_align(), &off);
+    else {
+        off = below(model->usable);
+        if (OPS->size_of(a->buf, off, &sz) == MP_OK) {
+            if (r == 1) OPS->free(a->buf, off);
+            else OPS->realloc(a->buf, off, rand_size(model), rand_align(), &off);
         }
-        REQUIRE(OPS->check(buf, model->len, msg, sizeof msg) == MP_OK,
-                "an accepted state broke after an op: %s", msg);
+    }
+}
+
+/* every byte but peak_used, high_water and param[0] (the capacity argument: flips of
+ * its low bits may round alike) */
+static uint64_t must_byte(const attack_t *a)
+{
+    for (;;) {
+        uint64_t byte = below(a->len);
+        if (!(byte >= offsetof(mp_head_t, peak_used) &&
+              byte < offsetof(mp_head_t, high_water) + 8) &&
+            !(byte >= offsetof(mp_head_t, param) && byte < offsetof(mp_head_t, param) + 8))
+            return byte;
     }
 }
 
@@ -539,51 +548,13 @@ static void corruption(uint64_t cap, uint64_t minb, uint64_t maxb, uint64_t fan,
     }
     char msg[256];
     REQUIRE(OPS->check(p.st, p.len, msg, sizeof msg) == MP_OK, "%s", msg);
-    unsigned char *buf = xmalloc(p.len);
-    /* truncated */
-    for (uint64_t n = 0; n < p.len; n += 1 + below(64))
-        REQUIRE(OPS->check(p.st, n, msg, sizeof msg) == MP_ECORRUPT, "length %llu accepted",
-                (ull)n);
-    /* single-bit flips where every change must be caught: all but peak_used, high_water
-     * and param[0] (the capacity argument: flips of its low bits may round alike) */
-    for (int i = 0; i < flips; i++) {
-        memcpy(buf, p.st, p.len);
-        uint64_t byte = below(p.len);
-        if ((byte >= offsetof(mp_head_t, peak_used) &&
-             byte < offsetof(mp_head_t, high_water) + 8) ||
-            (byte >= offsetof(mp_head_t, param) && byte < offsetof(mp_head_t, param) + 8))
-            continue;
-        buf[byte] ^= (unsigned char)(1u << below(8));
-        snprintf(g_op, sizeof g_op, "flip in byte %llu", (ull)byte);
-        REQUIRE(OPS->check(buf, p.len, msg, sizeof msg) == MP_ECORRUPT,
-                "a bit flip in byte %llu of %llu went unnoticed", (ull)byte, (ull)p.len);
-        (*caught)++;
-    }
-    /* random mutations: never crash; accepted states keep working */
-    for (int i = 0; i < mutations; i++) {
-        memcpy(buf, p.st, p.len);
-        int n = 1 + (int)below(4);
-        for (int j = 0; j < n; j++) {
-            uint64_t pos = below(p.len) & ~(uint64_t)7;
-            uint64_t v = below(2) ? rnd() : rnd() % 70;
-            if (pos + 8 <= p.len) memcpy(buf + pos, &v, below(2) ? 8 : 1);
-        }
-        snprintf(g_op, sizeof g_op, "mutation %d", i);
-        int rc = OPS->check(buf, p.len, msg, sizeof msg);
-        REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
-        if (rc == MP_OK) {
-            (*accepted)++;
-            exercise_accepted(&p, buf, 20);
-        }
-    }
-    /* random garbage of the right length */
-    for (int i = 0; i < 50; i++) {
-        for (uint64_t b = 0; b < p.len; b++) buf[b] = (unsigned char)rnd();
-        memcpy(buf, p.st, below(2) ? sizeof(mp_head_t) : 0); /* sometimes a valid head */
-        int rc = OPS->check(buf, p.len, msg, sizeof msg);
-        REQUIRE(rc == MP_ECORRUPT, "random bytes accepted");
-    }
-    free(buf);
+    attack_t a = {OPS, p.st, p.len, xmalloc(p.len), must_byte, accepted_op, &p};
+    attack_truncated(&a, 64);
+    attack_flips(&a, flips);
+    *caught += (uint64_t)flips;
+    *accepted += attack_mutations(&a, mutations, 20);
+    REQUIRE(attack_garbage(&a, 50, sizeof(mp_head_t), 20) == 0, "random bytes accepted");
+    free(a.buf);
     pool_close(&p);
 }
 

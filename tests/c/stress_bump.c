@@ -405,46 +405,36 @@ static void random_ops(pool_t *p, uint64_t steps)
     }
 }
 
-static void corruption(pool_t *p, uint64_t rounds)
+/* one random op on an accepted state: alloc, realloc, mark + rewind, free */
+static void accepted_op(const attack_t *a)
 {
-    char msg[256];
-    snprintf(g_op, sizeof g_op, "corruption");
-    for (uint64_t cut = 1; cut <= 24; cut++)
-        REQUIRE(OPS->check(p->st, p->len - cut, msg, sizeof msg) == MP_ECORRUPT,
-                "check accepted a state %llu bytes short", (ull)cut);
-    /* flips in fields with no slack: magic .. live of the head; capacity, max_blocks,
-     * depth, top of the header */
-    const size_t head_end = offsetof(mp_head_t, peak_used), hdr = sizeof(mp_head_t);
-    for (uint64_t r = 0; r < rounds; r++) {
-        memcpy(p->probe, p->st, p->len);
-        size_t byte = below(2) ? below(head_end) : hdr + below(32);
-        p->probe[byte] ^= (unsigned char)(1u << below(8));
-        REQUIRE(OPS->check(p->probe, p->len, msg, sizeof msg) == MP_ECORRUPT,
-                "a flip in byte %zu went unnoticed", byte);
+    const pool_t *p = a->ctx;
+    uint64_t off, x, y;
+    switch (below(5)) {
+    case 0: OPS->alloc(a->buf, 1 + below(100), 1ull << below(6), &off); break;
+    case 1: OPS->realloc(a->buf, below(p->cap), 1 + below(100), 1, &off); break;
+    case 2:
+        mp_bump_mark(a->buf, &x, &y);
+        mp_bump_rewind(a->buf, x, y);
+        break;
+    default: OPS->free(a->buf, below(p->cap)); break;
     }
-    for (uint64_t r = 0; r < rounds; r++) {
-        memcpy(p->probe, p->st, p->len);
-        int n = 1 + (int)below(6);
-        for (int k = 0; k < n; k++) {
-            size_t byte = below(p->len);
-            p->probe[byte] = below(2) ? (unsigned char)rnd() : (unsigned char)(below(2) ? 0 : 0xff);
-        }
-        if (OPS->check(p->probe, p->len, msg, sizeof msg) != MP_OK) continue;
-        for (int k = 0; k < 50; k++) {
-            uint64_t off, x, y;
-            switch (below(5)) {
-            case 0: OPS->alloc(p->probe, 1 + below(100), 1ull << below(6), &off); break;
-            case 1: OPS->realloc(p->probe, below(p->cap), 1 + below(100), 1, &off); break;
-            case 2:
-                mp_bump_mark(p->probe, &x, &y);
-                mp_bump_rewind(p->probe, x, y);
-                break;
-            default: OPS->free(p->probe, below(p->cap)); break;
-            }
-            REQUIRE(OPS->check(p->probe, p->len, msg, sizeof msg) == MP_OK,
-                    "an accepted mutated state broke: %s", msg);
-        }
-    }
+}
+
+/* fields with no slack: magic .. live of the head; capacity, max_blocks, depth, top of
+ * the header */
+static uint64_t must_byte(const attack_t *a)
+{
+    (void)a;
+    return below(2) ? below(offsetof(mp_head_t, peak_used)) : sizeof(mp_head_t) + below(32);
+}
+
+static void corruption(pool_t *p, int rounds)
+{
+    attack_t a = {OPS, p->st, p->len, p->probe, must_byte, accepted_op, p};
+    attack_truncated(&a, 1 + p->len / 8);
+    attack_flips(&a, rounds);
+    attack_mutations(&a, rounds, 50);
 }
 
 int main(int argc, char **argv)

@@ -1,6 +1,7 @@
 /*
  * stress_common.h -- what every C stress test shares: a seeded generator, failure
- * reports that say where and after which operation, and an allocator that exits.
+ * reports that say where and after which operation, and an allocator that exits;
+ * with mempool.h included first, the attacks on a valid state that check() must survive.
  * (Included by the stress tests in this folder; CI builds each test file on its own.)
  */
 #ifndef MEMPOOL_STRESS_COMMON_H
@@ -47,5 +48,124 @@ static void *xmalloc(size_t n)
     }
     return p;
 }
+
+
+#ifdef MEMPOOL_H
+#include <string.h>
+
+/* ---- attacks on a valid state ---------------------------------------------------------
+ * check() must refuse every truncation and every flip in the bytes it fully covers, must
+ * never crash on anything, and a state it accepts must keep working (its ops keep
+ * check() passing).  The test names the bytes and the ops; the attacks are shared. */
+typedef struct attack attack_t;
+struct attack {
+    const mp_ops_t *ops;
+    const unsigned char *st;                  /* a valid state of len bytes           */
+    uint64_t len;
+    unsigned char *buf;                       /* len bytes of scratch: the attacked copy */
+    uint64_t (*must_byte)(const attack_t *a); /* a random byte whose flips must be caught */
+    void (*op)(const attack_t *a);            /* one random op on the state in buf     */
+    void *ctx;                                /* the test's own model                  */
+};
+
+static inline void attack_expect(const attack_t *a, const void *st, uint64_t len, const char *what)
+{
+    char msg[256];
+    snprintf(g_op, sizeof g_op, "%s", what);
+    REQUIRE(a->ops->check(st, len, msg, sizeof msg) == MP_ECORRUPT,
+            "check() accepted %s (state of %llu bytes)", what, (ull)a->len);
+}
+
+/* run `steps` random ops on the accepted state in buf, check() after each */
+static inline void attack_exercise(const attack_t *a, int steps)
+{
+    char msg[256];
+    for (int k = 0; k < steps; k++) {
+        a->op(a);
+        REQUIRE(a->ops->check(a->buf, a->len, msg, sizeof msg) == MP_OK,
+                "an accepted state broke after an op: %s", msg);
+    }
+}
+
+/* every length from 0 up in random steps of 1..stride, and the last 24 short of len */
+static inline void attack_truncated(const attack_t *a, uint64_t stride)
+{
+    char what[64];
+    for (uint64_t n = 0; n < a->len; n += 1 + below(stride)) {
+        snprintf(what, sizeof what, "a length of %llu", (ull)n);
+        attack_expect(a, a->st, n, what);
+    }
+    for (uint64_t cut = 1; cut <= 24 && cut <= a->len; cut++) {
+        snprintf(what, sizeof what, "a state %llu bytes short", (ull)cut);
+        attack_expect(a, a->st, a->len - cut, what);
+    }
+}
+
+/* `rounds` single-bit flips in bytes must_byte() names: each must be refused */
+static inline void attack_flips(const attack_t *a, int rounds)
+{
+    char what[64];
+    for (int r = 0; r < rounds; r++) {
+        memcpy(a->buf, a->st, a->len);
+        uint64_t byte = a->must_byte(a);
+        unsigned bit = (unsigned)below(8);
+        a->buf[byte] ^= (unsigned char)(1u << bit);
+        snprintf(what, sizeof what, "a flip of bit %u in byte %llu", bit, (ull)byte);
+        attack_expect(a, a->buf, a->len, what);
+    }
+}
+
+/* `rounds` mutations of 1..6 places (a byte set to random, 0 or 0xff; an aligned word
+ * set to a random or an index-shaped value): check() says OK or CORRUPT, and an
+ * accepted state works for `steps` ops.  Returns how many were accepted. */
+static inline uint64_t attack_mutations(const attack_t *a, int rounds, int steps)
+{
+    char msg[256];
+    uint64_t accepted = 0;
+    for (int r = 0; r < rounds; r++) {
+        memcpy(a->buf, a->st, a->len);
+        int n = 1 + (int)below(6);
+        for (int k = 0; k < n; k++) {
+            uint64_t pos = below(a->len);
+            if (below(2)) {
+                uint64_t c = below(3);
+                a->buf[pos] = c == 0 ? (unsigned char)rnd() : c == 1 ? 0 : 0xff;
+            } else {
+                uint64_t v = below(2) ? rnd() : rnd() % 70;
+                pos &= ~(uint64_t)7;
+                if (pos + 8 <= a->len) memcpy(a->buf + pos, &v, below(2) ? 8 : 1);
+            }
+        }
+        snprintf(g_op, sizeof g_op, "mutation %d of %d places", r, n);
+        int rc = a->ops->check(a->buf, a->len, msg, sizeof msg);
+        REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
+        if (rc == MP_OK) {
+            accepted++;
+            attack_exercise(a, steps);
+        }
+    }
+    return accepted;
+}
+
+/* `rounds` states of random bytes, half of them behind the valid first head_bytes:
+ * never a crash, an accepted one works.  Returns how many were accepted. */
+static inline uint64_t attack_garbage(const attack_t *a, int rounds, uint64_t head_bytes, int steps)
+{
+    char msg[256];
+    uint64_t accepted = 0;
+    for (int r = 0; r < rounds; r++) {
+        for (uint64_t b = 0; b < a->len; b++) a->buf[b] = (unsigned char)rnd();
+        if (below(2)) memcpy(a->buf, a->st, head_bytes < a->len ? head_bytes : a->len);
+        snprintf(g_op, sizeof g_op, "random bytes %d", r);
+        int rc = a->ops->check(a->buf, a->len, msg, sizeof msg);
+        REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
+        if (rc == MP_OK) {
+            accepted++;
+            attack_exercise(a, steps);
+        }
+    }
+    return accepted;
+}
+#endif
 
 #endif

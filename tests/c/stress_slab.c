@@ -502,50 +502,31 @@ static void random_ops(pool_t *p, uint64_t steps)
 }
 
 /* ---- corruption ------------------------------------------------------------------------ */
-static void corruption(pool_t *p, uint64_t rounds)
+/* one random op on an accepted state: alloc, alloc_array, free */
+static void accepted_op(const attack_t *a)
 {
-    char msg[256];
-    snprintf(g_op, sizeof g_op, "corruption");
-    /* truncated / padded lengths */
-    for (uint64_t cut = 1; cut <= 16; cut++)
-        REQUIRE(OPS->check(p->st, p->len - cut, msg, sizeof msg) == MP_ECORRUPT,
-                "check accepted a state %llu bytes short", (ull)cut);
-    REQUIRE(OPS->check(p->st, 10, msg, sizeof msg) == MP_ECORRUPT, "check accepted 10 bytes");
-    /* single-bit flips where check() must notice */
-    const size_t head_covered_end = offsetof(mp_head_t, peak_used);
-    const size_t hdr = sizeof(mp_head_t);
-    for (uint64_t r = 0; r < rounds; r++) {
-        memcpy(p->probe, p->st, p->len);
-        size_t byte = below(3) ? hdr + below(p->len - hdr) : below(head_covered_end);
-        p->probe[byte] ^= (unsigned char)(1u << below(8));
-        int rc = OPS->check(p->probe, p->len, msg, sizeof msg);
-        REQUIRE(rc == MP_ECORRUPT, "a flip in byte %zu of %llu went unnoticed", byte,
-                (ull)p->len);
+    const pool_t *p = a->ctx;
+    uint64_t off;
+    switch (below(4)) {
+    case 0: OPS->alloc(a->buf, 1 + below(p->isz), 1, &off); break;
+    case 1: mp_slab_alloc_array(a->buf, 1 + below(2 * p->g.per_page + 2), &off); break;
+    default: OPS->free(a->buf, below(p->cap)); break;
     }
-    /* random multi-byte mutations: never a crash; accepted states work */
-    for (uint64_t r = 0; r < rounds; r++) {
-        memcpy(p->probe, p->st, p->len);
-        int n = 1 + (int)below(6);
-        for (int k = 0; k < n; k++) {
-            size_t byte = below(p->len);
-            switch (below(3)) {
-            case 0: p->probe[byte] = (unsigned char)rnd(); break;
-            case 1: p->probe[byte] = 0; break;
-            default: p->probe[byte] = 0xff; break;
-            }
-        }
-        if (OPS->check(p->probe, p->len, msg, sizeof msg) != MP_OK) continue;
-        for (int k = 0; k < 50; k++) {
-            uint64_t off;
-            switch (below(4)) {
-            case 0: OPS->alloc(p->probe, 1 + below(p->isz), 1, &off); break;
-            case 1: mp_slab_alloc_array(p->probe, 1 + below(2 * p->g.per_page + 2), &off); break;
-            default: OPS->free(p->probe, below(p->cap)); break;
-            }
-            REQUIRE(OPS->check(p->probe, p->len, msg, sizeof msg) == MP_OK,
-                    "an accepted mutated state broke: %s", msg);
-        }
-    }
+}
+
+/* check() covers the head up to peak_used and every byte after it */
+static uint64_t must_byte(const attack_t *a)
+{
+    const uint64_t hdr = sizeof(mp_head_t);
+    return below(3) ? hdr + below(a->len - hdr) : below(offsetof(mp_head_t, peak_used));
+}
+
+static void corruption(pool_t *p, int rounds)
+{
+    attack_t a = {OPS, p->st, p->len, p->probe, must_byte, accepted_op, p};
+    attack_truncated(&a, 1 + p->len / 8);
+    attack_flips(&a, rounds);
+    attack_mutations(&a, rounds, 50);
 }
 
 int main(int argc, char **argv)
