@@ -53,6 +53,35 @@ static void *xmalloc(size_t n)
 #ifdef MEMPOOL_H
 #include <string.h>
 
+/* ---- refusals every strategy gives ----------------------------------------------------- */
+/* off starts no live range: free, size_of and realloc each say MP_ENOTALLOC */
+static inline void expect_not_allocated(const mp_ops_t *ops, void *st, uint64_t off)
+{
+    uint64_t out;
+    int rc = ops->free(st, off);
+    REQUIRE(rc == MP_ENOTALLOC, "free(%llu) of a non-live offset = %d", (ull)off, rc);
+    rc = ops->size_of(st, off, &out);
+    REQUIRE(rc == MP_ENOTALLOC, "size_of(%llu) of a non-live offset = %d", (ull)off, rc);
+    rc = ops->realloc(st, off, 1 + below(64), 1, &out);
+    REQUIRE(rc == MP_ENOTALLOC, "realloc(%llu) of a non-live offset = %d", (ull)off, rc);
+}
+
+/* alloc of size 0 or with an alignment that is not a power of two, and (unless live is
+ * MP_NO_SPACE) realloc of the live range at `live` to size 0 or align 3: MP_EINVAL */
+static inline void expect_invalid_args(const mp_ops_t *ops, void *st, uint64_t live)
+{
+    static const uint64_t bad_align[] = {0, 3, 6, 12, 4097, UINT64_MAX};
+    uint64_t out;
+    REQUIRE(ops->alloc(st, 0, 1, &out) == MP_EINVAL, "alloc(0) not EINVAL");
+    for (size_t k = 0; k < sizeof bad_align / sizeof bad_align[0]; k++)
+        REQUIRE(ops->alloc(st, 1, bad_align[k], &out) == MP_EINVAL,
+                "alloc(1, align %llu) not EINVAL", (ull)bad_align[k]);
+    if (live != MP_NO_SPACE) {
+        REQUIRE(ops->realloc(st, live, 0, 1, &out) == MP_EINVAL, "realloc(0) not EINVAL");
+        REQUIRE(ops->realloc(st, live, 1, 3, &out) == MP_EINVAL, "realloc(align 3) not EINVAL");
+    }
+}
+
 /* ---- attacks on a valid state ---------------------------------------------------------
  * check() must refuse every truncation and every flip in the bytes it fully covers, must
  * never crash on anything, and a state it accepts must keep working (its ops keep
