@@ -1111,14 +1111,13 @@ static void size_bins(void)
 /* ---- main --------------------------------------------------------------------------- */
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240611;
-    double scale = argc > 2 ? strtod(argv[2], NULL) : 1.0;
+    uint64_t seed;
+    double scale = stress_args(argc, argv, "stress", 20240611, &seed);
     int runs = (int)(40 * scale), steps = 1500;
     int states = (int)(16 * scale), flips = 3000, mutations = 1500;
     if (runs < 1) runs = 1;
     if (states < 1) states = 1;
     clock_t t0 = clock();
-    g_rng = seed;
     size_bins();
     for (size_t si = 0; si < sizeof STRATS / sizeof STRATS[0]; si++) {
         const strat_t *s = &STRATS[si];

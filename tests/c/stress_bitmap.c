@@ -501,9 +501,8 @@ static void corruption(uint64_t cap, uint64_t B, int ff, int flips, int mutation
 
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240613;
-    double scale = argc > 2 ? strtod(argv[2], NULL) : 1.0;
-    g_rng = seed;
+    uint64_t seed;
+    double scale = stress_args(argc, argv, "stress_bitmap", 20240613, &seed);
     clock_t t0 = clock();
     known_cases();
     static const uint64_t configs[][2] = {

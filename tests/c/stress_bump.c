@@ -439,10 +439,8 @@ static void corruption(pool_t *p, int rounds)
 
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
-    uint64_t scale = argc > 2 ? strtoull(argv[2], NULL, 0) : 1;
-    g_rng = seed;
-    printf("stress_bump seed %llu scale %llu\n", (ull)seed, (ull)scale);
+    uint64_t seed;
+    double scale = stress_args(argc, argv, "stress_bump", 20240614, &seed);
     clock_t t0 = clock();
     unsigned configs = 0;
     for (uint64_t round = 0; round < 4000 * scale; round++) {

@@ -472,10 +472,9 @@ static void corruption(pool_t *p, uint64_t rounds)
 
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 20240611;
-    uint64_t scale = argc > 2 ? strtoull(argv[2], NULL, 0) : 3;
-    g_rng = seed;
-    printf("stress_heap: seed %llu scale %llu\n", (ull)seed, (ull)scale);
+    uint64_t seed;
+    uint64_t scale = (uint64_t)(3 * stress_args(argc, argv, "stress_heap", 20240611, &seed) + 0.5);
+    if (scale < 1) scale = 1;
     params();
     static const struct {
         uint64_t cap, ps, maxb, steps;

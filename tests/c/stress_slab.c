@@ -531,10 +531,8 @@ static void corruption(pool_t *p, int rounds)
 
 int main(int argc, char **argv)
 {
-    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL);
-    uint64_t scale = argc > 2 ? strtoull(argv[2], NULL, 0) : 1;
-    g_rng = seed;
-    printf("stress_slab seed %llu scale %llu\n", (ull)seed, (ull)scale);
+    uint64_t seed;
+    double scale = stress_args(argc, argv, "stress_slab", 20240615, &seed);
     static const uint64_t items[] = {1, 3, 6, 8, 12, 20, 24, 64, 96, 100, 256, 4096};
     clock_t t0 = clock();
     unsigned configs = 0;
