@@ -58,31 +58,11 @@
  * largest_free walks the TLSF's ranges while a spare page exists (to merge it
  * with its free neighbours), else it is the TLSF's O(1) answer.
  *
- * State layout (all integers; offsets in bytes from the start of the block):
+ * State layout: see heap.h (the structs, constants and accessors heap.c and
+ * heap_check.c share).
  *
- *   +-----------+------------+-------------+-------------------------+-----------+--------+
- *   | mp_head_t | heap_ctl_t | slot[]      | page records            | waste[]   | TLSF   |
- *   |           | classes,   | uint32 per  | rec_words uint64 each   | uint8 per | sub-   |
- *   |           | fragment   | slot: owner | (whole cache lines), one| 16 B of   | state  |
- *   |           | buckets,   | | start<<16 | per slot: links, counts,| the span  | (its   |
- *   |           | spare      |             | summary, bitmap         |           |  head) |
- *   +-----------+------------+-------------+-------------------------+-----------+--------+
- *                               pt_off       rec_off (64-aligned)      waste_off  tlsf_off
- *
- *   slot[s] = owner | start << 16 of the page that starts in slot s (start = page
- *   offset - s * P, < P), 0 when none; both probes of a lookup stay in this table.
- *   page record: w0 = prev | next << 32 (list links, MP_NIL), w1 = nfree |
- *   maxrun << 16, w2 = summary (slab: bit w set <=> bitmap word w has a free item),
- *   then bm_words (= P / 1024) bitmap words, then zero padding:
- *     slab page: bit i = item i allocated; bits past the item count in the last
- *                used word are set (padding), words past it are 0;
- *     frag page: words [0, groups) = fragment allocated (padding bits past the
- *                page's fragments set), words [groups, 2 groups) = a run starts here;
- *     slot with no page: all zero, links MP_NIL.
- *   waste[off / 16] = size_of - requested of the live slab item or fragment run that
- *   starts at `off` (0..255), so requested stays exact through free and realloc.
- *
- * Invariants (checked by heap_check, after the TLSF sub-state's own check):
+ * Invariants (checked by mp_heap_check in heap_check.c, after the TLSF sub-state's
+ * own check):
  *  H1. head, params and the derived layout agree (page size a power of two in
  *      [4 KiB, 64 KiB]); the TLSF sub-state's capacity and max_blocks are the Heap's.
  *  H2. slot[s] has an owner <=> the TLSF has an allocated range of exactly P
@@ -105,47 +85,9 @@
  *      high_water <= capacity (alloc_many undoes a failed batch by restoring the
  *      head: a page the batch took may be left as the spare).
  */
-#include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
-
-/* ---- constants ------------------------------------------------------------------- */
-enum {
-    NCLASS = 16,     /* slab classes 1..16: 16 .. 256 bytes            */
-    SMALL_MAX = 256, /* largest slab size                              */
-    FRAG = 256,      /* fragment size                                  */
-    FRAG_OWNER = NCLASS + 1,
-    GROUP_FRAGS = 64, /* fragments per group (one bitmap word)         */
-    NMAX = 16,        /* longest run served by fragments (4 KiB)       */
-    MIN_PAGE_SHIFT = 12,
-    MAX_PAGE_SHIFT = 16,
-};
-
-typedef struct heap_class {
-    uint32_t head;  /* first partial page, MP_NIL                    */
-    uint32_t pad;
-    uint32_t size;  /* item size in bytes                            */
-    uint32_t count; /* items per page                                */
-} heap_class_t;
-
-typedef struct heap_ctl {
-    uint32_t page_shift;
-    uint32_t npages;     /* page slots = page table entries (ceil)    */
-    uint32_t rec_words;  /* uint64 words per page record              */
-    uint32_t bm_words;   /* bitmap words per record                   */
-    uint32_t groups;     /* fragment groups per page                  */
-    uint32_t nfrags;     /* fragments per page                        */
-    uint32_t frag_max_n; /* longest fragment run served               */
-    uint32_t fbits;      /* bit b set: fragment bucket b non-empty    */
-    uint64_t pt_off, rec_off, waste_off, tlsf_off, tlsf_size;
-    uint32_t spare;      /* the one empty page kept, MP_NIL           */
-    uint32_t fhead[NMAX + 1];
-    heap_class_t cls[NCLASS + 1]; /* [0] unused */
-} heap_ctl_t;
-
-#define CTL_OFF ((uint64_t)sizeof(mp_head_t))
-#define REC_HDR 3u /* header words of a page record */
+#include "heap.h"
 
 /* ceil(2^24 / k): item index = (rel / 16) * INV[k] >> 24, exact for rel < 64 KiB */
 #define INVK(k) ((((uint32_t)1 << 24) + (k) - 1) / (k))
@@ -155,76 +97,7 @@ static const uint32_t INV[NCLASS + 1] = {0,        INVK(1),  INVK(2),  INVK(3), 
                                          INVK(15), INVK(16)};
 
 /* ---- layout ---------------------------------------------------------------------- */
-static inline mp_head_t *H(void *st) { return (mp_head_t *)st; }
-static inline heap_ctl_t *CT(void *st) { return (heap_ctl_t *)((char *)st + CTL_OFF); }
-static inline const heap_ctl_t *CCT(const void *st)
-{
-    return (const heap_ctl_t *)((const char *)st + CTL_OFF);
-}
-/* the slot table: per slot, owner | start << 16 of the page that starts there */
-static inline uint32_t *PT(void *st, const heap_ctl_t *c)
-{
-    return (uint32_t *)((char *)st + c->pt_off);
-}
-static inline const uint32_t *CPT(const void *st, const heap_ctl_t *c)
-{
-    return (const uint32_t *)((const char *)st + c->pt_off);
-}
-static inline uint32_t e_owner(uint32_t e) { return e & 0xff; }
-static inline uint32_t e_start(uint32_t e) { return e >> 16; }
-static inline uint64_t *REC(void *st, const heap_ctl_t *c, uint32_t p)
-{
-    return (uint64_t *)((char *)st + c->rec_off) + (uint64_t)p * c->rec_words;
-}
-static inline const uint64_t *CREC(const void *st, const heap_ctl_t *c, uint32_t p)
-{
-    return (const uint64_t *)((const char *)st + c->rec_off) + (uint64_t)p * c->rec_words;
-}
-static inline uint8_t *WASTE(void *st, const heap_ctl_t *c) { return (uint8_t *)st + c->waste_off; }
-static inline const uint8_t *CWASTE(const void *st, const heap_ctl_t *c)
-{
-    return (const uint8_t *)st + c->waste_off;
-}
-static inline void *SUB(void *st, const heap_ctl_t *c) { return (char *)st + c->tlsf_off; }
-static inline const void *CSUB(const void *st, const heap_ctl_t *c)
-{
-    return (const char *)st + c->tlsf_off;
-}
-
-/* record header accessors */
-static inline uint32_t r_prev(const uint64_t *r) { return (uint32_t)r[0]; }
-static inline uint32_t r_next(const uint64_t *r) { return (uint32_t)(r[0] >> 32); }
-static inline void r_links(uint64_t *r, uint32_t prev, uint32_t next)
-{
-    r[0] = prev | (uint64_t)next << 32;
-}
-static inline void r_set_prev(uint64_t *r, uint32_t prev) { r[0] = (r[0] & ~0xffffffffull) | prev; }
-static inline void r_set_next(uint64_t *r, uint32_t next)
-{
-    r[0] = (r[0] & 0xffffffffull) | (uint64_t)next << 32;
-}
-static inline uint32_t r_nfree(const uint64_t *r) { return (uint32_t)(r[1] & 0xffff); }
-static inline uint32_t r_maxrun(const uint64_t *r) { return (uint32_t)((r[1] >> 16) & 0xffff); }
-static inline void r_counts(uint64_t *r, uint32_t nfree, uint32_t maxrun)
-{
-    r[1] = nfree | (uint64_t)maxrun << 16;
-}
-static inline void r_set_nfree(uint64_t *r, uint32_t nfree) { r[1] = (r[1] & ~0xffffull) | nfree; }
-/* where the page that starts in slot p starts */
-static inline uint64_t page_base(const void *st, const heap_ctl_t *c, uint32_t p)
-{
-    return ((uint64_t)p << c->page_shift) + e_start(CPT(st, c)[p]);
-}
-
-static inline uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
-
-typedef struct layout {
-    uint32_t page_shift, npages, rec_words, bm_words, groups, nfrags, frag_max_n;
-    uint64_t pt_off, rec_off, waste_off, tlsf_off, tlsf_size, total;
-} layout_t;
-
-static int compute_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks,
-                          layout_t *L)
+int mp_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, layout_t *L)
 {
     if (capacity == 0 || !mp_is_pow2(page_size)) return 0;
     if (page_size < ((uint64_t)1 << MIN_PAGE_SHIFT) || page_size > ((uint64_t)1 << MAX_PAGE_SHIFT))
@@ -270,7 +143,7 @@ uint64_t mp_heap_default_max_blocks(uint64_t capacity)
 uint64_t mp_heap_state_size(uint64_t capacity, uint64_t page_size, uint64_t max_blocks)
 {
     layout_t L;
-    return compute_layout(capacity, page_size, max_blocks, &L) ? L.total : 0;
+    return mp_heap_layout(capacity, page_size, max_blocks, &L) ? L.total : 0;
 }
 
 static void heap_reset(void *st);
@@ -278,7 +151,7 @@ static void heap_reset(void *st);
 int mp_heap_init(void *st, uint64_t capacity, uint64_t page_size, uint64_t max_blocks)
 {
     layout_t L;
-    if (!compute_layout(capacity, page_size, max_blocks, &L)) return MP_EINVAL;
+    if (!mp_heap_layout(capacity, page_size, max_blocks, &L)) return MP_EINVAL;
     memset(st, 0, L.tlsf_off);
     mp_head_t *h = H(st);
     h->magic = MP_STATE_MAGIC;
@@ -386,8 +259,6 @@ static inline void note_alloc(mp_head_t *h, uint64_t used, uint64_t requested)
 /* ---- pages ---------------------------------------------------------------------- */
 static void release_spares(void *st);
 
-static inline int have_spares(const heap_ctl_t *c) { return c->spare != MP_NIL; }
-
 /* A TLSF allocation for the heap; on failure, the spares go back and it is retried. */
 static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
@@ -399,13 +270,6 @@ static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     }
     if (rc == MP_OK && *out + size > H(st)->high_water) H(st)->high_water = *out + size;
     return rc;
-}
-
-/* A page of `owner` starts at a multiple of this: the largest power of two that
- * divides the class size (its items are aligned to it), 256 for fragments. */
-static inline uint64_t page_align(uint32_t owner)
-{
-    return owner <= NCLASS ? (uint64_t)1 << (4 + __builtin_ctz(owner)) : FRAG;
 }
 
 /* Set page p (starting at off, in no list) up, empty, for `owner`. */
@@ -581,33 +445,6 @@ static inline uint64_t runs_of(uint64_t x, uint32_t n)
         have += s;
     }
     return x;
-}
-
-/* min(longest run of set bits, cap) */
-static inline uint32_t longest_run(uint64_t x, uint32_t cap)
-{
-    uint32_t r = 0;
-    while (x && r < cap) {
-        r++;
-        x &= x >> 1;
-    }
-    return r;
-}
-
-static inline uint32_t page_maxrun(const heap_ctl_t *c, const uint64_t *r)
-{
-    uint32_t best = 0;
-    for (uint32_t g = 0; g < c->groups && best < c->frag_max_n; g++) {
-        uint32_t m = longest_run(~r[REC_HDR + g], c->frag_max_n);
-        if (m > best) best = m;
-    }
-    return best;
-}
-
-/* Padding bits of a fragment group (pages of fewer than 64 fragments). */
-static inline uint64_t frag_pad(const heap_ctl_t *c)
-{
-    return c->nfrags < GROUP_FRAGS ? ~0ull << c->nfrags : 0;
 }
 
 /* The bucket a fragment page is filed in: 0 = none (full, or empty). */
@@ -1024,500 +861,10 @@ static void heap_reset(void *st)
     h->cursor = 0;
 }
 
-/* ---- walking the memory map ------------------------------------------------------- */
-/* Pieces go through w_piece() in address order, which merges adjacent free pieces. */
-typedef struct walker {
-    const void *st;
-    mp_walk_fn fn; /* NULL: only count */
-    void *ctx;
-    uint64_t free_off, free_len; /* the pending free piece */
-    uint64_t nfree_ranges;
-    int stop;
-    int runs_only; /* largest_free: only the runs below, no pieces */
-    /* for largest_free: runs of free TLSF ranges and spare pages */
-    uint64_t run_off, run_len, best_run;
-} walker_t;
-
-static void w_flush(walker_t *w)
-{
-    if (w->free_len) {
-        w->nfree_ranges++;
-        if (w->fn && !w->stop) w->stop = w->fn(w->ctx, w->free_off, w->free_len, 0);
-        w->free_len = 0;
-    }
-}
-
-static void w_piece(walker_t *w, uint64_t off, uint64_t len, int allocated)
-{
-    if (w->stop || len == 0) return;
-    if (!allocated) {
-        if (w->free_len && w->free_off + w->free_len == off) w->free_len += len;
-        else {
-            w_flush(w);
-            w->free_off = off;
-            w->free_len = len;
-        }
-        return;
-    }
-    w_flush(w);
-    if (w->fn && !w->stop) w->stop = w->fn(w->ctx, off, len, 1);
-}
-
-/* a slab page: runs of free items (and the slack after the last item) as free
- * pieces, live items one by one */
-static void walk_slab_page(walker_t *w, const heap_ctl_t *c, uint32_t p, uint32_t k)
-{
-    const uint64_t *r = CREC(w->st, c, p);
-    uint64_t base = page_base(w->st, c, p), sz = c->cls[k].size;
-    uint32_t count = c->cls[k].count;
-    for (uint32_t i = 0; i < count && !w->stop;) {
-        uint64_t word = r[REC_HDR + (i >> 6)] >> (i & 63);
-        uint32_t left = 64 - (i & 63);
-        if (left > count - i) left = count - i;
-        if (word & 1) { /* live items */
-            uint64_t inv = ~word;
-            uint32_t run = inv ? (uint32_t)__builtin_ctzll(inv) : 64;
-            if (run > left) run = left;
-            if (w->fn) {
-                for (uint32_t j = 0; j < run && !w->stop; j++)
-                    w_piece(w, base + (i + j) * sz, sz, 1);
-            } else {
-                w_piece(w, base + i * sz, sz * run, 1);
-            }
-            i += run;
-        } else {
-            uint32_t run = word ? (uint32_t)__builtin_ctzll(word) : 64;
-            if (run > left) run = left;
-            w_piece(w, base + i * sz, sz * run, 0);
-            i += run;
-        }
-    }
-    w_piece(w, base + count * sz, ((uint64_t)1 << c->page_shift) - count * sz, 0);
-}
-
-static void walk_frag_page(walker_t *w, const heap_ctl_t *c, uint32_t p)
-{
-    const uint64_t *r = CREC(w->st, c, p);
-    uint64_t base = page_base(w->st, c, p), pad = frag_pad(c);
-    uint32_t lim = c->nfrags < GROUP_FRAGS ? c->nfrags : GROUP_FRAGS;
-    for (uint32_t g = 0; g < c->groups && !w->stop; g++) {
-        uint64_t used = r[REC_HDR + g], start = r[REC_HDR + c->groups + g];
-        uint64_t gbase = base + (uint64_t)g * GROUP_FRAGS * FRAG;
-        for (uint32_t b = 0; b < lim && !w->stop;) {
-            uint64_t from = (~0ull << b) << 1;
-            uint64_t stop = (start & 1ull << b) ? (start | ~used | pad) & from : start & from;
-            uint32_t e = stop ? (uint32_t)__builtin_ctzll(stop) : 64;
-            if (e > lim) e = lim;
-            w_piece(w, gbase + (uint64_t)b * FRAG, (uint64_t)(e - b) * FRAG,
-                    (int)((start >> b) & 1));
-            b = e;
-        }
-    }
-}
-
-
-static void run_piece(walker_t *w, uint64_t off, uint64_t len, int free_or_spare)
-{
-    if (!free_or_spare) {
-        w->run_len = 0;
-        return;
-    }
-    if (w->run_len && w->run_off + w->run_len == off) w->run_len += len;
-    else {
-        w->run_off = off;
-        w->run_len = len;
-    }
-    if (w->run_len > w->best_run) w->best_run = w->run_len;
-}
-
-/* The page (slot) a TLSF range is, or MP_NIL when it is not a page. */
-static inline uint32_t range_page(const void *st, const heap_ctl_t *c, uint64_t off,
-                                  uint64_t size, uint32_t *owner)
-{
-    uint64_t s = off >> c->page_shift, psz = (uint64_t)1 << c->page_shift;
-    if (size != psz || s >= c->npages) return MP_NIL;
-    uint32_t e = CPT(st, c)[s];
-    if (!e || e_start(e) != (off & (psz - 1))) return MP_NIL;
-    *owner = e_owner(e);
-    return (uint32_t)s;
-}
-
-static int walk_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
-{
-    walker_t *w = ctx;
-    const heap_ctl_t *c = CCT(w->st);
-    uint32_t owner = 0, p = allocated ? range_page(w->st, c, off, size, &owner) : MP_NIL;
-    if (w->runs_only) {
-        run_piece(w, off, size, !allocated || (p != MP_NIL && c->spare == p));
-        return 0;
-    }
-    if (p != MP_NIL && owner <= FRAG_OWNER) {
-        if (owner <= NCLASS) walk_slab_page(w, c, p, owner);
-        else walk_frag_page(w, c, p);
-        run_piece(w, off, size, c->spare == p);
-    } else {
-        w_piece(w, off, size, allocated);
-        run_piece(w, off, size, !allocated);
-    }
-    return w->stop;
-}
-
-static void walk_all(walker_t *w)
-{
-    mp_tlsf_ops.walk(CSUB(w->st, CCT(w->st)), walk_cb, w);
-    w_flush(w);
-}
-
-static int heap_walk(const void *st, mp_walk_fn fn, void *ctx)
-{
-    walker_t w;
-    memset(&w, 0, sizeof w);
-    w.st = st;
-    w.fn = fn;
-    w.ctx = ctx;
-    walk_all(&w);
-    return w.stop;
-}
-
-static uint64_t heap_free_ranges(const void *st)
-{
-    walker_t w;
-    memset(&w, 0, sizeof w);
-    w.st = st;
-    walk_all(&w);
-    return w.nfree_ranges;
-}
-
-/* The largest alloc(size) that succeeds: the largest free TLSF range (a spare
- * page counts as free, merged with its free neighbours: an allocation that needs
- * the room releases the spares), the largest class with a free item in a partial
- * page, or the longest free fragment run. */
-static uint64_t heap_largest(const void *st)
-{
-    const heap_ctl_t *c = CCT(st);
-    uint64_t best;
-    if (have_spares(c)) {
-        walker_t w;
-        memset(&w, 0, sizeof w);
-        w.st = st;
-        w.runs_only = 1;
-        walk_all(&w);
-        best = w.best_run;
-    } else {
-        best = mp_tlsf_ops.largest_free(CSUB(st, c));
-    }
-    for (uint32_t k = NCLASS; k >= 1; k--)
-        if (c->cls[k].head != MP_NIL) {
-            if (c->cls[k].size > best) best = c->cls[k].size;
-            break;
-        }
-    if (c->fbits) {
-        uint64_t f = (uint64_t)(31 - __builtin_clz(c->fbits)) * FRAG;
-        if (f > best) best = f;
-    }
-    return best;
-}
-
 static uint64_t heap_available(const void *st)
 {
     const mp_head_t *h = st;
     return h->capacity - h->used;
-}
-
-/* ---- check ----------------------------------------------------------------------------- */
-#define FAIL(...)                                                                                \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
-
-typedef unsigned long long ull;
-
-typedef struct checker {
-    const void *st;
-    uint64_t pages_seen, direct_live, direct_used, max_end;
-} checker_t;
-
-static int check_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
-{
-    checker_t *k = ctx;
-    if (!allocated) return 0;
-    uint32_t owner, p = range_page(k->st, CCT(k->st), off, size, &owner);
-    /* the spare holds nothing handed out: a failed alloc_many that took it is
-     * undone by restoring the head, high_water included */
-    if (p != CCT(k->st)->spare && off + size > k->max_end) k->max_end = off + size;
-    if (p != MP_NIL) {
-        k->pages_seen++;
-    } else {
-        k->direct_live++;
-        k->direct_used += size;
-    }
-    return 0;
-}
-
-static int check_layout(const void *st, uint64_t len, char *msg, size_t msglen, layout_t *L)
-{
-    const mp_head_t *h = st;
-    if (len < CTL_OFF + sizeof(heap_ctl_t)) FAIL("state too short: %llu bytes", (ull)len);
-    if (h->magic != MP_STATE_MAGIC) FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != MP_KIND_HEAP) FAIL("state is of kind %u, not %u", h->kind, MP_KIND_HEAP);
-    if (h->version != MP_STATE_VERSION) FAIL("state version %u, expected %u", h->version,
-                                             MP_STATE_VERSION);
-    if (!compute_layout(h->capacity, h->param[0], h->param[1], L))
-        FAIL("bad parameters: capacity %llu, page_size %llu, max_blocks %llu", (ull)h->capacity,
-             (ull)h->param[0], (ull)h->param[1]);
-    if (h->state_size != L->total || len < L->total)
-        FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size, (ull)len,
-             (ull)L->total);
-    const heap_ctl_t *c = CCT(st);
-    if (c->page_shift != L->page_shift || c->npages != L->npages ||
-        c->rec_words != L->rec_words || c->bm_words != L->bm_words || c->groups != L->groups ||
-        c->nfrags != L->nfrags || c->frag_max_n != L->frag_max_n || c->pt_off != L->pt_off ||
-        c->rec_off != L->rec_off || c->waste_off != L->waste_off || c->tlsf_off != L->tlsf_off ||
-        c->tlsf_size != L->tlsf_size)
-        FAIL("heap layout does not match the parameters");
-    for (uint32_t k = 1; k <= NCLASS; k++)
-        if (c->cls[k].size != 16 * k || c->cls[k].count != (uint32_t)(h->param[0] / (16 * k)))
-            FAIL("class %u: size %u, count %u do not match the page size", k, c->cls[k].size,
-                 c->cls[k].count);
-    const mp_head_t *sub = CSUB(st, c);
-    if (sub->magic != MP_STATE_MAGIC || sub->kind != MP_KIND_TLSF ||
-        sub->capacity != h->capacity || sub->param[0] != h->param[1] ||
-        sub->state_size != L->tlsf_size)
-        FAIL("TLSF sub-state head does not match the heap (capacity %llu, max_blocks %llu)",
-             (ull)sub->capacity, (ull)sub->param[0]);
-    return MP_OK;
-}
-
-/* Walk a page list (bounded); every page must belong to `owner`, be partial and,
- * for a fragment bucket, have that longest run.  Returns the length, or -1 with
- * msg set. */
-static int64_t check_list(const void *st, const heap_ctl_t *c, uint32_t head, uint32_t owner,
-                          uint32_t bucket, char *msg, size_t msglen)
-{
-    const uint32_t *pt = CPT(st, c);
-    uint32_t prev = MP_NIL;
-    int64_t n = 0;
-    for (uint32_t p = head; p != MP_NIL;) {
-        if (p >= c->npages) {
-            snprintf(msg, msglen, "list of owner %u links page %u beyond %u", owner, p,
-                     c->npages);
-            return -1;
-        }
-        if (++n > (int64_t)c->npages) {
-            snprintf(msg, msglen, "list of owner %u is longer than the pages (cycle?)", owner);
-            return -1;
-        }
-        const uint64_t *r = CREC(st, c, p);
-        if (e_owner(pt[p]) != owner) {
-            snprintf(msg, msglen, "list of owner %u holds page %u of owner %u", owner, p,
-                     e_owner(pt[p]));
-            return -1;
-        }
-        if (r_prev(r) != prev) {
-            snprintf(msg, msglen, "list of owner %u: bad prev link at page %u", owner, p);
-            return -1;
-        }
-        uint32_t nfree = r_nfree(r);
-        uint32_t full = owner <= NCLASS ? c->cls[owner].count : c->nfrags;
-        if (nfree == 0 || nfree >= full) {
-            snprintf(msg, msglen, "list of owner %u holds page %u with %u of %u free", owner, p,
-                     nfree, full);
-            return -1;
-        }
-        if (bucket && r_maxrun(r) != bucket) {
-            snprintf(msg, msglen, "fragment bucket %u holds page %u whose longest run is %u",
-                     bucket, p, r_maxrun(r));
-            return -1;
-        }
-        prev = p;
-        p = r_next(r);
-    }
-    return n;
-}
-
-static int check_slab_page(const void *st, const heap_ctl_t *c, uint32_t p, uint32_t k,
-                           uint64_t *live, uint64_t *used, uint64_t *wasted, char *msg,
-                           size_t msglen)
-{
-    const uint64_t *r = CREC(st, c, p);
-    const uint8_t *waste = CWASTE(st, c);
-    uint64_t base = page_base(st, c, p);
-    uint32_t count = c->cls[k].count, nw = (count + 63) / 64;
-    uint64_t sz = c->cls[k].size, summary = 0, alloc = 0;
-    if (r_maxrun(r)) FAIL("slab page %u has a run length", p);
-    for (uint32_t j = 0; j < c->bm_words; j++) {
-        uint64_t word = r[REC_HDR + j];
-        if (j >= nw) {
-            if (word) FAIL("slab page %u: bitmap word %u beyond the items", p, j);
-            continue;
-        }
-        uint32_t valid = j == nw - 1 && (count & 63) ? count & 63 : 64;
-        uint64_t pad = valid == 64 ? 0 : ~0ull << valid;
-        if ((word & pad) != pad) FAIL("slab page %u: padding bits of word %u clear", p, j);
-        uint64_t items = word & ~pad;
-        alloc += (uint64_t)__builtin_popcountll(items);
-        if (word != ~0ull) summary |= (uint64_t)1 << j;
-        for (uint64_t m = items; m; m &= m - 1) {
-            uint32_t i = j * 64 + (uint32_t)__builtin_ctzll(m);
-            uint8_t ws = waste[(base + i * sz) >> 4];
-            if (ws >= sz) FAIL("slab item at %llu wastes %u of %llu bytes", (ull)(base + i * sz),
-                               ws, (ull)sz);
-            *wasted += ws;
-        }
-    }
-    if (r[2] != summary)
-        FAIL("slab page %u: summary 0x%llx, bitmap says 0x%llx", p, (ull)r[2], (ull)summary);
-    if (r_nfree(r) != count - alloc)
-        FAIL("slab page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)(count - alloc));
-    *live += alloc;
-    *used += alloc * sz;
-    return MP_OK;
-}
-
-static int check_frag_page(const void *st, const heap_ctl_t *c, uint32_t p, uint64_t *live,
-                           uint64_t *used, uint64_t *wasted, char *msg, size_t msglen)
-{
-    const uint64_t *r = CREC(st, c, p);
-    const uint8_t *waste = CWASTE(st, c);
-    uint64_t base = page_base(st, c, p), pad = frag_pad(c), freen = 0;
-    if (r[2]) FAIL("fragment page %u has a summary", p);
-    for (uint32_t j = 2 * c->groups; j < c->bm_words; j++)
-        if (r[REC_HDR + j]) FAIL("fragment page %u: bitmap word %u is not zero", p, j);
-    for (uint32_t g = 0; g < c->groups; g++) {
-        uint64_t u = r[REC_HDR + g], s = r[REC_HDR + c->groups + g];
-        if ((u & pad) != pad) FAIL("fragment page %u: padding bits clear", p);
-        if (s & pad) FAIL("fragment page %u: a run starts in the padding", p);
-        if (s & ~u) FAIL("fragment page %u: a run starts on a free fragment", p);
-        /* an allocated fragment after a free one (or first) must start a run */
-        if ((u & ~pad) & ~(u << 1) & ~s)
-            FAIL("fragment page %u: allocated fragments without a start", p);
-        freen += (uint64_t)__builtin_popcountll(~u);
-        for (uint64_t m = s; m; m &= m - 1) {
-            uint32_t b = (uint32_t)__builtin_ctzll(m);
-            uint64_t stop = (s | ~u | pad) & ((~0ull << b) << 1);
-            uint32_t e = stop ? (uint32_t)__builtin_ctzll(stop) : 64;
-            uint64_t off = base + ((uint64_t)g * GROUP_FRAGS + b) * FRAG;
-            uint64_t sz = (uint64_t)(e - b) * FRAG;
-            if (e - b > c->frag_max_n)
-                FAIL("fragment run at %llu is %u fragments long", (ull)off, e - b);
-            uint8_t ws = waste[off >> 4];
-            if (ws >= sz) FAIL("fragment run at %llu wastes %u of %llu bytes", (ull)off, ws,
-                               (ull)sz);
-            *wasted += ws;
-            (*live)++;
-            *used += sz;
-        }
-    }
-    if (r_nfree(r) != freen)
-        FAIL("fragment page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)freen);
-    uint32_t want = freen == c->nfrags ? c->frag_max_n : page_maxrun(c, r);
-    if (r_maxrun(r) != want)
-        FAIL("fragment page %u: longest run %u, bitmap says %u", p, r_maxrun(r), want);
-    return MP_OK;
-}
-
-static int heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
-{
-    layout_t L;
-    int rc = check_layout(st, len, msg, msglen, &L);
-    if (rc) return rc;
-    const mp_head_t *h = st;
-    const heap_ctl_t *c = CCT(st);
-    char sub_msg[200];
-    if (mp_tlsf_ops.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
-        FAIL("TLSF sub-state: %s", sub_msg);
-    /* H2: the page table against the TLSF's ranges */
-    const uint32_t *pt = CPT(st, c);
-    uint64_t owned = 0, psz = (uint64_t)1 << c->page_shift;
-    for (uint32_t p = 0; p < c->npages; p++) {
-        const uint64_t *r = CREC(st, c, p);
-        if (!e_owner(pt[p])) {
-            if (pt[p]) FAIL("page slot %u: start without an owner", p);
-            if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL || r[1] || r[2])
-                FAIL("page slot %u belongs to the TLSF but has a live record", p);
-            for (uint32_t j = 0; j < c->bm_words; j++)
-                if (r[REC_HDR + j]) FAIL("page slot %u belongs to the TLSF but has bitmap bits", p);
-            continue;
-        }
-        if (e_owner(pt[p]) > FRAG_OWNER || (pt[p] & 0xff00))
-            FAIL("page %u has owner %u", p, pt[p] & 0xffff);
-        if (r[1] >> 32) FAIL("page %u: record counts 0x%llx", p, (ull)r[1]);
-        uint64_t s0 = e_start(pt[p]);
-        if (s0 % page_align(e_owner(pt[p])) || s0 >= psz || ((uint64_t)p << c->page_shift) + s0 + psz > h->capacity)
-            FAIL("page %u starts at %llu past its slot or ends past the span", p, (ull)s0);
-        owned++;
-    }
-    checker_t ck;
-    memset(&ck, 0, sizeof ck);
-    ck.st = st;
-    mp_tlsf_ops.walk(CSUB(st, c), check_cb, &ck);
-    /* every owned page matched a TLSF range exactly once; the TLSF's ranges are
-     * disjoint, so no other range overlaps a page */
-    if (ck.pages_seen != owned)
-        FAIL("%llu pages owned, but the TLSF holds %llu of them", (ull)owned, (ull)ck.pages_seen);
-    if (ck.max_end > h->high_water)
-        FAIL("a range ends at %llu, above high_water %llu", (ull)ck.max_end, (ull)h->high_water);
-    if (h->high_water > h->capacity) FAIL("high_water beyond capacity");
-    /* H3: page records */
-    uint64_t live = ck.direct_live, used = ck.direct_used, wasted = 0;
-    uint64_t partial[FRAG_OWNER + 1] = {0}, empty = 0;
-    uint64_t buckets[NMAX + 1] = {0};
-    for (uint32_t p = 0; p < c->npages; p++) {
-        uint32_t owner = e_owner(pt[p]);
-        if (!owner) continue;
-        const uint64_t *r = CREC(st, c, p);
-        uint32_t full = owner <= NCLASS ? c->cls[owner].count : c->nfrags;
-        if (owner <= NCLASS) rc = check_slab_page(st, c, p, owner, &live, &used, &wasted, msg,
-                                                  msglen);
-        else rc = check_frag_page(st, c, p, &live, &used, &wasted, msg, msglen);
-        if (rc) return rc;
-        if (r_nfree(r) == full) empty++;
-        else if (r_nfree(r)) {
-            partial[owner]++;
-            if (owner == FRAG_OWNER) buckets[r_maxrun(r)]++;
-        }
-    }
-    /* H4: lists and spares */
-    uint32_t spare = c->spare;
-    if (spare != MP_NIL) {
-        if (spare >= c->npages || !e_owner(pt[spare]))
-            FAIL("the spare is page %u, which is not a page", spare);
-        const uint64_t *r = CREC(st, c, spare);
-        uint32_t so = e_owner(pt[spare]);
-        uint32_t full = so <= NCLASS ? c->cls[so].count : c->nfrags;
-        if (r_nfree(r) != full) FAIL("the spare page %u is not empty", spare);
-        if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL) FAIL("the spare page %u is linked", spare);
-    }
-    if (empty != (spare != MP_NIL))
-        FAIL("%llu empty pages, spare %u", (ull)empty, spare);
-    for (uint32_t k = 1; k <= NCLASS; k++) {
-        int64_t n = check_list(st, c, c->cls[k].head, k, 0, msg, msglen);
-        if (n < 0) return MP_ECORRUPT;
-        if ((uint64_t)n != partial[k])
-            FAIL("class %u lists %lld pages, %llu are partial", k, (long long)n, (ull)partial[k]);
-    }
-    if (c->fbits & ~((((uint32_t)1 << c->frag_max_n) - 1) << 1))
-        FAIL("fragment bucket bits 0x%x beyond %u", c->fbits, c->frag_max_n);
-    if (c->fhead[0] != MP_NIL) FAIL("fragment bucket 0 is not empty");
-    for (uint32_t b = 1; b <= NMAX; b++) {
-        if (((c->fbits >> b) & 1) != (c->fhead[b] != MP_NIL))
-            FAIL("fragment bucket bit %u disagrees with its list", b);
-        int64_t n = check_list(st, c, c->fhead[b], FRAG_OWNER, b, msg, msglen);
-        if (n < 0) return MP_ECORRUPT;
-        if ((uint64_t)n != buckets[b])
-            FAIL("fragment bucket %u lists %lld pages, %llu belong there", b, (long long)n,
-                 (ull)buckets[b]);
-    }
-    /* H5: counters */
-    if (live != h->live) FAIL("%llu live ranges, count says %llu", (ull)live, (ull)h->live);
-    if (used != h->used) FAIL("live ranges hold %llu bytes, used says %llu", (ull)used,
-                              (ull)h->used);
-    if (used - wasted != h->requested)
-        FAIL("live ranges were asked %llu bytes, requested says %llu", (ull)(used - wasted),
-             (ull)h->requested);
-    if (h->peak_used < h->used) FAIL("peak_used below used");
-    return MP_OK;
 }
 
 const mp_ops_t mp_heap_ops = {
@@ -1528,9 +875,9 @@ const mp_ops_t mp_heap_ops = {
     .realloc = heap_realloc,
     .size_of = heap_size_of,
     .reset = heap_reset,
-    .check = heap_check,
-    .walk = heap_walk,
-    .largest_free = heap_largest,
+    .check = mp_heap_check,
+    .walk = mp_heap_walk,
+    .largest_free = mp_heap_largest_free,
     .available = heap_available,
-    .free_ranges = heap_free_ranges,
+    .free_ranges = mp_heap_free_ranges,
 };
