@@ -121,10 +121,60 @@ def test_argument_count_and_names(s):
 def test_batch_bad_input(s):
     unchanged(s, lambda: s.alloc_many([1, 0, 3]), ValueError, r"sizes\[1\] must be >= 1")
     unchanged(s, lambda: s.alloc_many([1, -4]), ValueError, r"sizes\[1\]")
-    unchanged(s, lambda: s.alloc_many(["a"]), (TypeError, ValueError))
+    unchanged(s, lambda: s.alloc_many(["a"]), TypeError, r"sizes\[0\] must be an integer, not str")
     unchanged(s, lambda: s.alloc_many([1], align=3), ValueError, "align")
     unchanged(s, lambda: s.free_many([12345]), mempool.NotAllocated)
     assert len(s.alloc_many([])) == 0
+
+
+@pytest.mark.parametrize(
+    "sizes, exc, match",
+    [
+        ([1.9, 2.5], TypeError, r"sizes\[0\] must be an integer, not float"),
+        ([8, "5"], TypeError, r"sizes\[1\] must be an integer, not str"),
+        ("58", TypeError, r"sizes\[0\] must be an integer, not str"),
+        (np.array([1.0, 2.0]), TypeError, "sizes must hold integers, not items of format 'd'"),
+        (np.array([True, True]), TypeError, "format '\\?'"),
+        (np.array([8, 0], np.uint16), ValueError, r"sizes\[1\] must be >= 1, got 0"),
+        (np.array([8, -3], np.int8), ValueError, r"sizes\[1\] must be >= 1, got -3"),
+        (5, TypeError, "sizes must be a sequence of integers"),
+        (None, TypeError, "sizes must be a sequence of integers"),
+        ([8, 2**64], mempool.OutOfSpace, "cannot allocate"),
+        (np.array([8, 2**64 - 1], np.uint64), mempool.OutOfSpace, "cannot allocate"),
+    ],
+)
+def test_batch_sizes_are_integers(s, sizes, exc, match):
+    # the scalar rules, item by item: no silent float or string conversion
+    unchanged(s, lambda: s.alloc_many(sizes), exc, match)
+
+
+@pytest.mark.parametrize(
+    "offsets, exc, match",
+    [
+        ([0.0], TypeError, r"offsets\[0\] must be an integer, not float"),
+        (np.array([0.0]), TypeError, "offsets must hold integers"),
+        ([-1], ValueError, r"offsets\[0\] must be >= 0, got -1"),
+        (np.array([-1], np.int32), ValueError, r"offsets\[0\] must be >= 0, got -1"),
+        ([2**64], mempool.NotAllocated, r"offsets\[0\] is not the start of a live range"),
+        ([0, 2**70], mempool.NotAllocated, r"offsets\[1\]"),
+        ([0, 0], mempool.NotAllocated, "named twice"),
+    ],
+)
+def test_batch_offsets_are_integers(s, offsets, exc, match):
+    unchanged(s, lambda: s.free_many(offsets), exc, match)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
+                                   np.int64, np.uint64])
+def test_batch_takes_any_integer_array(dtype):
+    s = TLSF(4096)
+    offs = s.alloc_many(np.array([16, 32, 48], dtype))
+    assert offs.tolist() == [0, 16, 48] and offs.dtype == np.int64
+    s.free_many(offs.astype(dtype))
+    assert len(s) == 0
+    offs = s.alloc_many(np.array([[8, 8], [8, 8]], dtype)[:, 0])  # not contiguous: by item
+    assert offs.tolist() == [0, 8]
+    s.check()
 
 
 @pytest.mark.parametrize("cls", [TLSF, BestFit])

@@ -36,7 +36,7 @@ def test_create_write_reopen_in_another_process(tmp_path):
         import sys, mempool
         p = mempool.Pool.open(sys.argv[1])
         p.check()
-        print(len(p), p.strategy.strategy, p.recovered)
+        print(len(p), p.strategy, p.recovered)
         offs = [int(x) for x in sys.argv[2].split(',')]
         for k, off in enumerate(offs):
             if k == 3:
@@ -111,7 +111,7 @@ def test_random_state_damage_never_crashes(tmp_path):
     with Pool.create(good, 65536, max_blocks=64) as p:
         offs = [p.alloc(n).offset for n in (100, 200, 300, 400)]
         p.free(p.block_at(offs[1]))
-        state_size = p.strategy.state_size
+        state_size = p._strategy.state_size
     data = bytearray(good.read_bytes())
     rng = random.Random(5)
     refused = 0

@@ -71,10 +71,10 @@ def test_constructor_and_bad_arguments(name):
     assert not Path(f"/dev/shm/{name}").exists()  # nothing left behind by a failed create
 
 
-def test_strategy_is_not_reachable_unlocked(name):
-    with SharedPool.create(name, 65536) as p:
-        with pytest.raises(TypeError, match="lock"):
-            p.strategy
+def test_strategy_is_a_name(name):
+    # the strategy object is only used under the lock, inside the pool's methods
+    with SharedPool.create(name, 65536, "bestfit") as p:
+        assert p.strategy == "bestfit" and isinstance(p.strategy, str)
 
 
 def test_workers_churn_spawn(name):

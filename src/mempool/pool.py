@@ -90,36 +90,36 @@ class Pool(PoolCore):
     def stats(self) -> Stats:
         """The strategy's counters (see :class:`mempool.Stats`)."""
         self._check_open()
-        return self.strategy.stats()
+        return self._strategy.stats()
 
     def check(self) -> None:
         """Verify every invariant of the strategy state; raises CorruptionError."""
         self._check_open()
-        self.strategy.check()
+        self._strategy.check()
 
     @property
     def used(self) -> int:
         self._check_open()
-        return self.strategy.used
+        return self._strategy.used
 
     @property
     def available(self) -> int:
         self._check_open()
-        return self.strategy.available
+        return self._strategy.available
 
     @property
     def largest_free(self) -> int:
         self._check_open()
-        return self.strategy.largest_free
+        return self._strategy.largest_free
 
     def __len__(self) -> int:
         self._check_open()
-        return len(self.strategy)
+        return len(self._strategy)
 
     def segments(self) -> list[tuple[int, int, bool]]:
         """The memory map: (offset, size, allocated) in address order."""
         self._check_open()
-        return self.strategy.segments()
+        return self._strategy.segments()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -147,7 +147,7 @@ class Pool(PoolCore):
     def __repr__(self) -> str:
         if self.closed:
             return f"<{type(self).__name__} closed>"
-        st = self.strategy
+        st = self._strategy
         where = f" file={str(self.path)!r}" if self.path else ""
         return (f"<{type(self).__name__} {st.strategy} capacity={st.capacity} used={st.used} "
                 f"live={len(st)}{where}>")

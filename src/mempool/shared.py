@@ -273,11 +273,6 @@ class SharedPool(Pool):
         """Unique per created segment: a handle to a re-created name is refused."""
         return self._segment_id
 
-    @property
-    def strategy(self):  # type: ignore[override]
-        raise TypeError("a shared pool's strategy is only used under its lock: call the pool's "
-                        "methods (stats, segments, check) instead")
-
     def __reduce__(self):
         return (_attach_cached, (self._name, self._segment_id))
 

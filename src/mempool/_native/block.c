@@ -46,10 +46,12 @@ static void block_dealloc(BlockObject *b)
         pool->exports--;
         b->array = 0;
     }
-    if (b->live && b->owned && !pool->closed) {
+    if (b->live && b->owned && !pool->closed && !pool->closing && pool->strategy &&
+        pool->strategy->st) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* may run while an exception is set */
-        if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)b);
+        /* not b itself: its refcount is 0, and the hook would take and drop a reference */
+        if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)pool);
         PyErr_Restore(et, ev, tb);
     }
     if (b->prev) b->prev->next = b->next;

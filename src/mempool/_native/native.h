@@ -42,6 +42,9 @@ typedef struct {
     Py_buffer view;           /* the data buffer, held while open (has_view)    */
     int has_view;
     int closed;
+    int closing;              /* close() under way: new calls raise PoolClosed      */
+    Py_ssize_t waiting;       /* calls of this process waiting for the segment's lock
+                                 without the GIL (close() waits for them to leave) */
     int auto_free;            /* blocks give their range back when collected   */
     PyObject *source;         /* the memory source, kept alive                  */
     Py_ssize_t exports;       /* buffer exports of blocks + array-owned blocks  */
@@ -97,6 +100,7 @@ int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
 /* pool_shared.c: the shared-pool half of PoolCore */
 int mp_pool_lock(PoolObject *pool); /* take / drop the segment's lock (no-ops when private) */
 void mp_pool_unlock(PoolObject *pool);
+void mp_sh_drain(PoolObject *pool); /* wait until no call of this process waits for the lock */
 int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
                 uint32_t *entry);
 void mp_sh_untake(PoolObject *p, uint32_t entry); /* undo mp_sh_alloc (no Block was made) */

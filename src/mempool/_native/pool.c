@@ -24,8 +24,9 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 int mp_pool_check_open(PoolObject *pool)
 {
-    if (!pool->closed) return 0;
-    PyErr_SetString(mp_PoolClosed, "the pool is closed");
+    if (!pool->closed && !pool->closing && pool->strategy && pool->strategy->st) return 0;
+    PyErr_SetString(mp_PoolClosed, pool->strategy ? "the pool is closed"
+                                                  : "the pool is not initialised");
     return -1;
 }
 
@@ -235,11 +236,11 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
         PyErr_Format(PyExc_TypeError, "realloc() takes exactly two arguments (%zd given)", nargs);
         return NULL;
     }
+    int big = mp_arg_size(args[1], "size", &size); /* may run __index__: first */
+    if (big < 0) return NULL;
     if (mp_pool_check_open(self) < 0) return NULL;
     BlockObject *b = as_block(self, args[0]);
     if (!b) return NULL;
-    int big = mp_arg_size(args[1], "size", &size);
-    if (big < 0) return NULL;
     if (b->exports > 0) {
         PyErr_Format(PyExc_BufferError,
                      "cannot resize the block at offset %llu: %zd view(s) of it are alive",
@@ -300,11 +301,6 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
 {
     PyObject *vals[2] = {NULL, NULL};
     if (mp_parse_args(fname, args, nargs, kwnames, array_names, 2, 1, vals) < 0) return NULL;
-    if (mp_pool_check_open(self) < 0) return NULL;
-    if (!self->base) {
-        PyErr_SetString(PyExc_TypeError, "a pool over External memory cannot hold arrays");
-        return NULL;
-    }
     PyArray_Dims dims = {NULL, 0};
     PyArray_Descr *descr = NULL;
     PyObject *arr = NULL;
@@ -341,6 +337,13 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
             goto done;
         }
         nbytes *= (uint64_t)dims.ptr[k];
+    }
+    /* the converters above may run Python code (__index__, dtype lookups): the pool is
+     * checked after them */
+    if (mp_pool_check_open(self) < 0) goto done;
+    if (!self->base) {
+        PyErr_SetString(PyExc_TypeError, "a pool over External memory cannot hold arrays");
+        goto done;
     }
     uint64_t align = (uint64_t)PyDataType_ALIGNMENT(descr), off;
     if (align < 64) align = 64;
@@ -385,7 +388,11 @@ static PyObject *ext_pool_zeros(PoolObject *self, PyObject *const *args, Py_ssiz
 /* ---- lifetime ------------------------------------------------------------------------- */
 static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->closed) Py_RETURN_FALSE;
+    if (self->closed || !self->strategy) Py_RETURN_FALSE;
+    if (self->closing) {
+        PyErr_SetString(PyExc_RuntimeError, "the pool is being closed by another thread");
+        return NULL;
+    }
     if (self->exports > 0) {
         PyErr_Format(PyExc_BufferError,
                      "cannot close the pool: %zd view(s) or array(s) of its memory are alive",
@@ -396,6 +403,10 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
      * now (they cannot reach the segment once it is unmapped) */
     if (self->ctl) mp_sh_close(self);
     PyErr_Clear();
+    /* threads of this process that wait for the segment's lock (without the GIL) find
+     * the pool closing when they get it, and leave; the segment is unmapped after */
+    self->closing = 1;
+    mp_sh_drain(self);
     self->closed = 1;
     self->gen = NULL;
     if (self->has_gen) {
@@ -421,16 +432,19 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
 /* _set_generation(buffer, offset): the persistent header's generation word */
 static PyObject *ext_pool_set_generation(PoolObject *self, PyObject *args)
 {
-    PyObject *buffer;
-    unsigned long long offset;
-    if (!PyArg_ParseTuple(args, "OK", &buffer, &offset)) return NULL;
+    PyObject *buffer, *off_obj;
+    uint64_t offset;
+    if (!PyArg_ParseTuple(args, "OO", &buffer, &off_obj)) return NULL;
+    int big = mp_arg_u64(off_obj, "offset", &offset);
+    if (big < 0) return NULL;
     if (self->has_gen || self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "the generation word is set already");
         return NULL;
     }
     if (PyObject_GetBuffer(buffer, &self->gen_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    if (offset % 8 || offset + 8 > (unsigned long long)self->gen_view.len) {
+    if (big || offset % 8 || (uint64_t)self->gen_view.len < 8 ||
+        offset > (uint64_t)self->gen_view.len - 8) {
         PyBuffer_Release(&self->gen_view);
         PyErr_SetString(PyExc_ValueError, "the generation word must be inside the buffer");
         return NULL;
@@ -440,6 +454,11 @@ static PyObject *ext_pool_set_generation(PoolObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *get_strategy_name(PoolObject *self, void *Py_UNUSED(c))
+{
+    if (!self->strategy) Py_RETURN_NONE;
+    return PyUnicode_FromString(self->strategy->ops->name);
+}
 static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
 {
     if (!self->strategy) Py_RETURN_NONE;
@@ -448,7 +467,8 @@ static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
 }
 static PyObject *get_closed(PoolObject *self, void *Py_UNUSED(c))
 {
-    return PyBool_FromLong(self->closed);
+    /* closed, being closed, or never initialised: not usable */
+    return PyBool_FromLong(self->closed || self->closing || !self->strategy || !self->strategy->st);
 }
 static PyObject *get_exports(PoolObject *self, void *Py_UNUSED(c))
 {
@@ -472,8 +492,11 @@ static PyObject *get_address(PoolObject *self, void *Py_UNUSED(c))
 }
 
 static PyGetSetDef pool_getset[] = {
-    {"strategy", (getter)get_strategy, NULL, "The strategy object (offsets).", NULL},
-    {"closed", (getter)get_closed, NULL, "True after close().", NULL},
+    {"strategy", (getter)get_strategy_name, NULL, "The strategy's name (\"tlsf\", ...).", NULL},
+    {"_strategy", (getter)get_strategy, NULL,
+     "The strategy object (private: freeing or resetting through it bypasses the pool's "
+     "blocks).", NULL},
+    {"closed", (getter)get_closed, NULL, "True after close() (and before initialisation).", NULL},
     {"exports", (getter)get_exports, NULL,
      "Views and arrays of the pool's memory alive now (close() needs 0).", NULL},
     {"capacity", (getter)get_capacity, NULL, "Bytes the pool manages.", NULL},

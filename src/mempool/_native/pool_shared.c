@@ -73,11 +73,18 @@ int mp_pool_lock(PoolObject *p)
     p->lock_calls++;
     int rc = mp_shared_trylock(p->ctl);
     if (rc == EBUSY) { /* another process holds it: wait without the GIL */
+        p->waiting++;  /* close() waits for us to leave before it unmaps the segment */
         Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(p->ctl);
         Py_END_ALLOW_THREADS
+        p->waiting--;
     }
     char msg[256];
     int r = mp_shared_locked(p->ctl, rc, OPS(p), ST(p), p->strategy->st_len, msg, sizeof msg);
+    if (r == MP_OK && p->closing) { /* closed by another thread while we waited */
+        mp_shared_unlock(p->ctl);
+        PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
+        return -1;
+    }
     if (r == MP_OK) return 0;
     PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_OSError, msg);
     return -1;
@@ -86,6 +93,16 @@ int mp_pool_lock(PoolObject *p)
 void mp_pool_unlock(PoolObject *p)
 {
     if (p->ctl) mp_shared_unlock(p->ctl);
+}
+
+void mp_sh_drain(PoolObject *p)
+{
+    while (p->waiting > 0) { /* they hold no lock of ours: let them run and leave */
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+        Py_END_ALLOW_THREADS
+    }
 }
 
 /* Drop an entry this process holds with refs 0 and free its range (lock held). */
@@ -184,6 +201,12 @@ int mp_sh_release(PoolObject *p, BlockObject *b)
     }
     if (!b->owner) { /* a borrowed reference: given back under the lock */
         if (mp_pool_lock(p) < 0) return -1;
+        if (!b->live) { /* another thread gave it back while we waited for the lock */
+            mp_pool_unlock(p);
+            PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
+                         (unsigned long long)b->offset);
+            return -1;
+        }
         if (mp_ref_release_borrowed(p->ctl, b->entry, b->pid) == 1) dispose(p, b->entry);
         mp_pool_unlock(p);
         b->live = 0;
@@ -240,6 +263,20 @@ int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
         return -1;
     }
     if (mp_pool_lock(p) < 0) return -1;
+    /* the wait for the lock may have let other threads free b or export a view of it */
+    if (!b->live || !entry_matches(p, b)) {
+        mp_pool_unlock(p);
+        PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
+                     (unsigned long long)b->offset);
+        return -1;
+    }
+    if (b->exports > 0) {
+        mp_pool_unlock(p);
+        PyErr_Format(PyExc_BufferError,
+                     "cannot resize the block at offset %llu: %zd view(s) of it are alive",
+                     (unsigned long long)b->offset, b->exports);
+        return -1;
+    }
     mp_entry_t *e = mp_reg_entry(p->ctl, b->entry);
     uint32_t refs = mp_entry_refs(e);
     if (refs > 1) {

@@ -194,31 +194,95 @@ static PyObject *np_call(const char *fn, PyObject *arg)
     return PyObject_CallMethod(np, fn, "Os", arg, "int64");
 }
 
-/* A contiguous int64 view of `obj` (converted through numpy when it is not one). */
-static int int64_view(PyObject *obj, const char *name, PyObject **holder, Py_buffer *view)
+/* The integers of `obj` -- a buffer of integers (a NumPy integer array, bytes) or any
+ * iterable of integers -- as a PyMem_Malloc'd array of *count values, each read by
+ * the rules of the scalar argument (`minimum` 1 for sizes, 0 for offsets): TypeError
+ * for anything but integers (floats, bools arrays, strings), ValueError below the
+ * minimum; values beyond 2**64 - 1 become UINT64_MAX, which no range has as its size
+ * or offset.  NULL with an exception set on failure. */
+static uint64_t *u64_items(PyObject *obj, const char *name, int minimum, Py_ssize_t *count)
 {
-    *holder = NULL;
-    if (PyObject_CheckBuffer(obj) && PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
-        const char *f = view->format ? view->format : "B";
-        if (*f == '<' || *f == '=' || *f == '@') f++;
-        if (view->itemsize == 8 && (f[0] == 'q' || f[0] == 'l') && f[1] == 0) return 0;
-        PyBuffer_Release(view);
+    Py_buffer v;
+    char nm[64];
+    uint64_t *out;
+    if (PyObject_CheckBuffer(obj) && PyObject_GetBuffer(obj, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
+        const char *f = v.format ? v.format : "B";
+        if (*f == '<' || *f == '=' || *f == '@') f++; /* native order (x86-64, aarch64: little) */
+        int sgn = f[0] && !f[1] && strchr("bhilqn", f[0]);
+        int uns = f[0] && !f[1] && strchr("BHILQN", f[0]);
+        Py_ssize_t isz = v.itemsize;
+        if ((!sgn && !uns) || (isz != 1 && isz != 2 && isz != 4 && isz != 8)) {
+            PyErr_Format(PyExc_TypeError, "%s must hold integers, not items of format '%s'", name,
+                         v.format ? v.format : "B");
+            PyBuffer_Release(&v);
+            return NULL;
+        }
+        Py_ssize_t n = v.len / isz;
+        out = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *out);
+        if (!out) {
+            PyBuffer_Release(&v);
+            PyErr_NoMemory();
+            return NULL;
+        }
+        const char *p = v.buf;
+        for (Py_ssize_t k = 0; k < n; k++, p += isz) {
+            int64_t sv = 0;
+            uint64_t uv = 0;
+            switch (isz) {
+            case 1: if (sgn) sv = *(const int8_t *)p; else uv = *(const uint8_t *)p; break;
+            case 2: { int16_t a; uint16_t b; memcpy(&a, p, 2); memcpy(&b, p, 2); sv = a; uv = b; break; }
+            case 4: { int32_t a; uint32_t b; memcpy(&a, p, 4); memcpy(&b, p, 4); sv = a; uv = b; break; }
+            default: { memcpy(&sv, p, 8); memcpy(&uv, p, 8); break; }
+            }
+            if (sgn) {
+                if (sv < minimum) {
+                    PyErr_Format(PyExc_ValueError, "%s[%zd] must be >= %d, got %lld", name, k,
+                                 minimum, (long long)sv);
+                    PyBuffer_Release(&v);
+                    PyMem_Free(out);
+                    return NULL;
+                }
+                uv = (uint64_t)sv;
+            } else if (uv < (uint64_t)minimum) {
+                PyErr_Format(PyExc_ValueError, "%s[%zd] must be >= %d, got %llu", name, k, minimum,
+                             (unsigned long long)uv);
+                PyBuffer_Release(&v);
+                PyMem_Free(out);
+                return NULL;
+            }
+            out[k] = uv;
+        }
+        PyBuffer_Release(&v);
+        *count = n;
+        return out;
     }
     PyErr_Clear();
-    PyObject *arr = np_call("ascontiguousarray", obj);
-    if (!arr) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s must be a sequence of integers", name);
+    snprintf(nm, sizeof nm, "%s must be a sequence of integers", name);
+    PyObject *seq = PySequence_Fast(obj, nm);
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    out = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *out);
+    if (!out) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        /* the item may run __index__: hold it, the list may change under us */
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        Py_INCREF(item);
+        snprintf(nm, sizeof nm, "%s[%zd]", name, k);
+        int rc = minimum ? mp_arg_size(item, nm, &out[k]) : mp_arg_u64(item, nm, &out[k]);
+        Py_DECREF(item);
+        if (rc < 0) {
+            Py_DECREF(seq);
+            PyMem_Free(out);
+            return NULL;
         }
-        return -1;
     }
-    if (PyObject_GetBuffer(arr, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        Py_DECREF(arr);
-        return -1;
-    }
-    *holder = arr;
-    return 0;
+    Py_DECREF(seq);
+    *count = n;
+    return out;
 }
 
 static const char *const many_names[] = {"sizes", "align"};
@@ -226,22 +290,17 @@ static const char *const many_names[] = {"sizes", "align"};
 static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *args,
                                          Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *vals[2] = {NULL, NULL}, *holder, *out = NULL;
+    PyObject *vals[2] = {NULL, NULL}, *out = NULL;
     uint64_t align = 1;
-    Py_buffer in, res;
+    Py_buffer res;
+    Py_ssize_t n;
     if (mp_parse_args("alloc_many", args, nargs, kwnames, many_names, 2, 1, vals) < 0)
         return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
-    if (mp_strategy_closed(self)) return NULL;
-    if (int64_view(vals[0], "sizes", &holder, &in) < 0) return NULL;
-    const int64_t *sz = in.buf;
-    Py_ssize_t n = in.len / 8;
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (sz[k] < 1) {
-            PyErr_Format(PyExc_ValueError, "sizes[%zd] must be >= 1, got %lld", k,
-                         (long long)sz[k]);
-            goto done;
-        }
+    /* converting may run Python code (__index__, __iter__): check closed after it */
+    uint64_t *sz = u64_items(vals[0], "sizes", 1, &n);
+    if (!sz) return NULL;
+    if (mp_strategy_closed(self)) goto done;
     PyObject *count = PyLong_FromSsize_t(n);
     if (!count) goto done;
     out = np_call("empty", count);
@@ -251,23 +310,27 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
         Py_CLEAR(out);
         goto done;
     }
+    if (mp_strategy_closed(self)) { /* np.empty ran Python code too */
+        PyBuffer_Release(&res);
+        Py_CLEAR(out);
+        goto done;
+    }
     uint64_t *o = res.buf;
     mp_head_t saved = *head(self);
     for (Py_ssize_t k = 0; k < n; k++) {
-        int rc = self->ops->alloc(self->st, (uint64_t)sz[k], align, &o[k]);
+        int rc = self->ops->alloc(self->st, sz[k], align, &o[k]);
         if (rc) { /* all or nothing: give back what this call took */
             for (Py_ssize_t j = k - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
             *(mp_head_t *)self->st = saved;
             PyBuffer_Release(&res);
             Py_CLEAR(out);
-            mp_raise(self, rc, (uint64_t)sz[k], align, 0);
+            mp_raise(self, rc, sz[k], align, 0);
             goto done;
         }
     }
     PyBuffer_Release(&res);
 done:
-    PyBuffer_Release(&in);
-    Py_XDECREF(holder);
+    PyMem_Free(sz);
     return out;
 }
 
@@ -280,18 +343,18 @@ static int cmp_u64(const void *a, const void *b)
 static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *args,
                                         Py_ssize_t nargs)
 {
-    PyObject *holder, *ret = NULL;
-    Py_buffer in;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError, "free_many() takes exactly one argument (%zd given)",
                      nargs);
         return NULL;
     }
-    if (mp_strategy_closed(self)) return NULL;
-    if (int64_view(args[0], "offsets", &holder, &in) < 0) return NULL;
-    const int64_t *off = in.buf;
-    Py_ssize_t n = in.len / 8;
-    uint64_t *sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *sorted);
+    uint64_t *off = u64_items(args[0], "offsets", 0, &n);
+    if (!off) return NULL;
+    uint64_t *sorted = NULL;
+    if (mp_strategy_closed(self)) goto done; /* after converting: it may run Python code */
+    sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *sorted);
     if (!sorted) {
         PyErr_NoMemory();
         goto done;
@@ -299,17 +362,15 @@ static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *a
     /* all or nothing: every offset must be live and named once before any is freed */
     for (Py_ssize_t k = 0; k < n; k++) {
         uint64_t s;
-        if (off[k] < 0) {
-            PyErr_Format(PyExc_ValueError, "offsets[%zd] must be >= 0, got %lld", k,
-                         (long long)off[k]);
+        if (self->ops->size_of(self->st, off[k], &s)) {
+            if (off[k] == UINT64_MAX)
+                PyErr_Format(mp_NotAllocated, "offsets[%zd] is not the start of a live range", k);
+            else
+                PyErr_Format(mp_NotAllocated, "offsets[%zd] = %llu is not the start of a live range",
+                             k, (unsigned long long)off[k]);
             goto done;
         }
-        if (self->ops->size_of(self->st, (uint64_t)off[k], &s)) {
-            PyErr_Format(mp_NotAllocated, "offsets[%zd] = %lld is not the start of a live range",
-                         k, (long long)off[k]);
-            goto done;
-        }
-        sorted[k] = (uint64_t)off[k];
+        sorted[k] = off[k];
     }
     qsort(sorted, (size_t)n, sizeof *sorted, cmp_u64);
     for (Py_ssize_t k = 1; k < n; k++)
@@ -318,17 +379,15 @@ static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *a
                          (unsigned long long)sorted[k]);
             goto done;
         }
-    for (Py_ssize_t k = 0; k < n; k++) self->ops->free(self->st, (uint64_t)off[k]);
+    for (Py_ssize_t k = 0; k < n; k++) self->ops->free(self->st, off[k]);
     ret = Py_None;
     Py_INCREF(ret);
 done:
     PyMem_Free(sorted);
-    PyBuffer_Release(&in);
-    Py_XDECREF(holder);
+    PyMem_Free(off);
     return ret;
 }
 
-/* ---- introspection ----------------------------------------------------------------- */
 static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_strategy_closed(self)) return NULL;

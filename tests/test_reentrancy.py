@@ -1,0 +1,213 @@
+"""User code that runs in the middle of a call -- __index__ of a size, a shape or a
+dtype, the items of a batch, another thread while this one waits for a shared pool's
+lock -- can close the pool or free the block the call works on.  The call must notice:
+a clear exception, never a crash, and nothing else changed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import Pool, SharedPool
+
+
+class Calls:
+    """An integer whose __index__ first runs `fn` (the re-entrant user code)."""
+
+    def __init__(self, value: int, fn) -> None:
+        self.value, self.fn = value, fn
+
+    def __index__(self) -> int:
+        self.fn()
+        return self.value
+
+
+def test_realloc_size_that_closes_the_pool():
+    p = Pool(1 << 20)
+    b = p.alloc(64)
+    with pytest.raises(mempool.PoolClosed):
+        p.realloc(b, Calls(128, p.close))
+    assert p.closed and not b.live
+
+
+def test_realloc_size_that_frees_the_block():
+    p = Pool(1 << 20)
+    b = p.alloc(64)
+    keep = []
+
+    def free_and_reuse():
+        b.free()
+        keep.append(p.alloc(64))  # takes b's old range
+
+    with pytest.raises(mempool.NotAllocated, match="freed"):
+        p.realloc(b, Calls(4096, free_and_reuse))
+    c = keep[0]
+    assert c.offset == 0 and c.size == 64 and p.stats().live == 1  # c was not moved
+    p.check()
+    assert p.alloc(64).offset != c.offset
+
+
+@pytest.mark.parametrize("make", ["empty", "zeros"])
+def test_array_shape_that_closes_the_pool(make):
+    p = Pool(1 << 20)
+    with pytest.raises(mempool.PoolClosed):
+        getattr(p, make)((Calls(4, p.close), 2))
+    assert p.closed
+
+
+def test_array_dtype_that_closes_the_pool():
+    p = Pool(1 << 20)
+
+    class DT:  # NumPy reads .dtype of any object given as a dtype
+        @property
+        def dtype(self):
+            p.close()
+            return np.dtype("f8")
+
+    with pytest.raises(mempool.PoolClosed):
+        p.empty(4, DT())
+    assert p.closed
+
+
+@pytest.mark.parametrize("call", ["alloc_many", "free_many"])
+def test_batch_item_that_closes_the_pool(call):
+    p = Pool(1 << 20)
+    s = p._strategy
+    off = s.alloc(16)
+    arg = [Calls(16, p.close)] if call == "alloc_many" else [Calls(off, p.close)]
+    with pytest.raises(mempool.PoolClosed):
+        getattr(s, call)(arg)
+    assert p.closed
+
+
+def test_batch_item_that_allocates_is_seen():
+    s = mempool.TLSF(1024)
+    offs = s.alloc_many([Calls(16, lambda: s.alloc(100)), 16])
+    assert offs.tolist() == [100, 116] and len(s) == 3
+    s.check()
+
+
+def test_collecting_a_block_whose_range_was_freed_underneath(monkeypatch):
+    # the private strategy bypasses the pool: the block's release fails when it is
+    # collected; that is reported (not raised), and nothing crashes
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u))
+    p = Pool(1 << 20)
+    b = p.alloc(64)
+    p._strategy.reset()
+    del b
+    assert len(seen) == 1 and isinstance(seen[0].exc_value, mempool.NotAllocated)
+    assert seen[0].object is p
+    p.check()
+    assert p.alloc(64).offset == 0
+
+
+def test_uninitialised_pools_are_closed():
+    for cls in (Pool, SharedPool):
+        p = cls.__new__(cls)
+        assert p.closed
+        with pytest.raises(mempool.PoolClosed):
+            p.alloc(10)
+        with pytest.raises(mempool.PoolClosed):
+            p.empty(3)
+        with pytest.raises(mempool.PoolClosed):
+            p.stats()
+    Pool.__new__(Pool).close()  # a no-op
+
+
+def test_detached_strategy_closes_the_pool():
+    p = Pool(1 << 20)
+    p._strategy._detach()
+    assert p.closed
+    with pytest.raises(mempool.PoolClosed):
+        p.alloc(8)
+
+
+def test_set_generation_refuses_offsets_outside_the_buffer():
+    p = Pool(1 << 20)
+    for off in (-8, 16, 9, 2**64 - 8, 2**70):
+        with pytest.raises((ValueError, OverflowError)):
+            p._set_generation(bytearray(16), off)
+    p._set_generation(bytearray(16), 8)
+    p.alloc(8)
+
+
+@pytest.fixture
+def name():
+    n = f"mempool-reent-{os.getpid()}-{time.monotonic_ns()}"
+    yield n
+    try:
+        os.unlink(f"/dev/shm/{n}")
+    except FileNotFoundError:
+        pass
+
+
+def test_shared_close_while_a_thread_waits_for_the_lock(name):
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)  # a second mapping: its lock holder blocks p's calls
+    p.check()
+    held = threading.Thread(target=q._hold_lock, args=(0.6,))
+    held.start()
+    time.sleep(0.1)
+    results: dict[str, object] = {}
+
+    def closer():
+        p.close()
+        results["closed"] = True
+
+    def allocer():
+        try:
+            results["alloc"] = p.alloc(4096)  # beyond the cache: waits for the lock
+        except Exception as e:
+            results["alloc"] = e
+
+    c = threading.Thread(target=closer)
+    c.start()
+    time.sleep(0.1)
+    a = threading.Thread(target=allocer)
+    a.start()
+    for t in (held, c, a):
+        t.join(10)
+        assert not t.is_alive()
+    assert results["closed"] is True and p.closed
+    assert isinstance(results["alloc"], mempool.PoolClosed), results["alloc"]
+    # the segment lost nothing: q sees no live range and a clean state
+    assert q.stats().live == 0
+    q.check()
+    q.close()
+    q.unlink()
+
+
+def test_shared_realloc_of_a_block_freed_while_waiting(name):
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)
+    b = p.alloc(4096)
+    held = threading.Thread(target=q._hold_lock, args=(0.4,))
+    held.start()
+    time.sleep(0.1)
+    out: dict[str, object] = {}
+
+    def grow():
+        try:
+            out["r"] = p.realloc(b, 8192)
+        except Exception as e:
+            out["r"] = e
+
+    g = threading.Thread(target=grow)
+    g.start()
+    time.sleep(0.1)
+    b.free()  # owner's release: lock-free, while grow() waits for the lock
+    held.join(10)
+    g.join(10)
+    assert isinstance(out["r"], mempool.NotAllocated), out["r"]
+    assert p.stats().live == 0
+    p.check()
+    q.close()
+    p.close()
+    p.unlink()
