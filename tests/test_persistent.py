@@ -106,6 +106,42 @@ def test_open_refuses_damaged_truncated_and_foreign_files(tmp_path):
         Pool.open(tmp_path / "missing.mp")
 
 
+def _held(path) -> tuple[int, int]:
+    """(fds open on path, mappings of path) in this process."""
+    path = os.path.realpath(path)
+    fds = sum(os.path.realpath(f"/proc/self/fd/{fd}") == path for fd in os.listdir("/proc/self/fd"))
+    with open("/proc/self/maps") as f:
+        maps = sum(line.rstrip("\n").endswith(" " + path) for line in f)
+    return fds, maps
+
+
+def test_open_refuses_header_naming_another_strategy_and_lets_go(tmp_path):
+    # a valid (checksummed) header over a state of another strategy: refused, and the
+    # failed open keeps nothing (no fd, no mapping, no flock: the next open is refused
+    # for the same reason, not as "open elsewhere")
+    import dataclasses
+
+    from mempool._segment import Header
+    from mempool.pool import FILE_MAGIC
+
+    path = tmp_path / "mismatch.mp"
+    with Pool.create(path, "1MiB", "tlsf") as p:
+        p.alloc(100)
+    h = Header.unpack(path.read_bytes()[:4096], path.stat().st_size, FILE_MAGIC, str(path))
+    with open(path, "r+b") as f:
+        f.write(dataclasses.replace(h, strategy="bestfit").pack())
+    assert _held(path) == (0, 0)
+    for _ in range(2):
+        with pytest.raises(mempool.CorruptionError, match="header says bestfit, state is tlsf") as ei:
+            Pool.open(path)
+        assert _held(path) == (0, 0), ei  # while the error (its frames) is alive: not by gc
+    with open(path, "r+b") as f:  # the header put back: the file opens, the block intact
+        f.write(h.pack())
+    with Pool.open(path) as q:
+        assert len(q) == 1
+        q.check()
+
+
 def test_random_state_damage_never_crashes(tmp_path):
     good = tmp_path / "good.mp"
     with Pool.create(good, 65536, max_blocks=64) as p:

@@ -1,12 +1,14 @@
 """RegionPool: regions mapped on demand, empty ones given back beyond `retain`."""
 
 import gc
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mempool
 from mempool import RegionPool
+from mempool.regions import RegionStats
 
 KIB = 1024
 
@@ -64,7 +66,8 @@ def test_max_size_caps_the_mapped_bytes():
     keep = [r.alloc(60 * KIB), r.alloc(60 * KIB)]
     with pytest.raises(mempool.OutOfSpace) as ei:
         r.alloc(60 * KIB)
-    assert ei.value.size == 64 * KIB or ei.value.size == 60 * KIB
+    assert ei.value.size == 60 * KIB  # the request, as Pool reports it
+    assert (ei.value.available, ei.value.largest_free) == (8 * KIB, 4 * KIB)
     assert r.stats().regions == 2
     r.free(keep.pop())
     assert r.alloc(60 * KIB).size == 60 * KIB
@@ -130,3 +133,103 @@ def test_bad_input():
         RegionPool(retain=-1)
     with pytest.raises(ValueError):
         RegionPool(max_size="lots")
+
+
+# ---- a refused request changes nothing ----------------------------------------------------
+def test_failed_allocs_map_nothing_new():
+    # slab items of 64 bytes: a fresh region refuses 100 bytes, and used to stay mapped
+    # (one more region per failed call, retain ignored, no bound without max_size)
+    for max_size in ("8MiB", None):
+        r = RegionPool("slab", region_size="1MiB", max_size=max_size, item_size=64)
+        assert r.stats().regions == 0
+        for _ in range(10):
+            with pytest.raises(mempool.OutOfSpace, match="100 bytes"):
+                r.alloc(100)
+            assert r.regions == [] and r.stats() == RegionStats(0, 0, 0, 0, 0, 0, 0, 0)
+        keep = r.alloc(64)  # and the pool still works
+        before, regions = r.stats(), r.regions
+        for _ in range(10):
+            with pytest.raises(mempool.OutOfSpace):
+                r.alloc(100)
+            with pytest.raises(mempool.OutOfSpace):
+                r.empty(1000, "u1")
+        assert r.stats() == before and r.regions == regions
+        r.free(keep)
+        r.close()
+
+
+def test_buddy_retain_zero_refusing_a_large_request_keeps_no_region():
+    r = RegionPool("buddy", region_size="64KiB", max_size="1MiB", retain=0)
+    with pytest.raises(mempool.OutOfSpace, match="max_block"):
+        r.alloc(300_000)  # its own region of 303104 bytes: larger than its largest class
+    assert r.regions == [] and r.stats().bytes_mapped == 0
+    b = r.alloc(1000)
+    assert r.stats().regions == 1
+    r.free(b)
+    assert r.stats().regions == 0
+
+
+def _overcommit_always() -> bool:
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("size", [2**40, 2**60, 2**63, 2**64, 2**70])
+def test_a_region_the_system_cannot_map_is_out_of_space(size):
+    if size == 2**40 and _overcommit_always():
+        pytest.skip("overcommit_memory=1 maps 1 TiB")
+    r = RegionPool(region_size="64KiB")
+    keep = r.alloc(1000)
+    before, regions = r.stats(), r.regions
+    with pytest.raises(mempool.OutOfSpace) as ei:
+        r.alloc(size)  # was OSError ENOMEM, or OverflowError past 2**63
+    assert isinstance(ei.value, MemoryError)
+    assert ei.value.size == size
+    assert ei.value.available == sum(x.available for x in regions)
+    assert ei.value.largest_free == max(x.largest_free for x in regions)
+    assert r.stats() == before and r.regions == regions
+    if size < 2**63:  # (a longer dimension is no array shape: Pool.empty refuses it too)
+        with pytest.raises(mempool.OutOfSpace):
+            r.empty(size, "u1")
+        assert r.stats() == before
+    r.free(keep)
+    r.close()
+
+
+def test_strategy_limits_on_a_big_region_are_out_of_space_bad_options_stay(monkeypatch):
+    import mempool.regions as regions
+
+    real = regions.Pool
+
+    def pool(size, strategy, **options):  # a strategy whose state cannot cover 1 MiB
+        if size > 1 << 20:
+            raise ValueError(f"capacity {size} is too large for this strategy")
+        return real(size, strategy, **options)
+
+    monkeypatch.setattr(regions, "Pool", pool)
+    r = RegionPool(region_size="64KiB")
+    with pytest.raises(mempool.OutOfSpace, match="too large for this strategy"):
+        r.alloc(2 << 20)
+    assert r.stats().regions == 0
+    assert r.alloc(1000).size == 1000
+    monkeypatch.undo()
+    bad = RegionPool("slab", region_size="64KiB", item_size=0)
+    for size in (10, 2 << 20):  # a normal region refuses the options too: ValueError
+        with pytest.raises(ValueError, match="item_size") as ei:
+            bad.alloc(size)
+        assert not isinstance(ei.value, mempool.OutOfSpace)
+    assert bad.stats().regions == 0
+
+
+def test_bad_arguments_change_nothing():
+    r = RegionPool(region_size="64KiB")
+    b = r.alloc(10)
+    before = r.stats()
+    for args, exc in [((0,), ValueError), ((-1,), ValueError), ((-(2**70),), ValueError),
+                      ((1.5,), TypeError), ((True,), TypeError), ((2**70, 3), ValueError)]:
+        with pytest.raises(exc):
+            r.alloc(*args)
+    assert r.stats() == before
+    r.free(b)

@@ -277,6 +277,41 @@ def test_attach_refuses_damaged_registry(name):
         SharedPool.attach(name)
 
 
+def _mappings(path) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(line.rstrip("\n").endswith(" " + str(path)) for line in f)
+
+
+def test_attach_refusal_leaves_nothing_mapped(name):
+    # a valid header naming another strategy than the state's (refused before the pool
+    # exists), then a damaged registry (refused after): the segment is unmapped at once
+    import dataclasses
+
+    from mempool._segment import Header
+
+    shm = Path(f"/dev/shm/{name}")
+    with SharedPool.create(name, "1MiB", "tlsf") as p:
+        p.alloc(1000)
+    good = shm.read_bytes()
+    h = Header.unpack(good, len(good), b"MPSHARED", name)
+    shm.write_bytes(dataclasses.replace(h, strategy="bestfit").pack() + good[4096:])
+    assert _mappings(shm) == 0
+    for _ in range(2):
+        with pytest.raises(mempool.CorruptionError, match="header and state disagree") as ei:
+            SharedPool.attach(name)
+        assert _mappings(shm) == 0, ei  # while the error (its frames) is alive: not by gc
+    data = bytearray(good)
+    data[h.lock_off] ^= 0xFF
+    shm.write_bytes(bytes(data))
+    with pytest.raises(mempool.CorruptionError, match="lock area") as ei:
+        SharedPool.attach(name)
+    assert _mappings(shm) == 0, ei
+    shm.write_bytes(good)
+    with SharedPool.attach(name) as q:
+        q.check()
+    assert _mappings(shm) == 0
+
+
 def test_permissions_follow_mode(name):
     SharedPool.create(name, 65536, mode=0o600).close()
 

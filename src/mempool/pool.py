@@ -220,24 +220,33 @@ class Pool(PoolCore):
         pool = cls.__new__(cls)
         mm = memoryview(mem.buffer)
         data = mm[h.data_off:h.data_off + h.capacity]
+        strat = None
         try:
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size)
             if strat.strategy != h.strategy:
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
             if strat.capacity != h.capacity:
                 raise CorruptionError(f"{what}: header and state disagree on the capacity")
-            PoolCore.__init__(pool, strat, data, mem, auto_free=False)
-        except CorruptionError as e:
-            data.release()
-            mm.release()
-            mem.close()
-            if not str(e).startswith(what):
+            PoolCore.__init__(pool, strat, data, mem, auto_free=False)  # last: no pool on failure
+        except BaseException as e:
+            # Nothing may survive a failed open: every holder of the mapping lets go (the
+            # strategy holds an export of mem.buffer until detached, and mem.close() refuses
+            # while it does), then the mapping and, whatever happened, the flock go, so the
+            # caller sees this error and a later open finds the file free.
+            try:
+                if strat is not None:
+                    strat._detach()
+                data.release()
+                mm.release()
+                mem.close()
+            except BufferError:
+                pass  # still held somewhere: gc unmaps it; the error to report is e
+            finally:
+                if mem._lock_fd >= 0:
+                    os.close(mem._lock_fd)
+                    mem._lock_fd = -1
+            if isinstance(e, CorruptionError) and not str(e).startswith(what):
                 raise CorruptionError(f"{what}: {e}") from None
-            raise
-        except BaseException:
-            data.release()
-            mm.release()
-            mem.close()
             raise
         del data  # PoolCore holds the view now; it goes when the pool closes
         gen = int.from_bytes(mm[GEN_OFFSET:GEN_OFFSET + 8], "little")

@@ -7,14 +7,18 @@ region where it fits, else a new region is mapped; a request larger than the
 region size gets a region of its own.  A region whose ranges are all free is
 unmapped, except that ``retain`` empty regions are kept so that a lone block
 allocated and freed in a loop does not map and unmap every time (the seed did).
-``max_size`` caps the bytes mapped: beyond it, OutOfSpace.
+``max_size`` caps the bytes mapped: beyond it, OutOfSpace.  A failed request changes
+nothing: a region mapped for it is unmapped before OutOfSpace goes out, and a region
+the system cannot map (ENOMEM, absurd sizes) is OutOfSpace too.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,12 +26,13 @@ from ._mempool import Block
 from ._units import parse_size
 from .errors import NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
-from .strategies import strategy_type
+from .strategies import make, strategy_type
 
 __all__ = ["RegionPool", "RegionStats"]
 
 MIN_REGION = 64 << 10
 PAGE = mmap.PAGESIZE
+T = TypeVar("T")
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -90,15 +95,47 @@ class RegionPool:
     def _mapped(self) -> int:
         return sum(r.capacity for r in self._regions)
 
-    def _map(self, size: int) -> Pool:
+    def _out_of_space(self, request: int, why: str) -> OutOfSpace:
+        """OutOfSpace for ``request`` bytes, with what the regions (and the room left
+        under ``max_size``) hold free."""
+        avail = sum(r.available for r in self._regions)
+        largest = max((r.largest_free for r in self._regions), default=0)
+        if self.max_size is not None:
+            room = max(self.max_size - self._mapped(), 0)
+            avail += room
+            largest = max(largest, room)
+        return OutOfSpace(f"cannot allocate {request} bytes: {why} ({avail} bytes available, "
+                          f"largest free range {largest})", request, avail, largest)
+
+    def _map(self, size: int, request: int) -> Pool:
+        """A new region of ``size`` bytes for a request of ``request`` bytes; OutOfSpace
+        beyond ``max_size`` or when the system or the strategy cannot have a region
+        that large."""
         if self.max_size is not None and self._mapped() + size > self.max_size:
-            avail = self.max_size - self._mapped()
-            largest = max((r.largest_free for r in self._regions), default=0)
-            raise OutOfSpace(
-                f"cannot map a region of {size} bytes: {self._mapped()} of max_size "
-                f"{self.max_size} are mapped", size, avail + sum(r.available for r in self._regions),
-                max(largest, avail))
-        region = Pool(size, self.strategy, **self._options)
+            raise self._out_of_space(request, f"a region of {size} bytes would pass max_size "
+                                              f"{self.max_size} ({self._mapped()} mapped)")
+        try:
+            region = Pool(size, self.strategy, **self._options)
+        except (MemoryError, OverflowError) as e:  # mmap or the state: far too large
+            raise self._out_of_space(request, f"a region of {size} bytes cannot be made "
+                                              f"({str(e) or type(e).__name__})") from None
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            raise self._out_of_space(request, f"a region of {size} bytes cannot be mapped "
+                                              f"({e.strerror})") from None
+        except ValueError as e:
+            # the strategy's limits on a region sized by the request (capacity // block
+            # count, ...) are OutOfSpace; bad options, which refuse a normal region
+            # too, stay ValueError
+            if size <= self.region_size:
+                raise
+            try:
+                make(self.strategy, self.region_size, **self._options)
+            except Exception:
+                raise e from None
+            raise self._out_of_space(request, f"a region of {size} bytes is beyond the "
+                                              f"strategy ({e})") from None
         self._regions.append(region)
         self._maps += 1
         self._peak = max(self._peak, self._mapped())
@@ -127,18 +164,41 @@ class RegionPool:
         return pool
 
     # ---- allocation ----------------------------------------------------------------------
-    def _region_for(self, size: int, align: int) -> list[Pool]:
-        """The regions to try, in order; a request larger than a region gets its own
-        (a retained one that is large enough, else a new one)."""
+    def _place(self, size: int, align: int, attempt: Callable[[Pool], T]) -> T:
+        """``attempt(region)`` in the first region where it fits, else in a region mapped
+        for it.  A request larger than a region gets its own (a retained one that is
+        large enough, else a new one).
+
+        A failed call changes nothing: the region it mapped is unmapped, and the
+        counters (maps, peak) put back, before the error goes out."""
         need = size + (align if align > PAGE else 0)
         if need > self.region_size:
-            big = [r for r in self._regions if r.capacity >= need]
-            return big or [self._map(_round_up(need, PAGE))]
-        return self._regions
+            tries = [r for r in self._regions if r.capacity >= need]
+            fresh = _round_up(need, PAGE)
+        else:
+            tries = list(self._regions)
+            fresh = self.region_size
+        for region in tries:
+            try:
+                return attempt(region)
+            except OutOfSpace:
+                continue
+        n, maps, peak = len(self._regions), self._maps, self._peak
+        region = self._map(fresh, size)
+        try:
+            return attempt(region)
+        except BaseException:
+            # an empty region of this size refuses it: keeping the region (retain
+            # notwithstanding) would only grow the mapping with every failed call
+            del self._regions[n:]
+            region.close()
+            self._maps, self._peak = maps, peak
+            raise
 
     def alloc(self, size: int, align: int = 16) -> Block:
         """A Block of ``size`` bytes from the first region where it fits, mapping a new
-        region when none does.  OutOfSpace beyond ``max_size``."""
+        region when none does.  OutOfSpace beyond ``max_size``, or when no region that
+        could hold it can be mapped; a refused request leaves no region behind."""
         self._check_open()
         if isinstance(size, bool) or not hasattr(type(size), "__index__") or isinstance(size, float):
             raise TypeError(f"size must be an integer, not {type(size).__name__}")
@@ -146,13 +206,7 @@ class RegionPool:
             raise ValueError(f"size must be >= 1, got {size}")
         if not isinstance(align, int) or align < 1 or align & (align - 1):
             raise ValueError(f"align must be a positive power of two, got {align!r}")
-        for region in self._region_for(int(size), int(align)):
-            try:
-                return region.alloc(size, align)
-            except OutOfSpace:
-                continue
-        need = size + (align if align > PAGE else 0)
-        return self._map(max(self.region_size, _round_up(need, PAGE))).alloc(size, align)
+        return self._place(int(size), int(align), lambda region: region.alloc(size, align))
 
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""
@@ -180,13 +234,7 @@ class RegionPool:
         """As :meth:`Pool.empty`, from the first region with room."""
         self._check_open()
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        need = max(nbytes, 1) + 64
-        for region in self._region_for(need, 64):
-            try:
-                return region.empty(shape, dtype)
-            except OutOfSpace:
-                continue
-        return self._map(max(self.region_size, _round_up(need, PAGE))).empty(shape, dtype)
+        return self._place(max(nbytes, 1) + 64, 64, lambda region: region.empty(shape, dtype))
 
     def zeros(self, shape: Any, dtype: Any = "float64") -> np.ndarray:
         out = self.empty(shape, dtype)

@@ -232,27 +232,33 @@ class SharedPool(Pool):
         what = f"shared pool {name!r}"
         pool = cls.__new__(cls)
         data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
+        strat = None
+        core = False
         try:
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
             if strat.strategy != h.strategy or strat.capacity != h.capacity:
                 raise CorruptionError("header and state disagree")
             PoolCore.__init__(pool, strat, data, mem, auto_free=True)
-            del data
+            core = True
             pool._set_shared(mem.buffer, h.lock_off, h.lock_size, create_entries, _block_reduce,
                              SharedArray)
             pool._check_shared()
-        except CorruptionError as e:
+        except BaseException as e:
+            # Let go of every export of the mapping, so that the caller's close unmaps it
+            # now: the pool's view and the strategy once PoolCore holds them, else the
+            # strategy itself (attach() exported mem.buffer to it) and our slice.
             try:
-                pool._close_core()
+                if core:
+                    pool._close_core()
+                elif strat is not None:
+                    strat._detach()
+                data.release()
             except Exception:
-                pass
-            raise CorruptionError(f"{what}: {e}") from None
-        except BaseException:
-            try:
-                pool._close_core()
-            except Exception:
-                pass
+                pass  # the error to report is e
+            if isinstance(e, CorruptionError):
+                raise CorruptionError(f"{what}: {e}") from None
             raise
+        del data  # PoolCore holds the view now; it goes when the pool closes
         pool._owns_source = True
         pool.path = mem.path
         pool.recovered = False
