@@ -242,9 +242,7 @@ class Pool(PoolCore):
             except BufferError:
                 pass  # still held somewhere: gc unmaps it; the error to report is e
             finally:
-                if mem._lock_fd >= 0:
-                    os.close(mem._lock_fd)
-                    mem._lock_fd = -1
+                mem._release_lock()
             if isinstance(e, CorruptionError) and not str(e).startswith(what):
                 raise CorruptionError(f"{what}: {e}") from None
             raise

@@ -362,8 +362,13 @@ class FileMemory(_Mapped):
 
     def close(self) -> None:
         super().close()
-        if self._closed and self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
+        if self._closed:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        """Let the file go (the exclusive flock), mapped or not: a failed open must."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
             self._lock_fd = -1
 
     def flush(self) -> None:
