@@ -374,3 +374,27 @@ def test_pool_pickles_refused_but_strategy_stats_work(pool):
         pickle.dumps(pool)
     with pytest.raises(TypeError):
         pickle.dumps(pool.alloc(10))
+
+
+def test_default_align_fits_the_strategy():
+    # a Slab of 40-byte items aligns them to 8: alloc(40) works without align=
+    with Pool("1MiB", "slab", item_size=40) as p:
+        keep = [p.alloc(40), p.alloc(8)]  # blocks given back when collected: kept
+        assert [b.offset for b in keep] == [0, 40]
+        with pytest.raises(mempool.OutOfSpace):
+            p.alloc(40, align=16)
+        assert p.stats().live == 2
+        del keep
+    with Pool("1MiB", "slab", item_size=64) as p:  # item alignment 64: the default 16 holds
+        keep = [p.alloc(64), p.alloc(1)]
+        assert [b.offset for b in keep] == [0, 64]
+        del keep
+    with Pool("1MiB") as p:
+        keep = [p.alloc(1), p.alloc(1)]
+        assert [b.offset for b in keep] == [0, 16]
+        del keep
+    r = mempool.RegionPool("slab", item_size=40)
+    keep = [r.alloc(40), r.alloc(40)]
+    assert [b.offset for b in keep] == [0, 40]
+    del keep
+    r.close()

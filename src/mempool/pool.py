@@ -33,6 +33,12 @@ __all__ = ["Pool"]
 FILE_MAGIC = b"MEMPOOL\0"
 
 
+def default_align(strat: Strategy) -> int:
+    """alloc()'s default alignment: 16, or less where the strategy aligns every range
+    less (a Slab of 40-byte items: 8), so that ``alloc(size)`` works without ``align``."""
+    return min(16, getattr(strat, "item_align", 16))
+
+
 class Pool(PoolCore):
     """A pool of memory: a strategy handing out ranges of a source's bytes.
 
@@ -70,7 +76,7 @@ class Pool(PoolCore):
             raise ValueError(f"the source holds {source.size} bytes, fewer than capacity {capacity}")
         try:
             strat = make(strategy, capacity, **options)
-            super().__init__(strat, source.buffer, source)
+            super().__init__(strat, source.buffer, source, align=default_align(strat))
         except BaseException:
             if owns:
                 source.close()
@@ -227,7 +233,8 @@ class Pool(PoolCore):
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
             if strat.capacity != h.capacity:
                 raise CorruptionError(f"{what}: header and state disagree on the capacity")
-            PoolCore.__init__(pool, strat, data, mem, auto_free=False)  # last: no pool on failure
+            PoolCore.__init__(pool, strat, data, mem, auto_free=False,  # last: no pool on failure
+                              align=default_align(strat))
         except BaseException as e:
             # Nothing may survive a failed open: every holder of the mapping lets go (the
             # strategy holds an export of mem.buffer until detached, and mem.close() refuses

@@ -195,15 +195,18 @@ class RegionPool:
             self._maps, self._peak = maps, peak
             raise
 
-    def alloc(self, size: int, align: int = 16) -> Block:
+    def alloc(self, size: int, align: int | None = None) -> Block:
         """A Block of ``size`` bytes from the first region where it fits, mapping a new
         region when none does.  OutOfSpace beyond ``max_size``, or when no region that
-        could hold it can be mapped; a refused request leaves no region behind."""
+        could hold it can be mapped; a refused request leaves no region behind.
+        ``align`` defaults to the regions' (16, or a Slab's item alignment if less)."""
         self._check_open()
         if isinstance(size, bool) or not hasattr(type(size), "__index__") or isinstance(size, float):
             raise TypeError(f"size must be an integer, not {type(size).__name__}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if align is None:
+            return self._place(int(size), 16, lambda region: region.alloc(size))
         if not isinstance(align, int) or align < 1 or align & (align - 1):
             raise ValueError(f"align must be a positive power of two, got {align!r}")
         return self._place(int(size), int(align), lambda region: region.alloc(size, align))

@@ -41,7 +41,7 @@ from ._mempool import Block, PoolCore, Strategy
 from ._segment import Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
-from .pool import Pool
+from .pool import Pool, default_align
 from .sources import SharedMemory
 from .stats import Stats
 from .strategies import make
@@ -238,7 +238,7 @@ class SharedPool(Pool):
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
             if strat.strategy != h.strategy or strat.capacity != h.capacity:
                 raise CorruptionError("header and state disagree")
-            PoolCore.__init__(pool, strat, data, mem, auto_free=True)
+            PoolCore.__init__(pool, strat, data, mem, auto_free=True, align=default_align(strat))
             core = True
             pool._set_shared(mem.buffer, h.lock_off, h.lock_size, create_entries, _block_reduce,
                              SharedArray)
