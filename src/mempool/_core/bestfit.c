@@ -3,7 +3,7 @@
  *
  * Algorithm (orderly-allocator's ordered set by (size, offset); context-allocator's
  * binary-search-tree allocator), kept inside the state and filed by size class:
- *   - Free ranges are filed in the segregated size bins of ranges.h (TLSF's map:
+ *   - Free ranges are filed in the segregated size bins of ranges_bins.h (TLSF's map:
  *     a size below 64 has a bin of its own, above there are 32 bins per power of
  *     two), and the ranges of one bin form an AVL tree ordered by the key
  *     (size, offset).  Keys are unique (free ranges have distinct offsets); bins
@@ -87,6 +87,7 @@
  * the check can bound its recursion at BF_MAX_DEPTH.
  */
 #include "ranges.h"
+#include "ranges_bins.h"
 
 /* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
  * each value capped at BF_CAP (so lanes never carry into each other). */
