@@ -36,6 +36,7 @@
 
 #include "mempool.h"
 #include "ranges.h" /* white box: node layout, spare counts */
+#include "ranges_bins.h"
 #include "stress_common.h"
 
 /* ---- infrastructure ------------------------------------------------------------ */

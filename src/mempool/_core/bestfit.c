@@ -3,7 +3,7 @@
  *
  * Algorithm (orderly-allocator's ordered set by (size, offset); context-allocator's
  * binary-search-tree allocator), kept inside the state and filed by size class:
- *   - Free ranges are filed in the segregated size bins of ranges.h (TLSF's map:
+ *   - Free ranges are filed in the segregated size bins of ranges_bins.h (TLSF's map:
  *     a size below 64 has a bin of its own, above there are 32 bins per power of
  *     two), and the ranges of one bin form an AVL tree ordered by the key
  *     (size, offset).  Keys are unique (free ranges have distinct offsets); bins
@@ -87,6 +87,7 @@
  * the check can bound its recursion at BF_MAX_DEPTH.
  */
 #include "ranges.h"
+#include "ranges_bins.h"
 
 /* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
  * each value capped at BF_CAP (so lanes never carry into each other). */
@@ -692,7 +693,7 @@ static int bestfit_size_of(const void *st, uint64_t offset, uint64_t *out)
 static void bestfit_reset(void *st) { rs_reset(st, &bestfit_fidx); }
 static int bestfit_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    return rs_check(st, len, &bestfit_fidx, MP_KIND_BESTFIT, msg, msglen);
+    return mp_ranges_check(st, len, &bestfit_fidx, MP_KIND_BESTFIT, msg, msglen);
 }
 static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
 {

@@ -33,91 +33,14 @@
  *     it), else to the block that freeing it would merge into (may overlap the
  *     old block: the caller copies with memmove).  On failure nothing changed.
  *
- * State layout (all integers; after mp_head_t):
- *
- *   +-------------+--------------------+------------------+-------------+-------------+
- *   | bd_hdr_t    | bd_class_t cls[K]  | words[nwords]    | req[nslots] | tag[nslots] |
- *   | (counters,  | (bits, levels,     | free bitmaps:    | uint64_t    | uint8_t,    |
- *   |  the chain) |  level offsets)    | per class/level  |             | padded to 8 |
- *   +-------------+--------------------+------------------+-------------+-------------+
- *
- *   A slot is a min_block-sized unit of the span (slot j = offset j*min_block).
- *   Class k's free set is a hierarchical bitmap: level 0 has bit i set when
- *   block (k, i) is free; bit w of level l+1 is set when word w of level l is
- *   non-zero; the top level is one word.  Lowest free block: descend from the
- *   top with count-trailing-zeros (O(levels) = O(log64 n)).  hdr.nonempty has
- *   bit k set when class k has a free block.  tag[j] = k+1 when an allocated
- *   block of class k starts at slot j (0 otherwise) and req[j] is the size asked
- *   for it (0 otherwise).
- *
- * Invariants (checked by bd_check):
- *  B1. The header and class table equal what the parameters (head.param[0..3]:
- *      capacity, min_block, max_block, fanout) give; head.capacity is the usable
- *      span; state_size matches; head.cursor and param[4..5] are 0 (unused).
- *  B2. Level 0 of class k has no bits at or beyond nbits(k); bit w of level l+1
- *      is set iff word w of level l is non-zero (no other bits); hdr.nfree == the
- *      level-0 bits of all classes (+ the chain's blocks); hdr.nonempty bit k iff
- *      class k has one (or a chain block), no bits at or above K.
- *  B3. The allocated blocks (tags) and the free blocks (bits) tile the usable
- *      span exactly: every block lies inside it and is aligned to its size; no
- *      slot inside a block carries a tag, a request or another block's bit.
- *  B4. No fanout siblings of a class below K-1 are all free (merged on free).
- *  B5. 1 <= req[j] <= size(class) for every allocated block; head.live, used
- *      (sum of class sizes) and requested (sum of req) equal what the walk finds;
- *      peak_used >= used, high_water <= capacity.
- *  B6. The pending chain (see materialize()): none, and its record is zero; or
- *      chain_k0 < chain_top < K, chain_slot is a class chain_top block position whose
- *      slot holds the allocated class-chain_k0 bottom block, its blocks are in no
- *      bitmap but counted in nfree and nonempty (B2 and B3 count them), and
- *      chain_prev equals the bitmaps' non-empty bits of classes chain_k0..top-1.
+ * The state layout and its invariants are in buddy.h; check() is in buddy_check.c.
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
+#include "buddy.h"
 
-enum { BD_MAX_LEVELS = 6, BD_MAX_CLASSES = 64 };
-#define BD_MAX_SLOTS ((uint64_t)1 << 36) /* 6 levels of 64-bit words */
 #define BD_NONE UINT64_MAX
-
-typedef struct bd_class {
-    uint64_t nbits;               /* blocks of this class inside the usable span */
-    uint64_t lvl[BD_MAX_LEVELS];  /* word offset of each level in words[]        */
-    uint32_t nlevels;             /* levels; the last has exactly one word       */
-    uint32_t pad;
-} bd_class_t;
-_Static_assert(sizeof(bd_class_t) == 64, "class entries are indexed by shifting");
-
-typedef struct bd_hdr {
-    uint32_t min_shift; /* log2(min_block)                                  */
-    uint32_t fan_shift; /* log2(fanout)                                     */
-    uint32_t nclasses;  /* K                                                */
-    uint32_t pad;
-    uint64_t nslots;    /* usable / min_block                               */
-    uint64_t nonempty;  /* bit k: class k has a free block                  */
-    uint64_t nfree;     /* free blocks in all classes                       */
-    uint64_t nwords;    /* words of the bitmap area                         */
-    uint64_t words_off; /* byte offsets from the start of the state         */
-    uint64_t req_off;
-    uint64_t tag_off;
-    /* the pending split chain (all 0 when there is none) */
-    uint32_t chain_k0;   /* class of its allocated bottom block              */
-    uint32_t chain_top;  /* class of the block it was split from (> chain_k0) */
-    uint64_t chain_slot; /* slot of the bottom block (= of the split block)  */
-    uint64_t chain_prev; /* hdr.nonempty bits of classes chain_k0..top-1 before it */
-} bd_hdr_t;
-
-#define BD_HDR_OFF ((uint64_t)sizeof(mp_head_t))
-#define BD_CLS_OFF (BD_HDR_OFF + (uint64_t)sizeof(bd_hdr_t))
-
-/* What the parameters give: everything check() compares the state against. */
-typedef struct bd_plan {
-    uint64_t usable, nslots, nwords, words_off, req_off, tag_off, size, max_block;
-    uint32_t min_shift, fan_shift, nclasses;
-    bd_class_t cls[BD_MAX_CLASSES];
-} bd_plan_t;
-
-static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
 
 /* BIT[n] == 1 << n: a load instead of a variable shift in the split/merge loops */
 #define B4(n) 1ull << (n), 1ull << ((n) + 1), 1ull << ((n) + 2), 1ull << ((n) + 3)
@@ -126,11 +49,10 @@ static const uint64_t BIT[64] = {B16(0), B16(16), B16(32), B16(48)};
 #undef B16
 #undef B4
 static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
-static inline uint64_t words_for(uint64_t bits) { return (bits + 63) >> 6; }
 
 /* 0 when the parameters are invalid; max_block 0 = the largest class that fits. */
-static int bd_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block,
-                        uint64_t fanout, bd_plan_t *P)
+int buddy_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block, uint64_t fanout,
+                    bd_plan_t *P)
 {
     if (capacity == 0 || !mp_is_pow2(min_block) || !mp_is_pow2(fanout) || fanout < 2) return 0;
     if (capacity < min_block) return 0;
@@ -175,44 +97,7 @@ static int bd_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_bloc
     return 1;
 }
 
-/* ---- accessors --------------------------------------------------------------------- */
-static inline bd_hdr_t *hdr(void *st) { return (bd_hdr_t *)((char *)st + BD_HDR_OFF); }
-static inline const bd_hdr_t *chdr(const void *st)
-{
-    return (const bd_hdr_t *)((const char *)st + BD_HDR_OFF);
-}
-static inline bd_class_t *cls(void *st) { return (bd_class_t *)((char *)st + BD_CLS_OFF); }
-static inline const bd_class_t *ccls(const void *st)
-{
-    return (const bd_class_t *)((const char *)st + BD_CLS_OFF);
-}
-static inline uint64_t *words(void *st) { return (uint64_t *)((char *)st + hdr(st)->words_off); }
-static inline const uint64_t *cwords(const void *st)
-{
-    return (const uint64_t *)((const char *)st + chdr(st)->words_off);
-}
-static inline uint64_t *reqs(void *st) { return (uint64_t *)((char *)st + hdr(st)->req_off); }
-static inline const uint64_t *creqs(const void *st)
-{
-    return (const uint64_t *)((const char *)st + chdr(st)->req_off);
-}
-static inline uint8_t *tags(void *st) { return (uint8_t *)st + hdr(st)->tag_off; }
-static inline const uint8_t *ctags(const void *st)
-{
-    return (const uint8_t *)st + chdr(st)->tag_off;
-}
-static inline uint32_t cshift(const bd_hdr_t *x, uint32_t k) { return k * x->fan_shift; }
-static inline uint64_t csize(const bd_hdr_t *x, uint32_t k)
-{
-    return (uint64_t)1 << (x->min_shift + k * x->fan_shift);
-}
-
-/* ---- hierarchical bitmaps -------------------------------------------------------- */
-static inline int hb_test(const uint64_t *w, const bd_class_t *c, uint64_t i)
-{
-    return (int)((w[c->lvl[0] + (i >> 6)] >> (i & 63)) & 1);
-}
-
+/* ---- hierarchical bitmaps (hb_test, hb_count_range: buddy.h) -------------------- */
 /* OR `bits` (non-zero) into word `wi` of level l, propagating a new non-zero word
  * upwards. */
 static inline void hb_or(uint64_t *w, const bd_class_t *c, uint32_t l, uint64_t wi, uint64_t bits)
@@ -243,12 +128,6 @@ static inline int hb_andnot(uint64_t *w, const bd_class_t *c, uint32_t l, uint64
     }
 }
 
-static inline uint64_t range_mask(uint64_t from, uint64_t n) /* bits [from&63, +n) of one word */
-{
-    uint64_t m = n >= 64 ? ~0ull : (((uint64_t)1 << n) - 1);
-    return m << (from & 63);
-}
-
 /* Set / clear level-0 bits [from, from+n) (n >= 1); clear returns 1 when the class
  * is left empty. */
 static void hb_set_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
@@ -272,20 +151,6 @@ static int hb_clear_range(uint64_t *w, const bd_class_t *c, uint64_t from, uint6
         n -= k;
     }
     return empty;
-}
-
-/* Set bits in [from, from+n). */
-static uint64_t hb_count_range(const uint64_t *w, const bd_class_t *c, uint64_t from, uint64_t n)
-{
-    uint64_t total = 0;
-    while (n) {
-        uint64_t k = 64 - (from & 63);
-        if (k > n) k = n;
-        total += (uint64_t)__builtin_popcountll(w[c->lvl[0] + (from >> 6)] & range_mask(from, k));
-        from += k;
-        n -= k;
-    }
-    return total;
 }
 
 /* The lowest set bit, or BD_NONE. */
@@ -382,11 +247,6 @@ typedef struct bd_chain {
     uint32_t k0, top;
     uint64_t slot, prev;
 } bd_chain_t;
-
-static inline uint64_t chain_mask(uint32_t k0, uint32_t top)
-{
-    return (((uint64_t)1 << (top - k0)) - 1) << k0;
-}
 
 /* Write the pending chain (if any) into the bitmaps; *saved says what it was. */
 static int materialize(void *st, bd_chain_t *saved)
@@ -519,7 +379,7 @@ uint64_t mp_buddy_state_size(uint64_t capacity, uint64_t min_block, uint64_t max
                              uint64_t fanout)
 {
     bd_plan_t P;
-    return bd_make_plan(capacity, min_block, max_block, fanout, &P) ? P.size : 0;
+    return buddy_make_plan(capacity, min_block, max_block, fanout, &P) ? P.size : 0;
 }
 
 static void bd_reset(void *st)
@@ -552,7 +412,7 @@ int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_
                   uint64_t fanout)
 {
     bd_plan_t P;
-    if (!bd_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
+    if (!buddy_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
     memset(st, 0, P.words_off);
     mp_head_t *h = st;
     h->magic = MP_STATE_MAGIC;
@@ -822,7 +682,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
 
 /* ---- queries ------------------------------------------------------------------------- */
 /* The class of the free block that starts at slot j, or -1. */
-static int free_class_at(const void *st, uint64_t j)
+int buddy_free_class_at(const void *st, uint64_t j)
 {
     const bd_hdr_t *x = chdr(st);
     const uint64_t *w = cwords(st);
@@ -850,7 +710,7 @@ static int bd_walk(const void *st, mp_walk_fn fn, void *ctx)
     while (j < x->nslots) {
         int k, allocated = t[j] != 0;
         if (allocated) k = t[j] - 1;
-        else if ((k = free_class_at(st, j)) < 0) return MP_ECORRUPT;
+        else if ((k = buddy_free_class_at(st, j)) < 0) return MP_ECORRUPT;
         int r = fn(ctx, j << x->min_shift, csize(x, (uint32_t)k), allocated);
         if (r) return r;
         j += (uint64_t)1 << cshift(x, (uint32_t)k);
@@ -882,152 +742,6 @@ static int bd_why_nospace(const void *st, uint64_t size, char *buf, size_t len)
     return 1;
 }
 
-/* ---- check ----------------------------------------------------------------------------- */
-#define BD_FAIL(...)                                                                             \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
-
-typedef unsigned long long ull;
-
-static int bd_check(const void *st, uint64_t len, char *msg, size_t msglen)
-{
-    if (len < BD_CLS_OFF) BD_FAIL("state too short: %llu bytes", (ull)len);
-    const mp_head_t *h = st;
-    if (h->magic != MP_STATE_MAGIC) BD_FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != MP_KIND_BUDDY) BD_FAIL("state is of kind %u, not buddy", h->kind);
-    if (h->version != MP_STATE_VERSION) BD_FAIL("state version %u, expected %u", h->version,
-                                                MP_STATE_VERSION);
-    /* B1 */
-    bd_plan_t P;
-    if (!bd_make_plan(h->param[0], h->param[1], h->param[2], h->param[3], &P) ||
-        P.max_block != h->param[2])
-        BD_FAIL("bad parameters: capacity %llu, min_block %llu, max_block %llu, fanout %llu",
-                (ull)h->param[0], (ull)h->param[1], (ull)h->param[2], (ull)h->param[3]);
-    if (h->state_size != P.size || len < P.size)
-        BD_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
-                (ull)len, (ull)P.size);
-    if (h->capacity != P.usable) BD_FAIL("capacity %llu, parameters give %llu",
-                                         (ull)h->capacity, (ull)P.usable);
-    if (h->cursor || h->param[4] || h->param[5]) BD_FAIL("unused head fields are not zero");
-    const bd_hdr_t *x = chdr(st);
-    if (x->min_shift != P.min_shift || x->fan_shift != P.fan_shift ||
-        x->nclasses != P.nclasses || x->nslots != P.nslots || x->nwords != P.nwords ||
-        x->words_off != P.words_off || x->req_off != P.req_off || x->tag_off != P.tag_off ||
-        x->pad)
-        BD_FAIL("buddy header does not match the parameters");
-    const bd_class_t *C = ccls(st);
-    uint32_t K = P.nclasses, fs = P.fan_shift;
-    for (uint32_t k = 0; k < K; k++)
-        if (memcmp(&C[k], &P.cls[k], sizeof C[k]) != 0)
-            BD_FAIL("class %u table does not match the parameters", k);
-    /* B2 */
-    const uint64_t *w = cwords(st);
-    uint64_t total = 0, nonempty = 0;
-    for (uint32_t k = 0; k < K; k++) {
-        const bd_class_t *c = &C[k];
-        uint64_t nb = c->nbits, cnt = 0;
-        for (uint32_t l = 0; l < c->nlevels; l++) {
-            uint64_t nw = words_for(nb);
-            const uint64_t *lv = w + c->lvl[l];
-            for (uint64_t q = 0; q < nw; q++) {
-                uint64_t valid = (q + 1) * 64 <= nb ? ~0ull : range_mask(0, nb - q * 64);
-                if (lv[q] & ~valid) BD_FAIL("class %u level %u: bits beyond the end", k, l);
-                if (l == 0) cnt += (uint64_t)__builtin_popcountll(lv[q]);
-                if (l + 1 < c->nlevels) {
-                    const uint64_t *up = w + c->lvl[l + 1];
-                    int bit = (int)((up[q >> 6] >> (q & 63)) & 1);
-                    if (bit != (lv[q] != 0))
-                        BD_FAIL("class %u level %u: summary bit of word %llu is wrong", k, l + 1,
-                                (ull)q);
-                }
-            }
-            nb = nw;
-        }
-        total += cnt;
-        if (cnt) nonempty |= (uint64_t)1 << k;
-    }
-    /* B6: the pending chain */
-    const uint8_t *t = ctags(st);
-    uint64_t cmask = 0, ccount = 0;
-    if (!x->chain_top) {
-        if (x->chain_k0 || x->chain_slot || x->chain_prev)
-            BD_FAIL("no pending chain, but its record is not zero");
-    } else {
-        uint32_t k0 = x->chain_k0, top = x->chain_top;
-        uint64_t slot = x->chain_slot;
-        if (k0 >= top || top >= K) BD_FAIL("pending chain classes %u..%u", k0, top);
-        if ((slot & (((uint64_t)1 << cshift(x, top)) - 1)) ||
-            (slot >> cshift(x, top)) >= C[top].nbits)
-            BD_FAIL("pending chain at slot %llu is not a class %u block", (ull)slot, top);
-        if (t[slot] != k0 + 1) BD_FAIL("the bottom of the pending chain is not allocated");
-        cmask = chain_mask(k0, top);
-        ccount = (uint64_t)(top - k0) * (((uint64_t)1 << fs) - 1);
-        if (x->chain_prev != (nonempty & cmask))
-            BD_FAIL("pending chain: classes before it 0x%llx, bitmaps say 0x%llx",
-                    (ull)x->chain_prev, (ull)(nonempty & cmask));
-    }
-    if (total + ccount != x->nfree) BD_FAIL("%llu free blocks, count says %llu",
-                                            (ull)(total + ccount), (ull)x->nfree);
-    if ((nonempty | cmask) != x->nonempty)
-        BD_FAIL("non-empty classes bitmap 0x%llx, expected 0x%llx", (ull)x->nonempty,
-                (ull)(nonempty | cmask));
-    /* B4 */
-    uint64_t f = (uint64_t)1 << fs;
-    for (uint32_t k = 0; k + 1 < K; k++) {
-        const bd_class_t *c = &C[k];
-        for (uint64_t g = 0; g + f <= c->nbits; g += f)
-            if (hb_count_range(w, c, g, f) == f)
-                BD_FAIL("class %u: the %llu buddies at block %llu are free but not merged", k,
-                        (ull)f, (ull)g);
-    }
-    /* B3, B5: the tiling */
-    const uint64_t *rq = creqs(st);
-    uint64_t j = 0, blocks = 0, live = 0, used = 0, requested = 0;
-    while (j < P.nslots) {
-        uint32_t k;
-        if (t[j]) {
-            if (t[j] > K) BD_FAIL("slot %llu: tag %u beyond %u classes", (ull)j, t[j], K);
-            k = t[j] - 1u;
-            if (rq[j] == 0 || rq[j] > csize(x, k))
-                BD_FAIL("block at slot %llu: %llu bytes asked for a class of %llu", (ull)j,
-                        (ull)rq[j], (ull)csize(x, k));
-            if ((j >> cshift(x, k)) >= C[k].nbits || (j & (((uint64_t)1 << cshift(x, k)) - 1)))
-                BD_FAIL("allocated block at slot %llu: class %u is misplaced", (ull)j, k);
-            if (hb_test(w, &C[k], j >> cshift(x, k)))
-                BD_FAIL("block at slot %llu is both allocated and free", (ull)j);
-            live++;
-            used += csize(x, k);
-            requested += rq[j];
-        } else {
-            if (rq[j]) BD_FAIL("slot %llu: a request without a block", (ull)j);
-            int fk = free_class_at(st, j);
-            if (fk < 0) BD_FAIL("slot %llu is neither allocated nor in a free block", (ull)j);
-            k = (uint32_t)fk;
-            blocks++;
-        }
-        uint64_t span = (uint64_t)1 << cshift(x, k);
-        for (uint64_t s = j + 1; s < j + span; s++)
-            if (t[s] || rq[s]) BD_FAIL("slot %llu inside the block at slot %llu is tagged",
-                                       (ull)s, (ull)j);
-        j += span;
-    }
-    if (blocks != total + ccount)
-        BD_FAIL("%llu free blocks tile the span, the bitmaps and the chain hold %llu",
-                (ull)blocks, (ull)(total + ccount));
-    if (live != h->live) BD_FAIL("%llu live blocks, count says %llu", (ull)live, (ull)h->live);
-    if (used != h->used || requested != h->requested)
-        BD_FAIL("live blocks hold %llu bytes (%llu asked for), head says %llu (%llu)", (ull)used,
-                (ull)requested, (ull)h->used, (ull)h->requested);
-    if (h->peak_used < h->used) BD_FAIL("peak_used below used");
-    if (h->high_water > h->capacity) BD_FAIL("high_water beyond capacity");
-    /* the pad bytes after the tags */
-    for (uint64_t s = P.nslots; s < ((P.nslots + 7) & ~(uint64_t)7); s++)
-        if (t[s]) BD_FAIL("tag padding is not zero");
-    return MP_OK;
-}
-
 const mp_ops_t mp_buddy_ops = {
     .name = "buddy",
     .kind = MP_KIND_BUDDY,
@@ -1036,7 +750,7 @@ const mp_ops_t mp_buddy_ops = {
     .realloc = bd_realloc,
     .size_of = bd_size_of,
     .reset = bd_reset,
-    .check = bd_check,
+    .check = buddy_check,
     .walk = bd_walk,
     .largest_free = bd_largest,
     .available = bd_available,

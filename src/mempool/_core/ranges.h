@@ -5,7 +5,7 @@
  * node array.  The nodes form the *physical list* (prev/next by address) that
  * covers the span without gaps.  Free ranges are also filed in a *free index*
  * that each strategy supplies (TLSF: a list per size bin; BestFit: an AVL tree
- * keyed by (size, offset) per size bin; the bin map is below).  Allocated ranges
+ * keyed by (size, offset) per size bin; the bins: ranges_bins.h).  Allocated ranges
  * are found by offset through an
  * open-addressing hash table (linear probing, backward-shift deletion) whose slots
  * hold {tag, node}: tag = (uint32_t)(offset >> 3), so probing compares tags in the
@@ -31,7 +31,7 @@
  * allocated (in the nursery or the hash table).  Only what a node's state uses is
  * kept: a spare node's prev and links, an allocated node's links are stale.
  *
- * Invariants (checked by rs_check):
+ * Invariants (checked by mp_ranges_check, ranges_check.c):
  *  1. The physical list starts at `first`, visits each in-use node once, and its
  *     ranges are contiguous: node.offset == prev.offset + prev.size, the first at
  *     0, the last ends at capacity; every size >= 1; prev links mirror next links.
@@ -229,117 +229,6 @@ RS_HOT uint64_t rs_home(uint32_t tag, uint32_t bits)
 RS_HOT uint64_t rs_nhome(uint32_t tag, uint32_t nbits)
 {
     return ((uint64_t)tag * 0xC2B2AE3D27D4EB4Full) >> (64 - nbits);
-}
-
-/* ---- segregated size bins ------------------------------------------------ */
-/* TLSF's two-level size map (Masmano et al. 2004; the layout of sebbbi/OffsetAllocator
- * with more bins), shared by TLSF (a list per bin) and BestFit (a tree per bin).
- * A size s < 2 * RS_SL_COUNT has a bin of its own; above, the RS_SLI bits under the
- * msb pick one of RS_SL_COUNT bins per power of two, so a bin spans at most 1/32 of
- * its sizes.  Bins are numbered flat, b = fl * RS_SL_COUNT + sl: for s < 64, b = s;
- * above, e = msb(s) - RS_SLI bits are dropped and b = e * RS_SL_COUNT + (s >> e).
- * One formula, no branch: e = msb(s | 32) - RS_SLI (0 for every s < 64).  A range is filed under its
- * size rounded DOWN; every range in a bin >= rs_bin_up(s) is >= s.
- *
- * A 64-bit first-level bitmap and a 32-bit second-level bitmap per first level find
- * the first non-empty bin at or after any bin in O(1) (ctz). */
-enum rs_bins {
-    RS_SLI = 5,                           /* log2 of second-level bins per first level */
-    RS_SL_COUNT = 1 << RS_SLI,            /* (>= 8 promised)                           */
-    RS_FL_COUNT = 64 - RS_SLI + 1,        /* fl 0 plus one per msb in [RS_SLI, 63]     */
-    RS_BINS = RS_FL_COUNT * RS_SL_COUNT,
-    RS_EXACT = 2 * RS_SL_COUNT            /* sizes below this have a bin of their own  */
-};
-_Static_assert(RS_SL_COUNT <= 32, "the second-level bitmaps are 32 bits");
-_Static_assert(RS_FL_COUNT <= 64, "the first-level bitmap is 64 bits");
-
-typedef struct rs_binmap {
-    uint64_t fl;              /* bit fl set <=> sl[fl] != 0                     */
-    uint32_t sl[RS_FL_COUNT]; /* bit sl of sl[fl] set <=> bin fl * 32 + sl non-empty */
-} rs_binmap_t;
-
-RS_HOT unsigned rs_bin_down(uint64_t s)
-{
-    unsigned e = (unsigned)(63 - __builtin_clzll(s | RS_SL_COUNT)) - RS_SLI;
-    return (e << RS_SLI) + (unsigned)(s >> e);
-}
-
-/* The first bin whose every range is >= s; 0 when s is beyond all bins. */
-RS_HOT int rs_bin_up(uint64_t s, unsigned *b)
-{
-    unsigned e = (unsigned)(63 - __builtin_clzll(s | RS_SL_COUNT)) - RS_SLI;
-    uint64_t round = ((uint64_t)1 << e) - 1;
-    if (s > UINT64_MAX - round) return 0;
-    *b = rs_bin_down(s + round);
-    return 1;
-}
-
-/* The first non-empty bin at or after bin *b (< RS_BINS); 0 when none.  No branch
- * on whether it is in b's own first level: the candidates are this level's bins at
- * or after b (when there are any) and every later level. */
-RS_HOT int rs_next_bin(const rs_binmap_t *m, unsigned *b)
-{
-    unsigned fl = *b >> RS_SLI, sl = *b & (RS_SL_COUNT - 1);
-    uint32_t slmap = m->sl[fl] & (~0u << sl);
-    /* fl + 1 <= RS_FL_COUNT < 64: the shift is defined */
-    uint64_t flmap = (m->fl & (~0ull << (fl + 1))) | ((uint64_t)(slmap != 0) << fl);
-    if (__builtin_expect(!flmap, 0)) return 0;
-    unsigned f = (unsigned)__builtin_ctzll(flmap);
-    uint32_t w = rs_sel32(f == fl, slmap, m->sl[f]);
-    *b = (f << RS_SLI) + (unsigned)__builtin_ctz(w);
-    return 1;
-}
-
-/* The last non-empty bin; 0 when all are empty. */
-static inline int rs_last_bin(const rs_binmap_t *m, unsigned *b)
-{
-    if (!m->fl) return 0;
-    unsigned fl = (unsigned)(63 - __builtin_clzll(m->fl));
-    *b = (fl << RS_SLI) + (unsigned)(31 - __builtin_clz(m->sl[fl]));
-    return 1;
-}
-
-RS_HOT void rs_bin_mark(rs_binmap_t *m, unsigned b)
-{
-    m->sl[b >> RS_SLI] |= 1u << (b & (RS_SL_COUNT - 1));
-    m->fl |= 1ull << (b >> RS_SLI);
-}
-
-/* Clear bin b's bit when `empty` (0 or 1), without a branch. */
-RS_HOT void rs_bin_unmark_if(rs_binmap_t *m, unsigned b, unsigned empty)
-{
-    unsigned fl = b >> RS_SLI;
-    uint32_t sl = m->sl[fl] & ~((uint32_t)empty << (b & (RS_SL_COUNT - 1)));
-    m->sl[fl] = sl;
-    m->fl &= ~((uint64_t)(sl == 0) << fl);
-}
-
-RS_HOT void rs_bin_unmark(rs_binmap_t *m, unsigned b) { rs_bin_unmark_if(m, b, 1); }
-
-/* The bitmaps agree with the bins' heads (MP_NIL = empty) and have no stray bits. */
-static inline int rs_binmap_check(const rs_binmap_t *m, const uint32_t *heads, char *msg,
-                                  size_t msglen)
-{
-    /* bits at or above RS_FL_COUNT have no sl word: next_bin would index past it */
-    uint64_t fl_valid = RS_FL_COUNT >= 64 ? ~0ull : ((uint64_t)1 << (RS_FL_COUNT & 63)) - 1;
-    if (m->fl & ~fl_valid) {
-        snprintf(msg, msglen, "first-level bitmap 0x%llx has bits beyond level %u",
-                 (unsigned long long)m->fl, RS_FL_COUNT - 1);
-        return MP_ECORRUPT;
-    }
-    for (unsigned fl = 0; fl < RS_FL_COUNT; fl++) {
-        if (((m->fl >> fl) & 1) != (m->sl[fl] != 0)) {
-            snprintf(msg, msglen, "first-level bit %u disagrees with its second-level bitmap",
-                     fl);
-            return MP_ECORRUPT;
-        }
-        for (unsigned sl = 0; sl < RS_SL_COUNT; sl++)
-            if (((m->sl[fl] >> sl) & 1) != (heads[fl * RS_SL_COUNT + sl] != MP_NIL)) {
-                snprintf(msg, msglen, "bitmap bit (%u, %u) disagrees with its bin", fl, sl);
-                return MP_ECORRUPT;
-            }
-    }
-    return MP_OK;
 }
 
 /* ---- node pool ----------------------------------------------------------- */
@@ -844,138 +733,17 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
     return MP_OK;
 }
 
-/* ---- check ---------------------------------------------------------------- */
+/* ---- check (ranges_check.c) ---------------------------------------------- */
+/* Used by the free indexes' checks too (fi->check). */
 #define RS_FAIL(...)                                                                             \
     do {                                                                                         \
         snprintf(msg, msglen, __VA_ARGS__);                                                      \
         return MP_ECORRUPT;                                                                      \
     } while (0)
 
-/* Validate the head and the layout against params before touching any table. */
-static inline int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *fi,
-                                  uint16_t kind, char *msg, size_t msglen)
-{
-    if (state_len < RS_AREA_OFF + fi->area_size) RS_FAIL("state too short: %llu bytes",
-                                                          (unsigned long long)state_len);
-    const mp_head_t *h = (const mp_head_t *)st;
-    const mp_rset_t *rs = rs_cset(st);
-    if (h->magic != MP_STATE_MAGIC) RS_FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != kind) RS_FAIL("state is of kind %u, not %u", h->kind, kind);
-    if (h->version != MP_STATE_VERSION) RS_FAIL("state version %u, expected %u", h->version,
-                                                MP_STATE_VERSION);
-    uint64_t want = rs_state_size(fi, h->capacity, h->param[0]);
-    if (want == 0) RS_FAIL("bad parameters: capacity %llu, max_blocks %llu",
-                           (unsigned long long)h->capacity, (unsigned long long)h->param[0]);
-    if (h->state_size != want || state_len < want)
-        RS_FAIL("state size %llu (buffer %llu), parameters need %llu",
-                (unsigned long long)h->state_size, (unsigned long long)state_len,
-                (unsigned long long)want);
-    if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]) ||
-        rs->nursery_bits != rs_nursery_bits(rs->hash_bits) ||
-        rs->table_off != rs_table_off(fi, h->param[0]) ||
-        rs->nursery_off != rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t))
-        RS_FAIL("node table header does not match parameters");
-    if (rs->top > rs->max_blocks) RS_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
-    if (rs->nspare > rs->top) RS_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
-    return MP_OK;
-}
-
-static inline int rs_check(const void *st, uint64_t state_len, const mp_fidx_t *fi,
-                           uint16_t kind, char *msg, size_t msglen)
-{
-    int rc = rs_check_layout(st, state_len, fi, kind, msg, msglen);
-    if (rc) return rc;
-    const mp_head_t *h = (const mp_head_t *)st;
-    const mp_rset_t *rs = rs_cset(st);
-    const mp_rnode_t *nodes = rs_cnodes(st, fi);
-    const mp_slot_t *t = rs_ctable(st, fi);
-    uint32_t top = rs->top;
-    /* 5: the spare stack */
-    uint32_t nsp = 0;
-    for (uint32_t i = rs->spare; i != MP_NIL; i = RS_N(nodes, i).next) {
-        if (i >= top) RS_FAIL("spare node %u beyond watermark %u", i, top);
-        if (RS_N(nodes, i).flags != 0) RS_FAIL("spare node %u is marked in use", i);
-        if (++nsp > rs->nspare) RS_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
-    }
-    if (nsp != rs->nspare) RS_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
-    /* 4: the table holds only allocated nodes (before any lookup follows it) */
-    uint64_t entries = 0, slots = (uint64_t)1 << rs->hash_bits;
-    for (uint64_t s = 0; s < slots; s++) {
-        uint32_t i = t[s].node;
-        if (i == MP_NIL) continue;
-        if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            RS_FAIL("offset table slot %llu holds node %u, which is not allocated",
-                    (unsigned long long)s, i);
-        if (t[s].tag != rs_tag(RS_N(nodes, i).offset))
-            RS_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s, i);
-        entries++;
-    }
-    /* 4: so does the nursery, each entry in its own slot (lookups look nowhere else) */
-    uint32_t nbits = rs->nursery_bits;
-    const mp_slot_t *ns = rs_cnursery(st, fi);
-    for (uint64_t n = 0; n < ((uint64_t)1 << nbits); n++) {
-        uint32_t i = ns[n].node;
-        if (i == MP_NIL) continue;
-        if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            RS_FAIL("nursery slot %llu holds node %u, which is not allocated",
-                    (unsigned long long)n, i);
-        if (ns[n].tag != rs_tag(RS_N(nodes, i).offset))
-            RS_FAIL("nursery slot %llu: tag does not match node %u", (unsigned long long)n, i);
-        if (rs_nhome(ns[n].tag, nbits) != n)
-            RS_FAIL("nursery slot %llu holds node %u, whose slot is %llu", (unsigned long long)n,
-                    i, (unsigned long long)rs_nhome(ns[n].tag, nbits));
-        entries++;
-    }
-    /* 1-3: the physical list */
-    uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
-    uint32_t prev = MP_NIL;
-    int prev_free = 0;
-    for (uint32_t i = rs->first; i != MP_NIL; i = RS_N(nodes, i).next) {
-        if (i >= top) RS_FAIL("node %u beyond watermark %u", i, top);
-        if (++walked > (uint64_t)top - nsp) RS_FAIL("physical list longer than the in-use nodes");
-        const mp_rnode_t *n = &RS_N(nodes, i);
-        if (!(n->flags & RN_INUSE)) RS_FAIL("node %u in the list is not in use", i);
-        if (n->prev != prev) RS_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
-        if (n->offset != expect) RS_FAIL("node %u at offset %llu, expected %llu", i,
-                                         (unsigned long long)n->offset,
-                                         (unsigned long long)expect);
-        if (n->size == 0 || n->size > h->capacity - n->offset)
-            RS_FAIL("node %u: size %llu at %llu leaves the span", i, (unsigned long long)n->size,
-                    (unsigned long long)n->offset);
-        int fr = (n->flags & RN_FREE) != 0;
-        if (fr && prev_free) RS_FAIL("free ranges at %llu and before are not merged",
-                                     (unsigned long long)n->offset);
-        if (fr) nfree++;
-        else {
-            live++;
-            used += n->size;
-            if (rs_lookup(st, fi, n->offset) != i)
-                RS_FAIL("allocated range at %llu is not in the offset table",
-                        (unsigned long long)n->offset);
-        }
-        expect = n->offset + n->size;
-        prev = i;
-        prev_free = fr;
-    }
-    if (expect != h->capacity) RS_FAIL("ranges end at %llu, capacity is %llu",
-                                       (unsigned long long)expect,
-                                       (unsigned long long)h->capacity);
-    if (walked != (uint64_t)top - nsp) RS_FAIL("%llu nodes in the list, %u in use",
-                                               (unsigned long long)walked, top - nsp);
-    if (nfree != rs->nfree) RS_FAIL("%llu free ranges, count says %u", (unsigned long long)nfree,
-                                    rs->nfree);
-    if (live != h->live) RS_FAIL("%llu live ranges, count says %llu", (unsigned long long)live,
-                                 (unsigned long long)h->live);
-    if (used != h->used || used != h->requested)
-        RS_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu",
-                (unsigned long long)used, (unsigned long long)h->used,
-                (unsigned long long)h->requested);
-    if (h->peak_used < h->used) RS_FAIL("peak_used below used");
-    if (h->high_water > h->capacity) RS_FAIL("high_water beyond capacity");
-    if (entries != live) RS_FAIL("offset table and nursery hold %llu entries for %llu live ranges",
-                                 (unsigned long long)entries, (unsigned long long)live);
-    /* 6 */
-    return fi->check(st, msg, msglen);
-}
+/* Invariants 1-7 of a state that may come from anywhere, then the free index
+ * (fi->check): MP_OK, or MP_ECORRUPT with the first broken one written into msg. */
+int mp_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
+                    char *msg, size_t msglen);
 
 #endif /* MEMPOOL_RANGES_H */

@@ -33,101 +33,12 @@
  *     undoes its alloc byte for byte, and a batch undone in reverse (alloc_many)
  *     leaves the state exactly as it was.
  *
- * State layout (integers only; offsets of the areas are in the header):
- *
- *   +-----------+-----------+--------------------+----------------+----------------+----------------+
- *   | mp_head_t | slab_hdr  | slab_page[npages]  | pool bitmap    | state[nitems]  | stack[nitems]  |
- *   |           | geometry, | kind, used, nfree, | uint64 words,  | uint32 per     | uint32: page   |
- *   |           | counters  | cursor, prev/next, | bit set = page | item           | p's stack is   |
- *   |           |           | items (32 B each)  | in the pool    |                | [p*per, +nfree)|
- *   +-----------+-----------+--------------------+----------------+----------------+----------------+
- *
- *   Item g = p * per + i is at offset p * page_size + i * stride.  state[g]:
- *     0              not carved (i >= cursor) or on a page that is not a slab page
- *     1..item_size   a live single item; the value is the size asked for
- *     FREE | k       a free item, at position k of its page's stack
- *     ARRAY | n      the first of a live in-page array of n >= 2 items
- *     INNER          an item inside such an array (not a valid free() offset)
- *   Page kinds: FREE (in the pool), SLAB (carved into items), RUN (the first page
- *   of a multi-page array: items = n, used = its page count), TAIL (the other
- *   pages of that array: prev = the RUN page).
- *
- * Invariants (slab_check):
- *  S1. The header matches the geometry of (capacity, param[0] = item_size,
- *      param[1] = page_size), its capacity copy included; state_size matches.
- *  S2. Pool bit p is set <=> page p is FREE; no bit beyond npages; free_pages ==
- *      the number of FREE pages; page_lo == the lowest FREE page (npages: none).
- *  S3. A FREE page is all zero with prev == next == NIL.  A RUN page of n > per items
- *      spans used == ceil(n * stride / page_size) pages inside the span, followed
- *      by used - 1 TAIL pages pointing back at it; every TAIL page belongs to one.
- *  S4. A SLAB page: 1 <= used <= per, cursor <= per, used + nfree == cursor; its
- *      stack entries k < nfree are distinct carved items whose state is FREE | k,
- *      the bottom one not the last carved item (canonical form: it would be uncarved);
- *      stack slots from nfree on are 0; every carved item is free, a live single,
- *      an array start followed by exactly n - 1 INNER items (inside the carved
- *      part), or INNER inside such an array; uncarved items have state 0; the live
- *      items number `used`.
- *  S5. Items and stack slots of pages that are not SLAB pages are 0.
- *  S6. The partial list holds exactly the SLAB pages with used < per, once each,
- *      prev links mirroring next links; pages not in it have prev == next == NIL.
- *  S7. head.live / used / requested equal the ranges found (a single counts
- *      stride / the size asked; an array n * stride / n * item_size); used_items
- *      and run_pages equal the items and pages held; peak_used >= used;
- *      high_water covers every live range and is inside the span.
+ * The state layout and its invariants are in slab.h; check() is in slab_check.c.
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
-
-enum { PG_FREE = 0, PG_SLAB = 1, PG_RUN = 2, PG_TAIL = 3 };
-
-#define ST_TAG 0xC0000000u
-#define ST_FREE 0x40000000u
-#define ST_ARRAY 0x80000000u
-#define ST_INNER 0xC0000000u
-#define ST_LOW 0x3FFFFFFFu
-
-typedef struct slab_page {
-    uint32_t kind;   /* PG_*                                                   */
-    uint32_t used;   /* SLAB: live items; RUN: pages of the array              */
-    uint32_t nfree;  /* SLAB: items on the stack                               */
-    uint32_t cursor; /* SLAB: items [0, cursor) have been carved               */
-    uint32_t prev;   /* partial list (SLAB); TAIL: the RUN page; else NIL      */
-    uint32_t next;   /* partial list (SLAB); else NIL                          */
-    uint64_t items;  /* RUN: items of the array; else 0                        */
-} slab_page_t;
-
-typedef struct slab_hdr {
-    uint64_t capacity; /* == head.capacity: a flipped capacity is noticed */
-    uint64_t item_size, page_size, stride, align, per, npages, nitems, nwords;
-    uint64_t off_bitmap, off_state, off_stack; /* byte offsets from the state start */
-    uint32_t page_shift, stride_shift;         /* log2 when a power of two, else 64 */
-    uint64_t used_items; /* items held by singles and in-page arrays            */
-    uint64_t run_pages;  /* pages held by multi-page arrays                     */
-    uint64_t free_pages; /* pages in the pool                                   */
-    uint32_t partial;    /* first page of the partial list, or NIL              */
-    uint32_t page_lo;    /* lowest page in the pool, npages when none           */
-} slab_hdr_t;
-
-#define OFF_HDR ((uint64_t)sizeof(mp_head_t))
-#define OFF_PAGES (OFF_HDR + (uint64_t)sizeof(slab_hdr_t))
-_Static_assert(sizeof(mp_head_t) % 8 == 0, "head is 8-byte aligned");
-_Static_assert(sizeof(slab_hdr_t) % 8 == 0, "header is 8-byte aligned");
-_Static_assert(sizeof(slab_page_t) == 32, "page record is 32 bytes");
-
-static inline slab_hdr_t *HD(void *st) { return (slab_hdr_t *)((char *)st + OFF_HDR); }
-static inline const slab_hdr_t *CHD(const void *st)
-{
-    return (const slab_hdr_t *)((const char *)st + OFF_HDR);
-}
-static inline slab_page_t *PAGES(void *st) { return (slab_page_t *)((char *)st + OFF_PAGES); }
-static inline const slab_page_t *CPAGES(const void *st)
-{
-    return (const slab_page_t *)((const char *)st + OFF_PAGES);
-}
-#define AREA(st, T, off) ((T *)((char *)(st) + (off)))
-#define CAREA(st, T, off) ((const T *)((const char *)(st) + (off)))
+#include "slab.h"
 
 static inline uint32_t log2_or_64(uint64_t x)
 {
@@ -135,8 +46,8 @@ static inline uint32_t log2_or_64(uint64_t x)
 }
 
 /* ---- geometry ------------------------------------------------------------------ */
-static int slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size,
-                         slab_hdr_t *g, uint64_t *state_size, char *msg, size_t msglen)
+int slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size, slab_hdr_t *g,
+                  uint64_t *state_size, char *msg, size_t msglen)
 {
 #define GFAIL(...)                                                                              \
     do {                                                                                         \
@@ -277,7 +188,7 @@ static void pool_give(void *st, uint64_t p, uint64_t k)
     if (p < h->page_lo) h->page_lo = (uint32_t)p;
 }
 
-/* ---- partial list ----------------------------------------------------------------- */
+/* ---- partial list (in_list: slab.h) ----------------------------------------------- */
 static inline void list_remove(slab_hdr_t *h, slab_page_t *pg, uint32_t p)
 {
     uint32_t a = pg[p].prev, b = pg[p].next;
@@ -295,12 +206,7 @@ static inline void list_push_front(slab_hdr_t *h, slab_page_t *pg, uint32_t p)
     h->partial = p;
 }
 
-static inline int in_list(const slab_hdr_t *h, const slab_page_t *pg, uint32_t p)
-{
-    return pg[p].prev != MP_NIL || h->partial == p;
-}
-
-/* ---- counters ----------------------------------------------------------------------- */
+/* ---- counters (item_offset, pages_for, max_run_items: slab.h) ----------------------- */
 static inline void note_alloc(mp_head_t *m, uint64_t off, uint64_t bytes, uint64_t asked)
 {
     m->used += bytes;
@@ -313,24 +219,6 @@ static inline void note_alloc(mp_head_t *m, uint64_t off, uint64_t bytes, uint64
 static inline uint64_t page_of(const slab_hdr_t *h, uint64_t off)
 {
     return h->page_shift < 64 ? off >> h->page_shift : off / h->page_size;
-}
-
-static inline uint64_t item_offset(const slab_hdr_t *h, uint64_t p, uint64_t i)
-{
-    return p * h->page_size + i * h->stride;
-}
-
-/* Pages that hold `bytes` (no overflow near 2^64). */
-static inline uint64_t pages_for(const slab_hdr_t *h, uint64_t bytes)
-{
-    return bytes / h->page_size + (bytes % h->page_size != 0);
-}
-
-/* The most items a multi-page array can have: it spans whole pages, the bytes after
- * the last item of each page included, so it may hold more than npages * per. */
-static inline uint64_t max_run_items(const slab_hdr_t *h)
-{
-    return h->npages * h->page_size / h->stride;
 }
 
 /* A fresh SLAB page from the pool (lowest first), or MP_NIL. */
@@ -775,227 +663,6 @@ static int slab_walk(const void *st, mp_walk_fn fn, void *ctx)
         }
     }
     if (w.pos < m->capacity && (r = fn(ctx, w.pos, m->capacity - w.pos, 0))) return r;
-    return MP_OK;
-}
-
-/* ---- check ---------------------------------------------------------------------------------- */
-#define SFAIL(...)                                                                               \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
-typedef unsigned long long ull;
-
-static int check_slab_page(const void *st, uint64_t p, uint64_t *live, uint64_t *used,
-                           uint64_t *asked, uint64_t *items, uint64_t *maxend, char *msg,
-                           size_t msglen)
-{
-    const slab_hdr_t *h = CHD(st);
-    const slab_page_t *P = &CPAGES(st)[p];
-    const uint32_t *s = CAREA(st, uint32_t, h->off_state) + p * h->per;
-    const uint32_t *stack = CAREA(st, uint32_t, h->off_stack) + p * h->per;
-    if (P->cursor > h->per || P->used == 0 || P->used > h->per || P->nfree > P->cursor ||
-        (uint64_t)P->used + P->nfree != P->cursor)
-        SFAIL("slab page %llu: used %u, free %u, cursor %u do not add up (%llu items a page)",
-              (ull)p, P->used, P->nfree, P->cursor, (ull)h->per);
-    if (P->items != 0) SFAIL("slab page %llu has an array length", (ull)p);
-    if (P->nfree && stack[0] == P->cursor - 1)
-        SFAIL("page %llu: the stack's bottom is the last carved item %u (not uncarved)", (ull)p,
-              stack[0]);
-    for (uint64_t k = 0; k < h->per; k++) {
-        if (k < P->nfree) {
-            uint32_t it = stack[k];
-            if (it >= P->cursor) SFAIL("page %llu: stack slot %llu holds item %u beyond cursor %u",
-                                       (ull)p, (ull)k, it, P->cursor);
-            if (s[it] != (ST_FREE | (uint32_t)k))
-                SFAIL("page %llu: stack slot %llu holds item %u, whose state is 0x%08x", (ull)p,
-                      (ull)k, it, s[it]);
-        } else if (stack[k] != 0) {
-            SFAIL("page %llu: stack slot %llu above the top is not 0", (ull)p, (ull)k);
-        }
-    }
-    uint64_t n_items = 0;
-    for (uint64_t i = 0; i < h->per; i++) {
-        uint32_t v = s[i];
-        if (i >= P->cursor) {
-            if (v) SFAIL("page %llu: uncarved item %llu has state 0x%08x", (ull)p, (ull)i, v);
-            continue;
-        }
-        uint64_t n;
-        uint64_t a;
-        switch (v & ST_TAG) {
-        case ST_FREE:
-            if ((v & ST_LOW) >= P->nfree || stack[v & ST_LOW] != i)
-                SFAIL("page %llu: free item %llu is not on the stack", (ull)p, (ull)i);
-            continue;
-        case 0:
-            if (v == 0 || v > h->item_size)
-                SFAIL("page %llu: item %llu has state %u (item size %llu)", (ull)p, (ull)i, v,
-                      (ull)h->item_size);
-            n = 1;
-            a = v;
-            break;
-        case ST_ARRAY:
-            n = v & ST_LOW;
-            if (n < 2 || n > P->cursor - i)
-                SFAIL("page %llu: array of %llu items at item %llu leaves the carved part",
-                      (ull)p, (ull)n, (ull)i);
-            for (uint64_t j = 1; j < n; j++)
-                if (s[i + j] != ST_INNER)
-                    SFAIL("page %llu: item %llu inside an array has state 0x%08x", (ull)p,
-                          (ull)(i + j), s[i + j]);
-            a = n * h->item_size;
-            break;
-        default:
-            SFAIL("page %llu: item %llu is inside no array", (ull)p, (ull)i);
-        }
-        uint64_t end = item_offset(h, p, i) + n * h->stride;
-        if (end > *maxend) *maxend = end;
-        n_items += n;
-        (*live)++;
-        *used += n * h->stride;
-        *asked += a;
-        i += n - 1;
-    }
-    if (n_items != P->used)
-        SFAIL("page %llu: %llu live items, page says %u", (ull)p, (ull)n_items, P->used);
-    *items += n_items;
-    return MP_OK;
-}
-
-static int zero_items(const void *st, uint64_t p, char *msg, size_t msglen)
-{
-    const slab_hdr_t *h = CHD(st);
-    const uint32_t *s = CAREA(st, uint32_t, h->off_state) + p * h->per;
-    const uint32_t *stack = CAREA(st, uint32_t, h->off_stack) + p * h->per;
-    for (uint64_t i = 0; i < h->per; i++)
-        if (s[i] || stack[i]) SFAIL("page %llu is not a slab page but item %llu has state",
-                                    (ull)p, (ull)i);
-    return MP_OK;
-}
-
-static int slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
-{
-    if (len < OFF_PAGES) SFAIL("state too short: %llu bytes", (ull)len);
-    const mp_head_t *m = st;
-    if (m->magic != MP_STATE_MAGIC) SFAIL("bad state magic 0x%08x", m->magic);
-    if (m->kind != MP_KIND_SLAB) SFAIL("state is of kind %u, not %u", m->kind, MP_KIND_SLAB);
-    if (m->version != MP_STATE_VERSION)
-        SFAIL("state version %u, expected %u", m->version, MP_STATE_VERSION);
-    slab_hdr_t g;
-    uint64_t want;
-    char why[160];
-    if (slab_geometry(m->capacity, m->param[0], m->param[1], &g, &want, why, sizeof why))
-        SFAIL("bad parameters: %s", why);
-    if (m->state_size != want || len < want)
-        SFAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,
-              (ull)len, (ull)want);
-    const slab_hdr_t *h = CHD(st);
-    if (memcmp(h, &g, offsetof(slab_hdr_t, used_items)) != 0)
-        SFAIL("slab geometry in the header does not match the parameters");
-    if (h->partial != MP_NIL && h->partial >= h->npages)
-        SFAIL("partial list head %u beyond %llu pages", h->partial, (ull)h->npages);
-    const slab_page_t *pg = CPAGES(st);
-    const uint64_t *bits = CAREA(st, uint64_t, h->off_bitmap);
-    /* S2, S3, S4, S5 */
-    uint64_t live = 0, used = 0, asked = 0, items = 0, runs = 0, nfree_pages = 0, partial = 0,
-             maxend = 0, lo = h->npages;
-    for (uint64_t p = 0; p < h->npages; p++) {
-        const slab_page_t *P = &pg[p];
-        int bit = (bits[p / 64] >> (p % 64)) & 1;
-        if (bit != (P->kind == PG_FREE))
-            SFAIL("page %llu: pool bit %d but kind %u", (ull)p, bit, P->kind);
-        int rc;
-        switch (P->kind) {
-        case PG_FREE:
-            if (P->used || P->nfree || P->cursor || P->items || P->prev != MP_NIL ||
-                P->next != MP_NIL)
-                SFAIL("free page %llu has a non-empty record", (ull)p);
-            if ((rc = zero_items(st, p, msg, msglen))) return rc;
-            nfree_pages++;
-            if (lo == h->npages) lo = p;
-            break;
-        case PG_SLAB:
-            if ((rc = check_slab_page(st, p, &live, &used, &asked, &items, &maxend, msg, msglen)))
-                return rc;
-            if (P->used < h->per) {
-                partial++;
-                if (!in_list(h, pg, (uint32_t)p))
-                    SFAIL("page %llu has free items but is not in the partial list", (ull)p);
-            } else if (P->prev != MP_NIL || P->next != MP_NIL || h->partial == p) {
-                SFAIL("full page %llu is linked in the partial list", (ull)p);
-            }
-            break;
-        case PG_RUN: {
-            uint64_t n = P->items;
-            if (n <= h->per || n > max_run_items(h))
-                SFAIL("page %llu: array of %llu items (a page holds %llu)", (ull)p, (ull)n,
-                      (ull)h->per);
-            uint64_t k = pages_for(h, n * h->stride);
-            if (P->used != k || k > h->npages - p)
-                SFAIL("page %llu: array of %llu items spans %u pages, needs %llu", (ull)p,
-                      (ull)n, P->used, (ull)k);
-            if (P->nfree || P->cursor || P->prev != MP_NIL || P->next != MP_NIL)
-                SFAIL("array page %llu has a slab record", (ull)p);
-            if ((rc = zero_items(st, p, msg, msglen))) return rc;
-            for (uint64_t q = p + 1; q < p + k; q++) {
-                const slab_page_t *T = &pg[q];
-                if (T->kind != PG_TAIL || T->prev != p || T->used || T->nfree || T->cursor ||
-                    T->items || T->next != MP_NIL)
-                    SFAIL("page %llu should continue the array at page %llu", (ull)q, (ull)p);
-                if ((bits[q / 64] >> (q % 64)) & 1) SFAIL("array page %llu is in the pool", (ull)q);
-                if ((rc = zero_items(st, q, msg, msglen))) return rc;
-            }
-            uint64_t end = p * h->page_size + n * h->stride;
-            if (end > maxend) maxend = end;
-            live++;
-            used += n * h->stride;
-            asked += n * h->item_size;
-            runs += k;
-            p += k - 1;
-            break;
-        }
-        case PG_TAIL:
-            SFAIL("page %llu continues no array", (ull)p);
-        default:
-            SFAIL("page %llu has kind %u", (ull)p, P->kind);
-        }
-    }
-    uint64_t tail_bits = h->npages % 64;
-    if (tail_bits && (bits[h->nwords - 1] >> tail_bits))
-        SFAIL("pool bitmap has bits beyond page %llu", (ull)h->npages);
-    if (nfree_pages != h->free_pages)
-        SFAIL("%llu pages in the pool, count says %llu", (ull)nfree_pages, (ull)h->free_pages);
-    if (lo != h->page_lo) SFAIL("lowest pool page is %llu, header says %u", (ull)lo, h->page_lo);
-    /* S6 */
-    uint64_t walked = 0;
-    uint32_t prev = MP_NIL;
-    for (uint32_t p = h->partial; p != MP_NIL; p = pg[p].next) {
-        if (p >= h->npages) SFAIL("partial list links page %u beyond %llu", p, (ull)h->npages);
-        if (pg[p].kind != PG_SLAB || pg[p].used >= h->per)
-            SFAIL("partial list holds page %u, which has no free item", p);
-        if (pg[p].prev != prev) SFAIL("partial list: bad prev link at page %u", p);
-        if (++walked > partial) SFAIL("partial list longer than the %llu partial pages (cycle?)",
-                                      (ull)partial);
-        prev = p;
-    }
-    if (walked != partial)
-        SFAIL("partial list holds %llu pages, %llu have free items", (ull)walked, (ull)partial);
-    /* S7 */
-    if (items != h->used_items || runs != h->run_pages)
-        SFAIL("items %llu / array pages %llu, header says %llu / %llu", (ull)items, (ull)runs,
-              (ull)h->used_items, (ull)h->run_pages);
-    if (live != m->live) SFAIL("%llu live ranges, count says %llu", (ull)live, (ull)m->live);
-    if (used != m->used || asked != m->requested)
-        SFAIL("live ranges hold %llu bytes (%llu asked), head says %llu (%llu)", (ull)used,
-              (ull)asked, (ull)m->used, (ull)m->requested);
-    if (m->peak_used < m->used) SFAIL("peak_used below used");
-    if (m->high_water > m->capacity || m->high_water < maxend)
-        SFAIL("high_water %llu: live ranges end at %llu, capacity %llu", (ull)m->high_water,
-              (ull)maxend, (ull)m->capacity);
-    uint64_t end = h->off_stack + h->nitems * 4;
-    for (uint64_t b = end; b < want; b++)
-        if (((const unsigned char *)st)[b]) SFAIL("padding byte %llu is not 0", (ull)b);
     return MP_OK;
 }
 

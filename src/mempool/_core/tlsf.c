@@ -3,7 +3,7 @@
  *
  * Algorithm (Masmano et al., "TLSF: a new dynamic memory allocator for real-time
  * systems", 2004; the bin layout of sebbbi/OffsetAllocator, with more bins):
- *   - Free ranges are filed in the segregated size bins of ranges.h (a size below
+ *   - Free ranges are filed in the segregated size bins of ranges_bins.h (a size below
  *     64 has a bin of its own; above, 32 bins per power of two, so a bin spans at
  *     most 1/32 of its sizes), under their size rounded DOWN, one doubly linked
  *     list per bin; the bin map's bitmaps find the first non-empty bin at or above
@@ -33,6 +33,7 @@
  *      links; the bins together hold exactly nfree nodes.
  */
 #include "ranges.h"
+#include "ranges_bins.h"
 
 typedef struct tlsf_index {
     rs_binmap_t map;         /* which bins are non-empty                        */
@@ -240,7 +241,7 @@ static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 static void tlsf_reset(void *st) { rs_reset(st, &tlsf_fidx); }
 static int tlsf_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    return rs_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
+    return mp_ranges_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
 }
 static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
