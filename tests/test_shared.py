@@ -77,6 +77,31 @@ def test_strategy_is_a_name(name):
         assert p.strategy == "bestfit" and isinstance(p.strategy, str)
 
 
+def test_slab_items_are_not_rounded_up(name):
+    # the shared cache rounds small requests up to 16 bytes; a Slab's items are fixed
+    # (40 bytes, aligned to 8): its requests go to it as asked, and its own free list
+    # does the reuse
+    with SharedPool.create(name, "1MiB", "slab", item_size=40) as p:
+        a, b = p.alloc(40), p.alloc(8)
+        assert (a.offset, b.offset, a.size, b.size) == (0, 40, 40, 8)
+        with pytest.raises(mempool.OutOfSpace, match="larger than the item size 40"):
+            p.alloc(41)
+        with pytest.raises(mempool.OutOfSpace, match="align 16 is above the item alignment 8"):
+            p.alloc(40, align=16)
+        a.free()
+        c = p.alloc(24)
+        assert c.offset == 0  # LIFO: a's item
+        del c
+        assert p.stats().live == 1  # c's item is back in the slab, not in a cache
+        assert p.shared_stats().cached == 0
+        p.check()
+    with SharedPool.create(name + "-8", "64KiB", "slab", item_size=8) as p:
+        keep = [p.alloc(8) for _ in range(3)]
+        assert [k.offset for k in keep] == [0, 8, 16]
+        del keep
+        p.unlink()
+
+
 def test_workers_churn_spawn(name):
     rounds = 3000 if SLOW else 400
     with SharedPool.create(name, "8MiB") as p:

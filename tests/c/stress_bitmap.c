@@ -293,8 +293,8 @@ static void do_bad_args(pool_t *p)
     REQUIRE(OPS->alloc(p->st, p->usable + 1, 1, &out) == MP_ENOSPACE, "alloc beyond capacity");
     REQUIRE(OPS->alloc(p->st, UINT64_MAX, 1, &out) == MP_ENOSPACE, "alloc(UINT64_MAX)");
     char why[160];
-    REQUIRE(OPS->why_nospace(p->st, p->usable + 1, why, sizeof why) == 1, "why beyond");
-    REQUIRE(OPS->why_nospace(p->st, p->usable, why, sizeof why) == 0, "why at capacity");
+    REQUIRE(OPS->why_nospace(p->st, p->usable + 1, 1, why, sizeof why) == 1, "why beyond");
+    REQUIRE(OPS->why_nospace(p->st, p->usable, 1, why, sizeof why) == 0, "why at capacity");
     if (p->nlive) {
         uint64_t off = p->live[below(p->nlive)].off;
         REQUIRE(OPS->realloc(p->st, off, UINT64_MAX, 1, &out) == MP_ENOSPACE, "realloc huge");

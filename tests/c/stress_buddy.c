@@ -319,9 +319,9 @@ static void do_bad_args(pool_t *p)
     REQUIRE(OPS->alloc(p->st, p->top + 1, 1, &out) == MP_ENOSPACE, "alloc beyond the top");
     REQUIRE(OPS->alloc(p->st, UINT64_MAX, 1, &out) == MP_ENOSPACE, "alloc(UINT64_MAX)");
     char why[160];
-    REQUIRE(OPS->why_nospace(p->st, p->top + 1, why, sizeof why) == 1 && strstr(why, "max_block"),
+    REQUIRE(OPS->why_nospace(p->st, p->top + 1, 1, why, sizeof why) == 1 && strstr(why, "max_block"),
             "why_nospace beyond the top");
-    REQUIRE(OPS->why_nospace(p->st, p->top, why, sizeof why) == 0, "why_nospace at the top");
+    REQUIRE(OPS->why_nospace(p->st, p->top, 1, why, sizeof why) == 0, "why_nospace at the top");
     unsigned k;
     REQUIRE(mp_buddy_class_of(p->st, 0, &k) == MP_EINVAL, "class_of(0)");
     REQUIRE(mp_buddy_class_of(p->st, p->top + 1, &k) == MP_EINVAL, "class_of(top + 1)");

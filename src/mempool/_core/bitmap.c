@@ -489,8 +489,9 @@ static uint64_t bm_free_ranges(const void *st)
     return total;
 }
 
-static int bm_why_nospace(const void *st, uint64_t size, char *buf, size_t len)
+static int bm_why_nospace(const void *st, uint64_t size, uint64_t align, char *buf, size_t len)
 {
+    (void)align; /* any alignment is searched for */
     const bm_hdr_t *x = chdr(st);
     if (blocks_for(x, size) <= x->nblocks) return 0;
     snprintf(buf, len, "larger than the capacity (%llu blocks of %llu bytes)",

@@ -732,8 +732,9 @@ static uint64_t bd_available(const void *st)
 
 static uint64_t bd_free_ranges(const void *st) { return chdr(st)->nfree; }
 
-static int bd_why_nospace(const void *st, uint64_t size, char *buf, size_t len)
+static int bd_why_nospace(const void *st, uint64_t size, uint64_t align, char *buf, size_t len)
 {
+    (void)align; /* blocks are aligned to their class size: alignment costs a class */
     const bd_hdr_t *x = chdr(st);
     uint64_t top = csize(x, x->nclasses - 1);
     if (size <= top) return 0;

@@ -102,10 +102,14 @@ typedef struct mp_ops {
     uint64_t (*largest_free)(const void *st); /* largest size alloc(size, 1) serves */
     uint64_t (*available)(const void *st);    /* bytes not handed out           */
     uint64_t (*free_ranges)(const void *st);  /* number of free ranges          */
-    /* Optional (NULL: none).  After alloc/realloc of `size` returned MP_ENOSPACE:
-     * when the size itself is beyond what the strategy ever hands out (a size class
-     * limit), write the reason into buf and return 1; else return 0. */
-    int (*why_nospace)(const void *st, uint64_t size, char *buf, size_t buflen);
+    /* Optional (NULL: none).  After alloc/realloc of `size` aligned to `align`
+     * returned MP_ENOSPACE: when the request itself is beyond what the strategy ever
+     * hands out (a size class limit, an item's size or alignment), write the reason
+     * into buf and return 1; else return 0. */
+    int (*why_nospace)(const void *st, uint64_t size, uint64_t align, char *buf, size_t buflen);
+    /* 1: every range is one item of a fixed size, serving requests up to that size
+     * only: callers must not round a request up (the shared pools' cache does). */
+    int fixed_size;
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */

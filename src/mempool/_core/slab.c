@@ -666,6 +666,20 @@ static int slab_walk(const void *st, mp_walk_fn fn, void *ctx)
     return MP_OK;
 }
 
+static int slab_why_nospace(const void *st, uint64_t size, uint64_t align, char *buf, size_t len)
+{
+    mp_slab_info_t in;
+    mp_slab_info(st, &in);
+    if (size > in.item_size)
+        snprintf(buf, len, "larger than the item size %llu", (unsigned long long)in.item_size);
+    else if (align > in.align)
+        snprintf(buf, len, "align %llu is above the item alignment %llu",
+                 (unsigned long long)align, (unsigned long long)in.align);
+    else
+        return 0;
+    return 1;
+}
+
 const mp_ops_t mp_slab_ops = {
     .name = "slab",
     .kind = MP_KIND_SLAB,
@@ -679,4 +693,6 @@ const mp_ops_t mp_slab_ops = {
     .largest_free = slab_largest,
     .available = slab_available,
     .free_ranges = slab_free_ranges,
+    .why_nospace = slab_why_nospace,
+    .fixed_size = 1,
 };

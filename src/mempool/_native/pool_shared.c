@@ -16,7 +16,8 @@
  * given back when the pool closes or is collected, before stats/check/segments, when
  * an allocation would otherwise fail, and by reclaim(pid) after the process died.
  * Small shared allocations are rounded up to 16 bytes so a cached range serves any
- * request of its class.
+ * request of its class (not over a strategy of fixed-size items, mp_ops_t.fixed_size:
+ * a Slab keeps its own free list, and rounding up could exceed its item).
  */
 #include "native.h"
 
@@ -42,8 +43,17 @@ struct mp_shared_local {
 static inline const mp_ops_t *OPS(PoolObject *p) { return p->strategy->ops; }
 static inline void *ST(PoolObject *p) { return p->strategy->st; }
 
-static int mag_class(uint64_t size) { return size <= MAG_MAX ? (int)((size + 15) >> 4) - 1 : -1; }
-static uint64_t rounded(uint64_t size) { return size <= MAG_MAX ? (size + 15) & ~(uint64_t)15 : size; }
+/* The cache class of a request, or -1 (too big, or a strategy of fixed-size items:
+ * rounding up could exceed the item, and the slab keeps its own free list) */
+static int mag_class(PoolObject *p, uint64_t size)
+{
+    return size <= MAG_MAX && !OPS(p)->fixed_size ? (int)((size + 15) >> 4) - 1 : -1;
+}
+/* the size a request is allocated with: its class's, so a cached range serves it */
+static uint64_t rounded(PoolObject *p, uint64_t size)
+{
+    return mag_class(p, size) >= 0 ? (size + 15) & ~(uint64_t)15 : size;
+}
 
 static mp_shared_local_t *local_of(PoolObject *p)
 {
@@ -139,7 +149,7 @@ int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uin
                 uint32_t *entry)
 {
     mp_shared_local_t *l = local_of(p);
-    int k = mag_class(size);
+    int k = mag_class(p, size);
     if (k >= 0) { /* the cache, newest first, no lock */
         for (int j = l->n[k]; j-- > 0;) {
             uint64_t o = l->slot[k][j].offset;
@@ -157,7 +167,7 @@ int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uin
     }
     if (mp_pool_lock(p) < 0) return -1;
     mp_head_t saved = *(mp_head_t *)ST(p); /* the registry may refuse: undo */
-    uint64_t want = rounded(size);
+    uint64_t want = rounded(p, size);
     int rc = OPS(p)->alloc(ST(p), want, align, off);
     if (rc != MP_OK && flush(p)) rc = OPS(p)->alloc(ST(p), want, align, off); /* the cache */
     int reg = MP_OK;
@@ -216,7 +226,7 @@ int mp_sh_release(PoolObject *p, BlockObject *b)
     b->live = 0;
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
     mp_shared_local_t *l = local_of(p);
-    int k = mag_class(b->size);
+    int k = mag_class(p, b->size);
     if (k >= 0 && l->n[k] < MAG_DEPTH) { /* keep it for the next alloc */
         l->slot[k][l->n[k]].entry = b->entry;
         l->slot[k][l->n[k]].offset = b->offset;
@@ -285,7 +295,7 @@ int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
                      "handle(s) of it are alive", (unsigned long long)b->offset, refs - 1);
         return -1;
     }
-    int rc = OPS(p)->realloc(ST(p), b->offset, rounded(size), b->align, off);
+    int rc = OPS(p)->realloc(ST(p), b->offset, rounded(p, size), b->align, off);
     if (rc == MP_OK) {
         if (*off != b->offset) mp_reg_move(p->ctl, b->entry, *off, size);
         else e->size = size;

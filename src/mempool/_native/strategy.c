@@ -108,11 +108,10 @@ PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, 
 
 PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset)
 {
-    (void)align;
     switch (rc) {
     case MP_ENOSPACE: {
-        char why[160]; /* a size beyond the strategy's classes says so */
-        if (self->ops->why_nospace && self->ops->why_nospace(self->st, size, why, sizeof why))
+        char why[160]; /* a request beyond the strategy's classes or items says so */
+        if (self->ops->why_nospace && self->ops->why_nospace(self->st, size, align, why, sizeof why))
             return mp_raise_oos(self, NULL, size, "", why);
         return mp_raise_oos(self, NULL, size, "", "no free range fits");
     }

@@ -5,23 +5,19 @@
  */
 #include "native.h"
 
-/* Why a single-item request of `size` bytes aligned to `align` failed. */
+/* Why a single-item request of `size` bytes aligned to `align` failed: the core's
+ * why_nospace (size or alignment beyond the item's), else how full the slab is. */
 static PyObject *slab_raise(StrategyObject *self, int rc, PyObject *size_obj, uint64_t size,
                             uint64_t align, uint64_t offset)
 {
     if (rc != MP_ENOSPACE) return mp_raise(self, rc, size, align, offset);
-    mp_slab_info_t in;
-    mp_slab_info(self->st, &in);
     char why[160];
-    if (size_obj || size > in.item_size)
-        snprintf(why, sizeof why, "larger than the item size %llu",
-                 (unsigned long long)in.item_size);
-    else if (align > in.align)
-        snprintf(why, sizeof why, "align %llu is above the item alignment %llu",
-                 (unsigned long long)align, (unsigned long long)in.align);
-    else
+    if (!self->ops->why_nospace(self->st, size_obj ? UINT64_MAX : size, align, why, sizeof why)) {
+        mp_slab_info_t in;
+        mp_slab_info(self->st, &in);
         snprintf(why, sizeof why, "no free item (all %llu items of %llu-byte items in use)",
                  (unsigned long long)(in.pages * in.per_page), (unsigned long long)in.item_size);
+    }
     return mp_raise_oos(self, size_obj, size, "", why);
 }
 
