@@ -1,8 +1,11 @@
-"""Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long)."""
+"""Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long), and the
+`name` fixture of the shared-pool tests."""
 
+import itertools
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, machines.py, shared_workers.py
@@ -18,3 +21,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("slow" if SLOW else "ci")
+
+
+_count = itertools.count()
+
+
+@pytest.fixture
+def name():
+    """A fresh shared-memory segment name; the segment is removed after the test."""
+    n = f"mptest-{os.getpid()}-{next(_count)}"
+    yield n
+    try:
+        os.unlink(f"/dev/shm/{n}")
+    except FileNotFoundError:
+        pass

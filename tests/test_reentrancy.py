@@ -5,7 +5,6 @@ a clear exception, never a crash, and nothing else changed."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -136,16 +135,6 @@ def test_set_generation_refuses_offsets_outside_the_buffer():
             p._set_generation(bytearray(16), off)
     p._set_generation(bytearray(16), 8)
     p.alloc(8)
-
-
-@pytest.fixture
-def name():
-    n = f"mempool-reent-{os.getpid()}-{time.monotonic_ns()}"
-    yield n
-    try:
-        os.unlink(f"/dev/shm/{n}")
-    except FileNotFoundError:
-        pass
 
 
 def test_shared_close_while_a_thread_waits_for_the_lock(name):

@@ -1,7 +1,6 @@
 """SharedPool across real processes: spawn and fork, pickled handles, a lock owner
 killed with SIGKILL, reclaim, and refused segments."""
 
-import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -19,18 +18,6 @@ from conftest import SLOW
 
 import mempool
 from mempool import SharedPool
-
-_count = itertools.count()
-
-
-@pytest.fixture
-def name():
-    n = f"mptest-{os.getpid()}-{next(_count)}"
-    yield n
-    try:
-        os.unlink(f"/dev/shm/{n}")
-    except FileNotFoundError:
-        pass
 
 
 def test_create_attach_unlink(name):

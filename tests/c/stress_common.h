@@ -133,6 +133,18 @@ static inline void attack_exercise(const attack_t *a, int steps)
     }
 }
 
+/* check() of the attacked state in buf says OK or CORRUPT (never anything else); an
+ * accepted state must work for `steps` ops.  Returns 1 when it was accepted. */
+static inline int attack_judge(const attack_t *a, int steps)
+{
+    char msg[256];
+    int rc = a->ops->check(a->buf, a->len, msg, sizeof msg);
+    REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
+    if (rc != MP_OK) return 0;
+    attack_exercise(a, steps);
+    return 1;
+}
+
 /* every length from 0 up in random steps of 1..stride, and the last 24 short of len */
 static inline void attack_truncated(const attack_t *a, uint64_t stride)
 {
@@ -166,7 +178,6 @@ static inline void attack_flips(const attack_t *a, int rounds)
  * accepted state works for `steps` ops.  Returns how many were accepted. */
 static inline uint64_t attack_mutations(const attack_t *a, int rounds, int steps)
 {
-    char msg[256];
     uint64_t accepted = 0;
     for (int r = 0; r < rounds; r++) {
         memcpy(a->buf, a->st, a->len);
@@ -183,12 +194,7 @@ static inline uint64_t attack_mutations(const attack_t *a, int rounds, int steps
             }
         }
         snprintf(g_op, sizeof g_op, "mutation %d of %d places", r, n);
-        int rc = a->ops->check(a->buf, a->len, msg, sizeof msg);
-        REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
-        if (rc == MP_OK) {
-            accepted++;
-            attack_exercise(a, steps);
-        }
+        accepted += attack_judge(a, steps);
     }
     return accepted;
 }
@@ -197,18 +203,12 @@ static inline uint64_t attack_mutations(const attack_t *a, int rounds, int steps
  * never a crash, an accepted one works.  Returns how many were accepted. */
 static inline uint64_t attack_garbage(const attack_t *a, int rounds, uint64_t head_bytes, int steps)
 {
-    char msg[256];
     uint64_t accepted = 0;
     for (int r = 0; r < rounds; r++) {
         for (uint64_t b = 0; b < a->len; b++) a->buf[b] = (unsigned char)rnd();
         if (below(2)) memcpy(a->buf, a->st, head_bytes < a->len ? head_bytes : a->len);
         snprintf(g_op, sizeof g_op, "random bytes %d", r);
-        int rc = a->ops->check(a->buf, a->len, msg, sizeof msg);
-        REQUIRE(rc == MP_OK || rc == MP_ECORRUPT, "check returned %d", rc);
-        if (rc == MP_OK) {
-            accepted++;
-            attack_exercise(a, steps);
-        }
+        accepted += attack_judge(a, steps);
     }
     return accepted;
 }
