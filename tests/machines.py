@@ -74,11 +74,25 @@ class Model:
         return 0
 
 
+class SnapshotMachine(RuleBasedStateMachine):
+    """A machine over a strategy self.s (None until a rule makes it) whose state may be
+    swapped at any step for restore(snapshot()): the rest of the run goes on with it."""
+
+    s: mempool.Strategy | None = None
+
+    @precondition(lambda self: self.s is not None)
+    @rule()
+    def snapshot_restore(self) -> None:
+        data = self.s.snapshot()
+        self.s = type(self.s).restore(data)
+        assert self.s.snapshot() == data
+
+
 def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int = 1 << 16,
                   predicts_offsets: bool = False) -> type[RuleBasedStateMachine]:
     """A state machine class for an exact strategy made by factory(capacity)."""
 
-    class ExactMachine(RuleBasedStateMachine):
+    class ExactMachine(SnapshotMachine):
         ranges = Bundle("ranges")
 
         def __init__(self) -> None:
@@ -175,13 +189,6 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             self.m.live.clear()
 
         @precondition(lambda self: self.s is not None)
-        @rule()
-        def snapshot_restore(self) -> None:
-            data = self.s.snapshot()
-            self.s = type(self.s).restore(data)
-            assert self.s.snapshot() == data
-
-        @precondition(lambda self: self.s is not None)
         @rule(sizes=st.lists(st.integers(1, 256), max_size=8))
         def alloc_many_free_many(self, sizes) -> None:
             before = self.s.stats()
@@ -216,7 +223,7 @@ def mempool_nothing():
     return None
 
 
-class PredictingMachine(RuleBasedStateMachine):
+class PredictingMachine(SnapshotMachine):
     """Shared part of a machine over a strategy self.s and a model self.m whose
     alloc(size, align) / realloc(off, size, align) return the offset the strategy must
     give, or None where it must raise OutOfSpace; free_(off) and reset() follow it."""
@@ -306,9 +313,3 @@ class PredictingMachine(RuleBasedStateMachine):
         self.s.reset()
         self.m.reset()
 
-    @precondition(lambda self: self.s is not None)
-    @rule()
-    def snapshot_restore(self) -> None:
-        data = self.s.snapshot()
-        self.s = type(self.s).restore(data)
-        assert self.s.snapshot() == data
