@@ -53,6 +53,10 @@ def test_blank_and_comment_lines_and_crlf(tmp_path):
         ("a 0 10\n\nf 1\n", 4, "free of an ID that is not live"),
         ("a 0 10\nf 0\nr 0 5\n", 4, "realloc of an ID that is not live"),
         ("a 5000000000 10\n", 2, "too large"),
+        # sizes that would wrap the validator's bookkeeping (size + 1, the live sum)
+        ("a 1 16\nr 1 18446744073709551615\na 1 16\nf 1\n", 3, "live bytes would pass 2"),
+        ("a 1 4611686018427387905\n", 2, "size 4611686018427387905: live bytes"),
+        ("a 1 4611686018427387904\na 2 1\n", 3, "size 1: live bytes would pass"),
     ],
 )
 def test_malformed_lines_are_named(tmp_path, body, line, match):

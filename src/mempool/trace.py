@@ -83,7 +83,7 @@ class Trace:
     def head(self, n: int) -> Trace:
         """The first ``n`` operations (a prefix of a trace is a valid trace)."""
         n = min(int(n), len(self))
-        _ok, maxlive = _mempool.validate_trace(
+        _ok, maxlive, _why = _mempool.validate_trace(
             self.op[:n], self.id[:n], self.size[:n], self.align[:n], self.max_id
         )
         return Trace(
@@ -149,10 +149,12 @@ def read(path: str | os.PathLike[str]) -> Trace:
         raise TraceError(f"{path}: {e}") from None
     op, ids, size, align = op[:n].copy(), ids[:n].copy(), size[:n].copy(), align[:n].copy()
     max_id = int(ids.max()) if n else 0
-    ok, value = _mempool.validate_trace(op, ids, size, align, max_id)
+    ok, value, why = _mempool.validate_trace(op, ids, size, align, max_id)
     if not ok:
         kind = {0: "alloc of an ID that is live", 1: "free of an ID that is not live",
                 2: "realloc of an ID that is not live"}[int(op[value])]
+        if why:
+            kind = f"size {int(size[value])}: live bytes would pass 2**62"
         raise TraceError(f"{path}: line {_line_of_op(text, int(value))}: {kind} (ID {ids[value]})")
     name = path.name
     for suffix in (".gz", ".trace", ".txt"):

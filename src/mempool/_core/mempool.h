@@ -265,6 +265,7 @@ uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, ui
 
 /* ---- traces and replay (replay.c) -------------------------------------------- */
 enum mp_trace_op { MP_OP_ALLOC = 0, MP_OP_FREE = 1, MP_OP_REALLOC = 2 };
+#define MP_TRACE_MAX_BYTES ((uint64_t)1 << 62) /* a size, and all live sizes together */
 
 /* Parse a mempool-trace v1 text (without its header line) into the arrays, which
  * hold room for `cap` ops.  Returns the number of ops, or -1 with *err_line (1-based

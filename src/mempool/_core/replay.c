@@ -23,7 +23,10 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Validate and compute maxlive; uses `live` as scratch (requested size + 1). */
+/* Validate and compute maxlive; uses `live` as scratch (requested size + 1).  A size,
+ * or a sum of live sizes, beyond MP_TRACE_MAX_BYTES is refused too (status
+ * MP_ENOSPACE rather than MP_EINVAL): no program has that much live, and below it
+ * neither `size + 1` nor the running sum can wrap. */
 int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
                       uint32_t max_id, uint64_t *live, mp_replay_result_t *res)
 {
@@ -32,6 +35,15 @@ int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const u
     for (uint64_t k = 0; k < n; k++) {
         uint32_t i = id[k];
         int ok = i <= max_id;
+        if (ok && op[k] != MP_OP_FREE) {
+            /* a realloc gives the old size back first */
+            uint64_t old = op[k] == MP_OP_REALLOC && live[i] ? live[i] - 1 : 0;
+            if (size[k] > MP_TRACE_MAX_BYTES || cur - old > MP_TRACE_MAX_BYTES - size[k]) {
+                res->status = MP_ENOSPACE;
+                res->bad_op = k;
+                return MP_ENOSPACE;
+            }
+        }
         if (ok) switch (op[k]) {
             case MP_OP_ALLOC:
                 ok = live[i] == 0;

@@ -412,10 +412,12 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
             if (!repair) FAIL("registry entry %u (offset %llu): %llu refs, its holders account "
                               "for %llu", i, (unsigned long long)e[i].offset,
                               (unsigned long long)(s & REFS_MASK), (unsigned long long)want);
-            /* a death between a reference's count and its holder: trust the holders */
+            /* a death between a reference's count and its holder: trust the holders.
+             * The owner may release its own reference meanwhile (no lock): recount
+             * the owner's part from the state each try. */
             uint64_t n;
             do {
-                n = (s & ~REFS_MASK) | want;
+                n = (s & ~REFS_MASK) | (borrowed + ((s & OWNER_REF) ? 1 : 0));
             } while (!st_cas(&e[i], &s, n));
             s = n;
             c->repaired++;

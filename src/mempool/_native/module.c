@@ -144,7 +144,8 @@ done:
     return ret;
 }
 
-/* validate_trace(op, id, size, align, max_id) -> (True, maxlive) or (False, bad op) */
+/* validate_trace(op, id, size, align, max_id) -> (True, maxlive, 0) or (False, bad op,
+ * why): why 0 = the ID's liveness, 1 = live bytes beyond MP_TRACE_MAX_BYTES */
 static PyObject *ext_validate_trace(PyObject *Py_UNUSED(mod), PyObject *args)
 {
     PyObject *objs[4];
@@ -157,8 +158,9 @@ static PyObject *ext_validate_trace(PyObject *Py_UNUSED(mod), PyObject *args)
         mp_replay_result_t r = {0};
         if (mp_trace_validate(t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, (uint32_t)max_id,
                               t.scratch, &r))
-            ret = Py_BuildValue("(OK)", Py_False, (unsigned long long)r.bad_op);
-        else ret = Py_BuildValue("(OK)", Py_True, (unsigned long long)r.maxlive);
+            ret = Py_BuildValue("(OKi)", Py_False, (unsigned long long)r.bad_op,
+                                r.status == MP_ENOSPACE);
+        else ret = Py_BuildValue("(OKi)", Py_True, (unsigned long long)r.maxlive, 0);
     }
     trace_arrays_release(&t);
     return ret;
@@ -212,7 +214,8 @@ static PyMethodDef module_methods[] = {
      "shared segment), validated: CorruptionError for anything that is not a valid state."},
     {"validate_trace", ext_validate_trace, METH_VARARGS,
      "validate_trace(op, id, size, align, max_id)\n--\n\n"
-     "(True, maxlive) for a valid trace, (False, index of the first invalid op) otherwise."},
+     "(True, maxlive, 0) for a valid trace, else (False, index of the first invalid op, why):\n"
+     "why 0: the ID's liveness; 1: live bytes beyond 2**62."},
     {"parse_trace", ext_parse_trace, METH_VARARGS,
      "parse_trace(text, op, id, size, align)\n--\n\n"
      "Parse trace text into preallocated arrays (uint8, uint32, uint64, uint32); returns\n"

@@ -185,6 +185,18 @@ PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, 
                        const char *why);
 /* Raise the Python exception that matches rc for an operation on self. */
 PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset);
+/* mp_raise in two halves, for shared pools: capture() reads what the message needs
+ * from the state (under the lock, no Python object made: a GC pass there could run
+ * a Block's release, which needs the lock), raise() builds the exception after. */
+typedef struct mp_err {
+    int rc;
+    uint64_t size, offset, avail, largest;
+    int has_why;
+    char why[160];
+} mp_err_t;
+void mp_err_capture(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset,
+                    mp_err_t *e);
+PyObject *mp_err_raise(const mp_err_t *e);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */

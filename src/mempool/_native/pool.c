@@ -255,9 +255,10 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
         int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
         gen_end(self);
         if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
+        if (off != b->offset && self->base) /* (shared pools copy under their lock) */
+            memmove(self->base + off, self->base + b->offset,
+                    (size_t)(size < b->size ? size : b->size));
     }
-    if (off != b->offset && self->base)
-        memmove(self->base + off, self->base + b->offset, (size_t)(size < b->size ? size : b->size));
     b->offset = off;
     b->size = size;
     Py_INCREF(b);

@@ -171,19 +171,25 @@ int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uin
     int rc = OPS(p)->alloc(ST(p), want, align, off);
     if (rc != MP_OK && flush(p)) rc = OPS(p)->alloc(ST(p), want, align, off); /* the cache */
     int reg = MP_OK;
-    if (rc == MP_OK) {
+    for (int attempt = 0; rc == MP_OK; attempt++) {
         *tag = next_tag(p);
         reg = mp_reg_add(p->ctl, *off, size, l->pid, *tag, entry);
-        if (reg != MP_OK) {
-            OPS(p)->free(ST(p), *off);
-            *(mp_head_t *)ST(p) = saved;
-        }
+        if (reg == MP_OK) break;
+        OPS(p)->free(ST(p), *off);
+        *(mp_head_t *)ST(p) = saved;
+        /* the registry is full: the cache's ranges hold entries; give them back, retry */
+        if (attempt || !flush(p)) break;
+        saved = *(mp_head_t *)ST(p);
+        rc = OPS(p)->alloc(ST(p), want, align, off);
     }
-    if (rc) mp_raise(p->strategy, rc, size, align, 0); /* reads the state: lock held */
+    mp_err_t err;
+    if (rc) mp_err_capture(p->strategy, rc, size, align, 0, &err); /* reads the state: locked */
+    mp_pool_unlock(p);
+    /* Python objects only now: a GC pass under the lock could release a Block */
+    if (rc) mp_err_raise(&err);
     else if (reg)
         PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: the shared pool's block "
                      "registry is full (max_entries)", (unsigned long long)size);
-    mp_pool_unlock(p);
     return rc || reg ? -1 : 0;
 }
 
@@ -297,12 +303,21 @@ int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
     }
     int rc = OPS(p)->realloc(ST(p), b->offset, rounded(p, size), b->align, off);
     if (rc == MP_OK) {
-        if (*off != b->offset) mp_reg_move(p->ctl, b->entry, *off, size);
-        else e->size = size;
-    } else {
-        mp_raise(p->strategy, rc, size, b->align, b->offset);
+        if (*off != b->offset) {
+            mp_reg_move(p->ctl, b->entry, *off, size);
+            /* the bytes move before the lock goes: the old range is free now, and
+             * another process may take it as soon as we unlock */
+            if (p->base)
+                memmove(p->base + *off, p->base + b->offset,
+                        (size_t)(size < b->size ? size : b->size));
+        } else {
+            e->size = size;
+        }
     }
+    mp_err_t err;
+    if (rc) mp_err_capture(p->strategy, rc, size, b->align, b->offset, &err);
     mp_pool_unlock(p);
+    if (rc) mp_err_raise(&err); /* after the lock: see mp_sh_alloc */
     return rc ? -1 : 0;
 }
 
@@ -423,8 +438,10 @@ PyObject *mp_ext_pool_check_shared(PoolObject *self, PyObject *Py_UNUSED(ignored
     Py_RETURN_NONE;
 }
 
-/* _locked(name, *args): a strategy method under the lock (stats, segments...), after
- * giving this process's cache back so that the figures show what it freed */
+/* _locked(name, *args): a strategy method (stats, segments...) on a copy of the state
+ * taken under the lock, after giving this process's cache back so that the figures
+ * show what it freed.  The method runs after the lock: it makes Python objects, and a
+ * GC pass under the lock could release a Block, which needs the lock. */
 PyObject *mp_ext_pool_locked(PoolObject *self, PyObject *args)
 {
     if (mp_pool_check_open(self) < 0) return NULL;
@@ -433,16 +450,26 @@ PyObject *mp_ext_pool_locked(PoolObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "_locked(name, *args)");
         return NULL;
     }
-    PyObject *fn = PyObject_GetAttr((PyObject *)self->strategy, PyTuple_GET_ITEM(args, 0));
-    if (!fn) return NULL;
-    PyObject *rest = PyTuple_GetSlice(args, 1, n), *r = NULL;
-    if (rest && mp_pool_lock(self) == 0) {
-        if (self->ctl) flush(self);
-        r = PyObject_Call(fn, rest, NULL);
-        mp_pool_unlock(self);
+    uint64_t len = self->strategy->st_len;
+    PyObject *copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len), *r = NULL;
+    if (!copy) return NULL;
+    if (mp_pool_lock(self) < 0) {
+        Py_DECREF(copy);
+        return NULL;
     }
+    if (self->ctl) flush(self);
+    memcpy(PyByteArray_AS_STRING(copy), ST(self), (size_t)len);
+    mp_pool_unlock(self);
+    PyObject *at = Py_BuildValue("(OKKi)", copy, 0ULL, (unsigned long long)len, 0);
+    PyObject *strat = at ? mp_ext_attach(NULL, at) : NULL; /* consistent: copied locked */
+    PyObject *fn = strat ? PyObject_GetAttr(strat, PyTuple_GET_ITEM(args, 0)) : NULL;
+    PyObject *rest = fn ? PyTuple_GetSlice(args, 1, n) : NULL;
+    if (rest) r = PyObject_Call(fn, rest, NULL);
     Py_XDECREF(rest);
-    Py_DECREF(fn);
+    Py_XDECREF(fn);
+    Py_XDECREF(strat);
+    Py_XDECREF(at);
+    Py_DECREF(copy);
     return r;
 }
 

@@ -79,11 +79,9 @@ static void strategy_dealloc(StrategyObject *self)
 /* ---- errors ---------------------------------------------------------------------- */
 static const mp_head_t *head(StrategyObject *self) { return (const mp_head_t *)self->st; }
 
-PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, const char *what,
-                       const char *why)
+static PyObject *raise_oos(PyObject *size_obj, uint64_t size, const char *what, const char *why,
+                           uint64_t avail, uint64_t largest)
 {
-    uint64_t avail = self->ops->available(self->st);
-    uint64_t largest = self->ops->largest_free(self->st);
     PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
     if (!sz) return NULL;
     PyObject *msg = PyUnicode_FromFormat("cannot allocate %s%S bytes: %s (%llu bytes available, "
@@ -106,29 +104,56 @@ PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, 
     return NULL;
 }
 
-PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset)
+PyObject *mp_raise_oos(StrategyObject *self, PyObject *size_obj, uint64_t size, const char *what,
+                       const char *why)
 {
-    switch (rc) {
-    case MP_ENOSPACE: {
-        char why[160]; /* a request beyond the strategy's classes or items says so */
-        if (self->ops->why_nospace && self->ops->why_nospace(self->st, size, align, why, sizeof why))
-            return mp_raise_oos(self, NULL, size, "", why);
-        return mp_raise_oos(self, NULL, size, "", "no free range fits");
-    }
+    return raise_oos(size_obj, size, what, why, self->ops->available(self->st),
+                     self->ops->largest_free(self->st));
+}
+
+void mp_err_capture(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset,
+                    mp_err_t *e)
+{
+    e->rc = rc;
+    e->size = size;
+    e->offset = offset;
+    e->avail = e->largest = 0;
+    e->has_why = 0;
+    if (rc != MP_ENOSPACE && rc != MP_ENONODES) return;
+    e->avail = self->ops->available(self->st);
+    e->largest = self->ops->largest_free(self->st);
+    /* a request beyond the strategy's classes or items says so */
+    if (rc == MP_ENOSPACE && self->ops->why_nospace)
+        e->has_why = self->ops->why_nospace(self->st, size, align, e->why, sizeof e->why);
+}
+
+PyObject *mp_err_raise(const mp_err_t *e)
+{
+    switch (e->rc) {
+    case MP_ENOSPACE:
+        return raise_oos(NULL, e->size, "", e->has_why ? e->why : "no free range fits", e->avail,
+                         e->largest);
     case MP_ENONODES:
-        return mp_raise_oos(self, NULL, size, "",
-                            "the state's range table is full (max_blocks)");
+        return raise_oos(NULL, e->size, "", "the state's range table is full (max_blocks)",
+                         e->avail, e->largest);
     case MP_ENOTALLOC:
         PyErr_Format(mp_NotAllocated, "offset %llu is not the start of a live range",
-                     (unsigned long long)offset);
+                     (unsigned long long)e->offset);
         return NULL;
     case MP_EINVAL:
         PyErr_SetString(PyExc_ValueError, "invalid argument");
         return NULL;
     default:
-        PyErr_Format(mp_CorruptionError, "strategy returned error %d", rc);
+        PyErr_Format(mp_CorruptionError, "strategy returned error %d", e->rc);
         return NULL;
     }
+}
+
+PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset)
+{
+    mp_err_t e;
+    mp_err_capture(self, rc, size, align, offset, &e);
+    return mp_err_raise(&e);
 }
 
 /* ---- hot methods ------------------------------------------------------------------- */
@@ -410,25 +435,50 @@ static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ig
     return res;
 }
 
+/* The walk fills a C array first: building Python objects during it could start a
+ * GC pass that frees Blocks (their ranges) under the walk's feet. */
+typedef struct seg_buf {
+    struct seg { uint64_t off, size; int allocated; } *v;
+    size_t n, cap;
+    int nomem;
+} seg_buf_t;
+
 static int walk_collect(void *ctx, uint64_t offset, uint64_t size, int allocated)
 {
-    PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)offset, (unsigned long long)size,
-                                allocated ? Py_True : Py_False);
-    if (!t) return -1;
-    int rc = PyList_Append((PyObject *)ctx, t);
-    Py_DECREF(t);
-    return rc;
+    seg_buf_t *b = ctx;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        struct seg *v = PyMem_RawRealloc(b->v, cap * sizeof *v);
+        if (!v) return b->nomem = 1, -1;
+        b->v = v;
+        b->cap = cap;
+    }
+    b->v[b->n++] = (struct seg){offset, size, allocated};
+    return 0;
 }
 
 static PyObject *ext_strategy_segments(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_strategy_closed(self)) return NULL;
-    PyObject *list = PyList_New(0);
-    if (!list) return NULL;
-    if (self->ops->walk(self->st, walk_collect, list)) {
-        Py_DECREF(list);
-        return NULL;
+    seg_buf_t b = {NULL, 0, 0, 0};
+    int rc = self->ops->walk(self->st, walk_collect, &b);
+    PyObject *list = NULL;
+    if (rc) {
+        if (b.nomem) PyErr_NoMemory();
+        else PyErr_Format(mp_CorruptionError, "the %s state cannot be walked (%d)",
+                          self->ops->name, rc);
+        goto done;
     }
+    list = PyList_New((Py_ssize_t)b.n);
+    for (size_t k = 0; list && k < b.n; k++) {
+        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)b.v[k].off,
+                                    (unsigned long long)b.v[k].size,
+                                    b.v[k].allocated ? Py_True : Py_False);
+        if (!t) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)k, t);
+    }
+done:
+    PyMem_RawFree(b.v);
     return list;
 }
 
