@@ -3,6 +3,7 @@ BufferErrors, and the bad-input matrix."""
 
 import gc
 import itertools
+import os
 import pickle
 import weakref
 
@@ -398,3 +399,65 @@ def test_default_align_fits_the_strategy():
     assert [b.offset for b in keep] == [0, 40]
     del keep
     r.close()
+
+
+def _aligned_slice(align_mod: int, want: int, n: int) -> np.ndarray:
+    """A uint8 view of n bytes whose address is `want` modulo align_mod."""
+    backing = np.zeros(n + 2 * align_mod, np.uint8)
+    start = (want - backing.ctypes.data) % align_mod
+    return backing[start:start + n]
+
+
+def test_alignment_is_of_addresses_not_only_offsets():
+    with Pool("64KiB") as p:  # an mmap: page-aligned, so up to 4096 holds
+        b = p.alloc(100, align=4096)
+        assert b.address % 4096 == 0 and b.align == 4096
+        before = p.stats()
+        with pytest.raises(ValueError, match="align 32768 is above the alignment of the pool's"):
+            p.alloc(100, align=32768)
+        assert p.stats() == before
+        del b
+    buf = _aligned_slice(64, 16, 8192)  # 16-aligned, not 32
+    with Pool(8192, source=BufferMemory(buf)) as q:
+        keep = [q.alloc(8), q.alloc(8)]
+        assert [k.address % 16 for k in keep] == [0, 0]
+        with pytest.raises(ValueError, match="align 64 is above"):
+            q.alloc(8, align=64)
+        x = q.empty(10, "f8")  # 16 is all the memory offers: enough for float64
+        assert x.ctypes.data % 16 == 0 and x.flags.aligned
+        del keep, x
+    with pytest.raises(ValueError, match="aligned to 1 bytes only"):
+        Pool(4096, source=BufferMemory(_aligned_slice(64, 1, 4096)))
+
+
+def test_forked_child_cannot_use_a_pool_over_shared_memory(tmp_path):
+    from mempool.sources import SharedMemory
+
+    name = f"mptest-fork-{os.getpid()}"
+    src = SharedMemory(name, 65536, create=True)
+    try:
+        with Pool(65536, source=src) as p:
+            b = p.alloc(64)
+            pid = os.fork()
+            if pid == 0:  # the child: every call refuses; collecting b frees nothing
+                code = 0
+                try:
+                    p.alloc(8)
+                    code = 1
+                except mempool.PoolClosed:
+                    pass
+                try:
+                    b.free()
+                    code = 2
+                except mempool.PoolClosed:
+                    pass
+                del b
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert p.stats().live == 1 and b.live  # the parent's state is untouched
+            p.check()
+            del b
+    finally:
+        src.close()
+        src.unlink()

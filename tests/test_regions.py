@@ -233,3 +233,16 @@ def test_bad_arguments_change_nothing():
             r.alloc(*args)
     assert r.stats() == before
     r.free(b)
+
+
+def test_realloc_into_another_region_keeps_the_alignment():
+    r = RegionPool(region_size="64KiB", retain=4)
+    b = r.alloc(100, align=4096)
+    first = b.pool
+    filler = r.alloc(64 * KIB - 112)  # right behind b: region 0 is full
+    assert filler.pool is first and r.stats().regions == 1
+    moved = r.realloc(b, 3000)  # no room behind b: it moves into a new region
+    assert moved.pool is not first and moved.align == 4096
+    assert moved.offset % 4096 == 0 and moved.address % 4096 == 0
+    del filler
+    r.close()

@@ -226,7 +226,7 @@ class RegionPool:
             return region.realloc(block, size)
         except OutOfSpace:
             pass
-        new = self.alloc(size)
+        new = self.alloc(size, block.align)  # the alignment it was made with, as Pool keeps
         n = min(size, block.size)
         memoryview(new)[:n] = memoryview(block)[:n]
         region.free(block)

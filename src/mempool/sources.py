@@ -72,6 +72,9 @@ class Source:
 
     size: int
     buffer: Any
+    #: other processes map these bytes too (a file): a pool over them serves only
+    #: the process that made it (a forked child must open the file itself)
+    _shared_mapping = False
 
     def __init__(self) -> None:
         self._closed = False
@@ -404,6 +407,8 @@ class SharedMemory(_Mapped):
     ``multiprocessing.shared_memory``, nothing is registered with a resource tracker:
     the segment lives until :meth:`unlink`, and attaching never unlinks.
     """
+
+    _shared_mapping = True
 
     def __init__(self, name: str, size: int | str | None = None, *, create: bool = False,
                  mode: int = 0o600) -> None:

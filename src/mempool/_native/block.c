@@ -47,7 +47,7 @@ static void block_dealloc(BlockObject *b)
         b->array = 0;
     }
     if (b->live && b->owned && !pool->closed && !pool->closing && pool->strategy &&
-        pool->strategy->st) {
+        pool->strategy->st && mp_pool_here(pool)) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* may run while an exception is set */
         /* not b itself: its refcount is 0, and the hook would take and drop a reference */
@@ -105,7 +105,7 @@ static PyBufferProcs block_as_buffer = {
 
 static PyObject *ext_block_free(BlockObject *b, PyObject *Py_UNUSED(ignored))
 {
-    if (block_usable(b) < 0) return NULL;
+    if (block_usable(b) < 0 || mp_pool_check_open(b->pool) < 0) return NULL;
     if (mp_pool_release(b->pool, b) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -119,7 +119,9 @@ static PyObject *ext_block_enter(BlockObject *b, PyObject *Py_UNUSED(ignored))
 
 static PyObject *ext_block_exit(BlockObject *b, PyObject *Py_UNUSED(args))
 {
-    if (b->live && !b->pool->closed && mp_pool_release(b->pool, b) < 0) return NULL;
+    if (b->live && !b->pool->closed &&
+        (mp_pool_check_open(b->pool) < 0 || mp_pool_release(b->pool, b) < 0))
+        return NULL;
     Py_RETURN_FALSE;
 }
 
@@ -157,6 +159,10 @@ static PyObject *get_size(BlockObject *b, void *Py_UNUSED(c))
 {
     return PyLong_FromUnsignedLongLong(b->size);
 }
+static PyObject *get_align(BlockObject *b, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(b->align);
+}
 static PyObject *get_pool(BlockObject *b, void *Py_UNUSED(c))
 {
     Py_INCREF(b->pool);
@@ -182,6 +188,8 @@ static PyObject *get_exports(BlockObject *b, void *Py_UNUSED(c))
 
 static PyGetSetDef block_getset[] = {
     {"offset", (getter)get_offset, NULL, "Offset of the range in its pool, in bytes.", NULL},
+    {"align", (getter)get_align, NULL,
+     "The alignment the range was made with (kept when realloc moves it).", NULL},
     {"size", (getter)get_size, NULL, "Bytes of the range (what the buffer exposes).", NULL},
     {"pool", (getter)get_pool, NULL, "The pool the block belongs to.", NULL},
     {"address", (getter)get_address, NULL,

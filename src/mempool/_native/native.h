@@ -49,6 +49,12 @@ typedef struct {
     PyObject *source;         /* the memory source, kept alive                  */
     Py_ssize_t exports;       /* buffer exports of blocks + array-owned blocks  */
     uint64_t default_align;   /* alloc()'s default alignment (16)               */
+    uint64_t base_align;      /* the alignment base's address guarantees (largest
+                                 power of two dividing it, at most a page): no
+                                 range may ask for more (its address would not be) */
+    uint32_t bound_pid;       /* memory shared with other processes (a file): only
+                                 this process may use the pool (0: any; shared pools
+                                 have their own rules)                             */
     volatile uint64_t *gen;   /* persistent pools: the header's generation word: odd
                                  while an allocator call is under way, or NULL  */
     Py_buffer gen_view;       /* the header buffer gen points into (has_gen)    */
@@ -95,6 +101,11 @@ int mp_pool_ready(PyObject *module);
 int mp_pool_check_open(PoolObject *pool);
 /* This process's pid, kept right across fork(). */
 uint32_t mp_getpid(void);
+/* Not a forked child's copy of a pool over memory other processes map (a file). */
+static inline int mp_pool_here(const PoolObject *p)
+{
+    return !p->bound_pid || p->ctl || p->bound_pid == mp_getpid();
+}
 int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
 
 /* pool_shared.c: the shared-pool half of PoolCore */

@@ -24,7 +24,13 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 int mp_pool_check_open(PoolObject *pool)
 {
-    if (!pool->closed && !pool->closing && pool->strategy && pool->strategy->st) return 0;
+    if (!pool->closed && !pool->closing && pool->strategy && pool->strategy->st) {
+        if (mp_pool_here(pool)) return 0;
+        PyErr_Format(mp_PoolClosed, "the pool's memory is shared with process %u, which opened "
+                     "it: a forked child must open the file itself",
+                     (unsigned)pool->bound_pid);
+        return -1;
+    }
     PyErr_SetString(mp_PoolClosed, pool->strategy ? "the pool is closed"
                                                   : "the pool is not initialised");
     return -1;
@@ -56,6 +62,12 @@ int mp_is_ndarray_type(PyObject *type)
 static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *off,
                      uint64_t *tag, uint32_t *entry)
 {
+    if (self->base && align > self->base_align) { /* an offset alone would not do */
+        PyErr_Format(PyExc_ValueError, "align %llu is above the alignment of the pool's memory "
+                     "(%llu): the address would not be aligned", (unsigned long long)align,
+                     (unsigned long long)self->base_align);
+        return -1;
+    }
     if (self->ctl) return mp_sh_alloc(self, size, align, off, tag, entry);
     gen_begin(self);
     int rc = OPS(self)->alloc(ST(self), size, align, off);
@@ -157,8 +169,14 @@ static int ext_pool_init(PoolObject *self, PyObject *args, PyObject *kw)
     }
     uint64_t capacity = ((mp_head_t *)s->st)->capacity;
     if (buffer != Py_None) {
-        if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            if (PyErr_ExceptionMatches(PyExc_BufferError)) { /* e.g. a read-only mapping */
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "a pool needs writable memory: %R is read-only "
+                             "or not contiguous", source != Py_None ? source : buffer);
+            }
             return -1;
+        }
         if ((uint64_t)self->view.len < capacity) {
             PyErr_Format(PyExc_ValueError, "the buffer holds %zd bytes, the strategy manages %llu",
                          self->view.len, (unsigned long long)capacity);
@@ -167,6 +185,25 @@ static int ext_pool_init(PoolObject *self, PyObject *args, PyObject *kw)
         }
         self->has_view = 1;
         self->base = self->view.buf;
+        uintptr_t a = (uintptr_t)self->base;
+        self->base_align = a & (0 - a); /* the lowest set bit */
+        if (!self->base_align || self->base_align > 4096) self->base_align = 4096;
+        if (align > self->base_align) {
+            PyErr_Format(PyExc_ValueError, "the memory at %p is aligned to %llu bytes only, less "
+                         "than the pool's default alignment %llu", self->base,
+                         (unsigned long long)self->base_align, align);
+            PyBuffer_Release(&self->view);
+            self->has_view = 0;
+            self->base = NULL;
+            return -1;
+        }
+    }
+    if (source != Py_None) { /* memory other processes map too (a file): this process's */
+        PyObject *shared = PyObject_GetAttrString(source, "_shared_mapping");
+        int yes = shared ? PyObject_IsTrue(shared) : 0;
+        Py_XDECREF(shared);
+        PyErr_Clear();
+        if (yes > 0) self->bound_pid = mp_getpid();
     }
     Py_INCREF(strategy);
     self->strategy = s;
@@ -346,9 +383,12 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "a pool over External memory cannot hold arrays");
         goto done;
     }
-    uint64_t align = (uint64_t)PyDataType_ALIGNMENT(descr), off;
-    if (align < 64) align = 64;
-    if (!mp_is_pow2(align)) align = 64;
+    uint64_t need = (uint64_t)PyDataType_ALIGNMENT(descr), off;
+    if (!mp_is_pow2(need)) need = 64;
+    /* at least 64 (cache lines) where the memory allows it, never less than the dtype
+     * needs (pool_take refuses a dtype the memory cannot align) */
+    uint64_t align = need > 64 ? need : 64;
+    if (align > self->base_align) align = need > self->base_align ? need : self->base_align;
     uint64_t size = nbytes ? nbytes : 1, tag = 0;
     uint32_t entry = 0;
     if (pool_take(self, size, align, &off, &tag, &entry) < 0) goto done;
@@ -528,7 +568,7 @@ static PyMethodDef pool_methods[] = {
     {"empty", (PyCFunction)(void (*)(void))ext_pool_empty, METH_FASTCALL | METH_KEYWORDS,
      "empty($self, /, shape, dtype=float64)\n--\n\n"
      "A C-contiguous NumPy array in pool memory, as numpy.empty makes it; aligned for the dtype\n"
-     "and to at least 64 bytes.  Its range is freed when the array is collected."},
+     "and to 64 bytes where the memory allows (a BufferMemory may be aligned less).  Its range is freed when the array is collected."},
     {"zeros", (PyCFunction)(void (*)(void))ext_pool_zeros, METH_FASTCALL | METH_KEYWORDS,
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
