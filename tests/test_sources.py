@@ -1,6 +1,9 @@
 """Memory sources against the real machine: mappings, huge pages, NUMA, mlock."""
 
 import mmap
+import os
+import signal
+import time
 
 import pytest
 
@@ -149,3 +152,22 @@ def test_file_memory_create_extend_and_reopen(tmp_path):
         FileMemory(tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
         FileMemory(tmp_path / "missing")
+
+
+def test_file_memory_lock_is_not_inherited_by_a_fork(tmp_path):
+    path = tmp_path / "lock.bin"
+    f = FileMemory(path, 4096, exclusive=True)
+    with pytest.raises(BlockingIOError, match="open elsewhere"):
+        FileMemory(path, exclusive=True)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(2)
+        finally:
+            os._exit(0)
+    try:
+        f.close()
+        FileMemory(path, exclusive=True).close()  # free at once, the child still alive
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

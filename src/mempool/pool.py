@@ -12,6 +12,7 @@ unmapped memory through mempool.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -168,7 +169,12 @@ class Pool(PoolCore):
         The file holds a header (magic, format version, sizes, checksum), the
         strategy's state block and the data, so :meth:`open` finds the allocations
         again.  Raises FileExistsError when the file exists (unless ``exist_ok``, which
-        overwrites it).
+        replaces any file not open elsewhere: BlockingIOError while it is).  The file
+        is locked before any byte is written, and a failed create leaves the path as
+        it was: a file it made is removed again, and with ``exist_ok`` the new file is
+        built beside the old one and renamed over it only once complete, so a size
+        that cannot be allocated leaves the old file untouched (both need room
+        meanwhile).
         """
         capacity = parse_size(capacity, "capacity")
         template = make(strategy, capacity, **options)
@@ -176,22 +182,16 @@ class Pool(PoolCore):
         h = layout(FILE_MAGIC, _kind_of(state), template.strategy, capacity, len(state),
                    created_ns=time.time_ns())
         path = Path(path)
-        if path.exists() and not exist_ok:
-            raise FileExistsError(f"{path} exists; Pool.open() it, or pass exist_ok=True")
-        if path.exists():
-            FileMemory(path, exclusive=True).close()  # BlockingIOError while in use
-        with open(path, "wb"):
-            pass  # truncate: FileMemory then allocates the blocks of the new size
-        mem = FileMemory(path, h.total_size, exclusive=True)
+
+        def fill(view: memoryview) -> None:
+            view[h.state_off:h.state_off + h.state_size] = state
+            view[:4096] = h.pack()
+
         try:
-            mm = memoryview(mem.buffer)
-            mm[h.state_off:h.state_off + h.state_size] = state
-            mm[:4096] = h.pack()
-            mm.release()
-            mem.flush()
-        except BaseException:
-            mem.close()
-            raise
+            mem = FileMemory._create(path, h.total_size, fill, exist_ok=exist_ok)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, f"{path} exists; Pool.open() it, or pass "
+                                  "exist_ok=True") from None
         return cls._over_file(mem, h, str(path))
 
     @classmethod

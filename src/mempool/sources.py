@@ -26,6 +26,12 @@ import fcntl
 import mmap
 import os
 import platform
+import secrets
+import select
+import stat
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,51 +323,132 @@ class FileMemory(_Mapped):
     error now rather than a SIGBUS later); ``FileMemory(path)`` maps an existing file
     whole.  :meth:`flush` makes the bytes durable (msync).  With ``exclusive=True``
     the file is flock()ed until close(): a second exclusive opener, in this process
-    or another, gets BlockingIOError.
+    or another, gets BlockingIOError.  The lock is this object's own: a process
+    forked while it is held does not inherit it.
     """
 
     def __init__(self, path: str | os.PathLike[str], size: int | str | None = None,
                  *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
+        self._lock_fd = -1
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
-        fd = os.open(self.path, flags, 0o600)
-        self._lock_fd = -1
-        try:
-            if exclusive:  # one writer at a time: held until close()
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise BlockingIOError(
-                        errno.EWOULDBLOCK,
-                        f"{self.path} is open elsewhere (a persistent pool has one writer at "
-                        "a time; use a SharedPool to share a pool between processes)") from None
-                self._lock_fd = os.dup(fd)
-            have = os.fstat(fd).st_size
-            if want is None:
-                if have == 0:
-                    raise ValueError(f"{self.path} is empty: give a size to create it")
-                want = have
-            elif have < want:
-                if readonly:
-                    raise ValueError(f"{self.path} holds {have} bytes, fewer than {want}")
-                try:
-                    os.posix_fallocate(fd, 0, want)
-                except OSError as e:
-                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    os.ftruncate(fd, want)
-            self.size = want
-            access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
-            self._mmap = mmap.mmap(fd, want, mmap.MAP_SHARED, access=access)
-        except BaseException:
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-            raise
-        finally:
-            os.close(fd)
+        for _ in range(10):
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                if exclusive:
+                    lock_fd = _lock(self.path, fd)
+                    if lock_fd < 0:  # the path was replaced meanwhile: open the new file
+                        continue
+                    self._lock_fd = lock_fd
+                    _LOCKED.add(self)
+                have = os.fstat(fd).st_size
+                if want is None:
+                    if have == 0:
+                        raise ValueError(f"{self.path} is empty: give a size to create it")
+                    want = have
+                elif have < want:
+                    if readonly:
+                        raise ValueError(f"{self.path} holds {have} bytes, fewer than {want}")
+                    _allocate(fd, want)
+                self._map(fd, want, readonly)
+                return
+            except BaseException:
+                self._release_lock()
+                raise
+            finally:
+                os.close(fd)
+        raise BlockingIOError(errno.EWOULDBLOCK, f"{self.path} keeps being replaced")
+
+    def _map(self, fd: int, size: int, readonly: bool = False) -> None:
+        access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
+        self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, access=access)
+        self.size = size
         self.buffer = self._mmap
+
+    @classmethod
+    def _create(cls, path: str | os.PathLike[str], size: int,
+                fill: Callable[[memoryview], None], *, exist_ok: bool) -> FileMemory:
+        """A new locked file of ``size`` bytes at ``path``, ``fill(view)`` written into it.
+
+        The lock is taken before any byte changes, and a failure leaves the path as it
+        was.  Without ``exist_ok`` the file is made with O_EXCL (FileExistsError) and
+        removed again on failure.  With it, the new file is built beside the old one and
+        renamed over it while the old one's lock is held: BlockingIOError while the old
+        file is open elsewhere, and the old bytes untouched when the new size cannot be
+        allocated (a full disk, a size too large).
+        """
+        path = Path(path)
+        if not exist_ok:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                return cls._build(path, path, fd, size, fill)
+            except BaseException:
+                _unlink_if(path, fd)
+                raise
+            finally:
+                os.close(fd)
+        target = Path(os.path.realpath(path))  # a link: replace the file it names
+        old_fd, made = _open_target(target)
+        try:
+            old_lock = _lock(target, old_fd)
+            if old_lock < 0:  # replaced between open and lock: another creator is at work
+                raise _busy(target)
+            try:  # the old file is ours now: build the new one beside it, then rename
+                mode = 0o600 if made else stat.S_IMODE(os.fstat(old_fd).st_mode)
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.fchmod(fd, mode)
+                    mem = cls._build(path, tmp, fd, size, fill)
+                    try:
+                        os.replace(tmp, target)
+                    except BaseException:
+                        mem._release_lock()
+                        mem.close_quietly()
+                        raise
+                except BaseException:
+                    _unlink_if(tmp, fd)
+                    raise
+                finally:
+                    os.close(fd)
+            except BaseException:
+                if made:  # the empty file we made to hold the lock goes again
+                    _unlink_if(target, old_fd)
+                raise
+            finally:
+                os.close(old_lock)  # the old file's lock (it is off the path now)
+        finally:
+            os.close(old_fd)
+        return mem
+
+    @classmethod
+    def _build(cls, path: Path, where: Path, fd: int, size: int,
+               fill: Callable[[memoryview], None]) -> FileMemory:
+        """Lock the new file ``fd`` (at ``where``), size it, map it, fill it, flush it."""
+        mem = cls.__new__(cls)
+        Source.__init__(mem)
+        mem.path = path
+        mem._lock_fd = _lock(where, fd)
+        if mem._lock_fd < 0:  # removed or replaced before we locked it
+            raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
+        _LOCKED.add(mem)
+        try:
+            _allocate(fd, size)
+            mem._map(fd, size)
+            view = memoryview(mem._mmap)
+            try:
+                fill(view)
+            finally:
+                view.release()
+            mem._mmap.flush()
+        except BaseException:
+            mem._release_lock()
+            if hasattr(mem, "_mmap"):
+                mem.close_quietly()
+            raise
+        return mem
 
     def close(self) -> None:
         super().close()
@@ -373,6 +460,7 @@ class FileMemory(_Mapped):
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+            _LOCKED.discard(self)
 
     def flush(self) -> None:
         """Write the mapped bytes back to the file (msync)."""
@@ -381,6 +469,149 @@ class FileMemory(_Mapped):
 
     def __repr__(self) -> str:
         return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
+
+
+# The FileMemory objects holding a lock.  The lock is an flock on a descriptor of its
+# own (its own open file description, shared with no mapping), so a forked child that
+# closes its copy drops nothing of the parent's: it must close it, or the parent's
+# lock would live on in the child after the parent lets go (flock belongs to the open
+# file description, and fork shares it).  Never LOCK_UN here: that unlocks the parent.
+# The parent waits at fork() for the child to have closed them (a pipe the child
+# closes afterwards), so the parent's close() right after a fork frees the file.
+_LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
+
+
+_fork_pipes: set[int] = set()  # write ends of the pipes of forks under way
+_fork_local = threading.local()
+
+
+def _before_fork() -> None:
+    _fork_local.pipe = None
+    if _LOCKED:
+        r, w = os.pipe()
+        _fork_pipes.add(w)
+        _fork_local.pipe = (r, w)
+
+
+def _after_fork_in_parent() -> None:
+    """Wait until the child has closed its copies of the lock descriptors (it closes the
+    pipe after them), so that a close() right after fork() lets the file go at once."""
+    pipe = getattr(_fork_local, "pipe", None)
+    if pipe is None:
+        return
+    r, w = pipe
+    _fork_local.pipe = None
+    _fork_pipes.discard(w)
+    os.close(w)
+    try:
+        select.select([r], [], [], 10.0)  # EOF; a child that never ran the hook: exec/exit
+    finally:
+        os.close(r)
+
+
+def _after_fork_in_child() -> None:
+    for mem in list(_LOCKED):
+        if mem._lock_fd >= 0:
+            try:
+                os.close(mem._lock_fd)
+            except OSError:
+                pass
+            mem._lock_fd = -1
+    _LOCKED.clear()
+    for w in _fork_pipes:
+        try:
+            os.close(w)
+        except OSError:
+            pass
+    _fork_pipes.clear()
+    pipe = getattr(_fork_local, "pipe", None)
+    if pipe is not None:
+        try:
+            os.close(pipe[0])
+        except OSError:
+            pass
+        _fork_local.pipe = None
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def _busy(path: Path) -> BlockingIOError:
+    return BlockingIOError(
+        errno.EWOULDBLOCK,
+        f"{path} is open elsewhere (a persistent pool has one writer at a time; use a "
+        "SharedPool to share a pool between processes)")
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock(path: Path, fd: int) -> int:
+    """flock the file ``fd`` (opened at ``path``) through a descriptor of its own.
+
+    Returns the locked descriptor; -1 when ``path`` no longer names that file (it was
+    replaced or removed meanwhile); BlockingIOError when it is locked elsewhere.
+    """
+    try:
+        lock_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1
+    try:
+        if not _same_file(os.fstat(lock_fd), os.fstat(fd)):
+            os.close(lock_fd)
+            return -1
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(path) from None
+        try:  # still the file at `path` now that we hold it?
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or not _same_file(now, os.fstat(fd)):
+            os.close(lock_fd)
+            return -1
+    except BaseException:
+        try:
+            os.close(lock_fd)
+        except OSError:
+            pass
+        raise
+    return lock_fd
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes with their blocks allocated (a full disk: an error)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
+
+
+def _open_target(path: Path) -> tuple[int, bool]:
+    """Open the file to be replaced, making it when missing: (fd, made)."""
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, os.O_RDONLY), False
+        except FileNotFoundError:
+            continue
+
+
+def _unlink_if(path: Path, fd: int) -> None:
+    """Remove ``path`` if it still names the file ``fd`` (ours to remove)."""
+    try:
+        if _same_file(os.stat(path), os.fstat(fd)):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 # ---- shared memory ------------------------------------------------------------------------
