@@ -429,3 +429,27 @@ def test_reopen_after_a_kill_inside_a_call_is_recovered(tmp_path):
         q.check()
     with Pool.open(path) as q:
         assert not q.recovered
+
+
+def test_a_forked_child_cannot_change_the_parents_persistent_pool(tmp_path):
+    # the file's state is shared with the child: a child allocating or freeing in it
+    # would race the parent with no lock between them (seen: endless loops in C)
+    path = tmp_path / "fork.mp"
+    with Pool.create(path, 65536) as p:
+        b = p.alloc(64)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            for fn in (lambda: p.alloc(8), lambda: p.free(b), lambda: b.free(),
+                       lambda: p.realloc(b, 128), lambda: p.empty(4)):
+                try:
+                    fn()
+                    code += 1
+                except mempool.PoolClosed:
+                    pass
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert p.stats().live == 1 and p.block_at(b.offset).size == 64
+        p.check()
+        p.free(b)

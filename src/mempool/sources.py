@@ -327,6 +327,8 @@ class FileMemory(_Mapped):
     forked while it is held does not inherit it.
     """
 
+    _shared_mapping = True
+
     def __init__(self, path: str | os.PathLike[str], size: int | str | None = None,
                  *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
