@@ -30,10 +30,16 @@ def parse_size(value: int | str, name: str = "size") -> int:
         m = _RE.match(value)
         if not m or m.group(2).lower() not in _UNITS:
             raise ValueError(f"{name} must be an integer or a size such as '64MiB', got {value!r}")
-        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        if n != int(n):
+        # exact integer arithmetic: a float would round 9007199254740993 to ...992 and
+        # "1.0000000000000001KiB" to 1024
+        whole, _, frac = m.group(1).partition(".")
+        try:
+            scaled = int(whole + frac) * _UNITS[m.group(2).lower()]
+        except ValueError:  # more digits than int() converts (sys.set_int_max_str_digits)
+            raise ValueError(f"{name} {value!r} has too many digits") from None
+        n, rest = divmod(scaled, 10 ** len(frac))
+        if rest:
             raise ValueError(f"{name} {value!r} is not a whole number of bytes")
-        n = int(n)
     elif isinstance(value, float) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{name} must be an integer or a size string, not {type(value).__name__}")
     else:

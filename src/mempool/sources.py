@@ -227,6 +227,26 @@ def _reserved_hugepages() -> int:
         return 0
 
 
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
+def _prefault(mm: mmap.mmap, length: int) -> None:
+    """Fault in every page of ``mm`` for writing, under the policies already set on it.
+
+    ``madvise(MADV_POPULATE_WRITE)``; a kernel older than 5.14 answers EINVAL, and then
+    one zero byte is written per page (the pages are fresh, so the content stays zero).
+    Any other error (ENOMEM: the policy's nodes have no room) is raised.
+    """
+    try:
+        mm.madvise(MADV_POPULATE_WRITE, 0, length)
+        return
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    with memoryview(mm) as mv:
+        mv[:length:PAGE] = bytes(len(range(0, length, PAGE)))
+
+
 class AnonymousMemory(_Mapped):
     """An anonymous private mapping of at least ``size`` bytes (rounded up to pages).
 
@@ -241,7 +261,9 @@ class AnonymousMemory(_Mapped):
     numa : NumaPolicy, optional
         Applied to the whole mapping with ``mbind``.
     populate : bool
-        Pre-fault every page (``MAP_POPULATE``).
+        Pre-fault every page: ``MAP_POPULATE`` alone; with ``numa`` or transparent huge
+        pages, after ``mbind``/``madvise`` (``MADV_POPULATE_WRITE``), so the pages are
+        placed under the policy rather than before it.
     lock : bool
         ``mlock`` the mapping (RLIMIT_MEMLOCK applies).
     strict : bool
@@ -264,7 +286,11 @@ class AnonymousMemory(_Mapped):
         unit = _hugepage_size() if hugepages == "explicit" else PAGE
         self.size = _round_up(size, unit)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        if populate:
+        # MAP_POPULATE faults the pages in at mmap time, before mbind (flags 0: pages
+        # already there are not moved) or MADV_HUGEPAGE could apply to them: with either,
+        # map lazily and pre-fault once they are set
+        prefault_later = populate and (numa is not None or hugepages == "transparent")
+        if populate and not prefault_later:
             flags |= mmap.MAP_POPULATE
         mm = None
         if hugepages == "explicit":
@@ -295,6 +321,12 @@ class AnonymousMemory(_Mapped):
                     numa.apply(addr, self.size)
                 except OSError as e:
                     self._refuse(strict, e, str(e.strerror or e))
+            if prefault_later:
+                try:
+                    _prefault(mm, self.size)
+                except OSError as e:
+                    self._refuse(strict, e, f"pre-faulting {self.size} bytes "
+                                 f"(madvise MADV_POPULATE_WRITE) refused")
             self._locked = False
             if lock:
                 if _libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.size)) != 0:
@@ -310,7 +342,10 @@ class AnonymousMemory(_Mapped):
 
     def _refuse(self, strict: bool, e: OSError, msg: str) -> None:
         if strict:
-            raise OSError(e.errno, f"{msg}: {os.strerror(e.errno) if e.errno else e}") from None
+            why = os.strerror(e.errno) if e.errno else str(e)
+            if not msg.endswith(why):  # an mbind refusal already says why
+                msg = f"{msg}: {why}"
+            raise OSError(e.errno, msg) from None
         self.refused.append(msg)
 
 
