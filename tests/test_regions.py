@@ -246,3 +246,15 @@ def test_realloc_into_another_region_keeps_the_alignment():
     assert moved.offset % 4096 == 0 and moved.address % 4096 == 0
     del filler
     r.close()
+
+
+def test_align_beyond_a_page_is_refused_before_mapping():
+    r = RegionPool(region_size="64KiB")
+    before = r.stats()
+    with pytest.raises(ValueError, match="above the alignment of the regions' memory"):
+        r.alloc(100, align=2 << 20)
+    assert r.stats() == before
+    b = r.alloc(100, align=4096)
+    assert b.address % 4096 == 0
+    del b
+    r.close()

@@ -164,17 +164,17 @@ class RegionPool:
         return pool
 
     # ---- allocation ----------------------------------------------------------------------
-    def _place(self, size: int, align: int, attempt: Callable[[Pool], T]) -> T:
+    def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:
         """``attempt(region)`` in the first region where it fits, else in a region mapped
         for it.  A request larger than a region gets its own (a retained one that is
         large enough, else a new one).
 
         A failed call changes nothing: the region it mapped is unmapped, and the
         counters (maps, peak) put back, before the error goes out."""
-        need = size + (align if align > PAGE else 0)
-        if need > self.region_size:
-            tries = [r for r in self._regions if r.capacity >= need]
-            fresh = _round_up(need, PAGE)
+        # (align <= PAGE: a fresh region of `size` bytes holds the range aligned)
+        if size > self.region_size:
+            tries = [r for r in self._regions if r.capacity >= size]
+            fresh = _round_up(size, PAGE)
         else:
             tries = list(self._regions)
             fresh = self.region_size
@@ -206,10 +206,13 @@ class RegionPool:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         if align is None:
-            return self._place(int(size), 16, lambda region: region.alloc(size))
+            return self._place(int(size), lambda region: region.alloc(size))
         if not isinstance(align, int) or align < 1 or align & (align - 1):
             raise ValueError(f"align must be a positive power of two, got {align!r}")
-        return self._place(int(size), int(align), lambda region: region.alloc(size, align))
+        if align > PAGE:  # regions are mappings: their addresses are page-aligned only
+            raise ValueError(f"align {align} is above the alignment of the regions' memory "
+                             f"({PAGE}): the address would not be aligned")
+        return self._place(int(size), lambda region: region.alloc(size, align))
 
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""
@@ -237,7 +240,7 @@ class RegionPool:
         """As :meth:`Pool.empty`, from the first region with room."""
         self._check_open()
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        return self._place(max(nbytes, 1) + 64, 64, lambda region: region.empty(shape, dtype))
+        return self._place(max(nbytes, 1) + 64, lambda region: region.empty(shape, dtype))
 
     def zeros(self, shape: Any, dtype: Any = "float64") -> np.ndarray:
         out = self.empty(shape, dtype)
