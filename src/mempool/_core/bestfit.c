@@ -314,35 +314,23 @@ static void bf_insert_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned 
     }
 }
 
-static inline uint32_t successor(const bf_node_t *nodes, uint32_t i)
+/* The in-order neighbour of i on side `d` (R: successor, L: predecessor). */
+static inline uint32_t neighbour(const bf_node_t *nodes, uint32_t i, int d)
 {
-    uint32_t c = nodes[i].n.link[R];
+    uint32_t c = nodes[i].n.link[d];
     if (c != MP_NIL) {
-        while (nodes[c].n.link[L] != MP_NIL) c = nodes[c].n.link[L];
+        while (nodes[c].n.link[!d] != MP_NIL) c = nodes[c].n.link[!d];
         return c;
     }
     uint32_t p = nodes[i].n.link[P];
-    while (p != MP_NIL && nodes[p].n.link[R] == i) {
+    while (p != MP_NIL && nodes[p].n.link[d] == i) {
         i = p;
         p = nodes[p].n.link[P];
     }
     return p;
 }
-
-static inline uint32_t predecessor(const bf_node_t *nodes, uint32_t i)
-{
-    uint32_t c = nodes[i].n.link[L];
-    if (c != MP_NIL) {
-        while (nodes[c].n.link[R] != MP_NIL) c = nodes[c].n.link[R];
-        return c;
-    }
-    uint32_t p = nodes[i].n.link[P];
-    while (p != MP_NIL && nodes[p].n.link[L] == i) {
-        i = p;
-        p = nodes[p].n.link[P];
-    }
-    return p;
-}
+static inline uint32_t successor(const bf_node_t *nodes, uint32_t i) { return neighbour(nodes, i, R); }
+static inline uint32_t predecessor(const bf_node_t *nodes, uint32_t i) { return neighbour(nodes, i, L); }
 
 /* Take node i out of bin b's tree. */
 static void bf_remove_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned b)

@@ -473,6 +473,21 @@ RS_HOT void rs_link_after(const mp_fidx_t *fi, mp_rnode_t *nodes, uint32_t n, ui
     if (q != MP_NIL) RS_N(nodes, q).prev = n;
 }
 
+/* A new node for the free range [offset, offset + size), linked after node `after`,
+ * counted and indexed.  The caller made sure a node is spare. */
+RS_HOT uint32_t rs_free_after(void *st, const mp_fidx_t *fi, mp_rset_t *rs, mp_rnode_t *nodes,
+                              uint64_t offset, uint64_t size, uint32_t after)
+{
+    uint32_t t = rs_node_new(st, fi);
+    RS_N(nodes, t).offset = offset;
+    RS_N(nodes, t).size = size;
+    rs_link_after(fi, nodes, t, after);
+    RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
+    rs->nfree++;
+    fi->insert(st, t);
+    return t;
+}
+
 /* Turn [at, at+size) of free node i (filed in the free index) into an allocated
  * range; the gap in front and the tail stay free.  The larger of the two remainders
  * keeps node i, re-keyed in place (usually no index work: a big range that loses a
@@ -515,15 +530,7 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
         rs_link_after(fi, nodes, a, i);
         RS_N(nodes, i).size = gap;
         fi->rekey(st, i, s);
-        if (tail) {
-            uint32_t t = rs_node_new(st, fi);
-            RS_N(nodes, t).offset = at + size;
-            RS_N(nodes, t).size = tail;
-            rs_link_after(fi, nodes, t, a);
-            RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
-            rs->nfree++;
-            fi->insert(st, t);
-        }
+        if (tail) rs_free_after(st, fi, rs, nodes, at + size, tail, a);
     }
     RS_N(nodes, a).flags = RN_INUSE;
     rs_hash_insert(st, fi, a);
@@ -659,13 +666,7 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
             fi->rekey(st, q, qold);
         } else {
             if (rs_spare_count(rs) < 1) return MP_ENONODES;
-            uint32_t t = rs_node_new(st, fi);
-            RS_N(nodes, t).offset = offset + size;
-            RS_N(nodes, t).size = delta;
-            rs_link_after(fi, nodes, t, i);
-            RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
-            rs->nfree++;
-            fi->insert(st, t);
+            rs_free_after(st, fi, rs, nodes, offset + size, delta, i);
         }
         RS_N(nodes, i).size = size;
         h->used -= delta;
