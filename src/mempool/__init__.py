@@ -19,8 +19,8 @@ real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
 
 from __future__ import annotations
 
-from . import trace
-from ._mempool import TLSF, BestFit, Bitmap, Block, Buddy, Bump, Heap, Slab, Strategy
+from . import _mempool, trace
+from ._mempool import *  # noqa: F403  (Block, Strategy and every strategy type)
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .regions import RegionPool, RegionStats
@@ -38,18 +38,11 @@ from .strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
-    "TLSF",
     "AnonymousMemory",
-    "BestFit",
-    "Bitmap",
-    "Block",
-    "Buddy",
     "BufferMemory",
-    "Bump",
     "CorruptionError",
     "External",
     "FileMemory",
-    "Heap",
     "MempoolError",
     "NotAllocated",
     "NumaPolicy",
@@ -62,10 +55,9 @@ __all__ = [
     "SharedMemory",
     "SharedPool",
     "SharedStats",
-    "Slab",
     "Stats",
-    "Strategy",
     "trace",
 ]
+__all__ += _mempool.__all__
 
 __version__ = "0.1.0"

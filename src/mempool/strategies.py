@@ -7,20 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mempool import TLSF, BestFit, Bitmap, Buddy, Bump, Heap, Slab, Strategy
+from . import _mempool
+from ._mempool import TLSF, BestFit, Strategy
 
 __all__ = ["RANGE_STRATEGIES", "STRATEGIES", "make", "strategy_type"]
 
-#: name -> type, in the order the bench lists them.
-STRATEGIES: dict[str, type[Strategy]] = {
-    "tlsf": TLSF,
-    "bestfit": BestFit,
-    "buddy": Buddy,
-    "bitmap": Bitmap,
-    "slab": Slab,
-    "bump": Bump,
-    "heap": Heap,
-}
+#: name -> type, in the order the bench lists them (the C core's one list,
+#: MP_STRATEGIES in _core/mempool.h).
+STRATEGIES: dict[str, type[Strategy]] = dict(_mempool.STRATEGIES)
 
 #: the exact strategies, whose node budget is max_blocks.
 RANGE_STRATEGIES: frozenset[type[Strategy]] = frozenset({TLSF, BestFit})

@@ -7,13 +7,9 @@
 #include "mempool.h"
 
 static const mp_ops_t *const registry[] = {
-    [MP_KIND_TLSF] = &mp_tlsf_ops,
-    [MP_KIND_BESTFIT] = &mp_bestfit_ops,
-    [MP_KIND_SLAB] = &mp_slab_ops,
-    [MP_KIND_BUMP] = &mp_bump_ops,
-    [MP_KIND_HEAP] = &mp_heap_ops,
-    [MP_KIND_BUDDY] = &mp_buddy_ops,
-    [MP_KIND_BITMAP] = &mp_bitmap_ops,
+#define MP_REGISTRY_(KIND, sname, number) [MP_KIND_##KIND] = &mp_##sname##_ops,
+    MP_STRATEGIES(MP_REGISTRY_)
+#undef MP_REGISTRY_
 };
 
 const mp_ops_t *mp_ops_by_kind(unsigned kind)

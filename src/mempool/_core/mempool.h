@@ -42,15 +42,26 @@
 #define MP_STATE_MAGIC 0x5453504dU /* "MPST" little-endian */
 #define MP_STATE_VERSION 1
 
-/* ---- strategy kinds (stable numbers: they are stored in files/segments) ---- */
+/* ---- the strategies, listed once ---------------------------------------------
+ * X(KIND, sname, number) for each strategy, in the order the bench and
+ * mempool.STRATEGIES list them.  `number` is the kind stored in every state head
+ * (files and segments keep it: never renumber).  Everything that enumerates the
+ * strategies expands this list: the kinds below, the core's registry (core.c),
+ * the binding's types (module.c).  A strategy `foo` supplies mp_foo_ops (its core
+ * file) and mp_foo_type_ready() (its binding file, _native/type_foo.c). */
+#define MP_STRATEGIES(X)      \
+    X(TLSF, tlsf, 1)          \
+    X(BESTFIT, bestfit, 2)    \
+    X(BUDDY, buddy, 3)        \
+    X(BITMAP, bitmap, 4)      \
+    X(SLAB, slab, 5)          \
+    X(BUMP, bump, 6)          \
+    X(HEAP, heap, 7)
+
 enum mp_kind {
-    MP_KIND_TLSF = 1,
-    MP_KIND_BESTFIT = 2,
-    MP_KIND_BUDDY = 3,
-    MP_KIND_BITMAP = 4,
-    MP_KIND_SLAB = 5,
-    MP_KIND_BUMP = 6,
-    MP_KIND_HEAP = 7,
+#define MP_KIND_ENUM_(KIND, sname, number) MP_KIND_##KIND = number,
+    MP_STRATEGIES(MP_KIND_ENUM_)
+#undef MP_KIND_ENUM_
 };
 
 /*
@@ -122,17 +133,20 @@ int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, ch
 /* Look a strategy's table up by kind, or NULL. */
 const mp_ops_t *mp_ops_by_kind(unsigned kind);
 
+/* Every strategy's operation table: mp_tlsf_ops, mp_bestfit_ops, ... */
+#define MP_OPS_DECL_(KIND, sname, number) extern const mp_ops_t mp_##sname##_ops;
+MP_STRATEGIES(MP_OPS_DECL_)
+#undef MP_OPS_DECL_
+
 /* ---- the strategies ---------------------------------------------------------- */
 /* TLSF: O(1) two-level segregated fit, exact sizes, merges on free. */
 uint64_t mp_tlsf_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks);
-extern const mp_ops_t mp_tlsf_ops;
 
 /* BestFit: exact best fit in O(log n): per size bin an AVL tree keyed by (size, offset),
  * whose nodes carry the largest aligned fit of their subtree (bestfit.c). */
 uint64_t mp_bestfit_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks);
-extern const mp_ops_t mp_bestfit_ops;
 
 /* Slab: equal items carved page by page, freed items reused first (slab.c).
  * item_size in [1, 2^30), page_size a multiple of the item alignment holding at
@@ -151,7 +165,6 @@ typedef struct mp_slab_info {
     uint64_t item_size, page_size, stride, align, per_page, pages, free_pages, free_items;
 } mp_slab_info_t;
 void mp_slab_info(const void *st, mp_slab_info_t *out);
-extern const mp_ops_t mp_slab_ops;
 
 /* Bump: a bump pointer over a stack of live ranges, with marks (bump.c). */
 uint64_t mp_bump_state_size(uint64_t capacity, uint64_t max_blocks);
@@ -163,7 +176,6 @@ typedef struct mp_bump_info {
     uint64_t max_blocks, depth, top;
 } mp_bump_info_t;
 void mp_bump_info(const void *st, mp_bump_info_t *out);
-extern const mp_ops_t mp_bump_ops;
 
 /* Heap: slab classes (<= 256 B), 256 B page fragments, TLSF for the rest, all in
  * one span; page_size a power of two in [4 KiB, 64 KiB]; max_blocks bounds the
@@ -177,7 +189,6 @@ int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *
 /* Which allocator holds the live range at `off`: 0 = TLSF, 1 = slab class,
  * 2 = fragments; MP_ENOTALLOC when no live range starts there. */
 int mp_heap_served_by(const void *st, uint64_t off);
-extern const mp_ops_t mp_heap_ops;
 /* Buddy: classes min_block * fanout**k up to max_block (0 = the largest class that
  * fits the capacity); min_block and fanout powers of two, fanout >= 2.  The usable
  * span (head.capacity) is the capacity rounded down to a multiple of min_block. */
@@ -188,14 +199,12 @@ int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_
 unsigned mp_buddy_classes(const void *st);
 uint64_t mp_buddy_class_size(const void *st, unsigned k);         /* 0 beyond the classes */
 int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k); /* MP_EINVAL: no class */
-extern const mp_ops_t mp_buddy_ops;
 
 /* Bitmap: capacity // block_size fixed blocks (block_size >= 1), one bit each,
  * searched a word at a time; next fit (first_fit = 0) or lowest run (1).  The usable
  * span (head.capacity) is blocks * block_size. */
 uint64_t mp_bitmap_state_size(uint64_t capacity, uint64_t block_size, int first_fit);
 int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_fit);
-extern const mp_ops_t mp_bitmap_ops;
 
 /* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 uint64_t mp_default_max_blocks(uint64_t capacity);

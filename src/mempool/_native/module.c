@@ -4,6 +4,8 @@
  */
 #include "native.h"
 
+#include <string.h>
+
 PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
     *mp_PoolClosed, *mp_StatsType;
 
@@ -257,17 +259,46 @@ static int import_names(void)
     return mp_StatsType ? 0 : -1;
 }
 
+/* STRATEGIES: {name: type} in the list's order, and __all__: the public types. */
+static int add_registry(PyObject *m)
+{
+    PyObject *reg = PyDict_New(), *all = Py_BuildValue("[ss]", "Block", "Strategy");
+    if (!reg || !all) goto fail;
+#define MP_REGISTER_(KIND, sname, number)                                                   \
+    {                                                                                     \
+        PyTypeObject *t = mp_type_of_ops(&mp_##sname##_ops);                               \
+        PyObject *tn = t ? PyUnicode_FromString(strrchr(t->tp_name, '.') + 1) : NULL;      \
+        int bad = !tn || PyDict_SetItemString(reg, mp_##sname##_ops.name, (PyObject *)t) < 0 \
+                  || PyList_Append(all, tn) < 0;                                          \
+        Py_XDECREF(tn);                                                                   \
+        if (bad) goto fail;                                                               \
+    }
+    MP_STRATEGIES(MP_REGISTER_)
+#undef MP_REGISTER_
+    if (PyModule_AddObject(m, "STRATEGIES", reg) < 0) goto fail;
+    reg = NULL;
+    if (PyModule_AddObject(m, "__all__", all) < 0) goto fail;
+    return 0;
+fail:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_SystemError, "a strategy type is not registered");
+    Py_XDECREF(reg);
+    Py_XDECREF(all);
+    return -1;
+}
+
 PyMODINIT_FUNC PyInit__mempool(void)
 {
     if (import_names() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (mp_strategy_ready(m) < 0 || mp_tlsf_type_ready(m) < 0 || mp_bestfit_type_ready(m) < 0 ||
-        mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 || mp_buddy_type_ready(m) < 0 ||
-        mp_bitmap_type_ready(m) < 0 || mp_slab_type_ready(m) < 0 || mp_bump_type_ready(m) < 0 ||
-        mp_heap_type_ready(m) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
+    if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0) goto fail;
+#define MP_TYPE_READY_(KIND, sname, number) \
+    if (mp_##sname##_type_ready(m) < 0) goto fail;
+    MP_STRATEGIES(MP_TYPE_READY_)
+#undef MP_TYPE_READY_
+    if (add_registry(m) < 0) goto fail;
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

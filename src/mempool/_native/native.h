@@ -264,12 +264,9 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
                                 const mp_ops_t *ops,
                                 uint64_t (*state_size)(uint64_t, uint64_t),
                                 int (*init)(void *, uint64_t, uint64_t));
-int mp_tlsf_type_ready(PyObject *module);
-int mp_bestfit_type_ready(PyObject *module);
-int mp_slab_type_ready(PyObject *module);
-int mp_bump_type_ready(PyObject *module);
-int mp_heap_type_ready(PyObject *module);
-int mp_buddy_type_ready(PyObject *module);
-int mp_bitmap_type_ready(PyObject *module);
+/* Each strategy's binding file registers its type: mp_tlsf_type_ready(module), ... */
+#define MP_TYPE_READY_DECL_(KIND, sname, number) int mp_##sname##_type_ready(PyObject *module);
+MP_STRATEGIES(MP_TYPE_READY_DECL_)
+#undef MP_TYPE_READY_DECL_
 
 #endif /* MEMPOOL_NATIVE_H */
