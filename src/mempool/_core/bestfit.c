@@ -681,7 +681,7 @@ static int bestfit_size_of(const void *st, uint64_t offset, uint64_t *out)
 static void bestfit_reset(void *st) { rs_reset(st, &bestfit_fidx); }
 static int bestfit_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    return mp_ranges_check(st, len, &bestfit_fidx, MP_KIND_BESTFIT, msg, msglen);
+    return mpi_ranges_check(st, len, &bestfit_fidx, MP_KIND_BESTFIT, msg, msglen);
 }
 static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
 {

@@ -56,7 +56,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 #define BM_MAX_BLOCKS ((uint64_t)1 << 40)
 #define BM_NONE UINT64_MAX

@@ -51,7 +51,7 @@ static const uint64_t BIT[64] = {B16(0), B16(16), B16(32), B16(48)};
 static inline int msb64(uint64_t x) { return 63 - __builtin_clzll(x); }
 
 /* 0 when the parameters are invalid; max_block 0 = the largest class that fits. */
-int buddy_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block, uint64_t fanout,
+int mpi_buddy_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block, uint64_t fanout,
                     bd_plan_t *P)
 {
     if (capacity == 0 || !mp_is_pow2(min_block) || !mp_is_pow2(fanout) || fanout < 2) return 0;
@@ -379,7 +379,7 @@ uint64_t mp_buddy_state_size(uint64_t capacity, uint64_t min_block, uint64_t max
                              uint64_t fanout)
 {
     bd_plan_t P;
-    return buddy_make_plan(capacity, min_block, max_block, fanout, &P) ? P.size : 0;
+    return mpi_buddy_make_plan(capacity, min_block, max_block, fanout, &P) ? P.size : 0;
 }
 
 static void bd_reset(void *st)
@@ -412,7 +412,7 @@ int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_
                   uint64_t fanout)
 {
     bd_plan_t P;
-    if (!buddy_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
+    if (!mpi_buddy_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
     memset(st, 0, P.words_off);
     mp_head_t *h = st;
     h->magic = MP_STATE_MAGIC;
@@ -682,7 +682,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
 
 /* ---- queries ------------------------------------------------------------------------- */
 /* The class of the free block that starts at slot j, or -1. */
-int buddy_free_class_at(const void *st, uint64_t j)
+int mpi_buddy_free_class_at(const void *st, uint64_t j)
 {
     const bd_hdr_t *x = chdr(st);
     const uint64_t *w = cwords(st);
@@ -710,7 +710,7 @@ static int bd_walk(const void *st, mp_walk_fn fn, void *ctx)
     while (j < x->nslots) {
         int k, allocated = t[j] != 0;
         if (allocated) k = t[j] - 1;
-        else if ((k = buddy_free_class_at(st, j)) < 0) return MP_ECORRUPT;
+        else if ((k = mpi_buddy_free_class_at(st, j)) < 0) return MP_ECORRUPT;
         int r = fn(ctx, j << x->min_shift, csize(x, (uint32_t)k), allocated);
         if (r) return r;
         j += (uint64_t)1 << cshift(x, (uint32_t)k);
@@ -751,7 +751,7 @@ const mp_ops_t mp_buddy_ops = {
     .realloc = bd_realloc,
     .size_of = bd_size_of,
     .reset = bd_reset,
-    .check = buddy_check,
+    .check = mpi_buddy_check,
     .walk = bd_walk,
     .largest_free = bd_largest,
     .available = bd_available,

@@ -21,7 +21,7 @@
  *   block of class k starts at slot j (0 otherwise) and req[j] is the size asked
  *   for it (0 otherwise).
  *
- * Invariants (checked by buddy_check, buddy_check.c):
+ * Invariants (checked by mpi_buddy_check, buddy_check.c):
  *  B1. The header and class table equal what the parameters (head.param[0..3]:
  *      capacity, min_block, max_block, fanout) give; head.capacity is the usable
  *      span; state_size matches; head.cursor and param[4..5] are 0 (unused).
@@ -47,7 +47,7 @@
 
 #include <stdint.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 enum { BD_MAX_LEVELS = 6, BD_MAX_CLASSES = 64 };
 #define BD_MAX_SLOTS ((uint64_t)1 << 36) /* 6 levels of 64-bit words */
@@ -93,7 +93,7 @@ static inline int ctz64(uint64_t x) { return __builtin_ctzll(x); }
 static inline uint64_t words_for(uint64_t bits) { return (bits + 63) >> 6; }
 
 /* 0 when the parameters are invalid; max_block 0 = the largest class that fits. */
-int buddy_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block, uint64_t fanout,
+int mpi_buddy_make_plan(uint64_t capacity, uint64_t min_block, uint64_t max_block, uint64_t fanout,
                     bd_plan_t *P);
 
 /* ---- accessors --------------------------------------------------------------------- */
@@ -164,9 +164,9 @@ static inline uint64_t chain_mask(uint32_t k0, uint32_t top)
 
 /* ---- defined in buddy.c and buddy_check.c ---------------------------------------- */
 /* The class of the free block that starts at slot j, or -1. */
-int buddy_free_class_at(const void *st, uint64_t j);
+int mpi_buddy_free_class_at(const void *st, uint64_t j);
 
 /* check(): every invariant above (buddy_check.c). */
-int buddy_check(const void *st, uint64_t len, char *msg, size_t msglen);
+int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen);
 
 #endif /* MEMPOOL_BUDDY_H */

@@ -17,7 +17,7 @@
 
 typedef unsigned long long ull;
 
-int buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
+int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     if (len < BD_CLS_OFF) BD_FAIL("state too short: %llu bytes", (ull)len);
     const mp_head_t *h = st;
@@ -27,7 +27,7 @@ int buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
                                                 MP_STATE_VERSION);
     /* B1 */
     bd_plan_t P;
-    if (!buddy_make_plan(h->param[0], h->param[1], h->param[2], h->param[3], &P) ||
+    if (!mpi_buddy_make_plan(h->param[0], h->param[1], h->param[2], h->param[3], &P) ||
         P.max_block != h->param[2])
         BD_FAIL("bad parameters: capacity %llu, min_block %llu, max_block %llu, fanout %llu",
                 (ull)h->param[0], (ull)h->param[1], (ull)h->param[2], (ull)h->param[3]);
@@ -128,7 +128,7 @@ int buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
             requested += rq[j];
         } else {
             if (rq[j]) BD_FAIL("slot %llu: a request without a block", (ull)j);
-            int fk = buddy_free_class_at(st, j);
+            int fk = mpi_buddy_free_class_at(st, j);
             if (fk < 0) BD_FAIL("slot %llu is neither allocated nor in a free block", (ull)j);
             k = (uint32_t)fk;
             blocks++;

@@ -50,7 +50,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 typedef struct bump_entry {
     uint64_t offset;

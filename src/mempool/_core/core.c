@@ -4,7 +4,7 @@
  */
 #include <stdio.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 static const mp_ops_t *const registry[] = {
 #define MP_REGISTRY_(KIND, sname, number) [MP_KIND_##KIND] = &mp_##sname##_ops,

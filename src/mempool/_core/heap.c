@@ -61,7 +61,7 @@
  * State layout: see heap.h (the structs, constants and accessors heap.c and
  * heap_check.c share).
  *
- * Invariants (checked by mp_heap_check in heap_check.c, after the TLSF sub-state's
+ * Invariants (checked by mpi_heap_check in heap_check.c, after the TLSF sub-state's
  * own check):
  *  H1. head, params and the derived layout agree (page size a power of two in
  *      [4 KiB, 64 KiB]); the TLSF sub-state's capacity and max_blocks are the Heap's.
@@ -97,7 +97,7 @@ static const uint32_t INV[NCLASS + 1] = {0,        INVK(1),  INVK(2),  INVK(3), 
                                          INVK(15), INVK(16)};
 
 /* ---- layout ---------------------------------------------------------------------- */
-int mp_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, layout_t *L)
+int mpi_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, layout_t *L)
 {
     if (capacity == 0 || !mp_is_pow2(page_size)) return 0;
     if (page_size < ((uint64_t)1 << MIN_PAGE_SHIFT) || page_size > ((uint64_t)1 << MAX_PAGE_SHIFT))
@@ -143,7 +143,7 @@ uint64_t mp_heap_default_max_blocks(uint64_t capacity)
 uint64_t mp_heap_state_size(uint64_t capacity, uint64_t page_size, uint64_t max_blocks)
 {
     layout_t L;
-    return mp_heap_layout(capacity, page_size, max_blocks, &L) ? L.total : 0;
+    return mpi_heap_layout(capacity, page_size, max_blocks, &L) ? L.total : 0;
 }
 
 static void heap_reset(void *st);
@@ -151,7 +151,7 @@ static void heap_reset(void *st);
 int mp_heap_init(void *st, uint64_t capacity, uint64_t page_size, uint64_t max_blocks)
 {
     layout_t L;
-    if (!mp_heap_layout(capacity, page_size, max_blocks, &L)) return MP_EINVAL;
+    if (!mpi_heap_layout(capacity, page_size, max_blocks, &L)) return MP_EINVAL;
     memset(st, 0, L.tlsf_off);
     mp_head_t *h = H(st);
     h->magic = MP_STATE_MAGIC;
@@ -875,9 +875,9 @@ const mp_ops_t mp_heap_ops = {
     .realloc = heap_realloc,
     .size_of = heap_size_of,
     .reset = heap_reset,
-    .check = mp_heap_check,
-    .walk = mp_heap_walk,
-    .largest_free = mp_heap_largest_free,
+    .check = mpi_heap_check,
+    .walk = mpi_heap_walk,
+    .largest_free = mpi_heap_largest_free,
     .available = heap_available,
-    .free_ranges = mp_heap_free_ranges,
+    .free_ranges = mpi_heap_free_ranges,
 };

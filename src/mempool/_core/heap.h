@@ -32,7 +32,7 @@
 #ifndef MEMPOOL_HEAP_H
 #define MEMPOOL_HEAP_H
 
-#include "mempool.h"
+#include "internal.h"
 
 /* ---- constants ------------------------------------------------------------------- */
 enum {
@@ -141,7 +141,7 @@ typedef struct layout {
 } layout_t;
 
 /* The layout the parameters give (0 when they are invalid). */
-int mp_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, layout_t *L);
+int mpi_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, layout_t *L);
 
 /* ---- page helpers (the strategy, the walk and the check) ------------------------- */
 static inline int have_spares(const heap_ctl_t *c) { return c->spare != MP_NIL; }
@@ -181,9 +181,9 @@ static inline uint64_t frag_pad(const heap_ctl_t *c)
 }
 
 /* ---- heap_check.c: the memory map and the check --------------------------------- */
-int mp_heap_walk(const void *st, mp_walk_fn fn, void *ctx);
-uint64_t mp_heap_free_ranges(const void *st);
-uint64_t mp_heap_largest_free(const void *st);
-int mp_heap_check(const void *st, uint64_t len, char *msg, size_t msglen);
+int mpi_heap_walk(const void *st, mp_walk_fn fn, void *ctx);
+uint64_t mpi_heap_free_ranges(const void *st);
+uint64_t mpi_heap_largest_free(const void *st);
+int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen);
 
 #endif /* MEMPOOL_HEAP_H */

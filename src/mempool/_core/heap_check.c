@@ -2,10 +2,10 @@
  * heap_check.c -- the Heap's memory map and its state check, apart from the
  * strategy in heap.c (layout and accessors: heap.h).
  *
- * The walk: segments() (mp_heap_walk), free_ranges (mp_heap_free_ranges) and
- * largest_free (mp_heap_largest_free, only while a spare page exists) go through
+ * The walk: segments() (mpi_heap_walk), free_ranges (mpi_heap_free_ranges) and
+ * largest_free (mpi_heap_largest_free, only while a spare page exists) go through
  * the TLSF's ranges in address order and open the pages among them.
- * The check (mp_heap_check) verifies the invariants H1..H5 listed at the top of
+ * The check (mpi_heap_check) verifies the invariants H1..H5 listed at the top of
  * heap.c, after the TLSF sub-state's own check.
  */
 #include <stdio.h>
@@ -156,7 +156,7 @@ static void walk_all(walker_t *w)
     w_flush(w);
 }
 
-int mp_heap_walk(const void *st, mp_walk_fn fn, void *ctx)
+int mpi_heap_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
     walker_t w;
     memset(&w, 0, sizeof w);
@@ -167,7 +167,7 @@ int mp_heap_walk(const void *st, mp_walk_fn fn, void *ctx)
     return w.stop;
 }
 
-uint64_t mp_heap_free_ranges(const void *st)
+uint64_t mpi_heap_free_ranges(const void *st)
 {
     walker_t w;
     memset(&w, 0, sizeof w);
@@ -180,7 +180,7 @@ uint64_t mp_heap_free_ranges(const void *st)
  * page counts as free, merged with its free neighbours: an allocation that needs
  * the room releases the spares), the largest class with a free item in a partial
  * page, or the longest free fragment run. */
-uint64_t mp_heap_largest_free(const void *st)
+uint64_t mpi_heap_largest_free(const void *st)
 {
     const heap_ctl_t *c = CCT(st);
     uint64_t best;
@@ -245,7 +245,7 @@ static int check_layout(const void *st, uint64_t len, char *msg, size_t msglen, 
     if (h->kind != MP_KIND_HEAP) FAIL("state is of kind %u, not %u", h->kind, MP_KIND_HEAP);
     if (h->version != MP_STATE_VERSION) FAIL("state version %u, expected %u", h->version,
                                              MP_STATE_VERSION);
-    if (!mp_heap_layout(h->capacity, h->param[0], h->param[1], L))
+    if (!mpi_heap_layout(h->capacity, h->param[0], h->param[1], L))
         FAIL("bad parameters: capacity %llu, page_size %llu, max_blocks %llu", (ull)h->capacity,
              (ull)h->param[0], (ull)h->param[1]);
     if (h->state_size != L->total || len < L->total)
@@ -399,7 +399,7 @@ static int check_frag_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
     return MP_OK;
 }
 
-int mp_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
+int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     layout_t L;
     int rc = check_layout(st, len, msg, msglen, &L);

@@ -31,7 +31,7 @@
  * allocated (in the nursery or the hash table).  Only what a node's state uses is
  * kept: a spare node's prev and links, an allocated node's links are stale.
  *
- * Invariants (checked by mp_ranges_check, ranges_check.c):
+ * Invariants (checked by mpi_ranges_check, ranges_check.c):
  *  1. The physical list starts at `first`, visits each in-use node once, and its
  *     ranges are contiguous: node.offset == prev.offset + prev.size, the first at
  *     0, the last ends at capacity; every size >= 1; prev links mirror next links.
@@ -66,7 +66,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 /* The hot paths are forced inline: each strategy file then gets one straight-line
  * copy of alloc and free with its free index folded in (no calls, no spills). */
@@ -744,7 +744,7 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
 
 /* Invariants 1-7 of a state that may come from anywhere, then the free index
  * (fi->check): MP_OK, or MP_ECORRUPT with the first broken one written into msg. */
-int mp_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
+int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
                     char *msg, size_t msglen);
 
 #endif /* MEMPOOL_RANGES_H */

@@ -9,7 +9,6 @@
 
 #include <stdio.h>
 
-#include "mempool.h"
 #include "ranges.h"
 
 /* TLSF's two-level size map (Masmano et al. 2004; the layout of sebbbi/OffsetAllocator

@@ -40,7 +40,7 @@ static int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *
     return MP_OK;
 }
 
-int mp_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
+int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
                     char *msg, size_t msglen)
 {
     int rc = rs_check_layout(st, state_len, fi, kind, msg, msglen);

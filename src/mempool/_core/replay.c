@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 static uint64_t now_ns(void)
 {

@@ -61,7 +61,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 #define CTL_MAGIC 0x3253504dU /* "MPS2" */
 #define UNUSED UINT64_MAX

@@ -1,7 +1,7 @@
 /*
  * slab.c -- a cache of equal items carved page by page (tsload's mp_cache, fixed).
  *
- * Geometry (all derived from capacity, item_size, page_size; see slab_geometry):
+ * Geometry (all derived from capacity, item_size, page_size; see mpi_slab_geometry):
  *   align  = the largest power of two dividing item_size, raised to 8 when it is
  *            below 8 and item_size >= 8 (item_size 20 -> 8, 6 -> 2, 96 -> 32)
  *   stride = item_size rounded up to align: the distance between items and the
@@ -46,7 +46,7 @@ static inline uint32_t log2_or_64(uint64_t x)
 }
 
 /* ---- geometry ------------------------------------------------------------------ */
-int slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size, slab_hdr_t *g,
+int mpi_slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size, slab_hdr_t *g,
                   uint64_t *state_size, char *msg, size_t msglen)
 {
 #define GFAIL(...)                                                                              \
@@ -104,7 +104,7 @@ uint64_t mp_slab_state_size(uint64_t capacity, uint64_t item_size, uint64_t page
 {
     slab_hdr_t g;
     uint64_t size;
-    if (slab_geometry(capacity, item_size, page_size, &g, &size, NULL, 0)) return 0;
+    if (mpi_slab_geometry(capacity, item_size, page_size, &g, &size, NULL, 0)) return 0;
     return size;
 }
 
@@ -113,7 +113,7 @@ int mp_slab_explain(uint64_t capacity, uint64_t item_size, uint64_t page_size, c
 {
     slab_hdr_t g;
     uint64_t size;
-    return slab_geometry(capacity, item_size, page_size, &g, &size, msg, msglen);
+    return mpi_slab_geometry(capacity, item_size, page_size, &g, &size, msg, msglen);
 }
 
 void mp_slab_info(const void *st, mp_slab_info_t *out)
@@ -586,7 +586,7 @@ int mp_slab_init(void *st, uint64_t capacity, uint64_t item_size, uint64_t page_
 {
     slab_hdr_t g;
     uint64_t size;
-    if (slab_geometry(capacity, item_size, page_size, &g, &size, NULL, 0)) return MP_EINVAL;
+    if (mpi_slab_geometry(capacity, item_size, page_size, &g, &size, NULL, 0)) return MP_EINVAL;
     memset(st, 0, (size_t)OFF_PAGES);
     mp_head_t *m = (mp_head_t *)st;
     m->magic = MP_STATE_MAGIC;
@@ -688,7 +688,7 @@ const mp_ops_t mp_slab_ops = {
     .realloc = slab_realloc,
     .size_of = slab_size_of,
     .reset = slab_reset,
-    .check = slab_check,
+    .check = mpi_slab_check,
     .walk = slab_walk,
     .largest_free = slab_largest,
     .available = slab_available,

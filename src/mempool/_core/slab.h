@@ -23,7 +23,7 @@
  *   of a multi-page array: items = n, used = its page count), TAIL (the other
  *   pages of that array: prev = the RUN page).
  *
- * Invariants (slab_check):
+ * Invariants (mpi_slab_check):
  *  S1. The header matches the geometry of (capacity, param[0] = item_size,
  *      param[1] = page_size), its capacity copy included; state_size matches.
  *  S2. Pool bit p is set <=> page p is FREE; no bit beyond npages; free_pages ==
@@ -51,7 +51,7 @@
 
 #include <stdint.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 enum { PG_FREE = 0, PG_SLAB = 1, PG_RUN = 2, PG_TAIL = 3 };
 
@@ -130,10 +130,10 @@ static inline uint64_t max_run_items(const slab_hdr_t *h)
 /* ---- defined in slab.c and slab_check.c ----------------------------------------- */
 /* The geometry of (capacity, item_size, page_size) into *g and the state size, or
  * MP_EINVAL with the first rule the parameters break written into msg (when msg). */
-int slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size, slab_hdr_t *g,
+int mpi_slab_geometry(uint64_t capacity, uint64_t item_size, uint64_t page_size, slab_hdr_t *g,
                   uint64_t *state_size, char *msg, size_t msglen);
 
 /* check(): every invariant above (slab_check.c). */
-int slab_check(const void *st, uint64_t len, char *msg, size_t msglen);
+int mpi_slab_check(const void *st, uint64_t len, char *msg, size_t msglen);
 
 #endif /* MEMPOOL_SLAB_H */

@@ -104,7 +104,7 @@ static int zero_items(const void *st, uint64_t p, char *msg, size_t msglen)
     return MP_OK;
 }
 
-int slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
+int mpi_slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     if (len < OFF_PAGES) SFAIL("state too short: %llu bytes", (ull)len);
     const mp_head_t *m = st;
@@ -115,7 +115,7 @@ int slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
     slab_hdr_t g;
     uint64_t want;
     char why[160];
-    if (slab_geometry(m->capacity, m->param[0], m->param[1], &g, &want, why, sizeof why))
+    if (mpi_slab_geometry(m->capacity, m->param[0], m->param[1], &g, &want, why, sizeof why))
         SFAIL("bad parameters: %s", why);
     if (m->state_size != want || len < want)
         SFAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,

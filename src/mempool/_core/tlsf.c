@@ -241,7 +241,7 @@ static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 static void tlsf_reset(void *st) { rs_reset(st, &tlsf_fidx); }
 static int tlsf_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    return mp_ranges_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
+    return mpi_ranges_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
 }
 static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
 {

@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "mempool.h"
+#include "internal.h"
 
 static const char *skip_blanks(const char *p, const char *end)
 {
