@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "mempool.h"
+#include "shared.h"
 
 #define CAP (1u << 20)
 #define MAX_ENTRIES 4096

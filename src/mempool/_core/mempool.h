@@ -21,6 +21,10 @@
  *
  * Error model: every operation returns MP_OK or a negative MP_E* code, and a call
  * that returns an error has changed nothing (principle 3).
+ *
+ * The core's other headers: shared.h (shared pools' lock and block registry),
+ * replay.h (traces and their replay), internal.h (what core files share that is no
+ * API, and the prefix scheme of every name).
  */
 #ifndef MEMPOOL_H
 #define MEMPOOL_H
@@ -208,106 +212,5 @@ int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_f
 
 /* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
 uint64_t mp_default_max_blocks(uint64_t capacity);
-
-/* ---- shared pools (shared.c): robust lock + block registry --------------------- */
-typedef struct mp_shared_ctl mp_shared_ctl_t;
-#define MP_HOLDERS 3
-typedef struct mp_entry {
-    uint64_t offset; /* the range; UINT64_MAX while the entry is unused      */
-    uint64_t tag;    /* unique per handing-out: handles name (offset, tag)   */
-    uint64_t size;   /* bytes asked for; unused entries: the next free one   */
-    uint64_t state;  /* atomic: owner pid << 32 | owner_ref << 31 | refs     */
-    struct {
-        uint32_t pid, count;           /* borrowed references by process (lock held) */
-    } holder[MP_HOLDERS];
-    uint32_t overflow;                 /* borrowed references beyond the holders  */
-    uint32_t pad;
-} mp_entry_t; /* one cache line: processes working on their own entries share none */
-
-uint64_t mp_shared_ctl_size(uint64_t max_entries); /* 0 when invalid */
-int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries);
-int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen);
-/* The whole check (layout, strategy, registry against the strategy); lock held. */
-int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
-                    uint64_t st_len, char *msg, size_t msglen);
-/* Locking: trylock (0, EBUSY or EOWNERDEAD); lock_wait blocks; then locked() with
- * the rc verifies/repairs after a dead owner and returns MP_OK with the lock held,
- * or an error with the lock released. */
-int mp_shared_trylock(mp_shared_ctl_t *c);
-int mp_shared_lock_wait(mp_shared_ctl_t *c);
-int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
-                     char *msg, size_t msglen);
-void mp_shared_unlock(mp_shared_ctl_t *c);
-/* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
-void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
-/* n fresh tags (the first is returned); any time, atomic. */
-uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n);
-/* The registry's index and entries (lock held). */
-uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset); /* entry index or MP_NIL */
-mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i);
-int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
-               uint32_t *out); /* refs 1, owner_ref; MP_ENONODES when full */
-void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i);
-void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size);
-int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx);
-/* References.  refs == owner_ref + the borrowed counts (holders + overflow).
- * take (lock held): one more, borrowed by pid, when tag matches (0: any) and the
- * range is handed out (refs > 0); when it loses a race with a reuse and its undo
- * dropped the last reference, *dispose says the caller must drop the entry and free
- * the range.  release (any time) gives back the owner's own reference:
- * 1 when it was the last (the entry is then the caller's, refs 0: cache it or
- * dispose of it under the lock), 0 when others remain, -1 when there was none.
- * release_borrowed (lock held) gives back one of pid's borrowed references, with the
- * same results.  reuse (any time, the caller's cached entry): a new tag, then refs 1. */
-int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose);
-int mp_ref_release(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, int owner_handle);
-int mp_ref_release_borrowed(mp_shared_ctl_t *c, uint32_t i, uint32_t pid);
-int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uint64_t size);
-uint32_t mp_entry_refs(const mp_entry_t *e);
-uint32_t mp_entry_owner(const mp_entry_t *e);
-/* Dispose of what a dead process held (lock held): its own references and the ones
- * it borrowed are released; ranges left without one (and ranges it cached) are
- * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
- * not attributed and stay. */
-uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
-                           uint64_t *released);
-
-/* ---- traces and replay (replay.c) -------------------------------------------- */
-enum mp_trace_op { MP_OP_ALLOC = 0, MP_OP_FREE = 1, MP_OP_REALLOC = 2 };
-#define MP_TRACE_MAX_BYTES ((uint64_t)1 << 62) /* a size, and all live sizes together */
-
-/* Parse a mempool-trace v1 text (without its header line) into the arrays, which
- * hold room for `cap` ops.  Returns the number of ops, or -1 with *err_line (1-based
- * line number within the whole text, header = line 1) and err set. */
-int64_t mp_trace_parse(const char *text, uint64_t len, uint64_t cap, uint8_t *op, uint32_t *id,
-                       uint64_t *size, uint32_t *align, uint64_t *err_line, char *err,
-                       size_t errlen);
-
-typedef struct mp_replay_result {
-    uint64_t ops;         /* operations executed                              */
-    uint64_t failures;    /* alloc/realloc that returned an error             */
-    uint64_t peak_used;   /* peak of used (strategy rounding included)        */
-    uint64_t high_water;  /* highest end offset ever handed out               */
-    uint64_t maxlive;     /* peak of the sum of requested sizes of live ids   */
-    uint64_t elapsed_ns;  /* wall time of the op loop (final frees included)  */
-    int status;           /* MP_OK, or MP_EINVAL for a trace that is not valid */
-    uint64_t bad_op;      /* index of the invalid op when status != MP_OK     */
-} mp_replay_result_t;
-
-/* Validate a parsed trace (ids <= max_id, 'a' on a free id, 'f'/'r' on a live id,
- * no realloc to 0); `live` is scratch of max_id+1 entries.  Returns MP_OK with
- * res->maxlive set, or MP_EINVAL with res->bad_op = index of the first bad op. */
-int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
-                      uint32_t max_id, uint64_t *live, mp_replay_result_t *res);
-
-/* Replay through a strategy.  `ptr` and `live` are scratch arrays of max_id+1
- * entries.  Size-0 requests are served as size 1. */
-void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
-               const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
-               uint64_t *live, mp_replay_result_t *res);
-/* The same loop through the C library's malloc/free/realloc/posix_memalign. */
-void mp_replay_libc(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
-                    const uint32_t *align, uint32_t max_id, uint64_t *ptr, uint64_t *live,
-                    mp_replay_result_t *res);
 
 #endif /* MEMPOOL_H */

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "replay.h"
 
 static uint64_t now_ns(void)
 {

@@ -62,6 +62,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "shared.h"
 
 #define CTL_MAGIC 0x3253504dU /* "MPS2" */
 #define UNUSED UINT64_MAX

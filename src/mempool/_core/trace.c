@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "replay.h"
 
 static const char *skip_blanks(const char *p, const char *end)
 {

@@ -3,6 +3,7 @@
  * functions (parse into arrays, replay through a strategy or through libc).
  */
 #include "native.h"
+#include "../_core/replay.h"
 
 #include <string.h>
 

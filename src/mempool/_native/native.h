@@ -19,6 +19,7 @@
 #include <Python.h>
 
 #include "../_core/mempool.h"
+#include "../_core/shared.h"
 
 typedef struct {
     PyObject_HEAD

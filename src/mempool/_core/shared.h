@@ -1,0 +1,80 @@
+/*
+ * shared.h -- the C API of what a pool shared by several processes keeps beside its
+ * strategy state (shared.c): a robust process-shared lock and the block registry
+ * (entries, references, tags, the reclaim of a dead process's ranges).  Used by the
+ * binding's shared pools; not part of the strategies' API (mempool.h), which knows
+ * nothing of processes.  Names: mp_shared_* (the control block and the lock),
+ * mp_reg_* (the registry's entries), mp_ref_* (references), mp_entry_* (an entry's
+ * state word); see internal.h for the whole prefix scheme.
+ */
+#ifndef MEMPOOL_SHARED_H
+#define MEMPOOL_SHARED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mempool.h"
+
+typedef struct mp_shared_ctl mp_shared_ctl_t;
+#define MP_HOLDERS 3
+typedef struct mp_entry {
+    uint64_t offset; /* the range; UINT64_MAX while the entry is unused      */
+    uint64_t tag;    /* unique per handing-out: handles name (offset, tag)   */
+    uint64_t size;   /* bytes asked for; unused entries: the next free one   */
+    uint64_t state;  /* atomic: owner pid << 32 | owner_ref << 31 | refs     */
+    struct {
+        uint32_t pid, count;           /* borrowed references by process (lock held) */
+    } holder[MP_HOLDERS];
+    uint32_t overflow;                 /* borrowed references beyond the holders  */
+    uint32_t pad;
+} mp_entry_t; /* one cache line: processes working on their own entries share none */
+
+uint64_t mp_shared_ctl_size(uint64_t max_entries); /* 0 when invalid */
+int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries);
+int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen);
+/* The whole check (layout, strategy, registry against the strategy); lock held. */
+int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
+                    uint64_t st_len, char *msg, size_t msglen);
+/* Locking: trylock (0, EBUSY or EOWNERDEAD); lock_wait blocks; then locked() with
+ * the rc verifies/repairs after a dead owner and returns MP_OK with the lock held,
+ * or an error with the lock released. */
+int mp_shared_trylock(mp_shared_ctl_t *c);
+int mp_shared_lock_wait(mp_shared_ctl_t *c);
+int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
+                     char *msg, size_t msglen);
+void mp_shared_unlock(mp_shared_ctl_t *c);
+/* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
+void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
+/* n fresh tags (the first is returned); any time, atomic. */
+uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n);
+/* The registry's index and entries (lock held). */
+uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset); /* entry index or MP_NIL */
+mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i);
+int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
+               uint32_t *out); /* refs 1, owner_ref; MP_ENONODES when full */
+void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i);
+void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size);
+int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx);
+/* References.  refs == owner_ref + the borrowed counts (holders + overflow).
+ * take (lock held): one more, borrowed by pid, when tag matches (0: any) and the
+ * range is handed out (refs > 0); when it loses a race with a reuse and its undo
+ * dropped the last reference, *dispose says the caller must drop the entry and free
+ * the range.  release (any time) gives back the owner's own reference:
+ * 1 when it was the last (the entry is then the caller's, refs 0: cache it or
+ * dispose of it under the lock), 0 when others remain, -1 when there was none.
+ * release_borrowed (lock held) gives back one of pid's borrowed references, with the
+ * same results.  reuse (any time, the caller's cached entry): a new tag, then refs 1. */
+int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose);
+int mp_ref_release(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, int owner_handle);
+int mp_ref_release_borrowed(mp_shared_ctl_t *c, uint32_t i, uint32_t pid);
+int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uint64_t size);
+uint32_t mp_entry_refs(const mp_entry_t *e);
+uint32_t mp_entry_owner(const mp_entry_t *e);
+/* Dispose of what a dead process held (lock held): its own references and the ones
+ * it borrowed are released; ranges left without one (and ranges it cached) are
+ * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
+ * not attributed and stay. */
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
+                           uint64_t *released);
+
+#endif /* MEMPOOL_SHARED_H */
