@@ -552,20 +552,20 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
     size_t msglen = w->msglen;
     const bf_node_t *x = &w->nodes[i];
     const mp_rnode_t *n = &x->n;
-    if (depth > BF_MAX_DEPTH) RS_FAIL("free tree deeper than %u at node %u", BF_MAX_DEPTH, i);
-    if (++w->count > w->nfree) RS_FAIL("free trees hold more nodes than the %u free ranges",
-                                       w->nfree);
+    if (depth > BF_MAX_DEPTH) MPI_FAIL("free tree deeper than %u at node %u", BF_MAX_DEPTH, i);
+    if (++w->count > w->nfree) MPI_FAIL("free trees hold more nodes than the %u free ranges",
+                                        w->nfree);
     if ((n->flags & ~BF_HMASK) != (RN_INUSE | RN_FREE))
-        RS_FAIL("free tree holds node %u with flags 0x%x, which is not a free range", i,
-                n->flags);
-    if (n->link[P] != parent) RS_FAIL("free tree node %u: parent link %u, expected %u", i,
-                                      n->link[P], parent);
+        MPI_FAIL("free tree holds node %u with flags 0x%x, which is not a free range", i,
+                 n->flags);
+    if (n->link[P] != parent) MPI_FAIL("free tree node %u: parent link %u, expected %u", i,
+                                       n->link[P], parent);
     uint32_t l = n->link[L], r = n->link[R];
-    if (l != MP_NIL && l >= w->top) RS_FAIL("free tree node %u links node %u beyond the watermark",
-                                            i, l);
-    if (r != MP_NIL && r >= w->top) RS_FAIL("free tree node %u links node %u beyond the watermark",
-                                            i, r);
-    if (l != MP_NIL && l == r) RS_FAIL("free tree node %u has node %u as both children", i, l);
+    if (l != MP_NIL && l >= w->top) MPI_FAIL("free tree node %u links node %u beyond the watermark",
+                                             i, l);
+    if (r != MP_NIL && r >= w->top) MPI_FAIL("free tree node %u links node %u beyond the watermark",
+                                             i, r);
+    if (l != MP_NIL && l == r) MPI_FAIL("free tree node %u has node %u as both children", i, l);
     unsigned hl = 0, hr = 0;
     uint64_t al = 0, ar = 0;
     if (l != MP_NIL) {
@@ -574,29 +574,29 @@ static int bf_check_sub(bf_walk_t *w, uint32_t i, uint32_t parent, unsigned dept
     }
     /* in order: everything left of n is already visited */
     if (w->prev && !key_less(w->prev, n))
-        RS_FAIL("free tree out of order at node %u (size %llu, offset %llu)", i,
-                (unsigned long long)n->size, (unsigned long long)n->offset);
+        MPI_FAIL("free tree out of order at node %u (size %llu, offset %llu)", i,
+                 (unsigned long long)n->size, (unsigned long long)n->offset);
     if (!w->prev) w->leftmost = i;
     w->prev = n;
     if (rs_bin_down(n->size) != w->bin)
-        RS_FAIL("node %u of size %llu filed in bin %u", i, (unsigned long long)n->size, w->bin);
+        MPI_FAIL("node %u of size %llu filed in bin %u", i, (unsigned long long)n->size, w->bin);
     if (r != MP_NIL) {
         int rc = bf_check_sub(w, r, i, depth + 1, &hr, &ar);
         if (rc) return rc;
     }
     unsigned h = 1 + (hl > hr ? hl : hr);
     if ((n->flags & BF_HMASK) >> BF_HSHIFT != h)
-        RS_FAIL("free tree node %u: stored height %u, actual %u", i,
-                (n->flags & BF_HMASK) >> BF_HSHIFT, h);
+        MPI_FAIL("free tree node %u: stored height %u, actual %u", i,
+                 (n->flags & BF_HMASK) >> BF_HSHIFT, h);
     if (hl > hr + 1 || hr > hl + 1)
-        RS_FAIL("free tree node %u is unbalanced: heights %u and %u", i, hl, hr);
+        MPI_FAIL("free tree node %u is unbalanced: heights %u and %u", i, hl, hr);
     if (x->own != own_aug(n))
-        RS_FAIL("free tree node %u: own augment 0x%016llx, its range says 0x%016llx", i,
-                (unsigned long long)x->own, (unsigned long long)own_aug(n));
+        MPI_FAIL("free tree node %u: own augment 0x%016llx, its range says 0x%016llx", i,
+                 (unsigned long long)x->own, (unsigned long long)own_aug(n));
     uint64_t m = lanes_max(lanes_max(x->own, al), ar);
     if (x->aug != m)
-        RS_FAIL("free tree node %u: augment 0x%016llx, its subtree says 0x%016llx", i,
-                (unsigned long long)x->aug, (unsigned long long)m);
+        MPI_FAIL("free tree node %u: augment 0x%016llx, its subtree says 0x%016llx", i,
+                 (unsigned long long)x->aug, (unsigned long long)m);
     *out_height = h;
     *out_aug = m;
     return MP_OK;
@@ -618,12 +618,12 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
     for (unsigned b = 0; b < RS_BINS; b++) {
         uint32_t root = x->root[b];
         if (root == MP_NIL) {
-            if (x->first[b] != MP_NIL) RS_FAIL("empty bin %u has a first node %u", b,
-                                               x->first[b]);
+            if (x->first[b] != MP_NIL) MPI_FAIL("empty bin %u has a first node %u", b,
+                                                x->first[b]);
             continue;
         }
-        if (root >= rs->top) RS_FAIL("bin %u: tree root %u beyond the watermark %u", b, root,
-                                     rs->top);
+        if (root >= rs->top) MPI_FAIL("bin %u: tree root %u beyond the watermark %u", b, root,
+                                      rs->top);
         w.bin = b;
         w.prev = NULL;
         w.leftmost = MP_NIL;
@@ -631,11 +631,11 @@ static int bf_fidx_check(const void *st, char *msg, size_t msglen)
         uint64_t aug;
         rc = bf_check_sub(&w, root, MP_NIL, 1, &h, &aug);
         if (rc) return rc;
-        if (x->first[b] != w.leftmost) RS_FAIL("bin %u: first node %u, its leftmost is %u", b,
+        if (x->first[b] != w.leftmost) MPI_FAIL("bin %u: first node %u, its leftmost is %u", b,
                                                 x->first[b], w.leftmost);
     }
-    if (w.count != rs->nfree) RS_FAIL("free trees hold %llu nodes for %u free ranges",
-                                      (unsigned long long)w.count, rs->nfree);
+    if (w.count != rs->nfree) MPI_FAIL("free trees hold %llu nodes for %u free ranges",
+                                       (unsigned long long)w.count, rs->nfree);
     return MP_OK;
 }
 

@@ -500,54 +500,49 @@ static int bm_why_nospace(const void *st, uint64_t size, uint64_t align, char *b
 }
 
 /* ---- check ----------------------------------------------------------------------------- */
-#define BM_FAIL(...)                                                                             \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
 
 typedef unsigned long long ull;
 
 static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    if (len < BM_MAP_OFF) BM_FAIL("state too short: %llu bytes", (ull)len);
+    if (len < BM_MAP_OFF) MPI_FAIL("state too short: %llu bytes", (ull)len);
     const mp_head_t *h = st;
-    if (h->magic != MP_STATE_MAGIC) BM_FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != MP_KIND_BITMAP) BM_FAIL("state is of kind %u, not bitmap", h->kind);
-    if (h->version != MP_STATE_VERSION) BM_FAIL("state version %u, expected %u", h->version,
-                                                MP_STATE_VERSION);
+    if (h->magic != MP_STATE_MAGIC) MPI_FAIL("bad state magic 0x%08x", h->magic);
+    if (h->kind != MP_KIND_BITMAP) MPI_FAIL("state is of kind %u, not bitmap", h->kind);
+    if (h->version != MP_STATE_VERSION) MPI_FAIL("state version %u, expected %u", h->version,
+                                                 MP_STATE_VERSION);
     /* M1 */
     bm_plan_t P;
     if (!bm_make_plan(h->param[0], h->param[1], h->param[2], &P))
-        BM_FAIL("bad parameters: capacity %llu, block_size %llu, first_fit %llu",
-                (ull)h->param[0], (ull)h->param[1], (ull)h->param[2]);
+        MPI_FAIL("bad parameters: capacity %llu, block_size %llu, first_fit %llu",
+                 (ull)h->param[0], (ull)h->param[1], (ull)h->param[2]);
     if (h->state_size != P.size || len < P.size)
-        BM_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
-                (ull)len, (ull)P.size);
+        MPI_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
+                 (ull)len, (ull)P.size);
     const bm_hdr_t *x = chdr(st);
-    if (memcmp(x, &P.h, sizeof P.h) != 0) BM_FAIL("bitmap header does not match the parameters");
+    if (memcmp(x, &P.h, sizeof P.h) != 0) MPI_FAIL("bitmap header does not match the parameters");
     uint64_t N = x->nblocks, B = x->block_size, NW = x->nwords;
-    if (h->capacity != N * B) BM_FAIL("capacity %llu, parameters give %llu", (ull)h->capacity,
-                                      (ull)(N * B));
-    if (h->param[3] || h->param[4] || h->param[5]) BM_FAIL("unused parameters are not zero");
+    if (h->capacity != N * B) MPI_FAIL("capacity %llu, parameters give %llu", (ull)h->capacity,
+                                       (ull)(N * B));
+    if (h->param[3] || h->param[4] || h->param[5]) MPI_FAIL("unused parameters are not zero");
     const uint64_t *used = cusedmap(st), *start = cstartmap(st), *wm = cwastemap(st);
     /* M2 */
     uint64_t pad = (N & 63) ? ~0ull << (N & 63) : 0;
-    if ((used[NW - 1] & pad) != pad) BM_FAIL("used bitmap padding is not all ones");
-    if (start[NW - 1] & pad) BM_FAIL("run-start bitmap has bits beyond the last block");
+    if ((used[NW - 1] & pad) != pad) MPI_FAIL("used bitmap padding is not all ones");
+    if (start[NW - 1] & pad) MPI_FAIL("run-start bitmap has bits beyond the last block");
     if (x->waste_bits) {
         uint64_t b = N * x->waste_bits;
-        if ((b & 63) && (wm[b >> 6] >> (b & 63))) BM_FAIL("waste fields beyond the last block");
+        if ((b & 63) && (wm[b >> 6] >> (b & 63))) MPI_FAIL("waste fields beyond the last block");
     }
     /* M3, M5 counts */
     uint64_t nused = 0, nstart = 0, carry = 0;
     for (uint64_t q = 0; q < NW; q++) {
         uint64_t valid = q == NW - 1 ? ~pad : ~0ull;
         uint64_t u = used[q] & valid;
-        if (start[q] & ~used[q]) BM_FAIL("a run starts at a free block in word %llu", (ull)q);
+        if (start[q] & ~used[q]) MPI_FAIL("a run starts at a free block in word %llu", (ull)q);
         uint64_t heads = u & ~((u << 1) | carry);
-        if (heads & ~start[q]) BM_FAIL("block %llu is used but belongs to no run",
-                                       (ull)(q * 64 + (uint64_t)ctz64(heads & ~start[q])));
+        if (heads & ~start[q]) MPI_FAIL("block %llu is used but belongs to no run",
+                                        (ull)(q * 64 + (uint64_t)ctz64(heads & ~start[q])));
         carry = u >> 63;
         nused += (uint64_t)__builtin_popcountll(u);
         nstart += (uint64_t)__builtin_popcountll(start[q]);
@@ -563,25 +558,25 @@ static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
                 if (i >= N) break;
                 uint64_t v = waste_get(x, wm, i);
                 if (!v) continue;
-                if (!bit(start, i)) BM_FAIL("block %llu: waste recorded but no run starts there",
-                                            (ull)i);
-                if (v >= B) BM_FAIL("block %llu: waste %llu not below the block size", (ull)i,
-                                    (ull)v);
+                if (!bit(start, i)) MPI_FAIL("block %llu: waste recorded but no run starts there",
+                                             (ull)i);
+                if (v >= B) MPI_FAIL("block %llu: waste %llu not below the block size", (ull)i,
+                                     (ull)v);
                 waste += v;
             }
         }
     }
     /* M5 */
-    if (nstart != h->live) BM_FAIL("%llu runs, live says %llu", (ull)nstart, (ull)h->live);
-    if (nused * B != h->used) BM_FAIL("%llu blocks used (%llu bytes), used says %llu", (ull)nused,
-                                      (ull)(nused * B), (ull)h->used);
+    if (nstart != h->live) MPI_FAIL("%llu runs, live says %llu", (ull)nstart, (ull)h->live);
+    if (nused * B != h->used) MPI_FAIL("%llu blocks used (%llu bytes), used says %llu", (ull)nused,
+                                       (ull)(nused * B), (ull)h->used);
     if (h->requested != h->used - waste)
-        BM_FAIL("requested %llu, used %llu minus waste %llu", (ull)h->requested, (ull)h->used,
-                (ull)waste);
-    if (h->peak_used < h->used) BM_FAIL("peak_used below used");
-    if (h->high_water > h->capacity) BM_FAIL("high_water beyond capacity");
+        MPI_FAIL("requested %llu, used %llu minus waste %llu", (ull)h->requested, (ull)h->used,
+                 (ull)waste);
+    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
     if (h->cursor >= N || (x->first_fit && h->cursor))
-        BM_FAIL("cursor %llu out of range", (ull)h->cursor);
+        MPI_FAIL("cursor %llu out of range", (ull)h->cursor);
     return MP_OK;
 }
 

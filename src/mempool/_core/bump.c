@@ -320,52 +320,47 @@ static uint64_t bump_free_ranges(const void *st)
 }
 
 /* ---- check ------------------------------------------------------------------------------ */
-#define BFAIL(...)                                                                               \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
 typedef unsigned long long ull;
 
 static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
-    if (len < OFF_STACK) BFAIL("state too short: %llu bytes", (ull)len);
+    if (len < OFF_STACK) MPI_FAIL("state too short: %llu bytes", (ull)len);
     const mp_head_t *m = st;
     const bump_hdr_t *h = CHD(st);
-    if (m->magic != MP_STATE_MAGIC) BFAIL("bad state magic 0x%08x", m->magic);
-    if (m->kind != MP_KIND_BUMP) BFAIL("state is of kind %u, not %u", m->kind, MP_KIND_BUMP);
+    if (m->magic != MP_STATE_MAGIC) MPI_FAIL("bad state magic 0x%08x", m->magic);
+    if (m->kind != MP_KIND_BUMP) MPI_FAIL("state is of kind %u, not %u", m->kind, MP_KIND_BUMP);
     if (m->version != MP_STATE_VERSION)
-        BFAIL("state version %u, expected %u", m->version, MP_STATE_VERSION);
+        MPI_FAIL("state version %u, expected %u", m->version, MP_STATE_VERSION);
     uint64_t want = mp_bump_state_size(m->capacity, m->param[0]);
-    if (want == 0) BFAIL("bad parameters: capacity %llu, max_blocks %llu", (ull)m->capacity,
-                         (ull)m->param[0]);
+    if (want == 0) MPI_FAIL("bad parameters: capacity %llu, max_blocks %llu", (ull)m->capacity,
+                            (ull)m->param[0]);
     if (m->state_size != want || len < want)
-        BFAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,
-              (ull)len, (ull)want);
+        MPI_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,
+                 (ull)len, (ull)want);
     /* B1 */
     if (h->max_blocks != m->param[0] || h->capacity != m->capacity)
-        BFAIL("max_blocks or capacity in the header does not match the head");
+        MPI_FAIL("max_blocks or capacity in the header does not match the head");
     if (h->depth > h->max_blocks)
-        BFAIL("stack depth %llu beyond max_blocks %llu", (ull)h->depth, (ull)h->max_blocks);
-    if (m->cursor > SERIAL_MAX) BFAIL("serial %llu beyond 2^62", (ull)m->cursor);
-    if (h->epoch > m->cursor) BFAIL("epoch %llu beyond the serial %llu", (ull)h->epoch,
-                                    (ull)m->cursor);
+        MPI_FAIL("stack depth %llu beyond max_blocks %llu", (ull)h->depth, (ull)h->max_blocks);
+    if (m->cursor > SERIAL_MAX) MPI_FAIL("serial %llu beyond 2^62", (ull)m->cursor);
+    if (h->epoch > m->cursor) MPI_FAIL("epoch %llu beyond the serial %llu", (ull)h->epoch,
+                                       (ull)m->cursor);
     /* B2, B3, B5 */
     const bump_entry_t *s = CSTK(st);
     uint64_t end = 0, live = 0, used = 0, prev_serial = 0;
     for (uint64_t i = 0; i < h->depth; i++) {
         const bump_entry_t *e = &s[i];
-        if (e->size == 0) BFAIL("entry %llu has size 0", (ull)i);
+        if (e->size == 0) MPI_FAIL("entry %llu has size 0", (ull)i);
         if (e->offset < end)
-            BFAIL("entry %llu at %llu starts before the end %llu of the one below", (ull)i,
-                  (ull)e->offset, (ull)end);
+            MPI_FAIL("entry %llu at %llu starts before the end %llu of the one below", (ull)i,
+                     (ull)e->offset, (ull)end);
         if (e->offset > m->capacity || e->size > m->capacity - e->offset)
-            BFAIL("entry %llu [%llu, +%llu) leaves the span", (ull)i, (ull)e->offset,
-                  (ull)e->size);
+            MPI_FAIL("entry %llu [%llu, +%llu) leaves the span", (ull)i, (ull)e->offset,
+                     (ull)e->size);
         uint64_t serial = e->tag >> 1;
         if (serial < h->epoch || serial >= m->cursor || (i && serial <= prev_serial))
-            BFAIL("entry %llu has serial %llu (epoch %llu, next %llu, below %llu)", (ull)i,
-                  (ull)serial, (ull)h->epoch, (ull)m->cursor, (ull)prev_serial);
+            MPI_FAIL("entry %llu has serial %llu (epoch %llu, next %llu, below %llu)", (ull)i,
+                     (ull)serial, (ull)h->epoch, (ull)m->cursor, (ull)prev_serial);
         prev_serial = serial;
         if (!(e->tag & DEAD)) {
             live++;
@@ -373,20 +368,20 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
         }
         end = e->offset + e->size;
     }
-    if (h->depth && (s[h->depth - 1].tag & DEAD)) BFAIL("the top entry is dead");
-    if (h->top != end) BFAIL("top %llu, the stack ends at %llu", (ull)h->top, (ull)end);
+    if (h->depth && (s[h->depth - 1].tag & DEAD)) MPI_FAIL("the top entry is dead");
+    if (h->top != end) MPI_FAIL("top %llu, the stack ends at %llu", (ull)h->top, (ull)end);
     /* B4 */
     for (uint64_t i = h->depth; i < h->max_blocks; i++)
-        if (s[i].offset || s[i].size || s[i].tag) BFAIL("stack slot %llu above the top is used",
-                                                        (ull)i);
-    if (live != m->live) BFAIL("%llu live ranges, count says %llu", (ull)live, (ull)m->live);
+        if (s[i].offset || s[i].size || s[i].tag) MPI_FAIL("stack slot %llu above the top is used",
+                                                           (ull)i);
+    if (live != m->live) MPI_FAIL("%llu live ranges, count says %llu", (ull)live, (ull)m->live);
     if (used != m->used || used != m->requested)
-        BFAIL("live ranges hold %llu bytes, used says %llu, requested %llu", (ull)used,
-              (ull)m->used, (ull)m->requested);
-    if (m->peak_used < m->used) BFAIL("peak_used below used");
+        MPI_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu", (ull)used,
+                 (ull)m->used, (ull)m->requested);
+    if (m->peak_used < m->used) MPI_FAIL("peak_used below used");
     if (m->high_water > m->capacity || m->high_water < h->top)
-        BFAIL("high_water %llu, top %llu, capacity %llu", (ull)m->high_water, (ull)h->top,
-              (ull)m->capacity);
+        MPI_FAIL("high_water %llu, top %llu, capacity %llu", (ull)m->high_water, (ull)h->top,
+                 (ull)m->capacity);
     return MP_OK;
 }
 

@@ -207,11 +207,6 @@ uint64_t mpi_heap_largest_free(const void *st)
 }
 
 /* ---- check ----------------------------------------------------------------------------- */
-#define FAIL(...)                                                                                \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
 
 typedef unsigned long long ull;
 
@@ -240,34 +235,34 @@ static int check_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
 static int check_layout(const void *st, uint64_t len, char *msg, size_t msglen, layout_t *L)
 {
     const mp_head_t *h = st;
-    if (len < CTL_OFF + sizeof(heap_ctl_t)) FAIL("state too short: %llu bytes", (ull)len);
-    if (h->magic != MP_STATE_MAGIC) FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != MP_KIND_HEAP) FAIL("state is of kind %u, not %u", h->kind, MP_KIND_HEAP);
-    if (h->version != MP_STATE_VERSION) FAIL("state version %u, expected %u", h->version,
-                                             MP_STATE_VERSION);
+    if (len < CTL_OFF + sizeof(heap_ctl_t)) MPI_FAIL("state too short: %llu bytes", (ull)len);
+    if (h->magic != MP_STATE_MAGIC) MPI_FAIL("bad state magic 0x%08x", h->magic);
+    if (h->kind != MP_KIND_HEAP) MPI_FAIL("state is of kind %u, not %u", h->kind, MP_KIND_HEAP);
+    if (h->version != MP_STATE_VERSION) MPI_FAIL("state version %u, expected %u", h->version,
+                                                 MP_STATE_VERSION);
     if (!mpi_heap_layout(h->capacity, h->param[0], h->param[1], L))
-        FAIL("bad parameters: capacity %llu, page_size %llu, max_blocks %llu", (ull)h->capacity,
-             (ull)h->param[0], (ull)h->param[1]);
+        MPI_FAIL("bad parameters: capacity %llu, page_size %llu, max_blocks %llu", (ull)h->capacity,
+                 (ull)h->param[0], (ull)h->param[1]);
     if (h->state_size != L->total || len < L->total)
-        FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size, (ull)len,
-             (ull)L->total);
+        MPI_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
+                 (ull)len, (ull)L->total);
     const heap_ctl_t *c = CCT(st);
     if (c->page_shift != L->page_shift || c->npages != L->npages ||
         c->rec_words != L->rec_words || c->bm_words != L->bm_words || c->groups != L->groups ||
         c->nfrags != L->nfrags || c->frag_max_n != L->frag_max_n || c->pt_off != L->pt_off ||
         c->rec_off != L->rec_off || c->waste_off != L->waste_off || c->tlsf_off != L->tlsf_off ||
         c->tlsf_size != L->tlsf_size)
-        FAIL("heap layout does not match the parameters");
+        MPI_FAIL("heap layout does not match the parameters");
     for (uint32_t k = 1; k <= NCLASS; k++)
         if (c->cls[k].size != 16 * k || c->cls[k].count != (uint32_t)(h->param[0] / (16 * k)))
-            FAIL("class %u: size %u, count %u do not match the page size", k, c->cls[k].size,
-                 c->cls[k].count);
+            MPI_FAIL("class %u: size %u, count %u do not match the page size", k, c->cls[k].size,
+                     c->cls[k].count);
     const mp_head_t *sub = CSUB(st, c);
     if (sub->magic != MP_STATE_MAGIC || sub->kind != MP_KIND_TLSF ||
         sub->capacity != h->capacity || sub->param[0] != h->param[1] ||
         sub->state_size != L->tlsf_size)
-        FAIL("TLSF sub-state head does not match the heap (capacity %llu, max_blocks %llu)",
-             (ull)sub->capacity, (ull)sub->param[0]);
+        MPI_FAIL("TLSF sub-state head does not match the heap (capacity %llu, max_blocks %llu)",
+                 (ull)sub->capacity, (ull)sub->param[0]);
     return MP_OK;
 }
 
@@ -327,31 +322,32 @@ static int check_slab_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
     uint64_t base = page_base(st, c, p);
     uint32_t count = c->cls[k].count, nw = (count + 63) / 64;
     uint64_t sz = c->cls[k].size, summary = 0, alloc = 0;
-    if (r_maxrun(r)) FAIL("slab page %u has a run length", p);
+    if (r_maxrun(r)) MPI_FAIL("slab page %u has a run length", p);
     for (uint32_t j = 0; j < c->bm_words; j++) {
         uint64_t word = r[REC_HDR + j];
         if (j >= nw) {
-            if (word) FAIL("slab page %u: bitmap word %u beyond the items", p, j);
+            if (word) MPI_FAIL("slab page %u: bitmap word %u beyond the items", p, j);
             continue;
         }
         uint32_t valid = j == nw - 1 && (count & 63) ? count & 63 : 64;
         uint64_t pad = valid == 64 ? 0 : ~0ull << valid;
-        if ((word & pad) != pad) FAIL("slab page %u: padding bits of word %u clear", p, j);
+        if ((word & pad) != pad) MPI_FAIL("slab page %u: padding bits of word %u clear", p, j);
         uint64_t items = word & ~pad;
         alloc += (uint64_t)__builtin_popcountll(items);
         if (word != ~0ull) summary |= (uint64_t)1 << j;
         for (uint64_t m = items; m; m &= m - 1) {
             uint32_t i = j * 64 + (uint32_t)__builtin_ctzll(m);
             uint8_t ws = waste[(base + i * sz) >> 4];
-            if (ws >= sz) FAIL("slab item at %llu wastes %u of %llu bytes", (ull)(base + i * sz),
-                               ws, (ull)sz);
+            if (ws >= sz)
+                MPI_FAIL("slab item at %llu wastes %u of %llu bytes", (ull)(base + i * sz), ws,
+                         (ull)sz);
             *wasted += ws;
         }
     }
     if (r[2] != summary)
-        FAIL("slab page %u: summary 0x%llx, bitmap says 0x%llx", p, (ull)r[2], (ull)summary);
+        MPI_FAIL("slab page %u: summary 0x%llx, bitmap says 0x%llx", p, (ull)r[2], (ull)summary);
     if (r_nfree(r) != count - alloc)
-        FAIL("slab page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)(count - alloc));
+        MPI_FAIL("slab page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)(count - alloc));
     *live += alloc;
     *used += alloc * sz;
     return MP_OK;
@@ -363,17 +359,17 @@ static int check_frag_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
     const uint64_t *r = CREC(st, c, p);
     const uint8_t *waste = CWASTE(st, c);
     uint64_t base = page_base(st, c, p), pad = frag_pad(c), freen = 0;
-    if (r[2]) FAIL("fragment page %u has a summary", p);
+    if (r[2]) MPI_FAIL("fragment page %u has a summary", p);
     for (uint32_t j = 2 * c->groups; j < c->bm_words; j++)
-        if (r[REC_HDR + j]) FAIL("fragment page %u: bitmap word %u is not zero", p, j);
+        if (r[REC_HDR + j]) MPI_FAIL("fragment page %u: bitmap word %u is not zero", p, j);
     for (uint32_t g = 0; g < c->groups; g++) {
         uint64_t u = r[REC_HDR + g], s = r[REC_HDR + c->groups + g];
-        if ((u & pad) != pad) FAIL("fragment page %u: padding bits clear", p);
-        if (s & pad) FAIL("fragment page %u: a run starts in the padding", p);
-        if (s & ~u) FAIL("fragment page %u: a run starts on a free fragment", p);
+        if ((u & pad) != pad) MPI_FAIL("fragment page %u: padding bits clear", p);
+        if (s & pad) MPI_FAIL("fragment page %u: a run starts in the padding", p);
+        if (s & ~u) MPI_FAIL("fragment page %u: a run starts on a free fragment", p);
         /* an allocated fragment after a free one (or first) must start a run */
         if ((u & ~pad) & ~(u << 1) & ~s)
-            FAIL("fragment page %u: allocated fragments without a start", p);
+            MPI_FAIL("fragment page %u: allocated fragments without a start", p);
         freen += (uint64_t)__builtin_popcountll(~u);
         for (uint64_t m = s; m; m &= m - 1) {
             uint32_t b = (uint32_t)__builtin_ctzll(m);
@@ -382,20 +378,20 @@ static int check_frag_page(const void *st, const heap_ctl_t *c, uint32_t p, uint
             uint64_t off = base + ((uint64_t)g * GROUP_FRAGS + b) * FRAG;
             uint64_t sz = (uint64_t)(e - b) * FRAG;
             if (e - b > c->frag_max_n)
-                FAIL("fragment run at %llu is %u fragments long", (ull)off, e - b);
+                MPI_FAIL("fragment run at %llu is %u fragments long", (ull)off, e - b);
             uint8_t ws = waste[off >> 4];
-            if (ws >= sz) FAIL("fragment run at %llu wastes %u of %llu bytes", (ull)off, ws,
-                               (ull)sz);
+            if (ws >= sz) MPI_FAIL("fragment run at %llu wastes %u of %llu bytes", (ull)off, ws,
+                                   (ull)sz);
             *wasted += ws;
             (*live)++;
             *used += sz;
         }
     }
     if (r_nfree(r) != freen)
-        FAIL("fragment page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)freen);
+        MPI_FAIL("fragment page %u: %u free, bitmap says %llu", p, r_nfree(r), (ull)freen);
     uint32_t want = freen == c->nfrags ? c->frag_max_n : page_maxrun(c, r);
     if (r_maxrun(r) != want)
-        FAIL("fragment page %u: longest run %u, bitmap says %u", p, r_maxrun(r), want);
+        MPI_FAIL("fragment page %u: longest run %u, bitmap says %u", p, r_maxrun(r), want);
     return MP_OK;
 }
 
@@ -408,26 +404,27 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     const heap_ctl_t *c = CCT(st);
     char sub_msg[200];
     if (mp_tlsf_ops.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
-        FAIL("TLSF sub-state: %s", sub_msg);
+        MPI_FAIL("TLSF sub-state: %s", sub_msg);
     /* H2: the page table against the TLSF's ranges */
     const uint32_t *pt = CPT(st, c);
     uint64_t owned = 0, psz = (uint64_t)1 << c->page_shift;
     for (uint32_t p = 0; p < c->npages; p++) {
         const uint64_t *r = CREC(st, c, p);
         if (!e_owner(pt[p])) {
-            if (pt[p]) FAIL("page slot %u: start without an owner", p);
+            if (pt[p]) MPI_FAIL("page slot %u: start without an owner", p);
             if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL || r[1] || r[2])
-                FAIL("page slot %u belongs to the TLSF but has a live record", p);
+                MPI_FAIL("page slot %u belongs to the TLSF but has a live record", p);
             for (uint32_t j = 0; j < c->bm_words; j++)
-                if (r[REC_HDR + j]) FAIL("page slot %u belongs to the TLSF but has bitmap bits", p);
+                if (r[REC_HDR + j])
+                    MPI_FAIL("page slot %u belongs to the TLSF but has bitmap bits", p);
             continue;
         }
         if (e_owner(pt[p]) > FRAG_OWNER || (pt[p] & 0xff00))
-            FAIL("page %u has owner %u", p, pt[p] & 0xffff);
-        if (r[1] >> 32) FAIL("page %u: record counts 0x%llx", p, (ull)r[1]);
+            MPI_FAIL("page %u has owner %u", p, pt[p] & 0xffff);
+        if (r[1] >> 32) MPI_FAIL("page %u: record counts 0x%llx", p, (ull)r[1]);
         uint64_t s0 = e_start(pt[p]);
         if (s0 % page_align(e_owner(pt[p])) || s0 >= psz || ((uint64_t)p << c->page_shift) + s0 + psz > h->capacity)
-            FAIL("page %u starts at %llu past its slot or ends past the span", p, (ull)s0);
+            MPI_FAIL("page %u starts at %llu past its slot or ends past the span", p, (ull)s0);
         owned++;
     }
     checker_t ck;
@@ -437,10 +434,12 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     /* every owned page matched a TLSF range exactly once; the TLSF's ranges are
      * disjoint, so no other range overlaps a page */
     if (ck.pages_seen != owned)
-        FAIL("%llu pages owned, but the TLSF holds %llu of them", (ull)owned, (ull)ck.pages_seen);
+        MPI_FAIL("%llu pages owned, but the TLSF holds %llu of them", (ull)owned,
+                 (ull)ck.pages_seen);
     if (ck.max_end > h->high_water)
-        FAIL("a range ends at %llu, above high_water %llu", (ull)ck.max_end, (ull)h->high_water);
-    if (h->high_water > h->capacity) FAIL("high_water beyond capacity");
+        MPI_FAIL("a range ends at %llu, above high_water %llu", (ull)ck.max_end,
+                 (ull)h->high_water);
+    if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
     /* H3: page records */
     uint64_t live = ck.direct_live, used = ck.direct_used, wasted = 0;
     uint64_t partial[FRAG_OWNER + 1] = {0}, empty = 0;
@@ -464,41 +463,43 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     uint32_t spare = c->spare;
     if (spare != MP_NIL) {
         if (spare >= c->npages || !e_owner(pt[spare]))
-            FAIL("the spare is page %u, which is not a page", spare);
+            MPI_FAIL("the spare is page %u, which is not a page", spare);
         const uint64_t *r = CREC(st, c, spare);
         uint32_t so = e_owner(pt[spare]);
         uint32_t full = so <= NCLASS ? c->cls[so].count : c->nfrags;
-        if (r_nfree(r) != full) FAIL("the spare page %u is not empty", spare);
-        if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL) FAIL("the spare page %u is linked", spare);
+        if (r_nfree(r) != full) MPI_FAIL("the spare page %u is not empty", spare);
+        if (r_prev(r) != MP_NIL || r_next(r) != MP_NIL)
+            MPI_FAIL("the spare page %u is linked", spare);
     }
     if (empty != (spare != MP_NIL))
-        FAIL("%llu empty pages, spare %u", (ull)empty, spare);
+        MPI_FAIL("%llu empty pages, spare %u", (ull)empty, spare);
     for (uint32_t k = 1; k <= NCLASS; k++) {
         int64_t n = check_list(st, c, c->cls[k].head, k, 0, msg, msglen);
         if (n < 0) return MP_ECORRUPT;
         if ((uint64_t)n != partial[k])
-            FAIL("class %u lists %lld pages, %llu are partial", k, (long long)n, (ull)partial[k]);
+            MPI_FAIL("class %u lists %lld pages, %llu are partial", k, (long long)n,
+                     (ull)partial[k]);
     }
     if (c->fbits & ~((((uint32_t)1 << c->frag_max_n) - 1) << 1))
-        FAIL("fragment bucket bits 0x%x beyond %u", c->fbits, c->frag_max_n);
-    if (c->fhead[0] != MP_NIL) FAIL("fragment bucket 0 is not empty");
+        MPI_FAIL("fragment bucket bits 0x%x beyond %u", c->fbits, c->frag_max_n);
+    if (c->fhead[0] != MP_NIL) MPI_FAIL("fragment bucket 0 is not empty");
     for (uint32_t b = 1; b <= NMAX; b++) {
         if (((c->fbits >> b) & 1) != (c->fhead[b] != MP_NIL))
-            FAIL("fragment bucket bit %u disagrees with its list", b);
+            MPI_FAIL("fragment bucket bit %u disagrees with its list", b);
         int64_t n = check_list(st, c, c->fhead[b], FRAG_OWNER, b, msg, msglen);
         if (n < 0) return MP_ECORRUPT;
         if ((uint64_t)n != buckets[b])
-            FAIL("fragment bucket %u lists %lld pages, %llu belong there", b, (long long)n,
-                 (ull)buckets[b]);
+            MPI_FAIL("fragment bucket %u lists %lld pages, %llu belong there", b, (long long)n,
+                     (ull)buckets[b]);
     }
     /* H5: counters */
-    if (live != h->live) FAIL("%llu live ranges, count says %llu", (ull)live, (ull)h->live);
-    if (used != h->used) FAIL("live ranges hold %llu bytes, used says %llu", (ull)used,
-                              (ull)h->used);
+    if (live != h->live) MPI_FAIL("%llu live ranges, count says %llu", (ull)live, (ull)h->live);
+    if (used != h->used) MPI_FAIL("live ranges hold %llu bytes, used says %llu", (ull)used,
+                                  (ull)h->used);
     if (used - wasted != h->requested)
-        FAIL("live ranges were asked %llu bytes, requested says %llu", (ull)(used - wasted),
-             (ull)h->requested);
-    if (h->peak_used < h->used) FAIL("peak_used below used");
+        MPI_FAIL("live ranges were asked %llu bytes, requested says %llu", (ull)(used - wasted),
+                 (ull)h->requested);
+    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
     return MP_OK;
 }
 

@@ -32,7 +32,18 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "mempool.h"
+
+/* ---- check() ------------------------------------------------------------------------
+ * Every check function takes the message buffer as (char *msg, size_t msglen) and
+ * reports the first broken invariant it finds: MPI_FAIL(format, ...) writes the
+ * message there and returns MP_ECORRUPT from the function it is used in. */
+#define MPI_FAIL(...)                                                                            \
+    do {                                                                                         \
+        snprintf(msg, msglen, __VA_ARGS__);                                                      \
+        return MP_ECORRUPT;                                                                      \
+    } while (0)
 
 #endif /* MEMPOOL_INTERNAL_H */

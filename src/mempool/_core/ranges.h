@@ -735,13 +735,6 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
 }
 
 /* ---- check (ranges_check.c) ---------------------------------------------- */
-/* Used by the free indexes' checks too (fi->check). */
-#define RS_FAIL(...)                                                                             \
-    do {                                                                                         \
-        snprintf(msg, msglen, __VA_ARGS__);                                                      \
-        return MP_ECORRUPT;                                                                      \
-    } while (0)
-
 /* Invariants 1-7 of a state that may come from anywhere, then the free index
  * (fi->check): MP_OK, or MP_ECORRUPT with the first broken one written into msg. */
 int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,

@@ -15,28 +15,28 @@
 static int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *fi,
                            uint16_t kind, char *msg, size_t msglen)
 {
-    if (state_len < RS_AREA_OFF + fi->area_size) RS_FAIL("state too short: %llu bytes",
+    if (state_len < RS_AREA_OFF + fi->area_size) MPI_FAIL("state too short: %llu bytes",
                                                           (unsigned long long)state_len);
     const mp_head_t *h = (const mp_head_t *)st;
     const mp_rset_t *rs = rs_cset(st);
-    if (h->magic != MP_STATE_MAGIC) RS_FAIL("bad state magic 0x%08x", h->magic);
-    if (h->kind != kind) RS_FAIL("state is of kind %u, not %u", h->kind, kind);
-    if (h->version != MP_STATE_VERSION) RS_FAIL("state version %u, expected %u", h->version,
-                                                MP_STATE_VERSION);
+    if (h->magic != MP_STATE_MAGIC) MPI_FAIL("bad state magic 0x%08x", h->magic);
+    if (h->kind != kind) MPI_FAIL("state is of kind %u, not %u", h->kind, kind);
+    if (h->version != MP_STATE_VERSION) MPI_FAIL("state version %u, expected %u", h->version,
+                                                 MP_STATE_VERSION);
     uint64_t want = rs_state_size(fi, h->capacity, h->param[0]);
-    if (want == 0) RS_FAIL("bad parameters: capacity %llu, max_blocks %llu",
-                           (unsigned long long)h->capacity, (unsigned long long)h->param[0]);
+    if (want == 0) MPI_FAIL("bad parameters: capacity %llu, max_blocks %llu",
+                            (unsigned long long)h->capacity, (unsigned long long)h->param[0]);
     if (h->state_size != want || state_len < want)
-        RS_FAIL("state size %llu (buffer %llu), parameters need %llu",
-                (unsigned long long)h->state_size, (unsigned long long)state_len,
-                (unsigned long long)want);
+        MPI_FAIL("state size %llu (buffer %llu), parameters need %llu",
+                 (unsigned long long)h->state_size, (unsigned long long)state_len,
+                 (unsigned long long)want);
     if (rs->max_blocks != h->param[0] || rs->hash_bits != rs_hash_bits(h->param[0]) ||
         rs->nursery_bits != rs_nursery_bits(rs->hash_bits) ||
         rs->table_off != rs_table_off(fi, h->param[0]) ||
         rs->nursery_off != rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t))
-        RS_FAIL("node table header does not match parameters");
-    if (rs->top > rs->max_blocks) RS_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
-    if (rs->nspare > rs->top) RS_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
+        MPI_FAIL("node table header does not match parameters");
+    if (rs->top > rs->max_blocks) MPI_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
+    if (rs->nspare > rs->top) MPI_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
     return MP_OK;
 }
 
@@ -53,21 +53,22 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     /* 5: the spare stack */
     uint32_t nsp = 0;
     for (uint32_t i = rs->spare; i != MP_NIL; i = RS_N(nodes, i).next) {
-        if (i >= top) RS_FAIL("spare node %u beyond watermark %u", i, top);
-        if (RS_N(nodes, i).flags != 0) RS_FAIL("spare node %u is marked in use", i);
-        if (++nsp > rs->nspare) RS_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
+        if (i >= top) MPI_FAIL("spare node %u beyond watermark %u", i, top);
+        if (RS_N(nodes, i).flags != 0) MPI_FAIL("spare node %u is marked in use", i);
+        if (++nsp > rs->nspare) MPI_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
     }
-    if (nsp != rs->nspare) RS_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
+    if (nsp != rs->nspare) MPI_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
     /* 4: the table holds only allocated nodes (before any lookup follows it) */
     uint64_t entries = 0, slots = (uint64_t)1 << rs->hash_bits;
     for (uint64_t s = 0; s < slots; s++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) continue;
         if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            RS_FAIL("offset table slot %llu holds node %u, which is not allocated",
-                    (unsigned long long)s, i);
+            MPI_FAIL("offset table slot %llu holds node %u, which is not allocated",
+                     (unsigned long long)s, i);
         if (t[s].tag != rs_tag(RS_N(nodes, i).offset))
-            RS_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s, i);
+            MPI_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s,
+                     i);
         entries++;
     }
     /* 4: so does the nursery, each entry in its own slot (lookups look nowhere else) */
@@ -77,13 +78,13 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
         uint32_t i = ns[n].node;
         if (i == MP_NIL) continue;
         if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            RS_FAIL("nursery slot %llu holds node %u, which is not allocated",
-                    (unsigned long long)n, i);
+            MPI_FAIL("nursery slot %llu holds node %u, which is not allocated",
+                     (unsigned long long)n, i);
         if (ns[n].tag != rs_tag(RS_N(nodes, i).offset))
-            RS_FAIL("nursery slot %llu: tag does not match node %u", (unsigned long long)n, i);
+            MPI_FAIL("nursery slot %llu: tag does not match node %u", (unsigned long long)n, i);
         if (rs_nhome(ns[n].tag, nbits) != n)
-            RS_FAIL("nursery slot %llu holds node %u, whose slot is %llu", (unsigned long long)n,
-                    i, (unsigned long long)rs_nhome(ns[n].tag, nbits));
+            MPI_FAIL("nursery slot %llu holds node %u, whose slot is %llu", (unsigned long long)n,
+                     i, (unsigned long long)rs_nhome(ns[n].tag, nbits));
         entries++;
     }
     /* 1-3: the physical list */
@@ -91,49 +92,49 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     uint32_t prev = MP_NIL;
     int prev_free = 0;
     for (uint32_t i = rs->first; i != MP_NIL; i = RS_N(nodes, i).next) {
-        if (i >= top) RS_FAIL("node %u beyond watermark %u", i, top);
-        if (++walked > (uint64_t)top - nsp) RS_FAIL("physical list longer than the in-use nodes");
+        if (i >= top) MPI_FAIL("node %u beyond watermark %u", i, top);
+        if (++walked > (uint64_t)top - nsp) MPI_FAIL("physical list longer than the in-use nodes");
         const mp_rnode_t *n = &RS_N(nodes, i);
-        if (!(n->flags & RN_INUSE)) RS_FAIL("node %u in the list is not in use", i);
-        if (n->prev != prev) RS_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
-        if (n->offset != expect) RS_FAIL("node %u at offset %llu, expected %llu", i,
-                                         (unsigned long long)n->offset,
-                                         (unsigned long long)expect);
+        if (!(n->flags & RN_INUSE)) MPI_FAIL("node %u in the list is not in use", i);
+        if (n->prev != prev) MPI_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
+        if (n->offset != expect) MPI_FAIL("node %u at offset %llu, expected %llu", i,
+                                          (unsigned long long)n->offset,
+                                          (unsigned long long)expect);
         if (n->size == 0 || n->size > h->capacity - n->offset)
-            RS_FAIL("node %u: size %llu at %llu leaves the span", i, (unsigned long long)n->size,
-                    (unsigned long long)n->offset);
+            MPI_FAIL("node %u: size %llu at %llu leaves the span", i, (unsigned long long)n->size,
+                     (unsigned long long)n->offset);
         int fr = (n->flags & RN_FREE) != 0;
-        if (fr && prev_free) RS_FAIL("free ranges at %llu and before are not merged",
-                                     (unsigned long long)n->offset);
+        if (fr && prev_free) MPI_FAIL("free ranges at %llu and before are not merged",
+                                      (unsigned long long)n->offset);
         if (fr) nfree++;
         else {
             live++;
             used += n->size;
             if (rs_lookup(st, fi, n->offset) != i)
-                RS_FAIL("allocated range at %llu is not in the offset table",
-                        (unsigned long long)n->offset);
+                MPI_FAIL("allocated range at %llu is not in the offset table",
+                         (unsigned long long)n->offset);
         }
         expect = n->offset + n->size;
         prev = i;
         prev_free = fr;
     }
-    if (expect != h->capacity) RS_FAIL("ranges end at %llu, capacity is %llu",
-                                       (unsigned long long)expect,
-                                       (unsigned long long)h->capacity);
-    if (walked != (uint64_t)top - nsp) RS_FAIL("%llu nodes in the list, %u in use",
-                                               (unsigned long long)walked, top - nsp);
-    if (nfree != rs->nfree) RS_FAIL("%llu free ranges, count says %u", (unsigned long long)nfree,
-                                    rs->nfree);
-    if (live != h->live) RS_FAIL("%llu live ranges, count says %llu", (unsigned long long)live,
-                                 (unsigned long long)h->live);
+    if (expect != h->capacity) MPI_FAIL("ranges end at %llu, capacity is %llu",
+                                        (unsigned long long)expect,
+                                        (unsigned long long)h->capacity);
+    if (walked != (uint64_t)top - nsp) MPI_FAIL("%llu nodes in the list, %u in use",
+                                                (unsigned long long)walked, top - nsp);
+    if (nfree != rs->nfree) MPI_FAIL("%llu free ranges, count says %u", (unsigned long long)nfree,
+                                     rs->nfree);
+    if (live != h->live) MPI_FAIL("%llu live ranges, count says %llu", (unsigned long long)live,
+                                  (unsigned long long)h->live);
     if (used != h->used || used != h->requested)
-        RS_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu",
-                (unsigned long long)used, (unsigned long long)h->used,
-                (unsigned long long)h->requested);
-    if (h->peak_used < h->used) RS_FAIL("peak_used below used");
-    if (h->high_water > h->capacity) RS_FAIL("high_water beyond capacity");
-    if (entries != live) RS_FAIL("offset table and nursery hold %llu entries for %llu live ranges",
-                                 (unsigned long long)entries, (unsigned long long)live);
+        MPI_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu",
+                 (unsigned long long)used, (unsigned long long)h->used,
+                 (unsigned long long)h->requested);
+    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
+    if (entries != live) MPI_FAIL("offset table and nursery hold %llu entries for %llu live ranges",
+                                  (unsigned long long)entries, (unsigned long long)live);
     /* 6 */
     return fi->check(st, msg, msglen);
 }

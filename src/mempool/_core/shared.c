@@ -336,23 +336,18 @@ int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uin
 }
 
 /* ---- check and recovery (lock held) ------------------------------------------------- */
-#define FAIL(...)                                                                              \
-    do {                                                                                       \
-        snprintf(msg, msglen, __VA_ARGS__);                                                    \
-        return MP_ECORRUPT;                                                                    \
-    } while (0)
 
 int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen)
 {
-    if (len < sizeof *c) FAIL("lock area of %llu bytes is too short", (unsigned long long)len);
-    if (c->magic != CTL_MAGIC) FAIL("bad lock area magic 0x%08x", c->magic);
+    if (len < sizeof *c) MPI_FAIL("lock area of %llu bytes is too short", (unsigned long long)len);
+    if (c->magic != CTL_MAGIC) MPI_FAIL("bad lock area magic 0x%08x", c->magic);
     if (c->max_entries == 0 || c->bits != bits_for(c->max_entries) || c->bits > 31)
-        FAIL("registry size fields are inconsistent");
+        MPI_FAIL("registry size fields are inconsistent");
     if (mp_shared_ctl_size(c->max_entries) != len)
-        FAIL("registry needs %llu bytes, the segment gives %llu",
-             (unsigned long long)mp_shared_ctl_size(c->max_entries), (unsigned long long)len);
-    if (c->entries > c->max_entries) FAIL("registry holds %u entries, at most %u", c->entries,
-                                          c->max_entries);
+        MPI_FAIL("registry needs %llu bytes, the segment gives %llu",
+                 (unsigned long long)mp_shared_ctl_size(c->max_entries), (unsigned long long)len);
+    if (c->entries > c->max_entries) MPI_FAIL("registry holds %u entries, at most %u", c->entries,
+                                              c->max_entries);
     return MP_OK;
 }
 
@@ -410,9 +405,9 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
         for (int k = 0; k < MP_HOLDERS; k++) borrowed += e[i].holder[k].count;
         want = borrowed + ((s & OWNER_REF) ? 1 : 0);
         if ((s & REFS_MASK) != want) {
-            if (!repair) FAIL("registry entry %u (offset %llu): %llu refs, its holders account "
-                              "for %llu", i, (unsigned long long)e[i].offset,
-                              (unsigned long long)(s & REFS_MASK), (unsigned long long)want);
+            if (!repair) MPI_FAIL("registry entry %u (offset %llu): %llu refs, its holders account "
+                                  "for %llu", i, (unsigned long long)e[i].offset,
+                                  (unsigned long long)(s & REFS_MASK), (unsigned long long)want);
             /* a death between a reference's count and its holder: trust the holders.
              * The owner may release its own reference meanwhile (no lock): recount
              * the owner's part from the state each try. */
@@ -425,40 +420,41 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
         }
         if (tag == 0 || tag > serial || ((s & REFS_MASK) == 0 && (s >> 32) == 0) ||
             ops->size_of(st, e[i].offset, &size) != MP_OK) {
-            if (!repair) FAIL("registry entry %u (offset %llu): bad tag or state, or not a live "
-                              "range", i, (unsigned long long)e[i].offset);
+            if (!repair)
+                MPI_FAIL("registry entry %u (offset %llu): bad tag or state, or not a live range",
+                         i, (unsigned long long)e[i].offset);
             e[i].offset = UNUSED; /* dropped: the rebuild below files it as free */
             c->repaired++;
             continue;
         }
         used++;
         if (!repair && mp_reg_lookup(c, e[i].offset) != i)
-            FAIL("registry entry %u (offset %llu) is not found through the index", i,
-                 (unsigned long long)e[i].offset);
+            MPI_FAIL("registry entry %u (offset %llu) is not found through the index", i,
+                     (unsigned long long)e[i].offset);
     }
     if (!repair) {
         for (uint64_t s = 0; s < slots; s++) {
             if (ix[s] == MP_NIL) continue;
             if (ix[s] >= c->max_entries || e[ix[s]].offset == UNUSED)
-                FAIL("index slot %llu names entry %u, which is not in use", (unsigned long long)s,
-                     ix[s]);
+                MPI_FAIL("index slot %llu names entry %u, which is not in use",
+                         (unsigned long long)s, ix[s]);
             indexed++;
         }
         for (uint32_t i = c->free_head; i != MP_NIL; i = (uint32_t)e[i].size) {
             if (i >= c->max_entries || e[i].offset != UNUSED || ++nfree > c->max_entries)
-                FAIL("the free entry list is broken at %u", i);
+                MPI_FAIL("the free entry list is broken at %u", i);
         }
         if (used != c->entries || indexed != used || used + nfree != c->max_entries)
-            FAIL("registry counts disagree: %u counted, %llu used, %llu indexed, %llu free",
-                 c->entries, (unsigned long long)used, (unsigned long long)indexed,
-                 (unsigned long long)nfree);
+            MPI_FAIL("registry counts disagree: %u counted, %llu used, %llu indexed, %llu free",
+                     c->entries, (unsigned long long)used, (unsigned long long)indexed,
+                     (unsigned long long)nfree);
     } else {
         rebuild(c);
     }
     const mp_head_t *h = st;
     if (h->live != c->entries) {
-        if (!repair) FAIL("the strategy has %llu live ranges, the registry %u",
-                          (unsigned long long)h->live, c->entries);
+        if (!repair) MPI_FAIL("the strategy has %llu live ranges, the registry %u",
+                              (unsigned long long)h->live, c->entries);
         struct orphans w = {c, {0}, 0};
         do {
             w.n = 0;
@@ -468,7 +464,7 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
                 c->repaired++;
             }
         } while (w.n);
-        if (h->live != c->entries) FAIL("could not reconcile the registry with the strategy");
+        if (h->live != c->entries) MPI_FAIL("could not reconcile the registry with the strategy");
     }
     return MP_OK;
 }
@@ -478,8 +474,8 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
 {
     int rc = mp_shared_check_layout(c, len, msg, msglen);
     if (rc) return rc;
-    if (c->corrupt) FAIL("the pool was marked corrupt after a process died holding its lock "
-                         "(%.64s)", c->why);
+    if (c->corrupt) MPI_FAIL("the pool was marked corrupt after a process died holding its lock "
+                             "(%.64s)", c->why);
     rc = ops->check(st, st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, ops, st, 0, msg, msglen);

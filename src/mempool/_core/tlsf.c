@@ -182,21 +182,21 @@ static int tlsf_fidx_check(const void *st, char *msg, size_t msglen)
     for (unsigned b = 0; b < RS_BINS; b++) {
         uint32_t prev = MP_NIL;
         for (uint32_t i = x->bins[b]; i != MP_NIL; i = nodes[i].link[1]) {
-            if (i >= rs->top) RS_FAIL("bin %u links node %u beyond the watermark", b, i);
+            if (i >= rs->top) MPI_FAIL("bin %u links node %u beyond the watermark", b, i);
             if ((nodes[i].flags & (RN_INUSE | RN_FREE)) != (RN_INUSE | RN_FREE))
-                RS_FAIL("bin %u holds node %u, which is not free", b, i);
+                MPI_FAIL("bin %u holds node %u, which is not free", b, i);
             if (nodes[i].flags != (RN_INUSE | RN_FREE | (b << TLSF_BIN_SHIFT)))
-                RS_FAIL("node %u in bin %u has flags 0x%x", i, b, nodes[i].flags);
+                MPI_FAIL("node %u in bin %u has flags 0x%x", i, b, nodes[i].flags);
             if (rs_bin_down(nodes[i].size) != b)
-                RS_FAIL("node %u of size %llu filed in bin %u", i,
-                        (unsigned long long)nodes[i].size, b);
-            if (nodes[i].link[0] != prev) RS_FAIL("bin %u: bad prev link at node %u", b, i);
-            if (++filed > rs->nfree) RS_FAIL("bins hold more nodes than free ranges");
+                MPI_FAIL("node %u of size %llu filed in bin %u", i,
+                         (unsigned long long)nodes[i].size, b);
+            if (nodes[i].link[0] != prev) MPI_FAIL("bin %u: bad prev link at node %u", b, i);
+            if (++filed > rs->nfree) MPI_FAIL("bins hold more nodes than free ranges");
             prev = i;
         }
     }
-    if (filed != rs->nfree) RS_FAIL("bins hold %llu nodes for %u free ranges",
-                                    (unsigned long long)filed, rs->nfree);
+    if (filed != rs->nfree) MPI_FAIL("bins hold %llu nodes for %u free ranges",
+                                     (unsigned long long)filed, rs->nfree);
     return MP_OK;
 }
 
