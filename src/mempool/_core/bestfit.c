@@ -687,11 +687,6 @@ static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
     return rs_walk(st, &bestfit_fidx, fn, ctx);
 }
-static uint64_t bestfit_available(const void *st)
-{
-    const mp_head_t *h = st;
-    return h->capacity - h->used;
-}
 static uint64_t bestfit_free_ranges(const void *st) { return rs_cset(st)->nfree; }
 
 const mp_ops_t mp_bestfit_ops = {
@@ -705,6 +700,6 @@ const mp_ops_t mp_bestfit_ops = {
     .check = bestfit_check,
     .walk = bestfit_walk,
     .largest_free = bf_largest,
-    .available = bestfit_available,
+    .available = mpi_head_available,
     .free_ranges = bestfit_free_ranges,
 };

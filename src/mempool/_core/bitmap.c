@@ -285,12 +285,7 @@ static inline void take(void *st, uint64_t i, uint64_t n, uint64_t size)
     startmap(st)[i >> 6] |= (uint64_t)1 << (i & 63);
     uint64_t bytes = n * x->block_size;
     waste_set(x, wastemap(st), i, bytes - size);
-    h->used += bytes;
-    h->requested += size;
-    h->live++;
-    if (h->used > h->peak_used) h->peak_used = h->used;
-    uint64_t end = (i + n) * x->block_size;
-    if (end > h->high_water) h->high_water = end;
+    mpi_head_on_alloc(h, (i + n) * x->block_size, bytes, size);
     if (!x->first_fit) h->cursor = i + n == x->nblocks ? 0 : i + n;
 }
 
@@ -335,9 +330,7 @@ static int bm_free(void *st, uint64_t offset)
     start[i >> 6] &= ~((uint64_t)1 << (i & 63));
     uint64_t bytes = n * x->block_size, w = waste_get(x, wastemap(st), i);
     waste_set(x, wastemap(st), i, 0);
-    h->used -= bytes;
-    h->requested -= bytes - w;
-    h->live--;
+    mpi_head_on_free(h, bytes, bytes - w);
     return MP_OK;
 }
 
@@ -365,17 +358,13 @@ static int bm_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
     if (n1 <= n0) { /* same blocks, or the tail goes back */
         if (n1 < n0) clear_bits(used, i + n1, n0 - n1);
         waste_set(x, wm, i, n1 * B - size);
-        h->used -= (n0 - n1) * B;
-        h->requested = h->requested - old_req + size;
+        mpi_head_on_resize(h, (i + n1) * B, n0 * B, n1 * B, old_req, size);
         return MP_OK;
     }
     if (n1 <= N - i && next_one(used, i + n0, i + n1) == i + n1) { /* grow in place */
         set_bits(used, i + n0, n1 - n0);
         waste_set(x, wm, i, n1 * B - size);
-        h->used += (n1 - n0) * B;
-        h->requested = h->requested - old_req + size;
-        if (h->used > h->peak_used) h->peak_used = h->used;
-        if ((i + n1) * B > h->high_water) h->high_water = (i + n1) * B;
+        mpi_head_on_resize(h, (i + n1) * B, n0 * B, n1 * B, old_req, size);
         return MP_OK;
     }
     if (n1 > N) return MP_ENOSPACE;
@@ -389,9 +378,7 @@ static int bm_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         return MP_ENOSPACE;
     }
     waste_set(x, wm, i, 0);
-    h->used -= n0 * B;
-    h->requested -= old_req;
-    h->live--;
+    mpi_head_on_free(h, n0 * B, old_req);
     take(st, j, n1, size);
     *out = j * B;
     return MP_OK;
@@ -405,7 +392,7 @@ static void bm_reset(void *st)
     memset(used, 0, 16 * x->nwords); /* used[] and start[] */
     memset(wastemap(st), 0, 8 * x->waste_words);
     if (x->nblocks & 63) used[x->nwords - 1] = ~0ull << (x->nblocks & 63); /* padding */
-    h->used = h->requested = h->live = 0;
+    mpi_head_on_reset(h);
     h->cursor = 0;
 }
 
@@ -421,11 +408,7 @@ int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_f
     if (!bm_make_plan(capacity, block_size, first_fit ? 1 : 0, &P)) return MP_EINVAL;
     memset(st, 0, BM_MAP_OFF);
     mp_head_t *h = st;
-    h->magic = MP_STATE_MAGIC;
-    h->kind = MP_KIND_BITMAP;
-    h->version = MP_STATE_VERSION;
-    h->state_size = P.size;
-    h->capacity = P.h.nblocks * block_size;
+    mpi_head_init(h, MP_KIND_BITMAP, P.size, P.h.nblocks * block_size);
     h->param[0] = capacity;
     h->param[1] = block_size;
     h->param[2] = first_fit ? 1 : 0;
@@ -468,12 +451,6 @@ static uint64_t bm_largest(const void *st)
         p = next_zero(x, used, q);
     }
     return best * x->block_size;
-}
-
-static uint64_t bm_available(const void *st)
-{
-    const mp_head_t *h = st;
-    return h->capacity - h->used;
 }
 
 static uint64_t bm_free_ranges(const void *st)
@@ -591,7 +568,7 @@ const mp_ops_t mp_bitmap_ops = {
     .check = bm_check,
     .walk = bm_walk,
     .largest_free = bm_largest,
-    .available = bm_available,
+    .available = mpi_head_available,
     .free_ranges = bm_free_ranges,
     .why_nospace = bm_why_nospace,
 };

@@ -404,7 +404,7 @@ static void bd_reset(void *st)
         x->nonempty |= (uint64_t)1 << k;
         p += n << (k * fs);
     }
-    h->used = h->requested = h->live = 0;
+    mpi_head_on_reset(h);
     h->cursor = 0;
 }
 
@@ -415,11 +415,7 @@ int mp_buddy_init(void *st, uint64_t capacity, uint64_t min_block, uint64_t max_
     if (!mpi_buddy_make_plan(capacity, min_block, max_block, fanout, &P)) return MP_EINVAL;
     memset(st, 0, P.words_off);
     mp_head_t *h = st;
-    h->magic = MP_STATE_MAGIC;
-    h->kind = MP_KIND_BUDDY;
-    h->version = MP_STATE_VERSION;
-    h->state_size = P.size;
-    h->capacity = P.usable;
+    mpi_head_init(h, MP_KIND_BUDDY, P.size, P.usable);
     h->param[0] = capacity;
     h->param[1] = min_block;
     h->param[2] = P.max_block;
@@ -463,15 +459,6 @@ static inline int class_of(const bd_hdr_t *x, uint64_t size, unsigned *k)
 int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k)
 {
     return class_of(chdr(st), size, k);
-}
-
-static inline void note_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_t req)
-{
-    h->used += size;
-    h->requested += req;
-    h->live++;
-    if (h->used > h->peak_used) h->peak_used = h->used;
-    if (end > h->high_water) h->high_water = end;
 }
 
 /* The free block alloc(size of class k0, align) takes: class in *kc, index returned.
@@ -538,7 +525,7 @@ static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     tags(st)[j] = (uint8_t)(k0 + 1);
     reqs(st)[j] = size;
     uint64_t bsize = csize(x, k0), off = j << x->min_shift;
-    note_alloc((mp_head_t *)st, off + bsize, bsize, size);
+    mpi_head_on_alloc((mp_head_t *)st, off + bsize, bsize, size);
     *out = off;
     return MP_OK;
 }
@@ -560,9 +547,7 @@ static int bd_free(void *st, uint64_t offset)
     mp_head_t *h = st;
     bd_hdr_t *x = hdr(st);
     uint32_t k = tags(st)[j] - 1u;
-    h->used -= csize(x, k);
-    h->requested -= reqs(st)[j];
-    h->live--;
+    mpi_head_on_free(h, csize(x, k), reqs(st)[j]);
     tags(st)[j] = 0;
     reqs(st)[j] = 0;
     if (x->chain_top && j == x->chain_slot) { /* the bottom of the chain: it all merges */
@@ -615,7 +600,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
     uint64_t old_req = reqs(st)[j];
     *out = offset;
     if (kn == k) { /* same class */
-        h->requested = h->requested - old_req + size;
+        mpi_head_on_resize(h, offset + csize(x, k), csize(x, k), csize(x, k), old_req, size);
         reqs(st)[j] = size;
         return MP_OK;
     }
@@ -631,8 +616,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         x->nfree += (uint64_t)(k - kn) * (((uint64_t)1 << fs) - 1);
         tags(st)[j] = (uint8_t)(kn + 1);
         reqs(st)[j] = size;
-        h->used -= csize(x, k) - csize(x, kn);
-        h->requested = h->requested - old_req + size;
+        mpi_head_on_resize(h, offset + csize(x, kn), csize(x, k), csize(x, kn), old_req, size);
         return MP_OK;
     }
     /* grow in place: the first descendant of its class-kn ancestor, the rest free */
@@ -647,11 +631,7 @@ static int bd_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, 
         x->nfree -= (uint64_t)(kn - k) * (((uint64_t)1 << fs) - 1);
         tags(st)[j] = (uint8_t)(kn + 1);
         reqs(st)[j] = size;
-        uint64_t grow = csize(x, kn) - csize(x, k);
-        h->used += grow;
-        h->requested = h->requested - old_req + size;
-        if (h->used > h->peak_used) h->peak_used = h->used;
-        if (offset + csize(x, kn) > h->high_water) h->high_water = offset + csize(x, kn);
+        mpi_head_on_resize(h, offset + csize(x, kn), csize(x, k), csize(x, kn), old_req, size);
         return MP_OK;
     }
     /* move: a new block while the old one is held */
@@ -724,12 +704,6 @@ static uint64_t bd_largest(const void *st)
     return x->nonempty ? csize(x, (uint32_t)msb64(x->nonempty)) : 0;
 }
 
-static uint64_t bd_available(const void *st)
-{
-    const mp_head_t *h = st;
-    return h->capacity - h->used;
-}
-
 static uint64_t bd_free_ranges(const void *st) { return chdr(st)->nfree; }
 
 static int bd_why_nospace(const void *st, uint64_t size, uint64_t align, char *buf, size_t len)
@@ -754,7 +728,7 @@ const mp_ops_t mp_buddy_ops = {
     .check = mpi_buddy_check,
     .walk = bd_walk,
     .largest_free = bd_largest,
-    .available = bd_available,
+    .available = mpi_head_available,
     .free_ranges = bd_free_ranges,
     .why_nospace = bd_why_nospace,
 };

@@ -100,7 +100,7 @@ static void bump_reset(void *st)
     /* every serial handed out so far is now below epoch: older marks are stale */
     m->cursor++;
     h->epoch = m->cursor;
-    m->used = m->requested = m->live = 0;
+    mpi_head_on_reset(m);
 }
 
 int mp_bump_init(void *st, uint64_t capacity, uint64_t max_blocks)
@@ -109,11 +109,7 @@ int mp_bump_init(void *st, uint64_t capacity, uint64_t max_blocks)
     if (size == 0) return MP_EINVAL;
     memset(st, 0, (size_t)size);
     mp_head_t *m = st;
-    m->magic = MP_STATE_MAGIC;
-    m->kind = MP_KIND_BUMP;
-    m->version = MP_STATE_VERSION;
-    m->state_size = size;
-    m->capacity = capacity;
+    mpi_head_init(m, MP_KIND_BUMP, size, capacity);
     m->param[0] = max_blocks;
     HD(st)->capacity = capacity;
     HD(st)->max_blocks = max_blocks;
@@ -135,11 +131,7 @@ static int bump_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     e->size = size;
     e->tag = m->cursor++ << 1;
     h->top = at + size;
-    m->used += size;
-    m->requested += size;
-    m->live++;
-    if (m->used > m->peak_used) m->peak_used = m->used;
-    if (h->top > m->high_water) m->high_water = h->top;
+    mpi_head_on_alloc(m, h->top, size, size);
     *out = at;
     return MP_OK;
 }
@@ -170,11 +162,7 @@ static void pop_to(void *st, uint64_t d)
     bump_entry_t *s = STK(st);
     while (h->depth > d || (h->depth && (s[h->depth - 1].tag & DEAD))) {
         bump_entry_t *e = &s[--h->depth];
-        if (!(e->tag & DEAD)) {
-            m->used -= e->size;
-            m->requested -= e->size;
-            m->live--;
-        }
+        if (!(e->tag & DEAD)) mpi_head_on_free(m, e->size, e->size);
         memset(e, 0, sizeof *e);
     }
     h->top = h->depth ? s[h->depth - 1].offset + s[h->depth - 1].size : 0;
@@ -185,9 +173,7 @@ static void mark_dead(void *st, uint64_t i)
     mp_head_t *m = st;
     bump_entry_t *e = &STK(st)[i];
     e->tag |= DEAD;
-    m->used -= e->size;
-    m->requested -= e->size;
-    m->live--;
+    mpi_head_on_free(m, e->size, e->size);
 }
 
 static int bump_free(void *st, uint64_t offset)
@@ -220,17 +206,13 @@ static int bump_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align
         if (size > m->capacity - offset) return MP_ENOSPACE;
         e->size = size;
         h->top = offset + size;
-        m->used = m->used - old + size;
-        m->requested = m->requested - old + size;
-        if (m->used > m->peak_used) m->peak_used = m->used;
-        if (h->top > m->high_water) m->high_water = h->top;
+        mpi_head_on_resize(m, h->top, old, size, old, size);
         *out = offset;
         return MP_OK;
     }
     if (size <= old) { /* shrink in place; the tail waits for the pop */
         e->size = size;
-        m->used -= old - size;
-        m->requested -= old - size;
+        mpi_head_on_resize(m, offset + size, old, size, old, size);
         *out = offset;
         return MP_OK;
     }
@@ -279,12 +261,6 @@ void mp_bump_info(const void *st, mp_bump_info_t *out)
 static uint64_t bump_largest(const void *st)
 {
     return ((const mp_head_t *)st)->capacity - CHD(st)->top;
-}
-
-static uint64_t bump_available(const void *st)
-{
-    const mp_head_t *m = st;
-    return m->capacity - m->used;
 }
 
 static int bump_walk(const void *st, mp_walk_fn fn, void *ctx)
@@ -396,6 +372,6 @@ const mp_ops_t mp_bump_ops = {
     .check = bump_check,
     .walk = bump_walk,
     .largest_free = bump_largest,
-    .available = bump_available,
+    .available = mpi_head_available,
     .free_ranges = bump_free_ranges,
 };

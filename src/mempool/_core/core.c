@@ -1,6 +1,7 @@
 /*
  * core.c -- what every strategy shares: the registry of operation tables, the
- * head validation that precedes any deep check, and the default node budget.
+ * head validation that precedes any deep check, the bytes available of any state,
+ * and the default node budget.
  */
 #include <stdio.h>
 
@@ -48,6 +49,12 @@ int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, ch
         return MP_ECORRUPT;
     }
     return MP_OK;
+}
+
+uint64_t mpi_head_available(const void *st)
+{
+    const mp_head_t *h = st;
+    return h->capacity - h->used;
 }
 
 /* One node per 64 bytes of capacity, at least 1024 and at most 2^20 (40 MiB of

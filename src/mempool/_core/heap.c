@@ -154,11 +154,7 @@ int mp_heap_init(void *st, uint64_t capacity, uint64_t page_size, uint64_t max_b
     if (!mpi_heap_layout(capacity, page_size, max_blocks, &L)) return MP_EINVAL;
     memset(st, 0, L.tlsf_off);
     mp_head_t *h = H(st);
-    h->magic = MP_STATE_MAGIC;
-    h->kind = MP_KIND_HEAP;
-    h->version = MP_STATE_VERSION;
-    h->state_size = L.total;
-    h->capacity = capacity;
+    mpi_head_init(h, MP_KIND_HEAP, L.total, capacity);
     h->param[0] = page_size;
     h->param[1] = max_blocks;
     heap_ctl_t *c = CT(st);
@@ -247,15 +243,6 @@ int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *
     return MP_OK;
 }
 
-/* ---- counters ------------------------------------------------------------------- */
-static inline void note_alloc(mp_head_t *h, uint64_t used, uint64_t requested)
-{
-    h->used += used;
-    h->requested += requested;
-    h->live++;
-    if (h->used > h->peak_used) h->peak_used = h->used;
-}
-
 /* ---- pages ---------------------------------------------------------------------- */
 static void release_spares(void *st);
 
@@ -268,7 +255,7 @@ static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
         release_spares(st);
         rc = mp_tlsf_ops.alloc(SUB(st, c), size, align, out);
     }
-    if (rc == MP_OK && *out + size > H(st)->high_water) H(st)->high_water = *out + size;
+    if (rc == MP_OK) mpi_head_reach(H(st), *out + size);
     return rc;
 }
 
@@ -308,7 +295,7 @@ static uint32_t page_take(void *st, uint32_t owner)
             if (e_owner(PT(st, c)[p]) != owner) page_setup(st, p, off, owner);
             c->spare = MP_NIL;
             /* handed out again (high_water may have been restored below it) */
-            if (off + psz > H(st)->high_water) H(st)->high_water = off + psz;
+            mpi_head_reach(H(st), off + psz);
             return p;
         }
     }
@@ -398,7 +385,7 @@ static int slab_alloc(void *st, uint32_t k, uint64_t size, uint64_t *out)
     }
     uint64_t off = slab_take_item(st, c, k, p);
     WASTE(st, c)[off >> 4] = (uint8_t)(cl->size - size);
-    note_alloc(H(st), cl->size, size);
+    mpi_head_on_alloc(H(st), 0, cl->size, size);
     *out = off;
     return MP_OK;
 }
@@ -500,7 +487,7 @@ static int frag_alloc(void *st, uint32_t n, uint64_t size, uint64_t *out)
     frag_refile(st, c, p, was);
     uint64_t off = page_base(st, c, p) + ((uint64_t)g * GROUP_FRAGS + b) * FRAG;
     WASTE(st, c)[off >> 4] = (uint8_t)((uint64_t)n * FRAG - size);
-    note_alloc(H(st), (uint64_t)n * FRAG, size);
+    mpi_head_on_alloc(H(st), 0, (uint64_t)n * FRAG, size);
     *out = off;
     return MP_OK;
 }
@@ -525,7 +512,7 @@ static inline int frag_find(const void *st, const heap_ctl_t *c, uint32_t p, uin
 static int tlsf_direct(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     int rc = sub_alloc(st, size, align, out);
-    if (rc == MP_OK) note_alloc(H(st), size, size);
+    if (rc == MP_OK) mpi_head_on_alloc(H(st), 0, size, size);
     return rc;
 }
 
@@ -571,7 +558,7 @@ __attribute__((noinline)) static int heap_alloc_slow(void *st, uint64_t size, ui
         if (p != MP_NIL) { /* a page of the class has a free item */
             uint64_t off = slab_take_item(st, c, k, p);
             WASTE(st, c)[off >> 4] = (uint8_t)(16 * k - size);
-            note_alloc(H(st), 16 * k, size);
+            mpi_head_on_alloc(H(st), 0, 16 * k, size);
             *out = off;
             return MP_OK;
         }
@@ -606,7 +593,7 @@ static int heap_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
                 r[1]--; /* nfree, in the low bits, stays >= 1 */
                 uint64_t off = page_base(st, c, p) + (uint64_t)(w * 64 + b) * (16 * k);
                 WASTE(st, c)[off >> 4] = (uint8_t)(16 * k - size);
-                note_alloc(H(st), 16 * k, size);
+                mpi_head_on_alloc(H(st), 0, 16 * k, size);
                 *out = off;
                 return MP_OK;
             }
@@ -659,18 +646,13 @@ static void free_located(void *st, uint64_t off, const where_t *w)
         r_set_nfree(r, r_nfree(r) + w->n);
         frag_refile(st, c, w->p, was);
     }
-    h->used -= sz;
-    h->requested -= sz - WASTE(st, c)[off >> 4];
-    h->live--;
+    mpi_head_on_free(h, sz, sz - WASTE(st, c)[off >> 4]);
 }
 
 static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
 {
     mp_tlsf_ops.free(SUB(st, CT(st)), off);
-    mp_head_t *h = H(st);
-    h->used -= size;
-    h->requested -= size;
-    h->live--;
+    mpi_head_on_free(H(st), size, size);
 }
 
 /* The last live range is gone.  The spare stays only at offset 0: anywhere else,
@@ -729,9 +711,7 @@ static int heap_free(void *st, uint64_t off)
                 r[2] |= (uint64_t)1 << (i >> 6);
                 r[1]++; /* nfree, in the low bits, stays below count */
                 uint32_t sz = 16 * k;
-                h->used -= sz;
-                h->requested -= sz - WASTE(st, c)[off >> 4];
-                h->live--;
+                mpi_head_on_free(h, sz, sz - WASTE(st, c)[off >> 4]);
                 return MP_OK;
             }
         }
@@ -798,16 +778,13 @@ static int heap_realloc(void *st, uint64_t off, uint64_t size, uint64_t align, u
             rc = mp_tlsf_ops.realloc(sub, off, size, align, out);
         }
         if (rc) return rc;
-        h->used = h->used - old + size;
-        h->requested = h->requested - old + size;
-        if (h->used > h->peak_used) h->peak_used = h->used;
-        if (*out + size > h->high_water) h->high_water = *out + size;
+        mpi_head_on_resize(h, *out + size, old, size, old, size);
         return MP_OK;
     }
     if (w.kind == R_SLAB) {
         if (r == R_SLAB && arg == w.k) { /* same class: in place */
             uint32_t sz = c->cls[w.k].size;
-            h->requested = h->requested - (sz - waste[off >> 4]) + size;
+            mpi_head_on_resize(h, 0, sz, sz, sz - waste[off >> 4], size);
             waste[off >> 4] = (uint8_t)(sz - size);
             *out = off;
             return MP_OK;
@@ -832,9 +809,8 @@ static int heap_realloc(void *st, uint64_t off, uint64_t size, uint64_t align, u
         r_set_nfree(rec, r_nfree(rec) + (w.n - n));
         frag_refile(st, c, w.p, was);
     }
-    h->used = h->used - (uint64_t)w.n * FRAG + (uint64_t)n * FRAG;
-    h->requested = h->requested - ((uint64_t)w.n * FRAG - waste[off >> 4]) + size;
-    if (h->used > h->peak_used) h->peak_used = h->used;
+    mpi_head_on_resize(h, 0, (uint64_t)w.n * FRAG, (uint64_t)n * FRAG,
+                       (uint64_t)w.n * FRAG - waste[off >> 4], size);
     waste[off >> 4] = (uint8_t)((uint64_t)n * FRAG - size);
     *out = off;
     return MP_OK;
@@ -857,14 +833,8 @@ static void heap_reset(void *st)
     c->fbits = 0;
     c->spare = MP_NIL;
     mp_tlsf_ops.reset(SUB(st, c));
-    h->used = h->requested = h->live = 0;
+    mpi_head_on_reset(h);
     h->cursor = 0;
-}
-
-static uint64_t heap_available(const void *st)
-{
-    const mp_head_t *h = st;
-    return h->capacity - h->used;
 }
 
 const mp_ops_t mp_heap_ops = {
@@ -878,6 +848,6 @@ const mp_ops_t mp_heap_ops = {
     .check = mpi_heap_check,
     .walk = mpi_heap_walk,
     .largest_free = mpi_heap_largest_free,
-    .available = heap_available,
+    .available = mpi_head_available,
     .free_ranges = mpi_heap_free_ranges,
 };

@@ -46,4 +46,61 @@
         return MP_ECORRUPT;                                                                      \
     } while (0)
 
+/* ---- the head: identity and counters ------------------------------------------------
+ * The counters every strategy keeps in its head (mempool.h: used, requested, live,
+ * peak_used, high_water) change only through these, so each is kept by one rule. */
+
+/* A fresh head (the caller zeroed it): what it is, how big, over how many bytes. */
+static inline void mpi_head_init(mp_head_t *h, uint16_t kind, uint64_t state_size,
+                                 uint64_t capacity)
+{
+    h->magic = MP_STATE_MAGIC;
+    h->kind = kind;
+    h->version = MP_STATE_VERSION;
+    h->state_size = state_size;
+    h->capacity = capacity;
+}
+
+/* Something now reaches up to `end`: high_water covers it. */
+static inline void mpi_head_reach(mp_head_t *h, uint64_t end)
+{
+    if (end > h->high_water) h->high_water = end;
+}
+
+/* A range was handed out: `size` bytes (its size_of), `req` of them asked for, ending
+ * at `end` (0: its end is accounted elsewhere -- the Heap's page that holds it). */
+static inline void mpi_head_on_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_t req)
+{
+    h->used += size;
+    h->requested += req;
+    h->live++;
+    if (h->used > h->peak_used) h->peak_used = h->used;
+    mpi_head_reach(h, end);
+}
+
+/* A live range of `size` bytes (`req` asked for) was given back. */
+static inline void mpi_head_on_free(mp_head_t *h, uint64_t size, uint64_t req)
+{
+    h->used -= size;
+    h->requested -= req;
+    h->live--;
+}
+
+/* A live range changed in place: old_size -> size bytes, old_req -> req asked for, now
+ * ending at `end` (0: accounted elsewhere, as for on_alloc). */
+static inline void mpi_head_on_resize(mp_head_t *h, uint64_t end, uint64_t old_size,
+                                      uint64_t size, uint64_t old_req, uint64_t req)
+{
+    h->used = h->used - old_size + size;
+    h->requested = h->requested - old_req + req;
+    if (h->used > h->peak_used) h->peak_used = h->used;
+    mpi_head_reach(h, end);
+}
+
+/* Everything is free (reset); peak_used and high_water stay. */
+static inline void mpi_head_on_reset(mp_head_t *h) { h->used = h->requested = h->live = 0; }
+
+/* available() of every strategy: the bytes not handed out (core.c). */
+uint64_t mpi_head_available(const void *st);
+
 #endif /* MEMPOOL_INTERNAL_H */

@@ -391,7 +391,7 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
         t[s].tag = 0;
         t[s].node = MP_NIL;
     }
-    h->used = h->requested = h->live = 0;
+    mpi_head_on_reset(h);
     h->cursor = 0;
     rs->top = 0;
     rs->spare = MP_NIL;
@@ -414,11 +414,7 @@ static inline int rs_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t
     if (size == 0) return MP_EINVAL;
     mp_head_t *h = rs_head(st);
     memset(st, 0, RS_AREA_OFF + fi->area_size);
-    h->magic = MP_STATE_MAGIC;
-    h->kind = kind;
-    h->version = MP_STATE_VERSION;
-    h->state_size = size;
-    h->capacity = capacity;
+    mpi_head_init(h, kind, size, capacity);
     h->param[0] = max_blocks;
     mp_rset_t *rs = rs_set(st);
     rs->max_blocks = (uint32_t)max_blocks;
@@ -441,15 +437,6 @@ RS_HOT uint64_t rs_align_up(uint64_t x, uint64_t align)
 RS_HOT uint32_t rs_carve_cost(const mp_rnode_t *n, uint64_t at, uint64_t size)
 {
     return (at > n->offset) + (at + size < n->offset + n->size);
-}
-
-RS_HOT void rs_note_alloc(mp_head_t *h, uint64_t end, uint64_t size)
-{
-    h->used += size;
-    h->requested += size;
-    h->live++;
-    if (h->used > h->peak_used) h->peak_used = h->used;
-    if (end > h->high_water) h->high_water = end;
 }
 
 /* Link node n into the physical list just before node i / just after node i. */
@@ -534,7 +521,7 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
     }
     RS_N(nodes, a).flags = RN_INUSE;
     rs_hash_insert(st, fi, a);
-    rs_note_alloc(rs_head(st), at + size, size);
+    mpi_head_on_alloc(rs_head(st), at + size, size, size);
     return a;
 }
 
@@ -624,9 +611,7 @@ RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     mp_head_t *h = rs_head(st);
     uint64_t size = RS_N(rs_nodes(st, fi), i).size;
     rs_loc_remove(st, fi, loc);
-    h->used -= size;
-    h->requested -= size;
-    h->live--;
+    mpi_head_on_free(h, size, size);
     rs_release(st, fi, i);
     return MP_OK;
 }
@@ -669,8 +654,7 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
             rs_free_after(st, fi, rs, nodes, offset + size, delta, i);
         }
         RS_N(nodes, i).size = size;
-        h->used -= delta;
-        h->requested -= delta;
+        mpi_head_on_resize(h, offset + size, old, size, old, size);
         return MP_OK;
     }
     uint64_t delta = size - old;
@@ -686,10 +670,7 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
             fi->rekey(st, q, qold);
         }
         RS_N(nodes, i).size = size;
-        h->used += delta;
-        h->requested += delta;
-        if (h->used > h->peak_used) h->peak_used = h->used;
-        if (offset + size > h->high_water) h->high_water = offset + size;
+        mpi_head_on_resize(h, offset + size, old, size, old, size);
         return MP_OK;
     }
     /* move elsewhere: allocate while the old range is still held */
@@ -711,9 +692,7 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     uint32_t spare = rs_spare_count(rs) + 1 + (uint32_t)qfree;
     if ((uint32_t)((a > start) + (a + size < end)) > spare) return MP_ENONODES;
     rs_loc_remove(st, fi, loc);
-    h->used -= old;
-    h->requested -= old;
-    h->live--;
+    mpi_head_on_free(h, old, old);
     uint32_t f = rs_release(st, fi, i);
     rs_carve(st, fi, f, a, size);
     *out = a;

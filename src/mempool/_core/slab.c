@@ -206,15 +206,7 @@ static inline void list_push_front(slab_hdr_t *h, slab_page_t *pg, uint32_t p)
     h->partial = p;
 }
 
-/* ---- counters (item_offset, pages_for, max_run_items: slab.h) ----------------------- */
-static inline void note_alloc(mp_head_t *m, uint64_t off, uint64_t bytes, uint64_t asked)
-{
-    m->used += bytes;
-    m->requested += asked;
-    m->live++;
-    if (m->used > m->peak_used) m->peak_used = m->used;
-    if (off + bytes > m->high_water) m->high_water = off + bytes;
-}
+/* ---- offsets (item_offset, pages_for, max_run_items: slab.h) ------------------------ */
 
 static inline uint64_t page_of(const slab_hdr_t *h, uint64_t off)
 {
@@ -267,7 +259,7 @@ static int slab_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
         list_remove(h, pg, p);
     }
     uint64_t off = item_offset(h, p, i);
-    note_alloc((mp_head_t *)st, off, h->stride, size);
+    mpi_head_on_alloc((mp_head_t *)st, off + h->stride, h->stride, size);
     *out = off;
     return MP_OK;
 }
@@ -371,7 +363,7 @@ int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
             list_remove(h, pg, p);
         }
         uint64_t off = item_offset(h, p, i);
-        note_alloc(m, off, n * h->stride, n * h->item_size);
+        mpi_head_on_alloc(m, off + n * h->stride, n * h->stride, n * h->item_size);
         *out = off;
         return MP_OK;
     }
@@ -396,7 +388,7 @@ int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
     }
     h->run_pages += k;
     uint64_t off = p * h->page_size;
-    note_alloc(m, off, bytes, n * h->item_size);
+    mpi_head_on_alloc(m, off + bytes, bytes, n * h->item_size);
     *out = off;
     return MP_OK;
 }
@@ -459,9 +451,7 @@ static void release(void *st, const range_t *r)
     slab_hdr_t *h = HD(st);
     slab_page_t *pg = PAGES(st);
     mp_head_t *m = (mp_head_t *)st;
-    m->used -= r->n * h->stride;
-    m->requested -= r->asked;
-    m->live--;
+    mpi_head_on_free(m, r->n * h->stride, r->asked);
     uint32_t p = r->page;
     if (r->run) {
         uint64_t k = pg[p].used;
@@ -552,7 +542,7 @@ static int slab_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align
         return MP_EINVAL;
     if (size > h->item_size) return MP_ENOSPACE;
     mp_head_t *m = (mp_head_t *)st;
-    m->requested = m->requested - r.asked + size;
+    mpi_head_on_resize(m, offset + h->stride, h->stride, h->stride, r.asked, size);
     AREA(st, uint32_t, h->off_state)[(uint64_t)r.page * h->per + r.item] = (uint32_t)size;
     *out = offset;
     return MP_OK;
@@ -578,7 +568,7 @@ static void slab_reset(void *st)
     h->free_pages = h->npages;
     h->partial = MP_NIL;
     h->page_lo = 0;
-    m->used = m->requested = m->live = 0;
+    mpi_head_on_reset(m);
     m->cursor = 0;
 }
 
@@ -589,11 +579,7 @@ int mp_slab_init(void *st, uint64_t capacity, uint64_t item_size, uint64_t page_
     if (mpi_slab_geometry(capacity, item_size, page_size, &g, &size, NULL, 0)) return MP_EINVAL;
     memset(st, 0, (size_t)OFF_PAGES);
     mp_head_t *m = (mp_head_t *)st;
-    m->magic = MP_STATE_MAGIC;
-    m->kind = MP_KIND_SLAB;
-    m->version = MP_STATE_VERSION;
-    m->state_size = size;
-    m->capacity = capacity;
+    mpi_head_init(m, MP_KIND_SLAB, size, capacity);
     m->param[0] = item_size;
     m->param[1] = page_size;
     *HD(st) = g;
@@ -614,12 +600,6 @@ static uint64_t slab_largest(const void *st)
 {
     const slab_hdr_t *h = CHD(st);
     return free_items(h) ? h->item_size : 0;
-}
-
-static uint64_t slab_available(const void *st)
-{
-    const mp_head_t *m = st;
-    return m->capacity - m->used;
 }
 
 static uint64_t slab_free_ranges(const void *st) { return free_items(CHD(st)); }
@@ -691,7 +671,7 @@ const mp_ops_t mp_slab_ops = {
     .check = mpi_slab_check,
     .walk = slab_walk,
     .largest_free = slab_largest,
-    .available = slab_available,
+    .available = mpi_head_available,
     .free_ranges = slab_free_ranges,
     .why_nospace = slab_why_nospace,
     .fixed_size = 1,

@@ -247,11 +247,6 @@ static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
     return rs_walk(st, &tlsf_fidx, fn, ctx);
 }
-static uint64_t tlsf_available(const void *st)
-{
-    const mp_head_t *h = st;
-    return h->capacity - h->used;
-}
 static uint64_t tlsf_free_ranges(const void *st) { return rs_cset(st)->nfree; }
 
 const mp_ops_t mp_tlsf_ops = {
@@ -265,6 +260,6 @@ const mp_ops_t mp_tlsf_ops = {
     .check = tlsf_check,
     .walk = tlsf_walk,
     .largest_free = tlsf_largest,
-    .available = tlsf_available,
+    .available = mpi_head_available,
     .free_ranges = tlsf_free_ranges,
 };
