@@ -147,9 +147,6 @@ static inline const mp_rset_t *rs_cset(const void *st)
 }
 static inline void *rs_area(void *st) { return (char *)st + RS_AREA_OFF; }
 static inline const void *rs_carea(const void *st) { return (const char *)st + RS_AREA_OFF; }
-/* Node i of a node array (nodes are fi->node_size bytes apart); needs `fi` in scope. */
-#define RS_N(base, i) (*(mp_rnode_t *)((char *)(base) + (uint64_t)(i) * fi->node_size))
-
 static inline mp_rnode_t *rs_nodes(void *st, const mp_fidx_t *fi)
 {
     return (mp_rnode_t *)((char *)st + RS_AREA_OFF + fi->area_size);
@@ -157,6 +154,16 @@ static inline mp_rnode_t *rs_nodes(void *st, const mp_fidx_t *fi)
 static inline const mp_rnode_t *rs_cnodes(const void *st, const mp_fidx_t *fi)
 {
     return (const mp_rnode_t *)((const char *)st + RS_AREA_OFF + fi->area_size);
+}
+/* Node i of the node array `nodes`: nodes are fi->node_size bytes apart (a constant
+ * where fi is the strategy's own table, so this folds into an index). */
+RS_HOT mp_rnode_t *rs_node(const mp_fidx_t *fi, mp_rnode_t *nodes, uint32_t i)
+{
+    return (mp_rnode_t *)((char *)nodes + (uint64_t)i * fi->node_size);
+}
+RS_HOT const mp_rnode_t *rs_cnode(const mp_fidx_t *fi, const mp_rnode_t *nodes, uint32_t i)
+{
+    return (const mp_rnode_t *)((const char *)nodes + (uint64_t)i * fi->node_size);
 }
 /* The table and the nursery are found through offsets kept in mp_rset_t (derived
  * from the parameters, and checked against them before any table is followed). */
@@ -244,21 +251,21 @@ RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
     uint32_t i;
     if (rs->spare != MP_NIL) {
         i = rs->spare;
-        rs->spare = RS_N(nodes, i).next;
+        rs->spare = rs_node(fi, nodes, i)->next;
         rs->nspare--;
     } else {
         i = rs->top++;
     }
-    RS_N(nodes, i).flags = RN_INUSE; /* links: written when it is filed as free */
+    rs_node(fi, nodes, i)->flags = RN_INUSE; /* links: written when it is filed as free */
     return i;
 }
 
 RS_HOT void rs_node_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    RS_N(nodes, i).flags = 0;
-    RS_N(nodes, i).next = rs->spare;
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
+    n->flags = 0;
+    n->next = rs->spare;
     rs->spare = i;
     rs->nspare++;
 }
@@ -281,7 +288,7 @@ RS_HOT int64_t rs_table_find(const void *st, const mp_fidx_t *fi, uint32_t tag, 
     for (uint64_t probes = 0; probes <= mask; probes++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) return RS_NOT_FOUND;
-        if (t[s].tag == tag && RS_N(nodes, i).offset == offset) return (int64_t)s;
+        if (t[s].tag == tag && rs_cnode(fi, nodes, i)->offset == offset) return (int64_t)s;
         s = (s + 1) & mask;
     }
     return RS_NOT_FOUND;
@@ -295,7 +302,8 @@ RS_HOT int64_t rs_find_node(const void *st, const mp_fidx_t *fi, uint64_t offset
     uint32_t tag = rs_tag(offset);
     uint64_t n = rs_nhome(tag, rs->nursery_bits);
     mp_slot_t e = rs_cnursery(st, fi)[n];
-    if (e.node != MP_NIL && e.tag == tag && RS_N(rs_cnodes(st, fi), e.node).offset == offset) {
+    if (e.node != MP_NIL && e.tag == tag &&
+        rs_cnode(fi, rs_cnodes(st, fi), e.node)->offset == offset) {
         *node = e.node;
         return RS_LOC_NURSERY(n);
     }
@@ -337,7 +345,7 @@ RS_HOT void rs_table_insert(void *st, const mp_fidx_t *fi, uint32_t tag, uint32_
  * the table, which is large and so out of cache. */
 RS_HOT void rs_hash_insert(void *st, const mp_fidx_t *fi, uint32_t i)
 {
-    uint32_t tag = rs_tag(RS_N(rs_nodes(st, fi), i).offset);
+    uint32_t tag = rs_tag(rs_node(fi, rs_nodes(st, fi), i)->offset);
     mp_slot_t *e = &rs_nursery(st, fi)[rs_nhome(tag, rs_set(st)->nursery_bits)];
     if (e->node != MP_NIL) rs_table_insert(st, fi, e->tag, e->node);
     e->tag = tag;
@@ -383,7 +391,6 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
 {
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
     mp_slot_t *t = rs_table(st, fi); /* the nursery follows it */
     /* only the nodes below top were ever touched; clear the table fully */
     uint64_t slots = ((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs->nursery_bits);
@@ -398,10 +405,11 @@ static inline void rs_reset(void *st, const mp_fidx_t *fi)
     rs->nspare = 0;
     fi->clear(st);
     uint32_t i = rs_node_new(st, fi);
-    RS_N(nodes, i).offset = 0;
-    RS_N(nodes, i).size = h->capacity;
-    RS_N(nodes, i).prev = RS_N(nodes, i).next = MP_NIL;
-    RS_N(nodes, i).flags = RN_INUSE | RN_FREE;
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
+    n->offset = 0;
+    n->size = h->capacity;
+    n->prev = n->next = MP_NIL;
+    n->flags = RN_INUSE | RN_FREE;
     rs->first = i;
     rs->nfree = 1;
     fi->insert(st, i);
@@ -443,33 +451,39 @@ RS_HOT uint32_t rs_carve_cost(const mp_rnode_t *n, uint64_t at, uint64_t size)
 RS_HOT void rs_link_before(const mp_fidx_t *fi, mp_rset_t *rs, mp_rnode_t *nodes, uint32_t n,
                            uint32_t i)
 {
-    uint32_t p = RS_N(nodes, i).prev;
-    RS_N(nodes, n).prev = p;
-    RS_N(nodes, n).next = i;
-    RS_N(nodes, i).prev = n;
-    if (p != MP_NIL) RS_N(nodes, p).next = n;
+    mp_rnode_t *N = rs_node(fi, nodes, n), *I = rs_node(fi, nodes, i);
+    uint32_t p = I->prev;
+    N->prev = p;
+    N->next = i;
+    I->prev = n;
+    if (p != MP_NIL) rs_node(fi, nodes, p)->next = n;
     else rs->first = n;
 }
 
 RS_HOT void rs_link_after(const mp_fidx_t *fi, mp_rnode_t *nodes, uint32_t n, uint32_t i)
 {
-    uint32_t q = RS_N(nodes, i).next;
-    RS_N(nodes, n).prev = i;
-    RS_N(nodes, n).next = q;
-    RS_N(nodes, i).next = n;
-    if (q != MP_NIL) RS_N(nodes, q).prev = n;
+    mp_rnode_t *N = rs_node(fi, nodes, n), *I = rs_node(fi, nodes, i);
+    uint32_t q = I->next;
+    N->prev = i;
+    N->next = q;
+    I->next = n;
+    if (q != MP_NIL) rs_node(fi, nodes, q)->prev = n;
 }
 
-/* A new node for the free range [offset, offset + size), linked after node `after`,
- * counted and indexed.  The caller made sure a node is spare. */
-RS_HOT uint32_t rs_free_after(void *st, const mp_fidx_t *fi, mp_rset_t *rs, mp_rnode_t *nodes,
-                              uint64_t offset, uint64_t size, uint32_t after)
+/* A new node for the free range [offset, offset + size), linked into the physical list
+ * next to node `at` (RS_BEFORE or RS_AFTER it), counted and filed in the free index:
+ * the one way a free range is made.  The caller made sure that a node is spare. */
+enum { RS_AFTER = 0, RS_BEFORE = 1 };
+RS_HOT uint32_t rs_new_free(void *st, const mp_fidx_t *fi, mp_rset_t *rs, mp_rnode_t *nodes,
+                            uint64_t offset, uint64_t size, uint32_t at, int before)
 {
     uint32_t t = rs_node_new(st, fi);
-    RS_N(nodes, t).offset = offset;
-    RS_N(nodes, t).size = size;
-    rs_link_after(fi, nodes, t, after);
-    RS_N(nodes, t).flags = RN_INUSE | RN_FREE;
+    mp_rnode_t *n = rs_node(fi, nodes, t);
+    n->offset = offset;
+    n->size = size;
+    if (before) rs_link_before(fi, rs, nodes, t, at);
+    else rs_link_after(fi, nodes, t, at);
+    n->flags = RN_INUSE | RN_FREE;
     rs->nfree++;
     fi->insert(st, t);
     return t;
@@ -481,12 +495,11 @@ RS_HOT uint32_t rs_free_after(void *st, const mp_fidx_t *fi, mp_rset_t *rs, mp_r
  * little stays where it is filed); the allocated range and the smaller remainder
  * get new nodes.  The caller made sure that enough nodes are spare (rs_carve_cost).
  * Returns the allocated node. */
-RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
-                                uint64_t size)
+RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at, uint64_t size)
 {
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint64_t o = RS_N(nodes, i).offset, s = RS_N(nodes, i).size;
+    mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
+    uint64_t o = I->offset, s = I->size;
     uint64_t gap = at - o, tail = o + s - (at + size);
     uint32_t a;
     if (gap == 0 && tail == 0) { /* exact fit: node i itself becomes allocated */
@@ -495,31 +508,23 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
         a = i;
     } else if (tail >= gap) { /* i keeps the tail; [gap][a][i] */
         a = rs_node_new(st, fi);
-        RS_N(nodes, a).offset = at;
-        RS_N(nodes, a).size = size;
+        rs_node(fi, nodes, a)->offset = at;
+        rs_node(fi, nodes, a)->size = size;
         rs_link_before(fi, rs, nodes, a, i);
-        RS_N(nodes, i).offset = at + size;
-        RS_N(nodes, i).size = tail;
+        I->offset = at + size;
+        I->size = tail;
         fi->rekey(st, i, s);
-        if (gap) {
-            uint32_t g = rs_node_new(st, fi);
-            RS_N(nodes, g).offset = o;
-            RS_N(nodes, g).size = gap;
-            rs_link_before(fi, rs, nodes, g, a);
-            RS_N(nodes, g).flags = RN_INUSE | RN_FREE;
-            rs->nfree++;
-            fi->insert(st, g);
-        }
+        if (gap) rs_new_free(st, fi, rs, nodes, o, gap, a, RS_BEFORE);
     } else { /* i keeps the gap; [i][a][tail] */
         a = rs_node_new(st, fi);
-        RS_N(nodes, a).offset = at;
-        RS_N(nodes, a).size = size;
+        rs_node(fi, nodes, a)->offset = at;
+        rs_node(fi, nodes, a)->size = size;
         rs_link_after(fi, nodes, a, i);
-        RS_N(nodes, i).size = gap;
+        I->size = gap;
         fi->rekey(st, i, s);
-        if (tail) rs_free_after(st, fi, rs, nodes, at + size, tail, a);
+        if (tail) rs_new_free(st, fi, rs, nodes, at + size, tail, a, RS_AFTER);
     }
-    RS_N(nodes, a).flags = RN_INUSE;
+    rs_node(fi, nodes, a)->flags = RN_INUSE;
     rs_hash_insert(st, fi, a);
     mpi_head_on_alloc(rs_head(st), at + size, size, size);
     return a;
@@ -532,7 +537,7 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
         return MP_EINVAL;
     uint32_t i = fi->find(st, size, align);
     if (__builtin_expect(i == MP_NIL, 0)) return MP_ENOSPACE;
-    mp_rnode_t *n = &RS_N(rs_nodes(st, fi), i);
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
     uint64_t at = rs_align_up(n->offset, align);
     uint32_t spare = rs_spare_count(rs_set(st));
     if (__builtin_expect(spare < 2, 0) && rs_carve_cost(n, at, size) > spare)
@@ -545,11 +550,11 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
 /* Take node j out of the physical list and give it back to the spare stack. */
 RS_HOT void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
 {
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t p = RS_N(nodes, j).prev, q = RS_N(nodes, j).next;
-    if (p != MP_NIL) RS_N(nodes, p).next = q;
+    mp_rnode_t *nodes = rs_nodes(st, fi), *J = rs_node(fi, nodes, j);
+    uint32_t p = J->prev, q = J->next;
+    if (p != MP_NIL) rs_node(fi, nodes, p)->next = q;
     else rs_set(st)->first = q;
-    if (q != MP_NIL) RS_N(nodes, q).prev = p;
+    if (q != MP_NIL) rs_node(fi, nodes, q)->prev = p;
     rs_node_release(st, fi, j);
 }
 
@@ -560,22 +565,24 @@ RS_HOT void rs_unlink(void *st, const mp_fidx_t *fi, uint32_t j)
 RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
 {
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint32_t p = RS_N(nodes, i).prev, q = RS_N(nodes, i).next;
+    mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
+    uint32_t p = I->prev, q = I->next;
     /* i is allocated: a missing neighbour reads as i, not free (no branch) */
-    int pf = (RS_N(nodes, rs_sel32(p != MP_NIL, p, i)).flags & RN_FREE) != 0;
-    int qf = (RS_N(nodes, rs_sel32(q != MP_NIL, q, i)).flags & RN_FREE) != 0;
+    int pf = (rs_node(fi, nodes, rs_sel32(p != MP_NIL, p, i))->flags & RN_FREE) != 0;
+    int qf = (rs_node(fi, nodes, rs_sel32(q != MP_NIL, q, i))->flags & RN_FREE) != 0;
     uint64_t old;
     if (pf && qf) {
         /* the larger absorbs the other and i (chosen without a branch: which one is
          * data); the merged range starts at p either way */
-        uint64_t ps = RS_N(nodes, p).size, qs = RS_N(nodes, q).size;
+        mp_rnode_t *P = rs_node(fi, nodes, p);
+        uint64_t ps = P->size, qs = rs_node(fi, nodes, q)->size;
         uint32_t keep = rs_sel32(ps < qs, q, p), gone = p ^ q ^ keep;
-        uint64_t start = RS_N(nodes, p).offset, total = ps + RS_N(nodes, i).size + qs;
-        old = RS_N(nodes, keep).size;
+        mp_rnode_t *K = rs_node(fi, nodes, keep);
+        uint64_t start = P->offset, total = ps + I->size + qs;
+        old = K->size;
         fi->remove(st, gone);
-        RS_N(nodes, keep).offset = start;
-        RS_N(nodes, keep).size = total;
+        K->offset = start;
+        K->size = total;
         rs_unlink(st, fi, gone);
         rs_unlink(st, fi, i);
         rs->nfree--;
@@ -583,21 +590,23 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
         return keep;
     }
     if (pf) {
-        old = RS_N(nodes, p).size;
-        RS_N(nodes, p).size = old + RS_N(nodes, i).size;
+        mp_rnode_t *P = rs_node(fi, nodes, p);
+        old = P->size;
+        P->size = old + I->size;
         rs_unlink(st, fi, i);
         fi->rekey(st, p, old);
         return p;
     }
     if (qf) {
-        old = RS_N(nodes, q).size;
-        RS_N(nodes, q).offset = RS_N(nodes, i).offset;
-        RS_N(nodes, q).size = old + RS_N(nodes, i).size;
+        mp_rnode_t *Q = rs_node(fi, nodes, q);
+        old = Q->size;
+        Q->offset = I->offset;
+        Q->size = old + I->size;
         rs_unlink(st, fi, i);
         fi->rekey(st, q, old);
         return q;
     }
-    RS_N(nodes, i).flags = RN_INUSE | RN_FREE;
+    I->flags = RN_INUSE | RN_FREE;
     rs->nfree++;
     fi->insert(st, i);
     return i;
@@ -609,7 +618,7 @@ RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     int64_t loc = rs_find_node(st, fi, offset, &i);
     if (loc == RS_NOT_FOUND) return MP_ENOTALLOC;
     mp_head_t *h = rs_head(st);
-    uint64_t size = RS_N(rs_nodes(st, fi), i).size;
+    uint64_t size = rs_node(fi, rs_nodes(st, fi), i)->size;
     rs_loc_remove(st, fi, loc);
     mpi_head_on_free(h, size, size);
     rs_release(st, fi, i);
@@ -620,7 +629,7 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
 {
     uint32_t i = rs_lookup(st, fi, offset);
     if (i == MP_NIL) return MP_ENOTALLOC;
-    *out = RS_N(rs_cnodes(st, fi), i).size;
+    *out = rs_cnode(fi, rs_cnodes(st, fi), i)->size;
     return MP_OK;
 }
 
@@ -636,40 +645,41 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
     uint32_t i = rs_loc_node(st, fi, loc);
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
-    mp_rnode_t *nodes = rs_nodes(st, fi);
-    uint64_t old = RS_N(nodes, i).size;
-    uint32_t q = RS_N(nodes, i).next;
-    int qfree = q != MP_NIL && (RS_N(nodes, q).flags & RN_FREE);
+    mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
+    uint64_t old = I->size;
+    uint32_t q = I->next;
+    mp_rnode_t *Q = q != MP_NIL ? rs_node(fi, nodes, q) : NULL;
+    int qfree = Q && (Q->flags & RN_FREE);
     *out = offset;
     if (size == old) return MP_OK;
     if (size < old) { /* shrink: the tail goes back */
         uint64_t delta = old - size;
         if (qfree) { /* the free successor grows down over it */
-            uint64_t qold = RS_N(nodes, q).size;
-            RS_N(nodes, q).offset -= delta;
-            RS_N(nodes, q).size = qold + delta;
+            uint64_t qold = Q->size;
+            Q->offset -= delta;
+            Q->size = qold + delta;
             fi->rekey(st, q, qold);
         } else {
             if (rs_spare_count(rs) < 1) return MP_ENONODES;
-            rs_free_after(st, fi, rs, nodes, offset + size, delta, i);
+            rs_new_free(st, fi, rs, nodes, offset + size, delta, i, RS_AFTER);
         }
-        RS_N(nodes, i).size = size;
+        I->size = size;
         mpi_head_on_resize(h, offset + size, old, size, old, size);
         return MP_OK;
     }
     uint64_t delta = size - old;
-    if (qfree && RS_N(nodes, q).size >= delta) { /* grow in place */
-        uint64_t qold = RS_N(nodes, q).size;
+    if (qfree && Q->size >= delta) { /* grow in place */
+        uint64_t qold = Q->size;
         if (qold == delta) {
             fi->remove(st, q);
             rs_unlink(st, fi, q);
             rs->nfree--;
         } else {
-            RS_N(nodes, q).offset += delta;
-            RS_N(nodes, q).size = qold - delta;
+            Q->offset += delta;
+            Q->size = qold - delta;
             fi->rekey(st, q, qold);
         }
-        RS_N(nodes, i).size = size;
+        I->size = size;
         mpi_head_on_resize(h, offset + size, old, size, old, size);
         return MP_OK;
     }
@@ -682,10 +692,10 @@ static inline int rs_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uin
         return MP_OK;
     }
     /* move down: the free predecessor + this range + a free successor */
-    uint32_t p = RS_N(nodes, i).prev;
-    if (p == MP_NIL || !(RS_N(nodes, p).flags & RN_FREE)) return rc;
-    uint64_t start = RS_N(nodes, p).offset;
-    uint64_t end = qfree ? RS_N(nodes, q).offset + RS_N(nodes, q).size : offset + old;
+    uint32_t p = I->prev;
+    if (p == MP_NIL || !(rs_node(fi, nodes, p)->flags & RN_FREE)) return rc;
+    uint64_t start = rs_node(fi, nodes, p)->offset;
+    uint64_t end = qfree ? Q->offset + Q->size : offset + old;
     uint64_t a = rs_align_up(start, align);
     if (a < start || a > end || end - a < size) return rc;
     /* merging releases 1 (+1 with q) node; carving needs up to 2 */
@@ -705,10 +715,11 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
     const mp_rset_t *rs = rs_cset(st);
     const mp_rnode_t *nodes = rs_cnodes(st, fi);
     uint64_t steps = 0;
-    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; i = RS_N(nodes, i).next) {
-        steps++;
-        int r = fn(ctx, RS_N(nodes, i).offset, RS_N(nodes, i).size, !(RS_N(nodes, i).flags & RN_FREE));
+    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; steps++) {
+        const mp_rnode_t *n = rs_cnode(fi, nodes, i);
+        int r = fn(ctx, n->offset, n->size, !(n->flags & RN_FREE));
         if (r) return r;
+        i = n->next;
     }
     return MP_OK;
 }
@@ -717,6 +728,6 @@ static inline int rs_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, vo
 /* Invariants 1-7 of a state that may come from anywhere, then the free index
  * (fi->check): MP_OK, or MP_ECORRUPT with the first broken one written into msg. */
 int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, uint16_t kind,
-                    char *msg, size_t msglen);
+                     char *msg, size_t msglen);
 
 #endif /* MEMPOOL_RANGES_H */

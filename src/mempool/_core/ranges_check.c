@@ -52,9 +52,9 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     uint32_t top = rs->top;
     /* 5: the spare stack */
     uint32_t nsp = 0;
-    for (uint32_t i = rs->spare; i != MP_NIL; i = RS_N(nodes, i).next) {
+    for (uint32_t i = rs->spare; i != MP_NIL; i = rs_cnode(fi, nodes, i)->next) {
         if (i >= top) MPI_FAIL("spare node %u beyond watermark %u", i, top);
-        if (RS_N(nodes, i).flags != 0) MPI_FAIL("spare node %u is marked in use", i);
+        if (rs_cnode(fi, nodes, i)->flags != 0) MPI_FAIL("spare node %u is marked in use", i);
         if (++nsp > rs->nspare) MPI_FAIL("spare stack longer than %u (cycle?)", rs->nspare);
     }
     if (nsp != rs->nspare) MPI_FAIL("spare stack has %u nodes, count says %u", nsp, rs->nspare);
@@ -63,10 +63,10 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     for (uint64_t s = 0; s < slots; s++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) continue;
-        if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
+        if (i >= top || (rs_cnode(fi, nodes, i)->flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
             MPI_FAIL("offset table slot %llu holds node %u, which is not allocated",
                      (unsigned long long)s, i);
-        if (t[s].tag != rs_tag(RS_N(nodes, i).offset))
+        if (t[s].tag != rs_tag(rs_cnode(fi, nodes, i)->offset))
             MPI_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s,
                      i);
         entries++;
@@ -77,10 +77,10 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     for (uint64_t n = 0; n < ((uint64_t)1 << nbits); n++) {
         uint32_t i = ns[n].node;
         if (i == MP_NIL) continue;
-        if (i >= top || (RS_N(nodes, i).flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
+        if (i >= top || (rs_cnode(fi, nodes, i)->flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
             MPI_FAIL("nursery slot %llu holds node %u, which is not allocated",
                      (unsigned long long)n, i);
-        if (ns[n].tag != rs_tag(RS_N(nodes, i).offset))
+        if (ns[n].tag != rs_tag(rs_cnode(fi, nodes, i)->offset))
             MPI_FAIL("nursery slot %llu: tag does not match node %u", (unsigned long long)n, i);
         if (rs_nhome(ns[n].tag, nbits) != n)
             MPI_FAIL("nursery slot %llu holds node %u, whose slot is %llu", (unsigned long long)n,
@@ -91,10 +91,10 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
     uint32_t prev = MP_NIL;
     int prev_free = 0;
-    for (uint32_t i = rs->first; i != MP_NIL; i = RS_N(nodes, i).next) {
+    for (uint32_t i = rs->first; i != MP_NIL; i = rs_cnode(fi, nodes, i)->next) {
         if (i >= top) MPI_FAIL("node %u beyond watermark %u", i, top);
         if (++walked > (uint64_t)top - nsp) MPI_FAIL("physical list longer than the in-use nodes");
-        const mp_rnode_t *n = &RS_N(nodes, i);
+        const mp_rnode_t *n = rs_cnode(fi, nodes, i);
         if (!(n->flags & RN_INUSE)) MPI_FAIL("node %u in the list is not in use", i);
         if (n->prev != prev) MPI_FAIL("node %u: prev link %u, expected %u", i, n->prev, prev);
         if (n->offset != expect) MPI_FAIL("node %u at offset %llu, expected %llu", i,
