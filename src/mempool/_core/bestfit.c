@@ -654,12 +654,12 @@ static const mp_fidx_t bestfit_fidx = {
 /* ---- the strategy ------------------------------------------------------------------ */
 uint64_t mp_bestfit_state_size(uint64_t capacity, uint64_t max_blocks)
 {
-    return rs_state_size(&bestfit_fidx, capacity, max_blocks);
+    return mpi_ranges_state_size(&bestfit_fidx, capacity, max_blocks);
 }
 
 int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks)
 {
-    return rs_init(st, &bestfit_fidx, MP_KIND_BESTFIT, capacity, max_blocks);
+    return mpi_ranges_init(st, &bestfit_fidx, MP_KIND_BESTFIT, capacity, max_blocks);
 }
 
 static int bestfit_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
@@ -672,22 +672,21 @@ static int bestfit_free(void *st, uint64_t offset) { return rs_free(st, &bestfit
 static int bestfit_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align,
                            uint64_t *out)
 {
-    return rs_realloc(st, &bestfit_fidx, offset, size, align, out);
+    return mpi_ranges_realloc(st, &bestfit_fidx, offset, size, align, out);
 }
 static int bestfit_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &bestfit_fidx, offset, out);
 }
-static void bestfit_reset(void *st) { rs_reset(st, &bestfit_fidx); }
+static void bestfit_reset(void *st) { mpi_ranges_reset(st, &bestfit_fidx); }
 static int bestfit_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     return mpi_ranges_check(st, len, &bestfit_fidx, MP_KIND_BESTFIT, msg, msglen);
 }
 static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
-    return rs_walk(st, &bestfit_fidx, fn, ctx);
+    return mpi_ranges_walk(st, &bestfit_fidx, fn, ctx);
 }
-static uint64_t bestfit_free_ranges(const void *st) { return rs_cset(st)->nfree; }
 
 const mp_ops_t mp_bestfit_ops = {
     .name = "bestfit",
@@ -701,5 +700,5 @@ const mp_ops_t mp_bestfit_ops = {
     .walk = bestfit_walk,
     .largest_free = bf_largest,
     .available = mpi_head_available,
-    .free_ranges = bestfit_free_ranges,
+    .free_ranges = mpi_ranges_free_ranges,
 };

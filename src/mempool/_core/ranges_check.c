@@ -23,7 +23,7 @@ static int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *
     if (h->kind != kind) MPI_FAIL("state is of kind %u, not %u", h->kind, kind);
     if (h->version != MP_STATE_VERSION) MPI_FAIL("state version %u, expected %u", h->version,
                                                  MP_STATE_VERSION);
-    uint64_t want = rs_state_size(fi, h->capacity, h->param[0]);
+    uint64_t want = mpi_ranges_state_size(fi, h->capacity, h->param[0]);
     if (want == 0) MPI_FAIL("bad parameters: capacity %llu, max_blocks %llu",
                             (unsigned long long)h->capacity, (unsigned long long)h->param[0]);
     if (h->state_size != want || state_len < want)

@@ -215,12 +215,12 @@ static const mp_fidx_t tlsf_fidx = {
 /* ---- the strategy ------------------------------------------------------------------ */
 uint64_t mp_tlsf_state_size(uint64_t capacity, uint64_t max_blocks)
 {
-    return rs_state_size(&tlsf_fidx, capacity, max_blocks);
+    return mpi_ranges_state_size(&tlsf_fidx, capacity, max_blocks);
 }
 
 int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks)
 {
-    return rs_init(st, &tlsf_fidx, MP_KIND_TLSF, capacity, max_blocks);
+    return mpi_ranges_init(st, &tlsf_fidx, MP_KIND_TLSF, capacity, max_blocks);
 }
 
 static int tlsf_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
@@ -232,22 +232,21 @@ static int tlsf_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 static int tlsf_free(void *st, uint64_t offset) { return rs_free(st, &tlsf_fidx, offset); }
 static int tlsf_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
 {
-    return rs_realloc(st, &tlsf_fidx, offset, size, align, out);
+    return mpi_ranges_realloc(st, &tlsf_fidx, offset, size, align, out);
 }
 static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &tlsf_fidx, offset, out);
 }
-static void tlsf_reset(void *st) { rs_reset(st, &tlsf_fidx); }
+static void tlsf_reset(void *st) { mpi_ranges_reset(st, &tlsf_fidx); }
 static int tlsf_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     return mpi_ranges_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
 }
 static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
 {
-    return rs_walk(st, &tlsf_fidx, fn, ctx);
+    return mpi_ranges_walk(st, &tlsf_fidx, fn, ctx);
 }
-static uint64_t tlsf_free_ranges(const void *st) { return rs_cset(st)->nfree; }
 
 const mp_ops_t mp_tlsf_ops = {
     .name = "tlsf",
@@ -261,5 +260,5 @@ const mp_ops_t mp_tlsf_ops = {
     .walk = tlsf_walk,
     .largest_free = tlsf_largest,
     .available = mpi_head_available,
-    .free_ranges = tlsf_free_ranges,
+    .free_ranges = mpi_ranges_free_ranges,
 };

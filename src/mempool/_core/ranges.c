@@ -1,0 +1,157 @@
+/*
+ * ranges.c -- the range engine's cold operations (ranges.h): state size, init,
+ * reset, realloc and the memory map.  Compiled once for both exact strategies
+ * (TLSF, BestFit): the free index is reached through the strategy's table (fi's
+ * function pointers, fi->node_size), not folded in as in the hot paths that
+ * ranges.h gives each strategy file a copy of.  realloc moves a range with the
+ * engine's alloc and free, here too through the table: a few indirect calls on a
+ * path that is not hot (2% of the operations of the bundled traces).
+ */
+#include "ranges.h"
+
+uint64_t mpi_ranges_state_size(const mp_fidx_t *fi, uint64_t capacity, uint64_t max_blocks)
+{
+    if (capacity == 0 || max_blocks == 0 || max_blocks >= MP_NIL) return 0;
+    uint32_t bits = rs_hash_bits(max_blocks);
+    uint64_t n = RS_AREA_OFF + fi->area_size + max_blocks * fi->node_size +
+                 (((uint64_t)1 << bits) + ((uint64_t)1 << rs_nursery_bits(bits))) *
+                     sizeof(mp_slot_t);
+    return (n + 7) & ~(uint64_t)7;
+}
+
+void mpi_ranges_reset(void *st, const mp_fidx_t *fi)
+{
+    mp_head_t *h = rs_head(st);
+    mp_rset_t *rs = rs_set(st);
+    mp_slot_t *t = rs_table(st, fi); /* the nursery follows it */
+    /* only the nodes below top were ever touched; clear the table fully */
+    uint64_t slots = ((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs->nursery_bits);
+    for (uint64_t s = 0; s < slots; s++) {
+        t[s].tag = 0;
+        t[s].node = MP_NIL;
+    }
+    mpi_head_on_reset(h);
+    h->cursor = 0;
+    rs->top = 0;
+    rs->spare = MP_NIL;
+    rs->nspare = 0;
+    fi->clear(st);
+    uint32_t i = rs_node_new(st, fi);
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
+    n->offset = 0;
+    n->size = h->capacity;
+    n->prev = n->next = MP_NIL;
+    n->flags = RN_INUSE | RN_FREE;
+    rs->first = i;
+    rs->nfree = 1;
+    fi->insert(st, i);
+}
+
+int mpi_ranges_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t capacity,
+                    uint64_t max_blocks)
+{
+    uint64_t size = mpi_ranges_state_size(fi, capacity, max_blocks);
+    if (size == 0) return MP_EINVAL;
+    mp_head_t *h = rs_head(st);
+    memset(st, 0, RS_AREA_OFF + fi->area_size);
+    mpi_head_init(h, kind, size, capacity);
+    h->param[0] = max_blocks;
+    mp_rset_t *rs = rs_set(st);
+    rs->max_blocks = (uint32_t)max_blocks;
+    rs->hash_bits = rs_hash_bits(max_blocks);
+    rs->nursery_bits = rs_nursery_bits(rs->hash_bits);
+    rs->table_off = rs_table_off(fi, max_blocks);
+    rs->nursery_off = rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t);
+    mpi_ranges_reset(st, fi);
+    h->peak_used = h->high_water = 0;
+    return MP_OK;
+}
+
+int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
+                       uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    int64_t loc = rs_find(st, fi, offset);
+    if (loc == RS_NOT_FOUND) return MP_ENOTALLOC;
+    uint32_t i = rs_loc_node(st, fi, loc);
+    mp_head_t *h = rs_head(st);
+    mp_rset_t *rs = rs_set(st);
+    mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
+    uint64_t old = I->size;
+    uint32_t q = I->next;
+    mp_rnode_t *Q = q != MP_NIL ? rs_node(fi, nodes, q) : NULL;
+    int qfree = Q && (Q->flags & RN_FREE);
+    *out = offset;
+    if (size == old) return MP_OK;
+    if (size < old) { /* shrink: the tail goes back */
+        uint64_t delta = old - size;
+        if (qfree) { /* the free successor grows down over it */
+            uint64_t qold = Q->size;
+            Q->offset -= delta;
+            Q->size = qold + delta;
+            fi->rekey(st, q, qold);
+        } else {
+            if (rs_spare_count(rs) < 1) return MP_ENONODES;
+            rs_new_free(st, fi, rs, nodes, offset + size, delta, i, RS_AFTER);
+        }
+        I->size = size;
+        mpi_head_on_resize(h, offset + size, old, size, old, size);
+        return MP_OK;
+    }
+    uint64_t delta = size - old;
+    if (qfree && Q->size >= delta) { /* grow in place */
+        uint64_t qold = Q->size;
+        if (qold == delta) {
+            fi->remove(st, q);
+            rs_unlink(st, fi, q);
+            rs->nfree--;
+        } else {
+            Q->offset += delta;
+            Q->size = qold - delta;
+            fi->rekey(st, q, qold);
+        }
+        I->size = size;
+        mpi_head_on_resize(h, offset + size, old, size, old, size);
+        return MP_OK;
+    }
+    /* move elsewhere: allocate while the old range is still held */
+    uint64_t at;
+    int rc = rs_alloc(st, fi, size, align, &at);
+    if (rc == MP_OK) {
+        rs_free(st, fi, offset);
+        *out = at;
+        return MP_OK;
+    }
+    /* move down: the free predecessor + this range + a free successor */
+    uint32_t p = I->prev;
+    if (p == MP_NIL || !(rs_node(fi, nodes, p)->flags & RN_FREE)) return rc;
+    uint64_t start = rs_node(fi, nodes, p)->offset;
+    uint64_t end = qfree ? Q->offset + Q->size : offset + old;
+    uint64_t a = rs_align_up(start, align);
+    if (a < start || a > end || end - a < size) return rc;
+    /* merging releases 1 (+1 with q) node; carving needs up to 2 */
+    uint32_t spare = rs_spare_count(rs) + 1 + (uint32_t)qfree;
+    if ((uint32_t)((a > start) + (a + size < end)) > spare) return MP_ENONODES;
+    rs_loc_remove(st, fi, loc);
+    mpi_head_on_free(h, old, old);
+    uint32_t f = rs_release(st, fi, i);
+    rs_carve(st, fi, f, a, size);
+    *out = a;
+    return MP_OK;
+}
+
+int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx)
+{
+    const mp_rset_t *rs = rs_cset(st);
+    const mp_rnode_t *nodes = rs_cnodes(st, fi);
+    uint64_t steps = 0;
+    for (uint32_t i = rs->first; i != MP_NIL && steps <= rs->max_blocks; steps++) {
+        const mp_rnode_t *n = rs_cnode(fi, nodes, i);
+        int r = fn(ctx, n->offset, n->size, !(n->flags & RN_FREE));
+        if (r) return r;
+        i = n->next;
+    }
+    return MP_OK;
+}
+
+uint64_t mpi_ranges_free_ranges(const void *st) { return rs_cset(st)->nfree; }
