@@ -688,7 +688,8 @@ static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
     return mpi_ranges_walk(st, &bestfit_fidx, fn, ctx);
 }
 
-const mp_ops_t mp_bestfit_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(bestfit,
     .name = "bestfit",
     .kind = MP_KIND_BESTFIT,
     .alloc = bestfit_alloc,
@@ -700,5 +701,4 @@ const mp_ops_t mp_bestfit_ops = {
     .walk = bestfit_walk,
     .largest_free = bf_largest,
     .available = mpi_head_available,
-    .free_ranges = mpi_ranges_free_ranges,
-};
+    .free_ranges = mpi_ranges_free_ranges);

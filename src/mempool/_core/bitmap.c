@@ -280,6 +280,7 @@ static inline void take(void *st, uint64_t i, uint64_t n, uint64_t size)
     mp_head_t *h = st;
     bm_hdr_t *x = hdr(st);
     uint64_t *used = usedmap(st);
+    mpi_assert(n >= 1 && i + n <= x->nblocks && next_one(used, i, i + n) == i + n);
     if ((i & 63) + n <= 64) used[i >> 6] |= range_mask(i, n);
     else set_bits(used, i, n);
     startmap(st)[i >> 6] |= (uint64_t)1 << (i & 63);
@@ -557,7 +558,8 @@ static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
     return MP_OK;
 }
 
-const mp_ops_t mp_bitmap_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(bitmap,
     .name = "bitmap",
     .kind = MP_KIND_BITMAP,
     .alloc = bm_alloc,
@@ -570,5 +572,4 @@ const mp_ops_t mp_bitmap_ops = {
     .largest_free = bm_largest,
     .available = mpi_head_available,
     .free_ranges = bm_free_ranges,
-    .why_nospace = bm_why_nospace,
-};
+    .why_nospace = bm_why_nospace);

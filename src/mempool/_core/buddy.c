@@ -520,6 +520,8 @@ static int bd_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
             return MP_ENOSPACE;
         }
     }
+    mpi_assert(k >= k0 && k < x->nclasses && i < ccls(st)[k].nbits);
+    mpi_assert(hb_test(cwords(st), &ccls(st)[k], i) && !x->chain_top); /* free, written out */
     take_and_split(st, k, i, k0);
     uint64_t j = i << cshift(x, k); /* slot */
     tags(st)[j] = (uint8_t)(k0 + 1);
@@ -547,6 +549,7 @@ static int bd_free(void *st, uint64_t offset)
     mp_head_t *h = st;
     bd_hdr_t *x = hdr(st);
     uint32_t k = tags(st)[j] - 1u;
+    mpi_assert(k < x->nclasses && reqs(st)[j] >= 1);
     mpi_head_on_free(h, csize(x, k), reqs(st)[j]);
     tags(st)[j] = 0;
     reqs(st)[j] = 0;
@@ -717,7 +720,8 @@ static int bd_why_nospace(const void *st, uint64_t size, uint64_t align, char *b
     return 1;
 }
 
-const mp_ops_t mp_buddy_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(buddy,
     .name = "buddy",
     .kind = MP_KIND_BUDDY,
     .alloc = bd_alloc,
@@ -730,5 +734,4 @@ const mp_ops_t mp_buddy_ops = {
     .largest_free = bd_largest,
     .available = mpi_head_available,
     .free_ranges = bd_free_ranges,
-    .why_nospace = bd_why_nospace,
-};
+    .why_nospace = bd_why_nospace);

@@ -126,6 +126,7 @@ static int bump_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     uint64_t at = (h->top + align - 1) & ~(align - 1);
     if (at > m->capacity || size > m->capacity - at) return MP_ENOSPACE;
     if (h->depth >= h->max_blocks) return MP_ENONODES;
+    mpi_assert(!h->depth || STK(st)[h->depth - 1].offset + STK(st)[h->depth - 1].size <= at);
     bump_entry_t *e = &STK(st)[h->depth++];
     e->offset = at;
     e->size = size;
@@ -242,11 +243,16 @@ int mp_bump_mark_valid(const void *st, uint64_t serial, uint64_t depth)
     return 1;
 }
 
-int mp_bump_rewind(void *st, uint64_t serial, uint64_t depth)
+static int rewind_to(void *st, uint64_t serial, uint64_t depth)
 {
     if (!mp_bump_mark_valid(st, serial, depth)) return MP_EINVAL;
     pop_to(st, depth);
     return MP_OK;
+}
+
+int mp_bump_rewind(void *st, uint64_t serial, uint64_t depth)
+{
+    return MPI_CHECKED(bump, st, "rewind", rewind_to(st, serial, depth));
 }
 
 void mp_bump_info(const void *st, mp_bump_info_t *out)
@@ -361,7 +367,8 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
     return MP_OK;
 }
 
-const mp_ops_t mp_bump_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(bump,
     .name = "bump",
     .kind = MP_KIND_BUMP,
     .alloc = bump_alloc,
@@ -373,5 +380,4 @@ const mp_ops_t mp_bump_ops = {
     .walk = bump_walk,
     .largest_free = bump_largest,
     .available = mpi_head_available,
-    .free_ranges = bump_free_ranges,
-};
+    .free_ranges = bump_free_ranges);

@@ -1,9 +1,10 @@
 /*
  * core.c -- what every strategy shares: the registry of operation tables, the
  * head validation that precedes any deep check, the bytes available of any state,
- * and the default node budget.
+ * the default node budget, and the debug build's checks (internal.h).
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "internal.h"
 
@@ -18,6 +19,41 @@ const mp_ops_t *mp_ops_by_kind(unsigned kind)
     if (kind >= sizeof registry / sizeof registry[0]) return NULL;
     return registry[kind];
 }
+
+#ifdef MP_DEBUG
+static const mp_ops_t *const raw_registry[] = {
+#define MP_RAW_REGISTRY_(KIND, sname, number) [MP_KIND_##KIND] = &mpi_##sname##_ops_raw,
+    MP_STRATEGIES(MP_RAW_REGISTRY_)
+#undef MP_RAW_REGISTRY_
+};
+
+const mp_ops_t *mpi_ops_raw(const mp_ops_t *ops)
+{
+    const mp_ops_t *raw = ops->kind < sizeof raw_registry / sizeof raw_registry[0]
+                              ? raw_registry[ops->kind]
+                              : NULL;
+    return raw && ops == mp_ops_by_kind(ops->kind) ? raw : ops;
+}
+
+void mpi_assert_fail(const char *cond, const char *file, int line, const char *func)
+{
+    fprintf(stderr, "mempool: assertion failed: %s (%s:%d, %s)\n", cond, file, line, func);
+    abort();
+}
+
+int mpi_debug_after(const mp_ops_t *raw, const void *st, const char *what, int rc)
+{
+    char msg[512];
+    if (raw->check(st, ((const mp_head_t *)st)->state_size, msg, sizeof msg) != MP_OK) {
+        fprintf(stderr, "mempool: %s state broken after %s (returned %d): %s\n", raw->name, what,
+                rc, msg);
+        abort();
+    }
+    return rc;
+}
+#else
+const mp_ops_t *mpi_ops_raw(const mp_ops_t *ops) { return ops; }
+#endif
 
 int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, char *msg,
                      size_t msglen)

@@ -250,10 +250,10 @@ static void release_spares(void *st);
 static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     heap_ctl_t *c = CT(st);
-    int rc = mp_tlsf_ops.alloc(SUB(st, c), size, align, out);
+    int rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
     if (rc && have_spares(c)) {
         release_spares(st);
-        rc = mp_tlsf_ops.alloc(SUB(st, c), size, align, out);
+        rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
     }
     if (rc == MP_OK) mpi_head_reach(H(st), *out + size);
     return rc;
@@ -315,7 +315,7 @@ static void page_release(void *st, uint32_t p)
     memset(r, 0, (size_t)c->rec_words * 8);
     r_links(r, MP_NIL, MP_NIL);
     PT(st, c)[p] = 0;
-    mp_tlsf_ops.free(SUB(st, c), base);
+    TLSF_OPS.free(SUB(st, c), base);
 }
 
 static void release_spares(void *st)
@@ -361,8 +361,10 @@ static inline void list_remove(void *st, heap_ctl_t *c, uint32_t *head, uint32_t
 static inline uint64_t slab_take_item(void *st, heap_ctl_t *c, uint32_t k, uint32_t p)
 {
     uint64_t *r = REC(st, c, p);
+    mpi_assert(r_nfree(r) >= 1 && r[2] != 0); /* the page has a free item, the summary says where */
     uint32_t w = (uint32_t)__builtin_ctzll(r[2]);
     uint64_t word = r[REC_HDR + w];
+    mpi_assert(word != ~0ull);
     uint32_t b = (uint32_t)__builtin_ctzll(~word);
     word |= (uint64_t)1 << b;
     r[REC_HDR + w] = word;
@@ -479,7 +481,7 @@ static int frag_alloc(void *st, uint32_t n, uint64_t size, uint64_t *out)
     uint64_t y = 0;
     for (; g < c->groups; g++)
         if ((y = runs_of(~r[REC_HDR + g], n)) != 0) break;
-    /* the bucket promised a run of n: g < groups */
+    mpi_assert(g < c->groups); /* the bucket promised a run of n */
     uint32_t b = (uint32_t)__builtin_ctzll(y);
     r[REC_HDR + g] |= (((uint64_t)1 << n) - 1) << b; /* n <= 16 */
     r[REC_HDR + c->groups + g] |= (uint64_t)1 << b;
@@ -584,8 +586,10 @@ static int heap_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
         if (p != MP_NIL) {
             uint64_t *r = REC(st, c, p);
             if (r_nfree(r) > 1) {
+                mpi_assert(r[2] != 0); /* the summary finds the free item */
                 uint32_t w = (uint32_t)__builtin_ctzll(r[2]);
                 uint64_t word = r[REC_HDR + w];
+                mpi_assert(word != ~0ull);
                 uint32_t b = (uint32_t)__builtin_ctzll(~word);
                 word |= (uint64_t)1 << b;
                 r[REC_HDR + w] = word;
@@ -651,7 +655,7 @@ static void free_located(void *st, uint64_t off, const where_t *w)
 
 static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
 {
-    mp_tlsf_ops.free(SUB(st, CT(st)), off);
+    TLSF_OPS.free(SUB(st, CT(st)), off);
     mpi_head_on_free(H(st), size, size);
 }
 
@@ -671,7 +675,7 @@ __attribute__((noinline)) static int heap_free_slow(void *st, uint64_t off)
     if (locate(st, off, &w)) return MP_ENOTALLOC;
     if (w.kind == R_TLSF) {
         uint64_t sz;
-        if (mp_tlsf_ops.size_of(SUB(st, CT(st)), off, &sz)) return MP_ENOTALLOC;
+        if (TLSF_OPS.size_of(SUB(st, CT(st)), off, &sz)) return MP_ENOTALLOC;
         tlsf_free_counted(st, off, sz);
     } else {
         free_located(st, off, &w);
@@ -724,7 +728,7 @@ int mp_heap_served_by(const void *st, uint64_t off)
     where_t w;
     uint64_t sz;
     if (locate(st, off, &w)) return MP_ENOTALLOC;
-    if (w.kind == R_TLSF) return mp_tlsf_ops.size_of(CSUB(st, CCT(st)), off, &sz) ? MP_ENOTALLOC : 0;
+    if (w.kind == R_TLSF) return TLSF_OPS.size_of(CSUB(st, CCT(st)), off, &sz) ? MP_ENOTALLOC : 0;
     return w.kind == R_SLAB ? 1 : 2;
 }
 
@@ -733,7 +737,7 @@ static int heap_size_of(const void *st, uint64_t off, uint64_t *out)
     const heap_ctl_t *c = CCT(st);
     where_t w;
     if (locate(st, off, &w)) return MP_ENOTALLOC;
-    if (w.kind == R_TLSF) return mp_tlsf_ops.size_of(CSUB(st, c), off, out);
+    if (w.kind == R_TLSF) return TLSF_OPS.size_of(CSUB(st, c), off, out);
     *out = w.kind == R_SLAB ? c->cls[w.k].size : (uint64_t)w.n * FRAG;
     return MP_OK;
 }
@@ -747,7 +751,7 @@ static int move_to(void *st, uint64_t off, const where_t *w, uint64_t size, uint
     if (rc) return rc;
     if (w->kind == R_TLSF) {
         uint64_t sz;
-        mp_tlsf_ops.size_of(SUB(st, CT(st)), off, &sz);
+        TLSF_OPS.size_of(SUB(st, CT(st)), off, &sz);
         tlsf_free_counted(st, off, sz);
     } else {
         free_located(st, off, w); /* the old range's page, group and bits are unchanged */
@@ -769,13 +773,13 @@ static int heap_realloc(void *st, uint64_t off, uint64_t size, uint64_t align, u
     if (w.kind == R_TLSF) {
         void *sub = SUB(st, c);
         uint64_t old;
-        if (mp_tlsf_ops.size_of(sub, off, &old)) return MP_ENOTALLOC;
+        if (TLSF_OPS.size_of(sub, off, &old)) return MP_ENOTALLOC;
         /* a size that pages serve moves there when they have room; else the TLSF */
         if (r != R_TLSF && move_to(st, off, &w, size, align, out, 1) == MP_OK) return MP_OK;
-        int rc = mp_tlsf_ops.realloc(sub, off, size, align, out);
+        int rc = TLSF_OPS.realloc(sub, off, size, align, out);
         if (rc && have_spares(c)) {
             release_spares(st);
-            rc = mp_tlsf_ops.realloc(sub, off, size, align, out);
+            rc = TLSF_OPS.realloc(sub, off, size, align, out);
         }
         if (rc) return rc;
         mpi_head_on_resize(h, *out + size, old, size, old, size);
@@ -832,12 +836,13 @@ static void heap_reset(void *st)
     for (uint32_t b = 0; b <= NMAX; b++) c->fhead[b] = MP_NIL;
     c->fbits = 0;
     c->spare = MP_NIL;
-    mp_tlsf_ops.reset(SUB(st, c));
+    TLSF_OPS.reset(SUB(st, c));
     mpi_head_on_reset(h);
     h->cursor = 0;
 }
 
-const mp_ops_t mp_heap_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(heap,
     .name = "heap",
     .kind = MP_KIND_HEAP,
     .alloc = heap_alloc,
@@ -849,5 +854,4 @@ const mp_ops_t mp_heap_ops = {
     .walk = mpi_heap_walk,
     .largest_free = mpi_heap_largest_free,
     .available = mpi_head_available,
-    .free_ranges = mpi_heap_free_ranges,
-};
+    .free_ranges = mpi_heap_free_ranges);

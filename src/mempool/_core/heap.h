@@ -71,6 +71,10 @@ typedef struct heap_ctl {
 #define CTL_OFF ((uint64_t)sizeof(mp_head_t))
 #define REC_HDR 3u /* header words of a page record */
 
+/* The embedded TLSF's table: the raw one, so that MP_DEBUG builds check the Heap's
+ * state (its own check covers the TLSF's) once per Heap call, not after each TLSF call. */
+#define TLSF_OPS MPI_RAW_OPS(tlsf)
+
 /* ---- layout ---------------------------------------------------------------------- */
 static inline mp_head_t *H(void *st) { return (mp_head_t *)st; }
 static inline heap_ctl_t *CT(void *st) { return (heap_ctl_t *)((char *)st + CTL_OFF); }

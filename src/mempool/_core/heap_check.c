@@ -152,7 +152,7 @@ static int walk_cb(void *ctx, uint64_t off, uint64_t size, int allocated)
 
 static void walk_all(walker_t *w)
 {
-    mp_tlsf_ops.walk(CSUB(w->st, CCT(w->st)), walk_cb, w);
+    TLSF_OPS.walk(CSUB(w->st, CCT(w->st)), walk_cb, w);
     w_flush(w);
 }
 
@@ -192,7 +192,7 @@ uint64_t mpi_heap_largest_free(const void *st)
         walk_all(&w);
         best = w.best_run;
     } else {
-        best = mp_tlsf_ops.largest_free(CSUB(st, c));
+        best = TLSF_OPS.largest_free(CSUB(st, c));
     }
     for (uint32_t k = NCLASS; k >= 1; k--)
         if (c->cls[k].head != MP_NIL) {
@@ -403,7 +403,7 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     const mp_head_t *h = st;
     const heap_ctl_t *c = CCT(st);
     char sub_msg[200];
-    if (mp_tlsf_ops.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
+    if (TLSF_OPS.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
         MPI_FAIL("TLSF sub-state: %s", sub_msg);
     /* H2: the page table against the TLSF's ranges */
     const uint32_t *pt = CPT(st, c);
@@ -430,7 +430,7 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     checker_t ck;
     memset(&ck, 0, sizeof ck);
     ck.st = st;
-    mp_tlsf_ops.walk(CSUB(st, c), check_cb, &ck);
+    TLSF_OPS.walk(CSUB(st, c), check_cb, &ck);
     /* every owned page matched a TLSF range exactly once; the TLSF's ranges are
      * disjoint, so no other range overlaps a page */
     if (ck.pages_seen != owned)

@@ -46,6 +46,67 @@
         return MP_ECORRUPT;                                                                      \
     } while (0)
 
+/* ---- assertion levels ---------------------------------------------------------------
+ * MP_DEBUG (setup.py: MEMPOOL_DEBUG=1; the C tests' sanitizer build) turns on
+ *   - mpi_assert(cond): the key invariants of the hot paths, checked where they are
+ *     relied on (compiled to nothing otherwise: cond is not evaluated);
+ *   - a check() after every state-changing call: each strategy's public table
+ *     mp_<s>_ops wraps alloc, free, realloc and reset of its raw table
+ *     mpi_<s>_ops_raw (MPI_OPS_TABLE below), and its extras that change the state
+ *     (alloc_array, free_array, rewind) return through MPI_CHECKED.  A failing check
+ *     prints the strategy, the call and check()'s message, and aborts.
+ * Plain builds define mp_<s>_ops directly: no wrapper, no cost. */
+#ifdef MP_DEBUG
+#define mpi_assert(cond) ((cond) ? (void)0 : mpi_assert_fail(#cond, __FILE__, __LINE__, __func__))
+__attribute__((noreturn, cold)) void mpi_assert_fail(const char *cond, const char *file, int line,
+                                                     const char *func);
+/* check() the state after `what` (the call returned rc); abort with the message when it
+ * fails, else return rc. */
+int mpi_debug_after(const mp_ops_t *raw, const void *st, const char *what, int rc);
+#define MPI_RAW_OPS_DECL_(KIND, sname, number) extern const mp_ops_t mpi_##sname##_ops_raw;
+MP_STRATEGIES(MPI_RAW_OPS_DECL_)
+#undef MPI_RAW_OPS_DECL_
+#define MPI_RAW_OPS(sname) mpi_##sname##_ops_raw
+#define MPI_CHECKED(sname, st, what, rc) mpi_debug_after(&mpi_##sname##_ops_raw, (st), (what), (rc))
+#define MPI_OPS_TABLE(sname, ...)                                                                \
+    const mp_ops_t mpi_##sname##_ops_raw = {__VA_ARGS__};                                        \
+    static int sname##_checked_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)     \
+    {                                                                                            \
+        return MPI_CHECKED(sname, st, "alloc", mpi_##sname##_ops_raw.alloc(st, size, align, out)); \
+    }                                                                                            \
+    static int sname##_checked_free(void *st, uint64_t offset)                                   \
+    {                                                                                            \
+        return MPI_CHECKED(sname, st, "free", mpi_##sname##_ops_raw.free(st, offset));           \
+    }                                                                                            \
+    static int sname##_checked_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, \
+                                       uint64_t *out)                                            \
+    {                                                                                            \
+        return MPI_CHECKED(sname, st, "realloc",                                                 \
+                           mpi_##sname##_ops_raw.realloc(st, offset, size, align, out));         \
+    }                                                                                            \
+    static void sname##_checked_reset(void *st)                                                  \
+    {                                                                                            \
+        mpi_##sname##_ops_raw.reset(st);                                                         \
+        MPI_CHECKED(sname, st, "reset", MP_OK);                                                  \
+    }                                                                                            \
+    _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Woverride-init\"")       \
+    const mp_ops_t mp_##sname##_ops = {__VA_ARGS__, .alloc = sname##_checked_alloc,              \
+                                       .free = sname##_checked_free,                             \
+                                       .realloc = sname##_checked_realloc,                       \
+                                       .reset = sname##_checked_reset};                          \
+    _Pragma("GCC diagnostic pop")
+#else
+#define mpi_assert(cond) ((void)0)
+#define MPI_RAW_OPS(sname) mp_##sname##_ops
+#define MPI_CHECKED(sname, st, what, rc) (rc)
+#define MPI_OPS_TABLE(sname, ...) const mp_ops_t mp_##sname##_ops = {__VA_ARGS__}
+#endif
+
+/* The table without the debug build's checks, for a public one (itself in plain builds):
+ * what a strategy uses for a state embedded in its own (the Heap's TLSF), and what a
+ * white-box test uses on a state it has broken on purpose. */
+const mp_ops_t *mpi_ops_raw(const mp_ops_t *ops);
+
 /* ---- the head: identity and counters ------------------------------------------------
  * The counters every strategy keeps in its head (mempool.h: used, requested, live,
  * peak_used, high_water) change only through these, so each is kept by one rule. */
@@ -71,6 +132,7 @@ static inline void mpi_head_reach(mp_head_t *h, uint64_t end)
  * at `end` (0: its end is accounted elsewhere -- the Heap's page that holds it). */
 static inline void mpi_head_on_alloc(mp_head_t *h, uint64_t end, uint64_t size, uint64_t req)
 {
+    mpi_assert(req <= size && end <= h->capacity);
     h->used += size;
     h->requested += req;
     h->live++;
@@ -81,6 +143,7 @@ static inline void mpi_head_on_alloc(mp_head_t *h, uint64_t end, uint64_t size, 
 /* A live range of `size` bytes (`req` asked for) was given back. */
 static inline void mpi_head_on_free(mp_head_t *h, uint64_t size, uint64_t req)
 {
+    mpi_assert(h->live > 0 && size <= h->used && req <= h->requested && req <= size);
     h->used -= size;
     h->requested -= req;
     h->live--;
@@ -91,6 +154,8 @@ static inline void mpi_head_on_free(mp_head_t *h, uint64_t size, uint64_t req)
 static inline void mpi_head_on_resize(mp_head_t *h, uint64_t end, uint64_t old_size,
                                       uint64_t size, uint64_t old_req, uint64_t req)
 {
+    mpi_assert(old_size <= h->used && old_req <= h->requested && req <= size);
+    mpi_assert(end <= h->capacity);
     h->used = h->used - old_size + size;
     h->requested = h->requested - old_req + req;
     if (h->used > h->peak_used) h->peak_used = h->used;

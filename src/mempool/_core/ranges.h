@@ -243,6 +243,7 @@ RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi);
     uint32_t i;
+    mpi_assert(rs->spare != MP_NIL || rs->top < rs->max_blocks); /* callers count spares */
     if (rs->spare != MP_NIL) {
         i = rs->spare;
         rs->spare = rs_node(fi, nodes, i)->next;
@@ -445,6 +446,8 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
     uint64_t o = I->offset, s = I->size;
+    mpi_assert((I->flags & (RN_INUSE | RN_FREE)) == (RN_INUSE | RN_FREE));
+    mpi_assert(size >= 1 && at >= o && at + size <= o + s); /* fi->find's promise */
     uint64_t gap = at - o, tail = o + s - (at + size);
     uint32_t a;
     if (gap == 0 && tail == 0) { /* exact fit: node i itself becomes allocated */
@@ -512,6 +515,7 @@ RS_HOT uint32_t rs_release(void *st, const mp_fidx_t *fi, uint32_t i)
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
     uint32_t p = I->prev, q = I->next;
+    mpi_assert((I->flags & (RN_INUSE | RN_FREE)) == RN_INUSE);
     /* i is allocated: a missing neighbour reads as i, not free (no branch) */
     int pf = (rs_node(fi, nodes, rs_sel32(p != MP_NIL, p, i))->flags & RN_FREE) != 0;
     int qf = (rs_node(fi, nodes, rs_sel32(q != MP_NIL, q, i))->flags & RN_FREE) != 0;

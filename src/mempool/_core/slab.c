@@ -250,6 +250,7 @@ static int slab_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
     } else {
         i = P->cursor++;
     }
+    mpi_assert(P->used < h->per && i < h->per && (state[i] == 0 || (state[i] & ST_TAG) == ST_FREE));
     state[i] = (uint32_t)size;
     P->used++;
     h->used_items++;
@@ -331,7 +332,7 @@ static void take_run(void *st, uint32_t p, uint64_t i, uint64_t n)
     P->cursor -= drop;
 }
 
-int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
+static int alloc_array(void *st, uint64_t n, uint64_t *out)
 {
     if (n == 0) return MP_EINVAL;
     slab_hdr_t *h = HD(st);
@@ -463,6 +464,7 @@ static void release(void *st, const range_t *r)
     uint64_t base = (uint64_t)p * h->per;
     uint32_t *state = AREA(st, uint32_t, h->off_state) + base;
     uint32_t *stack = AREA(st, uint32_t, h->off_stack) + base;
+    mpi_assert(P->used >= r->n && h->used_items >= r->n);
     P->used -= (uint32_t)r->n;
     h->used_items -= r->n;
     if (P->used == 0) { /* every item is free: the page goes back to the pool */
@@ -500,7 +502,12 @@ static int slab_free(void *st, uint64_t offset)
     return MP_OK;
 }
 
-int mp_slab_free_array(void *st, uint64_t offset, uint64_t n)
+int mp_slab_alloc_array(void *st, uint64_t n, uint64_t *out)
+{
+    return MPI_CHECKED(slab, st, "alloc_array", alloc_array(st, n, out));
+}
+
+static int free_array(void *st, uint64_t offset, uint64_t n)
 {
     range_t r;
     int rc = locate(st, offset, &r);
@@ -508,6 +515,11 @@ int mp_slab_free_array(void *st, uint64_t offset, uint64_t n)
     if (n != r.n) return MP_EINVAL;
     release(st, &r);
     return MP_OK;
+}
+
+int mp_slab_free_array(void *st, uint64_t offset, uint64_t n)
+{
+    return MPI_CHECKED(slab, st, "free_array", free_array(st, offset, n));
 }
 
 int mp_slab_items_at(const void *st, uint64_t offset, uint64_t *n)
@@ -660,7 +672,8 @@ static int slab_why_nospace(const void *st, uint64_t size, uint64_t align, char 
     return 1;
 }
 
-const mp_ops_t mp_slab_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(slab,
     .name = "slab",
     .kind = MP_KIND_SLAB,
     .alloc = slab_alloc,
@@ -674,5 +687,4 @@ const mp_ops_t mp_slab_ops = {
     .available = mpi_head_available,
     .free_ranges = slab_free_ranges,
     .why_nospace = slab_why_nospace,
-    .fixed_size = 1,
-};
+    .fixed_size = 1);

@@ -248,7 +248,8 @@ static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
     return mpi_ranges_walk(st, &tlsf_fidx, fn, ctx);
 }
 
-const mp_ops_t mp_tlsf_ops = {
+/* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+MPI_OPS_TABLE(tlsf,
     .name = "tlsf",
     .kind = MP_KIND_TLSF,
     .alloc = tlsf_alloc,
@@ -260,5 +261,4 @@ const mp_ops_t mp_tlsf_ops = {
     .walk = tlsf_walk,
     .largest_free = tlsf_largest,
     .available = mpi_head_available,
-    .free_ranges = mpi_ranges_free_ranges,
-};
+    .free_ranges = mpi_ranges_free_ranges);
