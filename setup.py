@@ -1,9 +1,11 @@
 """Build the one C extension, mempool._mempool, from _core/ (the strategies, C11,
 no Python.h) and _native/ (the CPython binding).
 
-Build switches (environment):
+Build switches (environment; they combine):
     MEMPOOL_SANITIZE=1   ASan + UBSan, -O1 -g, aborting on the first report
-    MEMPOOL_DEBUG=1      -O0 -g and MP_DEBUG
+    MEMPOOL_DEBUG=1      MP_DEBUG: the core's assertions, and check() after every call
+                         that changes a strategy's state, aborting with its message
+                         (_core/internal.h); -O0 -g unless sanitizing too
 """
 
 import os
@@ -26,14 +28,18 @@ class always_build_ext(build_ext):
 sources = sorted(glob("src/mempool/_core/*.c")) + sorted(glob("src/mempool/_native/*.c"))
 cflags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
 ldflags = []
-if os.environ.get("MEMPOOL_SANITIZE") == "1":
+sanitize = os.environ.get("MEMPOOL_SANITIZE") == "1"
+debug = os.environ.get("MEMPOOL_DEBUG") == "1"
+if sanitize:
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
     cflags += [*san, "-O1", "-g"]
     ldflags += san
-elif os.environ.get("MEMPOOL_DEBUG") == "1":
-    cflags += ["-O0", "-g", "-DMP_DEBUG=1"]
+elif debug:
+    cflags += ["-O0", "-g"]
 else:
     cflags += ["-O2"]
+if debug:
+    cflags += ["-DMP_DEBUG=1"]
 
 setup(
     cmdclass={"build_ext": always_build_ext},
