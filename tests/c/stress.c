@@ -2,9 +2,10 @@
  * stress.c -- standalone randomized stress test of the exact range strategies
  * (TLSF, BestFit) through their mp_ops_t tables.  No Python.
  *
- *   gcc -std=c11 -O2 -Wall -Wextra -Werror -I src/mempool/_core \
- *       src/mempool/_core/core.c src/mempool/_core/tlsf.c src/mempool/_core/bestfit.c \
+ *   CORE=src/mempool/_core
+ *   gcc -std=c11 -O2 -Wall -Wextra -Werror -I $CORE $CORE/[every .c] \
  *       tests/c/stress.c -o /tmp/stress && /tmp/stress [seed [scale]]
+ *   (CI also builds it with ASan + UBSan and -DMP_DEBUG=1: check() after every call.)
  *
  * For each strategy:
  *   - seeded random sequences of alloc / free / realloc (grow, shrink) / reset /
