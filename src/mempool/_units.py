@@ -37,7 +37,8 @@ def parse_size(value: int | str, name: str = "size") -> int:
             scaled = int(whole + frac) * _UNITS[m.group(2).lower()]
         except ValueError:  # more digits than int() converts (sys.set_int_max_str_digits)
             raise ValueError(f"{name} {value!r} has too many digits") from None
-        n, rest = divmod(scaled, 10 ** len(frac))
+        unit: int = 10 ** len(frac)
+        n, rest = divmod(scaled, unit)
         if rest:
             raise ValueError(f"{name} {value!r} is not a whole number of bytes")
     elif isinstance(value, float) or not hasattr(type(value), "__index__"):

@@ -142,9 +142,11 @@ def format_table(rows: list[dict[str, object]]) -> str:
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
-    line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths, strict=False))
-    )
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if k < 2 else c.rjust(w)
+                         for k, (c, w) in enumerate(zip(cells, widths, strict=False)))
+
     out = [line(head), line(["-" * w for w in widths])]
     prev = None
     for cells in body:

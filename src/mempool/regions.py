@@ -158,10 +158,10 @@ class RegionPool:
     def _own(self, block: Any) -> Pool:
         if not isinstance(block, Block):
             raise TypeError(f"expected a mempool.Block, not {type(block).__name__}")
-        pool = block.pool
-        if not any(pool is r for r in self._regions):
-            raise NotAllocated("the block belongs to another pool")
-        return pool
+        for region in self._regions:
+            if block.pool is region:
+                return region
+        raise NotAllocated("the block belongs to another pool")
 
     # ---- allocation ----------------------------------------------------------------------
     def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:

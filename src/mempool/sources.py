@@ -34,11 +34,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _mempool
 from ._units import parse_size
 from .errors import PoolClosed
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "AnonymousMemory",
@@ -103,7 +106,7 @@ class Source:
         """Release the memory.  BufferError while a pool or a view still uses it."""
         self._closed = True
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
