@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 import mempool
-from mempool import AnonymousMemory, FileMemory, NumaPolicy, sources
+from mempool import AnonymousMemory, FileMemory, NumaPolicy, _mempool, sources
 from mempool.sources import numa_nodes
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_SYS_GET_MEMPOLICY = {"x86_64": 239, "aarch64": 236}.get(platform.machine())
 _MODE_NUMBERS = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4}
 
 
@@ -50,13 +48,9 @@ def resident(source):
 
 def mempolicy_at(address):
     """(mode, nodes) the kernel holds for the page at address (get_mempolicy MPOL_F_ADDR)."""
-    if _SYS_GET_MEMPOLICY is None:
-        pytest.skip(f"get_mempolicy number unknown on {platform.machine()}")
-    mode, mask = ctypes.c_int(-1), (ctypes.c_ulong * 16)()
-    rc = _libc.syscall(ctypes.c_long(_SYS_GET_MEMPOLICY), ctypes.byref(mode), mask,
-                       ctypes.c_ulong(16 * 64), ctypes.c_void_p(address), ctypes.c_ulong(2))
-    assert rc == 0, errno.errorcode[ctypes.get_errno()]
-    return mode.value, tuple(n for n in range(16 * 64) if mask[n // 64] >> (n % 64) & 1)
+    if not hasattr(_mempool, "get_mempolicy"):
+        pytest.skip(f"the C library's headers do not number get_mempolicy on {platform.machine()}")
+    return _mempool.get_mempolicy(address)
 
 
 def thp_available():
@@ -284,8 +278,43 @@ def test_numa_policy_refused_by_the_kernel_says_why():
     m.close()
 
 
+def test_mbind_is_the_extensions_system_call():
+    # the C function, numbered by <sys/syscall.h>, on this machine's node 0 (and no
+    # ctypes anywhere in the sources)
+    node = numa_nodes()[0]
+    m = AnonymousMemory(1 << 16)
+    assert mempolicy_at(m.address) == (0, ())
+    _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [node])
+    assert mempolicy_at(m.address) == (_MODE_NUMBERS["bind"], (node,))
+    _mempool.mbind(m.address, m.size, _MODE_NUMBERS["default"], ())
+    assert mempolicy_at(m.address) == (0, ())
+    with pytest.raises(OSError) as e:  # the kernel's answer, as errno
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [1000])
+    assert e.value.errno == errno.EINVAL and e.value.strerror == os.strerror(errno.EINVAL)
+    with pytest.raises(OSError) as e:  # a mode the kernel does not have
+        _mempool.mbind(m.address, m.size, 99, [node])
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(ValueError, match="NUMA nodes must be in"):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [1 << 20])
+    with pytest.raises(ValueError, match="NUMA nodes must be in"):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [-1])
+    with pytest.raises(TypeError):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], 0)
+    with pytest.raises(OverflowError):
+        _mempool.mbind(1 << 64, m.size, _MODE_NUMBERS["bind"], [node])
+    assert mempolicy_at(m.address) == (0, ())  # nothing applied by a refusal
+    m.close()
+    with pytest.raises(OSError) as e:  # page 0 is never mapped (vm.mmap_min_addr)
+        _mempool.mbind(0, mmap.PAGESIZE, _MODE_NUMBERS["bind"], [node])
+    assert e.value.errno == errno.EFAULT
+    with pytest.raises(OSError) as e:
+        _mempool.get_mempolicy(0)
+    assert e.value.errno == errno.EFAULT
+    assert "ctypes" not in Path(sources.__file__).read_text()
+
+
 def test_numa_policy_without_mbind_says_why(monkeypatch):
-    monkeypatch.setattr(sources, "_SYS_MBIND", None)
+    monkeypatch.setattr(sources, "_mbind", None)
     why = f"mbind is not known on {platform.machine()}"
     with pytest.raises(OSError) as e:
         AnonymousMemory(1 << 16, numa=NumaPolicy("local"))

@@ -19,8 +19,6 @@ not applied.  A source cannot be closed while a pool or view still uses its memo
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import mmap
@@ -31,7 +29,7 @@ import select
 import stat
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,15 +55,8 @@ __all__ = [
 PAGE = mmap.PAGESIZE
 MAP_HUGETLB = 0x40000  # Linux, every architecture we build on
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-
-# mbind(2) system call numbers
-_SYS_MBIND = {"x86_64": 237, "aarch64": 235, "i686": 274, "ppc64le": 259, "s390x": 268}.get(
-    platform.machine()
-)
+# mbind(2), numbered by the C library's headers; None where they do not know it
+_mbind: Callable[[int, int, int, Sequence[int]], None] | None = getattr(_mempool, "mbind", None)
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -193,23 +184,13 @@ class NumaPolicy:
 
     def apply(self, address: int, length: int) -> None:
         """mbind(address, length, mode, nodemask): OSError when the kernel refuses."""
-        if _SYS_MBIND is None:
+        if _mbind is None:
             raise OSError(errno.ENOSYS, f"mbind is not known on {platform.machine()}")
-        bits = max(self.nodes, default=0) + 1
-        words = (bits + 63) // 64
-        mask = (ctypes.c_ulong * words)()
-        for n in self.nodes:
-            mask[n // 64] |= 1 << (n % 64)
-        # the kernel reads maxnode - 1 bits: pass one more than the highest node + 1
-        rc = _libc.syscall(
-            ctypes.c_long(_SYS_MBIND), ctypes.c_void_p(address), ctypes.c_ulong(length),
-            ctypes.c_int(_MODES[self.mode]), mask if self.nodes else None,
-            ctypes.c_ulong(words * 64 + 1 if self.nodes else 0), ctypes.c_uint(0),
-        )
-        if rc != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"mbind({self.mode}, nodes={list(self.nodes)}) refused: "
-                             f"{os.strerror(e)}")
+        try:
+            _mbind(address, length, _MODES[self.mode], self.nodes)
+        except OSError as e:
+            raise OSError(e.errno, f"mbind({self.mode}, nodes={list(self.nodes)}) refused: "
+                                   f"{e.strerror}") from None
 
 
 # ---- anonymous memory ---------------------------------------------------------------
@@ -332,13 +313,12 @@ class AnonymousMemory(_Mapped):
                                  f"(madvise MADV_POPULATE_WRITE) refused")
             self._locked = False
             if lock:
-                if _libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.size)) != 0:
-                    err = ctypes.get_errno()
-                    self._refuse(strict, OSError(err, os.strerror(err)),
-                                 f"mlock of {self.size} bytes refused (RLIMIT_MEMLOCK; "
-                                 "see ulimit -l)")
-                else:
+                try:
+                    _mempool.mlock(addr, self.size)
                     self._locked = True
+                except OSError as e:
+                    self._refuse(strict, e, f"mlock of {self.size} bytes refused "
+                                 "(RLIMIT_MEMLOCK; see ulimit -l)")
         except BaseException:
             mm.close()
             raise
