@@ -371,3 +371,83 @@ def test_file_memory_lock_is_not_inherited_by_a_fork(tmp_path):
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+# The fork design (sources.py, _LOCKED): the parent never waits for the child at
+# fork(); it unlocks with LOCK_UN, so a child's copy of the lock descriptor holds
+# nothing once the parent lets go; the child closes its copies without unlocking.
+_SLOW_CHILD = r"""
+import os, sys, time
+# another library's hook, registered first, so it runs in the child before mempool's:
+# the child holds its copy of the lock descriptor for these 3 s
+os.register_at_fork(after_in_child=lambda: time.sleep(3))
+from mempool import Pool
+path = sys.argv[1]
+p = Pool.create(path, 65536)
+p.alloc(10)
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+took = time.perf_counter() - t0
+p.close()
+t1 = time.perf_counter()
+with Pool.open(path) as q:  # at once: the child is still in the slow hook
+    assert len(q) == 1
+reopened = time.perf_counter() - t1
+os.waitpid(pid, 0)
+print(f"{took:.3f} {reopened:.3f}")
+"""
+
+
+def test_fork_does_not_wait_for_the_child_and_its_copy_holds_no_lock(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SLOW_CHILD, str(tmp_path / "slow.mp")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    fork_s, reopen_s = map(float, out.stdout.split())
+    # the old design waited at fork() until the child had run mempool's hook (3 s here,
+    # up to 10 s), and without LOCK_UN the reopen would raise BlockingIOError
+    assert fork_s < 1.0 and reopen_s < 1.0
+
+
+def test_a_forked_child_neither_holds_nor_drops_the_parents_lock(tmp_path):
+    path = tmp_path / "child.bin"
+    f = FileMemory(path, 4096, exclusive=True)
+    ready_r, ready_w = os.pipe()  # child -> parent: its copy is closed
+    go_r, go_w = os.pipe()  # parent -> child: the parent let go
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            f.close()  # its copy: closes nothing of the parent's, unlocks nothing
+            try:
+                FileMemory(path, exclusive=True)
+                code = 2  # the parent's lock did not hold
+            except BlockingIOError:
+                pass
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            FileMemory(path, exclusive=True).close()  # the child's own lock, at once
+            if code == 1:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(BlockingIOError):  # still the parent's
+            FileMemory(path, exclusive=True)
+    finally:
+        f.close()
+        os.write(go_w, b"1")
+        os.close(go_w)
+        os.close(ready_r)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    FileMemory(path, exclusive=True).close()

@@ -25,9 +25,7 @@ import mmap
 import os
 import platform
 import secrets
-import select
 import stat
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -351,7 +349,7 @@ class FileMemory(_Mapped):
                  *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
-        self._lock_fd = -1
+        self._lock_fd, self._lock_pid = -1, 0  # the flock's descriptor, the process that took it
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):
@@ -361,7 +359,7 @@ class FileMemory(_Mapped):
                     lock_fd = _lock(self.path, fd)
                     if lock_fd < 0:  # the path was replaced meanwhile: open the new file
                         continue
-                    self._lock_fd = lock_fd
+                    self._lock_fd, self._lock_pid = lock_fd, os.getpid()
                     _LOCKED.add(self)
                 have = os.fstat(fd).st_size
                 if want is None:
@@ -438,7 +436,7 @@ class FileMemory(_Mapped):
                     _unlink_if(target, old_fd)
                 raise
             finally:
-                os.close(old_lock)  # the old file's lock (it is off the path now)
+                _unlock(old_lock)  # the old file's lock (it is off the path now)
         finally:
             os.close(old_fd)
         return mem
@@ -450,7 +448,7 @@ class FileMemory(_Mapped):
         mem = cls.__new__(cls)
         Source.__init__(mem)
         mem.path = path
-        mem._lock_fd = _lock(where, fd)
+        mem._lock_fd, mem._lock_pid = _lock(where, fd), os.getpid()
         if mem._lock_fd < 0:  # removed or replaced before we locked it
             raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
         _LOCKED.add(mem)
@@ -476,9 +474,15 @@ class FileMemory(_Mapped):
             self._release_lock()
 
     def _release_lock(self) -> None:
-        """Let the file go (the exclusive flock), mapped or not: a failed open must."""
+        """Let the file go (the exclusive flock), mapped or not: a failed open must.
+
+        Only the process that took the lock unlocks it: a forked child's copy of this
+        object never does (it would unlock the parent, see _after_fork_in_child)."""
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            if self._lock_pid == os.getpid():
+                _unlock(self._lock_fd)
+            else:
+                os.close(self._lock_fd)
             self._lock_fd = -1
             _LOCKED.discard(self)
 
@@ -491,42 +495,34 @@ class FileMemory(_Mapped):
         return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
 
 
-# The FileMemory objects holding a lock.  The lock is an flock on a descriptor of its
-# own (its own open file description, shared with no mapping), so a forked child that
-# closes its copy drops nothing of the parent's: it must close it, or the parent's
-# lock would live on in the child after the parent lets go (flock belongs to the open
-# file description, and fork shares it).  Never LOCK_UN here: that unlocks the parent.
-# The parent waits at fork() for the child to have closed them (a pipe the child
-# closes afterwards), so the parent's close() right after a fork frees the file.
+# The FileMemory objects holding a lock, and how a fork() leaves it with the parent.
+#
+# The lock is an flock on a descriptor of its own (its own open file description,
+# shared with no mapping, O_CLOEXEC).  flock locks belong to the open file
+# description, and fork() shares that with the child: a child's copy of the
+# descriptor would keep the file locked after the parent closed its pool, for as long
+# as the child lives.  Two things keep the lock the parent's alone, without the parent
+# waiting for the child at fork():
+# - the parent lets go with LOCK_UN before it closes (_unlock): that drops the lock
+#   from the open file description, whatever copies a child still holds;
+# - the child closes its copies at once (_after_fork_in_child), never with LOCK_UN
+#   (that would unlock the parent's), and its FileMemory objects forget them, so the
+#   child holds no lock, cannot unlock the parent's, and can take the file itself once
+#   the parent let go.
+# A child made by a fork that runs no Python hooks (C code) keeps its copies until it
+# execs (O_CLOEXEC) or exits: harmless while the parent holds the lock, and the
+# parent's close() unlocks them all the same.  Only a parent that dies without
+# closing (killed) leaves the lock to such a child until it exits or execs.
 _LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
 
 
-_fork_pipes: set[int] = set()  # write ends of the pipes of forks under way
-_fork_local = threading.local()
-
-
-def _before_fork() -> None:
-    _fork_local.pipe = None
-    if _LOCKED:
-        r, w = os.pipe()
-        _fork_pipes.add(w)
-        _fork_local.pipe = (r, w)
-
-
-def _after_fork_in_parent() -> None:
-    """Wait until the child has closed its copies of the lock descriptors (it closes the
-    pipe after them), so that a close() right after fork() lets the file go at once."""
-    pipe = getattr(_fork_local, "pipe", None)
-    if pipe is None:
-        return
-    r, w = pipe
-    _fork_local.pipe = None
-    _fork_pipes.discard(w)
-    os.close(w)
+def _unlock(fd: int) -> None:
+    """Unlock the flock held through ``fd`` and close it; in the process that locked
+    it only.  LOCK_UN first: it unlocks every copy a forked child may still hold."""
     try:
-        select.select([r], [], [], 10.0)  # EOF; a child that never ran the hook: exec/exit
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(r)
+        os.close(fd)
 
 
 def _after_fork_in_child() -> None:
@@ -538,23 +534,9 @@ def _after_fork_in_child() -> None:
                 pass
             mem._lock_fd = -1
     _LOCKED.clear()
-    for w in _fork_pipes:
-        try:
-            os.close(w)
-        except OSError:
-            pass
-    _fork_pipes.clear()
-    pipe = getattr(_fork_local, "pipe", None)
-    if pipe is not None:
-        try:
-            os.close(pipe[0])
-        except OSError:
-            pass
-        _fork_local.pipe = None
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _busy(path: Path) -> BlockingIOError:
@@ -591,11 +573,11 @@ def _lock(path: Path, fd: int) -> int:
         except FileNotFoundError:
             now = None
         if now is None or not _same_file(now, os.fstat(fd)):
-            os.close(lock_fd)
+            _unlock(lock_fd)
             return -1
     except BaseException:
         try:
-            os.close(lock_fd)
+            _unlock(lock_fd)  # whether or not flock() took it
         except OSError:
             pass
         raise
