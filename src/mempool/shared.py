@@ -291,7 +291,7 @@ class SharedPool(Pool):
         return self._segment_id
 
     def __reduce__(self) -> tuple[Callable[..., SharedPool], tuple[str, int]]:
-        return (_attach_cached, (self._name, self._segment_id))
+        return (_pool_for, (self._name, self._segment_id))
 
     # ---- locked views of the strategy -------------------------------------------------
     def stats(self) -> Stats:
@@ -375,10 +375,6 @@ atexit.register(_give_back_caches)
 multiprocessing.util.Finalize(None, _give_back_caches, exitpriority=100)
 
 
-def _attach_cached(name: str, segment_id: int) -> SharedPool:
-    return _pool_for(name, segment_id)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -400,10 +396,4 @@ def _unlink_quietly(path: Any, missing_ok: bool = True) -> None:
     except FileNotFoundError:
         if not missing_ok:
             raise
-
-
-def shared_pool(name: str) -> SharedPool:
-    """The shared pool ``name``: this process's open one, or a new attachment."""
-    pool = _attached.get(name)
-    return pool if pool is not None and not pool.closed else SharedPool.attach(name)
 
