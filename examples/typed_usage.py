@@ -143,6 +143,9 @@ def traces() -> None:
     tr = mtrace.read(paths[0]).head(10_000)
     res: mtrace.ReplayResult = mtrace.replay(tr, "tlsf")
     assert res.ops == len(tr) and res.failures == 0
+    strat = mtrace.strategy_for(tr, "buddy", min_block=16)  # one warm object, replayed twice
+    assert strat is not None and mtrace.replay(tr, strat).strategy == "buddy"
+    assert mtrace.replay(tr, strat).ops == len(tr)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _replay_cell(trace: tr.Trace, name: str, repeat: int, capacity_factor: float
     if name == "libc":
         runs = [tr.replay(trace, "libc") for _ in range(repeat + 1)]
     else:
-        obj = tr._make_strategy(name, cap, trace.max_id, dict(BENCH_OPTIONS.get(name, {})))[1]
+        obj = tr.strategy_for(trace, name, capacity=cap, **BENCH_OPTIONS.get(name, {}))
         runs = [tr.replay(trace, obj) for _ in range(repeat + 1)]
     return runs[0], min(r.ns_per_op for r in runs[1:])
 
