@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import re
 
-__all__ = ["parse_size"]
+__all__ = ["parse_size", "round_up"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -48,3 +48,8 @@ def parse_size(value: int | str, name: str = "size") -> int:
     if n < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return n
+
+
+def round_up(n: int, unit: int) -> int:
+    """``n`` rounded up to a multiple of ``unit`` (both >= 1): a page, a huge page."""
+    return (n + unit - 1) // unit * unit

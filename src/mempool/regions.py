@@ -24,6 +24,7 @@ import numpy as np
 
 from ._mempool import Block
 from ._units import parse_size
+from ._units import round_up as _round_up
 from .errors import NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .strategies import make, strategy_type
@@ -33,10 +34,6 @@ __all__ = ["RegionPool", "RegionStats"]
 MIN_REGION = 64 << 10
 PAGE = mmap.PAGESIZE
 T = TypeVar("T")
-
-
-def _round_up(n: int, unit: int) -> int:
-    return (n + unit - 1) // unit * unit
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _mempool
-from ._units import parse_size
+from ._units import parse_size, round_up
 from .errors import PoolClosed
 
 if TYPE_CHECKING:
@@ -55,10 +55,6 @@ MAP_HUGETLB = 0x40000  # Linux, every architecture we build on
 
 # mbind(2), numbered by the C library's headers; None where they do not know it
 _mbind: Callable[[int, int, int, Sequence[int]], None] | None = getattr(_mempool, "mbind", None)
-
-
-def _round_up(n: int, unit: int) -> int:
-    return (n + unit - 1) // unit * unit
 
 
 class Source:
@@ -266,7 +262,7 @@ class AnonymousMemory(_Mapped):
         self.hugepages = hugepages
         self.numa = numa
         unit = _hugepage_size() if hugepages == "explicit" else PAGE
-        self.size = _round_up(size, unit)
+        self.size = round_up(size, unit)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         # MAP_POPULATE faults the pages in at mmap time, before mbind (flags 0: pages
         # already there are not moved) or MADV_HUGEPAGE could apply to them: with either,
@@ -285,7 +281,7 @@ class AnonymousMemory(_Mapped):
                 if strict:
                     raise OSError(e.errno, msg) from None
                 self.refused.append(msg)
-                self.size = _round_up(size, PAGE)
+                self.size = round_up(size, PAGE)
         if mm is None:
             mm = mmap.mmap(-1, self.size, flags=flags)
         self._mmap = mm
