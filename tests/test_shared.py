@@ -190,6 +190,25 @@ def test_plain_results_pickle_by_value(name):
         del a
 
 
+def test_a_pool_pickles_to_its_name(name):
+    with SharedPool.create(name, 65536, "bestfit") as p:
+        h = pickle.dumps(p)
+        assert pickle.loads(h) is p  # this process's open attachment
+        code = f"""
+            import pickle, sys
+            q = pickle.loads({h!r})
+            print(q.name, q.capacity, q.strategy, q.segment_id)
+        """
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [name, "65536", "bestfit", str(p.segment_id)]
+        p.unlink()
+    with SharedPool.create(name, 65536):  # the name made anew: the old pickle is stale
+        with pytest.raises(mempool.NotAllocated, match="stale"):
+            pickle.loads(h)
+
+
 def test_realloc_with_other_handles_refused(name):
     with SharedPool.create(name, 65536) as p:
         b = p.alloc(100)

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 import mempool
-from mempool import AnonymousMemory, FileMemory, NumaPolicy, sources
+from mempool import AnonymousMemory, FileMemory, NumaPolicy, _mempool, sources
 from mempool.sources import numa_nodes
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_SYS_GET_MEMPOLICY = {"x86_64": 239, "aarch64": 236}.get(platform.machine())
 _MODE_NUMBERS = {"default": 0, "preferred": 1, "bind": 2, "interleave": 3, "local": 4}
 
 
@@ -50,13 +48,9 @@ def resident(source):
 
 def mempolicy_at(address):
     """(mode, nodes) the kernel holds for the page at address (get_mempolicy MPOL_F_ADDR)."""
-    if _SYS_GET_MEMPOLICY is None:
-        pytest.skip(f"get_mempolicy number unknown on {platform.machine()}")
-    mode, mask = ctypes.c_int(-1), (ctypes.c_ulong * 16)()
-    rc = _libc.syscall(ctypes.c_long(_SYS_GET_MEMPOLICY), ctypes.byref(mode), mask,
-                       ctypes.c_ulong(16 * 64), ctypes.c_void_p(address), ctypes.c_ulong(2))
-    assert rc == 0, errno.errorcode[ctypes.get_errno()]
-    return mode.value, tuple(n for n in range(16 * 64) if mask[n // 64] >> (n % 64) & 1)
+    if not hasattr(_mempool, "get_mempolicy"):
+        pytest.skip(f"the C library's headers do not number get_mempolicy on {platform.machine()}")
+    return _mempool.get_mempolicy(address)
 
 
 def thp_available():
@@ -284,8 +278,43 @@ def test_numa_policy_refused_by_the_kernel_says_why():
     m.close()
 
 
+def test_mbind_is_the_extensions_system_call():
+    # the C function, numbered by <sys/syscall.h>, on this machine's node 0 (and no
+    # ctypes anywhere in the sources)
+    node = numa_nodes()[0]
+    m = AnonymousMemory(1 << 16)
+    assert mempolicy_at(m.address) == (0, ())
+    _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [node])
+    assert mempolicy_at(m.address) == (_MODE_NUMBERS["bind"], (node,))
+    _mempool.mbind(m.address, m.size, _MODE_NUMBERS["default"], ())
+    assert mempolicy_at(m.address) == (0, ())
+    with pytest.raises(OSError) as e:  # the kernel's answer, as errno
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [1000])
+    assert e.value.errno == errno.EINVAL and e.value.strerror == os.strerror(errno.EINVAL)
+    with pytest.raises(OSError) as e:  # a mode the kernel does not have
+        _mempool.mbind(m.address, m.size, 99, [node])
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(ValueError, match="NUMA nodes must be in"):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [1 << 20])
+    with pytest.raises(ValueError, match="NUMA nodes must be in"):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], [-1])
+    with pytest.raises(TypeError):
+        _mempool.mbind(m.address, m.size, _MODE_NUMBERS["bind"], 0)
+    with pytest.raises(OverflowError):
+        _mempool.mbind(1 << 64, m.size, _MODE_NUMBERS["bind"], [node])
+    assert mempolicy_at(m.address) == (0, ())  # nothing applied by a refusal
+    m.close()
+    with pytest.raises(OSError) as e:  # page 0 is never mapped (vm.mmap_min_addr)
+        _mempool.mbind(0, mmap.PAGESIZE, _MODE_NUMBERS["bind"], [node])
+    assert e.value.errno == errno.EFAULT
+    with pytest.raises(OSError) as e:
+        _mempool.get_mempolicy(0)
+    assert e.value.errno == errno.EFAULT
+    assert "ctypes" not in Path(sources.__file__).read_text()
+
+
 def test_numa_policy_without_mbind_says_why(monkeypatch):
-    monkeypatch.setattr(sources, "_SYS_MBIND", None)
+    monkeypatch.setattr(sources, "_mbind", None)
     why = f"mbind is not known on {platform.machine()}"
     with pytest.raises(OSError) as e:
         AnonymousMemory(1 << 16, numa=NumaPolicy("local"))
@@ -342,3 +371,83 @@ def test_file_memory_lock_is_not_inherited_by_a_fork(tmp_path):
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+# The fork design (sources.py, _LOCKED): the parent never waits for the child at
+# fork(); it unlocks with LOCK_UN, so a child's copy of the lock descriptor holds
+# nothing once the parent lets go; the child closes its copies without unlocking.
+_SLOW_CHILD = r"""
+import os, sys, time
+# another library's hook, registered first, so it runs in the child before mempool's:
+# the child holds its copy of the lock descriptor for these 3 s
+os.register_at_fork(after_in_child=lambda: time.sleep(3))
+from mempool import Pool
+path = sys.argv[1]
+p = Pool.create(path, 65536)
+p.alloc(10)
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+took = time.perf_counter() - t0
+p.close()
+t1 = time.perf_counter()
+with Pool.open(path) as q:  # at once: the child is still in the slow hook
+    assert len(q) == 1
+reopened = time.perf_counter() - t1
+os.waitpid(pid, 0)
+print(f"{took:.3f} {reopened:.3f}")
+"""
+
+
+def test_fork_does_not_wait_for_the_child_and_its_copy_holds_no_lock(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SLOW_CHILD, str(tmp_path / "slow.mp")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    fork_s, reopen_s = map(float, out.stdout.split())
+    # the old design waited at fork() until the child had run mempool's hook (3 s here,
+    # up to 10 s), and without LOCK_UN the reopen would raise BlockingIOError
+    assert fork_s < 1.0 and reopen_s < 1.0
+
+
+def test_a_forked_child_neither_holds_nor_drops_the_parents_lock(tmp_path):
+    path = tmp_path / "child.bin"
+    f = FileMemory(path, 4096, exclusive=True)
+    ready_r, ready_w = os.pipe()  # child -> parent: its copy is closed
+    go_r, go_w = os.pipe()  # parent -> child: the parent let go
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            f.close()  # its copy: closes nothing of the parent's, unlocks nothing
+            try:
+                FileMemory(path, exclusive=True)
+                code = 2  # the parent's lock did not hold
+            except BlockingIOError:
+                pass
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            FileMemory(path, exclusive=True).close()  # the child's own lock, at once
+            if code == 1:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(BlockingIOError):  # still the parent's
+            FileMemory(path, exclusive=True)
+    finally:
+        f.close()
+        os.write(go_w, b"1")
+        os.close(go_w)
+        os.close(ready_r)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    FileMemory(path, exclusive=True).close()

@@ -125,6 +125,22 @@ def test_replay_instance_must_be_empty_and_strategy_known(tmp_path):
         trace.replay(p, 42)
 
 
+def test_strategy_for_is_what_replay_runs(tmp_path):
+    p = write(tmp_path, HEADER + "a 0 100\na 1 200 64\nr 0 150\nf 1\na 1 0\nf 0\n")
+    t = trace.read(p)
+    s = trace.strategy_for(t, "tlsf")
+    assert type(s) is mempool.TLSF and s.capacity == 4096  # 2 * maxlive, at least 4096
+    assert s.state_size == mempool.TLSF(4096, max_blocks=2 * (t.max_id + 1) + 64).state_size
+    b = trace.strategy_for(t, mempool.Buddy, capacity=1 << 16, min_block=16)
+    assert type(b) is mempool.Buddy and b.capacity == 1 << 16 and b.min_block == 16
+    assert trace.strategy_for(t, "libc") is None and trace.strategy_for(t, None) is None
+    assert trace.strategy_for(t, s) is s
+    assert trace.replay(t, s).strategy == "tlsf"  # one object, replayed again and again
+    assert trace.replay(t, s).ops == 6 and len(s) == 0
+    with pytest.raises(ValueError, match="unknown strategy"):
+        trace.strategy_for(t, "nope")
+
+
 def test_python_replay(tmp_path):
     p = write(tmp_path, HEADER + "a 0 100\na 1 200 64\nr 0 150\nf 1\na 1 0\nf 0\n")
     ns, failures = trace.python_replay(trace.read(p), "bestfit")

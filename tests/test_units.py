@@ -3,7 +3,7 @@
 import pytest
 
 from mempool import AnonymousMemory
-from mempool._units import parse_size
+from mempool._units import parse_size, round_up
 
 
 @pytest.mark.parametrize("text, n", [
@@ -56,3 +56,13 @@ def test_sources_take_exact_string_sizes():
     m.close()
     with pytest.raises(ValueError, match="whole number"):
         AnonymousMemory("0.5B")
+
+
+def test_round_up_is_the_one_helper():
+    assert [round_up(n, 4096) for n in (1, 4095, 4096, 4097)] == [4096, 4096, 4096, 8192]
+    assert round_up((1 << 64) + 1, 1 << 21) == (1 << 64) + (1 << 21)  # ints, no float
+    import mempool.regions
+    import mempool.sources
+
+    assert mempool.regions._round_up is round_up  # one definition, not a copy per module
+    assert not hasattr(mempool.sources, "_round_up")

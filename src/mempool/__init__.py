@@ -17,8 +17,8 @@ real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
 :class:`Block` objects and NumPy arrays.
 """
 
-from __future__ import annotations
-
+# (no `from __future__ import annotations` here: it would leave a public
+# `mempool.annotations`; this module has no annotations to postpone)
 from . import _mempool, trace
 from ._mempool import *  # noqa: F403  (Block, Strategy and every strategy type)
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import re
 
-__all__ = ["parse_size"]
+__all__ = ["parse_size", "round_up"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -37,7 +37,8 @@ def parse_size(value: int | str, name: str = "size") -> int:
             scaled = int(whole + frac) * _UNITS[m.group(2).lower()]
         except ValueError:  # more digits than int() converts (sys.set_int_max_str_digits)
             raise ValueError(f"{name} {value!r} has too many digits") from None
-        n, rest = divmod(scaled, 10 ** len(frac))
+        unit: int = 10 ** len(frac)
+        n, rest = divmod(scaled, unit)
         if rest:
             raise ValueError(f"{name} {value!r} is not a whole number of bytes")
     elif isinstance(value, float) or not hasattr(type(value), "__index__"):
@@ -47,3 +48,8 @@ def parse_size(value: int | str, name: str = "size") -> int:
     if n < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return n
+
+
+def round_up(n: int, unit: int) -> int:
+    """``n`` rounded up to a multiple of ``unit`` (both >= 1): a page, a huge page."""
+    return (n + unit - 1) // unit * unit

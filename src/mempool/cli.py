@@ -54,7 +54,7 @@ def _replay_cell(trace: tr.Trace, name: str, repeat: int, capacity_factor: float
     if name == "libc":
         runs = [tr.replay(trace, "libc") for _ in range(repeat + 1)]
     else:
-        obj = tr._make_strategy(name, cap, trace.max_id, dict(BENCH_OPTIONS.get(name, {})))[1]
+        obj = tr.strategy_for(trace, name, capacity=cap, **BENCH_OPTIONS.get(name, {}))
         runs = [tr.replay(trace, obj) for _ in range(repeat + 1)]
     return runs[0], min(r.ns_per_op for r in runs[1:])
 
@@ -142,9 +142,11 @@ def format_table(rows: list[dict[str, object]]) -> str:
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
-    line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths, strict=False))
-    )
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if k < 2 else c.rjust(w)
+                         for k, (c, w) in enumerate(zip(cells, widths, strict=False)))
+
     out = [line(head), line(["-" * w for w in widths])]
     prev = None
     for cells in body:

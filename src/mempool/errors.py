@@ -40,7 +40,7 @@ class OutOfSpace(MempoolError, MemoryError):
         self.available = available
         self.largest_free = largest_free
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[OutOfSpace], tuple[str, int, int, int]]:
         return (type(self), (str(self), self.size, self.available, self.largest_free))
 
 

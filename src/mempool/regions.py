@@ -24,6 +24,7 @@ import numpy as np
 
 from ._mempool import Block
 from ._units import parse_size
+from ._units import round_up as _round_up
 from .errors import NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .strategies import make, strategy_type
@@ -33,10 +34,6 @@ __all__ = ["RegionPool", "RegionStats"]
 MIN_REGION = 64 << 10
 PAGE = mmap.PAGESIZE
 T = TypeVar("T")
-
-
-def _round_up(n: int, unit: int) -> int:
-    return (n + unit - 1) // unit * unit
 
 
 @dataclass(frozen=True)
@@ -158,10 +155,10 @@ class RegionPool:
     def _own(self, block: Any) -> Pool:
         if not isinstance(block, Block):
             raise TypeError(f"expected a mempool.Block, not {type(block).__name__}")
-        pool = block.pool
-        if not any(pool is r for r in self._regions):
-            raise NotAllocated("the block belongs to another pool")
-        return pool
+        for region in self._regions:
+            if block.pool is region:
+                return region
+        raise NotAllocated("the block belongs to another pool")
 
     # ---- allocation ----------------------------------------------------------------------
     def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:

@@ -31,8 +31,9 @@ import atexit
 import multiprocessing.util
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex, cast
 
 import numpy as np
 
@@ -90,13 +91,15 @@ class SharedArray(np.ndarray):
     same block; results that own memory elsewhere (``a + 1``) are plain ndarrays.
     """
 
-    def __reduce_ex__(self, protocol):  # ndarray's own __reduce_ex__ would come first
+    # ndarray's own __reduce_ex__ would come first
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
         return self.__reduce__()
 
-    def __reduce__(self):
+    def __reduce__(self) -> str | tuple[Any, ...]:
         blk = _block_of(self)
         if blk is None or not blk.live or not isinstance(blk.pool, SharedPool):
-            return np.asarray(self).view(np.ndarray).copy().__reduce__()
+            plain: str | tuple[Any, ...] = np.asarray(self).view(np.ndarray).copy().__reduce__()
+            return plain
         pool = blk.pool
         byte_off = _mempool.data_address(self) - blk.address
         dt = self.dtype
@@ -105,7 +108,8 @@ class SharedArray(np.ndarray):
         return (_rebuild_array, (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off,
                                  dtype, self.shape, self.strides))
 
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
+    def __array_wrap__(self, arr: np.ndarray, context: tuple[Any, ...] | None = None,
+                       return_scalar: bool = False) -> Any:
         arr = arr.view(SharedArray if _block_of(arr) is not None else np.ndarray)
         return arr[()] if return_scalar else arr
 
@@ -127,12 +131,14 @@ def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: 
                    dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...]
                    ) -> SharedArray:
     blk = _rebuild_block(name, segment_id, offset, tag)
-    return np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk, offset=byte_off,
-                              strides=strides)
+    # a Block is a buffer; NumPy's stubs take any buffer only for Python >= 3.12
+    arr: SharedArray = np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk, offset=byte_off,  # type: ignore[arg-type]
+                                          strides=strides)
+    return arr
 
 
-def _block_reduce(block: Block):
-    pool = block.pool
+def _block_reduce(block: Block) -> tuple[Callable[..., Block], tuple[str, int, int, int]]:
+    pool = cast("SharedPool", block.pool)  # the C calls it for blocks of shared pools only
     return (_rebuild_block, (pool.name, pool.segment_id, block.offset, block.tag))
 
 
@@ -151,12 +157,17 @@ class SharedPool(Pool):
     free any block; every allocator call takes the segment's lock.
     """
 
+    _name: str
+    _segment_id: int
+    _creator: bool
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use SharedPool.create(name, capacity) or SharedPool.attach(name)")
 
     # ---- construction -----------------------------------------------------------------
+    # made by name, not at a path: on purpose not a substitute for Pool.create
     @classmethod
-    def create(cls, name: str, capacity: int | str, strategy: str | type[Strategy] = "tlsf",
+    def create(cls, name: str, capacity: int | str, strategy: str | type[Strategy] = "tlsf",  # type: ignore[override]
                *, mode: int = 0o600, max_entries: int | None = None,
                unlink_on_exit: bool = False, **options: Any) -> SharedPool:
         """A new shared pool named ``name`` (``/dev/shm/<name>``).
@@ -279,8 +290,8 @@ class SharedPool(Pool):
         """Unique per created segment: a handle to a re-created name is refused."""
         return self._segment_id
 
-    def __reduce__(self):
-        return (_attach_cached, (self._name, self._segment_id))
+    def __reduce__(self) -> tuple[Callable[..., SharedPool], tuple[str, int]]:
+        return (_pool_for, (self._name, self._segment_id))
 
     # ---- locked views of the strategy -------------------------------------------------
     def stats(self) -> Stats:
@@ -337,7 +348,7 @@ class SharedPool(Pool):
 
     def close(self) -> None:
         super().close()
-        if _attached.get(getattr(self, "_name", None)) is self:
+        if _attached.get(getattr(self, "_name", "")) is self:
             del _attached[self._name]
 
     def __repr__(self) -> str:
@@ -364,10 +375,6 @@ atexit.register(_give_back_caches)
 multiprocessing.util.Finalize(None, _give_back_caches, exitpriority=100)
 
 
-def _attach_cached(name: str, segment_id: int) -> SharedPool:
-    return _pool_for(name, segment_id)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -389,10 +396,4 @@ def _unlink_quietly(path: Any, missing_ok: bool = True) -> None:
     except FileNotFoundError:
         if not missing_ok:
             raise
-
-
-def shared_pool(name: str) -> SharedPool:
-    """The shared pool ``name``: this process's open one, or a new attachment."""
-    pool = _attached.get(name)
-    return pool if pool is not None and not pool.closed else SharedPool.attach(name)
 

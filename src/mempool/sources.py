@@ -19,26 +19,25 @@ not applied.  A source cannot be closed while a pool or view still uses its memo
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import mmap
 import os
 import platform
 import secrets
-import select
 import stat
-import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _mempool
-from ._units import parse_size
+from ._units import parse_size, round_up
 from .errors import PoolClosed
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "AnonymousMemory",
@@ -54,19 +53,8 @@ __all__ = [
 PAGE = mmap.PAGESIZE
 MAP_HUGETLB = 0x40000  # Linux, every architecture we build on
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-
-# mbind(2) system call numbers
-_SYS_MBIND = {"x86_64": 237, "aarch64": 235, "i686": 274, "ppc64le": 259, "s390x": 268}.get(
-    platform.machine()
-)
-
-
-def _round_up(n: int, unit: int) -> int:
-    return (n + unit - 1) // unit * unit
+# mbind(2), numbered by the C library's headers; None where they do not know it
+_mbind: Callable[[int, int, int, Sequence[int]], None] | None = getattr(_mempool, "mbind", None)
 
 
 class Source:
@@ -103,7 +91,7 @@ class Source:
         """Release the memory.  BufferError while a pool or a view still uses it."""
         self._closed = True
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,23 +178,13 @@ class NumaPolicy:
 
     def apply(self, address: int, length: int) -> None:
         """mbind(address, length, mode, nodemask): OSError when the kernel refuses."""
-        if _SYS_MBIND is None:
+        if _mbind is None:
             raise OSError(errno.ENOSYS, f"mbind is not known on {platform.machine()}")
-        bits = max(self.nodes, default=0) + 1
-        words = (bits + 63) // 64
-        mask = (ctypes.c_ulong * words)()
-        for n in self.nodes:
-            mask[n // 64] |= 1 << (n % 64)
-        # the kernel reads maxnode - 1 bits: pass one more than the highest node + 1
-        rc = _libc.syscall(
-            ctypes.c_long(_SYS_MBIND), ctypes.c_void_p(address), ctypes.c_ulong(length),
-            ctypes.c_int(_MODES[self.mode]), mask if self.nodes else None,
-            ctypes.c_ulong(words * 64 + 1 if self.nodes else 0), ctypes.c_uint(0),
-        )
-        if rc != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"mbind({self.mode}, nodes={list(self.nodes)}) refused: "
-                             f"{os.strerror(e)}")
+        try:
+            _mbind(address, length, _MODES[self.mode], self.nodes)
+        except OSError as e:
+            raise OSError(e.errno, f"mbind({self.mode}, nodes={list(self.nodes)}) refused: "
+                                   f"{e.strerror}") from None
 
 
 # ---- anonymous memory ---------------------------------------------------------------
@@ -284,7 +262,7 @@ class AnonymousMemory(_Mapped):
         self.hugepages = hugepages
         self.numa = numa
         unit = _hugepage_size() if hugepages == "explicit" else PAGE
-        self.size = _round_up(size, unit)
+        self.size = round_up(size, unit)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         # MAP_POPULATE faults the pages in at mmap time, before mbind (flags 0: pages
         # already there are not moved) or MADV_HUGEPAGE could apply to them: with either,
@@ -303,7 +281,7 @@ class AnonymousMemory(_Mapped):
                 if strict:
                     raise OSError(e.errno, msg) from None
                 self.refused.append(msg)
-                self.size = _round_up(size, PAGE)
+                self.size = round_up(size, PAGE)
         if mm is None:
             mm = mmap.mmap(-1, self.size, flags=flags)
         self._mmap = mm
@@ -329,13 +307,12 @@ class AnonymousMemory(_Mapped):
                                  f"(madvise MADV_POPULATE_WRITE) refused")
             self._locked = False
             if lock:
-                if _libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(self.size)) != 0:
-                    err = ctypes.get_errno()
-                    self._refuse(strict, OSError(err, os.strerror(err)),
-                                 f"mlock of {self.size} bytes refused (RLIMIT_MEMLOCK; "
-                                 "see ulimit -l)")
-                else:
+                try:
+                    _mempool.mlock(addr, self.size)
                     self._locked = True
+                except OSError as e:
+                    self._refuse(strict, e, f"mlock of {self.size} bytes refused "
+                                 "(RLIMIT_MEMLOCK; see ulimit -l)")
         except BaseException:
             mm.close()
             raise
@@ -368,7 +345,7 @@ class FileMemory(_Mapped):
                  *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
-        self._lock_fd = -1
+        self._lock_fd, self._lock_pid = -1, 0  # the flock's descriptor, the process that took it
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):
@@ -378,7 +355,7 @@ class FileMemory(_Mapped):
                     lock_fd = _lock(self.path, fd)
                     if lock_fd < 0:  # the path was replaced meanwhile: open the new file
                         continue
-                    self._lock_fd = lock_fd
+                    self._lock_fd, self._lock_pid = lock_fd, os.getpid()
                     _LOCKED.add(self)
                 have = os.fstat(fd).st_size
                 if want is None:
@@ -455,7 +432,7 @@ class FileMemory(_Mapped):
                     _unlink_if(target, old_fd)
                 raise
             finally:
-                os.close(old_lock)  # the old file's lock (it is off the path now)
+                _unlock(old_lock)  # the old file's lock (it is off the path now)
         finally:
             os.close(old_fd)
         return mem
@@ -467,7 +444,7 @@ class FileMemory(_Mapped):
         mem = cls.__new__(cls)
         Source.__init__(mem)
         mem.path = path
-        mem._lock_fd = _lock(where, fd)
+        mem._lock_fd, mem._lock_pid = _lock(where, fd), os.getpid()
         if mem._lock_fd < 0:  # removed or replaced before we locked it
             raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
         _LOCKED.add(mem)
@@ -493,9 +470,15 @@ class FileMemory(_Mapped):
             self._release_lock()
 
     def _release_lock(self) -> None:
-        """Let the file go (the exclusive flock), mapped or not: a failed open must."""
+        """Let the file go (the exclusive flock), mapped or not: a failed open must.
+
+        Only the process that took the lock unlocks it: a forked child's copy of this
+        object never does (it would unlock the parent, see _after_fork_in_child)."""
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            if self._lock_pid == os.getpid():
+                _unlock(self._lock_fd)
+            else:
+                os.close(self._lock_fd)
             self._lock_fd = -1
             _LOCKED.discard(self)
 
@@ -508,42 +491,34 @@ class FileMemory(_Mapped):
         return f"<FileMemory {str(self.path)!r} size={self.size}{' closed' if self._closed else ''}>"
 
 
-# The FileMemory objects holding a lock.  The lock is an flock on a descriptor of its
-# own (its own open file description, shared with no mapping), so a forked child that
-# closes its copy drops nothing of the parent's: it must close it, or the parent's
-# lock would live on in the child after the parent lets go (flock belongs to the open
-# file description, and fork shares it).  Never LOCK_UN here: that unlocks the parent.
-# The parent waits at fork() for the child to have closed them (a pipe the child
-# closes afterwards), so the parent's close() right after a fork frees the file.
+# The FileMemory objects holding a lock, and how a fork() leaves it with the parent.
+#
+# The lock is an flock on a descriptor of its own (its own open file description,
+# shared with no mapping, O_CLOEXEC).  flock locks belong to the open file
+# description, and fork() shares that with the child: a child's copy of the
+# descriptor would keep the file locked after the parent closed its pool, for as long
+# as the child lives.  Two things keep the lock the parent's alone, without the parent
+# waiting for the child at fork():
+# - the parent lets go with LOCK_UN before it closes (_unlock): that drops the lock
+#   from the open file description, whatever copies a child still holds;
+# - the child closes its copies at once (_after_fork_in_child), never with LOCK_UN
+#   (that would unlock the parent's), and its FileMemory objects forget them, so the
+#   child holds no lock, cannot unlock the parent's, and can take the file itself once
+#   the parent let go.
+# A child made by a fork that runs no Python hooks (C code) keeps its copies until it
+# execs (O_CLOEXEC) or exits: harmless while the parent holds the lock, and the
+# parent's close() unlocks them all the same.  Only a parent that dies without
+# closing (killed) leaves the lock to such a child until it exits or execs.
 _LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
 
 
-_fork_pipes: set[int] = set()  # write ends of the pipes of forks under way
-_fork_local = threading.local()
-
-
-def _before_fork() -> None:
-    _fork_local.pipe = None
-    if _LOCKED:
-        r, w = os.pipe()
-        _fork_pipes.add(w)
-        _fork_local.pipe = (r, w)
-
-
-def _after_fork_in_parent() -> None:
-    """Wait until the child has closed its copies of the lock descriptors (it closes the
-    pipe after them), so that a close() right after fork() lets the file go at once."""
-    pipe = getattr(_fork_local, "pipe", None)
-    if pipe is None:
-        return
-    r, w = pipe
-    _fork_local.pipe = None
-    _fork_pipes.discard(w)
-    os.close(w)
+def _unlock(fd: int) -> None:
+    """Unlock the flock held through ``fd`` and close it; in the process that locked
+    it only.  LOCK_UN first: it unlocks every copy a forked child may still hold."""
     try:
-        select.select([r], [], [], 10.0)  # EOF; a child that never ran the hook: exec/exit
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(r)
+        os.close(fd)
 
 
 def _after_fork_in_child() -> None:
@@ -555,23 +530,9 @@ def _after_fork_in_child() -> None:
                 pass
             mem._lock_fd = -1
     _LOCKED.clear()
-    for w in _fork_pipes:
-        try:
-            os.close(w)
-        except OSError:
-            pass
-    _fork_pipes.clear()
-    pipe = getattr(_fork_local, "pipe", None)
-    if pipe is not None:
-        try:
-            os.close(pipe[0])
-        except OSError:
-            pass
-        _fork_local.pipe = None
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _busy(path: Path) -> BlockingIOError:
@@ -608,11 +569,11 @@ def _lock(path: Path, fd: int) -> int:
         except FileNotFoundError:
             now = None
         if now is None or not _same_file(now, os.fstat(fd)):
-            os.close(lock_fd)
+            _unlock(lock_fd)
             return -1
     except BaseException:
         try:
-            os.close(lock_fd)
+            _unlock(lock_fd)  # whether or not flock() took it
         except OSError:
             pass
         raise

@@ -30,7 +30,10 @@ from ._mempool import Strategy
 from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
 
-__all__ = ["ReplayResult", "Trace", "TraceError", "bundled", "python_replay", "read", "replay"]
+__all__ = [
+    "ReplayResult", "Trace", "TraceError", "bundled", "python_replay", "read", "replay",
+    "strategy_for",
+]
 
 MAGIC = "mempool-trace v1"
 
@@ -192,21 +195,29 @@ class ReplayResult:
         return self.high_water / self.maxlive if self.maxlive and self.high_water else 0.0
 
 
-def _make_strategy(
-    strategy: Any, capacity: int, max_id: int, options: dict[str, Any]
-) -> tuple[str, Strategy | None]:
-    """(name, strategy object or None for libc)."""
+def strategy_for(trace: Trace, strategy: Any = "tlsf", *, capacity: int | None = None,
+                 **options: Any) -> Strategy | None:
+    """The strategy object that :func:`replay` would run ``trace`` through.
+
+    ``strategy`` is what replay() takes: a name of :data:`mempool.STRATEGIES` or a
+    strategy type (a new object over ``capacity`` bytes, default ``2 * trace.maxlive``
+    and at least 4096, made with ``**options``), a strategy instance (returned as it
+    is), or ``"libc"`` / None (returns None: the C library).  The range strategies
+    (TLSF, BestFit) get a node table no larger than the trace needs unless
+    ``max_blocks`` is given.  Make one to replay the same trace several times on one
+    warm object, as the bench does.  ValueError / TypeError for an unknown strategy.
+    """
     if strategy is None or strategy == "libc":
-        return "libc", None
+        return None
     if isinstance(strategy, Strategy):
-        return strategy.strategy, strategy
+        return strategy
+    cap = int(capacity) if capacity is not None else max(2 * trace.maxlive, 4096)
     cls = strategy_type(strategy)
     if "max_blocks" not in options and any(issubclass(cls, t) for t in RANGE_STRATEGIES):
         # every live id is a range, and free ranges are at most one more (plus the one a
         # moving realloc holds for a moment): a node table no larger than the trace needs
-        options = dict(options, max_blocks=min(capacity, 2 * (max_id + 1) + 64))
-    obj = cls(capacity, **options)
-    return obj.strategy, obj
+        options = dict(options, max_blocks=min(cap, 2 * (trace.max_id + 1) + 64))
+    return cls(cap, **options)
 
 
 def replay(
@@ -234,12 +245,12 @@ def replay(
     """
     if not isinstance(trace, Trace):
         trace = read(trace)
-    cap = int(capacity) if capacity is not None else max(2 * trace.maxlive, 4096)
-    name, obj = _make_strategy(strategy, cap, trace.max_id, options)
+    obj = strategy_for(trace, strategy, capacity=capacity, **options)
     r = _mempool.replay(obj, trace.op, trace.id, trace.size, trace.align, trace.max_id)
     n = max(r["ops"], 1)
     return ReplayResult(
-        strategy=name, trace=trace.name, ops=r["ops"], ns_per_op=r["elapsed_ns"] / n,
+        strategy=obj.strategy if obj is not None else "libc", trace=trace.name,
+        ops=r["ops"], ns_per_op=r["elapsed_ns"] / n,
         failures=r["failures"], peak_used=r["peak_used"], high_water=r["high_water"],
         maxlive=r["maxlive"], capacity=obj.capacity if obj is not None else 0,
     )
@@ -252,8 +263,7 @@ def python_replay(trace: Trace, strategy: Any, *, capacity: int | None = None,
     This is what a Python program pays per call (the loop's own cost included);
     use a prefix (``trace.head(n)``) to keep it short.
     """
-    cap = int(capacity) if capacity is not None else max(2 * trace.maxlive, 4096)
-    _, obj = _make_strategy(strategy, cap, trace.max_id, options)
+    obj = strategy_for(trace, strategy, capacity=capacity, **options)
     if obj is None:
         return 0.0, 0
     ops, ids = trace.op.tolist(), trace.id.tolist()

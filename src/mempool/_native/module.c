@@ -205,26 +205,26 @@ static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *arg)
 
 static PyMethodDef module_methods[] = {
     {"data_address", ext_data_address, METH_O,
-     "data_address(obj)\n--\n\nAddress of the first byte of a (strided) buffer or array."},
+     "data_address($module, obj, /)\n--\n\nAddress of the first byte of a (strided) buffer or array."},
     {"shared_ctl_size", ext_shared_ctl_size, METH_O,
-     "shared_ctl_size(max_entries)\n--\n\nBytes of a shared pool's lock and block registry."},
+     "shared_ctl_size($module, max_entries, /)\n--\n\nBytes of a shared pool's lock and block registry."},
     {"address_of", ext_address_of, METH_O,
-     "address_of(buffer)\n--\n\nThe address of the buffer's first byte (an int)."},
+     "address_of($module, buffer, /)\n--\n\nThe address of the buffer's first byte (an int)."},
     {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},
     {"attach", mp_ext_attach, METH_VARARGS,
-     "attach(buffer, offset, length, deep=True)\n--\n\n"
+     "attach($module, buffer, offset, length, deep=True, /)\n--\n\n"
      "A strategy over the state block at buffer[offset:offset+length] (a file mapping or a\n"
      "shared segment), validated: CorruptionError for anything that is not a valid state."},
     {"validate_trace", ext_validate_trace, METH_VARARGS,
-     "validate_trace(op, id, size, align, max_id)\n--\n\n"
+     "validate_trace($module, op, id, size, align, max_id, /)\n--\n\n"
      "(True, maxlive, 0) for a valid trace, else (False, index of the first invalid op, why):\n"
      "why 0: the ID's liveness; 1: live bytes beyond 2**62."},
     {"parse_trace", ext_parse_trace, METH_VARARGS,
-     "parse_trace(text, op, id, size, align)\n--\n\n"
+     "parse_trace($module, text, op, id, size, align, /)\n--\n\n"
      "Parse trace text into preallocated arrays (uint8, uint32, uint64, uint32); returns\n"
      "the number of ops.  Raises ValueError('line N: ...') on malformed input."},
     {"replay", ext_replay, METH_VARARGS,
-     "replay(strategy, op, id, size, align, max_id)\n--\n\n"
+     "replay($module, strategy, op, id, size, align, max_id, /)\n--\n\n"
      "Replay a parsed trace in C through `strategy` (None: the C library's malloc)."},
     {NULL, NULL, 0, NULL},
 };
@@ -292,7 +292,9 @@ PyMODINIT_FUNC PyInit__mempool(void)
     if (import_names() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0) goto fail;
+    if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 ||
+        mp_sys_ready(m) < 0)
+        goto fail;
 #define MP_TYPE_READY_(KIND, sname, number) \
     if (mp_##sname##_type_ready(m) < 0) goto fail;
     MP_STRATEGIES(MP_TYPE_READY_)

@@ -7,6 +7,7 @@
  *                constructor arguments)
  *   strategy.c   the base type Strategy: every generic method over an mp_ops_t
  *   type_*.c     one strategy type each (TLSF, BestFit, ...): constructor + extras
+ *   sys.c        system calls for the sources: mbind, get_mempolicy, mlock
  *
  * A strategy object holds its state block either inline-allocated (malloc'd,
  * owned) or inside someone else's buffer (a shared segment, a file mapping):
@@ -131,6 +132,9 @@ PyObject *mp_ext_pool_shared_stats(PoolObject *self, PyObject *ignored);
 PyObject *mp_ext_pool_handle(PoolObject *self, PyObject *args);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
+
+/* sys.c: adds mbind, get_mempolicy (where the headers number them) and mlock */
+int mp_sys_ready(PyObject *module);
 
 /* module.c: the error types, imported from mempool.errors at init */
 extern PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
