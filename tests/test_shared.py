@@ -395,3 +395,21 @@ def test_use_after_close(name):
     q.close()
     with pytest.raises(mempool.NotAllocated, match="stale"):
         pickle.loads(h)  # attaches anew on first use; the range is gone
+
+
+def test_the_shared_pool_is_a_type_of_its_own(name):
+    # the shared half lives in SharedPoolCore, a subtype of PoolCore: a private pool
+    # carries none of its methods, and a shared pool is both
+    private = mempool.Pool(65536)
+    for attr in ("_check_shared", "_locked", "_reclaim", "_flush_cache", "_hold_lock",
+                 "_shared_stats", "_handle", "_set_shared"):
+        assert not hasattr(private, attr), attr
+    private.close()
+    with SharedPool.create(name, 65536) as p:
+        assert isinstance(p, mempool._mempool.SharedPoolCore)
+        assert isinstance(p, mempool.Pool) and isinstance(p, mempool._mempool.PoolCore)
+    core = mempool._mempool.SharedPoolCore.__new__(mempool._mempool.SharedPoolCore)
+    with pytest.raises(mempool.PoolClosed, match="not initialised"):
+        core.alloc(1)  # before __init__: no state to reach
+    with pytest.raises(TypeError):
+        core.__init__()

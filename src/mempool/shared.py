@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import _mempool
-from ._mempool import Block, PoolCore, Strategy
+from ._mempool import Block, SharedPoolCore, Strategy
 from ._segment import Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
@@ -141,7 +141,7 @@ def _default_entries(capacity: int) -> int:
     return min(max(capacity // 4096, 1024), 1 << 18)
 
 
-class SharedPool(Pool):
+class SharedPool(SharedPoolCore, Pool):
     """A pool in a named shared memory segment, used by every process that attaches.
 
     Make one with :meth:`create` or :meth:`attach` (not the constructor).  It has the
@@ -149,6 +149,10 @@ class SharedPool(Pool):
     ``block_at``, ``stats``, ``check``, ``close``) plus :meth:`unlink`,
     :meth:`reclaim` and :meth:`shared_stats`.  Any attached process may allocate and
     free any block; every allocator call takes the segment's lock.
+
+    The C half is :class:`~mempool._mempool.SharedPoolCore`, a PoolCore whose calls go
+    through the segment's lock and registry; it comes before Pool in the bases, so its
+    methods take precedence over Pool's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -238,10 +242,10 @@ class SharedPool(Pool):
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
             if strat.strategy != h.strategy or strat.capacity != h.capacity:
                 raise CorruptionError("header and state disagree")
-            PoolCore.__init__(pool, strat, data, mem, auto_free=True, align=default_align(strat))
+            SharedPoolCore.__init__(pool, strat, data, mem, mem.buffer, h.lock_off, h.lock_size,
+                                    create_entries, _block_reduce, SharedArray,
+                                    align=default_align(strat))
             core = True
-            pool._set_shared(mem.buffer, h.lock_off, h.lock_size, create_entries, _block_reduce,
-                             SharedArray)
             pool._check_shared()
         except BaseException as e:
             # Let go of every export of the mapping, so that the caller's close unmaps it

@@ -291,7 +291,9 @@ PyMODINIT_FUNC PyInit__mempool(void)
     if (import_names() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0) goto fail;
+    if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 ||
+        mp_shared_pool_ready(m) < 0)
+        goto fail;
 #define MP_TYPE_READY_(KIND, sname, number) \
     if (mp_##sname##_type_ready(m) < 0) goto fail;
     MP_STRATEGIES(MP_TYPE_READY_)
