@@ -43,7 +43,6 @@ from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
 from .sources import SharedMemory
-from .stats import Stats
 from .strategies import make
 
 __all__ = ["SharedArray", "SharedPool", "SharedStats"]
@@ -246,7 +245,7 @@ class SharedPool(SharedPoolCore, Pool):
                                     create_entries, _block_reduce, SharedArray,
                                     align=default_align(strat))
             core = True
-            pool._check_shared()
+            pool.check()
         except BaseException as e:
             # Let go of every export of the mapping, so that the caller's close unmaps it
             # now: the pool's view and the strategy once PoolCore holds them, else the
@@ -286,31 +285,9 @@ class SharedPool(SharedPoolCore, Pool):
     def __reduce__(self):
         return (_attach_cached, (self._name, self._segment_id))
 
-    # ---- locked views of the strategy -------------------------------------------------
-    def stats(self) -> Stats:
-        return self._locked("stats")
-
-    def check(self) -> None:
-        """Verify the strategy state and the block registry, under the lock."""
-        self._check_shared()
-
-    def segments(self) -> list[tuple[int, int, bool]]:
-        return self._locked("segments")
-
-    @property
-    def used(self) -> int:
-        return self._locked("stats").used
-
-    @property
-    def available(self) -> int:
-        return self._locked("stats").available
-
-    @property
-    def largest_free(self) -> int:
-        return self._locked("stats").largest_free
-
-    def __len__(self) -> int:
-        return self._locked("__len__")
+    # ---- figures ----------------------------------------------------------------------
+    # stats(), segments(), check(), used, available, largest_free and len() are
+    # SharedPoolCore's: each reads what it reports under the lock, in C.
 
     def shared_stats(self) -> SharedStats:
         """The lock and registry counters (see :class:`SharedStats`)."""

@@ -222,6 +222,30 @@ typedef struct mp_err {
 void mp_err_capture(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset,
                     mp_err_t *e);
 PyObject *mp_err_raise(const mp_err_t *e);
+/* The figures of a state that stats() reports, read into C: a shared pool reads them
+ * under its lock, where no Python object may be made, and builds the Stats after. */
+typedef struct mp_figures {
+    uint64_t capacity, used, requested, live, peak_used, high_water;
+    uint64_t available, largest_free, free_ranges;
+} mp_figures_t;
+void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f);
+PyObject *mp_stats_new(const mp_figures_t *f); /* a mempool.Stats */
+/* segments() in two halves: walk() collects the map into a C array grown with
+ * PyMem_RawRealloc (no Python object: a GC pass during the walk could free Blocks
+ * under its feet, and a shared pool walks under its lock), list() then makes the
+ * list of (offset, size, allocated), or raises what the walk met, and frees the
+ * array. */
+typedef struct mp_segs {
+    struct mp_seg {
+        uint64_t off, size;
+        int allocated;
+    } *v;
+    size_t n, cap;
+    int nomem, rc;
+    const char *name; /* the strategy's, for the error */
+} mp_segs_t;
+void mp_segments_walk(const mp_ops_t *ops, const void *st, mp_segs_t *b);
+PyObject *mp_segments_list(mp_segs_t *b);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */

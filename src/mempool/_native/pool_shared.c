@@ -514,7 +514,7 @@ static int need_shared(SharedPoolObject *self)
     return 0;
 }
 
-/* _check_shared(): the whole check under the lock (after giving the cache back) */
+/* check(): the whole check under the lock (after giving the cache back) */
 static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
@@ -530,39 +530,61 @@ static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ig
     Py_RETURN_NONE;
 }
 
-/* _locked(name, *args): a strategy method (stats, segments...) on a copy of the state
- * taken under the lock, after giving this process's cache back so that the figures
- * show what it freed.  The method runs after the lock: it makes Python objects, and a
- * GC pass under the lock could release a Block, which needs the lock. */
-static PyObject *ext_shared_locked(SharedPoolObject *self, PyObject *args)
+/* ---- figures ------------------------------------------------------------------------- */
+/* A figure read under the lock, after giving this process's cache back so that it
+ * shows what the process freed: exactly what is asked is read into C under the lock,
+ * and the Python object is made after it (a GC pass under the lock could release a
+ * Block, which needs the lock).  0, or -1 with the exception set. */
+enum figure { FIG_USED, FIG_AVAILABLE, FIG_LARGEST_FREE, FIG_LIVE };
+
+static int read_figure(SharedPoolObject *self, enum figure which, uint64_t *out)
 {
-    if (need_shared(self) < 0) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(PyExc_TypeError, "_locked(name, *args)");
-        return NULL;
-    }
-    uint64_t len = self->pool.strategy->st_len;
-    PyObject *copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len), *r = NULL;
-    if (!copy) return NULL;
-    if (sh_lock(self) < 0) {
-        Py_DECREF(copy);
-        return NULL;
-    }
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return -1;
     flush(self);
-    memcpy(PyByteArray_AS_STRING(copy), ST(self), (size_t)len);
+    const mp_head_t *h = ST(self);
+    switch (which) {
+    case FIG_USED: *out = h->used; break;
+    case FIG_AVAILABLE: *out = OPS(self)->available(ST(self)); break;
+    case FIG_LARGEST_FREE: *out = OPS(self)->largest_free(ST(self)); break;
+    case FIG_LIVE:
+    default: *out = h->live; break;
+    }
     sh_unlock(self);
-    PyObject *at = Py_BuildValue("(OKKi)", copy, 0ULL, (unsigned long long)len, 0);
-    PyObject *strat = at ? mp_ext_attach(NULL, at) : NULL; /* consistent: copied locked */
-    PyObject *fn = strat ? PyObject_GetAttr(strat, PyTuple_GET_ITEM(args, 0)) : NULL;
-    PyObject *rest = fn ? PyTuple_GetSlice(args, 1, n) : NULL;
-    if (rest) r = PyObject_Call(fn, rest, NULL);
-    Py_XDECREF(rest);
-    Py_XDECREF(fn);
-    Py_XDECREF(strat);
-    Py_XDECREF(at);
-    Py_DECREF(copy);
-    return r;
+    return 0;
+}
+
+static PyObject *get_figure(SharedPoolObject *self, void *which)
+{
+    uint64_t v;
+    if (read_figure(self, (enum figure)(intptr_t)which, &v) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+static Py_ssize_t shared_len(SharedPoolObject *self)
+{
+    uint64_t v;
+    if (read_figure(self, FIG_LIVE, &v) < 0) return -1;
+    return (Py_ssize_t)v;
+}
+
+static PyObject *ext_shared_pool_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    mp_figures_t f;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
+    flush(self);
+    mp_figures_read(OPS(self), ST(self), &f);
+    sh_unlock(self);
+    return mp_stats_new(&f);
+}
+
+static PyObject *ext_shared_segments(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    mp_segs_t b;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
+    flush(self);
+    mp_segments_walk(OPS(self), ST(self), &b); /* into raw malloc'd memory */
+    sh_unlock(self);
+    return mp_segments_list(&b);
 }
 
 /* _flush_cache() -> ranges given back: the process's cache, now (exit hooks) */
@@ -636,14 +658,36 @@ static PyObject *ext_shared_handle(SharedPoolObject *self, PyObject *args)
 }
 
 static PyMethodDef shared_methods[] = {
-    {"_check_shared", (PyCFunction)ext_shared_check, METH_NOARGS, NULL},
-    {"_locked", (PyCFunction)ext_shared_locked, METH_VARARGS, NULL},
+    {"stats", (PyCFunction)ext_shared_pool_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nThe strategy's counters (see mempool.Stats), read under the lock."},
+    {"segments", (PyCFunction)ext_shared_segments, METH_NOARGS,
+     "segments($self, /)\n--\n\n"
+     "The memory map: (offset, size, allocated) in address order, read under the lock."},
+    {"check", (PyCFunction)ext_shared_check, METH_NOARGS,
+     "check($self, /)\n--\n\n"
+     "Verify the strategy state and the block registry, under the lock; raises\n"
+     "CorruptionError."},
     {"_reclaim", (PyCFunction)ext_shared_reclaim, METH_O, NULL},
     {"_flush_cache", (PyCFunction)ext_shared_flush_cache, METH_NOARGS, NULL},
     {"_hold_lock", (PyCFunction)ext_shared_hold_lock, METH_O, NULL},
     {"_shared_stats", (PyCFunction)ext_shared_stats, METH_NOARGS, NULL},
     {"_handle", (PyCFunction)ext_shared_handle, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef shared_getset[] = {
+    {"used", (getter)get_figure, NULL, "Sum of the live ranges' sizes, in bytes (under the lock).",
+     (void *)FIG_USED},
+    {"available", (getter)get_figure, NULL, "Bytes not handed out (under the lock).",
+     (void *)FIG_AVAILABLE},
+    {"largest_free", (getter)get_figure, NULL,
+     "The largest size that alloc(size, 1) serves now, in bytes (under the lock).",
+     (void *)FIG_LARGEST_FREE},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods shared_as_sequence = {
+    .sq_length = (lenfunc)shared_len,
 };
 
 PyTypeObject SharedPoolCoreType = {
@@ -654,6 +698,8 @@ PyTypeObject SharedPoolCoreType = {
     .tp_doc = "The C half of mempool.SharedPool: a PoolCore in a shared segment, with its "
               "lock and block registry (see shared.py).",
     .tp_methods = shared_methods,
+    .tp_getset = shared_getset,
+    .tp_as_sequence = &shared_as_sequence,
     .tp_init = (initproc)shared_init,
     .tp_new = PyType_GenericNew,
 };
