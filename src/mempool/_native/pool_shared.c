@@ -217,14 +217,24 @@ static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint6
         return NULL;
     }
     mp_entry_t *e = mp_reg_entry(s->ctl, i);
-    BlockObject *b = mp_block_new(&s->pool, off, e->size, 1, 1);
-    if (b) {
-        b->tag = e->tag;
-        b->entry = i;
-    } else if (mp_ref_release_borrowed(s->ctl, i, mp_getpid()) == 1) {
-        dispose(s, i);
-    }
+    uint64_t size = e->size, t = e->tag;
     sh_unlock(s);
+    /* the Block only now, after the lock like every Python object: the reference taken
+     * keeps the entry and the range, and no other thread of ours runs before the
+     * Block holds it (we keep the GIL) */
+    BlockObject *b = mp_block_new(&s->pool, off, size, 1, 1);
+    if (!b) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb); /* the MemoryError is the one to report */
+        if (sh_lock(s) == 0) {
+            if (mp_ref_release_borrowed(s->ctl, i, mp_getpid()) == 1) dispose(s, i);
+            sh_unlock(s);
+        } /* else it stays this process's until reclaim(pid) after the process ends */
+        PyErr_Restore(et, ev, tb);
+        return NULL;
+    }
+    b->tag = t;
+    b->entry = i;
     return (PyObject *)b;
 }
 
