@@ -473,3 +473,27 @@ def test_a_figure_read_does_not_copy_the_state(name):
         assert got[3] == 3 == sum(allocated for _, _, allocated in got[5])
         del blocks
         assert len(p) == 0
+
+
+def test_try_alloc_of_a_shared_pool(name):
+    # the take hook says "nothing fits" without an exception, the registry full
+    # included; anything else raises as alloc does
+    with SharedPool.create(name, 65536, max_entries=2) as p:
+        a = p.try_alloc(100)
+        assert (a.offset, a.size) == (0, 100) and a.tag
+        assert p.try_alloc(1 << 17) is None and p.try_alloc(2**64) is None
+        b = p.try_alloc(4096, 4096)
+        assert b.offset == 4096
+        before = (p.stats(), p.segments(), p.shared_stats().entries)
+        assert p.try_alloc(16) is None  # two entries live: the registry is full
+        with pytest.raises(mempool.OutOfSpace, match="registry is full"):
+            p.alloc(16)
+        assert (p.stats(), p.segments(), p.shared_stats().entries) == before
+        with pytest.raises(ValueError, match="align"):
+            p.try_alloc(16, 3)
+        memoryview(a)[:2] = b"hi"
+        c = pickle.loads(pickle.dumps(a))  # a handle, as alloc's blocks pickle to
+        assert c.offset == 0 and bytes(c)[:2] == b"hi"
+        del a, b, c
+        assert len(p) == 0
+        p.check()

@@ -95,10 +95,10 @@ typedef struct BlockObject {
  * object while it holds a lock of its own. */
 struct mp_pool_hooks {
     /* A new range of size bytes aligned to align (arguments checked, pool open):
-     * 0 with *off (and *tag, *entry: what the Block records) set, or -1 with the
-     * exception set. */
-    int (*take)(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
-                uint32_t *entry);
+     * 0 with *off (and *tag, *entry: what the Block records) set; 1 when nothing fits
+     * and `quiet` (try_alloc: no exception made); else -1 with the exception set. */
+    int (*take)(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint64_t *off,
+                uint64_t *tag, uint32_t *entry);
     /* Give back what take() returned when no Block could be made for it. */
     void (*untake)(PoolObject *p, uint64_t off, uint32_t entry);
     /* Give a live block's range back (no view of it alive): 0, or -1 with the
@@ -130,6 +130,9 @@ int mp_pool_check_open(PoolObject *pool);
  * nothing held. */
 int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObject *source,
                   int auto_free, unsigned long long align);
+/* An allocator status that means "nothing fits" (alloc raises OutOfSpace for it,
+ * try_alloc returns None). */
+static inline int mp_no_fit(int rc) { return rc == MP_ENOSPACE || rc == MP_ENONODES; }
 /* This process's pid, kept right across fork(). */
 uint32_t mp_getpid(void);
 /* Not a forked child's copy of a pool over memory other processes map (a file). */

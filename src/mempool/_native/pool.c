@@ -62,9 +62,10 @@ int mp_is_ndarray_type(PyObject *type)
 }
 
 /* Allocate a range (and, through the hooks, what else the pool kind records for it).
- * 0, or -1 with the exception set and nothing changed. */
-static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *off,
-                     uint64_t *tag, uint32_t *entry)
+ * 0; 1 when nothing fits and `quiet` (no exception made); else -1 with the exception
+ * set.  Nothing changed unless 0. */
+static inline int pool_take(PoolObject *self, uint64_t size, uint64_t align, int quiet,
+                            uint64_t *off, uint64_t *tag, uint32_t *entry)
 {
     if (self->base && align > self->base_align) { /* an offset alone would not do */
         PyErr_Format(PyExc_ValueError, "align %llu is above the alignment of the pool's memory "
@@ -72,12 +73,14 @@ static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *
                      (unsigned long long)self->base_align);
         return -1;
     }
-    if (self->hooks) return self->hooks->take(self, size, align, off, tag, entry);
+    if (self->hooks) return self->hooks->take(self, size, align, quiet, off, tag, entry);
     gen_begin(self);
     int rc = OPS(self)->alloc(ST(self), size, align, off);
     gen_end(self);
-    if (rc) mp_raise(self->strategy, rc, size, align, 0);
-    return rc ? -1 : 0;
+    if (rc == MP_OK) return 0;
+    if (quiet && mp_no_fit(rc)) return 1;
+    mp_raise(self->strategy, rc, size, align, 0);
+    return -1;
 }
 
 /* Give a range back after a failure past pool_take (a Block could not be made). */
@@ -239,23 +242,46 @@ static void pool_dealloc(PoolObject *self)
 /* ---- hot methods -------------------------------------------------------------------- */
 static const char *const alloc_names[] = {"size", "align"};
 
-static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames)
+/* alloc() and try_alloc(): the same checks in the same order; `quiet` turns "nothing
+ * fits" into None instead of OutOfSpace (inlined into both: a constant, and alloc()
+ * keeps its code of before). */
+static inline __attribute__((always_inline)) PyObject *
+alloc_block(PoolObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+            const char *fname, int quiet)
 {
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = self->default_align, off;
     if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
+    else if (mp_parse_args(fname, args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
         return NULL;
     int big = mp_arg_size(vals[0], "size", &size);
     if (big < 0) return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
     if (mp_pool_check_open(self) < 0) return NULL;
-    if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
+    if (big) {
+        if (quiet) Py_RETURN_NONE;
+        return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
+    }
     uint64_t tag = 0;
     uint32_t entry = 0;
-    if (pool_take(self, size, align, &off, &tag, &entry) < 0) return NULL;
+    int rc = pool_take(self, size, align, quiet, &off, &tag, &entry);
+    if (rc) {
+        if (rc > 0) Py_RETURN_NONE;
+        return NULL;
+    }
     return (PyObject *)new_owned_block(self, off, size, align, self->auto_free, tag, entry);
+}
+
+static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    return alloc_block(self, args, nargs, kwnames, "alloc", 0);
+}
+
+static PyObject *ext_pool_try_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    return alloc_block(self, args, nargs, kwnames, "try_alloc", 1);
 }
 
 static PyObject *ext_pool_free(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -389,7 +415,7 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
     if (align > self->base_align) align = need > self->base_align ? need : self->base_align;
     uint64_t size = nbytes ? nbytes : 1, tag = 0;
     uint32_t entry = 0;
-    if (pool_take(self, size, align, &off, &tag, &entry) < 0) goto done;
+    if (pool_take(self, size, align, 0, &off, &tag, &entry) < 0) goto done;
     BlockObject *b = new_owned_block(self, off, size, align, 1, tag, entry);
     if (!b) goto done;
     b->array = 1;      /* the array's life is an export of the block */
@@ -541,6 +567,11 @@ static PyMethodDef pool_methods[] = {
      "alloc($self, /, size, align=16)\n--\n\n"
      "A Block of `size` bytes at an offset that is a multiple of `align`.\n"
      "Raises OutOfSpace, ValueError (size < 1, bad align), TypeError, PoolClosed."},
+    {"try_alloc", (PyCFunction)(void (*)(void))ext_pool_try_alloc, METH_FASTCALL | METH_KEYWORDS,
+     "try_alloc($self, /, size, align=16)\n--\n\n"
+     "As alloc(), but None where alloc() raises OutOfSpace (nothing free fits, size beyond\n"
+     "the capacity, the state full), without making an exception: for callers that try\n"
+     "several pools in turn (RegionPool).  Every other error raises as alloc()'s does."},
     {"free", (PyCFunction)(void (*)(void))ext_pool_free, METH_FASTCALL,
      "free($self, block, /)\n--\n\n"
      "Give a block's range back.  BufferError while a view of it is alive; NotAllocated for\n"

@@ -239,8 +239,8 @@ static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint6
 }
 
 /* ---- the hooks PoolCore calls ---------------------------------------------------------- */
-static int sh_take(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
-                   uint32_t *entry)
+static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint64_t *off,
+                   uint64_t *tag, uint32_t *entry)
 {
     SharedPoolObject *s = SH(p);
     mp_shared_local_t *l = local_of(s);
@@ -276,6 +276,10 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, 
         if (attempt || !flush(s)) break;
         saved = *(mp_head_t *)ST(s);
         rc = OPS(s)->alloc(ST(s), want, align, off);
+    }
+    if (quiet && (mp_no_fit(rc) || (rc == MP_OK && reg))) { /* try_alloc: nothing fits */
+        sh_unlock(s);
+        return 1;
     }
     mp_err_t err;
     if (rc) mp_err_capture(p->strategy, rc, size, align, 0, &err); /* reads the state: locked */
