@@ -95,9 +95,11 @@ static void pool_untake(PoolObject *self, uint64_t off, uint32_t entry)
     gen_end(self);
 }
 
-/* A Block made by alloc/empty: the allocating process's handle. */
-static BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint64_t size,
-                                    uint64_t align, int owned, uint64_t tag, uint32_t entry)
+/* A Block made by alloc/empty: the allocating process's handle.  (Inline: alloc's
+ * hot path, which GCC left as a call once alloc() and try_alloc() shared it.) */
+static inline BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint64_t size,
+                                           uint64_t align, int owned, uint64_t tag,
+                                           uint32_t entry)
 {
     BlockObject *b = mp_block_new(self, off, size, align, owned);
     if (!b) {
