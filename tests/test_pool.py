@@ -461,3 +461,91 @@ def test_forked_child_cannot_use_a_pool_over_shared_memory(tmp_path):
     finally:
         src.close()
         src.unlink()
+
+
+# ---- try_alloc: alloc without an exception for "nothing fits" ------------------------
+def test_try_alloc_gives_the_blocks_alloc_gives():
+    requests = [((100,), {}), ((100, 64), {}), ((1,), {}), ((4096, 4096), {}),
+                ((), {"size": 3000, "align": 256})]
+    tried, allocated = Pool(1 << 16), Pool(1 << 16)
+    got = [tried.try_alloc(*a, **k) for a, k in requests]
+    want = [allocated.alloc(*a, **k) for a, k in requests]
+    assert [(b.offset, b.size, b.align) for b in got] == [
+        (0, 100, 16), (128, 100, 64), (112, 1, 16), (4096, 4096, 4096), (256, 3000, 256)]
+    assert [(b.offset, b.size, b.align) for b in got] == [(b.offset, b.size, b.align) for b in want]
+    assert tried.segments() == allocated.segments()
+    memoryview(got[0])[:3] = b"abc"
+    assert bytes(got[0])[:3] == b"abc"
+    got[1].free()
+    del got  # collected: the ranges go back, as alloc's blocks do
+    assert len(tried) == 0
+    tried.check()
+
+
+def test_try_alloc_returns_none_and_changes_nothing_when_nothing_fits():
+    p = Pool(1 << 16)
+    full = p.try_alloc(1 << 16)
+    assert full.offset == 0 and full.size == 1 << 16
+    before = (p.stats(), p.segments())
+    for args in [(1,), (1 << 16,), (1 << 17,), (2**64 - 1,), (2**64,), (2**70,), (16, 4096)]:
+        assert p.try_alloc(*args) is None, args
+    assert (p.stats(), p.segments()) == before
+    p.check()
+    full.free()
+    assert p.try_alloc(1 << 17) is None  # beyond the capacity: no fit either
+    # a state whose range table is full (max_blocks): nothing fits, as alloc says
+    q = Pool(1 << 16, max_blocks=3)
+    blocks = [q.try_alloc(16), q.try_alloc(16)]
+    before = (q.stats(), q.segments())
+    assert q.try_alloc(16) is None
+    with pytest.raises(mempool.OutOfSpace, match="max_blocks"):
+        q.alloc(16)
+    assert (q.stats(), q.segments()) == before and len(blocks) == 2
+    q.check()
+
+
+def test_try_alloc_makes_no_exception(monkeypatch):
+    made = []
+    init = mempool.OutOfSpace.__init__
+
+    def counting_init(self, *args):
+        made.append(args)
+        init(self, *args)
+
+    monkeypatch.setattr(mempool.OutOfSpace, "__init__", counting_init)
+    p = Pool(4096)
+    assert p.try_alloc(8192) is None and p.try_alloc(2**70) is None
+    keep = p.alloc(4096)
+    assert p.try_alloc(1) is None
+    assert made == []
+    with pytest.raises(mempool.OutOfSpace):
+        p.alloc(1)
+    assert len(made) == 1  # (the count sees alloc's)
+    del keep
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [((0,), {}), ((-5,), {}), ((1.5,), {}), (("8",), {}), ((None,), {}),
+     ((8, 3), {}), ((8, 0), {}), ((8, -2), {}), ((8, 1.0), {}), ((8, 8192), {}),
+     ((8, 2**64), {}), ((), {}), ((1, 2, 3), {}), ((8,), {"size": 8}), ((8,), {"bogus": 1}),
+     ((), {"align": 16})],
+)
+def test_try_alloc_bad_arguments_raise_as_alloc(args, kwargs):
+    p = Pool("1MiB")
+    p.alloc(10)
+    before = (p.stats(), p.segments())
+    try:
+        p.alloc(*args, **kwargs)
+    except Exception as e:  # whatever alloc raises, try_alloc raises
+        want = e
+    else:
+        pytest.fail(f"alloc{args} did not raise")
+    with pytest.raises(type(want)) as got:
+        p.try_alloc(*args, **kwargs)
+    assert type(got.value) is type(want)
+    assert str(got.value) == str(want).replace("alloc()", "try_alloc()")
+    assert (p.stats(), p.segments()) == before
+    p.close()
+    with pytest.raises(mempool.PoolClosed):
+        p.try_alloc(8)

@@ -258,3 +258,27 @@ def test_align_beyond_a_page_is_refused_before_mapping():
     assert b.address % 4096 == 0
     del b
     r.close()
+
+
+def test_alloc_tries_the_regions_without_exceptions(monkeypatch):
+    # each region that cannot take a request says so with None (try_alloc), not with an
+    # OutOfSpace made and caught; only a refusal of the whole pool raises
+    made = []
+    init = mempool.OutOfSpace.__init__
+
+    def counting_init(self, *args):
+        made.append(args)
+        init(self, *args)
+
+    monkeypatch.setattr(mempool.OutOfSpace, "__init__", counting_init)
+    r = RegionPool(region_size="64KiB", max_size="192KiB")
+    full = [r.alloc(60 * KIB) for _ in range(3)]  # three regions, none with 8 KiB free
+    assert r.stats().regions == 3 and made == []
+    small = r.alloc(4 * KIB, 4096)  # the first region's tail takes it
+    assert small.pool is full[0].pool and small.offset == 60 * KIB and made == []
+    with pytest.raises(mempool.OutOfSpace, match="max_size"):
+        r.alloc(8 * KIB)  # no region fits, and a fourth would pass max_size
+    assert len(made) == 1 and r.stats().regions == 3
+    for b in (*full, small):
+        r.free(b)
+    r.close()

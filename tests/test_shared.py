@@ -414,3 +414,105 @@ def test_use_after_close(name):
     q.close()
     with pytest.raises(mempool.NotAllocated, match="stale"):
         pickle.loads(h)  # attaches anew on first use; the range is gone
+
+
+def test_the_shared_pool_is_a_type_of_its_own(name):
+    # the shared half lives in SharedPoolCore, a subtype of PoolCore: a private pool
+    # carries none of its methods, and a shared pool is both
+    private = mempool.Pool(65536)
+    for attr in ("_check_shared", "_locked", "_reclaim", "_flush_cache", "_hold_lock",
+                 "_shared_stats", "_handle", "_set_shared"):
+        assert not hasattr(private, attr), attr
+    private.close()
+    with SharedPool.create(name, 65536) as p:
+        assert isinstance(p, mempool._mempool.SharedPoolCore)
+        assert isinstance(p, mempool.Pool) and isinstance(p, mempool._mempool.PoolCore)
+    core = mempool._mempool.SharedPoolCore.__new__(mempool._mempool.SharedPoolCore)
+    with pytest.raises(mempool.PoolClosed, match="not initialised"):
+        core.alloc(1)  # before __init__: no state to reach
+    with pytest.raises(TypeError):
+        core.__init__()
+
+
+FIGURE_OPTIONS = {"tlsf": {}, "bestfit": {}, "buddy": {"min_block": 256}, "heap": {},
+                  "bitmap": {"block_size": 64}, "slab": {"item_size": 4096}, "bump": {}}
+
+
+def figures(p):
+    return (p.stats(), p.segments(), p.used, p.available, p.largest_free, len(p))
+
+
+@pytest.mark.parametrize("strategy", sorted(FIGURE_OPTIONS))
+def test_figures_equal_a_private_pools(name, strategy):
+    # a shared pool reads each figure under its lock into C (not a copy of the whole
+    # state): what it reports is what a private pool over the same calls reports,
+    # ranges this process freed into its cache included (they are given back first)
+    opts = FIGURE_OPTIONS[strategy]
+    cap = 1 << 20
+    sizes = [16, 48, 4096, 512, 16000, 32, 2048, 64, 96, 4096]  # multiples of 16: the
+    if strategy == "slab":  # shared cache's rounding does not show
+        sizes = [min(s, 4096) for s in sizes]
+    private = mempool.Pool(cap, strategy, **opts)
+    with SharedPool.create(name, cap, strategy, **opts) as shared:
+        pools = (private, shared)
+        blocks = {p: [p.alloc(s) for s in sizes] for p in pools}
+        assert figures(shared) == figures(private)
+        for p in pools:
+            for k in (9, 7, 5, 3, 1):  # from the top: Bump reclaims the last range only
+                blocks[p].pop(k).free()
+        cached = shared.shared_stats().cached
+        assert cached == (0 if strategy == "slab" else 4)  # 64, 32, 512, 48 wait there
+        assert figures(shared) == figures(private)
+        assert shared.shared_stats().cached == 0  # given back by the read
+        for p in pools:
+            while blocks[p]:
+                blocks[p].pop().free()
+        assert figures(shared) == figures(private)
+        shared.check()
+    private.close()
+
+
+def test_a_figure_read_does_not_copy_the_state(name):
+    # a 1 GiB pool's strategy state is tens of MiB; a figure read allocates a few
+    # hundred bytes (before: a copy of the whole state, per read)
+    import tracemalloc
+
+    with SharedPool.create(name, "1GiB") as p:
+        state = p._strategy.state_size
+        assert state > 16 << 20
+        blocks = [p.alloc(n) for n in (100, 5000, 1 << 20)]
+        tracemalloc.start()
+        try:
+            got = (p.used, p.available, p.largest_free, len(p), p.stats(), p.segments())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 10 < state
+        assert got[0] == got[4].used == p._strategy.used
+        assert got[3] == 3 == sum(allocated for _, _, allocated in got[5])
+        del blocks
+        assert len(p) == 0
+
+
+def test_try_alloc_of_a_shared_pool(name):
+    # the take hook says "nothing fits" without an exception, the registry full
+    # included; anything else raises as alloc does
+    with SharedPool.create(name, 65536, max_entries=2) as p:
+        a = p.try_alloc(100)
+        assert (a.offset, a.size) == (0, 100) and a.tag
+        assert p.try_alloc(1 << 17) is None and p.try_alloc(2**64) is None
+        b = p.try_alloc(4096, 4096)
+        assert b.offset == 4096
+        before = (p.stats(), p.segments(), p.shared_stats().entries)
+        assert p.try_alloc(16) is None  # two entries live: the registry is full
+        with pytest.raises(mempool.OutOfSpace, match="registry is full"):
+            p.alloc(16)
+        assert (p.stats(), p.segments(), p.shared_stats().entries) == before
+        with pytest.raises(ValueError, match="align"):
+            p.try_alloc(16, 3)
+        memoryview(a)[:2] = b"hi"
+        c = pickle.loads(pickle.dumps(a))  # a handle, as alloc's blocks pickle to
+        assert c.offset == 0 and bytes(c)[:2] == b"hi"
+        del a, b, c
+        assert len(p) == 0
+        p.check()

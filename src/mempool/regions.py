@@ -161,25 +161,30 @@ class RegionPool:
         raise NotAllocated("the block belongs to another pool")
 
     # ---- allocation ----------------------------------------------------------------------
-    def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:
-        """``attempt(region)`` in the first region where it fits, else in a region mapped
-        for it.  A request larger than a region gets its own (a retained one that is
-        large enough, else a new one).
-
-        A failed call changes nothing: the region it mapped is unmapped, and the
-        counters (maps, peak) put back, before the error goes out."""
+    def _regions_for(self, size: int) -> tuple[list[Pool], int]:
+        """The regions a request of ``size`` bytes may go to, in order, and the size of
+        the region to map for it when none takes it.  A request larger than a region
+        gets its own (a retained one that is large enough, else a new one)."""
         # (align <= PAGE: a fresh region of `size` bytes holds the range aligned)
         if size > self.region_size:
-            tries = [r for r in self._regions if r.capacity >= size]
-            fresh = _round_up(size, PAGE)
-        else:
-            tries = list(self._regions)
-            fresh = self.region_size
+            return [r for r in self._regions if r.capacity >= size], _round_up(size, PAGE)
+        return list(self._regions), self.region_size
+
+    def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:
+        """``attempt(region)`` in the first region where it fits (it raises OutOfSpace
+        where it does not), else in a region mapped for it (:meth:`_in_new_region`)."""
+        tries, fresh = self._regions_for(size)
         for region in tries:
             try:
                 return attempt(region)
             except OutOfSpace:
                 continue
+        return self._in_new_region(fresh, size, attempt)
+
+    def _in_new_region(self, fresh: int, size: int, attempt: Callable[[Pool], T]) -> T:
+        """``attempt(region)`` in a new region of ``fresh`` bytes, for a request of
+        ``size`` bytes.  A failed call changes nothing: the region it mapped is
+        unmapped, and the counters (maps, peak) put back, before the error goes out."""
         n, maps, peak = len(self._regions), self._maps, self._peak
         region = self._map(fresh, size)
         try:
@@ -202,14 +207,22 @@ class RegionPool:
             raise TypeError(f"size must be an integer, not {type(size).__name__}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        if align is None:
-            return self._place(int(size), lambda region: region.alloc(size))
-        if not isinstance(align, int) or align < 1 or align & (align - 1):
-            raise ValueError(f"align must be a positive power of two, got {align!r}")
-        if align > PAGE:  # regions are mappings: their addresses are page-aligned only
-            raise ValueError(f"align {align} is above the alignment of the regions' memory "
-                             f"({PAGE}): the address would not be aligned")
-        return self._place(int(size), lambda region: region.alloc(size, align))
+        args: tuple[int, ...] = (size,)
+        if align is not None:
+            if not isinstance(align, int) or align < 1 or align & (align - 1):
+                raise ValueError(f"align must be a positive power of two, got {align!r}")
+            if align > PAGE:  # regions are mappings: their addresses are page-aligned only
+                raise ValueError(f"align {align} is above the alignment of the regions' "
+                                 f"memory ({PAGE}): the address would not be aligned")
+            args = (size, align)
+        request = int(size)
+        tries, fresh = self._regions_for(request)
+        for region in tries:  # no exception per region that cannot take it: None
+            block = region.try_alloc(*args)
+            if block is not None:
+                return block
+        # a region of its own; alloc there, so that a refusal says why (OutOfSpace)
+        return self._in_new_region(fresh, request, lambda region: region.alloc(*args))
 
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""

@@ -38,13 +38,12 @@ from typing import Any, SupportsIndex, cast
 import numpy as np
 
 from . import _mempool
-from ._mempool import Block, PoolCore, Strategy
+from ._mempool import Block, SharedPoolCore, Strategy
 from ._segment import Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
 from .sources import SharedMemory
-from .stats import Stats
 from .strategies import make
 
 __all__ = ["SharedArray", "SharedPool", "SharedStats"]
@@ -147,7 +146,7 @@ def _default_entries(capacity: int) -> int:
     return min(max(capacity // 4096, 1024), 1 << 18)
 
 
-class SharedPool(Pool):
+class SharedPool(SharedPoolCore, Pool):
     """A pool in a named shared memory segment, used by every process that attaches.
 
     Make one with :meth:`create` or :meth:`attach` (not the constructor).  It has the
@@ -155,6 +154,10 @@ class SharedPool(Pool):
     ``block_at``, ``stats``, ``check``, ``close``) plus :meth:`unlink`,
     :meth:`reclaim` and :meth:`shared_stats`.  Any attached process may allocate and
     free any block; every allocator call takes the segment's lock.
+
+    The C half is :class:`~mempool._mempool.SharedPoolCore`, a PoolCore whose calls go
+    through the segment's lock and registry; it comes before Pool in the bases, so its
+    methods take precedence over Pool's.
     """
 
     _name: str
@@ -249,11 +252,11 @@ class SharedPool(Pool):
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
             if strat.strategy != h.strategy or strat.capacity != h.capacity:
                 raise CorruptionError("header and state disagree")
-            PoolCore.__init__(pool, strat, data, mem, auto_free=True, align=default_align(strat))
+            SharedPoolCore.__init__(pool, strat, data, mem, mem.buffer, h.lock_off, h.lock_size,
+                                    create_entries, _block_reduce, SharedArray,
+                                    align=default_align(strat))
             core = True
-            pool._set_shared(mem.buffer, h.lock_off, h.lock_size, create_entries, _block_reduce,
-                             SharedArray)
-            pool._check_shared()
+            pool.check()
         except BaseException as e:
             # Let go of every export of the mapping, so that the caller's close unmaps it
             # now: the pool's view and the strategy once PoolCore holds them, else the
@@ -293,31 +296,9 @@ class SharedPool(Pool):
     def __reduce__(self) -> tuple[Callable[..., SharedPool], tuple[str, int]]:
         return (_pool_for, (self._name, self._segment_id))
 
-    # ---- locked views of the strategy -------------------------------------------------
-    def stats(self) -> Stats:
-        return self._locked("stats")
-
-    def check(self) -> None:
-        """Verify the strategy state and the block registry, under the lock."""
-        self._check_shared()
-
-    def segments(self) -> list[tuple[int, int, bool]]:
-        return self._locked("segments")
-
-    @property
-    def used(self) -> int:
-        return self._locked("stats").used
-
-    @property
-    def available(self) -> int:
-        return self._locked("stats").available
-
-    @property
-    def largest_free(self) -> int:
-        return self._locked("stats").largest_free
-
-    def __len__(self) -> int:
-        return self._locked("__len__")
+    # ---- figures ----------------------------------------------------------------------
+    # stats(), segments(), check(), used, available, largest_free and len() are
+    # SharedPoolCore's: each reads what it reports under the lock, in C.
 
     def shared_stats(self) -> SharedStats:
         """The lock and registry counters (see :class:`SharedStats`)."""

@@ -129,13 +129,13 @@ static PyObject *ext_block_exit(BlockObject *b, PyObject *Py_UNUSED(args))
 static PyObject *ext_block_reduce(BlockObject *b, PyObject *Py_UNUSED(ignored))
 {
     if (block_usable(b) < 0) return NULL;
-    if (!b->pool->reducer) {
+    if (!b->pool->hooks) {
         PyErr_SetString(PyExc_TypeError,
                         "a Block of a private Pool cannot be pickled (its memory is this "
                         "process's); use a SharedPool to pass blocks between processes");
         return NULL;
     }
-    return PyObject_CallOneArg(b->pool->reducer, (PyObject *)b);
+    return b->pool->hooks->reduce(b->pool, b);
 }
 
 static PyObject *get_tag(BlockObject *b, void *Py_UNUSED(c))

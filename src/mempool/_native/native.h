@@ -7,6 +7,10 @@
  *                constructor arguments)
  *   strategy.c   the base type Strategy: every generic method over an mp_ops_t
  *   type_*.c     one strategy type each (TLSF, BestFit, ...): constructor + extras
+ *   block.c      Block: a range of a pool, with the buffer protocol
+ *   pool.c       PoolCore: a strategy over real bytes (private and persistent pools)
+ *   pool_shared.c SharedPoolCore(PoolCore): a pool in a shared segment, through the
+ *                hooks (mp_pool_hooks_t) that PoolCore's generic paths call
  *   sys.c        system calls for the sources: mbind, get_mempolicy, mlock
  *
  * A strategy object holds its state block either inline-allocated (malloc'd,
@@ -33,9 +37,11 @@ typedef struct {
     PyObject *weakreflist;
 } StrategyObject;
 
-typedef struct mp_shared_local mp_shared_local_t; /* pool_shared.c: the process's cache */
+typedef struct mp_pool_hooks mp_pool_hooks_t;
 
-/* A pool: a strategy over real bytes (or none, for External sources). */
+/* A pool: a strategy over real bytes (or none, for External sources).  A private or
+ * persistent pool is a PoolCore (pool.c); a shared pool is a SharedPoolCore
+ * (pool_shared.c), whose object starts with this one and sets `hooks`. */
 typedef struct {
     PyObject_HEAD
     StrategyObject *strategy; /* offsets                                        */
@@ -45,8 +51,6 @@ typedef struct {
     int has_view;
     int closed;
     int closing;              /* close() under way: new calls raise PoolClosed      */
-    Py_ssize_t waiting;       /* calls of this process waiting for the segment's lock
-                                 without the GIL (close() waits for them to leave) */
     int auto_free;            /* blocks give their range back when collected   */
     PyObject *source;         /* the memory source, kept alive                  */
     Py_ssize_t exports;       /* buffer exports of blocks + array-owned blocks  */
@@ -61,15 +65,10 @@ typedef struct {
                                  while an allocator call is under way, or NULL  */
     Py_buffer gen_view;       /* the header buffer gen points into (has_gen)    */
     int has_gen;
-    mp_shared_ctl_t *ctl;     /* shared pools: lock + block registry, or NULL   */
-    uint64_t ctl_len;
-    Py_buffer ctl_view;       /* the segment buffer ctl points into (has_ctl)   */
-    int has_ctl;
-    PyObject *reducer;        /* shared pools: reducer(block) -> pickle handle  */
+    const mp_pool_hooks_t *hooks; /* NULL: the private paths of pool.c; else what a
+                                 pool kind of its own does instead (shared pools) */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
-    uint64_t lock_calls;      /* shared pools: acquisitions by this process      */
-    mp_shared_local_t *local; /* shared pools: this process's cache and tags     */
     PyObject *weakreflist;
 } PoolObject;
 
@@ -91,6 +90,34 @@ typedef struct BlockObject {
     int array;         /* owned by an ndarray made by the pool: counts as an export */
 } BlockObject;
 
+/* What a pool of a kind of its own (a shared pool) does where pool.c's generic paths
+ * would change the strategy state directly.  pool.c calls these, and only these,
+ * when pool->hooks is set: every state-changing call of such a pool goes through one
+ * of them.  Each returns with nothing changed when it fails, and makes no Python
+ * object while it holds a lock of its own. */
+struct mp_pool_hooks {
+    /* A new range of size bytes aligned to align (arguments checked, pool open):
+     * 0 with *off (and *tag, *entry: what the Block records) set; 1 when nothing fits
+     * and `quiet` (try_alloc: no exception made); else -1 with the exception set. */
+    int (*take)(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint64_t *off,
+                uint64_t *tag, uint32_t *entry);
+    /* Give back what take() returned when no Block could be made for it. */
+    void (*untake)(PoolObject *p, uint64_t off, uint32_t entry);
+    /* Give a live block's range back (no view of it alive): 0, or -1 with the
+     * exception set.  The block is marked dead. */
+    int (*release)(PoolObject *p, BlockObject *b);
+    /* Resize a live block with no view (size < 2**64): 0 with *off its new offset and
+     * the bytes moved, or -1 with the exception set. */
+    int (*realloc)(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off);
+    /* block_at(what): a new Block for the live range at off (UINT64_MAX: none). */
+    PyObject *(*block_at)(PoolObject *p, PyObject *what, uint64_t off);
+    /* close(): give back what this process holds, set p->closing and wait until no
+     * call of this process is under way, then let go of the pool's own memory. */
+    void (*close)(PoolObject *p);
+    /* Block.__reduce__ */
+    PyObject *(*reduce)(PoolObject *p, BlockObject *b);
+};
+
 /* block.c */
 extern PyTypeObject BlockType;
 int mp_block_ready(PyObject *module);
@@ -101,38 +128,27 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
 extern PyTypeObject PoolCoreType;
 int mp_pool_ready(PyObject *module);
 int mp_pool_check_open(PoolObject *pool);
+/* PoolCore.__init__ after its arguments are read: 0, or -1 with the exception set and
+ * nothing held. */
+int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObject *source,
+                  int auto_free, unsigned long long align);
+/* An allocator status that means "nothing fits" (alloc raises OutOfSpace for it,
+ * try_alloc returns None). */
+static inline int mp_no_fit(int rc) { return rc == MP_ENOSPACE || rc == MP_ENONODES; }
 /* This process's pid, kept right across fork(). */
 uint32_t mp_getpid(void);
 /* Not a forked child's copy of a pool over memory other processes map (a file). */
 static inline int mp_pool_here(const PoolObject *p)
 {
-    return !p->bound_pid || p->ctl || p->bound_pid == mp_getpid();
+    return !p->bound_pid || p->bound_pid == mp_getpid();
 }
 int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
-
-/* pool_shared.c: the shared-pool half of PoolCore */
-int mp_pool_lock(PoolObject *pool); /* take / drop the segment's lock (no-ops when private) */
-void mp_pool_unlock(PoolObject *pool);
-void mp_sh_drain(PoolObject *pool); /* wait until no call of this process waits for the lock */
-int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
-                uint32_t *entry);
-void mp_sh_untake(PoolObject *p, uint32_t entry); /* undo mp_sh_alloc (no Block was made) */
-int mp_sh_release(PoolObject *p, BlockObject *b);
-PyObject *mp_sh_handle(PoolObject *p, PyObject *what, uint64_t off, uint64_t tag);
-int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off);
-void mp_sh_close(PoolObject *p);
-void mp_sh_free_local(PoolObject *p);
-PyObject *mp_ext_pool_set_shared(PoolObject *self, PyObject *args);
-PyObject *mp_ext_pool_check_shared(PoolObject *self, PyObject *ignored);
-PyObject *mp_ext_pool_locked(PoolObject *self, PyObject *args);
-PyObject *mp_ext_pool_reclaim(PoolObject *self, PyObject *arg);
-PyObject *mp_ext_pool_flush_cache(PoolObject *self, PyObject *ignored);
-PyObject *mp_ext_pool_hold_lock(PoolObject *self, PyObject *arg);
-PyObject *mp_ext_pool_shared_stats(PoolObject *self, PyObject *ignored);
-PyObject *mp_ext_pool_handle(PoolObject *self, PyObject *args);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 
+/* pool_shared.c: SharedPoolCore, the C half of mempool.SharedPool */
+extern PyTypeObject SharedPoolCoreType;
+int mp_shared_pool_ready(PyObject *module);
 /* sys.c: adds mbind, get_mempolicy (where the headers number them) and mlock */
 int mp_sys_ready(PyObject *module);
 
@@ -213,6 +229,30 @@ typedef struct mp_err {
 void mp_err_capture(StrategyObject *self, int rc, uint64_t size, uint64_t align, uint64_t offset,
                     mp_err_t *e);
 PyObject *mp_err_raise(const mp_err_t *e);
+/* The figures of a state that stats() reports, read into C: a shared pool reads them
+ * under its lock, where no Python object may be made, and builds the Stats after. */
+typedef struct mp_figures {
+    uint64_t capacity, used, requested, live, peak_used, high_water;
+    uint64_t available, largest_free, free_ranges;
+} mp_figures_t;
+void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f);
+PyObject *mp_stats_new(const mp_figures_t *f); /* a mempool.Stats */
+/* segments() in two halves: walk() collects the map into a C array grown with
+ * PyMem_RawRealloc (no Python object: a GC pass during the walk could free Blocks
+ * under its feet, and a shared pool walks under its lock), list() then makes the
+ * list of (offset, size, allocated), or raises what the walk met, and frees the
+ * array. */
+typedef struct mp_segs {
+    struct mp_seg {
+        uint64_t off, size;
+        int allocated;
+    } *v;
+    size_t n, cap;
+    int nomem, rc;
+    const char *name; /* the strategy's, for the error */
+} mp_segs_t;
+void mp_segments_walk(const mp_ops_t *ops, const void *st, mp_segs_t *b);
+PyObject *mp_segments_list(mp_segs_t *b);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */

@@ -9,6 +9,10 @@
  * Persistent pools (state in a file's header area) set `gen` to the header's
  * generation word: it is odd while an allocator call is under way, so a process
  * killed in the middle leaves a file that Pool.open() knows to verify.
+ *
+ * A pool of a kind of its own (SharedPoolCore, pool_shared.c) sets `hooks`: where a
+ * generic path below would change the strategy state, it calls the hook instead (one
+ * pointer test, the same on every call of a pool, on the private paths).
  */
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #define PY_ARRAY_UNIQUE_SYMBOL mempool_ARRAY_API
@@ -57,10 +61,11 @@ int mp_is_ndarray_type(PyObject *type)
     return PyType_Check(type) && PyType_IsSubtype((PyTypeObject *)type, &PyArray_Type);
 }
 
-/* Allocate a range (and in a shared pool its registry entry).  0, or -1 with the
- * exception set and nothing changed. */
-static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *off,
-                     uint64_t *tag, uint32_t *entry)
+/* Allocate a range (and, through the hooks, what else the pool kind records for it).
+ * 0; 1 when nothing fits and `quiet` (no exception made); else -1 with the exception
+ * set.  Nothing changed unless 0. */
+static inline int pool_take(PoolObject *self, uint64_t size, uint64_t align, int quiet,
+                            uint64_t *off, uint64_t *tag, uint32_t *entry)
 {
     if (self->base && align > self->base_align) { /* an offset alone would not do */
         PyErr_Format(PyExc_ValueError, "align %llu is above the alignment of the pool's memory "
@@ -68,19 +73,21 @@ static int pool_take(PoolObject *self, uint64_t size, uint64_t align, uint64_t *
                      (unsigned long long)self->base_align);
         return -1;
     }
-    if (self->ctl) return mp_sh_alloc(self, size, align, off, tag, entry);
+    if (self->hooks) return self->hooks->take(self, size, align, quiet, off, tag, entry);
     gen_begin(self);
     int rc = OPS(self)->alloc(ST(self), size, align, off);
     gen_end(self);
-    if (rc) mp_raise(self->strategy, rc, size, align, 0);
-    return rc ? -1 : 0;
+    if (rc == MP_OK) return 0;
+    if (quiet && mp_no_fit(rc)) return 1;
+    mp_raise(self->strategy, rc, size, align, 0);
+    return -1;
 }
 
 /* Give a range back after a failure past pool_take (a Block could not be made). */
 static void pool_untake(PoolObject *self, uint64_t off, uint32_t entry)
 {
-    if (self->ctl) {
-        mp_sh_untake(self, entry);
+    if (self->hooks) {
+        self->hooks->untake(self, off, entry);
         return;
     }
     gen_begin(self);
@@ -88,9 +95,11 @@ static void pool_untake(PoolObject *self, uint64_t off, uint32_t entry)
     gen_end(self);
 }
 
-/* A Block made by alloc/empty: the allocating process's handle. */
-static BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint64_t size,
-                                    uint64_t align, int owned, uint64_t tag, uint32_t entry)
+/* A Block made by alloc/empty: the allocating process's handle.  (Inline: alloc's
+ * hot path, which GCC left as a call once alloc() and try_alloc() shared it.) */
+static inline BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint64_t size,
+                                           uint64_t align, int owned, uint64_t tag,
+                                           uint32_t entry)
 {
     BlockObject *b = mp_block_new(self, off, size, align, owned);
     if (!b) {
@@ -111,7 +120,7 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
                      (unsigned long long)b->offset, b->exports);
         return -1;
     }
-    if (pool->ctl) return mp_sh_release(pool, b);
+    if (pool->hooks) return pool->hooks->release(pool, b);
     gen_begin(pool);
     int rc = OPS(pool)->free(ST(pool), b->offset);
     gen_end(pool);
@@ -154,6 +163,12 @@ static int ext_pool_init(PoolObject *self, PyObject *args, PyObject *kw)
                                      &StrategyType, &strategy, &buffer, &source, &auto_free,
                                      &align))
         return -1;
+    return mp_pool_setup(self, strategy, buffer, source, auto_free, align);
+}
+
+int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObject *source,
+                  int auto_free, unsigned long long align)
+{
     if (self->strategy) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
         return -1;
@@ -220,12 +235,6 @@ static void pool_dealloc(PoolObject *self)
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_gen) PyBuffer_Release(&self->gen_view);
-    if (self->has_ctl) {
-        mp_sh_close(self); /* a shared pool collected open: give back what we hold */
-        PyBuffer_Release(&self->ctl_view);
-    }
-    mp_sh_free_local(self);
-    Py_XDECREF(self->reducer);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
     Py_XDECREF(self->source);
@@ -235,23 +244,46 @@ static void pool_dealloc(PoolObject *self)
 /* ---- hot methods -------------------------------------------------------------------- */
 static const char *const alloc_names[] = {"size", "align"};
 
-static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames)
+/* alloc() and try_alloc(): the same checks in the same order; `quiet` turns "nothing
+ * fits" into None instead of OutOfSpace (inlined into both: a constant, and alloc()
+ * keeps its code of before). */
+static inline __attribute__((always_inline)) PyObject *
+alloc_block(PoolObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+            const char *fname, int quiet)
 {
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = self->default_align, off;
     if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc", args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
+    else if (mp_parse_args(fname, args, nargs, kwnames, alloc_names, 2, 1, vals) < 0)
         return NULL;
     int big = mp_arg_size(vals[0], "size", &size);
     if (big < 0) return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
     if (mp_pool_check_open(self) < 0) return NULL;
-    if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
+    if (big) {
+        if (quiet) Py_RETURN_NONE;
+        return mp_raise(self->strategy, MP_ENOSPACE, size, align, 0);
+    }
     uint64_t tag = 0;
     uint32_t entry = 0;
-    if (pool_take(self, size, align, &off, &tag, &entry) < 0) return NULL;
+    int rc = pool_take(self, size, align, quiet, &off, &tag, &entry);
+    if (rc) {
+        if (rc > 0) Py_RETURN_NONE;
+        return NULL;
+    }
     return (PyObject *)new_owned_block(self, off, size, align, self->auto_free, tag, entry);
+}
+
+static PyObject *ext_pool_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    return alloc_block(self, args, nargs, kwnames, "alloc", 0);
+}
+
+static PyObject *ext_pool_try_alloc(PoolObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    return alloc_block(self, args, nargs, kwnames, "try_alloc", 1);
 }
 
 static PyObject *ext_pool_free(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -285,14 +317,14 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
         return NULL;
     }
     if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, b->align, 0);
-    if (self->ctl) {
-        if (mp_sh_realloc(self, b, size, &off) < 0) return NULL;
+    if (self->hooks) {
+        if (self->hooks->realloc(self, b, size, &off) < 0) return NULL;
     } else {
         gen_begin(self);
         int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
         gen_end(self);
         if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
-        if (off != b->offset && self->base) /* (shared pools copy under their lock) */
+        if (off != b->offset && self->base) /* (the hook moves the bytes itself) */
             memmove(self->base + off, self->base + b->offset,
                     (size_t)(size < b->size ? size : b->size));
     }
@@ -302,9 +334,9 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
     return (PyObject *)b;
 }
 
-static PyObject *take_handle(PoolObject *self, PyObject *what, uint64_t off, uint64_t tag);
-
-/* block_at(offset): a Block for a live range (persistent pools reopened). */
+/* block_at(offset): a Block for a live range (persistent pools reopened).  Private
+ * pools: a Block that is not freed when collected (shared pools: a new handle that
+ * holds a reference). */
 static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t off;
@@ -315,17 +347,11 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     int rc = mp_arg_u64(args[0], "offset", &off);
     if (rc < 0) return NULL;
     if (mp_pool_check_open(self) < 0) return NULL;
-    return take_handle(self, args[0], rc > 0 ? UINT64_MAX : off, 0);
-}
-
-/* A Block for the live range at off (block_at).  Shared pools: a new handle that
- * holds a reference; other pools: a Block that is not freed when collected. */
-static PyObject *take_handle(PoolObject *self, PyObject *what, uint64_t off, uint64_t tag)
-{
+    if (rc > 0) off = UINT64_MAX;
+    if (self->hooks) return self->hooks->block_at(self, args[0], off);
     uint64_t size;
-    if (self->ctl) return mp_sh_handle(self, what, off, tag);
     if (off == UINT64_MAX || OPS(self)->size_of(ST(self), off, &size) != MP_OK) {
-        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
+        PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
         return NULL;
     }
     return (PyObject *)mp_block_new(self, off, size, 1, 0);
@@ -391,7 +417,7 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
     if (align > self->base_align) align = need > self->base_align ? need : self->base_align;
     uint64_t size = nbytes ? nbytes : 1, tag = 0;
     uint32_t entry = 0;
-    if (pool_take(self, size, align, &off, &tag, &entry) < 0) goto done;
+    if (pool_take(self, size, align, 0, &off, &tag, &entry) < 0) goto done;
     BlockObject *b = new_owned_block(self, off, size, align, 1, tag, entry);
     if (!b) goto done;
     b->array = 1;      /* the array's life is an export of the block */
@@ -440,24 +466,15 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
                      self->exports);
         return NULL;
     }
-    /* shared pools: the cache and this process's handles give their references back
-     * now (they cannot reach the segment once it is unmapped) */
-    if (self->ctl) mp_sh_close(self);
-    PyErr_Clear();
-    /* threads of this process that wait for the segment's lock (without the GIL) find
-     * the pool closing when they get it, and leave; the segment is unmapped after */
+    /* shared pools give back what this process holds and let the calls that wait for
+     * their lock leave (they find the pool closing) before the memory goes */
+    if (self->hooks) self->hooks->close(self);
     self->closing = 1;
-    mp_sh_drain(self);
     self->closed = 1;
     self->gen = NULL;
     if (self->has_gen) {
         PyBuffer_Release(&self->gen_view);
         self->has_gen = 0;
-    }
-    self->ctl = NULL;
-    if (self->has_ctl) {
-        PyBuffer_Release(&self->ctl_view);
-        self->has_ctl = 0;
     }
     PyObject *r = PyObject_CallMethod((PyObject *)self->strategy, "_detach", NULL);
     if (!r) return NULL;
@@ -552,6 +569,11 @@ static PyMethodDef pool_methods[] = {
      "alloc($self, /, size, align=16)\n--\n\n"
      "A Block of `size` bytes at an offset that is a multiple of `align`.\n"
      "Raises OutOfSpace, ValueError (size < 1, bad align), TypeError, PoolClosed."},
+    {"try_alloc", (PyCFunction)(void (*)(void))ext_pool_try_alloc, METH_FASTCALL | METH_KEYWORDS,
+     "try_alloc($self, /, size, align=16)\n--\n\n"
+     "As alloc(), but None where alloc() raises OutOfSpace (nothing free fits, size beyond\n"
+     "the capacity, the state full), without making an exception: for callers that try\n"
+     "several pools in turn (RegionPool).  Every other error raises as alloc()'s does."},
     {"free", (PyCFunction)(void (*)(void))ext_pool_free, METH_FASTCALL,
      "free($self, block, /)\n--\n\n"
      "Give a block's range back.  BufferError while a view of it is alive; NotAllocated for\n"
@@ -572,14 +594,6 @@ static PyMethodDef pool_methods[] = {
     {"zeros", (PyCFunction)(void (*)(void))ext_pool_zeros, METH_FASTCALL | METH_KEYWORDS,
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
-    {"_set_shared", (PyCFunction)mp_ext_pool_set_shared, METH_VARARGS, NULL},
-    {"_check_shared", (PyCFunction)mp_ext_pool_check_shared, METH_NOARGS, NULL},
-    {"_locked", (PyCFunction)mp_ext_pool_locked, METH_VARARGS, NULL},
-    {"_reclaim", (PyCFunction)mp_ext_pool_reclaim, METH_O, NULL},
-    {"_flush_cache", (PyCFunction)mp_ext_pool_flush_cache, METH_NOARGS, NULL},
-    {"_hold_lock", (PyCFunction)mp_ext_pool_hold_lock, METH_O, NULL},
-    {"_shared_stats", (PyCFunction)mp_ext_pool_shared_stats, METH_NOARGS, NULL},
-    {"_handle", (PyCFunction)mp_ext_pool_handle, METH_VARARGS, NULL},
     {"_set_generation", (PyCFunction)ext_pool_set_generation, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -1,6 +1,16 @@
 /*
- * pool_shared.c -- the shared-pool half of PoolCore: the segment's lock, the block
- * registry's references, and the per-process cache (see _core/shared.c).
+ * pool_shared.c -- mempool._mempool.SharedPoolCore, the C half of mempool.SharedPool:
+ * a PoolCore whose strategy state lives in a shared segment beside a robust lock and
+ * a block registry (see _core/shared.c), used by every process that attaches it.
+ *
+ * SharedPoolCore is a subtype of PoolCore.  PoolCore's generic paths (alloc, free,
+ * realloc, block_at, empty/zeros, close, Block.__reduce__) call the hooks at the end
+ * of this file instead of changing the strategy state themselves, so every
+ * state-changing call of a shared pool goes through one of them (or through
+ * _reclaim/_flush_cache below), and each runs its locked part between sh_lock() and
+ * sh_unlock().  No Python object is made while the lock is held: a GC pass there
+ * could release a Block, whose release waits for the lock (a self-deadlock);
+ * errors are captured in C (mp_err_t) and raised after unlocking.
  *
  * Paths, in order of frequency:
  *  - alloc of a small size this process freed before: popped from the local cache
@@ -30,7 +40,7 @@
 #define MAG_DEPTH 16
 #define TAG_CHUNK 4096
 
-struct mp_shared_local {
+typedef struct mp_shared_local {
     uint32_t pid;              /* whose cache this is (a forked child starts afresh) */
     uint64_t tag_next, tag_end;
     uint8_t n[MAG_CLASSES];
@@ -38,26 +48,42 @@ struct mp_shared_local {
         uint32_t entry;
         uint64_t offset;
     } slot[MAG_CLASSES][MAG_DEPTH];
-};
+} mp_shared_local_t;
 
-static inline const mp_ops_t *OPS(PoolObject *p) { return p->strategy->ops; }
-static inline void *ST(PoolObject *p) { return p->strategy->st; }
+typedef struct {
+    PoolObject pool;          /* PoolCore's part: the strategy over the data        */
+    mp_shared_ctl_t *ctl;     /* lock + block registry, in the segment (NULL until
+                                 __init__ and after close)                          */
+    uint64_t ctl_len;
+    Py_buffer ctl_view;       /* the segment buffer ctl points into (has_ctl)      */
+    int has_ctl;
+    Py_ssize_t waiting;       /* calls of this process waiting for the lock without
+                                 the GIL (close() waits for them to leave)          */
+    uint64_t lock_calls;      /* acquisitions by this process                      */
+    PyObject *reducer;        /* reducer(block) -> pickle handle                   */
+    mp_shared_local_t *local; /* this process's cache and tags                     */
+} SharedPoolObject;
+
+#define SH(p) ((SharedPoolObject *)(p))
+
+static inline const mp_ops_t *OPS(SharedPoolObject *s) { return s->pool.strategy->ops; }
+static inline void *ST(SharedPoolObject *s) { return s->pool.strategy->st; }
 
 /* The cache class of a request, or -1 (too big, or a strategy of fixed-size items:
  * rounding up could exceed the item, and the slab keeps its own free list) */
-static int mag_class(PoolObject *p, uint64_t size)
+static int mag_class(SharedPoolObject *s, uint64_t size)
 {
-    return size <= MAG_MAX && !OPS(p)->fixed_size ? (int)((size + 15) >> 4) - 1 : -1;
+    return size <= MAG_MAX && !OPS(s)->fixed_size ? (int)((size + 15) >> 4) - 1 : -1;
 }
 /* the size a request is allocated with: its class's, so a cached range serves it */
-static uint64_t rounded(PoolObject *p, uint64_t size)
+static uint64_t rounded(SharedPoolObject *s, uint64_t size)
 {
-    return mag_class(p, size) >= 0 ? (size + 15) & ~(uint64_t)15 : size;
+    return mag_class(s, size) >= 0 ? (size + 15) & ~(uint64_t)15 : size;
 }
 
-static mp_shared_local_t *local_of(PoolObject *p)
+static mp_shared_local_t *local_of(SharedPoolObject *s)
 {
-    mp_shared_local_t *l = p->local;
+    mp_shared_local_t *l = s->local;
     if (l->pid != mp_getpid()) { /* forked: the cache and the tags are the parent's */
         memset(l->n, 0, sizeof l->n);
         l->tag_next = l->tag_end = 0;
@@ -66,32 +92,34 @@ static mp_shared_local_t *local_of(PoolObject *p)
     return l;
 }
 
-static uint64_t next_tag(PoolObject *p)
+static uint64_t next_tag(SharedPoolObject *s)
 {
-    mp_shared_local_t *l = local_of(p);
+    mp_shared_local_t *l = local_of(s);
     if (l->tag_next == l->tag_end) {
-        l->tag_next = mp_shared_reserve_tags(p->ctl, TAG_CHUNK);
+        l->tag_next = mp_shared_reserve_tags(s->ctl, TAG_CHUNK);
         l->tag_end = l->tag_next + TAG_CHUNK;
     }
     return l->tag_next++;
 }
 
 /* ---- the lock -------------------------------------------------------------------------- */
-int mp_pool_lock(PoolObject *p)
+/* 0 with the segment's lock held, or -1 with the exception set (made after the lock
+ * was let go). */
+static int sh_lock(SharedPoolObject *s)
 {
-    if (!p->ctl) return 0;
-    p->lock_calls++;
-    int rc = mp_shared_trylock(p->ctl);
+    s->lock_calls++;
+    int rc = mp_shared_trylock(s->ctl);
     if (rc == EBUSY) { /* another process holds it: wait without the GIL */
-        p->waiting++;  /* close() waits for us to leave before it unmaps the segment */
-        Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(p->ctl);
+        s->waiting++;  /* close() waits for us to leave before it unmaps the segment */
+        Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(s->ctl);
         Py_END_ALLOW_THREADS
-        p->waiting--;
+        s->waiting--;
     }
     char msg[256];
-    int r = mp_shared_locked(p->ctl, rc, OPS(p), ST(p), p->strategy->st_len, msg, sizeof msg);
-    if (r == MP_OK && p->closing) { /* closed by another thread while we waited */
-        mp_shared_unlock(p->ctl);
+    int r = mp_shared_locked(s->ctl, rc, OPS(s), ST(s), s->pool.strategy->st_len, msg,
+                             sizeof msg);
+    if (r == MP_OK && s->pool.closing) { /* closed by another thread while we waited */
+        mp_shared_unlock(s->ctl);
         PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
         return -1;
     }
@@ -100,14 +128,12 @@ int mp_pool_lock(PoolObject *p)
     return -1;
 }
 
-void mp_pool_unlock(PoolObject *p)
-{
-    if (p->ctl) mp_shared_unlock(p->ctl);
-}
+static void sh_unlock(SharedPoolObject *s) { mp_shared_unlock(s->ctl); }
 
-void mp_sh_drain(PoolObject *p)
+/* Wait until no call of this process waits for the lock. */
+static void drain(SharedPoolObject *s)
 {
-    while (p->waiting > 0) { /* they hold no lock of ours: let them run and leave */
+    while (s->waiting > 0) { /* they hold no lock of ours: let them run and leave */
         Py_BEGIN_ALLOW_THREADS
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
@@ -116,26 +142,26 @@ void mp_sh_drain(PoolObject *p)
 }
 
 /* Drop an entry this process holds with refs 0 and free its range (lock held). */
-static void dispose(PoolObject *p, uint32_t entry)
+static void dispose(SharedPoolObject *s, uint32_t entry)
 {
-    uint64_t off = mp_reg_entry(p->ctl, entry)->offset;
-    mp_reg_drop(p->ctl, entry);
-    OPS(p)->free(ST(p), off);
+    uint64_t off = mp_reg_entry(s->ctl, entry)->offset;
+    mp_reg_drop(s->ctl, entry);
+    OPS(s)->free(ST(s), off);
 }
 
 /* Give the local cache back (lock held); returns the ranges freed. */
-static uint64_t flush(PoolObject *p)
+static uint64_t flush(SharedPoolObject *s)
 {
-    mp_shared_local_t *l = local_of(p);
+    mp_shared_local_t *l = local_of(s);
     uint64_t n = 0;
     for (int k = 0; k < MAG_CLASSES; k++) {
         for (int j = 0; j < l->n[k]; j++) {
             uint32_t i = l->slot[k][j].entry;
-            mp_entry_t *e = mp_reg_entry(p->ctl, i);
+            mp_entry_t *e = mp_reg_entry(s->ctl, i);
             /* still ours (reclaim(pid, force=True) by another process could take it) */
             if (e->offset == l->slot[k][j].offset && mp_entry_refs(e) == 0 &&
                 mp_entry_owner(e) == l->pid) {
-                dispose(p, i);
+                dispose(s, i);
                 n++;
             }
         }
@@ -144,20 +170,89 @@ static uint64_t flush(PoolObject *p)
     return n;
 }
 
-/* ---- allocation ---------------------------------------------------------------------- */
-int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uint64_t *tag,
-                uint32_t *entry)
+/* Is b's entry still the one b was made for?  (Atomic reads: b holds a reference,
+ * so the entry cannot go away but through a misuse such as reclaim(force=True) of
+ * a live process.) */
+static int entry_matches(SharedPoolObject *s, BlockObject *b)
 {
-    mp_shared_local_t *l = local_of(p);
-    int k = mag_class(p, size);
+    mp_entry_t *e = mp_reg_entry(s->ctl, b->entry);
+    return __atomic_load_n(&e->offset, __ATOMIC_ACQUIRE) == b->offset &&
+           __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) == b->tag;
+}
+
+/* Give back the cache and every live handle of this process (the pool closes or is
+ * collected: they cannot reach the segment once it is unmapped). */
+static void give_back(SharedPoolObject *s)
+{
+    if (sh_lock(s) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    flush(s);
+    for (BlockObject *b = s->pool.blocks; b; b = b->next) {
+        if (!b->live || b->pid != mp_getpid()) continue;
+        if (entry_matches(s, b) &&
+            (b->owner ? mp_ref_release(s->ctl, b->entry, b->pid, 1)
+                      : mp_ref_release_borrowed(s->ctl, b->entry, b->pid)) == 1)
+            dispose(s, b->entry);
+        b->live = 0;
+    }
+    sh_unlock(s);
+}
+
+/* A new handle (a Block holding a borrowed reference) for the live range at off
+ * whose tag is `tag` (0: any): block_at() and unpickled handles. */
+static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint64_t tag)
+{
+    if (sh_lock(s) < 0) return NULL;
+    uint32_t i = off == UINT64_MAX ? MP_NIL : mp_reg_lookup(s->ctl, off);
+    int disp = 0, rc = i == MP_NIL ? MP_ENOTALLOC : mp_ref_take(s->ctl, i, tag, mp_getpid(), &disp);
+    if (disp) dispose(s, i);
+    if (rc != MP_OK) {
+        sh_unlock(s);
+        if (tag)
+            PyErr_Format(mp_NotAllocated, "stale handle: the range at offset %llu (tag %llu) was "
+                         "freed or reused", (unsigned long long)off, (unsigned long long)tag);
+        else PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
+        return NULL;
+    }
+    mp_entry_t *e = mp_reg_entry(s->ctl, i);
+    uint64_t size = e->size, t = e->tag;
+    sh_unlock(s);
+    /* the Block only now, after the lock like every Python object: the reference taken
+     * keeps the entry and the range, and no other thread of ours runs before the
+     * Block holds it (we keep the GIL) */
+    BlockObject *b = mp_block_new(&s->pool, off, size, 1, 1);
+    if (!b) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb); /* the MemoryError is the one to report */
+        if (sh_lock(s) == 0) {
+            if (mp_ref_release_borrowed(s->ctl, i, mp_getpid()) == 1) dispose(s, i);
+            sh_unlock(s);
+        } /* else it stays this process's until reclaim(pid) after the process ends */
+        PyErr_Restore(et, ev, tb);
+        return NULL;
+    }
+    b->tag = t;
+    b->entry = i;
+    return (PyObject *)b;
+}
+
+/* ---- the hooks PoolCore calls ---------------------------------------------------------- */
+static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint64_t *off,
+                   uint64_t *tag, uint32_t *entry)
+{
+    SharedPoolObject *s = SH(p);
+    mp_shared_local_t *l = local_of(s);
+    int k = mag_class(s, size);
     if (k >= 0) { /* the cache, newest first, no lock */
         for (int j = l->n[k]; j-- > 0;) {
             uint64_t o = l->slot[k][j].offset;
             uint32_t i = l->slot[k][j].entry;
             if (o % align) continue;
             l->slot[k][j] = l->slot[k][--l->n[k]];
-            uint64_t t = next_tag(p);
-            if (mp_ref_reuse(p->ctl, i, l->pid, t, size) == MP_OK) {
+            uint64_t t = next_tag(s);
+            if (mp_ref_reuse(s->ctl, i, l->pid, t, size) == MP_OK) {
                 *off = o;
                 *tag = t;
                 *entry = i;
@@ -165,26 +260,30 @@ int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uin
             }
         }
     }
-    if (mp_pool_lock(p) < 0) return -1;
-    mp_head_t saved = *(mp_head_t *)ST(p); /* the registry may refuse: undo */
-    uint64_t want = rounded(p, size);
-    int rc = OPS(p)->alloc(ST(p), want, align, off);
-    if (rc != MP_OK && flush(p)) rc = OPS(p)->alloc(ST(p), want, align, off); /* the cache */
+    if (sh_lock(s) < 0) return -1;
+    mp_head_t saved = *(mp_head_t *)ST(s); /* the registry may refuse: undo */
+    uint64_t want = rounded(s, size);
+    int rc = OPS(s)->alloc(ST(s), want, align, off);
+    if (rc != MP_OK && flush(s)) rc = OPS(s)->alloc(ST(s), want, align, off); /* the cache */
     int reg = MP_OK;
     for (int attempt = 0; rc == MP_OK; attempt++) {
-        *tag = next_tag(p);
-        reg = mp_reg_add(p->ctl, *off, size, l->pid, *tag, entry);
+        *tag = next_tag(s);
+        reg = mp_reg_add(s->ctl, *off, size, l->pid, *tag, entry);
         if (reg == MP_OK) break;
-        OPS(p)->free(ST(p), *off);
-        *(mp_head_t *)ST(p) = saved;
+        OPS(s)->free(ST(s), *off);
+        *(mp_head_t *)ST(s) = saved;
         /* the registry is full: the cache's ranges hold entries; give them back, retry */
-        if (attempt || !flush(p)) break;
-        saved = *(mp_head_t *)ST(p);
-        rc = OPS(p)->alloc(ST(p), want, align, off);
+        if (attempt || !flush(s)) break;
+        saved = *(mp_head_t *)ST(s);
+        rc = OPS(s)->alloc(ST(s), want, align, off);
+    }
+    if (quiet && (mp_no_fit(rc) || (rc == MP_OK && reg))) { /* try_alloc: nothing fits */
+        sh_unlock(s);
+        return 1;
     }
     mp_err_t err;
     if (rc) mp_err_capture(p->strategy, rc, size, align, 0, &err); /* reads the state: locked */
-    mp_pool_unlock(p);
+    sh_unlock(s);
     /* Python objects only now: a GC pass under the lock could release a Block */
     if (rc) mp_err_raise(&err);
     else if (reg)
@@ -193,118 +292,96 @@ int mp_sh_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off, uin
     return rc || reg ? -1 : 0;
 }
 
-/* Is b's entry still the one b was made for?  (Atomic reads: b holds a reference,
- * so the entry cannot go away but through a misuse such as reclaim(force=True) of
- * a live process.) */
-static int entry_matches(PoolObject *p, BlockObject *b)
+static void sh_untake(PoolObject *p, uint64_t off, uint32_t entry)
 {
-    mp_entry_t *e = mp_reg_entry(p->ctl, b->entry);
-    return __atomic_load_n(&e->offset, __ATOMIC_ACQUIRE) == b->offset &&
-           __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) == b->tag;
+    SharedPoolObject *s = SH(p);
+    (void)off;
+    if (sh_lock(s) < 0) {
+        PyErr_Clear();
+        return;
+    }
+    if (mp_ref_release(s->ctl, entry, mp_getpid(), 1) == 1) dispose(s, entry);
+    sh_unlock(s);
 }
 
-int mp_sh_release(PoolObject *p, BlockObject *b)
+static int sh_release(PoolObject *p, BlockObject *b)
 {
+    SharedPoolObject *s = SH(p);
     if (b->pid != mp_getpid()) { /* inherited through fork(): the parent's handle */
         b->live = 0;
         return 0;
     }
-    if (!entry_matches(p, b)) {
+    if (!entry_matches(s, b)) {
         b->live = 0;
         PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed or reused (reclaimed "
                      "while its process was alive?)", (unsigned long long)b->offset);
         return -1;
     }
     if (!b->owner) { /* a borrowed reference: given back under the lock */
-        if (mp_pool_lock(p) < 0) return -1;
+        if (sh_lock(s) < 0) return -1;
         if (!b->live) { /* another thread gave it back while we waited for the lock */
-            mp_pool_unlock(p);
+            sh_unlock(s);
             PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
                          (unsigned long long)b->offset);
             return -1;
         }
-        if (mp_ref_release_borrowed(p->ctl, b->entry, b->pid) == 1) dispose(p, b->entry);
-        mp_pool_unlock(p);
+        if (mp_ref_release_borrowed(s->ctl, b->entry, b->pid) == 1) dispose(s, b->entry);
+        sh_unlock(s);
         b->live = 0;
         return 0;
     }
-    int last = mp_ref_release(p->ctl, b->entry, b->pid, 1);
+    int last = mp_ref_release(s->ctl, b->entry, b->pid, 1);
     b->live = 0;
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
-    mp_shared_local_t *l = local_of(p);
-    int k = mag_class(p, b->size);
+    mp_shared_local_t *l = local_of(s);
+    int k = mag_class(s, b->size);
     if (k >= 0 && l->n[k] < MAG_DEPTH) { /* keep it for the next alloc */
         l->slot[k][l->n[k]].entry = b->entry;
         l->slot[k][l->n[k]].offset = b->offset;
         l->n[k]++;
         return 0;
     }
-    if (mp_pool_lock(p) < 0) return -1; /* the range stays ours: reclaim finds it */
-    dispose(p, b->entry);
-    mp_pool_unlock(p);
+    if (sh_lock(s) < 0) return -1; /* the range stays ours: reclaim finds it */
+    dispose(s, b->entry);
+    sh_unlock(s);
     return 0;
 }
 
-PyObject *mp_sh_handle(PoolObject *p, PyObject *what, uint64_t off, uint64_t tag)
+static int sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
 {
-    if (mp_pool_lock(p) < 0) return NULL;
-    uint32_t i = off == UINT64_MAX ? MP_NIL : mp_reg_lookup(p->ctl, off);
-    int disp = 0, rc = i == MP_NIL ? MP_ENOTALLOC : mp_ref_take(p->ctl, i, tag, mp_getpid(), &disp);
-    if (disp) dispose(p, i);
-    if (rc != MP_OK) {
-        mp_pool_unlock(p);
-        if (tag)
-            PyErr_Format(mp_NotAllocated, "stale handle: the range at offset %llu (tag %llu) was "
-                         "freed or reused", (unsigned long long)off, (unsigned long long)tag);
-        else PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
-        return NULL;
-    }
-    mp_entry_t *e = mp_reg_entry(p->ctl, i);
-    BlockObject *b = mp_block_new(p, off, e->size, 1, 1);
-    if (b) {
-        b->tag = e->tag;
-        b->entry = i;
-    } else if (mp_ref_release_borrowed(p->ctl, i, mp_getpid()) == 1) {
-        dispose(p, i);
-    }
-    mp_pool_unlock(p);
-    return (PyObject *)b;
-}
-
-int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
-{
-    if (b->pid != mp_getpid() || !entry_matches(p, b)) {
+    SharedPoolObject *s = SH(p);
+    if (b->pid != mp_getpid() || !entry_matches(s, b)) {
         PyErr_Format(mp_NotAllocated, "the block at offset %llu is not this process's live "
                      "handle", (unsigned long long)b->offset);
         return -1;
     }
-    if (mp_pool_lock(p) < 0) return -1;
+    if (sh_lock(s) < 0) return -1;
     /* the wait for the lock may have let other threads free b or export a view of it */
-    if (!b->live || !entry_matches(p, b)) {
-        mp_pool_unlock(p);
+    if (!b->live || !entry_matches(s, b)) {
+        sh_unlock(s);
         PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
                      (unsigned long long)b->offset);
         return -1;
     }
     if (b->exports > 0) {
-        mp_pool_unlock(p);
+        sh_unlock(s);
         PyErr_Format(PyExc_BufferError,
                      "cannot resize the block at offset %llu: %zd view(s) of it are alive",
                      (unsigned long long)b->offset, b->exports);
         return -1;
     }
-    mp_entry_t *e = mp_reg_entry(p->ctl, b->entry);
+    mp_entry_t *e = mp_reg_entry(s->ctl, b->entry);
     uint32_t refs = mp_entry_refs(e);
     if (refs > 1) {
-        mp_pool_unlock(p);
+        sh_unlock(s);
         PyErr_Format(PyExc_BufferError, "cannot resize the block at offset %llu: %u other "
                      "handle(s) of it are alive", (unsigned long long)b->offset, refs - 1);
         return -1;
     }
-    int rc = OPS(p)->realloc(ST(p), b->offset, rounded(p, size), b->align, off);
+    int rc = OPS(s)->realloc(ST(s), b->offset, rounded(s, size), b->align, off);
     if (rc == MP_OK) {
         if (*off != b->offset) {
-            mp_reg_move(p->ctl, b->entry, *off, size);
+            mp_reg_move(s->ctl, b->entry, *off, size);
             /* the bytes move before the lock goes: the old range is free now, and
              * another process may take it as soon as we unlock */
             if (p->base)
@@ -316,70 +393,81 @@ int mp_sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *off)
     }
     mp_err_t err;
     if (rc) mp_err_capture(p->strategy, rc, size, b->align, b->offset, &err);
-    mp_pool_unlock(p);
-    if (rc) mp_err_raise(&err); /* after the lock: see mp_sh_alloc */
+    sh_unlock(s);
+    if (rc) mp_err_raise(&err); /* after the lock: see sh_take */
     return rc ? -1 : 0;
 }
 
-/* Before close: the cache and every live handle of this process go back. */
-void mp_sh_close(PoolObject *p)
+static PyObject *sh_block_at(PoolObject *p, PyObject *what, uint64_t off)
 {
-    if (mp_pool_lock(p) < 0) {
-        PyErr_Clear();
-        return;
-    }
-    flush(p);
-    for (BlockObject *b = p->blocks; b; b = b->next) {
-        if (!b->live || b->pid != mp_getpid()) continue;
-        if (entry_matches(p, b) &&
-            (b->owner ? mp_ref_release(p->ctl, b->entry, b->pid, 1)
-                      : mp_ref_release_borrowed(p->ctl, b->entry, b->pid)) == 1)
-            dispose(p, b->entry);
-        b->live = 0;
-    }
-    mp_pool_unlock(p);
+    return handle(SH(p), what, off, 0);
 }
 
-void mp_sh_untake(PoolObject *p, uint32_t entry)
+static void sh_close(PoolObject *p)
 {
-    if (mp_pool_lock(p) < 0) {
-        PyErr_Clear();
-        return;
+    SharedPoolObject *s = SH(p);
+    give_back(s);
+    /* threads of this process that wait for the segment's lock (without the GIL) find
+     * the pool closing when they get it, and leave; the segment is unmapped after */
+    p->closing = 1;
+    drain(s);
+    s->ctl = NULL;
+    if (s->has_ctl) {
+        PyBuffer_Release(&s->ctl_view);
+        s->has_ctl = 0;
     }
-    if (mp_ref_release(p->ctl, entry, mp_getpid(), 1) == 1) dispose(p, entry);
-    mp_pool_unlock(p);
 }
 
-void mp_sh_free_local(PoolObject *p)
+static PyObject *sh_reduce(PoolObject *p, BlockObject *b)
 {
-    PyMem_Free(p->local);
-    p->local = NULL;
+    return PyObject_CallOneArg(SH(p)->reducer, (PyObject *)b);
 }
 
-/* ---- methods -------------------------------------------------------------------------- */
-/* _set_shared(buffer, offset, length, max_entries, reducer, array_type): make this a
- * shared pool whose lock and registry live at buffer[offset:offset+length];
- * max_entries > 0 initialises them (create), 0 attaches (layout validated here,
- * the whole state by _check_shared under the lock). */
-PyObject *mp_ext_pool_set_shared(PoolObject *self, PyObject *args)
+static const mp_pool_hooks_t shared_hooks = {
+    .take = sh_take,
+    .untake = sh_untake,
+    .release = sh_release,
+    .realloc = sh_realloc,
+    .block_at = sh_block_at,
+    .close = sh_close,
+    .reduce = sh_reduce,
+};
+
+/* ---- init / dealloc ------------------------------------------------------------------ */
+static const char *const init_names[] = {"strategy", "buffer", "source", "lock_buffer",
+                                         "lock_offset", "lock_size", "max_entries", "reducer",
+                                         "array_type", "align", NULL};
+
+/* SharedPoolCore(strategy, buffer, source, lock_buffer, lock_offset, lock_size,
+ *                max_entries, reducer, array_type, *, align=16):
+ * PoolCore's arguments, and the lock and registry at
+ * lock_buffer[lock_offset:lock_offset+lock_size]: max_entries > 0 initialises them
+ * (create), 0 attaches (layout validated here, the whole state by _check_shared under
+ * the lock).  Blocks free their ranges when collected. */
+static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *buffer, *reducer, *array_type;
-    unsigned long long offset, length, max_entries;
-    if (!PyArg_ParseTuple(args, "OKKKOO!", &buffer, &offset, &length, &max_entries, &reducer,
-                          &PyType_Type, &array_type))
-        return NULL;
-    if (self->has_ctl || self->closed || !self->strategy) {
-        PyErr_SetString(PyExc_RuntimeError, "the pool cannot become shared now");
-        return NULL;
+    PyObject *strategy, *buffer, *source, *lock_buffer, *reducer, *array_type;
+    unsigned long long offset, length, max_entries, align = 16;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$K:SharedPoolCore",
+                                     (char **)init_names, &StrategyType, &strategy, &buffer,
+                                     &source, &lock_buffer, &offset, &length, &max_entries,
+                                     &reducer, &PyType_Type, &array_type, &align))
+        return -1;
+    if (self->pool.strategy || self->has_ctl) {
+        PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
+        return -1;
     }
     if (!mp_is_ndarray_type(array_type)) {
         PyErr_SetString(PyExc_TypeError, "array_type must be an ndarray subclass");
-        return NULL;
+        return -1;
     }
     self->local = PyMem_Calloc(1, sizeof *self->local);
-    if (!self->local) return PyErr_NoMemory();
+    if (!self->local) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->local->pid = mp_getpid();
-    if (PyObject_GetBuffer(buffer, &self->ctl_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    if (PyObject_GetBuffer(lock_buffer, &self->ctl_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         goto fail_local;
     char msg[256];
     mp_shared_ctl_t *c = (mp_shared_ctl_t *)((char *)self->ctl_view.buf + offset);
@@ -397,40 +485,58 @@ PyObject *mp_ext_pool_set_shared(PoolObject *self, PyObject *args)
         PyErr_Format(mp_CorruptionError, "invalid lock area: %s", msg);
         goto fail;
     }
+    if (mp_pool_setup(&self->pool, strategy, buffer, source, 1, align) < 0) goto fail;
+    self->pool.bound_pid = 0; /* a shared pool serves forked children by its own rules */
     self->has_ctl = 1;
     self->ctl = c;
     self->ctl_len = length;
     Py_INCREF(reducer);
     self->reducer = reducer;
     Py_INCREF(array_type);
-    self->array_type = (PyTypeObject *)array_type;
-    Py_RETURN_NONE;
+    self->pool.array_type = (PyTypeObject *)array_type;
+    self->pool.hooks = &shared_hooks;
+    return 0;
 fail:
     PyBuffer_Release(&self->ctl_view);
 fail_local:
-    mp_sh_free_local(self);
-    return NULL;
+    PyMem_Free(self->local);
+    self->local = NULL;
+    return -1;
 }
 
-static PyObject *need_shared(PoolObject *self)
+static void shared_dealloc(SharedPoolObject *self)
 {
-    if (mp_pool_check_open(self) < 0) return NULL;
-    if (!self->ctl) {
-        PyErr_SetString(PyExc_TypeError, "not a shared pool");
-        return NULL;
+    if (self->pool.weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->has_ctl) {
+        give_back(self); /* collected open: give back what this process holds */
+        PyBuffer_Release(&self->ctl_view);
     }
-    return Py_None;
+    PyMem_Free(self->local);
+    Py_XDECREF(self->reducer);
+    PoolCoreType.tp_dealloc((PyObject *)self);
 }
 
-/* _check_shared(): the whole check under the lock (after giving the cache back) */
-PyObject *mp_ext_pool_check_shared(PoolObject *self, PyObject *Py_UNUSED(ignored))
+/* ---- methods -------------------------------------------------------------------------- */
+/* The pool open and shared: 0, or -1 with the exception set. */
+static int need_shared(SharedPoolObject *self)
 {
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
+    if (mp_pool_check_open(&self->pool) < 0) return -1;
+    if (!self->ctl) { /* PoolCore.__init__ made it: no lock, no registry */
+        PyErr_SetString(PyExc_TypeError, "not a shared pool");
+        return -1;
+    }
+    return 0;
+}
+
+/* check(): the whole check under the lock (after giving the cache back) */
+static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     char msg[256];
     flush(self);
     int rc = mp_shared_check(self->ctl, self->ctl_len, OPS(self), ST(self),
-                             self->strategy->st_len, msg, sizeof msg);
-    mp_pool_unlock(self);
+                             self->pool.strategy->st_len, msg, sizeof msg);
+    sh_unlock(self);
     if (rc) {
         PyErr_SetString(mp_CorruptionError, msg);
         return NULL;
@@ -438,78 +544,102 @@ PyObject *mp_ext_pool_check_shared(PoolObject *self, PyObject *Py_UNUSED(ignored
     Py_RETURN_NONE;
 }
 
-/* _locked(name, *args): a strategy method (stats, segments...) on a copy of the state
- * taken under the lock, after giving this process's cache back so that the figures
- * show what it freed.  The method runs after the lock: it makes Python objects, and a
- * GC pass under the lock could release a Block, which needs the lock. */
-PyObject *mp_ext_pool_locked(PoolObject *self, PyObject *args)
+/* ---- figures ------------------------------------------------------------------------- */
+/* A figure read under the lock, after giving this process's cache back so that it
+ * shows what the process freed: exactly what is asked is read into C under the lock,
+ * and the Python object is made after it (a GC pass under the lock could release a
+ * Block, which needs the lock).  0, or -1 with the exception set. */
+enum figure { FIG_USED, FIG_AVAILABLE, FIG_LARGEST_FREE, FIG_LIVE };
+
+static int read_figure(SharedPoolObject *self, enum figure which, uint64_t *out)
 {
-    if (mp_pool_check_open(self) < 0) return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(PyExc_TypeError, "_locked(name, *args)");
-        return NULL;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return -1;
+    flush(self);
+    const mp_head_t *h = ST(self);
+    switch (which) {
+    case FIG_USED: *out = h->used; break;
+    case FIG_AVAILABLE: *out = OPS(self)->available(ST(self)); break;
+    case FIG_LARGEST_FREE: *out = OPS(self)->largest_free(ST(self)); break;
+    case FIG_LIVE:
+    default: *out = h->live; break;
     }
-    uint64_t len = self->strategy->st_len;
-    PyObject *copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len), *r = NULL;
-    if (!copy) return NULL;
-    if (mp_pool_lock(self) < 0) {
-        Py_DECREF(copy);
-        return NULL;
-    }
-    if (self->ctl) flush(self);
-    memcpy(PyByteArray_AS_STRING(copy), ST(self), (size_t)len);
-    mp_pool_unlock(self);
-    PyObject *at = Py_BuildValue("(OKKi)", copy, 0ULL, (unsigned long long)len, 0);
-    PyObject *strat = at ? mp_ext_attach(NULL, at) : NULL; /* consistent: copied locked */
-    PyObject *fn = strat ? PyObject_GetAttr(strat, PyTuple_GET_ITEM(args, 0)) : NULL;
-    PyObject *rest = fn ? PyTuple_GetSlice(args, 1, n) : NULL;
-    if (rest) r = PyObject_Call(fn, rest, NULL);
-    Py_XDECREF(rest);
-    Py_XDECREF(fn);
-    Py_XDECREF(strat);
-    Py_XDECREF(at);
-    Py_DECREF(copy);
-    return r;
+    sh_unlock(self);
+    return 0;
+}
+
+static PyObject *get_figure(SharedPoolObject *self, void *which)
+{
+    uint64_t v;
+    if (read_figure(self, (enum figure)(intptr_t)which, &v) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+static Py_ssize_t shared_len(SharedPoolObject *self)
+{
+    uint64_t v;
+    if (read_figure(self, FIG_LIVE, &v) < 0) return -1;
+    return (Py_ssize_t)v;
+}
+
+static PyObject *ext_shared_pool_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    mp_figures_t f;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
+    flush(self);
+    mp_figures_read(OPS(self), ST(self), &f);
+    sh_unlock(self);
+    return mp_stats_new(&f);
+}
+
+static PyObject *ext_shared_segments(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    mp_segs_t b;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
+    flush(self);
+    mp_segments_walk(OPS(self), ST(self), &b); /* into raw malloc'd memory */
+    sh_unlock(self);
+    return mp_segments_list(&b);
 }
 
 /* _flush_cache() -> ranges given back: the process's cache, now (exit hooks) */
-PyObject *mp_ext_pool_flush_cache(PoolObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *ext_shared_flush_cache(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     uint64_t n = flush(self);
-    mp_pool_unlock(self);
+    sh_unlock(self);
     return PyLong_FromUnsignedLongLong(n);
 }
 
 /* _reclaim(pid) -> (freed, released) */
-PyObject *mp_ext_pool_reclaim(PoolObject *self, PyObject *arg)
+static PyObject *ext_shared_reclaim(SharedPoolObject *self, PyObject *arg)
 {
     unsigned long pid = PyLong_AsUnsignedLong(arg);
     if (pid == (unsigned long)-1 && PyErr_Occurred()) return NULL;
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     uint64_t released, freed = mp_shared_reclaim(self->ctl, OPS(self), ST(self), (uint32_t)pid,
                                                  &released);
-    mp_pool_unlock(self);
+    sh_unlock(self);
     return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)released);
 }
 
 /* _hold_lock(seconds): take the lock and sleep holding it (tests kill us meanwhile) */
-PyObject *mp_ext_pool_hold_lock(PoolObject *self, PyObject *arg)
+static PyObject *ext_shared_hold_lock(SharedPoolObject *self, PyObject *arg)
 {
     double secs = PyFloat_AsDouble(arg);
     if (secs == -1.0 && PyErr_Occurred()) return NULL;
-    if (!need_shared(self) || mp_pool_lock(self) < 0) return NULL;
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
-    Py_BEGIN_ALLOW_THREADS nanosleep(&ts, NULL);
-    Py_END_ALLOW_THREADS mp_pool_unlock(self);
+    Py_BEGIN_ALLOW_THREADS
+    nanosleep(&ts, NULL);
+    Py_END_ALLOW_THREADS
+    sh_unlock(self);
     Py_RETURN_NONE;
 }
 
 /* _shared_stats(): the lock and registry counters */
-PyObject *mp_ext_pool_shared_stats(PoolObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!need_shared(self)) return NULL;
+    if (need_shared(self) < 0) return NULL;
     uint64_t v[8];
     mp_shared_stats(self->ctl, v); /* plain counters: read without the lock */
     mp_shared_local_t *l = local_of(self);
@@ -525,18 +655,77 @@ PyObject *mp_ext_pool_shared_stats(PoolObject *self, PyObject *Py_UNUSED(ignored
 }
 
 /* _handle(offset, tag): unpickle a shared block handle */
-PyObject *mp_ext_pool_handle(PoolObject *self, PyObject *args)
+static PyObject *ext_shared_handle(SharedPoolObject *self, PyObject *args)
 {
     unsigned long long off, tag;
     if (!PyArg_ParseTuple(args, "KK", &off, &tag)) return NULL;
-    if (mp_pool_check_open(self) < 0) return NULL;
+    if (mp_pool_check_open(&self->pool) < 0) return NULL;
     if (!self->ctl || !tag) {
         PyErr_SetString(PyExc_TypeError, "handles name blocks of shared pools");
         return NULL;
     }
     PyObject *o = PyLong_FromUnsignedLongLong(off);
     if (!o) return NULL;
-    PyObject *b = mp_sh_handle(self, o, off, tag);
+    PyObject *b = handle(self, o, off, tag);
     Py_DECREF(o);
     return b;
+}
+
+static PyMethodDef shared_methods[] = {
+    {"stats", (PyCFunction)ext_shared_pool_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nThe strategy's counters (see mempool.Stats), read under the lock."},
+    {"segments", (PyCFunction)ext_shared_segments, METH_NOARGS,
+     "segments($self, /)\n--\n\n"
+     "The memory map: (offset, size, allocated) in address order, read under the lock."},
+    {"check", (PyCFunction)ext_shared_check, METH_NOARGS,
+     "check($self, /)\n--\n\n"
+     "Verify the strategy state and the block registry, under the lock; raises\n"
+     "CorruptionError."},
+    {"_reclaim", (PyCFunction)ext_shared_reclaim, METH_O, NULL},
+    {"_flush_cache", (PyCFunction)ext_shared_flush_cache, METH_NOARGS, NULL},
+    {"_hold_lock", (PyCFunction)ext_shared_hold_lock, METH_O, NULL},
+    {"_shared_stats", (PyCFunction)ext_shared_stats, METH_NOARGS, NULL},
+    {"_handle", (PyCFunction)ext_shared_handle, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef shared_getset[] = {
+    {"used", (getter)get_figure, NULL, "Sum of the live ranges' sizes, in bytes (under the lock).",
+     (void *)FIG_USED},
+    {"available", (getter)get_figure, NULL, "Bytes not handed out (under the lock).",
+     (void *)FIG_AVAILABLE},
+    {"largest_free", (getter)get_figure, NULL,
+     "The largest size that alloc(size, 1) serves now, in bytes (under the lock).",
+     (void *)FIG_LARGEST_FREE},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods shared_as_sequence = {
+    .sq_length = (lenfunc)shared_len,
+};
+
+PyTypeObject SharedPoolCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "mempool._mempool.SharedPoolCore",
+    .tp_basicsize = sizeof(SharedPoolObject),
+    .tp_dealloc = (destructor)shared_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The C half of mempool.SharedPool: a PoolCore in a shared segment, with its "
+              "lock and block registry (see shared.py).",
+    .tp_methods = shared_methods,
+    .tp_getset = shared_getset,
+    .tp_as_sequence = &shared_as_sequence,
+    .tp_init = (initproc)shared_init,
+    .tp_new = PyType_GenericNew,
+};
+
+int mp_shared_pool_ready(PyObject *module)
+{
+    SharedPoolCoreType.tp_base = &PoolCoreType;
+    if (PyType_Ready(&SharedPoolCoreType) < 0) return -1;
+    Py_INCREF(&SharedPoolCoreType);
+    if (PyModule_AddObject(module, "SharedPoolCore", (PyObject *)&SharedPoolCoreType) < 0) {
+        Py_DECREF(&SharedPoolCoreType);
+        return -1;
+    }
+    return 0;
 }

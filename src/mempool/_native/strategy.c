@@ -412,21 +412,31 @@ done:
     return ret;
 }
 
-static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f)
 {
-    if (mp_strategy_closed(self)) return NULL;
-    const mp_head_t *h = head(self);
-    uint64_t avail = self->ops->available(self->st);
-    uint64_t largest = self->ops->largest_free(self->st);
-    double frag = avail ? 1.0 - (double)largest / (double)avail : 0.0;
+    const mp_head_t *h = st;
+    f->capacity = h->capacity;
+    f->used = h->used;
+    f->requested = h->requested;
+    f->live = h->live;
+    f->peak_used = h->peak_used;
+    f->high_water = h->high_water;
+    f->available = ops->available(st);
+    f->largest_free = ops->largest_free(st);
+    f->free_ranges = ops->free_ranges(st);
+}
+
+PyObject *mp_stats_new(const mp_figures_t *f)
+{
+    double frag = f->available ? 1.0 - (double)f->largest_free / (double)f->available : 0.0;
     PyObject *kw = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsdsK}", "capacity", (unsigned long long)h->capacity, "used",
-        (unsigned long long)h->used, "available", (unsigned long long)avail, "largest_free",
-        (unsigned long long)largest, "live", (unsigned long long)h->live, "free_ranges",
-        (unsigned long long)self->ops->free_ranges(self->st), "peak_used",
-        (unsigned long long)h->peak_used, "high_water", (unsigned long long)h->high_water,
+        "{sKsKsKsKsKsKsKsKsdsK}", "capacity", (unsigned long long)f->capacity, "used",
+        (unsigned long long)f->used, "available", (unsigned long long)f->available,
+        "largest_free", (unsigned long long)f->largest_free, "live", (unsigned long long)f->live,
+        "free_ranges", (unsigned long long)f->free_ranges, "peak_used",
+        (unsigned long long)f->peak_used, "high_water", (unsigned long long)f->high_water,
         "fragmentation", frag, "internal_fragmentation",
-        (unsigned long long)(h->used - h->requested));
+        (unsigned long long)(f->used - f->requested));
     if (!kw) return NULL;
     PyObject *args = PyTuple_New(0);
     PyObject *res = args ? PyObject_Call(mp_StatsType, args, kw) : NULL;
@@ -435,51 +445,66 @@ static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ig
     return res;
 }
 
-/* The walk fills a C array first: building Python objects during it could start a
- * GC pass that frees Blocks (their ranges) under the walk's feet. */
-typedef struct seg_buf {
-    struct seg { uint64_t off, size; int allocated; } *v;
-    size_t n, cap;
-    int nomem;
-} seg_buf_t;
+static PyObject *ext_strategy_stats(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (mp_strategy_closed(self)) return NULL;
+    mp_figures_t f;
+    mp_figures_read(self->ops, self->st, &f);
+    return mp_stats_new(&f);
+}
 
 static int walk_collect(void *ctx, uint64_t offset, uint64_t size, int allocated)
 {
-    seg_buf_t *b = ctx;
+    mp_segs_t *b = ctx;
     if (b->n == b->cap) {
         size_t cap = b->cap ? 2 * b->cap : 64;
-        struct seg *v = PyMem_RawRealloc(b->v, cap * sizeof *v);
+        struct mp_seg *v = PyMem_RawRealloc(b->v, cap * sizeof *v);
         if (!v) return b->nomem = 1, -1;
         b->v = v;
         b->cap = cap;
     }
-    b->v[b->n++] = (struct seg){offset, size, allocated};
+    b->v[b->n++] = (struct mp_seg){offset, size, allocated};
     return 0;
+}
+
+void mp_segments_walk(const mp_ops_t *ops, const void *st, mp_segs_t *b)
+{
+    b->v = NULL;
+    b->n = b->cap = 0;
+    b->nomem = 0;
+    b->name = ops->name;
+    b->rc = ops->walk(st, walk_collect, b);
+}
+
+PyObject *mp_segments_list(mp_segs_t *b)
+{
+    PyObject *list = NULL;
+    if (b->rc) {
+        if (b->nomem) PyErr_NoMemory();
+        else PyErr_Format(mp_CorruptionError, "the %s state cannot be walked (%d)", b->name,
+                          b->rc);
+        goto done;
+    }
+    list = PyList_New((Py_ssize_t)b->n);
+    for (size_t k = 0; list && k < b->n; k++) {
+        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)b->v[k].off,
+                                    (unsigned long long)b->v[k].size,
+                                    b->v[k].allocated ? Py_True : Py_False);
+        if (!t) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, (Py_ssize_t)k, t);
+    }
+done:
+    PyMem_RawFree(b->v);
+    b->v = NULL;
+    return list;
 }
 
 static PyObject *ext_strategy_segments(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_strategy_closed(self)) return NULL;
-    seg_buf_t b = {NULL, 0, 0, 0};
-    int rc = self->ops->walk(self->st, walk_collect, &b);
-    PyObject *list = NULL;
-    if (rc) {
-        if (b.nomem) PyErr_NoMemory();
-        else PyErr_Format(mp_CorruptionError, "the %s state cannot be walked (%d)",
-                          self->ops->name, rc);
-        goto done;
-    }
-    list = PyList_New((Py_ssize_t)b.n);
-    for (size_t k = 0; list && k < b.n; k++) {
-        PyObject *t = Py_BuildValue("(KKO)", (unsigned long long)b.v[k].off,
-                                    (unsigned long long)b.v[k].size,
-                                    b.v[k].allocated ? Py_True : Py_False);
-        if (!t) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, (Py_ssize_t)k, t);
-    }
-done:
-    PyMem_RawFree(b.v);
-    return list;
+    mp_segs_t b;
+    mp_segments_walk(self->ops, self->st, &b);
+    return mp_segments_list(&b);
 }
 
 static PyObject *ext_strategy_check(StrategyObject *self, PyObject *Py_UNUSED(ignored))
