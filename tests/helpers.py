@@ -17,18 +17,57 @@ import pytest
 import mempool
 
 
-def unchanged(s, fn, exc, match=None, *, snapshot=True):
+def unchanged(s, fn, exc, match=None, *, snapshot=True, behaviour=False, what=None):
     """fn() must raise exc (its message matching `match`) and leave the strategy s as
     it was: the same stats() and segments(), with snapshot=True the same snapshot()
-    bytes too, and check() passing."""
+    bytes too, with behaviour=True the same answers to the calls that follow
+    (same_behaviour() on copies taken before and after), and check() passing.
+    Returns the exception; `what` names the call in a failure's message."""
     before, segs = s.stats(), s.segments()
-    snap = s.snapshot() if snapshot else None
-    with pytest.raises(exc, match=match):
-        fn()
-    assert s.stats() == before and s.segments() == segs
-    if snapshot:
-        assert s.snapshot() == snap
-    s.check()
+    snap = s.snapshot() if snapshot or behaviour else None
+    try:
+        with pytest.raises(exc, match=match) as ei:
+            fn()
+        assert s.stats() == before, "stats() changed"
+        assert s.segments() == segs, "segments() changed"
+        if snapshot:
+            assert s.snapshot() == snap, "snapshot() bytes changed"
+        if behaviour:
+            cls = type(s)
+            same_behaviour(cls.restore(snap), cls.restore(s.snapshot()))
+        s.check()
+    except (AssertionError, pytest.fail.Exception) as e:
+        if what is None:
+            raise
+        raise AssertionError(f"{what}: {e}") from e
+    return ei.value
+
+
+def same_behaviour(a, b, steps: int = 300, seed: int = 0) -> None:
+    """Strategies a and b (equal stats, maybe not equal bytes) answer one script of
+    allocs and frees alike: the same offsets and the same OutOfSpace, step by step.
+    The script draws sizes spread over 1 .. capacity/8 (most of them small) and frees
+    a random live range 40% of the time."""
+    rng = np.random.default_rng(seed)
+    top = max(2, min(a.capacity // 8, 1 << 16))
+    live: list[int] = []
+    for step in range(steps):
+        if live and rng.random() < 0.4:
+            off = live.pop(int(rng.integers(len(live))))
+            a.free(off)
+            b.free(off)
+            continue
+        size = int(2 ** rng.uniform(0, np.log2(top)))
+        got = []
+        for s in (a, b):
+            try:
+                got.append(s.alloc(size))
+            except mempool.OutOfSpace:
+                got.append(None)
+        assert got[0] == got[1], f"step {step}: alloc({size}) gave {got[0]} before, {got[1]} after"
+        if got[0] is not None:
+            live.append(got[0])
+    assert a.stats() == b.stats() and a.segments() == b.segments()
 
 
 def corrupted_restores(cls, good: bytes, seed: int, use: Callable[[mempool.Strategy], object],
