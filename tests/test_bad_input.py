@@ -103,6 +103,10 @@ ONE_RANGE_STRATEGY_ROWS = [  # TLSF, BestFit, Bump, Heap: TYPE(capacity, *, max_
 ]
 
 
+# TLSF, BestFit and Bump have always worded a keyword that repeats a positional so
+UNEXPECTED_CAPACITY = "got an unexpected keyword argument 'capacity'"
+
+
 @dataclass(frozen=True)
 class Kind:
     """One strategy's row: how to make a small instance and lay ranges out in it, and
@@ -116,6 +120,10 @@ class Kind:
     too_big: str
     #: OutOfSpace message for 2**64 bytes (beyond any capacity)
     huge: str = "larger than the capacity"
+    #: OutOfSpace message for largest_free + 1 bytes
+    nofit: str = "no free range fits"
+    #: TypeError message for the capacity given twice (by position and by keyword)
+    capacity_twice: str = "got multiple values for argument 'capacity'"
     #: a failed alloc_many that took some ranges first gives them back byte for byte;
     #: False: it gives them back by freeing them (the same stats, memory map and later
     #: behaviour, other bytes: free lists and node tables in another order)
@@ -137,11 +145,11 @@ KINDS: dict[str, Kind] = {
     "tlsf": Kind(
         make=lambda: TLSF(4096), layout=lambda s: _ranges(s, 100, 50, 40, 8),
         too_big="cannot allocate 4097 bytes: no free range fits", batch_undo_exact=False,
-        constructor=ONE_RANGE_STRATEGY_ROWS),
+        capacity_twice=UNEXPECTED_CAPACITY, constructor=ONE_RANGE_STRATEGY_ROWS),
     "bestfit": Kind(
         make=lambda: BestFit(4096), layout=lambda s: _ranges(s, 100, 50, 40, 8),
         too_big="cannot allocate 4097 bytes: no free range fits", batch_undo_exact=False,
-        constructor=ONE_RANGE_STRATEGY_ROWS),
+        capacity_twice=UNEXPECTED_CAPACITY, constructor=ONE_RANGE_STRATEGY_ROWS),
     "buddy": Kind(
         make=lambda: Buddy(1 << 16, min_block=64), layout=lambda s: _ranges(s, 100, 50, 40, 8),
         # the class sizes round up; a size above max_block is no class at all
@@ -201,6 +209,7 @@ KINDS: dict[str, Kind] = {
         # one item is all alloc serves
         too_big="cannot allocate 65537 bytes: larger than the item size 32",
         huge="cannot allocate 18446744073709551616 bytes: larger than the item size 32",
+        nofit="cannot allocate 33 bytes: larger than the item size 32",
         double_free_sizes=(1, 32),
         constructor=[
             ((1 << 20, 0), {}, ValueError, "item_size must be >= 1, got 0"),
@@ -230,7 +239,7 @@ KINDS: dict[str, Kind] = {
     "bump": Kind(
         make=lambda: Bump(4096), layout=lambda s: _ranges(s, 100, 50, 40, 8),
         too_big="cannot allocate 4097 bytes: no free range fits",
-        constructor=ONE_RANGE_STRATEGY_ROWS,
+        capacity_twice=UNEXPECTED_CAPACITY, constructor=ONE_RANGE_STRATEGY_ROWS,
         other_calls={"mark()": lambda s: s.mark(), "rewind(0)": lambda s: s.rewind(0),
                      "top": lambda s: s.top, "depth": lambda s: s.depth,
                      "max_blocks": lambda s: s.max_blocks}),
@@ -350,7 +359,7 @@ def test_bad_size(made, kind, value, exc, template):
 
 SIZES_THAT_DO_NOT_FIT = [  # id, size(made), message (kind -> regex)
     ("capacity+1", lambda m: m.s.capacity + 1, lambda k: KINDS[k].too_big),
-    ("largest_free+1", lambda m: m.s.largest_free + 1, lambda k: "cannot allocate"),
+    ("largest_free+1", lambda m: m.s.largest_free + 1, lambda k: KINDS[k].nofit),
     ("2**64-1", lambda m: 2**64 - 1, lambda k: "cannot allocate 18446744073709551615 bytes"),
     ("2**64", lambda m: 2**64, lambda k: KINDS[k].huge),
     ("2**200", lambda m: 2**200, lambda k: f"cannot allocate {2**200} bytes"),
@@ -380,7 +389,7 @@ def test_size_that_does_not_fit(made, kind, size, message):
         type(e), e.size, e.available, e.largest_free, str(e))
     batch = min(n, 2**64 - 1)  # a batch holds uint64 sizes: larger ones are read as 2**64 - 1
     for what, call in _calls_that_do_not_fit(made, n)[1:]:
-        match = f"cannot allocate {batch} bytes" if what.startswith("alloc_many") else "cannot allocate"
+        match = f"cannot allocate {batch} bytes" if what.startswith("alloc_many") else message(kind)
         unchanged(s, call, mempool.OutOfSpace, match, snapshot=False, what=what)
 
 
@@ -446,16 +455,23 @@ def test_bad_align(made, kind, value, exc, match):
 
 
 # ---- offsets -----------------------------------------------------------------------------
-def _interior(m: Made) -> list[int]:
-    """Offsets inside live ranges that start none: first, middle and last byte."""
-    live = [o for o, _, a in m.s.segments() if a]
-    return sorted({o + d for o, n, a in m.s.segments() if a for d in (1, n // 2, n - 1)} - set(live))
+_INSIDE = (1, 8, 15, 16, 32, 63, 64, 127, 128, 255, 256, 512, 1024)  # block, item, page steps
+
+
+def _inside(m: Made, allocated: bool) -> list[int]:
+    """Offsets inside the live (or free) segments that start no live range: the second
+    byte, the last, the middle, and the block, item, fragment and page boundaries
+    within (a Bitmap block, a Slab array's items and pages, a Heap fragment run)."""
+    live = {o for o, _, a in m.s.segments() if a}
+    return sorted({o + d for o, n, a in m.s.segments() if a == allocated
+                   for d in (*_INSIDE, n // 2 - 1, n // 2, n - 1) if 0 < d < n} - live)
 
 
 NOT_LIVE = [  # id, offsets(made)
-    ("inside-a-range", _interior),
+    ("inside-a-range", lambda m: _inside(m, True)),
     ("freed-range", lambda m: [m.hole]),
     ("free-gap", lambda m: [o for o, _, a in m.s.segments() if not a]),
+    ("inside-a-free-gap", lambda m: _inside(m, False)),
     ("capacity", lambda m: [m.s.capacity, m.s.capacity + 1]),
     ("10**9", lambda m: [10**9]),
     ("2**63", lambda m: [2**63]),
@@ -606,6 +622,7 @@ def test_arguments_by_keyword_and_numpy_integers_are_accepted(made, kind):
     off = s.alloc(True)  # bool is an int: True is 1
     assert s.size_of(off) >= 1
     s.free_many(np.array([off], np.uint32))
+    assert len(s.alloc_many([])) == 0 and s.free_many([]) is None
     s.check()
 
 
@@ -665,6 +682,7 @@ FAILED_BATCHES = [  # id, sizes(made): the first ones fit, a later one does not
     ("8-then-huge", lambda m: np.array([8, 2**64 - 1], np.uint64)),
     ("one-byte-until-full", lambda m: [1] * (m.s.capacity + 1)),
     ("mixed-then-too-big", lambda m: [100, 3000, 20, 600, 24, m.s.capacity + 1]),
+    ("new-pages-then-too-big", lambda m: [16, 32, 48, 600, m.s.capacity + 1]),
 ]
 
 
@@ -784,7 +802,6 @@ CONSTRUCTOR = [  # (label, args, kwargs, exception, message) for every strategy:
     ("capacity-2**64", (2**64,), {}, ValueError, r"capacity must be < 2\*\*64, got 18446744073709551616"),
     ("capacity-raising-__index__", (RaisingIndex(),), {}, Boom, "__index__ failed"),
     ("no-capacity", (), {}, TypeError, "missing required argument 'capacity'"),
-    ("capacity-twice", (1 << 16,), {"capacity": 1 << 16}, TypeError, "argument 'capacity'"),
     ("unknown-keyword", (1 << 16,), {"blocks": 3}, TypeError, "unexpected keyword argument 'blocks'"),
 ]
 
@@ -793,6 +810,7 @@ CONSTRUCTOR = [  # (label, args, kwargs, exception, message) for every strategy:
 def test_bad_constructor_arguments(kind):
     cls = mempool.STRATEGIES[kind]
     rows = [row[1:] for row in CONSTRUCTOR] + KINDS[kind].constructor
+    rows.append(((1 << 16,), {"capacity": 1 << 16}, TypeError, KINDS[kind].capacity_twice))
     for args, kwargs, exc, match in rows:
         try:
             with pytest.raises(exc, match=match):
