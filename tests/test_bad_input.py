@@ -421,6 +421,20 @@ def test_a_failed_allocation_changes_no_byte(made, kind):
         unchanged(s, call, mempool.OutOfSpace, "cannot allocate", behaviour=True, what=what)
 
 
+@per_strategy
+def test_a_full_strategy_refuses_and_changes_nothing(made, kind):
+    s = made.s
+    for _ in range(s.capacity + 1):
+        try:
+            s.alloc(1)
+        except mempool.OutOfSpace:
+            break
+    grow = s.size_of(made.first) + 1
+    for what, call in [("alloc(1)", lambda: s.alloc(1)), ("alloc_many([1])", lambda: s.alloc_many([1])),
+                       (f"realloc(first, {grow})", lambda: s.realloc(made.first, grow))]:
+        unchanged(s, call, mempool.OutOfSpace, "cannot allocate", behaviour=True, what=what)
+
+
 # ---- align -----------------------------------------------------------------------------
 ALIGN_ERRORS = [
     ("0", 0, ValueError, "align must be a positive power of two, got 0"),
