@@ -2,6 +2,7 @@
 
 import os
 import random
+import threading
 
 import numpy as np
 
@@ -52,11 +53,17 @@ def add_one(arr):
 
 
 def hold_lock(name: str, nblocks: int, conn) -> None:
-    """Allocate some blocks, then take the lock and sleep holding it (to be killed)."""
+    """Allocate some blocks, then take the lock and sleep holding it (to be killed);
+    "holding" is sent once the lock is held: a thread sleeps in _hold_lock."""
+    from helpers import sleeps_in_c, wait_until
+
     pool = mempool.SharedPool.attach(name)
     keep = [pool.alloc(1000) for _ in range(nblocks)]
+    holder = threading.Thread(target=pool._hold_lock, args=(60.0,))
+    holder.start()
+    wait_until(lambda: sleeps_in_c(holder.native_id), "the holder sleeps with the lock")
     conn.send(("holding", os.getpid(), [b.offset for b in keep]))
-    pool._hold_lock(60.0)
+    holder.join()
 
 
 def hammer(name: str, seconds: float, conn) -> None:

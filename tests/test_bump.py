@@ -1,5 +1,6 @@
 """Bump: exact behaviour (bumping, the last-range rewind, dead ranges, realloc, marks),
-the seed's defect absent, state round trips, and the bad-input matrix."""
+the seed's defect absent, state round trips.  Bad input, for every strategy:
+tests/test_bad_input.py."""
 
 import pickle
 
@@ -221,15 +222,12 @@ def test_reset_snapshot_pickle():
     s.check()
 
 
-def test_restore_refuses_garbage_and_corruption():
+def test_corrupted_snapshots_are_refused_or_work():
+    # other kinds, garbage, truncated and crafted bytes: tests/test_bad_input.py
     s = Bump(1 << 12, max_blocks=16)
     for n in (10, 20, 30, 40):
         s.alloc(n, 8)
     s.free(16)
-    with pytest.raises(mempool.CorruptionError, match="state"):
-        Bump.restore(mempool.TLSF(1000).snapshot())
-    with pytest.raises(mempool.CorruptionError):
-        Bump.restore(s.snapshot()[:-8])
     assert corrupted_restores(Bump, s.snapshot(), 9, check_alloc_check) > 250
 
 
@@ -260,90 +258,12 @@ def test_repr_and_properties():
     assert (s.capacity, s.top, s.depth, s.max_blocks) == (1000, 10, 1, 8)
 
 
-# ---- bad input ---------------------------------------------------------------------------
-@pytest.fixture
-def b():
+def test_rewind_takes_any_integer_type():
     b = Bump(4096)
     b.alloc(100)
-    b.alloc(50, align=64)
-    return b
-
-
-@pytest.mark.parametrize(
-    "size, exc, match",
-    [
-        (0, ValueError, "size must be >= 1, got 0"),
-        (-1, ValueError, "size must be >= 1"),
-        (1.0, TypeError, "size must be an integer, not float"),
-        ("8", TypeError, "size must be an integer"),
-        (5000, mempool.OutOfSpace, "cannot allocate 5000 bytes"),
-        (2**64, mempool.OutOfSpace, "larger than the capacity"),
-    ],
-)
-def test_bad_sizes(b, size, exc, match):
-    unchanged(b, lambda: b.alloc(size), exc, match)
-
-
-@pytest.mark.parametrize("align", [0, 3, -8, 2**64])
-def test_bad_align(b, align):
-    unchanged(b, lambda: b.alloc(8, align), ValueError, "align must be a positive power of two")
-
-
-@pytest.mark.parametrize("offset", [1, 99, 100, 150, 4095, 4096, 2**64 - 1, 2**70])
-def test_offsets_that_start_no_live_range(b, offset):
-    unchanged(b, lambda: b.free(offset), mempool.NotAllocated, "not the start of a live range")
-    unchanged(b, lambda: b.size_of(offset), mempool.NotAllocated)
-    unchanged(b, lambda: b.realloc(offset, 8), mempool.NotAllocated)
-
-
-def test_offset_types_and_double_free(b):
-    unchanged(b, lambda: b.free(-1), ValueError, "offset must be >= 0")
-    unchanged(b, lambda: b.free(None), TypeError, "offset must be an integer")
-    b.free(128)
-    unchanged(b, lambda: b.free(128), mempool.NotAllocated)
-    b.free(0)
-    unchanged(b, lambda: b.free(0), mempool.NotAllocated)
-
-
-def test_realloc_bad_input(b):
-    unchanged(b, lambda: b.realloc(0, 0), ValueError, "size must be >= 1")
-    unchanged(b, lambda: b.realloc(0, 2**64), mempool.OutOfSpace)
-    unchanged(b, lambda: b.realloc(0, 8, align=3), ValueError, "align")
-
-
-@pytest.mark.parametrize(
-    "mark, exc, match",
-    [
-        (-1, ValueError, "not a valid mark"),
-        (2**40 + 7, ValueError, "stale"),
-        (2**200, ValueError, "not a valid mark"),
-        (1.5, TypeError, "mark must be an integer"),
-        ("0", TypeError, "mark must be an integer"),
-        (None, TypeError, "mark must be an integer"),
-    ],
-)
-def test_bad_marks(b, mark, exc, match):
-    unchanged(b, lambda: b.rewind(mark), exc, match)
-
-
-def test_method_arguments(b):
-    unchanged(b, lambda: b.rewind(), TypeError, "exactly one argument")
-    unchanged(b, lambda: b.mark(1), TypeError)
-    assert b.rewind(np.int64(b.mark())) is None  # any integer type
-
-
-def test_bad_constructor_arguments():
-    for cap, exc in [(0, ValueError), (-1, ValueError), (1.5, TypeError), (2**64, ValueError)]:
-        with pytest.raises(exc, match="capacity"):
-            Bump(cap)
-    with pytest.raises(ValueError, match="max_blocks"):
-        Bump(100, max_blocks=0)
-    with pytest.raises(ValueError, match="max_blocks"):
-        Bump(100, max_blocks=2**32)
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        Bump(100, blocks=3)
-    with pytest.raises(TypeError):
-        Bump()
+    m = b.mark()
+    b.alloc(50)
+    assert b.rewind(np.int64(m)) is None and b.top == 100
 
 
 def test_capacity_of_one_byte():

@@ -10,7 +10,6 @@ import gc
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -103,9 +102,10 @@ def test_shared_registry_full_gives_the_cache_back(name):
         p.check()
 
 
-def _realloc_racer(name: str, size: int, stop) -> None:
+def _realloc_racer(name: str, size: int, racing, stop) -> None:
     pool = SharedPool.attach(name)
     while not stop.is_set():
+        racing.set()  # attached, and in the loop from now on
         try:
             b = pool.alloc(size)
         except mempool.OutOfSpace:
@@ -123,10 +123,10 @@ def test_shared_realloc_keeps_its_bytes_while_another_process_allocates(name):
     size = 8 << 20
     pool = SharedPool.create(name, 64 << 20, "bestfit")
     ctx = mp.get_context("fork")
-    stop = ctx.Event()
-    proc = ctx.Process(target=_realloc_racer, args=(name, size, stop))
+    racing, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_realloc_racer, args=(name, size, racing, stop))
     proc.start()
-    time.sleep(0.3)
+    assert racing.wait(60), "the racer never started"
     bad = moved = 0
     try:
         for _ in range(3000 if SLOW else 600):

@@ -1,11 +1,10 @@
 """Exact behaviour of Heap: routing and rounding, placement, pages moving between
 classes, fragments, TLSF ranges, realloc in place and moved, tsload's seed
-scenarios (its defects must not come back), snapshot / pickle / reset, and the
-bad-input matrix (every failure leaves the heap as it was)."""
+scenarios (its defects must not come back), snapshot / pickle / reset.  Bad input,
+for every strategy: tests/test_bad_input.py."""
 
 import itertools
 import pickle
-from functools import partial
 
 import helpers
 import numpy as np
@@ -15,11 +14,6 @@ import mempool
 from mempool import Heap
 
 KiB = 1024
-
-
-# What a failed call leaves as it was: stats() and the memory map, not the snapshot bytes
-# (a failed batch gives its pages back but may keep one aside as the spare).
-unchanged = partial(helpers.unchanged, snapshot=False)
 
 
 # ---- routing ---------------------------------------------------------------------------
@@ -300,10 +294,7 @@ def test_corrupted_snapshots_are_refused():
         bad[pos] ^= 0x5A
         with pytest.raises(mempool.CorruptionError):
             Heap.restore(bytes(bad))
-    with pytest.raises(mempool.CorruptionError):
-        Heap.restore(bytes(data[:-8]))
-    with pytest.raises(mempool.CorruptionError):
-        mempool.TLSF.restore(bytes(data))
+    # other kinds, truncated and crafted bytes, for every strategy: tests/test_bad_input.py
 
     def works(r):
         r.alloc(16)
@@ -312,124 +303,7 @@ def test_corrupted_snapshots_are_refused():
     helpers.corrupted_restores(Heap, bytes(data), 11, works, tries=300)  # never a crash
 
 
-# ---- bad input -------------------------------------------------------------------------------
-@pytest.fixture
-def h():
-    h = Heap(1 << 16)
-    h.alloc(20)
-    h.alloc(600)  # fragments
-    h.alloc(3000)  # TLSF
-    h.alloc(50, align=64)
-    return h
-
-
-@pytest.mark.parametrize(
-    "size, exc, match",
-    [
-        (0, ValueError, "size must be >= 1, got 0"),  # tsload's malloc(0) aliased a fragment
-        (-1, ValueError, "size must be >= 1"),
-        (1.0, TypeError, "size must be an integer"),
-        ("8", TypeError, "size must be an integer"),
-        (None, TypeError, "size must be an integer"),
-        (1 << 17, mempool.OutOfSpace, "cannot allocate 131072 bytes"),
-        (2**64, mempool.OutOfSpace, "larger than the capacity"),
-    ],
-)
-def test_bad_sizes(h, size, exc, match):
-    unchanged(h, lambda: h.alloc(size), exc, match)
-    if exc is not mempool.OutOfSpace:
-        unchanged(h, lambda: h.size_class(size), exc, match)
-
-
-@pytest.mark.parametrize("align", [0, 3, 6, -8, 2**64])
-def test_bad_align(h, align):
-    unchanged(h, lambda: h.alloc(8, align), ValueError, "align must be a positive power of two")
-    unchanged(h, lambda: h.size_class(8, align), ValueError, "align")
-
-
-def test_double_and_interior_frees(h):
-    segs = [(o, n) for o, n, a in h.segments() if a]
-    for o, n in segs:
-        for bad in (o + 1, o + 8, o + 16, o + n - 1):
-            if bad != o and (bad, n) not in segs and not any(x == bad for x, _ in segs):
-                unchanged(h, lambda: h.free(bad), mempool.NotAllocated, "not the start")
-                unchanged(h, lambda: h.size_of(bad), mempool.NotAllocated)
-                unchanged(h, lambda: h.realloc(bad, 10), mempool.NotAllocated)
-                unchanged(h, lambda: h.served_by(bad), mempool.NotAllocated)
-    o = h.alloc(16)
-    h.free(o)
-    unchanged(h, lambda: h.free(o), mempool.NotAllocated)  # double free (slab)
-    f = h.alloc(512)
-    h.free(f)
-    unchanged(h, lambda: h.free(f), mempool.NotAllocated)  # double free (fragments)
-    t = h.alloc(9000)
-    h.free(t)
-    unchanged(h, lambda: h.free(t), mempool.NotAllocated)  # double free (TLSF)
-
-
-@pytest.mark.parametrize("offset", [1 << 16, (1 << 16) + 5, 10**9, 2**64, 2**80])
-def test_offsets_beyond_the_span(h, offset):
-    unchanged(h, lambda: h.free(offset), mempool.NotAllocated)
-    unchanged(h, lambda: h.size_of(offset), mempool.NotAllocated)
-    unchanged(h, lambda: h.served_by(offset), mempool.NotAllocated)
-
-
-def test_negative_and_wrong_type_offsets(h):
-    unchanged(h, lambda: h.free(-1), ValueError, "offset must be >= 0")
-    unchanged(h, lambda: h.realloc(-5, 10), ValueError, "offset must be >= 0")
-    unchanged(h, lambda: h.served_by(-1), ValueError, "offset must be >= 0")
-    unchanged(h, lambda: h.free(0.0), TypeError, "offset must be an integer")
-    unchanged(h, lambda: h.served_by("0"), TypeError)
-    unchanged(h, lambda: h.served_by(), TypeError, "exactly one argument")
-
-
-def test_realloc_bad_input(h):
-    unchanged(h, lambda: h.realloc(0, 0), ValueError, "size must be >= 1")
-    unchanged(h, lambda: h.realloc(0, 10**9), mempool.OutOfSpace)
-    unchanged(h, lambda: h.realloc(0, 200, align=3), ValueError, "align")
-
-
-def test_batch_bad_input(h):
-    unchanged(h, lambda: h.alloc_many([1, 0, 3]), ValueError, r"sizes\[1\] must be >= 1")
-    unchanged(h, lambda: h.alloc_many([100, 1 << 17]), mempool.OutOfSpace)
-    unchanged(h, lambda: h.free_many([12345]), mempool.NotAllocated)
-
-
-def test_failed_alloc_many_changes_nothing_visible(h):
-    # the batch takes pages, then fails; its pages are given back (the spare aside,
-    # which is reported as free)
-    unchanged(h, lambda: h.alloc_many([16, 32, 48, 600, 1 << 17]), mempool.OutOfSpace)
-
-
-@pytest.mark.parametrize(
-    "kwargs, exc, match",
-    [
-        ({"capacity": 0}, ValueError, "capacity must be >= 1"),
-        ({"capacity": -1}, ValueError, "capacity"),
-        ({"capacity": 1.5}, TypeError, "capacity must be an integer"),
-        ({"capacity": 2**64}, ValueError, "capacity"),
-        ({"capacity": 100, "page_size": 0}, ValueError, "page_size must be >= 1"),
-        ({"capacity": 100, "page_size": 3000}, ValueError, "page_size must be a power of two"),
-        ({"capacity": 100, "page_size": 2048}, ValueError, "from 4096 to 65536"),
-        ({"capacity": 100, "page_size": 1 << 17}, ValueError, "from 4096 to 65536"),
-        ({"capacity": 100, "page_size": -4096}, ValueError, "page_size"),
-        ({"capacity": 100, "page_size": 4096.0}, TypeError, "page_size must be an integer"),
-        ({"capacity": 100, "max_blocks": 0}, ValueError, "max_blocks"),
-        ({"capacity": 100, "max_blocks": 2**32}, ValueError, "max_blocks"),
-        ({"capacity": 100, "blocks": 3}, TypeError, "unexpected keyword"),
-        ({"capacity": 2**60, "page_size": 4096}, ValueError, "too large for page_size"),
-    ],
-)
-def test_bad_constructor_arguments(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        Heap(**kwargs)
-
-
-def test_constructor_signature():
-    with pytest.raises(TypeError):
-        Heap()
-    with pytest.raises(TypeError, match="1 positional argument"):
-        Heap(100, 4096)
+def test_constructor_by_keyword():
     h = Heap(capacity=100, page_size=8192, max_blocks=None)
     assert h.page_size == 8192 and h.strategy == "heap"
     assert mempool.STRATEGIES["heap"] is Heap

@@ -395,12 +395,15 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     path = tmp_path / "fork.mp"
     p = Pool.create(path, 65536)
     p.alloc(10)
+    r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # never touches the pool
+    if pid == 0:  # never touches the pool; alive until the parent closes its end of the pipe
         try:
-            time.sleep(2)
+            os.close(w)
+            os.read(r, 1)
         finally:
             os._exit(0)
+    os.close(r)
     try:
         p.close()
         with Pool.open(path) as q:  # at once, the child still alive
@@ -408,7 +411,9 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
         with pytest.raises(BlockingIOError):  # and the reopened pool is locked again
             with Pool.open(path), Pool.open(path):
                 pass
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # the child was alive all along
     finally:
+        os.close(w)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
+from helpers import LockHolder, needs_syscall_names, wait_until, waits_for_segment_lock
 
 import mempool
 from mempool import Pool, SharedPool
@@ -137,13 +137,14 @@ def test_set_generation_refuses_offsets_outside_the_buffer():
     p.alloc(8)
 
 
+@needs_syscall_names
 def test_shared_close_while_a_thread_waits_for_the_lock(name):
+    # close() itself takes the lock first (it gives this process's cache and handles
+    # back); a call that queued for the lock behind it must find the pool closing when
+    # its turn comes, and leave with PoolClosed before it touches the segment.
     p = SharedPool.create(name, "1MiB")
     q = SharedPool.attach(name)  # a second mapping: its lock holder blocks p's calls
     p.check()
-    held = threading.Thread(target=q._hold_lock, args=(0.6,))
-    held.start()
-    time.sleep(0.1)
     results: dict[str, object] = {}
 
     def closer():
@@ -156,13 +157,18 @@ def test_shared_close_while_a_thread_waits_for_the_lock(name):
         except Exception as e:
             results["alloc"] = e
 
-    c = threading.Thread(target=closer)
-    c.start()
-    time.sleep(0.1)
-    a = threading.Thread(target=allocer)
-    a.start()
-    for t in (held, c, a):
-        t.join(10)
+    with LockHolder(q) as held:
+        c = threading.Thread(target=closer)
+        c.start()
+        wait_until(lambda: waits_for_segment_lock(c.native_id, name), "close() waits for the lock")
+        a = threading.Thread(target=allocer)
+        a.start()
+        wait_until(lambda: waits_for_segment_lock(a.native_id, name),
+                   "alloc() waits for the lock, behind close()")
+        # the lock's waiters are woken in the order they queued: close() first
+        held.release()
+    for t in (c, a):
+        t.join(30)
         assert not t.is_alive()
     assert results["closed"] is True and p.closed
     assert isinstance(results["alloc"], mempool.PoolClosed), results["alloc"]
@@ -173,14 +179,16 @@ def test_shared_close_while_a_thread_waits_for_the_lock(name):
     q.unlink()
 
 
+@needs_syscall_names
 def test_shared_realloc_of_a_block_freed_while_waiting(name):
+    # realloc checks the block before it waits for the lock; the owner frees the block
+    # while it waits; once it has the lock it must check again and refuse
     p = SharedPool.create(name, "1MiB")
     q = SharedPool.attach(name)
     b = p.alloc(4096)
-    held = threading.Thread(target=q._hold_lock, args=(0.4,))
-    held.start()
-    time.sleep(0.1)
     out: dict[str, object] = {}
+    me = threading.get_native_id()
+    freed = threading.Event()
 
     def grow():
         try:
@@ -188,12 +196,31 @@ def test_shared_realloc_of_a_block_freed_while_waiting(name):
         except Exception as e:
             out["r"] = e
 
-    g = threading.Thread(target=grow)
-    g.start()
-    time.sleep(0.1)
-    b.free()  # owner's release: lock-free, while grow() waits for the lock
-    held.join(10)
-    g.join(10)
+    with LockHolder(q) as held:
+        g = threading.Thread(target=grow)
+        g.start()
+        wait_until(lambda: waits_for_segment_lock(g.native_id, name), "realloc() waits for the lock")
+
+        def release_once_free_waits():
+            # b.free() drops the owner's reference at once (no lock: b is dead from
+            # then on) and then queues for the lock, behind grow(), to give the range
+            # back.  Let the lock go when it waits there (or has returned).
+            try:
+                wait_until(lambda: freed.is_set() or waits_for_segment_lock(me, name),
+                           "free() waits for the lock, behind realloc()")
+            except AssertionError as e:
+                out["watcher"] = e
+            finally:
+                held.release()
+
+        w = threading.Thread(target=release_once_free_waits)
+        w.start()
+        b.free()
+        freed.set()
+        w.join(30)
+    g.join(30)
+    assert "watcher" not in out, out["watcher"]
+    assert not g.is_alive()
     assert isinstance(out["r"], mempool.NotAllocated), out["r"]
     assert p.stats().live == 0
     p.check()

@@ -6,7 +6,6 @@ import mmap
 import os
 import platform
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -359,16 +358,21 @@ def test_file_memory_lock_is_not_inherited_by_a_fork(tmp_path):
     f = FileMemory(path, 4096, exclusive=True)
     with pytest.raises(BlockingIOError, match="open elsewhere"):
         FileMemory(path, exclusive=True)
+    r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:
+    if pid == 0:  # alive until the parent closes its end of the pipe
         try:
-            time.sleep(2)
+            os.close(w)
+            os.read(r, 1)
         finally:
             os._exit(0)
+    os.close(r)
     try:
         f.close()
         FileMemory(path, exclusive=True).close()  # free at once, the child still alive
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # it was, all along
     finally:
+        os.close(w)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
