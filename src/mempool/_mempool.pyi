@@ -8,8 +8,8 @@ Integer arguments are read through ``__index__`` (NumPy integers work), hence
 ``SupportsIndex``; buffers are anything with the buffer protocol.
 """
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Literal, SupportsIndex, final, overload
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Literal, SupportsIndex, final
 
 import numpy as np
 import numpy.typing as npt
