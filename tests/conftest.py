@@ -1,5 +1,5 @@
 """Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long), and the
-`name` fixture of the shared-pool tests."""
+`name` fixture of the shared-pool tests, `oos_made` (the OutOfSpace objects made)."""
 
 import itertools
 import os
@@ -35,3 +35,20 @@ def name():
         os.unlink(f"/dev/shm/{n}")
     except FileNotFoundError:
         pass
+
+
+@pytest.fixture
+def oos_made(monkeypatch):
+    """The arguments of every OutOfSpace made during the test, in order (a list): to
+    show that a "does not fit" answered with None made no exception object at all."""
+    import mempool
+
+    made = []
+    init = mempool.OutOfSpace.__init__
+
+    def counting_init(self, *args):
+        made.append(args)
+        init(self, *args)
+
+    monkeypatch.setattr(mempool.OutOfSpace, "__init__", counting_init)
+    return made

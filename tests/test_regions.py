@@ -260,17 +260,10 @@ def test_align_beyond_a_page_is_refused_before_mapping():
     r.close()
 
 
-def test_alloc_tries_the_regions_without_exceptions(monkeypatch):
+def test_alloc_tries_the_regions_without_exceptions(oos_made):
     # each region that cannot take a request says so with None (try_alloc), not with an
     # OutOfSpace made and caught; only a refusal of the whole pool raises
-    made = []
-    init = mempool.OutOfSpace.__init__
-
-    def counting_init(self, *args):
-        made.append(args)
-        init(self, *args)
-
-    monkeypatch.setattr(mempool.OutOfSpace, "__init__", counting_init)
+    made = oos_made
     r = RegionPool(region_size="64KiB", max_size="192KiB")
     full = [r.alloc(60 * KIB) for _ in range(3)]  # three regions, none with 8 KiB free
     assert r.stats().regions == 3 and made == []

@@ -36,6 +36,19 @@ PAGE = mmap.PAGESIZE
 T = TypeVar("T")
 
 
+def _none_if_full(attempt: Callable[[Pool], T]) -> Callable[[Pool], T | None]:
+    """``attempt``, with "nothing fits" (OutOfSpace) as None (for calls that have no
+    try_ form)."""
+
+    def quiet(region: Pool) -> T | None:
+        try:
+            return attempt(region)
+        except OutOfSpace:
+            return None
+
+    return quiet
+
+
 @dataclass(frozen=True)
 class RegionStats:
     """Counters of a RegionPool, in bytes except where said."""
@@ -170,16 +183,17 @@ class RegionPool:
             return [r for r in self._regions if r.capacity >= size], _round_up(size, PAGE)
         return list(self._regions), self.region_size
 
-    def _place(self, size: int, attempt: Callable[[Pool], T]) -> T:
-        """``attempt(region)`` in the first region where it fits (it raises OutOfSpace
-        where it does not), else in a region mapped for it (:meth:`_in_new_region`)."""
+    def _place(self, size: int, attempt: Callable[[Pool], T | None],
+               fresh_attempt: Callable[[Pool], T]) -> T:
+        """``attempt(region)`` in the first region where it fits (None where it does
+        not), else ``fresh_attempt`` in a region mapped for it (:meth:`_in_new_region`),
+        which raises OutOfSpace saying why when even that refuses."""
         tries, fresh = self._regions_for(size)
         for region in tries:
-            try:
-                return attempt(region)
-            except OutOfSpace:
-                continue
-        return self._in_new_region(fresh, size, attempt)
+            got = attempt(region)
+            if got is not None:
+                return got
+        return self._in_new_region(fresh, size, fresh_attempt)
 
     def _in_new_region(self, fresh: int, size: int, attempt: Callable[[Pool], T]) -> T:
         """``attempt(region)`` in a new region of ``fresh`` bytes, for a request of
@@ -215,14 +229,9 @@ class RegionPool:
                 raise ValueError(f"align {align} is above the alignment of the regions' "
                                  f"memory ({PAGE}): the address would not be aligned")
             args = (size, align)
-        request = int(size)
-        tries, fresh = self._regions_for(request)
-        for region in tries:  # no exception per region that cannot take it: None
-            block = region.try_alloc(*args)
-            if block is not None:
-                return block
-        # a region of its own; alloc there, so that a refusal says why (OutOfSpace)
-        return self._in_new_region(fresh, request, lambda region: region.alloc(*args))
+        # no exception per region that cannot take it (try_alloc: None)
+        return self._place(int(size), lambda region: region.try_alloc(*args),
+                           lambda region: region.alloc(*args))
 
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""
@@ -250,7 +259,10 @@ class RegionPool:
         """As :meth:`Pool.empty`, from the first region with room."""
         self._check_open()
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        return self._place(max(nbytes, 1) + 64, lambda region: region.empty(shape, dtype))
+        def make(region: Pool) -> np.ndarray:
+            return region.empty(shape, dtype)
+
+        return self._place(max(nbytes, 1) + 64, _none_if_full(make), make)
 
     def zeros(self, shape: Any, dtype: Any = "float64") -> np.ndarray:
         out = self.empty(shape, dtype)

@@ -230,11 +230,5 @@ PyTypeObject BlockType = {
 
 int mp_block_ready(PyObject *module)
 {
-    if (PyType_Ready(&BlockType) < 0) return -1;
-    Py_INCREF(&BlockType);
-    if (PyModule_AddObject(module, "Block", (PyObject *)&BlockType) < 0) {
-        Py_DECREF(&BlockType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &BlockType); /* PyType_Ready + the module's attribute */
 }

@@ -616,11 +616,5 @@ int mp_pool_ready(PyObject *module)
     refresh_pid();
     pthread_atfork(NULL, NULL, refresh_pid);
     if (PyArray_ImportNumPyAPI() < 0) return -1;
-    if (PyType_Ready(&PoolCoreType) < 0) return -1;
-    Py_INCREF(&PoolCoreType);
-    if (PyModule_AddObject(module, "PoolCore", (PyObject *)&PoolCoreType) < 0) {
-        Py_DECREF(&PoolCoreType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &PoolCoreType); /* PyType_Ready + the module's attribute */
 }

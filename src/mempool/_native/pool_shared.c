@@ -721,11 +721,5 @@ PyTypeObject SharedPoolCoreType = {
 int mp_shared_pool_ready(PyObject *module)
 {
     SharedPoolCoreType.tp_base = &PoolCoreType;
-    if (PyType_Ready(&SharedPoolCoreType) < 0) return -1;
-    Py_INCREF(&SharedPoolCoreType);
-    if (PyModule_AddObject(module, "SharedPoolCore", (PyObject *)&SharedPoolCoreType) < 0) {
-        Py_DECREF(&SharedPoolCoreType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &SharedPoolCoreType); /* PyType_Ready + the module's attribute */
 }

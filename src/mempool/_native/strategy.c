@@ -12,7 +12,9 @@
 
 #include <string.h>
 
-#define MAX_TYPES 16
+/* one type per entry of the strategy list */
+#define MP_COUNT_(KIND, sname, number) +1
+#define MAX_TYPES (0 MP_STRATEGIES(MP_COUNT_))
 static struct {
     PyTypeObject *type;
     const mp_ops_t *ops;
@@ -784,13 +786,7 @@ PyTypeObject StrategyType = {
 
 int mp_strategy_ready(PyObject *module)
 {
-    if (PyType_Ready(&StrategyType) < 0) return -1;
-    Py_INCREF(&StrategyType);
-    if (PyModule_AddObject(module, "Strategy", (PyObject *)&StrategyType) < 0) {
-        Py_DECREF(&StrategyType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &StrategyType); /* PyType_Ready + the module's attribute */
 }
 
 /* Each concrete type carries the whole method table itself (its own extras
@@ -822,12 +818,7 @@ int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops)
     type->tp_base = &StrategyType;
     if (!type->tp_getset) type->tp_getset = StrategyType.tp_getset;
     if (merge_methods(type) < 0) return -1;
-    if (PyType_Ready(type) < 0) return -1;
-    Py_INCREF(type);
-    if (PyModule_AddObject(module, strrchr(type->tp_name, '.') + 1, (PyObject *)type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
+    if (PyModule_AddType(module, type) < 0) return -1;
     types[ntypes].type = type;
     types[ntypes].ops = ops;
     ntypes++;
