@@ -128,13 +128,22 @@ def test_detached_strategy_closes_the_pool():
         p.alloc(8)
 
 
-def test_set_generation_refuses_offsets_outside_the_buffer():
+def test_set_journal_refuses_offsets_outside_the_buffer():
     p = Pool(1 << 20)
-    for off in (-8, 16, 9, 2**64 - 8, 2**70):
+    st_len = len(p._strategy.snapshot())
+    buf = bytearray(4096 + st_len)
+    for joff, soff in ((-64, 4096), (len(buf) - 64, 4096), (9, 4096), (0, 9), (0, 1024),
+                       (0, 4160), (2**64 - 64, 4096), (2**70, 4096), (0, 2**70)):
         with pytest.raises((ValueError, OverflowError)):
-            p._set_generation(bytearray(16), off)
-    p._set_generation(bytearray(16), 8)
-    p.alloc(8)
+            p._set_journal(buf, joff, soff)
+    buf[:8] = (0x314c4e524a504d).to_bytes(8, "little")
+    buf[4096:] = p._strategy.snapshot()
+    p._set_journal(buf, 0, 4096)
+    with pytest.raises(RuntimeError, match="set already"):
+        p._set_journal(buf, 0, 4096)
+    b = p.alloc(8)
+    assert bytes(buf[4096:]) == p._strategy.snapshot()  # the shadow follows the state
+    b.free()
 
 
 @needs_syscall_names

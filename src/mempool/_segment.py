@@ -3,20 +3,24 @@
 ::
 
     0      +------------------------------+
-           | header (one 4 KiB page)      |  magic, version, sizes, strategy, checksum,
-           |                              |  generation word (odd during a call)
+           | header (one 4 KiB page)      |  magic, version, sizes, strategy, checksum;
+           |                              |  at JOURNAL_OFFSET the file pool's journal
     4096   +------------------------------+
            | strategy state block         |  principle 1: integers only, relocatable
            +------------------------------+
-           | lock (shared pools only)     |
+           | lock (shared pools only)     |  lock, block registry, the shared journal
     data   +------------------------------+  page aligned
            | data: capacity bytes         |
+    shadow +------------------------------+  page aligned
+           | the state's shadow copy      |  equal to the state between calls
            +------------------------------+
 
 The header's first 120 bytes are immutable after creation and covered by a
-checksum; the generation word after them changes on every allocator call.  Every
-field is validated against the segment's real length before anything is trusted,
-so a truncated, foreign or random segment raises CorruptionError.
+checksum.  The journal (``_core/journal.h``) and the shadow make every allocator
+call all-or-nothing for a process killed in it: the next opener (file pools) or lock
+taker (shared pools) rolls the call back or forward.  Every field is validated
+against the segment's real length before anything is trusted, so a truncated,
+foreign or random segment raises CorruptionError.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ from dataclasses import dataclass
 
 from .errors import CorruptionError
 
-__all__ = ["GEN_OFFSET", "HEADER_SIZE", "Header", "layout"]
+__all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "Header", "layout"]
 
 HEADER_SIZE = 4096
-VERSION = 1
-_FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q 16s")  # 120 bytes
+VERSION = 2  # 2: the journal and the shadow copy of the state (1 had neither)
+_FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q 8s")  # 120 bytes
 assert _FMT.size == 120
 CHECKSUM_OFFSET = 120
-GEN_OFFSET = 128
+JOURNAL_OFFSET = 1024  #: the journal of a file pool (a shared pool's is in its lock area)
+JOURNAL_SIZE = 2048  #: MP_JOURNAL_BYTES
+_JOURNAL_MAGIC = (0x314c4e524a504d).to_bytes(8, "little")
 _PAGE = 4096
 
 
@@ -61,19 +67,22 @@ class Header:
     lock_size: int
     strategy: str
     created_ns: int = 0
+    shadow_off: int = 0
     version: int = VERSION
     flags: int = 0
 
     def pack(self) -> bytes:
-        """The header page: fields, checksum, generation 0."""
+        """The header page: fields, checksum, an empty journal area."""
         body = _FMT.pack(
             self.magic, self.version, HEADER_SIZE, self.kind, self.flags,
             self.capacity, self.state_off, self.state_size, self.data_off, self.total_size,
             self.lock_off, self.lock_size, self.strategy.encode("ascii").ljust(16, b"\0"),
-            self.created_ns, b"\0" * 16,
+            self.created_ns, self.shadow_off, b"\0" * 8,
         )
         page = bytearray(HEADER_SIZE)
         page[:120] = body
+        # an empty journal (journal.c: its magic "MPJRNL1", phase idle, no undo records)
+        page[JOURNAL_OFFSET:JOURNAL_OFFSET + 8] = _JOURNAL_MAGIC
         page[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 8] = _digest(body).to_bytes(8, "little")
         return bytes(page)
 
@@ -101,7 +110,7 @@ class Header:
             raise CorruptionError(f"{what}: bad strategy name in the header") from None
         h = cls(magic=f[0], version=f[1], kind=f[3], flags=f[4], capacity=f[5], state_off=f[6],
                 state_size=f[7], data_off=f[8], total_size=f[9], lock_off=f[10], lock_size=f[11],
-                strategy=name, created_ns=f[13])
+                strategy=name, created_ns=f[13], shadow_off=f[14])
         if f[2] != HEADER_SIZE or h.state_off != HEADER_SIZE:
             raise CorruptionError(f"{what}: unexpected header size")
         state_end = h.state_off + h.state_size
@@ -109,7 +118,9 @@ class Header:
         if (h.capacity < 1 or h.state_size < 64 or h.data_off % _PAGE
                 or h.data_off < max(state_end, lock_end)
                 or (h.lock_size and h.lock_off < state_end)
-                or h.data_off + h.capacity > h.total_size):
+                or h.data_off + h.capacity > h.total_size
+                or h.shadow_off % _PAGE or h.shadow_off < h.data_off + h.capacity
+                or h.shadow_off + h.state_size > h.total_size):
             raise CorruptionError(f"{what}: inconsistent sizes in the header")
         if h.total_size > length:
             raise CorruptionError(
@@ -124,7 +135,9 @@ def layout(magic: bytes, kind: int, strategy: str, capacity: int, state_size: in
     lock_off = _align(state_off + state_size, 64) if lock_size else 0
     end = (lock_off + lock_size) if lock_size else state_off + state_size
     data_off = _align(end, _PAGE)
+    shadow_off = data_off + _align(capacity, _PAGE)
     return Header(magic=magic, kind=kind, capacity=capacity, state_off=state_off,
                   state_size=state_size, data_off=data_off,
-                  total_size=data_off + _align(capacity, _PAGE), lock_off=lock_off,
-                  lock_size=lock_size, strategy=strategy, created_ns=created_ns)
+                  total_size=shadow_off + _align(state_size, _PAGE), lock_off=lock_off,
+                  lock_size=lock_size, strategy=strategy, created_ns=created_ns,
+                  shadow_off=shadow_off)

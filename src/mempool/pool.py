@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import GEN_OFFSET, Header, layout
+from ._segment import JOURNAL_OFFSET, Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
 from .sources import AnonymousMemory, FileMemory, Source
@@ -185,6 +185,7 @@ class Pool(PoolCore):
 
         def fill(view: memoryview) -> None:
             view[h.state_off:h.state_off + h.state_size] = state
+            view[h.shadow_off:h.shadow_off + h.state_size] = state
             view[:4096] = h.pack()
 
         try:
@@ -202,8 +203,9 @@ class Pool(PoolCore):
         CorruptionError (never a crash, never a silently wrong heap).  The file is
         locked (flock) while the pool is open: a second opener, in this process or
         another, gets BlockingIOError (use a SharedPool to share a pool).  A file whose
-        last writer was killed during an allocator call is accepted only when its
-        state passes ``check()`` (then ``pool.recovered`` is True).
+        last writer was killed during an allocator call is recovered first: the call is
+        rolled back (or forward, when it had committed) from the file's journal, and
+        ``pool.recovered`` is True.
         """
         path = Path(path)
         size = path.stat().st_size
@@ -228,6 +230,9 @@ class Pool(PoolCore):
         data = mm[h.data_off:h.data_off + h.capacity]
         strat = None
         try:
+            # a call the last writer was killed in: rolled back or forward first
+            recovered = _mempool.journal_recover(mem.buffer, JOURNAL_OFFSET, h.state_off,
+                                                 h.shadow_off, h.state_size)
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size)
             if strat.strategy != h.strategy:
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
@@ -254,12 +259,9 @@ class Pool(PoolCore):
                 raise CorruptionError(f"{what}: {e}") from None
             raise
         del data  # PoolCore holds the view now; it goes when the pool closes
-        gen = int.from_bytes(mm[GEN_OFFSET:GEN_OFFSET + 8], "little")
-        pool.recovered = gen % 2 == 1  # killed in a call; check() above passed
-        if pool.recovered:
-            mm[GEN_OFFSET:GEN_OFFSET + 8] = (gen + 1).to_bytes(8, "little")
         mm.release()
-        pool._set_generation(mem.buffer, GEN_OFFSET)
+        pool.recovered = recovered != 0  # killed in a call: rolled back or forward
+        pool._set_journal(mem.buffer, JOURNAL_OFFSET, h.shadow_off)
         pool._owns_source = True
         pool.path = Path(what)
         return pool

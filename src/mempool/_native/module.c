@@ -203,7 +203,52 @@ static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *arg)
     return PyLong_FromUnsignedLongLong(size);
 }
 
+/* journal_recover(buffer, journal_offset, state_offset, shadow_offset, state_size)
+ * -> 0 (nothing to do), 1 (a call was rolled back), 2 (rolled forward): a persistent
+ * pool's file before its state is attached (journal.h).  CorruptionError for a journal
+ * that is not one (its undo log is always empty in a file pool). */
+static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    PyObject *buffer, *o[4];
+    uint64_t x[4];
+    if (!PyArg_ParseTuple(args, "OOOOO", &buffer, &o[0], &o[1], &o[2], &o[3])) return NULL;
+    int big = 0;
+    for (int k = 0; k < 4; k++) {
+        int r = mp_arg_u64(o[k], "offset", &x[k]);
+        if (r < 0) return NULL;
+        big |= r;
+    }
+    if (big) {
+        PyErr_SetString(mp_CorruptionError, "the journal, the state and its shadow do not fit");
+        return NULL;
+    }
+    uint64_t joff = x[0], stoff = x[1], shoff = x[2], len = x[3];
+    Py_buffer v;
+    if (PyObject_GetBuffer(buffer, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    uint64_t n = (uint64_t)v.len;
+    PyObject *r = NULL;
+    if (joff % 64 || joff > n || n - joff < MP_JOURNAL_BYTES || stoff > n || n - stoff < len ||
+        shoff > n || n - shoff < len || (stoff < shoff ? stoff + len > shoff : shoff + len > stoff)) {
+        PyErr_SetString(mp_CorruptionError, "the journal, the state and its shadow do not fit");
+        goto out;
+    }
+    mp_tx_t t; /* recovery needs no strategy: it copies one copy over the other */
+    char msg[160], *b = v.buf;
+    mp_tx_setup(&t, (mp_journal_t *)(b + joff), NULL, b + stoff, b + shoff, len, NULL, NULL);
+    if (mp_tx_validate(&t, msg, sizeof msg)) {
+        PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
+        goto out;
+    }
+    r = PyLong_FromLong(mp_tx_recover(&t));
+out:
+    PyBuffer_Release(&v);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
+    {"journal_recover", ext_journal_recover, METH_VARARGS,
+     "journal_recover($module, buffer, journal_offset, state_offset, shadow_offset, state_size, /)\n"
+     "--\n\nRoll an interrupted call of a persistent pool back (1) or forward (2); 0: none."},
     {"data_address", ext_data_address, METH_O,
      "data_address($module, obj, /)\n--\n\nAddress of the first byte of a (strided) buffer or array."},
     {"shared_ctl_size", ext_shared_ctl_size, METH_O,

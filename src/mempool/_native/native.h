@@ -24,6 +24,7 @@
 #include <Python.h>
 
 #include "../_core/mempool.h"
+#include "../_core/journal.h"
 #include "../_core/shared.h"
 
 typedef struct {
@@ -61,10 +62,10 @@ typedef struct {
     uint32_t bound_pid;       /* memory shared with other processes (a file): only
                                  this process may use the pool (0: any; shared pools
                                  have their own rules)                             */
-    volatile uint64_t *gen;   /* persistent pools: the header's generation word: odd
-                                 while an allocator call is under way, or NULL  */
-    Py_buffer gen_view;       /* the header buffer gen points into (has_gen)    */
-    int has_gen;
+    mp_tx_t *tx;              /* persistent pools: the journal's transactions over
+                                 the state and its shadow copy, or NULL          */
+    Py_buffer j_view;         /* the mapping tx points into (has_j)             */
+    int has_j;
     const mp_pool_hooks_t *hooks; /* NULL: the private paths of pool.c; else what a
                                  pool kind of its own does instead (shared pools) */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */

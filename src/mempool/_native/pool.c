@@ -6,9 +6,9 @@
  * the hot path (alloc, free, realloc, empty, zeros) is here, in C, with no Python
  * frame in between (DESIGN.md principle 4).
  *
- * Persistent pools (state in a file's header area) set `gen` to the header's
- * generation word: it is odd while an allocator call is under way, so a process
- * killed in the middle leaves a file that Pool.open() knows to verify.
+ * Persistent pools (state in a file) set `tx` (_set_journal): every call that changes
+ * the state is a transaction of the file's journal (_core/journal.h), so a process
+ * killed in the middle leaves a file that Pool.open() rolls back or forward.
  *
  * A pool of a kind of its own (SharedPoolCore, pool_shared.c) sets `hooks`: where a
  * generic path below would change the strategy state, it calls the hook instead (one
@@ -40,17 +40,27 @@ int mp_pool_check_open(PoolObject *pool)
     return -1;
 }
 
-static inline void gen_begin(PoolObject *p)
-{
-    if (p->gen) __atomic_add_fetch(p->gen, 1, __ATOMIC_SEQ_CST);
-}
-static inline void gen_end(PoolObject *p)
-{
-    if (p->gen) __atomic_add_fetch(p->gen, 1, __ATOMIC_SEQ_CST);
-}
-
 static inline const mp_ops_t *OPS(PoolObject *p) { return p->strategy->ops; }
 static inline void *ST(PoolObject *p) { return p->strategy->st; }
+
+/* The strategy calls of a private or persistent pool: a persistent one's are
+ * transactions of its journal (one pointer test on the private paths). */
+static inline int st_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
+{
+    if (!p->tx) return OPS(p)->alloc(ST(p), size, align, off);
+    mp_tx_begin(p->tx);
+    int rc = mp_tx_alloc(p->tx, size, align, off);
+    mp_tx_commit(p->tx);
+    return rc;
+}
+static inline int st_free(PoolObject *p, uint64_t off)
+{
+    if (!p->tx) return OPS(p)->free(ST(p), off);
+    mp_tx_begin(p->tx);
+    int rc = mp_tx_free(p->tx, off);
+    mp_tx_commit(p->tx);
+    return rc;
+}
 
 static uint32_t cached_pid;
 static void refresh_pid(void) { cached_pid = (uint32_t)getpid(); }
@@ -74,9 +84,7 @@ static inline int pool_take(PoolObject *self, uint64_t size, uint64_t align, int
         return -1;
     }
     if (self->hooks) return self->hooks->take(self, size, align, quiet, off, tag, entry);
-    gen_begin(self);
-    int rc = OPS(self)->alloc(ST(self), size, align, off);
-    gen_end(self);
+    int rc = st_alloc(self, size, align, off);
     if (rc == MP_OK) return 0;
     if (quiet && mp_no_fit(rc)) return 1;
     mp_raise(self->strategy, rc, size, align, 0);
@@ -90,9 +98,7 @@ static void pool_untake(PoolObject *self, uint64_t off, uint32_t entry)
         self->hooks->untake(self, off, entry);
         return;
     }
-    gen_begin(self);
-    OPS(self)->free(ST(self), off);
-    gen_end(self);
+    st_free(self, off);
 }
 
 /* A Block made by alloc/empty: the allocating process's handle.  (Inline: alloc's
@@ -121,9 +127,7 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
         return -1;
     }
     if (pool->hooks) return pool->hooks->release(pool, b);
-    gen_begin(pool);
-    int rc = OPS(pool)->free(ST(pool), b->offset);
-    gen_end(pool);
+    int rc = st_free(pool, b->offset);
     if (rc) {
         mp_raise(pool->strategy, rc, 0, 1, b->offset);
         return -1;
@@ -234,7 +238,8 @@ static void pool_dealloc(PoolObject *self)
 {
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
-    if (self->has_gen) PyBuffer_Release(&self->gen_view);
+    if (self->has_j) PyBuffer_Release(&self->j_view);
+    PyMem_Free(self->tx);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
     Py_XDECREF(self->source);
@@ -320,13 +325,20 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
     if (self->hooks) {
         if (self->hooks->realloc(self, b, size, &off) < 0) return NULL;
     } else {
-        gen_begin(self);
-        int rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
-        gen_end(self);
-        if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
-        if (off != b->offset && self->base) /* (the hook moves the bytes itself) */
+        int rc;
+        if (self->tx) {
+            mp_tx_begin(self->tx);
+            rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
+        } else {
+            rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+        }
+        /* (the hook moves the bytes itself; a persistent pool's move comes before the
+         * commit: a kill during it leaves the old range, as before the call) */
+        if (rc == MP_OK && off != b->offset && self->base)
             memmove(self->base + off, self->base + b->offset,
                     (size_t)(size < b->size ? size : b->size));
+        if (self->tx) mp_tx_commit(self->tx);
+        if (rc) return mp_raise(self->strategy, rc, size, b->align, b->offset);
     }
     b->offset = off;
     b->size = size;
@@ -471,10 +483,11 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     if (self->hooks) self->hooks->close(self);
     self->closing = 1;
     self->closed = 1;
-    self->gen = NULL;
-    if (self->has_gen) {
-        PyBuffer_Release(&self->gen_view);
-        self->has_gen = 0;
+    PyMem_Free(self->tx);
+    self->tx = NULL;
+    if (self->has_j) {
+        PyBuffer_Release(&self->j_view);
+        self->has_j = 0;
     }
     PyObject *r = PyObject_CallMethod((PyObject *)self->strategy, "_detach", NULL);
     if (!r) return NULL;
@@ -487,28 +500,43 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_TRUE;
 }
 
-/* _set_generation(buffer, offset): the persistent header's generation word */
-static PyObject *ext_pool_set_generation(PoolObject *self, PyObject *args)
+/* _set_journal(buffer, journal_offset, shadow_offset): a persistent pool's journal and
+ * the shadow copy of its state, in the file's mapping (recovered and validated before:
+ * journal_recover()).  From now on every state change is a transaction. */
+static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
 {
-    PyObject *buffer, *off_obj;
-    uint64_t offset;
-    if (!PyArg_ParseTuple(args, "OO", &buffer, &off_obj)) return NULL;
-    int big = mp_arg_u64(off_obj, "offset", &offset);
-    if (big < 0) return NULL;
-    if (self->has_gen || self->closed) {
-        PyErr_SetString(PyExc_RuntimeError, "the generation word is set already");
+    PyObject *buffer, *jo, *so;
+    uint64_t joff, soff;
+    if (!PyArg_ParseTuple(args, "OOO", &buffer, &jo, &so)) return NULL;
+    int big = mp_arg_u64(jo, "journal_offset", &joff);
+    if (big < 0 || (big |= mp_arg_u64(so, "shadow_offset", &soff)) < 0) return NULL;
+    if (big) {
+        PyErr_SetString(PyExc_ValueError, "the journal and the shadow must be inside the buffer");
         return NULL;
     }
-    if (PyObject_GetBuffer(buffer, &self->gen_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    if (big || offset % 8 || (uint64_t)self->gen_view.len < 8 ||
-        offset > (uint64_t)self->gen_view.len - 8) {
-        PyBuffer_Release(&self->gen_view);
-        PyErr_SetString(PyExc_ValueError, "the generation word must be inside the buffer");
+    if (self->has_j || self->closed || !self->strategy || self->hooks) {
+        PyErr_SetString(PyExc_RuntimeError, "the journal is set already (or not this pool's)");
         return NULL;
     }
-    self->has_gen = 1;
-    self->gen = (volatile uint64_t *)((char *)self->gen_view.buf + offset);
+    if (PyObject_GetBuffer(buffer, &self->j_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    uint64_t len = (uint64_t)self->j_view.len, st_len = self->strategy->st_len;
+    if (joff % 64 || joff > len || len - joff < MP_JOURNAL_BYTES || soff % 64 || soff > len ||
+        len - soff < st_len || (joff < soff ? joff + MP_JOURNAL_BYTES > soff : soff + st_len > joff)) {
+        PyBuffer_Release(&self->j_view);
+        PyErr_SetString(PyExc_ValueError, "the journal and the shadow must be inside the buffer, "
+                    "apart");
+        return NULL;
+    }
+    self->tx = PyMem_Malloc(sizeof *self->tx);
+    if (!self->tx) {
+        PyBuffer_Release(&self->j_view);
+        return PyErr_NoMemory();
+    }
+    char *base = self->j_view.buf;
+    mp_tx_setup(self->tx, (mp_journal_t *)(base + joff), OPS(self), ST(self), base + soff,
+                st_len, NULL, NULL);
+    self->has_j = 1;
     Py_RETURN_NONE;
 }
 
@@ -594,7 +622,7 @@ static PyMethodDef pool_methods[] = {
     {"zeros", (PyCFunction)(void (*)(void))ext_pool_zeros, METH_FASTCALL | METH_KEYWORDS,
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
-    {"_set_generation", (PyCFunction)ext_pool_set_generation, METH_VARARGS, NULL},
+    {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

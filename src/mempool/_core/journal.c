@@ -1,0 +1,229 @@
+/*
+ * journal.c -- transactions over a strategy state and its shadow copy (journal.h).
+ *
+ * Why it holds.  Stores reach memory in program order (x86-64 TSO; elsewhere the
+ * release/seq_cst stores below order them), and a killed process stops between two
+ * stores.  So at any kill point:
+ *   phase IDLE       st == shadow, the undo log is empty: nothing to do.
+ *   phase ACTIVE     the shadow has not been written since the last commit (only the
+ *                    commit writes it), so it is the state before the call; st is
+ *                    anything.  Every word outside the state the call changed was
+ *                    logged (offset, old value) and the log's count published before
+ *                    the word was written: applying the log backwards restores each
+ *                    to its value before the call (a record whose store never
+ *                    happened restores the value it still has).
+ *   phase COMMITTED  st and the other words are complete (the phase store comes after
+ *                    the last of them); the shadow is anything: copy st over it.
+ * A recovery killed half-way leaves the phase as it found it, and each recovery step
+ * is idempotent (copies from the copy the phase trusts; restores logged values).
+ *
+ * The operations a transaction ran are listed in this process's memory, not in the
+ * journal: only the committing process replays them, and a recovery never needs them.
+ * An operation that failed is listed too: a failed call changes nothing by the error
+ * model, but replaying it is what keeps the copies equal even where a strategy does
+ * not live up to that (the Heap's spare page, see the known bugs).
+ */
+#include <string.h>
+
+#include "internal.h"
+#include "journal.h"
+
+#define JOURNAL_MAGIC 0x314c4e524a504dull /* "MPJRNL1" */
+
+enum { OP_ALLOC = 1, OP_FREE, OP_REALLOC, OP_RESET };
+
+void mp_journal_init(mp_journal_t *j)
+{
+    memset(j, 0, sizeof *j);
+    j->magic = JOURNAL_MAGIC;
+}
+
+void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, void *shadow,
+                 uint64_t st_len, void *undo_lo, void *undo_hi)
+{
+    t->j = j;
+    t->ops = ops;
+    t->st = st;
+    t->shadow = shadow;
+    t->st_len = st_len;
+    t->undo_lo = undo_lo;
+    t->undo_hi = undo_hi;
+    t->nops = 0;
+}
+
+/* Does the record name an aligned word inside t's undo range? */
+static int undo_ok(const mp_tx_t *t, int64_t off)
+{
+    const char *w = (const char *)t->j + off;
+    return t->undo_lo && w >= t->undo_lo && w + 8 <= t->undo_hi && ((uintptr_t)w & 7) == 0;
+}
+
+int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
+{
+    const mp_journal_t *j = t->j;
+    if (j->magic != JOURNAL_MAGIC) MPI_FAIL("bad journal magic");
+    if (j->phase > MP_TX_COMMITTED) MPI_FAIL("bad journal phase %llu", (unsigned long long)j->phase);
+    if (j->nundo > MP_JOURNAL_UNDO)
+        MPI_FAIL("the journal holds %llu undo records, at most %d", (unsigned long long)j->nundo,
+                 MP_JOURNAL_UNDO);
+    for (uint64_t k = 0; k < j->nundo; k++)
+        if (!undo_ok(t, j->undo[k].off))
+            MPI_FAIL("undo record %llu names a word outside the registry", (unsigned long long)k);
+    return MP_OK;
+}
+
+void mp_tx_begin(mp_tx_t *t)
+{
+    t->nops = 0;
+    t->j->nundo = 0;
+    __atomic_store_n(&t->j->phase, MP_TX_ACTIVE, __ATOMIC_SEQ_CST);
+}
+
+/* One more operation to replay; the list is never full (callers keep room). */
+static void note(mp_tx_t *t, uint32_t code, uint64_t a, uint64_t b, uint64_t c, int rc,
+                 uint64_t out)
+{
+    mpi_assert(t->nops < MP_TX_OPS);
+    if (t->nops == MP_TX_OPS) { /* cannot happen: commit what we have, then note */
+        mp_tx_commit(t);
+        mp_tx_begin(t);
+    }
+    mp_tx_op_t *o = &t->op[t->nops++];
+    o->code = code;
+    o->a = a;
+    o->b = b;
+    o->c = c;
+    o->rc = (uint32_t)rc;
+    o->out = out;
+}
+
+int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+{
+    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    uint64_t o = MP_NO_SPACE;
+    int rc = t->ops->alloc(t->st, size, align, &o);
+    note(t, OP_ALLOC, size, align, 0, rc, o);
+    *out = o;
+    return rc;
+}
+
+int mp_tx_free(mp_tx_t *t, uint64_t offset)
+{
+    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    int rc = t->ops->free(t->st, offset);
+    note(t, OP_FREE, offset, 0, 0, rc, 0);
+    return rc;
+}
+
+int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
+{
+    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    uint64_t o = MP_NO_SPACE;
+    int rc = t->ops->realloc(t->st, offset, size, align, &o);
+    note(t, OP_REALLOC, offset, size, align, rc, o);
+    *out = o;
+    return rc;
+}
+
+void mp_tx_reset(mp_tx_t *t)
+{
+    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    t->ops->reset(t->st);
+    note(t, OP_RESET, 0, 0, 0, MP_OK, 0);
+}
+
+void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
+{
+    if (t->nops + ops > MP_TX_OPS || t->j->nundo + undo > MP_JOURNAL_UNDO) {
+        mp_tx_commit(t);
+        mp_tx_begin(t);
+    }
+}
+
+/* Replay the listed operations on the shadow. */
+static void replay(mp_tx_t *t)
+{
+    const mp_ops_t *ops = t->ops;
+    void *sh = t->shadow;
+    for (uint32_t k = 0; k < t->nops; k++) {
+        const mp_tx_op_t *o = &t->op[k];
+        uint64_t out = MP_NO_SPACE;
+        int rc = MP_OK;
+        switch (o->code) {
+        case OP_ALLOC: rc = ops->alloc(sh, o->a, o->b, &out); break;
+        case OP_FREE: rc = ops->free(sh, o->a); out = 0; break;
+        case OP_REALLOC: rc = ops->realloc(sh, o->a, o->b, o->c, &out); break;
+        default: ops->reset(sh); out = 0; break;
+        }
+        /* deterministic strategies give the same answers on the same state */
+        mpi_assert((uint32_t)rc == o->rc && (rc != MP_OK || out == o->out));
+        (void)rc;
+        (void)out;
+    }
+}
+
+void mp_tx_commit(mp_tx_t *t)
+{
+    mp_journal_t *j = t->j;
+    if (t->nops == 0 && j->nundo == 0) { /* nothing changed */
+        __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_RELEASE);
+        return;
+    }
+    __atomic_store_n(&j->phase, MP_TX_COMMITTED, __ATOMIC_SEQ_CST);
+    replay(t);
+    j->seq++;
+    t->nops = 0;
+    __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_SEQ_CST);
+#ifdef MP_DEBUG
+    /* the copies agree after every commit (small states: the compare costs a copy) */
+    if (t->st_len <= ((uint64_t)1 << 20)) mpi_assert(memcmp(t->st, t->shadow, t->st_len) == 0);
+#endif
+}
+
+void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
+{
+    uint64_t n = j->nundo;
+    mpi_assert(n < MP_JOURNAL_UNDO);
+    if (n < MP_JOURNAL_UNDO) {
+        j->undo[n].off = (int64_t)((char *)word - (char *)j);
+        j->undo[n].old = *word;
+        __atomic_store_n(&j->nundo, n + 1, __ATOMIC_SEQ_CST); /* the record, then the word */
+    }
+    *word = v;
+}
+
+void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
+{
+    /* the aligned 64-bit word that holds it is logged (both halves are locked state) */
+    uint64_t *w = (uint64_t *)((uintptr_t)word & ~(uintptr_t)7);
+    uint64_t n = j->nundo;
+    mpi_assert(n < MP_JOURNAL_UNDO);
+    if (n < MP_JOURNAL_UNDO) {
+        j->undo[n].off = (int64_t)((char *)w - (char *)j);
+        j->undo[n].old = *w;
+        __atomic_store_n(&j->nundo, n + 1, __ATOMIC_SEQ_CST);
+    }
+    *word = v;
+}
+
+int mp_tx_recover(mp_tx_t *t)
+{
+    mp_journal_t *j = t->j;
+    uint64_t phase = __atomic_load_n(&j->phase, __ATOMIC_ACQUIRE);
+    t->nops = 0;
+    if (phase == MP_TX_ACTIVE) {
+        memcpy(t->st, t->shadow, t->st_len);
+        for (uint64_t k = j->nundo; k-- > 0;) /* validated: inside the undo range */
+            if (undo_ok(t, j->undo[k].off))
+                *(uint64_t *)((char *)j + j->undo[k].off) = j->undo[k].old;
+        j->rolled_back++;
+    } else if (phase == MP_TX_COMMITTED) {
+        memcpy(t->shadow, t->st, t->st_len);
+        j->rolled_forward++;
+    } else {
+        return MP_TX_IDLE;
+    }
+    j->nundo = 0;
+    __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_SEQ_CST);
+    return (int)phase;
+}
