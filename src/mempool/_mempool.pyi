@@ -207,7 +207,8 @@ class SharedPoolCore(PoolCore):
 
     def __init__(self, strategy: Strategy, buffer: Any, source: Any, lock_buffer: Any,
                  lock_offset: int, lock_size: int, max_entries: int, reducer: Any,
-                 array_type: type[np.ndarray], *, align: int = 16) -> None: ...
+                 array_type: type[np.ndarray], *, align: int = 16,
+                 shadow_offset: int = 0) -> None: ...
     @property
     def used(self) -> int: ...
     @property

@@ -206,6 +206,7 @@ class SharedPool(SharedPoolCore, Pool):
         try:
             mm = memoryview(mem.buffer)
             mm[h.state_off:h.state_off + h.state_size] = state
+            mm[h.shadow_off:h.shadow_off + h.state_size] = state  # the journal's copy
             mm.release()
             pool = cls._build(mem, h, name, create_entries=max_entries)
             mm = memoryview(mem.buffer)
@@ -254,7 +255,7 @@ class SharedPool(SharedPoolCore, Pool):
                 raise CorruptionError("header and state disagree")
             SharedPoolCore.__init__(pool, strat, data, mem, mem.buffer, h.lock_off, h.lock_size,
                                     create_entries, _block_reduce, SharedArray,
-                                    align=default_align(strat))
+                                    align=default_align(strat), shadow_offset=h.shadow_off)
             core = True
             pool.check()
         except BaseException as e:

@@ -195,12 +195,12 @@ void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
 void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
 {
     /* the aligned 64-bit word that holds it is logged (both halves are locked state) */
-    uint64_t *w = (uint64_t *)((uintptr_t)word & ~(uintptr_t)7);
+    char *w = (char *)((uintptr_t)word & ~(uintptr_t)7);
     uint64_t n = j->nundo;
     mpi_assert(n < MP_JOURNAL_UNDO);
     if (n < MP_JOURNAL_UNDO) {
-        j->undo[n].off = (int64_t)((char *)w - (char *)j);
-        j->undo[n].old = *w;
+        j->undo[n].off = (int64_t)(w - (char *)j);
+        memcpy(&j->undo[n].old, w, 8); /* (memcpy: the word holds other types) */
         __atomic_store_n(&j->nundo, n + 1, __ATOMIC_SEQ_CST);
     }
     *word = v;
@@ -215,7 +215,7 @@ int mp_tx_recover(mp_tx_t *t)
         memcpy(t->st, t->shadow, t->st_len);
         for (uint64_t k = j->nundo; k-- > 0;) /* validated: inside the undo range */
             if (undo_ok(t, j->undo[k].off))
-                *(uint64_t *)((char *)j + j->undo[k].off) = j->undo[k].old;
+                memcpy((char *)j + j->undo[k].off, &j->undo[k].old, 8);
         j->rolled_back++;
     } else if (phase == MP_TX_COMMITTED) {
         memcpy(t->shadow, t->st, t->st_len);

@@ -62,6 +62,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "journal.h"
 #include "shared.h"
 
 #define CTL_MAGIC 0x3253504dU /* "MPS2" */
@@ -87,12 +88,20 @@ struct mp_shared_ctl {
         uint8_t room[64];
     } lock;
     char why[64];          /* what the check found when the pool was marked corrupt */
+    mp_journal_t journal;  /* the locked calls' transactions (journal.h): the strategy
+                              state's shadow copy, and the undo log of the registry */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex fits its room");
 _Static_assert(sizeof(struct mp_shared_ctl) % 64 == 0, "tables start on a cache line");
 _Static_assert(sizeof(mp_entry_t) == 64, "an entry is a cache line");
 
 static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
+mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c) { return &c->journal; }
+
+/* Undo-logged stores of the registry's words (lock held, inside a transaction).  The
+ * index is not logged: a rollback rebuilds it from the entries (rebuild()). */
+#define J64(c, lv, v) mp_jset64(&(c)->journal, &(lv), (v))
+#define J32(c, lv, v) mp_jset32(&(c)->journal, &(lv), (v))
 static mp_entry_t *entries_of(mp_shared_ctl_t *c)
 {
     uint64_t slots = (uint64_t)1 << c->bits;
@@ -118,6 +127,7 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
 {
     if (!mp_shared_ctl_size(max_entries)) return MP_EINVAL;
     memset(c, 0, sizeof *c);
+    mp_journal_init(&c->journal);
     c->magic = CTL_MAGIC;
     c->max_entries = (uint32_t)max_entries;
     c->bits = bits_for(max_entries);
@@ -176,6 +186,7 @@ uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset)
 }
 
 mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i) { return &entries_of(c)[i]; }
+int mp_reg_has_room(const mp_shared_ctl_t *c) { return c->free_head != MP_NIL; }
 
 static void index_insert(mp_shared_ctl_t *c, uint32_t i)
 {
@@ -211,15 +222,18 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     uint32_t i = c->free_head;
     if (i == MP_NIL) return MP_ENONODES;
     mp_entry_t *e = &entries_of(c)[i];
-    c->free_head = (uint32_t)e->size;
-    e->size = size;
-    e->tag = tag;
-    memset(e->holder, 0, sizeof e->holder);
-    e->overflow = 0;
-    __atomic_store_n(&e->state, mk(owner, 1, 1), __ATOMIC_RELEASE);
-    e->offset = offset;
+    J32(c, c->free_head, (uint32_t)e->size);
+    J64(c, e->size, size);
+    J64(c, e->tag, tag);
+    for (int k = 0; k < MP_HOLDERS; k++) {
+        J32(c, e->holder[k].pid, 0);
+        J32(c, e->holder[k].count, 0);
+    }
+    J32(c, e->overflow, 0);
+    J64(c, e->state, mk(owner, 1, 1)); /* a free entry: no one else touches its word */
+    J64(c, e->offset, offset);
     index_insert(c, i);
-    c->entries++;
+    J32(c, c->entries, c->entries + 1);
     *out = i;
     return MP_OK;
 }
@@ -228,19 +242,19 @@ void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i)
 {
     mp_entry_t *e = &entries_of(c)[i];
     index_remove(c, i);
-    e->offset = UNUSED;
-    e->tag = 0;
-    __atomic_store_n(&e->state, 0, __ATOMIC_RELEASE);
-    e->size = c->free_head;
-    c->free_head = i;
-    c->entries--;
+    J64(c, e->offset, UNUSED);
+    J64(c, e->tag, 0);
+    J64(c, e->state, 0); /* refs 0 and its dropper's: no one else touches it */
+    J64(c, e->size, c->free_head);
+    J32(c, c->free_head, i);
+    J32(c, c->entries, c->entries - 1);
 }
 
 void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size)
 {
     index_remove(c, i);
-    entries_of(c)[i].offset = offset;
-    entries_of(c)[i].size = size;
+    J64(c, entries_of(c)[i].offset, offset);
+    J64(c, entries_of(c)[i].size, size);
     index_insert(c, i);
 }
 
@@ -279,11 +293,11 @@ int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int 
         if (e->holder[k].count && e->holder[k].pid == pid) break;
         if (!e->holder[k].count && empty < 0) empty = k;
     }
-    if (k < MP_HOLDERS) e->holder[k].count++;
+    if (k < MP_HOLDERS) J32(c, e->holder[k].count, e->holder[k].count + 1);
     else if (empty >= 0) {
-        e->holder[empty].pid = pid;
-        e->holder[empty].count = 1;
-    } else e->overflow++;
+        J32(c, e->holder[empty].pid, pid);
+        J32(c, e->holder[empty].count, 1);
+    } else J32(c, e->overflow, e->overflow + 1);
     return MP_OK;
 }
 
@@ -304,8 +318,8 @@ int mp_ref_release_borrowed(mp_shared_ctl_t *c, uint32_t i, uint32_t pid)
     int k;
     for (k = 0; k < MP_HOLDERS; k++)
         if (e->holder[k].count && e->holder[k].pid == pid) break;
-    if (k < MP_HOLDERS) e->holder[k].count--;
-    else if (e->overflow) e->overflow--;
+    if (k < MP_HOLDERS) J32(c, e->holder[k].count, e->holder[k].count - 1);
+    else if (e->overflow) J32(c, e->overflow, e->overflow - 1);
     else return -1;
     return drop_ref(e, pid);
 }
@@ -391,7 +405,7 @@ static void rebuild(mp_shared_ctl_t *c)
  * index and free list are rebuilt from the entries, and live ranges without an
  * entry are freed (what a dead owner's half-done call left); each repair is
  * counted in c->repaired. */
-static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int repair,
+static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_tx_t *repair,
                           char *msg, size_t msglen)
 {
     mp_entry_t *e = entries_of(c);
@@ -459,10 +473,12 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, int
         do {
             w.n = 0;
             ops->walk(st, orphan_cb, &w);
+            mp_tx_begin(repair);
             for (int k = 0; k < w.n; k++) {
-                ops->free(st, w.offset[k]);
+                mp_tx_free(repair, w.offset[k]);
                 c->repaired++;
             }
+            mp_tx_commit(repair);
         } while (w.n);
         if (h->live != c->entries) MPI_FAIL("could not reconcile the registry with the strategy");
     }
@@ -478,39 +494,45 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
                              "(%.64s)", c->why);
     rc = ops->check(st, st_len, msg, msglen);
     if (rc) return rc;
-    return check_registry(c, ops, st, 0, msg, msglen);
+    return check_registry(c, ops, st, NULL, msg, msglen);
 }
 
 /* ---- reclaim (lock held) ------------------------------------------------------------ */
-uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
-                           uint64_t *released)
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released)
 {
     mp_entry_t *e = entries_of(c);
     uint64_t freed = 0;
     *released = 0;
     for (uint32_t i = 0; i < c->max_entries; i++) {
         if (e[i].offset == UNUSED) continue;
+        /* between entries the registry and the strategy agree: room for the next one */
+        mp_tx_room(t, 1, 2 * MP_HOLDERS + 8);
         uint64_t borrowed = 0;
         for (int k = 0; k < MP_HOLDERS; k++)
             if (e[i].holder[k].count && e[i].holder[k].pid == pid) {
                 borrowed += e[i].holder[k].count;
-                e[i].holder[k].count = 0;
+                J32(c, e[i].holder[k].count, 0);
             }
         uint64_t s = st_load(&e[i]), n, refs;
-        int mine;
-        do {
+        int mine = (uint32_t)(s >> 32) == pid;
+        if (mine) { /* a dead owner's word: no one else writes it, so it is logged */
             refs = s & REFS_MASK;
-            mine = (uint32_t)(s >> 32) == pid;
-            if (refs == 0 && !mine) break; /* cached by a live process: its own */
-            uint64_t drop = borrowed + (mine && (s & OWNER_REF) ? 1 : 0);
-            n = mine ? mk(0, 0, refs - drop) : (s & ~REFS_MASK) | (refs - drop);
-        } while (!st_cas(&e[i], &s, n));
-        if (refs == 0 && !mine) continue;
+            n = mk(0, 0, refs - borrowed - ((s & OWNER_REF) ? 1 : 0));
+            J64(c, e[i].state, n);
+        } else {
+            do { /* the live owner may release its own reference meanwhile: a CAS, and
+                  * a rollback recounts refs from the holders restored (check_registry) */
+                refs = s & REFS_MASK;
+                if (refs == 0) break; /* cached by a live process: its own */
+                n = (s & ~REFS_MASK) | (refs - borrowed);
+            } while (!st_cas(&e[i], &s, n));
+            if (refs == 0) continue;
+        }
         *released += refs - (n & REFS_MASK);
         if ((n & REFS_MASK) == 0) { /* no reference left (or cached by the dead) */
             uint64_t off = e[i].offset;
             mp_reg_drop(c, i);
-            ops->free(st, off);
+            mp_tx_free(t, off);
             freed++;
         }
     }
@@ -552,18 +574,28 @@ int mp_shared_lock_wait(mp_shared_ctl_t *c)
 }
 
 /* Called with the mutex held after trylock/lock returned rc (0 or EOWNERDEAD). */
-int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
-                     char *msg, size_t msglen)
+/* A call interrupted by its process's death: brought to an end from the journal
+ * (journal.h), then the registry is recounted against the strategy.  MP_OK, or
+ * MP_ECORRUPT with the reason in msg (the journal or the state is really broken). */
+int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen)
 {
-    if (rc == EOWNERDEAD) {
-        c->recoveries++;
-        int bad = !c->corrupt && (ops->check(st, st_len, msg, msglen) != MP_OK ||
-                                  check_registry(c, ops, st, 1, msg, msglen) != MP_OK);
-        if (bad) {
+    int rc = mp_tx_validate(t, msg, msglen);
+    if (rc) return rc;
+    if (mp_tx_recover(t) == MP_TX_ACTIVE) rebuild(c); /* the index was not logged */
+    rc = t->ops->check(t->st, t->st_len, msg, msglen);
+    if (rc) return rc;
+    return check_registry(c, t->ops, t->st, t, msg, msglen);
+}
+
+int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t msglen)
+{
+    if (rc == EOWNERDEAD || (rc == 0 && mp_tx_pending(t))) {
+        if (rc == EOWNERDEAD) c->recoveries++;
+        if (!c->corrupt && mp_shared_recover(c, t, msg, msglen) != MP_OK) {
             c->corrupt = 1;
             snprintf(c->why, sizeof c->why, "%s", msg);
         }
-        pthread_mutex_consistent(&c->lock.mutex);
+        if (rc == EOWNERDEAD) pthread_mutex_consistent(&c->lock.mutex);
     } else if (rc != 0) {
         snprintf(msg, msglen, "cannot take the pool's lock: %s", strerror(rc));
         return MP_EINVAL;

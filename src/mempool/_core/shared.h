@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "journal.h"
 #include "mempool.h"
 
 typedef struct mp_shared_ctl mp_shared_ctl_t;
@@ -40,8 +41,18 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
  * or an error with the lock released. */
 int mp_shared_trylock(mp_shared_ctl_t *c);
 int mp_shared_lock_wait(mp_shared_ctl_t *c);
-int mp_shared_locked(mp_shared_ctl_t *c, int rc, const mp_ops_t *ops, void *st, uint64_t st_len,
-                     char *msg, size_t msglen);
+int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t msglen);
+/* What mp_shared_locked does after a death (lock held): the interrupted call rolled
+ * back or forward (journal.h), the registry checked and recounted. */
+int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen);
+/* The journal of the locked calls: every state change under the lock is a
+ * transaction over the strategy state and its shadow (t), and every registry word
+ * those calls write is undo-logged (mp_reg_*, mp_ref_take, mp_ref_release_borrowed,
+ * mp_shared_reclaim: call them inside a transaction; the pool's own begin/commit are
+ * around its lock). */
+mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);
+/* Is there an unused entry (mp_reg_add would succeed)? */
+int mp_reg_has_room(const mp_shared_ctl_t *c);
 void mp_shared_unlock(mp_shared_ctl_t *c);
 /* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
@@ -74,7 +85,6 @@ uint32_t mp_entry_owner(const mp_entry_t *e);
  * it borrowed are released; ranges left without one (and ranges it cached) are
  * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
  * not attributed and stay. */
-uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, uint32_t pid,
-                           uint64_t *released);
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released);
 
 #endif /* MEMPOOL_SHARED_H */

@@ -62,6 +62,8 @@ typedef struct {
     uint64_t lock_calls;      /* acquisitions by this process                      */
     PyObject *reducer;        /* reducer(block) -> pickle handle                   */
     mp_shared_local_t *local; /* this process's cache and tags                     */
+    mp_tx_t *tx;              /* the journal's transactions: every locked call is one
+                                 (sh_lock begins it, sh_unlock commits it)          */
 } SharedPoolObject;
 
 #define SH(p) ((SharedPoolObject *)(p))
@@ -116,19 +118,25 @@ static int sh_lock(SharedPoolObject *s)
         s->waiting--;
     }
     char msg[256];
-    int r = mp_shared_locked(s->ctl, rc, OPS(s), ST(s), s->pool.strategy->st_len, msg,
-                             sizeof msg);
+    int r = mp_shared_locked(s->ctl, rc, s->tx, msg, sizeof msg);
     if (r == MP_OK && s->pool.closing) { /* closed by another thread while we waited */
         mp_shared_unlock(s->ctl);
         PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
         return -1;
     }
-    if (r == MP_OK) return 0;
+    if (r == MP_OK) {
+        mp_tx_begin(s->tx); /* everything until sh_unlock is one transaction */
+        return 0;
+    }
     PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_OSError, msg);
     return -1;
 }
 
-static void sh_unlock(SharedPoolObject *s) { mp_shared_unlock(s->ctl); }
+static void sh_unlock(SharedPoolObject *s)
+{
+    mp_tx_commit(s->tx);
+    mp_shared_unlock(s->ctl);
+}
 
 /* Wait until no call of this process waits for the lock. */
 static void drain(SharedPoolObject *s)
@@ -145,8 +153,9 @@ static void drain(SharedPoolObject *s)
 static void dispose(SharedPoolObject *s, uint32_t entry)
 {
     uint64_t off = mp_reg_entry(s->ctl, entry)->offset;
+    mp_tx_room(s->tx, 1, 8); /* (between two calls: the registry agrees with the state) */
     mp_reg_drop(s->ctl, entry);
-    OPS(s)->free(ST(s), off);
+    mp_tx_free(s->tx, off);
 }
 
 /* Give the local cache back (lock held); returns the ranges freed. */
@@ -261,21 +270,20 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
         }
     }
     if (sh_lock(s) < 0) return -1;
-    mp_head_t saved = *(mp_head_t *)ST(s); /* the registry may refuse: undo */
     uint64_t want = rounded(s, size);
-    int rc = OPS(s)->alloc(ST(s), want, align, off);
-    if (rc != MP_OK && flush(s)) rc = OPS(s)->alloc(ST(s), want, align, off); /* the cache */
-    int reg = MP_OK;
-    for (int attempt = 0; rc == MP_OK; attempt++) {
-        *tag = next_tag(s);
-        reg = mp_reg_add(s->ctl, *off, size, l->pid, *tag, entry);
-        if (reg == MP_OK) break;
-        OPS(s)->free(ST(s), *off);
-        *(mp_head_t *)ST(s) = saved;
-        /* the registry is full: the cache's ranges hold entries; give them back, retry */
-        if (attempt || !flush(s)) break;
-        saved = *(mp_head_t *)ST(s);
-        rc = OPS(s)->alloc(ST(s), want, align, off);
+    int rc = MP_OK, reg = MP_OK;
+    /* the registry is full: the cache's ranges hold entries; give them back first */
+    if (!mp_reg_has_room(s->ctl)) flush(s);
+    if (!mp_reg_has_room(s->ctl)) {
+        reg = MP_ENONODES;
+    } else {
+        rc = mp_tx_alloc(s->tx, want, align, off);
+        if (rc != MP_OK && flush(s)) rc = mp_tx_alloc(s->tx, want, align, off); /* the cache */
+        if (rc == MP_OK) {
+            *tag = next_tag(s);
+            mp_tx_room(s->tx, 0, 16);
+            reg = mp_reg_add(s->ctl, *off, size, l->pid, *tag, entry); /* has room: MP_OK */
+        }
     }
     if (quiet && (mp_no_fit(rc) || (rc == MP_OK && reg))) { /* try_alloc: nothing fits */
         sh_unlock(s);
@@ -378,7 +386,7 @@ static int sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *of
                      "handle(s) of it are alive", (unsigned long long)b->offset, refs - 1);
         return -1;
     }
-    int rc = OPS(s)->realloc(ST(s), b->offset, rounded(s, size), b->align, off);
+    int rc = mp_tx_realloc(s->tx, b->offset, rounded(s, size), b->align, off);
     if (rc == MP_OK) {
         if (*off != b->offset) {
             mp_reg_move(s->ctl, b->entry, *off, size);
@@ -436,22 +444,24 @@ static const mp_pool_hooks_t shared_hooks = {
 /* ---- init / dealloc ------------------------------------------------------------------ */
 static const char *const init_names[] = {"strategy", "buffer", "source", "lock_buffer",
                                          "lock_offset", "lock_size", "max_entries", "reducer",
-                                         "array_type", "align", NULL};
+                                         "array_type", "align", "shadow_offset", NULL};
 
 /* SharedPoolCore(strategy, buffer, source, lock_buffer, lock_offset, lock_size,
- *                max_entries, reducer, array_type, *, align=16):
+ *                max_entries, reducer, array_type, *, align=16, shadow_offset):
  * PoolCore's arguments, and the lock and registry at
  * lock_buffer[lock_offset:lock_offset+lock_size]: max_entries > 0 initialises them
- * (create), 0 attaches (layout validated here, the whole state by _check_shared under
- * the lock).  Blocks free their ranges when collected. */
+ * (create), 0 attaches (layout and journal validated here, the whole state by check()
+ * under the lock, which also recovers a call its process died in).  The state's shadow
+ * copy (journal.h) is at lock_buffer[shadow_offset:], as long as the state.  Blocks
+ * free their ranges when collected. */
 static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *strategy, *buffer, *source, *lock_buffer, *reducer, *array_type;
-    unsigned long long offset, length, max_entries, align = 16;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$K:SharedPoolCore",
+    unsigned long long offset, length, max_entries, align = 16, shadow = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KK:SharedPoolCore",
                                      (char **)init_names, &StrategyType, &strategy, &buffer,
                                      &source, &lock_buffer, &offset, &length, &max_entries,
-                                     &reducer, &PyType_Type, &array_type, &align))
+                                     &reducer, &PyType_Type, &array_type, &align, &shadow))
         return -1;
     if (self->pool.strategy || self->has_ctl) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
@@ -467,6 +477,11 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     self->local->pid = mp_getpid();
+    self->tx = PyMem_Malloc(sizeof *self->tx);
+    if (!self->tx) {
+        PyErr_NoMemory();
+        goto fail_local;
+    }
     if (PyObject_GetBuffer(lock_buffer, &self->ctl_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         goto fail_local;
     char msg[256];
@@ -485,6 +500,20 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         PyErr_Format(mp_CorruptionError, "invalid lock area: %s", msg);
         goto fail;
     }
+    StrategyObject *so = (StrategyObject *)strategy;
+    uint64_t vlen = (uint64_t)self->ctl_view.len, st_len = so->st_len;
+    char *sh = (char *)self->ctl_view.buf + shadow;
+    if (!so->st || shadow == 0 || shadow % 64 || shadow > vlen || vlen - shadow < st_len ||
+        (shadow < offset ? shadow + st_len > offset : offset + length > shadow) ||
+        ((char *)so->st < sh ? (char *)so->st + st_len > sh : sh + st_len > (char *)so->st)) {
+        PyErr_SetString(mp_CorruptionError, "the state's shadow copy does not fit the segment");
+        goto fail;
+    }
+    mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, c, (char *)c + length);
+    if (mp_tx_validate(self->tx, msg, sizeof msg)) {
+        PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
+        goto fail;
+    }
     if (mp_pool_setup(&self->pool, strategy, buffer, source, 1, align) < 0) goto fail;
     self->pool.bound_pid = 0; /* a shared pool serves forked children by its own rules */
     self->has_ctl = 1;
@@ -501,6 +530,8 @@ fail:
 fail_local:
     PyMem_Free(self->local);
     self->local = NULL;
+    PyMem_Free(self->tx);
+    self->tx = NULL;
     return -1;
 }
 
@@ -512,6 +543,7 @@ static void shared_dealloc(SharedPoolObject *self)
         PyBuffer_Release(&self->ctl_view);
     }
     PyMem_Free(self->local);
+    PyMem_Free(self->tx);
     Py_XDECREF(self->reducer);
     PoolCoreType.tp_dealloc((PyObject *)self);
 }
@@ -616,8 +648,7 @@ static PyObject *ext_shared_reclaim(SharedPoolObject *self, PyObject *arg)
     unsigned long pid = PyLong_AsUnsignedLong(arg);
     if (pid == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
-    uint64_t released, freed = mp_shared_reclaim(self->ctl, OPS(self), ST(self), (uint32_t)pid,
-                                                 &released);
+    uint64_t released, freed = mp_shared_reclaim(self->ctl, self->tx, (uint32_t)pid, &released);
     sh_unlock(self);
     return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)released);
 }
