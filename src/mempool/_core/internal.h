@@ -102,6 +102,19 @@ MP_STRATEGIES(MPI_RAW_OPS_DECL_)
 #define MPI_OPS_TABLE(sname, ...) const mp_ops_t mp_##sname##_ops = {__VA_ARGS__}
 #endif
 
+/* ---- fault injection ----------------------------------------------------------------
+ * The fault-injection build (tests/fault/, -DMP_FAULT=1 and GCC's kernel-address
+ * instrumentation in call mode, which turns every plain store into a call the test
+ * defines) ends a process before its N-th store.  Atomic stores and compare-and-swaps
+ * are not instrumented: each is preceded by MPI_FAULT_POINT(address) so that it is a
+ * kill point as well.  Nothing in other builds. */
+#ifdef MP_FAULT
+void mpi_fault_point(const void *addr);
+#define MPI_FAULT_POINT(addr) mpi_fault_point(addr)
+#else
+#define MPI_FAULT_POINT(addr) ((void)0)
+#endif
+
 /* The table without the debug build's checks, for a public one (itself in plain builds):
  * what a strategy uses for a state embedded in its own (the Heap's TLSF), and what a
  * white-box test uses on a state it has broken on purpose. */

@@ -32,6 +32,13 @@
 
 enum { OP_ALLOC = 1, OP_FREE, OP_REALLOC, OP_RESET };
 
+/* The stores that order the protocol (see the head comment). */
+static inline void publish(uint64_t *word, uint64_t v)
+{
+    MPI_FAULT_POINT(word);
+    __atomic_store_n(word, v, __ATOMIC_SEQ_CST);
+}
+
 void mp_journal_init(mp_journal_t *j)
 {
     memset(j, 0, sizeof *j);
@@ -76,7 +83,7 @@ void mp_tx_begin(mp_tx_t *t)
 {
     t->nops = 0;
     t->j->nundo = 0;
-    __atomic_store_n(&t->j->phase, MP_TX_ACTIVE, __ATOMIC_SEQ_CST);
+    publish(&t->j->phase, MP_TX_ACTIVE);
 }
 
 /* One more operation to replay; the list is never full (callers keep room). */
@@ -166,14 +173,14 @@ void mp_tx_commit(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
     if (t->nops == 0 && j->nundo == 0) { /* nothing changed */
-        __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_RELEASE);
+        publish(&j->phase, MP_TX_IDLE);
         return;
     }
-    __atomic_store_n(&j->phase, MP_TX_COMMITTED, __ATOMIC_SEQ_CST);
+    publish(&j->phase, MP_TX_COMMITTED);
     replay(t);
     j->seq++;
     t->nops = 0;
-    __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_SEQ_CST);
+    publish(&j->phase, MP_TX_IDLE);
 #ifdef MP_DEBUG
     /* the copies agree after every commit (small states: the compare costs a copy) */
     if (t->st_len <= ((uint64_t)1 << 20)) mpi_assert(memcmp(t->st, t->shadow, t->st_len) == 0);
@@ -187,7 +194,7 @@ void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
     if (n < MP_JOURNAL_UNDO) {
         j->undo[n].off = (int64_t)((char *)word - (char *)j);
         j->undo[n].old = *word;
-        __atomic_store_n(&j->nundo, n + 1, __ATOMIC_SEQ_CST); /* the record, then the word */
+        publish(&j->nundo, n + 1); /* the record, then the word */
     }
     *word = v;
 }
@@ -201,7 +208,7 @@ void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
     if (n < MP_JOURNAL_UNDO) {
         j->undo[n].off = (int64_t)(w - (char *)j);
         memcpy(&j->undo[n].old, w, 8); /* (memcpy: the word holds other types) */
-        __atomic_store_n(&j->nundo, n + 1, __ATOMIC_SEQ_CST);
+        publish(&j->nundo, n + 1);
     }
     *word = v;
 }
@@ -224,6 +231,6 @@ int mp_tx_recover(mp_tx_t *t)
         return MP_TX_IDLE;
     }
     j->nundo = 0;
-    __atomic_store_n(&j->phase, MP_TX_IDLE, __ATOMIC_SEQ_CST);
+    publish(&j->phase, MP_TX_IDLE);
     return (int)phase;
 }

@@ -152,6 +152,7 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
 static inline uint64_t st_load(const mp_entry_t *e) { return __atomic_load_n(&e->state, __ATOMIC_ACQUIRE); }
 static inline int st_cas(mp_entry_t *e, uint64_t *old, uint64_t new_)
 {
+    MPI_FAULT_POINT(&e->state);
     return __atomic_compare_exchange_n(&e->state, old, new_, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 static inline uint64_t mk(uint32_t owner, int owner_ref, uint64_t refs)
@@ -163,6 +164,7 @@ uint32_t mp_entry_owner(const mp_entry_t *e) { return (uint32_t)(st_load(e) >> 3
 
 uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n)
 {
+    MPI_FAULT_POINT(&c->serial);
     return __atomic_add_fetch(&c->serial, n, __ATOMIC_ACQ_REL) - n + 1;
 }
 
@@ -344,6 +346,7 @@ int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uin
     mp_entry_t *e = &entries_of(c)[i];
     uint64_t s = mk(pid, 0, 0);
     if (st_load(e) != s) return MP_EINVAL;
+    MPI_FAULT_POINT(&e->tag);
     __atomic_store_n(&e->tag, tag, __ATOMIC_RELEASE); /* before refs: see mp_ref_take */
     e->size = size;
     return st_cas(e, &s, mk(pid, 1, 1)) ? MP_OK : MP_EINVAL;
