@@ -389,3 +389,33 @@ def test_region_given_back_only_after_the_last_handle():
     r.free(moved)
     assert r.stats().regions == 0
     r.close()
+
+
+def test_an_offset_whose_index_frees_the_range(make_pool):
+    # block_at reads the offset (user code) before it looks for the range's Blocks
+    p = make_pool("tlsf")
+    a = p.alloc(SIZE)
+
+    class Sly:
+        def __index__(self):
+            a.free()
+            return a.offset
+
+    with pytest.raises(NotAllocated):
+        p.block_at(Sly())
+    assert len(p) == 0 and not a.live
+    b = p.alloc(SIZE)
+    t = p.block_at(b.offset)
+
+    class Sly2:
+        def __index__(self):
+            b.free()  # t keeps the range: the new Block joins t
+            return b.offset
+
+    u = p.block_at(Sly2())
+    assert len(p) == 1 and u.live and t.live and not b.live
+    t.free()
+    assert len(p) == 1
+    u.free()
+    assert len(p) == 0
+    p.check()
