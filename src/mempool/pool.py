@@ -60,6 +60,8 @@ class Pool(PoolCore):
     freed; arrays made by :meth:`empty`, :meth:`zeros` and :meth:`array` when they
     are collected.  (Persistent pools, :meth:`create` / :meth:`open`, keep blocks
     until they are freed explicitly: that is what persistence means.)
+    :meth:`block_at` makes another Block of a live range: every Block of a range holds
+    a reference, and the range goes back when the last of them is released.
     """
 
     def __init__(self, capacity: int | str, strategy: str | type[Strategy] = "tlsf", *,

@@ -31,6 +31,7 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->pid = mp_getpid();
     b->owner = 0;
     b->entry = 0;
+    b->twin = NULL;
     b->prev = NULL;
     b->next = pool->blocks;
     if (pool->blocks) pool->blocks->prev = b;
@@ -54,6 +55,7 @@ static void block_dealloc(BlockObject *b)
         if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)pool);
         PyErr_Restore(et, ev, tb);
     }
+    mp_block_leave(b); /* not released (not owned, pool closed, a failure): its twins stay */
     if (b->prev) b->prev->next = b->next;
     else pool->blocks = b->next;
     if (b->next) b->next->prev = b->prev;

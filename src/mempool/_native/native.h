@@ -77,6 +77,8 @@ typedef struct {
 typedef struct BlockObject {
     PyObject_HEAD
     struct BlockObject *prev, *next; /* the pool's list of Block objects         */
+    struct BlockObject *twin; /* private and file pools: the next live Block of the same
+                                 range (a ring), NULL when it is the range's only one */
     PoolObject *pool;  /* strong reference: a block keeps its pool alive        */
     uint64_t offset;
     uint64_t size;     /* bytes asked for: what the buffer exposes              */
@@ -121,6 +123,24 @@ struct mp_pool_hooks {
 
 /* block.c */
 extern PyTypeObject BlockType;
+/* Twins: every live Block of one range of a private or file pool (block_at makes them)
+ * holds a reference to it, and the Blocks of a range form a ring through `twin`.  A
+ * Block's release with twins alive only leaves the ring; the last one frees the range.
+ * A dead Block is in no ring (twin NULL).  Shared pools count references in their
+ * registry instead: their Blocks never have twins. */
+static inline void mp_block_join(BlockObject *b, BlockObject *of)
+{
+    b->twin = of->twin ? of->twin : of;
+    of->twin = b;
+}
+static inline void mp_block_leave(BlockObject *b)
+{
+    BlockObject *p = b->twin;
+    if (!p) return;
+    while (p->twin != b) p = p->twin;
+    p->twin = b->twin == p ? NULL : b->twin;
+    b->twin = NULL;
+}
 int mp_block_ready(PyObject *module);
 BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint64_t align,
                           int owned);

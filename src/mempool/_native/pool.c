@@ -127,6 +127,11 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
         return -1;
     }
     if (pool->hooks) return pool->hooks->release(pool, b);
+    if (b->twin) { /* other Blocks of the range are alive: they keep it */
+        mp_block_leave(b);
+        b->live = 0;
+        return 0;
+    }
     int rc = st_free(pool, b->offset);
     if (rc) {
         mp_raise(pool->strategy, rc, 0, 1, b->offset);
@@ -321,6 +326,13 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
                      (unsigned long long)b->offset, b->exports);
         return NULL;
     }
+    if (b->twin) { /* (shared pools count their handles in the hook) */
+        Py_ssize_t n = 0;
+        for (BlockObject *t = b->twin; t != b; t = t->twin) n++;
+        PyErr_Format(PyExc_BufferError, "cannot resize the block at offset %llu: %zd other "
+                     "handle(s) of it are alive", (unsigned long long)b->offset, n);
+        return NULL;
+    }
     if (big) return mp_raise(self->strategy, MP_ENOSPACE, size, b->align, 0);
     if (self->hooks) {
         if (self->hooks->realloc(self, b, size, &off) < 0) return NULL;
@@ -346,9 +358,12 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
     return (PyObject *)b;
 }
 
-/* block_at(offset): a Block for a live range (persistent pools reopened).  Private
- * pools: a Block that is not freed when collected (shared pools: a new handle that
- * holds a reference). */
+/* block_at(offset): another Block of a live range, holding a reference like any other:
+ * the range is freed when its last Block is released.  Private and file pools: when a
+ * live Block of the range exists (found in the pool's list of Blocks) the new one
+ * joins its ring of twins and takes its size and alignment; else (a reopened file
+ * pool's range) it is the range's only Block, of size size_of(offset).  Shared pools
+ * count the reference in their registry (the hook). */
 static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t off;
@@ -366,7 +381,18 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
         PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
         return NULL;
     }
-    return (PyObject *)mp_block_new(self, off, size, 1, 0);
+    BlockObject *b = mp_block_new(self, off, size, 1, self->auto_free);
+    if (!b) return NULL;
+    /* no Python code runs from here: the list holds every Block of the pool, b first */
+    for (BlockObject *t = b->next; t; t = t->next) {
+        if (t->live && t->offset == off) {
+            b->size = t->size;
+            b->align = t->align;
+            mp_block_join(b, t);
+            break;
+        }
+    }
+    return (PyObject *)b;
 }
 
 /* ---- arrays -------------------------------------------------------------------------- */
@@ -613,8 +639,11 @@ static PyMethodDef pool_methods[] = {
      "on any error nothing changed."},
     {"block_at", (PyCFunction)(void (*)(void))ext_pool_block_at, METH_FASTCALL,
      "block_at($self, offset, /)\n--\n\n"
-     "A Block for the live range at `offset` (its size is size_of(offset)), for pools reopened\n"
-     "from a file; it is not freed when collected.  NotAllocated for any other offset."},
+     "Another Block of the live range at `offset`, holding a reference to it like any other:\n"
+     "the range is freed only when its last Block is released (free(), `with`, collection\n"
+     "in pools whose blocks free on collection), and a Block never outlives its range.  It\n"
+     "takes the size and alignment of a live Block of the range, or, when there is none (a\n"
+     "pool reopened from a file), size_of(offset).  NotAllocated for any other offset."},
     {"empty", (PyCFunction)(void (*)(void))ext_pool_empty, METH_FASTCALL | METH_KEYWORDS,
      "empty($self, /, shape, dtype=float64)\n--\n\n"
      "A C-contiguous NumPy array in pool memory, as numpy.empty makes it; aligned for the dtype\n"

@@ -1,0 +1,421 @@
+"""block_at on private, file and region pools: every Block of a range holds a reference.
+
+The range goes back only when its last Block is released (free(), `with`, collection
+where the pool frees on collection); until then it is never handed out again, and a
+Block never outlives its range.  (Shared pools count their handles in the registry:
+tests/test_shared.py.)  Real pools, real bytes, every strategy."""
+
+import gc
+import itertools
+
+import pytest
+
+import mempool
+from mempool import External, NotAllocated, Pool, PoolClosed, RegionPool
+
+STRATEGIES = list(mempool.STRATEGIES)
+CAP = 64 * 1024
+SIZE = 48  # fits every strategy's default (a Slab's 64-byte items included)
+
+
+@pytest.fixture(params=["private", "file"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def make_pool(kind, tmp_path):
+    """make(strategy) -> a private Pool or a new persistent one, closed after the test."""
+    made = []
+
+    def make(strategy):
+        if kind == "private":
+            p = Pool(CAP, strategy)
+        else:
+            p = Pool.create(tmp_path / f"{strategy}-{len(made)}.mp", CAP, strategy)
+        made.append(p)
+        return p
+
+    yield make
+    gc.collect()
+    for p in made:
+        if not p.closed:
+            p.close()
+
+
+def fill(block, byte):
+    memoryview(block)[:] = bytes([byte]) * block.size
+
+
+def exhaust(pool, size=SIZE):
+    """Allocate `size` until nothing fits, each new block filled with 0xEE: every range
+    the pool can still hand out, now taken."""
+    got = []
+    while (x := pool.try_alloc(size)) is not None:
+        if pool.address is not None:  # (External memory: offsets only)
+            fill(x, 0xEE)
+        got.append(x)
+    return got
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_freeing_one_handle_keeps_the_range_for_the_other(make_pool, strategy):
+    p = make_pool(strategy)
+    p.alloc(SIZE)  # something before it: the range is not at offset 0
+    a = p.alloc(SIZE)
+    fill(a, 0xA5)
+    off, rounded = a.offset, p._strategy.size_of(a.offset)
+    used, live = p.used, len(p)
+
+    t = p.block_at(off)
+    assert (t.offset, t.size, t.align, t.pool) == (off, a.size, a.align, p)
+    assert bytes(t) == b"\xa5" * SIZE and t.address == a.address
+    assert (p.used, len(p)) == (used, live)  # a second handle, not a second range
+
+    a.free()
+    assert not a.live and t.live
+    assert (p.used, len(p)) == (used, live)
+    assert bytes(t) == b"\xa5" * SIZE
+    p.check()
+
+    others = exhaust(p)  # the range is not handed out again while t lives
+    assert off not in {x.offset for x in others}
+    assert bytes(t) == b"\xa5" * SIZE
+    for x in others:
+        x.free()
+    assert (p.used, len(p)) == (used, live)
+
+    with pytest.raises(NotAllocated):  # the first handle is freed, as any freed block
+        a.free()
+    with pytest.raises(NotAllocated):
+        p.free(a)
+    assert (p.used, len(p)) == (used, live)
+
+    t.free()  # the last handle: now the range goes
+    assert not t.live
+    assert (p.used, len(p)) == (used - rounded, live - 1)
+    p.check()
+    with pytest.raises(NotAllocated):
+        t.free()
+    with pytest.raises(NotAllocated):
+        p.block_at(off)
+    with pytest.raises(NotAllocated):
+        memoryview(t)
+    assert (p.used, len(p)) == (used - rounded, live - 1)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_any_release_order_frees_at_the_last(make_pool, order):
+    p = make_pool("tlsf")
+    first = p.alloc(SIZE)
+    fill(first, 7)
+    handles = [first] + [p.block_at(first.offset) for _ in range(3)]
+    used = p.used
+    ways = itertools.cycle(["free", "pool.free", "with"])
+    for k, i in enumerate(order):
+        h = handles[i]
+        way = next(ways)
+        if way == "free":
+            h.free()
+        elif way == "pool.free":
+            p.free(h)
+        else:
+            with h:
+                pass
+        assert not h.live
+        rest = [handles[j] for j in order[k + 1:]]
+        if rest:
+            assert (p.used, len(p)) == (used, 1)
+            assert all(r.live and bytes(r) == b"\x07" * SIZE for r in rest)
+        else:
+            assert (p.used, len(p)) == (0, 0)
+        p.check()
+
+
+def test_collection_releases_a_reference_in_private_pools():
+    p = Pool(CAP)
+    a = p.alloc(SIZE)
+    fill(a, 3)
+    off = a.offset
+    t = p.block_at(off)
+    u = p.block_at(off)
+    del a
+    gc.collect()
+    assert len(p) == 1 and bytes(t) == bytes(u) == b"\x03" * SIZE
+    others = exhaust(p)  # (held: private pools free what is collected)
+    assert off not in {x.offset for x in others}
+    del u
+    gc.collect()
+    assert len(p) == 1 + len(others) and t.live and bytes(t) == b"\x03" * SIZE
+    del t  # the last one: the range goes back
+    gc.collect()
+    assert len(p) == len(others)
+    with pytest.raises(NotAllocated):
+        p.block_at(off)
+    p.check()
+    p.close()
+
+
+def test_a_block_at_of_a_range_without_a_block_owns_it():
+    # a range with no Block (made through the strategy itself): the first block_at is
+    # its only reference, so it frees the range like any other Block of the pool
+    p = Pool(CAP)
+    off = p._strategy.alloc(100)
+    t = p.block_at(off)
+    assert (t.offset, t.size, t.align) == (off, p._strategy.size_of(off), 1)
+    u = p.block_at(off)
+    assert (u.size, u.align) == (t.size, t.align)
+    t.free()
+    assert len(p) == 1 and u.live
+    del u
+    gc.collect()
+    assert len(p) == 0
+    p.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_realloc_refuses_while_another_handle_lives(make_pool, strategy):
+    p = make_pool(strategy)
+    a = p.alloc(SIZE)
+    fill(a, 9)
+    t = p.block_at(a.offset)
+    before = (p.stats(), p.segments())
+    for blk in (a, t):
+        with pytest.raises(BufferError, match="1 other handle"):
+            p.realloc(blk, SIZE // 2)
+    u = p.block_at(a.offset)
+    with pytest.raises(BufferError, match="2 other handle"):
+        p.realloc(t, SIZE // 2)
+    assert (p.stats(), p.segments()) == before
+    assert (a.offset, a.size, t.offset, t.size) == (u.offset, SIZE, u.offset, SIZE)
+    a.free()
+    u.free()
+    t = p.realloc(t, SIZE // 2)  # alone now: it resizes, bytes kept
+    assert t.live and t.size == SIZE // 2 and bytes(t) == b"\x09" * (SIZE // 2)
+    p.check()
+    t.free()
+    assert len(p) == 0
+
+
+def test_a_view_of_one_handle_keeps_the_range_while_another_frees(make_pool):
+    p = make_pool("tlsf")
+    a = p.alloc(SIZE)
+    t = p.block_at(a.offset)
+    m = memoryview(t)
+    a.free()  # a has no view: it goes, the range stays for t and its view
+    assert not a.live and len(p) == 1
+    m[:3] = b"abc"
+    assert bytes(t)[:3] == b"abc"
+    with pytest.raises(BufferError, match="view"):
+        t.free()
+    with pytest.raises(BufferError):
+        p.close()
+    assert len(p) == 1 and t.live
+    m.release()
+    t.free()
+    assert len(p) == 0 and p.exports == 0
+
+    b = p.alloc(SIZE)  # a view of the freeing handle itself still refuses, as before
+    u = p.block_at(b.offset)
+    with memoryview(b):
+        with pytest.raises(BufferError, match="view"):
+            b.free()
+        assert b.live and u.live
+    b.free()
+    u.free()
+    assert len(p) == 0
+
+
+def test_arrays_and_block_at(make_pool):
+    p = make_pool("tlsf")
+    arr = p.zeros(6, "int64")
+    arr[:] = range(6)
+    blk = arr.base
+    t = p.block_at(blk.offset)
+    assert t.size == 48 and t.align == blk.align
+    del arr, blk
+    gc.collect()  # the array went: t keeps the range
+    assert len(p) == 1 and bytes(t)[8:16] == (1).to_bytes(8, "little")
+    t.free()
+    assert len(p) == 0
+
+    arr = p.zeros(6, "int64")
+    t = p.block_at(arr.base.offset)
+    t.free()  # the array keeps it
+    arr[:] = 5
+    assert len(p) == 1 and arr.sum() == 30
+    assert arr.base.offset not in {x.offset for x in exhaust(p)}
+    assert arr.sum() == 30
+    del arr
+    gc.collect()
+    p.check()
+
+
+def test_close_kills_every_handle(make_pool):
+    p = make_pool("bestfit")
+    a = p.alloc(SIZE)
+    t = p.block_at(a.offset)
+    u = p.block_at(a.offset)
+    p.close()
+    for h in (a, t, u):
+        assert not h.live and "closed" in repr(h)
+        with pytest.raises(PoolClosed):
+            h.free()
+        with pytest.raises(PoolClosed):
+            memoryview(h)
+    with pytest.raises(PoolClosed):
+        p.block_at(a.offset)
+    with pytest.raises(PoolClosed):
+        p.realloc(t, 8)
+    del a, t, u
+    gc.collect()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_file_pool_reopened(tmp_path, strategy):
+    path = tmp_path / "f.mp"
+    with Pool.create(path, CAP, strategy) as p:
+        offs = []
+        for k in range(3):
+            b = p.alloc(SIZE)
+            fill(b, k + 1)
+            offs.append(b.offset)
+        used = p.used
+    with Pool.open(path) as p:
+        t = p.block_at(offs[1])  # the range's only Block: it owns it
+        assert (t.size, t.align) == (p._strategy.size_of(offs[1]), 1)
+        u = p.block_at(offs[1])  # a twin of it
+        assert (u.size, u.align) == (t.size, t.align)
+        t.free()
+        assert (len(p), p.used) == (3, used) and bytes(u)[:SIZE] == b"\x02" * SIZE
+        assert offs[1] not in {x.offset for x in exhaust(p)}
+        assert bytes(u)[:SIZE] == b"\x02" * SIZE
+        p.check()
+    gc.collect()
+    with Pool.open(path) as p:  # what the exhausting allocated persists; offs[1] too
+        assert bytes(p.block_at(offs[1]))[:SIZE] == b"\x02" * SIZE
+        v = p.block_at(offs[1])
+        w = p.block_at(offs[1])
+        del v  # collection frees nothing in a file pool, and leaves w the range's
+        gc.collect()
+        n = len(p)
+        w.free()  # the last Block alive: the range goes
+        assert len(p) == n - 1
+        with pytest.raises(NotAllocated):
+            p.block_at(offs[1])
+        p.check()
+    with Pool.open(path) as p:
+        with pytest.raises(NotAllocated):
+            p.block_at(offs[1])
+        assert bytes(p.block_at(offs[0]))[:SIZE] == b"\x01" * SIZE
+
+
+def test_file_pool_blocks_of_this_run_have_twins(tmp_path):
+    with Pool.create(tmp_path / "g.mp", CAP) as p:
+        a = p.alloc(SIZE)
+        t = p.block_at(a.offset)
+        assert (t.size, t.align) == (SIZE, a.align)
+        del a  # collected: persistent pools free nothing then, and t is the only one
+        gc.collect()
+        assert len(p) == 1 and t.live
+        t.free()
+        assert len(p) == 0
+
+
+def test_external_pool_twins():
+    p = Pool(CAP, source=External(CAP))
+    a = p.alloc(100)
+    t = p.block_at(a.offset)
+    a.free()
+    others = exhaust(p, 100)
+    assert len(p) == 1 + len(others) and t.offset not in {x.offset for x in others}
+    t.free()
+    assert len(p) == len(others)
+    p.close()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_region_pool(strategy):
+    r = RegionPool(strategy, region_size=CAP, retain=0)
+    keep = r.alloc(SIZE)
+    a = r.alloc(SIZE)
+    fill(a, 0x5A)
+    region, off = a.pool, a.offset
+    t = region.block_at(off)  # through the owning region's pool
+    assert r._own(t) is region and (t.offset, t.size) == (off, SIZE)
+    before = r.stats()
+    with pytest.raises(BufferError, match="other handle"):
+        r.realloc(t, 4 * CAP)  # (would move to another region)
+    with pytest.raises(BufferError, match="other handle"):
+        r.realloc(a, SIZE // 2)
+    assert r.stats() == before
+
+    r.free(a)
+    assert r.stats() == before and bytes(t) == b"\x5a" * SIZE
+    others = exhaust(region)
+    assert off not in {x.offset for x in others}
+    assert bytes(t) == b"\x5a" * SIZE
+    r.check()
+    with pytest.raises(NotAllocated):
+        r.free(a)
+    r.free(t)  # the last handle: the range goes
+    assert len(r) == 1 + len(others) and r.stats().regions == 1
+    with pytest.raises(NotAllocated):
+        region.block_at(off)
+    r.check()
+    for x in [keep, *others]:
+        r.free(x)
+    assert r.stats().regions == 0
+    r.close()
+
+
+def test_region_given_back_only_after_the_last_handle():
+    r = RegionPool("tlsf", region_size=CAP, retain=0)
+    a = r.alloc(SIZE)
+    fill(a, 1)
+    t = a.pool.block_at(a.offset)
+    r.free(a)
+    assert r.stats().regions == 1 and t.live and bytes(t) == b"\x01" * SIZE
+    r.free(t)
+    assert r.stats().regions == 0 and r.stats().unmaps == 1
+
+    a = r.alloc(SIZE)
+    t = a.pool.block_at(a.offset)
+    t.free()  # straight through the Block: the next sweep finds the region in use
+    assert r.stats().regions == 1 and r.stats().live == 1 and a.live
+    moved = r.realloc(a, 2 * CAP)  # alone now: moves to a region of its own
+    assert moved is not a and not a.live and moved.size == 2 * CAP
+    assert r.stats().regions == 1
+    r.free(moved)
+    assert r.stats().regions == 0
+    r.close()
+
+
+def test_an_offset_whose_index_frees_the_range(make_pool):
+    # block_at reads the offset (user code) before it looks for the range's Blocks
+    p = make_pool("tlsf")
+    a = p.alloc(SIZE)
+
+    class Sly:
+        def __index__(self):
+            a.free()
+            return a.offset
+
+    with pytest.raises(NotAllocated):
+        p.block_at(Sly())
+    assert len(p) == 0 and not a.live
+    b = p.alloc(SIZE)
+    t = p.block_at(b.offset)
+
+    class Sly2:
+        def __index__(self):
+            b.free()  # t keeps the range: the new Block joins t
+            return b.offset
+
+    u = p.block_at(Sly2())
+    assert len(p) == 1 and u.live and t.live and not b.live
+    t.free()
+    assert len(p) == 1
+    u.free()
+    assert len(p) == 0
+    p.check()
