@@ -47,9 +47,11 @@ static void lock(void)
 {
     char msg[256];
     int rc = mp_shared_trylock(ctl);
-    if (rc == 16 /* EBUSY */) rc = mp_shared_lock_wait(ctl);
+    if (rc == 16 /* EBUSY */) rc = mp_shared_lock_wait(ctl, msg, sizeof msg);
     rc = mp_shared_locked(ctl, rc, &mp_tlsf_ops, st, st_len, msg, sizeof msg);
-    if (rc == MP_ECORRUPT) _exit(3); /* a process died inside a strategy call: see main */
+    /* a process died inside a strategy call (see main); any other MP_ECORRUPT is a lock
+     * that can never be taken, a failure */
+    if (rc == MP_ECORRUPT && !strncmp(msg, "the pool is corrupt", 19)) _exit(3);
     if (rc != MP_OK) die(msg);
 }
 
