@@ -117,7 +117,7 @@ class Header:
         lock_end = h.lock_off + h.lock_size if h.lock_size else 0
         if (h.capacity < 1 or h.state_size < 64 or h.data_off % _PAGE
                 or h.data_off < max(state_end, lock_end)
-                or (h.lock_size and h.lock_off < state_end)
+                or (h.lock_size and h.lock_off < state_end) or (h.lock_off and not h.lock_size)
                 or h.data_off + h.capacity > h.total_size
                 or h.shadow_off % _PAGE or h.shadow_off < h.data_off + h.capacity
                 or h.shadow_off + h.state_size > h.total_size):
@@ -126,6 +126,15 @@ class Header:
             raise CorruptionError(
                 f"{what}: truncated: the header says {h.total_size} bytes, found {length}")
         return h
+
+    def check_kind(self, buf: memoryview | bytes, what: str) -> None:
+        """Compare the header's strategy kind with the state's (mp_head_t.kind) in
+        ``buf``, the whole segment, already validated by :meth:`unpack`."""
+        state_kind = int.from_bytes(bytes(buf[self.state_off + 4:self.state_off + 6]), "little")
+        if state_kind != self.kind:
+            raise CorruptionError(
+                f"{what}: the header says strategy kind {self.kind}, the state is kind "
+                f"{state_kind}")
 
 
 def layout(magic: bytes, kind: int, strategy: str, capacity: int, state_size: int,

@@ -218,6 +218,7 @@ class Pool(PoolCore):
             view = memoryview(mem.buffer)
             try:
                 h = Header.unpack(view, mem.size, FILE_MAGIC, str(path))
+                h.check_kind(view, str(path))
             finally:
                 view.release()
         except BaseException:

@@ -43,7 +43,7 @@ from ._segment import Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
-from .sources import SharedMemory
+from .sources import SharedMemory, _shm_path
 from .strategies import make
 
 __all__ = ["SharedArray", "SharedPool", "SharedStats"]
@@ -226,15 +226,23 @@ class SharedPool(SharedPoolCore, Pool):
         """Map the shared pool ``name`` created by another (or this) process.
 
         Validates everything it reads (magic, version, sizes within the segment, the
-        strategy state's and the registry's check()): a random, truncated or foreign
-        segment raises CorruptionError, never crashes.  FileNotFoundError when there
-        is no such segment, PermissionError when its mode forbids this user.
+        strategy state's and the registry's check()): an empty, random, truncated or
+        foreign segment raises CorruptionError, never crashes.  A lock held by a process
+        that does not have the pool open, or by a thread that does not exist, raises
+        CorruptionError after about 2 s instead of waiting forever (see the README's
+        "A lock nobody can release").  FileNotFoundError when there is no such segment,
+        PermissionError when its mode forbids this user, ValueError for a bad name.
         """
-        mem = SharedMemory(name)
+        _shm_path(name)  # TypeError / ValueError for a bad name, before anything is read
+        try:
+            mem = SharedMemory(name)
+        except ValueError as e:  # the name is good: the segment is not (empty)
+            raise CorruptionError(f"shared pool {name!r}: {e}") from None
         try:
             view = memoryview(mem.buffer)
             try:
                 h = Header.unpack(view, mem.size, MAGIC, f"shared pool {name!r}")
+                h.check_kind(view, f"shared pool {name!r}")
             finally:
                 view.release()
             return cls._build(mem, h, name, create_entries=0)

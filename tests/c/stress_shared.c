@@ -50,7 +50,7 @@ static void lock(void)
 {
     char msg[256];
     int rc = mp_shared_trylock(ctl);
-    if (rc == 16 /* EBUSY */) rc = mp_shared_lock_wait(ctl);
+    if (rc == 16 /* EBUSY */) rc = mp_shared_lock_wait(ctl, msg, sizeof msg);
     rc = mp_shared_locked(ctl, rc, &tx, msg, sizeof msg);
     if (rc != MP_OK) die(msg);
     mp_tx_begin(&tx);

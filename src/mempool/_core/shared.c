@@ -58,8 +58,11 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "journal.h"
@@ -354,6 +357,9 @@ int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uin
 
 /* ---- check and recovery (lock held) ------------------------------------------------- */
 
+static void mutex_words(const pthread_mutex_t *m, uint32_t *word, int *kind); /* the lock */
+static int expected_kind(void);
+
 int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen)
 {
     if (len < sizeof *c) MPI_FAIL("lock area of %llu bytes is too short", (unsigned long long)len);
@@ -363,6 +369,11 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
     if (mp_shared_ctl_size(c->max_entries) != len)
         MPI_FAIL("registry needs %llu bytes, the segment gives %llu",
                  (unsigned long long)mp_shared_ctl_size(c->max_entries), (unsigned long long)len);
+    int kind, want = expected_kind();
+    uint32_t word;
+    mutex_words(&c->lock.mutex, &word, &kind);
+    if (want >= 0 && kind != want)
+        MPI_FAIL("the lock is not a robust process-shared mutex (kind %d, expected %d)", kind, want);
     if (c->entries > c->max_entries) MPI_FAIL("registry holds %u entries, at most %u", c->entries,
                                               c->max_entries);
     return MP_OK;
@@ -552,14 +563,196 @@ static uint64_t now_ns(void)
 
 int mp_shared_trylock(mp_shared_ctl_t *c) { return pthread_mutex_trylock(&c->lock.mutex); }
 
+/* ---- who holds the lock ------------------------------------------------------------
+ * A robust mutex is recovered by the kernel only when its owner exits: a lock word
+ * that names a live process which never took the lock (or a thread id that never
+ * registered it on a robust list) would make every taker wait forever.  So while a
+ * taker waits, about once a second it looks at the holder the lock word names:
+ *   OK        a thread of a process that maps this segment (same st_dev/st_ino in
+ *             /proc/<tid>/maps): a legitimate holder, however long it holds; wait.
+ *   GONE      no such thread (or a zombie), and the kernel did not mark the word
+ *             FUTEX_OWNER_DIED: nothing will ever release it.
+ *   STRANGER  a live thread whose process does not map the segment.
+ *   SELF      this very thread (a taker never re-takes the lock it holds).
+ *   UNKNOWN   its memory map cannot be read (another user's process, hidepid) or this
+ *             mapping has no file identity: waited for up to MEMPOOL_LOCK_UNVERIFIED_S
+ *             seconds (default 30) of the same holder, then refused.
+ * GONE, STRANGER and SELF are refused when two looks a second apart find the same
+ * lock word both times (a holder that let go and exited between a read of the word
+ * and the look at /proc is not mistaken for one).  Linux /proc; holders in another
+ * pid namespace cannot be told apart (as reclaim's pids cannot). */
+#define PROBE_NS 1000000000ull
+#define TID_MASK 0x3fffffffu   /* FUTEX_TID_MASK   */
+#define OWNER_DIED 0x40000000u /* FUTEX_OWNER_DIED */
+
+/* glibc's layout of the mutex: the futex word (owner tid | WAITERS | OWNER_DIED: what
+ * the kernel and every taker act on) and the kind.  0 / -1 elsewhere: no probing. */
+static void mutex_words(const pthread_mutex_t *m, uint32_t *word, int *kind)
+{
+#ifdef __GLIBC__
+    *word = (uint32_t)__atomic_load_n(&m->__data.__lock, __ATOMIC_ACQUIRE);
+    *kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
+#else
+    (void)m;
+    *word = 0;
+    *kind = -1;
+#endif
+}
+
+/* The kind mp_shared_ctl_init gives the mutex (-1 where unknown). */
+static int expected_kind(void)
+{
+    static int kind = -2;
+    int k = __atomic_load_n(&kind, __ATOMIC_RELAXED);
+    if (k != -2) return k;
+    pthread_mutex_t m; /* made as mp_shared_ctl_init makes the pool's */
+    pthread_mutexattr_t a;
+    k = -1;
+    if (!pthread_mutexattr_init(&a)) {
+        if (!pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) &&
+            !pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) &&
+            !pthread_mutex_init(&m, &a)) {
+            uint32_t w;
+            mutex_words(&m, &w, &k);
+            pthread_mutex_destroy(&m);
+        }
+        pthread_mutexattr_destroy(&a);
+    }
+    __atomic_store_n(&kind, k, __ATOMIC_RELAXED);
+    return k;
+}
+
+enum holder { HOLDER_OK, HOLDER_UNKNOWN, HOLDER_GONE, HOLDER_STRANGER, HOLDER_SELF };
+
+/* The device and inode of the file mapping that holds addr in maps (an open
+ * /proc/<pid>/maps); with addr 0, whether any mapping has (dev, ino).  1 found. */
+static int scan_maps(FILE *f, uintptr_t addr, unsigned *maj, unsigned *min, unsigned long *ino)
+{
+    char line[512];
+    int whole = 1; /* a line longer than the buffer: only its head has the fields */
+    while (fgets(line, sizeof line, f)) {
+        int head = whole;
+        whole = strchr(line, '\n') != NULL;
+        if (!head) continue;
+        unsigned long lo, hi, i;
+        unsigned a, b;
+        if (sscanf(line, "%lx-%lx %*s %*x %x:%x %lu", &lo, &hi, &a, &b, &i) != 5) continue;
+        if (addr ? (addr >= lo && addr < hi) : (a == *maj && b == *min && i == *ino)) {
+            *maj = a, *min = b, *ino = i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static enum holder judge_holder(const mp_shared_ctl_t *c, uint32_t tid, long *pid)
+{
+    char path[64], line[256];
+    *pid = (long)tid;
+    if ((long)tid == (long)syscall(SYS_gettid)) return HOLDER_SELF;
+    snprintf(path, sizeof path, "/proc/%u/status", tid);
+    FILE *f = fopen(path, "re");
+    if (!f) return errno == ENOENT || errno == ESRCH ? HOLDER_GONE : HOLDER_UNKNOWN;
+    int zombie = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "State:", 6)) zombie = strpbrk(line + 6, "ZX") != NULL;
+        else if (!strncmp(line, "Tgid:", 5)) *pid = strtol(line + 5, NULL, 10);
+    }
+    fclose(f);
+    if (zombie) return HOLDER_GONE; /* exited: its robust list was walked already */
+    unsigned maj = 0, min = 0;
+    unsigned long ino = 0;
+    f = fopen("/proc/self/maps", "re");
+    int mine = f && scan_maps(f, (uintptr_t)c, &maj, &min, &ino);
+    if (f) fclose(f);
+    if (!mine || !ino) return HOLDER_UNKNOWN; /* not a file mapping: no identity to match */
+    snprintf(path, sizeof path, "/proc/%u/maps", tid);
+    f = fopen(path, "re");
+    if (!f) return errno == ENOENT || errno == ESRCH ? HOLDER_GONE : HOLDER_UNKNOWN;
+    int found = scan_maps(f, 0, &maj, &min, &ino);
+    int failed = ferror(f);
+    fclose(f);
+    if (found) return HOLDER_OK;
+    return failed ? HOLDER_UNKNOWN : HOLDER_STRANGER; /* EACCES shows as a read error */
+}
+
+struct suspect {
+    uint32_t word;    /* the lock word last judged                  */
+    int strikes;      /* consecutive looks that found it unreleasable */
+    uint64_t since;   /* when an unverifiable holder was first seen   */
+    uint32_t unknown; /* that holder's lock word                      */
+};
+
+static uint64_t unverified_patience_ns(void)
+{
+    const char *s = getenv("MEMPOOL_LOCK_UNVERIFIED_S");
+    double v = s ? strtod(s, NULL) : 30.0;
+    return v > 0 && v < 1e9 ? (uint64_t)(v * 1e9) : 30000000000ull;
+}
+
+/* One look at the holder while waiting: 0 to go on waiting, or MP_ECORRUPT with msg. */
+static int probe_holder(const mp_shared_ctl_t *c, struct suspect *s, char *msg, size_t msglen)
+{
+    uint32_t word;
+    int kind;
+    long pid;
+    mutex_words(&c->lock.mutex, &word, &kind);
+    uint32_t tid = word & TID_MASK;
+    if (!tid || (word & OWNER_DIED)) { /* free now, or the kernel recovered it */
+        s->strikes = 0;
+        s->unknown = 0;
+        return 0;
+    }
+    enum holder h = judge_holder(c, tid, &pid);
+    uint32_t again;
+    mutex_words(&c->lock.mutex, &again, &kind);
+    if (again != word) h = HOLDER_OK; /* it moved on meanwhile: a live lock */
+    if (h != HOLDER_UNKNOWN) s->unknown = 0;
+    if (h == HOLDER_OK) {
+        s->strikes = 0;
+        return 0;
+    }
+    if (h == HOLDER_UNKNOWN) {
+        uint64_t now = now_ns();
+        if (s->unknown != word) {
+            s->unknown = word;
+            s->since = now;
+        }
+        if (now - s->since < unverified_patience_ns()) return 0;
+        snprintf(msg, msglen, "the pool's lock has been held for over %.0f s by pid %ld (tid %u), "
+                 "which this process cannot verify (MEMPOOL_LOCK_UNVERIFIED_S)",
+                 (double)(now - s->since) / 1e9, pid, tid);
+        return MP_ECORRUPT;
+    }
+    s->strikes = s->word == word ? s->strikes + 1 : 1;
+    s->word = word;
+    if (s->strikes < 2) return 0;
+    if (h == HOLDER_SELF)
+        snprintf(msg, msglen, "the pool's lock names this thread (tid %u) as its holder, which "
+                 "never took it: it can never be released", tid);
+    else if (h == HOLDER_GONE)
+        snprintf(msg, msglen, "the pool's lock is held by pid %ld, which does not exist and "
+                 "never registered it with the kernel: it can never be released", pid);
+    else if ((long)tid != pid)
+        snprintf(msg, msglen, "the pool's lock is held by pid %ld (thread %u), which does not "
+                 "have the pool open", pid, tid);
+    else
+        snprintf(msg, msglen, "the pool's lock is held by pid %ld, which does not have the pool "
+                 "open", pid);
+    return MP_ECORRUPT;
+}
+
 /* The wait goes in slices of 100 ms, each a fresh futex wait that reads the lock word
  * again.  A wake-up lost to a process killed in the middle of the lock or unlock of the
  * robust mutex (seen once in the stress test under ASan: a waiter asleep for good while
  * every other process had exited; re-entering the wait took the lock at once, with
- * EOWNERDEAD) then costs at most one slice instead of a hang. */
-int mp_shared_lock_wait(mp_shared_ctl_t *c)
+ * EOWNERDEAD) then costs at most one slice instead of a hang.  About once a second the
+ * holder the lock word names is looked at (probe_holder above): one that can never let
+ * go ends the wait with MP_ECORRUPT and msg, the lock not taken and nothing written. */
+int mp_shared_lock_wait(mp_shared_ctl_t *c, char *msg, size_t msglen)
 {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = now_ns(), next_probe = t0 + PROBE_NS;
+    struct suspect sus = {0, 0, 0, 0};
     int rc;
     do {
         struct timespec until;
@@ -570,6 +763,10 @@ int mp_shared_lock_wait(mp_shared_ctl_t *c)
             until.tv_nsec -= 1000000000L;
         }
         rc = pthread_mutex_clocklock(&c->lock.mutex, CLOCK_MONOTONIC, &until);
+        if (rc == ETIMEDOUT && now_ns() >= next_probe) {
+            next_probe = now_ns() + PROBE_NS;
+            if (probe_holder(c, &sus, msg, msglen)) return MP_ECORRUPT; /* nothing written */
+        }
     } while (rc == ETIMEDOUT);
     c->lock_waits++;
     c->lock_wait_ns += now_ns() - t0;
@@ -599,9 +796,11 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t m
             snprintf(c->why, sizeof c->why, "%s", msg);
         }
         if (rc == EOWNERDEAD) pthread_mutex_consistent(&c->lock.mutex);
-    } else if (rc != 0) {
-        snprintf(msg, msglen, "cannot take the pool's lock: %s", strerror(rc));
-        return MP_EINVAL;
+    } else if (rc != 0) { /* a lock word no valid mutex has (EINVAL, EDEADLK, ...) */
+        if (rc != MP_ECORRUPT) /* else mp_shared_lock_wait's verdict is in msg */
+            snprintf(msg, msglen, "the pool's lock is invalid: taking it failed with %s",
+                     strerror(rc));
+        return MP_ECORRUPT;
     }
     if (c->corrupt) {
         snprintf(msg, msglen, "the pool is corrupt: a process died holding its lock in the "

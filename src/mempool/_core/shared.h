@@ -36,11 +36,14 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
 /* The whole check (layout, strategy, registry against the strategy); lock held. */
 int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
                     uint64_t st_len, char *msg, size_t msglen);
-/* Locking: trylock (0, EBUSY or EOWNERDEAD); lock_wait blocks; then locked() with
- * the rc verifies/repairs after a dead owner and returns MP_OK with the lock held,
- * or an error with the lock released. */
+/* Locking: trylock (0, EBUSY, EOWNERDEAD or an error); lock_wait blocks until it has
+ * the lock, or returns MP_ECORRUPT with msg set when the lock word names a holder that
+ * can never release it (see "who holds the lock" in shared.c); then locked() with the
+ * rc verifies/repairs after a dead owner and returns MP_OK with the lock held, or
+ * MP_ECORRUPT with msg and the lock not held (a corrupt pool, or a lock word no valid
+ * mutex has: every error of taking it). */
 int mp_shared_trylock(mp_shared_ctl_t *c);
-int mp_shared_lock_wait(mp_shared_ctl_t *c);
+int mp_shared_lock_wait(mp_shared_ctl_t *c, char *msg, size_t msglen);
 int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t msglen);
 /* What mp_shared_locked does after a death (lock held): the interrupted call rolled
  * back or forward (journal.h), the registry checked and recounted. */

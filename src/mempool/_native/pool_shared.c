@@ -57,6 +57,7 @@ typedef struct {
     uint64_t ctl_len;
     Py_buffer ctl_view;       /* the segment buffer ctl points into (has_ctl)      */
     int has_ctl;
+    int lock_refused;         /* a call found the lock unusable (CorruptionError)   */
     Py_ssize_t waiting;       /* calls of this process waiting for the lock without
                                  the GIL (close() waits for them to leave)          */
     uint64_t lock_calls;      /* acquisitions by this process                      */
@@ -110,14 +111,14 @@ static uint64_t next_tag(SharedPoolObject *s)
 static int sh_lock(SharedPoolObject *s)
 {
     s->lock_calls++;
+    char msg[256];
     int rc = mp_shared_trylock(s->ctl);
     if (rc == EBUSY) { /* another process holds it: wait without the GIL */
         s->waiting++;  /* close() waits for us to leave before it unmaps the segment */
-        Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(s->ctl);
+        Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(s->ctl, msg, sizeof msg);
         Py_END_ALLOW_THREADS
         s->waiting--;
     }
-    char msg[256];
     int r = mp_shared_locked(s->ctl, rc, s->tx, msg, sizeof msg);
     if (r == MP_OK && s->pool.closing) { /* closed by another thread while we waited */
         mp_shared_unlock(s->ctl);
@@ -128,6 +129,7 @@ static int sh_lock(SharedPoolObject *s)
         mp_tx_begin(s->tx); /* everything until sh_unlock is one transaction */
         return 0;
     }
+    s->lock_refused = 1;
     PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_OSError, msg);
     return -1;
 }
@@ -193,6 +195,15 @@ static int entry_matches(SharedPoolObject *s, BlockObject *b)
  * collected: they cannot reach the segment once it is unmapped). */
 static void give_back(SharedPoolObject *s)
 {
+    if (s->lock_refused) { /* the lock was refused (an attach that failed for it): do not
+                              wait for it again when there is nothing to give back */
+        int any = 0;
+        mp_shared_local_t *l = local_of(s);
+        for (int k = 0; k < MAG_CLASSES && !any; k++) any = l->n[k] != 0;
+        for (BlockObject *b = s->pool.blocks; b && !any; b = b->next)
+            any = b->live && b->pid == mp_getpid();
+        if (!any) return;
+    }
     if (sh_lock(s) < 0) {
         PyErr_Clear();
         return;
