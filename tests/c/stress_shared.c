@@ -198,7 +198,7 @@ static void worker(int id, int forever)
  * the design accepts: the state cannot be trusted, and says so). */
 static int run(int kill_one)
 {
-    if (mp_tlsf_init(st, CAP, 8192) || mp_shared_ctl_init(ctl, MAX_ENTRIES)) die("init");
+    if (mp_tlsf_init(st, CAP, 8192) || mp_shared_ctl_init(ctl, MAX_ENTRIES, MAX_ENTRIES, 1000000000ull)) die("init");
     pid_t kids[WORKERS + 1];
     for (int w = 0; w < WORKERS; w++)
         if ((kids[w] = fork()) == 0) worker(w, 0);
@@ -248,7 +248,7 @@ static int run(int kill_one)
 int main(void)
 {
     st_len = mp_tlsf_state_size(CAP, 8192);
-    ctl_len = mp_shared_ctl_size(MAX_ENTRIES);
+    ctl_len = mp_shared_ctl_size(MAX_ENTRIES, MAX_ENTRIES);
     uint64_t total = st_len + ctl_len + CAP + 4096;
     unsigned char *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) die("mmap");
