@@ -501,10 +501,12 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
         if (!l[k].tag) continue;
         uint32_t i = l[k].entry;
         int bad = i >= c->max_entries || e[i].offset == UNUSED ||
-                  __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE) != l[k].tag || l[k].gen == 0;
-        if (bad) {
-            if (!repair) MPI_FAIL("lease %u names entry %u of tag %llu, which holds no such range",
-                                  k, i, (unsigned long long)l[k].tag);
+                  __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE) != l[k].tag;
+        if (bad || l[k].gen == 0) {
+            if (!repair && bad)
+                MPI_FAIL("lease %u names entry %u of tag %llu, which holds no such range", k, i,
+                         (unsigned long long)l[k].tag);
+            if (!repair) MPI_FAIL("lease %u is in use with generation 0", k);
             l[k].tag = 0;
             c->repaired++;
             continue;
