@@ -81,3 +81,36 @@ def hammer(name: str, seconds: float, conn) -> None:
             free(b)
         n += 1000
     conn.send(n)
+
+
+# ---- handles in flight (tests/test_handles_in_flight.py) ------------------------------
+def _pool(name: str) -> mempool.SharedPool:
+    """This process's attachment of `name` (a forked child's is the parent's)."""
+    from mempool.shared import _attached
+
+    p = _attached.get(name)
+    if p is None or p.closed:
+        p = mempool.SharedPool.attach(name)
+    return p
+
+
+def make_array(name: str, i: int, n: int = 100) -> np.ndarray:
+    """A result made in the pool: n int64 equal to i (the worker drops its own)."""
+    a = _pool(name).empty(n, "int64")
+    a[:] = i
+    return a
+
+
+def make_array_args(args: tuple[str, int]) -> np.ndarray:
+    return make_array(*args)
+
+
+def send_by_queue(name: str, q, i: int) -> None:
+    """Put a pool array on a Queue and return: the process exits, the array is
+    collected, before the parent takes it off the queue."""
+    q.put(make_array(name, i))
+
+
+def send_by_pipe(name: str, conn, i: int) -> None:
+    conn.send(make_array(name, i))
+    conn.close()

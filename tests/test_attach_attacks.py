@@ -44,7 +44,7 @@ CTL = {
 MUTEX = 64  # the pthread mutex; glibc's words: __lock +0, __owner +8, __kind +16
 WHY = 128
 JOURNAL = 192  # the journal (journal.h): magic, phase, seq, nundo, ... undo records
-CTL_SIZE = 192 + 2048
+CTL_SIZE = 192 + 2048 + 64  # ..., the journal, the lease counters (then index, entries, leases)
 OWNER_DIED = 0x40000000
 WAITERS = 0x80000000
 

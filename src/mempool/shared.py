@@ -17,9 +17,21 @@ segment's registry; the range goes back when the last reference in any process i
 released (``free()``, the end of a ``with``, or collection).  A handle whose range
 was freed or reused is refused (its tag no longer matches), never aliased.  When a
 process dies, ``pool.reclaim(pid)`` releases the references its own allocations
-held.  When a process dies holding the lock, the next taker recovers: it checks
-the state, repairs what a half-done call left in the registry, and carries on (or
-marks the pool corrupt when the strategy state itself is broken).
+held.
+
+A handle in flight holds a reference too, a *lease*: pickling a Block or a pool
+array takes one (a slot of the segment's lease table), the pickle carries its token,
+and the first unpickling adopts it as the receiver's own reference; so a range
+returned by a worker stays live after the worker dropped its array and exited.  A
+lease never adopted (a lost message, a dead receiver) is released by its deadline,
+``lease_timeout`` seconds after pickling (an option of :meth:`SharedPool.create`), by
+the next locked call of any process.  A pickle unpickled again takes a fresh
+reference while (offset, tag) is still live, else raises NotAllocated.
+``reclaim(pid)`` leaves the leases a process took alone.
+
+When a process dies holding the lock, the next taker recovers: it checks the state,
+repairs what a half-done call left in the registry, and carries on (or marks the
+pool corrupt when the strategy state itself is broken).
 
 The creator owns unlinking: ``pool.unlink()``, or ``unlink_on_exit=True``.
 Attaching processes never unlink and never involve the resource tracker.
@@ -68,6 +80,10 @@ class SharedStats:
     recoveries: int  #: takeovers after a process died holding the lock
     repaired: int  #: registry entries repaired after such a death
     cached: int  #: ranges this process freed and keeps for its next allocations
+    leases: int = 0  #: handles pickled and not yet unpickled (nor expired): references in flight
+    max_leases: int = 0  #: the lease table's capacity (handles in flight at once)
+    leases_expired: int = 0  #: leases released by their deadline so far (never unpickled)
+    lease_timeout: float = 0.0  #: seconds a lease lives in flight before it is released
 
 
 # ---- arrays and handles --------------------------------------------------------------
@@ -104,8 +120,9 @@ class SharedArray(np.ndarray):
         dt = self.dtype
         # a plain dtype travels as its type string: pickling a dtype object costs ~10 us
         dtype = dt.str if dt.fields is None and dt.subdtype is None else dt
+        lease = pool._lease(blk)  # last: nothing after it can fail and strand the lease
         return (_rebuild_array, (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off,
-                                 dtype, self.shape, self.strides))
+                                 dtype, self.shape, self.strides, lease))
 
     def __array_wrap__(self, arr: np.ndarray, context: tuple[Any, ...] | None = None,
                        return_scalar: bool = False) -> Any:
@@ -122,28 +139,35 @@ def _pool_for(name: str, segment_id: int) -> SharedPool:
     return pool
 
 
-def _rebuild_block(name: str, segment_id: int, offset: int, tag: int) -> Block:
-    return _pool_for(name, segment_id)._handle(offset, tag)
+def _rebuild_block(name: str, segment_id: int, offset: int, tag: int, lease: int = 0) -> Block:
+    # lease 0: a handle pickled before leases existed (or by hand): a fresh reference
+    return _pool_for(name, segment_id)._handle(offset, tag, lease)
 
 
 def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: int,
-                   dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...]
-                   ) -> SharedArray:
-    blk = _rebuild_block(name, segment_id, offset, tag)
+                   dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...],
+                   lease: int = 0) -> SharedArray:
+    blk = _rebuild_block(name, segment_id, offset, tag, lease)
     # a Block is a buffer; NumPy's stubs take any buffer only for Python >= 3.12
     arr: SharedArray = np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk, offset=byte_off,  # type: ignore[arg-type]
                                           strides=strides)
     return arr
 
 
-def _block_reduce(block: Block) -> tuple[Callable[..., Block], tuple[str, int, int, int]]:
-    pool = cast("SharedPool", block.pool)  # the C calls it for blocks of shared pools only
-    return (_rebuild_block, (pool.name, pool.segment_id, block.offset, block.tag))
+def _block_reduce(block: Block, lease: int
+                  ) -> tuple[Callable[..., Block], tuple[str, int, int, int, int]]:
+    # the C calls it for blocks of shared pools only, with the lease it took
+    pool = cast("SharedPool", block.pool)
+    return (_rebuild_block, (pool.name, pool.segment_id, block.offset, block.tag, lease))
 
 
 # ---- the pool -------------------------------------------------------------------------
 def _default_entries(capacity: int) -> int:
     return min(max(capacity // 4096, 1024), 1 << 18)
+
+
+#: seconds a pickled handle's lease lives in flight (SharedPool.create's default)
+DEFAULT_LEASE_TIMEOUT = 600.0
 
 
 class SharedPool(SharedPoolCore, Pool):
@@ -172,6 +196,7 @@ class SharedPool(SharedPoolCore, Pool):
     @classmethod
     def create(cls, name: str, capacity: int | str, strategy: str | type[Strategy] = "tlsf",  # type: ignore[override]
                *, mode: int = 0o600, max_entries: int | None = None,
+               max_leases: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
                unlink_on_exit: bool = False, **options: Any) -> SharedPool:
         """A new shared pool named ``name`` (``/dev/shm/<name>``).
 
@@ -186,6 +211,16 @@ class SharedPool(SharedPoolCore, Pool):
         max_entries : int, optional
             The most blocks live at once (the block registry's size); default
             ``capacity // 4096`` clamped to [1024, 2**18].
+        max_leases : int, optional
+            The most handles in flight at once (pickled, not yet unpickled): the
+            lease table's size; default ``max_entries``.  Pickling beyond it, with no
+            lease past its deadline, raises OutOfSpace.
+        lease_timeout : float
+            Seconds a pickled handle keeps its range alive until it is unpickled
+            (default 600): a lease not adopted by then (a lost message, a dead
+            receiver) is released by the next locked call of any process.  Raise it
+            for longer queues; lower it where handles are pickled and never
+            unpickled (hashing, logging).
         unlink_on_exit : bool
             Unlink the name when this process exits.
 
@@ -196,9 +231,20 @@ class SharedPool(SharedPoolCore, Pool):
             max_entries = _default_entries(capacity)
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        if max_leases is None:
+            max_leases = min(max_entries, 1 << 28)
+        if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
+            raise ValueError(f"max_leases must be an integer >= 1, got {max_leases!r}")
+        if isinstance(lease_timeout, bool) or not isinstance(lease_timeout, (int, float)):
+            raise TypeError(f"lease_timeout must be a number of seconds, not "
+                            f"{type(lease_timeout).__name__}")
+        if not 0 < lease_timeout <= (1 << 62) / 1e9:  # NaN fails too
+            raise ValueError(f"lease_timeout must be > 0 seconds (and below 146 years), got "
+                             f"{lease_timeout!r}")
+        lease_ns = max(1, round(lease_timeout * 1e9))
         template = make(strategy, capacity, **options)
         state = template.snapshot()
-        ctl_size = _mempool.shared_ctl_size(max_entries)
+        ctl_size = _mempool.shared_ctl_size(max_entries, max_leases)
         h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
                    len(state), lock_size=ctl_size, created_ns=time.time_ns())
         del template
@@ -208,7 +254,8 @@ class SharedPool(SharedPoolCore, Pool):
             mm[h.state_off:h.state_off + h.state_size] = state
             mm[h.shadow_off:h.shadow_off + h.state_size] = state  # the journal's copy
             mm.release()
-            pool = cls._build(mem, h, name, create_entries=max_entries)
+            pool = cls._build(mem, h, name, create_entries=max_entries,
+                              leases=(max_leases, lease_ns))
             mm = memoryview(mem.buffer)
             mm[:4096] = h.pack()  # last: until now, attach finds no valid header
             mm.release()
@@ -251,7 +298,8 @@ class SharedPool(SharedPoolCore, Pool):
             raise
 
     @classmethod
-    def _build(cls, mem: SharedMemory, h: Header, name: str, create_entries: int) -> SharedPool:
+    def _build(cls, mem: SharedMemory, h: Header, name: str, create_entries: int,
+               leases: tuple[int, int] = (0, 0)) -> SharedPool:
         what = f"shared pool {name!r}"
         pool = cls.__new__(cls)
         data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
@@ -263,7 +311,8 @@ class SharedPool(SharedPoolCore, Pool):
                 raise CorruptionError("header and state disagree")
             SharedPoolCore.__init__(pool, strat, data, mem, mem.buffer, h.lock_off, h.lock_size,
                                     create_entries, _block_reduce, SharedArray,
-                                    align=default_align(strat), shadow_offset=h.shadow_off)
+                                    align=default_align(strat), max_leases=leases[0],
+                                    lease_timeout_ns=leases[1], shadow_offset=h.shadow_off)
             core = True
             pool.check()
         except BaseException as e:
@@ -316,12 +365,18 @@ class SharedPool(SharedPoolCore, Pool):
                            allocations=d["serial"], lock_calls=d["lock_calls"],
                            lock_waits=d["lock_waits"], lock_wait_ns=d["lock_wait_ns"],
                            recoveries=d["recoveries"], repaired=d["repaired"],
-                           cached=d["cached"])
+                           cached=d["cached"], leases=d["leases"], max_leases=d["max_leases"],
+                           leases_expired=d["leases_expired"],
+                           lease_timeout=d["lease_timeout_ns"] / 1e9)
 
     # ---- lifetime ----------------------------------------------------------------------
     def reclaim(self, pid: int, *, force: bool = False) -> int:
         """Release the references that the blocks allocated by process ``pid`` held
         (a range with no other handle is freed); returns the number of ranges freed.
+
+        The leases of handles ``pid`` pickled are not released: a sender commonly
+        exits before its receiver unpickles (a Queue, a worker's result); a handle
+        never unpickled is released by its lease's deadline instead.
 
         Raises ValueError when ``pid`` is still alive (unless ``force``).
         """

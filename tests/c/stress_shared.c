@@ -8,11 +8,14 @@
  * with mp_ref_reuse (no lock), and dispose under the lock otherwise.  Each worker
  * writes its pid into the first bytes of the blocks it hands out (in a data area of
  * the same mapping) and verifies them before releasing: two processes handed the
- * same range at once would see each other's pid.  Every locked section is a
- * transaction of the journal (journal.h: the state's shadow copy follows it).  One
- * worker is SIGKILLed mid-run, wherever it is; the parent recovers the call it was in
- * (never a corrupt pool) and reclaims it.  At the end every worker gives everything
- * back, and the parent requires mp_shared_check to pass with no live range left.
+ * same range at once would see each other's pid.  Workers also take leases (the
+ * reference a pickled handle carries) on others' blocks and adopt some of them later
+ * as borrowed references; the rest expire (50 ms), released by whoever takes the lock
+ * next.  Every locked section is a transaction of the journal (journal.h: the state's
+ * shadow copy follows it).  One worker is SIGKILLed mid-run, wherever it is; the parent
+ * recovers the call it was in (never a corrupt pool) and reclaims it.  At the end every
+ * worker gives everything back, and the parent requires mp_shared_check to pass with no
+ * live range left.
  *
  *   (built and run by .ci/run with every core file, plain and under ASan + UBSan)
  */
@@ -54,6 +57,7 @@ static void lock(void)
     rc = mp_shared_locked(ctl, rc, &tx, msg, sizeof msg);
     if (rc != MP_OK) die(msg);
     mp_tx_begin(&tx);
+    mp_lease_expire(ctl, &tx, (uint32_t)getpid()); /* as the binding's sh_lock */
 }
 
 static void unlock(void)
@@ -93,7 +97,7 @@ static void dispose(uint32_t i)
     if (mp_tx_free(&tx, off)) die("free of a registered range failed");
 }
 
-static long takes; /* per worker */
+static long takes, leases; /* per worker */
 
 static void worker(int id, int forever)
 {
@@ -107,8 +111,43 @@ static void worker(int id, int forever)
     } cache[32];
     int ncache = 0;
     uint64_t tag_next = 0, tag_end = 0;
+    struct {
+        uint64_t token, offset, tag;
+    } inflight[16]; /* leases taken, not adopted yet (handles "in flight") */
+    int ninflight = 0;
     for (long r = 0; forever || r < ROUNDS; r++) {
-        int op = (int)rnd(10);
+        int op = (int)rnd(12);
+        if (op == 10 && ninflight < 16) { /* pickle a handle of a random live block */
+            lock();
+            for (int k = 0; k < 16; k++) { /* a few random entries: the first live one */
+                uint32_t i = (uint32_t)rnd(MAX_ENTRIES);
+                mp_entry_t *e = mp_reg_entry(ctl, i);
+                uint64_t token;
+                if (e->offset == UINT64_MAX) continue;
+                if (mp_lease_add(ctl, &tx, i, e->tag, pid, &token) == MP_OK) {
+                    inflight[ninflight].token = token;
+                    inflight[ninflight].offset = e->offset;
+                    inflight[ninflight].tag = e->tag;
+                    ninflight++;
+                    leases++;
+                }
+                break;
+            }
+            unlock();
+            continue;
+        }
+        if (op == 11 && ninflight && nmine < 64) { /* unpickle one: adopt its lease */
+            int k = (int)rnd((uint64_t)ninflight);
+            lock();
+            uint32_t i = mp_reg_lookup(ctl, inflight[k].offset);
+            if (i != MP_NIL && mp_lease_adopt(ctl, inflight[k].token, i, inflight[k].tag, pid) == MP_OK) {
+                handle_t h = {i, inflight[k].offset, inflight[k].tag, 0};
+                mine[nmine++] = h;
+            } /* else expired (and maybe freed): the handle is stale */
+            unlock();
+            inflight[k] = inflight[--ninflight];
+            continue;
+        }
         if (op < 4 && nmine < 64) { /* alloc: the cache first, else under the lock */
             if (tag_next == tag_end) {
                 tag_next = mp_shared_reserve_tags(ctl, 64);
@@ -195,6 +234,7 @@ static void worker(int id, int forever)
     for (int k = 0; k < ncache; k++) dispose(cache[k].entry);
     unlock();
     if (!forever && takes == 0) die("no reference to another process's block was taken");
+    if (!forever && leases == 0) die("no lease was taken");
     _exit(0);
 }
 
@@ -203,7 +243,8 @@ static void worker(int id, int forever)
  * once everything was given back and the state checks. */
 static int run(int kill_one)
 {
-    if (mp_tlsf_init(st, CAP, 8192) || mp_shared_ctl_init(ctl, MAX_ENTRIES)) die("init");
+    if (mp_tlsf_init(st, CAP, 8192) || mp_shared_ctl_init(ctl, MAX_ENTRIES, 256, 50000000ull))
+        die("init");
     memcpy(shadow, st, st_len);
     mp_tx_setup(&tx, mp_shared_journal(ctl), &mp_tlsf_ops, st, shadow, st_len, ctl,
                 (char *)ctl + ctl_len);
@@ -223,12 +264,14 @@ static int run(int kill_one)
         if (!WIFEXITED(status) || WEXITSTATUS(status)) bad = 1;
     }
     if (bad) die("a worker failed");
+    usleep(60000); /* the leases never adopted are past their deadline now */
     char msg[256];
     uint64_t recovered = j->rolled_back + j->rolled_forward;
     int rc = mp_shared_trylock(ctl);
     rc = mp_shared_locked(ctl, rc, &tx, msg, sizeof msg);
     if (rc) die(msg); /* never corrupt: the journal covers a death anywhere */
     mp_tx_begin(&tx);
+    mp_lease_expire(ctl, &tx, (uint32_t)getpid());
     uint64_t released = 0, freed = 0;
     if (kill_one)
         freed = mp_shared_reclaim(ctl, &tx, (uint32_t)kids[WORKERS], &released);
@@ -236,8 +279,9 @@ static int run(int kill_one)
     if (memcmp(st, shadow, st_len)) die("the shadow copy differs from the state");
     rc = mp_shared_check(ctl, ctl_len, &mp_tlsf_ops, st, st_len, msg, sizeof msg);
     const mp_head_t *h = st;
-    uint64_t out[8];
+    uint64_t out[8], ls[4];
     mp_shared_stats(ctl, out);
+    mp_lease_stats(ctl, ls);
     mp_shared_unlock(ctl);
     if (rc) die(msg);
     if (h->live) {
@@ -246,16 +290,18 @@ static int run(int kill_one)
         exit(1);
     }
     printf("  %d workers x %d rounds%s: reclaim freed %llu, released %llu; %llu tags, %llu lock "
-           "waits, %llu recoveries\n", WORKERS, ROUNDS, kill_one ? " + 1 killed" : "",
-           (unsigned long long)freed, (unsigned long long)released, (unsigned long long)out[2],
-           (unsigned long long)out[4], (unsigned long long)out[6]);
+           "waits, %llu recoveries; %llu leases expired, %llu in flight\n", WORKERS, ROUNDS,
+           kill_one ? " + 1 killed" : "", (unsigned long long)freed, (unsigned long long)released,
+           (unsigned long long)out[2], (unsigned long long)out[4], (unsigned long long)out[6],
+           (unsigned long long)ls[2], (unsigned long long)ls[0]);
+    if (ls[0]) die("leases left in flight past their deadline");
     return j->rolled_back + j->rolled_forward > recovered;
 }
 
 int main(void)
 {
     st_len = mp_tlsf_state_size(CAP, 8192);
-    ctl_len = mp_shared_ctl_size(MAX_ENTRIES);
+    ctl_len = mp_shared_ctl_size(MAX_ENTRIES, 256);
     uint64_t total = 2 * st_len + ctl_len + CAP + 8192;
     unsigned char *m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) die("mmap");

@@ -5,11 +5,16 @@
  *
  * Layout (inside the shared segment, after the strategy state):
  *
- *   +-----------------+-----------------------------+------------------------------+
+ *   +-----------------+-----------------------------+------------------------------+---
  *   | mp_shared_ctl_t | uint32_t index[1 << bits]   | mp_entry_t entries[max]      |
  *   | magic, counters,| offset -> entry (linear     | stable while in use; unused  |
  *   | pthread_mutex_t | probing, backward shift)    | ones form a free list        |
- *   +-----------------+-----------------------------+------------------------------+
+ *   +-----------------+-----------------------------+------------------------------+---
+ *   ---+--------------------------------+
+ *      | mp_lease_t leases[lease_max]   |
+ *      | references in flight; unused   |
+ *      | ones form a free list          |
+ *   ---+--------------------------------+
  *
  * One entry per live range of the strategy:
  *   offset  the range                    tag   unique per handing-out (see tags)
@@ -24,6 +29,20 @@
  *           what a dead process held, not only what it allocated.
  * A handle names (offset, tag): a handle to a freed or reused range finds no
  * entry, another tag, or refs == 0, and is refused instead of aliased.
+ *
+ * Leases.  A handle pickled (mp_lease_add) takes a reference that travels with it:
+ * a lease slot (entry, tag, deadline, gen) counted in the entry's refs but in no
+ * holder, so the range stays live while the handle is in flight, whatever its
+ * sender does meanwhile (free its own handle, exit, be reclaimed).  The pickle
+ * carries the lease's token (gen << 32 | slot); the receiver that unpickles it
+ * adopts the reference (mp_lease_adopt: the slot is freed and the reference becomes
+ * one the receiver borrowed; refs unchanged).  A lease not adopted by its deadline
+ * (ctl->lease_timeout_ns after it was taken: a lost message, a dead receiver) is
+ * released by the next locked call that notices (mp_lease_expire): ctl->lease_due
+ * is a lower bound of every lease's deadline (not raised when a lease is adopted,
+ * set exactly by each expiry pass), so the common path costs one comparison, and a
+ * pass over the table runs only when some deadline may have passed.  reclaim(pid)
+ * leaves leases alone: a sender commonly exits before its receiver unpickles.
  *
  * Per-process caches.  When a process releases the last reference to a range it
  * allocated itself, it may keep the range (still allocated in the strategy, its
@@ -50,9 +69,14 @@
  *  S2. used entries + the free list == max_entries; entries == used entries; every
  *      used entry is found from its offset through the index, and every index slot
  *      names a used entry; tags are non-zero and <= serial; refs == 0 only with an
- *      owner (a cached range); refs == owner_ref + holder counts + overflow.
+ *      owner (a cached range); refs == owner_ref + holder counts + overflow + the
+ *      leases that name the entry.
  *  S3. every entry's offset is a live range of the strategy, and the strategy has
  *      exactly `entries` live ranges.
+ *  S4. leases: lease_max, the table's size and lease_timeout_ns agree with the
+ *      segment (layout); every used slot (tag != 0) names a used entry with its tag,
+ *      has gen != 0 and a deadline in [lease_due, now + lease_timeout_ns]; used slots
+ *      + the free list == lease_max; used slots == leases.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -93,10 +117,31 @@ struct mp_shared_ctl {
     char why[64];          /* what the check found when the pool was marked corrupt */
     mp_journal_t journal;  /* the locked calls' transactions (journal.h): the strategy
                               state's shadow copy, and the undo log of the registry */
+    /* leases (see the head comment), one cache line */
+    uint32_t lease_max;        /* the lease table's size                           */
+    uint32_t leases;           /* leases in flight (used slots)                    */
+    uint32_t lease_free;       /* first unused slot (linked through .next)         */
+    uint32_t pad1;
+    uint64_t lease_timeout_ns; /* a lease's lifetime in flight                     */
+    uint64_t lease_due;        /* <= every used slot's deadline; UINT64_MAX: none  */
+    uint64_t leases_expired;   /* leases released by their deadline so far         */
+    uint64_t pad2[3];
 };
+
+/* A reference in flight: used while tag != 0 (written last when taken, first when
+ * given back). */
+typedef struct mp_lease {
+    uint64_t tag;      /* the handle's tag; 0 while the slot is unused                */
+    uint64_t deadline; /* CLOCK_MONOTONIC ns after which it is released               */
+    uint32_t entry;    /* the registry entry whose reference it holds                 */
+    uint32_t gen;      /* bumped each time the slot is taken: token = gen << 32 | slot */
+    uint32_t pid;      /* who pickled it (information only: reclaim leaves it alone)  */
+    uint32_t next;     /* unused slots: the next unused one                           */
+} mp_lease_t;
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex fits its room");
 _Static_assert(sizeof(struct mp_shared_ctl) % 64 == 0, "tables start on a cache line");
 _Static_assert(sizeof(mp_entry_t) == 64, "an entry is a cache line");
+_Static_assert(sizeof(mp_lease_t) == 32, "two leases a cache line");
 
 static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c) { return &c->journal; }
@@ -111,6 +156,8 @@ static mp_entry_t *entries_of(mp_shared_ctl_t *c)
     return (mp_entry_t *)((char *)(c + 1) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63));
 }
 
+static mp_lease_t *leases_of(mp_shared_ctl_t *c) { return (mp_lease_t *)(entries_of(c) + c->max_entries); }
+
 static uint32_t bits_for(uint64_t max_entries)
 {
     uint32_t bits = 4;
@@ -118,17 +165,34 @@ static uint32_t bits_for(uint64_t max_entries)
     return bits;
 }
 
-uint64_t mp_shared_ctl_size(uint64_t max_entries)
+uint64_t mp_shared_ctl_size(uint64_t max_entries, uint64_t max_leases)
 {
     if (max_entries == 0 || max_entries > ((uint64_t)1 << 28)) return 0;
+    if (max_leases == 0 || max_leases > ((uint64_t)1 << 28)) return 0;
     uint64_t slots = (uint64_t)1 << bits_for(max_entries);
     return sizeof(mp_shared_ctl_t) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63) +
-           max_entries * sizeof(mp_entry_t);
+           max_entries * sizeof(mp_entry_t) + ((max_leases * sizeof(mp_lease_t) + 63) & ~(uint64_t)63);
 }
 
-int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
+static void leases_init(mp_shared_ctl_t *c, uint64_t max_leases, uint64_t timeout_ns)
 {
-    if (!mp_shared_ctl_size(max_entries)) return MP_EINVAL;
+    c->lease_max = (uint32_t)max_leases;
+    c->leases = 0;
+    c->lease_timeout_ns = timeout_ns;
+    c->lease_due = UINT64_MAX;
+    c->leases_expired = 0;
+    mp_lease_t *l = leases_of(c);
+    memset(l, 0, max_leases * sizeof *l);
+    for (uint32_t k = 0; k < c->lease_max; k++) l[k].next = k + 1 < c->lease_max ? k + 1 : MP_NIL;
+    c->lease_free = 0;
+}
+
+int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_leases,
+                       uint64_t lease_timeout_ns)
+{
+    if (!mp_shared_ctl_size(max_entries, max_leases) || lease_timeout_ns == 0 ||
+        lease_timeout_ns > MP_LEASE_TIMEOUT_MAX)
+        return MP_EINVAL;
     memset(c, 0, sizeof *c);
     mp_journal_init(&c->journal);
     c->magic = CTL_MAGIC;
@@ -142,6 +206,7 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
         e[i].size = i + 1 < c->max_entries ? i + 1 : MP_NIL;
     }
     c->free_head = 0;
+    leases_init(c, max_leases, lease_timeout_ns);
     pthread_mutexattr_t a;
     if (pthread_mutexattr_init(&a)) return MP_EINVAL;
     int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) ||
@@ -149,6 +214,14 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries)
              pthread_mutex_init(&c->lock.mutex, &a);
     pthread_mutexattr_destroy(&a);
     return rc ? MP_EINVAL : MP_OK;
+}
+
+/* CLOCK_MONOTONIC: one clock for every process of the host (lock waits, deadlines) */
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- state words ----------------------------------------------------------------- */
@@ -275,9 +348,10 @@ int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t 
 }
 
 /* ---- references (atomic; see the head comment for who may call what when) ---------- */
-int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose)
+/* One more reference of e (tag matching, refs > 0), in no holder yet: mp_ref_take's
+ * and mp_lease_add's common part; see mp_ref_take for *dispose. */
+static int ref_inc(mp_entry_t *e, uint64_t tag, uint32_t pid, int *dispose)
 {
-    mp_entry_t *e = &entries_of(c)[i];
     *dispose = 0;
     if (tag && __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) != tag) return MP_ENOTALLOC;
     uint64_t s = st_load(e);
@@ -293,6 +367,12 @@ int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int 
         *dispose = (s & REFS_MASK) == 1;
         return MP_ENOTALLOC;
     }
+    return MP_OK;
+}
+
+/* Record a reference borrowed by pid (its count already in the state word). */
+static void holder_add(mp_shared_ctl_t *c, mp_entry_t *e, uint32_t pid)
+{
     int k, empty = -1;
     for (k = 0; k < MP_HOLDERS; k++) {
         if (e->holder[k].count && e->holder[k].pid == pid) break;
@@ -303,7 +383,14 @@ int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int 
         J32(c, e->holder[empty].pid, pid);
         J32(c, e->holder[empty].count, 1);
     } else J32(c, e->overflow, e->overflow + 1);
-    return MP_OK;
+}
+
+int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose)
+{
+    mp_entry_t *e = &entries_of(c)[i];
+    int rc = ref_inc(e, tag, pid, dispose);
+    if (rc == MP_OK) holder_add(c, e, pid);
+    return rc;
 }
 
 /* One reference less, the last one making the entry pid's (refs 0). */
@@ -366,9 +453,12 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
     if (c->magic != CTL_MAGIC) MPI_FAIL("bad lock area magic 0x%08x", c->magic);
     if (c->max_entries == 0 || c->bits != bits_for(c->max_entries) || c->bits > 31)
         MPI_FAIL("registry size fields are inconsistent");
-    if (mp_shared_ctl_size(c->max_entries) != len)
+    if (c->lease_max == 0 || c->lease_max > ((uint64_t)1 << 28))
+        MPI_FAIL("lease table size %u is out of range", c->lease_max);
+    if (mp_shared_ctl_size(c->max_entries, c->lease_max) != len)
         MPI_FAIL("registry needs %llu bytes, the segment gives %llu",
-                 (unsigned long long)mp_shared_ctl_size(c->max_entries), (unsigned long long)len);
+                 (unsigned long long)mp_shared_ctl_size(c->max_entries, c->lease_max),
+                 (unsigned long long)len);
     int kind, want = expected_kind();
     uint32_t word;
     mutex_words(&c->lock.mutex, &word, &kind);
@@ -376,6 +466,13 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
         MPI_FAIL("the lock is not a robust process-shared mutex (kind %d, expected %d)", kind, want);
     if (c->entries > c->max_entries) MPI_FAIL("registry holds %u entries, at most %u", c->entries,
                                               c->max_entries);
+    if (c->leases > c->lease_max) MPI_FAIL("lease table holds %u leases, at most %u", c->leases,
+                                           c->lease_max);
+    if (c->lease_timeout_ns == 0 || c->lease_timeout_ns > MP_LEASE_TIMEOUT_MAX)
+        MPI_FAIL("lease timeout of %llu ns is out of range",
+                 (unsigned long long)c->lease_timeout_ns);
+    if (c->lease_free != MP_NIL && c->lease_free >= c->lease_max)
+        MPI_FAIL("the free lease list starts at %u, beyond the table", c->lease_free);
     return MP_OK;
 }
 
@@ -415,12 +512,87 @@ static void rebuild(mp_shared_ctl_t *c)
     }
 }
 
+/* S4, the leases' part: every used slot checked against the entries, and counted by
+ * entry into tally (when not NULL).  With repair != 0, a used slot that names no
+ * used entry of its tag is cleared (a death between a slot's fields and its tag
+ * cannot leave one: the tag goes last; a crafted or torn one can), and the free list,
+ * the count and the deadline bound are rebuilt by leases_rebuild after the entries'
+ * repair. */
+static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *msg,
+                        size_t msglen)
+{
+    mp_lease_t *l = leases_of(c);
+    mp_entry_t *e = entries_of(c);
+    uint64_t used = 0, nfree = 0, horizon = now_ns() + c->lease_timeout_ns;
+    for (uint32_t k = 0; k < c->lease_max; k++) {
+        if (!l[k].tag) continue;
+        uint32_t i = l[k].entry;
+        int bad = i >= c->max_entries || e[i].offset == UNUSED ||
+                  __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE) != l[k].tag;
+        if (bad || l[k].gen == 0) {
+            if (!repair && bad)
+                MPI_FAIL("lease %u names entry %u of tag %llu, which holds no such range", k, i,
+                         (unsigned long long)l[k].tag);
+            if (!repair) MPI_FAIL("lease %u is in use with generation 0", k);
+            l[k].tag = 0;
+            c->repaired++;
+            continue;
+        }
+        if (!repair && (l[k].deadline > horizon || l[k].deadline < c->lease_due))
+            MPI_FAIL("lease %u has a deadline outside [earliest deadline, now + timeout]", k);
+        if (tally) tally[i]++;
+        used++;
+    }
+    if (repair) return MP_OK;
+    for (uint32_t k = c->lease_free; k != MP_NIL; k = l[k].next)
+        if (k >= c->lease_max || l[k].tag || ++nfree > c->lease_max)
+            MPI_FAIL("the free lease list is broken at %u", k);
+    if (used != c->leases || used + nfree != c->lease_max)
+        MPI_FAIL("lease counts disagree: %u counted, %llu used, %llu free", c->leases,
+                 (unsigned long long)used, (unsigned long long)nfree);
+    return MP_OK;
+}
+
+/* The leases that name entry i: from the tally, or counted (no memory for one). */
+static uint64_t leases_of_entry(mp_shared_ctl_t *c, const uint32_t *tally, uint32_t i)
+{
+    if (tally) return tally[i];
+    mp_lease_t *l = leases_of(c);
+    uint64_t n = 0;
+    for (uint32_t k = 0; k < c->lease_max; k++) n += l[k].tag && l[k].entry == i;
+    return n;
+}
+
+/* After a repair: drop the leases of entries the repair dropped, rebuild the free
+ * list, the count and the deadline bound from the slots. */
+static void leases_rebuild(mp_shared_ctl_t *c)
+{
+    mp_lease_t *l = leases_of(c);
+    mp_entry_t *e = entries_of(c);
+    c->lease_free = MP_NIL;
+    c->leases = 0;
+    c->lease_due = UINT64_MAX;
+    for (uint32_t k = c->lease_max; k-- > 0;) {
+        if (l[k].tag && (e[l[k].entry].offset == UNUSED || e[l[k].entry].tag != l[k].tag)) {
+            l[k].tag = 0;
+            c->repaired++;
+        }
+        if (l[k].tag) {
+            c->leases++;
+            if (l[k].deadline < c->lease_due) c->lease_due = l[k].deadline;
+        } else {
+            l[k].next = c->lease_free;
+            c->lease_free = k;
+        }
+    }
+}
+
 /* S2 and S3.  With repair != 0, entries without a live range are dropped, the
  * index and free list are rebuilt from the entries, and live ranges without an
  * entry are freed (what a dead owner's half-done call left); each repair is
  * counted in c->repaired. */
-static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_tx_t *repair,
-                          char *msg, size_t msglen)
+static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_tx_t *repair,
+                         const uint32_t *tally, char *msg, size_t msglen)
 {
     mp_entry_t *e = entries_of(c);
     uint32_t *ix = index_of(c);
@@ -431,10 +603,11 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_
         uint64_t s = st_load(&e[i]), size, tag = __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE);
         uint64_t borrowed = e[i].overflow, want;
         for (int k = 0; k < MP_HOLDERS; k++) borrowed += e[i].holder[k].count;
+        borrowed += leases_of_entry(c, tally, i); /* references in flight */
         want = borrowed + ((s & OWNER_REF) ? 1 : 0);
         if ((s & REFS_MASK) != want) {
-            if (!repair) MPI_FAIL("registry entry %u (offset %llu): %llu refs, its holders account "
-                                  "for %llu", i, (unsigned long long)e[i].offset,
+            if (!repair) MPI_FAIL("registry entry %u (offset %llu): %llu refs, its holders and leases "
+                                  "account for %llu", i, (unsigned long long)e[i].offset,
                                   (unsigned long long)(s & REFS_MASK), (unsigned long long)want);
             /* a death between a reference's count and its holder: trust the holders.
              * The owner may release its own reference meanwhile (no lock): recount
@@ -499,6 +672,18 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_
     return MP_OK;
 }
 
+/* S2, S3 and S4: the leases first (the entries' reference counts include them). */
+static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_tx_t *repair,
+                          char *msg, size_t msglen)
+{
+    uint32_t *tally = calloc(c->max_entries, sizeof *tally); /* NULL: counted slowly */
+    int rc = check_leases(c, tally, repair != NULL, msg, msglen);
+    if (rc == MP_OK) rc = check_entries(c, ops, st, repair, tally, msg, msglen);
+    if (repair) leases_rebuild(c);
+    free(tally);
+    return rc;
+}
+
 int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
                     uint64_t st_len, char *msg, size_t msglen)
 {
@@ -554,12 +739,6 @@ uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_
 }
 
 /* ---- the lock ------------------------------------------------------------------------ */
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 int mp_shared_trylock(mp_shared_ctl_t *c) { return pthread_mutex_trylock(&c->lock.mutex); }
 
@@ -811,7 +990,12 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t m
     return MP_OK;
 }
 
-void mp_shared_unlock(mp_shared_ctl_t *c) { pthread_mutex_unlock(&c->lock.mutex); }
+void mp_shared_unlock(mp_shared_ctl_t *c)
+{
+    /* a transaction left open would be rolled back by the next taker: commit first */
+    mpi_assert(__atomic_load_n(&c->journal.phase, __ATOMIC_ACQUIRE) == MP_TX_IDLE);
+    pthread_mutex_unlock(&c->lock.mutex);
+}
 
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8])
 {
@@ -823,4 +1007,115 @@ void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8])
     out[5] = c->lock_wait_ns;
     out[6] = c->recoveries;
     out[7] = c->repaired;
+}
+
+/* ---- leases (lock held, but for mp_lease_due and mp_lease_stats) -------------------- */
+/* Take the first unused slot for a lease of entry i; tag last (see mp_lease_t). */
+static uint32_t lease_put(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid,
+                          uint64_t deadline)
+{
+    uint32_t k = c->lease_free;
+    mp_lease_t *l = &leases_of(c)[k];
+    J32(c, c->lease_free, l->next);
+    J32(c, l->entry, i);
+    J64(c, l->deadline, deadline);
+    J32(c, l->pid, pid);
+    J32(c, l->gen, l->gen + 1 ? l->gen + 1 : 1); /* never 0: a token is never 0 */
+    J32(c, l->next, MP_NIL);
+    J64(c, l->tag, tag);
+    J32(c, c->leases, c->leases + 1);
+    if (deadline < c->lease_due) J64(c, c->lease_due, deadline);
+    return k;
+}
+
+/* Give slot k back to the free list; tag first. */
+static void lease_clear(mp_shared_ctl_t *c, uint32_t k)
+{
+    mp_lease_t *l = &leases_of(c)[k];
+    J64(c, l->tag, 0);
+    J32(c, l->next, c->lease_free);
+    J32(c, c->lease_free, k);
+    J32(c, c->leases, c->leases - 1);
+    if (!c->leases) J64(c, c->lease_due, UINT64_MAX);
+}
+
+int mp_lease_add(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t i, uint64_t tag, uint32_t pid,
+                 uint64_t *token)
+{
+    if (c->lease_free == MP_NIL) mp_lease_expire(c, t, pid); /* full: the due ones */
+    mp_tx_room(t, 1, 32);
+    if (c->lease_free == MP_NIL) return MP_ENONODES;
+    mp_entry_t *e = &entries_of(c)[i];
+    int disp;
+    int rc = ref_inc(e, tag, pid, &disp);
+    if (disp) { /* lost a race with a reuse and gave the last reference back: ours */
+        uint64_t off = e->offset;
+        mp_reg_drop(c, i);
+        mp_tx_free(t, off);
+    }
+    if (rc != MP_OK) return rc;
+    uint64_t deadline = now_ns() + c->lease_timeout_ns;
+    uint32_t k = lease_put(c, i, tag, pid, deadline);
+    *token = (uint64_t)leases_of(c)[k].gen << 32 | k;
+    return MP_OK;
+}
+
+int mp_lease_adopt(mp_shared_ctl_t *c, uint64_t token, uint32_t i, uint64_t tag, uint32_t pid)
+{
+    uint32_t k = (uint32_t)token;
+    if (k >= c->lease_max) return MP_ENOTALLOC;
+    mp_lease_t *l = &leases_of(c)[k];
+    if (!l->tag || l->tag != tag || l->gen != (uint32_t)(token >> 32) || l->entry != i)
+        return MP_ENOTALLOC;
+    lease_clear(c, k);
+    holder_add(c, &entries_of(c)[i], pid); /* the lease's reference, now pid's */
+    return MP_OK;
+}
+
+int mp_lease_due(const mp_shared_ctl_t *c)
+{
+    uint64_t due = __atomic_load_n(&c->lease_due, __ATOMIC_RELAXED);
+    return due != UINT64_MAX && now_ns() >= due;
+}
+
+uint64_t mp_lease_expire(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid)
+{
+    if (c->lease_due == UINT64_MAX) return 0; /* the common path */
+    return mp_lease_expire_at(c, t, pid, now_ns());
+}
+
+uint64_t mp_lease_expire_at(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t now)
+{
+    uint64_t due = UINT64_MAX, n = 0;
+    if (now < c->lease_due) return 0;
+    mp_lease_t *l = leases_of(c);
+    for (uint32_t k = 0; k < c->lease_max; k++) {
+        if (!l[k].tag) continue;
+        if (l[k].deadline > now) {
+            if (l[k].deadline < due) due = l[k].deadline;
+            continue;
+        }
+        uint32_t i = l[k].entry;
+        mp_tx_room(t, 1, 32); /* between leases the registry agrees with the state */
+        lease_clear(c, k);
+        J64(c, c->leases_expired, c->leases_expired + 1);
+        n++;
+        mp_entry_t *e = &entries_of(c)[i];
+        /* (a CAS: a rollback recounts refs from the holders and the leases restored) */
+        if (drop_ref(e, pid) == 1) { /* the last reference: the range goes back */
+            uint64_t off = e->offset;
+            mp_reg_drop(c, i);
+            mp_tx_free(t, off);
+        }
+    }
+    J64(c, c->lease_due, due);
+    return n;
+}
+
+void mp_lease_stats(const mp_shared_ctl_t *c, uint64_t out[4])
+{
+    out[0] = c->leases;
+    out[1] = c->lease_max;
+    out[2] = c->leases_expired;
+    out[3] = c->lease_timeout_ns;
 }

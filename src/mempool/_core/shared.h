@@ -30,8 +30,12 @@ typedef struct mp_entry {
     uint32_t pad;
 } mp_entry_t; /* one cache line: processes working on their own entries share none */
 
-uint64_t mp_shared_ctl_size(uint64_t max_entries); /* 0 when invalid */
-int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries);
+/* The lock + registry + lease table area: 0 when a size is invalid (max_entries and
+ * max_leases in [1, 2**28]; lease_timeout_ns in [1, MP_LEASE_TIMEOUT_MAX]). */
+#define MP_LEASE_TIMEOUT_MAX ((uint64_t)1 << 62)
+uint64_t mp_shared_ctl_size(uint64_t max_entries, uint64_t max_leases);
+int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_leases,
+                       uint64_t lease_timeout_ns);
 int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen);
 /* The whole check (layout, strategy, registry against the strategy); lock held. */
 int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
@@ -89,5 +93,24 @@ uint32_t mp_entry_owner(const mp_entry_t *e);
  * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
  * not attributed and stay. */
 uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released);
+/* Leases: the reference a pickled handle carries in flight (see shared.c's head).
+ * add (lock held): one more reference of entry i (tag must match, refs > 0) held by a
+ * new lease, *token names it (gen << 32 | slot); when the table is full, due leases
+ * are released first; MP_ENOTALLOC (stale), MP_ENONODES (full).  A reference given
+ * back meanwhile by a lost race is disposed of here (like mp_ref_take's *dispose).
+ * adopt (lock held): the lease `token` of entry i / tag becomes a reference borrowed
+ * by pid (refs unchanged); MP_ENOTALLOC when there is no such lease (adopted already,
+ * expired).  expire (lock held): when the earliest deadline has passed, release every
+ * lease past its own; ranges left without a reference are freed; returns how many
+ * leases were released.  due (any time, a hint): some lease may be past its deadline.
+ * stats: leases in flight, max_leases, leases expired so far, lease_timeout_ns. */
+int mp_lease_add(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t i, uint64_t tag, uint32_t pid,
+                 uint64_t *token);
+int mp_lease_adopt(mp_shared_ctl_t *c, uint64_t token, uint32_t i, uint64_t tag, uint32_t pid);
+uint64_t mp_lease_expire(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid);
+/* ... as if the clock read `now` (CLOCK_MONOTONIC ns): the fault-injection test */
+uint64_t mp_lease_expire_at(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t now);
+int mp_lease_due(const mp_shared_ctl_t *c);
+void mp_lease_stats(const mp_shared_ctl_t *c, uint64_t out[4]);
 
 #endif /* MEMPOOL_SHARED_H */

@@ -190,14 +190,16 @@ static PyObject *ext_data_address(PyObject *Py_UNUSED(mod), PyObject *obj)
     return r;
 }
 
-/* shared_ctl_size(max_entries) -> bytes of a shared pool's lock + registry area */
-static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *arg)
+/* shared_ctl_size(max_entries, max_leases) -> bytes of a shared pool's lock + registry +
+ * lease table area */
+static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *args)
 {
-    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
-    if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    uint64_t size = mp_shared_ctl_size(n);
+    unsigned long long n, leases;
+    if (!PyArg_ParseTuple(args, "KK:shared_ctl_size", &n, &leases)) return NULL;
+    uint64_t size = mp_shared_ctl_size(n, leases);
     if (!size) {
-        PyErr_Format(PyExc_ValueError, "max_entries must be in [1, 2**30], got %llu", n);
+        PyErr_Format(PyExc_ValueError, "max_entries and max_leases must be in [1, 2**28], got "
+                     "%llu and %llu", n, leases);
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(size);
@@ -251,8 +253,9 @@ static PyMethodDef module_methods[] = {
      "--\n\nRoll an interrupted call of a persistent pool back (1) or forward (2); 0: none."},
     {"data_address", ext_data_address, METH_O,
      "data_address($module, obj, /)\n--\n\nAddress of the first byte of a (strided) buffer or array."},
-    {"shared_ctl_size", ext_shared_ctl_size, METH_O,
-     "shared_ctl_size($module, max_entries, /)\n--\n\nBytes of a shared pool's lock and block registry."},
+    {"shared_ctl_size", ext_shared_ctl_size, METH_VARARGS,
+     "shared_ctl_size($module, max_entries, max_leases, /)\n--\n\n"
+     "Bytes of a shared pool's lock, block registry and lease table."},
     {"address_of", ext_address_of, METH_O,
      "address_of($module, buffer, /)\n--\n\nThe address of the buffer's first byte (an int)."},
     {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},

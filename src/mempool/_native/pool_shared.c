@@ -21,7 +21,10 @@
  *    entry stays, refs 0, owner = this pid);
  *  - everything else takes the lock: the strategy, the index, handles by tag and
  *    the references they borrow (recorded per process, so that reclaim(pid) can give
- *    back what a dead process held).
+ *    back what a dead process held), and the leases of pickled handles (sh_reduce,
+ *    _lease: a reference that travels with the pickle; handle() adopts it).  Every
+ *    locked call first releases the leases past their deadline (mp_lease_expire:
+ *    one comparison when none is due).
  * The cache holds at most MAG_CLASSES x MAG_DEPTH ranges of <= MAG_MAX bytes; it is
  * given back when the pool closes or is collected, before stats/check/segments, when
  * an allocation would otherwise fail, and by reclaim(pid) after the process died.
@@ -127,6 +130,7 @@ static int sh_lock(SharedPoolObject *s)
     }
     if (r == MP_OK) {
         mp_tx_begin(s->tx); /* everything until sh_unlock is one transaction */
+        mp_lease_expire(s->ctl, s->tx, mp_getpid()); /* lost handles' leases */
         return 0;
     }
     s->lock_refused = 1;
@@ -221,18 +225,26 @@ static void give_back(SharedPoolObject *s)
 }
 
 /* A new handle (a Block holding a borrowed reference) for the live range at off
- * whose tag is `tag` (0: any): block_at() and unpickled handles. */
-static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint64_t tag)
+ * whose tag is `tag` (0: any): block_at() and unpickled handles.  With a lease
+ * token (a pickled handle's), the lease's reference is adopted; when there is no
+ * such lease (this pickle was unpickled already, or its lease expired), a fresh
+ * reference is taken as long as (off, tag) is still live. */
+static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint64_t tag,
+                        uint64_t lease)
 {
     if (sh_lock(s) < 0) return NULL;
     uint32_t i = off == UINT64_MAX ? MP_NIL : mp_reg_lookup(s->ctl, off);
-    int disp = 0, rc = i == MP_NIL ? MP_ENOTALLOC : mp_ref_take(s->ctl, i, tag, mp_getpid(), &disp);
+    int disp = 0, rc = MP_ENOTALLOC;
+    if (i != MP_NIL && lease && tag) rc = mp_lease_adopt(s->ctl, lease, i, tag, mp_getpid());
+    if (i != MP_NIL && rc != MP_OK) rc = mp_ref_take(s->ctl, i, tag, mp_getpid(), &disp);
     if (disp) dispose(s, i);
     if (rc != MP_OK) {
         sh_unlock(s);
         if (tag)
             PyErr_Format(mp_NotAllocated, "stale handle: the range at offset %llu (tag %llu) was "
-                         "freed or reused", (unsigned long long)off, (unsigned long long)tag);
+                         "freed or reused%s", (unsigned long long)off, (unsigned long long)tag,
+                         lease ? " (the handle's lease was adopted by an earlier unpickling, "
+                                 "or expired, and no other reference kept the range)" : "");
         else PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", what);
         return NULL;
     }
@@ -419,7 +431,7 @@ static int sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *of
 
 static PyObject *sh_block_at(PoolObject *p, PyObject *what, uint64_t off)
 {
-    return handle(SH(p), what, off, 0);
+    return handle(SH(p), what, off, 0, 0);
 }
 
 static void sh_close(PoolObject *p)
@@ -437,9 +449,39 @@ static void sh_close(PoolObject *p)
     }
 }
 
+/* A lease for a handle of b about to be pickled: *token names it.  0, or -1 with the
+ * exception set. */
+static int take_lease(SharedPoolObject *s, BlockObject *b, uint64_t *token)
+{
+    if (sh_lock(s) < 0) return -1;
+    int rc = entry_matches(s, b)
+                 ? mp_lease_add(s->ctl, s->tx, b->entry, b->tag, mp_getpid(), token)
+                 : MP_ENOTALLOC;
+    uint64_t leases[4];
+    mp_lease_stats(s->ctl, leases);
+    sh_unlock(s);
+    if (rc == MP_ENONODES)
+        PyErr_Format(mp_OutOfSpace, "cannot pickle a handle of the block at offset %llu: the "
+                     "shared pool's lease table is full (max_leases = %llu handles pickled and "
+                     "not yet unpickled, none past its deadline of %llu ms); raise max_leases "
+                     "or lower lease_timeout at create", (unsigned long long)b->offset,
+                     (unsigned long long)leases[1], (unsigned long long)(leases[3] / 1000000));
+    else if (rc != MP_OK)
+        PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed or reused (reclaimed "
+                     "while its process was alive?)", (unsigned long long)b->offset);
+    return rc == MP_OK ? 0 : -1;
+}
+
+/* pickling a Block: a lease travels with the handle (see shared.c) */
 static PyObject *sh_reduce(PoolObject *p, BlockObject *b)
 {
-    return PyObject_CallOneArg(SH(p)->reducer, (PyObject *)b);
+    uint64_t token;
+    if (take_lease(SH(p), b, &token) < 0) return NULL;
+    PyObject *t = PyLong_FromUnsignedLongLong(token);
+    if (!t) return NULL; /* the lease expires by its deadline */
+    PyObject *r = PyObject_CallFunctionObjArgs(SH(p)->reducer, (PyObject *)b, t, NULL);
+    Py_DECREF(t);
+    return r;
 }
 
 static const mp_pool_hooks_t shared_hooks = {
@@ -455,24 +497,29 @@ static const mp_pool_hooks_t shared_hooks = {
 /* ---- init / dealloc ------------------------------------------------------------------ */
 static const char *const init_names[] = {"strategy", "buffer", "source", "lock_buffer",
                                          "lock_offset", "lock_size", "max_entries", "reducer",
-                                         "array_type", "align", "shadow_offset", NULL};
+                                         "array_type", "align", "max_leases",
+                                         "lease_timeout_ns", "shadow_offset", NULL};
 
 /* SharedPoolCore(strategy, buffer, source, lock_buffer, lock_offset, lock_size,
- *                max_entries, reducer, array_type, *, align=16, shadow_offset):
+ *                max_entries, reducer, array_type, *, align=16, max_leases=0,
+ *                lease_timeout_ns=0, shadow_offset):
  * PoolCore's arguments, and the lock and registry at
  * lock_buffer[lock_offset:lock_offset+lock_size]: max_entries > 0 initialises them
- * (create), 0 attaches (layout and journal validated here, the whole state by check()
+ * (create; max_leases and lease_timeout_ns size the lease table and set a lease's
+ * lifetime), 0 attaches (layout and journal validated here, the whole state by check()
  * under the lock, which also recovers a call its process died in).  The state's shadow
  * copy (journal.h) is at lock_buffer[shadow_offset:], as long as the state.  Blocks
  * free their ranges when collected. */
 static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *strategy, *buffer, *source, *lock_buffer, *reducer, *array_type;
-    unsigned long long offset, length, max_entries, align = 16, shadow = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KK:SharedPoolCore",
+    unsigned long long offset, length, max_entries, align = 16, max_leases = 0, timeout = 0;
+    unsigned long long shadow = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KKKK:SharedPoolCore",
                                      (char **)init_names, &StrategyType, &strategy, &buffer,
                                      &source, &lock_buffer, &offset, &length, &max_entries,
-                                     &reducer, &PyType_Type, &array_type, &align, &shadow))
+                                     &reducer, &PyType_Type, &array_type, &align, &max_leases,
+                                     &timeout, &shadow))
         return -1;
     if (self->pool.strategy || self->has_ctl) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
@@ -503,7 +550,8 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         goto fail;
     }
     if (max_entries) {
-        if (mp_shared_ctl_size(max_entries) != length || mp_shared_ctl_init(c, max_entries)) {
+        if (mp_shared_ctl_size(max_entries, max_leases) != length ||
+            mp_shared_ctl_init(c, max_entries, max_leases, timeout)) {
             PyErr_SetString(PyExc_ValueError, "cannot initialise the lock area");
             goto fail;
         }
@@ -682,12 +730,20 @@ static PyObject *ext_shared_hold_lock(SharedPoolObject *self, PyObject *arg)
 static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (need_shared(self) < 0) return NULL;
-    uint64_t v[8];
+    if (mp_lease_due(self->ctl)) { /* leases past their deadline: released first */
+        if (sh_lock(self) < 0) return NULL;
+        sh_unlock(self);
+    }
+    uint64_t v[8], ls[4];
     mp_shared_stats(self->ctl, v); /* plain counters: read without the lock */
+    mp_lease_stats(self->ctl, ls);
     mp_shared_local_t *l = local_of(self);
     unsigned long long cached = 0;
     for (int k = 0; k < MAG_CLASSES; k++) cached += l->n[k];
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "entries", (unsigned long long)v[0],
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsK}", "leases", (unsigned long long)ls[0],
+                         "max_leases", (unsigned long long)ls[1], "leases_expired",
+                         (unsigned long long)ls[2], "lease_timeout_ns", (unsigned long long)ls[3],
+                         "entries", (unsigned long long)v[0],
                          "max_entries", (unsigned long long)v[1], "serial",
                          (unsigned long long)v[2], "lock_calls",
                          (unsigned long long)self->lock_calls, "lock_waits",
@@ -696,11 +752,11 @@ static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ig
                          (unsigned long long)v[7], "cached", cached);
 }
 
-/* _handle(offset, tag): unpickle a shared block handle */
+/* _handle(offset, tag, lease=0): unpickle a shared block handle (adopting its lease) */
 static PyObject *ext_shared_handle(SharedPoolObject *self, PyObject *args)
 {
-    unsigned long long off, tag;
-    if (!PyArg_ParseTuple(args, "KK", &off, &tag)) return NULL;
+    unsigned long long off, tag, lease = 0;
+    if (!PyArg_ParseTuple(args, "KK|K", &off, &tag, &lease)) return NULL;
     if (mp_pool_check_open(&self->pool) < 0) return NULL;
     if (!self->ctl || !tag) {
         PyErr_SetString(PyExc_TypeError, "handles name blocks of shared pools");
@@ -708,9 +764,29 @@ static PyObject *ext_shared_handle(SharedPoolObject *self, PyObject *args)
     }
     PyObject *o = PyLong_FromUnsignedLongLong(off);
     if (!o) return NULL;
-    PyObject *b = handle(self, o, off, tag);
+    PyObject *b = handle(self, o, off, tag, lease);
     Py_DECREF(o);
     return b;
+}
+
+/* _lease(block) -> token: a lease for a handle of block about to be pickled (the
+ * array reducer's; a Block's own goes through sh_reduce) */
+static PyObject *ext_shared_lease(SharedPoolObject *self, PyObject *arg)
+{
+    if (need_shared(self) < 0) return NULL;
+    if (!PyObject_TypeCheck(arg, &BlockType) || ((BlockObject *)arg)->pool != &self->pool) {
+        PyErr_SetString(PyExc_TypeError, "_lease takes a Block of this pool");
+        return NULL;
+    }
+    BlockObject *b = (BlockObject *)arg;
+    if (!b->live) {
+        PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
+                     (unsigned long long)b->offset);
+        return NULL;
+    }
+    uint64_t token;
+    if (take_lease(self, b, &token) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(token);
 }
 
 static PyMethodDef shared_methods[] = {
@@ -728,6 +804,7 @@ static PyMethodDef shared_methods[] = {
     {"_hold_lock", (PyCFunction)ext_shared_hold_lock, METH_O, NULL},
     {"_shared_stats", (PyCFunction)ext_shared_stats, METH_NOARGS, NULL},
     {"_handle", (PyCFunction)ext_shared_handle, METH_VARARGS, NULL},
+    {"_lease", (PyCFunction)ext_shared_lease, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
