@@ -454,3 +454,31 @@ def test_a_forked_child_cannot_change_the_parents_persistent_pool(tmp_path):
         assert p.stats().live == 1 and p.block_at(b.offset).size == 64
         p.check()
         p.free(b)
+
+
+@pytest.mark.parametrize("strategy", mempool.STRATEGIES)
+@pytest.mark.parametrize("ph", [1, 2])
+def test_a_half_written_state_or_shadow_is_recovered(tmp_path, strategy, ph):
+    # phase 1: the dead call had written part of the state (rolled back from the
+    # shadow); phase 2: it had committed and written part of the shadow (rolled forward)
+    from mempool._segment import Header
+    path = tmp_path / "half.mp"
+    opts = {"item_size": 64} if strategy == "slab" else {}
+    with Pool.create(path, "1MiB", strategy, **opts) as p:
+        offs = [p.alloc(40).offset for _ in range(12)]
+        p.free(p.block_at(offs[5]))
+        del offs[5]
+        segs = p.segments()
+        sizes = [p.block_at(o).size for o in offs]
+    raw = bytearray(path.read_bytes())
+    h = Header.unpack(memoryview(raw), len(raw), raw[:8], str(path))
+    at = h.state_off if ph == 1 else h.shadow_off
+    raw[at + 64:at + h.state_size] = (b"\xa5" * h.state_size)[:h.state_size - 64]
+    raw[PHASE_OFFSET:PHASE_OFFSET + 8] = ph.to_bytes(8, "little")
+    path.write_bytes(raw)
+    with Pool.open(path) as q:
+        assert q.recovered
+        assert phase(path) == 0
+        q.check()
+        assert q.segments() == segs
+        assert [q.block_at(o).size for o in offs] == sizes

@@ -236,7 +236,9 @@ def test_lock_owner_killed_does_not_wedge_and_blocks_are_reclaimed(name):
             os.kill(pid, signal.SIGKILL)
             proc.join(30)
             b = p.alloc(10)  # would hang forever on a dead owner without robustness
-            assert p.shared_stats().recoveries == k + 1
+            st = p.shared_stats()
+            assert st.recoveries == k + 1
+            assert st.rolled_back == k + 1 and st.rolled_forward == 0  # died inside a call
             assert p.stats().live == 4
             with pytest.raises(ValueError, match="alive"):
                 p.reclaim(os.getpid())
@@ -515,4 +517,54 @@ def test_try_alloc_of_a_shared_pool(name):
         assert c.offset == 0 and bytes(c)[:2] == b"hi"
         del a, b, c
         assert len(p) == 0
+        p.check()
+
+
+def _segment_words(name):
+    """(mmap of /dev/shm/name, header) for crafting what a killed call leaves."""
+    import mmap
+
+    from mempool._segment import Header
+    f = open(f"/dev/shm/{name}", "r+b")
+    m = mmap.mmap(f.fileno(), 0)
+    f.close()
+    return m, Header.unpack(memoryview(m), len(m), b"MPSHARED", name)
+
+
+JOURNAL_IN_CTL = 192  # the journal's offset in the control block (shared.c)
+
+
+@pytest.mark.parametrize("strategy", mempool.STRATEGIES)
+@pytest.mark.parametrize("phase", [1, 2])
+def test_a_call_left_half_done_is_rolled_back_or_forward(name, strategy, phase):
+    # what a process killed inside a call leaves: the journal ACTIVE and the state
+    # half-written (rolled back from the shadow), or COMMITTED and the shadow
+    # half-written (rolled forward from the state)
+    opts = {"item_size": 64} if strategy == "slab" else {}
+    with SharedPool.create(name, "1MiB", strategy, **opts) as p:
+        blocks = [p.alloc(48) for _ in range(20)]
+        for k, b in enumerate(blocks):
+            memoryview(b)[:1] = bytes([k])
+        del blocks[::3]
+        p._flush_cache()
+        segs, used = p.segments(), p.used
+        m, h = _segment_words(name)
+        ph = h.lock_off + JOURNAL_IN_CTL + 8
+        assert int.from_bytes(m[ph:ph + 8], "little") == 0
+        garbage = bytes(range(256)) * (h.state_size // 256 + 1)
+        if phase == 1:  # the state half-written by the dead call
+            m[h.state_off + 64:h.state_off + h.state_size] = garbage[:h.state_size - 64]
+        else:  # the shadow half-written by the dead call's commit
+            m[h.shadow_off + 64:h.shadow_off + h.state_size] = garbage[:h.state_size - 64]
+        m[ph:ph + 8] = phase.to_bytes(8, "little")
+        p.check()  # the next lock taker recovers first
+        st = p.shared_stats()
+        assert (st.rolled_back, st.rolled_forward) == ((1, 0) if phase == 1 else (0, 1))
+        assert int.from_bytes(m[ph:ph + 8], "little") == 0
+        assert m[h.state_off:h.state_off + h.state_size] == m[h.shadow_off:h.shadow_off + h.state_size]
+        m.close()
+        assert p.segments() == segs and p.used == used
+        assert [bytes(b)[0] for b in blocks] == [k for k in range(20) if k % 3]
+        b = p.alloc(48)  # and carries on
+        b.free()
         p.check()

@@ -78,12 +78,14 @@ class SharedStats:
     lock_waits: int  #: acquisitions that found the lock taken
     lock_wait_ns: int  #: time spent waiting for the lock
     recoveries: int  #: takeovers after a process died holding the lock
-    repaired: int  #: registry entries repaired after such a death
+    repaired: int  #: registry words recounted or repaired after such a death
     cached: int  #: ranges this process freed and keeps for its next allocations
     leases: int = 0  #: handles pickled and not yet unpickled (nor expired): references in flight
     max_leases: int = 0  #: the lease table's capacity (handles in flight at once)
     leases_expired: int = 0  #: leases released by their deadline so far (never unpickled)
     lease_timeout: float = 0.0  #: seconds a lease lives in flight before it is released
+    rolled_back: int = 0  #: calls a dead process was in, undone from the journal
+    rolled_forward: int = 0  #: ... and completed (the process died after their commit)
 
 
 # ---- arrays and handles --------------------------------------------------------------
@@ -367,7 +369,8 @@ class SharedPool(SharedPoolCore, Pool):
                            recoveries=d["recoveries"], repaired=d["repaired"],
                            cached=d["cached"], leases=d["leases"], max_leases=d["max_leases"],
                            leases_expired=d["leases_expired"],
-                           lease_timeout=d["lease_timeout_ns"] / 1e9)
+                           lease_timeout=d["lease_timeout_ns"] / 1e9,
+                           rolled_back=d["rolled_back"], rolled_forward=d["rolled_forward"])
 
     # ---- lifetime ----------------------------------------------------------------------
     def reclaim(self, pid: int, *, force: bool = False) -> int:

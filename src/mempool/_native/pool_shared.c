@@ -740,7 +740,10 @@ static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ig
     mp_shared_local_t *l = local_of(self);
     unsigned long long cached = 0;
     for (int k = 0; k < MAG_CLASSES; k++) cached += l->n[k];
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsK}", "leases", (unsigned long long)ls[0],
+    const mp_journal_t *j = mp_shared_journal(self->ctl);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "rolled_back",
+                         (unsigned long long)j->rolled_back, "rolled_forward",
+                         (unsigned long long)j->rolled_forward, "leases", (unsigned long long)ls[0],
                          "max_leases", (unsigned long long)ls[1], "leases_expired",
                          (unsigned long long)ls[2], "lease_timeout_ns", (unsigned long long)ls[3],
                          "entries", (unsigned long long)v[0],
