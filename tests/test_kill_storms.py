@@ -261,3 +261,130 @@ def test_shared_pool_kill_storm(name, strategy):
             s["proc"].kill()
             s["proc"].join()
         pool.close()
+
+
+# ---- file pools ----------------------------------------------------------------------------
+# The writer logs each call to a side file with one os.write (the kernel keeps it through
+# SIGKILL): "I op offset" before the call (its intent), then after it completed and the new
+# range got its pattern "A off size pat" (alloc), "F off" (free) or "R old new size pat"
+# (realloc).  A call whose intent has no completion was in flight when the writer died.
+
+def file_storm(path, seed: int, committed: dict, log: str, w: int) -> None:
+    p = Pool.open(path)
+    rng = random.Random(seed)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    live = dict(committed)  # offset -> (size, pattern)
+    step = 0
+    while True:
+        step += 1
+        if step == 20:
+            os.write(w, b"r")
+        r = rng.random()
+        if live and (r < 0.4 or len(live) > 80):
+            off = rng.choice(list(live))
+            os.write(fd, f"I free {off}\n".encode())
+            p.free(p.block_at(off))
+            del live[off]
+            os.write(fd, f"F {off}\n".encode())
+        elif live and r < 0.55:
+            off = rng.choice(list(live))
+            size, pat = rng.randint(1, ITEM_MAX), rng.randint(1, 255)
+            os.write(fd, f"I realloc {off}\n".encode())
+            try:
+                b = p.realloc(p.block_at(off), size)
+            except mempool.OutOfSpace:
+                os.write(fd, f"R {off} {off} {live[off][0]} {live[off][1]}\n".encode())
+                continue
+            memoryview(b)[:size] = bytes([pat]) * size
+            del live[off]
+            live[b.offset] = (size, pat)
+            os.write(fd, f"R {off} {b.offset} {size} {pat}\n".encode())
+            del b  # the range's only Block: a later block_at(offset) is its only one again
+        else:
+            size, pat = rng.randint(1, ITEM_MAX), rng.randint(1, 255)
+            os.write(fd, b"I alloc 0\n")
+            try:
+                b = p.alloc(size)
+            except mempool.OutOfSpace:
+                os.write(fd, b"N\n")
+                continue
+            memoryview(b)[:size] = bytes([pat]) * size
+            live[b.offset] = (size, pat)
+            os.write(fd, f"A {b.offset} {size} {pat}\n".encode())
+            del b
+
+
+def replay(log: str, committed: dict) -> tuple[dict, tuple[str, int] | None]:
+    """The ranges the writer had completed, and the call in flight (op, offset) or None."""
+    live = dict(committed)
+    inflight = None
+    with open(log) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # (a torn line cannot happen with one write, but be safe)
+            w = line.split()
+            if w[0] == "I":
+                inflight = (w[1], int(w[2]))
+                continue
+            if w[0] == "A":
+                live[int(w[1])] = (int(w[2]), int(w[3]))
+            elif w[0] == "F":
+                del live[int(w[1])]
+            elif w[0] == "R":
+                del live[int(w[1])]
+                live[int(w[2])] = (int(w[3]), int(w[4]))
+            inflight = None
+    return live, inflight
+
+
+@pytest.mark.parametrize("strategy", sorted(OPTIONS))
+def test_file_pool_kill_storm(tmp_path, strategy):
+    rng = random.Random(f"file-{strategy}")
+    path, log = tmp_path / "storm.mp", str(tmp_path / "storm.log")
+    extra_opts = {"max_blocks": 4096} if strategy in ("tlsf", "bestfit") else {}
+    Pool.create(path, "1MiB", strategy, **OPTIONS[strategy], **extra_opts).close()
+    committed: dict = {}
+    figures = {"kills": 0, "inside_a_call": 0, "in_flight_done": 0, "in_flight_undone": 0}
+    for k in range(FILE_KILLS):
+        open(log, "w").close()
+        seed = rng.randrange(1 << 30)
+        pid, r = fork_child(lambda w: file_storm(path, seed, committed, log, w))
+        kill_after_ready(pid, r, rng)
+        inside = file_journal(path)["phase"] != 0
+        with watchdog(f"reopen after kill {k}"):
+            p = Pool.open(path)  # never refused
+        try:
+            p.check()
+            assert p.recovered == inside
+            assert file_journal(path)["phase"] == 0
+            figures["kills"] += 1
+            figures["inside_a_call"] += inside
+            done, inflight = replay(log, committed)
+            live = {seg[0]: seg[1] for seg in p.segments() if seg[2]}
+            # every completed range is live with its bytes, but the one in flight
+            sure = {o: v for o, v in done.items() if inflight is None or o != inflight[1]}
+            for off, (size, pat) in sure.items():
+                assert off in live, f"a range the writer had allocated is lost: {off}"
+                assert bytes(memoryview(p.block_at(off))[:size]) == bytes([pat]) * size, (
+                    f"the bytes of range {off} changed")
+            extra = set(live) - set(done)
+            assert len(extra) <= (1 if inflight and inflight[0] != "free" else 0), (
+                f"ranges nobody allocated: {sorted(extra)} (in flight: {inflight}) kill {k} "
+                f"{open(log).read()[-400:]!r} {sorted(done)} {sorted(live)}")
+            if inflight is not None and inflight[0] == "free":
+                gone = inflight[1] not in live
+                figures["in_flight_done" if gone else "in_flight_undone"] += 1
+            elif inflight is not None:
+                figures["in_flight_done" if extra else "in_flight_undone"] += 1
+            # start the next writer from a state known exactly: the sure ranges only
+            for off in set(live) - set(sure):
+                p.free(p.block_at(off))
+            committed = sure
+            p.check()
+        finally:
+            p.close()
+    j = file_journal(path)
+    figures.update(rolled_back=j["rolled_back"], rolled_forward=j["rolled_forward"],
+                   transactions=j["seq"])
+    print(f"\nfile {strategy}: {figures}")
+    assert j["rolled_back"] + j["rolled_forward"] == figures["inside_a_call"]
