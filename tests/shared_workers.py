@@ -114,3 +114,42 @@ def send_by_queue(name: str, q, i: int) -> None:
 def send_by_pipe(name: str, conn, i: int) -> None:
     conn.send(make_array(name, i))
     conn.close()
+
+
+def storm_survivor(name: str, seed: int, item_max: int, conn) -> None:
+    """A long-lived process of tests/test_kill_storms.py: allocates a known set of
+    blocks and one array, fills them with a pattern, sends (pid, [(offset, size,
+    pattern)], [pickled handles]); then answers "check" (the patterns are intact) and
+    "finish" (checks, frees everything, exits)."""
+    import pickle
+
+    pool = mempool.SharedPool.attach(name)
+    rng = random.Random(seed)
+    held = []
+    for k in range(rng.randint(3, 6)):
+        b = pool.alloc(rng.randint(1, item_max))
+        pat = (seed * 7 + k) % 251 + 1
+        memoryview(b)[:] = bytes([pat]) * b.size
+        held.append((b, b.offset, b.size, pat))
+    arr = pool.empty(max(1, rng.randint(1, item_max) // 8), np.float64)
+    arr[:] = float(seed)
+    arr_off = arr.ctypes.data - pool.address
+    pickles = [pickle.dumps(b) for b, *_ in held] + [pickle.dumps(arr)]
+    conn.send((os.getpid(), [(o, s, p) for _, o, s, p in held], (arr_off, arr.nbytes, float(seed)),
+               pickles))
+
+    def intact() -> bool:
+        return (all(bytes(b) == bytes([p]) * s for b, _, s, p in held)
+                and bool((arr == float(seed)).all()))
+
+    while True:
+        msg = conn.recv()
+        ok = intact()
+        if msg == "finish":
+            for b, *_ in held:
+                b.free()
+            del arr
+            pool.close()
+            conn.send(ok)
+            return
+        conn.send(ok)

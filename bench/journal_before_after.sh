@@ -1,0 +1,46 @@
+#!/bin/bash
+# The journal's cost, before / after, alternated in one session: bench/journal.py run
+# against a tree without the journal (base) and this tree, base, this, base, this, ...
+# ROUNDS times each; per-case medians of the per-run medians, and the ratio this/base
+# (bench/results/journal_before_after.txt).
+# usage (from the repo root, this tree built in place):
+#   git worktree add /tmp/jbase c4ece70 && (cd /tmp/jbase && python setup.py build_ext --inplace -q)
+#   BASE=/tmp/jbase ROUNDS=7 bench/journal_before_after.sh [journal.py options]
+set -e
+BASE=${BASE:-/tmp/jbase}
+ROUNDS=${ROUNDS:-7}
+TMP=${TMP_OUT:-$(mktemp -d /tmp/journal-ba.XXXXXX)}
+ARGS=${*:---repeat 7 --number 20000 --rt-number 400}
+echo "# bench/journal_before_after.sh  BASE=$BASE ($(git -C "$BASE" rev-parse --short HEAD)) this=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)  ROUNDS=$ROUNDS  journal.py $ARGS"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/\s\+/ /g'); $(python -V); $(uname -r)"
+for r in $(seq 1 "$ROUNDS"); do
+  for v in base this; do
+    src=$([ $v = base ] && echo "$BASE" || echo .)/src
+    # shellcheck disable=SC2086
+    PYTHONPATH=$src python bench/journal.py $ARGS --out "$TMP/$v-$r.csv" > "$TMP/$v-$r.txt"
+  done
+done
+ROUNDS=$ROUNDS TMP=$TMP python - <<'PY'
+import csv, os, statistics as st
+R, T = int(os.environ["ROUNDS"]), os.environ["TMP"]
+def load(v):
+    out = {}
+    for r in range(1, R + 1):
+        for row in csv.DictReader(open(f"{T}/{v}-{r}.csv")):
+            out.setdefault((row["strategy"], row["pool"], row["case"]), []).append(float(row["ns_median"]))
+    return out
+b, m = load("base"), load("this")
+print(f"# ns per statement: median over {R} runs of each run's median; range = min..max of the runs' medians")
+print("# / control: this/base over the private pool's this/base for the same strategy and case")
+print(f"{'strategy':8s} {'pool':8s} {'case':16s} {'base':>9s} {'this':>9s} {'this/base':>9s} {'/ control':>9s}   {'base range':>17s} {'this range':>17s}")
+for k in b:
+    bb, mm = st.median(b[k]), st.median(m[k])
+    c = (k[0], "private", k[2])
+    ctl = (mm / bb) / (st.median(m[c]) / st.median(b[c]))
+    flag = ""
+    if k[1] != "private" and k[2] != "rt 1MiB" and mm / bb > 1.25:
+        flag = "  > 1.25"
+    print(f"{k[0]:8s} {k[1]:8s} {k[2]:16s} {bb:9.1f} {mm:9.1f} {mm / bb:9.3f} {ctl:9.3f}   "
+          f"{min(b[k]):8.1f}..{max(b[k]):<8.1f} {min(m[k]):8.1f}..{max(m[k]):<8.1f}{flag}")
+PY
+echo "# raw runs in $TMP"
