@@ -241,7 +241,12 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto out;
     }
-    r = PyLong_FromLong(mp_tx_recover(&t));
+    int phase = mp_tx_recover(&t);
+    if (memcmp(b + stoff, b + shoff, len)) { /* equal between calls: damaged bytes */
+        PyErr_SetString(mp_CorruptionError, "the state and its shadow copy differ");
+        goto out;
+    }
+    r = PyLong_FromLong(phase);
 out:
     PyBuffer_Release(&v);
     return r;
