@@ -86,15 +86,11 @@ void mp_tx_begin(mp_tx_t *t)
     publish(&t->j->phase, MP_TX_ACTIVE);
 }
 
-/* One more operation to replay; the list is never full (callers keep room). */
+/* One more operation to replay (after room_for_one). */
 static void note(mp_tx_t *t, uint32_t code, uint64_t a, uint64_t b, uint64_t c, int rc,
                  uint64_t out)
 {
-    mpi_assert(t->nops < MP_TX_OPS);
-    if (t->nops == MP_TX_OPS) { /* cannot happen: commit what we have, then note */
-        mp_tx_commit(t);
-        mp_tx_begin(t);
-    }
+    mpi_assert(t->nops < MP_TX_OPS); /* each mp_tx_* op made room first */
     mp_tx_op_t *o = &t->op[t->nops++];
     o->code = code;
     o->a = a;
@@ -104,9 +100,15 @@ static void note(mp_tx_t *t, uint32_t code, uint64_t a, uint64_t b, uint64_t c, 
     o->out = out;
 }
 
-int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+/* A full list commits what it holds first (the operations stay in order). */
+static inline void room_for_one(mp_tx_t *t)
 {
     if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+}
+
+int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+{
+    room_for_one(t);
     uint64_t o = MP_NO_SPACE;
     int rc = t->ops->alloc(t->st, size, align, &o);
     note(t, OP_ALLOC, size, align, 0, rc, o);
@@ -116,7 +118,7 @@ int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
 
 int mp_tx_free(mp_tx_t *t, uint64_t offset)
 {
-    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    room_for_one(t);
     int rc = t->ops->free(t->st, offset);
     note(t, OP_FREE, offset, 0, 0, rc, 0);
     return rc;
@@ -124,7 +126,7 @@ int mp_tx_free(mp_tx_t *t, uint64_t offset)
 
 int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
 {
-    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    room_for_one(t);
     uint64_t o = MP_NO_SPACE;
     int rc = t->ops->realloc(t->st, offset, size, align, &o);
     note(t, OP_REALLOC, offset, size, align, rc, o);
@@ -134,7 +136,7 @@ int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, ui
 
 void mp_tx_reset(mp_tx_t *t)
 {
-    if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
+    room_for_one(t);
     t->ops->reset(t->st);
     note(t, OP_RESET, 0, 0, 0, MP_OK, 0);
 }
@@ -187,29 +189,28 @@ void mp_tx_commit(mp_tx_t *t)
 #endif
 }
 
-void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
+/* Log the aligned 64-bit word at w (its offset and old value), then publish the count:
+ * the record is complete before the caller's store can happen. */
+static void log_word(mp_journal_t *j, const char *w)
 {
     uint64_t n = j->nundo;
-    mpi_assert(n < MP_JOURNAL_UNDO);
-    if (n < MP_JOURNAL_UNDO) {
-        j->undo[n].off = (int64_t)((char *)word - (char *)j);
-        j->undo[n].old = *word;
-        publish(&j->nundo, n + 1); /* the record, then the word */
-    }
+    mpi_assert(n < MP_JOURNAL_UNDO); /* callers keep room (mp_tx_room) */
+    if (n == MP_JOURNAL_UNDO) return;
+    j->undo[n].off = (int64_t)(w - (char *)j);
+    memcpy(&j->undo[n].old, w, 8); /* (memcpy: the word may hold other types) */
+    publish(&j->nundo, n + 1);
+}
+
+void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
+{
+    log_word(j, (const char *)word);
     *word = v;
 }
 
 void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
 {
     /* the aligned 64-bit word that holds it is logged (both halves are locked state) */
-    char *w = (char *)((uintptr_t)word & ~(uintptr_t)7);
-    uint64_t n = j->nundo;
-    mpi_assert(n < MP_JOURNAL_UNDO);
-    if (n < MP_JOURNAL_UNDO) {
-        j->undo[n].off = (int64_t)(w - (char *)j);
-        memcpy(&j->undo[n].old, w, 8); /* (memcpy: the word holds other types) */
-        publish(&j->nundo, n + 1);
-    }
+    log_word(j, (const char *)((uintptr_t)word & ~(uintptr_t)7));
     *word = v;
 }
 

@@ -229,8 +229,9 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
     if (PyObject_GetBuffer(buffer, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     uint64_t n = (uint64_t)v.len;
     PyObject *r = NULL;
-    if (joff % 64 || joff > n || n - joff < MP_JOURNAL_BYTES || stoff > n || n - stoff < len ||
-        shoff > n || n - shoff < len || (stoff < shoff ? stoff + len > shoff : shoff + len > stoff)) {
+    if (joff % 64 || !mp_fits(n, joff, MP_JOURNAL_BYTES) || !mp_fits(n, stoff, len) ||
+        !mp_fits(n, shoff, len) || !mp_apart(stoff, len, shoff, len) ||
+        !mp_apart(joff, MP_JOURNAL_BYTES, shoff, len)) {
         PyErr_SetString(mp_CorruptionError, "the journal, the state and its shadow do not fit");
         goto out;
     }

@@ -153,6 +153,13 @@ int mp_pool_check_open(PoolObject *pool);
  * nothing held. */
 int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObject *source,
                   int auto_free, unsigned long long align);
+/* [off, off + n) lies in a buffer of len bytes (no overflow). */
+static inline int mp_fits(uint64_t len, uint64_t off, uint64_t n) { return off <= len && len - off >= n; }
+/* [a, a + na) and [b, b + nb) do not overlap (both already fit a buffer). */
+static inline int mp_apart(uint64_t a, uint64_t na, uint64_t b, uint64_t nb)
+{
+    return a < b ? a + na <= b : b + nb <= a;
+}
 /* An allocator status that means "nothing fits" (alloc raises OutOfSpace for it,
  * try_alloc returns None). */
 static inline int mp_no_fit(int rc) { return rc == MP_ENOSPACE || rc == MP_ENONODES; }

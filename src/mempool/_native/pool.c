@@ -547,8 +547,8 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     if (PyObject_GetBuffer(buffer, &self->j_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     uint64_t len = (uint64_t)self->j_view.len, st_len = self->strategy->st_len;
-    if (joff % 64 || joff > len || len - joff < MP_JOURNAL_BYTES || soff % 64 || soff > len ||
-        len - soff < st_len || (joff < soff ? joff + MP_JOURNAL_BYTES > soff : soff + st_len > joff)) {
+    if (joff % 64 || soff % 64 || !mp_fits(len, joff, MP_JOURNAL_BYTES) ||
+        !mp_fits(len, soff, st_len) || !mp_apart(joff, MP_JOURNAL_BYTES, soff, st_len)) {
         PyBuffer_Release(&self->j_view);
         PyErr_SetString(PyExc_ValueError, "the journal and the shadow must be inside the buffer, "
                     "apart");

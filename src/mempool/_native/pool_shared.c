@@ -562,9 +562,9 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
     StrategyObject *so = (StrategyObject *)strategy;
     uint64_t vlen = (uint64_t)self->ctl_view.len, st_len = so->st_len;
     char *sh = (char *)self->ctl_view.buf + shadow;
-    if (!so->st || shadow == 0 || shadow % 64 || shadow > vlen || vlen - shadow < st_len ||
-        (shadow < offset ? shadow + st_len > offset : offset + length > shadow) ||
-        ((char *)so->st < sh ? (char *)so->st + st_len > sh : sh + st_len > (char *)so->st)) {
+    if (!so->st || shadow == 0 || shadow % 64 || !mp_fits(vlen, shadow, st_len) ||
+        !mp_apart(shadow, st_len, offset, length) ||
+        !mp_apart((uintptr_t)so->st, st_len, (uintptr_t)sh, st_len)) {
         PyErr_SetString(mp_CorruptionError, "the state's shadow copy does not fit the segment");
         goto fail;
     }
