@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 from conftest import SLOW
@@ -482,3 +483,61 @@ def test_a_half_written_state_or_shadow_is_recovered(tmp_path, strategy, ph):
         q.check()
         assert q.segments() == segs
         assert [q.block_at(o).size for o in offs] == sizes
+
+
+# ---- unnamed arrays of a persistent pool: freed when collected, said once ----------------
+def test_a_collected_unnamed_array_warns_once_per_persistent_pool(tmp_path):
+    p = Pool.create(tmp_path / "h.mp", "1MiB")
+    try:
+        a = p.zeros((100, 3))
+        off = a.__array_interface__["data"][0] - p.address
+        with pytest.warns(mempool.errors.UnnamedArrayWarning,
+                          match=rf"its 2400 bytes at offset {off} were freed") as rec:
+            del a
+        assert len(rec) == 1 and p.used == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per pool: the second one is silent
+            b = p.empty(10)
+            del b
+            kept = p.alloc(64)  # a Block of a persistent pool is not freed when collected
+            kept_off = kept.offset
+            del kept
+        assert p.used == 64 and p.segments()[0] == (kept_off, 64, True)
+        p.check()
+    finally:
+        p.close()
+    with Pool.create(tmp_path / "g.mp", "1MiB") as q:  # the next pool says it again
+        with pytest.warns(mempool.errors.UnnamedArrayWarning):
+            q.empty(3)
+
+
+def test_arrays_of_private_and_shared_pools_do_not_warn(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Pool("1MiB") as p:
+            p.zeros(10)
+            assert p.used == 0
+        sp = mempool.SharedPool.create(f"unnamed-{os.getpid()}", "1MiB", unlink_on_exit=True)
+        try:
+            sp.zeros(10)
+            assert sp.used == 0
+        finally:
+            sp.close()
+            sp.unlink()
+
+
+def test_the_warning_turned_error_still_frees_and_is_reported_as_unraisable(tmp_path):
+    seen = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_type)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Pool.create(tmp_path / "h.mp", "1MiB") as p:
+                a = p.zeros(100)
+                del a  # the dealloc cannot raise: the error goes to sys.unraisablehook
+                assert p.used == 0
+                p.check()
+    finally:
+        sys.unraisablehook = old
+    assert seen == [mempool.errors.UnnamedArrayWarning]

@@ -8,13 +8,18 @@
     ├── CorruptionError(MempoolError)           check() failed, or a segment/file is invalid
     └── PoolClosed(MempoolError, ValueError)    use after close()
 
+    UnnamedArrayWarning(UserWarning)            a persistent pool's unnamed array was collected
+
 This module imports nothing from mempool: every layer, the C binding included,
 raises these types.
 """
 
 from __future__ import annotations
 
-__all__ = ["CorruptionError", "MempoolError", "NotAllocated", "OutOfSpace", "PoolClosed"]
+__all__ = [
+    "CorruptionError", "MempoolError", "NotAllocated", "OutOfSpace", "PoolClosed",
+    "UnnamedArrayWarning",
+]
 
 
 class MempoolError(Exception):
@@ -54,3 +59,12 @@ class CorruptionError(MempoolError):
 
 class PoolClosed(MempoolError, ValueError):
     """The pool (or its memory) was closed."""
+
+
+class UnnamedArrayWarning(UserWarning):
+    """An array of a persistent (file) pool was collected without a name, and its
+    range freed with it: its data is gone from the file.  Given once per pool, the
+    first time it happens; name the array (``pool.named[...] = arr``) or keep a
+    Block (``pool.alloc``) to keep the data.  Silence it with
+    ``warnings.filterwarnings("ignore", category=UnnamedArrayWarning)`` where
+    temporaries in a file pool are meant."""

@@ -59,7 +59,9 @@ class Pool(PoolCore):
     Blocks made by :meth:`alloc` give their range back when they are collected or
     freed; arrays made by :meth:`empty`, :meth:`zeros` and :meth:`array` when they
     are collected.  (Persistent pools, :meth:`create` / :meth:`open`, keep blocks
-    until they are freed explicitly: that is what persistence means.)
+    until they are freed explicitly: that is what persistence means.  Their arrays
+    are still freed when collected, and the first time that happens in a pool
+    :class:`~mempool.errors.UnnamedArrayWarning` says so: name an array to keep it.)
     :meth:`block_at` makes another Block of a live range: every Block of a range holds
     a reference, and the range goes back when the last of them is released.
     """

@@ -39,9 +39,25 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     return b;
 }
 
+/* The first unnamed array of a persistent pool whose range went with it (its data is
+ * gone from the file): say so once per pool (errors.UnnamedArrayWarning).  Shared
+ * pools are left alone: there a collected array is one reference of many. */
+static void warn_unnamed(PoolObject *pool, BlockObject *b)
+{
+    if (!pool->tx || pool->hooks || pool->warned_unnamed) return;
+    pool->warned_unnamed = 1;
+    if (PyErr_WarnFormat(mp_UnnamedArrayWarning, 1,
+                         "an unnamed array of a persistent pool was collected: its %llu bytes at "
+                         "offset %llu were freed and are gone from the file (name it, "
+                         "pool.named[name] = array, to keep it; given once per pool)",
+                         (unsigned long long)b->size, (unsigned long long)b->offset) < 0)
+        PyErr_WriteUnraisable((PyObject *)pool); /* warnings turned into errors */
+}
+
 static void block_dealloc(BlockObject *b)
 {
     PoolObject *pool = b->pool;
+    int was_array = b->array;
     if (b->array) { /* the array that owned the block is gone: so is its export */
         b->exports--;
         pool->exports--;
@@ -52,7 +68,9 @@ static void block_dealloc(BlockObject *b)
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* may run while an exception is set */
         /* not b itself: its refcount is 0, and the hook would take and drop a reference */
+        int kept = b->twin != NULL; /* another Block of the range keeps it */
         if (mp_pool_release(pool, b) < 0) PyErr_WriteUnraisable((PyObject *)pool);
+        else if (was_array && !kept) warn_unnamed(pool, b);
         PyErr_Restore(et, ev, tb);
     }
     mp_block_leave(b); /* not released (not owned, pool closed, a failure): its twins stay */

@@ -8,7 +8,7 @@
 #include <string.h>
 
 PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
-    *mp_PoolClosed, *mp_StatsType;
+    *mp_PoolClosed, *mp_UnnamedArrayWarning, *mp_StatsType;
 
 /* A contiguous buffer of exactly n items of itemsize bytes (writable when asked). */
 static int get_array(PyObject *o, const char *name, Py_ssize_t itemsize, int writable,
@@ -298,7 +298,8 @@ static int import_names(void)
         const char *name;
     } want[] = {{&mp_MempoolError, "MempoolError"}, {&mp_OutOfSpace, "OutOfSpace"},
                 {&mp_NotAllocated, "NotAllocated"}, {&mp_CorruptionError, "CorruptionError"},
-                {&mp_PoolClosed, "PoolClosed"}};
+                {&mp_PoolClosed, "PoolClosed"},
+                {&mp_UnnamedArrayWarning, "UnnamedArrayWarning"}};
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
         *want[k].dst = PyObject_GetAttrString(errors, want[k].name);
         if (!*want[k].dst) {

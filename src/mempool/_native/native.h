@@ -53,6 +53,7 @@ typedef struct {
     int closed;
     int closing;              /* close() under way: new calls raise PoolClosed      */
     int auto_free;            /* blocks give their range back when collected   */
+    int warned_unnamed;       /* UnnamedArrayWarning given (persistent pools: once) */
     PyObject *source;         /* the memory source, kept alive                  */
     Py_ssize_t exports;       /* buffer exports of blocks + array-owned blocks  */
     uint64_t default_align;   /* alloc()'s default alignment (16)               */
@@ -182,7 +183,7 @@ int mp_sys_ready(PyObject *module);
 
 /* module.c: the error types, imported from mempool.errors at init */
 extern PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
-    *mp_PoolClosed, *mp_StatsType;
+    *mp_PoolClosed, *mp_UnnamedArrayWarning, *mp_StatsType;
 
 /* args.c */
 /* Read a non-negative integer argument.  Returns 0 on success, 1 when it is
