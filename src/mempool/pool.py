@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from contextvars import ContextVar, Token
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,55 @@ def default_align(strat: Strategy) -> int:
     """alloc()'s default alignment: 16, or less where the strategy aligns every range
     less (a Slab of 40-byte items: 8), so that ``alloc(size)`` works without ``align``."""
     return min(16, getattr(strat, "item_align", 16))
+
+
+#: The current pool of this thread or asyncio task (``mempool.current()``): set by
+#: ``activate()``, None outside every activation.
+CURRENT: ContextVar[Any] = ContextVar("mempool.current", default=None)
+
+
+class Activation:
+    """What ``pool.activate(numpy=...)`` returns: a context manager that makes the pool
+    the current one (``mempool.current()``) in this thread or asyncio task, and with
+    ``numpy=True`` routes NumPy's own data allocations there into the pool.
+
+    Leaving restores what was current before (nesting works; another thread or task
+    never sees it).  An array NumPy made inside keeps the pool alive and goes back into
+    it when it dies, wherever and whenever that is; ``close()`` refuses with
+    BufferError while one is alive.  ``numpy_stats()`` counts the handler's work:
+    ``allocs``, ``frees``, ``live``, and the requests the pool could not serve
+    (``fallbacks``/``fallback_bytes``: served by the C library's malloc when
+    ``fallback=True``; ``failures``: refused, NumPy raises MemoryError).
+    """
+
+    def __init__(self, pool: Any, numpy: bool, fallback: bool) -> None:
+        if not isinstance(numpy, bool) or not isinstance(fallback, bool):
+            raise TypeError("numpy and fallback must be True or False")
+        self.pool = pool
+        self.numpy = numpy
+        self.fallback = fallback
+        self._handler: Any = None
+        self._tokens: list[tuple[Token[Any], Any]] = []
+
+    def __enter__(self) -> Any:
+        if self.numpy and self._handler is None:
+            self._handler = _mempool.numpy_handler(self.pool, self.fallback)
+        prev = _mempool.set_numpy_handler(self._handler) if self.numpy else None
+        self._tokens.append((CURRENT.set(self.pool), prev))
+        return self.pool
+
+    def __exit__(self, *exc: object) -> None:
+        token, prev = self._tokens.pop()
+        if self.numpy:
+            _mempool.set_numpy_handler(prev)
+        CURRENT.reset(token)
+
+    def numpy_stats(self) -> dict[str, int]:
+        """The NumPy handler's counters (zeros before the first ``with``)."""
+        if self._handler is None:
+            return dict.fromkeys(("allocs", "frees", "live", "fallbacks", "fallback_bytes",
+                                  "failures"), 0)
+        return _mempool.handler_stats(self._handler)
 
 
 class Pool(PoolCore):
@@ -91,6 +141,15 @@ class Pool(PoolCore):
         self.recovered = False
 
     # ---- not hot: composed in Python ------------------------------------------------
+    def activate(self, numpy: bool = False, *, fallback: bool = True) -> Activation:
+        """A context manager that makes this pool ``mempool.current()`` in this thread
+        or asyncio task; with ``numpy=True`` NumPy's own data allocations there come
+        from the pool (a NEP 49 handler in C).  ``fallback``: what a request the pool
+        cannot serve gets, the C library's malloc (True, counted) or MemoryError.
+        See :class:`Activation`."""
+        self._check_open()
+        return Activation(self, numpy, fallback)
+
     def array(self, obj: Any, dtype: Any = None) -> np.ndarray:
         """A copy of ``obj`` as a C-contiguous array in pool memory (as ``np.array``)."""
         src = np.asarray(obj, dtype=dtype)

@@ -26,7 +26,7 @@ from ._mempool import Block
 from ._units import parse_size
 from ._units import round_up as _round_up
 from .errors import NotAllocated, OutOfSpace, PoolClosed
-from .pool import Pool
+from .pool import Activation, Pool
 from .strategies import make, strategy_type
 
 __all__ = ["RegionPool", "RegionStats"]
@@ -276,6 +276,17 @@ class RegionPool:
         return out
 
     # ---- introspection ---------------------------------------------------------------------
+    def activate(self, numpy: bool = False, *, fallback: bool = True) -> Activation:
+        """A context manager that makes this pool ``mempool.current()`` in this thread
+        or asyncio task (see :meth:`Pool.activate`).  ``numpy=True`` is for a Pool: a
+        NumPy allocation must find its region again from its address alone, in C."""
+        if self._closed:
+            raise PoolClosed("the region pool is closed")
+        if numpy:
+            raise TypeError("activate(numpy=True) takes a Pool, not a RegionPool: NumPy's "
+                            "allocations go to one pool (make one, e.g. mempool.numpy_pool())")
+        return Activation(self, False, fallback)
+
     def stats(self) -> RegionStats:
         self._check_open()
         self._sweep()

@@ -172,6 +172,12 @@ static inline int mp_pool_here(const PoolObject *p)
     return !p->bound_pid || p->bound_pid == mp_getpid();
 }
 int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
+/* A range of a pool with no hooks, no Block made (the NEP 49 handler, GIL held):
+ * MP_* codes, no exception set. */
+int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off);
+int mp_pool_raw_free(PoolObject *p, uint64_t off);
+/* handler.c */
+int mp_handler_ready(PyObject *module);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 

@@ -62,6 +62,14 @@ static inline int st_free(PoolObject *p, uint64_t off)
     return rc;
 }
 
+/* The NEP 49 handler's way in (handler.c): a range of a private or persistent pool
+ * without a Block, with the GIL held; MP_* codes, no exception. */
+int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
+{
+    return st_alloc(p, size, align, off);
+}
+int mp_pool_raw_free(PoolObject *p, uint64_t off) { return st_free(p, off); }
+
 static uint32_t cached_pid;
 static void refresh_pid(void) { cached_pid = (uint32_t)getpid(); }
 uint32_t mp_getpid(void) { return cached_pid; }

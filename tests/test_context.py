@@ -1,0 +1,262 @@
+"""The current pool (pool.activate, mempool.current) and NumPy's own allocations in a
+pool (the NEP 49 handler, _native/handler.c): real NumPy arrays, real threads and
+asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import Pool, PoolClosed, RegionPool, SharedPool
+
+
+def inside(p: Pool, a: np.ndarray) -> bool:
+    return p.address <= a.ctypes.data < p.address + p.capacity
+
+
+def test_numpys_allocations_come_from_the_pool_and_go_back():
+    p = Pool("16MiB")
+    with p.activate(numpy=True) as q:
+        assert q is p and mempool.current() is p
+        a = np.arange(1000.0)              # np.arange / ufunc outputs / temporaries
+        b = (a * 2 + 1) / 3
+        c = np.concatenate([a, b])
+        z = np.zeros((10, 10))             # calloc
+        assert all(inside(p, x) for x in (a, b, c, z))
+        assert p.used == 8000 + 8000 + 16000 + 800
+        assert np.array_equal(c[1000:], (np.arange(1000.0) * 2 + 1) / 3)
+    assert mempool.current() is None
+    d = np.empty(100)                      # outside the context: NumPy's own
+    assert not inside(p, d)
+    del a, b, c, z
+    assert p.used == 0
+    p.check()
+    p.close()
+
+
+def test_realloc_keeps_the_data(tmp_path):
+    p = Pool("16MiB")
+    with p.activate(numpy=True) as q:
+        a = np.arange(10, dtype=np.int64)
+        a.resize(100000, refcheck=False)   # realloc through the handler
+        assert inside(q, a) and list(a[:10]) == list(range(10)) and a[10:].sum() == 0
+        assert p.used == 800000
+    del a
+    assert p.used == 0
+    p.check()
+
+
+def test_close_refuses_while_an_array_is_alive_and_the_pool_is_unchanged():
+    p = Pool("1MiB")
+    with p.activate(numpy=True):
+        a = np.ones(1000)
+    segs = p.segments()
+    with pytest.raises(BufferError, match="1 view"):
+        p.close()
+    assert not p.closed and p.segments() == segs and a.sum() == 1000
+    del a
+    p.close()
+    assert p.closed
+
+
+def test_an_array_keeps_its_pool_alive_after_everything_else_is_gone():
+    p = Pool("1MiB")
+    act = p.activate(numpy=True)
+    with act:
+        a = np.full(100, 7.0)
+    del p, act
+    gc.collect()
+    assert a.sum() == 700.0                # the pool's memory is still there
+    del a
+    gc.collect()
+
+
+def test_arrays_outlive_their_context_and_their_thread():
+    p = Pool("1MiB")
+    out = []
+
+    def work():
+        with p.activate(numpy=True):
+            out.append(np.arange(100.0) + 1)
+
+    t = threading.Thread(target=work)
+    t.start(); t.join()
+    assert inside(p, out[0]) and p.used == 800 and mempool.current() is None
+    out.clear()                            # dies in the main thread, after the context
+    assert p.used == 0
+    p.check()
+
+
+def test_threads_do_not_see_each_others_activation():
+    p, q = Pool("1MiB"), Pool("1MiB")
+    seen = {}
+    go = threading.Barrier(2)
+
+    def work(name, pool):
+        with pool.activate(numpy=True):
+            go.wait()
+            a = np.empty(10)
+            seen[name] = (mempool.current(), inside(p, a), inside(q, a))
+            go.wait()
+            del a
+
+    ts = [threading.Thread(target=work, args=("p", p)), threading.Thread(target=work, args=("q", q))]
+    [t.start() for t in ts]
+    with p.activate():
+        b = np.empty(10)                   # numpy=False: only current() changes
+        assert mempool.current() is p and not inside(p, b)
+    [t.join() for t in ts]
+    assert seen == {"p": (p, True, False), "q": (q, False, True)}
+    assert p.used == q.used == 0
+
+
+def test_asyncio_tasks_are_independent():
+    p, q = Pool("1MiB"), Pool("1MiB")
+
+    async def task(pool):
+        with pool.activate(numpy=True):
+            await asyncio.sleep(0)         # the other task runs in between
+            a = np.empty(16)
+            await asyncio.sleep(0)
+            return mempool.current() is pool, inside(pool, a), inside(p if pool is q else q, a)
+
+    async def main():
+        return await asyncio.gather(task(p), task(q))
+
+    assert asyncio.run(main()) == [(True, True, False), (True, True, False)]
+    assert p.used == q.used == 0
+
+
+def test_nesting_restores_the_outer_pool_and_handler():
+    p, q = Pool("1MiB"), Pool("1MiB")
+    with p.activate(numpy=True):
+        with q.activate(numpy=True):
+            assert mempool.current() is q and inside(q, np.empty(4) + 0)
+            with q.activate():             # numpy=False keeps the handler in place
+                assert inside(q, np.empty(4) + 0)
+        a = np.empty(4)
+        assert mempool.current() is p and inside(p, a)
+        act = p.activate(numpy=True)       # one Activation may be entered again, nested
+        with act, act:
+            assert inside(p, np.empty(3) + 0)
+        st = act.numpy_stats()
+        assert st["allocs"] >= 2 and st["allocs"] == st["frees"] and st["live"] == 0
+    assert mempool.current() is None and not inside(p, np.empty(4))
+
+
+def test_a_full_pool_falls_back_to_malloc_counted_or_raises():
+    p = Pool("64KiB")
+    act = p.activate(numpy=True)
+    with act:
+        a = np.empty(1 << 20)              # > capacity: malloc
+        b = np.empty(100)
+    assert not inside(p, a) and inside(p, b)
+    assert act.numpy_stats() == {"allocs": 1, "frees": 0, "live": 1, "fallbacks": 1,
+                                 "fallback_bytes": 8 << 20, "failures": 0}
+    del a, b
+    assert act.numpy_stats()["frees"] == 1 and p.used == 0
+    strict = p.activate(numpy=True, fallback=False)
+    with strict:
+        with pytest.raises(MemoryError):
+            np.empty(1 << 20)
+        c = np.empty(10)
+    assert p.used == 80 and strict.numpy_stats()["failures"] == 1
+    del c
+    p.check()
+
+
+def test_the_handler_is_safe_without_the_gil():
+    # NumPy may call a handler without the GIL: call its malloc and free from threads
+    # through ctypes, which releases the GIL around a foreign call
+    p = Pool("16MiB")
+    act = p.activate(numpy=True)
+    with act:
+        pass
+    cap = act._handler
+    ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    h = ctypes.pythonapi.PyCapsule_GetPointer(cap, b"mem_handler")
+    words = (ctypes.c_void_p * 5).from_address(h + 128)  # name[127], version: then the allocator
+    ctx = words[0]
+    malloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[1])
+    free = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[4])
+
+    def storm():
+        for i in range(2000):
+            ptr = malloc(ctx, 64 + i % 500)
+            assert ptr and p.address <= ptr < p.address + p.capacity
+            free(ctx, ptr, 0)
+
+    ts = [threading.Thread(target=storm) for _ in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert act.numpy_stats()["allocs"] == 8000 and act.numpy_stats()["live"] == 0
+    assert p.used == 0
+    p.check()
+
+
+def test_file_pools_take_numpys_arrays(tmp_path):
+    with Pool.create(tmp_path / "h.mp", "1MiB") as p:
+        with p.activate(numpy=True):
+            a = np.arange(10.0) * 2
+        assert inside(p, a) and p.used == 80
+        del a
+        assert p.used == 0
+        p.check()
+
+
+def test_bad_calls():
+    p = Pool("1MiB")
+    with pytest.raises(TypeError, match="True or False"):
+        p.activate(numpy=1)
+    with pytest.raises(TypeError, match="True or False"):
+        p.activate(numpy=True, fallback=None)
+    ext = Pool(4096, source=mempool.External(4096))
+    with pytest.raises(TypeError, match="External"):
+        with ext.activate(numpy=True):
+            pass
+    assert mempool.current() is None
+    r = RegionPool()
+    with r.activate():
+        assert mempool.current() is r
+    with pytest.raises(TypeError, match="RegionPool"):
+        r.activate(numpy=True)
+    r.close()
+    with pytest.raises(PoolClosed):
+        r.activate()
+    sp = SharedPool.create(f"ctx-{os.getpid()}", "1MiB", unlink_on_exit=True)
+    try:
+        with sp.activate():
+            assert mempool.current() is sp
+        with pytest.raises(TypeError, match="SharedPool"):
+            with sp.activate(numpy=True):
+                pass
+        assert mempool.current() is None
+    finally:
+        sp.close()
+        sp.unlink()
+    p.close()
+    with pytest.raises(PoolClosed):
+        p.activate()
+    with pytest.raises(TypeError, match="mem_handler"):
+        mempool._mempool.set_numpy_handler(object())
+    with pytest.raises(TypeError, match="numpy_handler"):
+        mempool._mempool.handler_stats(object())
+
+
+def test_numpy_pool_one_liner():
+    with mempool.numpy_pool("8MiB", hugepages=True) as p:
+        a = np.ones((100, 100))
+        assert inside(p, a) and p.source.hugepages == "transparent" and p.used == 80000
+        del a
+    assert p.closed                        # nothing alive: closed on exit
+    with mempool.numpy_pool("8MiB") as q:
+        keep = np.ones(10)
+    assert not q.closed and keep.sum() == 10   # an array outlives the with: pool kept
