@@ -263,7 +263,7 @@ def test_free_many_is_all_or_nothing(cls):
 
 
 def test_node_exhaustion_raises_and_never_corrupts(cls):
-    s = cls(1000, max_blocks=3)
+    s = cls(1000, max_blocks=3, grow=False)
     s.alloc(10)
     s.alloc(10)  # ranges: a, b, free tail = all 3 nodes
     before = s.snapshot()
@@ -271,7 +271,7 @@ def test_node_exhaustion_raises_and_never_corrupts(cls):
         s.alloc(10)
     assert s.snapshot() == before
     s.check()
-    full = cls(30, max_blocks=3)
+    full = cls(30, max_blocks=3, grow=False)
     a, b, _c = full.alloc(10), full.alloc(10), full.alloc(10)
     before = full.snapshot()
     with pytest.raises(mempool.OutOfSpace, match="max_blocks"):

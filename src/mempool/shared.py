@@ -56,7 +56,7 @@ from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
 from .sources import SharedMemory, _shm_path
-from .strategies import make
+from .strategies import make_fixed
 
 __all__ = ["SharedArray", "SharedPool", "SharedStats"]
 
@@ -244,7 +244,7 @@ class SharedPool(SharedPoolCore, Pool):
             raise ValueError(f"lease_timeout must be > 0 seconds (and below 146 years), got "
                              f"{lease_timeout!r}")
         lease_ns = max(1, round(lease_timeout * 1e9))
-        template = make(strategy, capacity, **options)
+        template = make_fixed(strategy, capacity, **options)
         state = template.snapshot()
         ctl_size = _mempool.shared_ctl_size(max_entries, max_leases)
         h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,

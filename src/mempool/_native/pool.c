@@ -47,7 +47,13 @@ static inline void *ST(PoolObject *p) { return p->strategy->st; }
  * transactions of its journal (one pointer test on the private paths). */
 static inline int st_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
-    if (!p->tx) return OPS(p)->alloc(ST(p), size, align, off);
+    if (!p->tx) {
+        int rc = OPS(p)->alloc(ST(p), size, align, off);
+        if (__builtin_expect(rc != MP_OK, 0)) /* a private state grows (a file's does not) */
+            while (rc == MP_ENONODES && mp_strategy_grow(p->strategy) == 0)
+                rc = OPS(p)->alloc(ST(p), size, align, off);
+        return rc;
+    }
     mp_tx_begin(p->tx);
     int rc = mp_tx_alloc(p->tx, size, align, off);
     mp_tx_commit(p->tx);
@@ -343,6 +349,8 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
             rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
         } else {
             rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+            while (rc == MP_ENONODES && mp_strategy_grow(self->strategy) == 0)
+                rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
         }
         /* (the hook moves the bytes itself; a persistent pool's move comes before the
          * commit: a kill during it leaves the old range, as before the call) */

@@ -59,6 +59,35 @@ StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64
     return self;
 }
 
+/* Grow into a new block; the old one goes to *old (the caller frees it). */
+static int grow_keep(StrategyObject *self, void **old, uint64_t *old_len)
+{
+    const mp_ops_t *ops = self->ops;
+    if (!self->owns || !self->st || !ops->grow_size) return -1;
+    uint64_t len = ops->grow_size(self->st);
+    if (len <= self->st_len || len > (uint64_t)PY_SSIZE_T_MAX) return -1;
+    void *st = PyMem_RawMalloc((size_t)len);
+    if (!st) return -1;
+    if (ops->grow(self->st, st, len) != MP_OK) {
+        PyMem_RawFree(st);
+        return -1;
+    }
+    *old = self->st;
+    *old_len = self->st_len;
+    self->st = st;
+    self->st_len = len;
+    return 0;
+}
+
+int mp_strategy_grow(StrategyObject *self)
+{
+    void *old;
+    uint64_t old_len;
+    if (grow_keep(self, &old, &old_len)) return -1;
+    PyMem_RawFree(old);
+    return 0;
+}
+
 PyObject *mp_strategy_inited(StrategyObject *self, int init_rc, const char *msg)
 {
     if (init_rc == MP_OK) return (PyObject *)self;
@@ -168,7 +197,11 @@ static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);
-    if (rc) return mp_raise(self, rc, size, align, 0);
+    if (__builtin_expect(rc != MP_OK, 0)) {
+        while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+            rc = self->ops->alloc(self->st, size, align, &off);
+        if (rc) return mp_raise(self, rc, size, align, 0);
+    }
     return PyLong_FromUnsignedLongLong(off);
 }
 
@@ -194,6 +227,8 @@ static PyObject *ext_strategy_realloc(StrategyObject *self, PyObject *const *arg
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[1], size, "", "larger than the capacity");
     rc = self->ops->realloc(self->st, off, size, align, &out);
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->realloc(self->st, off, size, align, &out);
     if (rc) return mp_raise(self, rc, size, align, off);
     return PyLong_FromUnsignedLongLong(out);
 }
@@ -343,10 +378,36 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
     }
     uint64_t *o = res.buf;
     mp_head_t saved = *head(self);
+    /* the state before this call's first growth (and how many ranges it held then): a
+     * failed batch goes back to it, so the state is not left grown either */
+    void *orig = NULL;
+    uint64_t orig_len = 0;
+    Py_ssize_t orig_k = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         int rc = self->ops->alloc(self->st, sz[k], align, &o[k]);
+        while (rc == MP_ENONODES) {
+            void *old;
+            uint64_t old_len;
+            if (grow_keep(self, &old, &old_len)) break;
+            if (!orig) {
+                orig = old;
+                orig_len = old_len;
+                orig_k = k;
+            } else {
+                PyMem_RawFree(old);
+            }
+            rc = self->ops->alloc(self->st, sz[k], align, &o[k]);
+        }
         if (rc) { /* all or nothing: give back what this call took */
-            for (Py_ssize_t j = k - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
+            Py_ssize_t taken = k;
+            if (orig) {
+                PyMem_RawFree(self->st);
+                self->st = orig;
+                self->st_len = orig_len;
+                taken = orig_k;
+                orig = NULL;
+            }
+            for (Py_ssize_t j = taken - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
             *(mp_head_t *)self->st = saved;
             PyBuffer_Release(&res);
             Py_CLEAR(out);
@@ -354,6 +415,7 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
             goto done;
         }
     }
+    PyMem_RawFree(orig);
     PyBuffer_Release(&res);
 done:
     PyMem_Free(sz);
@@ -426,19 +488,21 @@ void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f)
     f->available = ops->available(st);
     f->largest_free = ops->largest_free(st);
     f->free_ranges = ops->free_ranges(st);
+    f->metadata = h->state_size;
 }
 
 PyObject *mp_stats_new(const mp_figures_t *f)
 {
     double frag = f->available ? 1.0 - (double)f->largest_free / (double)f->available : 0.0;
     PyObject *kw = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsdsK}", "capacity", (unsigned long long)f->capacity, "used",
+        "{sKsKsKsKsKsKsKsKsdsKsK}", "capacity", (unsigned long long)f->capacity, "used",
         (unsigned long long)f->used, "available", (unsigned long long)f->available,
         "largest_free", (unsigned long long)f->largest_free, "live", (unsigned long long)f->live,
         "free_ranges", (unsigned long long)f->free_ranges, "peak_used",
         (unsigned long long)f->peak_used, "high_water", (unsigned long long)f->high_water,
         "fragmentation", frag, "internal_fragmentation",
-        (unsigned long long)(f->used - f->requested));
+        (unsigned long long)(f->used - f->requested), "metadata",
+        (unsigned long long)f->metadata);
     if (!kw) return NULL;
     PyObject *args = PyTuple_New(0);
     PyObject *res = args ? PyObject_Call(mp_StatsType, args, kw) : NULL;
