@@ -188,6 +188,18 @@ PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, 
 }
 
 /* ---- hot methods ------------------------------------------------------------------- */
+/* alloc returned rc: on MP_ENONODES grow the state and retry (out of line: the hot
+ * path stays as it was); the offset, or the exception. */
+__attribute__((noinline, cold)) static PyObject *alloc_failed(StrategyObject *self, int rc,
+                                                              uint64_t size, uint64_t align)
+{
+    uint64_t off = 0;
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->alloc(self->st, size, align, &off);
+    if (rc) return mp_raise(self, rc, size, align, 0);
+    return PyLong_FromUnsignedLongLong(off);
+}
+
 static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -197,11 +209,7 @@ static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);
-    if (__builtin_expect(rc != MP_OK, 0)) {
-        while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
-            rc = self->ops->alloc(self->st, size, align, &off);
-        if (rc) return mp_raise(self, rc, size, align, 0);
-    }
+    if (rc) return alloc_failed(self, rc, size, align);
     return PyLong_FromUnsignedLongLong(off);
 }
 
