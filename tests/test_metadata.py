@@ -164,3 +164,43 @@ def test_storm_of_a_million_live_16_byte_blocks():
     s.check()
     s.free_many(offs)
     assert len(s) == 0
+
+
+# ---- snapshots: the used part --------------------------------------------------------
+@pytest.mark.parametrize("cls", GROWING, ids=lambda c: c.__name__)
+def test_snapshot_carries_only_the_used_part(cls):
+    import pickle
+
+    s = cls(64 * MiB, max_blocks=1 << 16)
+    offs = [s.alloc(1000 + k) for k in range(10)]
+    s.free(offs[3])
+    data = s.snapshot()
+    # at least the ~65,000 nodes (or stack entries, 24 B) never handed out are left out
+    assert len(data) <= s.state_size - ((1 << 16) - 100) * 24
+    r = cls.restore(data)
+    r.check()
+    assert r.state_size == s.state_size and r.segments() == s.segments()
+    assert r.snapshot() == data and r.stats() == s.stats()
+    assert r.alloc(500) == s.alloc(500)  # and goes on alike
+    assert pickle.loads(pickle.dumps(s)).segments() == s.segments()
+    assert len(s._full_snapshot()) == s.state_size
+    assert cls.restore(s._full_snapshot()).segments() == s.segments()
+
+
+@pytest.mark.parametrize("cls", GROWING, ids=lambda c: c.__name__)
+def test_crafted_short_snapshots_are_refused_or_sound(cls):
+    s = cls(1 * MiB, max_blocks=256)
+    for k in range(20):
+        s.alloc(100 + k)
+    good = s.snapshot()
+    assert len(good) < s.state_size
+    for pos in range(0, min(len(good), 400)):
+        bad = bytearray(good)
+        bad[pos] ^= 0x41
+        try:
+            r = cls.restore(bytes(bad))
+        except mempool.CorruptionError:
+            continue
+        r.check()  # accepted: then sound
+    with pytest.raises(mempool.CorruptionError, match="state says"):
+        cls.restore(good[:-8])

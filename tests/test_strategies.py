@@ -173,7 +173,8 @@ def test_snapshot_restore_round_trip(cls):
     offs = [s.alloc(n, 16) for n in (100, 7, 300, 42)]
     s.free(offs[1])
     data = s.snapshot()
-    assert isinstance(data, bytes) and len(data) == s.state_size
+    # the used part: nodes never handed out are left out (TLSF(5000): 32 nodes, 4 used)
+    assert isinstance(data, bytes) and len(data) < s.state_size
     r = cls.restore(data)
     assert r.segments() == s.segments() and r.stats() == s.stats()
     # independent copies

@@ -180,7 +180,7 @@ class Pool(PoolCore):
         """
         capacity = parse_size(capacity, "capacity")
         template = make_fixed(strategy, capacity, **options)
-        state = template.snapshot()
+        state = template._full_snapshot()
         h = layout(FILE_MAGIC, _kind_of(state), template.strategy, capacity, len(state),
                    created_ns=time.time_ns())
         path = Path(path)

@@ -245,7 +245,7 @@ class SharedPool(SharedPoolCore, Pool):
                              f"{lease_timeout!r}")
         lease_ns = max(1, round(lease_timeout * 1e9))
         template = make_fixed(strategy, capacity, **options)
-        state = template.snapshot()
+        state = template._full_snapshot()
         ctl_size = _mempool.shared_ctl_size(max_entries, max_leases)
         h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
                    len(state), lock_size=ctl_size, created_ns=time.time_ns())

@@ -688,6 +688,10 @@ static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
     return mpi_ranges_walk(st, &bestfit_fidx, fn, ctx);
 }
 
+static uint64_t bestfit_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    return mpi_ranges_hole(st, &bestfit_fidx, len, off);
+}
 static uint64_t bestfit_grow_size(const void *st) { return mpi_ranges_grow_size(st, &bestfit_fidx); }
 static int bestfit_grow(const void *st, void *dst, uint64_t dst_len)
 {
@@ -709,4 +713,5 @@ MPI_OPS_TABLE(bestfit,
     .available = mpi_head_available,
     .free_ranges = mpi_ranges_free_ranges,
     .grow_size = bestfit_grow_size,
-    .grow = bestfit_grow);
+    .grow = bestfit_grow,
+    .hole = bestfit_hole);

@@ -400,6 +400,16 @@ static int bump_grow(const void *st, void *dst, uint64_t dst_len)
     return MP_OK;
 }
 
+/* The entries above the stack, [depth, max_blocks): zero (B4), left out of snapshots. */
+static uint64_t bump_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    if (len < OFF_STACK) return 0;
+    const bump_hdr_t *h = CHD(st);
+    if (h->depth >= h->max_blocks || h->max_blocks >= MP_NIL) return 0;
+    *off = OFF_STACK + h->depth * sizeof(bump_entry_t);
+    return (h->max_blocks - h->depth) * sizeof(bump_entry_t);
+}
+
 MPI_OPS_TABLE(bump,
     .name = "bump",
     .kind = MP_KIND_BUMP,
@@ -414,4 +424,5 @@ MPI_OPS_TABLE(bump,
     .available = mpi_head_available,
     .free_ranges = bump_free_ranges,
     .grow_size = bump_grow_size,
-    .grow = bump_grow);
+    .grow = bump_grow,
+    .hole = bump_hole);

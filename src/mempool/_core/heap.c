@@ -870,6 +870,18 @@ static int heap_grow(const void *st, void *dst, uint64_t dst_len)
     return MP_OK;
 }
 
+/* The embedded TLSF's nodes never handed out (it is last in the state). */
+static uint64_t heap_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    if (len < CTL_OFF + sizeof(heap_ctl_t)) return 0;
+    uint64_t t = CCT(st)->tlsf_off, o;
+    if (t % 8 || t > len) return 0;
+    uint64_t n = TLSF_OPS.hole(CSUB(st, CCT(st)), len - t, &o);
+    if (!n || o > UINT64_MAX - t) return 0;
+    *off = t + o;
+    return n;
+}
+
 MPI_OPS_TABLE(heap,
     .name = "heap",
     .kind = MP_KIND_HEAP,
@@ -884,4 +896,5 @@ MPI_OPS_TABLE(heap,
     .available = mpi_head_available,
     .free_ranges = mpi_heap_free_ranges,
     .grow_size = heap_grow_size,
-    .grow = heap_grow);
+    .grow = heap_grow,
+    .hole = heap_hole);

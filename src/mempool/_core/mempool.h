@@ -139,6 +139,12 @@ typedef struct mp_ops {
      * the caller switches to dst when it returns MP_OK. */
     uint64_t (*grow_size)(const void *st); /* 0 too when head.param[MP_PARAM_FIXED] is 1 */
     int (*grow)(const void *st, void *dst, uint64_t dst_len);
+    /* Optional (NULL: every byte counts).  The one span of the state whose bytes carry
+     * nothing (nodes never handed out; Bump's entries above its stack, zero): its length,
+     * its offset in *off; 0 when there is none.  Reads only the first `len` bytes of st
+     * (a snapshot that left the span out: restore puts zeros there and checks the rest),
+     * so it answers on untrusted bytes without reading past them. */
+    uint64_t (*hole)(const void *st, uint64_t len, uint64_t *off);
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */

@@ -156,6 +156,16 @@ int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ct
 
 uint64_t mpi_ranges_free_ranges(const void *st) { return rs_cset(st)->nfree; }
 
+/* The nodes never handed out, [top, max_blocks): what snapshots leave out. */
+uint64_t mpi_ranges_hole(const void *st, const mp_fidx_t *fi, uint64_t len, uint64_t *off)
+{
+    if (len < RS_AREA_OFF) return 0;
+    const mp_rset_t *rs = rs_cset(st);
+    if (rs->top >= rs->max_blocks) return 0;
+    *off = RS_AREA_OFF + fi->area_size + (uint64_t)rs->top * fi->node_size;
+    return (uint64_t)(rs->max_blocks - rs->top) * fi->node_size;
+}
+
 /* ---- growth --------------------------------------------------------------- */
 /* The next budget: twice this one, below MP_NIL; 0 when there is none. */
 static uint64_t rs_grown_blocks(const mp_rset_t *rs)

@@ -599,7 +599,24 @@ static PyObject *ext_strategy_reset(StrategyObject *self, PyObject *Py_UNUSED(ig
     Py_RETURN_NONE;
 }
 
+/* The used part of the state: without the span that carries nothing (ops->hole). */
 static PyObject *ext_strategy_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (mp_strategy_closed(self)) return NULL;
+    uint64_t off = 0, len = self->st_len;
+    uint64_t hole = self->ops->hole ? self->ops->hole(self->st, len, &off) : 0;
+    if (hole == 0 || off > len || hole > len - off)
+        return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)len);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(len - hole));
+    if (!b) return NULL;
+    char *d = PyBytes_AS_STRING(b);
+    memcpy(d, self->st, (size_t)off);
+    memcpy(d + off, (const char *)self->st + off + hole, (size_t)(len - off - hole));
+    return b;
+}
+
+/* The whole state block, as bytes (what a file or a segment is made from). */
+static PyObject *ext_strategy_full_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_strategy_closed(self)) return NULL;
     return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)self->st_len);
@@ -616,14 +633,32 @@ static PyObject *restore_into(PyTypeObject *cls, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     char msg[256];
     StrategyObject *self = NULL;
-    uint64_t len = (uint64_t)view.len;
-    if (mp_head_validate(view.buf, len, ops, msg, sizeof msg)) {
+    uint64_t len = (uint64_t)view.len, off = 0, hole = 0;
+    mp_head_t h;
+    if (len >= sizeof h) memcpy(&h, view.buf, sizeof h);
+    /* a snapshot without its hole (ops->hole): the head's identity first; anything
+     * else is taken as the whole block, and validated as such below */
+    if (len >= sizeof h && h.state_size > len && ops->hole &&
+        mp_head_validate(view.buf, h.state_size, ops, msg, sizeof msg) == MP_OK) {
+        uint64_t o = 0, n = ops->hole(view.buf, len, &o);
+        if (n == h.state_size - len && o <= len) {
+            hole = n;
+            off = o;
+        }
+    }
+    self = mp_strategy_alloc(cls, ops, len + hole);
+    if (!self) goto done;
+    memcpy(self->st, view.buf, (size_t)(hole ? off : len));
+    if (hole) {
+        memset((char *)self->st + off, 0, (size_t)hole);
+        memcpy((char *)self->st + off + hole, (const char *)view.buf + off, (size_t)(len - off));
+    }
+    len += hole;
+    if (mp_head_validate(self->st, len, ops, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
+        Py_CLEAR(self);
         goto done;
     }
-    self = mp_strategy_alloc(cls, ops, len);
-    if (!self) goto done;
-    memcpy(self->st, view.buf, (size_t)len);
     if (ops->check(self->st, len, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
         Py_CLEAR(self);
@@ -786,7 +821,7 @@ static PyGetSetDef strategy_getset[] = {
     {"peak_used", (getter)get_peak_used, NULL, "The highest `used` ever seen, in bytes.", NULL},
     {"high_water", (getter)get_high_water, NULL,
      "The highest end offset ever handed out, in bytes.", NULL},
-    {"state_size", (getter)get_state_size, NULL, "Bytes of the state block (snapshot size).",
+    {"state_size", (getter)get_state_size, NULL, "Bytes of the state block (a snapshot leaves its unused nodes out).",
      NULL},
     {"strategy", (getter)get_name, NULL, "The strategy's name, as Pool(strategy=...) takes it.",
      NULL},
@@ -829,7 +864,10 @@ static PyMethodDef strategy_methods[] = {
     {"reset", (PyCFunction)ext_strategy_reset, METH_NOARGS,
      "reset($self, /)\n--\n\nMake everything free (peak_used and high_water are kept)."},
     {"snapshot", (PyCFunction)ext_strategy_snapshot, METH_NOARGS,
-     "snapshot($self, /)\n--\n\nThe relocatable state block, copied, as bytes."},
+     "snapshot($self, /)\n--\n\nThe relocatable state block, copied, as bytes: its used part\n"
+     "(nodes never handed out are left out; restore() puts them back)."},
+    {"_full_snapshot", (PyCFunction)ext_strategy_full_snapshot, METH_NOARGS,
+     "_full_snapshot($self, /)\n--\n\nThe whole state block, as bytes (files, segments)."},
     {"restore", (PyCFunction)ext_strategy_restore, METH_O | METH_CLASS,
      "restore($type, data, /)\n--\n\n"
      "A new strategy from snapshot() bytes.  Raises CorruptionError when the data is not a\n"
