@@ -204,3 +204,13 @@ def test_crafted_short_snapshots_are_refused_or_sound(cls):
         r.check()  # accepted: then sound
     with pytest.raises(mempool.CorruptionError, match="state says"):
         cls.restore(good[:-8])
+
+
+def test_bench_replay_budget_of_bump_and_heap_is_what_it_was():
+    # the C replay loop does not grow a state: trace.strategy_for sizes Bump and Heap
+    # with the budget they had before states grew (the bench's figures stay comparable)
+    from mempool.trace import bundled, read, strategy_for
+
+    t = read(bundled()[0])
+    assert strategy_for(t, "bump", capacity=1 << 20).max_blocks == 1 << 14
+    assert strategy_for(t, "bump", capacity=1 << 20, max_blocks=7).max_blocks == 7
