@@ -214,3 +214,15 @@ def test_bench_replay_budget_of_bump_and_heap_is_what_it_was():
     t = read(bundled()[0])
     assert strategy_for(t, "bump", capacity=1 << 20).max_blocks == 1 << 14
     assert strategy_for(t, "bump", capacity=1 << 20, max_blocks=7).max_blocks == 7
+
+
+def test_a_heap_file_pool_fills_with_small_objects(tmp_path):
+    # its TLSF holds each class page as a range: the fixed budget has one per page
+    with Pool.create(tmp_path / "h.pool", 2 * MiB, "heap") as p:
+        n = 0
+        with pytest.raises(mempool.OutOfSpace, match="no free range fits"):
+            while True:
+                p.alloc(200)
+                n += 1
+        assert n > 9000
+        p.check()

@@ -47,8 +47,13 @@ BUDGETED: frozenset[str] = frozenset({"tlsf", "bestfit", "bump", "heap"})
 def make_fixed(name: str | type[Strategy], capacity: int, **options: Any) -> Strategy:
     """A strategy for a state that cannot grow (file and shared pools): as :func:`make`,
     with the larger default budget ``_mempool.fixed_max_blocks(capacity)`` (at least
-    1024 blocks) where no ``max_blocks`` is given."""
+    1024 blocks; the Heap's: a range per page and 1024 more) where no ``max_blocks`` is
+    given."""
     t = strategy_type(name)
     if "max_blocks" not in options and t.__name__.lower() in BUDGETED:
-        options["max_blocks"] = _mempool.fixed_max_blocks(capacity)
+        n = _mempool.fixed_max_blocks(capacity)
+        if t.__name__ == "Heap":  # its TLSF holds every page of the classes as a range
+            pages = -(-capacity // int(options.get("page_size") or 4096))
+            n = min(max(n, pages + 1024), 1 << 20, capacity)
+        options["max_blocks"] = n
     return t(capacity, **options)
