@@ -166,7 +166,7 @@ def test_a_failed_allocation_keeps_the_last_range_and_the_marks():
 
 
 def test_range_table_full():
-    s = Bump(1000, max_blocks=2)
+    s = Bump(1000, max_blocks=2, grow=False)
     a = s.alloc(1)
     s.alloc(1)
     unchanged(s, lambda: s.alloc(1), mempool.OutOfSpace, "max_blocks")
@@ -174,8 +174,9 @@ def test_range_table_full():
     unchanged(s, lambda: s.alloc(1), mempool.OutOfSpace, "max_blocks")
     s.free(1)
     assert s.depth == 0 and s.alloc(1) == 0
-    assert Bump(1 << 24).max_blocks == (1 << 24) // 64 and Bump(1 << 40).max_blocks == 1 << 20
-    assert Bump(1000).max_blocks == 1000 and Bump(200_000).max_blocks == 3125
+    assert Bump(1 << 24).max_blocks == (1 << 24) // 8192 and Bump(1 << 40).max_blocks == 1 << 20
+    assert Bump(1000).max_blocks == 32 and Bump(200_000).max_blocks == 32
+    assert Bump(20).max_blocks == 20
 
 
 def test_largest_free_always_succeeds():

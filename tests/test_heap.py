@@ -258,7 +258,7 @@ def test_snapshot_pickle_reset():
     h = Heap(1 << 18, page_size=8192)
     offs = [h.alloc(n) for n in (10, 300, 600, 2048, 40000, 100)]
     data = h.snapshot()
-    assert len(data) == h.state_size
+    assert len(data) <= h.state_size  # the TLSF's nodes never handed out are left out
     r = Heap.restore(data)
     assert r.snapshot() == data and r.segments() == h.segments() and r.page_size == 8192
     p = pickle.loads(pickle.dumps(h))

@@ -494,7 +494,7 @@ def test_try_alloc_returns_none_and_changes_nothing_when_nothing_fits():
     full.free()
     assert p.try_alloc(1 << 17) is None  # beyond the capacity: no fit either
     # a state whose range table is full (max_blocks): nothing fits, as alloc says
-    q = Pool(1 << 16, max_blocks=3)
+    q = Pool(1 << 16, max_blocks=3, grow=False)
     blocks = [q.try_alloc(16), q.try_alloc(16)]
     before = (q.stats(), q.segments())
     assert q.try_alloc(16) is None

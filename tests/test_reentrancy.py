@@ -130,19 +130,19 @@ def test_detached_strategy_closes_the_pool():
 
 def test_set_journal_refuses_offsets_outside_the_buffer():
     p = Pool(1 << 20)
-    st_len = len(p._strategy.snapshot())
+    st_len = len(p._strategy._full_snapshot())
     buf = bytearray(4096 + st_len)
     for joff, soff in ((-64, 4096), (len(buf) - 64, 4096), (9, 4096), (0, 9), (0, 1024),
                        (0, 4160), (2**64 - 64, 4096), (2**70, 4096), (0, 2**70)):
         with pytest.raises((ValueError, OverflowError)):
             p._set_journal(buf, joff, soff)
     buf[:8] = (0x314c4e524a504d).to_bytes(8, "little")
-    buf[4096:] = p._strategy.snapshot()
+    buf[4096:] = p._strategy._full_snapshot()
     p._set_journal(buf, 0, 4096)
     with pytest.raises(RuntimeError, match="set already"):
         p._set_journal(buf, 0, 4096)
     b = p.alloc(8)
-    assert bytes(buf[4096:]) == p._strategy.snapshot()  # the shadow follows the state
+    assert bytes(buf[4096:]) == p._strategy._full_snapshot()  # the shadow follows the state
     b.free()
 
 

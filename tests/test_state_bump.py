@@ -109,10 +109,10 @@ class BumpMachine(RuleBasedStateMachine):
     )
     def create(self, capacity, max_blocks):
         if max_blocks is None:
-            self.s = mempool.Bump(capacity)
-            max_blocks = min(max(capacity // 64, 1024), 1 << 20, capacity)
+            self.s = mempool.Bump(capacity, grow=False)
+            max_blocks = min(max(capacity // 8192, 32), 1 << 20, capacity)
         else:
-            self.s = mempool.Bump(capacity, max_blocks=max_blocks)
+            self.s = mempool.Bump(capacity, max_blocks=max_blocks, grow=False)
         assert self.s.max_blocks == max_blocks
         self.m = BumpModel(capacity, max_blocks)
 

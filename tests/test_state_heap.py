@@ -49,6 +49,7 @@ def natural_align(n: int) -> int:
 class HeapMachine(RuleBasedStateMachine):
     ranges = Bundle("ranges")
     max_blocks: int | None = None
+    grow: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +86,8 @@ class HeapMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.h is None)
     @rule(capacity=st.one_of(st.integers(1, 1 << 17), st.integers(1, 20000)), page_size=PAGE_SIZES)
     def create(self, capacity: int, page_size: int) -> None:
-        self.h = mempool.Heap(capacity, page_size=page_size, max_blocks=self.max_blocks)
+        self.h = mempool.Heap(capacity, page_size=page_size, max_blocks=self.max_blocks,
+                               grow=self.grow)
         assert self.h.page_size == page_size and self.h.capacity == capacity
 
     @precondition(lambda self: self.h is not None)
@@ -240,9 +242,17 @@ TestHeap = HeapMachine.TestCase
 
 
 class FewNodes(HeapMachine):
-    """A TLSF node budget small enough to run out (MP_ENONODES paths)."""
+    """A TLSF node budget small enough to run out (MP_ENONODES paths): fixed."""
+
+    max_blocks = 6
+    grow = False
+
+
+class FewNodesGrowing(HeapMachine):
+    """The same small budget, growing whenever it runs out."""
 
     max_blocks = 6
 
 
 TestHeapFewNodes = FewNodes.TestCase
+TestHeapFewNodesGrowing = FewNodesGrowing.TestCase

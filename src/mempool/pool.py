@@ -28,7 +28,7 @@ from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
 from .sources import AnonymousMemory, FileMemory, Source
 from .stats import Stats
-from .strategies import make, strategy_type
+from .strategies import make, make_fixed, strategy_type
 
 __all__ = ["Pool"]
 
@@ -240,8 +240,8 @@ class Pool(PoolCore):
         meanwhile).
         """
         capacity = parse_size(capacity, "capacity")
-        template = make(strategy, capacity, **options)
-        state = template.snapshot()
+        template = make_fixed(strategy, capacity, **options)
+        state = template._full_snapshot()
         h = layout(FILE_MAGIC, _kind_of(state), template.strategy, capacity, len(state),
                    created_ns=time.time_ns())
         path = Path(path)

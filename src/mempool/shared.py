@@ -56,7 +56,7 @@ from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
 from .sources import SharedMemory, _shm_path
-from .strategies import make
+from .strategies import make_fixed
 
 __all__ = ["SharedArray", "SharedPool", "SharedStats"]
 
@@ -244,8 +244,8 @@ class SharedPool(SharedPoolCore, Pool):
             raise ValueError(f"lease_timeout must be > 0 seconds (and below 146 years), got "
                              f"{lease_timeout!r}")
         lease_ns = max(1, round(lease_timeout * 1e9))
-        template = make(strategy, capacity, **options)
-        state = template.snapshot()
+        template = make_fixed(strategy, capacity, **options)
+        state = template._full_snapshot()
         ctl_size = _mempool.shared_ctl_size(max_entries, max_leases)
         h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
                    len(state), lock_size=ctl_size, created_ns=time.time_ns())

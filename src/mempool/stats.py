@@ -36,6 +36,10 @@ class Stats:
         ``1 - largest_free / available`` (0 when nothing is available).
     internal_fragmentation : int
         Bytes handed out beyond what was asked for (0 for the exact strategies).
+    metadata : int
+        Bytes of the strategy's state block (its tables: what managing the capacity
+        costs).  A private pool's state grows when more blocks are live than it was
+        sized for; file and shared pools keep a second (shadow) copy of it.
     """
 
     capacity: int
@@ -48,3 +52,4 @@ class Stats:
     high_water: int
     fragmentation: float
     internal_fragmentation: int = 0
+    metadata: int = 0

@@ -203,8 +203,9 @@ def strategy_for(trace: Trace, strategy: Any = "tlsf", *, capacity: int | None =
     strategy type (a new object over ``capacity`` bytes, default ``2 * trace.maxlive``
     and at least 4096, made with ``**options``), a strategy instance (returned as it
     is), or ``"libc"`` / None (returns None: the C library).  The range strategies
-    (TLSF, BestFit) get a node table no larger than the trace needs unless
-    ``max_blocks`` is given.  Make one to replay the same trace several times on one
+    (TLSF, BestFit) get a node table no larger than the trace needs, Bump and Heap
+    ``capacity // 64`` blocks (in [1024, 2**20]; the replay loop runs in C and does not
+    grow a state), unless ``max_blocks`` is given.  Make one to replay the same trace several times on one
     warm object, as the bench does.  ValueError / TypeError for an unknown strategy.
     """
     if strategy is None or strategy == "libc":
@@ -217,6 +218,10 @@ def strategy_for(trace: Trace, strategy: Any = "tlsf", *, capacity: int | None =
         # every live id is a range, and free ranges are at most one more (plus the one a
         # moving realloc holds for a moment): a node table no larger than the trace needs
         options = dict(options, max_blocks=min(cap, 2 * (trace.max_id + 1) + 64))
+    elif "max_blocks" not in options and cls.__name__ in ("Bump", "Heap"):
+        # the C replay loop does not grow a state (only the binding's calls do): the
+        # budget these had before states grew, capacity // 64 in [1024, 2**20]
+        options = dict(options, max_blocks=min(max(cap // 64, 1024), 1 << 20, cap))
     return cls(cap, **options)
 
 

@@ -688,6 +688,16 @@ static int bestfit_walk(const void *st, mp_walk_fn fn, void *ctx)
     return mpi_ranges_walk(st, &bestfit_fidx, fn, ctx);
 }
 
+static uint64_t bestfit_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    return mpi_ranges_hole(st, &bestfit_fidx, len, off);
+}
+static uint64_t bestfit_grow_size(const void *st) { return mpi_ranges_grow_size(st, &bestfit_fidx); }
+static int bestfit_grow(const void *st, void *dst, uint64_t dst_len)
+{
+    return mpi_ranges_grow(st, &bestfit_fidx, dst, dst_len);
+}
+
 /* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
 MPI_OPS_TABLE(bestfit,
     .name = "bestfit",
@@ -701,4 +711,7 @@ MPI_OPS_TABLE(bestfit,
     .walk = bestfit_walk,
     .largest_free = bf_largest,
     .available = mpi_head_available,
-    .free_ranges = mpi_ranges_free_ranges);
+    .free_ranges = mpi_ranges_free_ranges,
+    .grow_size = bestfit_grow_size,
+    .grow = bestfit_grow,
+    .hole = bestfit_hole);

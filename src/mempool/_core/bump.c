@@ -320,6 +320,8 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
         MPI_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)m->state_size,
                  (ull)len, (ull)want);
     /* B1 */
+    if (m->param[MP_PARAM_FIXED] > 1)
+        MPI_FAIL("fixed-budget flag is %llu, not 0 or 1", (ull)m->param[MP_PARAM_FIXED]);
     if (h->max_blocks != m->param[0] || h->capacity != m->capacity)
         MPI_FAIL("max_blocks or capacity in the header does not match the head");
     if (h->depth > h->max_blocks)
@@ -368,6 +370,46 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
 }
 
 /* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+/* ---- growth: twice the stack, the live entries copied, the rest zero (B4) ---------- */
+static uint64_t bump_grown(const void *st)
+{
+    uint64_t m = CHD(st)->max_blocks, n = m * 2;
+    if (n >= MP_NIL) n = MP_NIL - 1;
+    return n > m ? n : 0;
+}
+
+static uint64_t bump_grow_size(const void *st)
+{
+    if (((const mp_head_t *)st)->param[MP_PARAM_FIXED]) return 0;
+    uint64_t n = bump_grown(st);
+    return n ? mp_bump_state_size(((const mp_head_t *)st)->capacity, n) : 0;
+}
+
+static int bump_grow(const void *st, void *dst, uint64_t dst_len)
+{
+    uint64_t n = bump_grown(st), size = bump_grow_size(st);
+    const bump_hdr_t *h = CHD(st);
+    if (size == 0 || dst_len < size || h->depth > h->max_blocks) return MP_EINVAL;
+    uint64_t used = OFF_STACK + h->depth * sizeof(bump_entry_t);
+    memcpy(dst, st, (size_t)used);
+    memset((char *)dst + used, 0, (size_t)(size - used));
+    mp_head_t *m = dst;
+    m->state_size = size;
+    m->param[0] = n;
+    HD(dst)->max_blocks = n;
+    return MP_OK;
+}
+
+/* The entries above the stack, [depth, max_blocks): zero (B4), left out of snapshots. */
+static uint64_t bump_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    if (len < OFF_STACK) return 0;
+    const bump_hdr_t *h = CHD(st);
+    if (h->depth >= h->max_blocks || h->max_blocks >= MP_NIL) return 0;
+    *off = OFF_STACK + h->depth * sizeof(bump_entry_t);
+    return (h->max_blocks - h->depth) * sizeof(bump_entry_t);
+}
+
 MPI_OPS_TABLE(bump,
     .name = "bump",
     .kind = MP_KIND_BUMP,
@@ -380,4 +422,7 @@ MPI_OPS_TABLE(bump,
     .walk = bump_walk,
     .largest_free = bump_largest,
     .available = mpi_head_available,
-    .free_ranges = bump_free_ranges);
+    .free_ranges = bump_free_ranges,
+    .grow_size = bump_grow_size,
+    .grow = bump_grow,
+    .hole = bump_hole);

@@ -131,14 +131,7 @@ int mpi_heap_layout(uint64_t capacity, uint64_t page_size, uint64_t max_blocks, 
     return 1;
 }
 
-uint64_t mp_heap_default_max_blocks(uint64_t capacity)
-{
-    uint64_t n = capacity / 512;
-    if (n < 1024) n = 1024;
-    if (n > ((uint64_t)1 << 20)) n = (uint64_t)1 << 20;
-    if (n > capacity) n = capacity;
-    return n;
-}
+uint64_t mp_heap_default_max_blocks(uint64_t capacity) { return mp_default_max_blocks(capacity); }
 
 uint64_t mp_heap_state_size(uint64_t capacity, uint64_t page_size, uint64_t max_blocks)
 {
@@ -842,6 +835,53 @@ static void heap_reset(void *st)
 }
 
 /* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
+/* ---- growth: the embedded TLSF grows (it is last in the state, so nothing else moves) */
+static uint64_t heap_grown(const void *st)
+{
+    uint64_t m = ((const mp_head_t *)st)->param[1], n = m * 2;
+    if (n >= MP_NIL) n = MP_NIL - 1;
+    return n > m ? n : 0;
+}
+
+static uint64_t heap_grow_size(const void *st)
+{
+    const mp_head_t *h = st;
+    uint64_t n = h->param[MP_PARAM_FIXED] ? 0 : heap_grown(st);
+    return n ? mp_heap_state_size(h->capacity, h->param[0], n) : 0;
+}
+
+static int heap_grow(const void *st, void *dst, uint64_t dst_len)
+{
+    const mp_head_t *h = st;
+    const heap_ctl_t *c = CCT(st);
+    layout_t L;
+    uint64_t n = heap_grown(st);
+    if (!n || !mpi_heap_layout(h->capacity, h->param[0], n, &L) || dst_len < L.total ||
+        L.tlsf_off != c->tlsf_off)
+        return MP_EINVAL;
+    const mp_ops_t *t = &TLSF_OPS;
+    if (t->grow_size(CSUB(st, c)) != L.tlsf_size) return MP_EINVAL;
+    int rc = t->grow(CSUB(st, c), (char *)dst + L.tlsf_off, L.tlsf_size);
+    if (rc) return rc;
+    memcpy(dst, st, (size_t)L.tlsf_off);
+    H(dst)->state_size = L.total;
+    H(dst)->param[1] = n;
+    CT(dst)->tlsf_size = L.tlsf_size;
+    return MP_OK;
+}
+
+/* The embedded TLSF's nodes never handed out (it is last in the state). */
+static uint64_t heap_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    if (len < CTL_OFF + sizeof(heap_ctl_t)) return 0;
+    uint64_t t = CCT(st)->tlsf_off, o;
+    if (t % 8 || t > len) return 0;
+    uint64_t n = TLSF_OPS.hole(CSUB(st, CCT(st)), len - t, &o);
+    if (!n || o > UINT64_MAX - t) return 0;
+    *off = t + o;
+    return n;
+}
+
 MPI_OPS_TABLE(heap,
     .name = "heap",
     .kind = MP_KIND_HEAP,
@@ -854,4 +894,7 @@ MPI_OPS_TABLE(heap,
     .walk = mpi_heap_walk,
     .largest_free = mpi_heap_largest_free,
     .available = mpi_head_available,
-    .free_ranges = mpi_heap_free_ranges);
+    .free_ranges = mpi_heap_free_ranges,
+    .grow_size = heap_grow_size,
+    .grow = heap_grow,
+    .hole = heap_hole);

@@ -246,6 +246,8 @@ static int check_layout(const void *st, uint64_t len, char *msg, size_t msglen, 
     if (h->state_size != L->total || len < L->total)
         MPI_FAIL("state size %llu (buffer %llu), parameters need %llu", (ull)h->state_size,
                  (ull)len, (ull)L->total);
+    if (h->param[MP_PARAM_FIXED] > 1)
+        MPI_FAIL("fixed-budget flag is %llu, not 0 or 1", (ull)h->param[MP_PARAM_FIXED]);
     const heap_ctl_t *c = CCT(st);
     if (c->page_shift != L->page_shift || c->npages != L->npages ||
         c->rec_words != L->rec_words || c->bm_words != L->bm_words || c->groups != L->groups ||

@@ -93,6 +93,11 @@ typedef struct mp_head {
     uint64_t param[6];   /* the construction parameters (restore/attach)      */
 } mp_head_t;
 
+/* head.param[MP_PARAM_FIXED] of a strategy that grows (TLSF, BestFit, Bump, Heap): 1 when
+ * its node budget is a hard bound (the user asked: grow=False), so grow_size() is 0;
+ * else 0.  check() refuses any other value. */
+#define MP_PARAM_FIXED 5
+
 /* segments(): one call per range in address order; return non-zero to stop. */
 typedef int (*mp_walk_fn)(void *ctx, uint64_t offset, uint64_t size, int allocated);
 
@@ -125,6 +130,21 @@ typedef struct mp_ops {
     /* 1: every range is one item of a fixed size, serving requests up to that size
      * only: callers must not round a request up (the shared pools' cache does). */
     int fixed_size;
+    /* Optional (NULL: the state never grows; Slab, Bitmap, Buddy: their tables are
+     * fixed by their parameters).  After an operation returned MP_ENONODES (the node
+     * budget is spent): grow_size() is the byte length of the next larger state (twice
+     * the budget), 0 when there is none; grow() writes into dst (dst_len >=
+     * grow_size(st) bytes, apart from st) a state holding the same ranges at the same
+     * offsets with that budget, node indices kept (tables refiled).  st is read only:
+     * the caller switches to dst when it returns MP_OK. */
+    uint64_t (*grow_size)(const void *st); /* 0 too when head.param[MP_PARAM_FIXED] is 1 */
+    int (*grow)(const void *st, void *dst, uint64_t dst_len);
+    /* Optional (NULL: every byte counts).  The one span of the state whose bytes carry
+     * nothing (nodes never handed out; Bump's entries above its stack, zero): its length,
+     * its offset in *off; 0 when there is none.  Reads only the first `len` bytes of st
+     * (a snapshot that left the span out: restore puts zeros there and checks the rest),
+     * so it answers on untrusted bytes without reading past them. */
+    uint64_t (*hole)(const void *st, uint64_t len, uint64_t *off);
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */
@@ -186,7 +206,7 @@ void mp_bump_info(const void *st, mp_bump_info_t *out);
  * embedded TLSF's ranges (pages and large blocks). */
 uint64_t mp_heap_state_size(uint64_t capacity, uint64_t page_size, uint64_t max_blocks);
 int mp_heap_init(void *st, uint64_t capacity, uint64_t page_size, uint64_t max_blocks);
-uint64_t mp_heap_default_max_blocks(uint64_t capacity);
+uint64_t mp_heap_default_max_blocks(uint64_t capacity); /* == mp_default_max_blocks */
 /* What size_of() of a new range of (size, align) would be: the class size, the
  * fragment run, or size itself (TLSF).  MP_EINVAL for size 0 or a bad align. */
 int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *out);
@@ -210,7 +230,13 @@ int mp_buddy_class_of(const void *st, uint64_t size, unsigned *k); /* MP_EINVAL:
 uint64_t mp_bitmap_state_size(uint64_t capacity, uint64_t block_size, int first_fit);
 int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_fit);
 
-/* The default node budget of the range strategies (TLSF, BestFit) and of Bump's stack. */
+/* The default node budget of the range strategies (TLSF, BestFit), of Bump's stack and
+ * of the Heap's TLSF: one node per 8 KiB of capacity, at least 32, at most 2^20, so
+ * that the state stays near 1% of the capacity (bench/metadata.py); a state that runs
+ * out grows (mp_ops_t.grow). */
 uint64_t mp_default_max_blocks(uint64_t capacity);
+/* The budget where the state cannot grow (file and shared pools): the same, at least
+ * 1024 (never more than the capacity). */
+uint64_t mp_fixed_max_blocks(uint64_t capacity);
 
 #endif /* MEMPOOL_H */

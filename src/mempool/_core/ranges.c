@@ -155,3 +155,63 @@ int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ct
 }
 
 uint64_t mpi_ranges_free_ranges(const void *st) { return rs_cset(st)->nfree; }
+
+/* The nodes never handed out, [top, max_blocks): what snapshots leave out. */
+uint64_t mpi_ranges_hole(const void *st, const mp_fidx_t *fi, uint64_t len, uint64_t *off)
+{
+    if (len < RS_AREA_OFF) return 0;
+    const mp_rset_t *rs = rs_cset(st);
+    if (rs->top >= rs->max_blocks) return 0;
+    *off = RS_AREA_OFF + fi->area_size + (uint64_t)rs->top * fi->node_size;
+    return (uint64_t)(rs->max_blocks - rs->top) * fi->node_size;
+}
+
+/* ---- growth --------------------------------------------------------------- */
+/* The next budget: twice this one, below MP_NIL; 0 when there is none. */
+static uint64_t rs_grown_blocks(const mp_rset_t *rs)
+{
+    uint64_t n = (uint64_t)rs->max_blocks * 2;
+    if (n >= MP_NIL) n = MP_NIL - 1;
+    return n > rs->max_blocks ? n : 0;
+}
+
+uint64_t mpi_ranges_grow_size(const void *st, const mp_fidx_t *fi)
+{
+    if (((const mp_head_t *)st)->param[MP_PARAM_FIXED]) return 0;
+    uint64_t n = rs_grown_blocks(rs_cset(st));
+    return n ? mpi_ranges_state_size(fi, ((const mp_head_t *)st)->capacity, n) : 0;
+}
+
+/* Head, tables' header, free index and nodes [0, top) are copied as they are (node
+ * indices are what the free index and the physical list link by); the hash table is
+ * sized for the new budget and every allocated node is refiled in it from the old
+ * table and nursery (the new nursery starts empty: invariant 4 allows either). */
+int mpi_ranges_grow(const void *st, const mp_fidx_t *fi, void *dst, uint64_t dst_len)
+{
+    const mp_head_t *h = st;
+    const mp_rset_t *rs = rs_cset(st);
+    uint64_t n = rs_grown_blocks(rs);
+    uint64_t size = n ? mpi_ranges_state_size(fi, h->capacity, n) : 0;
+    if (size == 0 || dst_len < size) return MP_EINVAL;
+    memcpy(dst, st, RS_AREA_OFF + fi->area_size + (uint64_t)rs->top * fi->node_size);
+    mp_head_t *d = rs_head(dst);
+    mp_rset_t *ds = rs_set(dst);
+    d->state_size = size;
+    d->param[0] = n;
+    ds->max_blocks = (uint32_t)n;
+    ds->hash_bits = rs_hash_bits(n);
+    ds->nursery_bits = rs_nursery_bits(ds->hash_bits);
+    ds->table_off = rs_table_off(fi, n);
+    ds->nursery_off = ds->table_off + ((uint64_t)1 << ds->hash_bits) * sizeof(mp_slot_t);
+    mp_slot_t *t = rs_table(dst, fi); /* the nursery follows it */
+    uint64_t slots = ((uint64_t)1 << ds->hash_bits) + ((uint64_t)1 << ds->nursery_bits);
+    for (uint64_t s = 0; s < slots; s++) {
+        t[s].tag = 0;
+        t[s].node = MP_NIL;
+    }
+    const mp_slot_t *old = rs_ctable(st, fi); /* old table, then old nursery */
+    uint64_t old_slots = ((uint64_t)1 << rs->hash_bits) + ((uint64_t)1 << rs->nursery_bits);
+    for (uint64_t s = 0; s < old_slots; s++)
+        if (old[s].node != MP_NIL) rs_table_insert(dst, fi, old[s].tag, old[s].node);
+    return MP_OK;
+}

@@ -598,6 +598,11 @@ int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t 
                        uint64_t align, uint64_t *out);
 int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx);
 uint64_t mpi_ranges_free_ranges(const void *st);
+/* mp_ops_t.hole: the nodes never handed out (ranges.c). */
+uint64_t mpi_ranges_hole(const void *st, const mp_fidx_t *fi, uint64_t len, uint64_t *off);
+/* mp_ops_t.grow_size / grow: twice the node budget (ranges.c). */
+uint64_t mpi_ranges_grow_size(const void *st, const mp_fidx_t *fi);
+int mpi_ranges_grow(const void *st, const mp_fidx_t *fi, void *dst, uint64_t dst_len);
 
 /* ---- check (ranges_check.c) ---------------------------------------------- */
 /* Invariants 1-7 of a state that may come from anywhere, then the free index

@@ -35,6 +35,8 @@ static int rs_check_layout(const void *st, uint64_t state_len, const mp_fidx_t *
         rs->table_off != rs_table_off(fi, h->param[0]) ||
         rs->nursery_off != rs->table_off + ((uint64_t)1 << rs->hash_bits) * sizeof(mp_slot_t))
         MPI_FAIL("node table header does not match parameters");
+    if (h->param[MP_PARAM_FIXED] > 1)
+        MPI_FAIL("fixed-budget flag is %llu, not 0 or 1", (unsigned long long)h->param[MP_PARAM_FIXED]);
     if (rs->top > rs->max_blocks) MPI_FAIL("node watermark %u beyond %u", rs->top, rs->max_blocks);
     if (rs->nspare > rs->top) MPI_FAIL("spare count %u beyond watermark %u", rs->nspare, rs->top);
     return MP_OK;

@@ -248,6 +248,16 @@ static int tlsf_walk(const void *st, mp_walk_fn fn, void *ctx)
     return mpi_ranges_walk(st, &tlsf_fidx, fn, ctx);
 }
 
+static uint64_t tlsf_hole(const void *st, uint64_t len, uint64_t *off)
+{
+    return mpi_ranges_hole(st, &tlsf_fidx, len, off);
+}
+static uint64_t tlsf_grow_size(const void *st) { return mpi_ranges_grow_size(st, &tlsf_fidx); }
+static int tlsf_grow(const void *st, void *dst, uint64_t dst_len)
+{
+    return mpi_ranges_grow(st, &tlsf_fidx, dst, dst_len);
+}
+
 /* The operation table (MP_DEBUG builds check the state after every change: internal.h). */
 MPI_OPS_TABLE(tlsf,
     .name = "tlsf",
@@ -261,4 +271,7 @@ MPI_OPS_TABLE(tlsf,
     .walk = tlsf_walk,
     .largest_free = tlsf_largest,
     .available = mpi_head_available,
-    .free_ranges = mpi_ranges_free_ranges);
+    .free_ranges = mpi_ranges_free_ranges,
+    .grow_size = tlsf_grow_size,
+    .grow = tlsf_grow,
+    .hole = tlsf_hole);

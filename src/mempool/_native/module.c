@@ -253,7 +253,17 @@ out:
     return r;
 }
 
+static PyObject *ext_fixed_max_blocks(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
+    if (cap == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromUnsignedLongLong(mp_fixed_max_blocks(cap));
+}
+
 static PyMethodDef module_methods[] = {
+    {"fixed_max_blocks", ext_fixed_max_blocks, METH_O,
+     "fixed_max_blocks($module, capacity, /)\n--\n\n"
+     "The default max_blocks of a state that cannot grow (file and shared pools)."},
     {"journal_recover", ext_journal_recover, METH_VARARGS,
      "journal_recover($module, buffer, journal_offset, state_offset, shadow_offset, state_size, /)\n"
      "--\n\nRoll an interrupted call of a persistent pool back (1) or forward (2); 0: none."},

@@ -241,6 +241,15 @@ static inline int mp_strategy_closed(StrategyObject *self)
     return 1;
 }
 int mp_strategy_ready(PyObject *module);
+/* An operation returned MP_ENONODES (the state's node budget is spent): grow the
+ * state into a larger malloc'd block (mp_ops_t.grow) and return 0, so the caller
+ * retries; -1 (no exception set) when it cannot: the state is not ours (a file, a
+ * segment), the strategy never grows, or no memory.  The state keeps its ranges. */
+int mp_strategy_grow(StrategyObject *self);
+/* A new strategy's grow= argument (NULL: not given): grow=False fixes its budget.
+ * Passes self (NULL) through; NULL with an exception when grow's truth fails. */
+PyObject *mp_strategy_fix_budget(StrategyObject *self, PyObject *grow);
+
 /* Make a strategy object of `cls` with a fresh malloc'd state of st_len bytes. */
 StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len);
 /* The end of a constructor: self when init_rc is MP_OK, else self released and
@@ -269,6 +278,7 @@ PyObject *mp_err_raise(const mp_err_t *e);
 typedef struct mp_figures {
     uint64_t capacity, used, requested, live, peak_used, high_water;
     uint64_t available, largest_free, free_ranges;
+    uint64_t metadata; /* bytes of the state block */
 } mp_figures_t;
 void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f);
 PyObject *mp_stats_new(const mp_figures_t *f); /* a mempool.Stats */

@@ -43,11 +43,25 @@ int mp_pool_check_open(PoolObject *pool)
 static inline const mp_ops_t *OPS(PoolObject *p) { return p->strategy->ops; }
 static inline void *ST(PoolObject *p) { return p->strategy->st; }
 
+/* alloc after MP_ENONODES: a private state grows (a file's does not) and the call is
+ * retried; out of line, so that the hot path stays as it was. */
+__attribute__((noinline, cold)) static int alloc_grown(PoolObject *p, uint64_t size,
+                                                       uint64_t align, uint64_t *off)
+{
+    int rc = MP_ENONODES;
+    while (rc == MP_ENONODES && mp_strategy_grow(p->strategy) == 0)
+        rc = OPS(p)->alloc(ST(p), size, align, off);
+    return rc;
+}
+
 /* The strategy calls of a private or persistent pool: a persistent one's are
  * transactions of its journal (one pointer test on the private paths). */
 static inline int st_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
-    if (!p->tx) return OPS(p)->alloc(ST(p), size, align, off);
+    if (!p->tx) {
+        int rc = OPS(p)->alloc(ST(p), size, align, off);
+        return __builtin_expect(rc == MP_ENONODES, 0) ? alloc_grown(p, size, align, off) : rc;
+    }
     mp_tx_begin(p->tx);
     int rc = mp_tx_alloc(p->tx, size, align, off);
     mp_tx_commit(p->tx);
@@ -351,6 +365,8 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
             rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
         } else {
             rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+            while (rc == MP_ENONODES && mp_strategy_grow(self->strategy) == 0)
+                rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
         }
         /* (the hook moves the bytes itself; a persistent pool's move comes before the
          * commit: a kill during it leaves the old range, as before the call) */

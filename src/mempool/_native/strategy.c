@@ -59,6 +59,35 @@ StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64
     return self;
 }
 
+/* Grow into a new block; the old one goes to *old (the caller frees it). */
+static int grow_keep(StrategyObject *self, void **old, uint64_t *old_len)
+{
+    const mp_ops_t *ops = self->ops;
+    if (!self->owns || !self->st || !ops->grow_size) return -1;
+    uint64_t len = ops->grow_size(self->st);
+    if (len <= self->st_len || len > (uint64_t)PY_SSIZE_T_MAX) return -1;
+    void *st = PyMem_RawMalloc((size_t)len);
+    if (!st) return -1;
+    if (ops->grow(self->st, st, len) != MP_OK) {
+        PyMem_RawFree(st);
+        return -1;
+    }
+    *old = self->st;
+    *old_len = self->st_len;
+    self->st = st;
+    self->st_len = len;
+    return 0;
+}
+
+int mp_strategy_grow(StrategyObject *self)
+{
+    void *old;
+    uint64_t old_len;
+    if (grow_keep(self, &old, &old_len)) return -1;
+    PyMem_RawFree(old);
+    return 0;
+}
+
 PyObject *mp_strategy_inited(StrategyObject *self, int init_rc, const char *msg)
 {
     if (init_rc == MP_OK) return (PyObject *)self;
@@ -159,6 +188,18 @@ PyObject *mp_raise(StrategyObject *self, int rc, uint64_t size, uint64_t align, 
 }
 
 /* ---- hot methods ------------------------------------------------------------------- */
+/* alloc returned rc: on MP_ENONODES grow the state and retry (out of line: the hot
+ * path stays as it was); the offset, or the exception. */
+__attribute__((noinline, cold)) static PyObject *alloc_failed(StrategyObject *self, int rc,
+                                                              uint64_t size, uint64_t align)
+{
+    uint64_t off = 0;
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->alloc(self->st, size, align, &off);
+    if (rc) return mp_raise(self, rc, size, align, 0);
+    return PyLong_FromUnsignedLongLong(off);
+}
+
 static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -168,7 +209,7 @@ static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);
-    if (rc) return mp_raise(self, rc, size, align, 0);
+    if (rc) return alloc_failed(self, rc, size, align);
     return PyLong_FromUnsignedLongLong(off);
 }
 
@@ -194,6 +235,8 @@ static PyObject *ext_strategy_realloc(StrategyObject *self, PyObject *const *arg
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[1], size, "", "larger than the capacity");
     rc = self->ops->realloc(self->st, off, size, align, &out);
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->realloc(self->st, off, size, align, &out);
     if (rc) return mp_raise(self, rc, size, align, off);
     return PyLong_FromUnsignedLongLong(out);
 }
@@ -343,10 +386,36 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
     }
     uint64_t *o = res.buf;
     mp_head_t saved = *head(self);
+    /* the state before this call's first growth (and how many ranges it held then): a
+     * failed batch goes back to it, so the state is not left grown either */
+    void *orig = NULL;
+    uint64_t orig_len = 0;
+    Py_ssize_t orig_k = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         int rc = self->ops->alloc(self->st, sz[k], align, &o[k]);
+        while (rc == MP_ENONODES) {
+            void *old;
+            uint64_t old_len;
+            if (grow_keep(self, &old, &old_len)) break;
+            if (!orig) {
+                orig = old;
+                orig_len = old_len;
+                orig_k = k;
+            } else {
+                PyMem_RawFree(old);
+            }
+            rc = self->ops->alloc(self->st, sz[k], align, &o[k]);
+        }
         if (rc) { /* all or nothing: give back what this call took */
-            for (Py_ssize_t j = k - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
+            Py_ssize_t taken = k;
+            if (orig) {
+                PyMem_RawFree(self->st);
+                self->st = orig;
+                self->st_len = orig_len;
+                taken = orig_k;
+                orig = NULL;
+            }
+            for (Py_ssize_t j = taken - 1; j >= 0; j--) self->ops->free(self->st, o[j]);
             *(mp_head_t *)self->st = saved;
             PyBuffer_Release(&res);
             Py_CLEAR(out);
@@ -354,6 +423,7 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
             goto done;
         }
     }
+    PyMem_RawFree(orig);
     PyBuffer_Release(&res);
 done:
     PyMem_Free(sz);
@@ -426,19 +496,21 @@ void mp_figures_read(const mp_ops_t *ops, const void *st, mp_figures_t *f)
     f->available = ops->available(st);
     f->largest_free = ops->largest_free(st);
     f->free_ranges = ops->free_ranges(st);
+    f->metadata = h->state_size;
 }
 
 PyObject *mp_stats_new(const mp_figures_t *f)
 {
     double frag = f->available ? 1.0 - (double)f->largest_free / (double)f->available : 0.0;
     PyObject *kw = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsdsK}", "capacity", (unsigned long long)f->capacity, "used",
+        "{sKsKsKsKsKsKsKsKsdsKsK}", "capacity", (unsigned long long)f->capacity, "used",
         (unsigned long long)f->used, "available", (unsigned long long)f->available,
         "largest_free", (unsigned long long)f->largest_free, "live", (unsigned long long)f->live,
         "free_ranges", (unsigned long long)f->free_ranges, "peak_used",
         (unsigned long long)f->peak_used, "high_water", (unsigned long long)f->high_water,
         "fragmentation", frag, "internal_fragmentation",
-        (unsigned long long)(f->used - f->requested));
+        (unsigned long long)(f->used - f->requested), "metadata",
+        (unsigned long long)f->metadata);
     if (!kw) return NULL;
     PyObject *args = PyTuple_New(0);
     PyObject *res = args ? PyObject_Call(mp_StatsType, args, kw) : NULL;
@@ -527,7 +599,24 @@ static PyObject *ext_strategy_reset(StrategyObject *self, PyObject *Py_UNUSED(ig
     Py_RETURN_NONE;
 }
 
+/* The used part of the state: without the span that carries nothing (ops->hole). */
 static PyObject *ext_strategy_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (mp_strategy_closed(self)) return NULL;
+    uint64_t off = 0, len = self->st_len;
+    uint64_t hole = self->ops->hole ? self->ops->hole(self->st, len, &off) : 0;
+    if (hole == 0 || off > len || hole > len - off)
+        return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)len);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(len - hole));
+    if (!b) return NULL;
+    char *d = PyBytes_AS_STRING(b);
+    memcpy(d, self->st, (size_t)off);
+    memcpy(d + off, (const char *)self->st + off + hole, (size_t)(len - off - hole));
+    return b;
+}
+
+/* The whole state block, as bytes (what a file or a segment is made from). */
+static PyObject *ext_strategy_full_snapshot(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_strategy_closed(self)) return NULL;
     return PyBytes_FromStringAndSize(self->st, (Py_ssize_t)self->st_len);
@@ -544,14 +633,32 @@ static PyObject *restore_into(PyTypeObject *cls, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     char msg[256];
     StrategyObject *self = NULL;
-    uint64_t len = (uint64_t)view.len;
-    if (mp_head_validate(view.buf, len, ops, msg, sizeof msg)) {
+    uint64_t len = (uint64_t)view.len, off = 0, hole = 0;
+    mp_head_t h;
+    if (len >= sizeof h) memcpy(&h, view.buf, sizeof h);
+    /* a snapshot without its hole (ops->hole): the head's identity first; anything
+     * else is taken as the whole block, and validated as such below */
+    if (len >= sizeof h && h.state_size > len && ops->hole &&
+        mp_head_validate(view.buf, h.state_size, ops, msg, sizeof msg) == MP_OK) {
+        uint64_t o = 0, n = ops->hole(view.buf, len, &o);
+        if (n == h.state_size - len && o <= len) {
+            hole = n;
+            off = o;
+        }
+    }
+    self = mp_strategy_alloc(cls, ops, len + hole);
+    if (!self) goto done;
+    memcpy(self->st, view.buf, (size_t)(hole ? off : len));
+    if (hole) {
+        memset((char *)self->st + off, 0, (size_t)hole);
+        memcpy((char *)self->st + off + hole, (const char *)view.buf + off, (size_t)(len - off));
+    }
+    len += hole;
+    if (mp_head_validate(self->st, len, ops, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
+        Py_CLEAR(self);
         goto done;
     }
-    self = mp_strategy_alloc(cls, ops, len);
-    if (!self) goto done;
-    memcpy(self->st, view.buf, (size_t)len);
     if (ops->check(self->st, len, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "cannot restore: %s", msg);
         Py_CLEAR(self);
@@ -714,7 +821,7 @@ static PyGetSetDef strategy_getset[] = {
     {"peak_used", (getter)get_peak_used, NULL, "The highest `used` ever seen, in bytes.", NULL},
     {"high_water", (getter)get_high_water, NULL,
      "The highest end offset ever handed out, in bytes.", NULL},
-    {"state_size", (getter)get_state_size, NULL, "Bytes of the state block (snapshot size).",
+    {"state_size", (getter)get_state_size, NULL, "Bytes of the state block (a snapshot leaves its unused nodes out).",
      NULL},
     {"strategy", (getter)get_name, NULL, "The strategy's name, as Pool(strategy=...) takes it.",
      NULL},
@@ -757,7 +864,10 @@ static PyMethodDef strategy_methods[] = {
     {"reset", (PyCFunction)ext_strategy_reset, METH_NOARGS,
      "reset($self, /)\n--\n\nMake everything free (peak_used and high_water are kept)."},
     {"snapshot", (PyCFunction)ext_strategy_snapshot, METH_NOARGS,
-     "snapshot($self, /)\n--\n\nThe relocatable state block, copied, as bytes."},
+     "snapshot($self, /)\n--\n\nThe relocatable state block, copied, as bytes: its used part\n"
+     "(nodes never handed out are left out; restore() puts them back)."},
+    {"_full_snapshot", (PyCFunction)ext_strategy_full_snapshot, METH_NOARGS,
+     "_full_snapshot($self, /)\n--\n\nThe whole state block, as bytes (files, segments)."},
     {"restore", (PyCFunction)ext_strategy_restore, METH_O | METH_CLASS,
      "restore($type, data, /)\n--\n\n"
      "A new strategy from snapshot() bytes.  Raises CorruptionError when the data is not a\n"

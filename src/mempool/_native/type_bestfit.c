@@ -14,12 +14,14 @@ static PyTypeObject BestFitType = {
     .tp_basicsize = sizeof(StrategyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = bestfit_new,
-    .tp_doc = "BestFit(capacity, *, max_blocks=None)\n--\n\n"
+    .tp_doc = "BestFit(capacity, *, max_blocks=None, grow=True)\n--\n\n"
               "Exact best fit over the offsets [0, capacity): the smallest free range in which\n"
               "an aligned placement fits, the lowest offset among equals (O(log n)).  The\n"
               "alignment gap in front stays free; free neighbours are merged at once.\n\n"
-              "max_blocks bounds the ranges (free and allocated) the state can track; the\n"
-              "default is capacity // 64 clamped to [1024, 2**20] (and to capacity).",
+              "max_blocks is the number of ranges (free and allocated) the state tracks\n"
+              "before it grows (to twice as many, keeping every offset); the default is\n"
+              "capacity // 8192 clamped to [32, 2**20] (and to capacity).  grow=False\n"
+              "makes max_blocks a hard bound (OutOfSpace).",
 };
 
 int mp_bestfit_type_ready(PyObject *module)

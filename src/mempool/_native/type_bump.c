@@ -120,7 +120,7 @@ static PyTypeObject BumpType = {
     .tp_methods = bump_methods,
     .tp_getset = bump_getset,
     .tp_doc =
-        "Bump(capacity, *, max_blocks=None)\n--\n\n"
+        "Bump(capacity, *, max_blocks=None, grow=True)\n--\n\n"
         "A bump pointer over the offsets [0, capacity) (context-allocator's\n"
         "BumpAllocator): alloc places a range at the top rounded up to `align`, so\n"
         "offsets only grow; sizes are exact.\n\n"
@@ -132,8 +132,9 @@ static PyTypeObject BumpType = {
         "it grows.  mark() / rewind(mark) free everything allocated after a mark;\n"
         "reset() frees everything and makes every mark stale.  A failed call changes\n"
         "nothing: the last range and every mark survive it.\n\n"
-        "max_blocks bounds the range stack (live and dead-but-not-popped ranges); the\n"
-        "default is capacity // 64 clamped to [1024, 2**20] (and to capacity).",
+        "max_blocks is the range stack's size (live and dead-but-not-popped ranges); the\n"
+        "stack grows (twice as large) when it is full.  The default is capacity // 8192\n"
+        "clamped to [32, 2**20] (and to capacity); grow=False makes it a hard bound.",
 };
 
 int mp_bump_type_ready(PyObject *module)

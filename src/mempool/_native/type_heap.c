@@ -6,12 +6,12 @@
 
 #include <string.h>
 
-static const char *const heap_names[] = {"capacity", "page_size", "max_blocks"};
+static const char *const heap_names[] = {"capacity", "page_size", "max_blocks", "grow"};
 
 static PyObject *heap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
-    PyObject *vals[3] = {NULL, NULL, NULL};
-    if (mp_parse_new_args(cls, args, kw, heap_names, 3, 1, 1, MP_NEW_NPOS_EXACT, vals) < 0)
+    PyObject *vals[4] = {NULL, NULL, NULL, NULL};
+    if (mp_parse_new_args(cls, args, kw, heap_names, 4, 1, 1, MP_NEW_NPOS_EXACT, vals) < 0)
         return NULL;
     uint64_t capacity, page_size = 4096, max_blocks;
     if (mp_arg_size64(vals[0], "capacity", &capacity) < 0) return NULL;
@@ -35,8 +35,10 @@ static PyObject *heap_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
     }
     StrategyObject *self = mp_strategy_alloc(cls, &mp_heap_ops, size);
     if (!self) return NULL;
-    return mp_strategy_inited(self, mp_heap_init(self->st, capacity, page_size, max_blocks),
-                              "invalid parameters");
+    return mp_strategy_fix_budget(
+        (StrategyObject *)mp_strategy_inited(
+            self, mp_heap_init(self->st, capacity, page_size, max_blocks), "invalid parameters"),
+        vals[3]);
 }
 
 static const char *const class_names[] = {"size", "align"};
@@ -101,7 +103,7 @@ static PyTypeObject HeapType = {
     .tp_new = heap_new,
     .tp_methods = heap_methods,
     .tp_doc =
-        "Heap(capacity, *, page_size=4096, max_blocks=None)\n--\n\n"
+        "Heap(capacity, *, page_size=4096, max_blocks=None, grow=True)\n--\n\n"
         "A general-purpose heap over the offsets [0, capacity): slab classes, page\n"
         "fragments and TLSF in one span and one state, trading pages through the TLSF.\n\n"
         "- size <= 256 and align <= 256: a slab class of 16-byte steps (16 .. 256 B; the\n"
@@ -120,8 +122,10 @@ static PyTypeObject HeapType = {
         "the usual rounding.  free / realloc / size_of route by offset through a page\n"
         "table.  realloc stays in place within a class, shrinks and grows fragment runs in\n"
         "place, uses the TLSF's realloc for TLSF ranges, and otherwise moves.\n\n"
-        "max_blocks bounds the TLSF's ranges (pages and direct ranges, free and allocated);\n"
-        "the default is capacity // 512 clamped to [1024, 2**20] (and to capacity).",
+        "max_blocks is the TLSF's budget of ranges (pages and direct ranges, free and\n"
+        "allocated); the state grows (twice the budget, every offset kept) when it runs\n"
+        "out.  The default is capacity // 8192 clamped to [32, 2**20] (and to capacity);\n"
+        "grow=False makes max_blocks a hard bound (OutOfSpace).",
 };
 
 static PyGetSetDef heap_getset_own[] = {

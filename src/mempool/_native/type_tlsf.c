@@ -3,16 +3,30 @@
  */
 #include "native.h"
 
-static const char *const range_names[] = {"capacity", "max_blocks"};
+static const char *const range_names[] = {"capacity", "max_blocks", "grow"};
 
-/* Shared by TLSF, BestFit and Bump: TYPE(capacity, *, max_blocks=None). */
+/* After init: grow=False makes the node budget a hard bound (the state's
+ * head.param[MP_PARAM_FIXED], so snapshots, pickles and files keep it). */
+PyObject *mp_strategy_fix_budget(StrategyObject *self, PyObject *grow)
+{
+    if (!self || !grow) return (PyObject *)self;
+    int yes = PyObject_IsTrue(grow);
+    if (yes < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    ((mp_head_t *)self->st)->param[MP_PARAM_FIXED] = !yes;
+    return (PyObject *)self;
+}
+
+/* Shared by TLSF, BestFit and Bump: TYPE(capacity, *, max_blocks=None, grow=True). */
 PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
                                 const mp_ops_t *ops,
                                 uint64_t (*state_size)(uint64_t, uint64_t),
                                 int (*init)(void *, uint64_t, uint64_t))
 {
-    PyObject *vals[2] = {NULL, NULL};
-    if (mp_parse_new_args(cls, args, kw, range_names, 2, 1, 1,
+    PyObject *vals[3] = {NULL, NULL, NULL};
+    if (mp_parse_new_args(cls, args, kw, range_names, 3, 1, 1,
                           MP_NEW_NPOS_EXACT | MP_NEW_REPEAT_UNEXPECTED, vals) < 0)
         return NULL;
     uint64_t capacity, max_blocks;
@@ -21,7 +35,10 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
         return NULL;
     StrategyObject *self = mp_strategy_alloc(cls, ops, state_size(capacity, max_blocks));
     if (!self) return NULL;
-    return mp_strategy_inited(self, init(self->st, capacity, max_blocks), "invalid parameters");
+    return mp_strategy_fix_budget(
+        (StrategyObject *)mp_strategy_inited(self, init(self->st, capacity, max_blocks),
+                                             "invalid parameters"),
+        vals[2]);
 }
 
 static PyObject *tlsf_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
@@ -34,12 +51,14 @@ static PyTypeObject TLSFType = {
     .tp_basicsize = sizeof(StrategyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = tlsf_new,
-    .tp_doc = "TLSF(capacity, *, max_blocks=None)\n--\n\n"
+    .tp_doc = "TLSF(capacity, *, max_blocks=None, grow=True)\n--\n\n"
               "Two-level segregated fit over the offsets [0, capacity): O(1) alloc and free,\n"
               "exact sizes (size_of is the size asked for), free neighbours merged at once.\n"
               "A request that some free range can hold never fails.\n\n"
-              "max_blocks bounds the ranges (free and allocated) the state can track; the\n"
-              "default is capacity // 64 clamped to [1024, 2**20] (and to capacity).",
+              "max_blocks is the number of ranges (free and allocated) the state tracks\n"
+              "before it grows (to twice as many, keeping every offset); the default is\n"
+              "capacity // 8192 clamped to [32, 2**20] (and to capacity): a state of ~0.8%\n"
+              "of the capacity.  grow=False makes max_blocks a hard bound (OutOfSpace).",
 };
 
 int mp_tlsf_type_ready(PyObject *module)
