@@ -27,6 +27,7 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->live = 1;
     b->owned = owned;
     b->array = 0;
+    b->pin = 0;
     b->tag = 0;
     b->pid = mp_getpid();
     b->owner = 0;

@@ -244,6 +244,7 @@ static void pool_dealloc(PoolObject *self)
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_j) PyBuffer_Release(&self->j_view);
+    mp_named_release(self);
     PyMem_Free(self->tx);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
@@ -509,6 +510,7 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     if (self->hooks) self->hooks->close(self);
     self->closing = 1;
     self->closed = 1;
+    mp_named_release(self);
     PyMem_Free(self->tx);
     self->tx = NULL;
     if (self->has_j) {
@@ -652,6 +654,16 @@ static PyMethodDef pool_methods[] = {
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
     {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
+    /* pool.named (pool_named.c) */
+    {"_named_bind", (PyCFunction)mp_ext_named_bind, METH_VARARGS, NULL},
+    {"_named_find", (PyCFunction)mp_ext_named_find, METH_O, NULL},
+    {"_named_owns", (PyCFunction)mp_ext_named_owns, METH_O, NULL},
+    {"_named_put", (PyCFunction)(void (*)(void))mp_ext_named_put, METH_FASTCALL, NULL},
+    {"_named_del", (PyCFunction)mp_ext_named_del, METH_O, NULL},
+    {"_named_view", (PyCFunction)(void (*)(void))mp_ext_named_view, METH_FASTCALL, NULL},
+    {"_named_names", (PyCFunction)mp_ext_named_names, METH_NOARGS, NULL},
+    {"_named_state", (PyCFunction)mp_ext_named_state, METH_NOARGS, NULL},
+    {"_named_check", (PyCFunction)mp_ext_named_check, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
