@@ -50,7 +50,7 @@ _U8 = np.dtype(np.uint8)
 try:
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
 except ImportError:  # NumPy 1.x
-    _byte_bounds = np.byte_bounds
+    _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
 _dtypes: dict[bytes, np.dtype[Any]] = {}
 
 
@@ -75,7 +75,7 @@ def _encode_dtype(dt: np.dtype[Any]) -> bytes:
         raise TypeError(f"dtype {dt} holds Python object references, which cannot live in "
                         "pool memory")
     if dt.fields is None and dt.subdtype is None:
-        return b"s" + dt.str.encode("ascii")
+        return b"s" + str(dt.str).encode("ascii")
     return b"d" + repr(dt.descr).encode("ascii")
 
 
@@ -165,6 +165,7 @@ class NamedArrays(MutableMapping[str, Any]):
         if name in self._cache:
             return True
         check_name(name)
+        assert isinstance(name, str)
         return self._pool._named_find(name) is not None
 
     def __iter__(self) -> Iterator[str]:
@@ -179,6 +180,8 @@ class NamedArrays(MutableMapping[str, Any]):
         pool = self._pool
         src: Any = None
         block: Block | None = None
+        shape: tuple[int, ...]
+        strides: tuple[int, ...]
         view = 0
         if isinstance(value, Block):
             kind, shape, strides, dt = KIND_BLOCK, (), (), b""
