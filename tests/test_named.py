@@ -431,3 +431,20 @@ def test_reopen_is_lazy(tmp_path):
     with Pool.open(path) as p:
         assert len(p.named) == 200
         same(p.named["n150"], np.full(3, 150))
+
+
+def test_other_blocks_of_a_named_range_never_free_it(pool):
+    pool.named["a"] = np.arange(8.0)
+    off = pool.named._cache["a"][0].offset
+    b = pool.block_at(off)
+    with pytest.raises(BufferError):
+        del pool.named["a"]  # a Block of it is alive
+    b.free()  # only this handle goes
+    b2 = pool.block_at(off)
+    del b, b2
+    import gc
+    gc.collect()
+    same(pool.named["a"], np.arange(8.0))
+    pool.check()
+    del pool.named["a"]
+    assert len(pool) == 0

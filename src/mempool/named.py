@@ -138,7 +138,7 @@ class NamedArrays(MutableMapping[str, Any]):
         if e is None:
             e = self._load(name)
         if e[5] == KIND_BLOCK:
-            return self._pool.block_at(e[0].offset)
+            return self._pool._named_view(e[0], None, (), (), 0)
         return self._pool._named_view(e[0], e[1], e[2], e[3], e[4])
 
     def _load(self, name: str) -> tuple[Block, np.dtype[Any], tuple[int, ...],

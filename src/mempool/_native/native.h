@@ -95,8 +95,9 @@ typedef struct BlockObject {
     int live;          /* 0 once freed (or the pool closed under it)            */
     int owned;         /* give the range back when collected                    */
     int array;         /* owned by an ndarray made by the pool: counts as an export */
-    int pin;           /* pool.named's own reference to a named range (pool_named.c):
-                          not a view; dies when the name is deleted or replaced */
+    int pin;           /* 1: pool.named's own reference to a named range (pool_named.c),
+                          in no list; 2: a Block block_at made of a named range with no
+                          other Block of it in the list: never frees it, never resizes */
 } BlockObject;
 
 /* What a pool of a kind of its own (a shared pool) does where pool.c's generic paths

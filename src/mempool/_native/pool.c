@@ -127,7 +127,7 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
         return -1;
     }
     if (pool->hooks) return pool->hooks->release(pool, b);
-    if (b->twin) { /* other Blocks of the range are alive: they keep it */
+    if (b->twin || b->pin) { /* other Blocks of the range (or its name) keep it */
         mp_block_leave(b);
         b->live = 0;
         return 0;
@@ -327,6 +327,11 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
                      (unsigned long long)b->offset, b->exports);
         return NULL;
     }
+    if (b->pin) {
+        PyErr_Format(PyExc_BufferError, "cannot resize the block at offset %llu: its range is "
+                     "a named array's (pool.named)", (unsigned long long)b->offset);
+        return NULL;
+    }
     if (b->twin) { /* (shared pools count their handles in the hook) */
         Py_ssize_t n = 0;
         for (BlockObject *t = b->twin; t != b; t = t->twin) n++;
@@ -384,7 +389,8 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     }
     BlockObject *b = mp_block_new(self, off, size, 1, self->auto_free);
     if (!b) return NULL;
-    /* no Python code runs from here: the list holds every Block of the pool, b first */
+    /* no Python code runs from here: the list holds every Block of the pool, b first
+     * (but pool.named's pins: a range a name owns is never this Block's to free) */
     for (BlockObject *t = b->next; t; t = t->next) {
         if (t->live && t->offset == off) {
             b->size = t->size;
@@ -392,6 +398,10 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
             mp_block_join(b, t);
             break;
         }
+    }
+    if (!b->twin && self->named && mp_named_owns(self->named, off) > 0) {
+        b->owned = 0; /* the name's range: this Block only leaves it */
+        b->pin = 2;
     }
     return (PyObject *)b;
 }

@@ -8,7 +8,10 @@
  * Blocks, so that the Blocks and arrays of the range a user holds (an adopted array,
  * a view made by pool.named[k]) only leave the ring when they go: the range stays the
  * name's.  Views count as every other Block of the range: deleting or replacing a name
- * while any of them is alive raises BufferError, nothing changed.
+ * while any of them is alive raises BufferError, nothing changed.  Pins are in no
+ * pool->blocks list (a pool may hold 100k names: the walks below, over the Blocks a
+ * user holds, stay short); named.py's cache holds them, one per name looked up or
+ * written in this process, and drops a name's pin when the name goes.
  */
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #define PY_ARRAY_UNIQUE_SYMBOL mempool_ARRAY_API
@@ -118,38 +121,40 @@ void mp_named_release(PoolObject *self)
     }
 }
 
-/* Views of the range at data alive in this process: every live Block of it but the
- * pins, and the pins' own buffer exports. */
+/* Views of the range at data alive in this process: every live Block of it in the
+ * list (the pins are in none; they are never handed out). */
 static Py_ssize_t views_of(PoolObject *self, uint64_t data)
 {
     Py_ssize_t n = 0;
     for (BlockObject *b = self->blocks; b; b = b->next)
-        if (b->live && b->offset == data) n += b->pin ? b->exports : 1;
+        if (b->live && b->offset == data) n++;
     return n;
 }
 
-/* The name's reference in this process ends (deleted, replaced). */
-static void unpin(PoolObject *self, uint64_t data)
-{
-    for (BlockObject *b = self->blocks; b; b = b->next)
-        if (b->live && b->pin && b->offset == data) {
-            mp_block_leave(b);
-            b->live = 0;
-        }
-}
-
-/* A pin for the live range at data (dsize bytes), in the ring of its Blocks. */
-static BlockObject *pin_new(PoolObject *self, uint64_t data, uint64_t dsize)
+/* A pin (not yet live, in no list) for the range at data. */
+static BlockObject *pin_alloc(PoolObject *self, uint64_t data, uint64_t dsize)
 {
     BlockObject *p = mp_block_new(self, data, dsize, 1, 0);
     if (!p) return NULL;
+    self->blocks = p->next; /* mp_block_new put it first */
+    if (p->next) p->next->prev = NULL;
+    p->next = p->prev = NULL;
     p->pin = 1;
-    for (BlockObject *t = p->next; t; t = t->next)
+    p->live = 0;
+    return p;
+}
+
+/* The pin goes live, in the ring of the range's Blocks. */
+static void pin_live(PoolObject *self, BlockObject *p, uint64_t data, uint64_t dsize)
+{
+    p->offset = data;
+    p->size = dsize;
+    p->live = 1;
+    for (BlockObject *t = self->blocks; t; t = t->next)
         if (t->live && t->offset == data) {
             mp_block_join(p, t);
             break;
         }
-    return p;
 }
 
 static void tx_begin(PoolObject *self)
@@ -176,18 +181,12 @@ PyObject *mp_ext_named_find(PoolObject *self, PyObject *name)
     const mp_named_rec_t *h = (const mp_named_rec_t *)(d->base + rec);
     PyObject *bytes = PyBytes_FromStringAndSize(d->base + rec, (Py_ssize_t)h->size);
     if (!bytes) return NULL;
-    BlockObject *pin = NULL;
-    for (BlockObject *b = self->blocks; b; b = b->next)
-        if (b->live && b->pin && b->offset == h->data) {
-            pin = b;
-            Py_INCREF(pin);
-            break;
-        }
-    if (!pin) pin = pin_new(self, h->data, h->dsize);
+    BlockObject *pin = pin_alloc(self, h->data, h->dsize);
     if (!pin) {
         Py_DECREF(bytes);
         return NULL;
     }
+    pin_live(self, pin, h->data, h->dsize);
     return Py_BuildValue("(NN)", bytes, (PyObject *)pin);
 }
 
@@ -286,10 +285,8 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_ValueError, "view lies outside the data range");
         goto out;
     }
-    pin = mp_block_new(self, data, dsize, 1, 0); /* made first: nothing to undo for it */
+    pin = pin_alloc(self, data, dsize); /* made first: nothing to undo for it */
     if (!pin) goto out;
-    pin->pin = 1;
-    pin->live = 0;
     uint64_t rlen = (uint64_t)PyBytes_GET_SIZE(args[1]), rec;
     uint64_t got[2];
     int ngot = 0;
@@ -321,15 +318,7 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
         if (rc) goto fail;
     }
     tx_commit(self);
-    if (exists) unpin(self, old_data);
-    pin->offset = data;
-    pin->size = dsize;
-    pin->live = 1;
-    for (BlockObject *t = pin->next; t; t = t->next)
-        if (t->live && t->offset == data) {
-            mp_block_join(pin, t);
-            break;
-        }
+    pin_live(self, pin, data, dsize); /* (the old name's pin goes with named.py's cache) */
     result = (PyObject *)pin;
     pin = NULL;
     goto out;
@@ -373,7 +362,6 @@ PyObject *mp_ext_named_del(PoolObject *self, PyObject *name)
     mp_named_free(d, rec);
     mp_named_free(d, data);
     tx_commit(self);
-    unpin(self, data);
     Py_RETURN_NONE;
 }
 
@@ -381,6 +369,18 @@ PyObject *mp_ext_named_del(PoolObject *self, PyObject *name)
  * view of its own (a twin Block, counted as an export) */
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs == 5 && args[1] == Py_None && PyObject_TypeCheck(args[0], &BlockType)) {
+        /* a Block of the range (a named Block), in the pin's ring: never frees it */
+        BlockObject *pin = (BlockObject *)args[0];
+        if (mp_pool_check_open(self) < 0) return NULL;
+        if (pin->pool != self || !pin->live || !pin->pin) {
+            PyErr_SetString(PyExc_KeyError, "the name was deleted");
+            return NULL;
+        }
+        BlockObject *b = mp_block_new(self, pin->offset, pin->size, 1, 0);
+        if (b) mp_block_join(b, pin);
+        return (PyObject *)b;
+    }
     if (nargs != 5 || !PyObject_TypeCheck(args[0], &BlockType) || !PyArray_DescrCheck(args[1]) ||
         !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[2]) != PyTuple_GET_SIZE(args[3]) ||
