@@ -408,7 +408,9 @@ def _verify_storm(path) -> int:
 @pytest.mark.parametrize("seed", range(8 if not SLOW else 60))
 def test_sigkill_in_a_storm_leaves_the_directory_whole(tmp_path, seed):
     path = tmp_path / "k.pool"
-    Pool.create(path, 4 << 20, max_blocks=4096).close()
+    with Pool.create(path, 4 << 20, max_blocks=4096) as p:
+        for i in range(5):  # names the storm never touches: intact after every kill
+            p.named[f"keep{i}"] = np.full(50 + i, -i - 1, dtype=">i8")
     env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC))
     rng = random.Random(seed)
     for rnd in range(2 if not SLOW else 5):
@@ -420,6 +422,9 @@ def test_sigkill_in_a_storm_leaves_the_directory_whole(tmp_path, seed):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         _verify_storm(path)
+        with Pool.open(path) as p:
+            for i in range(5):
+                same(p.named[f"keep{i}"], np.full(50 + i, -i - 1, dtype=">i8"))
 
 
 def test_reopen_is_lazy(tmp_path):
@@ -448,3 +453,33 @@ def test_other_blocks_of_a_named_range_never_free_it(pool):
     pool.check()
     del pool.named["a"]
     assert len(pool) == 0
+
+
+def test_a_forked_child_must_open_the_file_itself(tmp_path):
+    path = tmp_path / "f.pool"
+    with Pool.create(path, 1 << 20, max_blocks=1024) as p:
+        p.named["a"] = np.arange(4)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's mapping is not its to use
+            code = 0
+            try:
+                p.named["a"]
+                code = 1
+            except PoolClosed:
+                pass
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        same(p.named["a"], np.arange(4))
+    out = run_py(f"""
+        import numpy as np
+        from mempool import Pool
+        with Pool.open({str(path)!r}) as p:
+            p.named["b"] = p.named["a"] * 2
+    """)
+    assert out == ""
+    with Pool.open(path) as p:
+        same(p.named["b"], np.arange(4) * 2)
+        p.check()
