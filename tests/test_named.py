@@ -374,22 +374,27 @@ from mempool import Pool
 p = Pool.open(sys.argv[1])
 rng = random.Random(int(sys.argv[2]))
 seq = int(sys.argv[3])
+adopt = sys.argv[4] == "1"
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 while True:
     seq += 1
     k = f"k{rng.randrange(24)}"
     if rng.random() < 0.3 and k in p.named:
         del p.named[k]
-    elif rng.random() < 0.3:
+    elif adopt and rng.random() < 0.3:
         x = p.empty(rng.randrange(1, 200), "<i8")
         x[:] = seq
         p.named[k] = x[::rng.randrange(1, 3)]
+        del x  # (alive, it would be a view of k's range: no replacing k then)
     else:
         p.named[k] = np.full(rng.randrange(0, 300), seq, dtype=">i8")
 """
 
 
-def _verify_storm(path) -> int:
+def _verify_storm(path, slack: int = 0) -> int:
+    """Every name intact; no range but the names' (records, data, the table), except
+    up to `slack` unnamed arrays a killed writer made and could not name or free (an
+    unnamed array of a file pool is freed when collected, and a kill collects nothing)."""
     with Pool.open(path) as p:
         p.check()
         names = list(p.named)
@@ -401,7 +406,8 @@ def _verify_storm(path) -> int:
                 assert (a == a.flat[0]).all(), k  # intact: one writer's seq throughout
             ranges += 2
             del a
-        assert len(p) == ranges + (1 if names else 0), "a leaked range"
+        extra = len(p) - ranges - (1 if names else 0)
+        assert 0 <= extra <= slack, f"{extra} leaked range(s)"
         return len(names)
 
 
@@ -414,14 +420,15 @@ def test_sigkill_in_a_storm_leaves_the_directory_whole(tmp_path, seed):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC))
     rng = random.Random(seed)
     for rnd in range(2 if not SLOW else 5):
+        adopt = seed % 2  # odd seeds adopt arrays too (unnamed ones may be left: slack)
         proc = subprocess.Popen([sys.executable, "-c", STORM, str(path), str(seed * 10 + rnd),
-                                 str(rnd * 10**9)], env=env, stdout=subprocess.PIPE)
+                                 str(rnd * 10**9), str(adopt)], env=env, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n"
         time.sleep(rng.uniform(0.0, 0.15))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        _verify_storm(path)
+        assert proc.wait() == -signal.SIGKILL  # killed in the storm, not dead of an error
+        _verify_storm(path, slack=(rnd + 1) * adopt)
         with Pool.open(path) as p:
             for i in range(5):
                 same(p.named[f"keep{i}"], np.full(50 + i, -i - 1, dtype=">i8"))
