@@ -111,7 +111,7 @@ static void setup(void)
     bind();
 }
 
-static void name_of(int i, char *out) { snprintf(out, 16, "name-%d", i); }
+static void name_of(int i, char *out) { snprintf(out, 16, "name-%d", i & 0xffff); }
 
 /* what the binding's _named_put does for a copy of len bytes of `fill` */
 static void put(int i, uint64_t len, int fill)
