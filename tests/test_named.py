@@ -253,14 +253,30 @@ def test_bad_names_and_values(pool):
     pool.check()
 
 
-def test_out_of_space_changes_nothing(tmp_path):
-    with Pool.create(tmp_path / "s.pool", 1 << 16, max_blocks=256) as p:
+@pytest.mark.parametrize("kind", ["private", "file"])
+def test_out_of_space_changes_nothing(tmp_path, kind):
+    p = (Pool(1 << 16, max_blocks=256) if kind == "private"
+         else Pool.create(tmp_path / "s.pool", 1 << 16, max_blocks=256))
+    with p:
         p.named["a"] = np.arange(10)
         st, segs = p.stats(), p.segments()
         with pytest.raises(mempool.OutOfSpace):
             p.named["huge"] = np.zeros(1 << 14)
         with pytest.raises(mempool.OutOfSpace):
             p.named["a"] = np.zeros(1 << 14)
+        # the data fits, the record then does not: what was taken goes back
+        fill = p.alloc(p.largest_free - 700)
+        st, segs = p.stats(), p.segments()
+        record = 64 + 16 * 32 + 255 + 4  # 32 dimensions, the longest name, "s|u1": 835 bytes
+        whys = set()
+        for n in range(700, 0, -50):  # the data fits (at last), the record never does
+            with pytest.raises(mempool.OutOfSpace) as ei:
+                p.named["x" * 255] = np.zeros((1,) * 31 + (n,), dtype="u1")
+            whys.add(str(ei.value).split(":")[0])
+            assert p.stats() == st and p.segments() == segs, n
+        assert f"cannot allocate {record} bytes" in whys
+        fill.free()
+        st, segs = p.stats(), p.segments()
         assert p.stats() == st and p.segments() == segs
         same(p.named["a"], np.arange(10))
         p.check()

@@ -290,6 +290,9 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
     uint64_t rlen = (uint64_t)PyBytes_GET_SIZE(args[1]), rec;
     uint64_t got[2];
     int ngot = 0;
+    /* a private pool undoes a failure by freeing what it took: the head's high marks
+     * (and the next-fit cursor) are put back too, so stats() is as before */
+    mp_head_t head0 = *(mp_head_t *)d->st;
     tx_begin(self);
     if (has_src) {
         rc = mp_named_alloc(d, dsize, 64, &data);
@@ -322,13 +325,22 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
     result = (PyObject *)pin;
     pin = NULL;
     goto out;
-fail:
+fail:;
+    /* what did not fit: the data, the record, or (both taken) the grown table */
+    int step = ngot + !has_src; /* 0: the data, 1: the record, 2: the table */
+    uint64_t asked = step == 0 ? dsize : step == 1 ? rlen
+                   : 32 * (d->root->slots ? d->root->slots : 8);
+    uint64_t aalign = step == 1 ? 8 : 64;
     if (self->tx) {
         mp_tx_abort(self->tx);
     } else {
         while (ngot > 0) mp_named_free(d, got[--ngot]);
+        mp_head_t *hd = d->st;
+        hd->peak_used = head0.peak_used;
+        hd->high_water = head0.high_water;
+        hd->cursor = head0.cursor;
     }
-    mp_raise(self->strategy, rc, ngot ? rlen : dsize, 64, 0);
+    mp_raise(self->strategy, rc, asked, aalign, 0);
 out:
     Py_XDECREF(pin);
     if (has_src) PyBuffer_Release(&src);
