@@ -412,7 +412,9 @@ PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t off = PyLong_AsSsize_t(args[4]);
     if (off == -1 && PyErr_Occurred()) return NULL;
     /* the extent: [lo, hi) relative to element 0, inside the range */
-    int64_t lo = 0, hi = (int64_t)PyDataType_ELSIZE(descr), empty = 0;
+    __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr); /* (no overflow: 64 terms
+                                                                  of at most 2**80) */
+    int empty = 0;
     for (int k = 0; k < nd; k++) {
         dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[2], k));
         strides[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[3], k));
@@ -423,10 +425,10 @@ PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
         if (dims[k] == 0) empty = 1;
-        else if (strides[k] > 0) hi += strides[k] * (dims[k] - 1);
-        else lo += strides[k] * (dims[k] - 1);
+        else if (strides[k] > 0) hi += (__int128)strides[k] * (dims[k] - 1);
+        else lo += (__int128)strides[k] * (dims[k] - 1);
     }
-    if (off < 0 || (!empty && (off + lo < 0 || (uint64_t)(off + hi) > pin->size)) ||
+    if (off < 0 || (!empty && (off + lo < 0 || off + hi > (__int128)pin->size)) ||
         (uint64_t)off > pin->size) {
         PyErr_SetString(mp_CorruptionError, "named array: its extent lies outside its range");
         return NULL;
