@@ -537,7 +537,7 @@ def test_random_damage_to_the_directory_never_crashes(tmp_path, seed):
             names = list(p.named)
         except CorruptionError:
             names = [f"n{i}" for i in range(30)]
-        for k in names + ["n0", "n29"]:
+        for k in [*names, "n0", "n29"]:
             try:
                 a = p.named[k]
                 a.sum()
