@@ -4,7 +4,8 @@
 
     0      +------------------------------+
            | header (one 4 KiB page)      |  magic, version, sizes, strategy, checksum;
-           |                              |  at JOURNAL_OFFSET the file pool's journal
+           |                              |  at JOURNAL_OFFSET the file pool's journal,
+           |                              |  at NAMED_ROOT_OFFSET its named arrays' root
     4096   +------------------------------+
            | strategy state block         |  principle 1: integers only, relocatable
            +------------------------------+
@@ -31,17 +32,25 @@ from dataclasses import dataclass
 
 from .errors import CorruptionError
 
-__all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "Header", "layout"]
+__all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET", "Header",
+           "layout", "named_root"]
 
 HEADER_SIZE = 4096
-VERSION = 2  # 2: the journal and the shadow copy of the state (1 had neither)
+VERSION = 3  # 3: the directory of named arrays; 2: the journal and the shadow (1 had neither)
 _FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q 8s")  # 120 bytes
 assert _FMT.size == 120
 CHECKSUM_OFFSET = 120
 JOURNAL_OFFSET = 1024  #: the journal of a file pool (a shared pool's is in its lock area)
 JOURNAL_SIZE = 2048  #: MP_JOURNAL_BYTES
+NAMED_ROOT_OFFSET = 3072  #: a file pool's directory of named arrays (_core/named.h): its root
+NAMED_ROOT_SIZE = 64
 _JOURNAL_MAGIC = (0x314c4e524a504d).to_bytes(8, "little")
 _PAGE = 4096
+
+
+def named_root() -> bytes:
+    """An empty directory of named arrays (_core/named.h: magic, no table)."""
+    return struct.pack("<8Q", 0x3144454d414e504d, 2**64 - 1, 0, 0, 0, 0, 0, 0)
 
 
 def _align(n: int, a: int) -> int:
@@ -83,6 +92,7 @@ class Header:
         page[:120] = body
         # an empty journal (journal.c: its magic "MPJRNL1", phase idle, no undo records)
         page[JOURNAL_OFFSET:JOURNAL_OFFSET + 8] = _JOURNAL_MAGIC
+        page[NAMED_ROOT_OFFSET:NAMED_ROOT_OFFSET + NAMED_ROOT_SIZE] = named_root()
         page[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 8] = _digest(body).to_bytes(8, "little")
         return bytes(page)
 

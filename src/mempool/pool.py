@@ -23,9 +23,10 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import JOURNAL_OFFSET, Header, layout
+from ._segment import JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, layout, named_root
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
+from .named import NamedArrays
 from .sources import AnonymousMemory, FileMemory, Source
 from .stats import Stats
 from .strategies import make, make_fixed, strategy_type
@@ -139,6 +140,23 @@ class Pool(PoolCore):
         self._owns_source = owns
         self.path: Path | None = None
         self.recovered = False
+        self._named: NamedArrays | None = None
+        if source.buffer is not None:  # a private pool's directory root: this process's
+            self._named_root = bytearray(named_root())
+            self._named_bind(self._named_root, 0)
+
+    @property
+    def named(self) -> NamedArrays:
+        """The pool's named arrays: a mutable mapping from names (str, 1 to 255 bytes of
+        UTF-8) to arrays, bytes and Blocks that the pool itself owns (see
+        :class:`mempool.named.NamedArrays`).  In a file pool they outlive the process
+        and ``close()``; a pool over External memory has none (TypeError)."""
+        self._check_open()
+        if self._named is None:
+            if self.address is None:
+                raise TypeError("a pool over External memory cannot hold named arrays")
+            self._named = NamedArrays(self)
+        return self._named
 
     # ---- not hot: composed in Python ------------------------------------------------
     def activate(self, numpy: bool = False, *, fallback: bool = True) -> Activation:
@@ -166,6 +184,7 @@ class Pool(PoolCore):
         """Verify every invariant of the strategy state; raises CorruptionError."""
         self._check_open()
         self._strategy.check()
+        self._named_check()
 
     @property
     def used(self) -> int:
@@ -296,7 +315,8 @@ class Pool(PoolCore):
         try:
             # a call the last writer was killed in: rolled back or forward first
             recovered = _mempool.journal_recover(mem.buffer, JOURNAL_OFFSET, h.state_off,
-                                                 h.shadow_off, h.state_size)
+                                                 h.shadow_off, h.state_size, NAMED_ROOT_OFFSET,
+                                                 h.data_off + h.capacity)
             strat = _mempool.attach(mem.buffer, h.state_off, h.state_size)
             if strat.strategy != h.strategy:
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
@@ -328,6 +348,14 @@ class Pool(PoolCore):
         pool._set_journal(mem.buffer, JOURNAL_OFFSET, h.shadow_off)
         pool._owns_source = True
         pool.path = Path(what)
+        pool._named = None
+        try:
+            pool._named_bind(mem.buffer, NAMED_ROOT_OFFSET)  # validated: CorruptionError
+        except BaseException as e:
+            pool.close()
+            if isinstance(e, CorruptionError):
+                raise CorruptionError(f"{what}: {e}") from None
+            raise
         return pool
 
 

@@ -54,6 +54,7 @@ from ._mempool import Block, SharedPoolCore, Strategy
 from ._segment import Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
+from .named import NamedArrays
 from .pool import Pool, default_align
 from .sources import SharedMemory, _shm_path
 from .strategies import make_fixed
@@ -192,6 +193,13 @@ class SharedPool(SharedPoolCore, Pool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use SharedPool.create(name, capacity) or SharedPool.attach(name)")
+
+    @property
+    def named(self) -> NamedArrays:
+        """Not yet in shared pools (issue 11): the name's own reference in the block
+        registry is still to be built.  NotImplementedError."""
+        raise NotImplementedError("named arrays are not implemented for shared pools yet: use "
+                                  "a file pool (Pool.create / Pool.open)")
 
     # ---- construction -----------------------------------------------------------------
     # made by name, not at a path: on purpose not a substitute for Pool.create

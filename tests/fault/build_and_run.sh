@@ -14,6 +14,9 @@ for f in "$CORE"/*.c; do
         --param asan-stack=0 --param asan-globals=0 \
         -I "$CORE" -c "$f" -o "$out/$(basename "$f" .c).o"
 done
-gcc -std=c11 -O1 -g -Wall -Wextra -Werror "$@" -I "$CORE" tests/fault/fault_journal.c \
-    "$out"/*.o -o "$out/fault_journal"
+for t in fault_journal fault_named; do
+    gcc -std=c11 -O1 -g -Wall -Wextra -Werror "$@" -I "$CORE" "tests/fault/$t.c" \
+        "$out"/*.o -o "$out/$t"
+done
 "$out/fault_journal"
+"$out/fault_named"

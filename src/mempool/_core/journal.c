@@ -214,6 +214,17 @@ void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
     *word = v;
 }
 
+void mp_tx_abort(mp_tx_t *t)
+{
+    mp_journal_t *j = t->j;
+    memcpy(t->st, t->shadow, t->st_len); /* the shadow: the state before the call */
+    for (uint64_t k = j->nundo; k-- > 0;)
+        if (undo_ok(t, j->undo[k].off)) memcpy((char *)j + j->undo[k].off, &j->undo[k].old, 8);
+    t->nops = 0;
+    j->nundo = 0;
+    publish(&j->phase, MP_TX_IDLE);
+}
+
 int mp_tx_recover(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;

@@ -90,6 +90,9 @@ void mp_tx_reset(mp_tx_t *t);
  * the state is consistent). */
 void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo);
 void mp_tx_commit(mp_tx_t *t);
+/* Give the transaction up (a call that failed half-way, nothing committed in it since
+ * mp_tx_begin): the state back from the shadow, the undo log applied backwards. */
+void mp_tx_abort(mp_tx_t *t);
 /* Undo-logged stores of words outside the strategy state (lock held). */
 void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v);
 void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v);

@@ -27,6 +27,7 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->live = 1;
     b->owned = owned;
     b->array = 0;
+    b->pin = 0;
     b->tag = 0;
     b->pid = mp_getpid();
     b->owner = 0;
@@ -74,9 +75,11 @@ static void block_dealloc(BlockObject *b)
         PyErr_Restore(et, ev, tb);
     }
     mp_block_leave(b); /* not released (not owned, pool closed, a failure): its twins stay */
-    if (b->prev) b->prev->next = b->next;
-    else pool->blocks = b->next;
-    if (b->next) b->next->prev = b->prev;
+    if (b->pin != 1) { /* (pins are in no list: pool_named.c) */
+        if (b->prev) b->prev->next = b->next;
+        else pool->blocks = b->next;
+        if (b->next) b->next->prev = b->prev;
+    }
     Py_DECREF(pool);
     PyObject_Free(b);
 }

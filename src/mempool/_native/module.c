@@ -211,11 +211,13 @@ static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *args)
  * that is not one (its undo log is always empty in a file pool). */
 static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
 {
-    PyObject *buffer, *o[4];
-    uint64_t x[4];
-    if (!PyArg_ParseTuple(args, "OOOOO", &buffer, &o[0], &o[1], &o[2], &o[3])) return NULL;
+    PyObject *buffer, *o[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    uint64_t x[6] = {0, 0, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOOOO|OO", &buffer, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
+        return NULL;
     int big = 0;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 6; k++) {
+        if (!o[k]) continue;
         int r = mp_arg_u64(o[k], "offset", &x[k]);
         if (r < 0) return NULL;
         big |= r;
@@ -237,7 +239,15 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
     }
     mp_tx_t t; /* recovery needs no strategy: it copies one copy over the other */
     char msg[160], *b = v.buf;
-    mp_tx_setup(&t, (mp_journal_t *)(b + joff), NULL, b + stoff, b + shoff, len, NULL, NULL);
+    /* undo_lo, undo_hi (optional): the words the undo log may name (a file pool's
+     * directory of named arrays: its root in the header page up to the data's end) */
+    uint64_t ulo = x[4], uhi = x[5];
+    if (o[4] && (ulo > uhi || uhi > n)) {
+        PyErr_SetString(mp_CorruptionError, "the journal's undo range does not fit");
+        goto out;
+    }
+    mp_tx_setup(&t, (mp_journal_t *)(b + joff), NULL, b + stoff, b + shoff, len,
+                o[4] ? b + ulo : NULL, o[4] ? b + uhi : NULL);
     if (mp_tx_validate(&t, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto out;
@@ -265,7 +275,8 @@ static PyMethodDef module_methods[] = {
      "fixed_max_blocks($module, capacity, /)\n--\n\n"
      "The default max_blocks of a state that cannot grow (file and shared pools)."},
     {"journal_recover", ext_journal_recover, METH_VARARGS,
-     "journal_recover($module, buffer, journal_offset, state_offset, shadow_offset, state_size, /)\n"
+     "journal_recover($module, buffer, journal_offset, state_offset, shadow_offset, state_size,\n"
+     "                undo_lo=None, undo_hi=None, /)\n"
      "--\n\nRoll an interrupted call of a persistent pool back (1) or forward (2); 0: none."},
     {"data_address", ext_data_address, METH_O,
      "data_address($module, obj, /)\n--\n\nAddress of the first byte of a (strided) buffer or array."},

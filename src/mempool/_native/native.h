@@ -25,6 +25,7 @@
 
 #include "../_core/mempool.h"
 #include "../_core/journal.h"
+#include "../_core/named.h"
 #include "../_core/shared.h"
 
 typedef struct {
@@ -71,6 +72,9 @@ typedef struct {
                                  pool kind of its own does instead (shared pools) */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
+    mp_named_t *named;        /* pool.named's directory (pool_named.c), or NULL   */
+    Py_buffer named_view;     /* the memory its root lives in (has_named)       */
+    int has_named;
     PyObject *weakreflist;
 } PoolObject;
 
@@ -92,6 +96,9 @@ typedef struct BlockObject {
     int live;          /* 0 once freed (or the pool closed under it)            */
     int owned;         /* give the range back when collected                    */
     int array;         /* owned by an ndarray made by the pool: counts as an export */
+    int pin;           /* 1: pool.named's own reference to a named range (pool_named.c),
+                          in no list; 2: a Block block_at made of a named range with no
+                          other Block of it in the list: never frees it, never resizes */
 } BlockObject;
 
 /* What a pool of a kind of its own (a shared pool) does where pool.c's generic paths
@@ -181,6 +188,17 @@ int mp_handler_ready(PyObject *module);
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 
+/* pool_named.c: the methods of PoolCore behind pool.named (pool_methods includes them) */
+PyObject *mp_ext_named_bind(PoolObject *self, PyObject *args);
+PyObject *mp_ext_named_find(PoolObject *self, PyObject *name);
+PyObject *mp_ext_named_owns(PoolObject *self, PyObject *offset);
+PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mp_ext_named_del(PoolObject *self, PyObject *name);
+PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mp_ext_named_names(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_named_state(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_named_check(PoolObject *self, PyObject *ignored);
+void mp_named_release(PoolObject *pool); /* close/dealloc: let go of the root's memory */
 /* pool_shared.c: SharedPoolCore, the C half of mempool.SharedPool */
 extern PyTypeObject SharedPoolCoreType;
 int mp_shared_pool_ready(PyObject *module);

@@ -149,7 +149,7 @@ int mp_pool_release(PoolObject *pool, BlockObject *b)
         return -1;
     }
     if (pool->hooks) return pool->hooks->release(pool, b);
-    if (b->twin) { /* other Blocks of the range are alive: they keep it */
+    if (b->twin || b->pin) { /* other Blocks of the range (or its name) keep it */
         mp_block_leave(b);
         b->live = 0;
         return 0;
@@ -266,6 +266,7 @@ static void pool_dealloc(PoolObject *self)
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_j) PyBuffer_Release(&self->j_view);
+    mp_named_release(self);
     PyMem_Free(self->tx);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
@@ -348,6 +349,11 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
                      (unsigned long long)b->offset, b->exports);
         return NULL;
     }
+    if (b->pin) {
+        PyErr_Format(PyExc_BufferError, "cannot resize the block at offset %llu: its range is "
+                     "a named array's (pool.named)", (unsigned long long)b->offset);
+        return NULL;
+    }
     if (b->twin) { /* (shared pools count their handles in the hook) */
         Py_ssize_t n = 0;
         for (BlockObject *t = b->twin; t != b; t = t->twin) n++;
@@ -407,7 +413,8 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     }
     BlockObject *b = mp_block_new(self, off, size, 1, self->auto_free);
     if (!b) return NULL;
-    /* no Python code runs from here: the list holds every Block of the pool, b first */
+    /* no Python code runs from here: the list holds every Block of the pool, b first
+     * (but pool.named's pins: a range a name owns is never this Block's to free) */
     for (BlockObject *t = b->next; t; t = t->next) {
         if (t->live && t->offset == off) {
             b->size = t->size;
@@ -415,6 +422,10 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
             mp_block_join(b, t);
             break;
         }
+    }
+    if (!b->twin && self->named && mp_named_owns(self->named, off) > 0) {
+        b->owned = 0; /* the name's range: this Block only leaves it */
+        b->pin = 2;
     }
     return (PyObject *)b;
 }
@@ -533,6 +544,7 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     if (self->hooks) self->hooks->close(self);
     self->closing = 1;
     self->closed = 1;
+    mp_named_release(self);
     PyMem_Free(self->tx);
     self->tx = NULL;
     if (self->has_j) {
@@ -676,6 +688,16 @@ static PyMethodDef pool_methods[] = {
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
     {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
+    /* pool.named (pool_named.c) */
+    {"_named_bind", (PyCFunction)mp_ext_named_bind, METH_VARARGS, NULL},
+    {"_named_find", (PyCFunction)mp_ext_named_find, METH_O, NULL},
+    {"_named_owns", (PyCFunction)mp_ext_named_owns, METH_O, NULL},
+    {"_named_put", (PyCFunction)(void (*)(void))mp_ext_named_put, METH_FASTCALL, NULL},
+    {"_named_del", (PyCFunction)mp_ext_named_del, METH_O, NULL},
+    {"_named_view", (PyCFunction)(void (*)(void))mp_ext_named_view, METH_FASTCALL, NULL},
+    {"_named_names", (PyCFunction)mp_ext_named_names, METH_NOARGS, NULL},
+    {"_named_state", (PyCFunction)mp_ext_named_state, METH_NOARGS, NULL},
+    {"_named_check", (PyCFunction)mp_ext_named_check, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,271 @@
+/*
+ * named.c -- the directory of named ranges (named.h has the layout, the protocol and
+ * the invariants).  Every offset read from the pool's memory is bounds-checked before
+ * it is followed, and every walk is bounded by the table's size: a crafted directory
+ * gives MP_ECORRUPT, never a crash or a hang.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "named.h"
+
+#define SLOT_EMPTY 0
+#define SLOT_TOMB 1
+#define MIN_SLOTS 16
+
+typedef struct slot {
+    uint64_t hash, ref;
+} slot_t;
+
+void mp_named_root_init(mp_named_root_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->magic = MP_NAMED_MAGIC;
+    r->table = MP_NAMED_NONE;
+}
+
+uint64_t mp_named_hash(const void *name, size_t n)
+{
+    const unsigned char *p = name;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t k = 0; k < n; k++) {
+        h ^= p[k];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 31; /* spread the low bits the table uses */
+    h *= 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 29);
+}
+
+static inline slot_t *table_of(const mp_named_t *d)
+{
+    return (slot_t *)(d->base + d->root->table);
+}
+
+/* A live range of at least `need` bytes at off? */
+static int live_range(const mp_named_t *d, uint64_t off, uint64_t need)
+{
+    uint64_t size;
+    if (off >= d->cap || d->ops->size_of(d->st, off, &size) != MP_OK) return 0;
+    return size >= need && d->cap - off >= need;
+}
+
+int mp_named_check_root(const mp_named_t *d, char *msg, size_t msglen)
+{
+    const mp_named_root_t *r = d->root;
+    if (r->magic != MP_NAMED_MAGIC) MPI_FAIL("named directory: bad root magic");
+    if (r->table == MP_NAMED_NONE) {
+        if (r->slots || r->count || r->tombs)
+            MPI_FAIL("named directory: no table, but %llu slots, %llu names",
+                     (unsigned long long)r->slots, (unsigned long long)r->count);
+        return MP_OK;
+    }
+    if (r->slots < MIN_SLOTS || (r->slots & (r->slots - 1)) || r->slots > ((uint64_t)1 << 40))
+        MPI_FAIL("named directory: %llu slots is not a power of two >= %d",
+                 (unsigned long long)r->slots, MIN_SLOTS);
+    if (r->count + r->tombs >= r->slots || r->count > r->slots || r->tombs > r->slots)
+        MPI_FAIL("named directory: %llu names and %llu tombstones in %llu slots",
+                 (unsigned long long)r->count, (unsigned long long)r->tombs,
+                 (unsigned long long)r->slots);
+    if (!live_range(d, r->table, r->slots * sizeof(slot_t)))
+        MPI_FAIL("named directory: the table at offset %llu is not a live range of %llu bytes",
+                 (unsigned long long)r->table, (unsigned long long)(r->slots * sizeof(slot_t)));
+    if (r->table % 8) MPI_FAIL("named directory: the table is not 8-byte aligned");
+    return MP_OK;
+}
+
+int mp_named_rec_ok(const mp_named_t *d, uint64_t off, char *msg, size_t msglen)
+{
+    if (off % 8 || off >= d->cap || d->cap - off < MP_NAMED_REC_HEAD)
+        MPI_FAIL("named directory: a record offset %llu outside the pool",
+                 (unsigned long long)off);
+    const mp_named_rec_t *h = (const mp_named_rec_t *)(d->base + off);
+    if (h->magic != MP_NAMED_REC_MAGIC)
+        MPI_FAIL("named directory: bad record magic at offset %llu", (unsigned long long)off);
+    if (h->ndim > MP_NAMED_MAX_NDIM || h->name_len < 1 || h->name_len > MP_NAMED_MAX_NAME ||
+        h->dtype_len > MP_NAMED_MAX_DTYPE || h->kind > 2)
+        MPI_FAIL("named directory: bad record fields at offset %llu", (unsigned long long)off);
+    uint64_t need = MP_NAMED_REC_HEAD + 16ull * h->ndim + h->name_len + h->dtype_len;
+    if (h->size < need || !live_range(d, off, h->size))
+        MPI_FAIL("named directory: the record at offset %llu does not fit its range",
+                 (unsigned long long)off);
+    if (h->data >= d->cap || h->view >= d->cap || !live_range(d, h->data, h->dsize))
+        MPI_FAIL("named directory: the record at offset %llu names no live data range",
+                 (unsigned long long)off);
+    return MP_OK;
+}
+
+int mp_named_find(const mp_named_t *d, const void *name, uint32_t n, uint64_t hash,
+                  uint64_t *slot, uint64_t *rec, char *msg, size_t msglen)
+{
+    const mp_named_root_t *r = d->root;
+    if (r->table == MP_NAMED_NONE) return MP_ENOTALLOC;
+    const slot_t *t = table_of(d);
+    uint64_t mask = r->slots - 1;
+    for (uint64_t k = 0, i = hash & mask; k < r->slots; k++, i = (i + 1) & mask) {
+        uint64_t ref = t[i].ref;
+        if (ref == SLOT_EMPTY) return MP_ENOTALLOC;
+        if (ref == SLOT_TOMB || t[i].hash != hash) continue;
+        uint64_t off = ref - 2;
+        int rc = mp_named_rec_ok(d, off, msg, msglen);
+        if (rc) return rc;
+        const mp_named_rec_t *h = (const mp_named_rec_t *)(d->base + off);
+        if (h->hash != hash)
+            MPI_FAIL("named directory: slot %llu and its record disagree on the hash",
+                     (unsigned long long)i);
+        if (h->name_len == n &&
+            !memcmp(d->base + off + MP_NAMED_REC_HEAD + 16ull * h->ndim, name, n)) {
+            *slot = i;
+            *rec = off;
+            return MP_OK;
+        }
+    }
+    return MP_ENOTALLOC; /* a full walk: no empty slot (count + tombs < slots is checked) */
+}
+
+int mp_named_walk(const mp_named_t *d, int (*fn)(void *ctx, uint64_t rec), void *ctx)
+{
+    const mp_named_root_t *r = d->root;
+    if (r->table == MP_NAMED_NONE) return 0;
+    const slot_t *t = table_of(d);
+    for (uint64_t i = 0; i < r->slots; i++) {
+        if (t[i].ref <= SLOT_TOMB) continue;
+        int rc = fn(ctx, t[i].ref - 2);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int mp_named_check(const mp_named_t *d, char *msg, size_t msglen)
+{
+    int rc = mp_named_check_root(d, msg, msglen);
+    if (rc || d->root->table == MP_NAMED_NONE) return rc;
+    const slot_t *t = table_of(d);
+    uint64_t used = 0, tombs = 0;
+    for (uint64_t i = 0; i < d->root->slots; i++) {
+        if (t[i].ref == SLOT_EMPTY) continue;
+        if (t[i].ref == SLOT_TOMB) {
+            tombs++;
+            continue;
+        }
+        used++;
+        if ((rc = mp_named_rec_ok(d, t[i].ref - 2, msg, msglen))) return rc;
+        if (((const mp_named_rec_t *)(d->base + t[i].ref - 2))->hash != t[i].hash)
+            MPI_FAIL("named directory: slot %llu and its record disagree on the hash",
+                     (unsigned long long)i);
+    }
+    if (used != d->root->count || tombs != d->root->tombs)
+        MPI_FAIL("named directory: %llu names and %llu tombstones found, the root says %llu "
+                 "and %llu", (unsigned long long)used, (unsigned long long)tombs,
+                 (unsigned long long)d->root->count, (unsigned long long)d->root->tombs);
+    return MP_OK;
+}
+
+typedef struct owns_ctx {
+    const mp_named_t *d;
+    uint64_t data;
+} owns_ctx_t;
+
+static int owns_one(void *ctx, uint64_t rec)
+{
+    owns_ctx_t *o = ctx;
+    if (rec >= o->d->cap || o->d->cap - rec < MP_NAMED_REC_HEAD) return MP_ECORRUPT;
+    return ((const mp_named_rec_t *)(o->d->base + rec))->data == o->data;
+}
+
+int mp_named_owns(const mp_named_t *d, uint64_t data)
+{
+    owns_ctx_t o = {d, data};
+    return mp_named_walk(d, owns_one, &o);
+}
+
+/* ---- changes --------------------------------------------------------------------- */
+static void set64(mp_named_t *d, uint64_t *w, uint64_t v)
+{
+    if (d->tx) mp_jset64(d->tx->j, w, v);
+    else *w = v;
+}
+
+int mp_named_alloc(mp_named_t *d, uint64_t size, uint64_t align, uint64_t *off)
+{
+    int rc = d->tx ? mp_tx_alloc(d->tx, size, align, off) : d->ops->alloc(d->st, size, align, off);
+    if (rc != MP_OK || !d->on_alloc) return rc;
+    rc = d->on_alloc(d->arg, *off, size);
+    if (rc != MP_OK) {
+        if (d->tx) mp_tx_free(d->tx, *off);
+        else d->ops->free(d->st, *off);
+    }
+    return rc;
+}
+
+int mp_named_free(mp_named_t *d, uint64_t off)
+{
+    if (d->on_free) d->on_free(d->arg, off);
+    return d->tx ? mp_tx_free(d->tx, off) : d->ops->free(d->st, off);
+}
+
+/* The first empty or tombstone slot of hash in table t (one exists: load < 1). */
+static uint64_t free_slot(const slot_t *t, uint64_t slots, uint64_t hash)
+{
+    uint64_t mask = slots - 1, i = hash & mask;
+    for (uint64_t k = 0; k < slots; k++, i = (i + 1) & mask)
+        if (t[i].ref <= SLOT_TOMB) return i;
+    return MP_NAMED_NONE;
+}
+
+int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec)
+{
+    mp_named_root_t *r = d->root;
+    if ((r->count + r->tombs + 1) * 4 > r->slots * 3) { /* grow (or clean tombstones) */
+        uint64_t slots = r->slots ? r->slots : MIN_SLOTS;
+        while ((r->count + 1) * 2 > slots) slots *= 2;
+        uint64_t nt;
+        int rc = mp_named_alloc(d, slots * sizeof(slot_t), 64, &nt);
+        if (rc) return rc;
+        slot_t *t = (slot_t *)(d->base + nt); /* fresh: written out of place */
+        memset(t, 0, slots * sizeof(slot_t));
+        if (r->table != MP_NAMED_NONE) {
+            const slot_t *old = table_of(d);
+            for (uint64_t i = 0; i < r->slots; i++) {
+                if (old[i].ref <= SLOT_TOMB) continue;
+                t[free_slot(t, slots, old[i].hash)] = old[i];
+            }
+            mp_named_free(d, r->table);
+        }
+        set64(d, &r->table, nt);
+        set64(d, &r->slots, slots);
+        if (r->tombs) set64(d, &r->tombs, 0);
+    }
+    slot_t *t = table_of(d);
+    uint64_t i = free_slot(t, r->slots, hash);
+    if (t[i].ref == SLOT_TOMB) set64(d, &r->tombs, r->tombs - 1);
+    set64(d, &t[i].hash, hash);
+    set64(d, &t[i].ref, rec + 2);
+    set64(d, &r->count, r->count + 1);
+    set64(d, &r->gen, r->gen + 1);
+    return MP_OK;
+}
+
+void mp_named_replace(mp_named_t *d, uint64_t slot, uint64_t rec)
+{
+    set64(d, &table_of(d)[slot].ref, rec + 2);
+    set64(d, &d->root->gen, d->root->gen + 1);
+}
+
+void mp_named_remove(mp_named_t *d, uint64_t slot)
+{
+    mp_named_root_t *r = d->root;
+    set64(d, &r->gen, r->gen + 1);
+    if (r->count == 1) { /* the last name: the table goes too */
+        mp_named_free(d, r->table);
+        set64(d, &r->table, MP_NAMED_NONE);
+        set64(d, &r->slots, 0);
+        set64(d, &r->tombs, 0);
+        set64(d, &r->count, 0);
+        return;
+    }
+    set64(d, &table_of(d)[slot].ref, SLOT_TOMB);
+    set64(d, &r->count, r->count - 1);
+    set64(d, &r->tombs, r->tombs + 1);
+}

@@ -1,0 +1,550 @@
+"""pool.named: the directory of named arrays (layer 4, over _core/named.c).
+
+Real files, real reopen in new processes, real SIGKILLs of a writer mid-storm."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import CorruptionError, Pool, PoolClosed
+from mempool._segment import NAMED_ROOT_OFFSET
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "src")
+SLOW = os.environ.get("MEMPOOL_SLOW_TESTS") == "1"
+
+
+def run_py(code: str, timeout: float = 60) -> str:
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC))
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def samples() -> dict[str, np.ndarray]:
+    big = np.arange(24, dtype=">i4").reshape(2, 3, 4)
+    rec = np.zeros(3, dtype=[("x", "<f4"), ("y", "S3"), ("z", "<u2", (2,))])
+    rec["x"] = [1.5, 2.5, 3.5]
+    rec["y"] = [b"ab", b"cd", b"ef"]
+    rec["z"] = [[1, 2], [3, 4], [5, 6]]
+    return {
+        "f8": np.linspace(0, 1, 7),
+        "2d": np.arange(12.0).reshape(3, 4),
+        "big-endian": big,
+        "zero-d": np.array(3.25, dtype="<f4"),
+        "empty": np.empty((0, 5), dtype="i2"),
+        "bool": np.array([True, False, True]),
+        "complex": np.arange(4) * (1 + 2j),
+        "strided (copied)": np.arange(40, dtype="u1").reshape(5, 8)[::2, 1::3],
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "unicode": np.array(["a", "bcd"]),
+        "datetime": np.array(["2026-01-01", "2026-12-05"], dtype="M8[ns]"),
+        "structured": rec,
+        "ünïcödé ✓": np.arange(3, dtype="i8"),
+    }
+
+
+def same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(params=["private", "file"])
+def pool(request, tmp_path):
+    if request.param == "private":
+        p = Pool(1 << 20, max_blocks=4096)
+    else:
+        p = Pool.create(tmp_path / "p.pool", 1 << 20, max_blocks=4096)
+    yield p
+    if not p.closed:
+        import gc
+        gc.collect()
+        p.close()
+
+
+# ---- round trips ---------------------------------------------------------------------
+def test_round_trip_same_process(pool):
+    s = samples()
+    for k, v in s.items():
+        pool.named[k] = v
+    assert len(pool.named) == len(s) and set(pool.named) == set(s)
+    for k, v in s.items():
+        got = pool.named[k]
+        same(got, v)
+        assert got.flags.c_contiguous or got.size == 0 or got.ndim == 0
+        assert k in pool.named
+    assert "nope" not in pool.named
+    pool.check()
+
+
+def test_round_trip_after_reopen_in_new_process(tmp_path):
+    path = tmp_path / "p.pool"
+    with Pool.create(path, 1 << 20, max_blocks=4096) as p:
+        for k, v in samples().items():
+            p.named[k] = v
+        x = p.zeros((6, 8), "<f8")
+        x[:] = np.arange(48).reshape(6, 8)
+        p.named["adopted view"] = x[1::2, ::3]
+        p.named["raw"] = b"\x00hello\xff"
+        blk = p.alloc(10)
+        memoryview(blk)[:] = b"0123456789"
+        p.named["block"] = blk
+        del x, blk
+    out = run_py(f"""
+        import numpy as np, pickle, sys
+        from mempool import Pool
+        with Pool.open({str(path)!r}) as p:
+            p.check()
+            d = {{k: p.named[k] for k in p.named if k != "block"}}
+            d = {{k: (v.dtype.str if v.dtype.fields is None else v.dtype.descr, v.shape,
+                     v.strides, v.tobytes()) for k, v in d.items()}}
+            b = p.named["block"]
+            d["block"] = bytes(memoryview(b))
+            del b
+            sys.stdout.write(repr(d))
+    """)
+    got = eval(out)  # our own child's repr
+    for k, v in samples().items():
+        _, shape, strides, values = got[k]
+        assert shape == v.shape and values == v.tobytes(), k
+        c = np.ascontiguousarray(v) if v.ndim else v
+        assert strides == c.strides, k
+    _, shape, strides, values = got["adopted view"]
+    assert shape == (3, 3) and strides == (128, 24)
+    assert values == np.arange(48.0).reshape(6, 8)[1::2, ::3].tobytes()
+    assert got["raw"][3] == b"\x00hello\xff"
+    assert got["block"] == b"0123456789"
+
+
+def test_adopt_keeps_offset_and_does_not_copy(pool):
+    x = pool.zeros((4, 5), "i4")
+    used = pool.used
+    live = len(pool)
+    pool.named["v"] = x[::2, 1::2]
+    assert len(pool) == live + 2  # the record and the table: no data range
+    v = pool.named["v"]
+    assert mempool._mempool.data_address(v) == mempool._mempool.data_address(x[0:, 1:])
+    assert v.strides == (40, 8) and v.shape == (2, 2)
+    x[0, 1] = 7
+    assert v[0, 0] == 7  # the same bytes
+    del x, v
+    import gc
+    gc.collect()  # the array that made the range is gone: the name keeps it
+    assert pool.named["v"][0, 0] == 7
+    assert pool.used > used - 1
+    pool.check()
+
+
+def test_copy_is_a_separate_range(pool):
+    a = np.arange(10.0)
+    pool.named["a"] = a
+    a[0] = 99
+    got = pool.named["a"]
+    assert got[0] == 0
+    x = pool.zeros(3)
+    pool.named["x1"] = x
+    pool.named["x2"] = pool.named["x1"]  # a named range is never shared: copied
+    assert mempool._mempool.data_address(pool.named["x2"]) != mempool._mempool.data_address(x)
+    pool.check()
+
+
+def test_delete_frees_and_used_goes_back(pool):
+    before = (pool.used, len(pool))
+    pool.named["a"] = np.arange(1000.0)
+    pool.named["b"] = b"xyz"
+    x = pool.empty(100)
+    pool.named["c"] = x
+    del x
+    assert pool.used > before[0]
+    for k in ["a", "b", "c"]:
+        del pool.named[k]
+    assert (pool.used, len(pool)) == before
+    assert len(pool.named) == 0 and list(pool.named) == []
+    pool.check()
+
+
+def test_delete_with_live_view_is_refused_and_unchanged(pool):
+    pool.named["a"] = np.arange(10)
+    v = pool.named["a"][2:5]
+    st, segs = pool.stats(), pool.segments()
+    with pytest.raises(BufferError, match="view"):
+        del pool.named["a"]
+    with pytest.raises(BufferError, match="view"):
+        pool.named["a"] = np.zeros(3)  # replacing: the same rule
+    assert pool.stats() == st and pool.segments() == segs
+    same(pool.named["a"], np.arange(10))
+    m = memoryview(pool.named["a"])
+    del v
+    with pytest.raises(BufferError):
+        del pool.named["a"]
+    with pytest.raises(BufferError):
+        pool.close()  # a named view is a view of the pool's memory
+    m.release()
+    del m
+    del pool.named["a"]
+    pool.check()
+
+
+def test_replace_frees_the_old_range(pool):
+    pool.named["a"] = np.arange(100.0)
+    used = pool.used
+    pool.named["a"] = np.arange(100.0) * 2
+    assert pool.used == used
+    same(pool.named["a"], np.arange(100.0) * 2)
+    assert len(pool.named) == 1
+
+
+def test_named_block_and_bytes(pool):
+    b = pool.alloc(16)
+    memoryview(b)[:] = bytes(range(16))
+    pool.named["blk"] = b
+    b.free()  # the user's handle goes; the name keeps the range
+    nb = pool.named["blk"]
+    assert isinstance(nb, mempool.Block) and bytes(memoryview(nb)) == bytes(range(16))
+    with pytest.raises(BufferError):
+        del pool.named["blk"]
+    nb.free()
+    del pool.named["blk"]
+    pool.named["m"] = memoryview(np.arange(6, dtype="<u2")).cast("B")
+    got = pool.named["m"]
+    assert got.dtype == np.uint8 and got.tobytes() == np.arange(6, dtype="<u2").tobytes()
+    pool.check()
+
+
+# ---- bad input -------------------------------------------------------------------------
+def test_bad_names_and_values(pool):
+    pool.named["a"] = np.arange(3)
+    pool.named["x" * 255] = np.arange(2)  # the longest name
+    del pool.named["x" * 255]
+    st, segs = pool.stats(), pool.segments()
+    for bad in [1, None, b"a", ("a",)]:
+        with pytest.raises(TypeError, match="name must be a str"):
+            pool.named[bad] = np.arange(2)  # type: ignore[index]
+        with pytest.raises(TypeError):
+            pool.named[bad]  # type: ignore[index]
+        with pytest.raises(TypeError):
+            del pool.named[bad]  # type: ignore[arg-type]
+    for bad in ["", "x" * 256, "é" * 128, "\ud800"]:
+        with pytest.raises(ValueError, match="name"):
+            pool.named[bad] = np.arange(2)
+        with pytest.raises(ValueError):
+            pool.named[bad]
+    with pytest.raises(KeyError, match="missing"):
+        pool.named["missing"]
+    with pytest.raises(KeyError):
+        del pool.named["missing"]
+    with pytest.raises(TypeError, match="object"):
+        pool.named["o"] = np.array([object()])
+    with pytest.raises(TypeError, match="holds NumPy arrays"):
+        pool.named["l"] = [1, 2, 3]
+    assert pool.stats() == st and pool.segments() == segs
+    assert list(pool.named) == ["a"]
+    pool.check()
+
+
+@pytest.mark.parametrize("kind", ["private", "file"])
+def test_out_of_space_changes_nothing(tmp_path, kind):
+    p = (Pool(1 << 16, max_blocks=256) if kind == "private"
+         else Pool.create(tmp_path / "s.pool", 1 << 16, max_blocks=256))
+    with p:
+        p.named["a"] = np.arange(10)
+        st, segs = p.stats(), p.segments()
+        with pytest.raises(mempool.OutOfSpace):
+            p.named["huge"] = np.zeros(1 << 14)
+        with pytest.raises(mempool.OutOfSpace):
+            p.named["a"] = np.zeros(1 << 14)
+        # the data fits, the record then does not: what was taken goes back
+        fill = p.alloc(p.largest_free - 700)
+        st, segs = p.stats(), p.segments()
+        record = 64 + 16 * 32 + 255 + 4  # 32 dimensions, the longest name, "s|u1": 835 bytes
+        whys = set()
+        for n in range(700, 0, -50):  # the data fits (at last), the record never does
+            with pytest.raises(mempool.OutOfSpace) as ei:
+                p.named["x" * 255] = np.zeros((1,) * 31 + (n,), dtype="u1")
+            whys.add(str(ei.value).split(":")[0])
+            assert p.stats() == st and p.segments() == segs, n
+        assert f"cannot allocate {record} bytes" in whys
+        fill.free()
+        st, segs = p.stats(), p.segments()
+        assert p.stats() == st and p.segments() == segs
+        same(p.named["a"], np.arange(10))
+        p.check()
+
+
+def test_closed_pool_and_external():
+    p = Pool(1 << 16)
+    p.named["a"] = np.arange(3)
+    named = p.named
+    p.close()
+    with pytest.raises(PoolClosed):
+        named["a"]
+    with pytest.raises(PoolClosed):
+        p.named
+    with pytest.raises(TypeError, match="External"):
+        Pool(1 << 16, source=mempool.External(1 << 16)).named
+
+
+def test_shared_pools_say_not_yet():
+    p = mempool.SharedPool.create(f"mp-named-{os.getpid()}", 1 << 16)
+    try:
+        with pytest.raises(NotImplementedError, match="shared"):
+            p.named
+    finally:
+        p.close()
+        p.unlink()
+
+
+# ---- corrupt directories ----------------------------------------------------------------
+def _poke(path, off: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(data)
+
+
+def _root(path) -> list[int]:
+    with open(path, "rb") as f:
+        f.seek(NAMED_ROOT_OFFSET)
+        return list(struct.unpack("<8Q", f.read(64)))
+
+
+@pytest.mark.parametrize("field,value", [
+    (0, 0xdeadbeef),              # magic
+    (1, 1 << 60),                 # table outside
+    (1, 8),                       # table not a live range
+    (2, 3),                       # slots not a power of two
+    (3, 1 << 50),                 # count
+    (4, 1 << 50),                 # tombstones
+])
+def test_crafted_root_is_refused_on_open(tmp_path, field, value):
+    path = tmp_path / "c.pool"
+    with Pool.create(path, 1 << 20, max_blocks=1024) as p:
+        p.named["a"] = np.arange(5)
+    root = _root(path)
+    root[field] = value
+    _poke(path, NAMED_ROOT_OFFSET, struct.pack("<8Q", *root))
+    with pytest.raises(CorruptionError, match="named directory"):
+        Pool.open(path)
+
+
+def test_crafted_records_are_refused_on_lookup(tmp_path):
+    path = tmp_path / "c.pool"
+    with Pool.create(path, 1 << 20, max_blocks=1024) as p:
+        p.named["a"] = np.arange(5)
+        from mempool._segment import Header
+        h = Header.unpack(memoryview(p.source.buffer), p.source.size, b"MEMPOOL\0", "x")
+        rec = p._named_find("a")[0]
+    table = _root(path)[1]
+    with open(path, "rb") as f:
+        f.seek(h.data_off + table)
+        slots = f.read(16 * 16)
+    ref = [struct.unpack_from("<QQ", slots, 16 * i) for i in range(16)]
+    used = [i for i, (_, r) in enumerate(ref) if r > 1]
+    assert len(used) == 1
+    rec_off = ref[used[0]][1] - 2
+    cases = {
+        "slot ref out of bounds": (h.data_off + table + 16 * used[0] + 8, struct.pack("<Q", 1 << 62)),
+        "record magic": (h.data_off + rec_off, b"XXXXXXXX"),
+        "record ndim": (h.data_off + rec_off + 44, struct.pack("<I", 1000)),
+        "record size": (h.data_off + rec_off + 56, struct.pack("<Q", 1 << 40)),
+        "record data": (h.data_off + rec_off + 16, struct.pack("<Q", 1 << 50)),
+    }
+    good = path.read_bytes()
+    for what, (off, data) in cases.items():
+        path.write_bytes(good)
+        _poke(path, off, data)
+        p = Pool.open(path)  # the root is fine: open is lazy, the lookup finds out
+        try:
+            with pytest.raises(CorruptionError, match="named"):
+                p.named["a"]
+                pytest.fail(what)
+            with pytest.raises(CorruptionError):
+                p.check()
+        finally:
+            p.close()
+    assert rec  # (read through the private door too)
+
+
+def test_old_format_is_refused(tmp_path):
+    path = tmp_path / "v.pool"
+    Pool.create(path, 1 << 16, max_blocks=64).close()
+    _poke(path, 8, struct.pack("<I", 2))
+    with pytest.raises(CorruptionError, match="format version 2"):
+        Pool.open(path)
+
+
+# ---- crash consistency: SIGKILL in a storm ----------------------------------------------
+STORM = """
+import os, sys, numpy as np, random
+from mempool import Pool
+p = Pool.open(sys.argv[1])
+rng = random.Random(int(sys.argv[2]))
+seq = int(sys.argv[3])
+adopt = sys.argv[4] == "1"
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+while True:
+    seq += 1
+    k = f"k{rng.randrange(24)}"
+    if rng.random() < 0.3 and k in p.named:
+        del p.named[k]
+    elif adopt and rng.random() < 0.3:
+        x = p.empty(rng.randrange(1, 200), "<i8")
+        x[:] = seq
+        p.named[k] = x[::rng.randrange(1, 3)]
+        del x  # (alive, it would be a view of k's range: no replacing k then)
+    else:
+        p.named[k] = np.full(rng.randrange(0, 300), seq, dtype=">i8")
+"""
+
+
+def _verify_storm(path, slack: int = 0) -> int:
+    """Every name intact; no range but the names' (records, data, the table), except
+    up to `slack` unnamed arrays a killed writer made and could not name or free (an
+    unnamed array of a file pool is freed when collected, and a kill collects nothing)."""
+    with Pool.open(path) as p:
+        p.check()
+        names = list(p.named)
+        ranges = 0
+        for k in names:
+            a = p.named[k]
+            assert a.dtype.kind == "i" and a.itemsize == 8
+            if a.size:
+                assert (a == a.flat[0]).all(), k  # intact: one writer's seq throughout
+            ranges += 2
+            del a
+        extra = len(p) - ranges - (1 if names else 0)
+        assert 0 <= extra <= slack, f"{extra} leaked range(s)"
+        return len(names)
+
+
+@pytest.mark.parametrize("seed", range(8 if not SLOW else 60))
+def test_sigkill_in_a_storm_leaves_the_directory_whole(tmp_path, seed):
+    path = tmp_path / "k.pool"
+    with Pool.create(path, 4 << 20, max_blocks=4096) as p:
+        for i in range(5):  # names the storm never touches: intact after every kill
+            p.named[f"keep{i}"] = np.full(50 + i, -i - 1, dtype=">i8")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC))
+    rng = random.Random(seed)
+    for rnd in range(2 if not SLOW else 5):
+        adopt = seed % 2  # odd seeds adopt arrays too (unnamed ones may be left: slack)
+        proc = subprocess.Popen([sys.executable, "-c", STORM, str(path), str(seed * 10 + rnd),
+                                 str(rnd * 10**9), str(adopt)], env=env, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL  # killed in the storm, not dead of an error
+        _verify_storm(path, slack=(rnd + 1) * adopt)
+        with Pool.open(path) as p:
+            for i in range(5):
+                same(p.named[f"keep{i}"], np.full(50 + i, -i - 1, dtype=">i8"))
+
+
+def test_reopen_is_lazy(tmp_path):
+    """open() reads the root only: a damaged record far away does not stop it."""
+    path = tmp_path / "l.pool"
+    with Pool.create(path, 1 << 20, max_blocks=4096) as p:
+        for i in range(200):
+            p.named[f"n{i}"] = np.full(3, i)
+    with Pool.open(path) as p:
+        assert len(p.named) == 200
+        same(p.named["n150"], np.full(3, 150))
+
+
+def test_other_blocks_of_a_named_range_never_free_it(pool):
+    pool.named["a"] = np.arange(8.0)
+    off = pool.named._cache["a"][0].offset
+    b = pool.block_at(off)
+    with pytest.raises(BufferError):
+        del pool.named["a"]  # a Block of it is alive
+    b.free()  # only this handle goes
+    b2 = pool.block_at(off)
+    del b, b2
+    import gc
+    gc.collect()
+    same(pool.named["a"], np.arange(8.0))
+    pool.check()
+    del pool.named["a"]
+    assert len(pool) == 0
+
+
+def test_a_forked_child_must_open_the_file_itself(tmp_path):
+    path = tmp_path / "f.pool"
+    with Pool.create(path, 1 << 20, max_blocks=1024) as p:
+        p.named["a"] = np.arange(4)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's mapping is not its to use
+            code = 0
+            try:
+                p.named["a"]
+                code = 1
+            except PoolClosed:
+                pass
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        same(p.named["a"], np.arange(4))
+    out = run_py(f"""
+        import numpy as np
+        from mempool import Pool
+        with Pool.open({str(path)!r}) as p:
+            p.named["b"] = p.named["a"] * 2
+    """)
+    assert out == ""
+    with Pool.open(path) as p:
+        same(p.named["b"], np.arange(4) * 2)
+        p.check()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_damage_to_the_directory_never_crashes(tmp_path, seed):
+    """Random words written over the table and the records: every read gives the data
+    or CorruptionError (KeyError where a damaged record no longer carries its name)."""
+    path = tmp_path / "d.pool"
+    with Pool.create(path, 1 << 20, max_blocks=1024) as p:
+        for i in range(30):
+            p.named[f"n{i}"] = np.arange(i + 1, dtype="<i4").reshape(1, -1)[:, ::-1]
+        from mempool._segment import Header
+        h = Header.unpack(memoryview(p.source.buffer), p.source.size, b"MEMPOOL\0", "x")
+        live = [(o, n) for o, n, a in p.segments() if a]
+    rng = random.Random(seed)
+    with open(path, "r+b") as f:
+        for _ in range(rng.choice([1, 3, 10])):
+            off, n = rng.choice(live)
+            at = off + rng.randrange(0, max(1, n - 8)) // 8 * 8
+            f.seek(h.data_off + at)
+            v = rng.choice([0, 1, 2, 2**63, 2**64 - 1, rng.getrandbits(64), rng.getrandbits(20)])
+            f.write(struct.pack("<Q", v))
+    try:
+        p = Pool.open(path)
+    except CorruptionError:
+        return
+    try:
+        try:
+            names = list(p.named)
+        except CorruptionError:
+            names = [f"n{i}" for i in range(30)]
+        for k in [*names, "n0", "n29"]:
+            try:
+                a = p.named[k]
+                a.sum()
+                del a
+            except (CorruptionError, KeyError):
+                pass
+        with contextlib.suppress(CorruptionError):
+            p.check()
+    finally:
+        p.close()
