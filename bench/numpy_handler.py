@@ -1,0 +1,183 @@
+"""NumPy's own allocations in a pool (NEP 49 handler, issue 12), interleaved in one run.
+
+    python bench/numpy_handler.py [--quick]
+
+1. ``np.empty(n_bytes // 8)`` for 64 B, 1 KiB, 64 KiB, 1 MiB, 64 MiB, ns per call with
+   (a) NumPy's default handler, (b) inside ``Pool("256MiB").activate(numpy=True)``
+   (TLSF), (c) a numpy-allocator handler wrapping libc malloc/calloc/realloc/free
+   (ctypes).  Ratios (b)/(a), (c)/(a); target (b) <= 1.0x (a).
+2. Temporaries-heavy loop ``(a * b + c) / d`` on float64 arrays of 1, 4, 8 MiB,
+   1,000 iterations in all per case (split over the rounds), with the default
+   handler vs ``mempool.numpy_pool("1GiB", hugepages=True)`` vs
+   ``mempool.numpy_pool("1GiB")`` (a fresh pool each round, entered before the
+   clock starts): time per iteration, ratio to default, and minor page faults
+   (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer faults,
+   no slowdown.
+
+Every case runs once per round, in turn; figures are medians of rounds.  Writes
+bench/results/numpy_handler.txt (command, date, machine, tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import datetime
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import timeit
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+
+import mempool
+
+SIZES = [("64 B", 64), ("1 KiB", 1024), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20),
+         ("64 MiB", 64 << 20)]
+LOOP_MIB = [1, 4, 8]
+
+
+def libc_handler() -> tuple[object | None, str]:
+    """A numpy-allocator handler over libc's malloc family, or (None, why not)."""
+    try:
+        import numpy_allocator
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+
+        class libc_malloc(metaclass=numpy_allocator.type):  # type: ignore[misc]
+            _calloc_ = ctypes.addressof(libc.calloc)
+            _free_ = ctypes.addressof(libc.free)
+            _malloc_ = ctypes.addressof(libc.malloc)
+            _realloc_ = ctypes.addressof(libc.realloc)
+
+        with libc_malloc:
+            x = np.empty(16)
+        if not libc_malloc.handles(x):
+            return None, "numpy-allocator: handler installed but array not served by it"
+        return libc_malloc, "numpy-allocator type over libc malloc/calloc/realloc/free (ctypes)"
+    except Exception as e:  # noqa: BLE001 - reported in the output
+        return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    thp = "?"
+    with contextlib.suppress(OSError):
+        thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+    return (f"{platform.node()} {platform.machine()} {cpu}, {os.cpu_count()} CPUs, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, "
+            f"NumPy {np.__version__}, THP enabled: {thp}")
+
+
+def minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds/iterations (~10 s)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numpy_handler.txt"))
+    a = ap.parse_args()
+    rounds1, target_s = (3, 0.02) if a.quick else (7, 0.04)
+    rounds2, iters = (3, 30) if a.quick else (5, 1000)
+    per_round = max(1, iters // rounds2)
+
+    out: list[str] = []
+
+    def say(s: str = "") -> None:
+        print(s)
+        out.append(s)
+
+    say("command: python " + " ".join([sys.argv[0], *sys.argv[1:]]))
+    say("date:    " + datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    say("machine: " + machine())
+
+    # ---- 1. np.empty -------------------------------------------------------------
+    pool = mempool.Pool("256MiB")
+    act = pool.activate(numpy=True)
+    other, why = libc_handler()
+    variants: dict[str, object] = {"default": contextlib.nullcontext(), "pool": act}
+    if other is not None:
+        variants["numpy-allocator"] = other
+    say()
+    say(f"1. np.empty(n_bytes // 8): ns per call, median of {rounds1} rounds")
+    say(f"   (c) {why}")
+    env = {"np": np}
+    number: dict[str, int] = {}
+    for label, nb in SIZES:  # calibrate on the default handler
+        t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
+        n, _ = t.autorange()
+        number[label] = max(10, int(n * target_s / 0.2))
+    times = {(s, v): [] for s, _ in SIZES for v in variants}
+    for r in range(rounds1):
+        for label, nb in SIZES:
+            t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
+            for v, cm in variants.items():
+                with cm:  # type: ignore[attr-defined]
+                    times[(label, v)].append(t.timeit(number[label]) / number[label] * 1e9)
+        print(f"\rpart 1 round {r + 1}/{rounds1}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    hdr = f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13} {'b/a':>6} {'c/a':>6}"
+    say(hdr)
+    for label, _ in SIZES:
+        m = {v: statistics.median(times[(label, v)]) for v in variants}
+        c = m.get("numpy-allocator")
+        d = m["default"]
+        say(f"   {label:>7} {m['default']:>12.1f} {m['pool']:>10.1f} "
+            f"{(f'{c:.1f}' if c else 'n/a'):>13} {m['pool'] / m['default']:>5.2f}x "
+            f"{(f'{c / d:.2f}x' if c else 'n/a'):>6}")
+    st = act.numpy_stats()
+    say(f"   pool handler stats: {st}")
+    del act
+    pool.close()
+
+    # ---- 2. temporaries loop -----------------------------------------------------
+    cases = {"default": lambda: contextlib.nullcontext(),
+             "numpy_pool hugepages": lambda: mempool.numpy_pool("1GiB", hugepages=True),
+             "numpy_pool": lambda: mempool.numpy_pool("1GiB")}
+    say()
+    say(f"2. (a * b + c) / d, float64: {rounds2} rounds x {per_round} iterations = "
+        f"{rounds2 * per_round} per case; us/iter median of rounds, minor faults summed")
+    rng = np.random.default_rng(0)
+    data = {mib: [rng.random(mib * 2**20 // 8) + 1.0 for _ in range(4)] for mib in LOOP_MIB}
+    t2 = {(m, c): [] for m in LOOP_MIB for c in cases}
+    f2 = {(m, c): 0 for m in LOOP_MIB for c in cases}
+    for r in range(rounds2):
+        for mib in LOOP_MIB:
+            x, y, z, w = data[mib]
+            for cname, mk in cases.items():
+                with mk():
+                    f0 = minflt()
+                    t0 = time.perf_counter()
+                    for _ in range(per_round):
+                        (x * y + z) / w
+                    dt = time.perf_counter() - t0
+                    f2[(mib, cname)] += minflt() - f0
+                t2[(mib, cname)].append(dt / per_round * 1e6)
+        print(f"\rpart 2 round {r + 1}/{rounds2}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    say(f"   {'size':>5} {'case':<21} {'us/iter':>9} {'ratio':>6} {'minor faults':>13}")
+    for mib in LOOP_MIB:
+        base = statistics.median(t2[(mib, "default")])
+        for cname in cases:
+            med = statistics.median(t2[(mib, cname)])
+            say(f"   {mib:>3}Mi {cname:<21} {med:>9.1f} {med / base:>5.2f}x {f2[(mib, cname)]:>13}")
+
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
