@@ -21,7 +21,8 @@ import mempool
 from mempool import CorruptionError, Pool, PoolClosed
 from mempool._segment import NAMED_ROOT_OFFSET
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "src")
+# the mempool this test imported (the source tree when built in place, else the installed one)
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
 SLOW = os.environ.get("MEMPOOL_SLOW_TESTS") == "1"
 
 
