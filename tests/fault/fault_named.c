@@ -26,41 +26,7 @@
 #include "mempool.h"
 #include "named.h"
 
-static char *seg_lo, *seg_hi;
-static long fault_at;
-static volatile long *store_count;
-
-static inline void hit(uintptr_t a)
-{
-    if ((char *)a < seg_lo || (char *)a >= seg_hi || !store_count) return;
-    long n = ++*store_count;
-    if (fault_at && n == fault_at) _exit(77);
-}
-#define STORE_HOOK(n)                                                                          \
-    void __asan_store##n##_noabort(uintptr_t a);                                               \
-    void __asan_store##n##_noabort(uintptr_t a) { hit(a); }                                    \
-    void __asan_load##n##_noabort(uintptr_t a);                                                \
-    void __asan_load##n##_noabort(uintptr_t a) { (void)a; }                                    \
-    void __asan_store##n(uintptr_t a);                                                         \
-    void __asan_store##n(uintptr_t a) { hit(a); }                                              \
-    void __asan_load##n(uintptr_t a);                                                          \
-    void __asan_load##n(uintptr_t a) { (void)a; }
-STORE_HOOK(1)
-STORE_HOOK(2)
-STORE_HOOK(4)
-STORE_HOOK(8)
-STORE_HOOK(16)
-void __asan_storeN_noabort(uintptr_t a, size_t n);
-void __asan_storeN_noabort(uintptr_t a, size_t n) { (void)n, hit(a); }
-void __asan_loadN_noabort(uintptr_t a, size_t n);
-void __asan_loadN_noabort(uintptr_t a, size_t n) { (void)a, (void)n; }
-void __asan_storeN(uintptr_t a, size_t n);
-void __asan_storeN(uintptr_t a, size_t n) { (void)n, hit(a); }
-void __asan_loadN(uintptr_t a, size_t n);
-void __asan_loadN(uintptr_t a, size_t n) { (void)a, (void)n; }
-void mpi_fault_point(const void *addr) { hit((uintptr_t)addr); }
-void __asan_handle_no_return(void);
-void __asan_handle_no_return(void) {}
+#include "store_hooks.h" /* the kill points */
 
 /* image: journal (2048) | root (64) ... | state | shadow | data | counter */
 #define CAP (1u << 18)

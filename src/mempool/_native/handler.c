@@ -68,8 +68,9 @@ static inline int in_pool(const PoolObject *p, const void *ptr)
 /* The pool can take a request now. */
 static inline int usable(const PoolObject *p)
 {
+    /* (no hooks: numpy_handler() refuses a SharedPool) */
     return !p->closed && !p->closing && p->base && p->strategy && p->strategy->st &&
-           !p->hooks && mp_pool_here(p);
+           mp_pool_here(p);
 }
 
 /* A range for size bytes (GIL held), or NULL. */
@@ -101,19 +102,27 @@ static void pool_put(mp_handler_t *H, void *ptr)
         H->failures++; /* (never: the range is ours) */
 }
 
+/* What the pool could not serve: the C library's (zeroed when `zero`), counted, when
+ * the handler falls back; else NULL.  Either way a failure is counted. */
+static void *fallback_get(mp_handler_t *H, size_t size, int zero)
+{
+    void *r = NULL;
+    if (H->fallback) r = zero ? calloc(size ? size : 1, 1) : malloc(size ? size : 1);
+    if (r) {
+        H->fallbacks++;
+        H->fallback_bytes += size;
+    } else {
+        H->failures++;
+    }
+    return r;
+}
+
 static void *h_malloc(void *ctx, size_t size)
 {
     mp_handler_t *H = ctx;
     gil_t g = gil_take();
     void *r = pool_get(H, size);
-    if (!r && H->fallback) {
-        r = malloc(size ? size : 1);
-        if (r) {
-            H->fallbacks++;
-            H->fallback_bytes += size;
-        }
-    }
-    if (!r) H->failures++;
+    if (!r) r = fallback_get(H, size, 0);
     gil_give(g);
     return r;
 }
@@ -125,16 +134,8 @@ static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
     size_t size = nelem * elsize;
     gil_t g = gil_take();
     void *r = pool_get(H, size);
-    if (r) {
-        memset(r, 0, size);
-    } else if (H->fallback) {
-        r = calloc(nelem ? nelem : 1, elsize ? elsize : 1);
-        if (r) {
-            H->fallbacks++;
-            H->fallback_bytes += size;
-        }
-    }
-    if (!r) H->failures++;
+    if (r) memset(r, 0, size);
+    else r = fallback_get(H, size, 1);
     gil_give(g);
     return r;
 }
@@ -162,18 +163,15 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size)
         if (p->strategy && p->strategy->st)
             p->strategy->ops->size_of(p->strategy->st, (uint64_t)((char *)ptr - p->base), &old);
         r = pool_get(H, new_size);
-        if (!r && H->fallback && (r = malloc(new_size ? new_size : 1))) {
-            H->fallbacks++;
-            H->fallback_bytes += new_size;
-        }
+        if (!r) r = fallback_get(H, new_size, 0);
         if (r) {
             memcpy(r, ptr, old < new_size ? (size_t)old : new_size);
             pool_put(H, ptr);
         }
     } else {
         r = realloc(ptr, new_size ? new_size : 1); /* a fallback range stays one */
+        if (!r) H->failures++;
     }
-    if (!r) H->failures++;
     gil_give(g);
     return r;
 }

@@ -167,17 +167,30 @@ static void tx_commit(PoolObject *self)
 }
 
 /* _named_find(name) -> None, or (record bytes, pin Block) */
-PyObject *mp_ext_named_find(PoolObject *self, PyObject *name)
+/* Where `name` is filed: 0 with *slot and *rec; 1 when it is not; -1 with the exception
+ * set (a bad name, a closed pool, a corrupt directory). */
+static int lookup(PoolObject *self, PyObject *name, uint64_t *slot, uint64_t *rec)
 {
     uint32_t n;
     const char *s = name_of(name, &n);
-    if (!s || named_ready(self) < 0) return NULL;
-    mp_named_t *d = self->named;
-    uint64_t slot, rec;
+    if (!s || named_ready(self) < 0) return -1;
     char msg[200];
-    int rc = mp_named_find(d, s, n, mp_named_hash(s, n), &slot, &rec, msg, sizeof msg);
-    if (rc == MP_ENOTALLOC) Py_RETURN_NONE;
-    if (rc) return corrupt(msg);
+    int rc = mp_named_find(self->named, s, n, mp_named_hash(s, n), slot, rec, msg, sizeof msg);
+    if (rc == MP_ENOTALLOC) return 1;
+    if (rc) {
+        corrupt(msg);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *mp_ext_named_find(PoolObject *self, PyObject *name)
+{
+    uint64_t slot, rec;
+    int rc = lookup(self, name, &slot, &rec);
+    if (rc < 0) return NULL;
+    if (rc) Py_RETURN_NONE;
+    mp_named_t *d = self->named;
     const mp_named_rec_t *h = (const mp_named_rec_t *)(d->base + rec);
     PyObject *bytes = PyBytes_FromStringAndSize(d->base + rec, (Py_ssize_t)h->size);
     if (!bytes) return NULL;
@@ -350,18 +363,14 @@ out:
 /* _named_del(name): KeyError when absent, BufferError while a view is alive. */
 PyObject *mp_ext_named_del(PoolObject *self, PyObject *name)
 {
-    uint32_t n;
-    const char *s = name_of(name, &n);
-    if (!s || named_ready(self) < 0) return NULL;
-    mp_named_t *d = self->named;
     uint64_t slot, rec;
-    char msg[200];
-    int rc = mp_named_find(d, s, n, mp_named_hash(s, n), &slot, &rec, msg, sizeof msg);
-    if (rc == MP_ENOTALLOC) {
+    int rc = lookup(self, name, &slot, &rec);
+    if (rc < 0) return NULL;
+    if (rc) {
         PyErr_SetObject(PyExc_KeyError, name);
         return NULL;
     }
-    if (rc) return corrupt(msg);
+    mp_named_t *d = self->named;
     uint64_t data = ((const mp_named_rec_t *)(d->base + rec))->data;
     Py_ssize_t v = views_of(self, data);
     if (v) {
