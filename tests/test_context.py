@@ -235,9 +235,6 @@ def test_bad_calls():
     try:
         with sp.activate():
             assert mempool.current() is sp
-        with pytest.raises(TypeError, match="SharedPool"):
-            with sp.activate(numpy=True):
-                pass
         assert mempool.current() is None
     finally:
         sp.close()
@@ -260,3 +257,146 @@ def test_numpy_pool_one_liner():
     with mempool.numpy_pool("8MiB") as q:
         keep = np.ones(10)
     assert not q.closed and keep.sum() == 10   # an array outlives the with: pool kept
+
+
+# ---- a SharedPool takes NumPy's allocations: registry entries like any Block's -----------
+SRC = os.path.dirname(os.path.dirname(mempool.__file__))
+
+
+def shared(capacity="4MiB"):
+    return SharedPool.create(f"ctx-{os.getpid()}-{next(_names)}", capacity, unlink_on_exit=True)
+
+
+_names = iter(range(10**6))
+
+
+def _read_handle(blk):
+    return float(np.asarray(blk).view(np.float64).sum())
+
+
+def test_shared_pool_takes_numpys_arrays_and_block_at_shares_them():
+    sp = shared()
+    try:
+        act = sp.activate(numpy=True)
+        with act:
+            a = np.arange(1000.0)
+            b = (a * 2 + 1) / 3               # temporaries came and went
+            z = np.zeros(16)                  # calloc
+            assert all(inside(sp, x) for x in (a, b, z))
+            assert sp.used == 8000 + 8000 + 128 and len(sp) == 3
+        assert act.numpy_stats()["live"] == 3 and act.numpy_stats()["fallbacks"] == 0
+        sp.check()
+        # the range has a registry entry: block_at finds it and a pickled handle of it
+        # reaches another process
+        blk = sp.block_at(b.ctypes.data - sp.address)
+        assert blk.size == 8000
+        expect = float(b.sum())
+        del b                                 # NumPy's reference goes, the Block's stays
+        assert sp.used == 16128
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(1) as ex:
+            assert ex.apply(_read_handle, (blk,)) == expect
+        del blk
+        assert sp.used == 8128
+        a.resize(5000, refcheck=False)         # realloc: moves, keeps the data
+        assert inside(sp, a) and a[999] == 999.0 and sp.used == 40128
+        del a, z
+        assert sp.used == 0 and len(sp) == 0
+        assert act.numpy_stats()["live"] == 0 and act.numpy_stats()["failures"] == 0
+        sp.check()
+    finally:
+        sp.close()
+        sp.unlink()
+
+
+def test_shared_pool_close_refuses_under_numpys_arrays():
+    sp = shared("1MiB")
+    try:
+        with sp.activate(numpy=True):
+            a = np.ones(100)
+        with pytest.raises(BufferError, match="1 view"):
+            sp.close()
+        assert not sp.closed and a.sum() == 100 and sp.used == 800
+        del a
+        assert sp.used == 0
+    finally:
+        sp.close()
+        sp.unlink()
+
+
+def test_shared_pool_full_falls_back_or_raises():
+    sp = shared("1MiB")
+    try:
+        act = sp.activate(numpy=True)
+        with act:
+            big = np.ones(300_000)            # 2.4 MB > 1 MiB: malloc, counted
+            assert not inside(sp, big) and big.sum() == 300_000
+        assert act.numpy_stats()["fallbacks"] == 1 and sp.used == 0
+        del big
+        strict = sp.activate(numpy=True, fallback=False)
+        with strict:
+            with pytest.raises(MemoryError):
+                np.ones(300_000)
+        assert sp.used == 0 and strict.numpy_stats()["failures"] == 1
+        sp.check()
+    finally:
+        sp.close()
+        sp.unlink()
+
+
+def test_forked_child_leaves_the_parents_arrays_alone():
+    sp = shared("1MiB")
+    try:
+        with sp.activate(numpy=True):
+            a = np.full(1000, 3.0)
+        pid = os.fork()
+        if pid == 0:                          # the child's copy of `a` dies here
+            code = 0
+            try:
+                del a
+                gc.collect()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert sp.used == 8000 and a.sum() == 3000.0   # still the parent's
+        sp.check()
+        del a
+        assert sp.used == 0
+    finally:
+        sp.close()
+        sp.unlink()
+
+
+def test_numpys_arrays_of_a_killed_process_are_reclaimed():
+    import signal
+    import subprocess
+    import sys
+    sp = shared("4MiB")
+    try:
+        code = (
+            "import sys, numpy as np, mempool, time\n"
+            "sp = mempool.SharedPool.attach(sys.argv[1])\n"
+            "with sp.activate(numpy=True):\n"
+            "    keep = [np.ones(1000) for _ in range(10)]\n"
+            "print(sp.used, len(sp), flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=SRC)
+        child = subprocess.Popen([sys.executable, "-c", code, sp.name], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            used, n = map(int, child.stdout.readline().split())
+            assert sp.used == used >= 80000 and len(sp) == n >= 10  # (+ NumPy's own bits)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        finally:
+            child.kill()
+            child.wait()
+        assert sp.reclaim(child.pid) == n
+        assert sp.used == 0 and len(sp) == 0
+        sp.check()
+    finally:
+        sp.close()
+        sp.unlink()

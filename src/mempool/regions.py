@@ -278,13 +278,15 @@ class RegionPool:
     # ---- introspection ---------------------------------------------------------------------
     def activate(self, numpy: bool = False, *, fallback: bool = True) -> Activation:
         """A context manager that makes this pool ``mempool.current()`` in this thread
-        or asyncio task (see :meth:`Pool.activate`).  ``numpy=True`` is for a Pool: a
-        NumPy allocation must find its region again from its address alone, in C."""
+        or asyncio task (see :meth:`Pool.activate`).  ``numpy=True`` is for a Pool or a
+        SharedPool: a NumPy allocation must find its region again from its address
+        alone, in C."""
         if self._closed:
             raise PoolClosed("the region pool is closed")
         if numpy:
-            raise TypeError("activate(numpy=True) takes a Pool, not a RegionPool: NumPy's "
-                            "allocations go to one pool (make one, e.g. mempool.numpy_pool())")
+            raise TypeError("activate(numpy=True) takes a Pool or a SharedPool, not a "
+                            "RegionPool: NumPy's allocations go to one span (make one, e.g. "
+                            "mempool.numpy_pool())")
         return Activation(self, False, fallback)
 
     def stats(self) -> RegionStats:

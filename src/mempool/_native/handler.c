@@ -12,6 +12,11 @@
  * contextvar): pool.activate(numpy=True) (pool.py) sets it for the current thread or
  * asyncio task only.
  *
+ * A shared pool's ranges go through its hooks (raw_take / raw_put / raw_size in
+ * pool_shared.c): each gets a registry entry and its owner reference, as a Block's
+ * range does, so block_at() finds it, a dead process's arrays are reclaimed, and a
+ * forked child's copy of an array leaves its parent's reference alone.
+ *
  * When the pool cannot serve (full, closed, no bytes, or a forked child of a file
  * pool's owner): with `fallback` the request goes to the C library's malloc, counted
  * (fallbacks); without, NULL, which NumPy raises as MemoryError.  free() tells the
@@ -68,7 +73,6 @@ static inline int in_pool(const PoolObject *p, const void *ptr)
 /* The pool can take a request now. */
 static inline int usable(const PoolObject *p)
 {
-    /* (no hooks: numpy_handler() refuses a SharedPool) */
     return !p->closed && !p->closing && p->base && p->strategy && p->strategy->st &&
            mp_pool_here(p);
 }
@@ -160,8 +164,7 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size)
     if (in_pool(H->pool, ptr)) {
         PoolObject *p = H->pool;
         uint64_t old = 0;
-        if (p->strategy && p->strategy->st)
-            p->strategy->ops->size_of(p->strategy->st, (uint64_t)((char *)ptr - p->base), &old);
+        if (usable(p)) old = mp_pool_raw_size(p, (uint64_t)((char *)ptr - p->base));
         r = pool_get(H, new_size);
         if (!r) r = fallback_get(H, new_size, 0);
         if (r) {
@@ -203,11 +206,6 @@ static PyObject *ext_numpy_handler(PyObject *Py_UNUSED(m), PyObject *args)
     if (!PyArg_ParseTuple(args, "O!p:numpy_handler", &PoolCoreType, &pool, &fallback)) return NULL;
     PoolObject *p = (PoolObject *)pool;
     if (mp_pool_check_open(p) < 0) return NULL;
-    if (p->hooks) {
-        PyErr_SetString(PyExc_TypeError, "NumPy's allocations cannot go to a SharedPool yet: "
-                                         "activate(numpy=True) takes a Pool");
-        return NULL;
-    }
     if (!p->base) {
         PyErr_SetString(PyExc_TypeError, "a pool over External memory cannot hold arrays");
         return NULL;

@@ -127,6 +127,15 @@ struct mp_pool_hooks {
     void (*close)(PoolObject *p);
     /* Block.__reduce__ */
     PyObject *(*reduce)(PoolObject *p, BlockObject *b);
+    /* The NEP 49 handler's way in (handler.c; GIL held): MP_* codes, and no exception
+     * left behind (one already pending is kept).  raw_take: a range holding its own
+     * reference, as take() makes one for a Block; raw_put: give that reference back
+     * by offset (a forked child's copy of its parent's array leaves the parent's
+     * reference alone; MP_ENOTALLOC: no live range there); raw_size: the requested
+     * size of the live range at off (0: none). */
+    int (*raw_take)(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off);
+    int (*raw_put)(PoolObject *p, uint64_t off);
+    uint64_t (*raw_size)(PoolObject *p, uint64_t off);
 };
 
 /* block.c */
@@ -179,10 +188,12 @@ static inline int mp_pool_here(const PoolObject *p)
     return !p->bound_pid || p->bound_pid == mp_getpid();
 }
 int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
-/* A range of a pool with no hooks, no Block made (the NEP 49 handler, GIL held):
- * MP_* codes, no exception set. */
+/* A range of a pool without a Block (the NEP 49 handler, GIL held): MP_* codes, no
+ * exception left behind; through the hooks for a pool of a kind of its own.
+ * raw_size: the size of the live range at off (0: none). */
 int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off);
 int mp_pool_raw_free(PoolObject *p, uint64_t off);
+uint64_t mp_pool_raw_size(PoolObject *p, uint64_t off);
 /* handler.c */
 int mp_handler_ready(PyObject *module);
 /* Give a live block's range back to its pool (the block is marked dead). */

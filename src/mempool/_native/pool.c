@@ -76,13 +76,24 @@ static inline int st_free(PoolObject *p, uint64_t off)
     return rc;
 }
 
-/* The NEP 49 handler's way in (handler.c): a range of a private or persistent pool
- * without a Block, with the GIL held; MP_* codes, no exception. */
+/* The NEP 49 handler's way in (handler.c): a range without a Block, with the GIL
+ * held; MP_* codes, no exception. */
 int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
+    if (p->hooks) return p->hooks->raw_take(p, size, align, off);
     return st_alloc(p, size, align, off);
 }
-int mp_pool_raw_free(PoolObject *p, uint64_t off) { return st_free(p, off); }
+int mp_pool_raw_free(PoolObject *p, uint64_t off)
+{
+    if (p->hooks) return p->hooks->raw_put(p, off);
+    return st_free(p, off);
+}
+uint64_t mp_pool_raw_size(PoolObject *p, uint64_t off)
+{
+    if (p->hooks) return p->hooks->raw_size(p, off);
+    uint64_t n = 0;
+    return OPS(p)->size_of(ST(p), off, &n) == MP_OK ? n : 0;
+}
 
 static uint32_t cached_pid;
 static void refresh_pid(void) { cached_pid = (uint32_t)getpid(); }

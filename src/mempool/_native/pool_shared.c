@@ -484,6 +484,70 @@ static PyObject *sh_reduce(PoolObject *p, BlockObject *b)
     return r;
 }
 
+/* ---- the NEP 49 handler's way in (handler.c): GIL held, MP_* codes, no exception left
+ * behind (one pending when NumPy called us, e.g. from a dealloc, is kept) ------------- */
+static int sh_raw_take(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
+{
+    uint64_t tag;
+    uint32_t entry;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    /* a range with a registry entry and its owner reference, as for a Block: a
+     * process that dies holding it is reclaimed, and block_at() finds it */
+    int r = sh_take(p, size, align, 1, off, &tag, &entry);
+    if (r < 0) PyErr_Clear(); /* the lock refused or the segment corrupt: NULL to NumPy */
+    PyErr_Restore(et, ev, tb);
+    return r == 0 ? MP_OK : r == 1 ? MP_ENOSPACE : MP_EINVAL;
+}
+
+static int sh_raw_put(PoolObject *p, uint64_t off)
+{
+    SharedPoolObject *s = SH(p);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    int rc = MP_ENOTALLOC;
+    if (sh_lock(s) == 0) {
+        uint32_t i = mp_reg_lookup(s->ctl, off);
+        /* -1: not this process's owner reference (a forked child's copy of an array
+         * of its parent: the parent still holds the range) */
+        int last = i == MP_NIL ? -1 : mp_ref_release(s->ctl, i, mp_getpid(), 1);
+        if (i != MP_NIL) rc = MP_OK;
+        if (last == 1) {
+            mp_shared_local_t *l = local_of(s);
+            int k = mag_class(s, mp_reg_entry(s->ctl, i)->size);
+            if (k >= 0 && l->n[k] < MAG_DEPTH) { /* for the next alloc, as sh_release */
+                l->slot[k][l->n[k]].entry = i;
+                l->slot[k][l->n[k]].offset = off;
+                l->n[k]++;
+            } else {
+                dispose(s, i);
+            }
+        }
+        sh_unlock(s);
+    } else {
+        PyErr_Clear(); /* the range stays this process's: reclaim finds it after exit */
+    }
+    PyErr_Restore(et, ev, tb);
+    return rc;
+}
+
+static uint64_t sh_raw_size(PoolObject *p, uint64_t off)
+{
+    SharedPoolObject *s = SH(p);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    uint64_t n = 0;
+    if (sh_lock(s) == 0) {
+        uint32_t i = mp_reg_lookup(s->ctl, off);
+        if (i != MP_NIL) n = mp_reg_entry(s->ctl, i)->size;
+        sh_unlock(s);
+    } else {
+        PyErr_Clear();
+    }
+    PyErr_Restore(et, ev, tb);
+    return n;
+}
+
 static const mp_pool_hooks_t shared_hooks = {
     .take = sh_take,
     .untake = sh_untake,
@@ -492,6 +556,9 @@ static const mp_pool_hooks_t shared_hooks = {
     .block_at = sh_block_at,
     .close = sh_close,
     .reduce = sh_reduce,
+    .raw_take = sh_raw_take,
+    .raw_put = sh_raw_put,
+    .raw_size = sh_raw_size,
 };
 
 /* ---- init / dealloc ------------------------------------------------------------------ */
