@@ -297,16 +297,6 @@ def test_closed_pool_and_external():
         Pool(1 << 16, source=mempool.External(1 << 16)).named
 
 
-def test_shared_pools_say_not_yet():
-    p = mempool.SharedPool.create(f"mp-named-{os.getpid()}", 1 << 16)
-    try:
-        with pytest.raises(NotImplementedError, match="shared"):
-            p.named
-    finally:
-        p.close()
-        p.unlink()
-
-
 # ---- corrupt directories ----------------------------------------------------------------
 def _poke(path, off: int, data: bytes) -> None:
     with open(path, "r+b") as f:

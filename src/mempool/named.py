@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._mempool import Block, data_address
-from .errors import CorruptionError
+from ._mempool import Block, SharedPoolCore, data_address
+from .errors import CorruptionError, NotAllocated
 
 if TYPE_CHECKING:
     from ._mempool import PoolCore
@@ -124,16 +124,21 @@ class NamedArrays(MutableMapping[str, Any]):
     after).  PoolClosed after the pool is closed.
     """
 
-    __slots__ = ("_cache", "_pool")
+    __slots__ = ("_cache", "_pool", "_shared")
 
     def __init__(self, pool: PoolCore) -> None:
         self._pool = pool
+        # a shared pool's directory changes under other processes: no cache; each
+        # lookup reads it under the segment's lock and takes a handle of the range
+        self._shared = isinstance(pool, SharedPoolCore)
         # name -> (pin, dtype, shape, strides, offset in the range, kind)
         self._cache: dict[str, tuple[Block, np.dtype[Any], tuple[int, ...],
                                      tuple[int, ...], int, int]] = {}
 
     # ---- reading -----------------------------------------------------------------
     def __getitem__(self, name: str) -> Any:
+        if self._shared:
+            return self._shared_get(name)
         e = self._cache.get(name)
         if e is None:
             e = self._load(name)
@@ -148,21 +153,29 @@ class NamedArrays(MutableMapping[str, Any]):
         if found is None:
             raise KeyError(name)
         rec, pin = found
-        _, _, data, dsize, view, kind, nd, nlen, dlen, _ = _HEAD.unpack_from(rec)
-        shape = struct.unpack_from(f"<{nd}q", rec, 64)
-        strides = struct.unpack_from(f"<{nd}q", rec, 64 + 8 * nd)
-        if kind == KIND_ARRAY:
-            dt = _decode_dtype(rec[64 + 16 * nd + nlen:64 + 16 * nd + nlen + dlen])
-        else:
-            dt = _U8
-        if not data <= view <= data + dsize:
-            raise CorruptionError(f"named directory: {name!r}'s view lies outside its range")
-        e = (pin, dt, shape, strides, view - data, kind)
+        dt, shape, strides, view, kind = _decode(rec, name)
+        e = (pin, dt, shape, strides, view, kind)
         self._cache[name] = e
         return e
 
+    def _shared_get(self, name: str) -> Any:
+        check_name(name)
+        pool: Any = self._pool
+        found = pool._named_find(name)
+        if found is None:
+            raise KeyError(name)
+        rec, data, tag = found
+        dt, shape, strides, view, kind = _decode(rec, name)
+        try:
+            blk = pool._handle(data, tag)  # a reference of this process's own
+        except NotAllocated:  # deleted or replaced by another process meanwhile
+            raise KeyError(name) from None
+        if kind == KIND_BLOCK:
+            return blk
+        return pool._named_array(blk, dt, shape, strides, view)
+
     def __contains__(self, name: object) -> bool:
-        if name in self._cache:
+        if not self._shared and name in self._cache:
             return True
         check_name(name)
         assert isinstance(name, str)
@@ -214,6 +227,8 @@ class NamedArrays(MutableMapping[str, Any]):
                             f"not {type(value).__name__}")
         rec = _record(kind, raw, shape, strides, dt)
         pin = pool._named_put(name, rec, src, block, view)
+        if self._shared:
+            return  # (no cache: see __init__)
         # the pin is the name's reference in this process: kept while the name lives
         self._cache[name] = (pin, _decode_dtype(dt) if kind == KIND_ARRAY else _U8,
                              tuple(shape), tuple(strides), view, kind)
@@ -225,6 +240,21 @@ class NamedArrays(MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<named arrays of {self._pool!r}: {len(self)} names>"
+
+
+def _decode(rec: bytes, name: str) -> tuple[np.dtype[Any], tuple[int, ...], tuple[int, ...],
+                                           int, int]:
+    """(dtype, shape, strides, byte offset of element 0 in the range, kind) of a record."""
+    _, _, data, dsize, view, kind, nd, nlen, dlen, _ = _HEAD.unpack_from(rec)
+    shape = struct.unpack_from(f"<{nd}q", rec, 64)
+    strides = struct.unpack_from(f"<{nd}q", rec, 64 + 8 * nd)
+    if kind == KIND_ARRAY:
+        dt = _decode_dtype(rec[64 + 16 * nd + nlen:64 + 16 * nd + nlen + dlen])
+    else:
+        dt = _U8
+    if not data <= view <= data + dsize:
+        raise CorruptionError(f"named directory: {name!r}'s view lies outside its range")
+    return dt, shape, strides, view - data, kind
 
 
 def _pool_block(arr: np.ndarray, pool: Any) -> Block | None:

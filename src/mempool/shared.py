@@ -51,10 +51,9 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import Block, SharedPoolCore, Strategy
-from ._segment import Header, layout
+from ._segment import NAMED_ROOT_OFFSET, Header, layout
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
-from .named import NamedArrays
 from .pool import Pool, default_align
 from .sources import SharedMemory, _shm_path
 from .strategies import make_fixed
@@ -194,12 +193,26 @@ class SharedPool(SharedPoolCore, Pool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use SharedPool.create(name, capacity) or SharedPool.attach(name)")
 
-    @property
-    def named(self) -> NamedArrays:
-        """Not yet in shared pools (issue 11): the name's own reference in the block
-        registry is still to be built.  NotImplementedError."""
-        raise NotImplementedError("named arrays are not implemented for shared pools yet: use "
-                                  "a file pool (Pool.create / Pool.open)")
+    # pool.named: Pool.named's property, over the segment's directory (bound in _build;
+    # _core/named.h, _native/pool_shared_named.c): every attached process's names
+
+    def check(self) -> None:
+        """Verify the strategy state, the registry against it and the directory of
+        named arrays, under the lock; raises CorruptionError."""
+        SharedPoolCore.check(self)
+        self._named_check()
+
+    def _named_array(self, blk: Block, dtype: np.dtype[Any], shape: tuple[int, ...],
+                     strides: tuple[int, ...], offset: int) -> SharedArray:
+        """pool.named's view of a named range: an array over ``blk`` (a handle of the
+        range) that pickles as a handle too."""
+        try:
+            arr: SharedArray = np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk,  # type: ignore[arg-type]
+                                                  offset=offset, strides=strides)
+        except (TypeError, ValueError) as e:
+            raise CorruptionError(f"named array: its record does not fit its range ({e})"
+                                  ) from None
+        return arr
 
     # ---- construction -----------------------------------------------------------------
     # made by name, not at a path: on purpose not a substitute for Pool.create
@@ -269,6 +282,7 @@ class SharedPool(SharedPoolCore, Pool):
             mm = memoryview(mem.buffer)
             mm[:4096] = h.pack()  # last: until now, attach finds no valid header
             mm.release()
+            pool._named_bind(mem.buffer, NAMED_ROOT_OFFSET)  # the empty root pack() wrote
         except BaseException:
             mem.close_quietly()
             mem.unlink()
@@ -325,6 +339,9 @@ class SharedPool(SharedPoolCore, Pool):
                                     lease_timeout_ns=leases[1], shadow_offset=h.shadow_off)
             core = True
             pool.check()
+            pool._named = None
+            if not create_entries:  # (create binds once the header page is written)
+                pool._named_bind(mem.buffer, NAMED_ROOT_OFFSET)  # validated: CorruptionError
         except BaseException as e:
             # Let go of every export of the mapping, so that the caller's close unmaps it
             # now: the pool's view and the strategy once PoolCore holds them, else the

@@ -40,6 +40,7 @@
 #include "mempool.h"
 
 #define MP_NAMED_ROOT_BYTES 64
+#define MP_NAMED_ROOT_OFFSET 3072 /* in a segment's header page (_segment.NAMED_ROOT_OFFSET) */
 #define MP_NAMED_MAX_NAME 255 /* bytes of UTF-8 */
 #define MP_NAMED_MAX_NDIM 64
 #define MP_NAMED_MAX_DTYPE 4096

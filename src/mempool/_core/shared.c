@@ -316,6 +316,19 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     return MP_OK;
 }
 
+int mp_reg_add_named(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint64_t tag,
+                     uint32_t *out)
+{
+    int rc = mp_reg_add(c, offset, size, MP_NAME_PID, tag, out);
+    if (rc != MP_OK) return rc;
+    mp_entry_t *e = &entries_of(c)[*out];
+    /* the name's reference: borrowed by no process, so no reclaim ever releases it */
+    J32(c, e->holder[0].pid, MP_NAME_PID);
+    J32(c, e->holder[0].count, 1);
+    J64(c, e->state, mk(MP_NAME_PID, 0, 1));
+    return MP_OK;
+}
+
 void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i)
 {
     mp_entry_t *e = &entries_of(c)[i];
@@ -694,6 +707,13 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
     rc = ops->check(st, st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, ops, st, NULL, msg, msglen);
+}
+
+void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
+{
+    mp_tx_abort(t);
+    rebuild(c); /* the index is not logged */
+    mp_tx_begin(t);
 }
 
 /* ---- reclaim (lock held) ------------------------------------------------------------ */

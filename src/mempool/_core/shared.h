@@ -52,6 +52,9 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t m
 /* What mp_shared_locked does after a death (lock held): the interrupted call rolled
  * back or forward (journal.h), the registry checked and recounted. */
 int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen);
+/* Undo the transaction under way (lock held): the state, the registry (its index
+ * rebuilt) and every logged word as when it began; a new, empty one begins. */
+void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t);
 /* The journal of the locked calls: every state change under the lock is a
  * transaction over the strategy state and its shadow (t), and every registry word
  * those calls write is undo-logged (mp_reg_*, mp_ref_take, mp_ref_release_borrowed,
@@ -70,6 +73,12 @@ uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset); /* entry index or M
 mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i);
 int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
                uint32_t *out); /* refs 1, owner_ref; MP_ENONODES when full */
+/* pool.named's ranges (a name's data, its record, the directory's table): an entry
+ * whose one reference is the name's, borrowed by MP_NAME_PID (no process: reclaim
+ * never releases it; views borrow more, and the name goes only when refs is 1). */
+#define MP_NAME_PID 0u
+int mp_reg_add_named(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint64_t tag,
+                     uint32_t *out);
 void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i);
 void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size);
 int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx);

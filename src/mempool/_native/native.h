@@ -210,6 +210,23 @@ PyObject *mp_ext_named_names(PoolObject *self, PyObject *ignored);
 PyObject *mp_ext_named_state(PoolObject *self, PyObject *ignored);
 PyObject *mp_ext_named_check(PoolObject *self, PyObject *ignored);
 void mp_named_release(PoolObject *pool); /* close/dealloc: let go of the root's memory */
+/* a name's UTF-8 bytes (1..MP_NAMED_MAX_NAME), or NULL with TypeError / ValueError */
+const char *mp_named_name_of(PyObject *o, uint32_t *n);
+/* pool_shared.c: what pool_shared_named.c needs of a shared pool (p is one) */
+int mp_sh_lock(PoolObject *p); /* 0 with the lock held (a transaction begun), or -1 */
+void mp_sh_unlock(PoolObject *p); /* commits the transaction */
+uint64_t mp_sh_next_tag(PoolObject *p);
+mp_shared_ctl_t *mp_sh_ctl(PoolObject *p);
+mp_tx_t *mp_sh_tx(PoolObject *p);
+/* pool_shared_named.c: the methods of SharedPoolCore behind pool.named */
+PyObject *mp_ext_shnamed_bind(PoolObject *self, PyObject *args);
+PyObject *mp_ext_shnamed_find(PoolObject *self, PyObject *name);
+PyObject *mp_ext_shnamed_owns(PoolObject *self, PyObject *offset);
+PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mp_ext_shnamed_del(PoolObject *self, PyObject *name);
+PyObject *mp_ext_shnamed_names(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_shnamed_state(PoolObject *self, PyObject *ignored);
+PyObject *mp_ext_shnamed_check(PoolObject *self, PyObject *ignored);
 /* pool_shared.c: SharedPoolCore, the C half of mempool.SharedPool */
 extern PyTypeObject SharedPoolCoreType;
 int mp_shared_pool_ready(PyObject *module);

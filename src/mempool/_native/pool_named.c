@@ -38,7 +38,7 @@ static PyObject *corrupt(const char *msg)
 }
 
 /* The UTF-8 bytes of a name (checked by named.py; checked again: this is the door). */
-static const char *name_of(PyObject *o, uint32_t *n)
+const char *mp_named_name_of(PyObject *o, uint32_t *n)
 {
     Py_ssize_t len;
     if (!PyUnicode_Check(o)) {
@@ -172,7 +172,7 @@ static void tx_commit(PoolObject *self)
 static int lookup(PoolObject *self, PyObject *name, uint64_t *slot, uint64_t *rec)
 {
     uint32_t n;
-    const char *s = name_of(name, &n);
+    const char *s = mp_named_name_of(name, &n);
     if (!s || named_ready(self) < 0) return -1;
     char msg[200];
     int rc = mp_named_find(self->named, s, n, mp_named_hash(s, n), slot, rec, msg, sizeof msg);
@@ -229,7 +229,7 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     uint32_t n;
-    const char *s = name_of(args[0], &n);
+    const char *s = mp_named_name_of(args[0], &n);
     if (!s) return NULL;
     if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) < MP_NAMED_REC_HEAD) {
         PyErr_SetString(PyExc_TypeError, "record must be bytes of a record");

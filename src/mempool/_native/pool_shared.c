@@ -548,6 +548,13 @@ static uint64_t sh_raw_size(PoolObject *p, uint64_t off)
     return n;
 }
 
+/* ---- what pool_shared_named.c (pool.named of a shared pool) uses -------------------- */
+int mp_sh_lock(PoolObject *p) { return sh_lock(SH(p)); }
+void mp_sh_unlock(PoolObject *p) { sh_unlock(SH(p)); }
+uint64_t mp_sh_next_tag(PoolObject *p) { return next_tag(SH(p)); }
+mp_shared_ctl_t *mp_sh_ctl(PoolObject *p) { return SH(p)->ctl; }
+mp_tx_t *mp_sh_tx(PoolObject *p) { return SH(p)->tx; }
+
 static const mp_pool_hooks_t shared_hooks = {
     .take = sh_take,
     .untake = sh_untake,
@@ -635,7 +642,15 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(mp_CorruptionError, "the state's shadow copy does not fit the segment");
         goto fail;
     }
-    mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, c, (char *)c + length);
+    /* the words the undo log may name: the registry's, and pool.named's (its root in
+     * the segment's header page, the slots of its table in the data) when the lock
+     * area lies in a whole segment, as SharedPool maps it: [root, end of segment) */
+    char *ulo = (char *)c, *uhi = (char *)c + length;
+    if (offset >= 4096) {
+        ulo = (char *)self->ctl_view.buf + MP_NAMED_ROOT_OFFSET;
+        uhi = (char *)self->ctl_view.buf + vlen;
+    }
+    mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, ulo, uhi);
     if (mp_tx_validate(self->tx, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto fail;
@@ -875,6 +890,15 @@ static PyMethodDef shared_methods[] = {
     {"_shared_stats", (PyCFunction)ext_shared_stats, METH_NOARGS, NULL},
     {"_handle", (PyCFunction)ext_shared_handle, METH_VARARGS, NULL},
     {"_lease", (PyCFunction)ext_shared_lease, METH_O, NULL},
+    /* pool.named (pool_shared_named.c): PoolCore's, under the segment's lock */
+    {"_named_bind", (PyCFunction)mp_ext_shnamed_bind, METH_VARARGS, NULL},
+    {"_named_find", (PyCFunction)mp_ext_shnamed_find, METH_O, NULL},
+    {"_named_owns", (PyCFunction)mp_ext_shnamed_owns, METH_O, NULL},
+    {"_named_put", (PyCFunction)(void (*)(void))mp_ext_shnamed_put, METH_FASTCALL, NULL},
+    {"_named_del", (PyCFunction)mp_ext_shnamed_del, METH_O, NULL},
+    {"_named_names", (PyCFunction)mp_ext_shnamed_names, METH_NOARGS, NULL},
+    {"_named_state", (PyCFunction)mp_ext_shnamed_state, METH_NOARGS, NULL},
+    {"_named_check", (PyCFunction)mp_ext_shnamed_check, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
