@@ -275,3 +275,77 @@ def test_alloc_tries_the_regions_without_exceptions(oos_made):
     for b in (*full, small):
         r.free(b)
     r.close()
+
+
+# ---- named arrays: each name in one region's own directory ----------------------------
+def test_named_round_trip_copy_and_adopt():
+    r = RegionPool(region_size="64KiB", retain=0)
+    r.named["w"] = np.arange(12.0).reshape(3, 4)          # copied into a region
+    a = r.zeros((4, 4), ">i4")                             # adopted: same bytes
+    a[:] = 7
+    addr = a.ctypes.data
+    r.named["a"] = a
+    del a
+    gc.collect()
+    assert sorted(r.named) == ["a", "w"] and len(r.named) == 2 and "w" in r.named
+    got = r.named["a"]
+    assert got.ctypes.data == addr and got.dtype == np.dtype(">i4") and int(got.sum()) == 112
+    assert r.named["w"][2, 3] == 11.0
+    del got
+    r.check()
+    r.close()
+
+
+def test_named_big_value_gets_a_region_and_del_gives_it_back():
+    r = RegionPool(region_size="64KiB", retain=0)
+    r.named["small"] = np.arange(10)
+    assert r.stats().regions == 1
+    r.named["big"] = np.ones(50_000)                        # 400 KB: a region of its own
+    assert r.stats().regions == 2
+    v = r.named["big"]
+    before = r.stats()
+    with pytest.raises(BufferError):
+        del r.named["big"]                                   # a view is alive
+    assert r.stats() == before and "big" in r.named
+    del v
+    del r.named["big"]
+    assert r.stats().regions == 1 and "big" not in r.named   # unmapped (retain=0)
+    del r.named["small"]
+    assert r.stats().regions == 0 and len(r) == 0
+    r.close()
+
+
+def test_named_replace_moves_between_regions_and_never_loses_the_old_on_error():
+    r = RegionPool(region_size="64KiB", retain=0)
+    r.named["x"] = np.arange(4)
+    first = r.regions[0]
+    blk = r.alloc(50 * KIB)                                  # fills most of region 1
+    r.named["x"] = np.zeros(3000)                             # 24 KB: moves to a new region
+    assert len(r.regions) == 2 and r.named["x"].size == 3000
+    assert "x" not in first.named                             # the old one is gone
+    v = r.named["x"]
+    with pytest.raises(BufferError):
+        r.named["x"] = np.arange(2)                           # the old one has a view
+    assert r.named["x"].size == 3000 and list(r.named) == ["x"]
+    del v
+    r.free(blk)
+    r.check()
+    r.close()
+
+
+def test_named_bad_input_and_closed():
+    r = RegionPool()
+    with pytest.raises(TypeError):
+        r.named[3] = np.arange(2)
+    with pytest.raises(ValueError):
+        r.named[""] = np.arange(2)
+    with pytest.raises(KeyError):
+        r.named["nope"]
+    with pytest.raises(KeyError):
+        del r.named["nope"]
+    with pytest.raises(TypeError):
+        r.named["o"] = np.array([object()])
+    assert len(r.named) == 0 and r.stats().regions == 0
+    r.close()
+    with pytest.raises(mempool.PoolClosed):
+        r.named

@@ -22,14 +22,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from collections.abc import Iterator, MutableMapping
+
 from ._mempool import Block
 from ._units import parse_size
 from ._units import round_up as _round_up
 from .errors import NotAllocated, OutOfSpace, PoolClosed
+from .named import _pool_block, check_name
 from .pool import Activation, Pool
 from .strategies import make, strategy_type
 
-__all__ = ["RegionPool", "RegionStats"]
+__all__ = ["RegionNamedArrays", "RegionPool", "RegionStats"]
 
 MIN_REGION = 64 << 10
 PAGE = mmap.PAGESIZE
@@ -82,6 +85,7 @@ class RegionPool:
 
     def __init__(self, strategy: str = "tlsf", *, region_size: int | str = "1MiB",
                  max_size: int | str | None = None, retain: int = 1, **options: Any) -> None:
+        self._named: RegionNamedArrays | None = None
         strategy_type(strategy)
         self.strategy = strategy
         self.region_size = max(_round_up(parse_size(region_size, "region_size"), PAGE), MIN_REGION)
@@ -276,6 +280,17 @@ class RegionPool:
         return out
 
     # ---- introspection ---------------------------------------------------------------------
+    @property
+    def named(self) -> RegionNamedArrays:
+        """The pool's named arrays (the mapping of :attr:`Pool.named`): each name lives
+        in the directory of one region, the one its array was adopted from or the
+        first with room (a region is mapped for it when none has).  A region that holds
+        a name is never unmapped; the names go with :meth:`close`, as the data."""
+        self._check_open()
+        if self._named is None:
+            self._named = RegionNamedArrays(self)
+        return self._named
+
     def activate(self, numpy: bool = False, *, fallback: bool = True) -> Activation:
         """A context manager that makes this pool ``mempool.current()`` in this thread
         or asyncio task (see :meth:`Pool.activate`).  ``numpy=True`` is for a Pool or a
@@ -333,3 +348,103 @@ class RegionPool:
             return "<RegionPool closed>"
         return (f"<RegionPool {self.strategy} regions={len(self._regions)} "
                 f"mapped={self._mapped()} live={len(self)}>")
+
+
+#: bytes a name costs a region beside its data: its record (64 + 16 per dimension +
+#: name and dtype) and a share of the table, rounded generously
+_NAME_SLACK = 4096
+
+
+class RegionNamedArrays(MutableMapping[str, Any]):
+    """``RegionPool.named``: :class:`mempool.named.NamedArrays` over regions.  Each name
+    is filed in one region's own directory (``region.named``), with that mapping's
+    values, errors and BufferError rules; this object remembers which region."""
+
+    __slots__ = ("_pool", "_where")
+
+    def __init__(self, pool: RegionPool) -> None:
+        self._pool = pool
+        self._where: dict[str, Pool] = {}
+
+    def _home(self, value: Any) -> Pool | None:
+        """The region a value lives in (adopted there), or None (copied in)."""
+        for region in self._pool._regions:
+            if isinstance(value, Block):
+                if value.pool is region and value.live:
+                    return region
+            elif isinstance(value, np.ndarray) and _pool_block(value, region) is not None:
+                return region
+        return None
+
+    def __getitem__(self, name: str) -> Any:
+        check_name(name)
+        self._pool._check_open()
+        region = self._where.get(name)
+        if region is None:
+            raise KeyError(name)
+        return region.named[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        check_name(name)
+        pool = self._pool
+        pool._check_open()
+        old = self._where.get(name)
+        home = self._home(value)
+        if home is None and old is not None:
+            home = old  # a copy replaces the old one in place where it fits
+        if home is not None:
+            try:
+                home.named[name] = value
+            except OutOfSpace:
+                if home is not old or self._home(value) is not None:
+                    raise
+                home = None  # the old one's region is full: another region
+        if home is None:
+            nbytes = value.nbytes if isinstance(value, np.ndarray) else len(memoryview(value).cast("B"))
+
+            def attempt(region: Pool) -> Pool | None:
+                if region is old:
+                    return None
+                try:
+                    region.named[name] = value
+                except OutOfSpace:
+                    return None
+                return region
+
+            def fresh(region: Pool) -> Pool:
+                region.named[name] = value
+                return region
+
+            home = pool._place(int(nbytes) + _NAME_SLACK, attempt, fresh)
+        if old is not None and old is not home:
+            try:
+                del old.named[name]
+            except BaseException:
+                del home.named[name]  # (no view of the new one exists yet)
+                raise
+        self._where[name] = home
+        if old is not None and old is not home:
+            pool._sweep()
+
+    def __delitem__(self, name: str) -> None:
+        check_name(name)
+        self._pool._check_open()
+        region = self._where.get(name)
+        if region is None:
+            raise KeyError(name)
+        del region.named[name]  # BufferError while a view is alive: nothing changed
+        del self._where[name]
+        self._pool._sweep()
+
+    def __contains__(self, name: object) -> bool:
+        check_name(name)
+        return name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._where))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return f"<named arrays of {self._pool!r}: {len(self)} names>"
