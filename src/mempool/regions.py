@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import errno
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-
-from collections.abc import Iterator, MutableMapping
 
 from ._mempool import Block
 from ._units import parse_size
