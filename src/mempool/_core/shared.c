@@ -148,8 +148,18 @@ mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c) { return &c->journal; }
 
 /* Undo-logged stores of the registry's words (lock held, inside a transaction).  The
  * index is not logged: a rollback rebuilds it from the entries (rebuild()). */
-#define J64(c, lv, v) mp_jset64(&(c)->journal, &(lv), (v))
-#define J32(c, lv, v) mp_jset32(&(c)->journal, &(lv), (v))
+/* (a word that already holds the value is neither logged nor written: a fresh entry's
+ * holder slots are zero already, so mp_reg_add logs 6 words, not 13) */
+#define J64(c, lv, v)                                                                       \
+    do {                                                                                    \
+        uint64_t j_v_ = (v);                                                                \
+        if ((lv) != j_v_) mp_jset64(&(c)->journal, &(lv), j_v_);                            \
+    } while (0)
+#define J32(c, lv, v)                                                                       \
+    do {                                                                                    \
+        uint32_t j_v_ = (v);                                                                \
+        if ((lv) != j_v_) mp_jset32(&(c)->journal, &(lv), j_v_);                            \
+    } while (0)
 static mp_entry_t *entries_of(mp_shared_ctl_t *c)
 {
     uint64_t slots = (uint64_t)1 << c->bits;
@@ -303,10 +313,8 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     J32(c, c->free_head, (uint32_t)e->size);
     J64(c, e->size, size);
     J64(c, e->tag, tag);
-    for (int k = 0; k < MP_HOLDERS; k++) {
-        J32(c, e->holder[k].pid, 0);
+    for (int k = 0; k < MP_HOLDERS; k++) /* (an empty slot is count 0: its pid is stale) */
         J32(c, e->holder[k].count, 0);
-    }
     J32(c, e->overflow, 0);
     J64(c, e->state, mk(owner, 1, 1)); /* a free entry: no one else touches its word */
     J64(c, e->offset, offset);
