@@ -5,8 +5,8 @@ Each case asserts the exact exception type, a message that names the argument an
 rule, and that the strategy is exactly as it was: the same stats(), memory map and
 snapshot() bytes, and check() passing (helpers.unchanged).  Where strategies differ
 on purpose, the KINDS table says how, row by row; a case the library gets wrong is
-marked xfail(strict=True) with the reason (HIGH_WATER_UNCHECKED, HEAP_SPARE,
-HEAP_SIZE_CLASS), so that it shows up when fixed.
+marked xfail(strict=True) with the reason (HEAP_SPARE), so that it shows up when
+fixed.
 
 A new strategy fails test_every_strategy_has_a_row until it has a row in KINDS."""
 
@@ -269,9 +269,6 @@ KINDS: dict[str, Kind] = {
 }
 
 # ---- what the library gets wrong today (xfail, strict: they show up when fixed) ---------------
-HIGH_WATER_UNCHECKED = (
-    "check() does not compare high_water with the live ranges: restore() accepts a state whose "
-    "stats().high_water is below the end of a live range")
 HEAP_SPARE = (
     "Heap: a failed allocation changes which page is the spare.  A request that does not fit "
     "gives the spare page back to the TLSF first and keeps it there when it fails anyway; a failed "
@@ -279,9 +276,6 @@ HEAP_SPARE = (
     "the same, but snapshot() differs and later allocations land elsewhere (Heap(65536) with an "
     "emptied class page: alloc(5000) x3 gave 8192, 13192, 18192 before a failed alloc(2**17) and "
     "4096, 9096, 14096 after)")
-HEAP_SIZE_CLASS = (
-    "Heap.size_class(2**64) returns 2**64 - 1, less than the size asked: a silent wrong answer "
-    "(size_class(2**64 - 1) is 2**64 - 1, as for every size the TLSF serves)")
 
 
 def cases(rows, *, per_kind=None, xfail=None):
@@ -762,9 +756,7 @@ CRAFTED = [  # id, bad(good snapshot, made), message (or message(good))
 ]
 
 
-@pytest.mark.parametrize("kind, bad, match", cases(CRAFTED, xfail={
-    (k, "high_water-below-a-live-range"): HIGH_WATER_UNCHECKED
-    for k in ("tlsf", "bestfit", "buddy", "bitmap")}))
+@pytest.mark.parametrize("kind, bad, match", cases(CRAFTED))
 def test_restore_refuses_crafted_bytes(made, kind, bad, match):
     s, cls = made.s, type(made.s)
     good = s.snapshot()
@@ -907,7 +899,6 @@ def test_bad_arguments_to_a_strategys_own_methods(made, kind, call, exc, match):
     unchanged(made.s, lambda: call(made), exc, match)
 
 
-@pytest.mark.xfail(strict=True, reason=HEAP_SIZE_CLASS)
 def test_heap_size_class_is_never_below_the_size():
     h = Heap(1 << 16)
     for size in (2**64 - 1, 2**64, 2**100):

@@ -553,6 +553,15 @@ static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
                  (ull)waste);
     if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
+    for (uint64_t q = NW; q-- > 0;) { /* the end of the highest used block */
+        uint64_t u = q == NW - 1 ? used[q] & ~pad : used[q]; /* (not the padding's ones) */
+        if (!u) continue;
+        uint64_t top = q * 64 + 63 - (uint64_t)__builtin_clzll(u) + 1;
+        if (h->high_water < top * B)
+            MPI_FAIL("a used block ends at %llu, above high_water %llu", (ull)(top * B),
+                     (ull)h->high_water);
+        break;
+    }
     if (h->cursor >= N || (x->first_fit && h->cursor))
         MPI_FAIL("cursor %llu out of range", (ull)h->cursor);
     return MP_OK;

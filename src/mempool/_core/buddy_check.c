@@ -105,7 +105,7 @@ int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
     }
     /* B3, B5: the tiling */
     const uint64_t *rq = creqs(st);
-    uint64_t j = 0, blocks = 0, live = 0, used = 0, requested = 0;
+    uint64_t j = 0, blocks = 0, live = 0, used = 0, requested = 0, maxend = 0;
     while (j < P.nslots) {
         uint32_t k;
         if (t[j]) {
@@ -121,6 +121,7 @@ int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
             live++;
             used += csize(x, k);
             requested += rq[j];
+            maxend = (j << x->min_shift) + csize(x, k);
         } else {
             if (rq[j]) MPI_FAIL("slot %llu: a request without a block", (ull)j);
             int fk = mpi_buddy_free_class_at(st, j);
@@ -143,6 +144,9 @@ int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
                  (ull)requested, (ull)h->used, (ull)h->requested);
     if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
+    if (h->high_water < maxend)
+        MPI_FAIL("a live block ends at %llu, above high_water %llu", (ull)maxend,
+                 (ull)h->high_water);
     /* the pad bytes after the tags */
     for (uint64_t s = P.nslots; s < ((P.nslots + 7) & ~(uint64_t)7); s++)
         if (t[s]) MPI_FAIL("tag padding is not zero");

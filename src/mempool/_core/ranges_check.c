@@ -93,6 +93,7 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
     uint32_t prev = MP_NIL;
     int prev_free = 0;
+    uint64_t maxend = 0; /* the end of the last live range (address order) */
     for (uint32_t i = rs->first; i != MP_NIL; i = rs_cnode(fi, nodes, i)->next) {
         if (i >= top) MPI_FAIL("node %u beyond watermark %u", i, top);
         if (++walked > (uint64_t)top - nsp) MPI_FAIL("physical list longer than the in-use nodes");
@@ -112,6 +113,7 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
         else {
             live++;
             used += n->size;
+            maxend = n->offset + n->size;
             if (rs_lookup(st, fi, n->offset) != i)
                 MPI_FAIL("allocated range at %llu is not in the offset table",
                          (unsigned long long)n->offset);
@@ -135,6 +137,9 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
                  (unsigned long long)h->requested);
     if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
+    if (h->high_water < maxend)
+        MPI_FAIL("a live range ends at %llu, above high_water %llu", (unsigned long long)maxend,
+                 (unsigned long long)h->high_water);
     if (entries != live) MPI_FAIL("offset table and nursery hold %llu entries for %llu live ranges",
                                   (unsigned long long)entries, (unsigned long long)live);
     /* 6 */

@@ -54,7 +54,7 @@ static PyObject *heap_size_class(StrategyObject *self, PyObject *const *args, Py
     if (rc < 0) return NULL;
     if (vals[1] && mp_arg_align(vals[1], &align) < 0) return NULL;
     if (mp_strategy_closed(self)) return NULL;
-    if (rc > 0) return PyLong_FromUnsignedLongLong(UINT64_MAX); /* TLSF: exact */
+    if (rc > 0) return PyNumber_Index(vals[0]); /* >= 2**64: the TLSF's, exact */
     if (mp_heap_size_class(self->st, size, align, &out)) {
         PyErr_SetString(PyExc_ValueError, "invalid argument");
         return NULL;
