@@ -97,7 +97,7 @@ def main() -> int:
         for pool in pools.values():
             pool.check()  # type: ignore[attr-defined]
     finally:
-        for (strategy, kind), pool in pools.items():
+        for (_strategy, kind), pool in pools.items():
             pool.close()  # type: ignore[attr-defined]
             if kind == "shared":
                 pool.unlink()  # type: ignore[attr-defined]

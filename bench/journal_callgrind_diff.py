@@ -1,12 +1,26 @@
-# Differences callgrind runs of bench/journal_loop.py (20,000 and 40,000 pairs, files /tmp/cg2-{base,this}-{file,shared}-N.out): Ir per pair per function.
-# made by: for v in base this; do for k in file shared; do for n in 20000 40000; do PYTHONPATH=<tree>/src valgrind --tool=callgrind --callgrind-out-file=/tmp/cg2-$v-$k-$n.out <real python, not a pyenv shim> bench/journal_loop.py $k tlsf 4096 $n; done; done; done
-import subprocess, re, sys, collections
+"""Differences of callgrind runs of bench/journal_loop.py: Ir per pair per function.
+
+Runs of 20,000 and 40,000 pairs, files /tmp/cg2-{base,this}-{file,shared}-N.out, made by::
+
+    for v in base this; do for k in file shared; do for n in 20000 40000; do
+      PYTHONPATH=<tree>/src valgrind --tool=callgrind \\
+        --callgrind-out-file=/tmp/cg2-$v-$k-$n.out <real python, not a pyenv shim> \\
+        bench/journal_loop.py $k tlsf 4096 $n
+    done; done; done
+"""
+import collections
+import re
+import subprocess
+
+
 def per_fn(path):
-    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path], capture_output=True, text=True).stdout
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+                         capture_output=True, text=True).stdout
     d = collections.Counter()
     for line in out.splitlines():
         m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(\S+?):(\S+)", line)
-        if m: d[m.group(3).split()[0]] += int(m.group(1).replace(",", ""))
+        if m:
+            d[m.group(3).split()[0]] += int(m.group(1).replace(",", ""))
     return d
 for v in ("base", "this"):
     for k in ("file", "shared"):

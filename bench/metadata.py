@@ -62,7 +62,7 @@ def storm() -> None:
     print(f"storm: 1 M live 16-byte blocks in a default TLSF(64 MiB): {dt:.3f} s "
           f"(alloc_many), state {first} -> {s.state_size} B, live {len(s)}")
     t = time.perf_counter()
-    for k in range(1 << 20):
+    for _ in range(1 << 20):
         pass
     loop = time.perf_counter() - t
     s.free_many(offs)

@@ -62,7 +62,7 @@ def libc_handler() -> tuple[object | None, str]:
         if not libc_malloc.handles(x):
             return None, "numpy-allocator: handler installed but array not served by it"
         return libc_malloc, "numpy-allocator type over libc malloc/calloc/realloc/free (ctypes)"
-    except Exception as e:  # noqa: BLE001 - reported in the output
+    except Exception as e:
         return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
 
 

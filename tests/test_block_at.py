@@ -6,8 +6,8 @@ Block never outlives its range.  (Shared pools count their handles in the regist
 tests/test_shared.py.)  Real pools, real bytes, every strategy."""
 
 import gc
-import warnings
 import itertools
+import warnings
 
 import pytest
 

@@ -87,7 +87,8 @@ def test_arrays_outlive_their_context_and_their_thread():
             out.append(np.arange(100.0) + 1)
 
     t = threading.Thread(target=work)
-    t.start(); t.join()
+    t.start()
+    t.join()
     assert inside(p, out[0]) and p.used == 800 and mempool.current() is None
     out.clear()                            # dies in the main thread, after the context
     assert p.used == 0

@@ -20,10 +20,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import shared_workers as W
 from conftest import SLOW
 
 import mempool
-import shared_workers as W
 from mempool import Pool, SharedPool
 from mempool._segment import HEADER_SIZE, JOURNAL_OFFSET
 
@@ -91,7 +91,7 @@ def fork_child(body) -> tuple[int, int]:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             body(w)
-        except BaseException:  # noqa: BLE001 - a child must never return into pytest
+        except BaseException:
             import traceback
 
             traceback.print_exc()

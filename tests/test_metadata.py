@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import mempool
-from mempool import _mempool
-from mempool import BestFit, Bump, Heap, Pool, TLSF
+from mempool import TLSF, BestFit, Bump, Heap, Pool
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 GROWING = [TLSF, BestFit, Bump, Heap]
@@ -103,7 +102,7 @@ def test_a_failed_batch_leaves_the_state_ungrown(cls):
 
 def test_realloc_grows_the_state():
     s = TLSF(30, max_blocks=3)
-    a, b, _c = s.alloc(10), s.alloc(10), s.alloc(10)
+    a, _b, _c = s.alloc(10), s.alloc(10), s.alloc(10)
     assert s.realloc(a, 5) == a  # the freed tail needs a 4th node: grown
     assert s.segments() == [(0, 5, True), (5, 5, False), (10, 10, True), (20, 10, True)]
     s.check()
