@@ -47,6 +47,11 @@ def touch(arr):
     return arr
 
 
+def sum_f64(blk) -> float:
+    """The sum of a Block's bytes read as float64 (test_context: a handle that crossed)."""
+    return float(np.asarray(blk).view(np.float64).sum())
+
+
 def add_one(arr):
     arr += 1
     return float(arr.sum())

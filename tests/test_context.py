@@ -271,10 +271,6 @@ def shared(capacity="4MiB"):
 _names = iter(range(10**6))
 
 
-def _read_handle(blk):
-    return float(np.asarray(blk).view(np.float64).sum())
-
-
 def test_shared_pool_takes_numpys_arrays_and_block_at_shares_them():
     sp = shared()
     try:
@@ -294,9 +290,15 @@ def test_shared_pool_takes_numpys_arrays_and_block_at_shares_them():
         expect = float(b.sum())
         del b                                 # NumPy's reference goes, the Block's stays
         assert sp.used == 16128
+        # (the worker function lives in shared_workers: a spawned child imports it by
+        # that name, never this module; an executor, not mp.Pool, so a child that
+        # cannot run the task fails the test instead of hanging it)
         import multiprocessing as mp
-        with mp.get_context("spawn").Pool(1) as ex:
-            assert ex.apply(_read_handle, (blk,)) == expect
+        from concurrent.futures import ProcessPoolExecutor
+
+        import shared_workers as W
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            assert ex.submit(W.sum_f64, blk).result(timeout=120) == expect
         del blk
         assert sp.used == 8128
         a.resize(5000, refcheck=False)         # realloc: moves, keeps the data
