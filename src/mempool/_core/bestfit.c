@@ -88,6 +88,7 @@
  */
 #include "ranges.h"
 #include "ranges_bins.h"
+#include "replay_loop.h"
 
 /* The augment: four 16-bit lanes of one word, lane j for alignment 2^BF_LEVEL[j],
  * each value capped at BF_CAP (so lanes never carry into each other). */
@@ -662,18 +663,29 @@ int mp_bestfit_init(void *st, uint64_t capacity, uint64_t max_blocks)
     return mpi_ranges_init(st, &bestfit_fidx, MP_KIND_BESTFIT, capacity, max_blocks);
 }
 
-static int bestfit_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+BF_INLINE int bestfit_alloc_in(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     /* most requests are unaligned: a copy of the path with align folded to 1 */
     if (align == 1) return rs_alloc(st, &bestfit_fidx, size, 1, out);
     return rs_alloc(st, &bestfit_fidx, size, align, out);
 }
-static int bestfit_free(void *st, uint64_t offset) { return rs_free(st, &bestfit_fidx, offset); }
+BF_INLINE int bestfit_free_in(void *st, uint64_t offset)
+{
+    return rs_free(st, &bestfit_fidx, offset);
+}
+static int bestfit_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+{
+    return bestfit_alloc_in(st, size, align, out);
+}
+static int bestfit_free(void *st, uint64_t offset) { return bestfit_free_in(st, offset); }
 static int bestfit_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align,
                            uint64_t *out)
 {
     return mpi_ranges_realloc(st, &bestfit_fidx, offset, size, align, out);
 }
+/* mp_ops_t.replay: the trace replay loop with alloc and free inlined (replay_loop.h;
+ * debug builds' public table leaves it out, internal.h) */
+MPI_REPLAY_LOOP(bestfit_replay, bestfit_alloc_in, bestfit_free_in, bestfit_realloc)
 static int bestfit_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &bestfit_fidx, offset, out);
@@ -714,4 +726,5 @@ MPI_OPS_TABLE(bestfit,
     .free_ranges = mpi_ranges_free_ranges,
     .grow_size = bestfit_grow_size,
     .grow = bestfit_grow,
-    .hole = bestfit_hole);
+    .hole = bestfit_hole,
+    .replay = bestfit_replay);
