@@ -42,6 +42,9 @@
  *     keeps its tree position when it stays in its bin and its new key is still
  *     between its in-order neighbours; only the augments on its path up are
  *     refreshed, and only until they stop changing.
+ *   - Most bins hold one range or none, and a range that is carved or absorbs a
+ *     neighbour usually changes bin: filing into an empty bin and taking out the only
+ *     range of a bin are a few stores (bf_file / bf_unfile), not a descent and a walk up.
  *   - largest_free is the rightmost node of the last non-empty bin; free merges
  *     neighbours at once (ranges.h).
  *
@@ -373,16 +376,50 @@ static void bf_remove_bin(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned 
     if (x->root[b] == MP_NIL) rs_bin_unmark(&x->map, b);
 }
 
+/* Most bins hold one range or none (sqlite3-import-index: 81% of the ranges re-filed
+ * are alone in their bin and 78% go to an empty one; python3-compileall 67% / 44%;
+ * ffmpeg 52% / 52%): those cases are a few stores, done here without the calls, the
+ * descent, the retrace and the walk up of the general paths. */
+
+/* File free node i in bin b (bf_insert_bin; an empty bin inline). */
+BF_INLINE void bf_file(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned b)
+{
+    if (x->root[b] != MP_NIL) {
+        bf_insert_bin(x, nodes, i, b);
+        return;
+    }
+    bf_node_t *y = &nodes[i];
+    y->n.link[L] = y->n.link[R] = y->n.link[P] = MP_NIL;
+    y->own = y->aug = own_aug(&y->n);
+    set_height(y, 1);
+    x->root[b] = x->first[b] = i;
+    rs_bin_mark(&x->map, b);
+}
+
+/* Take node i out of bin b (bf_remove_bin; i alone in its bin inline). */
+BF_INLINE void bf_unfile(bf_index_t *x, bf_node_t *nodes, uint32_t i, unsigned b)
+{
+    bf_node_t *y = &nodes[i];
+    if (x->root[b] != i || y->n.link[L] != MP_NIL || y->n.link[R] != MP_NIL) {
+        bf_remove_bin(x, nodes, i, b);
+        return;
+    }
+    /* a root's parent is MP_NIL already (B2) */
+    x->root[b] = x->first[b] = MP_NIL;
+    set_height(y, 0);
+    rs_bin_unmark(&x->map, b);
+}
+
 static void bf_insert(void *st, uint32_t i)
 {
     bf_node_t *nodes = bnodes(st);
-    bf_insert_bin(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
+    bf_file(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
 }
 
 static void bf_remove(void *st, uint32_t i)
 {
     bf_node_t *nodes = bnodes(st);
-    bf_remove_bin(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
+    bf_unfile(idx(st), nodes, i, rs_bin_down(nodes[i].n.size));
 }
 
 /* A free range's key changed in place (the node is still linked where its old key
@@ -410,8 +447,8 @@ static void bf_rekey(void *st, uint32_t i, uint64_t old_size)
         nodes[i].own = own_aug(n);
         fixup(x, nodes, b, i);
     } else {
-        bf_remove_bin(x, nodes, i, b0);
-        bf_insert_bin(x, nodes, i, b);
+        bf_unfile(x, nodes, i, b0);
+        bf_file(x, nodes, i, b);
     }
 }
 
