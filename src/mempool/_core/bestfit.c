@@ -427,7 +427,7 @@ static void bf_remove(void *st, uint32_t i)
  * neighbours the node stays and only the augments above it are refreshed; else it
  * is re-filed (bf_remove_bin relinks by structure, not by key, so it works on the
  * changed node). */
-static void bf_rekey(void *st, uint32_t i, uint64_t old_size)
+BF_INLINE void bf_rekey(void *st, uint32_t i, uint64_t old_size)
 {
     bf_index_t *x = idx(st);
     bf_node_t *nodes = bnodes(st);
