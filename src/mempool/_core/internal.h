@@ -93,7 +93,8 @@ MP_STRATEGIES(MPI_RAW_OPS_DECL_)
     const mp_ops_t mp_##sname##_ops = {__VA_ARGS__, .alloc = sname##_checked_alloc,              \
                                        .free = sname##_checked_free,                             \
                                        .realloc = sname##_checked_realloc,                       \
-                                       .reset = sname##_checked_reset};                          \
+                                       .reset = sname##_checked_reset,                           \
+                                       .replay = NULL};                                          \
     _Pragma("GCC diagnostic pop")
 #else
 #define mpi_assert(cond) ((void)0)

@@ -145,6 +145,14 @@ typedef struct mp_ops {
      * (a snapshot that left the span out: restore puts zeros there and checks the rest),
      * so it answers on untrusted bytes without reading past them. */
     uint64_t (*hole)(const void *st, uint64_t len, uint64_t *off);
+    /* Optional (NULL: replay.c's loop calls alloc / free / realloc through this table).
+     * The timed loop of mp_replay (replay.h) compiled inside the strategy's own file with
+     * its alloc and free inlined (replay_loop.h): same ops, same results, no call through
+     * the table per op.  ptr[id] holds each live id's offset (MP_NO_SPACE: not live) and
+     * is updated; returns the number of failed alloc/realloc calls.  Debug builds leave
+     * it NULL (their table checks the state after every call). */
+    uint64_t (*replay)(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
+                       const uint64_t *size, const uint32_t *align, uint64_t *ptr);
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */

@@ -61,7 +61,8 @@
  * strategy file gets its own specialised copy with the index operations folded in.
  * The cold ones (state_size, init, reset, realloc, walk) are compiled once, in
  * ranges.c, and reach the index through the table's function pointers; check() is
- * in ranges_check.c.
+ * in ranges_check.c.  Each strategy file also instantiates the trace replay loop with
+ * its alloc and free inlined (replay_loop.h, mp_ops_t.replay).
  */
 #ifndef MEMPOOL_RANGES_H
 #define MEMPOOL_RANGES_H

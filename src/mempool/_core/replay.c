@@ -81,15 +81,13 @@ int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const u
     return MP_OK;
 }
 
-void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
-               const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
-               uint64_t *live, mp_replay_result_t *res)
+/* The generic timed loop: every op through the table (replay_loop.h is the same loop
+ * for a strategy that compiles its own, mp_ops_t.replay). */
+static uint64_t replay_ops(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op,
+                           const uint32_t *id, const uint64_t *size, const uint32_t *align,
+                           uint64_t *ptr)
 {
-    memset(res, 0, sizeof *res);
-    if (mp_trace_validate(n, op, id, size, max_id, live, res)) return;
-    for (uint64_t i = 0; i <= max_id; i++) ptr[i] = MP_NO_SPACE;
     uint64_t failures = 0;
-    uint64_t t0 = now_ns();
     for (uint64_t k = 0; k < n; k++) {
         uint64_t *p = &ptr[id[k]];
         uint64_t s = size[k] ? size[k] : 1;
@@ -114,6 +112,19 @@ void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, con
             }
         }
     }
+    return failures;
+}
+
+void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
+               const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
+               uint64_t *live, mp_replay_result_t *res)
+{
+    memset(res, 0, sizeof *res);
+    if (mp_trace_validate(n, op, id, size, max_id, live, res)) return;
+    for (uint64_t i = 0; i <= max_id; i++) ptr[i] = MP_NO_SPACE;
+    uint64_t t0 = now_ns();
+    uint64_t failures = ops->replay ? ops->replay(st, n, op, id, size, align, ptr)
+                                    : replay_ops(ops, st, n, op, id, size, align, ptr);
     for (uint64_t i = 0; i <= max_id; i++)
         if (ptr[i] != MP_NO_SPACE) ops->free(st, ptr[i]);
     res->elapsed_ns = now_ns() - t0;

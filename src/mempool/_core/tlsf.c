@@ -34,6 +34,7 @@
  */
 #include "ranges.h"
 #include "ranges_bins.h"
+#include "replay_loop.h"
 
 typedef struct tlsf_index {
     rs_binmap_t map;         /* which bins are non-empty                        */
@@ -223,17 +224,25 @@ int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks)
     return mpi_ranges_init(st, &tlsf_fidx, MP_KIND_TLSF, capacity, max_blocks);
 }
 
-static int tlsf_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+TLSF_INLINE int tlsf_alloc_in(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     /* most requests are unaligned: a copy of the path with align folded to 1 */
     if (align == 1) return rs_alloc(st, &tlsf_fidx, size, 1, out);
     return rs_alloc(st, &tlsf_fidx, size, align, out);
 }
-static int tlsf_free(void *st, uint64_t offset) { return rs_free(st, &tlsf_fidx, offset); }
+TLSF_INLINE int tlsf_free_in(void *st, uint64_t offset) { return rs_free(st, &tlsf_fidx, offset); }
+static int tlsf_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
+{
+    return tlsf_alloc_in(st, size, align, out);
+}
+static int tlsf_free(void *st, uint64_t offset) { return tlsf_free_in(st, offset); }
 static int tlsf_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
 {
     return mpi_ranges_realloc(st, &tlsf_fidx, offset, size, align, out);
 }
+/* mp_ops_t.replay: the trace replay loop with alloc and free inlined (replay_loop.h;
+ * debug builds' public table leaves it out, internal.h) */
+MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_in, tlsf_free_in, tlsf_realloc)
 static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &tlsf_fidx, offset, out);
@@ -274,4 +283,5 @@ MPI_OPS_TABLE(tlsf,
     .free_ranges = mpi_ranges_free_ranges,
     .grow_size = tlsf_grow_size,
     .grow = tlsf_grow,
-    .hole = tlsf_hole);
+    .hole = tlsf_hole,
+    .replay = tlsf_replay);
