@@ -224,7 +224,7 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
 def _read_file(fd: int, size: int, what: str, notes: list[str]) -> PoolView:
     from .pool import FILE_MAGIC
 
-    mm = mmap.mmap(fd, size, mmap.MAP_PRIVATE, access=mmap.ACCESS_COPY)
+    mm = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)  # private: writes never reach the file
     strat = None
     try:
         view = memoryview(mm)
