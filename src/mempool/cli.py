@@ -355,9 +355,12 @@ def _add_replay_parser(sub: Any) -> None:
 
 
 def replay_report(trace: tr.Trace, strategies: Sequence[str], *, capacity: int | None = None,
-                  samples: int = 1000, quiet: bool = False
+                  samples: int = 1000, quiet: bool = False, skipped: list[str] | None = None
                   ) -> tuple[list[dict[str, object]], list[tr.ReplaySeries]]:
-    """``replay``'s work: the table's rows (libc first) and each strategy's series."""
+    """``replay``'s work: the table's rows (libc first) and each strategy's series.
+
+    A strategy that cannot be made over the capacity (Slab below its page size) is a
+    UsageError, or, when ``skipped`` is a list, left out with the reason appended."""
     cap = capacity if capacity is not None else max(2 * trace.maxlive, 4096)
     rows: list[dict[str, object]] = []
     series: list[tr.ReplaySeries] = []
@@ -372,7 +375,10 @@ def replay_report(trace: tr.Trace, strategies: Sequence[str], *, capacity: int |
                 s = tr.replay_series(trace, name, capacity=cap, samples=samples,
                                      **BENCH_OPTIONS.get(name, {}))
             except (ValueError, TypeError, MempoolError) as e:
-                raise UsageError(f"{name} over {cap} bytes: {e}") from None
+                if skipped is None:
+                    raise UsageError(f"{name} over {cap} bytes: {e}") from None
+                skipped.append(f"{name}: {e}")
+                continue
             series.append(s)
             rows.append(_row(trace, name, s.result, s.result.ns_per_op, base.ns_per_op,
                              float("nan")))
@@ -426,9 +432,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.trace}: the trace has no operations")
     strategies = list(dict.fromkeys(args.strategy or STRATEGIES))
     t0 = time.perf_counter()
+    skipped: list[str] | None = None if args.strategy else []
     rows, series = replay_report(trace, strategies, capacity=args.capacity,
-                                 samples=args.samples, quiet=args.quiet)
+                                 samples=args.samples, quiet=args.quiet, skipped=skipped)
     print(format_table(rows))
+    for why in skipped or []:
+        print(f"skipped {why}")
     print()
     print(format_story(trace, series))
     if args.plot:

@@ -20,9 +20,11 @@ block character per cell by how much of it is allocated.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +201,12 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
     what = str(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a pool file", what)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptionError(f"{what}: not a regular file")
+        size = st.st_size
         if size < HEADER_SIZE:
             raise CorruptionError(f"{what}: {size} bytes, too short for a mempool file")
         notes: list[str] = []
