@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-import mempool  # noqa: E402
-from mempool import plot  # noqa: E402
-from mempool import trace as tr  # noqa: E402
-from mempool.cli import main  # noqa: E402
-from mempool.view import PoolView, view_pool  # noqa: E402
+import mempool
+from mempool import plot
+from mempool import trace as tr
+from mempool.cli import main
+from mempool.view import PoolView, view_pool
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -141,7 +141,7 @@ def test_bench_chart_bars_are_the_rows(tmp_path):
 
 
 def test_plot_paths_checked():
-    with pytest.raises(ValueError, match="suffix must be .png or .svg"):
+    with pytest.raises(ValueError, match=r"suffix must be \.png or \.svg"):
         plot.check_path("x.jpg")
     with pytest.raises(FileNotFoundError, match="no folder"):
         plot.check_path("/nonexistent-folder/x.png")
