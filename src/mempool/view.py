@@ -282,9 +282,7 @@ def view_shared(name: str) -> PoolView:
         pool = shared.SharedPool._attach(name, verify=False)
     assert pool is not None
     try:
-        t0 = time.perf_counter_ns()
-        snap = pool._snapshot()
-        lock_ns = time.perf_counter_ns() - t0
+        snap, lock_ns = pool._snapshot()
         kind = pool.strategy
         ss = pool.shared_stats()
     finally:
@@ -297,8 +295,8 @@ def view_shared(name: str) -> PoolView:
     except (CorruptionError, ValueError) as e:
         raise CorruptionError(f"shared pool {name!r}: {e}") from None
     notes = [
-        f"state copied in {lock_ns / 1e6:.1f} ms (lock taken, {format_bytes(len(snap))} "
-        "copied, lock let go)",
+        f"state copied in {lock_ns / 1e6:.2f} ms under the pool's lock ({format_bytes(len(snap))}"
+        "; checked and read here after it was let go)",
         f"registry: {ss.entries} of {ss.max_entries} entries, {ss.leases} leases in flight, "
         f"{ss.allocations} allocations so far, lock waits {ss.lock_waits}",
     ]

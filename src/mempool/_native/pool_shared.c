@@ -692,11 +692,12 @@ static PyObject *ext_shared_segments(SharedPoolObject *self, PyObject *Py_UNUSED
     return mp_segments_list(&b);
 }
 
-/* _snapshot() -> bytes: the strategy's state as Strategy.snapshot() gives it (its
+/* _snapshot() -> (bytes, ns): the strategy's state as Strategy.snapshot() gives it (its
  * unused nodes left out), copied under the lock and nothing else done there: the
  * buffer is faulted in before the lock is taken, the bytes object made after it is
- * let go.  `show --shared` reads a live pool from it offline (Type.restore), so the
- * pool's users wait for a memcpy at most.  This process's cache is not given back
+ * let go; ns: how long the copy held the lock (lock taken to copy done).  `show
+ * --shared` reads a live pool from it offline (Type.restore), so the pool's users wait
+ * for a memcpy at most.  This process's cache is not given back
  * (a reader has none). */
 static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -710,6 +711,8 @@ static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED
         PyMem_RawFree(buf);
         return NULL;
     }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     const char *st = (const char *)ST(self);
     uint64_t off = 0, hole = ops->hole ? ops->hole(st, len, &off) : 0;
     if (hole == 0 || off > len || hole > len - off) {
@@ -718,8 +721,10 @@ static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED
     }
     memcpy(buf, st, (size_t)off);
     memcpy(buf + off, st + off + hole, (size_t)(len - off - hole));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     sh_unlock(self);
-    PyObject *r = PyBytes_FromStringAndSize(buf, (Py_ssize_t)(len - hole));
+    long long held = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    PyObject *r = Py_BuildValue("(y#L)", buf, (Py_ssize_t)(len - hole), held);
     PyMem_RawFree(buf);
     return r;
 }
