@@ -14,7 +14,8 @@ reports:
                       state under the lock, check and walk the copy, stats, free ranges,
                       the terminal map (min / median / max of --repeat)
   show (process)      the same as `python -m mempool show --shared NAME` in a new process
-                      (interpreter and NumPy start included)
+                      (interpreter and NumPy start included), also before the workers
+                      start (with --workers >= the CPUs, the reader competes for a CPU)
   lock held           ms the reader held the pool's lock (SharedPoolCore._snapshot: the
                       memcpy of the state; the buffer is faulted in before the lock)
   workers             their allocator calls per second with no reader, and while show runs
@@ -89,6 +90,16 @@ def main_() -> None:
              f"pool: TLSF {a.capacity}, {st.live:,} live ranges, {st.free_ranges:,} free ranges, "
              f"used {st.used / 2**20:.1f} MiB, state {st.metadata / 2**20:.1f} MiB"]
 
+    env = dict(os.environ, PYTHONPATH=SRC)
+
+    def show_process() -> float:
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "mempool", "show", "--shared", name],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return time.perf_counter() - t0
+
+    quiet = [show_process() for _ in range(a.repeat)]  # before the workers start
     ctx = mp.get_context("spawn")
     counter = ctx.Value("q", 0)
     stop, go, ready = ctx.Event(), ctx.Event(), ctx.Semaphore(0)
@@ -118,14 +129,7 @@ def main_() -> None:
             locks.append(float(note.split("state copied in ")[1].split(" ms")[0]) / 1e3)
         busy = (counter.value - busy_n) / (time.perf_counter() - busy_start)
 
-        env = dict(os.environ, PYTHONPATH=SRC)
-        procs_t = []
-        for _ in range(a.repeat):
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "mempool", "show", "--shared", name],
-                               env=env, capture_output=True, text=True)
-            procs_t.append(time.perf_counter() - t0)
-            assert r.returncode == 0, r.stderr
+        procs_t = [show_process() for _ in range(a.repeat)]
     finally:
         stop.set()
         for p in procs:
@@ -138,6 +142,7 @@ def main_() -> None:
     lines += [
         f"show (in process, cli.main):  {fmt(inproc)}",
         f"show (python -m mempool show --shared, a new process): {fmt(procs_t)}",
+        f"  the same with no worker running (the CPUs free):      {fmt(quiet)}",
         f"lock held by the reader (the state's memcpy): {fmt(locks, 'ms', 1e3)}",
         f"workers ({a.workers}): {idle:,.0f} calls/s without a reader, {busy:,.0f} calls/s "
         f"while show ran back to back ({busy / idle:.2f} x)",
