@@ -392,7 +392,7 @@ def test_show_bad_shared_names(capsys):
 
 # ---- show: a live shared pool -------------------------------------------------------------
 ALLOCATOR = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from mempool import SharedPool
     p = SharedPool.attach(sys.argv[1])
     count = 0
@@ -401,9 +401,10 @@ ALLOCATOR = textwrap.dedent("""
         bs = [p.alloc(64 + 16 * (k % 7)) for k in range(50)]
         del bs
         count += 50
-        if count % 5000 == 0:
-            with open(sys.argv[2], "w") as f:
+        if count % 5000 == 0:  # written whole, then renamed: a reader never sees it empty
+            with open(sys.argv[2] + ".tmp", "w") as f:
                 f.write(str(count))
+            os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 """)
 
 
@@ -443,7 +444,7 @@ def test_show_shared_pool_while_a_child_keeps_allocating(name, tmp_path, capsys)
             assert out[-4].startswith("4.0 MiB │")  # the line of offset 4 MiB
             before = progress()
             deadline = time.monotonic() + 60
-            while progress() == before and time.monotonic() < deadline:
+            while progress() <= before and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert progress() > before, "the child stopped allocating"
             assert child.poll() is None
