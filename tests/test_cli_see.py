@@ -478,3 +478,24 @@ def test_view_shared_keeps_this_process_attachment(name):
     SharedPool.create(name, "1MiB").close()
     view_shared(name)
     assert name not in shared._attached
+
+
+@pytest.mark.parametrize("strategy", list(mempool.STRATEGIES))
+def test_view_file_of_every_strategy_agrees_with_the_pool(tmp_path, strategy, capsys):
+    path = tmp_path / f"{strategy}.mp"
+    opts = {"item_size": 64} if strategy == "slab" else {}
+    with Pool.create(path, "1MiB", strategy, **opts) as p:
+        keep = [p.alloc(48) for _ in range(20)]
+        for b in keep[::2]:
+            b.free()
+        want_stats, want_segs = p.stats(), p.segments()
+        v = view_file(path)
+        assert v.stats == want_stats and v.strategy == strategy
+        # the same ranges, tiled: every allocated one is listed at its offset and size
+        got = set(zip(v.offsets.tolist(), v.sizes.tolist(), v.allocated.tolist(), strict=True))
+        assert {s for s in want_segs if s[2]} == {s for s in got if s[2]}
+        assert int(v.sizes.sum()) == want_stats.capacity
+        assert int(v.sizes[v.allocated].sum()) == want_stats.used
+        del keep
+    assert cli("show", path, "--rows", "2", "--width", "8") == 0
+    assert capsys.readouterr().out.startswith(f"file pool {str(path)!r}: {strategy}")
