@@ -304,6 +304,14 @@ class SharedPool(SharedPoolCore, Pool):
         "A lock nobody can release").  FileNotFoundError when there is no such segment,
         PermissionError when its mode forbids this user, ValueError for a bad name.
         """
+        return cls._attach(name)
+
+    @classmethod
+    def _attach(cls, name: str, verify: bool = True) -> SharedPool:
+        """attach(); with ``verify=False`` the state's and the registry's deep check()
+        under the lock is left out: for a reader that only copies the state under the
+        lock (``_snapshot``) and checks the copy offline (``mempool.view``), so that
+        the pool's users never wait for a check of the whole state."""
         _shm_path(name)  # TypeError / ValueError for a bad name, before anything is read
         try:
             mem = SharedMemory(name)
@@ -316,14 +324,14 @@ class SharedPool(SharedPoolCore, Pool):
                 h.check_kind(view, f"shared pool {name!r}")
             finally:
                 view.release()
-            return cls._build(mem, h, name, create_entries=0)
+            return cls._build(mem, h, name, create_entries=0, verify=verify)
         except BaseException:
             mem.close_quietly()
             raise
 
     @classmethod
     def _build(cls, mem: SharedMemory, h: Header, name: str, create_entries: int,
-               leases: tuple[int, int] = (0, 0)) -> SharedPool:
+               leases: tuple[int, int] = (0, 0), verify: bool = True) -> SharedPool:
         what = f"shared pool {name!r}"
         pool = cls.__new__(cls)
         data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
@@ -338,7 +346,8 @@ class SharedPool(SharedPoolCore, Pool):
                                     align=default_align(strat), max_leases=leases[0],
                                     lease_timeout_ns=leases[1], shadow_offset=h.shadow_off)
             core = True
-            pool.check()
+            if verify:
+                pool.check()
             pool._named = None
             if not create_entries:  # (create binds once the header page is written)
                 pool._named_bind(mem.buffer, NAMED_ROOT_OFFSET)  # validated: CorruptionError

@@ -31,8 +31,8 @@ from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
 
 __all__ = [
-    "ReplayResult", "Trace", "TraceError", "bundled", "python_replay", "read", "replay",
-    "strategy_for",
+    "ReplayResult", "ReplaySeries", "Trace", "TraceError", "bundled", "python_replay", "read",
+    "replay", "replay_series", "strategy_for",
 ]
 
 MAGIC = "mempool-trace v1"
@@ -300,3 +300,86 @@ def python_replay(trace: Trace, strategy: Any, *, capacity: int | None = None,
             free(p)
     elapsed = time.perf_counter_ns() - t0
     return elapsed / max(len(ops), 1), failures
+
+
+@dataclass(frozen=True, eq=False)
+class ReplaySeries:
+    """What :func:`replay_series` measured: the :class:`ReplayResult` and the strategy's
+    figures sampled along the replay, one entry per sample, in parallel arrays.
+
+    Attributes
+    ----------
+    result : ReplayResult
+        As :func:`replay` gives it (its ``ns_per_op`` leaves the sampling out).
+    ops : numpy.ndarray of uint64
+        Operations done when each sample was taken (the last is ``len(trace)``).
+    used, requested, high_water, largest_free, available, live : numpy.ndarray of uint64
+        The strategy's figures at that moment, in bytes (``live``: ranges):
+        ``used`` with rounding, ``requested`` the bytes the live ranges asked for,
+        ``high_water`` the highest end offset so far, ``largest_free`` the largest
+        request it could serve, ``available`` the bytes not handed out.
+    """
+
+    result: ReplayResult
+    ops: np.ndarray
+    used: np.ndarray
+    requested: np.ndarray
+    high_water: np.ndarray
+    largest_free: np.ndarray
+    available: np.ndarray
+    live: np.ndarray
+
+    @property
+    def fragmentation(self) -> np.ndarray:
+        """``1 - largest_free / available`` at each sample (0 where nothing is free)."""
+        avail = self.available.astype(np.float64)
+        out = np.zeros(len(avail))
+        np.divide(self.largest_free.astype(np.float64), avail, out=out, where=avail > 0)
+        return np.where(avail > 0, 1.0 - out, 0.0)
+
+    @property
+    def peak_index(self) -> int:
+        """The sample where ``used`` was highest (the first such)."""
+        return int(np.argmax(self.used)) if len(self.used) else 0
+
+
+def replay_series(
+    trace: Trace | str | os.PathLike[str],
+    strategy: Any = "tlsf",
+    *,
+    capacity: int | None = None,
+    samples: int = 1000,
+    **options: Any,
+) -> ReplaySeries:
+    """Replay a whole trace in C, as :func:`replay`, taking ``samples`` rows of the
+    strategy's figures along the way (every ``len(trace) // samples`` operations, at
+    least every one, and after the last operation), also in C.
+
+    ``strategy`` is what :func:`replay` takes except ``"libc"`` (the C library keeps no
+    figures: ValueError).  ``samples`` >= 1 (ValueError).  Each sample costs a
+    ``largest_free`` and an ``available`` call of the strategy, which the class-based
+    strategies answer by a scan: keep ``samples`` in the thousands.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        raise TypeError(f"samples must be an int, not {type(samples).__name__}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not isinstance(trace, Trace):
+        trace = read(trace)
+    obj = strategy_for(trace, strategy, capacity=capacity, **options)
+    if obj is None:
+        raise ValueError("replay_series() needs a strategy: libc keeps no figures to sample")
+    every = max(len(trace) // samples, 1)
+    cols = len(_mempool.SAMPLE_COLUMNS)
+    rows = np.zeros((len(trace) // every + 1, cols), np.uint64)
+    r = _mempool.replay(obj, trace.op, trace.id, trace.size, trace.align, trace.max_id,
+                        every, rows)
+    rows = rows[:r["samples"]]
+    n = max(r["ops"], 1)
+    result = ReplayResult(
+        strategy=obj.strategy, trace=trace.name, ops=r["ops"], ns_per_op=r["elapsed_ns"] / n,
+        failures=r["failures"], peak_used=r["peak_used"], high_water=r["high_water"],
+        maxlive=r["maxlive"], capacity=obj.capacity,
+    )
+    col = {name: rows[:, k].copy() for k, name in enumerate(_mempool.SAMPLE_COLUMNS)}
+    return ReplaySeries(result=result, **col)

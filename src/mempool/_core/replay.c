@@ -81,13 +81,29 @@ int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const u
     return MP_OK;
 }
 
+/* One row of figures (enum mp_sample_col) after `done` operations. */
+static void take_sample(const mp_ops_t *ops, const void *st, uint64_t done, uint64_t *row)
+{
+    const mp_head_t *h = st;
+    row[MP_SAMPLE_OPS] = done;
+    row[MP_SAMPLE_USED] = h->used;
+    row[MP_SAMPLE_REQUESTED] = h->requested;
+    row[MP_SAMPLE_HIGH_WATER] = h->high_water;
+    row[MP_SAMPLE_LARGEST_FREE] = ops->largest_free(st);
+    row[MP_SAMPLE_AVAILABLE] = ops->available(st);
+    row[MP_SAMPLE_LIVE] = h->live;
+}
+
 /* The generic timed loop: every op through the table (replay_loop.h is the same loop
- * for a strategy that compiles its own, mp_ops_t.replay). */
+ * for a strategy that compiles its own, mp_ops_t.replay), with a row of figures after
+ * every `every` ops when every > 0 (the time spent sampling goes to *sample_ns). */
 static uint64_t replay_ops(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op,
                            const uint32_t *id, const uint64_t *size, const uint32_t *align,
-                           uint64_t *ptr)
+                           uint64_t *ptr, uint64_t every, uint64_t *out, uint64_t *rows,
+                           uint64_t *sample_ns)
 {
     uint64_t failures = 0;
+    uint64_t next = every ? every - 1 : UINT64_MAX; /* the op after which a row is due */
     for (uint64_t k = 0; k < n; k++) {
         uint64_t *p = &ptr[id[k]];
         uint64_t s = size[k] ? size[k] : 1;
@@ -111,6 +127,17 @@ static uint64_t replay_ops(const mp_ops_t *ops, void *st, uint64_t n, const uint
                 else failures++;
             }
         }
+        if (k == next) {
+            uint64_t s0 = now_ns();
+            take_sample(ops, st, k + 1, out + (*rows)++ * MP_SAMPLE_COLS);
+            next += every;
+            *sample_ns += now_ns() - s0;
+        }
+    }
+    if (every && (*rows == 0 || out[(*rows - 1) * MP_SAMPLE_COLS + MP_SAMPLE_OPS] != n)) {
+        uint64_t s0 = now_ns();
+        take_sample(ops, st, n, out + (*rows)++ * MP_SAMPLE_COLS); /* the last op's figures */
+        *sample_ns += now_ns() - s0;
     }
     return failures;
 }
@@ -119,15 +146,30 @@ void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, con
                const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
                uint64_t *live, mp_replay_result_t *res)
 {
+    mp_replay_sampled(ops, st, n, op, id, size, align, max_id, ptr, live, 0, NULL, res);
+}
+
+/* every == 0 (or out == NULL): no samples, and a strategy's own compiled loop
+ * (mp_ops_t.replay) when it has one; sampling always takes the generic loop. */
+void mp_replay_sampled(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op,
+                       const uint32_t *id, const uint64_t *size, const uint32_t *align,
+                       uint32_t max_id, uint64_t *ptr, uint64_t *live, uint64_t every,
+                       uint64_t *out, mp_replay_result_t *res)
+{
     memset(res, 0, sizeof *res);
     if (mp_trace_validate(n, op, id, size, max_id, live, res)) return;
     for (uint64_t i = 0; i <= max_id; i++) ptr[i] = MP_NO_SPACE;
+    if (!out) every = 0;
+    uint64_t rows = 0, sample_ns = 0;
     uint64_t t0 = now_ns();
-    uint64_t failures = ops->replay ? ops->replay(st, n, op, id, size, align, ptr)
-                                    : replay_ops(ops, st, n, op, id, size, align, ptr);
+    uint64_t failures = every == 0 && ops->replay
+                            ? ops->replay(st, n, op, id, size, align, ptr)
+                            : replay_ops(ops, st, n, op, id, size, align, ptr, every, out,
+                                         &rows, &sample_ns);
     for (uint64_t i = 0; i <= max_id; i++)
         if (ptr[i] != MP_NO_SPACE) ops->free(st, ptr[i]);
-    res->elapsed_ns = now_ns() - t0;
+    res->elapsed_ns = now_ns() - t0 - sample_ns;
+    res->samples = rows;
     const mp_head_t *h = st;
     res->ops = n;
     res->failures = failures;

@@ -28,7 +28,9 @@ typedef struct mp_replay_result {
     uint64_t peak_used;   /* peak of used (strategy rounding included)        */
     uint64_t high_water;  /* highest end offset ever handed out               */
     uint64_t maxlive;     /* peak of the sum of requested sizes of live ids   */
-    uint64_t elapsed_ns;  /* wall time of the op loop (final frees included)  */
+    uint64_t elapsed_ns;  /* wall time of the op loop (final frees included),
+                           * the time spent taking samples left out          */
+    uint64_t samples;     /* rows written by mp_replay_sampled                */
     int status;           /* MP_OK, or MP_EINVAL for a trace that is not valid */
     uint64_t bad_op;      /* index of the invalid op when status != MP_OK     */
 } mp_replay_result_t;
@@ -44,6 +46,26 @@ int mp_trace_validate(uint64_t n, const uint8_t *op, const uint32_t *id, const u
 void mp_replay(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
                const uint64_t *size, const uint32_t *align, uint32_t max_id, uint64_t *ptr,
                uint64_t *live, mp_replay_result_t *res);
+/* The columns of a sample row of mp_replay_sampled, in order. */
+enum mp_sample_col {
+    MP_SAMPLE_OPS,          /* operations done when the row was taken           */
+    MP_SAMPLE_USED,         /* head.used (rounding included)                    */
+    MP_SAMPLE_REQUESTED,    /* head.requested: bytes asked for by live ranges   */
+    MP_SAMPLE_HIGH_WATER,   /* head.high_water                                  */
+    MP_SAMPLE_LARGEST_FREE, /* ops->largest_free()                              */
+    MP_SAMPLE_AVAILABLE,    /* ops->available()                                 */
+    MP_SAMPLE_LIVE,         /* head.live: live ranges                           */
+    MP_SAMPLE_COLS
+};
+
+/* mp_replay that also writes a row of MP_SAMPLE_COLS figures into `out` after every
+ * `every` operations (every >= 1) and one more after the last operation (before the
+ * final frees); `out` holds room for n / every + 1 rows; res->samples is the rows
+ * written.  The time the samples take is left out of res->elapsed_ns. */
+void mp_replay_sampled(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t *op,
+                       const uint32_t *id, const uint64_t *size, const uint32_t *align,
+                       uint32_t max_id, uint64_t *ptr, uint64_t *live, uint64_t every,
+                       uint64_t *out, mp_replay_result_t *res);
 /* The same loop through the C library's malloc/free/realloc/posix_memalign. */
 void mp_replay_libc(uint64_t n, const uint8_t *op, const uint32_t *id, const uint64_t *size,
                     const uint32_t *align, uint32_t max_id, uint64_t *ptr, uint64_t *live,

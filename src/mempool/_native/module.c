@@ -55,12 +55,13 @@ done:
 
 static PyObject *result_dict(const mp_replay_result_t *r)
 {
-    return Py_BuildValue("{sKsKsKsKsKsK}", "ops", (unsigned long long)r->ops, "failures",
+    return Py_BuildValue("{sKsKsKsKsKsKsK}", "ops", (unsigned long long)r->ops, "failures",
                          (unsigned long long)r->failures, "peak_used",
                          (unsigned long long)r->peak_used, "high_water",
                          (unsigned long long)r->high_water, "maxlive",
                          (unsigned long long)r->maxlive, "elapsed_ns",
-                         (unsigned long long)r->elapsed_ns);
+                         (unsigned long long)r->elapsed_ns, "samples",
+                         (unsigned long long)r->samples);
 }
 
 /* The four parallel arrays of a parsed trace and a scratch area of `per_id` uint64
@@ -105,20 +106,44 @@ static int trace_arrays(PyObject *const objs[4], unsigned long max_id, int per_i
     return 0;
 }
 
-/* replay(strategy or None, op, id, size, align, max_id) -> dict; None = libc */
+/* replay(strategy or None, op, id, size, align, max_id, every=0, samples=None) -> dict;
+ * None = libc.  With every >= 1 and a writable uint64 buffer `samples` of at least
+ * (n // every + 1) * MP_SAMPLE_COLS items (strategies only), a row of figures every
+ * `every` ops and after the last (mp_replay_sampled); dict["samples"] = rows written. */
 static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
 {
-    PyObject *strat, *objs[4];
+    PyObject *strat, *objs[4], *samples = Py_None;
     unsigned long max_id;
-    if (!PyArg_ParseTuple(args, "OOOOOk", &strat, &objs[0], &objs[1], &objs[2], &objs[3], &max_id))
+    unsigned long long every = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOk|KO", &strat, &objs[0], &objs[1], &objs[2], &objs[3],
+                          &max_id, &every, &samples))
         return NULL;
     if (strat != Py_None && !PyObject_TypeCheck(strat, &StrategyType)) {
         PyErr_SetString(PyExc_TypeError, "replay() needs a strategy object or None (libc)");
         return NULL;
     }
+    if ((samples != Py_None) != (every != 0)) {
+        PyErr_SetString(PyExc_ValueError, "replay(): every >= 1 and samples go together");
+        return NULL;
+    }
+    if (samples != Py_None && strat == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "replay(): the C library has no figures to sample");
+        return NULL;
+    }
     trace_arrays_t t;
+    Py_buffer sv = {0};
+    int have_sv = 0;
     PyObject *ret = NULL;
     if (trace_arrays(objs, max_id, 2, &t) < 0) goto done;
+    if (samples != Py_None) {
+        if (get_array(samples, "samples", 8, 1, &sv) < 0) goto done;
+        have_sv = 1;
+        if ((uint64_t)sv.len / 8 < (t.n / every + 1) * MP_SAMPLE_COLS) {
+            PyErr_Format(PyExc_ValueError, "samples must hold at least %llu uint64 items",
+                         (unsigned long long)((t.n / every + 1) * MP_SAMPLE_COLS));
+            goto done;
+        }
+    }
     mp_replay_result_t r;
     uint64_t *ptr = t.scratch, *live = t.scratch + max_id + 1;
     if (strat == Py_None) {
@@ -134,8 +159,8 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
             PyErr_SetString(PyExc_ValueError, "replay() needs an empty strategy");
             goto done;
         }
-        mp_replay(s->ops, s->st, t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, t.v[3].buf,
-                  (uint32_t)max_id, ptr, live, &r);
+        mp_replay_sampled(s->ops, s->st, t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, t.v[3].buf,
+                          (uint32_t)max_id, ptr, live, every, have_sv ? sv.buf : NULL, &r);
     }
     if (r.status != MP_OK)
         PyErr_Format(PyExc_ValueError, "the trace is not valid at operation %llu (an id out of "
@@ -143,6 +168,7 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
                      (unsigned long long)r.bad_op);
     else ret = result_dict(&r);
 done:
+    if (have_sv) PyBuffer_Release(&sv);
     trace_arrays_release(&t);
     return ret;
 }
@@ -299,8 +325,10 @@ static PyMethodDef module_methods[] = {
      "Parse trace text into preallocated arrays (uint8, uint32, uint64, uint32); returns\n"
      "the number of ops.  Raises ValueError('line N: ...') on malformed input."},
     {"replay", ext_replay, METH_VARARGS,
-     "replay($module, strategy, op, id, size, align, max_id, /)\n--\n\n"
-     "Replay a parsed trace in C through `strategy` (None: the C library's malloc)."},
+     "replay($module, strategy, op, id, size, align, max_id, every=0, samples=None, /)\n--\n\n"
+     "Replay a parsed trace in C through `strategy` (None: the C library's malloc).\n"
+     "With every >= 1, a row of SAMPLE_COLUMNS figures into the uint64 buffer `samples`\n"
+     "after every `every` ops and after the last; the dict's 'samples' counts the rows."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -377,6 +405,14 @@ PyMODINIT_FUNC PyInit__mempool(void)
     MP_STRATEGIES(MP_TYPE_READY_)
 #undef MP_TYPE_READY_
     if (add_registry(m) < 0) goto fail;
+    /* the columns of replay()'s sample rows, in the order of enum mp_sample_col */
+    PyObject *cols = Py_BuildValue("(sssssss)", "ops", "used", "requested", "high_water",
+                                   "largest_free", "available", "live");
+    if (!cols || PyModule_AddObject(m, "SAMPLE_COLUMNS", cols) < 0) {
+        Py_XDECREF(cols);
+        goto fail;
+    }
+    _Static_assert(MP_SAMPLE_COLS == 7, "SAMPLE_COLUMNS names every column");
     return m;
 fail:
     Py_DECREF(m);

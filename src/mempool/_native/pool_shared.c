@@ -774,6 +774,49 @@ static PyObject *ext_shared_segments(SharedPoolObject *self, PyObject *Py_UNUSED
     return mp_segments_list(&b);
 }
 
+/* _snapshot() -> (bytes, ns): the strategy's state as Strategy.snapshot() gives it (its
+ * unused nodes left out), copied under the lock and nothing else done there: the
+ * buffer is faulted in before the lock is taken, the bytes object made after it is
+ * let go; ns: how long the copy held the lock (lock taken to copy done).  `show
+ * --shared` reads a live pool from it offline (Type.restore), so the pool's users wait
+ * for a memcpy at most.  This process's cache is not given back
+ * (a reader has none). */
+static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (need_shared(self) < 0) return NULL;
+    const mp_ops_t *ops = OPS(self);
+    uint64_t len = self->pool.strategy->st_len;
+    char *buf = PyMem_RawMalloc((size_t)len);
+    if (!buf) return PyErr_NoMemory();
+    memset(buf, 0, (size_t)len); /* fault the pages in now, not under the lock */
+    { /* and the state's pages of this process's mapping (a read, its value unused) */
+        const volatile char *src = (const volatile char *)ST(self);
+        char sink = 0;
+        for (uint64_t k = 0; k < len; k += 4096) sink ^= src[k];
+        (void)sink;
+    }
+    if (sh_lock(self) < 0) {
+        PyMem_RawFree(buf);
+        return NULL;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const char *st = (const char *)ST(self);
+    uint64_t off = 0, hole = ops->hole ? ops->hole(st, len, &off) : 0;
+    if (hole == 0 || off > len || hole > len - off) {
+        hole = 0;
+        off = len;
+    }
+    memcpy(buf, st, (size_t)off);
+    memcpy(buf + off, st + off + hole, (size_t)(len - off - hole));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    sh_unlock(self);
+    long long held = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    PyObject *r = Py_BuildValue("(y#L)", buf, (Py_ssize_t)(len - hole), held);
+    PyMem_RawFree(buf);
+    return r;
+}
+
 /* _flush_cache() -> ranges given back: the process's cache, now (exit hooks) */
 static PyObject *ext_shared_flush_cache(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -886,6 +929,7 @@ static PyMethodDef shared_methods[] = {
      "CorruptionError."},
     {"_reclaim", (PyCFunction)ext_shared_reclaim, METH_O, NULL},
     {"_flush_cache", (PyCFunction)ext_shared_flush_cache, METH_NOARGS, NULL},
+    {"_snapshot", (PyCFunction)ext_shared_snapshot, METH_NOARGS, NULL},
     {"_hold_lock", (PyCFunction)ext_shared_hold_lock, METH_O, NULL},
     {"_shared_stats", (PyCFunction)ext_shared_stats, METH_NOARGS, NULL},
     {"_handle", (PyCFunction)ext_shared_handle, METH_VARARGS, NULL},
