@@ -29,11 +29,11 @@ from .errors import CorruptionError, PoolClosed
 from .named import NamedArrays
 from .sources import AnonymousMemory, FileMemory, Source
 from .stats import Stats
+from .strategies import make, make_fixed, strategy_type
 from .tracking import LiveBlock, check_limit
 from .tracking import live as _live
 from .tracking import track as _track
 from .tracking import tracking as _tracking
-from .strategies import make, make_fixed, strategy_type
 
 __all__ = ["Pool"]
 

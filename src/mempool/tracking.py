@@ -24,7 +24,7 @@ from typing import Any
 from . import _mempool
 from ._units import parse_size
 
-__all__ = ["LiveBlock", "Frame"]
+__all__ = ["Frame", "LiveBlock"]
 
 #: (file, line, function), outermost call first, as ``traceback.extract_stack``
 Frame = tuple[str, int, str]
