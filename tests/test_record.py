@@ -1,0 +1,103 @@
+"""mempool.trace.record(): NumPy's allocations and pool operations written as a trace."""
+
+import gzip
+import threading
+
+import numpy as np
+import pytest
+
+import mempool
+from mempool import trace
+
+
+def test_numpy_script_replays_to_its_peak(tmp_path):
+    # a known workload: the live data bytes, counted here from nbytes, peak at `expected`
+    out = tmp_path / "np.trace.gz"
+    live, expected = 0, 0
+    with trace.record(out) as rec:
+        keep = []
+        for k in range(1, 21):
+            a = np.empty(1000 * k)
+            keep.append(a)
+            live += a.nbytes
+            expected = max(expected, live)
+            if k % 3 == 0:
+                live -= keep.pop(0).nbytes
+        keep.clear()
+    t = trace.read(out)
+    assert gzip.open(out, "rt").readline().startswith("# mempool-trace v1 ")
+    assert t.maxlive == rec.maxlive == expected
+    assert len(t) == rec.ops
+    for name in mempool.STRATEGIES:
+        r = trace.replay(t, name, capacity=4 * expected)
+        assert r.maxlive == expected
+        if name in ("tlsf", "bestfit"):  # exact strategies: every request fits twice over
+            assert r.failures == 0 and r.peak_used == expected
+
+
+def test_pool_ops_exact_sizes_and_order(tmp_path):
+    out = tmp_path / "pool.trace"
+    with trace.record(out):
+        p = mempool.Pool(1 << 20)
+        x = p.alloc(100)
+        y = p.alloc(300, align=64)
+        x.free()
+        y = p.realloc(y, 1000)
+        s = mempool.TLSF(4096)
+        o = s.alloc(10)
+        s.free(o)
+    lines = out.read_text().splitlines()[1:]
+    assert lines == ["a 0 100 16", "a 1 300 64", "f 0", "r 1 1000", "a 0 10", "f 0"]
+    y.free()
+    p.close()
+
+
+def test_pool_made_outside_is_not_recorded_unless_activated(tmp_path):
+    p = mempool.Pool(1 << 20)
+    out = tmp_path / "a.trace"
+    with trace.record(out):
+        p.alloc(10).free()
+        with p.activate():
+            p.alloc(20).free()
+    assert out.read_text().splitlines()[1:] == ["a 0 20 16", "f 0"]
+    p.close()
+
+
+def test_nested_and_concurrent_refused(tmp_path):
+    with trace.record(tmp_path / "a.trace"):
+        with pytest.raises(RuntimeError, match="does not nest"):
+            with trace.record(tmp_path / "b.trace"):
+                pass
+        errors = []
+
+        def other():
+            try:
+                with trace.record(tmp_path / "c.trace"):
+                    pass
+            except RuntimeError as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert len(errors) == 1
+    trace.read(tmp_path / "a.trace")
+
+
+def test_exception_inside_still_writes_the_file(tmp_path):
+    out = tmp_path / "e.trace"
+    with pytest.raises(ZeroDivisionError):
+        with trace.record(out):
+            a = np.empty(512)
+            1 / 0
+    t = trace.read(out)
+    assert t.maxlive == 4096 and len(t) >= 1
+    del a
+    assert not mempool._mempool._rec_active()
+    assert list(tmp_path.iterdir()) == [out]  # no body file left behind
+
+
+def test_unwritable_path(tmp_path):
+    with pytest.raises(OSError):
+        trace.record(tmp_path / "no" / "such" / "dir.trace").__enter__()
+    assert not mempool._mempool._rec_active()
