@@ -20,8 +20,8 @@ real bytes from a source (:class:`AnonymousMemory`, :class:`FileMemory`,
 # (no `from __future__ import annotations` here: it would leave a public
 # `mempool.annotations`; this module has no annotations to postpone)
 from . import _mempool, trace
-from ._mempool import *  # noqa: F403  (Block, Strategy and every strategy type)
 from .context import current, numpy_pool
+from ._mempool import *  # noqa: F403  (Block, Strategy and every strategy type)
 from .errors import CorruptionError, MempoolError, NotAllocated, OutOfSpace, PoolClosed
 from .pool import Pool
 from .regions import RegionPool, RegionStats
