@@ -101,3 +101,38 @@ def test_unwritable_path(tmp_path):
     with pytest.raises(OSError):
         trace.record(tmp_path / "no" / "such" / "dir.trace").__enter__()
     assert not mempool._mempool._rec_active()
+
+
+def _cli(*args, cwd=None):
+    import os
+    import subprocess
+    import sys
+    src = os.path.dirname(os.path.dirname(mempool.__file__))
+    env = dict(os.environ, PYTHONPATH=src)
+    return subprocess.run([sys.executable, "-m", "mempool", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+
+
+def test_cli_records_a_script_and_passes_its_exit_code(tmp_path):
+    import sys
+    script = tmp_path / "s.py"
+    script.write_text("import sys, numpy as np\nkeep = [np.empty(1000), np.empty(3000)]\n"
+                      "assert sys.argv[1:] == ['x', 'y']\nsys.exit(3)\n")
+    out = tmp_path / "s.trace.gz"
+    r = _cli("record", "-o", str(out), "--", sys.executable, str(script), "x", "y")
+    assert r.returncode == 3, r.stderr
+    t = trace.read(out)
+    assert t.program == "s.py" and t.maxlive == 32000
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["-o", "OUT", "python", "s.py"], "put the command after --"),
+    (["-o", "OUT", "--"], "no command to record"),
+    (["-o", "/no/such/dir/o.trace", "--", "python", "s.py"], "cannot write"),
+    (["-o", "OUT", "--", "gzip", "-h"], "not a Python interpreter"),
+])
+def test_cli_bad_arguments_one_line(tmp_path, args, msg):
+    args = [a.replace("OUT", str(tmp_path / "o.trace")) for a in args]
+    r = _cli("record", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
