@@ -227,6 +227,60 @@ def format_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+_BOOT = """\
+import os, runpy, sys
+from mempool import trace
+out, args = os.environ.pop("MEMPOOL_RECORD_OUT"), sys.argv[1:]
+with trace.record(out, program=os.path.basename(args[1] if args[0] == "-m" else args[0])):
+    if args[0] == "-m":
+        sys.argv = args[1:]
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = args
+        runpy.run_path(args[0], run_name="__main__")
+"""
+
+
+def _add_record_parser(sub: Any) -> None:
+    r = sub.add_parser("record", help="record a Python program's allocations as a trace",
+                       description="python -m mempool record -o OUT[.gz] -- python script.py "
+                       "ARGS (or -- python -m module ARGS): NumPy's allocations and the pool "
+                       "operations of the whole program, as trace.record() writes them")
+    r.add_argument("-o", "--output", required=True, help="the trace file (.gz: compressed)")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- python script.py args")
+
+
+def _cmd_record(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    def fail(msg: str) -> int:
+        print(f"mempool record: {msg}", file=sys.stderr)
+        return 2
+
+    if "--" not in argv:
+        return fail("put the command after --: record -o OUT -- python script.py ARGS")
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if len(cmd) < 2:
+        return fail("no command to record: record -o OUT -- python script.py ARGS")
+    if not os.path.basename(cmd[0]).startswith("python"):
+        return fail(f"{cmd[0]} is not a Python interpreter (the --malloc recorder is not built yet)")
+    if cmd[1] == "-m" and len(cmd) < 3:
+        return fail("-m needs a module name")
+    try:
+        with open(args.output, "wb"):
+            pass
+    except OSError as e:
+        return fail(f"cannot write {args.output}: {e.strerror}")
+    src = os.path.dirname(os.path.dirname(os.path.abspath(tr.__file__)))
+    env = dict(os.environ, MEMPOOL_RECORD_OUT=os.path.abspath(args.output))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    import subprocess
+    try:
+        return subprocess.run([cmd[0], "-c", _BOOT, *cmd[1:]], env=env).returncode
+    except OSError as e:
+        return fail(f"cannot run {cmd[0]}: {e.strerror}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with bad arguments reported in one line (and exit status 2)."""
 
@@ -545,7 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_bench_parser(sub)
     _add_replay_parser(sub)
     _add_show_parser(sub)
+    _add_record_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "record":
+        return _cmd_record(args, argv)
     try:
         return COMMANDS[args.command](args)
     except UsageError as e:

@@ -30,6 +30,10 @@ from .named import NamedArrays
 from .sources import AnonymousMemory, FileMemory, Source
 from .stats import Stats
 from .strategies import make, make_fixed, strategy_type
+from .tracking import LiveBlock, check_limit
+from .tracking import live as _live
+from .tracking import track as _track
+from .tracking import tracking as _tracking
 
 __all__ = ["Pool"]
 
@@ -73,7 +77,13 @@ class Activation:
     def __enter__(self) -> Any:
         if self.numpy and self._handler is None:
             self._handler = _mempool.numpy_handler(self.pool, self.fallback)
-        prev = _mempool.set_numpy_handler(self._handler) if self.numpy else None
+        handler = self._handler
+        if _mempool._rec_active():  # inside trace.record(): this pool is recorded too
+            for p in getattr(self.pool, "regions", None) or [self.pool]:
+                _mempool._rec_watch(p)
+            if self.numpy:
+                handler = _mempool._rec_wrap(handler)
+        prev = _mempool.set_numpy_handler(handler) if self.numpy else None
         self._tokens.append((CURRENT.set(self.pool), prev))
         return self.pool
 
@@ -174,6 +184,46 @@ class Pool(PoolCore):
         out = self.empty(src.shape, src.dtype)
         np.copyto(out, src)
         return out
+
+    # ---- limits and leak tracking (mempool.tracking) ---------------------------------
+    def set_limit(self, size: int | str | None) -> None:
+        """Let the pool hand out at most ``size`` bytes (``used``, rounding included);
+        None removes the limit.  An allocation that would pass it raises OutOfSpace
+        whose message names the limit, and changes nothing.  A limit below what is in
+        use now is allowed: frees work, allocations fail until ``used`` is below it.
+        A SharedPool's limit is this process's: it bounds the whole pool's ``used``
+        (every process's blocks) when this process allocates; other processes do not
+        see it.  ValueError below 0 or above the capacity; TypeError for a non-int."""
+        self._check_open()
+        _mempool._set_limit(self, check_limit(size, self.capacity))
+
+    @property
+    def limit(self) -> int | None:
+        """The byte limit set by :meth:`set_limit`, or None."""
+        self._check_open()
+        lim: int | None = _mempool._get_limit(self)
+        return lim
+
+    def track(self, enabled: bool = True) -> None:
+        """Record the time and the Python stack of every Block this pool makes from now
+        (``alloc``, ``try_alloc``, ``empty``, ``zeros``, ``array``, ``realloc``), for
+        :meth:`live`.  Off by default; ``track(False)`` forgets what was recorded.  (Not
+        NumPy's own allocations under ``activate(numpy=True)``: they make no Block.)"""
+        self._check_open()
+        _track(self, enabled)
+
+    def live(self) -> list[LiveBlock]:
+        """The live blocks made while tracking, oldest first: who holds the memory.
+        Each :class:`~mempool.tracking.LiveBlock` has ``size``, ``offset``, ``age``
+        (seconds) and ``where``, the stack that allocated it ((file, line, function),
+        outermost first).  ValueError when the pool does not track."""
+        self._check_open()
+        return _live(self)
+
+    @property
+    def tracking(self) -> bool:
+        """True while :meth:`track` is on."""
+        return _tracking(self)
 
     def stats(self) -> Stats:
         """The strategy's counters (see :class:`mempool.Stats`)."""

@@ -29,6 +29,9 @@ from .errors import NotAllocated, OutOfSpace, PoolClosed
 from .named import _pool_block, check_name
 from .pool import Activation, Pool
 from .strategies import make, strategy_type
+from .tracking import LiveBlock, check_limit
+from .tracking import live as _live
+from .tracking import track as _track
 
 __all__ = ["RegionNamedArrays", "RegionPool", "RegionStats"]
 
@@ -94,6 +97,8 @@ class RegionPool:
         self._options = options
         self._regions: list[Pool] = []
         self._closed = False
+        self._limit: int | None = None
+        self._track = False
         self._peak = 0
         self._maps = 0
         self._unmaps = 0
@@ -148,6 +153,8 @@ class RegionPool:
                 raise e from None
             raise self._out_of_space(request, f"a region of {size} bytes is beyond the "
                                               f"strategy ({e})") from None
+        if self._track:
+            _track(region, True)
         self._regions.append(region)
         self._maps += 1
         self._peak = max(self._peak, self._mapped())
@@ -190,6 +197,7 @@ class RegionPool:
         """``attempt(region)`` in the first region where it fits (None where it does
         not), else ``fresh_attempt`` in a region mapped for it (:meth:`_in_new_region`),
         which raises OutOfSpace saying why when even that refuses."""
+        self._within_limit(size)
         tries, fresh = self._regions_for(size)
         for region in tries:
             got = attempt(region)
@@ -246,6 +254,8 @@ class RegionPool:
         copied, the old block freed: the Block returned is then a new one)."""
         self._check_open()
         region = self._own(block)
+        if size > block.size:
+            self._within_limit(size - block.size)
         try:
             return region.realloc(block, size)
         except OutOfSpace:
@@ -275,6 +285,46 @@ class RegionPool:
         src = np.asarray(obj, dtype=dtype)
         out = self.empty(src.shape, src.dtype)
         np.copyto(out, src)
+        return out
+
+    # ---- limits and leak tracking -------------------------------------------------------------
+    def _within_limit(self, size: int) -> None:
+        if self._limit is not None:
+            used = sum(r.used for r in self._regions)
+            if used > self._limit or size > self._limit - used:
+                raise self._out_of_space(size, f"the pool's limit is {self._limit} bytes "
+                                               f"(set_limit) and {used} are in use")
+
+    def set_limit(self, size: int | str | None) -> None:
+        """Let the regions together hand out at most ``size`` bytes (the sum of their
+        ``used``; a request is checked at its size, so a strategy's rounding can pass
+        the limit by a little); None removes it.  OutOfSpace names the limit.  A limit
+        below what is in use is allowed (allocations fail until frees bring ``used``
+        under it).  ValueError below 0 or above ``max_size``; TypeError for a non-int."""
+        self._check_open()
+        self._limit = check_limit(size, self.max_size if self.max_size is not None else 1 << 62)
+
+    @property
+    def limit(self) -> int | None:
+        """The byte limit set by :meth:`set_limit`, or None."""
+        return self._limit
+
+    def track(self, enabled: bool = True) -> None:
+        """As :meth:`Pool.track`, for every region, those mapped later included."""
+        self._check_open()
+        _track(self, enabled)  # (the type check; the regions hold what is recorded)
+        _track(self, False)
+        self._track = enabled
+        for r in self._regions:
+            _track(r, enabled)
+
+    def live(self) -> list[LiveBlock]:
+        """As :meth:`Pool.live`, over every region (``LiveBlock.pool`` is the region)."""
+        self._check_open()
+        if not self._track:
+            raise ValueError("the pool does not track its allocations: call pool.track() first")
+        out = [b for r in self._regions for b in _live(r)]
+        out.sort(key=lambda b: -b.age)
         return out
 
     # ---- introspection ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Allocation traces: read the ``mempool-trace v1`` format, replay it in C.
+"""Allocation traces: read the ``mempool-trace v1`` format, replay it in C, record one.
 
 The format (``../shared/traces/README.md``)::
 
@@ -10,13 +10,17 @@ The format (``../shared/traces/README.md``)::
 
 :func:`read` parses a file (plain or gzip) into NumPy arrays with a C parser and
 validates it; :func:`replay` runs a whole trace through a strategy inside C, with
-no Python per operation, and frees what is left live at the end.
+no Python per operation, and frees what is left live at the end; :func:`record`
+writes the allocations of a block of code as a trace.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,8 +35,8 @@ from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
 
 __all__ = [
-    "ReplayResult", "ReplaySeries", "Trace", "TraceError", "bundled", "python_replay", "read",
-    "replay", "replay_series", "strategy_for",
+    "Recording", "ReplayResult", "ReplaySeries", "Trace", "TraceError", "bundled",
+    "python_replay", "read", "record", "replay", "replay_series", "strategy_for",
 ]
 
 MAGIC = "mempool-trace v1"
@@ -383,3 +387,103 @@ def replay_series(
     )
     col = {name: rows[:, k].copy() for k, name in enumerate(_mempool.SAMPLE_COLUMNS)}
     return ReplaySeries(result=result, **col)
+
+
+class Recording:
+    """What :func:`record` returns: a context manager that writes the allocations made
+    inside it to ``path`` as a ``mempool-trace v1`` file (gzip when the name ends in
+    ``.gz``) when it exits, normally or by an exception.
+
+    After the ``with``: ``ops`` (operations written), ``maxlive`` (peak of the live
+    requested bytes), ``path``.
+
+    What is recorded:
+
+    * NumPy's data allocations in this thread or asyncio task (the NEP 49 handler that
+      was current is wrapped: NumPy's default, or a pool's from ``activate(numpy=True)``);
+      ``malloc`` / ``calloc`` / ``realloc(NULL, n)`` as ``a``, ``free`` as ``f``,
+      ``realloc`` as ``r``;
+    * every alloc / free / realloc / reset of the pools and strategies made inside it
+      (Pool, SharedPool, RegionPool's regions, TLSF(...), ...), and of the pools
+      activated inside it, from any thread, with their alignment (``a ID SIZE ALIGN``)
+      when it is above 1.  A pool's NumPy handler's work is recorded once, as NumPy's.
+
+    One recording at a time per process: entering a second one (nested, or in another
+    thread) raises RuntimeError.  Arrays made inside that die after it are not in the
+    trace (their IDs are live at the end, as the format allows).  Not recorded: a
+    SharedPool's small frees into its per-process cache until the range is reused
+    (then the trace frees and reallocates it), Bump's ``rewind`` and Slab's arrays.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], program: str | None = None) -> None:
+        self.path = Path(os.fspath(path))
+        if program is None:
+            program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        self.program = "_".join(str(program).split()) or "python"
+        self.ops = 0
+        self.maxlive = 0
+        self._body: str | None = None
+        self._prev: Any = None
+
+    def __enter__(self) -> Recording:
+        if self._body is not None:
+            raise RuntimeError("this recording is under way already")
+        if _mempool._rec_active():
+            raise RuntimeError("a recording is already under way in this process: "
+                               "trace.record() does not nest")
+        # the output must be writable before anything runs (OSError names it)
+        with open(self.path, "wb"):
+            pass
+        fd, body = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".body",
+                                    dir=self.path.parent)
+        os.close(fd)
+        try:
+            _mempool._rec_start(body)
+        except BaseException:
+            os.unlink(body)
+            raise
+        self._body = body
+        try:
+            self._prev = _mempool._rec_numpy_begin()
+        except BaseException:
+            self._finish()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _mempool.set_numpy_handler(self._prev)
+        finally:
+            self._prev = None
+            self._finish()
+
+    def _finish(self) -> None:
+        body, self._body = self._body, None
+        assert body is not None
+        try:
+            r = _mempool._rec_stop()
+            if r["errno"]:
+                raise OSError(r["errno"], f"writing the trace: {os.strerror(r['errno'])}",
+                              str(self.path))
+            self.ops, self.maxlive = int(r["ops"]), int(r["maxlive"])
+            header = (f"# {MAGIC} program={self.program} maxlive={self.maxlive} "
+                      f"ops={self.ops}\n").encode()
+            opener: Any = gzip.open if self.path.name.endswith(".gz") else open
+            with open(body, "rb") as src, opener(self.path, "wb") as out:
+                out.write(header)
+                shutil.copyfileobj(src, out, 1 << 20)
+        finally:
+            os.unlink(body)
+
+
+def record(path: str | os.PathLike[str], *, program: str | None = None) -> Recording:
+    """Record the allocations of a ``with`` block into the trace file ``path``.
+
+    ``with mempool.trace.record("run.trace.gz"): ...`` writes NumPy's data allocations
+    and the operations of the pools made or activated in the block (see
+    :class:`Recording`), in the format :func:`read` reads; a ``.gz`` name is
+    compressed.  ``program`` is the header's ``program=`` (default: the script's
+    name).  OSError when ``path`` cannot be written (at entry); RuntimeError when a
+    recording already runs in this process.
+    """
+    return Recording(path, program)

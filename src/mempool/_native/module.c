@@ -397,7 +397,7 @@ PyMODINIT_FUNC PyInit__mempool(void)
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     if (mp_strategy_ready(m) < 0 || mp_block_ready(m) < 0 || mp_pool_ready(m) < 0 ||
-        mp_sys_ready(m) < 0 || mp_handler_ready(m) < 0 ||
+        mp_sys_ready(m) < 0 || mp_handler_ready(m) < 0 || mp_recorder_ready(m) < 0 ||
         mp_shared_pool_ready(m) < 0)
         goto fail;
 #define MP_TYPE_READY_(KIND, sname, number) \

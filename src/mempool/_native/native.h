@@ -233,6 +233,17 @@ int mp_shared_pool_ready(PyObject *module);
 /* sys.c: adds mbind, get_mempolicy (where the headers number them) and mlock */
 int mp_sys_ready(PyObject *module);
 
+/* recorder.c: trace.record()'s recorder and pool limits, through a wrapped operation
+ * table per strategy (see there); pool.track()'s hook */
+int mp_recorder_ready(PyObject *module);
+int mp_rec_recording(void);                 /* a recording runs                   */
+void mp_rec_adopt(StrategyObject *s);       /* a strategy made while it runs      */
+void mp_wrap_moved(void *old, void *new_st); /* a state grew into a new block      */
+extern int mp_track_on;                     /* some pool tracks its allocations   */
+void mp_track_note(PoolObject *pool, uint64_t off, uint64_t size);
+/* pool_shared.c: a shared pool's journal (its strategy calls go through it) */
+mp_tx_t *mp_shared_tx(PoolObject *p);
+
 /* module.c: the error types, imported from mempool.errors at init */
 extern PyObject *mp_MempoolError, *mp_OutOfSpace, *mp_NotAllocated, *mp_CorruptionError,
     *mp_PoolClosed, *mp_UnnamedArrayWarning, *mp_StatsType;

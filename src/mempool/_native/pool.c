@@ -148,6 +148,7 @@ static inline BlockObject *new_owned_block(PoolObject *self, uint64_t off, uint6
     b->tag = tag;
     b->entry = entry;
     b->owner = 1;
+    if (__builtin_expect(mp_track_on, 0)) mp_track_note(self, off, size); /* pool.track() */
     return b;
 }
 
@@ -395,6 +396,7 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
     }
     b->offset = off;
     b->size = size;
+    if (__builtin_expect(mp_track_on, 0)) mp_track_note(self, off, size); /* pool.track() */
     Py_INCREF(b);
     return (PyObject *)b;
 }

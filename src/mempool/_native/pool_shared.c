@@ -73,6 +73,7 @@ typedef struct {
 #define SH(p) ((SharedPoolObject *)(p))
 
 static inline const mp_ops_t *OPS(SharedPoolObject *s) { return s->pool.strategy->ops; }
+mp_tx_t *mp_shared_tx(PoolObject *p) { return SH(p)->tx; }
 static inline void *ST(SharedPoolObject *s) { return s->pool.strategy->st; }
 
 /* The cache class of a request, or -1 (too big, or a strategy of fixed-size items:

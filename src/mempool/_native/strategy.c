@@ -56,6 +56,7 @@ StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64
     self->st = st;
     self->st_len = st_len;
     self->owns = 1;
+    if (mp_rec_recording()) mp_rec_adopt(self); /* made inside trace.record() */
     return self;
 }
 
@@ -76,6 +77,7 @@ static int grow_keep(StrategyObject *self, void **old, uint64_t *old_len)
     *old_len = self->st_len;
     self->st = st;
     self->st_len = len;
+    mp_wrap_moved(*old, st); /* a recorded or limited state's entry follows it */
     return 0;
 }
 
@@ -709,6 +711,7 @@ PyObject *mp_ext_attach(PyObject *Py_UNUSED(mod), PyObject *args)
     Py_INCREF(buffer);
     self->owner = buffer;
     self->owner_view = view;
+    if (mp_rec_recording()) mp_rec_adopt(self); /* attached inside trace.record() */
     return (PyObject *)self;
 fail:
     PyBuffer_Release(&view);

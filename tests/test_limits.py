@@ -1,0 +1,109 @@
+"""pool.set_limit(size), pool.track() and pool.live() (mempool.tracking)."""
+
+import pytest
+
+import mempool
+from mempool import OutOfSpace
+
+
+def test_limit_exact_and_failed_call_changes_nothing():
+    with mempool.Pool(1 << 16) as p:
+        p.set_limit(1000)
+        assert p.limit == 1000
+        a = p.alloc(600)
+        before = p.stats()
+        with pytest.raises(OutOfSpace, match="limit is 1000 bytes"):
+            p.alloc(401)
+        assert p.stats() == before
+        p.check()
+        b = p.alloc(400)
+        assert p.used == 1000
+        with pytest.raises(OutOfSpace, match="limit is 1000"):
+            p.alloc(1)
+        p.set_limit(None)
+        assert p.limit is None
+        c = p.alloc(1)
+        for x in (a, b, c):
+            x.free()
+        p.check()
+
+
+def test_limit_below_used_is_allowed_and_frees_work():
+    with mempool.Pool(1 << 16) as p:
+        a = p.alloc(500)
+        p.set_limit(100)
+        with pytest.raises(OutOfSpace, match="limit is 100 bytes"):
+            p.alloc(1)
+        a.free()
+        p.alloc(100).free()
+        p.check()
+
+
+def test_limit_rounding_strategy_undone():
+    with mempool.Pool(1 << 20, "buddy", min_block=4096) as p:
+        p.set_limit(6000)
+        a = p.alloc(100)  # takes a 4096-byte block
+        before = p.stats()
+        with pytest.raises(OutOfSpace, match="cannot allocate 100 bytes"):
+            p.alloc(100)  # 8192 > 6000 once rounded (the message names the request)
+        assert p.stats() == before
+        p.check()
+        a.free()
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1 << 17, ValueError), (1.5, TypeError),
+                                      (True, TypeError), ("lots", ValueError)])
+def test_bad_limits(bad, exc):
+    with mempool.Pool(1 << 16) as p:
+        with pytest.raises(exc, match="limit"):
+            p.set_limit(bad)
+        assert p.limit is None
+
+
+def test_shared_pool_limit(tmp_path):
+    name = f"mp-limit-{tmp_path.name[-20:]}"
+    s = mempool.SharedPool.create(name, 1 << 20)
+    try:
+        s.set_limit(8192)
+        with pytest.raises(OutOfSpace, match="limit is 8192"):
+            s.alloc(9000)
+        b = s.alloc(8000)
+        assert s.used >= 8000
+        b.free()
+        s.check()
+    finally:
+        s.close()
+        s.unlink()
+
+
+def test_region_pool_limit():
+    r = mempool.RegionPool(region_size="64KiB")
+    r.set_limit(100_000)
+    a = r.alloc(60_000)
+    b = r.alloc(30_000)
+    with pytest.raises(OutOfSpace, match="limit is 100000"):
+        r.alloc(20_000)
+    a.free(), b.free()
+    r.close()
+
+
+def test_track_live_names_the_line():
+    with mempool.Pool(1 << 16) as p:
+        with pytest.raises(ValueError, match="track"):
+            p.live()
+        p.track()
+        a = p.alloc(50); line_a = test_track_live_names_the_line.__code__.co_firstlineno + 5  # noqa: E702
+        arr = p.zeros(10)
+        live = p.live()
+        assert [(b.offset, b.size) for b in live] == [(a.offset, 50), (live[1].offset, 80)]
+        assert live[0].where[-1] == (__file__, line_a, "test_track_live_names_the_line")
+        assert live[1].where[-1][1] == line_a + 1
+        assert live[0].age >= 0
+        a.free()
+        assert [b.size for b in p.live()] == [80]
+        del arr
+        assert p.live() == []
+        p.track(False)
+        assert not p.tracking
+        with pytest.raises(TypeError):
+            p.track(1)
