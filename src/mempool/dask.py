@@ -231,14 +231,13 @@ def zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = "float64") -> Sha
     return arr
 
 
-def array(obj: Any, dtype: npt.DTypeLike = None) -> SharedArray:
+def array(obj: Any, dtype: npt.DTypeLike | None = None) -> SharedArray:
     """A copy of ``obj`` in the host pool (as ``numpy.array``); see :func:`empty`."""
     arr: SharedArray = host_pool().array(obj, dtype)  # type: ignore[assignment]
     return arr
 
 
 # ---- serialization --------------------------------------------------------------------
-@dask_serialize.register(SharedArray)
 def _serialize_shared(x: SharedArray, context: dict[str, Any] | None = None
                       ) -> tuple[dict[str, Any], list[Any]]:
     """A handle when the recipient advertises the array's own segment, else the bytes
@@ -255,13 +254,17 @@ def _serialize_shared(x: SharedArray, context: dict[str, Any] | None = None
     return header, frames
 
 
-@dask_deserialize.register(SharedArray)
 def _deserialize_shared(header: dict[str, Any], frames: list[Any]) -> np.ndarray:
     if header.get("mempool-handle"):
         arr: np.ndarray = pickle.loads(frames[0])
         return arr
     plain: np.ndarray = deserialize_numpy_ndarray(header, frames)
     return plain
+
+
+# distributed's Dispatch.register is untyped
+dask_serialize.register(SharedArray)(_serialize_shared)  # type: ignore[no-untyped-call]
+dask_deserialize.register(SharedArray)(_deserialize_shared)  # type: ignore[no-untyped-call]
 
 
 # ---- the plugin -------------------------------------------------------------------------
@@ -362,8 +365,7 @@ class SharedPoolPlugin(WorkerPlugin):
             token = _state.token
         # the worker connects to the workers it fetches from: its handshake tells them
         # which segment it has, so they send handles only to a worker that can use them
-        for args in {id(a): a for a in (worker.connection_args,
-                                        worker.rpc.connection_args)}.values():
+        for args in _connection_args(worker):
             args.setdefault("handshake_overrides", {})[HANDSHAKE_KEY] = token
         worker.rpc.collect()  # idle connections made before keep their old handshake
         from tornado.ioloop import PeriodicCallback
@@ -400,7 +402,7 @@ class SharedPoolPlugin(WorkerPlugin):
         if self._pc is not None:
             self._pc.stop()
             self._pc = None
-        for args in (worker.connection_args, worker.rpc.connection_args):
+        for args in _connection_args(worker):
             args.get("handshake_overrides", {}).pop(HANDSHAKE_KEY, None)
         worker.rpc.collect()
         with _state_lock:
@@ -412,6 +414,13 @@ class SharedPoolPlugin(WorkerPlugin):
                 return
             _state = None
             _leave(st.pool)
+
+
+def _connection_args(worker: Worker) -> list[dict[str, Any]]:
+    """The connect() arguments of the worker's connections (its own and its rpc pool's:
+    the same dict unless Dask copied it)."""
+    dicts: list[dict[str, Any]] = [worker.connection_args, worker.rpc.connection_args]
+    return list({id(d): d for d in dicts}.values())
 
 
 def _check_interval(v: Any) -> float:
