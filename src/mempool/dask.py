@@ -384,7 +384,9 @@ class SharedPoolPlugin(WorkerPlugin):
             pool = SharedPool.create(name, capacity, strategy, **options)
             owned, got = True, None
         pids = got[1] if got is not None else []
-        _write_members(mpath, owned, [*pids, os.getpid()])
+        if os.getpid() not in pids:  # a plugin re-added in this process: once only
+            pids.append(os.getpid())
+        _write_members(mpath, owned, pids)
         return pool
 
     def _reclaim_dead(self) -> None:
