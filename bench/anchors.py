@@ -86,13 +86,13 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "anchors.txt"))
     p.add_argument("traces", nargs="*", help="default: the bundled traces")
     a = p.parse_args()
+    if a.rounds < 1:  # (the values first, then the paths: a checkout without ../shared)
+        p.error("--rounds must be >= 1")
     for what, path in (("--oa-src", a.oa_src), ("--orderly-src", a.orderly_src)):
         if path is not None and not Path(path).is_dir():
             p.error(f"{what}: no such folder: {path}")
     if not Path(a.harness).is_file():
         p.error(f"--harness: no such file: {a.harness}")
-    if a.rounds < 1:
-        p.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory(prefix="mempool-anchors-") as tmp:
         cmd = ["sh", a.harness, "--oa-src", a.oa_src, "--py", a.py, "--rounds", str(a.rounds),
                "--cpu", a.cpu, "--build", os.path.join(tmp, "build"), "--out", tmp]
