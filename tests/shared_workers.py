@@ -40,6 +40,21 @@ def churn(name: str, rounds: int, seed: int) -> tuple[int, int]:
     return allocs, verified
 
 
+def cache_churn(name: str, stop, counter) -> None:
+    """Small allocations freed at once, until `stop` is set: they go through this
+    process's cache of freed ranges, reused without the lock (a fresh tag each time)."""
+    pool = mempool.SharedPool.attach(name)
+    k = 0
+    while not stop.is_set():
+        bs = [pool.alloc(64 + 16 * (j % 7)) for j in range(100)]
+        for b in bs:
+            b.free()
+        k += 100
+        with counter.get_lock():
+            counter.value = k
+    pool.close()
+
+
 def touch(arr):
     """Read and write a shared array in place; return it (a handle back)."""
     arr[0] += 1

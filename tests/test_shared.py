@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -268,6 +269,41 @@ def test_reclaim_keeps_ranges_other_processes_hold(name):
         del mine
         assert p.stats().live == 0
         p.check()
+
+
+def test_attach_checks_while_other_processes_allocate(name):
+    # attach's check() holds the lock but owners reuse their cached ranges without it,
+    # stamping a tag reserved after check() read the tag counter: before, that was
+    # "registry entry N: bad tag or state" in a few attaches of a second
+    n = 40_000 if not SLOW else 150_000
+    pool = SharedPool.create(name, 256 << 20, "tlsf", max_blocks=4 * n + 1024,
+                             max_entries=n + 4096)
+    rng = np.random.default_rng(13)
+    blocks = [pool.alloc(int(s)) for s in rng.integers(16, 4097, n)]
+    ctx = mp.get_context("fork")
+    stop, counter = ctx.Event(), ctx.Value("q", 0)
+    procs = [ctx.Process(target=W.cache_churn, args=(name, stop, counter)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + 60
+        while counter.value < 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        attaches, end = 0, time.monotonic() + (20 if SLOW else 3)
+        while time.monotonic() < end or attaches < 5:
+            q = SharedPool.attach(name)  # check() inside
+            q.check()
+            q.close()
+            attaches += 1
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0] and counter.value >= 1000
+    del blocks
+    pool.check()
+    assert pool.used == 0
+    pool.close()
 
 
 def test_attach_refuses_random_truncated_and_foreign_segments(name):

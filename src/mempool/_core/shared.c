@@ -640,6 +640,9 @@ static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_t
             s = n;
             c->repaired++;
         }
+        /* an owner may stamp a cached range with a tag reserved after serial was read
+         * (mp_ref_reuse takes no lock): serial only grows, read it again */
+        if (tag > serial) serial = __atomic_load_n(&c->serial, __ATOMIC_ACQUIRE);
         if (tag == 0 || tag > serial || ((s & REFS_MASK) == 0 && (s >> 32) == 0) ||
             ops->size_of(st, e[i].offset, &size) != MP_OK) {
             if (!repair)
