@@ -54,3 +54,31 @@ async def remove_plugin(dask_worker=None):
 
 async def add_plugin(plugin, dask_worker=None):
     await dask_worker.plugin_add(plugin=plugin, name=PLUGIN)
+
+
+
+def join_then_leave(name: str, joined, in_close, left, slow: bool) -> None:
+    """Join the host pool `name` as a worker's setup does, wait until both callers
+    have joined (the barrier `joined`), then leave it.  The slow one's close says it
+    has begun (`in_close`) and waits until the other has left (`left`); the other
+    leaves only once the slow one is closing: the worst interleaving of two workers
+    leaving at once, made certain."""
+    with md._host_lock():
+        pool = md.SharedPoolPlugin._open(name, 1 << 20, "tlsf", {})
+    a = pool.zeros(10)
+    del a
+    joined.wait(30)
+    if slow:
+        close = pool.close
+
+        def late_close() -> None:
+            in_close.set()
+            left.wait(30)
+            close()
+
+        pool.close = late_close  # (an instance attribute: this process only)
+        md._leave(pool)
+    else:
+        in_close.wait(30)
+        md._leave(pool)
+        left.set()

@@ -227,6 +227,29 @@ def test_views_travel_as_views(pool):
     np.testing.assert_array_equal(deserialize(header, frames), v)
 
 
+def test_workers_leaving_at_once_unlink_the_segment(name):
+    # before: a leaving worker decided "not last" while the other still mapped the
+    # segment and closed after; the other, deciding in between, saw it mapped too:
+    # nobody unlinked (seen in CI under ASan).  Here one close waits until the other
+    # worker has left, the interleaving that lost the segment.
+    import multiprocessing as mp
+
+    from dask_tasks import join_then_leave
+    ctx = mp.get_context("fork")
+    joined, in_close, left = ctx.Barrier(2), ctx.Event(), ctx.Event()
+    slow, quick = (ctx.Process(target=join_then_leave, args=(name, joined, in_close, left, s))
+                   for s in (True, False))
+    try:
+        for p in (slow, quick):
+            p.start()
+        for p in (slow, quick):
+            p.join(60)
+        assert (slow.exitcode, quick.exitcode) == (0, 0)
+        assert not (SHM / name).exists() and not (SHM / f"{name}.members").exists()
+    finally:
+        (SHM / f"{name}.members").unlink(missing_ok=True)  # (the fixture takes the rest)
+
+
 def test_cleanup_removes_a_dead_hosts_pool(name):
     SharedPool.create(name, "64KiB").close()  # made, then its only user closed it
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

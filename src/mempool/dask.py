@@ -454,8 +454,19 @@ def reclaim_dead(pool: SharedPool) -> list[int]:
 
 def _leave(pool: SharedPool) -> None:
     """This process is done with ``pool``: close it (kept open while arrays of it are
-    alive) and, when no other member runs, unlink the segment and the members file."""
+    alive) and, when no other member runs, unlink the segment and the members file.
+
+    The close comes first, outside the host lock: a process that has unmapped the
+    segment no longer counts as a member that runs it, so of two workers leaving at
+    once the second to take the lock unlinks (deciding before closing, each saw the
+    other still mapped and neither unlinked: the segment was left to the next
+    cluster's cleanup)."""
     name = pool.name
+    try:
+        pool._flush_cache()
+        pool.close()
+    except BufferError:
+        pass  # arrays of it still alive in this process: it is unmapped at exit
     mpath = _members_path(name)
     with _host_lock():
         got = _read_members(mpath)
@@ -468,9 +479,4 @@ def _leave(pool: SharedPool) -> None:
                 os.unlink(mpath)
         # not last: our pid stays a member, so the others reclaim what we still hold
         # once this process is gone
-    try:
-        pool._flush_cache()
-        pool.close()
-    except BufferError:
-        pass  # arrays of it still alive in this process: it is unmapped at exit
 
