@@ -1,5 +1,8 @@
-"""Build the one C extension, mempool._mempool, from _core/ (the strategies, C11,
-no Python.h) and _native/ (the CPython binding).
+"""Build the C extension, mempool._mempool, from _core/ (the strategies, C11,
+no Python.h) and _native/ (the CPython binding); and the malloc recorder,
+mempool/_malloc_record*.so from _preload/ (a preload library for
+`python -m mempool record --malloc`, never imported, always built plain: a
+sanitizer runtime cannot be preloaded behind it).
 
 Build switches (environment; they combine):
     MEMPOOL_SANITIZE=1   ASan + UBSan, -O1 -g, aborting on the first report
@@ -51,6 +54,13 @@ setup(
             depends=sorted(glob("src/mempool/_core/*.h")) + sorted(glob("src/mempool/_native/*.h")),
             extra_compile_args=cflags,
             extra_link_args=ldflags,
-        )
+        ),
+        Extension(
+            "mempool._malloc_record",
+            sources=["src/mempool/_preload/malloc_record.c"],
+            extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror",
+                                "-fvisibility=hidden", "-O2"],
+            libraries=["pthread"],
+        ),
     ]
 )

@@ -60,8 +60,9 @@ def test_bad_limits(bad, exc):
         assert p.limit is None
 
 
-def test_shared_pool_limit(tmp_path):
-    name = f"mp-limit-{tmp_path.name[-20:]}"
+def test_shared_pool_limit(name):
+    # (a journaled pool: under MP_DEBUG every commit replays the call on the shadow
+    # copy and asserts the same answers; before, the shadow ignored the limit)
     s = mempool.SharedPool.create(name, 1 << 20)
     try:
         s.set_limit(8192)
@@ -69,11 +70,34 @@ def test_shared_pool_limit(tmp_path):
             s.alloc(9000)
         b = s.alloc(8000)
         assert s.used >= 8000
+        with pytest.raises(OutOfSpace, match="limit is 8192"):
+            s.realloc(b, 9000)
         b.free()
         s.check()
+        assert s.used == 0
     finally:
         s.close()
         s.unlink()
+
+
+def test_file_pool_limit_survives_reopen_unchanged(tmp_path):
+    path = tmp_path / "p.pool"
+    p = mempool.Pool.create(path, 1 << 20, "bestfit")
+    p.set_limit(4096)
+    with pytest.raises(OutOfSpace, match="limit is 4096"):
+        p.alloc(5000)
+    a = p.alloc(4000)
+    with pytest.raises(OutOfSpace, match="limit is 4096"):
+        p.alloc(200)
+    off = a.offset
+    p.check()
+    a.free()
+    p.close()
+    q = mempool.Pool.open(path)  # the limit is the process's, not the file's
+    assert q.limit is None and q.used == 0
+    assert q.alloc(5000).offset == off
+    q.check()
+    q.close()
 
 
 def test_region_pool_limit():

@@ -64,8 +64,9 @@ def test_wheel_and_sdist_contents(tmp_path):
         pkg = [n for n in names if n.startswith("mempool/")]
         # no C sources or headers: the built extension is what an installed package needs
         assert not [n for n in pkg if n.endswith((".c", ".h"))], pkg
-        assert not [n for n in pkg if "/_core/" in n or "/_native/" in n], pkg
+        assert not [n for n in pkg if "/_core/" in n or "/_native/" in n or "/_preload/" in n], pkg
         assert any(n.startswith("mempool/_mempool.") and n.endswith(".so") for n in pkg)
+        assert any(n.startswith("mempool/_malloc_record.") and n.endswith(".so") for n in pkg)
         for need in ("mempool/__init__.py", "mempool/_mempool.pyi", "mempool/py.typed"):
             assert need in pkg
         # the traces: `python -m mempool bench` replays them from the installed package
@@ -79,4 +80,5 @@ def test_wheel_and_sdist_contents(tmp_path):
         assert f"src/mempool/_core/{src.name}" in members
     for src in (ROOT / "src/mempool/_native").glob("*.[ch]"):
         assert f"src/mempool/_native/{src.name}" in members
+    assert "src/mempool/_preload/malloc_record.c" in members
     assert {"setup.py", "pyproject.toml", "README.md"} <= members

@@ -242,11 +242,17 @@ with trace.record(out, program=os.path.basename(args[1] if args[0] == "-m" else 
 
 
 def _add_record_parser(sub: Any) -> None:
-    r = sub.add_parser("record", help="record a Python program's allocations as a trace",
+    r = sub.add_parser("record", help="record a program's allocations as a trace",
                        description="python -m mempool record -o OUT[.gz] -- python script.py "
                        "ARGS (or -- python -m module ARGS): NumPy's allocations and the pool "
-                       "operations of the whole program, as trace.record() writes them")
+                       "operations of the whole program, as trace.record() writes them.  "
+                       "With --malloc, any program's C heap calls (malloc, calloc, realloc, "
+                       "free, the aligned ones), through a preload recorder: "
+                       "record --malloc -o OUT -- CMD ARGS")
     r.add_argument("-o", "--output", required=True, help="the trace file (.gz: compressed)")
+    r.add_argument("--malloc", action="store_true",
+                   help="record CMD's C heap calls (any dynamically linked program; "
+                   "run CPython with PYTHONMALLOC=malloc to see its small objects)")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- python script.py args")
 
 
@@ -260,10 +266,28 @@ def _cmd_record(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if args.malloc:
+        if not cmd:
+            return fail("no command to record: record --malloc -o OUT -- CMD ARGS")
+        try:
+            r = tr.record_malloc(cmd, args.output)
+        except FileNotFoundError as e:
+            what = args.output if e.filename in (args.output, None) else cmd[0]
+            return fail(f"cannot {'write' if what == args.output else 'run'} {e.filename or what}: "
+                        f"{e.strerror or e}")
+        except (OSError, RuntimeError, tr.TraceError) as e:
+            msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+            return fail(msg)
+        others = f"; {r.other_processes} process(es) it started not recorded" \
+            if r.other_processes else ""
+        print(f"mempool record: {r.ops:,} ops, maxlive {r.maxlive:,} bytes -> {r.path}{others}",
+              file=sys.stderr)
+        return r.returncode if r.returncode >= 0 else 128 - r.returncode
     if len(cmd) < 2:
         return fail("no command to record: record -o OUT -- python script.py ARGS")
     if not os.path.basename(cmd[0]).startswith("python"):
-        return fail(f"{cmd[0]} is not a Python interpreter (the --malloc recorder is not built yet)")
+        return fail(f"{cmd[0]} is not a Python interpreter (record --malloc records any program's "
+                    "C heap calls)")
     if cmd[1] == "-m" and len(cmd) < 3:
         return fail("-m needs a module name")
     try:
@@ -612,3 +636,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mempool {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): quiet, as other tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

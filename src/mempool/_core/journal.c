@@ -149,11 +149,14 @@ void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
     }
 }
 
+_Thread_local const mp_tx_t *mp_tx_replaying;
+
 /* Replay the listed operations on the shadow. */
 static void replay(mp_tx_t *t)
 {
     const mp_ops_t *ops = t->ops;
     void *sh = t->shadow;
+    mp_tx_replaying = t;
     for (uint32_t k = 0; k < t->nops; k++) {
         const mp_tx_op_t *o = &t->op[k];
         uint64_t out = MP_NO_SPACE;
@@ -169,6 +172,7 @@ static void replay(mp_tx_t *t)
         (void)rc;
         (void)out;
     }
+    mp_tx_replaying = NULL;
 }
 
 void mp_tx_commit(mp_tx_t *t)

@@ -291,16 +291,26 @@ static void rec_drop_ns(rec_t *r, uint64_t ns)
 /* ---- the wrapped operation tables -------------------------------------------------- */
 static inline mp_head_t *head_of(void *st) { return (mp_head_t *)st; }
 
+/* The key of st's settings: st's own, or, when st is the shadow a journal is replaying
+ * on (mp_tx_replaying), the live state's, with *shadow set (nothing is recorded). */
+static uint64_t key_of(const void *st, int *shadow)
+{
+    const mp_tx_t *t = mp_tx_replaying;
+    *shadow = t && st == t->shadow;
+    return (uint64_t)(uintptr_t)(*shadow ? t->st : st);
+}
+
 static int w_alloc(const mp_ops_t *real, void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     if (!active) return real->alloc(st, size, align, out);
+    int shadow = 0;
     pthread_mutex_lock(&M);
-    slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
+    slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
     if (!e) {
         pthread_mutex_unlock(&M);
         return real->alloc(st, size, align, out);
     }
-    uint64_t limit = e->size, token = e->id;
+    uint64_t limit = e->size, token = shadow ? 0 : e->id;
     int rc;
     if (limit != NO_LIMIT && (head_of(st)->used > limit || size > limit - head_of(st)->used)) {
         rc = MP_ENOSPACE;
@@ -338,9 +348,10 @@ static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size
                      uint64_t *out)
 {
     if (!active) return real->realloc(st, off, size, align, out);
+    int shadow = 0;
     pthread_mutex_lock(&M);
-    slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
-    uint64_t limit = e ? e->size : NO_LIMIT, token = e ? e->id : 0, old = 0;
+    slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
+    uint64_t limit = e ? e->size : NO_LIMIT, token = e && !shadow ? e->id : 0, old = 0;
     int rc = MP_OK;
     if (limit != NO_LIMIT) {
         rc = real->size_of(st, off, &old);
