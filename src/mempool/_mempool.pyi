@@ -31,6 +31,8 @@ __all__ = ["TLSF", "BestFit", "Bitmap", "Block", "Buddy", "Bump", "Heap", "Slab"
 STRATEGIES: Final[dict[str, type[Strategy]]]
 #: the columns of replay()'s sample rows (ops, used, requested, high_water, ...)
 SAMPLE_COLUMNS: Final[tuple[str, ...]]
+# MEMPOOL_DEBUG=1 builds: the core checks its state after every call
+DEBUG_BUILD: Final[bool]
 
 # ---- strategies (strategy.c, type_*.c) ---------------------------------------------------
 @disjoint_base

@@ -413,6 +413,14 @@ PyMODINIT_FUNC PyInit__mempool(void)
         goto fail;
     }
     _Static_assert(MP_SAMPLE_COLS == 7, "SAMPLE_COLUMNS names every column");
+#ifdef MP_DEBUG
+    const int debug_build = 1;
+#else
+    const int debug_build = 0;
+#endif
+    /* a build with the core's checks after every call (MEMPOOL_DEBUG=1): tests whose
+     * size makes those O(n) checks quadratic scale themselves down */
+    if (PyModule_AddObject(m, "DEBUG_BUILD", PyBool_FromLong(debug_build)) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);
