@@ -271,13 +271,13 @@ def _cmd_record(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return fail("no command to record: record --malloc -o OUT -- CMD ARGS")
         try:
             r = tr.record_malloc(cmd, args.output)
-        except FileNotFoundError as e:
-            what = args.output if e.filename in (args.output, None) else cmd[0]
-            return fail(f"cannot {'write' if what == args.output else 'run'} {e.filename or what}: "
-                        f"{e.strerror or e}")
-        except (OSError, RuntimeError, tr.TraceError) as e:
-            msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
-            return fail(msg)
+        except OSError as e:  # the command (Popen names it), else the output
+            if e.filename is None:
+                return fail(str(e))
+            verb = "run" if e.filename == cmd[0] else "write"
+            return fail(f"cannot {verb} {e.filename}: {e.strerror or e}")
+        except (RuntimeError, tr.TraceError) as e:
+            return fail(str(e))
         others = f"; {r.other_processes} process(es) it started not recorded" \
             if r.other_processes else ""
         print(f"mempool record: {r.ops:,} ops, maxlive {r.maxlive:,} bytes -> {r.path}{others}",

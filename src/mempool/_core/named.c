@@ -269,3 +269,16 @@ void mp_named_remove(mp_named_t *d, uint64_t slot)
     set64(d, &r->count, r->count - 1);
     set64(d, &r->tombs, r->tombs + 1);
 }
+
+void mp_named_rec_write(mp_named_t *d, uint64_t rec, const void *bytes, uint64_t rlen,
+                        uint64_t hash, uint64_t data, uint64_t dsize, uint64_t view)
+{
+    memcpy(d->base + rec, bytes, (size_t)rlen);
+    mp_named_rec_t *h = (mp_named_rec_t *)(d->base + rec);
+    h->magic = MP_NAMED_REC_MAGIC;
+    h->hash = hash;
+    h->data = data;
+    h->dsize = dsize;
+    h->view = data + view;
+    h->size = rlen;
+}

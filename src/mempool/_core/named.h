@@ -97,6 +97,10 @@ int mp_named_free(mp_named_t *d, uint64_t off);
 /* Publish a new record (the name absent): grows the table when needed.  MP_OK or
  * an allocation error (then nothing of the directory changed; the caller undoes). */
 int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec);
+/* Fill the record at rec (rlen bytes allocated): the caller's bytes (name, dtype,
+ * shape...) then the head naming the data range and the view's offset in it. */
+void mp_named_rec_write(mp_named_t *d, uint64_t rec, const void *bytes, uint64_t rlen,
+                        uint64_t hash, uint64_t data, uint64_t dsize, uint64_t view);
 /* Point an existing slot at a new record. */
 void mp_named_replace(mp_named_t *d, uint64_t slot, uint64_t rec);
 /* Remove the name at slot (its record and data are the caller's to free); frees the

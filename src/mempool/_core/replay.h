@@ -22,6 +22,43 @@ int64_t mp_trace_parse(const char *text, uint64_t len, uint64_t cap, uint8_t *op
                        uint64_t *size, uint32_t *align, uint64_t *err_line, char *err,
                        size_t errlen);
 
+/* The longest line mp_trace_line writes: "a", an ID, a size and an alignment of at
+ * most 20 digits each, three spaces and the newline. */
+#define MP_TRACE_LINE_MAX 64
+
+static inline char *mp_trace_put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+/* Write one mempool-trace v1 line at p (room for MP_TRACE_LINE_MAX bytes): op ('a',
+ * 'f' or 'r'), id, then size and align unless UINT64_MAX; returns the end.  No
+ * allocation, no locale: the recorders (the binding's trace.record and the malloc
+ * preload library) call it from inside allocators. */
+static inline char *mp_trace_line(char *p, char op, uint64_t id, uint64_t size, uint64_t align)
+{
+    *p++ = op;
+    *p++ = ' ';
+    p = mp_trace_put_u64(p, id);
+    if (size != UINT64_MAX) {
+        *p++ = ' ';
+        p = mp_trace_put_u64(p, size);
+    }
+    if (align != UINT64_MAX) {
+        *p++ = ' ';
+        p = mp_trace_put_u64(p, align);
+    }
+    *p++ = '\n';
+    return p;
+}
+
 typedef struct mp_replay_result {
     uint64_t ops;         /* operations executed                              */
     uint64_t failures;    /* alloc/realloc that returned an error             */

@@ -212,6 +212,17 @@ PyObject *mp_ext_named_check(PoolObject *self, PyObject *ignored);
 void mp_named_release(PoolObject *pool); /* close/dealloc: let go of the root's memory */
 /* a name's UTF-8 bytes (1..MP_NAMED_MAX_NAME), or NULL with TypeError / ValueError */
 const char *mp_named_name_of(PyObject *o, uint32_t *n);
+/* The arguments of _named_put(name, record, source, block, view), private and shared
+ * pools alike: 0, or -1 with the error set.  When has_src, src is a buffer to release. */
+typedef struct mp_named_put_args {
+    const char *name;
+    uint32_t n;
+    uint64_t view;
+    Py_buffer src;
+    int has_src;
+    BlockObject *blk;
+} mp_named_put_args_t;
+int mp_named_put_args(PyObject *const *args, Py_ssize_t nargs, mp_named_put_args_t *a);
 /* pool_shared.c: what pool_shared_named.c needs of a shared pool (p is one) */
 int mp_sh_lock(PoolObject *p); /* 0 with the lock held (a transaction begun), or -1 */
 void mp_sh_unlock(PoolObject *p); /* commits the transaction */

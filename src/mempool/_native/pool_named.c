@@ -215,6 +215,35 @@ PyObject *mp_ext_named_owns(PoolObject *self, PyObject *o)
     return PyBool_FromLong(rc);
 }
 
+int mp_named_put_args(PyObject *const *args, Py_ssize_t nargs, mp_named_put_args_t *a)
+{
+    *a = (mp_named_put_args_t){0};
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_named_put() takes 5 arguments");
+        return -1;
+    }
+    a->name = mp_named_name_of(args[0], &a->n);
+    if (!a->name) return -1;
+    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) < MP_NAMED_REC_HEAD) {
+        PyErr_SetString(PyExc_TypeError, "record must be bytes of a record");
+        return -1;
+    }
+    if (mp_arg_u64(args[4], "view", &a->view)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view out of range");
+        return -1;
+    }
+    if (args[2] != Py_None) {
+        if (PyObject_GetBuffer(args[2], &a->src, PyBUF_C_CONTIGUOUS) < 0) return -1;
+        a->has_src = 1;
+    } else if (PyObject_TypeCheck(args[3], &BlockType)) {
+        a->blk = (BlockObject *)args[3];
+    } else {
+        PyErr_SetString(PyExc_TypeError, "_named_put needs a source buffer or a Block");
+        return -1;
+    }
+    return 0;
+}
+
 /* _named_put(name, record, source, block, view) -> the pin Block of the named range.
  * record: the record's bytes (its data/dsize/view fields are filled in here);
  * source: a C-contiguous buffer to copy into a new range (block None), or None;
@@ -224,34 +253,13 @@ PyObject *mp_ext_named_owns(PoolObject *self, PyObject *o)
  * whole call is one transaction: on any error nothing changed. */
 PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "_named_put() takes 5 arguments");
-        return NULL;
-    }
-    uint32_t n;
-    const char *s = mp_named_name_of(args[0], &n);
-    if (!s) return NULL;
-    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) < MP_NAMED_REC_HEAD) {
-        PyErr_SetString(PyExc_TypeError, "record must be bytes of a record");
-        return NULL;
-    }
-    uint64_t view;
-    if (mp_arg_u64(args[4], "view", &view)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view out of range");
-        return NULL;
-    }
-    Py_buffer src = {0};
-    int has_src = 0;
-    BlockObject *blk = NULL;
-    if (args[2] != Py_None) {
-        if (PyObject_GetBuffer(args[2], &src, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-        has_src = 1;
-    } else if (PyObject_TypeCheck(args[3], &BlockType)) {
-        blk = (BlockObject *)args[3];
-    } else {
-        PyErr_SetString(PyExc_TypeError, "_named_put needs a source buffer or a Block");
-        return NULL;
-    }
+    mp_named_put_args_t a;
+    if (mp_named_put_args(args, nargs, &a) < 0) return NULL;
+    const char *s = a.name;
+    uint32_t n = a.n;
+    uint64_t view = a.view;
+    int has_src = a.has_src;
+    BlockObject *blk = a.blk;
     PyObject *result = NULL;
     BlockObject *pin = NULL;
     char msg[200];
@@ -291,7 +299,7 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
             goto out;
         }
     } else {
-        dsize = src.len ? (uint64_t)src.len : 1;
+        dsize = a.src.len ? (uint64_t)a.src.len : 1;
         data = 0;
     }
     if (view >= dsize && !(view == 0)) {
@@ -312,19 +320,12 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
         if (rc) goto fail;
         got[ngot++] = data;
         d->ops->size_of(d->st, data, &dsize);
-        if (src.len) memcpy(d->base + data, src.buf, (size_t)src.len);
+        if (a.src.len) memcpy(d->base + data, a.src.buf, (size_t)a.src.len);
     }
     rc = mp_named_alloc(d, rlen, 8, &rec);
     if (rc) goto fail;
     got[ngot++] = rec;
-    memcpy(d->base + rec, PyBytes_AS_STRING(args[1]), (size_t)rlen);
-    mp_named_rec_t *h = (mp_named_rec_t *)(d->base + rec);
-    h->magic = MP_NAMED_REC_MAGIC;
-    h->hash = hash;
-    h->data = data;
-    h->dsize = dsize;
-    h->view = data + view;
-    h->size = rlen;
+    mp_named_rec_write(d, rec, PyBytes_AS_STRING(args[1]), rlen, hash, data, dsize, view);
     if (exists) {
         mp_named_replace(d, slot, rec);
         mp_named_free(d, old);
@@ -356,7 +357,7 @@ fail:;
     mp_raise(self->strategy, rc, asked, aalign, 0);
 out:
     Py_XDECREF(pin);
-    if (has_src) PyBuffer_Release(&src);
+    if (has_src) PyBuffer_Release(&a.src);
     return result;
 }
 

@@ -230,34 +230,13 @@ static uint64_t others(mp_shared_ctl_t *c, uint64_t data, fail_t *f)
  * one transaction under the segment's lock; nothing changed on any error. */
 PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "_named_put() takes 5 arguments");
-        return NULL;
-    }
-    uint32_t n;
-    const char *s = mp_named_name_of(args[0], &n);
-    if (!s) return NULL;
-    if (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) < MP_NAMED_REC_HEAD) {
-        PyErr_SetString(PyExc_TypeError, "record must be bytes of a record");
-        return NULL;
-    }
-    uint64_t view;
-    if (mp_arg_u64(args[4], "view", &view)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view out of range");
-        return NULL;
-    }
-    Py_buffer src = {0};
-    int has_src = 0;
-    BlockObject *blk = NULL;
-    if (args[2] != Py_None) {
-        if (PyObject_GetBuffer(args[2], &src, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-        has_src = 1;
-    } else if (PyObject_TypeCheck(args[3], &BlockType)) {
-        blk = (BlockObject *)args[3];
-    } else {
-        PyErr_SetString(PyExc_TypeError, "_named_put needs a source buffer or a Block");
-        return NULL;
-    }
+    mp_named_put_args_t a;
+    if (mp_named_put_args(args, nargs, &a) < 0) return NULL;
+    const char *s = a.name;
+    uint32_t n = a.n;
+    uint64_t view = a.view;
+    int has_src = a.has_src;
+    BlockObject *blk = a.blk;
     PyObject *result = NULL;
     if (ready(self) < 0) goto out;
     if (blk && (blk->pool != self || !blk->live || blk->pid != mp_getpid())) {
@@ -304,7 +283,7 @@ PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t
             goto unlock;
         }
     } else {
-        dsize = src.len ? (uint64_t)src.len : 1;
+        dsize = a.src.len ? (uint64_t)a.src.len : 1;
     }
     if (view >= dsize && view != 0) {
         f.kind = E_VIEW;
@@ -315,20 +294,13 @@ PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t
         rc = mp_named_alloc(d, dsize, 64, &data);
         if (rc) goto fail;
         d->ops->size_of(d->st, data, &dsize);
-        if (src.len) memcpy(d->base + data, src.buf, (size_t)src.len);
+        if (a.src.len) memcpy(d->base + data, a.src.buf, (size_t)a.src.len);
     }
     asked = rlen;
     aalign = 8;
     rc = mp_named_alloc(d, rlen, 8, &rec);
     if (rc) goto fail;
-    memcpy(d->base + rec, PyBytes_AS_STRING(args[1]), (size_t)rlen);
-    mp_named_rec_t *h = (mp_named_rec_t *)(d->base + rec);
-    h->magic = MP_NAMED_REC_MAGIC;
-    h->hash = hash;
-    h->data = data;
-    h->dsize = dsize;
-    h->view = data + view;
-    h->size = rlen;
+    mp_named_rec_write(d, rec, PyBytes_AS_STRING(args[1]), rlen, hash, data, dsize, view);
     if (exists) {
         mp_named_replace(d, slot, rec);
         mp_named_free(d, old);
@@ -357,7 +329,7 @@ unlock:
     if (f.kind) raise_fail(&f, args[0], "replace");
     else result = Py_NewRef(Py_None);
 out:
-    if (has_src) PyBuffer_Release(&src);
+    if (has_src) PyBuffer_Release(&a.src);
     return result;
 }
 

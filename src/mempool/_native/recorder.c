@@ -41,6 +41,7 @@
 #define PY_ARRAY_UNIQUE_SYMBOL mempool_ARRAY_API
 #define NO_IMPORT_ARRAY
 #include "native.h"
+#include "../_core/replay.h" /* mp_trace_line */
 
 #include <numpy/arrayobject.h>
 #include <pthread.h>
@@ -173,36 +174,11 @@ static void rec_flush(rec_t *r)
     r->blen = 0;
 }
 
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n) *p++ = tmp[--n];
-    return p;
-}
-
 /* One line: op ('a' 'f' 'r'), id, and size / align when given (UINT64_MAX: none). */
 static void rec_line(rec_t *r, char op, uint32_t id, uint64_t size, uint64_t align)
 {
-    if (r->blen > sizeof r->buf - 80) rec_flush(r);
-    char *p = r->buf + r->blen;
-    *p++ = op;
-    *p++ = ' ';
-    p = put_u64(p, id);
-    if (size != UINT64_MAX) {
-        *p++ = ' ';
-        p = put_u64(p, size);
-    }
-    if (align != UINT64_MAX) {
-        *p++ = ' ';
-        p = put_u64(p, align);
-    }
-    *p++ = '\n';
-    r->blen = (size_t)(p - r->buf);
+    if (r->blen > sizeof r->buf - MP_TRACE_LINE_MAX) rec_flush(r);
+    r->blen = (size_t)(mp_trace_line(r->buf + r->blen, op, id, size, align) - r->buf);
     r->ops++;
 }
 

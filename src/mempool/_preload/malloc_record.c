@@ -34,6 +34,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "../_core/replay.h" /* mp_trace_line: the format's one writer */
+
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 extern void *__libc_calloc(size_t, size_t);
@@ -80,34 +82,12 @@ static void flush(void)
     blen = 0;
 }
 
-static void put_u64(uint64_t v)
+/* One line (UINT64_MAX: no size / no align); the file when the buffer is full. */
+static void line(char kind, uint32_t id, uint64_t size, uint64_t align)
 {
-    char t[24];
-    int n = 0;
-    do {
-        t[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n) buf[blen++] = t[--n];
-}
-
-/* One line: kind, id, then size (and align) when given (size_t)-1 marks "none". */
-static void line(char kind, uint32_t id, uint64_t size, uint64_t align, int nfields)
-{
-    if (blen > sizeof buf - 80) flush();
+    if (blen > sizeof buf - MP_TRACE_LINE_MAX) flush();
     if (fd < 0) return;
-    buf[blen++] = kind;
-    buf[blen++] = ' ';
-    put_u64(id);
-    if (nfields >= 3) {
-        buf[blen++] = ' ';
-        put_u64(size);
-    }
-    if (nfields >= 4) {
-        buf[blen++] = ' ';
-        put_u64(align);
-    }
-    buf[blen++] = '\n';
+    blen = (size_t)(mp_trace_line(buf + blen, kind, id, size, align) - buf);
 }
 
 static size_t hash(uintptr_t p, size_t mask)
@@ -215,8 +195,8 @@ static void rec_alloc(void *p, size_t size, size_t align)
     if (!p || !enter()) return;
     int64_t id = new_id();
     if (id >= 0 && insert((uintptr_t)p, (uint32_t)id) == 0) {
-        if (align > 16) line('a', (uint32_t)id, size, align, 4);
-        else line('a', (uint32_t)id, size, 0, 3);
+        if (align > 16) line('a', (uint32_t)id, size, align);
+        else line('a', (uint32_t)id, size, UINT64_MAX);
     }
     leave();
 }
@@ -226,7 +206,7 @@ static void rec_free(void *p)
     if (!p || !enter()) return;
     int64_t id = take((uintptr_t)p);
     if (id >= 0) {
-        line('f', (uint32_t)id, 0, 0, 2);
+        line('f', (uint32_t)id, UINT64_MAX, UINT64_MAX);
         free_id((uint32_t)id);
     }
     leave();
@@ -272,8 +252,8 @@ EXPORT void *realloc(void *old, size_t n)
     }
     if (enter()) {
         if (p) {
-            if (insert((uintptr_t)p, (uint32_t)id) == 0) line('r', (uint32_t)id, n, 0, 3);
-            else line('f', (uint32_t)id, 0, 0, 2);
+            if (insert((uintptr_t)p, (uint32_t)id) == 0) line('r', (uint32_t)id, n, UINT64_MAX);
+            else line('f', (uint32_t)id, UINT64_MAX, UINT64_MAX);
         } else {
             insert((uintptr_t)old, (uint32_t)id); /* failed: the old block stays live */
         }
