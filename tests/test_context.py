@@ -191,14 +191,91 @@ def test_the_handler_is_safe_without_the_gil():
 
     def storm():
         for i in range(2000):
-            ptr = malloc(ctx, 64 + i % 500)
+            n = 64 + i % 500
+            ptr = malloc(ctx, n)
             assert ptr and p.address <= ptr < p.address + p.capacity
-            free(ctx, ptr, 0)
+            free(ctx, ptr, n if i % 2 else 0)  # told its size: into the cache
 
     ts = [threading.Thread(target=storm) for _ in range(4)]
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert act.numpy_stats()["allocs"] == 8000 and act.numpy_stats()["live"] == 0
+    assert p.used == 0
+    p.check()
+
+
+def test_freed_ranges_are_kept_for_reuse_and_settled_before_anyone_looks():
+    p = Pool("8MiB")
+    act = p.activate(numpy=True)
+    with act:
+        a = np.empty(100)                  # 800 B: a class of 16 bytes
+        m = np.empty(8192)                 # 64 KiB: the list of larger ranges
+        small, mid = a.ctypes.data, m.ctypes.data
+        del a, m                           # kept by the handler, not the strategy's
+        assert p.exports == 0
+        b = np.empty(97)                   # 776 B: the class of 784, not that range
+        c = np.empty(100)                  # the range just freed, served again
+        d = np.empty(8190)                 # 65520 B rounds to 65536: the same range
+        assert c.ctypes.data == small and d.ctypes.data == mid and b.ctypes.data != small
+        del b, c, d
+    st = act.numpy_stats()
+    assert st["allocs"] == 5 and st["frees"] == 5 and st["live"] == 0
+    # anything that reads the state gets the ranges back first
+    assert p.used == 0 and len(p) == 0 and p.segments() == [(0, 8 << 20, False)]
+    p.check()
+    p.close()
+
+
+def test_kept_ranges_go_back_before_anything_is_refused():
+    p = Pool("8MiB")
+    act = p.activate(numpy=True)
+    with act:
+        for n in (10, 100, 1000, 30000):   # small classes and a larger range, all kept
+            np.empty(n)
+    # a Block of the whole capacity: the first try finds the kept ranges in the way
+    blk = p.alloc(8 << 20)
+    assert blk.offset == 0 and act.numpy_stats()["failures"] == 0
+    p.free(blk)
+    with act:
+        np.empty(100)
+        whole = np.empty((8 << 20) // 8)   # NumPy's own request, the same way
+    assert inside(p, whole) and act.numpy_stats()["fallbacks"] == 0
+    del whole
+    assert p.used == 0
+    # block_at never finds a kept range live; close gives them back
+    with act:
+        a = np.empty(100)
+        off = a.ctypes.data - p.address
+        del a
+    with pytest.raises(mempool.NotAllocated):
+        p.block_at(off)
+    with act:
+        np.empty(100)
+    p.close()
+    assert p.closed
+
+
+def test_a_range_of_its_exact_size_never_serves_its_class():
+    # one hole of 8 bytes: a 1-byte request's class (16) does not fit, its exact size
+    # does; that range must never serve a 16-byte request
+    p = Pool("1MiB", "bitmap", block_size=8, first_fit=True)
+    x = p.alloc(8, align=8)
+    rest = p.alloc(p.capacity - 8, align=8)
+    p.free(x)
+    act = p.activate(numpy=True)
+    with act:
+        a = np.empty(1, dtype=np.uint8)    # the hole, at its exact size
+        assert a.ctypes.data == p.address
+        del a
+        b = np.empty(16, dtype=np.uint8)   # 16 B: not in the 8-byte hole (were the
+        assert not inside(p, b)            # range kept in its class, it would be)
+        c = np.empty(2, dtype=np.uint8)    # 2 B: the hole again, at c's exact size
+        assert c.ctypes.data == p.address
+        del b, c
+    st = act.numpy_stats()
+    assert st["allocs"] == 2 and st["fallbacks"] == 1 and st["live"] == 0
+    assert p.used == p.capacity - 8
+    p.free(rest)
     assert p.used == 0
     p.check()
 

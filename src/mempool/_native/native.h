@@ -73,6 +73,8 @@ typedef struct {
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
     struct BlockObject *blocks; /* live Block objects of this pool (intrusive list) */
     mp_named_t *named;        /* pool.named's directory (pool_named.c), or NULL   */
+    struct mp_hcache *hcache; /* NumPy's freed ranges kept for reuse (handler.c), or
+                                 NULL: they count as used until mp_pool_settle()   */
     Py_buffer named_view;     /* the memory its root lives in (has_named)       */
     int has_named;
     PyObject *weakreflist;
@@ -196,6 +198,13 @@ int mp_pool_raw_free(PoolObject *p, uint64_t off);
 uint64_t mp_pool_raw_size(PoolObject *p, uint64_t off);
 /* handler.c */
 int mp_handler_ready(PyObject *module);
+/* The ranges NumPy freed that the handler keeps for reuse (private pools only) go back
+ * to the strategy: before anything reads or changes the state other than the handler
+ * (the strategy getter, block_at, realloc, close) and before an allocation is refused.
+ * 1 when some went back (a failed allocation is worth a retry), else 0. */
+int mp_hcache_settle(PoolObject *p);
+static inline int mp_pool_settle(PoolObject *p) { return p->hcache && mp_hcache_settle(p); }
+void mp_hcache_drop(PoolObject *p); /* forget the cache (the pool's state goes away) */
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 

@@ -119,6 +119,10 @@ static inline int pool_take(PoolObject *self, uint64_t size, uint64_t align, int
     if (self->hooks) return self->hooks->take(self, size, align, quiet, off, tag, entry);
     int rc = st_alloc(self, size, align, off);
     if (rc == MP_OK) return 0;
+    if (mp_pool_settle(self)) { /* NumPy's freed ranges were kept: they go back first */
+        rc = st_alloc(self, size, align, off);
+        if (rc == MP_OK) return 0;
+    }
     if (quiet && mp_no_fit(rc)) return 1;
     mp_raise(self->strategy, rc, size, align, 0);
     return -1;
@@ -279,6 +283,7 @@ static void pool_dealloc(PoolObject *self)
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_j) PyBuffer_Release(&self->j_view);
     mp_named_release(self);
+    mp_hcache_drop(self);
     PyMem_Free(self->tx);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
@@ -378,6 +383,7 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
         if (self->hooks->realloc(self, b, size, &off) < 0) return NULL;
     } else {
         int rc;
+        mp_pool_settle(self); /* (growing in place may need a range NumPy freed) */
         if (self->tx) {
             mp_tx_begin(self->tx);
             rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
@@ -419,6 +425,7 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     if (mp_pool_check_open(self) < 0) return NULL;
     if (rc > 0) off = UINT64_MAX;
     if (self->hooks) return self->hooks->block_at(self, args[0], off);
+    mp_pool_settle(self); /* a range NumPy freed is not live */
     uint64_t size;
     if (off == UINT64_MAX || OPS(self)->size_of(ST(self), off, &size) != MP_OK) {
         PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
@@ -555,6 +562,8 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     /* shared pools give back what this process holds and let the calls that wait for
      * their lock leave (they find the pool closing) before the memory goes */
     if (self->hooks) self->hooks->close(self);
+    mp_pool_settle(self); /* NumPy's freed ranges go back, and the cache with them */
+    mp_hcache_drop(self);
     self->closing = 1;
     self->closed = 1;
     mp_named_release(self);
@@ -623,6 +632,9 @@ static PyObject *get_strategy_name(PoolObject *self, void *Py_UNUSED(c))
 static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
 {
     if (!self->strategy) Py_RETURN_NONE;
+    /* stats(), used, segments(), check()... read the state through this: NumPy's freed
+     * ranges that the handler keeps go back first (handler.c) */
+    mp_pool_settle(self);
     Py_INCREF(self->strategy);
     return (PyObject *)self->strategy;
 }

@@ -264,6 +264,7 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
     BlockObject *pin = NULL;
     char msg[200];
     if (named_ready(self) < 0) goto out;
+    mp_pool_settle(self); /* the ranges NumPy freed go back: room for the name */
     mp_named_t *d = self->named;
     if (blk && (blk->pool != self || !blk->live)) {
         PyErr_SetString(mp_NotAllocated, "the block is not a live block of this pool");
