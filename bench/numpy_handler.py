@@ -14,7 +14,9 @@
    (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer faults,
    no slowdown.
 
-Every case runs once per round, in turn; figures are medians of rounds.  Writes
+Part 1 takes one size at a time (warmed, then its three handlers in turn each round);
+part 2 runs every case once per round, in turn; figures are medians of rounds.  The
+numpy-allocator column needs ``pip install '.[bench]'``.  Writes
 bench/results/numpy_handler.txt (command, date, machine, tables).
 """
 
@@ -52,6 +54,11 @@ def libc_handler() -> tuple[object | None, str]:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
 
         class libc_malloc(metaclass=numpy_allocator.type):  # type: ignore[misc]
+            # numpy-allocator reads the function pointers from these addresses at every
+            # call: they are inside libc's ctypes function objects, which must outlive
+            # the handler (a collected CDLL left them dangling: the SIGSEGV of an
+            # earlier run, in numpy-allocator's unsafe_malloc)
+            _libc = libc
             _calloc_ = ctypes.addressof(libc.calloc)
             _free_ = ctypes.addressof(libc.free)
             _malloc_ = ctypes.addressof(libc.malloc)
@@ -120,14 +127,20 @@ def main() -> None:
         t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
         n, _ = t.autorange()
         number[label] = max(10, int(n * target_s / 0.2))
+    # one size at a time, its variants interleaved round by round: a size's figures
+    # are not disturbed by the sizes around it (NumPy's default took ~6 % longer at
+    # 64 B right after the 64 MiB cases than on its own; the pool's did not)
     times = {(s, v): [] for s, _ in SIZES for v in variants}
-    for r in range(rounds1):
-        for label, nb in SIZES:
-            t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
+    for label, nb in SIZES:
+        t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
+        for v, cm in variants.items():  # warm: every cache and bin of this size
+            with cm:  # type: ignore[attr-defined]
+                t.timeit(number[label] // 10 + 1)
+        for r in range(rounds1):
             for v, cm in variants.items():
                 with cm:  # type: ignore[attr-defined]
                     times[(label, v)].append(t.timeit(number[label]) / number[label] * 1e9)
-        print(f"\rpart 1 round {r + 1}/{rounds1}", end="", file=sys.stderr)
+        print(f"\rpart 1 {label}", end="", file=sys.stderr)
     print(file=sys.stderr)
     hdr = f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13} {'b/a':>6} {'c/a':>6}"
     say(hdr)

@@ -72,6 +72,16 @@ typedef struct {
  * thread's attached one from 3.12) was made by this thread.  A third of the cost of
  * PyGILState_Check (a TSS lookup), which is as blind to a thread state moved between
  * threads: such a caller takes the GIL below, as it did with PyGILState_Check. */
+static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
+static inline unsigned long thread_self(void)
+{
+#if defined(__x86_64__) && defined(__GLIBC__)
+    unsigned long self;
+    __asm__("mov %%fs:16, %0" : "=r"(self));
+    if (__builtin_expect(fs_self, 1)) return self;
+#endif
+    return (unsigned long)pthread_self();
+}
 static inline int gil_held(void)
 {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -81,13 +91,7 @@ static inline int gil_held(void)
 #endif
     /* (CPython stores PyThread_get_thread_ident(), which is pthread_self(): glibc's on
      * x86-64 reads the thread control block's self pointer at %fs:16, inline here) */
-#if defined(__x86_64__) && defined(__GLIBC__)
-    unsigned long self;
-    __asm__("mov %%fs:16, %0" : "=r"(self));
-    return ts && ts->thread_id == self;
-#else
-    return ts && ts->thread_id == (unsigned long)pthread_self();
-#endif
+    return ts && ts->thread_id == thread_self();
 }
 static inline gil_t gil_take(void)
 {
@@ -499,4 +503,9 @@ static PyMethodDef handler_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int mp_handler_ready(PyObject *module) { return PyModule_AddFunctions(module, handler_methods); }
+int mp_handler_ready(PyObject *module)
+{
+    fs_self = 1;
+    fs_self = thread_self() == (unsigned long)pthread_self();
+    return PyModule_AddFunctions(module, handler_methods);
+}
