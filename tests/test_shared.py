@@ -271,6 +271,53 @@ def test_reclaim_keeps_ranges_other_processes_hold(name):
         p.check()
 
 
+def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name):
+    # an entry names three borrowing processes; a fourth's reference is a pinned slot of
+    # the lease table under its pid (it was counted under no pid: killed, its range
+    # stayed live until the segment went)
+    with SharedPool.create(name, 65536) as p:
+        b = p.alloc(100)
+        code = f"""
+            import os, pickle, sys, time, mempool
+            p = mempool.SharedPool.attach({name!r})
+            h = pickle.loads(sys.stdin.buffer.read())   # borrows a reference
+            assert h.live and h.offset == {b.offset}
+            print(os.getpid(), flush=True)
+            if sys.argv[1:] == ["release"]:            # gives it back alive
+                del h
+                print("released", flush=True)
+            time.sleep(120)
+        """
+        kids, pids = [], []
+        try:
+            for j in range(6):  # one at a time: the first three are the holders
+                k = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)]
+                                     + (["release"] if j == 5 else []),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                k.stdin.write(pickle.dumps(b))
+                k.stdin.close()
+                pids.append(int(k.stdout.readline()))
+                kids.append(k)
+            assert kids[5].stdout.readline() == b"released\n"  # its pinned slot went back
+            p.check()  # refs == owner + holders + pinned slots
+            assert p.shared_stats().leases == 0  # the pinned slots are not in flight
+            for k in kids:
+                k.kill()
+                k.wait()
+            assert p.stats().live == 1
+            for pid in reversed(pids):  # the pinned ones first, then the holders
+                assert p.reclaim(pid) == 0  # one reference each; ours keeps the range
+            assert b.live and p.stats().live == 1
+            p.check()
+            del b
+            assert p.stats().live == 0 and p.used == 0
+            p.check()
+        finally:
+            for k in kids:
+                k.kill()
+                k.wait()
+
+
 def test_attach_checks_while_other_processes_allocate(name):
     # attach's check() holds the lock but owners reuse their cached ranges without it,
     # stamping a tag reserved after check() read the tag counter: before, that was

@@ -408,8 +408,10 @@ class SharedPool(SharedPoolCore, Pool):
 
     # ---- lifetime ----------------------------------------------------------------------
     def reclaim(self, pid: int, *, force: bool = False) -> int:
-        """Release the references that the blocks allocated by process ``pid`` held
-        (a range with no other handle is freed); returns the number of ranges freed.
+        """Release the references process ``pid`` held: its allocations, its cache, and
+        the references it borrowed from other processes' blocks (unpickled handles,
+        ``block_at``); a range with no other handle is freed.  Returns the number of
+        ranges freed.
 
         The leases of handles ``pid`` pickled are not released: a sender commonly
         exits before its receiver unpickles (a Queue, a worker's result); a handle

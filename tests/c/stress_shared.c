@@ -284,33 +284,20 @@ static int run(int kill_one)
     mp_lease_stats(ctl, ls);
     mp_shared_unlock(ctl);
     if (rc) die(msg);
-    /* The one leak the design allows: a reference borrowed while MP_HOLDERS other
-     * processes already held the entry is counted in `overflow`, under no pid, so
-     * reclaim cannot give back the killed worker's share of it (README, "Dead
-     * processes").  Such ranges (refs == overflow, nothing else) are counted and
-     * reported; any other range left is a failure. */
-    uint64_t unattributed = 0;
-    for (uint32_t i = 0; kill_one && i < MAX_ENTRIES; i++) {
-        mp_entry_t *e = mp_reg_entry(ctl, i);
-        uint32_t held = 0;
-        for (int k = 0; k < MP_HOLDERS; k++) held += e->holder[k].count;
-        /* (the state's owner pid may stay: an owner that gave its own reference back) */
-        if (e->offset != UINT64_MAX && e->overflow && !held && !(e->state & (1ull << 31)) &&
-            (e->state & 0x7fffffffull) == e->overflow)
-            unattributed++;
-    }
-    if (h->live != unattributed) {
-        fprintf(stderr, "stress_shared: %llu ranges left after everything was given back "
-                "(%llu of them held by unattributed borrowed references)\n",
-                (unsigned long long)h->live, (unsigned long long)unattributed);
+    /* Every range goes back: a reference a fourth process borrowed is a pinned slot of
+     * the lease table under its pid (shared.c), which reclaim releases like a holder's
+     * count; before those slots, such a reference was counted under no pid and kept
+     * its range after the worker was killed (1 run in ~20 under ASan). */
+    if (h->live) {
+        fprintf(stderr, "stress_shared: %llu ranges left after everything was given back\n",
+                (unsigned long long)h->live);
         exit(1);
     }
     printf("  %d workers x %d rounds%s: reclaim freed %llu, released %llu; %llu tags, %llu lock "
-           "waits, %llu recoveries; %llu leases expired, %llu in flight; %llu range(s) kept by the "
-           "killed worker's unattributed borrowed references\n", WORKERS, ROUNDS,
+           "waits, %llu recoveries; %llu leases expired, %llu in flight\n", WORKERS, ROUNDS,
            kill_one ? " + 1 killed" : "", (unsigned long long)freed, (unsigned long long)released,
            (unsigned long long)out[2], (unsigned long long)out[4], (unsigned long long)out[6],
-           (unsigned long long)ls[2], (unsigned long long)ls[0], (unsigned long long)unattributed);
+           (unsigned long long)ls[2], (unsigned long long)ls[0]);
     if (ls[0]) die("leases left in flight past their deadline");
     return j->rolled_back + j->rolled_forward > recovered;
 }

@@ -23,10 +23,12 @@
  *           refs       handles alive in all processes
  *           owner      the process that allocated the range (or caches it)
  *           owner_ref  the owner's own Block (from alloc) holds one of the refs
- *   holder  who borrowed the others: (pid, count) for up to MP_HOLDERS processes,
- *           the rest in overflow.  Borrowing (a handle unpickled, block_at) and
- *           giving back a borrowed reference take the lock; so reclaim(pid) knows
- *           what a dead process held, not only what it allocated.
+ *   holder  who borrowed the others: (pid, count) for up to MP_HOLDERS processes;
+ *           a further borrower's reference is a pinned slot of the lease table
+ *           (below), and only when that table or the call's journal is full does it
+ *           go into overflow, counted under no pid.  Borrowing (a handle unpickled,
+ *           block_at) and giving back a borrowed reference take the lock; so
+ *           reclaim(pid) knows what a dead process held, not only what it allocated.
  * A handle names (offset, tag): a handle to a freed or reused range finds no
  * entry, another tag, or refs == 0, and is refused instead of aliased.
  *
@@ -43,6 +45,13 @@
  * set exactly by each expiry pass), so the common path costs one comparison, and a
  * pass over the table runs only when some deadline may have passed.  reclaim(pid)
  * leaves leases alone: a sender commonly exits before its receiver unpickles.
+ *
+ * Pinned slots.  A lease slot whose deadline is PINNED is not in flight: it records
+ * a reference borrowed by `pid` beyond the entry's MP_HOLDERS holders (a fourth
+ * process's handle).  It never expires and has no token (adopt refuses it); pid's
+ * release of a borrowed reference gives it back when pid is in no holder, and
+ * reclaim(pid) releases pid's pinned slots like its holder counts.  ctl->pinned
+ * counts them (leases - pinned are in flight).
  *
  * Per-process caches.  When a process releases the last reference to a range it
  * allocated itself, it may keep the range (still allocated in the strategy, its
@@ -96,6 +105,7 @@
 #define UNUSED UINT64_MAX
 #define REFS_MASK 0x7fffffffull
 #define OWNER_REF (1ull << 31)
+#define PINNED UINT64_MAX /* a lease slot's deadline: a borrowed reference, not in flight */
 
 struct mp_shared_ctl {
     uint32_t magic;        /* CTL_MAGIC                                      */
@@ -121,7 +131,7 @@ struct mp_shared_ctl {
     uint32_t lease_max;        /* the lease table's size                           */
     uint32_t leases;           /* leases in flight (used slots)                    */
     uint32_t lease_free;       /* first unused slot (linked through .next)         */
-    uint32_t pad1;
+    uint32_t pinned;           /* of them, pinned slots (borrowed, not in flight)  */
     uint64_t lease_timeout_ns; /* a lease's lifetime in flight                     */
     uint64_t lease_due;        /* <= every used slot's deadline; UINT64_MAX: none  */
     uint64_t leases_expired;   /* leases released by their deadline so far         */
@@ -135,7 +145,8 @@ typedef struct mp_lease {
     uint64_t deadline; /* CLOCK_MONOTONIC ns after which it is released               */
     uint32_t entry;    /* the registry entry whose reference it holds                 */
     uint32_t gen;      /* bumped each time the slot is taken: token = gen << 32 | slot */
-    uint32_t pid;      /* who pickled it (information only: reclaim leaves it alone)  */
+    uint32_t pid;      /* who pickled it (information only: reclaim leaves it alone);
+                          a pinned slot's: who borrowed it (reclaim releases it)     */
     uint32_t next;     /* unused slots: the next unused one                           */
 } mp_lease_t;
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the mutex fits its room");
@@ -188,6 +199,7 @@ static void leases_init(mp_shared_ctl_t *c, uint64_t max_leases, uint64_t timeou
 {
     c->lease_max = (uint32_t)max_leases;
     c->leases = 0;
+    c->pinned = 0;
     c->lease_timeout_ns = timeout_ns;
     c->lease_due = UINT64_MAX;
     c->leases_expired = 0;
@@ -391,7 +403,15 @@ static int ref_inc(mp_entry_t *e, uint64_t tag, uint32_t pid, int *dispose)
     return MP_OK;
 }
 
-/* Record a reference borrowed by pid (its count already in the state word). */
+static uint32_t lease_put(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid,
+                          uint64_t deadline);
+static void lease_clear(mp_shared_ctl_t *c, uint32_t k);
+
+/* Undo records a pinned slot costs (lease_put and the count). */
+#define PIN_UNDO 12
+
+/* Record a reference borrowed by pid (its count already in the state word): a holder,
+ * else a pinned slot, else (the lease table or this call's journal full) overflow. */
 static void holder_add(mp_shared_ctl_t *c, mp_entry_t *e, uint32_t pid)
 {
     int k, empty = -1;
@@ -403,7 +423,26 @@ static void holder_add(mp_shared_ctl_t *c, mp_entry_t *e, uint32_t pid)
     else if (empty >= 0) {
         J32(c, e->holder[empty].pid, pid);
         J32(c, e->holder[empty].count, 1);
+    } else if (c->lease_free != MP_NIL && c->journal.nundo + PIN_UNDO < MP_JOURNAL_UNDO) {
+        lease_put(c, (uint32_t)(e - entries_of(c)), e->tag, pid, PINNED);
+        J32(c, c->pinned, c->pinned + 1);
     } else J32(c, e->overflow, e->overflow + 1);
+}
+
+/* pid's pinned slot of entry i, or MP_NIL. */
+static uint32_t pinned_of(mp_shared_ctl_t *c, uint32_t i, uint32_t pid)
+{
+    mp_lease_t *l = leases_of(c);
+    if (!c->pinned) return MP_NIL;
+    for (uint32_t k = 0; k < c->lease_max; k++)
+        if (l[k].tag && l[k].deadline == PINNED && l[k].entry == i && l[k].pid == pid) return k;
+    return MP_NIL;
+}
+
+static void unpin(mp_shared_ctl_t *c, uint32_t k)
+{
+    lease_clear(c, k);
+    J32(c, c->pinned, c->pinned - 1);
 }
 
 int mp_ref_take(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t pid, int *dispose)
@@ -431,7 +470,9 @@ int mp_ref_release_borrowed(mp_shared_ctl_t *c, uint32_t i, uint32_t pid)
     int k;
     for (k = 0; k < MP_HOLDERS; k++)
         if (e->holder[k].count && e->holder[k].pid == pid) break;
+    uint32_t pin;
     if (k < MP_HOLDERS) J32(c, e->holder[k].count, e->holder[k].count - 1);
+    else if ((pin = pinned_of(c, i, pid)) != MP_NIL) unpin(c, pin);
     else if (e->overflow) J32(c, e->overflow, e->overflow - 1);
     else return -1;
     return drop_ref(e, pid);
@@ -544,7 +585,7 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
 {
     mp_lease_t *l = leases_of(c);
     mp_entry_t *e = entries_of(c);
-    uint64_t used = 0, nfree = 0, horizon = now_ns() + c->lease_timeout_ns;
+    uint64_t used = 0, nfree = 0, pinned = 0, horizon = now_ns() + c->lease_timeout_ns;
     for (uint32_t k = 0; k < c->lease_max; k++) {
         if (!l[k].tag) continue;
         uint32_t i = l[k].entry;
@@ -559,7 +600,8 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
             c->repaired++;
             continue;
         }
-        if (!repair && (l[k].deadline > horizon || l[k].deadline < c->lease_due))
+        if (l[k].deadline == PINNED) pinned++;
+        else if (!repair && (l[k].deadline > horizon || l[k].deadline < c->lease_due))
             MPI_FAIL("lease %u has a deadline outside [earliest deadline, now + timeout]", k);
         if (tally) tally[i]++;
         used++;
@@ -568,9 +610,10 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
     for (uint32_t k = c->lease_free; k != MP_NIL; k = l[k].next)
         if (k >= c->lease_max || l[k].tag || ++nfree > c->lease_max)
             MPI_FAIL("the free lease list is broken at %u", k);
-    if (used != c->leases || used + nfree != c->lease_max)
-        MPI_FAIL("lease counts disagree: %u counted, %llu used, %llu free", c->leases,
-                 (unsigned long long)used, (unsigned long long)nfree);
+    if (used != c->leases || used + nfree != c->lease_max || pinned != c->pinned)
+        MPI_FAIL("lease counts disagree: %u counted (%u pinned), %llu used (%llu pinned), "
+                 "%llu free", c->leases, c->pinned, (unsigned long long)used,
+                 (unsigned long long)pinned, (unsigned long long)nfree);
     return MP_OK;
 }
 
@@ -592,6 +635,7 @@ static void leases_rebuild(mp_shared_ctl_t *c)
     mp_entry_t *e = entries_of(c);
     c->lease_free = MP_NIL;
     c->leases = 0;
+    c->pinned = 0;
     c->lease_due = UINT64_MAX;
     for (uint32_t k = c->lease_max; k-- > 0;) {
         if (l[k].tag && (e[l[k].entry].offset == UNUSED || e[l[k].entry].tag != l[k].tag)) {
@@ -600,6 +644,7 @@ static void leases_rebuild(mp_shared_ctl_t *c)
         }
         if (l[k].tag) {
             c->leases++;
+            c->pinned += l[k].deadline == PINNED;
             if (l[k].deadline < c->lease_due) c->lease_due = l[k].deadline;
         } else {
             l[k].next = c->lease_free;
@@ -731,8 +776,24 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
 uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released)
 {
     mp_entry_t *e = entries_of(c);
+    mp_lease_t *l = leases_of(c);
     uint64_t freed = 0;
     *released = 0;
+    /* first the references pid borrowed beyond the holders (pinned slots) */
+    for (uint32_t k = 0; c->pinned && k < c->lease_max; k++) {
+        if (!l[k].tag || l[k].deadline != PINNED || l[k].pid != pid) continue;
+        uint32_t i = l[k].entry;
+        mp_tx_room(t, 1, PIN_UNDO + 8); /* between slots the registry agrees with the state */
+        unpin(c, k);
+        ++*released;
+        /* (a CAS: a rollback recounts refs from the holders and the slots restored) */
+        if (drop_ref(&e[i], pid) == 1) { /* the last reference: the range goes back */
+            uint64_t off = e[i].offset;
+            mp_reg_drop(c, i);
+            mp_tx_free(t, off);
+            freed++;
+        }
+    }
     for (uint32_t i = 0; i < c->max_entries; i++) {
         if (e[i].offset == UNUSED) continue;
         /* between entries the registry and the strategy agree: room for the next one */
@@ -1096,7 +1157,8 @@ int mp_lease_adopt(mp_shared_ctl_t *c, uint64_t token, uint32_t i, uint64_t tag,
     uint32_t k = (uint32_t)token;
     if (k >= c->lease_max) return MP_ENOTALLOC;
     mp_lease_t *l = &leases_of(c)[k];
-    if (!l->tag || l->tag != tag || l->gen != (uint32_t)(token >> 32) || l->entry != i)
+    if (!l->tag || l->tag != tag || l->gen != (uint32_t)(token >> 32) || l->entry != i ||
+        l->deadline == PINNED) /* (a pinned slot is a borrower's, never handed out) */
         return MP_ENOTALLOC;
     lease_clear(c, k);
     holder_add(c, &entries_of(c)[i], pid); /* the lease's reference, now pid's */
@@ -1145,7 +1207,7 @@ uint64_t mp_lease_expire_at(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64
 
 void mp_lease_stats(const mp_shared_ctl_t *c, uint64_t out[4])
 {
-    out[0] = c->leases;
+    out[0] = c->leases - c->pinned; /* in flight */
     out[1] = c->lease_max;
     out[2] = c->leases_expired;
     out[3] = c->lease_timeout_ns;
