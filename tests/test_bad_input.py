@@ -5,8 +5,8 @@ Each case asserts the exact exception type, a message that names the argument an
 rule, and that the strategy is exactly as it was: the same stats(), memory map and
 snapshot() bytes, and check() passing (helpers.unchanged).  Where strategies differ
 on purpose, the KINDS table says how, row by row; a case the library gets wrong is
-marked xfail(strict=True) with the reason (HEAP_SPARE), so that it shows up when
-fixed.
+marked xfail(strict=True) with the reason (cases(xfail=...)), so that it shows up when
+fixed (none today: the Heap's spare page, the last one, was fixed).
 
 A new strategy fails test_every_strategy_has_a_row until it has a row in KINDS."""
 
@@ -268,16 +268,6 @@ KINDS: dict[str, Kind] = {
                      "page_size": lambda s: s.page_size}),
 }
 
-# ---- what the library gets wrong today (xfail, strict: they show up when fixed) ---------------
-HEAP_SPARE = (
-    "Heap: a failed allocation changes which page is the spare.  A request that does not fit "
-    "gives the spare page back to the TLSF first and keeps it there when it fails anyway; a failed "
-    "alloc_many that took a class/fragment page leaves it as the spare.  stats() and segments() are "
-    "the same, but snapshot() differs and later allocations land elsewhere (Heap(65536) with an "
-    "emptied class page: alloc(5000) x3 gave 8192, 13192, 18192 before a failed alloc(2**17) and "
-    "4096, 9096, 14096 after)")
-
-
 def cases(rows, *, per_kind=None, xfail=None):
     """pytest params (kind, values...) for every strategy: `rows` for all of them, then
     per_kind(kind)'s own; a row is (id, values...).  xfail maps a kind, or a (kind, id),
@@ -400,9 +390,7 @@ def test_align_that_no_free_offset_meets(made, kind):
               snapshot=False)
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=HEAP_SPARE)] if k == "heap" else [])
-    for k in KINDS])
+@per_strategy
 def test_a_failed_allocation_changes_no_byte(made, kind):
     # every call of the two tests above, again: the same snapshot() bytes, and the same
     # answers to the calls that follow
@@ -701,8 +689,7 @@ def test_failed_batch_gives_back_what_it_took(made, kind, sizes):
               snapshot=False)
 
 
-@pytest.mark.parametrize("kind, sizes", cases(FAILED_BATCHES, xfail={
-    ("heap", "8-8-then-too-big"): HEAP_SPARE, ("heap", "8-then-huge"): HEAP_SPARE}))
+@pytest.mark.parametrize("kind, sizes", cases(FAILED_BATCHES))
 def test_failed_batch_changes_no_byte(made, kind, sizes):
     # byte for byte where KINDS says so, else the same behaviour from here on
     # (same_behaviour on copies from before and after)

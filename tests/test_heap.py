@@ -126,6 +126,21 @@ def test_empty_page_goes_back_when_the_room_is_needed():
     h.check()
 
 
+def test_a_request_the_spare_cannot_help_leaves_it_alone():
+    h = Heap(65536)
+    x, y = h.alloc(16), h.alloc(32)
+    assert (x, y) == (0, 4096)
+    h.free(y)  # page 4096 is the spare
+    before = h.snapshot()
+    with pytest.raises(mempool.OutOfSpace):
+        h.alloc(2**17)  # more than the spare's page and its free neighbours could give
+    assert h.snapshot() == before  # the spare stays: nothing changed
+    # (it used to go back to the TLSF: these came out at 4096, 9096, 14096)
+    assert [h.alloc(5000) for _ in range(3)] == [8192, 13192, 18192]
+    assert h.alloc(64) == 4096 and h.served_by(4096) == "class"  # the spare, taken
+    h.check()
+
+
 def test_capacity_below_one_page_uses_the_tlsf():
     h = Heap(100)
     a, b = h.alloc(16), h.alloc(20)

@@ -36,7 +36,10 @@
  * back), and the next owner that needs a page takes it (set up again when
  * another owner left it, if it is aligned enough), so an alloc/free pair does
  * not take and give back a page each time.  The spare goes back when a TLSF
- * allocation fails (then it is retried), when the last live range is freed
+ * allocation fails and it would help (its page and free neighbours would hold the
+ * request, or the state is out of nodes; then the allocation is retried: a request
+ * that fails anyway leaves the spare, so a failed call changes nothing), when the
+ * last live range is freed
  * and the spare is not at offset 0 (alone in an empty span it would cut the
  * TLSF's one free range in two, and good fit would then build up from whichever
  * part is smaller), and on reset().  Because of that retry,
@@ -239,12 +242,18 @@ int mp_heap_size_class(const void *st, uint64_t size, uint64_t align, uint64_t *
 /* ---- pages ---------------------------------------------------------------------- */
 static void release_spares(void *st);
 
-/* A TLSF allocation for the heap; on failure, the spares go back and it is retried. */
+/* A TLSF allocation for the heap; on failure, the spare goes back and it is retried
+ * when that helps: the state is out of nodes (a released page gives one back), or the
+ * request fits the free range the spare's page would make.  A request that fails
+ * anyway leaves the spare where it was, so a failed call changes nothing (its page
+ * would have gone back to the TLSF, and later allocations would land elsewhere). */
 static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     heap_ctl_t *c = CT(st);
     int rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
-    if (rc && have_spares(c)) {
+    if (rc && have_spares(c) &&
+        (rc != MP_ENOSPACE ||
+         mpi_tlsf_fits_freed(SUB(st, c), page_base(st, c, c->spare), size, align))) {
         release_spares(st);
         rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
     }

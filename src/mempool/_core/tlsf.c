@@ -248,6 +248,22 @@ static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
     return rs_size_of(st, &tlsf_fidx, offset, out);
 }
 static void tlsf_reset(void *st) { mpi_ranges_reset(st, &tlsf_fidx); }
+
+int mpi_tlsf_fits_freed(const void *st, uint64_t off, uint64_t size, uint64_t align)
+{
+    const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
+    uint32_t i = rs_lookup(st, &tlsf_fidx, off);
+    if (i == MP_NIL || size == 0 || align == 0) return 0;
+    const mp_rnode_t *I = rs_cnode(&tlsf_fidx, nodes, i), *N;
+    uint64_t lo = I->offset, hi = I->offset + I->size;
+    if (I->prev != MP_NIL && ((N = rs_cnode(&tlsf_fidx, nodes, I->prev))->flags & RN_FREE))
+        lo = N->offset;
+    if (I->next != MP_NIL && ((N = rs_cnode(&tlsf_fidx, nodes, I->next))->flags & RN_FREE))
+        hi = N->offset + N->size;
+    uint64_t at = rs_align_up(lo, align);
+    return at >= lo && at < hi && hi - at >= size; /* (a request any free range can hold
+                                                       never fails: rs_alloc) */
+}
 static int tlsf_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
     return mpi_ranges_check(st, len, &tlsf_fidx, MP_KIND_TLSF, msg, msglen);
