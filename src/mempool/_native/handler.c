@@ -35,8 +35,10 @@
  * fit) makes every later push verify the range's size first.  A cached range is
  * allocated in the strategy's eyes: the pool settles the cache (gives every range back)
  * before anything else reads or changes the state (pool.c: the strategy getter, which
- * stats / used / segments / check go through, block_at, realloc, close) and before an
- * allocation is refused.  Not for shared pools (a range is a registry entry of a
+ * stats / used / segments / check go through, block_at, realloc, close) and before any
+ * range is taken from the strategy (a Block, a request the cache cannot serve): so every
+ * range the strategy hands out lands where it would without the cache, and peak_used /
+ * high_water never count kept ranges.  Not for shared pools (a range is a registry entry of a
  * process) nor file pools (a call is a journal transaction: the file says what is live).
  *
  * The GIL: NumPy may call a handler without it (a free from a thread that released
@@ -241,12 +243,17 @@ static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
     mp_hcache_t *c = p->hcache; /* (a pool that has one is open and cacheable) */
     if (c && hc_pop(c, r = hc_round(n), &off)) goto got;
     if (!usable(p)) return NULL;
-    if (cacheable(p)) r = hc_round(n);
+    if (cacheable(p)) {
+        r = hc_round(n);
+        /* a miss: the kept ranges go back first, so that the strategy places this range
+         * where it would without them (else it lands behind them, and a large request
+         * finds the space they leave cut in two; peak_used would count them too) */
+        mp_pool_settle(p);
+    }
     /* malloc's 16 for small requests (NumPy's own), a cache line for the rest */
     uint64_t align = r >= 64 ? 64 : 16;
     if (align > p->base_align) align = p->base_align;
     int rc = mp_pool_raw_alloc(p, r, align, &off);
-    if (rc != MP_OK && mp_pool_settle(p)) rc = mp_pool_raw_alloc(p, r, align, &off);
     if (rc != MP_OK && r != n) { /* only the exact size fits (a Slab's items, a full pool) */
         c = hc_get(p);
         if (!c || mp_pool_raw_alloc(p, n, align, &off) != MP_OK) return NULL;

@@ -117,12 +117,10 @@ static inline int pool_take(PoolObject *self, uint64_t size, uint64_t align, int
         return -1;
     }
     if (self->hooks) return self->hooks->take(self, size, align, quiet, off, tag, entry);
+    mp_pool_settle(self); /* NumPy's freed ranges that the handler kept go back first: the
+                             Block lands where it would without them (handler.c) */
     int rc = st_alloc(self, size, align, off);
     if (rc == MP_OK) return 0;
-    if (mp_pool_settle(self)) { /* NumPy's freed ranges were kept: they go back first */
-        rc = st_alloc(self, size, align, off);
-        if (rc == MP_OK) return 0;
-    }
     if (quiet && mp_no_fit(rc)) return 1;
     mp_raise(self->strategy, rc, size, align, 0);
     return -1;
