@@ -8,6 +8,7 @@ import asyncio
 import ctypes
 import gc
 import os
+import sys
 import threading
 
 import numpy as np
@@ -116,6 +117,41 @@ def test_threads_do_not_see_each_others_activation():
     [t.join() for t in ts]
     assert seen == {"p": (p, True, False), "q": (q, False, True)}
     assert p.used == q.used == 0
+
+
+def test_one_activation_entered_by_several_threads_at_once():
+    # the `with`s of one Activation in several threads at once: each thread's exit
+    # restores its own (they shared one stack: "Token ... created in a different Context")
+    p = Pool("16MiB")
+    act = p.activate(numpy=True)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        try:
+            start.wait()
+            for _ in range(300):
+                with act:
+                    assert mempool.current() is p
+                    a = np.empty(100)
+                    assert inside(p, a)
+                    with act:  # nested
+                        assert mempool.current() is p
+                assert mempool.current() is None and not inside(p, np.empty(100))
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        ts = [threading.Thread(target=worker) for _ in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[0]
+    assert p.used == 0 and act.numpy_stats()["live"] == 0
+    p.check()
 
 
 def test_asyncio_tasks_are_independent():
@@ -323,6 +359,32 @@ def test_file_pools_take_numpys_arrays(tmp_path):
         assert inside(p, a) and p.used == 80
         del a
         assert p.used == 0
+        p.check()
+
+
+def test_a_forked_child_of_a_file_pools_owner_resizes_an_array_and_keeps_its_data(tmp_path):
+    # the child may not touch the file's state: its resize goes to malloc, and copies
+    # the bytes (it copied none: the child read garbage)
+    with Pool.create(tmp_path / "h.mp", "1MiB") as p:
+        with p.activate(numpy=True):
+            a = np.arange(10.0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                a.resize(20, refcheck=False)
+                os.write(w, a[:10].tobytes())
+            finally:
+                os._exit(0)
+        os.close(w)
+        got = b""
+        while chunk := os.read(r, 4096):
+            got += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert np.array_equal(np.frombuffer(got, np.float64), np.arange(10.0))
+        assert p.used == 80 and a.sum() == 45.0  # the parent's array and state as they were
+        del a
         p.check()
 
 

@@ -72,7 +72,11 @@ class Activation:
         self.numpy = numpy
         self.fallback = fallback
         self._handler: Any = None
-        self._tokens: list[tuple[Token[Any], Any]] = []
+        # what each `with` restores, per thread and asyncio task (a contextvar of this
+        # activation's own): one Activation entered from several threads at once keeps
+        # their exits apart
+        self._stack: ContextVar[tuple[tuple[Token[Any], Any], ...]] = ContextVar(
+            "mempool.activation", default=())
 
     def __enter__(self) -> Any:
         if self.numpy and self._handler is None:
@@ -84,11 +88,12 @@ class Activation:
             if self.numpy:
                 handler = _mempool._rec_wrap(handler)
         prev = _mempool.set_numpy_handler(handler) if self.numpy else None
-        self._tokens.append((CURRENT.set(self.pool), prev))
+        self._stack.set((*self._stack.get(), (CURRENT.set(self.pool), prev)))
         return self.pool
 
     def __exit__(self, *exc: object) -> None:
-        token, prev = self._tokens.pop()
+        *rest, (token, prev) = self._stack.get()
+        self._stack.set(tuple(rest))
         if self.numpy:
             _mempool.set_numpy_handler(prev)
         CURRENT.reset(token)

@@ -408,8 +408,11 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size)
     void *r = NULL;
     if (in_pool(H->pool, ptr)) {
         PoolObject *p = H->pool;
-        uint64_t old = 0;
-        if (usable(p)) old = mp_pool_raw_size(p, (uint64_t)((char *)ptr - p->base));
+        uint64_t off = (uint64_t)((char *)ptr - p->base), old;
+        /* a forked child of a file pool's owner may not read the state: it copies up to
+         * the span's end (its mapping), which holds the old range; what follows the
+         * old range's bytes is a realloc's undefined tail anyway */
+        old = usable(p) ? mp_pool_raw_size(p, off) : p->capacity - off;
         r = pool_get(H, new_size);
         if (!r) r = fallback_get(H, new_size, 0);
         if (r) {
