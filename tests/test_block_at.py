@@ -427,3 +427,42 @@ def test_an_offset_whose_index_frees_the_range(make_pool):
     u.free()
     assert len(p) == 0
     p.check()
+
+
+def test_block_at_of_an_array_numpy_made_in_a_private_pool():
+    # the handler's arrays have no Block: block_at's Block and the array each hold a
+    # reference (before, the Block owned the range alone: after the array died the
+    # next array got the same range, and freeing the Block freed it under that one)
+    np = pytest.importorskip("numpy")
+    p = Pool("8MiB")
+    act = p.activate(numpy=True)
+    with act:
+        a = np.full(100, 1.0)
+    off = a.ctypes.data - p.address
+    blk = p.block_at(off)
+    assert blk.size >= 800 and p.used == 800
+    with pytest.raises(BufferError, match="other handle"):
+        p.realloc(blk, 4096)                      # the array's reference counts
+    del a                                         # the Block keeps the range
+    assert p.used == 800 and bytes(blk)[:8] == np.float64(1.0).tobytes()
+    with act:
+        b = np.full(100, 2.0)
+    assert b.ctypes.data - p.address != off       # never handed out twice
+    p.free(blk)                                   # the last reference
+    assert p.used == 800 and (b == 2.0).all()
+    # the other order: the Block goes first, the array keeps the range
+    blk = p.block_at(b.ctypes.data - p.address)
+    twin = p.block_at(b.ctypes.data - p.address)
+    del blk, twin
+    assert p.used == 800 and (b == 2.0).all()
+    # a resize moves the array's data: the Block keeps the old range and its bytes
+    blk = p.block_at(b.ctypes.data - p.address)
+    with act:
+        b.resize(10_000, refcheck=False)
+    assert p.used == 800 + 80_000 and bytes(blk)[:8] == np.float64(2.0).tobytes()
+    del b
+    assert p.used == 800
+    del blk
+    assert p.used == 0 and p.exports == 0
+    p.check()
+    p.close()

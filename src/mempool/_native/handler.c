@@ -264,6 +264,7 @@ static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
     if (rc != MP_OK) return NULL;
 got:
     p->exports++;
+    p->np_served = 1; /* (block_at: its ranges without a Block are arrays') */
     H->allocs++;
     return p->base + off;
 }
@@ -274,6 +275,7 @@ static void pool_put(mp_handler_t *H, void *ptr)
     uint64_t off = (uint64_t)((char *)ptr - p->base);
     p->exports--;
     H->frees++;
+    if (mp_pool_np_unpin(p, off)) return; /* block_at's Blocks of it keep the range */
     /* (a forked child of a file pool's owner leaves the file's state alone) */
     if (!p->closed && p->strategy && p->strategy->st && mp_pool_here(p) &&
         mp_pool_raw_free(p, off) != MP_OK)
@@ -284,6 +286,10 @@ static void pool_put(mp_handler_t *H, void *ptr)
 static __attribute__((noinline)) void pool_put_sized(mp_handler_t *H, void *ptr, size_t size)
 {
     PoolObject *p = H->pool;
+    if (p->np_pins) { /* Blocks block_at made of it: never cached (pool_put sees to them) */
+        pool_put(H, ptr);
+        return;
+    }
     uint64_t r = hc_round(size ? (uint64_t)size : 1);
     mp_hcache_t *c = p->hcache; /* (a pool that has one is open and cacheable) */
     if (!c && cacheable(p) && usable(p)) c = hc_get(p);
@@ -382,7 +388,7 @@ static void h_free(void *ctx, void *ptr, size_t size)
     mp_hcache_t *c;
     unsigned k;
     if (!ptr) return;
-    if (gil_held() && (c = p->hcache) && c->fast && in_pool(p, ptr)) {
+    if (gil_held() && (c = p->hcache) && c->fast && !p->np_pins && in_pool(p, ptr)) {
         uint64_t off = (uint64_t)((char *)ptr - p->base);
         if (hc_fast_class(size, &k)) {
             if (c->n[k] >= c->depth) goto slow;

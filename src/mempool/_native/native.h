@@ -75,6 +75,9 @@ typedef struct {
     mp_named_t *named;        /* pool.named's directory (pool_named.c), or NULL   */
     struct mp_hcache *hcache; /* NumPy's freed ranges kept for reuse (handler.c), or
                                  NULL: they count as used until mp_pool_settle()   */
+    Py_ssize_t np_pins;       /* Blocks block_at made of NumPy arrays' ranges: their
+                                 arrays' pins (pool.c, mp_pool_np_unpin)           */
+    int np_served;            /* a NumPy handler has taken a range of this pool     */
     Py_buffer named_view;     /* the memory its root lives in (has_named)       */
     int has_named;
     PyObject *weakreflist;
@@ -100,7 +103,9 @@ typedef struct BlockObject {
     int array;         /* owned by an ndarray made by the pool: counts as an export */
     int pin;           /* 1: pool.named's own reference to a named range (pool_named.c),
                           in no list; 2: a Block block_at made of a named range with no
-                          other Block of it in the list: never frees it, never resizes */
+                          other Block of it in the list: never frees it, never resizes;
+                          3: a NumPy array's reference to its range while block_at's
+                          Blocks of it live (pool.c): in the ring, never frees it      */
 } BlockObject;
 
 /* What a pool of a kind of its own (a shared pool) does where pool.c's generic paths
@@ -205,6 +210,13 @@ int mp_handler_ready(PyObject *module);
 int mp_hcache_settle(PoolObject *p);
 static inline int mp_pool_settle(PoolObject *p) { return p->hcache && mp_hcache_settle(p); }
 void mp_hcache_drop(PoolObject *p); /* forget the cache (the pool's state goes away) */
+/* NumPy frees the range at off (GIL held): 1 when Blocks block_at made of it keep it
+ * (the array's pin leaves their ring and the range is theirs now), else 0 (free it). */
+int mp_pool_np_unpin_(PoolObject *p, uint64_t off);
+static inline int mp_pool_np_unpin(PoolObject *p, uint64_t off)
+{
+    return p->np_pins && mp_pool_np_unpin_(p, off);
+}
 /* Give a live block's range back to its pool (the block is marked dead). */
 int mp_pool_release(PoolObject *pool, BlockObject *b);
 

@@ -444,8 +444,37 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     if (!b->twin && self->named && mp_named_owns(self->named, off) > 0) {
         b->owned = 0; /* the name's range: this Block only leaves it */
         b->pin = 2;
+    } else if (!b->twin && !self->tx && self->np_served) {
+        /* a private pool's live range with no Block and no name, in a pool NumPy took
+         * ranges from, is a NumPy array's (or one taken through the private strategy
+         * object, which then stays the pin's; a file pool's may be a Block's of an
+         * earlier run, so not there):
+         * the array's reference joins the ring as a pin, which the handler's free takes
+         * out again; the range goes when the last of them goes, as for any handle */
+        BlockObject *pin = mp_block_new(self, off, b->size, 1, 0);
+        if (!pin) {
+            Py_DECREF(b);
+            return NULL;
+        }
+        pin->pin = 3; /* its reference is the pool's, until the array dies */
+        mp_block_join(b, pin);
+        self->np_pins++;
     }
     return (PyObject *)b;
+}
+
+int mp_pool_np_unpin_(PoolObject *p, uint64_t off)
+{
+    for (BlockObject *t = p->blocks; t; t = t->next) {
+        if (t->pin != 3 || t->offset != off || !t->live) continue;
+        int kept = t->twin != NULL; /* block_at's Blocks of it still live */
+        mp_block_leave(t);
+        t->live = 0;
+        p->np_pins--;
+        Py_DECREF(t); /* the pool's reference: unlinks it */
+        return kept;
+    }
+    return 0;
 }
 
 /* ---- arrays -------------------------------------------------------------------------- */
