@@ -466,3 +466,31 @@ def test_block_at_of_an_array_numpy_made_in_a_private_pool():
     assert p.used == 0 and p.exports == 0
     p.check()
     p.close()
+
+
+def test_block_at_of_an_array_numpy_made_in_a_file_pool(tmp_path):
+    # a file pool lists its arrays' ranges (a range without a Block may be an earlier
+    # run's there, which block_at's Block owns): the array's range is shared
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "np.mp"
+    with Pool.create(path, "1MiB") as p:
+        with p.activate(numpy=True):
+            a = np.full(100, 3.0)
+        off = a.ctypes.data - p.address
+        blk = p.block_at(off)
+        p.free(blk)                               # the array keeps its range
+        assert p.used == 800 and (a == 3.0).all()
+        blk = p.block_at(off)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mempool.errors.UnnamedArrayWarning)
+            del a                                 # the Block keeps it now
+        assert p.used == 800 and bytes(blk)[:8] == np.float64(3.0).tobytes()
+        keep = p.alloc(16)                        # a Block of this run, left for the next
+        p.free(blk)
+        assert p.used == 16
+        p.check()
+    with Pool.open(path) as p:                    # an earlier run's range: block_at owns it
+        b = p.block_at(keep.offset)
+        p.free(b)
+        assert p.used == 0
+        p.check()

@@ -235,6 +235,91 @@ void mp_hcache_drop(PoolObject *p)
     p->hcache = NULL;
 }
 
+/* ---- the ranges NumPy's arrays hold in a file pool ------------------------------------
+ * block_at must tell a live array's range (its Block shares it with the array) from a
+ * range an earlier run left (its Block owns it): a set of offsets, open addressing with
+ * linear probing, for file pools only (their calls are journal transactions already;
+ * a private pool needs none: every range without a Block there is an array's). */
+typedef struct mp_offset_set {
+    uint64_t n, cap; /* keys held; slots, a power of two (load <= 1/2) */
+    uint64_t key[];  /* UINT64_MAX: empty                            */
+} mp_offset_set_t;
+
+static inline uint64_t set_slot(uint64_t off, uint64_t cap)
+{
+    return ((off >> 4) * 0x9E3779B97F4A7C15ull) & (cap - 1);
+}
+
+static int set_add(PoolObject *p, uint64_t off)
+{
+    mp_offset_set_t *s = p->np_live;
+    if (!s || 2 * (s->n + 1) > s->cap) { /* grow: rehash into twice the room */
+        uint64_t cap = s ? 2 * s->cap : 64;
+        mp_offset_set_t *t = PyMem_RawMalloc(sizeof *t + cap * sizeof(uint64_t));
+        if (!t) return -1;
+        t->n = 0;
+        t->cap = cap;
+        memset(t->key, 0xff, cap * sizeof(uint64_t));
+        for (uint64_t i = 0; s && i < s->cap; i++) {
+            if (s->key[i] == UINT64_MAX) continue;
+            uint64_t j = set_slot(s->key[i], cap);
+            while (t->key[j] != UINT64_MAX) j = (j + 1) & (cap - 1);
+            t->key[j] = s->key[i];
+            t->n++;
+        }
+        PyMem_RawFree(s);
+        p->np_live = s = t;
+    }
+    uint64_t j = set_slot(off, s->cap);
+    while (s->key[j] != UINT64_MAX && s->key[j] != off) j = (j + 1) & (s->cap - 1);
+    if (s->key[j] == UINT64_MAX) {
+        s->key[j] = off;
+        s->n++;
+    }
+    return 0;
+}
+
+static uint64_t set_find(const mp_offset_set_t *s, uint64_t off)
+{
+    if (!s) return UINT64_MAX;
+    uint64_t j = set_slot(off, s->cap);
+    while (s->key[j] != UINT64_MAX) {
+        if (s->key[j] == off) return j;
+        j = (j + 1) & (s->cap - 1);
+    }
+    return UINT64_MAX;
+}
+
+static void set_del(PoolObject *p, uint64_t off)
+{
+    mp_offset_set_t *s = p->np_live;
+    uint64_t j = set_find(s, off), m;
+    if (j == UINT64_MAX) return;
+    /* backward shift: the keys after j that probed past it move up */
+    for (uint64_t k = (j + 1) & (s->cap - 1); s->key[k] != UINT64_MAX; k = (k + 1) & (s->cap - 1)) {
+        m = set_slot(s->key[k], s->cap);
+        if (((k - m) & (s->cap - 1)) >= ((k - j) & (s->cap - 1))) {
+            s->key[j] = s->key[k];
+            j = k;
+        }
+    }
+    s->key[j] = UINT64_MAX;
+    s->n--;
+}
+
+int mp_pool_np_owns(PoolObject *p, uint64_t off)
+{
+    if (p->hooks) return 0;
+    if (p->tx) return set_find(p->np_live, off) != UINT64_MAX;
+    return p->np_served;
+}
+
+void mp_pool_np_forget(PoolObject *p)
+{
+    PyMem_RawFree(p->np_live);
+    p->np_live = NULL;
+}
+
 /* A range for size bytes (GIL held), or NULL. */
 static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
 {
@@ -262,6 +347,10 @@ static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
         rc = MP_OK;
     }
     if (rc != MP_OK) return NULL;
+    if (p->tx && set_add(p, off) < 0) { /* (no memory to list it: no range either) */
+        (void)mp_pool_raw_free(p, off);
+        return NULL;
+    }
 got:
     p->exports++;
     p->np_served = 1; /* (block_at: its ranges without a Block are arrays') */
@@ -275,6 +364,7 @@ static void pool_put(mp_handler_t *H, void *ptr)
     uint64_t off = (uint64_t)((char *)ptr - p->base);
     p->exports--;
     H->frees++;
+    if (p->tx) set_del(p, off);
     if (mp_pool_np_unpin(p, off)) return; /* block_at's Blocks of it keep the range */
     /* (a forked child of a file pool's owner leaves the file's state alone) */
     if (!p->closed && p->strategy && p->strategy->st && mp_pool_here(p) &&

@@ -78,6 +78,8 @@ typedef struct {
     Py_ssize_t np_pins;       /* Blocks block_at made of NumPy arrays' ranges: their
                                  arrays' pins (pool.c, mp_pool_np_unpin)           */
     int np_served;            /* a NumPy handler has taken a range of this pool     */
+    struct mp_offset_set *np_live; /* file pools: the ranges NumPy's arrays hold now
+                                 (block_at tells them from an earlier run's), or NULL */
     Py_buffer named_view;     /* the memory its root lives in (has_named)       */
     int has_named;
     PyObject *weakreflist;
@@ -213,6 +215,10 @@ void mp_hcache_drop(PoolObject *p); /* forget the cache (the pool's state goes a
 /* NumPy frees the range at off (GIL held): 1 when Blocks block_at made of it keep it
  * (the array's pin leaves their ring and the range is theirs now), else 0 (free it). */
 int mp_pool_np_unpin_(PoolObject *p, uint64_t off);
+/* handler.c: the range at off is a live NumPy array's (a private pool: NumPy took
+ * ranges from it, and off has no Block; a file pool: listed in np_live) */
+int mp_pool_np_owns(PoolObject *p, uint64_t off);
+void mp_pool_np_forget(PoolObject *p); /* np_live's memory goes (dealloc) */
 static inline int mp_pool_np_unpin(PoolObject *p, uint64_t off)
 {
     return p->np_pins && mp_pool_np_unpin_(p, off);

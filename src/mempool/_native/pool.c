@@ -282,6 +282,7 @@ static void pool_dealloc(PoolObject *self)
     if (self->has_j) PyBuffer_Release(&self->j_view);
     mp_named_release(self);
     mp_hcache_drop(self);
+    mp_pool_np_forget(self);
     PyMem_Free(self->tx);
     Py_XDECREF(self->array_type);
     Py_XDECREF(self->strategy);
@@ -444,11 +445,10 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
     if (!b->twin && self->named && mp_named_owns(self->named, off) > 0) {
         b->owned = 0; /* the name's range: this Block only leaves it */
         b->pin = 2;
-    } else if (!b->twin && !self->tx && self->np_served) {
-        /* a private pool's live range with no Block and no name, in a pool NumPy took
-         * ranges from, is a NumPy array's (or one taken through the private strategy
-         * object, which then stays the pin's; a file pool's may be a Block's of an
-         * earlier run, so not there):
+    } else if (!b->twin && mp_pool_np_owns(self, off)) {
+        /* a live range with no Block and no name that a NumPy array holds (handler.c;
+         * in a private pool NumPy took ranges from, any such range, or one taken
+         * through the private strategy object, which then stays the pin's):
          * the array's reference joins the ring as a pin, which the handler's free takes
          * out again; the range goes when the last of them goes, as for any handle */
         BlockObject *pin = mp_block_new(self, off, b->size, 1, 0);
