@@ -318,6 +318,39 @@ def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name):
                 k.wait()
 
 
+def test_pinned_borrowers_leave_room_for_handles_in_flight(name):
+    # pinned slots never expire: at most half the lease table may be pinned (an attack
+    # filled a table of two with two pins, and pickling any handle raised OutOfSpace)
+    with SharedPool.create(name, 65536, max_leases=2) as p:
+        b = p.alloc(100)
+        code = f"""
+            import pickle, sys, time, mempool
+            p = mempool.SharedPool.attach({name!r})
+            h = pickle.loads(sys.stdin.buffer.read())
+            print("ok", flush=True)
+            time.sleep(120)
+        """
+        kids = []
+        try:
+            for _ in range(5):  # three holders, one pinned slot, one under no pid
+                k = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                k.stdin.write(pickle.dumps(b))
+                k.stdin.close()
+                assert k.stdout.readline() == b"ok\n"
+                kids.append(k)
+            c = p.alloc(10)
+            data = pickle.dumps(c)          # a slot is left for it
+            assert p.shared_stats().leases == 1
+            d = pickle.loads(data)          # adopted: the slot is free again
+            assert d.offset == c.offset and p.shared_stats().leases == 0
+            p.check()
+        finally:
+            for k in kids:
+                k.kill()
+                k.wait()
+
+
 def test_attach_checks_while_other_processes_allocate(name):
     # attach's check() holds the lock but owners reuse their cached ranges without it,
     # stamping a tag reserved after check() read the tag counter: before, that was

@@ -25,8 +25,8 @@
  *           owner_ref  the owner's own Block (from alloc) holds one of the refs
  *   holder  who borrowed the others: (pid, count) for up to MP_HOLDERS processes;
  *           a further borrower's reference is a pinned slot of the lease table
- *           (below), and only when that table or the call's journal is full does it
- *           go into overflow, counted under no pid.  Borrowing (a handle unpickled,
+ *           (below), and only when half that table is pinned, the table is full or
+ *           the call's journal is does it go into overflow, counted under no pid.  Borrowing (a handle unpickled,
  *           block_at) and giving back a borrowed reference take the lock; so
  *           reclaim(pid) knows what a dead process held, not only what it allocated.
  * A handle names (offset, tag): a handle to a freed or reused range finds no
@@ -48,7 +48,8 @@
  *
  * Pinned slots.  A lease slot whose deadline is PINNED is not in flight: it records
  * a reference borrowed by `pid` beyond the entry's MP_HOLDERS holders (a fourth
- * process's handle).  It never expires and has no token (adopt refuses it); pid's
+ * process's handle); at most half the table is pinned, so pins never leave the
+ * handles in flight without room.  It never expires and has no token (adopt refuses it); pid's
  * release of a borrowed reference gives it back when pid is in no holder, and
  * reclaim(pid) releases pid's pinned slots like its holder counts.  ctl->pinned
  * counts them (leases - pinned are in flight).
@@ -423,7 +424,10 @@ static void holder_add(mp_shared_ctl_t *c, mp_entry_t *e, uint32_t pid)
     else if (empty >= 0) {
         J32(c, e->holder[empty].pid, pid);
         J32(c, e->holder[empty].count, 1);
-    } else if (c->lease_free != MP_NIL && c->journal.nundo + PIN_UNDO < MP_JOURNAL_UNDO) {
+    } else if (c->lease_free != MP_NIL && c->pinned < c->lease_max / 2 &&
+               c->journal.nundo + PIN_UNDO < MP_JOURNAL_UNDO) {
+        /* (at most half the table: the rest stays for handles in flight, which would
+         * otherwise find it full of pins that never expire) */
         lease_put(c, (uint32_t)(e - entries_of(c)), e->tag, pid, PINNED);
         J32(c, c->pinned, c->pinned + 1);
     } else J32(c, e->overflow, e->overflow + 1);
