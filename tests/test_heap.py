@@ -141,6 +141,24 @@ def test_a_request_the_spare_cannot_help_leaves_it_alone():
     h.check()
 
 
+def test_a_realloc_grows_into_the_spare_and_a_hopeless_one_leaves_it():
+    h = Heap(65536)
+    assert h.alloc(16) == 0                  # a class page at 0
+    r = h.alloc(5000)
+    b = h.alloc(32)                          # a class page right after the TLSF range
+    assert r == 4096 and 9096 <= b < 9096 + 64 and h.served_by(b) == "class"
+    end = b + 4096                           # the page's end
+    assert h.alloc(65536 - end) == end       # the rest: only [9096, b) is free
+    h.free(b)                                # page b is the spare
+    before = h.snapshot()
+    with pytest.raises(mempool.OutOfSpace):
+        h.realloc(r, 2**17)                  # nothing could hold it: nothing changes
+    assert h.snapshot() == before
+    assert h.realloc(r, end - r) == r        # in place, into the free run and the spare
+    assert h.stats().used == 16 + (end - r) + (65536 - end)
+    h.check()
+
+
 def test_capacity_below_one_page_uses_the_tlsf():
     h = Heap(100)
     a, b = h.alloc(16), h.alloc(20)

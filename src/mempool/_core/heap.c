@@ -36,9 +36,10 @@
  * back), and the next owner that needs a page takes it (set up again when
  * another owner left it, if it is aligned enough), so an alloc/free pair does
  * not take and give back a page each time.  The spare goes back when a TLSF
- * allocation fails and it would help (its page and free neighbours would hold the
- * request, or the state is out of nodes; then the allocation is retried: a request
- * that fails anyway leaves the spare, so a failed call changes nothing), when the
+ * allocation or realloc fails and it would help (its page and free neighbours would
+ * hold the request, or touch the range a realloc grows, or the state is out of
+ * nodes; then the call is retried: a request that fails anyway leaves the spare, so
+ * a failed call changes nothing), when the
  * last live range is freed
  * and the spare is not at offset 0 (alone in an empty span it would cut the
  * TLSF's one free range in two, and good fit would then build up from whichever
@@ -247,13 +248,36 @@ static void release_spares(void *st);
  * request fits the free range the spare's page would make.  A request that fails
  * anyway leaves the spare where it was, so a failed call changes nothing (its page
  * would have gone back to the TLSF, and later allocations would land elsewhere). */
+/* Does [lo, hi) hold size bytes at a multiple of align? */
+static inline int holds(uint64_t lo, uint64_t hi, uint64_t size, uint64_t align)
+{
+    uint64_t at = (lo + align - 1) & ~(align - 1);
+    return at >= lo && at < hi && hi - at >= size;
+}
+
+/* Would giving the spare back help a TLSF request of size/align that failed with rc:
+ * out of nodes (a released page gives one back), or the free range its page would
+ * make holds the request, or (a realloc of the range at `moving`, else UINT64_MAX)
+ * that range with its free neighbours and the spare's would hold it, grown in place
+ * or moved down. */
+static int spare_helps(void *st, heap_ctl_t *c, int rc, uint64_t size, uint64_t align,
+                       uint64_t moving)
+{
+    uint64_t lo, hi, mlo, mhi;
+    if (rc == MP_ENONODES) return 1;
+    if (rc != MP_ENOSPACE) return 0;
+    void *sub = SUB(st, c);
+    if (mpi_tlsf_freed_extent(sub, page_base(st, c, c->spare), &lo, &hi)) return 1;
+    if (holds(lo, hi, size, align)) return 1;
+    if (moving == UINT64_MAX || mpi_tlsf_freed_extent(sub, moving, &mlo, &mhi)) return 0;
+    return lo <= mhi && mlo <= hi && holds(lo < mlo ? lo : mlo, hi > mhi ? hi : mhi, size, align);
+}
+
 static int sub_alloc(void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
     heap_ctl_t *c = CT(st);
     int rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
-    if (rc && have_spares(c) &&
-        (rc != MP_ENOSPACE ||
-         mpi_tlsf_fits_freed(SUB(st, c), page_base(st, c, c->spare), size, align))) {
+    if (rc && have_spares(c) && spare_helps(st, c, rc, size, align, UINT64_MAX)) {
         release_spares(st);
         rc = TLSF_OPS.alloc(SUB(st, c), size, align, out);
     }
@@ -779,7 +803,7 @@ static int heap_realloc(void *st, uint64_t off, uint64_t size, uint64_t align, u
         /* a size that pages serve moves there when they have room; else the TLSF */
         if (r != R_TLSF && move_to(st, off, &w, size, align, out, 1) == MP_OK) return MP_OK;
         int rc = TLSF_OPS.realloc(sub, off, size, align, out);
-        if (rc && have_spares(c)) {
+        if (rc && have_spares(c) && spare_helps(st, c, rc, size, align, off)) {
             release_spares(st);
             rc = TLSF_OPS.realloc(sub, off, size, align, out);
         }

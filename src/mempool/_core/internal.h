@@ -182,9 +182,9 @@ static inline void mpi_head_on_reset(mp_head_t *h) { h->used = h->requested = h-
 /* available() of every strategy: the bytes not handed out (core.c). */
 uint64_t mpi_head_available(const void *st);
 
-/* The Heap's question to its TLSF (tlsf.c): would alloc(size, align) fit in the free
- * range that freeing the allocated range at `off` would make (with its free
- * neighbours)?  0 when it would not, or off is no allocated range. */
-int mpi_tlsf_fits_freed(const void *st, uint64_t off, uint64_t size, uint64_t align);
+/* The Heap's question to its TLSF (tlsf.c): the free range [*lo, *hi) that freeing the
+ * allocated range at `off` would make (with its free neighbours); MP_ENOTALLOC when off
+ * is no allocated range. */
+int mpi_tlsf_freed_extent(const void *st, uint64_t off, uint64_t *lo, uint64_t *hi);
 
 #endif /* MEMPOOL_INTERNAL_H */

@@ -249,20 +249,19 @@ static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 }
 static void tlsf_reset(void *st) { mpi_ranges_reset(st, &tlsf_fidx); }
 
-int mpi_tlsf_fits_freed(const void *st, uint64_t off, uint64_t size, uint64_t align)
+int mpi_tlsf_freed_extent(const void *st, uint64_t off, uint64_t *lo, uint64_t *hi)
 {
     const mp_rnode_t *nodes = rs_cnodes(st, &tlsf_fidx);
     uint32_t i = rs_lookup(st, &tlsf_fidx, off);
-    if (i == MP_NIL || size == 0 || align == 0) return 0;
+    if (i == MP_NIL) return MP_ENOTALLOC;
     const mp_rnode_t *I = rs_cnode(&tlsf_fidx, nodes, i), *N;
-    uint64_t lo = I->offset, hi = I->offset + I->size;
+    *lo = I->offset;
+    *hi = I->offset + I->size;
     if (I->prev != MP_NIL && ((N = rs_cnode(&tlsf_fidx, nodes, I->prev))->flags & RN_FREE))
-        lo = N->offset;
+        *lo = N->offset;
     if (I->next != MP_NIL && ((N = rs_cnode(&tlsf_fidx, nodes, I->next))->flags & RN_FREE))
-        hi = N->offset + N->size;
-    uint64_t at = rs_align_up(lo, align);
-    return at >= lo && at < hi && hi - at >= size; /* (a request any free range can hold
-                                                       never fails: rs_alloc) */
+        *hi = N->offset + N->size;
+    return MP_OK;
 }
 static int tlsf_check(const void *st, uint64_t len, char *msg, size_t msglen)
 {
