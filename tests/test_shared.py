@@ -271,10 +271,11 @@ def test_reclaim_keeps_ranges_other_processes_hold(name):
         p.check()
 
 
-def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name):
+def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name, tmp_path):
     # an entry names three borrowing processes; a fourth's reference is a pinned slot of
     # the lease table under its pid (it was counted under no pid: killed, its range
     # stayed live until the segment went)
+    go = tmp_path / "go"
     with SharedPool.create(name, 65536) as p:
         b = p.alloc(100)
         code = f"""
@@ -283,7 +284,10 @@ def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name):
             h = pickle.loads(sys.stdin.buffer.read())   # borrows a reference
             assert h.live and h.offset == {b.offset}
             print(os.getpid(), flush=True)
-            if sys.argv[1:] == ["release"]:            # gives it back alive
+            if sys.argv[1:] == ["release"]:            # gives it back alive, once told
+                end = time.monotonic() + 60
+                while not os.path.exists({str(go)!r}) and time.monotonic() < end:
+                    time.sleep(0.01)
                 del h
                 print("released", flush=True)
             time.sleep(120)
@@ -292,14 +296,17 @@ def test_a_fourth_borrower_killed_is_reclaimed_like_the_first(name):
         try:
             for j in range(6):  # one at a time: the first three are the holders
                 k = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)]
-                                     + (["release"] if j == 5 else []),
+                                     + (["release"] if j in (3, 5) else []),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 k.stdin.write(pickle.dumps(b))
                 k.stdin.close()
                 pids.append(int(k.stdout.readline()))
                 kids.append(k)
-            assert kids[5].stdout.readline() == b"released\n"  # its pinned slot went back
-            p.check()  # refs == owner + holders + pinned slots
+            # the first pinned slot (the chain's last) and the last (its first) go back
+            go.touch()
+            assert kids[3].stdout.readline() == b"released\n"
+            assert kids[5].stdout.readline() == b"released\n"
+            p.check()  # refs == owner + holders + pinned slots, and the chain holds the rest
             assert p.shared_stats().leases == 0  # the pinned slots are not in flight
             for k in kids:
                 k.kill()

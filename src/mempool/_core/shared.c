@@ -49,10 +49,12 @@
  * Pinned slots.  A lease slot whose deadline is PINNED is not in flight: it records
  * a reference borrowed by `pid` beyond the entry's MP_HOLDERS holders (a fourth
  * process's handle); at most half the table is pinned, so pins never leave the
- * handles in flight without room.  It never expires and has no token (adopt refuses it); pid's
- * release of a borrowed reference gives it back when pid is in no holder, and
- * reclaim(pid) releases pid's pinned slots like its holder counts.  ctl->pinned
- * counts them (leases - pinned are in flight).
+ * handles in flight without room.  It never expires and has no token (adopt refuses
+ * it); pid's release of a borrowed reference gives it back when pid is in no holder,
+ * and reclaim(pid) releases pid's pinned slots like its holder counts.  ctl->pinned
+ * counts them (leases - pinned are in flight).  An entry's pinned slots form a chain
+ * (entry.pins = 1 + the first, slot.next the next, MP_NIL ends it), so a release looks
+ * at that entry's pins, not the whole table.
  *
  * Per-process caches.  When a process releases the last reference to a range it
  * allocated itself, it may keep the range (still allocated in the strategy, its
@@ -329,6 +331,7 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     for (int k = 0; k < MP_HOLDERS; k++) /* (an empty slot is count 0: its pid is stale) */
         J32(c, e->holder[k].count, 0);
     J32(c, e->overflow, 0);
+    J32(c, e->pins, 0);
     J64(c, e->state, mk(owner, 1, 1)); /* a free entry: no one else touches its word */
     J64(c, e->offset, offset);
     index_insert(c, i);
@@ -408,8 +411,8 @@ static uint32_t lease_put(mp_shared_ctl_t *c, uint32_t i, uint64_t tag, uint32_t
                           uint64_t deadline);
 static void lease_clear(mp_shared_ctl_t *c, uint32_t k);
 
-/* Undo records a pinned slot costs (lease_put and the count). */
-#define PIN_UNDO 12
+/* Undo records a pinned slot costs (lease_put, the chain and the count). */
+#define PIN_UNDO 14
 
 /* Record a reference borrowed by pid (its count already in the state word): a holder,
  * else a pinned slot, else (the lease table or this call's journal full) overflow. */
@@ -428,23 +431,36 @@ static void holder_add(mp_shared_ctl_t *c, mp_entry_t *e, uint32_t pid)
                c->journal.nundo + PIN_UNDO < MP_JOURNAL_UNDO) {
         /* (at most half the table: the rest stays for handles in flight, which would
          * otherwise find it full of pins that never expire) */
-        lease_put(c, (uint32_t)(e - entries_of(c)), e->tag, pid, PINNED);
+        uint32_t k = lease_put(c, (uint32_t)(e - entries_of(c)), e->tag, pid, PINNED);
+        J32(c, leases_of(c)[k].next, e->pins ? e->pins - 1 : MP_NIL); /* first of the chain */
+        J32(c, e->pins, k + 1);
         J32(c, c->pinned, c->pinned + 1);
     } else J32(c, e->overflow, e->overflow + 1);
 }
 
-/* pid's pinned slot of entry i, or MP_NIL. */
+/* pid's pinned slot of entry i (its chain), or MP_NIL. */
 static uint32_t pinned_of(mp_shared_ctl_t *c, uint32_t i, uint32_t pid)
 {
     mp_lease_t *l = leases_of(c);
-    if (!c->pinned) return MP_NIL;
-    for (uint32_t k = 0; k < c->lease_max; k++)
-        if (l[k].tag && l[k].deadline == PINNED && l[k].entry == i && l[k].pid == pid) return k;
+    uint32_t n = 0;
+    for (uint32_t k = entries_of(c)[i].pins - 1; k < c->lease_max && n++ < c->lease_max;
+         k = l[k].next)
+        if (l[k].pid == pid) return k;
     return MP_NIL;
 }
 
+/* Take pinned slot k out of its entry's chain and give it back. */
 static void unpin(mp_shared_ctl_t *c, uint32_t k)
 {
+    mp_lease_t *l = leases_of(c);
+    mp_entry_t *e = &entries_of(c)[l[k].entry];
+    if (e->pins - 1 == k) {
+        J32(c, e->pins, l[k].next == MP_NIL ? 0 : l[k].next + 1);
+    } else {
+        uint32_t p = e->pins - 1, n = 0;
+        while (p < c->lease_max && l[p].next != k && n++ < c->lease_max) p = l[p].next;
+        if (p < c->lease_max && l[p].next == k) J32(c, l[p].next, l[k].next);
+    }
     lease_clear(c, k);
     J32(c, c->pinned, c->pinned - 1);
 }
@@ -611,6 +627,21 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
         used++;
     }
     if (repair) return MP_OK;
+    /* every pinned slot is on its entry's chain, and the chains hold nothing else */
+    uint64_t chained = 0;
+    for (uint32_t i = 0; i < c->max_entries; i++) {
+        uint32_t n = 0;
+        for (uint32_t k = e[i].pins - 1; e[i].pins; k = l[k].next) {
+            if (k >= c->lease_max || !l[k].tag || l[k].deadline != PINNED || l[k].entry != i ||
+                e[i].offset == UNUSED || ++n > c->lease_max)
+                MPI_FAIL("registry entry %u: its chain of pinned slots is broken at %u", i, k);
+            chained++;
+            if (l[k].next == MP_NIL) break;
+        }
+    }
+    if (chained != pinned)
+        MPI_FAIL("%llu pinned slots, %llu on their entries' chains", (unsigned long long)pinned,
+                 (unsigned long long)chained);
     for (uint32_t k = c->lease_free; k != MP_NIL; k = l[k].next)
         if (k >= c->lease_max || l[k].tag || ++nfree > c->lease_max)
             MPI_FAIL("the free lease list is broken at %u", k);
@@ -641,6 +672,7 @@ static void leases_rebuild(mp_shared_ctl_t *c)
     c->leases = 0;
     c->pinned = 0;
     c->lease_due = UINT64_MAX;
+    for (uint32_t i = 0; i < c->max_entries; i++) e[i].pins = 0; /* chains: below */
     for (uint32_t k = c->lease_max; k-- > 0;) {
         if (l[k].tag && (e[l[k].entry].offset == UNUSED || e[l[k].entry].tag != l[k].tag)) {
             l[k].tag = 0;
@@ -648,7 +680,11 @@ static void leases_rebuild(mp_shared_ctl_t *c)
         }
         if (l[k].tag) {
             c->leases++;
-            c->pinned += l[k].deadline == PINNED;
+            if (l[k].deadline == PINNED) {
+                c->pinned++;
+                l[k].next = e[l[k].entry].pins ? e[l[k].entry].pins - 1 : MP_NIL;
+                e[l[k].entry].pins = k + 1;
+            }
             if (l[k].deadline < c->lease_due) c->lease_due = l[k].deadline;
         } else {
             l[k].next = c->lease_free;

@@ -27,7 +27,8 @@ typedef struct mp_entry {
         uint32_t pid, count;           /* borrowed references by process (lock held) */
     } holder[MP_HOLDERS];
     uint32_t overflow;                 /* borrowed references beyond the holders  */
-    uint32_t pad;
+    uint32_t pins;                     /* 1 + the first of its pinned lease slots,
+                                          0: none (shared.c)                      */
 } mp_entry_t; /* one cache line: processes working on their own entries share none */
 
 /* The lock + registry + lease table area: 0 when a size is invalid (max_entries and
