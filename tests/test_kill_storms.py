@@ -15,8 +15,10 @@ import os
 import pickle
 import random
 import signal
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,14 +65,25 @@ def file_journal(path) -> dict:
         return journal_at(f.read(HEADER_SIZE), JOURNAL_OFFSET)
 
 
+#: where a watchdog's stacks go: pytest captures fd 2, and a process that exits takes
+#: the captured output with it (a run died silently once); .ci/run prints the file
+WATCHDOG_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog.txt"
+
+
 @contextmanager
 def watchdog(what: str):
-    """Dump every thread's stack and exit (failing the run) if the body hangs."""
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    """Dump every thread's stack and exit (failing the run) if the body hangs: the
+    stacks go to WATCHDOG_DUMP, headed by what was waited for."""
+    dump = open(WATCHDOG_DUMP, "w")  # noqa: SIM115 (open until the timer is cancelled)
+    dump.write(f"watchdog armed: {what} (pid {os.getpid()}; after {WATCHDOG_S} s the stacks of "
+               "every thread follow here and the run exits)\n")
+    dump.flush()
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=dump)
     try:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+        dump.close()
 
 
 def wait_dead(pid: int) -> int:
