@@ -130,7 +130,6 @@ static inline int usable(const PoolObject *p)
 
 typedef struct mp_hcache {
     int full;      /* something may be held: settle has work                          */
-    int verify;    /* a range of less than its class's size was taken: pushes check   */
     unsigned depth; /* ranges kept per small class: HC_DEPTH, fewer in a small pool   */
     int fast;      /* pushes need no check: the hot path may push (not in a debug build,
                       which checks every push)                                     */
@@ -342,8 +341,7 @@ static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
     if (rc != MP_OK && r != n) { /* only the exact size fits (a Slab's items, a full pool) */
         c = hc_get(p);
         if (!c || mp_pool_raw_alloc(p, n, align, &off) != MP_OK) return NULL;
-        c->verify = 1; /* this range must never serve its class */
-        c->fast = 0;
+        c->fast = 0; /* this range must never serve its class: every push checks now */
         rc = MP_OK;
     }
     if (rc != MP_OK) return NULL;
