@@ -27,7 +27,8 @@ import pytest
 
 import mempool
 from mempool import Pool, SharedPool
-from mempool._segment import _FMT, CHECKSUM_OFFSET, HEADER_SIZE, Header, _digest
+from mempool._segment import (_FMT, CHECKSUM_OFFSET, HEADER_SIZE, PLACEMENT_OFFSET, Header,
+                              Placement, _digest)
 
 SHM = Path("/dev/shm")
 MAGIC = b"MPSHARED"
@@ -172,7 +173,7 @@ def header_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "version-0": with_header(data, h, version=0),
         "version-1": with_header(data, h, version=1),
         "version-2": with_header(data, h, version=2),
-        "version-4": with_header(data, h, version=4),
+        "version-5": with_header(data, h, version=5),
         "shadow_off-0": with_header(data, h, shadow_off=0),
         "shadow_off-odd": with_header(data, h, shadow_off=h.shadow_off + 64),
         "shadow_off-data": with_header(data, h, shadow_off=h.data_off),
@@ -455,6 +456,47 @@ def test_a_live_holder_in_a_subprocess_is_still_waited_for(name):
 
 
 # ---- Pool.open on crafted files ---------------------------------------------------------
+def with_slot(data: bytes, k: int, pl: Placement) -> bytes:
+    """data with placement slot k naming pl (checksum valid: a crafted slot)."""
+    out = bytearray(data)
+    out[PLACEMENT_OFFSET + 64 * k:PLACEMENT_OFFSET + 64 * (k + 1)] = pl.pack()
+    return bytes(out)
+
+
+def bad_magic_slot(data: bytes, pl: Placement) -> bytes:
+    body = b"NOTASLOT" + pl.pack()[8:56]
+    out = bytearray(data)
+    out[PLACEMENT_OFFSET:PLACEMENT_OFFSET + 64] = body + _digest(body).to_bytes(8, "little")
+    return bytes(out)
+
+
+def placement_cases(data: bytes, h: Header) -> dict[str, bytes]:
+    """A file pool's placement slots (format 4) naming what is not a grown pair."""
+    end = len(data)
+    good = Placement(end, end + 4096, h.state_size, end + 8192, 1, 0)
+    tail = bytes(8192)  # a pair of zeros: no state there
+    rep = dataclasses.replace
+    return {
+        "slot-zeros-state": with_slot(data, 0, good) + tail,
+        "slot-past-end": with_slot(data, 0, good),
+        "slot-gen-0": with_slot(data, 0, rep(good, gen=0)) + tail,
+        "slot-odd-state": with_slot(data, 0, rep(good, state_off=end + 64)) + tail,
+        "slot-in-data": with_slot(data, 0, rep(good, state_off=h.data_off,
+                                             shadow_off=h.data_off + 4096)) + tail,
+        "slot-overlap": with_slot(data, 0, rep(good, shadow_off=end)) + tail,
+        "slot-small": with_slot(data, 0, rep(good, state_size=64)) + tail,
+        "slot-huge": with_slot(data, 0, rep(good, state_size=1 << 62)) + tail,
+        "slot-same-gen": with_slot(with_slot(data, 0, good), 1, good) + tail,
+        "slot-bad-magic": bad_magic_slot(data, good) + tail,
+        # the state the slot names is a copy of the header's own, which is fine; but that
+        # one retired (magic cleared), as a growth leaves it, while a damaged slot names
+        # nothing any more: never opened as if it were current
+        "slot-torn-retired": poke(data, PLACEMENT_OFFSET, "<Q", 12345)[:h.state_off]
+        + bytes(4) + data[h.state_off + 4:],
+    }
+
+
+
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory) -> tuple[bytes, Header]:
     path = tmp_path_factory.mktemp("atk") / "good.pool"
@@ -470,6 +512,7 @@ def test_pool_open_refuses_crafted_files(good_file, tmp_path):
     cases = {**header_cases(data, h), **shape_cases(data, h), "empty": b""}
     cases["state-random"] = data[:h.state_off + 64] + random.Random(5).randbytes(
         h.state_size - 64) + data[h.state_off + h.state_size:]
+    cases.update(placement_cases(data, h))
     args = {}
     for label, blob in cases.items():
         if label.startswith("lock_") and h.lock_size == 0 and label in (

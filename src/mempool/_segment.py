@@ -15,6 +15,18 @@
     shadow +------------------------------+  page aligned
            | the state's shadow copy      |  equal to the state between calls
            +------------------------------+
+           | a grown state and its shadow |  file pools (format 4): a state whose node
+           | (page aligned, each)         |  budget ran out moves to a larger pair here,
+           +------------------------------+  named by a placement slot in the header
+
+A file pool's state grows by moving (``Pool._grow_state``): the grown state and its
+shadow are written past the file's last pair, then one of the two placement slots at
+PLACEMENT_OFFSET (generation, offsets, sizes, checksum) is written to name them; the
+valid slot of the higher generation wins.  A process killed before that write leaves
+the old slot the winner (the file's tail is then garbage that the next growth
+overwrites); once it is written the new pair is the state.  The state it replaced is
+then marked retired (its head's magic cleared), so a damaged winning slot can never
+fall back to a stale state silently: attaching a retired state is a CorruptionError.
 
 The header's first 120 bytes are immutable after creation and covered by a
 checksum.  The journal (``_core/journal.h``) and the shadow make every allocator
@@ -32,11 +44,13 @@ from dataclasses import dataclass
 
 from .errors import CorruptionError
 
-__all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET", "Header",
-           "layout", "named_root"]
+__all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET",
+           "PLACEMENT_OFFSET", "Header", "Placement", "layout", "named_root"]
 
 HEADER_SIZE = 4096
-VERSION = 3  # 3: the directory of named arrays; 2: the journal and the shadow (1 had neither)
+VERSION = 4  # 4: placement slots (a grown state); 3: the directory of named arrays; 2: the
+#             journal and the shadow (1 had neither)
+READABLE = (3, 4)  # a format-3 file opens as before, and its state does not grow
 _FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q 8s")  # 120 bytes
 assert _FMT.size == 120
 CHECKSUM_OFFSET = 120
@@ -44,6 +58,9 @@ JOURNAL_OFFSET = 1024  #: the journal of a file pool (a shared pool's is in its 
 JOURNAL_SIZE = 2048  #: MP_JOURNAL_BYTES
 NAMED_ROOT_OFFSET = 3072  #: a file pool's directory of named arrays (_core/named.h): its root
 NAMED_ROOT_SIZE = 64
+PLACEMENT_OFFSET = 512  #: two placement slots of 64 bytes (format 4: where a grown state is)
+_SLOT = struct.Struct("<8sQQQQQ8s")  # magic, gen, state_off, shadow_off, state_size, total, pad
+_SLOT_MAGIC = b"MPPLACE1"
 _JOURNAL_MAGIC = (0x314c4e524a504d).to_bytes(8, "little")
 _PAGE = 4096
 
@@ -109,8 +126,9 @@ class Header:
         f = _FMT.unpack(body)
         if f[0] != magic:
             raise CorruptionError(f"{what}: not a mempool segment (magic {f[0]!r})")
-        if f[1] != VERSION:
-            raise CorruptionError(f"{what}: format version {f[1]}, this mempool reads {VERSION}")
+        if f[1] not in READABLE:
+            raise CorruptionError(f"{what}: format version {f[1]}, this mempool reads "
+                                  f"{' and '.join(map(str, READABLE))}")
         stored = int.from_bytes(bytes(buf[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 8]), "little")
         if stored != _digest(body):
             raise CorruptionError(f"{what}: header checksum mismatch (damaged header)")
@@ -137,14 +155,68 @@ class Header:
                 f"{what}: truncated: the header says {h.total_size} bytes, found {length}")
         return h
 
-    def check_kind(self, buf: memoryview | bytes, what: str) -> None:
+    def check_kind(self, buf: memoryview | bytes, what: str, state_off: int = 0) -> None:
         """Compare the header's strategy kind with the state's (mp_head_t.kind) in
-        ``buf``, the whole segment, already validated by :meth:`unpack`."""
-        state_kind = int.from_bytes(bytes(buf[self.state_off + 4:self.state_off + 6]), "little")
+        ``buf``, the whole segment, already validated by :meth:`unpack` (the state at
+        ``state_off``: where :func:`placement` says; default the header's)."""
+        at = state_off or self.state_off
+        state_kind = int.from_bytes(bytes(buf[at + 4:at + 6]), "little")
         if state_kind != self.kind:
             raise CorruptionError(
                 f"{what}: the header says strategy kind {self.kind}, the state is kind "
                 f"{state_kind}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a segment's state and its shadow are now: the header's own pair (gen 0),
+    or the grown pair a placement slot names."""
+
+    state_off: int
+    shadow_off: int
+    state_size: int
+    end: int  # the end of the segment's last pair (where a grown pair would go)
+    gen: int = 0
+    slot: int = -1  # which slot names it (-1: the header's pair)
+
+    def pack(self) -> bytes:
+        """The placement slot that names this pair (64 bytes: fields and checksum)."""
+        body = _SLOT.pack(_SLOT_MAGIC, self.gen, self.state_off, self.shadow_off,
+                          self.state_size, self.end, b"\0" * 8)
+        return body + _digest(body).to_bytes(8, "little")
+
+
+def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Placement:
+    """The pair the state is in now (``buf``: the whole segment, ``length`` bytes, its
+    header validated by :meth:`Header.unpack`).  A slot that fails its checksum is a
+    write a killed process left unfinished and does not count; one that passes it but
+    names bytes outside the segment, or before the header's pair ends, is
+    CorruptionError."""
+    base = Placement(h.state_off, h.shadow_off, h.state_size,
+                     h.shadow_off + _align(h.state_size, _PAGE))
+    if h.version < 4:
+        return base
+    best = base
+    for k in range(2):
+        at = PLACEMENT_OFFSET + 64 * k
+        raw = bytes(buf[at:at + 64])
+        if raw == bytes(64):
+            continue
+        body, digest = raw[:56], int.from_bytes(raw[56:], "little")
+        if digest != _digest(body):
+            continue  # torn: a growth killed while it wrote the slot
+        magic, gen, st, sh, size, end, _ = _SLOT.unpack(body)
+        if (magic != _SLOT_MAGIC or gen < 1 or st % _PAGE or sh % _PAGE or size < h.state_size
+                or st < base.end or sh < st + size or end < sh + size):
+            raise CorruptionError(f"{what}: placement slot {k} is inconsistent")
+        if end > length:
+            raise CorruptionError(f"{what}: truncated: placement slot {k} names {end} bytes, "
+                                  f"found {length}")
+        if gen > best.gen:
+            best = Placement(st, sh, size, end, gen, k)
+        elif gen == best.gen:
+            raise CorruptionError(f"{what}: two placement slots of generation {gen}")
+    return best
 
 
 def layout(magic: bytes, kind: int, strategy: str, capacity: int, state_size: int,

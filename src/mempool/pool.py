@@ -13,6 +13,7 @@ unmapped memory through mempool.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import time
 from contextvars import ContextVar, Token
@@ -23,7 +24,8 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, layout, named_root
+from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement,
+                       layout, named_root, placement)
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
 from .named import NamedArrays
@@ -156,6 +158,8 @@ class Pool(PoolCore):
         self.path: Path | None = None
         self.recovered = False
         self._named: NamedArrays | None = None
+        self._placement: Placement | None = None  # file pools: where the state is now
+        self._state_map: mmap.mmap | None = None  # ... when this process grew it
         if source.buffer is not None:  # a private pool's directory root: this process's
             self._named_root = bytearray(named_root())
             self._named_bind(self._named_root, 0)
@@ -353,26 +357,30 @@ class Pool(PoolCore):
             view = memoryview(mem.buffer)
             try:
                 h = Header.unpack(view, mem.size, FILE_MAGIC, str(path))
-                h.check_kind(view, str(path))
+                pl = placement(h, view, mem.size, str(path))
+                h.check_kind(view, str(path), pl.state_off)
             finally:
                 view.release()
         except BaseException:
             mem.close()
             raise
-        return cls._over_file(mem, h, str(path))
+        return cls._over_file(mem, h, str(path), pl)
 
     @classmethod
-    def _over_file(cls, mem: FileMemory, h: Header, what: str) -> Pool:
+    def _over_file(cls, mem: FileMemory, h: Header, what: str,
+                   pl: Placement | None = None) -> Pool:
         pool = cls.__new__(cls)
+        if pl is None:  # a new file: the header's own pair
+            pl = placement(h, mem.buffer, mem.size, what)
         mm = memoryview(mem.buffer)
         data = mm[h.data_off:h.data_off + h.capacity]
         strat = None
         try:
             # a call the last writer was killed in: rolled back or forward first
-            recovered = _mempool.journal_recover(mem.buffer, JOURNAL_OFFSET, h.state_off,
-                                                 h.shadow_off, h.state_size, NAMED_ROOT_OFFSET,
+            recovered = _mempool.journal_recover(mem.buffer, JOURNAL_OFFSET, pl.state_off,
+                                                 pl.shadow_off, pl.state_size, NAMED_ROOT_OFFSET,
                                                  h.data_off + h.capacity)
-            strat = _mempool.attach(mem.buffer, h.state_off, h.state_size)
+            strat = _mempool.attach(mem.buffer, pl.state_off, pl.state_size)
             if strat.strategy != h.strategy:
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
             if strat.capacity != h.capacity:
@@ -400,7 +408,9 @@ class Pool(PoolCore):
         del data  # PoolCore holds the view now; it goes when the pool closes
         mm.release()
         pool.recovered = recovered != 0  # killed in a call: rolled back or forward
-        pool._set_journal(mem.buffer, JOURNAL_OFFSET, h.shadow_off)
+        pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off, h.version >= 4)
+        pool._placement = pl
+        pool._state_map = None  # the mapping of a pair this process grew into (else mem's)
         pool._owns_source = True
         pool.path = Path(what)
         pool._named = None
@@ -412,6 +422,64 @@ class Pool(PoolCore):
                 raise CorruptionError(f"{what}: {e}") from None
             raise
         return pool
+
+    def _grow_state(self) -> bool:
+        """The state's node budget is spent (the C core calls this between calls, with
+        no transaction open): move the state to a grown pair past the file's last one
+        and name it in a placement slot (``_segment.py`` says why a kill at any point
+        leaves one whole pair named).  False when the state cannot grow (a strategy
+        with fixed tables, ``grow=False``, a format-3 file)."""
+        size = self._regrow_size()
+        if not size:
+            return False
+        mem, old = self.source, self._placement
+        assert isinstance(mem, FileMemory) and old is not None
+        page = 4096
+        st = -(-old.end // page) * page
+        sh = st + -(-size // page) * page
+        new = Placement(st, sh, size, sh + -(-size // page) * page, old.gen + 1,
+                        0 if old.slot < 0 else 1 - old.slot)
+        m = mem._map_tail(st, new.end - st)
+        _grow_fault("mapped")
+
+        def flip() -> None:  # the write that makes the new pair the state
+            _grow_fault("grown")
+            at, slot = PLACEMENT_OFFSET + 64 * new.slot, new.pack()
+            mem.buffer[at:at + 32] = slot[:32]  # (two halves: where a kill tears it)
+            _grow_fault("slot-half")
+            mem.buffer[at + 32:at + 64] = slot[32:]
+
+        try:
+            grown = self._regrow(m, 0, sh - st, flip)
+        except BaseException:
+            mem._unmap_tail(m)
+            raise
+        if not grown:
+            mem._unmap_tail(m)
+            return False
+        _grow_fault("flipped")
+        # the old pair is retired: a damaged slot must not fall back to it unnoticed
+        where, base = (mem.buffer, 0) if self._state_map is None else \
+            (self._state_map, old.state_off)
+        for off in (old.state_off, old.shadow_off):
+            where[off - base:off - base + 4] = bytes(4)  # mp_head_t.magic
+        _grow_fault("retired")
+        if self._state_map is not None:
+            mem._unmap_tail(self._state_map)
+            mem._punch(old.state_off, old.end - old.state_off)  # its disk blocks go back
+        self._placement, self._state_map = new, m
+        return True
+
+
+#: Fault injection for the tests (tests/test_file_growth.py): called with the name of
+#: each step of a growth ("mapped", "grown", "slot-half", "flipped", "retired"); a test
+#: process sets it to die or raise there.  None: nothing happens.
+GROW_FAULT: Any = None
+
+
+def _grow_fault(step: str) -> None:
+    if GROW_FAULT is not None:
+        GROW_FAULT(step)
 
 
 def _kind_of(state: bytes) -> int:

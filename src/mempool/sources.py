@@ -380,6 +380,51 @@ class FileMemory(_Mapped):
         self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, access=access)
         self.size = size
         self.buffer = self._mmap
+        self._tails: list[mmap.mmap] = []  # _map_tail's mappings, closed with this one
+
+    def _map_tail(self, offset: int, length: int) -> mmap.mmap:
+        """Extend the file to ``offset + length`` bytes (their blocks allocated: a full
+        disk is an OSError now, not a SIGBUS later) and map that range (``offset`` page
+        aligned) shared and writable; it is unmapped by :meth:`close` or
+        :meth:`_unmap_tail`.  The file is the one this object locked, even if its path
+        was renamed or replaced since."""
+        self._check_open()
+        where = f"/proc/self/fd/{self._lock_fd}" if self._lock_fd >= 0 else self.path
+        fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size < offset + length:
+                try:
+                    os.posix_fallocate(fd, offset, length)
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.ftruncate(fd, offset + length)
+            m = mmap.mmap(fd, length, mmap.MAP_SHARED, access=mmap.ACCESS_WRITE, offset=offset)
+        finally:
+            os.close(fd)
+        self._tails.append(m)
+        return m
+
+    def _punch(self, offset: int, length: int) -> None:
+        """Give the disk blocks of a range nothing uses any more back (fallocate
+        PUNCH_HOLE, the file's length kept; best effort: where the call or the file
+        system cannot, the blocks stay)."""
+        where = f"/proc/self/fd/{self._lock_fd}" if self._lock_fd >= 0 else self.path
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            _mempool.punch_hole(fd, offset, length)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _unmap_tail(self, m: mmap.mmap) -> None:
+        """Unmap a mapping of :meth:`_map_tail` that nothing uses any more."""
+        self._tails.remove(m)
+        m.close()
 
     @classmethod
     def _create(cls, path: str | os.PathLike[str], size: int,
@@ -465,6 +510,10 @@ class FileMemory(_Mapped):
         return mem
 
     def close(self) -> None:
+        if not self._closed:
+            while self._tails:  # (BufferError while a pool's state still uses one)
+                self._tails[-1].close()
+                self._tails.pop()
         super().close()
         if self._closed:
             self._release_lock()
@@ -485,6 +534,8 @@ class FileMemory(_Mapped):
     def flush(self) -> None:
         """Write the mapped bytes back to the file (msync)."""
         self._check_open()
+        for m in self._tails:  # (a grown state: before the header that names it)
+            m.flush()
         self._mmap.flush()
 
     def __repr__(self) -> str:

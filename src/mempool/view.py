@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _mempool
-from ._segment import HEADER_SIZE, JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header
+from ._segment import HEADER_SIZE, JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, placement
 from .errors import CorruptionError
 from .stats import Stats
 from .strategies import STRATEGIES
@@ -217,8 +217,8 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
             busy = True
             notes.append("the pool is open in another process: read as it was at this moment")
         for attempt in range(20):
-            try:
-                return _read_file(fd, size, what, notes)
+            try:  # (the size again: a writer's state may have grown the file)
+                return _read_file(fd, os.fstat(fd).st_size if attempt else size, what, notes)
             except CorruptionError:
                 if not busy or attempt == 19:
                     raise
@@ -237,15 +237,16 @@ def _read_file(fd: int, size: int, what: str, notes: list[str]) -> PoolView:
         view = memoryview(mm)
         try:
             h = Header.unpack(view, size, FILE_MAGIC, what)
-            h.check_kind(view, what)
+            pl = placement(h, view, size, what)  # (a grown state: where its slot says)
+            h.check_kind(view, what, pl.state_off)
         finally:
             view.release()
         # the journal: recovered in the private copy (copy on write), never in the file
-        recovered = _mempool.journal_recover(mm, JOURNAL_OFFSET, h.state_off, h.shadow_off,
-                                             h.state_size, NAMED_ROOT_OFFSET,
+        recovered = _mempool.journal_recover(mm, JOURNAL_OFFSET, pl.state_off, pl.shadow_off,
+                                             pl.state_size, NAMED_ROOT_OFFSET,
                                              h.data_off + h.capacity)
         try:
-            strat = _mempool.attach(mm, h.state_off, h.state_size)
+            strat = _mempool.attach(mm, pl.state_off, pl.state_size)
         except CorruptionError as e:
             raise CorruptionError(f"{what}: {e}") from None
         if strat.strategy != h.strategy or strat.capacity != h.capacity:

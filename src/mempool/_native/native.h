@@ -68,6 +68,10 @@ typedef struct {
                                  the state and its shadow copy, or NULL          */
     Py_buffer j_view;         /* the mapping tx points into (has_j)             */
     int has_j;
+    int grows;                /* persistent pools: a full state moves to a larger one
+                                 (Pool._grow_state), else MP_ENONODES stands      */
+    Py_buffer sh_view;        /* the mapping of a moved state's shadow (has_sh)  */
+    int has_sh;
     const mp_pool_hooks_t *hooks; /* NULL: the private paths of pool.c; else what a
                                  pool kind of its own does instead (shared pools) */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
@@ -203,6 +207,13 @@ int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
 int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off);
 int mp_pool_raw_free(PoolObject *p, uint64_t off);
 uint64_t mp_pool_raw_size(PoolObject *p, uint64_t off);
+/* The strategy state is full (MP_ENONODES, the call that said so left it unchanged and
+ * no transaction is open): make it larger.  A private state grows in memory; a
+ * persistent pool's moves to a larger pair at its file's end (Pool._grow_state, then
+ * _regrow).  0: it grew, retry; 1: it cannot grow; -1: an exception is set. */
+int mp_pool_grow(PoolObject *p);
+/* a status besides the MP_E* codes: the call failed with a Python exception set */
+#define MP_EPYERR (-100)
 /* handler.c */
 int mp_handler_ready(PyObject *module);
 /* The ranges NumPy freed that the handler keeps for reuse (private pools only) go back

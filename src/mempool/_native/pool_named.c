@@ -28,6 +28,7 @@ static int named_ready(PoolObject *self)
         PyErr_SetString(PyExc_TypeError, "this pool has no directory of named arrays");
         return -1;
     }
+    self->named->st = self->strategy->st; /* (a private state moves when it grows) */
     return 0;
 }
 
@@ -314,6 +315,8 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
     int ngot = 0;
     /* a private pool undoes a failure by freeing what it took: the head's high marks
      * (and the next-fit cursor) are put back too, so stats() is as before */
+    uint64_t dsize0 = dsize;
+retry:;
     mp_head_t head0 = *(mp_head_t *)d->st;
     tx_begin(self);
     if (has_src) {
@@ -354,6 +357,17 @@ fail:;
         hd->peak_used = head0.peak_used;
         hd->high_water = head0.high_water;
         hd->cursor = head0.cursor;
+    }
+    if (rc == MP_ENONODES) { /* the state is full: it grows, and the put starts over */
+        int g = mp_pool_grow(self);
+        if (g < 0) goto out;
+        if (g == 0) {
+            d->st = self->strategy->st;
+            ngot = 0;
+            dsize = dsize0;
+            if (has_src) data = 0;
+            goto retry;
+        }
     }
     mp_raise(self->strategy, rc, asked, aalign, 0);
 out:
