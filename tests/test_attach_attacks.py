@@ -28,7 +28,7 @@ import pytest
 import mempool
 from mempool import Pool, SharedPool
 from mempool._segment import (_FMT, CHECKSUM_OFFSET, HEADER_SIZE, PLACEMENT_OFFSET, Header,
-                              Placement, _digest)
+                              Placement, _digest, slot_sum)
 
 SHM = Path("/dev/shm")
 MAGIC = b"MPSHARED"
@@ -466,7 +466,7 @@ def with_slot(data: bytes, k: int, pl: Placement) -> bytes:
 def bad_magic_slot(data: bytes, pl: Placement) -> bytes:
     body = b"NOTASLOT" + pl.pack()[8:56]
     out = bytearray(data)
-    out[PLACEMENT_OFFSET:PLACEMENT_OFFSET + 64] = body + _digest(body).to_bytes(8, "little")
+    out[PLACEMENT_OFFSET:PLACEMENT_OFFSET + 64] = body + slot_sum(body).to_bytes(8, "little")
     return bytes(out)
 
 
@@ -480,6 +480,7 @@ def placement_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "slot-zeros-state": with_slot(data, 0, good) + tail,
         "slot-past-end": with_slot(data, 0, good),
         "slot-gen-0": with_slot(data, 0, rep(good, gen=0)) + tail,
+        "slot-gen-huge": with_slot(data, 0, rep(good, gen=2**64 - 1)) + tail,
         "slot-odd-state": with_slot(data, 0, rep(good, state_off=end + 64)) + tail,
         "slot-in-data": with_slot(data, 0, rep(good, state_off=h.data_off,
                                              shadow_off=h.data_off + 4096)) + tail,

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -167,29 +168,39 @@ def test_realloc_named_and_numpy_grow_a_full_file_pool(tmp_path):
         p.check()
 
 
-def test_a_failed_growth_leaves_the_pool_on_its_state(tmp_path, monkeypatch):
-    import mempool.pool as mp_pool
-
+def test_a_failed_growth_leaves_the_pool_on_its_state(tmp_path):
+    # the file may not grow past its size (RLIMIT_FSIZE, as a full disk would refuse):
+    # the allocation raises OSError(EFBIG), and the pool carries on as it was
     path = tmp_path / "e.pool"
     with Pool.create(path, 1 * MiB, max_blocks=32) as p:
-        blocks = [p.alloc(16) for _ in range(31)]
-        before = (len(p), p.used, p.segments(), p._placement)
-
-        def fail(step):
-            if step == "grown":
-                raise OSError(28, "No space left on device (injected)")
-        monkeypatch.setattr(mp_pool, "GROW_FAULT", fail)
-        with pytest.raises(OSError, match="injected"):
+        [p.alloc(16) for _ in range(31)]
+    size = os.path.getsize(path)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import errno, os, resource, signal, sys
+        import mempool
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
+        p = mempool.Pool.open(sys.argv[1])
+        before = (len(p), p.used, p.segments())
+        try:
             p.alloc(16)
-        assert (len(p), p.used, p.segments(), p._placement) == before
+        except OSError as e:
+            assert e.errno == errno.EFBIG and "cannot grow the state" in str(e), e
+        else:
+            raise AssertionError("grew past RLIMIT_FSIZE")
+        assert (len(p), p.used, p.segments()) == before
         p.check()
-        monkeypatch.setattr(mp_pool, "GROW_FAULT", None)
-        blocks.append(p.alloc(16))  # grows now
-        assert p._placement.gen == 1 and len(p) == 32
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        b = p.alloc(16)  # grows now
         p.check()
-        del blocks
+        print(len(p))
+        """), str(path), str(size)], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=SRC))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["32"]
     with Pool.open(path) as p:
-        assert len(p) == 32
+        assert len(p) == 32 and where(path)[1].gen == 1
         p.check()
 
 
@@ -212,21 +223,14 @@ def test_a_format_3_file_opens_and_does_not_grow(tmp_path):
 
 
 KILLER = """
-import os, signal, sys
-import mempool, mempool.pool
-step = sys.argv[2]
-def die(s):
-    if s == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-mempool.pool.GROW_FAULT = die
+import sys
+import mempool
 p = mempool.Pool.open(sys.argv[1])
-n = 0
 while True:
     b = p.alloc(16)
     with memoryview(b) as m:
         m[:8] = b.offset.to_bytes(8, "little")
     print(b.offset, flush=True)
-    n += 1
 """
 
 
@@ -238,8 +242,9 @@ def test_killed_at_each_step_of_a_growth(tmp_path, step):
         for b in keep:
             fill(b, b.offset)
         del keep
-    r = subprocess.run([sys.executable, "-c", KILLER, str(path), step], capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=SRC))
+    r = subprocess.run([sys.executable, "-c", KILLER, str(path)], capture_output=True,
+                       text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=SRC, MEMPOOL_GROW_FAULT=step))
     assert r.returncode == -signal.SIGKILL, r.stderr
     done = [int(x) for x in r.stdout.split()]
     assert len(done) == 11  # 31 blocks: the 32nd needed a growth, and died in it
@@ -252,7 +257,7 @@ def test_killed_at_each_step_of_a_growth(tmp_path, step):
             assert value(p.block_at(o)) == o
         # and it grows now, over whatever the dead growth left at the file's end
         more = [p.alloc(16) for _ in range(100)]
-        assert len(p) == 131 and p._placement.gen == 3  # 64, 128, then 256 nodes
+        assert len(p) == 131 and where(path)[1].gen == 3  # 64, 128, then 256 nodes
         p.check()
         del more
     with Pool.open(path) as p:
@@ -285,4 +290,78 @@ def test_file_pool_storm_of_a_million_live_16_byte_blocks(tmp_path):
         del blocks
     with Pool.open(path) as p:
         assert len(p) == 1 << 20
+        p.check()
+
+
+def test_threads_growing_one_file_pool_stay_serialised(tmp_path):
+    # a growth runs in C with the GIL held: no other thread's call comes in between
+    path = tmp_path / "t.pool"
+    p = Pool.create(path, 16 * MiB, max_blocks=16)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    errors: list[BaseException] = []
+    got: list[list] = [[] for _ in range(4)]
+
+    def work(k):
+        try:
+            for _ in range(3000):
+                got[k].append(p.alloc(16))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    try:
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    offs = [b.offset for blocks in got for b in blocks]
+    assert len(set(offs)) == 12000 and len(p) == 12000
+    p.check()
+    del got
+    p.close()
+    with Pool.open(path) as p:
+        assert len(p) == 12000
+        p.check()
+
+
+def test_a_signal_handler_raising_during_growth_leaves_a_sound_file(tmp_path):
+    # an exception from a signal handler lands between calls, never inside a growth
+    class Tick(Exception):
+        pass
+
+    armed = [True]
+
+    def handler(*_):
+        if armed[0]:
+            raise Tick
+
+    path = tmp_path / "s.pool"
+    p = Pool.create(path, 16 * MiB, max_blocks=16)
+    keep = []
+    prev = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        while True:
+            try:
+                while len(keep) < 20000:
+                    keep.append(p.alloc(16))
+                armed[0] = False
+                break
+            except Tick:
+                pass
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, prev)
+    assert len(p) >= 20000
+    p.check()
+    n = len(p)
+    del keep
+    p.close()
+    with Pool.open(path) as p:
+        assert len(p) == n
         p.check()

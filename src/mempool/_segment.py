@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from .errors import CorruptionError
 
 __all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET",
-           "PLACEMENT_OFFSET", "Header", "Placement", "layout", "named_root"]
+           "PLACEMENT_OFFSET", "Header", "Placement", "base_end", "layout", "named_root",
+           "placement", "slot_sum"]
 
 HEADER_SIZE = 4096
 VERSION = 4  # 4: placement slots (a grown state); 3: the directory of named arrays; 2: the
@@ -183,7 +184,22 @@ class Placement:
         """The placement slot that names this pair (64 bytes: fields and checksum)."""
         body = _SLOT.pack(_SLOT_MAGIC, self.gen, self.state_off, self.shadow_off,
                           self.state_size, self.end, b"\0" * 8)
-        return body + _digest(body).to_bytes(8, "little")
+        return body + slot_sum(body).to_bytes(8, "little")
+
+
+def slot_sum(body: bytes) -> int:
+    """A placement slot's checksum over its first 56 bytes (seven words): a mix the C
+    core computes too (pool_shared.c grows a shared pool's state under its lock)."""
+    h, m = 0x9E3779B97F4A7C15, (1 << 64) - 1
+    for (w,) in struct.iter_unpack("<Q", body[:56]):
+        h = ((h ^ w) * 0xFF51AFD7ED558CCD) & m
+        h ^= h >> 32
+    return h
+
+
+def base_end(h: Header) -> int:
+    """The end of the header's own pair (its shadow's last page): grown pairs lie past it."""
+    return h.shadow_off + _align(h.state_size, _PAGE)
 
 
 def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Placement:
@@ -192,8 +208,7 @@ def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Pla
     write a killed process left unfinished and does not count; one that passes it but
     names bytes outside the segment, or before the header's pair ends, is
     CorruptionError."""
-    base = Placement(h.state_off, h.shadow_off, h.state_size,
-                     h.shadow_off + _align(h.state_size, _PAGE))
+    base = Placement(h.state_off, h.shadow_off, h.state_size, base_end(h))
     if h.version < 4:
         return base
     best = base
@@ -203,10 +218,10 @@ def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Pla
         if raw == bytes(64):
             continue
         body, digest = raw[:56], int.from_bytes(raw[56:], "little")
-        if digest != _digest(body):
+        if digest != slot_sum(body):
             continue  # torn: a growth killed while it wrote the slot
         magic, gen, st, sh, size, end, _ = _SLOT.unpack(body)
-        if (magic != _SLOT_MAGIC or gen < 1 or st % _PAGE or sh % _PAGE or size < h.state_size
+        if (magic != _SLOT_MAGIC or not 1 <= gen < 1 << 62 or st % _PAGE or sh % _PAGE or size < h.state_size
                 or st < base.end or sh < st + size or end < sh + size):
             raise CorruptionError(f"{what}: placement slot {k} is inconsistent")
         if end > length:

@@ -13,7 +13,6 @@ unmapped memory through mempool.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import time
 from contextvars import ContextVar, Token
@@ -24,8 +23,8 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement,
-                       layout, named_root, placement)
+from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, base_end, layout,
+                       named_root, placement)
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
 from .named import NamedArrays
@@ -158,8 +157,6 @@ class Pool(PoolCore):
         self.path: Path | None = None
         self.recovered = False
         self._named: NamedArrays | None = None
-        self._placement: Placement | None = None  # file pools: where the state is now
-        self._state_map: mmap.mmap | None = None  # ... when this process grew it
         if source.buffer is not None:  # a private pool's directory root: this process's
             self._named_root = bytearray(named_root())
             self._named_bind(self._named_root, 0)
@@ -276,6 +273,7 @@ class Pool(PoolCore):
     def flush(self) -> None:
         """Make state and data durable (msync) for pools over files; a no-op otherwise."""
         self._check_open()
+        self._sync_state()  # a grown state mapped on its own: before the header names it
         flush = getattr(self.source, "flush", None)
         if flush is not None:
             flush()
@@ -408,9 +406,15 @@ class Pool(PoolCore):
         del data  # PoolCore holds the view now; it goes when the pool closes
         mm.release()
         pool.recovered = recovered != 0  # killed in a call: rolled back or forward
-        pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off, h.version >= 4)
-        pool._placement = pl
-        pool._state_map = None  # the mapping of a pair this process grew into (else mem's)
+        if h.version >= 4:  # the state grows into pairs past the file's end (place.c)
+            fd = os.open(f"/proc/self/fd/{mem._lock_fd}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off, fd,
+                                  (pl.gen, pl.slot, pl.end, base_end(h), h.state_size))
+            finally:
+                os.close(fd)
+        else:  # format 3: it stays where it is
+            pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off)
         pool._owns_source = True
         pool.path = Path(what)
         pool._named = None
@@ -422,64 +426,6 @@ class Pool(PoolCore):
                 raise CorruptionError(f"{what}: {e}") from None
             raise
         return pool
-
-    def _grow_state(self) -> bool:
-        """The state's node budget is spent (the C core calls this between calls, with
-        no transaction open): move the state to a grown pair past the file's last one
-        and name it in a placement slot (``_segment.py`` says why a kill at any point
-        leaves one whole pair named).  False when the state cannot grow (a strategy
-        with fixed tables, ``grow=False``, a format-3 file)."""
-        size = self._regrow_size()
-        if not size:
-            return False
-        mem, old = self.source, self._placement
-        assert isinstance(mem, FileMemory) and old is not None
-        page = 4096
-        st = -(-old.end // page) * page
-        sh = st + -(-size // page) * page
-        new = Placement(st, sh, size, sh + -(-size // page) * page, old.gen + 1,
-                        0 if old.slot < 0 else 1 - old.slot)
-        m = mem._map_tail(st, new.end - st)
-        _grow_fault("mapped")
-
-        def flip() -> None:  # the write that makes the new pair the state
-            _grow_fault("grown")
-            at, slot = PLACEMENT_OFFSET + 64 * new.slot, new.pack()
-            mem.buffer[at:at + 32] = slot[:32]  # (two halves: where a kill tears it)
-            _grow_fault("slot-half")
-            mem.buffer[at + 32:at + 64] = slot[32:]
-
-        try:
-            grown = self._regrow(m, 0, sh - st, flip)
-        except BaseException:
-            mem._unmap_tail(m)
-            raise
-        if not grown:
-            mem._unmap_tail(m)
-            return False
-        _grow_fault("flipped")
-        # the old pair is retired: a damaged slot must not fall back to it unnoticed
-        where, base = (mem.buffer, 0) if self._state_map is None else \
-            (self._state_map, old.state_off)
-        for off in (old.state_off, old.shadow_off):
-            where[off - base:off - base + 4] = bytes(4)  # mp_head_t.magic
-        _grow_fault("retired")
-        if self._state_map is not None:
-            mem._unmap_tail(self._state_map)
-            mem._punch(old.state_off, old.end - old.state_off)  # its disk blocks go back
-        self._placement, self._state_map = new, m
-        return True
-
-
-#: Fault injection for the tests (tests/test_file_growth.py): called with the name of
-#: each step of a growth ("mapped", "grown", "slot-half", "flipped", "retired"); a test
-#: process sets it to die or raise there.  None: nothing happens.
-GROW_FAULT: Any = None
-
-
-def _grow_fault(step: str) -> None:
-    if GROW_FAULT is not None:
-        GROW_FAULT(step)
 
 
 def _kind_of(state: bytes) -> int:

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import Block, SharedPoolCore, Strategy
-from ._segment import NAMED_ROOT_OFFSET, Header, layout
+from ._segment import NAMED_ROOT_OFFSET, Header, Placement, base_end, layout, placement
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
@@ -318,33 +318,59 @@ class SharedPool(SharedPoolCore, Pool):
         except ValueError as e:  # the name is good: the segment is not (empty)
             raise CorruptionError(f"shared pool {name!r}: {e}") from None
         try:
-            view = memoryview(mem.buffer)
-            try:
-                h = Header.unpack(view, mem.size, MAGIC, f"shared pool {name!r}")
-                h.check_kind(view, f"shared pool {name!r}")
-            finally:
-                view.release()
-            return cls._build(mem, h, name, create_entries=0, verify=verify)
+            what = f"shared pool {name!r}"
+            for attempt in range(50):
+                view = memoryview(mem.buffer)
+                try:
+                    h = Header.unpack(view, mem.size, MAGIC, what)
+                    pl = placement(h, view, mem.size, what)
+                    h.check_kind(view, what, pl.state_off)
+                finally:
+                    view.release()
+                try:
+                    return cls._build(mem, h, name, create_entries=0, verify=verify, pl=pl)
+                except CorruptionError:
+                    # a process grew the state meanwhile (its old pair retired, or the
+                    # new one past this mapping): map the segment again and retry
+                    view = memoryview(mem.buffer)
+                    try:
+                        moved = placement(h, view, mem.size, what).gen != pl.gen
+                    except CorruptionError:
+                        moved = False
+                    finally:
+                        view.release()
+                    if not moved and os.fstat(mem._fd).st_size == mem.size:
+                        raise
+                mem.close_quietly()
+                mem = SharedMemory(name)
+            raise CorruptionError(f"{what}: its state keeps moving")
         except BaseException:
             mem.close_quietly()
             raise
 
     @classmethod
     def _build(cls, mem: SharedMemory, h: Header, name: str, create_entries: int,
-               leases: tuple[int, int] = (0, 0), verify: bool = True) -> SharedPool:
+               leases: tuple[int, int] = (0, 0), verify: bool = True,
+               pl: Placement | None = None) -> SharedPool:
         what = f"shared pool {name!r}"
+        if pl is None:  # a new segment: the header's own pair
+            pl = Placement(h.state_off, h.shadow_off, h.state_size, base_end(h))
         pool = cls.__new__(cls)
         data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
         strat = None
         core = False
         try:
-            strat = _mempool.attach(mem.buffer, h.state_off, h.state_size, False)
+            strat = _mempool.attach(mem.buffer, pl.state_off, pl.state_size, False)
             if strat.strategy != h.strategy or strat.capacity != h.capacity:
                 raise CorruptionError("header and state disagree")
+            grows = h.version >= 4  # (a format-3 segment's state stays where it is)
             SharedPoolCore.__init__(pool, strat, data, mem, mem.buffer, h.lock_off, h.lock_size,
                                     create_entries, _block_reduce, SharedArray,
                                     align=default_align(strat), max_leases=leases[0],
-                                    lease_timeout_ns=leases[1], shadow_offset=h.shadow_off)
+                                    lease_timeout_ns=leases[1], shadow_offset=pl.shadow_off,
+                                    fd=mem._fd if grows else -1,
+                                    placement=(pl.gen, pl.slot, pl.end, base_end(h),
+                                               h.state_size))
             core = True
             if verify:
                 pool.check()

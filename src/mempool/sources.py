@@ -380,51 +380,6 @@ class FileMemory(_Mapped):
         self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, access=access)
         self.size = size
         self.buffer = self._mmap
-        self._tails: list[mmap.mmap] = []  # _map_tail's mappings, closed with this one
-
-    def _map_tail(self, offset: int, length: int) -> mmap.mmap:
-        """Extend the file to ``offset + length`` bytes (their blocks allocated: a full
-        disk is an OSError now, not a SIGBUS later) and map that range (``offset`` page
-        aligned) shared and writable; it is unmapped by :meth:`close` or
-        :meth:`_unmap_tail`.  The file is the one this object locked, even if its path
-        was renamed or replaced since."""
-        self._check_open()
-        where = f"/proc/self/fd/{self._lock_fd}" if self._lock_fd >= 0 else self.path
-        fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if os.fstat(fd).st_size < offset + length:
-                try:
-                    os.posix_fallocate(fd, offset, length)
-                except OSError as e:
-                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    os.ftruncate(fd, offset + length)
-            m = mmap.mmap(fd, length, mmap.MAP_SHARED, access=mmap.ACCESS_WRITE, offset=offset)
-        finally:
-            os.close(fd)
-        self._tails.append(m)
-        return m
-
-    def _punch(self, offset: int, length: int) -> None:
-        """Give the disk blocks of a range nothing uses any more back (fallocate
-        PUNCH_HOLE, the file's length kept; best effort: where the call or the file
-        system cannot, the blocks stay)."""
-        where = f"/proc/self/fd/{self._lock_fd}" if self._lock_fd >= 0 else self.path
-        try:
-            fd = os.open(where, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            _mempool.punch_hole(fd, offset, length)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    def _unmap_tail(self, m: mmap.mmap) -> None:
-        """Unmap a mapping of :meth:`_map_tail` that nothing uses any more."""
-        self._tails.remove(m)
-        m.close()
 
     @classmethod
     def _create(cls, path: str | os.PathLike[str], size: int,
@@ -510,10 +465,6 @@ class FileMemory(_Mapped):
         return mem
 
     def close(self) -> None:
-        if not self._closed:
-            while self._tails:  # (BufferError while a pool's state still uses one)
-                self._tails[-1].close()
-                self._tails.pop()
         super().close()
         if self._closed:
             self._release_lock()
@@ -534,8 +485,6 @@ class FileMemory(_Mapped):
     def flush(self) -> None:
         """Write the mapped bytes back to the file (msync)."""
         self._check_open()
-        for m in self._tails:  # (a grown state: before the header that names it)
-            m.flush()
         self._mmap.flush()
 
     def __repr__(self) -> str:
@@ -699,7 +648,7 @@ class SharedMemory(_Mapped):
             if size is None:
                 raise ValueError("creating a shared memory segment needs a size")
             want = parse_size(size, "size")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
                 os.posix_fallocate(fd, 0, want)
@@ -708,7 +657,7 @@ class SharedMemory(_Mapped):
                 os.unlink(self.path)
                 raise
         else:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
             want = os.fstat(fd).st_size
             if want == 0:
                 os.close(fd)
@@ -716,13 +665,19 @@ class SharedMemory(_Mapped):
         try:
             self._mmap = mmap.mmap(fd, want, mmap.MAP_SHARED)
         except BaseException:
+            os.close(fd)
             if create:
                 os.unlink(self.path)
             raise
-        finally:
-            os.close(fd)
+        self._fd = fd  # the segment itself, whatever its name names later (a state grows)
         self.size = want
         self.buffer = self._mmap
+
+    def close(self) -> None:
+        super().close()
+        if self._closed and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def unlink(self) -> None:
         """Remove the name; the memory stays mapped until every process closes it."""

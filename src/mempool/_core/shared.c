@@ -1122,6 +1122,12 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t m
     return MP_OK;
 }
 
+void mp_shared_unlock_raw(mp_shared_ctl_t *c, int rc)
+{
+    if (rc == EOWNERDEAD) pthread_mutex_consistent(&c->lock.mutex);
+    pthread_mutex_unlock(&c->lock.mutex);
+}
+
 void mp_shared_unlock(mp_shared_ctl_t *c)
 {
     /* a transaction left open would be rolled back by the next taker: commit first */

@@ -65,6 +65,10 @@ mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);
 /* Is there an unused entry (mp_reg_add would succeed)? */
 int mp_reg_has_room(const mp_shared_ctl_t *c);
 void mp_shared_unlock(mp_shared_ctl_t *c);
+/* Let the lock go right after taking it (rc: what taking it returned), before
+ * mp_shared_locked: nothing was read or written (a pending journal stays pending for the
+ * next taker). */
+void mp_shared_unlock_raw(mp_shared_ctl_t *c, int rc);
 /* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
 /* n fresh tags (the first is returned); any time, atomic. */

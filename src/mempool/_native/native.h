@@ -41,6 +41,21 @@ typedef struct {
 
 typedef struct mp_pool_hooks mp_pool_hooks_t;
 
+/* Where a file pool's or a shared pool's state lies (place.c): the pair (state,
+ * shadow) a placement slot of the header page names, or the header's own (gen 0). */
+typedef struct mp_place {
+    int fd;                       /* >= 3: the file or segment (a dup); else no growth */
+    int slot;                     /* the slot naming the pair, -1: the header's        */
+    int durable;                  /* msync a grown pair before naming it (file pools)  */
+    uint64_t gen;                 /* its generation                                    */
+    uint64_t st_off, sh_off, end; /* its state, its shadow, the end of the last pair   */
+    uint64_t base_end, base_size; /* the header's pair: its end, its state's size       */
+    char *first;                  /* the first mapping of the file (header at 0)       */
+    uint64_t first_len;
+    char *tail;                   /* a pair mapped on its own (past the first mapping) */
+    uint64_t tail_len;
+} mp_place_t;
+
 /* A pool: a strategy over real bytes (or none, for External sources).  A private or
  * persistent pool is a PoolCore (pool.c); a shared pool is a SharedPoolCore
  * (pool_shared.c), whose object starts with this one and sets `hooks`. */
@@ -68,10 +83,8 @@ typedef struct {
                                  the state and its shadow copy, or NULL          */
     Py_buffer j_view;         /* the mapping tx points into (has_j)             */
     int has_j;
-    int grows;                /* persistent pools: a full state moves to a larger one
-                                 (Pool._grow_state), else MP_ENONODES stands      */
-    Py_buffer sh_view;        /* the mapping of a moved state's shadow (has_sh)  */
-    int has_sh;
+    mp_place_t place;         /* file and shared pools: where the state is, and how it
+                                 grows (place.c); place.fd < 3: it stays put     */
     const mp_pool_hooks_t *hooks; /* NULL: the private paths of pool.c; else what a
                                  pool kind of its own does instead (shared pools) */
     PyTypeObject *array_type; /* the ndarray (sub)type empty()/zeros() make     */
@@ -209,9 +222,21 @@ int mp_pool_raw_free(PoolObject *p, uint64_t off);
 uint64_t mp_pool_raw_size(PoolObject *p, uint64_t off);
 /* The strategy state is full (MP_ENONODES, the call that said so left it unchanged and
  * no transaction is open): make it larger.  A private state grows in memory; a
- * persistent pool's moves to a larger pair at its file's end (Pool._grow_state, then
- * _regrow).  0: it grew, retry; 1: it cannot grow; -1: an exception is set. */
+ * persistent pool's moves to a larger pair at its file's end (place.c).  0: it grew,
+ * retry; 1: it cannot grow; -1: an exception is set (the file refused: OSError). */
 int mp_pool_grow(PoolObject *p);
+/* place.c: placement=(gen, slot, end, base_end, base_size) from _segment.placement;
+ * fd < 0 or placement None: the state never moves.  0, or -1 with the exception set. */
+int mp_place_setup(PoolObject *p, int fd, char *first, uint64_t first_len, PyObject *placement,
+                   uint64_t st_off, uint64_t sh_off, int durable);
+/* Lock held (shared pools), before anything reads the state: follow the pair the slots
+ * name now.  MP_OK; MP_ECORRUPT (a crafted slot) or MP_ENONODES (cannot map) with msg. */
+int mp_place_follow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);
+/* The journal idle, the GIL held: move the state into a grown pair and follow it.
+ * MP_OK; MP_ENONODES (it cannot grow); MP_EINVAL (the file refused: errno, msg). */
+int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);
+int mp_place_sync(PoolObject *p);     /* msync a pair mapped on its own: 0, or -1 (OSError) */
+void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go       */
 /* a status besides the MP_E* codes: the call failed with a Python exception set */
 #define MP_EPYERR (-100)
 /* handler.c */
@@ -263,6 +288,8 @@ typedef struct mp_named_put_args {
 int mp_named_put_args(PyObject *const *args, Py_ssize_t nargs, mp_named_put_args_t *a);
 /* pool_shared.c: what pool_shared_named.c needs of a shared pool (p is one) */
 int mp_sh_lock(PoolObject *p); /* 0 with the lock held (a transaction begun), or -1 */
+/* lock held, nothing of the call done: the state grows (pool_shared.c); MP_OK: retry */
+int mp_sh_grow(PoolObject *p);
 void mp_sh_unlock(PoolObject *p); /* commits the transaction */
 uint64_t mp_sh_next_tag(PoolObject *p);
 mp_shared_ctl_t *mp_sh_ctl(PoolObject *p);

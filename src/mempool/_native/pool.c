@@ -88,11 +88,14 @@ static inline int st_free(PoolObject *p, uint64_t off)
 int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
     if (p->hooks) return p->hooks->raw_take(p, size, align, off);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb); /* (one pending when NumPy called us is kept) */
     int rc = st_alloc(p, size, align, off);
-    if (rc == MP_EPYERR) { /* (growing the file failed: NumPy says MemoryError) */
+    if (rc == MP_EPYERR) { /* growing the file failed: NumPy says MemoryError */
         PyErr_Clear();
         rc = MP_ENONODES;
     }
+    PyErr_Restore(et, ev, tb);
     return rc;
 }
 int mp_pool_raw_free(PoolObject *p, uint64_t off)
@@ -293,7 +296,7 @@ static void pool_dealloc(PoolObject *self)
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
     if (self->has_j) PyBuffer_Release(&self->j_view);
-    if (self->has_sh) PyBuffer_Release(&self->sh_view);
+    mp_place_release(self);
     mp_named_release(self);
     mp_hcache_drop(self);
     mp_pool_np_forget(self);
@@ -622,10 +625,7 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
         PyBuffer_Release(&self->j_view);
         self->has_j = 0;
     }
-    if (self->has_sh) {
-        PyBuffer_Release(&self->sh_view);
-        self->has_sh = 0;
-    }
+    if (!self->hooks) mp_place_release(self); /* (a shared pool's: its close hook) */
     PyObject *r = PyObject_CallMethod((PyObject *)self->strategy, "_detach", NULL);
     if (!r) return NULL;
     Py_DECREF(r);
@@ -642,10 +642,10 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
  * journal_recover()).  From now on every state change is a transaction. */
 static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
 {
-    PyObject *buffer, *jo, *so;
+    PyObject *buffer, *jo, *so, *place = NULL;
     uint64_t joff, soff;
-    int grows = 0;
-    if (!PyArg_ParseTuple(args, "OOO|p", &buffer, &jo, &so, &grows)) return NULL;
+    int fd = -1;
+    if (!PyArg_ParseTuple(args, "OOO|iO", &buffer, &jo, &so, &fd, &place)) return NULL;
     int big = mp_arg_u64(jo, "journal_offset", &joff);
     if (big < 0 || (big |= mp_arg_u64(so, "shadow_offset", &soff)) < 0) return NULL;
     if (big) {
@@ -675,7 +675,17 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     mp_tx_setup(self->tx, (mp_journal_t *)(base + joff), OPS(self), ST(self), base + soff,
                 st_len, NULL, NULL);
     self->has_j = 1;
-    self->grows = grows;
+    /* fd, placement: the state grows into pairs past the file's end (place.c) */
+    if (mp_place_setup(self, fd, base, len, place, (uint64_t)((char *)ST(self) - base), soff,
+                       1) < 0)
+        return NULL; /* (the journal is set: the pool works, its state does not grow) */
+    Py_RETURN_NONE;
+}
+
+/* _sync_state(): msync the state's pair where it is mapped on its own (flush()). */
+static PyObject *ext_pool_sync_state(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (mp_place_sync(self) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -683,98 +693,16 @@ int mp_pool_grow(PoolObject *p)
 {
     if (p->hooks) return 1;
     if (!p->tx) return mp_strategy_grow(p->strategy) == 0 ? 0 : 1;
-    if (!p->grows) return 1;
-    PyObject *r = PyObject_CallMethod((PyObject *)p, "_grow_state", NULL);
-    if (!r) return -1;
-    int ok = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return ok < 0 ? -1 : !ok;
-}
-
-/* _regrow_size() -> the byte length of the next larger state, 0 when it cannot grow
- * (a strategy whose tables are fixed, or grow=False). */
-static PyObject *ext_pool_regrow_size(PoolObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (mp_pool_check_open(self) < 0) return NULL;
-    const mp_ops_t *ops = OPS(self);
-    uint64_t len = ops->grow_size ? ops->grow_size(ST(self)) : 0;
-    return PyLong_FromUnsignedLongLong(len > self->strategy->st_len ? len : 0);
-}
-
-/* _regrow(buffer, state_offset, shadow_offset, flip) -> bool: a persistent pool's state
- * moves to a larger one (Pool._grow_state; between calls, no transaction open).  The
- * grown state (the same ranges at the same offsets, a larger budget) is written at
- * buffer[state_offset:], its shadow copy at buffer[shadow_offset:]; then flip() makes
- * the file name them (nothing else may fail after it), and from then on this pool's
- * calls change them.  False (nothing written) when the state cannot grow; an exception
- * from flip() leaves the pool on its old state. */
-static PyObject *ext_pool_regrow(PoolObject *self, PyObject *args)
-{
-    PyObject *buffer, *so, *sho, *flip;
-    uint64_t soff, shoff;
-    if (!PyArg_ParseTuple(args, "OOOO", &buffer, &so, &sho, &flip)) return NULL;
-    if (mp_pool_check_open(self) < 0) return NULL;
-    if (!self->tx || self->hooks) {
-        PyErr_SetString(PyExc_RuntimeError, "only a persistent pool's state moves");
-        return NULL;
+    char msg[200];
+    int rc = mp_place_grow(p, p->tx, msg, sizeof msg); /* (C only: the GIL stays held) */
+    if (rc == MP_OK) return 0;
+    if (rc != MP_EINVAL) return 1;
+    PyObject *e = Py_BuildValue("(is)", errno, msg); /* the file refused (EFBIG, ENOSPC) */
+    if (e) {
+        PyErr_SetObject(PyExc_OSError, e);
+        Py_DECREF(e);
     }
-    if (mp_tx_pending(self->tx)) {
-        PyErr_SetString(PyExc_RuntimeError, "a call is under way");
-        return NULL;
-    }
-    StrategyObject *s = self->strategy;
-    const mp_ops_t *ops = s->ops;
-    uint64_t len = ops->grow_size ? ops->grow_size(s->st) : 0;
-    if (len <= s->st_len) Py_RETURN_FALSE;
-    int big = mp_arg_u64(so, "state_offset", &soff);
-    if (big < 0 || (big |= mp_arg_u64(sho, "shadow_offset", &shoff)) < 0) return NULL;
-    Py_buffer v, v2;
-    if (PyObject_GetBuffer(buffer, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    uint64_t n = (uint64_t)v.len;
-    if (big || soff % 64 || shoff % 64 || !mp_fits(n, soff, len) || !mp_fits(n, shoff, len) ||
-        !mp_apart(soff, len, shoff, len)) {
-        PyBuffer_Release(&v);
-        PyErr_SetString(PyExc_ValueError, "the grown state and its shadow must fit the buffer, "
-                        "apart");
-        return NULL;
-    }
-    char *nst = (char *)v.buf + soff, *nsh = (char *)v.buf + shoff;
-    if (ops->grow(s->st, nst, len) != MP_OK) {
-        PyBuffer_Release(&v);
-        PyErr_SetString(mp_CorruptionError, "the state could not be grown");
-        return NULL;
-    }
-    memcpy(nsh, nst, (size_t)len);
-    if (PyObject_GetBuffer(buffer, &v2, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&v);
-        return NULL;
-    }
-    PyObject *r = PyObject_CallNoArgs(flip);
-    if (!r) {
-        PyBuffer_Release(&v2);
-        PyBuffer_Release(&v);
-        return NULL;
-    }
-    Py_DECREF(r);
-    /* the file names the new pair now: this pool follows it */
-    void *old = s->st;
-    if (s->owner) {
-        PyBuffer_Release(&s->owner_view);
-        Py_CLEAR(s->owner);
-    }
-    Py_INCREF(buffer);
-    s->owner = buffer;
-    s->owner_view = v2;
-    s->st = nst;
-    s->st_len = len;
-    mp_wrap_moved(old, nst); /* a recorded or limited state's entry follows it */
-    mp_tx_t *t = self->tx;
-    mp_tx_setup(t, t->j, t->ops, nst, nsh, len, t->undo_lo, t->undo_hi);
-    if (self->has_sh) PyBuffer_Release(&self->sh_view);
-    self->sh_view = v;
-    self->has_sh = 1;
-    if (self->named) self->named->st = nst;
-    Py_RETURN_TRUE;
+    return -1;
 }
 
 static PyObject *get_strategy_name(PoolObject *self, void *Py_UNUSED(c))
@@ -866,8 +794,7 @@ static PyMethodDef pool_methods[] = {
      "zeros($self, /, shape, dtype=float64)\n--\n\nAs empty(), filled with zeros."},
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
     {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
-    {"_regrow_size", (PyCFunction)ext_pool_regrow_size, METH_NOARGS, NULL},
-    {"_regrow", (PyCFunction)ext_pool_regrow, METH_VARARGS, NULL},
+    {"_sync_state", (PyCFunction)ext_pool_sync_state, METH_NOARGS, NULL},
     /* pool.named (pool_named.c) */
     {"_named_bind", (PyCFunction)mp_ext_named_bind, METH_VARARGS, NULL},
     {"_named_find", (PyCFunction)mp_ext_named_find, METH_O, NULL},

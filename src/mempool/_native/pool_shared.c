@@ -35,8 +35,14 @@
 #include "native.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAG_CLASSES 32 /* 16-byte classes */
 #define MAG_MAX (MAG_CLASSES * 16)
@@ -109,6 +115,17 @@ static uint64_t next_tag(SharedPoolObject *s)
     return l->tag_next++;
 }
 
+/* Lock held, in a transaction with nothing of the current call done: the state grows
+ * (the transaction is committed first and begun again after).  MP_OK: grown, retry. */
+static int sh_grow(SharedPoolObject *s)
+{
+    char msg[200];
+    mp_tx_commit(s->tx);
+    int rc = mp_place_grow(&s->pool, s->tx, msg, sizeof msg); /* (C only, place.c) */
+    mp_tx_begin(s->tx);
+    return rc;
+}
+
 /* ---- the lock -------------------------------------------------------------------------- */
 /* 0 with the segment's lock held, or -1 with the exception set (made after the lock
  * was let go). */
@@ -123,7 +140,15 @@ static int sh_lock(SharedPoolObject *s)
         Py_END_ALLOW_THREADS
         s->waiting--;
     }
-    int r = mp_shared_locked(s->ctl, rc, s->tx, msg, sizeof msg);
+    /* the state may have moved (grown by another process): follow it first (place.c) */
+    int r = rc == 0 || rc == EOWNERDEAD ? mp_place_follow(&s->pool, s->tx, msg, sizeof msg)
+                                        : MP_OK;
+    if (r != MP_OK) { /* the slots name no usable pair: nothing of the state is read */
+        mp_shared_unlock_raw(s->ctl, rc);
+        PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_MemoryError, msg);
+        return -1;
+    }
+    r = mp_shared_locked(s->ctl, rc, s->tx, msg, sizeof msg);
     if (r == MP_OK && s->pool.closing) { /* closed by another thread while we waited */
         mp_shared_unlock(s->ctl);
         PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
@@ -303,6 +328,8 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     } else {
         rc = mp_tx_alloc(s->tx, want, align, off);
         if (rc != MP_OK && flush(s)) rc = mp_tx_alloc(s->tx, want, align, off); /* the cache */
+        while (rc == MP_ENONODES && sh_grow(s) == MP_OK) /* the state's budget is spent */
+            rc = mp_tx_alloc(s->tx, want, align, off);
         if (rc == MP_OK) {
             *tag = next_tag(s);
             mp_tx_room(s->tx, 0, 16);
@@ -411,6 +438,8 @@ static int sh_realloc(PoolObject *p, BlockObject *b, uint64_t size, uint64_t *of
         return -1;
     }
     int rc = mp_tx_realloc(s->tx, b->offset, rounded(s, size), b->align, off);
+    while (rc == MP_ENONODES && sh_grow(s) == MP_OK)
+        rc = mp_tx_realloc(s->tx, b->offset, rounded(s, size), b->align, off);
     if (rc == MP_OK) {
         if (*off != b->offset) {
             mp_reg_move(s->ctl, b->entry, *off, size);
@@ -444,6 +473,7 @@ static void sh_close(PoolObject *p)
     p->closing = 1;
     drain(s);
     s->ctl = NULL;
+    mp_place_release(p);
     if (s->has_ctl) {
         PyBuffer_Release(&s->ctl_view);
         s->has_ctl = 0;
@@ -551,6 +581,7 @@ static uint64_t sh_raw_size(PoolObject *p, uint64_t off)
 
 /* ---- what pool_shared_named.c (pool.named of a shared pool) uses -------------------- */
 int mp_sh_lock(PoolObject *p) { return sh_lock(SH(p)); }
+int mp_sh_grow(PoolObject *p) { return sh_grow(SH(p)); }
 void mp_sh_unlock(PoolObject *p) { sh_unlock(SH(p)); }
 uint64_t mp_sh_next_tag(PoolObject *p) { return next_tag(SH(p)); }
 mp_shared_ctl_t *mp_sh_ctl(PoolObject *p) { return SH(p)->ctl; }
@@ -573,7 +604,8 @@ static const mp_pool_hooks_t shared_hooks = {
 static const char *const init_names[] = {"strategy", "buffer", "source", "lock_buffer",
                                          "lock_offset", "lock_size", "max_entries", "reducer",
                                          "array_type", "align", "max_leases",
-                                         "lease_timeout_ns", "shadow_offset", NULL};
+                                         "lease_timeout_ns", "shadow_offset", "fd",
+                                         "placement", NULL};
 
 /* SharedPoolCore(strategy, buffer, source, lock_buffer, lock_offset, lock_size,
  *                max_entries, reducer, array_type, *, align=16, max_leases=0,
@@ -590,12 +622,15 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
     PyObject *strategy, *buffer, *source, *lock_buffer, *reducer, *array_type;
     unsigned long long offset, length, max_entries, align = 16, max_leases = 0, timeout = 0;
     unsigned long long shadow = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KKKK:SharedPoolCore",
+    int fd = -1;
+    PyObject *place = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KKKKiO:SharedPoolCore",
                                      (char **)init_names, &StrategyType, &strategy, &buffer,
                                      &source, &lock_buffer, &offset, &length, &max_entries,
                                      &reducer, &PyType_Type, &array_type, &align, &max_leases,
-                                     &timeout, &shadow))
+                                     &timeout, &shadow, &fd, &place))
         return -1;
+
     if (self->pool.strategy || self->has_ctl) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
         return -1;
@@ -666,6 +701,12 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
     Py_INCREF(array_type);
     self->pool.array_type = (PyTypeObject *)array_type;
     self->pool.hooks = &shared_hooks;
+    /* fd, placement=(gen, slot, end, base_end, base_size): the pair the strategy is in
+     * (_segment.placement), which the state grows past (place.c) */
+    char *seg = (char *)self->ctl_view.buf;
+    if (mp_place_setup(&self->pool, fd, seg, vlen, place, (uint64_t)((char *)so->st - seg),
+                       shadow, 0) < 0)
+        return -1; /* (dealloc lets go of what setup took) */
     return 0;
 fail:
     PyBuffer_Release(&self->ctl_view);
@@ -684,6 +725,7 @@ static void shared_dealloc(SharedPoolObject *self)
         give_back(self); /* collected open: give back what this process holds */
         PyBuffer_Release(&self->ctl_view);
     }
+    mp_place_release(&self->pool);
     PyMem_Free(self->local);
     PyMem_Free(self->tx);
     Py_XDECREF(self->reducer);

@@ -249,6 +249,8 @@ PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t
     mp_shared_ctl_t *c = mp_sh_ctl(self);
     mp_tx_t *tx = mp_sh_tx(self);
     mp_tx_room(tx, 16, MP_JOURNAL_UNDO - 8); /* the whole change in one transaction */
+    int grown = 0;
+retry:;
     fail_t f = {0};
     uint64_t hash = mp_named_hash(s, n), slot = 0, old = 0, old_data = 0, data = 0, dsize = 0;
     uint64_t rlen = (uint64_t)PyBytes_GET_SIZE(args[1]), rec = 0, asked = 0, aalign = 64;
@@ -324,6 +326,11 @@ fail:
         mp_err_capture(self->strategy, rc, asked, aalign, 0, &f.err); /* reads the state */
     }
     mp_shared_abort(c, tx); /* the state, registry and directory as before the call */
+    if (f.kind == E_ALLOC && rc == MP_ENONODES && grown < 32 && mp_sh_grow(self) == MP_OK) {
+        grown++; /* the state's budget was spent: it grew, and the change starts over */
+        d->st = self->strategy->st;
+        goto retry;
+    }
 unlock:
     mp_sh_unlock(self);
     if (f.kind) raise_fail(&f, args[0], "replace");
