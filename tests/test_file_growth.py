@@ -333,30 +333,33 @@ def test_a_signal_handler_raising_during_growth_leaves_a_sound_file(tmp_path):
     class Tick(Exception):
         pass
 
-    armed = [True]
+    armed = [False]
 
     def handler(*_):
-        if armed[0]:
+        if armed[0]:  # once per arming: never inside the except clause below
+            armed[0] = False
             raise Tick
 
     path = tmp_path / "s.pool"
     p = Pool.create(path, 16 * MiB, max_blocks=16)
     keep = []
+    ticks = 0
     prev = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
     try:
-        while True:
+        while len(keep) < 20000:
             try:
-                while len(keep) < 20000:
-                    keep.append(p.alloc(16))
+                armed[0] = True
+                b = p.alloc(16)
                 armed[0] = False
-                break
+                keep.append(b)
             except Tick:
-                pass
+                ticks += 1
     finally:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, prev)
+    assert ticks > 0
     assert len(p) >= 20000
     p.check()
     n = len(p)
