@@ -2,8 +2,7 @@
  * sys.c -- the system calls the memory sources need and the standard library lacks:
  * mbind(2) and get_mempolicy(2) (NUMA policies, without libnuma: the raw system
  * calls, numbered by the <sys/syscall.h> of the architecture being built) and
- * mlock(2) (the system call too: ASan's mlock() interceptor ignores the request) and
- * fallocate(2)'s hole punching (a file pool gives a retired state's blocks back).
+ * mlock(2) (the system call too: ASan's mlock() interceptor ignores the request).
  * Each raises OSError(errno, strerror) when the kernel refuses; the sources
  * (sources.py) turn that into their own messages.
  *
@@ -13,7 +12,6 @@
 #include "native.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -143,31 +141,6 @@ static PyObject *ext_mlock(PyObject *Py_UNUSED(mod), PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* punch_hole(fd, offset, length): fallocate(PUNCH_HOLE | KEEP_SIZE) */
-static PyObject *ext_punch_hole(PyObject *Py_UNUSED(mod), PyObject *args)
-{
-    int fd;
-    PyObject *off_obj, *len_obj;
-    uint64_t off, len;
-    if (!PyArg_ParseTuple(args, "iOO:punch_hole", &fd, &off_obj, &len_obj)) return NULL;
-    if (read_u64(off_obj, "offset", &off) < 0 || read_u64(len_obj, "length", &len) < 0)
-        return NULL;
-    if (off > INT64_MAX || len > INT64_MAX) {
-        errno = EINVAL;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    int rc, err;
-    Py_BEGIN_ALLOW_THREADS
-    rc = (int)syscall(SYS_fallocate, fd, 0x02 | 0x01, (int64_t)off, (int64_t)len);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef sys_methods[] = {
 #ifdef SYS_mbind
     {"mbind", ext_mbind, METH_VARARGS,
@@ -186,10 +159,6 @@ static PyMethodDef sys_methods[] = {
      "mlock($module, address, length, /)\n--\n\n"
      "Lock [address, address + length) in memory.  OSError when the kernel refuses\n"
      "(RLIMIT_MEMLOCK: ENOMEM or EPERM)."},
-    {"punch_hole", ext_punch_hole, METH_VARARGS,
-     "punch_hole($module, fd, offset, length, /)\n--\n\n"
-     "Give the file's blocks of [offset, offset + length) back, its length kept\n"
-     "(fallocate PUNCH_HOLE | KEEP_SIZE).  OSError where the file system cannot."},
     {NULL, NULL, 0, NULL},
 };
 
