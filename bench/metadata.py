@@ -4,9 +4,12 @@
 
 Prints state_size / capacity per strategy for 64 KiB .. 1 TiB (Strategy objects: no
 memory for the managed bytes is needed), the file sizes of default 64 MiB and 1 GiB
-file pools (apparent size and blocks allocated), and a storm of 1 M live 16-byte
+file pools (apparent size and blocks allocated), a storm of 1 M live 16-byte
 blocks in a private 64 MiB TLSF (the state grows from its default; time and final
-state size).  Results: bench/results/metadata.txt.
+state size), and the same storm of p.alloc(16) in a 64 MiB file pool and a shared
+pool, whose states grow by moving to larger pairs (_native/place.c), against the same
+pools sized for it up front (max_blocks=2**21), alternated.  Results:
+bench/results/metadata.txt.
 """
 
 from __future__ import annotations
@@ -77,6 +80,43 @@ def storm() -> None:
     s2.check()
 
 
+def pool_storm() -> None:
+    def one(kind: str, grow: bool) -> tuple[float, int, float]:
+        opts = {} if grow else {"max_blocks": 1 << 21}
+        d = tempfile.mkdtemp()
+        if kind == "file":
+            p = Pool.create(os.path.join(d, "s.pool"), 64 * MiB, **opts)
+        else:
+            p = mempool.SharedPool.create(f"mp-storm-{os.getpid()}", 64 * MiB,
+                                          max_entries=1 << 21, **opts)
+        t = time.perf_counter()
+        blocks = [p.alloc(16) for _ in range(1 << 20)]
+        dt = time.perf_counter() - t
+        size = p._strategy.state_size
+        t = time.perf_counter()
+        if kind == "file":
+            p.close()
+            with Pool.open(os.path.join(d, "s.pool")) as q:
+                assert len(q) == 1 << 20
+            reopen = time.perf_counter() - t
+        else:
+            del blocks
+            p.close()
+            p.unlink()
+            reopen = 0.0
+        return dt, size, reopen
+
+    for kind in ("file", "shared"):
+        runs: dict[bool, list[tuple[float, int, float]]] = {True: [], False: []}
+        for _ in range(3):
+            for grow in (True, False):
+                runs[grow].append(one(kind, grow))
+        g, f = sorted(runs[True]), sorted(runs[False])
+        print(f"storm: 1 M p.alloc(16) in a 64 MiB {kind} pool, median of 3: grown from the "
+              f"default budget {g[1][0]:.2f} s (state -> {g[1][1]} B), sized up front "
+              f"{f[1][0]:.2f} s" + (f"; reopen {g[1][2]:.3f} s" if kind == "file" else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-storm", action="store_true")
@@ -87,6 +127,7 @@ def main() -> None:
         files()
     if not a.no_storm:
         storm()
+        pool_storm()
 
 
 if __name__ == "__main__":

@@ -173,3 +173,18 @@ def storm_survivor(name: str, seed: int, item_max: int, conn) -> None:
             conn.send(ok)
             return
         conn.send(ok)
+
+
+def grower(name, n, q, back):
+    """tests/test_shared_growth.py: attach, allocate n blocks (the state grows), name an
+    array, report (len, state size), hold everything until told."""
+    p = mempool.SharedPool.attach(name)
+    blocks = [p.alloc(16) for _ in range(n)]
+    for b in blocks:
+        with memoryview(b) as m:
+            m[:8] = b.offset.to_bytes(8, "little")
+    p.named[f"from {os.getpid()}"] = np.arange(5.0)
+    q.put((len(p), p._strategy.state_size))
+    back.get()
+    p.check()
+    p.close()

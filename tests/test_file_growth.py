@@ -22,7 +22,7 @@ from mempool import Pool
 from mempool._segment import PLACEMENT_OFFSET, Header, placement
 from mempool.pool import FILE_MAGIC
 
-SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))  # (installed or not)
 KiB, MiB = 1 << 10, 1 << 20
 
 

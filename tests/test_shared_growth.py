@@ -14,13 +14,14 @@ import textwrap
 
 import numpy as np
 import pytest
+import shared_workers as W
 
 import mempool
 from mempool import SharedPool
 from mempool._segment import Header, placement
 from mempool.shared import MAGIC
 
-SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))  # (installed or not)
 MiB = 1 << 20
 
 
@@ -40,18 +41,6 @@ def stamp(b) -> None:
         m[:8] = b.offset.to_bytes(8, "little")
 
 
-def grower(name, n, q, back):  # (a module-level function: spawn pickles it)
-    p = SharedPool.attach(name)
-    blocks = [p.alloc(16) for _ in range(n)]
-    for b in blocks:
-        stamp(b)
-    p.named[f"from {os.getpid()}"] = np.arange(5.0)
-    q.put((len(p), p._strategy.state_size))
-    back.get()  # hold the blocks until the parent has looked
-    p.check()
-    p.close()
-
-
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_another_process_grows_the_state_and_every_process_follows(name, method):
     p = SharedPool.create(name, 1 * MiB, max_blocks=32, max_entries=8192)
@@ -62,7 +51,7 @@ def test_another_process_grows_the_state_and_every_process_follows(name, method)
             stamp(b)
         ctx = mp.get_context(method)
         q, back = ctx.Queue(), ctx.Queue()
-        c = ctx.Process(target=grower, args=(name, 3000, q, back))
+        c = ctx.Process(target=W.grower, args=(name, 3000, q, back))
         c.start()
         try:
             live, size = q.get(timeout=60)
