@@ -219,3 +219,70 @@ def test_subprocess_sees_the_grown_state_of_a_pool_it_attached_before(name):
         out, _ = c.communicate("go\n", timeout=60)
         assert out.split() == [str(len(p)), str(p._strategy.state_size)]
         del blocks
+
+
+def test_attach_binds_its_directory_to_the_state_the_lock_found(name):
+    # another process grows the state between attach's read of the placement and the
+    # directory's bind: the bind checks the directory against the grown state
+    p = SharedPool.create(name, 16 * MiB, max_blocks=16, max_entries=60000,
+                          unlink_on_exit=True)
+    p.named["x"] = np.arange(5.0)
+    held = []
+
+    class Late(SharedPool):
+        def _named_bind(self, *args):
+            held.extend(p.alloc(16) for _ in range(200))  # grown right here
+            return super()._named_bind(*args)
+
+    q = Late.attach(name)
+    assert q.named["x"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    q.named["y"] = np.ones(3)
+    q.check()
+    assert q._strategy.state_size == p._strategy.state_size
+    q.close()
+    del held
+    p.close()
+
+
+def test_snapshot_of_a_pool_attached_before_growth(name):
+    from mempool.view import view_shared
+
+    with SharedPool.create(name, 1 * MiB, max_blocks=16, max_entries=8192,
+                           unlink_on_exit=True) as p:
+        q = SharedPool.attach(name)
+        blocks = [p.alloc(16) for _ in range(200)]
+        assert len(q._snapshot()[0]) == len(p._snapshot()[0])  # q follows under the lock
+        v = view_shared(name)
+        assert v.stats.live == 200
+        q.close()
+        del blocks
+
+
+ATTACHER = """
+import sys
+from mempool import SharedPool
+for name in sys.argv[1:]:
+    p = SharedPool.attach(name)
+    keep = [p.alloc(16) for _ in range(20000)]
+    print(len(p), flush=True)
+"""
+
+
+def test_attach_racing_growth_never_sees_a_moved_state_as_corrupt(name):
+    names = [f"{name}-{k}" for k in range(4)]
+    pools = [SharedPool.create(n, 16 * MiB, max_blocks=16, max_entries=30000,
+                               unlink_on_exit=True) for n in names]
+    try:
+        c = subprocess.Popen([sys.executable, "-c", ATTACHER, *names], stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=SRC))
+        seen = 0
+        while c.poll() is None:
+            for n in names:
+                q = SharedPool.attach(n)  # never CorruptionError while the state moves
+                seen = max(seen, len(q))
+                q.close()
+        assert c.wait() == 0 and c.stdout.read().split() == ["20000"] * 4
+        assert seen > 0
+    finally:
+        for p in pools:
+            p.close()

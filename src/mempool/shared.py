@@ -51,7 +51,8 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import Block, SharedPoolCore, Strategy
-from ._segment import NAMED_ROOT_OFFSET, Header, Placement, base_end, layout, placement
+from ._segment import (NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement, base_end, layout,
+                       placement)
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
@@ -320,27 +321,23 @@ class SharedPool(SharedPoolCore, Pool):
         try:
             what = f"shared pool {name!r}"
             for attempt in range(50):
-                view = memoryview(mem.buffer)
+                # read without the lock: a growth by another process may move the state
+                # meanwhile (its old pair retired, the new one past this mapping); then
+                # the slots' generations or the segment's size differ afterwards
+                marks = (_slot_gens(mem.buffer), os.fstat(mem._fd).st_size)
                 try:
-                    h = Header.unpack(view, mem.size, MAGIC, what)
-                    pl = placement(h, view, mem.size, what)
-                    h.check_kind(view, what, pl.state_off)
-                finally:
-                    view.release()
-                try:
-                    return cls._build(mem, h, name, create_entries=0, verify=verify, pl=pl)
-                except CorruptionError:
-                    # a process grew the state meanwhile (its old pair retired, or the
-                    # new one past this mapping): map the segment again and retry
                     view = memoryview(mem.buffer)
                     try:
-                        moved = placement(h, view, mem.size, what).gen != pl.gen
-                    except CorruptionError:
-                        moved = False
+                        h = Header.unpack(view, mem.size, MAGIC, what)
+                        pl = placement(h, view, mem.size, what)
+                        h.check_kind(view, what, pl.state_off)
                     finally:
                         view.release()
-                    if not moved and os.fstat(mem._fd).st_size == mem.size:
-                        raise
+                    return cls._build(mem, h, name, create_entries=0, verify=verify, pl=pl)
+                except CorruptionError:
+                    now = (_slot_gens(mem.buffer), os.fstat(mem._fd).st_size)
+                    if now == marks and marks[1] == mem.size:
+                        raise  # nothing moved: the segment is what is wrong
                 mem.close_quietly()
                 mem = SharedMemory(name)
             raise CorruptionError(f"{what}: its state keeps moving")
@@ -498,6 +495,13 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except OSError:
         return True
+
+
+def _slot_gens(buf: Any) -> bytes:
+    """The raw generation words of the two placement slots (no validation): they change
+    whenever a growth writes a slot."""
+    return bytes(buf[PLACEMENT_OFFSET + 8:PLACEMENT_OFFSET + 16]) + bytes(
+        buf[PLACEMENT_OFFSET + 72:PLACEMENT_OFFSET + 80])
 
 
 def _unlink_quietly(path: Any, missing_ok: bool = True) -> None:

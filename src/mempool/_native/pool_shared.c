@@ -74,6 +74,7 @@ typedef struct {
     mp_shared_local_t *local; /* this process's cache and tags                     */
     mp_tx_t *tx;              /* the journal's transactions: every locked call is one
                                  (sh_lock begins it, sh_unlock commits it)          */
+    char grow_why[200];       /* why the last growth failed (/dev/shm full), or ""  */
 } SharedPoolObject;
 
 #define SH(p) ((SharedPoolObject *)(p))
@@ -119,10 +120,11 @@ static uint64_t next_tag(SharedPoolObject *s)
  * (the transaction is committed first and begun again after).  MP_OK: grown, retry. */
 static int sh_grow(SharedPoolObject *s)
 {
-    char msg[200];
     mp_tx_commit(s->tx);
-    int rc = mp_place_grow(&s->pool, s->tx, msg, sizeof msg); /* (C only, place.c) */
+    int rc = mp_place_grow(&s->pool, s->tx, s->grow_why, sizeof s->grow_why); /* place.c */
     mp_tx_begin(s->tx);
+    if (rc == MP_EINVAL) return MP_ENONODES; /* (the segment refused: grow_why says) */
+    s->grow_why[0] = 0;
     return rc;
 }
 
@@ -344,7 +346,13 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     if (rc) mp_err_capture(p->strategy, rc, size, align, 0, &err); /* reads the state: locked */
     sh_unlock(s);
     /* Python objects only now: a GC pass under the lock could release a Block */
-    if (rc) mp_err_raise(&err);
+    if (rc == MP_ENONODES && s->grow_why[0]) { /* the segment refused to grow (sh_grow) */
+        PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: the state's range table is "
+                     "full (max_blocks) and %s", (unsigned long long)size, s->grow_why);
+        s->grow_why[0] = 0;
+    } else if (rc) {
+        mp_err_raise(&err);
+    }
     else if (reg)
         PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: the shared pool's block "
                      "registry is full (max_entries)", (unsigned long long)size);
@@ -828,8 +836,11 @@ static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED
 {
     if (need_shared(self) < 0) return NULL;
     const mp_ops_t *ops = OPS(self);
-    uint64_t len = self->pool.strategy->st_len;
-    char *buf = PyMem_RawMalloc((size_t)len);
+    uint64_t len;
+    char *buf;
+again:
+    len = self->pool.strategy->st_len;
+    buf = PyMem_RawMalloc((size_t)len);
     if (!buf) return PyErr_NoMemory();
     memset(buf, 0, (size_t)len); /* fault the pages in now, not under the lock */
     { /* and the state's pages of this process's mapping (a read, its value unused) */
@@ -841,6 +852,11 @@ static PyObject *ext_shared_snapshot(SharedPoolObject *self, PyObject *Py_UNUSED
     if (sh_lock(self) < 0) {
         PyMem_RawFree(buf);
         return NULL;
+    }
+    if (self->pool.strategy->st_len != len) { /* the lock followed a grown state */
+        sh_unlock(self);
+        PyMem_RawFree(buf);
+        goto again;
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -134,6 +134,7 @@ PyObject *mp_ext_shnamed_bind(PoolObject *self, PyObject *args)
         PyBuffer_Release(&v);
         return NULL;
     }
+    d->st = self->strategy->st; /* (taking the lock may have followed a grown state) */
     char msg[200];
     int bad = mp_named_check_root(d, msg, sizeof msg);
     mp_sh_unlock(self);
