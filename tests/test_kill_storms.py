@@ -68,6 +68,7 @@ def file_journal(path) -> dict:
 #: where a watchdog's stacks go: pytest captures fd 2, and a process that exits takes
 #: the captured output with it (a run died silently once); .ci/run prints the file
 WATCHDOG_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog.txt"
+CHILD_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog-child.txt"
 
 
 @contextmanager
@@ -103,6 +104,11 @@ def fork_child(body) -> tuple[int, int]:
         try:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # a child that never says it is ready (a CI run under ASan hung here once,
+            # forked beside an idle thread-pool thread that distributed leaves) writes
+            # its own stacks to CHILD_DUMP and exits: the parent sees it and says so
+            faulthandler.dump_traceback_later(WATCHDOG_S / 3, exit=True,
+                                              file=open(CHILD_DUMP, "w"))  # noqa: SIM115
             body(w)
         except BaseException:
             import traceback
@@ -121,7 +127,10 @@ def kill_after_ready(pid: int, r: int, rng: random.Random) -> None:
     with watchdog("child ready"):
         ready = os.read(r, 1)
     os.close(r)
-    assert ready == b"r", "the storming child died before it started"
+    if ready != b"r":
+        os.waitpid(pid, 0)
+        dump = CHILD_DUMP.read_text() if CHILD_DUMP.exists() else "(no stacks)"
+        raise AssertionError(f"the storming child died before it started:\n{dump}")
     time.sleep(rng.choice((0.0, rng.uniform(0.0, 0.002), rng.uniform(0.001, 0.02))))
     os.kill(pid, signal.SIGKILL)
     status = wait_dead(pid)
@@ -143,6 +152,7 @@ def shared_storm(pool: SharedPool, seed: int, theirs: list, pickles: list, w: in
         step += 1
         if step == 20:
             os.write(w, b"r")
+            faulthandler.cancel_dump_traceback_later()  # (fork_child's: it is storming)
         r = rng.random()
         try:
             if r < 0.30 or not mine:
@@ -292,6 +302,7 @@ def file_storm(path, seed: int, committed: dict, log: str, w: int) -> None:
         step += 1
         if step == 20:
             os.write(w, b"r")
+            faulthandler.cancel_dump_traceback_later()  # (fork_child's: it is storming)
         r = rng.random()
         if live and (r < 0.4 or len(live) > 80):
             off = rng.choice(list(live))
