@@ -73,17 +73,23 @@ CHILD_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog-child.txt"
 
 @contextmanager
 def watchdog(what: str):
-    """Dump every thread's stack and exit (failing the run) if the body hangs: the
-    stacks go to WATCHDOG_DUMP, headed by what was waited for."""
+    """Dump every thread's stack and end the run (SIGALRM) if the body hangs: the stacks
+    go to WATCHDOG_DUMP, headed by what was waited for.  A timer signal, not
+    faulthandler's watchdog thread: this process forks storming children, and a child
+    forked while that thread was still exiting under ASan inherited one of the
+    sanitizer allocator's locks held and hung at its first malloc (seen in CI and
+    here: the child in futex_wait on an address in ASan's allocator space)."""
     dump = open(WATCHDOG_DUMP, "w")  # noqa: SIM115 (open until the timer is cancelled)
     dump.write(f"watchdog armed: {what} (pid {os.getpid()}; after {WATCHDOG_S} s the stacks of "
-               "every thread follow here and the run exits)\n")
+               "every thread follow here and the run ends)\n")
     dump.flush()
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=dump)
+    faulthandler.register(signal.SIGALRM, file=dump, all_threads=True, chain=True)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_S)
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.unregister(signal.SIGALRM)
         dump.close()
 
 
@@ -92,6 +98,28 @@ def wait_dead(pid: int) -> int:
     with watchdog(f"waitpid {pid}"):
         _, status = os.waitpid(pid, 0)
     return status
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The storms fork this process: no other thread may run here meanwhile.  A thread
+    pool that an earlier test left idle (distributed's offload executor, after
+    tests/test_dask.py) made a forked child under ASan hang before its first call
+    (reproduced: the child's own faulthandler never ran either); it is shut down for
+    this module and made again after it."""
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    u = sys.modules.get("distributed.utils")
+    ex = getattr(u, "_offload_executor", None)
+    if ex is not None:
+        ex.shutdown(wait=True)
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    assert not others, f"threads alive before forking storms: {others}"
+    yield
+    if ex is not None:
+        u._offload_executor = ThreadPoolExecutor(1, thread_name_prefix="Dask-Offload")
 
 
 def fork_child(body) -> tuple[int, int]:
@@ -104,11 +132,10 @@ def fork_child(body) -> tuple[int, int]:
         try:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            # a child that never says it is ready (a CI run under ASan hung here once,
-            # forked beside an idle thread-pool thread that distributed leaves) writes
-            # its own stacks to CHILD_DUMP and exits: the parent sees it and says so
-            faulthandler.dump_traceback_later(WATCHDOG_S / 3, exit=True,
-                                              file=open(CHILD_DUMP, "w"))  # noqa: SIM115
+            # a child that never says it is ready (CI runs under ASan hung here) dumps
+            # its stacks to CHILD_DUMP when the parent sends SIGUSR1 (kill_after_ready)
+            faulthandler.register(signal.SIGUSR1, file=open(CHILD_DUMP, "w"),  # noqa: SIM115
+                                  all_threads=True)
             body(w)
         except BaseException:
             import traceback
@@ -124,13 +151,36 @@ def fork_child(body) -> tuple[int, int]:
 def kill_after_ready(pid: int, r: int, rng: random.Random) -> None:
     """Wait until the child says it is storming, let it run a random short while,
     SIGKILL it and reap it."""
-    with watchdog("child ready"):
+    import select
+
+    ready = b""
+    if select.select([r], [], [], WATCHDOG_S / 2)[0]:
         ready = os.read(r, 1)
     os.close(r)
-    if ready != b"r":
+    if ready != b"r":  # dead, or stuck: what it was doing, then it goes
+        where = ""
+        if not ready:
+            try:
+                for f in ("status", "wchan", "stack", "syscall"):
+                    where += f"--- /proc/{pid}/{f}:\n" + Path(f"/proc/{pid}/{f}").read_text()
+            except OSError as e:
+                where += f"({e})\n"
+            import shutil
+            import subprocess
+
+            if shutil.which("gdb"):  # the C stacks (where a lock or the sanitizer waits)
+                try:
+                    where += subprocess.run(
+                        ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 30"],
+                        capture_output=True, text=True, timeout=60).stdout[-6000:]
+                except (OSError, subprocess.SubprocessError) as e:
+                    where += f"(gdb: {e})\n"
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         dump = CHILD_DUMP.read_text() if CHILD_DUMP.exists() else "(no stacks)"
-        raise AssertionError(f"the storming child died before it started:\n{dump}")
+        raise AssertionError(f"the storming child never got ready:\n{where}{dump}")
     time.sleep(rng.choice((0.0, rng.uniform(0.0, 0.002), rng.uniform(0.001, 0.02))))
     os.kill(pid, signal.SIGKILL)
     status = wait_dead(pid)
@@ -152,7 +202,6 @@ def shared_storm(pool: SharedPool, seed: int, theirs: list, pickles: list, w: in
         step += 1
         if step == 20:
             os.write(w, b"r")
-            faulthandler.cancel_dump_traceback_later()  # (fork_child's: it is storming)
         r = rng.random()
         try:
             if r < 0.30 or not mine:
@@ -302,7 +351,6 @@ def file_storm(path, seed: int, committed: dict, log: str, w: int) -> None:
         step += 1
         if step == 20:
             os.write(w, b"r")
-            faulthandler.cancel_dump_traceback_later()  # (fork_child's: it is storming)
         r = rng.random()
         if live and (r < 0.4 or len(live) > 80):
             off = rng.choice(list(live))
