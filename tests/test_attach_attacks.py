@@ -456,17 +456,23 @@ def test_a_live_holder_in_a_subprocess_is_still_waited_for(name):
 
 
 # ---- Pool.open on crafted files ---------------------------------------------------------
+def pack_slot(pl: Placement, magic: bytes = b"MPPLACE1") -> bytes:
+    """The placement slot naming pl, as place.c writes it (checksum valid)."""
+    body = struct.pack("<8sQQQQQ8s", magic, pl.gen, pl.state_off, pl.shadow_off,
+                       pl.state_size, pl.end, bytes(8))
+    return body + slot_sum(body).to_bytes(8, "little")
+
+
 def with_slot(data: bytes, k: int, pl: Placement) -> bytes:
     """data with placement slot k naming pl (checksum valid: a crafted slot)."""
     out = bytearray(data)
-    out[PLACEMENT_OFFSET + 64 * k:PLACEMENT_OFFSET + 64 * (k + 1)] = pl.pack()
+    out[PLACEMENT_OFFSET + 64 * k:PLACEMENT_OFFSET + 64 * (k + 1)] = pack_slot(pl)
     return bytes(out)
 
 
 def bad_magic_slot(data: bytes, pl: Placement) -> bytes:
-    body = b"NOTASLOT" + pl.pack()[8:56]
     out = bytearray(data)
-    out[PLACEMENT_OFFSET:PLACEMENT_OFFSET + 64] = body + slot_sum(body).to_bytes(8, "little")
+    out[PLACEMENT_OFFSET:PLACEMENT_OFFSET + 64] = pack_slot(pl, b"NOTASLOT")
     return bytes(out)
 
 

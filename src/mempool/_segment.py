@@ -15,14 +15,14 @@
     shadow +------------------------------+  page aligned
            | the state's shadow copy      |  equal to the state between calls
            +------------------------------+
-           | a grown state and its shadow |  file pools (format 4): a state whose node
+           | a grown state and its shadow |  format 4: a state whose node
            | (page aligned, each)         |  budget ran out moves to a larger pair here,
            +------------------------------+  named by a placement slot in the header
 
-A file pool's state grows by moving (``Pool._grow_state``): the grown state and its
-shadow are written past the file's last pair, then one of the two placement slots at
-PLACEMENT_OFFSET (generation, offsets, sizes, checksum) is written to name them; the
-valid slot of the higher generation wins.  A process killed before that write leaves
+A file pool's or a shared pool's state grows by moving (``_native/place.c``): the grown
+state and its shadow are written past the last pair, then one of the two placement
+slots at PLACEMENT_OFFSET (generation, offsets, sizes, checksum) is written to name
+them; the valid slot of the higher generation wins.  A process killed before that write leaves
 the old slot the winner (the file's tail is then garbage that the next growth
 overwrites); once it is written the new pair is the state.  The state it replaced is
 then marked retired (its head's magic cleared), so a damaged winning slot can never
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from .errors import CorruptionError
 
 __all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET",
-           "PLACEMENT_OFFSET", "Header", "Placement", "base_end", "layout", "named_root",
-           "placement", "slot_sum"]
+           "PLACEMENT_OFFSET", "Header", "Placement", "base_end", "home", "layout",
+           "named_root", "placement", "slot_sum"]
 
 HEADER_SIZE = 4096
 VERSION = 4  # 4: placement slots (a grown state); 3: the directory of named arrays; 2: the
@@ -180,11 +180,9 @@ class Placement:
     gen: int = 0
     slot: int = -1  # which slot names it (-1: the header's pair)
 
-    def pack(self) -> bytes:
-        """The placement slot that names this pair (64 bytes: fields and checksum)."""
-        body = _SLOT.pack(_SLOT_MAGIC, self.gen, self.state_off, self.shadow_off,
-                          self.state_size, self.end, b"\0" * 8)
-        return body + slot_sum(body).to_bytes(8, "little")
+    def for_core(self, h: Header) -> tuple[int, int, int, int, int]:
+        """The ``placement`` argument of the C core (place.c, mp_place_setup)."""
+        return (self.gen, self.slot, self.end, base_end(h), h.state_size)
 
 
 def slot_sum(body: bytes) -> int:
@@ -202,13 +200,18 @@ def base_end(h: Header) -> int:
     return h.shadow_off + _align(h.state_size, _PAGE)
 
 
+def home(h: Header) -> Placement:
+    """The header's own pair (generation 0): where a new segment's state is."""
+    return Placement(h.state_off, h.shadow_off, h.state_size, base_end(h))
+
+
 def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Placement:
     """The pair the state is in now (``buf``: the whole segment, ``length`` bytes, its
     header validated by :meth:`Header.unpack`).  A slot that fails its checksum is a
     write a killed process left unfinished and does not count; one that passes it but
     names bytes outside the segment, or before the header's pair ends, is
     CorruptionError."""
-    base = Placement(h.state_off, h.shadow_off, h.state_size, base_end(h))
+    base = home(h)
     if h.version < 4:
         return base
     best = base
@@ -221,8 +224,8 @@ def placement(h: Header, buf: memoryview | bytes, length: int, what: str) -> Pla
         if digest != slot_sum(body):
             continue  # torn: a growth killed while it wrote the slot
         magic, gen, st, sh, size, end, _ = _SLOT.unpack(body)
-        if (magic != _SLOT_MAGIC or not 1 <= gen < 1 << 62 or st % _PAGE or sh % _PAGE or size < h.state_size
-                or st < base.end or sh < st + size or end < sh + size):
+        if (magic != _SLOT_MAGIC or not 1 <= gen < 1 << 62 or st % _PAGE or sh % _PAGE
+                or size < h.state_size or st < base.end or sh < st + size or end < sh + size):
             raise CorruptionError(f"{what}: placement slot {k} is inconsistent")
         if end > length:
             raise CorruptionError(f"{what}: truncated: placement slot {k} names {end} bytes, "

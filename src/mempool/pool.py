@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, base_end, layout,
+from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, home, layout,
                        named_root, placement)
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
@@ -369,7 +369,7 @@ class Pool(PoolCore):
                    pl: Placement | None = None) -> Pool:
         pool = cls.__new__(cls)
         if pl is None:  # a new file: the header's own pair
-            pl = placement(h, mem.buffer, mem.size, what)
+            pl = home(h)
         mm = memoryview(mem.buffer)
         data = mm[h.data_off:h.data_off + h.capacity]
         strat = None
@@ -410,7 +410,7 @@ class Pool(PoolCore):
             fd = os.open(f"/proc/self/fd/{mem._lock_fd}", os.O_RDWR | os.O_CLOEXEC)
             try:
                 pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off, fd,
-                                  (pl.gen, pl.slot, pl.end, base_end(h), h.state_size))
+                                  pl.for_core(h))
             finally:
                 os.close(fd)
         else:  # format 3: it stays where it is

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import Block, SharedPoolCore, Strategy
-from ._segment import (NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement, base_end, layout,
+from ._segment import (NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement, home, layout,
                        placement)
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
@@ -351,7 +351,7 @@ class SharedPool(SharedPoolCore, Pool):
                pl: Placement | None = None) -> SharedPool:
         what = f"shared pool {name!r}"
         if pl is None:  # a new segment: the header's own pair
-            pl = Placement(h.state_off, h.shadow_off, h.state_size, base_end(h))
+            pl = home(h)
         pool = cls.__new__(cls)
         data = memoryview(mem.buffer)[h.data_off:h.data_off + h.capacity]
         strat = None
@@ -366,8 +366,7 @@ class SharedPool(SharedPoolCore, Pool):
                                     align=default_align(strat), max_leases=leases[0],
                                     lease_timeout_ns=leases[1], shadow_offset=pl.shadow_off,
                                     fd=mem._fd if grows else -1,
-                                    placement=(pl.gen, pl.slot, pl.end, base_end(h),
-                                               h.state_size))
+                                    placement=pl.for_core(h))
             core = True
             if verify:
                 pool.check()

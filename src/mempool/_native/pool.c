@@ -74,6 +74,13 @@ static inline int st_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_
     int rc = st_alloc_once(p, size, align, off);
     return __builtin_expect(rc == MP_ENONODES, 0) ? alloc_grown(p, size, align, off) : rc;
 }
+/* realloc inside the caller's transaction (a persistent pool's), or plainly */
+static inline int st_realloc(PoolObject *p, uint64_t off, uint64_t size, uint64_t align,
+                             uint64_t *out)
+{
+    return p->tx ? mp_tx_realloc(p->tx, off, size, align, out)
+                 : OPS(p)->realloc(ST(p), off, size, align, out);
+}
 static inline int st_free(PoolObject *p, uint64_t off)
 {
     if (!p->tx) return OPS(p)->free(ST(p), off);
@@ -88,14 +95,17 @@ static inline int st_free(PoolObject *p, uint64_t off)
 int mp_pool_raw_alloc(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
     if (p->hooks) return p->hooks->raw_take(p, size, align, off);
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb); /* (one pending when NumPy called us is kept) */
-    int rc = st_alloc(p, size, align, off);
-    if (rc == MP_EPYERR) { /* growing the file failed: NumPy says MemoryError */
-        PyErr_Clear();
-        rc = MP_ENONODES;
+    int rc = st_alloc_once(p, size, align, off);
+    if (__builtin_expect(rc == MP_ENONODES, 0)) { /* the state grows (out of the way) */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb); /* (one pending when NumPy called us is kept) */
+        rc = alloc_grown(p, size, align, off);
+        if (rc == MP_EPYERR) { /* growing the file failed: NumPy says MemoryError */
+            PyErr_Clear();
+            rc = MP_ENONODES;
+        }
+        PyErr_Restore(et, ev, tb);
     }
-    PyErr_Restore(et, ev, tb);
     return rc;
 }
 int mp_pool_raw_free(PoolObject *p, uint64_t off)
@@ -400,21 +410,15 @@ static PyObject *ext_pool_realloc(PoolObject *self, PyObject *const *args, Py_ss
     } else {
         int rc;
         mp_pool_settle(self); /* (growing in place may need a range NumPy freed) */
-        if (self->tx) {
-            mp_tx_begin(self->tx);
-            rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
-            while (rc == MP_ENONODES) { /* (unchanged: the state grows between calls) */
-                mp_tx_commit(self->tx);
-                int g = mp_pool_grow(self);
-                if (g < 0) return NULL;
-                mp_tx_begin(self->tx);
-                if (g) break;
-                rc = mp_tx_realloc(self->tx, b->offset, size, b->align, &off);
-            }
-        } else {
-            rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
-            while (rc == MP_ENONODES && mp_strategy_grow(self->strategy) == 0)
-                rc = OPS(self)->realloc(ST(self), b->offset, size, b->align, &off);
+        if (self->tx) mp_tx_begin(self->tx);
+        rc = st_realloc(self, b->offset, size, b->align, &off);
+        while (rc == MP_ENONODES) { /* (unchanged: the state grows between transactions) */
+            if (self->tx) mp_tx_commit(self->tx);
+            int g = mp_pool_grow(self);
+            if (g < 0) return NULL;
+            if (self->tx) mp_tx_begin(self->tx);
+            if (g) break;
+            rc = st_realloc(self, b->offset, size, b->align, &off);
         }
         /* (the hook moves the bytes itself; a persistent pool's move comes before the
          * commit: a kill during it leaves the old range, as before the call) */

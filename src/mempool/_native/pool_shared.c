@@ -35,14 +35,8 @@
 #include "native.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #define MAG_CLASSES 32 /* 16-byte classes */
 #define MAG_MAX (MAG_CLASSES * 16)
@@ -638,7 +632,6 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
                                      &reducer, &PyType_Type, &array_type, &align, &max_leases,
                                      &timeout, &shadow, &fd, &place))
         return -1;
-
     if (self->pool.strategy || self->has_ctl) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
         return -1;
