@@ -73,7 +73,9 @@ typedef struct {
 /* This thread holds the GIL: the thread state that runs now (the holder's in 3.11, this
  * thread's attached one from 3.12) was made by this thread.  A third of the cost of
  * PyGILState_Check (a TSS lookup), which is as blind to a thread state moved between
- * threads: such a caller takes the GIL below, as it did with PyGILState_Check. */
+ * threads: such a caller takes the GIL below, as it did with PyGILState_Check.  In 3.11
+ * the running state is read inline from the interpreter's own word (tstate.c): no call,
+ * so the hot paths below are leaf functions. */
 static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
 static inline unsigned long thread_self(void)
 {
@@ -84,8 +86,22 @@ static inline unsigned long thread_self(void)
 #endif
     return (unsigned long)pthread_self();
 }
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && defined(__x86_64__) && \
+    defined(__GLIBC__)
+#define TSTATE_INLINE 1
+/* &_PyRuntime.gilstate.tstate_current once checked at import; else a word that stays 0
+ * (every call then takes the general way) */
+static const volatile uintptr_t *tstate_slot;
+static const uintptr_t tstate_none;
+#endif
 static inline int gil_held(void)
 {
+#ifdef TSTATE_INLINE
+    PyThreadState *ts = (PyThreadState *)*tstate_slot;
+    unsigned long self;
+    __asm__("mov %%fs:16, %0" : "=r"(self)); /* (fs_self was checked with the slot) */
+    return ts && ts->thread_id == self;
+#else
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *ts = PyThreadState_GetUnchecked();
 #else
@@ -94,6 +110,7 @@ static inline int gil_held(void)
     /* (CPython stores PyThread_get_thread_ident(), which is pthread_self(): glibc's on
      * x86-64 reads the thread control block's self pointer at %fs:16, inline here) */
     return ts && ts->thread_id == thread_self();
+#endif
 }
 static inline gil_t gil_take(void)
 {
@@ -133,6 +150,8 @@ typedef struct mp_hcache {
     unsigned depth; /* ranges kept per small class: HC_DEPTH, fewer in a small pool   */
     int fast;      /* pushes need no check: the hot path may push (not in a debug build,
                       which checks every push)                                     */
+    unsigned hot;  /* the depth h_free's small pushes may fill: depth while fast and no
+                      Block pins an array's range (np_pins), else 0 (mp_hcache_pins) */
     uint32_t nbig;
     uint64_t big_bytes, big_cap;
     uint8_t n[HC_CLASSES];
@@ -170,6 +189,7 @@ static mp_hcache_t *hc_get(PoolObject *p)
 #endif
         c->big_cap = p->capacity / 16;
         p->hcache = c;
+        mp_hcache_pins(p);
     }
     return p->hcache;
 }
@@ -226,6 +246,12 @@ int mp_hcache_settle(PoolObject *p)
     c->big_bytes = 0;
     c->full = 0;
     return 1;
+}
+
+void mp_hcache_pins(PoolObject *p)
+{
+    mp_hcache_t *c = p->hcache;
+    if (c) c->hot = c->fast && !p->np_pins ? c->depth : 0;
 }
 
 void mp_hcache_drop(PoolObject *p)
@@ -342,6 +368,7 @@ static __attribute__((noinline)) void *pool_get(mp_handler_t *H, size_t size)
         c = hc_get(p);
         if (!c || mp_pool_raw_alloc(p, n, align, &off) != MP_OK) return NULL;
         c->fast = 0; /* this range must never serve its class: every push checks now */
+        mp_hcache_pins(p);
         rc = MP_OK;
     }
     if (rc != MP_OK) return NULL;
@@ -473,16 +500,18 @@ static void h_free(void *ctx, void *ptr, size_t size)
 {
     mp_handler_t *H = ctx;
     PoolObject *p = H->pool;
-    mp_hcache_t *c;
+    mp_hcache_t *c = p->hcache;
     unsigned k;
-    if (!ptr) return;
-    if (gil_held() && (c = p->hcache) && c->fast && !p->np_pins && in_pool(p, ptr)) {
-        uint64_t off = (uint64_t)((char *)ptr - p->base);
+    /* (a cache exists in an open pool only: base is its span's start; NULL lands far
+     * outside the span, so the general way sees it) */
+    if (c && gil_held()) {
+        uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->base);
+        if (off >= p->capacity) goto slow;
         if (hc_fast_class(size, &k)) {
-            if (c->n[k] >= c->depth) goto slow;
+            if (c->n[k] >= c->hot) goto slow;
             c->small[k][c->n[k]++] = off;
             c->full = 1;
-        } else if (size <= HC_SMALL_MAX || size > HC_BIG_MAX ||
+        } else if (size <= HC_SMALL_MAX || size > HC_BIG_MAX || !c->fast || p->np_pins ||
                    !hc_push(p, c, hc_round(size), off)) { /* (0: the general way) */
             goto slow;
         }
@@ -491,7 +520,7 @@ static void h_free(void *ctx, void *ptr, size_t size)
         return;
     }
 slow:
-    h_free_slow(H, ptr, size);
+    if (ptr) h_free_slow(H, ptr, size);
 }
 
 static void *h_realloc(void *ctx, void *ptr, size_t new_size)
@@ -611,5 +640,10 @@ int mp_handler_ready(PyObject *module)
 {
     fs_self = 1;
     fs_self = thread_self() == (unsigned long)pthread_self();
+#ifdef TSTATE_INLINE
+    const volatile uintptr_t *slot = mp_tstate_slot();
+    tstate_slot = &tstate_none;
+    if (fs_self && slot && *slot == (uintptr_t)PyThreadState_Get()) tstate_slot = slot;
+#endif
     return PyModule_AddFunctions(module, handler_methods);
 }

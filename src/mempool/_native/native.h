@@ -241,6 +241,8 @@ void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go 
 #define MP_EPYERR (-100)
 /* handler.c */
 int mp_handler_ready(PyObject *module);
+/* tstate.c: CPython 3.11's word that holds the running thread state, or NULL */
+const volatile uintptr_t *mp_tstate_slot(void);
 /* The ranges NumPy freed that the handler keeps for reuse (private pools only) go back
  * to the strategy: before anything reads or changes the state other than the handler
  * (the strategy getter, block_at, realloc, close) and before an allocation is refused.
@@ -248,6 +250,7 @@ int mp_handler_ready(PyObject *module);
 int mp_hcache_settle(PoolObject *p);
 static inline int mp_pool_settle(PoolObject *p) { return p->hcache && mp_hcache_settle(p); }
 void mp_hcache_drop(PoolObject *p); /* forget the cache (the pool's state goes away) */
+void mp_hcache_pins(PoolObject *p); /* np_pins or the cache's checks changed */
 /* NumPy frees the range at off (GIL held): 1 when Blocks block_at made of it keep it
  * (the array's pin leaves their ring and the range is theirs now), else 0 (free it). */
 int mp_pool_np_unpin_(PoolObject *p, uint64_t off);

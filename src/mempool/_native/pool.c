@@ -488,6 +488,7 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
         pin->pin = 3; /* its reference is the pool's, until the array dies */
         mp_block_join(b, pin);
         self->np_pins++;
+        mp_hcache_pins(self);
     }
     return (PyObject *)b;
 }
@@ -500,6 +501,7 @@ int mp_pool_np_unpin_(PoolObject *p, uint64_t off)
         mp_block_leave(t);
         t->live = 0;
         p->np_pins--;
+        mp_hcache_pins(p);
         Py_DECREF(t); /* the pool's reference: unlinks it */
         return kept;
     }
