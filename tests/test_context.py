@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import mempool
+from mempool import _mempool
 from mempool import Pool, PoolClosed, RegionPool, SharedPool
 
 
@@ -207,6 +208,16 @@ def test_a_full_pool_falls_back_to_malloc_counted_or_raises():
     assert p.used == 80 and strict.numpy_stats()["failures"] == 1
     del c
     p.check()
+
+
+def test_the_handlers_hot_paths_read_the_gil_holder_inline_where_they_can():
+    # CPython 3.11 on x86-64 glibc: the running thread state is read from the
+    # interpreter's own word, found and checked at import; elsewhere a call.  "none"
+    # (the check at import failed: every call would take the slow general way) is a bug
+    import platform
+    want = ("inline" if sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"
+            and platform.libc_ver()[0] == "glibc" else "call")
+    assert _mempool.handler_gil_check() == want
 
 
 def test_the_handler_is_safe_without_the_gil():

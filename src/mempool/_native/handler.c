@@ -624,6 +624,17 @@ static PyObject *ext_handler_stats(PyObject *Py_UNUSED(m), PyObject *h)
                          (unsigned long long)H->failures);
 }
 
+/* How the hot paths tell that this thread holds the GIL: "inline" (3.11's word, checked
+ * at import), "none" (that check failed: every call takes the general way) or "call". */
+static PyObject *ext_handler_gil_check(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+#ifdef TSTATE_INLINE
+    return PyUnicode_FromString(tstate_slot == &tstate_none ? "none" : "inline");
+#else
+    return PyUnicode_FromString("call");
+#endif
+}
+
 static PyMethodDef handler_methods[] = {
     {"numpy_handler", ext_numpy_handler, METH_VARARGS,
      "numpy_handler($module, pool, fallback, /)\n--\n\n"
@@ -631,6 +642,9 @@ static PyMethodDef handler_methods[] = {
     {"set_numpy_handler", ext_set_numpy_handler, METH_O,
      "set_numpy_handler($module, handler, /)\n--\n\n"
      "Install handler (None: NumPy's default) for the current context; the previous one."},
+    {"handler_gil_check", ext_handler_gil_check, METH_NOARGS,
+     "handler_gil_check($module, /)\n--\n\n"
+     "How the handler's hot paths test the GIL: 'inline', 'call' or 'none'."},
     {"handler_stats", ext_handler_stats, METH_O,
      "handler_stats($module, handler, /)\n--\n\nThe handler's counters, a dict."},
     {NULL, NULL, 0, NULL},
