@@ -188,3 +188,15 @@ def grower(name, n, q, back):
     back.get()
     p.check()
     p.close()
+
+
+def free_and_leave(name: str, n: int) -> int:
+    """Allocate n small blocks and an array, free them all and return without closing
+    the pool: what the process freed sits in its cache when it exits."""
+    pool = mempool.SharedPool.attach(name)
+    bs = [pool.alloc(64 + 16 * (k % 5)) for k in range(n)]
+    for b in bs:
+        b.free()
+    a = pool.empty(100)
+    del a
+    return os.getpid()

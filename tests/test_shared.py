@@ -104,6 +104,28 @@ def test_workers_churn_spawn(name):
         assert p.shared_stats().entries == 0
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_child_that_exits_gives_its_cache_back(name, method):
+    # A child's freed ranges wait in its cache for its next allocations; when it ends
+    # normally (multiprocessing ends a child with os._exit() after its finalizers, and a
+    # forked child starts with the parent's finalizers cleared), they go back: nothing
+    # stays allocated for a process that is gone, with no reclaim()
+    ctx = mp.get_context(method)
+    with SharedPool.create(name, "4MiB") as p:
+        pr = ctx.Process(target=W.free_and_leave, args=(name, 40))
+        pr.start()
+        pr.join(60)
+        assert pr.exitcode == 0
+        assert p.used == 0 and len(p) == 0 and p.shared_stats().entries == 0
+        with ctx.Pool(2) as workers:  # pool workers too, ended by close/join
+            pids = workers.starmap(W.free_and_leave, [(name, 30)] * 4)
+            workers.close()
+            workers.join()
+        assert len(set(pids)) >= 1
+        assert p.used == 0 and len(p) == 0
+        p.check()
+
+
 def test_workers_churn_fork(name):
     with SharedPool.create(name, "4MiB") as p:
         keep = p.alloc(64)

@@ -476,9 +476,16 @@ def _give_back_caches() -> None:
                 pass
 
 
+def _flush_at_exit(_: object = None) -> None:
+    # multiprocessing children end with os._exit(), after running its finalizers; a
+    # forked child starts with the registry of finalizers cleared (Process._bootstrap),
+    # so the finalizer is registered again in each (register_after_fork)
+    multiprocessing.util.Finalize(None, _give_back_caches, exitpriority=100)
+
+
 atexit.register(_give_back_caches)
-# multiprocessing children end with os._exit(), after running these finalizers
-multiprocessing.util.Finalize(None, _give_back_caches, exitpriority=100)
+_flush_at_exit()
+multiprocessing.util.register_after_fork(_flush_at_exit, _flush_at_exit)
 
 
 def _alive(pid: int) -> bool:
