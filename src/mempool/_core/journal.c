@@ -164,7 +164,8 @@ static void replay(mp_tx_t *t)
 {
     const mp_ops_t *ops = t->ops;
     void *sh = t->shadow;
-    mp_tx_replaying = t;
+    int mark = ops->reads_replaying;
+    if (mark) mp_tx_replaying = t;
     for (uint32_t k = 0; k < t->nops; k++) {
         const mp_tx_op_t *o = &t->op[k];
         uint64_t out = MP_NO_SPACE;
@@ -180,7 +181,7 @@ static void replay(mp_tx_t *t)
         (void)rc;
         (void)out;
     }
-    mp_tx_replaying = NULL;
+    if (mark) mp_tx_replaying = NULL;
 }
 
 void mp_tx_commit(mp_tx_t *t)

@@ -71,7 +71,7 @@ typedef struct mp_tx {
 } mp_tx_t;
 
 /* The transaction whose operations this thread is replaying on its shadow (inside
- * mp_tx_commit), else NULL.  A wrapped operation table (the binding's limits and
+ * mp_tx_commit) with a table whose reads_replaying is set, else NULL.  A wrapped operation table (the binding's limits and
  * recorder) keys its settings by state: during a replay the shadow stands for st, so
  * a limit refuses on the shadow what it refused on st, and nothing is recorded twice. */
 extern _Thread_local const mp_tx_t *mp_tx_replaying;

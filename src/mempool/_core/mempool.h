@@ -153,6 +153,10 @@ typedef struct mp_ops {
      * it NULL (their table checks the state after every call). */
     uint64_t (*replay)(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
                        const uint64_t *size, const uint32_t *align, uint64_t *ptr);
+    /* 1: the functions read mp_tx_replaying (journal.h) to tell a shadow from its state
+     * (the binding's wrapped tables); a journal sets it only for such a table (a
+     * thread-local store costs a call in a shared library).  0 for the strategies. */
+    int reads_replaying;
 } mp_ops_t;
 
 /* ---- helpers every caller may use ------------------------------------------ */

@@ -400,7 +400,8 @@ static void w_tables_init(void)
     w_ops_##sname.realloc = w_realloc_##sname;        \
     w_ops_##sname.reset = w_reset_##sname;            \
     w_ops_##sname.why_nospace = w_why_##sname;        \
-    w_ops_##sname.replay = NULL; /* its replay goes op by op, through the wrappers */
+    w_ops_##sname.replay = NULL; /* replays go op by op, through the wrappers */ \
+    w_ops_##sname.reads_replaying = 1; /* key_of: a journal's shadow or a state */
     MP_STRATEGIES(W_INIT_)
 #undef W_INIT_
 }
