@@ -28,6 +28,20 @@ def test_limit_exact_and_failed_call_changes_nothing():
         p.check()
 
 
+def test_limit_holds_for_named_arrays_of_a_private_pool():
+    # pool.named allocates through the pool's table as it is now: a limit set after
+    # the directory was made applies to it (it took the unwrapped table once)
+    with mempool.Pool("64KiB") as p:
+        p.named["a"] = b"x" * 100
+        p.set_limit(4096)
+        with pytest.raises(OutOfSpace, match="limit is 4096"):
+            p.named["big"] = b"y" * 10000
+        assert "big" not in p.named and p.used <= 4096
+        p.named["b"] = b"z" * 1000
+        assert bytes(p.named["b"]) == b"z" * 1000
+        p.check()
+
+
 def test_limit_below_used_is_allowed_and_frees_work():
     with mempool.Pool(1 << 16) as p:
         a = p.alloc(500)

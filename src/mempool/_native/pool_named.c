@@ -29,6 +29,7 @@ static int named_ready(PoolObject *self)
         return -1;
     }
     self->named->st = self->strategy->st; /* (a private state moves when it grows) */
+    self->named->ops = self->strategy->ops; /* (set_limit / a recording wrap the table) */
     return 0;
 }
 
