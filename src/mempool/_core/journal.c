@@ -2,8 +2,10 @@
  * journal.c -- transactions over a strategy state and its shadow copy (journal.h).
  *
  * Why it holds.  Stores reach memory in program order (x86-64 TSO; elsewhere the
- * release/seq_cst stores below order them), and a killed process stops between two
- * stores.  So at any kill point:
+ * release stores and fences of publish() order them; and every store a killed process
+ * made is seen by the next one, which takes the lock or opens the file after the
+ * kernel has ended it), and a killed process stops between two stores.  So at any
+ * kill point:
  *   phase IDLE       st == shadow, the undo log is empty: nothing to do.
  *   phase ACTIVE     the shadow has not been written since the last commit (only the
  *                    commit writes it), so it is the state before the call; st is

@@ -86,8 +86,7 @@ static inline unsigned long thread_self(void)
 #endif
     return (unsigned long)pthread_self();
 }
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && defined(__x86_64__) && \
-    defined(__GLIBC__)
+#ifdef MP_TSTATE_WORD
 #define TSTATE_INLINE 1
 /* &_PyRuntime.gilstate.tstate_current once checked at import; else a word that stays 0
  * (every call then takes the general way) */
@@ -655,9 +654,17 @@ int mp_handler_ready(PyObject *module)
     fs_self = 1;
     fs_self = thread_self() == (unsigned long)pthread_self();
 #ifdef TSTATE_INLINE
+    /* the word holds this thread's state while it holds the GIL, and not while it has
+     * let the GIL go (3.11 stores NULL there, or the next holder's state): a word at a
+     * wrong offset that happened to hold the state too fails the second test */
     const volatile uintptr_t *slot = mp_tstate_slot();
-    tstate_slot = &tstate_none;
-    if (fs_self && slot && *slot == (uintptr_t)PyThreadState_Get()) tstate_slot = slot;
+    uintptr_t me = (uintptr_t)PyThreadState_Get(), held = slot ? *slot : 0, released = me;
+    if (slot) {
+        Py_BEGIN_ALLOW_THREADS
+        released = *slot;
+        Py_END_ALLOW_THREADS
+    }
+    tstate_slot = fs_self && slot && held == me && released != me ? slot : &tstate_none;
 #endif
     return PyModule_AddFunctions(module, handler_methods);
 }

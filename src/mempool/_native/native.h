@@ -241,7 +241,14 @@ void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go 
 #define MP_EPYERR (-100)
 /* handler.c */
 int mp_handler_ready(PyObject *module);
-/* tstate.c: CPython 3.11's word that holds the running thread state, or NULL */
+/* tstate.c: CPython 3.11's word that holds the running thread state, or NULL; read
+ * inline by handler.c on x86-64 glibc where CPython's internal headers were installed */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && defined(__x86_64__) && \
+    defined(__GLIBC__) && defined(__has_include)
+#if __has_include("internal/pycore_runtime.h")
+#define MP_TSTATE_WORD 1
+#endif
+#endif
 const volatile uintptr_t *mp_tstate_slot(void);
 /* The ranges NumPy freed that the handler keeps for reuse (private pools only) go back
  * to the strategy: before anything reads or changes the state other than the handler

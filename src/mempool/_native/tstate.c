@@ -15,7 +15,7 @@
 #define Py_BUILD_CORE_MODULE 1
 #include "native.h"
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#ifdef MP_TSTATE_WORD /* (native.h: where handler.c reads it inline) */
 #include "internal/pycore_runtime.h"
 
 const volatile uintptr_t *mp_tstate_slot(void)
