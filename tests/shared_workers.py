@@ -200,3 +200,25 @@ def free_and_leave(name: str, n: int) -> int:
     a = pool.empty(100)
     del a
     return os.getpid()
+
+
+def hold_and_die(name: str) -> None:
+    """Keep three blocks, leave ten small ranges in the cache, then die by SIGKILL:
+    nothing is given back."""
+    import signal
+    pool = mempool.SharedPool.attach(name)
+    keep = [pool.alloc(4096) for _ in range(3)]
+    for b in [pool.alloc(64) for _ in range(10)]:
+        b.free()
+    assert len(keep) == 3
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_and_wait(name: str, ready, stop) -> None:
+    """Keep two blocks until `stop` is set, then leave normally."""
+    pool = mempool.SharedPool.attach(name)
+    keep = [pool.alloc(1000), pool.alloc(2000)]
+    ready.set()
+    stop.wait(60)
+    del keep
+    pool.close()

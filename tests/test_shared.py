@@ -126,6 +126,62 @@ def test_a_child_that_exits_gives_its_cache_back(name, method):
         p.check()
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] == "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_reclaim_with_no_pid_takes_every_process_that_is_gone(name, method):
+    ctx = mp.get_context(method)
+    with SharedPool.create(name, "4MiB") as p:
+        p.named["kept"] = np.arange(10.0)               # a name: no process's
+        n0, u0 = len(p), p.used
+        ready, stop = ctx.Event(), ctx.Event()
+        alive = ctx.Process(target=W.hold_and_wait, args=(name, ready, stop))
+        alive.start()
+        assert ready.wait(60)
+        dead = ctx.Process(target=W.hold_and_die, args=(name,))
+        dead.start()
+        deadline = time.monotonic() + 60
+        while not _zombie(dead.pid):                    # killed, not reaped yet: gone
+            assert time.monotonic() < deadline and dead.exitcode is None
+            time.sleep(0.01)
+        assert p.used == u0 + 3 * 4096 + 10 * 64 + 3000 and len(p) == n0 + 3 + 10 + 2
+        assert p.reclaim() == 13                        # 3 blocks + 10 cached ranges
+        assert p.used == u0 + 3000 and len(p) == n0 + 2  # the live process's are its own
+        assert p.reclaim() == 0                          # nothing left of the dead
+        dead.join(30)
+        stop.set()
+        alive.join(60)
+        assert alive.exitcode == 0 and dead.exitcode == -signal.SIGKILL
+        assert len(p) == n0 and p.used == u0 and list(p.named) == ["kept"]
+        assert (p.named["kept"] == np.arange(10.0)).all()
+        p.check()
+        with pytest.raises(ValueError, match="force needs a pid"):
+            p.reclaim(force=True)
+
+
+def test_reclaim_after_a_with_block_terminated_the_workers(name):
+    # `with Pool() as w:` terminate()s its workers on leaving: what they cached may
+    # stay under their pids; reclaim() with no pid gives it back
+    ctx = mp.get_context("fork")
+    with SharedPool.create(name, "4MiB") as p:
+        with ctx.Pool(2) as workers:
+            pids = workers.starmap(W.free_and_leave, [(name, 30)] * 4)
+        assert pids
+        deadline = time.monotonic() + 60
+        while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in set(pids)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        p.reclaim()
+        assert p.used == 0 and len(p) == 0
+        p.check()
+
+
 def test_workers_churn_fork(name):
     with SharedPool.create(name, "4MiB") as p:
         keep = p.alloc(64)

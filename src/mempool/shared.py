@@ -429,11 +429,17 @@ class SharedPool(SharedPoolCore, Pool):
                            rolled_back=d["rolled_back"], rolled_forward=d["rolled_forward"])
 
     # ---- lifetime ----------------------------------------------------------------------
-    def reclaim(self, pid: int, *, force: bool = False) -> int:
+    def reclaim(self, pid: int | None = None, *, force: bool = False) -> int:
         """Release the references process ``pid`` held: its allocations, its cache, and
         the references it borrowed from other processes' blocks (unpickled handles,
         ``block_at``); a range with no other handle is freed.  Returns the number of
         ranges freed.
+
+        With no ``pid``: every process the registry names (owners, borrowers) that is
+        gone, no such process or a zombie, this one aside; the question and the reclaim
+        happen under one hold of the lock.  For workers a ``multiprocessing.Pool``'s
+        ``terminate()`` killed (a ``with Pool()`` block on leaving), whose pids the
+        caller never saw.
 
         The leases of handles ``pid`` pickled are not released: a sender commonly
         exits before its receiver unpickles (a Queue, a worker's result); a handle
@@ -441,6 +447,11 @@ class SharedPool(SharedPoolCore, Pool):
 
         Raises ValueError when ``pid`` is still alive (unless ``force``).
         """
+        if pid is None:
+            if force:
+                raise ValueError("force needs a pid: reclaim() takes only processes that are gone")
+            freed, _, _ = self._reclaim_dead()
+            return freed
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"pid must be a positive integer, got {pid!r}")
         if not force and _alive(pid):

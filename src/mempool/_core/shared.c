@@ -870,6 +870,27 @@ uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_
     return freed;
 }
 
+int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void *ctx)
+{
+    mp_entry_t *e = entries_of(c);
+    mp_lease_t *l = leases_of(c);
+    int r;
+    for (uint32_t i = 0; i < c->max_entries; i++) {
+        if (e[i].offset == UNUSED) continue;
+        uint32_t owner = mp_entry_owner(&e[i]);
+        if (owner != MP_NAME_PID && (r = fn(ctx, owner))) return r;
+        for (int k = 0; k < MP_HOLDERS; k++)
+            if (e[i].holder[k].count && e[i].holder[k].pid != MP_NAME_PID &&
+                (r = fn(ctx, e[i].holder[k].pid)))
+                return r;
+    }
+    for (uint32_t k = 0; c->pinned && k < c->lease_max; k++)
+        if (l[k].tag && l[k].deadline == PINNED && l[k].pid != MP_NAME_PID &&
+            (r = fn(ctx, l[k].pid)))
+            return r;
+    return 0;
+}
+
 /* ---- the lock ------------------------------------------------------------------------ */
 
 int mp_shared_trylock(mp_shared_ctl_t *c) { return pthread_mutex_trylock(&c->lock.mutex); }

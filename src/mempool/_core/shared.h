@@ -107,6 +107,10 @@ uint32_t mp_entry_owner(const mp_entry_t *e);
  * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
  * not attributed and stay. */
 uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released);
+/* Every pid the registry names (lock held): each entry's owner, the processes in its
+ * holders, those of pinned lease slots; fn(ctx, pid) once per mention (pids repeat;
+ * MP_NAME_PID is left out); a non-zero return from fn stops the walk and is returned. */
+int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void *ctx);
 /* Leases: the reference a pickled handle carries in flight (see shared.c's head).
  * add (lock held): one more reference of entry i (tag must match, refs > 0) held by a
  * new lease, *token names it (gen << 32 | slot); when the table is full, due leases

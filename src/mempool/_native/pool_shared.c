@@ -35,8 +35,13 @@
 #include "native.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAG_CLASSES 32 /* 16-byte classes */
 #define MAG_MAX (MAG_CLASSES * 16)
@@ -889,6 +894,81 @@ static PyObject *ext_shared_reclaim(SharedPoolObject *self, PyObject *arg)
     return Py_BuildValue("(KK)", (unsigned long long)freed, (unsigned long long)released);
 }
 
+/* The pids the registry names, once each: open addressing, 0 never a key (MP_NAME_PID is
+ * left out by the walk). */
+typedef struct {
+    uint32_t n, cap; /* keys; slots, a power of two (load <= 1/2) */
+    uint32_t *k;
+} pidset_t;
+
+static int pid_add(void *ctx, uint32_t pid)
+{
+    pidset_t *s = ctx;
+    if (2 * (s->n + 1) > s->cap) { /* grow: rehash into twice the room */
+        uint32_t cap = s->cap ? 2 * s->cap : 64, *k = PyMem_RawCalloc(cap, sizeof *k);
+        if (!k) return -1;
+        for (uint32_t j = 0; j < s->cap; j++) {
+            uint32_t q = s->k[j], h;
+            if (!q) continue;
+            for (h = (q * 0x9E3779B1u) & (cap - 1); k[h]; h = (h + 1) & (cap - 1)) {}
+            k[h] = q;
+        }
+        PyMem_RawFree(s->k);
+        s->k = k;
+        s->cap = cap;
+    }
+    uint32_t h = (pid * 0x9E3779B1u) & (s->cap - 1);
+    for (; s->k[h]; h = (h + 1) & (s->cap - 1))
+        if (s->k[h] == pid) return 0;
+    s->k[h] = pid;
+    s->n++;
+    return 0;
+}
+
+/* Is process pid gone: no such process, or a zombie (dead, not yet reaped)?  A pid no
+ * process can have (above INT_MAX: a crafted word) is not asked about: kill() of a
+ * negative pid signals a process group. */
+static int pid_gone(uint32_t pid)
+{
+    if (pid == 0 || pid > INT_MAX) return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
+    char path[40], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0; /* (no /proc: only kill's answer) */
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the state follows the command's name */
+    return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+/* _reclaim_dead() -> (freed, released, processes): reclaim every process the registry
+ * names that is gone (this one aside), all under one hold of the lock, so no process
+ * can take a name's pid and then an entry between the question and the reclaim. */
+static PyObject *ext_shared_reclaim_dead(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
+    pidset_t s = {0, 0, NULL};
+    int rc = mp_shared_pids(self->ctl, pid_add, &s);
+    uint64_t freed = 0, released = 0, procs = 0;
+    uint32_t me = mp_getpid();
+    for (uint32_t k = 0; !rc && k < s.cap; k++) {
+        uint32_t pid = s.k[k];
+        if (!pid || pid == me || !pid_gone(pid)) continue;
+        uint64_t rel;
+        freed += mp_shared_reclaim(self->ctl, self->tx, pid, &rel);
+        released += rel;
+        procs++;
+    }
+    sh_unlock(self);
+    PyMem_RawFree(s.k);
+    if (rc) return PyErr_NoMemory();
+    return Py_BuildValue("(KKK)", (unsigned long long)freed, (unsigned long long)released,
+                         (unsigned long long)procs);
+}
+
 /* _hold_lock(seconds): take the lock and sleep holding it (tests kill us meanwhile) */
 static PyObject *ext_shared_hold_lock(SharedPoolObject *self, PyObject *arg)
 {
@@ -980,6 +1060,7 @@ static PyMethodDef shared_methods[] = {
      "Verify the strategy state and the block registry, under the lock; raises\n"
      "CorruptionError."},
     {"_reclaim", (PyCFunction)ext_shared_reclaim, METH_O, NULL},
+    {"_reclaim_dead", (PyCFunction)ext_shared_reclaim_dead, METH_NOARGS, NULL},
     {"_flush_cache", (PyCFunction)ext_shared_flush_cache, METH_NOARGS, NULL},
     {"_snapshot", (PyCFunction)ext_shared_snapshot, METH_NOARGS, NULL},
     {"_hold_lock", (PyCFunction)ext_shared_hold_lock, METH_O, NULL},
