@@ -222,3 +222,17 @@ def hold_and_wait(name: str, ready, stop) -> None:
     stop.wait(60)
     del keep
     pool.close()
+
+
+def leader_exits(name: str, ready) -> None:
+    """Keep a block, start a thread that keeps running, then end the main thread alone
+    (SYS_exit on x86-64): the process lives on, its /proc state reads as a zombie."""
+    import ctypes
+    import time
+    pool = mempool.SharedPool.attach(name)
+    keep = pool.alloc(4096)
+    t = threading.Thread(target=time.sleep, args=(120,))
+    t.start()
+    ready.set()
+    assert keep.size == 4096
+    ctypes.CDLL(None).syscall(60, 0)

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -147,9 +148,10 @@ def test_reclaim_with_no_pid_takes_every_process_that_is_gone(name, method):
         dead = ctx.Process(target=W.hold_and_die, args=(name,))
         dead.start()
         deadline = time.monotonic() + 60
-        while not _zombie(dead.pid):                    # killed, not reaped yet: gone
+        while mempool.shared._alive(dead.pid):          # its threads end one by one
             assert time.monotonic() < deadline and dead.exitcode is None
             time.sleep(0.01)
+        assert _zombie(dead.pid)                        # killed, not reaped yet: gone
         assert p.used == u0 + 3 * 4096 + 10 * 64 + 3000 and len(p) == n0 + 3 + 10 + 2
         assert p.reclaim() == 13                        # 3 blocks + 10 cached ranges
         assert p.used == u0 + 3000 and len(p) == n0 + 2  # the live process's are its own
@@ -165,6 +167,120 @@ def test_reclaim_with_no_pid_takes_every_process_that_is_gone(name, method):
             p.reclaim(force=True)
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="SYS_exit is 60 on x86-64")
+def test_reclaim_leaves_a_process_whose_main_thread_ended(name):
+    # its /proc state reads Z while another thread runs: alive (its task list says so)
+    ctx = mp.get_context("fork")
+    with SharedPool.create(name, "1MiB") as p:
+        ready = ctx.Event()
+        pr = ctx.Process(target=W.leader_exits, args=(name, ready))
+        pr.start()
+        try:
+            assert ready.wait(60)
+            deadline = time.monotonic() + 60
+            while not _zombie(pr.pid):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert len(os.listdir(f"/proc/{pr.pid}/task")) == 2
+            assert p.reclaim() == 0 and p.used == 4096
+            with pytest.raises(ValueError, match="alive"):
+                p.reclaim(pr.pid)
+        finally:
+            os.kill(pr.pid, signal.SIGKILL)
+            pr.join(30)
+        assert p.reclaim() == 1 and p.used == 0
+        p.check()
+
+
+def test_reclaim_refuses_where_the_registrys_pids_are_not_its_own(name):
+    import mmap
+    from mempool._segment import Header
+    with SharedPool.create(name, "1MiB") as p:
+        b = p.alloc(4096)
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            m = mmap.mmap(f.fileno(), 0)
+            h = Header.unpack(m, len(m), b"MPSHARED", name)
+            at = h.lock_off + 2240 + 40  # mp_shared_ctl_t.pidns, after the lease counters
+            assert struct.unpack_from("<Q", m, at)[0] == os.stat("/proc/self/ns/pid").st_ino
+            struct.pack_into("<Q", m, at, 0)  # as an older segment has it
+            with pytest.raises(ValueError, match="older segment"):
+                p.reclaim()
+            struct.pack_into("<Q", m, at, os.stat("/proc/self/ns/pid").st_ino + 1)
+            with pytest.raises(ValueError, match="not in the pid namespace"):
+                p.reclaim()
+            m.close()
+        assert p.used == 4096 and b.size == 4096  # nothing changed
+        with pytest.raises(ValueError, match="alive"):
+            p.reclaim(os.getpid())
+        del b
+        # a process in a pid namespace of its own (where unshare can make one)
+        code = ("import mempool, sys; p = mempool.SharedPool.attach(sys.argv[1])\n"
+                "try:\n    p.reclaim()\nexcept ValueError as e:\n    print(e)\n")
+        try:
+            r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                                "-c", code, name], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
+                                   os.path.abspath(mempool.__file__)))})
+        except FileNotFoundError:
+            pytest.skip("no unshare")
+        if r.returncode != 0 and "Operation not permitted" in r.stderr:
+            pytest.skip("unshare --pid is not permitted here")
+        assert r.returncode == 0, r.stderr
+        assert "not in the pid namespace" in r.stdout
+
+
+def test_reclaim_of_a_dead_borrower_skips_a_crafted_pinned_slot(name):
+    # five forked borrowers of one block: the fourth and fifth hold pinned lease slots;
+    # one slot's entry index is then written far out of range and its process killed:
+    # reclaim() leaves that slot (check() names it) instead of reading past the registry
+    import mmap
+    from mempool._segment import Header
+    with SharedPool.create(name, "1MiB") as p:
+        b = p.alloc(256)
+        kids = []
+        try:
+            for _ in range(5):
+                h = pickle.dumps(b)
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover (the child)
+                    try:
+                        v = pickle.loads(h)
+                        os.write(w, b"x")
+                        time.sleep(60)
+                        del v
+                    finally:
+                        os._exit(0)
+                os.close(w)
+                assert os.read(r, 1) == b"x"
+                os.close(r)
+                kids.append(pid)
+            with open(f"/dev/shm/{name}", "r+b") as f:
+                m = mmap.mmap(f.fileno(), 0)
+                lo = Header.unpack(m, len(m), b"MPSHARED", name).lock_off
+                bits, max_entries = struct.unpack_from("<II", m, lo + 4)
+                # mp_shared_ctl_t (2,304 bytes), the index, the entries, then the leases
+                table = lo + 2304 + ((4 << bits) + 63) // 64 * 64 + 64 * max_entries
+                pinned = [at for at in range(table, table + 32 * max_entries, 32)
+                          if struct.unpack_from("<QQ", m, at) == (b.tag, 2**64 - 1)]
+                assert len(pinned) == 2  # the fourth and fifth borrowers
+                victim = struct.unpack_from("<I", m, pinned[0] + 24)[0]
+                assert victim in kids
+                struct.pack_into("<I", m, pinned[0] + 16, 0x7FFFFF00)  # its entry: out of range
+                m.close()
+            os.kill(victim, signal.SIGKILL)
+            os.waitpid(victim, 0)
+            kids.remove(victim)
+            assert p.reclaim() == 0 and len(p) == 1
+            with pytest.raises(mempool.CorruptionError, match="lease"):
+                p.check()
+        finally:
+            for pid in kids:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        del b
+
+
 def test_reclaim_after_a_with_block_terminated_the_workers(name):
     # `with Pool() as w:` terminate()s its workers on leaving: what they cached may
     # stay under their pids; reclaim() with no pid gives it back
@@ -174,7 +290,7 @@ def test_reclaim_after_a_with_block_terminated_the_workers(name):
             pids = workers.starmap(W.free_and_leave, [(name, 30)] * 4)
         assert pids
         deadline = time.monotonic() + 60
-        while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in set(pids)):
+        while any(mempool.shared._alive(pid) for pid in set(pids)):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         p.reclaim()

@@ -506,12 +506,30 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie (dead, not yet reaped) counts as dead
+    # a zombie (dead, not yet reaped) counts as dead; a process whose main thread has
+    # ended while other threads run shows the zombie state too, and is alive while one
+    # of them runs (a killed process's threads end one by one: zombies or dead meanwhile)
+    def state(path: str) -> str:
+        with open(path) as f:
+            return f.read().rsplit(") ", 1)[-1][:1]
+
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
+        if state(f"/proc/{pid}/stat") != "Z":
+            return True
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return False  # reaped meanwhile
     except OSError:
         return True
+    for t in tasks:
+        if t == str(pid):
+            continue
+        try:
+            if state(f"/proc/{pid}/task/{t}/stat") not in ("Z", "X"):
+                return True
+        except OSError:
+            continue  # ended meanwhile
+    return False
 
 
 def _slot_gens(buf: Any) -> bytes:

@@ -96,6 +96,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -138,7 +139,9 @@ struct mp_shared_ctl {
     uint64_t lease_timeout_ns; /* a lease's lifetime in flight                     */
     uint64_t lease_due;        /* <= every used slot's deadline; UINT64_MAX: none  */
     uint64_t leases_expired;   /* leases released by their deadline so far         */
-    uint64_t pad2[3];
+    uint64_t pidns;            /* the creator's pid namespace (the inode of
+                                  /proc/self/ns/pid; 0: not known, an older segment) */
+    uint64_t pad2[2];
 };
 
 /* A reference in flight: used while tag != 0 (written last when taken, first when
@@ -212,6 +215,14 @@ static void leases_init(mp_shared_ctl_t *c, uint64_t max_leases, uint64_t timeou
     c->lease_free = 0;
 }
 
+uint64_t mp_pidns(void)
+{
+    struct stat sb;
+    return stat("/proc/self/ns/pid", &sb) == 0 ? (uint64_t)sb.st_ino : 0;
+}
+
+uint64_t mp_shared_pidns(const mp_shared_ctl_t *c) { return c->pidns; }
+
 int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_leases,
                        uint64_t lease_timeout_ns)
 {
@@ -231,6 +242,7 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_le
         e[i].size = i + 1 < c->max_entries ? i + 1 : MP_NIL;
     }
     c->free_head = 0;
+    c->pidns = mp_pidns();
     leases_init(c, max_leases, lease_timeout_ns);
     pthread_mutexattr_t a;
     if (pthread_mutexattr_init(&a)) return MP_EINVAL;
@@ -813,16 +825,21 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
 }
 
 /* ---- reclaim (lock held) ------------------------------------------------------------ */
-uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released)
+/* mp_shared_reclaim for every pid `gone` says yes to, in one pass over the pinned
+ * slots and one over the entries. */
+uint64_t mp_shared_reclaim_if(mp_shared_ctl_t *c, mp_tx_t *t, int (*gone)(void *ctx, uint32_t pid),
+                              void *ctx, uint64_t *released)
 {
     mp_entry_t *e = entries_of(c);
     mp_lease_t *l = leases_of(c);
     uint64_t freed = 0;
     *released = 0;
-    /* first the references pid borrowed beyond the holders (pinned slots) */
+    /* first the references the dead borrowed beyond the holders (pinned slots) */
     for (uint32_t k = 0; c->pinned && k < c->lease_max; k++) {
-        if (!l[k].tag || l[k].deadline != PINNED || l[k].pid != pid) continue;
-        uint32_t i = l[k].entry;
+        if (!l[k].tag || l[k].deadline != PINNED || l[k].entry >= c->max_entries ||
+            !gone(ctx, l[k].pid))
+            continue; /* (an entry out of range: a crafted slot, left for check()) */
+        uint32_t i = l[k].entry, pid = l[k].pid;
         mp_tx_room(t, 1, PIN_UNDO + 8); /* between slots the registry agrees with the state */
         unpin(c, k);
         ++*released;
@@ -840,22 +857,24 @@ uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_
         mp_tx_room(t, 1, 2 * MP_HOLDERS + 8);
         uint64_t borrowed = 0;
         for (int k = 0; k < MP_HOLDERS; k++)
-            if (e[i].holder[k].count && e[i].holder[k].pid == pid) {
+            if (e[i].holder[k].count && gone(ctx, e[i].holder[k].pid)) {
                 borrowed += e[i].holder[k].count;
                 J32(c, e[i].holder[k].count, 0);
             }
         uint64_t s = st_load(&e[i]), n, refs;
-        int mine = (uint32_t)(s >> 32) == pid;
+        int mine = (uint32_t)(s >> 32) != MP_NAME_PID && gone(ctx, (uint32_t)(s >> 32));
         if (mine) { /* a dead owner's word: no one else writes it, so it is logged */
             refs = s & REFS_MASK;
-            n = mk(0, 0, refs - borrowed - ((s & OWNER_REF) ? 1 : 0));
+            uint64_t own = (s & OWNER_REF) ? 1 : 0;
+            /* (counts that do not add up, a crafted entry: none left rather than a wrap) */
+            n = mk(0, 0, refs >= borrowed + own ? refs - borrowed - own : 0);
             J64(c, e[i].state, n);
         } else {
             do { /* the live owner may release its own reference meanwhile: a CAS, and
                   * a rollback recounts refs from the holders restored (check_registry) */
                 refs = s & REFS_MASK;
                 if (refs == 0) break; /* cached by a live process: its own */
-                n = (s & ~REFS_MASK) | (refs - borrowed);
+                n = (s & ~REFS_MASK) | (refs >= borrowed ? refs - borrowed : 0);
             } while (!st_cas(&e[i], &s, n));
             if (refs == 0) continue;
         }
@@ -868,6 +887,13 @@ uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_
         }
     }
     return freed;
+}
+
+static int is_pid(void *ctx, uint32_t pid) { return pid == *(const uint32_t *)ctx; }
+
+uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released)
+{
+    return mp_shared_reclaim_if(c, t, is_pid, &pid, released);
 }
 
 int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void *ctx)
@@ -885,8 +911,8 @@ int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void 
                 return r;
     }
     for (uint32_t k = 0; c->pinned && k < c->lease_max; k++)
-        if (l[k].tag && l[k].deadline == PINNED && l[k].pid != MP_NAME_PID &&
-            (r = fn(ctx, l[k].pid)))
+        if (l[k].tag && l[k].deadline == PINNED && l[k].entry < c->max_entries &&
+            l[k].pid != MP_NAME_PID && (r = fn(ctx, l[k].pid)))
             return r;
     return 0;
 }

@@ -37,6 +37,11 @@ typedef struct mp_entry {
 uint64_t mp_shared_ctl_size(uint64_t max_entries, uint64_t max_leases);
 int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_leases,
                        uint64_t lease_timeout_ns);
+/* This process's pid namespace (the inode of /proc/self/ns/pid; 0 when not known), and
+ * the one the segment's creator recorded (0: an older segment, or not known): pids in
+ * the registry mean something only to processes of that namespace. */
+uint64_t mp_pidns(void);
+uint64_t mp_shared_pidns(const mp_shared_ctl_t *c);
 int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen);
 /* The whole check (layout, strategy, registry against the strategy); lock held. */
 int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void *st,
@@ -107,6 +112,10 @@ uint32_t mp_entry_owner(const mp_entry_t *e);
  * freed (returned).  Borrowed references beyond MP_HOLDERS processes per range are
  * not attributed and stay. */
 uint64_t mp_shared_reclaim(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64_t *released);
+/* ... for every pid gone(ctx, pid) says yes to (MP_NAME_PID is never asked about), in
+ * one pass over the registry. */
+uint64_t mp_shared_reclaim_if(mp_shared_ctl_t *c, mp_tx_t *t, int (*gone)(void *ctx, uint32_t pid),
+                              void *ctx, uint64_t *released);
 /* Every pid the registry names (lock held): each entry's owner, the processes in its
  * holders, those of pinned lease slots; fn(ctx, pid) once per mention (pids repeat;
  * MP_NAME_PID is left out); a non-zero return from fn stops the walk and is returned. */

@@ -34,11 +34,13 @@
  */
 #include "native.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -925,45 +927,88 @@ static int pid_add(void *ctx, uint32_t pid)
     return 0;
 }
 
-/* Is process pid gone: no such process, or a zombie (dead, not yet reaped)?  A pid no
- * process can have (above INT_MAX: a crafted word) is not asked about: kill() of a
- * negative pid signals a process group. */
-static int pid_gone(uint32_t pid)
+/* The state letter of /proc/<path>/stat (R, S, Z, X, ...), or 0 when it cannot be read. */
+static char proc_state(const char *path)
 {
-    if (pid == 0 || pid > INT_MAX) return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
-    char path[40], buf[512];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    char buf[512];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0; /* (no /proc: only kill's answer) */
+    if (fd < 0) return 0;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
     if (n <= 0) return 0;
     buf[n] = 0;
     const char *p = strrchr(buf, ')'); /* the state follows the command's name */
-    return p && p[1] == ' ' && p[2] == 'Z';
+    return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* Is process pid gone: no such process, or a zombie (dead, not yet reaped)?  A pid no
+ * process can have (above INT_MAX: a crafted word) is not asked about: kill() of a
+ * negative pid signals a process group.  A process whose main thread has ended while
+ * other threads run shows the zombie state too: it is gone only when none of its
+ * other threads runs (each is a zombie or dead too: a killed process's threads end
+ * one by one). */
+static int pid_gone(uint32_t pid)
+{
+    if (pid == 0 || pid > INT_MAX) return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    if (proc_state(path) != 'Z') return 0; /* (no /proc: only kill's answer) */
+    snprintf(path, sizeof path, "/proc/%u/task", pid);
+    DIR *d = opendir(path);
+    if (!d) return 1; /* (reaped meanwhile) */
+    int running = 0;
+    for (struct dirent *t; !running && (t = readdir(d));) {
+        if (t->d_name[0] == '.' || (uint32_t)strtoul(t->d_name, NULL, 10) == pid) continue;
+        snprintf(path, sizeof path, "/proc/%u/task/%.20s/stat", pid, t->d_name);
+        char st = proc_state(path);
+        running = st && st != 'Z' && st != 'X';
+    }
+    closedir(d);
+    return !running;
+}
+
+/* Is pid in the set (mp_shared_reclaim_if's question: the dead ones)? */
+static int in_set(void *ctx, uint32_t pid)
+{
+    const pidset_t *s = ctx;
+    if (!pid || !s->cap) return 0;
+    for (uint32_t h = (pid * 0x9E3779B1u) & (s->cap - 1); s->k[h]; h = (h + 1) & (s->cap - 1))
+        if (s->k[h] == pid) return 1;
+    return 0;
 }
 
 /* _reclaim_dead() -> (freed, released, processes): reclaim every process the registry
  * names that is gone (this one aside), all under one hold of the lock, so no process
- * can take a name's pid and then an entry between the question and the reclaim. */
+ * can take a name's pid and then an entry between the question and the reclaim; one
+ * pass over the registry for all of them.  Only in the pid namespace the segment's
+ * creator recorded: elsewhere the registry's pids name other processes (ValueError). */
 static PyObject *ext_shared_reclaim_dead(SharedPoolObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
-    pidset_t s = {0, 0, NULL};
+    if (need_shared(self) < 0) return NULL;
+    uint64_t ns = mp_shared_pidns(self->ctl), here = mp_pidns();
+    if (!ns || ns != here) {
+        PyErr_SetString(PyExc_ValueError,
+                        !ns ? "this segment does not record its creator's pid namespace (an "
+                              "older segment): name the process, reclaim(pid)"
+                            : "this process is not in the pid namespace of the segment's "
+                              "creator: the registry's pids are not its own");
+        return NULL;
+    }
+    if (sh_lock(self) < 0) return NULL;
+    pidset_t s = {0, 0, NULL}, dead = {0, 0, NULL};
     int rc = mp_shared_pids(self->ctl, pid_add, &s);
-    uint64_t freed = 0, released = 0, procs = 0;
+    uint64_t freed = 0, released = 0;
     uint32_t me = mp_getpid();
     for (uint32_t k = 0; !rc && k < s.cap; k++) {
         uint32_t pid = s.k[k];
-        if (!pid || pid == me || !pid_gone(pid)) continue;
-        uint64_t rel;
-        freed += mp_shared_reclaim(self->ctl, self->tx, pid, &rel);
-        released += rel;
-        procs++;
+        if (pid && pid != me && pid_gone(pid)) rc = pid_add(&dead, pid);
     }
+    if (!rc && dead.n) freed = mp_shared_reclaim_if(self->ctl, self->tx, in_set, &dead, &released);
     sh_unlock(self);
+    uint32_t procs = dead.n;
     PyMem_RawFree(s.k);
+    PyMem_RawFree(dead.k);
     if (rc) return PyErr_NoMemory();
     return Py_BuildValue("(KKK)", (unsigned long long)freed, (unsigned long long)released,
                          (unsigned long long)procs);
