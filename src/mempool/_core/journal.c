@@ -2,10 +2,10 @@
  * journal.c -- transactions over a strategy state and its shadow copy (journal.h).
  *
  * Why it holds.  Stores reach memory in program order (x86-64 TSO; elsewhere the
- * release stores and fences of publish() order them; and every store a killed process
- * made is seen by the next one, which takes the lock or opens the file after the
- * kernel has ended it), and a killed process stops between two stores.  So at any
- * kill point:
+ * release stores and fences of mpi_publish(), journal_log.h, order them; and every
+ * store a killed process made is seen by the next one, which takes the lock or opens
+ * the file after the kernel has ended it), and a killed process stops between two
+ * stores.  So at any kill point:
  *   phase IDLE       st == shadow, the undo log is empty: nothing to do.
  *   phase ACTIVE     the shadow has not been written since the last commit (only the
  *                    commit writes it), so it is the state before the call; st is
@@ -29,25 +29,11 @@
 
 #include "internal.h"
 #include "journal.h"
+#include "journal_log.h"
 
 #define JOURNAL_MAGIC 0x314c4e524a504dull /* "MPJRNL1" */
 
 enum { OP_ALLOC = 1, OP_FREE, OP_REALLOC, OP_RESET };
-
-/* The stores that order the protocol (see the head comment): every store before one
- * reaches memory before it, and it before every store after it.  That is store-store
- * order only, which is all a kill point needs (nothing here is a load that must wait
- * for a store to be seen: the lock orders the processes).  A release store and a
- * release fence give exactly that: plain moves on x86-64 (TSO keeps stores in order;
- * the compiler is kept from moving any across), a dmb on AArch64.  (A seq_cst store,
- * as before, drained the store buffer each time: an xchg, ~20 cycles, five or six per
- * alloc+free pair of a file pool.) */
-static inline void publish(uint64_t *word, uint64_t v)
-{
-    MPI_FAULT_POINT(word);
-    __atomic_store_n(word, v, __ATOMIC_RELEASE);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-}
 
 void mp_journal_init(mp_journal_t *j)
 {
@@ -93,7 +79,7 @@ void mp_tx_begin(mp_tx_t *t)
 {
     t->nops = 0;
     t->j->nundo = 0;
-    publish(&t->j->phase, MP_TX_ACTIVE);
+    mpi_publish(&t->j->phase, MP_TX_ACTIVE);
 }
 
 /* One more operation to replay (after room_for_one). */
@@ -190,43 +176,18 @@ void mp_tx_commit(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
     if (t->nops == 0 && j->nundo == 0) { /* nothing changed */
-        publish(&j->phase, MP_TX_IDLE);
+        mpi_publish(&j->phase, MP_TX_IDLE);
         return;
     }
-    publish(&j->phase, MP_TX_COMMITTED);
+    mpi_publish(&j->phase, MP_TX_COMMITTED);
     replay(t);
     j->seq++;
     t->nops = 0;
-    publish(&j->phase, MP_TX_IDLE);
+    mpi_publish(&j->phase, MP_TX_IDLE);
 #ifdef MP_DEBUG
     /* the copies agree after every commit (small states: the compare costs a copy) */
     if (t->st_len <= ((uint64_t)1 << 20)) mpi_assert(memcmp(t->st, t->shadow, t->st_len) == 0);
 #endif
-}
-
-/* Log the aligned 64-bit word at w (its offset and old value), then publish the count:
- * the record is complete before the caller's store can happen. */
-static void log_word(mp_journal_t *j, const char *w)
-{
-    uint64_t n = j->nundo;
-    mpi_assert(n < MP_JOURNAL_UNDO); /* callers keep room (mp_tx_room) */
-    if (n == MP_JOURNAL_UNDO) return;
-    j->undo[n].off = (int64_t)(w - (char *)j);
-    memcpy(&j->undo[n].old, w, 8); /* (memcpy: the word may hold other types) */
-    publish(&j->nundo, n + 1);
-}
-
-void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v)
-{
-    log_word(j, (const char *)word);
-    *word = v;
-}
-
-void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v)
-{
-    /* the aligned 64-bit word that holds it is logged (both halves are locked state) */
-    log_word(j, (const char *)((uintptr_t)word & ~(uintptr_t)7));
-    *word = v;
 }
 
 void mp_tx_abort(mp_tx_t *t)
@@ -237,7 +198,7 @@ void mp_tx_abort(mp_tx_t *t)
         if (undo_ok(t, j->undo[k].off)) memcpy((char *)j + j->undo[k].off, &j->undo[k].old, 8);
     t->nops = 0;
     j->nundo = 0;
-    publish(&j->phase, MP_TX_IDLE);
+    mpi_publish(&j->phase, MP_TX_IDLE);
 }
 
 int mp_tx_recover(mp_tx_t *t)
@@ -258,6 +219,6 @@ int mp_tx_recover(mp_tx_t *t)
         return MP_TX_IDLE;
     }
     j->nundo = 0;
-    publish(&j->phase, MP_TX_IDLE);
+    mpi_publish(&j->phase, MP_TX_IDLE);
     return (int)phase;
 }

@@ -99,9 +99,8 @@ void mp_tx_commit(mp_tx_t *t);
 /* Give the transaction up (a call that failed half-way, nothing committed in it since
  * mp_tx_begin): the state back from the shadow, the undo log applied backwards. */
 void mp_tx_abort(mp_tx_t *t);
-/* Undo-logged stores of words outside the strategy state (lock held). */
-void mp_jset64(mp_journal_t *j, uint64_t *word, uint64_t v);
-void mp_jset32(mp_journal_t *j, uint32_t *word, uint32_t v);
+/* Undo-logged stores of words outside the strategy state (lock held): mp_jset64/32,
+ * inline in journal_log.h (for the core files). */
 
 /* Bring an interrupted call to an end: MP_TX_ACTIVE (rolled back), MP_TX_COMMITTED
  * (rolled forward) or MP_TX_IDLE (nothing to do). */

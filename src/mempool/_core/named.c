@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "journal_log.h"
 #include "named.h"
 
 #define SLOT_EMPTY 0

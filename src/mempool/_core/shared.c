@@ -103,6 +103,7 @@
 
 #include "internal.h"
 #include "journal.h"
+#include "journal_log.h"
 #include "shared.h"
 
 #define CTL_MAGIC 0x3253504dU /* "MPS2" */
