@@ -500,36 +500,9 @@ multiprocessing.util.register_after_fork(_flush_at_exit, _flush_at_exit)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (dead, not yet reaped) counts as dead; a process whose main thread has
-    # ended while other threads run shows the zombie state too, and is alive while one
-    # of them runs (a killed process's threads end one by one: zombies or dead meanwhile)
-    def state(path: str) -> str:
-        with open(path) as f:
-            return f.read().rsplit(") ", 1)[-1][:1]
-
-    try:
-        if state(f"/proc/{pid}/stat") != "Z":
-            return True
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return False  # reaped meanwhile
-    except OSError:
-        return True
-    for t in tasks:
-        if t == str(pid):
-            continue
-        try:
-            if state(f"/proc/{pid}/task/{t}/stat") not in ("Z", "X"):
-                return True
-        except OSError:
-            continue  # ended meanwhile
-    return False
+    """Not gone (sys.c's rule, the one reclaim() with no pid follows): a zombie counts as
+    dead unless another of its threads runs (a main thread that ended before them)."""
+    return not _mempool.pid_gone(pid)
 
 
 def _slot_gens(buf: Any) -> bytes:

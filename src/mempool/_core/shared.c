@@ -826,6 +826,13 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
 }
 
 /* ---- reclaim (lock held) ------------------------------------------------------------ */
+/* A used slot recording a borrowed reference (not a handle in flight) of an entry in
+ * range (one out of range is a crafted slot: left alone here, check() names it). */
+static int pinned_slot(const mp_shared_ctl_t *c, const mp_lease_t *s)
+{
+    return s->tag && s->deadline == PINNED && s->entry < c->max_entries;
+}
+
 /* mp_shared_reclaim for every pid `gone` says yes to, in one pass over the pinned
  * slots and one over the entries. */
 uint64_t mp_shared_reclaim_if(mp_shared_ctl_t *c, mp_tx_t *t, int (*gone)(void *ctx, uint32_t pid),
@@ -837,9 +844,7 @@ uint64_t mp_shared_reclaim_if(mp_shared_ctl_t *c, mp_tx_t *t, int (*gone)(void *
     *released = 0;
     /* first the references the dead borrowed beyond the holders (pinned slots) */
     for (uint32_t k = 0; c->pinned && k < c->lease_max; k++) {
-        if (!l[k].tag || l[k].deadline != PINNED || l[k].entry >= c->max_entries ||
-            !gone(ctx, l[k].pid))
-            continue; /* (an entry out of range: a crafted slot, left for check()) */
+        if (!pinned_slot(c, &l[k]) || !gone(ctx, l[k].pid)) continue;
         uint32_t i = l[k].entry, pid = l[k].pid;
         mp_tx_room(t, 1, PIN_UNDO + 8); /* between slots the registry agrees with the state */
         unpin(c, k);
@@ -912,8 +917,7 @@ int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void 
                 return r;
     }
     for (uint32_t k = 0; c->pinned && k < c->lease_max; k++)
-        if (l[k].tag && l[k].deadline == PINNED && l[k].entry < c->max_entries &&
-            l[k].pid != MP_NAME_PID && (r = fn(ctx, l[k].pid)))
+        if (pinned_slot(c, &l[k]) && l[k].pid != MP_NAME_PID && (r = fn(ctx, l[k].pid)))
             return r;
     return 0;
 }

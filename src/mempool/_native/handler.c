@@ -77,17 +77,22 @@ typedef struct {
  * the running state is read inline from the interpreter's own word (tstate.c): no call,
  * so the hot paths below are leaf functions. */
 static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
+#if defined(__x86_64__) && defined(__GLIBC__)
+static inline unsigned long fs16(void)
+{
+    unsigned long self;
+    __asm__("mov %%fs:16, %0" : "=r"(self));
+    return self;
+}
+#endif
 static inline unsigned long thread_self(void)
 {
 #if defined(__x86_64__) && defined(__GLIBC__)
-    unsigned long self;
-    __asm__("mov %%fs:16, %0" : "=r"(self));
-    if (__builtin_expect(fs_self, 1)) return self;
+    if (__builtin_expect(fs_self, 1)) return fs16();
 #endif
     return (unsigned long)pthread_self();
 }
 #ifdef MP_TSTATE_WORD
-#define TSTATE_INLINE 1
 /* &_PyRuntime.gilstate.tstate_current once checked at import; else a word that stays 0
  * (every call then takes the general way) */
 static const volatile uintptr_t *tstate_slot;
@@ -95,11 +100,9 @@ static const uintptr_t tstate_none;
 #endif
 static inline int gil_held(void)
 {
-#ifdef TSTATE_INLINE
+#ifdef MP_TSTATE_WORD
     PyThreadState *ts = (PyThreadState *)*tstate_slot;
-    unsigned long self;
-    __asm__("mov %%fs:16, %0" : "=r"(self)); /* (fs_self was checked with the slot) */
-    return ts && ts->thread_id == self;
+    return ts && ts->thread_id == fs16(); /* (fs_self was checked with the slot) */
 #else
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *ts = PyThreadState_GetUnchecked();
@@ -627,7 +630,7 @@ static PyObject *ext_handler_stats(PyObject *Py_UNUSED(m), PyObject *h)
  * at import), "none" (that check failed: every call takes the general way) or "call". */
 static PyObject *ext_handler_gil_check(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 {
-#ifdef TSTATE_INLINE
+#ifdef MP_TSTATE_WORD
     return PyUnicode_FromString(tstate_slot == &tstate_none ? "none" : "inline");
 #else
     return PyUnicode_FromString("call");
@@ -653,7 +656,7 @@ int mp_handler_ready(PyObject *module)
 {
     fs_self = 1;
     fs_self = thread_self() == (unsigned long)pthread_self();
-#ifdef TSTATE_INLINE
+#ifdef MP_TSTATE_WORD
     /* the word holds this thread's state while it holds the GIL, and not while it has
      * let the GIL go (3.11 stores NULL there, or the next holder's state): a word at a
      * wrong offset that happened to hold the state too fails the second test */

@@ -11,7 +11,7 @@
  *   pool.c       PoolCore: a strategy over real bytes (private and persistent pools)
  *   pool_shared.c SharedPoolCore(PoolCore): a pool in a shared segment, through the
  *                hooks (mp_pool_hooks_t) that PoolCore's generic paths call
- *   sys.c        system calls for the sources: mbind, get_mempolicy, mlock
+ *   sys.c        system calls for the sources: mbind, get_mempolicy, mlock; pid_gone
  *
  * A strategy object holds its state block either inline-allocated (malloc'd,
  * owned) or inside someone else's buffer (a shared segment, a file mapping):
@@ -316,8 +316,10 @@ PyObject *mp_ext_shnamed_check(PoolObject *self, PyObject *ignored);
 /* pool_shared.c: SharedPoolCore, the C half of mempool.SharedPool */
 extern PyTypeObject SharedPoolCoreType;
 int mp_shared_pool_ready(PyObject *module);
-/* sys.c: adds mbind, get_mempolicy (where the headers number them) and mlock */
+/* sys.c: adds mbind, get_mempolicy (where the headers number them), mlock, pid_gone */
 int mp_sys_ready(PyObject *module);
+/* Is process pid gone: no such process, or a zombie none of whose threads runs? */
+int mp_pid_gone(uint32_t pid);
 
 /* recorder.c: trace.record()'s recorder and pool limits, through a wrapped operation
  * table per strategy (see there); pool.track()'s hook */

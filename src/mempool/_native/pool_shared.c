@@ -34,16 +34,9 @@
  */
 #include "native.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #define MAG_CLASSES 32 /* 16-byte classes */
 #define MAG_MAX (MAG_CLASSES * 16)
@@ -903,79 +896,40 @@ typedef struct {
     uint32_t *k;
 } pidset_t;
 
+/* The slot of pid in s (cap > 0): its own, or the empty one where it would go. */
+static uint32_t pid_slot(const pidset_t *s, uint32_t pid)
+{
+    uint32_t h = (pid * 0x9E3779B1u) & (s->cap - 1);
+    while (s->k[h] && s->k[h] != pid) h = (h + 1) & (s->cap - 1);
+    return h;
+}
+
 static int pid_add(void *ctx, uint32_t pid)
 {
     pidset_t *s = ctx;
     if (2 * (s->n + 1) > s->cap) { /* grow: rehash into twice the room */
-        uint32_t cap = s->cap ? 2 * s->cap : 64, *k = PyMem_RawCalloc(cap, sizeof *k);
-        if (!k) return -1;
-        for (uint32_t j = 0; j < s->cap; j++) {
-            uint32_t q = s->k[j], h;
-            if (!q) continue;
-            for (h = (q * 0x9E3779B1u) & (cap - 1); k[h]; h = (h + 1) & (cap - 1)) {}
-            k[h] = q;
-        }
+        pidset_t t = {0, s->cap ? 2 * s->cap : 64, NULL};
+        t.k = PyMem_RawCalloc(t.cap, sizeof *t.k);
+        if (!t.k) return -1;
+        for (uint32_t j = 0; j < s->cap; j++)
+            if (s->k[j]) t.k[pid_slot(&t, s->k[j])] = s->k[j];
+        t.n = s->n;
         PyMem_RawFree(s->k);
-        s->k = k;
-        s->cap = cap;
+        *s = t;
     }
-    uint32_t h = (pid * 0x9E3779B1u) & (s->cap - 1);
-    for (; s->k[h]; h = (h + 1) & (s->cap - 1))
-        if (s->k[h] == pid) return 0;
-    s->k[h] = pid;
-    s->n++;
+    uint32_t h = pid_slot(s, pid);
+    if (!s->k[h]) {
+        s->k[h] = pid;
+        s->n++;
+    }
     return 0;
-}
-
-/* The state letter of /proc/<path>/stat (R, S, Z, X, ...), or 0 when it cannot be read. */
-static char proc_state(const char *path)
-{
-    char buf[512];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* the state follows the command's name */
-    return p && p[1] == ' ' ? p[2] : 0;
-}
-
-/* Is process pid gone: no such process, or a zombie (dead, not yet reaped)?  A pid no
- * process can have (above INT_MAX: a crafted word) is not asked about: kill() of a
- * negative pid signals a process group.  A process whose main thread has ended while
- * other threads run shows the zombie state too: it is gone only when none of its
- * other threads runs (each is a zombie or dead too: a killed process's threads end
- * one by one). */
-static int pid_gone(uint32_t pid)
-{
-    if (pid == 0 || pid > INT_MAX) return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    if (proc_state(path) != 'Z') return 0; /* (no /proc: only kill's answer) */
-    snprintf(path, sizeof path, "/proc/%u/task", pid);
-    DIR *d = opendir(path);
-    if (!d) return 1; /* (reaped meanwhile) */
-    int running = 0;
-    for (struct dirent *t; !running && (t = readdir(d));) {
-        if (t->d_name[0] == '.' || (uint32_t)strtoul(t->d_name, NULL, 10) == pid) continue;
-        snprintf(path, sizeof path, "/proc/%u/task/%.20s/stat", pid, t->d_name);
-        char st = proc_state(path);
-        running = st && st != 'Z' && st != 'X';
-    }
-    closedir(d);
-    return !running;
 }
 
 /* Is pid in the set (mp_shared_reclaim_if's question: the dead ones)? */
 static int in_set(void *ctx, uint32_t pid)
 {
     const pidset_t *s = ctx;
-    if (!pid || !s->cap) return 0;
-    for (uint32_t h = (pid * 0x9E3779B1u) & (s->cap - 1); s->k[h]; h = (h + 1) & (s->cap - 1))
-        if (s->k[h] == pid) return 1;
-    return 0;
+    return pid && s->cap && s->k[pid_slot(s, pid)] == pid;
 }
 
 /* _reclaim_dead() -> (freed, released, processes): reclaim every process the registry
@@ -1002,7 +956,7 @@ static PyObject *ext_shared_reclaim_dead(SharedPoolObject *self, PyObject *Py_UN
     uint32_t me = mp_getpid();
     for (uint32_t k = 0; !rc && k < s.cap; k++) {
         uint32_t pid = s.k[k];
-        if (pid && pid != me && pid_gone(pid)) rc = pid_add(&dead, pid);
+        if (pid && pid != me && mp_pid_gone(pid)) rc = pid_add(&dead, pid);
     }
     if (!rc && dead.n) freed = mp_shared_reclaim_if(self->ctl, self->tx, in_set, &dead, &released);
     sh_unlock(self);

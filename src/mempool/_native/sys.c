@@ -8,10 +8,21 @@
  *
  * A C library whose headers lack SYS_mbind / SYS_get_mempolicy gets no mbind /
  * get_mempolicy function: sources.py then says "mbind is not known" (ENOSYS).
+ *
+ * And whether a process is gone (mp_pid_gone: kill(2) and /proc), the one rule that
+ * SharedPool.reclaim() with no pid (pool_shared.c) and reclaim(pid)'s refusal of a
+ * live pid (shared.py, through pid_gone) both follow.
  */
 #include "native.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -141,6 +152,55 @@ static PyObject *ext_mlock(PyObject *Py_UNUSED(mod), PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The state letter of /proc/<path>/stat (R, S, Z, X, ...), or 0 when it cannot be read. */
+static char proc_state(const char *path)
+{
+    char buf[512];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the state follows the command's name */
+    return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* Is process pid gone: no such process, or a zombie (dead, not yet reaped)?  A pid no
+ * process can have (above INT_MAX: a crafted word) is not asked about: kill() of a
+ * negative pid signals a process group.  A process whose main thread has ended while
+ * other threads run shows the zombie state too: it is gone only when none of its
+ * other threads runs (each is a zombie or dead too: a killed process's threads end
+ * one by one). */
+int mp_pid_gone(uint32_t pid)
+{
+    if (pid == 0 || pid > INT_MAX) return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    if (proc_state(path) != 'Z') return 0; /* (no /proc: only kill's answer) */
+    snprintf(path, sizeof path, "/proc/%u/task", pid);
+    DIR *d = opendir(path);
+    if (!d) return 1; /* (reaped meanwhile) */
+    int running = 0;
+    for (struct dirent *t; !running && (t = readdir(d));) {
+        if (t->d_name[0] == '.' || (uint32_t)strtoul(t->d_name, NULL, 10) == pid) continue;
+        snprintf(path, sizeof path, "/proc/%u/task/%.20s/stat", pid, t->d_name);
+        char st = proc_state(path);
+        running = st && st != 'Z' && st != 'X';
+    }
+    closedir(d);
+    return !running;
+}
+
+/* pid_gone(pid) -> bool */
+static PyObject *ext_pid_gone(PyObject *Py_UNUSED(mod), PyObject *arg)
+{
+    unsigned long pid = PyLong_AsUnsignedLong(arg);
+    if (pid == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(pid <= UINT32_MAX && mp_pid_gone((uint32_t)pid));
+}
+
 static PyMethodDef sys_methods[] = {
 #ifdef SYS_mbind
     {"mbind", ext_mbind, METH_VARARGS,
@@ -159,6 +219,10 @@ static PyMethodDef sys_methods[] = {
      "mlock($module, address, length, /)\n--\n\n"
      "Lock [address, address + length) in memory.  OSError when the kernel refuses\n"
      "(RLIMIT_MEMLOCK: ENOMEM or EPERM)."},
+    {"pid_gone", ext_pid_gone, METH_O,
+     "pid_gone($module, pid, /)\n--\n\n"
+     "Whether process `pid` is gone: no such process, or a zombie none of whose threads\n"
+     "runs.  False for a pid no process can have (0, above INT_MAX)."},
     {NULL, NULL, 0, NULL},
 };
 
