@@ -70,6 +70,8 @@ typedef struct seg {
 } seg_t;
 typedef struct live {
     uint64_t off, size, align;
+    int by_handle;   /* allocated by alloc_handle: freed by free_handle(handle) */
+    uint64_t handle;
 } live_t;
 
 typedef struct pool {
@@ -87,7 +89,8 @@ typedef struct pool {
 
 /* coverage counters, printed per strategy */
 static struct {
-    uint64_t alloc_ok, alloc_nospace, alloc_nonodes, free_ok, bad_offset, realloc_same,
+    uint64_t alloc_ok, by_handle, bad_handle, alloc_nospace, alloc_nonodes, free_ok, bad_offset,
+        realloc_same,
         realloc_shrink, realloc_grow_in_place, realloc_moved, realloc_moved_down,
         realloc_nospace, realloc_nonodes, resets, max_free_ranges, steps;
 } C;
@@ -229,8 +232,12 @@ static void verify(pool_t *p)
         }
         uint64_t sz = 0;
         rc = ops->size_of(p->st, l->off, &sz);
-        REQUIRE(rc == MP_OK && sz == l->size, "size_of(%llu) = %d, %llu; expected %llu",
-                (ull)l->off, rc, (ull)sz, (ull)l->size);
+        if (l->by_handle) /* not filed by offset */
+            REQUIRE(rc == MP_ENOTALLOC, "size_of(%llu), allocated by handle, = %d",
+                    (ull)l->off, rc);
+        else
+            REQUIRE(rc == MP_OK && sz == l->size, "size_of(%llu) = %d, %llu; expected %llu",
+                    (ull)l->off, rc, (ull)sz, (ull)l->size);
         used += l->size;
     }
     REQUIRE(h->used == used, "head used %llu, live ranges hold %llu", (ull)h->used, (ull)used);
@@ -308,11 +315,14 @@ static void require_unchanged(const pool_t *p, const char *what, int rc)
 /* ---- operations --------------------------------------------------------------- */
 static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
 {
-    snprintf(g_op, sizeof g_op, "alloc(%llu, %llu)", (ull)size, (ull)align);
+    int by_handle = below(3) == 0; /* the handle form places as alloc does */
+    snprintf(g_op, sizeof g_op, "%s(%llu, %llu)", by_handle ? "alloc_handle" : "alloc",
+             (ull)size, (ull)align);
     memcpy(p->before, p->st, p->len);
     long want = best_fit_seg(p, size, align);
-    uint64_t off = MP_NO_SPACE;
-    int rc = p->ops->alloc(p->st, size, align, &off);
+    uint64_t off = MP_NO_SPACE, handle = 0;
+    int rc = by_handle ? p->ops->alloc_handle(p->st, size, align, &off, &handle)
+                       : p->ops->alloc(p->st, size, align, &off);
     if (rc == MP_OK) {
         REQUIRE(want >= 0, "alloc succeeded at %llu but no free range fits", (ull)off);
         REQUIRE(off % align == 0, "alloc returned %llu, not aligned to %llu", (ull)off,
@@ -327,8 +337,9 @@ static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
                     "at %llu (size %llu)", (ull)p->segs[k].off, (ull)p->segs[k].size,
                     (ull)p->segs[want].off, (ull)p->segs[want].size);
         REQUIRE(p->nlive < p->livecap, "more live ranges than nodes");
-        p->live[p->nlive++] = (live_t){off, size, align};
+        p->live[p->nlive++] = (live_t){off, size, align, by_handle, handle};
         C.alloc_ok++;
+        C.by_handle += (uint64_t)by_handle;
     } else {
         if (rc == MP_ENOSPACE) C.alloc_nospace++;
         if (rc == MP_ENONODES) C.alloc_nonodes++;
@@ -355,13 +366,35 @@ static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
 static void do_free(pool_t *p, size_t k, int then_double)
 {
     live_t l = p->live[k];
-    snprintf(g_op, sizeof g_op, "free(%llu) [size %llu]", (ull)l.off, (ull)l.size);
-    int rc = p->ops->free(p->st, l.off);
-    REQUIRE(rc == MP_OK, "free(%llu) = %d", (ull)l.off, rc);
+    uint64_t off = MP_NO_SPACE;
+    int rc;
+    if (l.by_handle) {
+        snprintf(g_op, sizeof g_op, "free_handle(0x%llx) [%llu, size %llu]", (ull)l.handle,
+                 (ull)l.off, (ull)l.size);
+        rc = p->ops->free_handle(p->st, l.handle, &off);
+        REQUIRE(rc == MP_OK && off == l.off, "free_handle(0x%llx) = %d at %llu, expected %llu",
+                (ull)l.handle, rc, (ull)off, (ull)l.off);
+    } else {
+        snprintf(g_op, sizeof g_op, "free(%llu) [size %llu]", (ull)l.off, (ull)l.size);
+        rc = p->ops->free(p->st, l.off);
+        REQUIRE(rc == MP_OK, "free(%llu) = %d", (ull)l.off, rc);
+    }
     p->live[k] = p->live[--p->nlive];
     C.free_ok++;
     verify(p);
-    if (then_double) {
+    if (then_double && l.by_handle) {
+        /* refused unless the node went to a range at the same offset by handle since */
+        int again = 0;
+        for (size_t j = 0; j < p->nlive; j++)
+            again |= p->live[j].by_handle && p->live[j].handle == l.handle;
+        if (again) return;
+        snprintf(g_op, sizeof g_op, "double free_handle(0x%llx)", (ull)l.handle);
+        memcpy(p->before, p->st, p->len);
+        rc = p->ops->free_handle(p->st, l.handle, &off);
+        REQUIRE(rc == MP_ENOTALLOC, "double free_handle(0x%llx) = %d", (ull)l.handle, rc);
+        require_unchanged(p, "double free_handle", rc);
+        verify(p);
+    } else if (then_double) {
         snprintf(g_op, sizeof g_op, "double free(%llu)", (ull)l.off);
         memcpy(p->before, p->st, p->len);
         rc = p->ops->free(p->st, l.off);
@@ -374,11 +407,43 @@ static void do_free(pool_t *p, size_t k, int then_double)
     }
 }
 
-static int is_live_start(const pool_t *p, uint64_t off)
+/* A live range starts at off (by_offset: one the offset calls see, not one allocated
+ * by handle). */
+static int live_at(const pool_t *p, uint64_t off, int by_offset)
 {
     for (size_t k = 0; k < p->nlive; k++)
-        if (p->live[k].off == off) return 1;
+        if (p->live[k].off == off && !(by_offset && p->live[k].by_handle)) return 1;
     return 0;
+}
+static int is_live_start(const pool_t *p, uint64_t off) { return live_at(p, off, 1); }
+
+/* free_handle of a handle that names no live range allocated by handle: a live one's
+ * node with another tag, an offset range's node, a free or spare node, beyond top. */
+static void do_bad_handle(pool_t *p)
+{
+    uint64_t h, r = below(5);
+    uint32_t top = rs_cset(p->st)->top;
+    if (r == 0 && p->nlive) {
+        const live_t *l = &p->live[below(p->nlive)];
+        h = l->by_handle ? l->handle ^ ((uint64_t)(1 + below(7)) << 32) /* tag off */
+                         : (uint64_t)(uint32_t)(l->off >> 3) << 32 | below(top ? top : 1);
+    } else if (r == 1) {
+        h = (uint64_t)top + below(8);
+    } else if (r == 2) {
+        h = UINT64_MAX - below(3);
+    } else {
+        h = (uint64_t)below(UINT32_MAX) << 32 | below(top ? top : 1);
+    }
+    for (size_t k = 0; k < p->nlive; k++)
+        if (p->live[k].by_handle && p->live[k].handle == h) return;
+    snprintf(g_op, sizeof g_op, "bad handle 0x%llx", (ull)h);
+    memcpy(p->before, p->st, p->len);
+    uint64_t off;
+    int rc = p->ops->free_handle(p->st, h, &off);
+    REQUIRE(rc == MP_ENOTALLOC, "free_handle(bad 0x%llx) = %d", (ull)h, rc);
+    require_unchanged(p, "bad handle", rc);
+    C.bad_handle++;
+    verify(p);
 }
 
 /* free / size_of / realloc of an offset that is not the start of a live range */
@@ -423,6 +488,13 @@ static void do_realloc(pool_t *p, size_t k, uint64_t size, uint64_t align)
     snprintf(g_op, sizeof g_op, "realloc(%llu, %llu, %llu) [size %llu]", (ull)l.off, (ull)size,
              (ull)align, (ull)l.size);
     memcpy(p->before, p->st, p->len);
+    if (l.by_handle) { /* the offset calls do not see a range allocated by handle */
+        uint64_t out;
+        int rc = p->ops->realloc(p->st, l.off, size, align, &out);
+        REQUIRE(rc == MP_ENOTALLOC, "realloc of a range allocated by handle = %d", rc);
+        require_unchanged(p, "realloc of a range allocated by handle", rc);
+        return;
+    }
     long j = seg_at(p, l.off);
     REQUIRE(j >= 0 && p->segs[j].alloc && p->segs[j].off == l.off, "shadow range not in walk");
     const seg_t *pv = j > 0 && !p->segs[j - 1].alloc ? &p->segs[j - 1] : NULL;
@@ -526,6 +598,10 @@ static void random_step(pool_t *p)
         do_free(p, below(p->nlive), below(8) == 0);
     } else if (r < 880) {
         size_t k = below(p->nlive);
+        if (p->live[k].by_handle && below(2)) { /* (realloc by handle: stress_replay's hook) */
+            do_bad_handle(p);
+            return;
+        }
         uint64_t old = p->live[k].size, size;
         uint64_t m = below(10);
         if (m < 4 && old > 1) size = 1 + below(old - 1);         /* shrink */
@@ -636,7 +712,7 @@ static void known_cases(const strat_t *s)
     do_free(&p, 1, 0);
     REQUIRE(do_alloc(&p, 63, 2), "alloc(63, 2) failed");
     /* bestfit takes the exact fit at 2; TLSF may take a good fit in the tail */
-    if (s->exact_best) REQUIRE(is_live_start(&p, 2), "alloc(63, 2) not at 2");
+    if (s->exact_best) REQUIRE(live_at(&p, 2, 0), "alloc(63, 2) not at 2");
     pool_close(&p);
     /* node exhaustion */
     for (uint64_t maxb = 1; maxb <= 9; maxb++) {
@@ -648,7 +724,7 @@ static void known_cases(const strat_t *s)
             memcpy(p.before, p.st, p.len);
             rc = p.ops->alloc(p.st, 3, 1, &out);
             if (rc != MP_OK) break;
-            p.live[p.nlive++] = (live_t){out, 3, 1};
+            p.live[p.nlive++] = (live_t){out, 3, 1, 0, 0};
             verify(&p);
             n++;
         }
@@ -783,8 +859,21 @@ static void exercise_accepted(const pool_t *orig, const unsigned char *buf, int 
     pool_alloc_bufs(&p);
     memcpy(p.st, buf, p.len);
     collect_segs(&p);
-    for (size_t k = 0; k < p.nsegs; k++)
-        if (p.segs[k].alloc) p.live[p.nlive++] = (live_t){p.segs[k].off, p.segs[k].size, 1};
+    for (size_t k = 0; k < p.nsegs; k++) {
+        if (!p.segs[k].alloc) continue;
+        /* a range allocated by handle: its node (white box) gives the handle */
+        uint64_t h = 0, sz;
+        int by_handle = p.ops->size_of(p.st, p.segs[k].off, &sz) != MP_OK;
+        const mp_rset_t *rs = rs_cset(p.st);
+        uint64_t nodes_off = layout_of(&p).nodes_off;
+        for (uint32_t i = 0; by_handle && i < rs->top; i++) {
+            const mp_rnode_t *n =
+                (const mp_rnode_t *)(p.st + nodes_off + (uint64_t)i * p.s->node_size);
+            if (n->flags == (RN_INUSE | RN_HANDLE) && n->offset == p.segs[k].off)
+                h = (uint64_t)(uint32_t)(n->offset >> 3) << 32 | i;
+        }
+        p.live[p.nlive++] = (live_t){p.segs[k].off, p.segs[k].size, 1, by_handle, h};
+    }
     verify(&p);
     for (int i = 0; i < steps; i++) random_step(&p);
     pool_close(&p);
@@ -940,6 +1029,7 @@ static void corruption(const strat_t *s, int states, int flips, int mutations, c
          * freed, then restoring the link. */
         for (size_t k = 0; k + 1 < p.nsegs; k++) {
             if (p.segs[k].alloc || !p.segs[k + 1].alloc) continue;
+            if (!is_live_start(&p, p.segs[k + 1].off)) continue; /* by handle: no lookup */
             memcpy(buf, v, p.len);
             /* rs_lookup needs only the layout */
             mp_fidx_t fake = {.area_size = L.area_size, .node_size = s->node_size};
@@ -1134,12 +1224,14 @@ int main(int argc, char **argv)
         degenerate_tree(s);
         table_spread(s);
         random_runs(s, runs, steps);
-        printf("%-8s coverage: %llu verified steps; alloc %llu ok, %llu ENOSPACE, %llu ENONODES; "
-               "%llu frees, %llu bad offsets, %llu resets; realloc %llu same, %llu shrink, %llu "
+        printf("%-8s coverage: %llu verified steps; alloc %llu ok (%llu by handle), %llu ENOSPACE, "
+               "%llu ENONODES; %llu frees, %llu bad offsets, %llu bad handles, %llu resets; "
+               "realloc %llu same, %llu shrink, %llu "
                "grown in place, %llu moved, %llu moved down, %llu ENOSPACE, %llu ENONODES; "
                "up to %llu free ranges\n",
-               s->name, (ull)C.steps, (ull)C.alloc_ok, (ull)C.alloc_nospace,
-               (ull)C.alloc_nonodes, (ull)C.free_ok, (ull)C.bad_offset, (ull)C.resets,
+               s->name, (ull)C.steps, (ull)C.alloc_ok, (ull)C.by_handle, (ull)C.alloc_nospace,
+               (ull)C.alloc_nonodes, (ull)C.free_ok, (ull)C.bad_offset, (ull)C.bad_handle,
+               (ull)C.resets,
                (ull)C.realloc_same, (ull)C.realloc_shrink, (ull)C.realloc_grow_in_place,
                (ull)C.realloc_moved, (ull)C.realloc_moved_down, (ull)C.realloc_nospace,
                (ull)C.realloc_nonodes, (ull)C.max_free_ranges);

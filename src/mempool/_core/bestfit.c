@@ -720,9 +720,11 @@ static int bestfit_realloc(void *st, uint64_t offset, uint64_t size, uint64_t al
 {
     return mpi_ranges_realloc(st, &bestfit_fidx, offset, size, align, out);
 }
-/* mp_ops_t.replay: the trace replay loop with alloc and free inlined (replay_loop.h;
- * debug builds' public table leaves it out, internal.h) */
-MPI_REPLAY_LOOP(bestfit_replay, bestfit_alloc_in, bestfit_free_in, bestfit_realloc)
+RS_HANDLE_FORM(bestfit, bestfit, &bestfit_fidx)
+/* mp_ops_t.replay: the trace replay loop with alloc and free inlined, in the handle form
+ * (replay_loop.h; debug builds' public table leaves it out, internal.h) */
+MPI_REPLAY_LOOP(bestfit_replay, bestfit_alloc_h, bestfit_free_h, bestfit_realloc_h,
+                bestfit_to_offset)
 static int bestfit_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &bestfit_fidx, offset, out);
@@ -764,4 +766,6 @@ MPI_OPS_TABLE(bestfit,
     .grow_size = bestfit_grow_size,
     .grow = bestfit_grow,
     .hole = bestfit_hole,
+    .alloc_handle = bestfit_alloc_handle,
+    .free_handle = bestfit_free_handle,
     .replay = bestfit_replay);

@@ -148,11 +148,25 @@ typedef struct mp_ops {
     /* Optional (NULL: replay.c's loop calls alloc / free / realloc through this table).
      * The timed loop of mp_replay (replay.h) compiled inside the strategy's own file with
      * its alloc and free inlined (replay_loop.h): same ops, same results, no call through
-     * the table per op.  ptr[id] holds each live id's offset (MP_NO_SPACE: not live) and
-     * is updated; returns the number of failed alloc/realloc calls.  Debug builds leave
-     * it NULL (their table checks the state after every call). */
+     * the table per op.  ptr[id] (id <= max_id) holds each live id's offset (MP_NO_SPACE:
+     * not live) on return, and the ranges still live are filed by offset (the loop itself
+     * may keep handles); returns the number of failed alloc/realloc calls.  Debug builds
+     * leave it NULL (their table checks the state after every call). */
     uint64_t (*replay)(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
-                       const uint64_t *size, const uint32_t *align, uint64_t *ptr);
+                       const uint64_t *size, const uint32_t *align, uint32_t max_id,
+                       uint64_t *ptr);
+    /* Optional (NULL: none; TLSF and BestFit have them).  The handle form, as
+     * OffsetAllocator frees: alloc_handle changes the state as alloc(size, align) would
+     * (the same range) and gives its offset and a handle; the range is not filed by
+     * offset, so free_handle gives it back without a lookup, and free / size_of /
+     * realloc by offset do not see it (MP_ENOTALLOC).  free_handle: MP_ENOTALLOC when
+     * the handle names no live range allocated by handle, else *offset is the range
+     * it freed.  A handle is (offset >> 3) << 32 | node (ranges.h): like an offset,
+     * one freed twice is refused unless a range was handed out again at that offset
+     * with that node. */
+    int (*alloc_handle)(void *st, uint64_t size, uint64_t align, uint64_t *offset,
+                        uint64_t *handle);
+    int (*free_handle)(void *st, uint64_t handle, uint64_t *offset);
     /* 1: the functions read mp_tx_replaying (journal.h) to tell a shadow from its state
      * (the binding's wrapped tables); a journal sets it only for such a table (a
      * thread-local store costs a call in a shared library).  0 for the strategies. */

@@ -67,21 +67,20 @@ int mpi_ranges_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t capac
     return MP_OK;
 }
 
-int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
-                       uint64_t align, uint64_t *out)
+/* realloc of allocated node i, filed at loc (by offset), or allocated by handle (loc
+ * RS_NOT_FOUND): *out is the new offset, or the new handle. */
+static int realloc_node(void *st, const mp_fidx_t *fi, uint32_t i, int64_t loc, uint64_t size,
+                        uint64_t align, uint64_t *out)
 {
-    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
-    int64_t loc = rs_find(st, fi, offset);
-    if (loc == RS_NOT_FOUND) return MP_ENOTALLOC;
-    uint32_t i = rs_loc_node(st, fi, loc);
+    int by_handle = loc == RS_NOT_FOUND;
     mp_head_t *h = rs_head(st);
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
-    uint64_t old = I->size;
+    uint64_t offset = I->offset, old = I->size;
     uint32_t q = I->next;
     mp_rnode_t *Q = q != MP_NIL ? rs_node(fi, nodes, q) : NULL;
     int qfree = Q && (Q->flags & RN_FREE);
-    *out = offset;
+    *out = by_handle ? rs_handle(st, fi, i) : offset;
     if (size == old) return MP_OK;
     if (size < old) { /* shrink: the tail goes back */
         uint64_t delta = old - size;
@@ -115,11 +114,13 @@ int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t 
         return MP_OK;
     }
     /* move elsewhere: allocate while the old range is still held */
-    uint64_t at;
-    int rc = rs_alloc(st, fi, size, align, &at);
+    uint32_t a;
+    uint64_t at, gone;
+    int rc = rs_alloc_node(st, fi, size, align, by_handle, &a, &at);
     if (rc == MP_OK) {
-        rs_free(st, fi, offset);
-        *out = at;
+        if (by_handle) rs_free_handle(st, fi, *out, &gone);
+        else rs_free(st, fi, offset);
+        *out = by_handle ? rs_handle(st, fi, a) : at;
         return MP_OK;
     }
     /* move down: the free predecessor + this range + a free successor */
@@ -127,17 +128,35 @@ int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t 
     if (p == MP_NIL || !(rs_node(fi, nodes, p)->flags & RN_FREE)) return rc;
     uint64_t start = rs_node(fi, nodes, p)->offset;
     uint64_t end = qfree ? Q->offset + Q->size : offset + old;
-    uint64_t a = rs_align_up(start, align);
-    if (a < start || a > end || end - a < size) return rc;
+    uint64_t a0 = rs_align_up(start, align);
+    if (a0 < start || a0 > end || end - a0 < size) return rc;
     /* merging releases 1 (+1 with q) node; carving needs up to 2 */
     uint32_t spare = rs_spare_count(rs) + 1 + (uint32_t)qfree;
-    if ((uint32_t)((a > start) + (a + size < end)) > spare) return MP_ENONODES;
-    rs_loc_remove(st, fi, loc);
+    if ((uint32_t)((a0 > start) + (a0 + size < end)) > spare) return MP_ENONODES;
+    if (!by_handle) rs_loc_remove(st, fi, loc);
     mpi_head_on_free(h, old, old);
     uint32_t f = rs_release(st, fi, i);
-    rs_carve(st, fi, f, a, size);
-    *out = a;
+    a = rs_carve_as(st, fi, f, a0, size, by_handle);
+    *out = by_handle ? rs_handle(st, fi, a) : a0;
     return MP_OK;
+}
+
+int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
+                       uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    int64_t loc = rs_find(st, fi, offset);
+    if (loc == RS_NOT_FOUND) return MP_ENOTALLOC;
+    return realloc_node(st, fi, rs_loc_node(st, fi, loc), loc, size, align, out);
+}
+
+int mpi_ranges_realloc_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t size,
+                              uint64_t align, uint64_t *out)
+{
+    if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
+    uint32_t i = rs_handle_node(st, fi, handle);
+    if (i == MP_NIL) return MP_ENOTALLOC;
+    return realloc_node(st, fi, i, RS_NOT_FOUND, size, align, out);
 }
 
 int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx)

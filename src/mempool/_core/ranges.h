@@ -38,9 +38,10 @@
  *  2. No two physically adjacent ranges are both free (merged on free).
  *  3. nfree == number of free ranges; head.live == number of allocated ranges;
  *     head.used == head.requested == sum of allocated sizes.
- *  4. The nursery and the hash table together hold exactly the allocated nodes,
- *     each once: in the nursery at its own slot (rs_nhome), or in the table
- *     reachable from its home slot without crossing an empty slot.
+ *  4. The nursery and the hash table together hold exactly the allocated nodes
+ *     not marked RN_HANDLE, each once: in the nursery at its own slot (rs_nhome), or
+ *     in the table reachable from its home slot without crossing an empty slot.  An
+ *     allocated node's flags are RN_INUSE, or RN_INUSE | RN_HANDLE.
  *  5. Spare stack + in-use nodes == top; every spare node is marked unused.
  *  6. The free index holds exactly the free nodes (checked by the strategy).
  *  7. mp_rset_t's derived fields (hash_bits, nursery_bits, table_off, nursery_off)
@@ -55,6 +56,15 @@
  * Choices that depend on the data (is there a neighbour, is it free, which one is
  * larger) are made with selects (rs_sel32), not branches, where a mispredicted
  * branch costs more than the work it would skip (measured, see the git log).
+ *
+ * The handle form (mp_ops_t.alloc_handle / free_handle; OffsetAllocator frees this
+ * way).  rs_alloc_handle places exactly as rs_alloc does, but the allocated node is
+ * marked RN_HANDLE and not filed by offset: the caller keeps the handle
+ * rs_tag(offset) << 32 | node, and rs_free_handle finds the node from it with no
+ * lookup (the lookup on free is the table's cache misses on large traces).  A handle
+ * is accepted when its node is below top, allocated by handle and at an offset with
+ * its tag; the offset calls (free, size_of, realloc) do not see such a range.  The
+ * replay loops (replay_loop.h) run in this form.
  *
  * The hot engine functions (alloc, free, size_of and what they use) are `static
  * inline`, forced, and take the strategy's free-index table as a constant, so each
@@ -91,6 +101,7 @@ RS_HOT uint32_t rs_sel32(int c, uint32_t a, uint32_t b)
 
 #define RN_INUSE 1u /* node belongs to the physical list                */
 #define RN_FREE 2u  /* the range is free (filed in the free index)      */
+#define RN_HANDLE 4u /* allocated by handle: not in the offset table (see below) */
 /* bits 8..31 of flags: scratch for the free index (TLSF: the bin; AVL: the height) */
 
 typedef struct mp_rnode {
@@ -442,7 +453,8 @@ RS_HOT uint32_t rs_new_free(void *st, const mp_fidx_t *fi, mp_rset_t *rs, mp_rno
  * little stays where it is filed); the allocated range and the smaller remainder
  * get new nodes.  The caller made sure that enough nodes are spare (rs_carve_cost).
  * Returns the allocated node. */
-RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at, uint64_t size)
+RS_HOT uint32_t rs_carve_as(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at, uint64_t size,
+                            int by_handle)
 {
     mp_rset_t *rs = rs_set(st);
     mp_rnode_t *nodes = rs_nodes(st, fi), *I = rs_node(fi, nodes, i);
@@ -473,14 +485,21 @@ RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at,
         fi->rekey(st, i, s);
         if (tail) rs_new_free(st, fi, rs, nodes, at + size, tail, a, RS_AFTER);
     }
-    rs_node(fi, nodes, a)->flags = RN_INUSE;
-    rs_hash_insert(st, fi, a);
+    rs_node(fi, nodes, a)->flags = by_handle ? RN_INUSE | RN_HANDLE : RN_INUSE;
+    if (!by_handle) rs_hash_insert(st, fi, a);
     mpi_head_on_alloc(rs_head(st), at + size, size, size);
     return a;
 }
 
-RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
-                    uint64_t *out)
+/* (the offset form: the allocated range is filed by offset) */
+RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at, uint64_t size)
+{
+    return rs_carve_as(st, fi, i, at, size, 0);
+}
+
+/* The allocated node of a request (carved in the form asked for), or an error. */
+RS_HOT int rs_alloc_node(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
+                         int by_handle, uint32_t *node, uint64_t *offset)
 {
     if (__builtin_expect(size == 0 || align == 0 || (align & (align - 1)) != 0, 0))
         return MP_EINVAL;
@@ -491,9 +510,42 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
     uint32_t spare = rs_spare_count(rs_set(st));
     if (__builtin_expect(spare < 2, 0) && rs_carve_cost(n, at, size) > spare)
         return MP_ENONODES;
-    rs_carve(st, fi, i, at, size);
-    *out = at;
+    *node = rs_carve_as(st, fi, i, at, size, by_handle);
+    *offset = at;
     return MP_OK;
+}
+
+RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
+                    uint64_t *out)
+{
+    uint32_t a;
+    return rs_alloc_node(st, fi, size, align, 0, &a, out);
+}
+
+/* The handle of allocated node i (the handle form, see the head comment). */
+RS_HOT uint64_t rs_handle(const void *st, const mp_fidx_t *fi, uint32_t i)
+{
+    return (uint64_t)rs_tag(rs_cnode(fi, rs_cnodes(st, fi), i)->offset) << 32 | i;
+}
+
+RS_HOT int rs_alloc_handle(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
+                           uint64_t *offset, uint64_t *handle)
+{
+    uint32_t a;
+    int rc = rs_alloc_node(st, fi, size, align, 1, &a, offset);
+    if (rc == MP_OK) *handle = (uint64_t)rs_tag(*offset) << 32 | a;
+    return rc;
+}
+
+/* The node a handle names (a live range allocated by handle), or MP_NIL. */
+RS_HOT uint32_t rs_handle_node(const void *st, const mp_fidx_t *fi, uint64_t handle)
+{
+    uint32_t i = (uint32_t)handle;
+    if (i >= rs_cset(st)->top) return MP_NIL;
+    const mp_rnode_t *n = rs_cnode(fi, rs_cnodes(st, fi), i);
+    if (n->flags != (RN_INUSE | RN_HANDLE) || rs_tag(n->offset) != (uint32_t)(handle >> 32))
+        return MP_NIL;
+    return i;
 }
 
 /* Take node j out of the physical list and give it back to the spare stack. */
@@ -575,6 +627,30 @@ RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     return MP_OK;
 }
 
+RS_HOT int rs_free_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t *offset)
+{
+    uint32_t i = rs_handle_node(st, fi, handle);
+    if (i == MP_NIL) return MP_ENOTALLOC;
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
+    uint64_t size = n->size;
+    *offset = n->offset;
+    mpi_head_on_free(rs_head(st), size, size);
+    rs_release(st, fi, i);
+    return MP_OK;
+}
+
+/* A range allocated by handle becomes one filed by offset (the replay loops' ranges
+ * still live at their end, which replay.c frees by offset): its offset. */
+RS_HOT uint64_t rs_handle_to_offset(void *st, const mp_fidx_t *fi, uint64_t handle)
+{
+    uint32_t i = (uint32_t)handle;
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
+    mpi_assert(rs_handle_node(st, fi, handle) == i);
+    n->flags = RN_INUSE;
+    rs_hash_insert(st, fi, i);
+    return n->offset;
+}
+
 RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t *out)
 {
     uint32_t i = rs_lookup(st, fi, offset);
@@ -582,6 +658,42 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
     *out = rs_cnode(fi, rs_cnodes(st, fi), i)->size;
     return MP_OK;
 }
+
+/* A strategy's handle form over its free index FI (&its mp_fidx_t): PRE##_alloc_h,
+ * _free_h, _realloc_h and _to_offset for its replay loop (replay_loop.h; the first two
+ * inline), PRE##_alloc_handle and _free_handle for its table (checked after each call
+ * in debug builds: MPI_CHECKED(SNAME, ...)). */
+#define RS_HANDLE_FORM(PRE, SNAME, FI)                                                           \
+    RS_HOT int PRE##_alloc_h(void *st, uint64_t size, uint64_t align, uint64_t *handle)          \
+    {                                                                                            \
+        uint64_t off; /* most requests are unaligned: a copy with align folded to 1 */          \
+        if (align == 1) return rs_alloc_handle(st, FI, size, 1, &off, handle);                   \
+        return rs_alloc_handle(st, FI, size, align, &off, handle);                               \
+    }                                                                                            \
+    RS_HOT int PRE##_free_h(void *st, uint64_t handle)                                           \
+    {                                                                                            \
+        uint64_t off;                                                                            \
+        return rs_free_handle(st, FI, handle, &off);                                             \
+    }                                                                                            \
+    static int PRE##_realloc_h(void *st, uint64_t handle, uint64_t size, uint64_t align,         \
+                               uint64_t *out)                                                    \
+    {                                                                                            \
+        return mpi_ranges_realloc_handle(st, FI, handle, size, align, out);                      \
+    }                                                                                            \
+    RS_HOT uint64_t PRE##_to_offset(void *st, uint64_t handle)                                   \
+    {                                                                                            \
+        return rs_handle_to_offset(st, FI, handle);                                              \
+    }                                                                                            \
+    static int PRE##_alloc_handle(void *st, uint64_t size, uint64_t align, uint64_t *offset,     \
+                                  uint64_t *handle)                                              \
+    {                                                                                            \
+        return MPI_CHECKED(SNAME, st, "alloc_handle",                                            \
+                           rs_alloc_handle(st, FI, size, align, offset, handle));                \
+    }                                                                                            \
+    static int PRE##_free_handle(void *st, uint64_t handle, uint64_t *offset)                    \
+    {                                                                                            \
+        return MPI_CHECKED(SNAME, st, "free_handle", rs_free_handle(st, FI, handle, offset));    \
+    }
 
 /* ---- the cold operations, compiled once (ranges.c) ------------------------ */
 /* They reach the free index through fi's function pointers (one copy serves both
@@ -597,6 +709,10 @@ void mpi_ranges_reset(void *st, const mp_fidx_t *fi);
  * memmove).  On error nothing changed. */
 int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
                        uint64_t align, uint64_t *out);
+/* ... of a range allocated by handle (the replay loops): the same moves; the range
+ * stays one allocated by handle, its handle in *out (a new one when it moved). */
+int mpi_ranges_realloc_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t size,
+                              uint64_t align, uint64_t *out);
 int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx);
 uint64_t mpi_ranges_free_ranges(const void *st);
 /* mp_ops_t.hole: the nodes never handed out (ranges.c). */

@@ -65,8 +65,8 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     for (uint64_t s = 0; s < slots; s++) {
         uint32_t i = t[s].node;
         if (i == MP_NIL) continue;
-        if (i >= top || (rs_cnode(fi, nodes, i)->flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            MPI_FAIL("offset table slot %llu holds node %u, which is not allocated",
+        if (i >= top || rs_cnode(fi, nodes, i)->flags != RN_INUSE)
+            MPI_FAIL("offset table slot %llu holds node %u, which is not allocated by offset",
                      (unsigned long long)s, i);
         if (t[s].tag != rs_tag(rs_cnode(fi, nodes, i)->offset))
             MPI_FAIL("offset table slot %llu: tag does not match node %u", (unsigned long long)s,
@@ -79,8 +79,8 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     for (uint64_t n = 0; n < ((uint64_t)1 << nbits); n++) {
         uint32_t i = ns[n].node;
         if (i == MP_NIL) continue;
-        if (i >= top || (rs_cnode(fi, nodes, i)->flags & (RN_INUSE | RN_FREE)) != RN_INUSE)
-            MPI_FAIL("nursery slot %llu holds node %u, which is not allocated",
+        if (i >= top || rs_cnode(fi, nodes, i)->flags != RN_INUSE)
+            MPI_FAIL("nursery slot %llu holds node %u, which is not allocated by offset",
                      (unsigned long long)n, i);
         if (ns[n].tag != rs_tag(rs_cnode(fi, nodes, i)->offset))
             MPI_FAIL("nursery slot %llu: tag does not match node %u", (unsigned long long)n, i);
@@ -90,7 +90,7 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
         entries++;
     }
     /* 1-3: the physical list */
-    uint64_t expect = 0, used = 0, live = 0, nfree = 0, walked = 0;
+    uint64_t expect = 0, used = 0, live = 0, by_handle = 0, nfree = 0, walked = 0;
     uint32_t prev = MP_NIL;
     int prev_free = 0;
     uint64_t maxend = 0; /* the end of the last live range (address order) */
@@ -114,9 +114,14 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
             live++;
             used += n->size;
             maxend = n->offset + n->size;
-            if (rs_lookup(st, fi, n->offset) != i)
+            if (n->flags == (RN_INUSE | RN_HANDLE)) {
+                by_handle++; /* in no table (the count below says so) */
+            } else if (n->flags != RN_INUSE) {
+                MPI_FAIL("allocated node %u has flags 0x%x", i, n->flags);
+            } else if (rs_lookup(st, fi, n->offset) != i) {
                 MPI_FAIL("allocated range at %llu is not in the offset table",
                          (unsigned long long)n->offset);
+            }
         }
         expect = n->offset + n->size;
         prev = i;
@@ -140,8 +145,9 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
     if (h->high_water < maxend)
         MPI_FAIL("a live range ends at %llu, above high_water %llu", (unsigned long long)maxend,
                  (unsigned long long)h->high_water);
-    if (entries != live) MPI_FAIL("offset table and nursery hold %llu entries for %llu live ranges",
-                                  (unsigned long long)entries, (unsigned long long)live);
+    if (entries != live - by_handle)
+        MPI_FAIL("offset table and nursery hold %llu entries for %llu live ranges allocated by "
+                 "offset", (unsigned long long)entries, (unsigned long long)(live - by_handle));
     /* 6 */
     return fi->check(st, msg, msglen);
 }

@@ -163,7 +163,7 @@ void mp_replay_sampled(const mp_ops_t *ops, void *st, uint64_t n, const uint8_t 
     uint64_t rows = 0, sample_ns = 0;
     uint64_t t0 = now_ns();
     uint64_t failures = every == 0 && ops->replay
-                            ? ops->replay(st, n, op, id, size, align, ptr)
+                            ? ops->replay(st, n, op, id, size, align, max_id, ptr)
                             : replay_ops(ops, st, n, op, id, size, align, ptr, every, out,
                                          &rows, &sample_ns);
     for (uint64_t i = 0; i <= max_id; i++)

@@ -240,9 +240,10 @@ static int tlsf_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align
 {
     return mpi_ranges_realloc(st, &tlsf_fidx, offset, size, align, out);
 }
-/* mp_ops_t.replay: the trace replay loop with alloc and free inlined (replay_loop.h;
- * debug builds' public table leaves it out, internal.h) */
-MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_in, tlsf_free_in, tlsf_realloc)
+RS_HANDLE_FORM(tlsf, tlsf, &tlsf_fidx)
+/* mp_ops_t.replay: the trace replay loop with alloc and free inlined, in the handle form
+ * (replay_loop.h; debug builds' public table leaves it out, internal.h) */
+MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_h, tlsf_free_h, tlsf_realloc_h, tlsf_to_offset)
 static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &tlsf_fidx, offset, out);
@@ -299,4 +300,6 @@ MPI_OPS_TABLE(tlsf,
     .grow_size = tlsf_grow_size,
     .grow = tlsf_grow,
     .hole = tlsf_hole,
+    .alloc_handle = tlsf_alloc_handle,
+    .free_handle = tlsf_free_handle,
     .replay = tlsf_replay);

@@ -446,6 +446,8 @@ PyObject *mp_segments_list(mp_segs_t *b);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */
+/* type_tlsf.c: the range strategies' (TLSF, BestFit) own methods: the handle form. */
+extern PyMethodDef mp_range_methods[];
 int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops);
 /* A getter of the state head's param[(intptr_t)closure]: a constructor parameter. */
 PyObject *mp_strategy_get_param(StrategyObject *self, void *which);

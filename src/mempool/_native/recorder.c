@@ -341,6 +341,47 @@ static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size
     return rc;
 }
 
+/* The handle form records as alloc and free do (by offset: a trace knows no handles). */
+static int w_alloc_handle(const mp_ops_t *real, void *st, uint64_t size, uint64_t align,
+                          uint64_t *out, uint64_t *handle)
+{
+    if (!active) return real->alloc_handle(st, size, align, out, handle);
+    int shadow = 0;
+    pthread_mutex_lock(&M);
+    slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
+    uint64_t limit = e ? e->size : NO_LIMIT, token = e && !shadow ? e->id : 0, gone;
+    int rc;
+    if (limit != NO_LIMIT && (head_of(st)->used > limit || size > limit - head_of(st)->used)) {
+        rc = MP_ENOSPACE;
+    } else {
+        mp_head_t before = *head_of(st);
+        rc = real->alloc_handle(st, size, align, out, handle);
+        if (rc == MP_OK && limit != NO_LIMIT && head_of(st)->used > limit) {
+            real->free_handle(st, *handle, &gone); /* (w_alloc's undo) */
+            head_of(st)->peak_used = before.peak_used;
+            head_of(st)->high_water = before.high_water;
+            head_of(st)->cursor = before.cursor;
+            rc = MP_ENOSPACE;
+        }
+    }
+    if (rc == MP_OK && R && token && !in_np) rec_alloc(R, token, *out, size, align);
+    pthread_mutex_unlock(&M);
+    return rc;
+}
+
+static int w_free_handle(const mp_ops_t *real, void *st, uint64_t handle, uint64_t *off)
+{
+    if (!active) return real->free_handle(st, handle, off);
+    pthread_mutex_lock(&M);
+    int rc = real->free_handle(st, handle, off);
+    if (rc == MP_OK && R && !in_np) {
+        slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
+        if (e && e->id) rec_free(R, e->id, *off);
+    }
+    pthread_mutex_unlock(&M);
+    return rc;
+}
+
 static void w_reset(const mp_ops_t *real, void *st)
 {
     if (!active) {
@@ -384,6 +425,15 @@ static int w_why(const mp_ops_t *real, const void *st, uint64_t size, uint64_t a
         return w_realloc(&mp_##sname##_ops, st, o, s, a, n);                                 \
     }                                                                                        \
     static void w_reset_##sname(void *st) { w_reset(&mp_##sname##_ops, st); }                \
+    static int w_alloc_handle_##sname(void *st, uint64_t s, uint64_t a, uint64_t *o,          \
+                                      uint64_t *h)                                           \
+    {                                                                                        \
+        return w_alloc_handle(&mp_##sname##_ops, st, s, a, o, h);                            \
+    }                                                                                        \
+    static int w_free_handle_##sname(void *st, uint64_t h, uint64_t *o)                      \
+    {                                                                                        \
+        return w_free_handle(&mp_##sname##_ops, st, h, o);                                   \
+    }                                                                                        \
     static int w_why_##sname(const void *st, uint64_t s, uint64_t a, char *b, size_t n)      \
     {                                                                                        \
         return w_why(&mp_##sname##_ops, st, s, a, b, n);                                     \
@@ -399,6 +449,10 @@ static void w_tables_init(void)
     w_ops_##sname.free = w_free_##sname;              \
     w_ops_##sname.realloc = w_realloc_##sname;        \
     w_ops_##sname.reset = w_reset_##sname;            \
+    if (mp_##sname##_ops.alloc_handle) {              \
+        w_ops_##sname.alloc_handle = w_alloc_handle_##sname; \
+        w_ops_##sname.free_handle = w_free_handle_##sname;   \
+    }                                                 \
     w_ops_##sname.why_nospace = w_why_##sname;        \
     w_ops_##sname.replay = NULL; /* replays go op by op, through the wrappers */ \
     w_ops_##sname.reads_replaying = 1; /* key_of: a journal's shadow or a state */

@@ -1,5 +1,7 @@
 /*
- * type_tlsf.c -- mempool.TLSF: the constructor over _core/tlsf.c.
+ * type_tlsf.c -- mempool.TLSF: the constructor over _core/tlsf.c; with it what the
+ * range strategies (TLSF, BestFit) share: their constructor and the handle form's
+ * methods (alloc_handle, free_handle: mp_ops_t's, ranges.h).
  */
 #include "native.h"
 
@@ -41,6 +43,73 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
         vals[2]);
 }
 
+/* ---- the handle form ------------------------------------------------------------ */
+static PyObject *handle_pair(uint64_t off, uint64_t handle)
+{
+    PyObject *a = PyLong_FromUnsignedLongLong(off);
+    PyObject *b = a ? PyLong_FromUnsignedLongLong(handle) : NULL;
+    PyObject *t = b ? PyTuple_New(2) : NULL;
+    if (!t) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    return t;
+}
+
+static PyObject *ext_alloc_handle(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    static const char *const names[] = {"size", "align"};
+    PyObject *vals[2] = {NULL, NULL};
+    uint64_t size, align = 1, off = 0, handle = 0;
+    if (mp_parse_args("alloc_handle", args, nargs, kwnames, names, 2, 1, vals) < 0) return NULL;
+    int big = mp_arg_size(vals[0], "size", &size);
+    if (big < 0 || (vals[1] && mp_arg_align(vals[1], &align) < 0) || mp_strategy_closed(self))
+        return NULL;
+    if (big) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
+    int rc = self->ops->alloc_handle(self->st, size, align, &off, &handle);
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->alloc_handle(self->st, size, align, &off, &handle);
+    if (rc) return mp_raise(self, rc, size, align, 0);
+    return handle_pair(off, handle);
+}
+
+static PyObject *ext_free_handle(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t handle, off;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "free_handle() takes exactly one argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    int big = mp_arg_u64(args[0], "handle", &handle);
+    if (big < 0 || mp_strategy_closed(self)) return NULL;
+    int rc = big ? MP_ENOTALLOC : self->ops->free_handle(self->st, handle, &off);
+    if (rc == MP_ENOTALLOC) {
+        PyErr_Format(mp_NotAllocated, "handle %S names no live range allocated by handle",
+                     args[0]);
+        return NULL;
+    }
+    if (rc) return mp_raise(self, rc, 0, 1, 0);
+    Py_RETURN_NONE;
+}
+
+PyMethodDef mp_range_methods[] = {
+    {"alloc_handle", (PyCFunction)(void (*)(void))ext_alloc_handle, METH_FASTCALL | METH_KEYWORDS,
+     "alloc_handle($self, /, size, align=1)\n--\n\n"
+     "The range alloc(size, align) would give, as (offset, handle); free_handle(handle)\n"
+     "gives it back without looking the offset up (OffsetAllocator's form).  The offset\n"
+     "calls (free, size_of, realloc) do not see a range allocated by handle."},
+    {"free_handle", (PyCFunction)(void (*)(void))ext_free_handle, METH_FASTCALL,
+     "free_handle($self, handle, /)\n--\n\n"
+     "Give back the range alloc_handle() returned `handle` with.  NotAllocated when the\n"
+     "handle names no live range allocated by handle (freed, or never handed out)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyObject *tlsf_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
     return mp_range_strategy_new(cls, args, kw, &mp_tlsf_ops, mp_tlsf_state_size, mp_tlsf_init);
@@ -51,6 +120,7 @@ static PyTypeObject TLSFType = {
     .tp_basicsize = sizeof(StrategyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = tlsf_new,
+    .tp_methods = mp_range_methods,
     .tp_doc = "TLSF(capacity, *, max_blocks=None, grow=True)\n--\n\n"
               "Two-level segregated fit over the offsets [0, capacity): O(1) alloc and free,\n"
               "exact sizes (size_of is the size asked for), free neighbours merged at once.\n"

@@ -1,0 +1,188 @@
+"""The handle form of the exact strategies (issue 15): alloc_handle / free_handle place as
+alloc / free do, free without an offset lookup, and refuse every handle that names no
+live range allocated by handle."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+import mempool
+from mempool import BestFit, NotAllocated, OutOfSpace, TLSF
+
+from helpers import unchanged
+
+EXACT = [TLSF, BestFit]
+
+
+@pytest.fixture(params=EXACT, ids=lambda c: c.__name__)
+def cls(request):
+    return request.param
+
+
+def test_the_handle_form_places_as_alloc_does(cls):
+    # one script of allocs, frees and aligned requests, once by offset and once by handle
+    a, b = cls(1 << 20), cls(1 << 20)
+    rng = random.Random(7)
+    live_a, live_b = [], []
+    for step in range(3000):
+        if live_a and rng.random() < 0.45:
+            k = rng.randrange(len(live_a))
+            a.free(live_a.pop(k))
+            off, h = live_b.pop(k)
+            b.free_handle(h)
+        else:
+            size = rng.choice([1, 7, 48, 64, 100, 4096, rng.randrange(1, 20000)])
+            align = rng.choice([1, 1, 1, 16, 64, 4096])
+            try:
+                o = a.alloc(size, align)
+            except OutOfSpace:
+                with pytest.raises(OutOfSpace):
+                    b.alloc_handle(size, align)
+                continue
+            off, h = b.alloc_handle(size, align)
+            assert off == o, f"step {step}"
+            live_a.append(o)
+            live_b.append((off, h))
+        if step % 500 == 0:
+            assert a.segments() == b.segments()
+            assert a.stats() == b.stats()
+            b.check()
+    assert a.segments() == b.segments() and a.stats() == b.stats()
+    for _, h in live_b:
+        b.free_handle(h)
+    assert b.used == 0 and b.segments() == [(0, 1 << 20, False)]
+    b.check()
+
+
+def test_exact_handles_and_what_free_handle_gives_back(cls):
+    s = cls(4096)
+    assert s.alloc_handle(100) == (0, 1)           # tag 0 (offset 0 >> 3), node 1
+    # node 2 (node 0 keeps the free tail, node 3 is the gap in front)
+    assert s.alloc_handle(28, align=64) == (128, (128 >> 3) << 32 | 2)
+    assert s.used == 128 and s.stats().live == 2
+    assert s.segments() == [(0, 100, True), (100, 28, False), (128, 28, True),
+                            (156, 3940, False)]
+    assert s.free_handle(1) is None
+    assert s.segments() == [(0, 128, False), (128, 28, True), (156, 3940, False)]
+    s.free_handle((128 >> 3) << 32 | 2)
+    assert s.segments() == [(0, 4096, False)] and s.used == 0 and s.stats().live == 0
+    s.check()
+
+
+def test_the_offset_calls_do_not_see_a_range_allocated_by_handle(cls):
+    s = cls(4096)
+    off, h = s.alloc_handle(100)
+    for call in (lambda: s.free(off), lambda: s.size_of(off), lambda: s.realloc(off, 200)):
+        unchanged(s, call, NotAllocated, "not the start of a live range")
+    with pytest.raises(NotAllocated):
+        s.free_many([off])
+    s.free_handle(h)
+    assert s.used == 0
+
+
+def test_free_handle_refuses_what_names_no_range_allocated_by_handle(cls):
+    s = cls(1 << 16)
+    off, h = s.alloc_handle(100)
+    by_offset = s.alloc(200)                         # node 3 (node 2: the free tail)
+    msg = "names no live range allocated by handle"
+    bad = [
+        h ^ (1 << 32),                # the right node, another offset's tag
+        (by_offset >> 3) << 32 | 3,   # a range allocated by offset, its own node and tag
+        (300 >> 3) << 32 | 2,         # the free tail's node
+        h + 1000,                     # beyond the nodes ever handed out
+        (1 << 64) - 1, 1 << 63,
+    ]
+    for x in bad:
+        unchanged(s, lambda: s.free_handle(x), NotAllocated, msg, what=hex(x))
+    with pytest.raises(NotAllocated, match=msg):
+        s.free_handle(1 << 64)                       # no handle is that large
+    with pytest.raises(ValueError):
+        s.free_handle(-1)
+    for x in (1.0, "1", None, [h]):
+        with pytest.raises(TypeError):
+            s.free_handle(x)
+    with pytest.raises(TypeError):
+        s.free_handle()
+    with pytest.raises(TypeError):
+        s.free_handle(h, h)
+    s.free_handle(h)
+    # freed: refused, the state as it was
+    unchanged(s, lambda: s.free_handle(h), NotAllocated, msg)
+    s.free(by_offset)
+    s.check()
+
+
+def test_bad_requests_raise_as_alloc_does_and_change_nothing(cls):
+    s = cls(4096, max_blocks=4, grow=False)
+    for size, exc in ((0, ValueError), (-1, ValueError), (4097, OutOfSpace),
+                      (1 << 64, OutOfSpace), ("8", TypeError), (1.5, TypeError)):
+        unchanged(s, lambda: s.alloc_handle(size), exc, what=repr(size))
+    for align in (0, 3, -8, 1 << 64):
+        unchanged(s, lambda: s.alloc_handle(8, align), (ValueError, OverflowError),
+                  what=repr(align))
+    unchanged(s, lambda: s.alloc_handle(8, align=2.0), TypeError)
+    unchanged(s, lambda: s.alloc_handle(8, alignment=16), TypeError)
+    s.alloc_handle(4000)
+    unchanged(s, lambda: s.alloc_handle(100), OutOfSpace, "no free range fits")
+    t = cls(1 << 20, max_blocks=4, grow=False)   # the node budget is the bound
+    for _ in range(3):
+        t.alloc_handle(16)
+    unchanged(t, lambda: t.alloc_handle(16), OutOfSpace, "max_blocks")
+
+
+def test_handles_outlive_growth_snapshot_pickle_and_reset_ends_them(cls):
+    s = cls(1 << 20, max_blocks=8)
+    first = s.state_size
+    pairs = [s.alloc_handle(100 + k) for k in range(200)]  # the state grows meanwhile
+    assert s.state_size > first
+    s.check()
+    for off, h in pairs[::2]:
+        s.free_handle(h)
+    r = cls.restore(s.snapshot())
+    q = pickle.loads(pickle.dumps(s))
+    for t in (s, r, q):
+        t.check()
+        for off, h in pairs[1::2]:
+            t.free_handle(h)
+        assert t.used == 0 and t.segments() == [(0, 1 << 20, False)]
+    s2 = cls(1 << 20)
+    off, h = s2.alloc_handle(64)
+    s2.reset()
+    with pytest.raises(NotAllocated):
+        s2.free_handle(h)
+    s2.check()
+
+
+def test_a_closed_strategy_refuses(tmp_path):
+    with mempool.Pool(1 << 20) as p:
+        s = p._strategy
+        off, h = s.alloc_handle(64)
+        s.free_handle(h)
+    with pytest.raises(mempool.PoolClosed):
+        s.alloc_handle(64)
+    with pytest.raises(mempool.PoolClosed):
+        s.free_handle(h)
+
+
+def test_only_the_exact_strategies_have_it():
+    for name, c in mempool.STRATEGIES.items():
+        assert hasattr(c, "alloc_handle") == (c in EXACT), name
+        assert hasattr(c, "free_handle") == (c in EXACT), name
+
+
+def test_recorded_as_alloc_and_free(cls, tmp_path):
+    path = tmp_path / "h.trace"
+    with mempool.trace.record(path):
+        s = cls(1 << 16)
+        off, h = s.alloc_handle(100, 64)
+        o2 = s.alloc(50)
+        s.free_handle(h)
+        s.free(o2)
+    tr = mempool.trace.read(path)
+    assert tr.op.tolist() == [0, 0, 1, 1]              # alloc, alloc, free, free
+    assert tr.size.tolist()[:2] == [100, 50] and tr.align.tolist()[:2] == [64, 1]
+    ids = tr.id.tolist()
+    assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
