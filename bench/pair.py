@@ -7,6 +7,7 @@ hits all alike; the median over rounds counts):
 
   floor          d.get(k); d.get(k)            two builtin method calls
   <strategy>     o = a.alloc(64); a.free(o)    every mempool strategy
+  <s> handle     o, h = a.alloc_handle(64); a.free_handle(h)   TLSF, BestFit by handle
   tlsfallocator  x = t.allocate(64); t.free(x) PyPI's pybind11 OffsetAllocator
   mp.heap        b = h.malloc(64); h.free(b)   multiprocessing.heap.Heap
 
@@ -36,6 +37,9 @@ def candidates() -> dict[str, tuple[str, dict]]:
     }
     for name, cls in mempool.STRATEGIES.items():
         out[name] = ("o = a.alloc(64); a.free(o)", {"a": cls(CAPACITY)})
+        if hasattr(cls, "alloc_handle"):
+            out[f"{name} handle"] = ("o, h = a.alloc_handle(64); a.free_handle(h)",
+                                     {"a": cls(CAPACITY)})
     try:
         import TLSFAllocator  # pip install tlsfallocator (the 'bench' extra)
 

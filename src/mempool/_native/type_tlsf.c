@@ -65,7 +65,9 @@ static PyObject *ext_alloc_handle(StrategyObject *self, PyObject *const *args, P
     static const char *const names[] = {"size", "align"};
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off = 0, handle = 0;
-    if (mp_parse_args("alloc_handle", args, nargs, kwnames, names, 2, 1, vals) < 0) return NULL;
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc_handle", args, nargs, kwnames, names, 2, 1, vals) < 0)
+        return NULL;
     int big = mp_arg_size(vals[0], "size", &size);
     if (big < 0 || (vals[1] && mp_arg_align(vals[1], &align) < 0) || mp_strategy_closed(self))
         return NULL;
