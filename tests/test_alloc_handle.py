@@ -1,6 +1,6 @@
 """The handle form of the exact strategies (issue 15): alloc_handle / free_handle place as
 alloc / free do, free without an offset lookup, and refuse every handle that names no
-live range allocated by handle."""
+live range allocated by handle.  A handle is offset << 32 | node."""
 
 from __future__ import annotations
 
@@ -59,16 +59,34 @@ def test_the_handle_form_places_as_alloc_does(cls):
 
 def test_exact_handles_and_what_free_handle_gives_back(cls):
     s = cls(4096)
-    assert s.alloc_handle(100) == (0, 1)           # tag 0 (offset 0 >> 3), node 1
+    assert s.alloc_handle(100) == (0, 1)             # offset 0, node 1
     # node 2 (node 0 keeps the free tail, node 3 is the gap in front)
-    assert s.alloc_handle(28, align=64) == (128, (128 >> 3) << 32 | 2)
+    assert s.alloc_handle(28, align=64) == (128, 128 << 32 | 2)
     assert s.used == 128 and s.stats().live == 2
     assert s.segments() == [(0, 100, True), (100, 28, False), (128, 28, True),
                             (156, 3940, False)]
     assert s.free_handle(1) is None
     assert s.segments() == [(0, 128, False), (128, 28, True), (156, 3940, False)]
-    s.free_handle((128 >> 3) << 32 | 2)
+    s.free_handle(128 << 32 | 2)
     assert s.segments() == [(0, 4096, False)] and s.used == 0 and s.stats().live == 0
+    s.check()
+
+
+def test_handles_past_4_gib_carry_the_whole_offset(cls):
+    s = cls(1 << 40)
+    first, h1 = s.alloc_handle(5 << 30)
+    off, h = s.alloc_handle(100, align=1 << 32)
+    assert first == 0 and off == 8 << 30 and h == off << 32 | (h & 0xFFFFFFFF)
+    assert h > 1 << 64                                # an int, not a 64-bit word
+    with pytest.raises(NotAllocated):
+        s.free_handle(h + (1 << 32))                  # the node at another offset
+    with pytest.raises(NotAllocated):
+        s.free_handle(h + (1 << 40 << 32))            # 1 TiB further: no tag wraps
+    with pytest.raises(NotAllocated):
+        s.free_handle(1 << 200)                       # an offset beyond 2**64
+    s.free_handle(h)
+    s.free_handle(h1)
+    assert s.used == 0
     s.check()
 
 
@@ -89,16 +107,14 @@ def test_free_handle_refuses_what_names_no_range_allocated_by_handle(cls):
     by_offset = s.alloc(200)                         # node 3 (node 2: the free tail)
     msg = "names no live range allocated by handle"
     bad = [
-        h ^ (1 << 32),                # the right node, another offset's tag
-        (by_offset >> 3) << 32 | 3,   # a range allocated by offset, its own node and tag
-        (300 >> 3) << 32 | 2,         # the free tail's node
-        h + 1000,                     # beyond the nodes ever handed out
-        (1 << 64) - 1, 1 << 63,
+        h + (8 << 32), h + (1 << 32),  # the right node at another offset (any: exact)
+        by_offset << 32 | 3,           # a range allocated by offset, its own node
+        300 << 32 | 2,                 # the free tail's node
+        h + 1000,                      # a node never handed out
+        (1 << 64) - 1, 1 << 63, 1 << 64, 1 << 95,
     ]
     for x in bad:
         unchanged(s, lambda: s.free_handle(x), NotAllocated, msg, what=hex(x))
-    with pytest.raises(NotAllocated, match=msg):
-        s.free_handle(1 << 64)                       # no handle is that large
     with pytest.raises(ValueError):
         s.free_handle(-1)
     for x in (1.0, "1", None, [h]):
@@ -113,6 +129,19 @@ def test_free_handle_refuses_what_names_no_range_allocated_by_handle(cls):
     unchanged(s, lambda: s.free_handle(h), NotAllocated, msg)
     s.free(by_offset)
     s.check()
+
+
+def test_a_stale_handle_frees_only_its_node_at_its_offset(cls):
+    s = cls(1 << 20)
+    a = s.alloc(3)
+    o1, h1 = s.alloc_handle(1)                       # offset 3
+    s.free_handle(h1)
+    s.free(a)
+    s.alloc(5)
+    o2, h2 = s.alloc_handle(1)                       # offset 5, the same node
+    assert (o1, o2) == (3, 5) and h1 & 0xFFFFFFFF == h2 & 0xFFFFFFFF
+    unchanged(s, lambda: s.free_handle(h1), NotAllocated)
+    s.free_handle(h2)
 
 
 def test_bad_requests_raise_as_alloc_does_and_change_nothing(cls):
@@ -156,15 +185,71 @@ def test_handles_outlive_growth_snapshot_pickle_and_reset_ends_them(cls):
     s2.check()
 
 
-def test_a_closed_strategy_refuses(tmp_path):
+def test_a_pools_strategy_has_no_handle_form(tmp_path):
+    # a pool holds its ranges by offset (its blocks, a file's journal, a segment's registry)
     with mempool.Pool(1 << 20) as p:
         s = p._strategy
-        off, h = s.alloc_handle(64)
-        s.free_handle(h)
-    with pytest.raises(mempool.PoolClosed):
-        s.alloc_handle(64)
-    with pytest.raises(mempool.PoolClosed):
-        s.free_handle(h)
+        with pytest.raises(TypeError, match="serves a Pool"):
+            s.alloc_handle(64)
+        with pytest.raises(TypeError, match="serves a Pool"):
+            s.free_handle(1)
+        p.check()
+    with mempool.Pool.create(tmp_path / "f.pool", 1 << 20) as p:
+        with pytest.raises(TypeError, match="serves a Pool"):
+            p._strategy.alloc_handle(64)
+
+
+def _with_a_handle_range(raw: bytearray, h) -> None:
+    """Put a range allocated by handle into the state (and its shadow) of a pool's bytes:
+    no pool makes one, so attach must refuse it."""
+    offs = [h.state_off] + ([h.shadow_off] if getattr(h, "shadow_off", 0) else [])
+    s = TLSF.restore(bytes(raw[h.state_off:h.state_off + h.state_size]))
+    s.alloc_handle(64)
+    st = s._full_snapshot()
+    assert len(st) == h.state_size
+    for at in offs:
+        raw[at:at + h.state_size] = st
+
+
+def test_a_file_pool_state_holding_a_handle_range_is_refused(tmp_path):
+    from mempool._segment import Header
+    path = tmp_path / "f.pool"
+    with mempool.Pool.create(path, 1 << 20, "tlsf") as p:
+        p.alloc(64)
+    raw = bytearray(path.read_bytes())
+    h = Header.unpack(memoryview(raw), len(raw), raw[:8], str(path))
+    _with_a_handle_range(raw, h)
+    path.write_bytes(raw)
+    with pytest.raises(mempool.CorruptionError, match="allocated by handle"):
+        mempool.Pool.open(path)
+
+
+def test_a_shared_pool_state_holding_a_handle_range_is_refused(name):
+    from pathlib import Path
+
+    from mempool._segment import Header
+    shm = Path(f"/dev/shm/{name}")
+    with mempool.SharedPool.create(name, "1MiB", "tlsf") as p:
+        keep = p.alloc(1000)
+        raw = bytearray(shm.read_bytes())
+        del keep
+    h = Header.unpack(memoryview(raw), len(raw), b"MPSHARED", name)
+    _with_a_handle_range(raw, h)
+    shm.write_bytes(raw)
+    with pytest.raises(mempool.CorruptionError, match="allocated by handle"):
+        mempool.SharedPool.attach(name)
+
+
+def test_a_subclass_of_two_strategies_is_refused():
+    for a, b in ((mempool.Buddy, TLSF), (TLSF, mempool.Buddy), (mempool.Heap, TLSF),
+                 (mempool.Slab, BestFit)):
+        with pytest.raises(TypeError, match="two strategies"):
+            type("X", (a, b), {})
+    class Mine(TLSF):                                  # one strategy: fine
+        pass
+    class Deeper(Mine):
+        pass
+    assert Deeper(1 << 16).alloc_handle(8) == (0, 1)
 
 
 def test_only_the_exact_strategies_have_it():
@@ -186,3 +271,21 @@ def test_recorded_as_alloc_and_free(cls, tmp_path):
     assert tr.size.tolist()[:2] == [100, 50] and tr.align.tolist()[:2] == [64, 1]
     ids = tr.id.tolist()
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
+
+
+def test_a_heap_whose_tlsf_holds_a_handle_range_is_refused():
+    # the Heap's pages are ranges of its TLSF, held by offset: a crafted sub-state that
+    # marks a page's node as allocated by handle (out of the offset table) is refused
+    import struct
+    h = mempool.Heap(1 << 20)
+    h.alloc(100000)
+    x = h.alloc(16)                                   # a class item: its page is at x
+    full = bytearray(h._full_snapshot())
+    node_at = full.find(struct.pack("<QQ", x, h.page_size))   # the page's TLSF node
+    slot = next(full.find(struct.pack("<II", x >> 3, i)) for i in range(256)
+                if full.find(struct.pack("<II", x >> 3, i)) > 0)
+    assert node_at > 0 and slot > 0
+    struct.pack_into("<I", full, node_at + 36, 5)     # flags: RN_INUSE | RN_HANDLE
+    struct.pack_into("<II", full, slot, 0, 0xFFFFFFFF)  # not in the offset table
+    with pytest.raises(mempool.CorruptionError, match="allocated by handle"):
+        mempool.Heap.restore(bytes(full))

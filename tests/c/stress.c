@@ -70,8 +70,8 @@ typedef struct seg {
 } seg_t;
 typedef struct live {
     uint64_t off, size, align;
-    int by_handle;   /* allocated by alloc_handle: freed by free_handle(handle) */
-    uint64_t handle;
+    int by_handle;   /* allocated by alloc_handle: freed by free_handle(node, off) */
+    uint64_t node;
 } live_t;
 
 typedef struct pool {
@@ -320,8 +320,8 @@ static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
              (ull)size, (ull)align);
     memcpy(p->before, p->st, p->len);
     long want = best_fit_seg(p, size, align);
-    uint64_t off = MP_NO_SPACE, handle = 0;
-    int rc = by_handle ? p->ops->alloc_handle(p->st, size, align, &off, &handle)
+    uint64_t off = MP_NO_SPACE, node = 0;
+    int rc = by_handle ? p->ops->alloc_handle(p->st, size, align, &off, &node)
                        : p->ops->alloc(p->st, size, align, &off);
     if (rc == MP_OK) {
         REQUIRE(want >= 0, "alloc succeeded at %llu but no free range fits", (ull)off);
@@ -337,7 +337,7 @@ static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
                     "at %llu (size %llu)", (ull)p->segs[k].off, (ull)p->segs[k].size,
                     (ull)p->segs[want].off, (ull)p->segs[want].size);
         REQUIRE(p->nlive < p->livecap, "more live ranges than nodes");
-        p->live[p->nlive++] = (live_t){off, size, align, by_handle, handle};
+        p->live[p->nlive++] = (live_t){off, size, align, by_handle, node};
         C.alloc_ok++;
         C.by_handle += (uint64_t)by_handle;
     } else {
@@ -366,14 +366,12 @@ static int do_alloc(pool_t *p, uint64_t size, uint64_t align)
 static void do_free(pool_t *p, size_t k, int then_double)
 {
     live_t l = p->live[k];
-    uint64_t off = MP_NO_SPACE;
     int rc;
     if (l.by_handle) {
-        snprintf(g_op, sizeof g_op, "free_handle(0x%llx) [%llu, size %llu]", (ull)l.handle,
+        snprintf(g_op, sizeof g_op, "free_handle(%llu, %llu) [size %llu]", (ull)l.node,
                  (ull)l.off, (ull)l.size);
-        rc = p->ops->free_handle(p->st, l.handle, &off);
-        REQUIRE(rc == MP_OK && off == l.off, "free_handle(0x%llx) = %d at %llu, expected %llu",
-                (ull)l.handle, rc, (ull)off, (ull)l.off);
+        rc = p->ops->free_handle(p->st, l.node, l.off);
+        REQUIRE(rc == MP_OK, "free_handle(%llu, %llu) = %d", (ull)l.node, (ull)l.off, rc);
     } else {
         snprintf(g_op, sizeof g_op, "free(%llu) [size %llu]", (ull)l.off, (ull)l.size);
         rc = p->ops->free(p->st, l.off);
@@ -383,15 +381,15 @@ static void do_free(pool_t *p, size_t k, int then_double)
     C.free_ok++;
     verify(p);
     if (then_double && l.by_handle) {
-        /* refused unless the node went to a range at the same offset by handle since */
-        int again = 0;
+        /* refused unless that node went to a range at that offset by handle since */
         for (size_t j = 0; j < p->nlive; j++)
-            again |= p->live[j].by_handle && p->live[j].handle == l.handle;
-        if (again) return;
-        snprintf(g_op, sizeof g_op, "double free_handle(0x%llx)", (ull)l.handle);
+            if (p->live[j].by_handle && p->live[j].node == l.node && p->live[j].off == l.off)
+                return;
+        snprintf(g_op, sizeof g_op, "double free_handle(%llu, %llu)", (ull)l.node, (ull)l.off);
         memcpy(p->before, p->st, p->len);
-        rc = p->ops->free_handle(p->st, l.handle, &off);
-        REQUIRE(rc == MP_ENOTALLOC, "double free_handle(0x%llx) = %d", (ull)l.handle, rc);
+        rc = p->ops->free_handle(p->st, l.node, l.off);
+        REQUIRE(rc == MP_ENOTALLOC, "double free_handle(%llu, %llu) = %d", (ull)l.node,
+                (ull)l.off, rc);
         require_unchanged(p, "double free_handle", rc);
         verify(p);
     } else if (then_double) {
@@ -417,30 +415,33 @@ static int live_at(const pool_t *p, uint64_t off, int by_offset)
 }
 static int is_live_start(const pool_t *p, uint64_t off) { return live_at(p, off, 1); }
 
-/* free_handle of a handle that names no live range allocated by handle: a live one's
- * node with another tag, an offset range's node, a free or spare node, beyond top. */
+/* free_handle of a (node, offset) that is no live range allocated by handle: a live
+ * one's node at another offset, an offset range's node, a free or spare node, a node
+ * beyond top. */
 static void do_bad_handle(pool_t *p)
 {
-    uint64_t h, r = below(5);
+    uint64_t node, off, r = below(5);
     uint32_t top = rs_cset(p->st)->top;
     if (r == 0 && p->nlive) {
         const live_t *l = &p->live[below(p->nlive)];
-        h = l->by_handle ? l->handle ^ ((uint64_t)(1 + below(7)) << 32) /* tag off */
-                         : (uint64_t)(uint32_t)(l->off >> 3) << 32 | below(top ? top : 1);
+        node = l->by_handle ? l->node : below(top ? top : 1);
+        off = l->by_handle ? l->off + 1 + below(8) : l->off;
     } else if (r == 1) {
-        h = (uint64_t)top + below(8);
+        node = (uint64_t)top + below(8);
+        off = below(p->cap);
     } else if (r == 2) {
-        h = UINT64_MAX - below(3);
+        node = UINT64_MAX - below(3);
+        off = UINT64_MAX - below(3);
     } else {
-        h = (uint64_t)below(UINT32_MAX) << 32 | below(top ? top : 1);
+        node = below(top ? top : 1);
+        off = p->nsegs ? p->segs[below(p->nsegs)].off : 0;
     }
     for (size_t k = 0; k < p->nlive; k++)
-        if (p->live[k].by_handle && p->live[k].handle == h) return;
-    snprintf(g_op, sizeof g_op, "bad handle 0x%llx", (ull)h);
+        if (p->live[k].by_handle && p->live[k].node == node && p->live[k].off == off) return;
+    snprintf(g_op, sizeof g_op, "bad handle (%llu, %llu)", (ull)node, (ull)off);
     memcpy(p->before, p->st, p->len);
-    uint64_t off;
-    int rc = p->ops->free_handle(p->st, h, &off);
-    REQUIRE(rc == MP_ENOTALLOC, "free_handle(bad 0x%llx) = %d", (ull)h, rc);
+    int rc = p->ops->free_handle(p->st, node, off);
+    REQUIRE(rc == MP_ENOTALLOC, "free_handle(bad %llu, %llu) = %d", (ull)node, (ull)off, rc);
     require_unchanged(p, "bad handle", rc);
     C.bad_handle++;
     verify(p);
@@ -861,7 +862,7 @@ static void exercise_accepted(const pool_t *orig, const unsigned char *buf, int 
     collect_segs(&p);
     for (size_t k = 0; k < p.nsegs; k++) {
         if (!p.segs[k].alloc) continue;
-        /* a range allocated by handle: its node (white box) gives the handle */
+        /* a range allocated by handle: its node (white box) */
         uint64_t h = 0, sz;
         int by_handle = p.ops->size_of(p.st, p.segs[k].off, &sz) != MP_OK;
         const mp_rset_t *rs = rs_cset(p.st);
@@ -869,8 +870,7 @@ static void exercise_accepted(const pool_t *orig, const unsigned char *buf, int 
         for (uint32_t i = 0; by_handle && i < rs->top; i++) {
             const mp_rnode_t *n =
                 (const mp_rnode_t *)(p.st + nodes_off + (uint64_t)i * p.s->node_size);
-            if (n->flags == (RN_INUSE | RN_HANDLE) && n->offset == p.segs[k].off)
-                h = (uint64_t)(uint32_t)(n->offset >> 3) << 32 | i;
+            if (n->flags == (RN_INUSE | RN_HANDLE) && n->offset == p.segs[k].off) h = i;
         }
         p.live[p.nlive++] = (live_t){p.segs[k].off, p.segs[k].size, 1, by_handle, h};
     }

@@ -768,4 +768,5 @@ MPI_OPS_TABLE(bestfit,
     .hole = bestfit_hole,
     .alloc_handle = bestfit_alloc_handle,
     .free_handle = bestfit_free_handle,
+    .by_handle = bestfit_by_handle,
     .replay = bestfit_replay);

@@ -341,7 +341,9 @@ static void page_release(void *st, uint32_t p)
     memset(r, 0, (size_t)c->rec_words * 8);
     r_links(r, MP_NIL, MP_NIL);
     PT(st, c)[p] = 0;
-    TLSF_OPS.free(SUB(st, c), base);
+    int rc = TLSF_OPS.free(SUB(st, c), base);
+    mpi_assert(rc == MP_OK); /* (its page: check() refuses a sub-state where it is not) */
+    (void)rc;
 }
 
 static void release_spares(void *st)
@@ -681,7 +683,9 @@ static void free_located(void *st, uint64_t off, const where_t *w)
 
 static void tlsf_free_counted(void *st, uint64_t off, uint64_t size)
 {
-    TLSF_OPS.free(SUB(st, CT(st)), off);
+    int rc = TLSF_OPS.free(SUB(st, CT(st)), off);
+    mpi_assert(rc == MP_OK); /* (a live large range: found by offset) */
+    (void)rc;
     mpi_head_on_free(H(st), size, size);
 }
 

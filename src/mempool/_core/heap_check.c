@@ -407,6 +407,9 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     char sub_msg[200];
     if (TLSF_OPS.check(CSUB(st, c), L.tlsf_size, sub_msg, sizeof sub_msg))
         MPI_FAIL("TLSF sub-state: %s", sub_msg);
+    /* the Heap holds its TLSF's ranges by offset (its pages, its large ranges) */
+    if (TLSF_OPS.by_handle(CSUB(st, c)))
+        MPI_FAIL("TLSF sub-state: a range allocated by handle, which the Heap never makes");
     /* H2: the page table against the TLSF's ranges */
     const uint32_t *pt = CPT(st, c);
     uint64_t owned = 0, psz = (uint64_t)1 << c->page_shift;

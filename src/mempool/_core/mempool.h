@@ -157,16 +157,16 @@ typedef struct mp_ops {
                        uint64_t *ptr);
     /* Optional (NULL: none; TLSF and BestFit have them).  The handle form, as
      * OffsetAllocator frees: alloc_handle changes the state as alloc(size, align) would
-     * (the same range) and gives its offset and a handle; the range is not filed by
-     * offset, so free_handle gives it back without a lookup, and free / size_of /
-     * realloc by offset do not see it (MP_ENOTALLOC).  free_handle: MP_ENOTALLOC when
-     * the handle names no live range allocated by handle, else *offset is the range
-     * it freed.  A handle is (offset >> 3) << 32 | node (ranges.h): like an offset,
-     * one freed twice is refused unless a range was handed out again at that offset
-     * with that node. */
+     * (the same range) and gives its offset and its node; the range is not filed by
+     * offset, so free_handle(node, offset) gives it back without a lookup, and free /
+     * size_of / realloc by offset do not see it (MP_ENOTALLOC).  free_handle is
+     * MP_ENOTALLOC unless node is a live range allocated by handle at exactly that
+     * offset.  by_handle: how many live ranges were allocated by handle (a walk of the
+     * nodes; a pool's state must have none: pools hold ranges by offset). */
     int (*alloc_handle)(void *st, uint64_t size, uint64_t align, uint64_t *offset,
-                        uint64_t *handle);
-    int (*free_handle)(void *st, uint64_t handle, uint64_t *offset);
+                        uint64_t *node);
+    int (*free_handle)(void *st, uint64_t node, uint64_t offset);
+    uint64_t (*by_handle)(const void *st);
     /* 1: the functions read mp_tx_replaying (journal.h) to tell a shadow from its state
      * (the binding's wrapped tables); a journal sets it only for such a table (a
      * thread-local store costs a call in a shared library).  0 for the strategies. */

@@ -68,7 +68,7 @@ int mpi_ranges_init(void *st, const mp_fidx_t *fi, uint16_t kind, uint64_t capac
 }
 
 /* realloc of allocated node i, filed at loc (by offset), or allocated by handle (loc
- * RS_NOT_FOUND): *out is the new offset, or the new handle. */
+ * RS_NOT_FOUND): *out is the new offset, or the new node. */
 static int realloc_node(void *st, const mp_fidx_t *fi, uint32_t i, int64_t loc, uint64_t size,
                         uint64_t align, uint64_t *out)
 {
@@ -80,7 +80,7 @@ static int realloc_node(void *st, const mp_fidx_t *fi, uint32_t i, int64_t loc, 
     uint32_t q = I->next;
     mp_rnode_t *Q = q != MP_NIL ? rs_node(fi, nodes, q) : NULL;
     int qfree = Q && (Q->flags & RN_FREE);
-    *out = by_handle ? rs_handle(st, fi, i) : offset;
+    *out = by_handle ? i : offset;
     if (size == old) return MP_OK;
     if (size < old) { /* shrink: the tail goes back */
         uint64_t delta = old - size;
@@ -115,12 +115,12 @@ static int realloc_node(void *st, const mp_fidx_t *fi, uint32_t i, int64_t loc, 
     }
     /* move elsewhere: allocate while the old range is still held */
     uint32_t a;
-    uint64_t at, gone;
+    uint64_t at;
     int rc = rs_alloc_node(st, fi, size, align, by_handle, &a, &at);
     if (rc == MP_OK) {
-        if (by_handle) rs_free_handle(st, fi, *out, &gone);
+        if (by_handle) rs_free_node(st, fi, i);
         else rs_free(st, fi, offset);
-        *out = by_handle ? rs_handle(st, fi, a) : at;
+        *out = by_handle ? a : at;
         return MP_OK;
     }
     /* move down: the free predecessor + this range + a free successor */
@@ -137,7 +137,7 @@ static int realloc_node(void *st, const mp_fidx_t *fi, uint32_t i, int64_t loc, 
     mpi_head_on_free(h, old, old);
     uint32_t f = rs_release(st, fi, i);
     a = rs_carve_as(st, fi, f, a0, size, by_handle);
-    *out = by_handle ? rs_handle(st, fi, a) : a0;
+    *out = by_handle ? a : a0;
     return MP_OK;
 }
 
@@ -150,13 +150,23 @@ int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t 
     return realloc_node(st, fi, rs_loc_node(st, fi, loc), loc, size, align, out);
 }
 
-int mpi_ranges_realloc_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t size,
-                              uint64_t align, uint64_t *out)
+int mpi_ranges_realloc_node(void *st, const mp_fidx_t *fi, uint64_t node, uint64_t size,
+                            uint64_t align, uint64_t *out)
 {
     if (size == 0 || !mp_is_pow2(align)) return MP_EINVAL;
-    uint32_t i = rs_handle_node(st, fi, handle);
-    if (i == MP_NIL) return MP_ENOTALLOC;
-    return realloc_node(st, fi, i, RS_NOT_FOUND, size, align, out);
+    mpi_assert(node < rs_cset(st)->top &&
+               rs_cnode(fi, rs_cnodes(st, fi), (uint32_t)node)->flags == (RN_INUSE | RN_HANDLE));
+    return realloc_node(st, fi, (uint32_t)node, RS_NOT_FOUND, size, align, out);
+}
+
+uint64_t mpi_ranges_by_handle(const void *st, const mp_fidx_t *fi)
+{
+    const mp_rset_t *rs = rs_cset(st);
+    const mp_rnode_t *nodes = rs_cnodes(st, fi);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < rs->top && i < rs->max_blocks; i++)
+        n += rs_cnode(fi, nodes, i)->flags == (RN_INUSE | RN_HANDLE);
+    return n;
 }
 
 int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx)

@@ -59,12 +59,12 @@
  *
  * The handle form (mp_ops_t.alloc_handle / free_handle; OffsetAllocator frees this
  * way).  rs_alloc_handle places exactly as rs_alloc does, but the allocated node is
- * marked RN_HANDLE and not filed by offset: the caller keeps the handle
- * rs_tag(offset) << 32 | node, and rs_free_handle finds the node from it with no
- * lookup (the lookup on free is the table's cache misses on large traces).  A handle
- * is accepted when its node is below top, allocated by handle and at an offset with
- * its tag; the offset calls (free, size_of, realloc) do not see such a range.  The
- * replay loops (replay_loop.h) run in this form.
+ * marked RN_HANDLE and not filed by offset: the caller keeps the node and the offset,
+ * and rs_free_handle finds the range from them with no lookup (the lookup on free is
+ * the table's cache misses on large traces).  It frees only a node below top,
+ * allocated by handle, at exactly that offset; the offset calls (free, size_of,
+ * realloc) do not see such a range.  The replay loops (replay_loop.h) run in this form
+ * with the node alone (rs_free_node: their own ranges, not checked).
  *
  * The hot engine functions (alloc, free, size_of and what they use) are `static
  * inline`, forced, and take the strategy's free-index table as a constant, so each
@@ -260,8 +260,9 @@ RS_HOT uint32_t rs_node_new(void *st, const mp_fidx_t *fi)
         i = rs->spare;
         rs->spare = rs_node(fi, nodes, i)->next;
         rs->nspare--;
-    } else {
+    } else { /* first use: zeroed, so that what a state holds follows from its calls */
         i = rs->top++;
+        memset(rs_node(fi, nodes, i), 0, fi->node_size);
     }
     rs_node(fi, nodes, i)->flags = RN_INUSE; /* links: written when it is filed as free */
     return i;
@@ -522,30 +523,21 @@ RS_HOT int rs_alloc(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align
     return rs_alloc_node(st, fi, size, align, 0, &a, out);
 }
 
-/* The handle of allocated node i (the handle form, see the head comment). */
-RS_HOT uint64_t rs_handle(const void *st, const mp_fidx_t *fi, uint32_t i)
-{
-    return (uint64_t)rs_tag(rs_cnode(fi, rs_cnodes(st, fi), i)->offset) << 32 | i;
-}
-
 RS_HOT int rs_alloc_handle(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
-                           uint64_t *offset, uint64_t *handle)
+                           uint64_t *offset, uint64_t *node)
 {
     uint32_t a;
     int rc = rs_alloc_node(st, fi, size, align, 1, &a, offset);
-    if (rc == MP_OK) *handle = (uint64_t)rs_tag(*offset) << 32 | a;
+    if (rc == MP_OK) *node = a;
     return rc;
 }
 
-/* The node a handle names (a live range allocated by handle), or MP_NIL. */
-RS_HOT uint32_t rs_handle_node(const void *st, const mp_fidx_t *fi, uint64_t handle)
+/* Node `node` is a live range allocated by handle at `offset`. */
+RS_HOT int rs_handle_ok(const void *st, const mp_fidx_t *fi, uint64_t node, uint64_t offset)
 {
-    uint32_t i = (uint32_t)handle;
-    if (i >= rs_cset(st)->top) return MP_NIL;
-    const mp_rnode_t *n = rs_cnode(fi, rs_cnodes(st, fi), i);
-    if (n->flags != (RN_INUSE | RN_HANDLE) || rs_tag(n->offset) != (uint32_t)(handle >> 32))
-        return MP_NIL;
-    return i;
+    if (node >= rs_cset(st)->top) return 0;
+    const mp_rnode_t *n = rs_cnode(fi, rs_cnodes(st, fi), (uint32_t)node);
+    return n->flags == (RN_INUSE | RN_HANDLE) && n->offset == offset;
 }
 
 /* Take node j out of the physical list and give it back to the spare stack. */
@@ -627,27 +619,30 @@ RS_HOT int rs_free(void *st, const mp_fidx_t *fi, uint64_t offset)
     return MP_OK;
 }
 
-RS_HOT int rs_free_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t *offset)
+/* Free allocated node i (by handle: not filed by offset). */
+RS_HOT void rs_free_node(void *st, const mp_fidx_t *fi, uint32_t i)
 {
-    uint32_t i = rs_handle_node(st, fi, handle);
-    if (i == MP_NIL) return MP_ENOTALLOC;
-    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
-    uint64_t size = n->size;
-    *offset = n->offset;
+    uint64_t size = rs_node(fi, rs_nodes(st, fi), i)->size;
+    mpi_assert(rs_node(fi, rs_nodes(st, fi), i)->flags == (RN_INUSE | RN_HANDLE));
     mpi_head_on_free(rs_head(st), size, size);
     rs_release(st, fi, i);
+}
+
+RS_HOT int rs_free_handle(void *st, const mp_fidx_t *fi, uint64_t node, uint64_t offset)
+{
+    if (!rs_handle_ok(st, fi, node, offset)) return MP_ENOTALLOC;
+    rs_free_node(st, fi, (uint32_t)node);
     return MP_OK;
 }
 
 /* A range allocated by handle becomes one filed by offset (the replay loops' ranges
  * still live at their end, which replay.c frees by offset): its offset. */
-RS_HOT uint64_t rs_handle_to_offset(void *st, const mp_fidx_t *fi, uint64_t handle)
+RS_HOT uint64_t rs_handle_to_offset(void *st, const mp_fidx_t *fi, uint64_t node)
 {
-    uint32_t i = (uint32_t)handle;
-    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), i);
-    mpi_assert(rs_handle_node(st, fi, handle) == i);
+    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), (uint32_t)node);
+    mpi_assert(n->flags == (RN_INUSE | RN_HANDLE));
     n->flags = RN_INUSE;
-    rs_hash_insert(st, fi, i);
+    rs_hash_insert(st, fi, (uint32_t)node);
     return n->offset;
 }
 
@@ -660,40 +655,37 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
 }
 
 /* A strategy's handle form over its free index FI (&its mp_fidx_t): PRE##_alloc_h,
- * _free_h, _realloc_h and _to_offset for its replay loop (replay_loop.h; the first two
- * inline), PRE##_alloc_handle and _free_handle for its table (checked after each call
- * in debug builds: MPI_CHECKED(SNAME, ...)). */
+ * _free_h, _realloc_h and _to_offset for its replay loop (replay_loop.h: by node; the
+ * first two inline), PRE##_alloc_handle and _free_handle for its table (checked after
+ * each call in debug builds: MPI_CHECKED(SNAME, ...)). */
 #define RS_HANDLE_FORM(PRE, SNAME, FI)                                                           \
-    RS_HOT int PRE##_alloc_h(void *st, uint64_t size, uint64_t align, uint64_t *handle)          \
+    RS_HOT int PRE##_alloc_h(void *st, uint64_t size, uint64_t align, uint64_t *node)            \
     {                                                                                            \
         uint64_t off; /* most requests are unaligned: a copy with align folded to 1 */          \
-        if (align == 1) return rs_alloc_handle(st, FI, size, 1, &off, handle);                   \
-        return rs_alloc_handle(st, FI, size, align, &off, handle);                               \
+        if (align == 1) return rs_alloc_handle(st, FI, size, 1, &off, node);                     \
+        return rs_alloc_handle(st, FI, size, align, &off, node);                                 \
     }                                                                                            \
-    RS_HOT int PRE##_free_h(void *st, uint64_t handle)                                           \
-    {                                                                                            \
-        uint64_t off;                                                                            \
-        return rs_free_handle(st, FI, handle, &off);                                             \
-    }                                                                                            \
-    static int PRE##_realloc_h(void *st, uint64_t handle, uint64_t size, uint64_t align,         \
+    RS_HOT void PRE##_free_h(void *st, uint64_t node) { rs_free_node(st, FI, (uint32_t)node); }  \
+    static int PRE##_realloc_h(void *st, uint64_t node, uint64_t size, uint64_t align,           \
                                uint64_t *out)                                                    \
     {                                                                                            \
-        return mpi_ranges_realloc_handle(st, FI, handle, size, align, out);                      \
+        return mpi_ranges_realloc_node(st, FI, node, size, align, out);                          \
     }                                                                                            \
-    RS_HOT uint64_t PRE##_to_offset(void *st, uint64_t handle)                                   \
+    RS_HOT uint64_t PRE##_to_offset(void *st, uint64_t node)                                     \
     {                                                                                            \
-        return rs_handle_to_offset(st, FI, handle);                                              \
+        return rs_handle_to_offset(st, FI, node);                                                \
     }                                                                                            \
     static int PRE##_alloc_handle(void *st, uint64_t size, uint64_t align, uint64_t *offset,     \
-                                  uint64_t *handle)                                              \
+                                  uint64_t *node)                                                \
     {                                                                                            \
         return MPI_CHECKED(SNAME, st, "alloc_handle",                                            \
-                           rs_alloc_handle(st, FI, size, align, offset, handle));                \
+                           rs_alloc_handle(st, FI, size, align, offset, node));                  \
     }                                                                                            \
-    static int PRE##_free_handle(void *st, uint64_t handle, uint64_t *offset)                    \
+    static int PRE##_free_handle(void *st, uint64_t node, uint64_t offset)                       \
     {                                                                                            \
-        return MPI_CHECKED(SNAME, st, "free_handle", rs_free_handle(st, FI, handle, offset));    \
-    }
+        return MPI_CHECKED(SNAME, st, "free_handle", rs_free_handle(st, FI, node, offset));      \
+    }                                                                                            \
+    static uint64_t PRE##_by_handle(const void *st) { return mpi_ranges_by_handle(st, FI); }
 
 /* ---- the cold operations, compiled once (ranges.c) ------------------------ */
 /* They reach the free index through fi's function pointers (one copy serves both
@@ -709,10 +701,13 @@ void mpi_ranges_reset(void *st, const mp_fidx_t *fi);
  * memmove).  On error nothing changed. */
 int mpi_ranges_realloc(void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t size,
                        uint64_t align, uint64_t *out);
-/* ... of a range allocated by handle (the replay loops): the same moves; the range
- * stays one allocated by handle, its handle in *out (a new one when it moved). */
-int mpi_ranges_realloc_handle(void *st, const mp_fidx_t *fi, uint64_t handle, uint64_t size,
-                              uint64_t align, uint64_t *out);
+/* ... of node `node`, allocated by handle (the replay loops' own ranges): the same
+ * moves; the range stays one allocated by handle, its node in *out (another when it
+ * moved). */
+int mpi_ranges_realloc_node(void *st, const mp_fidx_t *fi, uint64_t node, uint64_t size,
+                            uint64_t align, uint64_t *out);
+/* mp_ops_t.by_handle: the live ranges allocated by handle (a walk of the nodes). */
+uint64_t mpi_ranges_by_handle(const void *st, const mp_fidx_t *fi);
 int mpi_ranges_walk(const void *st, const mp_fidx_t *fi, mp_walk_fn fn, void *ctx);
 uint64_t mpi_ranges_free_ranges(const void *st);
 /* mp_ops_t.hole: the nodes never handed out (ranges.c). */

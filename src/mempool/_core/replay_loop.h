@@ -17,10 +17,10 @@
 
 /* static uint64_t NAME(st, n, op, id, size, align, max_id, ptr), in the handle form
  * (mp_ops_t.alloc_handle, as OffsetAllocator is timed: no offset lookup on free):
- * ALLOC(st, size, align, &handle), FREE(st, handle) and REALLOC(st, handle, size,
- * align, &handle) return MP_OK or an error; ptr[id] holds the live ids' handles until
- * the end, when TO_OFFSET(st, handle) files each range still live by offset and gives
- * its offset (what mp_replay frees them by). */
+ * ALLOC(st, size, align, &node) and REALLOC(st, node, size, align, &node) return MP_OK
+ * or an error, FREE(st, node) frees; ptr[id] holds the live ids' nodes until the end,
+ * when TO_OFFSET(st, node) files each range still live by offset and gives its offset
+ * (what mp_replay frees them by). */
 #define MPI_REPLAY_LOOP(NAME, ALLOC, FREE, REALLOC, TO_OFFSET)                                  \
     static uint64_t NAME(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,            \
                          const uint64_t *size, const uint32_t *align, uint32_t max_id,           \

@@ -779,16 +779,19 @@ static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_t
         if (!repair) MPI_FAIL("the strategy has %llu live ranges, the registry %u",
                               (unsigned long long)h->live, c->entries);
         struct orphans w = {c, {0}, 0};
+        int freed;
         do {
             w.n = 0;
+            freed = 0;
             ops->walk(st, orphan_cb, &w);
             mp_tx_begin(repair);
             for (int k = 0; k < w.n; k++) {
-                mp_tx_free(repair, w.offset[k]);
+                if (mp_tx_free(repair, w.offset[k]) != MP_OK) continue;
                 c->repaired++;
+                freed++;
             }
             mp_tx_commit(repair);
-        } while (w.n);
+        } while (freed); /* (a range no free takes is no progress: refused below) */
         if (h->live != c->entries) MPI_FAIL("could not reconcile the registry with the strategy");
     }
     return MP_OK;
@@ -798,6 +801,9 @@ static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_t
 static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_tx_t *repair,
                           char *msg, size_t msglen)
 {
+    /* a pool holds its ranges by offset: its registry, its journal, its blocks */
+    if (ops->by_handle && ops->by_handle(st))
+        MPI_FAIL("the strategy holds ranges allocated by handle, which a pool never makes");
     uint32_t *tally = calloc(c->max_entries, sizeof *tally); /* NULL: counted slowly */
     int rc = check_leases(c, tally, repair != NULL, msg, msglen);
     if (rc == MP_OK) rc = check_entries(c, ops, st, repair, tally, msg, msglen);

@@ -302,4 +302,5 @@ MPI_OPS_TABLE(tlsf,
     .hole = tlsf_hole,
     .alloc_handle = tlsf_alloc_handle,
     .free_handle = tlsf_free_handle,
+    .by_handle = tlsf_by_handle,
     .replay = tlsf_replay);

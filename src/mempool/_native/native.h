@@ -34,6 +34,7 @@ typedef struct {
     void *st;           /* the state block                                   */
     uint64_t st_len;    /* its length in bytes                               */
     int owns;           /* st was malloc'd by us                             */
+    int served;         /* a Pool serves it: its ranges are held by offset   */
     PyObject *owner;    /* keeps external state memory alive, or NULL        */
     Py_buffer owner_view; /* the view of owner that st points into         */
     PyObject *weakreflist;

@@ -293,6 +293,7 @@ int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObje
     }
     Py_INCREF(strategy);
     self->strategy = s;
+    s->served = 1; /* (no handle form: the pool's blocks, journal and registry hold offsets) */
     Py_INCREF(source);
     self->source = source;
     self->capacity = capacity;

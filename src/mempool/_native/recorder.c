@@ -343,21 +343,21 @@ static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size
 
 /* The handle form records as alloc and free do (by offset: a trace knows no handles). */
 static int w_alloc_handle(const mp_ops_t *real, void *st, uint64_t size, uint64_t align,
-                          uint64_t *out, uint64_t *handle)
+                          uint64_t *out, uint64_t *node)
 {
-    if (!active) return real->alloc_handle(st, size, align, out, handle);
+    if (!active) return real->alloc_handle(st, size, align, out, node);
     int shadow = 0;
     pthread_mutex_lock(&M);
     slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
-    uint64_t limit = e ? e->size : NO_LIMIT, token = e && !shadow ? e->id : 0, gone;
+    uint64_t limit = e ? e->size : NO_LIMIT, token = e && !shadow ? e->id : 0;
     int rc;
     if (limit != NO_LIMIT && (head_of(st)->used > limit || size > limit - head_of(st)->used)) {
         rc = MP_ENOSPACE;
     } else {
         mp_head_t before = *head_of(st);
-        rc = real->alloc_handle(st, size, align, out, handle);
+        rc = real->alloc_handle(st, size, align, out, node);
         if (rc == MP_OK && limit != NO_LIMIT && head_of(st)->used > limit) {
-            real->free_handle(st, *handle, &gone); /* (w_alloc's undo) */
+            real->free_handle(st, *node, *out); /* (w_alloc's undo) */
             head_of(st)->peak_used = before.peak_used;
             head_of(st)->high_water = before.high_water;
             head_of(st)->cursor = before.cursor;
@@ -369,14 +369,14 @@ static int w_alloc_handle(const mp_ops_t *real, void *st, uint64_t size, uint64_
     return rc;
 }
 
-static int w_free_handle(const mp_ops_t *real, void *st, uint64_t handle, uint64_t *off)
+static int w_free_handle(const mp_ops_t *real, void *st, uint64_t node, uint64_t off)
 {
-    if (!active) return real->free_handle(st, handle, off);
+    if (!active) return real->free_handle(st, node, off);
     pthread_mutex_lock(&M);
-    int rc = real->free_handle(st, handle, off);
+    int rc = real->free_handle(st, node, off);
     if (rc == MP_OK && R && !in_np) {
         slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
-        if (e && e->id) rec_free(R, e->id, *off);
+        if (e && e->id) rec_free(R, e->id, off);
     }
     pthread_mutex_unlock(&M);
     return rc;
@@ -430,9 +430,9 @@ static int w_why(const mp_ops_t *real, const void *st, uint64_t size, uint64_t a
     {                                                                                        \
         return w_alloc_handle(&mp_##sname##_ops, st, s, a, o, h);                            \
     }                                                                                        \
-    static int w_free_handle_##sname(void *st, uint64_t h, uint64_t *o)                      \
+    static int w_free_handle_##sname(void *st, uint64_t n, uint64_t o)                       \
     {                                                                                        \
-        return w_free_handle(&mp_##sname##_ops, st, h, o);                                   \
+        return w_free_handle(&mp_##sname##_ops, st, n, o);                                   \
     }                                                                                        \
     static int w_why_##sname(const void *st, uint64_t s, uint64_t a, char *b, size_t n)      \
     {                                                                                        \

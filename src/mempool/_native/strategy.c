@@ -702,6 +702,12 @@ PyObject *mp_ext_attach(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_Format(mp_CorruptionError, "invalid %s state: %s", ops->name, msg);
         goto fail;
     }
+    /* (a pool's state: its ranges are held by offset; shared pools ask under their lock) */
+    if (deep && ops->by_handle && ops->by_handle(st)) {
+        PyErr_Format(mp_CorruptionError, "invalid %s state: it holds ranges allocated by "
+                     "handle, which a pool never makes", ops->name);
+        goto fail;
+    }
     StrategyObject *self = (StrategyObject *)type->tp_alloc(type, 0);
     if (!self) goto fail;
     self->ops = ops;
@@ -831,7 +837,34 @@ static PyGetSetDef strategy_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* A subclass of two strategy types would carry one's table under the other's methods
+ * (Buddy's state read by TLSF's alloc_handle, TLSF's by Buddy's class_of): refused. */
+static PyObject *strategy_init_subclass(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "__init_subclass__() takes no arguments");
+        return NULL;
+    }
+    PyObject *mro = ((PyTypeObject *)cls)->tp_mro;
+    const char *first = NULL;
+    const mp_ops_t *ops = NULL;
+    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++)
+        for (int k = 0; k < ntypes; k++) {
+            if ((PyObject *)types[k].type != PyTuple_GET_ITEM(mro, i)) continue;
+            if (ops && ops != types[k].ops) {
+                PyErr_Format(PyExc_TypeError, "%s cannot derive from two strategies (%s and %s)",
+                             ((PyTypeObject *)cls)->tp_name, first, types[k].ops->name);
+                return NULL;
+            }
+            ops = types[k].ops;
+            first = ops->name;
+        }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef strategy_methods[] = {
+    {"__init_subclass__", (PyCFunction)(void (*)(void))strategy_init_subclass,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS, NULL},
     {"alloc", (PyCFunction)(void (*)(void))ext_strategy_alloc, METH_FASTCALL | METH_KEYWORDS,
      "alloc($self, /, size, align=1)\n--\n\n"
      "Allocate a range of at least `size` bytes whose offset is a multiple of `align`.\n\n"

@@ -43,13 +43,94 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
         vals[2]);
 }
 
-/* ---- the handle form ------------------------------------------------------------ */
-static PyObject *handle_pair(uint64_t off, uint64_t handle)
+/* ---- the handle form ------------------------------------------------------------
+ * A handle is the int offset << 32 | node (the node alloc_handle carved, ranges.h):
+ * free_handle frees only that node at exactly that offset.  Past offset 2**32 it is
+ * more than 64 bits (a Python int holds it). */
+static PyObject *handle_new(uint64_t off, uint64_t node)
 {
+    if (off >> 32 == 0) return PyLong_FromUnsignedLongLong(off << 32 | node);
+    PyObject *o = PyLong_FromUnsignedLongLong(off), *k = PyLong_FromLong(32);
+    PyObject *hi = o && k ? PyNumber_Lshift(o, k) : NULL, *n = NULL, *h = NULL;
+    if (hi && (n = PyLong_FromUnsignedLongLong(node))) h = PyNumber_Or(hi, n);
+    Py_XDECREF(o);
+    Py_XDECREF(k);
+    Py_XDECREF(hi);
+    Py_XDECREF(n);
+    return h;
+}
+
+/* The node and offset of handle o: 0; 1 when it names nothing (2**96 or more); -1 with
+ * TypeError (not an int) or ValueError (negative). */
+static int handle_parse(PyObject *o, uint64_t *node, uint64_t *off)
+{
+    uint64_t h;
+    int big = mp_arg_u64(o, "handle", &h);
+    if (big == 0) {
+        *node = h & 0xffffffffu;
+        *off = h >> 32;
+    }
+    if (big <= 0) return big;
+    PyObject *i = PyNumber_Index(o), *k = PyLong_FromLong(32);
+    PyObject *m = PyLong_FromUnsignedLong(0xffffffffu);
+    PyObject *hi = i && k ? PyNumber_Rshift(i, k) : NULL;
+    PyObject *lo = i && m ? PyNumber_And(i, m) : NULL;
+    int rc = -1;
+    if (hi && lo) {
+        *node = PyLong_AsUnsignedLongLong(lo); /* < 2**32 */
+        *off = PyLong_AsUnsignedLongLong(hi);
+        rc = 0;
+        if (*off == (uint64_t)-1 && PyErr_Occurred()) { /* an offset of 2**64 or more */
+            PyErr_Clear();
+            rc = 1;
+        }
+    }
+    Py_XDECREF(i);
+    Py_XDECREF(k);
+    Py_XDECREF(m);
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    return rc;
+}
+
+/* Only a strategy of its own: a pool's holds its ranges by offset (its blocks, its
+ * journal, its registry), and one mixing in another strategy type has that type's table. */
+static int handle_ready(StrategyObject *self, const char *fn)
+{
+    if (!self->ops->alloc_handle) {
+        PyErr_Format(PyExc_TypeError, "%s(): a %s has no handle form", fn, self->ops->name);
+        return -1;
+    }
+    if (self->served) {
+        PyErr_Format(PyExc_TypeError, "%s(): this strategy serves a Pool, which holds its "
+                     "ranges by offset (use the pool's alloc)", fn);
+        return -1;
+    }
+    return mp_strategy_closed(self) ? -1 : 0;
+}
+
+static PyObject *ext_alloc_handle(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    static const char *const names[] = {"size", "align"};
+    PyObject *vals[2] = {NULL, NULL};
+    uint64_t size, align = 1, off = 0, node = 0;
+    if (nargs == 1 && !kwnames) vals[0] = args[0];
+    else if (mp_parse_args("alloc_handle", args, nargs, kwnames, names, 2, 1, vals) < 0)
+        return NULL;
+    int big = mp_arg_size(vals[0], "size", &size);
+    if (big < 0 || (vals[1] && mp_arg_align(vals[1], &align) < 0) ||
+        handle_ready(self, "alloc_handle") < 0)
+        return NULL;
+    if (big) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
+    int rc = self->ops->alloc_handle(self->st, size, align, &off, &node);
+    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
+        rc = self->ops->alloc_handle(self->st, size, align, &off, &node);
+    if (rc) return mp_raise(self, rc, size, align, 0);
     PyObject *a = PyLong_FromUnsignedLongLong(off);
-    PyObject *b = a ? PyLong_FromUnsignedLongLong(handle) : NULL;
+    PyObject *b = a ? handle_new(off, node) : NULL;
     PyObject *t = b ? PyTuple_New(2) : NULL;
-    if (!t) {
+    if (!t) { /* (the range stays allocated: as alloc's when its int cannot be made) */
         Py_XDECREF(a);
         Py_XDECREF(b);
         return NULL;
@@ -59,37 +140,17 @@ static PyObject *handle_pair(uint64_t off, uint64_t handle)
     return t;
 }
 
-static PyObject *ext_alloc_handle(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames)
-{
-    static const char *const names[] = {"size", "align"};
-    PyObject *vals[2] = {NULL, NULL};
-    uint64_t size, align = 1, off = 0, handle = 0;
-    if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc_handle", args, nargs, kwnames, names, 2, 1, vals) < 0)
-        return NULL;
-    int big = mp_arg_size(vals[0], "size", &size);
-    if (big < 0 || (vals[1] && mp_arg_align(vals[1], &align) < 0) || mp_strategy_closed(self))
-        return NULL;
-    if (big) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
-    int rc = self->ops->alloc_handle(self->st, size, align, &off, &handle);
-    while (rc == MP_ENONODES && mp_strategy_grow(self) == 0)
-        rc = self->ops->alloc_handle(self->st, size, align, &off, &handle);
-    if (rc) return mp_raise(self, rc, size, align, 0);
-    return handle_pair(off, handle);
-}
-
 static PyObject *ext_free_handle(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t handle, off;
+    uint64_t node = 0, off = 0;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError, "free_handle() takes exactly one argument (%zd given)",
                      nargs);
         return NULL;
     }
-    int big = mp_arg_u64(args[0], "handle", &handle);
-    if (big < 0 || mp_strategy_closed(self)) return NULL;
-    int rc = big ? MP_ENOTALLOC : self->ops->free_handle(self->st, handle, &off);
+    int big = handle_parse(args[0], &node, &off);
+    if (big < 0 || handle_ready(self, "free_handle") < 0) return NULL;
+    int rc = big ? MP_ENOTALLOC : self->ops->free_handle(self->st, node, off);
     if (rc == MP_ENOTALLOC) {
         PyErr_Format(mp_NotAllocated, "handle %S names no live range allocated by handle",
                      args[0]);
