@@ -19,11 +19,13 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import LockHolder, needs_syscall_names, wait_until
 
 import mempool
 from mempool import Pool, SharedPool
@@ -421,35 +423,86 @@ def test_holder_that_cannot_be_verified_is_waited_for_a_bounded_time(good, seg):
     assert 2.5 <= secs < 8
 
 
+def _lock_waited_for(name: str):
+    """A function that says whether a process or thread sleeps in the kernel waiting for
+    the lock of segment `name` now (glibc sets the waiters bit of the robust mutex's
+    word before it does)."""
+    data = (SHM / name).read_bytes()
+    at = Header.unpack(data, len(data), MAGIC, name).lock_off + MUTEX
+
+    def waited_for() -> bool:
+        with open(SHM / name, "rb") as f:
+            return bool(struct.unpack("<I", os.pread(f.fileno(), 4, at))[0] & WAITERS)
+    return waited_for
+
+
+@needs_syscall_names
 def test_a_legitimate_long_holder_is_still_waited_for(name):
     # a process of ours holds the lock for longer than the probes need to judge a
-    # stranger: attach waits for it and succeeds
-    with SharedPool.create(name, "64KiB") as p:
-        t = threading.Thread(target=p._hold_lock, args=(3.5,), daemon=True)
-        t.start()
-        time.sleep(0.3)
+    # stranger: attach waits for it and succeeds.  The holder lets go 3 s after the
+    # attach is seen waiting, not at a fixed time: the attaching interpreter's start
+    # (0.3 s here, 1 s under load or ASan) came out of a fixed 3.5 s hold
+    with SharedPool.create(name, "64KiB") as p, LockHolder(p) as holder:
+        waited_for = _lock_waited_for(name)
+        got: list = []
+        attacher = threading.Thread(target=lambda: got.append(run_attaches([[name]], timeout=60)))
+        attacher.start()
+        wait_until(lambda: waited_for() or not attacher.is_alive(),
+                   "the attach waits for the lock", timeout=60)
+        time.sleep(3.0)
         t0 = time.monotonic()
-        r = run_attaches([[name]], timeout=30)
-        t.join()
+        holder.release()
+        attacher.join(60)
+        assert got, "run_attaches failed (its AssertionError is in the thread's output)"
+        r = got[0]
         assert r[name][0] is None, r
         assert r[name][2] > 2.5, r  # it really waited (past two probes)
         assert time.monotonic() - t0 < 10
 
 
+@needs_syscall_names
 def test_a_live_holder_in_a_subprocess_is_still_waited_for(name):
-    # the holder is another process that has the pool open (not a thread of ours)
+    # the holder is another process that has the pool open (not a thread of ours); it
+    # says "held" once a thread of it sleeps with the lock (before: it printed, then
+    # took the lock), and lets go once told, 3 s after check() is seen waiting
+    holder_code = textwrap.dedent("""
+        import signal, sys, threading
+        from helpers import sleeps_in_c, wait_until
+        from mempool import SharedPool
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        p = SharedPool.attach(sys.argv[1])
+        t = threading.Thread(target=p._hold_lock, args=(60.0,))
+        t.start()
+        wait_until(lambda: sleeps_in_c(t.native_id), "the holder sleeps with the lock")
+        print("held", flush=True)
+        sys.stdin.readline()
+        signal.pthread_kill(t.ident, signal.SIGUSR1)
+        t.join()
+        """)
+    tests = str(Path(__file__).resolve().parent)
     with SharedPool.create(name, "64KiB") as p:
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from mempool import SharedPool; "
-             "p = SharedPool.attach(sys.argv[1]); print('held', flush=True); "
-             "p._hold_lock(3.5)", name],
-            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC))
+            [sys.executable, "-c", holder_code, name], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, tests])))
+        waited_for = _lock_waited_for(name)
+
+        def release_once_waited() -> None:
+            wait_until(lambda: waited_for() or holder.poll() is not None,
+                       "check() waits for the lock", timeout=60)
+            time.sleep(3.0)
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+
         try:
             assert holder.stdout.readline().strip() == "held"
-            time.sleep(0.2)
+            releaser = threading.Thread(target=release_once_waited, daemon=True)
+            releaser.start()
             t0 = time.monotonic()
             p.check()  # waits for the holder: no CorruptionError for a real one
             assert time.monotonic() - t0 > 2.5
+            releaser.join(60)
+            assert holder.wait(60) == 0
         finally:
             holder.send_signal(signal.SIGKILL)
             holder.wait()

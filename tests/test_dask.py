@@ -237,7 +237,10 @@ def test_workers_leaving_at_once_unlink_the_segment(name):
     import multiprocessing as mp
 
     from dask_tasks import join_then_leave
-    ctx = mp.get_context("fork")
+    # spawn, not fork: the module's fork-method cluster is still up here (its IO loop
+    # thread runs in this process), and a child forked while that thread is inside ASan's
+    # allocator (GCC 12's libasan has no fork handler for it) hangs at its first malloc
+    ctx = mp.get_context("spawn")
     joined, in_close, left = ctx.Barrier(2), ctx.Event(), ctx.Event()
     slow, quick = (ctx.Process(target=join_then_leave, args=(name, joined, in_close, left, s))
                    for s in (True, False))

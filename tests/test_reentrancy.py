@@ -146,11 +146,10 @@ def test_set_journal_refuses_offsets_outside_the_buffer():
     b.free()
 
 
-@needs_syscall_names
-def test_shared_close_while_a_thread_waits_for_the_lock(name):
-    # close() itself takes the lock first (it gives this process's cache and handles
-    # back); a call that queued for the lock behind it must find the pool closing when
-    # its turn comes, and leave with PoolClosed before it touches the segment.
+def _close_while_an_alloc_waits(name: str) -> bool:
+    """One round of the test below: True when close() got the lock first (alloc() left
+    with PoolClosed), False when alloc() did (it got its block, which close() then gave
+    back); either way the segment lost nothing."""
     p = SharedPool.create(name, "1MiB")
     q = SharedPool.attach(name)  # a second mapping: its lock holder blocks p's calls
     p.check()
@@ -174,18 +173,37 @@ def test_shared_close_while_a_thread_waits_for_the_lock(name):
         a.start()
         wait_until(lambda: waits_for_segment_lock(a.native_id, name),
                    "alloc() waits for the lock, behind close()")
-        # the lock's waiters are woken in the order they queued: close() first
         held.release()
     for t in (c, a):
         t.join(30)
         assert not t.is_alive()
     assert results["closed"] is True and p.closed
-    assert isinstance(results["alloc"], mempool.PoolClosed), results["alloc"]
+    got = results["alloc"]
+    first = isinstance(got, mempool.PoolClosed)
+    if not first:  # alloc() had the lock before close(): a block, given back by close()
+        assert isinstance(got, mempool.Block) and not got.live, got
     # the segment lost nothing: q sees no live range and a clean state
     assert q.stats().live == 0
     q.check()
     q.close()
     q.unlink()
+    return first
+
+
+@needs_syscall_names
+def test_shared_close_while_a_thread_waits_for_the_lock(name):
+    # close() itself takes the lock first (it gives this process's cache and handles
+    # back); a call that queued for the lock behind it must find the pool closing when
+    # its turn comes, and leave with PoolClosed before it touches the segment.
+    # The lock's waiters are woken in the order they queued, but a waiter queues again
+    # at the end of each 100 ms slice of its wait (mp_shared_lock_wait): this thread
+    # stalled for that long between alloc() queuing and the release (load) lets alloc()
+    # in first, a legitimate order that tests nothing here.  Such a round is run again.
+    for _ in range(5):
+        if _close_while_an_alloc_waits(name):
+            break
+    else:
+        pytest.fail("alloc() had the lock before close() in 5 rounds out of 5")
 
 
 @needs_syscall_names
