@@ -22,21 +22,26 @@ import re
 import sys
 
 FUNC = re.compile(r"^(?:RS_HOT|RS_WARM|TLSF_INLINE|BF_INLINE|static|int|void|uint\d+_t)\b"
+                  r"(?:\s+__attribute__\(\(\w+\)\))?"
                   r"[^;=]*?\b(\w+)\s*\([^;]*$")
 MACRO = re.compile(r"^MPI_REPLAY_LOOP\(")
+HANDLE_MACRO = re.compile(r"^RS_HANDLE_FORM\(")
 CATEGORIES = {
     "offset lookup on free (nursery, hash table)": [
         "rs_find_node", "rs_table_find", "rs_tag", "rs_nhome", "rs_home", "rs_loc_remove",
         "rs_table_remove", "rs_find", "rs_lookup", "rs_loc_node", "rs_cnursery", "rs_nursery"],
-    "filing the allocated range (nursery, hash table)": ["rs_hash_insert", "rs_table_insert"],
+    "filing the allocated range (nursery, hash table)": [
+        "rs_hash_insert", "rs_table_insert", "rs_handle_to_offset"],
     "bin / tree search (find)": [
         "tlsf_find", "rs_next_bin", "rs_bin_up", "tlsf_scan", "fits", "bf_find", "bf_search",
-        "lower_bound", "bf_find_in_bin", "lane"],
+        "lower_bound", "bf_find_in_bin", "lane", "bf_find_aligned"],
     "splitting (carve, physical list, node pool)": [
-        "rs_carve", "rs_carve_cost", "rs_link_before", "rs_link_after", "rs_new_free",
+        "rs_carve", "rs_carve_as", "rs_alloc_node", "rs_alloc_handle", "rs_carve_cost", "rs_link_before", "rs_link_after", "rs_new_free",
         "rs_node_new", "rs_spare_count", "rs_align_up", "rs_node", "rs_cnode", "rs_nodes",
         "rs_set", "rs_cset", "rs_head"],
-    "merging on free (release, unlink)": ["rs_release", "rs_unlink", "rs_node_release"],
+    "merging on free (release, unlink)": [
+        "rs_release", "rs_unlink", "rs_node_release", "rs_free_node", "rs_free_handle",
+        "rs_handle_ok"],
     "free-index update (bins / trees: insert, remove, rekey)": [
         "tlsf_insert", "tlsf_remove", "tlsf_rekey", "bin_link", "bin_unlink", "bin_of",
         "bin_head", "rs_bin_mark", "rs_bin_unmark_if", "rs_bin_down", "rs_bin_unmark",
@@ -44,12 +49,14 @@ CATEGORIES = {
         "bf_unfile", "rotate", "fixup", "update", "update_with", "height", "set_height",
         "key_less", "replace_child", "neighbour", "successor", "predecessor", "rs_sel32",
         "cidx", "idx", "bnodes", "cbnodes", "own_aug", "use_lane", "lanes_max", "rs_area",
-        "rs_carea", "rs_cnodes"],
+        "rs_carea", "rs_cnodes", "aug_of", "key_after", "bf_refresh", "raise_augs",
+        "emmintrin.h"],  # (BestFit's lanes: SSE2 intrinsics, counted by file)
     "counters (head: used, peak, high water, live)": [
         "mpi_head_on_alloc", "mpi_head_on_free", "mpi_head_reach"],
     "ops-table call, wrappers, argument checks": [
         "tlsf_alloc", "tlsf_free", "rs_alloc", "rs_free", "bestfit_alloc", "bestfit_free",
-        "tlsf_alloc_in", "tlsf_free_in", "bestfit_alloc_in", "bestfit_free_in"],
+        "tlsf_alloc_in", "tlsf_free_in", "bestfit_alloc_in", "bestfit_free_in",
+        "RS_HANDLE_FORM"],
     "replay loop": ["mp_replay", "replay_ops", "MPI_REPLAY_LOOP"],
     "trace validation (untimed pre-pass)": ["mp_trace_validate"],
 }
@@ -68,7 +75,8 @@ def funcs_of(path: str) -> dict[int, str]:
                     g = FUNC.match(line)
                     if g and not line.startswith(" "):
                         cur = g.group(1)
-                    m[k] = "MPI_REPLAY_LOOP" if MACRO.match(line) else cur
+                    m[k] = ("MPI_REPLAY_LOOP" if MACRO.match(line) else
+                            "RS_HANDLE_FORM" if HANDLE_MACRO.match(line) else cur)
         except OSError:
             pass
         _funcs[path] = m
@@ -144,7 +152,7 @@ def main() -> int:
         cd1: collections.Counter = collections.Counter()
         other: collections.Counter = collections.Counter()
         for key, v in ir.items():
-            c = CAT_OF.get(key[1])
+            c = CAT_OF.get(key[1]) or CAT_OF.get(os.path.basename(key[0]))
             if c:
                 cats[c] += v
                 cd1[c] += d1[key]
