@@ -229,3 +229,56 @@ int mp_arg_max_blocks(PyObject *o, uint64_t dflt, uint64_t *out)
     }
     return 0;
 }
+
+/* ---- ints of two words: hi << 32 | lo ------------------------------------------------ */
+PyObject *mp_pair_new(uint64_t hi, uint64_t lo)
+{
+    if (hi >> 32 == 0) return PyLong_FromUnsignedLongLong(hi << 32 | lo);
+    PyObject *h = PyLong_FromUnsignedLongLong(hi), *k = PyLong_FromLong(32);
+    PyObject *up = h && k ? PyNumber_Lshift(h, k) : NULL, *l = NULL, *res = NULL;
+    if (up && (l = PyLong_FromUnsignedLongLong(lo))) res = PyNumber_Or(up, l);
+    Py_XDECREF(h);
+    Py_XDECREF(k);
+    Py_XDECREF(up);
+    Py_XDECREF(l);
+    return res;
+}
+
+int mp_pair_split(PyObject *o, const char *what, const char *from, uint64_t *hi, uint64_t *lo)
+{
+    if (PyFloat_Check(o) || !PyIndex_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an integer (from %s), not %.100s", what, from,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(o);
+    if (!i) return -1;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    if (!overflow && !(v == -1 && PyErr_Occurred())) { /* the common case: below 2**63 */
+        Py_DECREF(i);
+        if (v < 0) return 1;
+        *hi = (uint64_t)v >> 32;
+        *lo = (uint64_t)v & 0xffffffffu;
+        return 0;
+    }
+    int rc = 1;
+    PyObject *k = PyLong_FromLong(32), *up = NULL;
+    if (PyErr_Occurred()) {
+        rc = -1;
+    } else if (overflow > 0 && k && (up = PyNumber_Rshift(i, k))) {
+        *lo = PyLong_AsUnsignedLongLongMask(i) & 0xffffffffu;
+        *hi = PyLong_AsUnsignedLongLong(up);
+        rc = 0;
+        if (*hi == (uint64_t)-1 && PyErr_Occurred()) { /* hi of 2**64 or more: no pair */
+            rc = PyErr_ExceptionMatches(PyExc_OverflowError) ? 1 : -1;
+            if (rc > 0) PyErr_Clear();
+        }
+    } else if (overflow > 0) {
+        rc = -1;
+    }
+    Py_XDECREF(k);
+    Py_XDECREF(up);
+    Py_DECREF(i);
+    return rc;
+}

@@ -355,6 +355,12 @@ static inline int mp_arg_offset(PyObject *o, uint64_t *off)
     }
     return rc;
 }
+/* An int of two words, hi << 32 | lo (lo < 2**32; a Bump's mark, a range's handle):
+ * made (NULL with an exception), and split: 0 (*hi, *lo set); 1 when it is no such int
+ * (negative, or hi of 2**64 or more); -1 with an exception (TypeError naming `what`
+ * and where it comes `from` when it is not an int). */
+PyObject *mp_pair_new(uint64_t hi, uint64_t lo);
+int mp_pair_split(PyObject *o, const char *what, const char *from, uint64_t *hi, uint64_t *lo);
 /* Parse fastcall arguments by hand: names[] of the accepted parameters, nreq
  * required.  Fills vals[]; missing optional ones are left as given. */
 int mp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,

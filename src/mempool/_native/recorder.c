@@ -276,15 +276,19 @@ static uint64_t key_of(const void *st, int *shadow)
     return (uint64_t)(uintptr_t)(*shadow ? t->st : st);
 }
 
-static int w_alloc(const mp_ops_t *real, void *st, uint64_t size, uint64_t align, uint64_t *out)
+/* alloc, or alloc_handle when node is not NULL (a trace records both by offset). */
+static int w_take(const mp_ops_t *real, void *st, uint64_t size, uint64_t align, uint64_t *out,
+                  uint64_t *node)
 {
-    if (!active) return real->alloc(st, size, align, out);
+#define W_TAKE_CALL() \
+    (node ? real->alloc_handle(st, size, align, out, node) : real->alloc(st, size, align, out))
+    if (!active) return W_TAKE_CALL();
     int shadow = 0;
     pthread_mutex_lock(&M);
     slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
     if (!e) {
         pthread_mutex_unlock(&M);
-        return real->alloc(st, size, align, out);
+        return W_TAKE_CALL();
     }
     uint64_t limit = e->size, token = shadow ? 0 : e->id;
     int rc;
@@ -292,10 +296,11 @@ static int w_alloc(const mp_ops_t *real, void *st, uint64_t size, uint64_t align
         rc = MP_ENOSPACE;
     } else {
         mp_head_t before = *head_of(st);
-        rc = real->alloc(st, size, align, out);
+        rc = W_TAKE_CALL();
         if (rc == MP_OK && limit != NO_LIMIT && head_of(st)->used > limit) {
             /* the rounding passed the limit: undone, and the head as it was */
-            real->free(st, *out);
+            if (node) real->free_handle(st, *node, *out);
+            else real->free(st, *out);
             head_of(st)->peak_used = before.peak_used;
             head_of(st)->high_water = before.high_water;
             head_of(st)->cursor = before.cursor;
@@ -305,20 +310,31 @@ static int w_alloc(const mp_ops_t *real, void *st, uint64_t size, uint64_t align
     if (rc == MP_OK && R && token && !in_np) rec_alloc(R, token, *out, size, align);
     pthread_mutex_unlock(&M);
     return rc;
+#undef W_TAKE_CALL
 }
 
-static int w_free(const mp_ops_t *real, void *st, uint64_t off)
+static int w_alloc(const mp_ops_t *real, void *st, uint64_t size, uint64_t align, uint64_t *out)
 {
-    if (!active) return real->free(st, off);
+    return w_take(real, st, size, align, out, NULL);
+}
+
+/* free, or free_handle(node, off) when by_node */
+static int w_give(const mp_ops_t *real, void *st, uint64_t off, int by_node, uint64_t node)
+{
+#define W_GIVE_CALL() (by_node ? real->free_handle(st, node, off) : real->free(st, off))
+    if (!active) return W_GIVE_CALL();
     pthread_mutex_lock(&M);
-    int rc = real->free(st, off);
+    int rc = W_GIVE_CALL();
     if (rc == MP_OK && R && !in_np) {
         slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
         if (e && e->id) rec_free(R, e->id, off);
     }
     pthread_mutex_unlock(&M);
     return rc;
+#undef W_GIVE_CALL
 }
+
+static int w_free(const mp_ops_t *real, void *st, uint64_t off) { return w_give(real, st, off, 0, 0); }
 
 static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size, uint64_t align,
                      uint64_t *out)
@@ -345,41 +361,12 @@ static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size
 static int w_alloc_handle(const mp_ops_t *real, void *st, uint64_t size, uint64_t align,
                           uint64_t *out, uint64_t *node)
 {
-    if (!active) return real->alloc_handle(st, size, align, out, node);
-    int shadow = 0;
-    pthread_mutex_lock(&M);
-    slot_t *e = map_find(&W, WATCH_NS, key_of(st, &shadow));
-    uint64_t limit = e ? e->size : NO_LIMIT, token = e && !shadow ? e->id : 0;
-    int rc;
-    if (limit != NO_LIMIT && (head_of(st)->used > limit || size > limit - head_of(st)->used)) {
-        rc = MP_ENOSPACE;
-    } else {
-        mp_head_t before = *head_of(st);
-        rc = real->alloc_handle(st, size, align, out, node);
-        if (rc == MP_OK && limit != NO_LIMIT && head_of(st)->used > limit) {
-            real->free_handle(st, *node, *out); /* (w_alloc's undo) */
-            head_of(st)->peak_used = before.peak_used;
-            head_of(st)->high_water = before.high_water;
-            head_of(st)->cursor = before.cursor;
-            rc = MP_ENOSPACE;
-        }
-    }
-    if (rc == MP_OK && R && token && !in_np) rec_alloc(R, token, *out, size, align);
-    pthread_mutex_unlock(&M);
-    return rc;
+    return w_take(real, st, size, align, out, node);
 }
 
 static int w_free_handle(const mp_ops_t *real, void *st, uint64_t node, uint64_t off)
 {
-    if (!active) return real->free_handle(st, node, off);
-    pthread_mutex_lock(&M);
-    int rc = real->free_handle(st, node, off);
-    if (rc == MP_OK && R && !in_np) {
-        slot_t *e = map_find(&W, WATCH_NS, (uint64_t)(uintptr_t)st);
-        if (e && e->id) rec_free(R, e->id, off);
-    }
-    pthread_mutex_unlock(&M);
-    return rc;
+    return w_give(real, st, off, 1, node);
 }
 
 static void w_reset(const mp_ops_t *real, void *st)

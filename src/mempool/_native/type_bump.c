@@ -10,49 +10,7 @@ static PyObject *bump_mark(StrategyObject *self, PyObject *Py_UNUSED(ignored))
     uint64_t serial, depth;
     if (mp_strategy_closed(self)) return NULL;
     mp_bump_mark(self->st, &serial, &depth);
-    if (serial >> 32 == 0) return PyLong_FromUnsignedLongLong(serial << 32 | depth);
-    PyObject *s = PyLong_FromUnsignedLongLong(serial), *shift = PyLong_FromLong(32), *d = NULL,
-             *hi = NULL, *res = NULL;
-    if (s && shift && (hi = PyNumber_Lshift(s, shift)) && (d = PyLong_FromUnsignedLongLong(depth)))
-        res = PyNumber_Or(hi, d);
-    Py_XDECREF(s);
-    Py_XDECREF(shift);
-    Py_XDECREF(hi);
-    Py_XDECREF(d);
-    return res;
-}
-
-/* Split a mark; 0 on success, 1 when it cannot be a mark, -1 with an exception set. */
-static int split_mark(PyObject *o, uint64_t *serial, uint64_t *depth)
-{
-    if (PyFloat_Check(o) || !PyIndex_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "mark must be an integer (from mark()), not %.100s",
-                     Py_TYPE(o)->tp_name);
-        return -1;
-    }
-    PyObject *i = PyNumber_Index(o);
-    if (!i) return -1;
-    int rc = 1;
-    PyObject *zero = PyLong_FromLong(0), *shift = PyLong_FromLong(32), *hi = NULL;
-    int neg = zero ? PyObject_RichCompareBool(i, zero, Py_LT) : -1;
-    if (neg < 0) rc = -1;
-    else if (!neg && shift && (hi = PyNumber_Rshift(i, shift))) {
-        *depth = PyLong_AsUnsignedLongLongMask(i) & 0xffffffffu;
-        *serial = PyLong_AsUnsignedLongLong(hi);
-        if (*serial == (uint64_t)-1 && PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_OverflowError)) PyErr_Clear();
-            else rc = -1;
-        } else {
-            rc = 0;
-        }
-    } else if (!neg) {
-        rc = -1;
-    }
-    Py_XDECREF(zero);
-    Py_XDECREF(shift);
-    Py_XDECREF(hi);
-    Py_DECREF(i);
-    return rc;
+    return mp_pair_new(serial, depth);
 }
 
 static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -62,7 +20,7 @@ static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     uint64_t serial = 0, depth = 0;
-    int rc = split_mark(args[0], &serial, &depth);
+    int rc = mp_pair_split(args[0], "mark", "mark()", &serial, &depth);
     if (rc < 0 || mp_strategy_closed(self)) return NULL;
     if (rc > 0 || mp_bump_rewind(self->st, serial, depth) != MP_OK) {
         PyErr_Format(PyExc_ValueError,

@@ -47,52 +47,6 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
  * A handle is the int offset << 32 | node (the node alloc_handle carved, ranges.h):
  * free_handle frees only that node at exactly that offset.  Past offset 2**32 it is
  * more than 64 bits (a Python int holds it). */
-static PyObject *handle_new(uint64_t off, uint64_t node)
-{
-    if (off >> 32 == 0) return PyLong_FromUnsignedLongLong(off << 32 | node);
-    PyObject *o = PyLong_FromUnsignedLongLong(off), *k = PyLong_FromLong(32);
-    PyObject *hi = o && k ? PyNumber_Lshift(o, k) : NULL, *n = NULL, *h = NULL;
-    if (hi && (n = PyLong_FromUnsignedLongLong(node))) h = PyNumber_Or(hi, n);
-    Py_XDECREF(o);
-    Py_XDECREF(k);
-    Py_XDECREF(hi);
-    Py_XDECREF(n);
-    return h;
-}
-
-/* The node and offset of handle o: 0; 1 when it names nothing (2**96 or more); -1 with
- * TypeError (not an int) or ValueError (negative). */
-static int handle_parse(PyObject *o, uint64_t *node, uint64_t *off)
-{
-    uint64_t h;
-    int big = mp_arg_u64(o, "handle", &h);
-    if (big == 0) {
-        *node = h & 0xffffffffu;
-        *off = h >> 32;
-    }
-    if (big <= 0) return big;
-    PyObject *i = PyNumber_Index(o), *k = PyLong_FromLong(32);
-    PyObject *m = PyLong_FromUnsignedLong(0xffffffffu);
-    PyObject *hi = i && k ? PyNumber_Rshift(i, k) : NULL;
-    PyObject *lo = i && m ? PyNumber_And(i, m) : NULL;
-    int rc = -1;
-    if (hi && lo) {
-        *node = PyLong_AsUnsignedLongLong(lo); /* < 2**32 */
-        *off = PyLong_AsUnsignedLongLong(hi);
-        rc = 0;
-        if (*off == (uint64_t)-1 && PyErr_Occurred()) { /* an offset of 2**64 or more */
-            PyErr_Clear();
-            rc = 1;
-        }
-    }
-    Py_XDECREF(i);
-    Py_XDECREF(k);
-    Py_XDECREF(m);
-    Py_XDECREF(hi);
-    Py_XDECREF(lo);
-    return rc;
-}
-
 /* Only a strategy of its own: a pool's holds its ranges by offset (its blocks, its
  * journal, its registry), and one mixing in another strategy type has that type's table. */
 static int handle_ready(StrategyObject *self, const char *fn)
@@ -128,7 +82,7 @@ static PyObject *ext_alloc_handle(StrategyObject *self, PyObject *const *args, P
         rc = self->ops->alloc_handle(self->st, size, align, &off, &node);
     if (rc) return mp_raise(self, rc, size, align, 0);
     PyObject *a = PyLong_FromUnsignedLongLong(off);
-    PyObject *b = a ? handle_new(off, node) : NULL;
+    PyObject *b = a ? mp_pair_new(off, node) : NULL;
     PyObject *t = b ? PyTuple_New(2) : NULL;
     if (!t) { /* (the range stays allocated: as alloc's when its int cannot be made) */
         Py_XDECREF(a);
@@ -148,7 +102,7 @@ static PyObject *ext_free_handle(StrategyObject *self, PyObject *const *args, Py
                      nargs);
         return NULL;
     }
-    int big = handle_parse(args[0], &node, &off);
+    int big = mp_pair_split(args[0], "handle", "alloc_handle()", &off, &node);
     if (big < 0 || handle_ready(self, "free_handle") < 0) return NULL;
     int rc = big ? MP_ENOTALLOC : self->ops->free_handle(self->st, node, off);
     if (rc == MP_ENOTALLOC) {
