@@ -94,11 +94,13 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
 
     class ExactMachine(SnapshotMachine):
         ranges = Bundle("ranges")
+        handles = Bundle("handles")
 
         def __init__(self) -> None:
             super().__init__()
             self.s: mempool.Strategy | None = None
             self.m: Model | None = None
+            self.by_handle: dict[int, int] = {}  # offset -> handle (alloc_handle's ranges)
 
         @precondition(lambda self: self.s is None)
         @rule(capacity=st.integers(1, capacity_max))
@@ -128,10 +130,60 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             m.live[off] = size
             return off
 
+        @precondition(lambda self: self.s is not None and hasattr(self.s, "alloc_handle"))
+        @rule(target=handles, size=st.one_of(st.integers(1, 64), st.integers(1, capacity_max)),
+              align=ALIGNS)
+        def alloc_by_handle(self, size: int, align: int):
+            # the handle form places as alloc does; the offset calls do not see its range
+            s, m = self.s, self.m
+            before = s.stats()
+            try:
+                off, h = s.alloc_handle(size, align)
+            except mempool.OutOfSpace:
+                assert not m.fits(size, align), "refused a request that a free range could hold"
+                assert s.stats() == before
+                return mempool_nothing()
+            assert off % align == 0 and off + size <= m.capacity and h >> 32 == off
+            if predicts_offsets:
+                assert off == m.best_fit(size, align)
+            assert any(g <= off and off + size <= g + n for g, n in m.gaps())
+            m.live[off] = size
+            self.by_handle[off] = h
+            return h
+
+        @precondition(lambda self: self.s is not None)
+        @rule(h=consumes(handles))
+        def free_by_handle(self, h):
+            if h is None:
+                return
+            off = h >> 32
+            if self.by_handle.get(off) != h:  # freed (or reset) since: refused, unchanged
+                before = self.s.stats()
+                try:
+                    self.s.free_handle(h)
+                except mempool.NotAllocated:
+                    pass
+                else:
+                    raise AssertionError(f"free_handle({h:#x}) of a freed range succeeded")
+                assert self.s.stats() == before
+                return
+            self.s.free_handle(h)
+            del self.m.live[off], self.by_handle[off]
+
         @precondition(lambda self: self.s is not None)
         @rule(off=consumes(ranges))
         def free(self, off):
             if off is None or off not in self.m.live:
+                return
+            if off in self.by_handle:  # (its range went back and was handed out by handle)
+                before = self.s.stats()
+                try:
+                    self.s.free(off)
+                except mempool.NotAllocated:
+                    pass
+                else:
+                    raise AssertionError(f"free({off}) of a range allocated by handle")
+                assert self.s.stats() == before
                 return
             self.s.free(off)
             del self.m.live[off]
@@ -157,7 +209,7 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
         @rule(target=ranges, off=consumes(ranges), size=st.integers(1, 1 << 12), align=ALIGNS)
         def realloc(self, off, size: int, align: int):
             s, m = self.s, self.m
-            if off is None or off not in m.live:
+            if off is None or off not in m.live or off in self.by_handle:
                 return mempool_nothing()
             old = m.live[off]
             in_place = size <= old or m.next_gap(off) >= size - old
@@ -187,6 +239,7 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
         def reset(self) -> None:
             self.s.reset()
             self.m.live.clear()
+            self.by_handle.clear()
 
         @precondition(lambda self: self.s is not None)
         @rule(sizes=st.lists(st.integers(1, 256), max_size=8))
@@ -214,6 +267,13 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             gaps = m.gaps()
             assert s.largest_free == max((n for _, n in gaps), default=0)
             assert s.stats().free_ranges == len(gaps)
+            for off in list(self.by_handle)[:4]:  # the offset calls do not see them
+                try:
+                    s.size_of(off)
+                except mempool.NotAllocated:
+                    pass
+                else:
+                    raise AssertionError(f"size_of({off}) of a range allocated by handle")
 
     return ExactMachine
 
