@@ -4,6 +4,7 @@ live range allocated by handle.  A handle is offset << 32 | node."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 
@@ -81,7 +82,7 @@ def test_handles_past_4_gib_carry_the_whole_offset(cls):
     with pytest.raises(NotAllocated):
         s.free_handle(h + (1 << 32))                  # the node at another offset
     with pytest.raises(NotAllocated):
-        s.free_handle(h + (1 << 40 << 32))            # 1 TiB further: no tag wraps
+        s.free_handle(h + (1 << 40 << 32))            # 1 TiB further: the offset is exact
     with pytest.raises(NotAllocated):
         s.free_handle(1 << 200)                       # an offset beyond 2**64
     s.free_handle(h)
@@ -201,6 +202,20 @@ def test_a_pools_strategy_has_no_handle_form(tmp_path):
     with mempool.Pool.create(tmp_path / "f.pool", 1 << 20) as p:
         with pytest.raises(TypeError, match="serves a Pool"):
             p._strategy.alloc_handle(64)
+    name = f"mptest-{os.getpid()}-handles"
+    with mempool.SharedPool.create(name, 1 << 20) as p:
+        try:
+            with pytest.raises(TypeError, match="serves a Pool"):
+                p._strategy.alloc_handle(64)
+        finally:
+            p.unlink()
+    with mempool.RegionPool(region_size="1MiB") as r:
+        blk = r.alloc(64)
+        assert r._regions                            # each region is a Pool
+        for region in r._regions:
+            with pytest.raises(TypeError, match="serves a Pool"):
+                region._strategy.alloc_handle(64)
+        blk.free()
 
 
 def _with_a_handle_range(raw: bytearray, h) -> None:
@@ -249,13 +264,84 @@ def test_a_subclass_of_two_strategies_is_refused():
                  (mempool.Slab, BestFit)):
         with pytest.raises(TypeError, match="two strategies"):
             type("X", (a, b), {})
+
     class Mine(TLSF):                                  # one strategy: fine
         pass
+
     class Deeper(Mine):
         pass
     assert Deeper(1 << 16).alloc_handle(8) == (0, 1)
 
 
+def test_a_strategys_own_methods_refuse_another_strategys_state():
+    # past the class check (a base whose __init_subclass__ does not chain up, or
+    # __bases__ changed afterwards) the methods still never read a state of another kind
+    class Quiet:
+        def __init_subclass__(cls, **kw):
+            pass
+
+    mixes = [type("X", (Quiet, TLSF, mempool.Slab), {}),
+             type("Y", (Quiet, TLSF, mempool.Buddy), {}),
+             type("Z", (Quiet, TLSF, mempool.Bump), {}),
+             type("W", (Quiet, TLSF, mempool.Heap), {})]
+
+    class A(TLSF):
+        pass
+    A.__bases__ = (mempool.Slab,)
+    calls = [lambda o: o.alloc_array(4), lambda o: o.free_array(0, 1), lambda o: o.item_size,
+             lambda o: o.class_of(4096), lambda o: o.class_size(0), lambda o: o.num_classes,
+             lambda o: o.mark(), lambda o: o.rewind(0), lambda o: o.depth,
+             lambda o: o.size_class(64), lambda o: o.served_by(0)]
+    for cls in mixes + [A]:
+        o = cls(1 << 20)
+        assert o.strategy == "tlsf"
+        for call in calls:
+            try:
+                call(o)
+            except AttributeError:
+                continue                             # not a method of this mix
+            except TypeError as e:
+                assert "reads a" in str(e) and "holds a tlsf one" in str(e)
+            else:
+                raise AssertionError(f"{cls.__name__}: a call read a tlsf state")
+        o.check()
+
+
+def test_replay_and_pools_refuse_what_does_not_fit_them(tmp_path):
+    # replay runs in the handle form: never on a pool's strategy (its lock, its journal)
+    with mempool.Pool(1 << 20) as p:
+        from mempool._mempool import replay
+        import numpy as np
+        z8, z32 = np.zeros(1, np.uint8), np.zeros(1, np.uint32)
+        with pytest.raises(TypeError, match="serves a Pool"):
+            replay(p._strategy, z8, z32, np.zeros(1, np.uint64), z32, 0)
+        p.check()
+    # a strategy holding a range allocated by handle cannot serve a pool
+    from mempool._mempool import PoolCore
+    s = TLSF(1 << 16)
+    s.alloc_handle(64)
+    with pytest.raises(ValueError, match="allocated by handle"):
+        PoolCore(s, bytearray(1 << 16), None)
+    t = TLSF(1 << 16)
+    PoolCore(t, bytearray(1 << 16), None)          # an empty one does
+
+
+def test_a_heap_whose_tlsf_holds_a_handle_range_is_refused():
+    # the Heap's pages are ranges of its TLSF, held by offset: a crafted sub-state that
+    # marks a page's node as allocated by handle (out of the offset table) is refused
+    import struct
+    h = mempool.Heap(1 << 20)
+    h.alloc(100000)
+    x = h.alloc(16)                                   # a class item: its page is at x
+    full = bytearray(h._full_snapshot())
+    node_at = full.find(struct.pack("<QQ", x, h.page_size))   # the page's TLSF node
+    slot = next(full.find(struct.pack("<II", x >> 3, i)) for i in range(256)
+                if full.find(struct.pack("<II", x >> 3, i)) > 0)
+    assert node_at > 0 and slot > 0
+    struct.pack_into("<I", full, node_at + 36, 5)     # flags: RN_INUSE | RN_HANDLE
+    struct.pack_into("<II", full, slot, 0, 0xFFFFFFFF)  # not in the offset table
+    with pytest.raises(mempool.CorruptionError, match="allocated by handle"):
+        mempool.Heap.restore(bytes(full))
 def test_only_the_exact_strategies_have_it():
     for name, c in mempool.STRATEGIES.items():
         assert hasattr(c, "alloc_handle") == (c in EXACT), name
@@ -277,19 +363,3 @@ def test_recorded_as_alloc_and_free(cls, tmp_path):
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
 
 
-def test_a_heap_whose_tlsf_holds_a_handle_range_is_refused():
-    # the Heap's pages are ranges of its TLSF, held by offset: a crafted sub-state that
-    # marks a page's node as allocated by handle (out of the offset table) is refused
-    import struct
-    h = mempool.Heap(1 << 20)
-    h.alloc(100000)
-    x = h.alloc(16)                                   # a class item: its page is at x
-    full = bytearray(h._full_snapshot())
-    node_at = full.find(struct.pack("<QQ", x, h.page_size))   # the page's TLSF node
-    slot = next(full.find(struct.pack("<II", x >> 3, i)) for i in range(256)
-                if full.find(struct.pack("<II", x >> 3, i)) > 0)
-    assert node_at > 0 and slot > 0
-    struct.pack_into("<I", full, node_at + 36, 5)     # flags: RN_INUSE | RN_HANDLE
-    struct.pack_into("<II", full, slot, 0, 0xFFFFFFFF)  # not in the offset table
-    with pytest.raises(mempool.CorruptionError, match="allocated by handle"):
-        mempool.Heap.restore(bytes(full))

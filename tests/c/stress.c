@@ -9,7 +9,10 @@
  *
  * For each strategy:
  *   - seeded random sequences of alloc / free / realloc (grow, shrink) / reset /
- *     bad frees / bad arguments, against a shadow list of live (offset, size) ranges;
+ *     bad frees / bad arguments, a third of the allocations and their frees by handle
+ *     (alloc_handle / free_handle: placed as alloc places; the offset calls refuse such
+ *     a range; bad (node, offset) pairs refused; realloc by node is the replay loops',
+ *     checked by stress_replay.c), against a shadow list of live (offset, size) ranges;
  *     after every step: check() passes, live ranges are inside the span, aligned and
  *     disjoint, size_of is exact, used / live / largest_free / available /
  *     free_ranges agree with the shadow and with walk(), alloc(largest_free)

@@ -148,10 +148,11 @@ typedef struct mp_ops {
     /* Optional (NULL: replay.c's loop calls alloc / free / realloc through this table).
      * The timed loop of mp_replay (replay.h) compiled inside the strategy's own file with
      * its alloc and free inlined (replay_loop.h): same ops, same results, no call through
-     * the table per op.  ptr[id] (id <= max_id) holds each live id's offset (MP_NO_SPACE:
-     * not live) on return, and the ranges still live are filed by offset (the loop itself
-     * may keep handles); returns the number of failed alloc/realloc calls.  Debug builds
-     * leave it NULL (their table checks the state after every call). */
+     * the table per op.  ptr[id] (id <= max_id) is all MP_NO_SPACE on entry and on
+     * return: the loop keeps each live id's range in it (by node: ranges.h's handle
+     * form) and frees the ranges still live at the end; returns the number of failed
+     * alloc/realloc calls.  Debug builds leave it NULL (their table checks the state
+     * after every call). */
     uint64_t (*replay)(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,
                        const uint64_t *size, const uint32_t *align, uint32_t max_id,
                        uint64_t *ptr);

@@ -213,8 +213,9 @@ uint64_t mpi_ranges_grow_size(const void *st, const mp_fidx_t *fi)
 
 /* Head, tables' header, free index and nodes [0, top) are copied as they are (node
  * indices are what the free index and the physical list link by); the hash table is
- * sized for the new budget and every allocated node is refiled in it from the old
- * table and nursery (the new nursery starts empty: invariant 4 allows either). */
+ * sized for the new budget and every node filed by offset is refiled in it from the old
+ * table and nursery (the new nursery starts empty: invariant 4 allows either; nodes
+ * allocated by handle are in neither and stay so). */
 int mpi_ranges_grow(const void *st, const mp_fidx_t *fi, void *dst, uint64_t dst_len)
 {
     const mp_head_t *h = st;

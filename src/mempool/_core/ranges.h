@@ -635,17 +635,6 @@ RS_HOT int rs_free_handle(void *st, const mp_fidx_t *fi, uint64_t node, uint64_t
     return MP_OK;
 }
 
-/* A range allocated by handle becomes one filed by offset (the replay loops' ranges
- * still live at their end, which replay.c frees by offset): its offset. */
-RS_HOT uint64_t rs_handle_to_offset(void *st, const mp_fidx_t *fi, uint64_t node)
-{
-    mp_rnode_t *n = rs_node(fi, rs_nodes(st, fi), (uint32_t)node);
-    mpi_assert(n->flags == (RN_INUSE | RN_HANDLE));
-    n->flags = RN_INUSE;
-    rs_hash_insert(st, fi, (uint32_t)node);
-    return n->offset;
-}
-
 RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint64_t *out)
 {
     uint32_t i = rs_lookup(st, fi, offset);
@@ -655,7 +644,7 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
 }
 
 /* A strategy's handle form over its free index FI (&its mp_fidx_t): PRE##_alloc_h,
- * _free_h, _realloc_h and _to_offset for its replay loop (replay_loop.h: by node; the
+ * _free_h and _realloc_h for its replay loop (replay_loop.h: by node, unchecked; the
  * first two inline), PRE##_alloc_handle and _free_handle for its table (checked after
  * each call in debug builds: MPI_CHECKED(SNAME, ...)). */
 #define RS_HANDLE_FORM(PRE, SNAME, FI)                                                           \
@@ -670,10 +659,6 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
                                uint64_t *out)                                                    \
     {                                                                                            \
         return mpi_ranges_realloc_node(st, FI, node, size, align, out);                          \
-    }                                                                                            \
-    RS_HOT uint64_t PRE##_to_offset(void *st, uint64_t node)                                     \
-    {                                                                                            \
-        return rs_handle_to_offset(st, FI, node);                                                \
     }                                                                                            \
     static int PRE##_alloc_handle(void *st, uint64_t size, uint64_t align, uint64_t *offset,     \
                                   uint64_t *node)                                                \

@@ -6,22 +6,21 @@
  * per replay instead of once per op (python3-compileall, TLSF: ~20 of ~200
  * instructions per op).  Semantics are replay.c's loop, op for op: a size 0 is served
  * as 1; a failed alloc leaves the id not live; 'f' and 'r' on an id that is not live
- * are skipped; realloc moves with alignment 1.  The ranges are held by handle (the
- * handle form of ranges.h, as OffsetAllocator frees: by the node it returned), which
- * places exactly as the offset calls do.
+ * are skipped; realloc moves with alignment 1.  The ranges are held by their nodes
+ * (ranges.h's handle form, as OffsetAllocator frees: by the node it returned, no
+ * offset lookup), which places exactly as the offset calls do.
  */
 #ifndef MEMPOOL_REPLAY_LOOP_H
 #define MEMPOOL_REPLAY_LOOP_H
 
 #include "replay.h"
 
-/* static uint64_t NAME(st, n, op, id, size, align, max_id, ptr), in the handle form
- * (mp_ops_t.alloc_handle, as OffsetAllocator is timed: no offset lookup on free):
- * ALLOC(st, size, align, &node) and REALLOC(st, node, size, align, &node) return MP_OK
- * or an error, FREE(st, node) frees; ptr[id] holds the live ids' nodes until the end,
- * when TO_OFFSET(st, node) files each range still live by offset and gives its offset
- * (what mp_replay frees them by). */
-#define MPI_REPLAY_LOOP(NAME, ALLOC, FREE, REALLOC, TO_OFFSET)                                  \
+/* static uint64_t NAME(st, n, op, id, size, align, max_id, ptr), by node (ranges.h's
+ * handle form without its checks: the loop's own ranges): ALLOC(st, size, align, &node)
+ * and REALLOC(st, node, size, align, &node) return MP_OK or an error, FREE(st, node)
+ * frees; ptr[id] holds each live id's node, and the ranges still live at the end are
+ * freed here (ptr[] is all MP_NO_SPACE on entry and on return). */
+#define MPI_REPLAY_LOOP(NAME, ALLOC, FREE, REALLOC)                                             \
     static uint64_t NAME(void *st, uint64_t n, const uint8_t *op, const uint32_t *id,            \
                          const uint64_t *size, const uint32_t *align, uint32_t max_id,           \
                          uint64_t *ptr)                                                          \
@@ -51,8 +50,10 @@
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        for (uint64_t i = 0; i <= max_id; i++)                                                   \
-            if (ptr[i] != MP_NO_SPACE) ptr[i] = TO_OFFSET(st, ptr[i]);                           \
+        for (uint64_t i = 0; i <= max_id; i++) {                                                 \
+            if (ptr[i] != MP_NO_SPACE) FREE(st, ptr[i]);                                         \
+            ptr[i] = MP_NO_SPACE;                                                                \
+        }                                                                                        \
         return failures;                                                                         \
     }
 

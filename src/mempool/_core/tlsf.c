@@ -243,7 +243,7 @@ static int tlsf_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align
 RS_HANDLE_FORM(tlsf, tlsf, &tlsf_fidx)
 /* mp_ops_t.replay: the trace replay loop with alloc and free inlined, in the handle form
  * (replay_loop.h; debug builds' public table leaves it out, internal.h) */
-MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_h, tlsf_free_h, tlsf_realloc_h, tlsf_to_offset)
+MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_h, tlsf_free_h, tlsf_realloc_h)
 static int tlsf_size_of(const void *st, uint64_t offset, uint64_t *out)
 {
     return rs_size_of(st, &tlsf_fidx, offset, out);

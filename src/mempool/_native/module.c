@@ -159,6 +159,11 @@ static PyObject *ext_replay(PyObject *Py_UNUSED(mod), PyObject *args)
             PyErr_SetString(PyExc_ValueError, "replay() needs an empty strategy");
             goto done;
         }
+        if (s->served) { /* (a pool's: its journal, its lock, its ranges held by offset) */
+            PyErr_SetString(PyExc_TypeError, "replay(): this strategy serves a Pool; replay "
+                            "a strategy of its own (trace.strategy_for)");
+            goto done;
+        }
         mp_replay_sampled(s->ops, s->st, t.n, t.v[0].buf, t.v[1].buf, t.v[2].buf, t.v[3].buf,
                           (uint32_t)max_id, ptr, live, every, have_sv ? sv.buf : NULL, &r);
     }

@@ -392,6 +392,18 @@ static inline int mp_strategy_closed(StrategyObject *self)
     PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
     return 1;
 }
+/* A type's own methods read the state of its own kind: 0, or 1 with TypeError when the
+ * object holds another strategy's (a class that mixes two strategy types past
+ * __init_subclass__, or whose __bases__ were changed: its methods and its constructor
+ * can come from different types). */
+static inline int mp_strategy_not(StrategyObject *self, unsigned kind, const char *what)
+{
+    if (self->ops->kind == kind) return 0;
+    PyErr_Format(PyExc_TypeError, "%s reads a %s state; this object holds a %s one",
+                 what, mp_ops_by_kind(kind) ? mp_ops_by_kind(kind)->name : "?",
+                 self->ops->name);
+    return 1;
+}
 int mp_strategy_ready(PyObject *module);
 /* An operation returned MP_ENONODES (the state's node budget is spent): grow the
  * state into a larger malloc'd block (mp_ops_t.grow) and return 0, so the caller
@@ -453,8 +465,6 @@ PyObject *mp_segments_list(mp_segs_t *b);
 /* Register a concrete strategy type (module attribute, restore(), attach).  The
  * type's own tp_methods (extras, NULL-terminated) are merged with the generic
  * ones; its tp_getset defaults to the generic properties. */
-/* type_tlsf.c: the range strategies' (TLSF, BestFit) own methods: the handle form. */
-extern PyMethodDef mp_range_methods[];
 int mp_register_type(PyObject *module, PyTypeObject *type, const mp_ops_t *ops);
 /* A getter of the state head's param[(intptr_t)closure]: a constructor parameter. */
 PyObject *mp_strategy_get_param(StrategyObject *self, void *which);
@@ -462,18 +472,19 @@ const mp_ops_t *mp_ops_of_type(PyTypeObject *type);
 PyTypeObject *mp_type_of_ops(const mp_ops_t *ops);
 PyObject *mp_ext_restore_fn(PyObject *mod, PyObject *args); /* _restore(type, data) */
 PyObject *mp_ext_attach(PyObject *mod, PyObject *args);      /* attach(buffer, off, len) */
-/* The arguments of alloc(size, align=1) and realloc(offset, size, align=1), read and
+/* The arguments of alloc(size, align=1) (or another method's of that form, fname) and
+ * realloc(offset, size, align=1), read and
  * checked in the order every strategy's methods follow: the arguments, then the state
  * open, then (realloc) the range at offset live.  vals[] gets the argument objects.
  * Return 0, 1 when size is 2**64 or more (the caller raises OutOfSpace naming
  * vals[0] / vals[1]), or -1 with an exception set.  Inline: the generic ones are hot. */
-static inline int mp_alloc_args(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames, PyObject **vals, uint64_t *size,
-                                uint64_t *align)
+static inline int mp_alloc_args(StrategyObject *self, const char *fname, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames, PyObject **vals,
+                                uint64_t *size, uint64_t *align)
 {
     static const char *const names[] = {"size", "align"};
     if (nargs == 1 && !kwnames) vals[0] = args[0];
-    else if (mp_parse_args("alloc", args, nargs, kwnames, names, 2, 1, vals) < 0)
+    else if (mp_parse_args(fname, args, nargs, kwnames, names, 2, 1, vals) < 0)
         return -1;
     int big = mp_arg_size(vals[0], "size", size);
     if (big < 0) return -1;
@@ -503,6 +514,9 @@ static inline int mp_realloc_args(StrategyObject *self, PyObject *const *args, P
 }
 
 /* type_*.c */
+/* range_methods.c: what the range strategies (TLSF, BestFit) share, their methods of
+ * the handle form (alloc_handle, free_handle). */
+extern PyMethodDef mp_range_methods[];
 /* TYPE(capacity, *, max_blocks=None) for the range strategies (type_tlsf.c) */
 PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
                                 const mp_ops_t *ops,

@@ -253,6 +253,13 @@ int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObje
         PyErr_SetString(mp_PoolClosed, "the strategy is closed");
         return -1;
     }
+    /* a pool holds its ranges by offset (a file's or a segment's state: refused by its
+     * attach, CorruptionError, and under its lock for a shared one) */
+    if (s->owns && s->ops->by_handle && s->ops->by_handle(s->st)) {
+        PyErr_SetString(PyExc_ValueError, "the strategy holds ranges allocated by handle, "
+                        "which a pool cannot hold (its blocks name offsets)");
+        return -1;
+    }
     uint64_t capacity = ((mp_head_t *)s->st)->capacity;
     if (buffer != Py_None) {
         if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {

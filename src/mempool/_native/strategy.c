@@ -207,7 +207,7 @@ static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
 {
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
-    int rc = mp_alloc_args(self, args, nargs, kwnames, vals, &size, &align);
+    int rc = mp_alloc_args(self, "alloc", args, nargs, kwnames, vals, &size, &align);
     if (rc < 0) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);

@@ -14,7 +14,7 @@ static PyTypeObject BestFitType = {
     .tp_basicsize = sizeof(StrategyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_new = bestfit_new,
-    .tp_methods = mp_range_methods, /* alloc_handle, free_handle (type_tlsf.c) */
+    .tp_methods = mp_range_methods, /* alloc_handle, free_handle (range_methods.c) */
     .tp_doc = "BestFit(capacity, *, max_blocks=None, grow=True)\n--\n\n"
               "Exact best fit over the offsets [0, capacity): the smallest free range in which\n"
               "an aligned placement fits, the lowest offset among equals (O(log n)).  The\n"

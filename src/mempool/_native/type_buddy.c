@@ -77,6 +77,7 @@ static PyObject *buddy_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 
 static PyObject *buddy_class_of(StrategyObject *self, PyObject *arg)
 {
+    if (mp_strategy_not(self, MP_KIND_BUDDY, "class_of()")) return NULL;
     uint64_t size;
     int rc = mp_arg_size(arg, "size", &size);
     if (rc < 0 || mp_strategy_closed(self)) return NULL;
@@ -93,6 +94,7 @@ static PyObject *buddy_class_of(StrategyObject *self, PyObject *arg)
 
 static PyObject *buddy_class_size(StrategyObject *self, PyObject *arg)
 {
+    if (mp_strategy_not(self, MP_KIND_BUDDY, "class_size()")) return NULL;
     uint64_t k;
     int rc = mp_arg_u64(arg, "k", &k);
     if (rc < 0 && !PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
@@ -109,6 +111,7 @@ static PyObject *buddy_class_size(StrategyObject *self, PyObject *arg)
 
 static PyObject *get_num_classes(StrategyObject *self, void *Py_UNUSED(c))
 {
+    if (mp_strategy_not(self, MP_KIND_BUDDY, "num_classes")) return NULL;
     if (mp_strategy_closed(self)) return NULL;
     return PyLong_FromUnsignedLong(mp_buddy_classes(self->st));
 }

@@ -7,6 +7,7 @@
 /* A mark is the int (serial << 32) | depth (depth < 2^32 - 1: max_blocks bounds it). */
 static PyObject *bump_mark(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (mp_strategy_not(self, MP_KIND_BUMP, "mark()")) return NULL;
     uint64_t serial, depth;
     if (mp_strategy_closed(self)) return NULL;
     mp_bump_mark(self->st, &serial, &depth);
@@ -15,6 +16,7 @@ static PyObject *bump_mark(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (mp_strategy_not(self, MP_KIND_BUMP, "rewind()")) return NULL;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError, "rewind() takes exactly one argument (%zd given)", nargs);
         return NULL;
@@ -34,7 +36,7 @@ static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssi
 #define INFO_GETTER(name)                                                                        \
     static PyObject *get_##name(StrategyObject *self, void *Py_UNUSED(c))                       \
     {                                                                                            \
-        if (mp_strategy_closed(self)) return NULL;                                               \
+        if (mp_strategy_not(self, MP_KIND_BUMP, #name) || mp_strategy_closed(self)) return NULL; \
         mp_bump_info_t in;                                                                       \
         mp_bump_info(self->st, &in);                                                             \
         return PyLong_FromUnsignedLongLong(in.name);                                             \

@@ -46,6 +46,7 @@ static const char *const class_names[] = {"size", "align"};
 static PyObject *heap_size_class(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
+    if (mp_strategy_not(self, MP_KIND_HEAP, "size_class()")) return NULL;
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, out;
     if (mp_parse_args("size_class", args, nargs, kwnames, class_names, 2, 1, vals) < 0)
@@ -64,6 +65,7 @@ static PyObject *heap_size_class(StrategyObject *self, PyObject *const *args, Py
 
 static PyObject *heap_served_by(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (mp_strategy_not(self, MP_KIND_HEAP, "served_by()")) return NULL;
     static const char *const names[] = {"tlsf", "class", "fragments"};
     uint64_t off;
     if (nargs != 1) {

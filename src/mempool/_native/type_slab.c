@@ -24,9 +24,10 @@ static PyObject *slab_raise(StrategyObject *self, int rc, PyObject *size_obj, ui
 static PyObject *slab_alloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
+    if (mp_strategy_not(self, MP_KIND_SLAB, "alloc()")) return NULL;
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
-    int rc = mp_alloc_args(self, args, nargs, kwnames, vals, &size, &align);
+    int rc = mp_alloc_args(self, "alloc", args, nargs, kwnames, vals, &size, &align);
     if (rc < 0) return NULL;
     if (rc > 0) return slab_raise(self, MP_ENOSPACE, vals[0], size, align, 0);
     rc = self->ops->alloc(self->st, size, align, &off);
@@ -37,6 +38,7 @@ static PyObject *slab_alloc_meth(StrategyObject *self, PyObject *const *args, Py
 static PyObject *slab_realloc_meth(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
+    if (mp_strategy_not(self, MP_KIND_SLAB, "realloc()")) return NULL;
     PyObject *vals[3] = {NULL, NULL, NULL};
     uint64_t off, size, align = 1, out;
     int rc = mp_realloc_args(self, args, nargs, kwnames, vals, &off, &size, &align);
@@ -56,6 +58,7 @@ static PyObject *slab_realloc_meth(StrategyObject *self, PyObject *const *args, 
 
 static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (mp_strategy_not(self, MP_KIND_SLAB, "alloc_array()")) return NULL;
     uint64_t n, off;
     if (nargs != 1) {
         PyErr_Format(PyExc_TypeError, "alloc_array() takes exactly one argument (%zd given)",
@@ -96,6 +99,7 @@ static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, P
 
 static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (mp_strategy_not(self, MP_KIND_SLAB, "free_array()")) return NULL;
     uint64_t off, n, have;
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "free_array() takes exactly 2 arguments (%zd given)",
@@ -121,7 +125,7 @@ static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py
 #define INFO_GETTER(name, field)                                                                 \
     static PyObject *get_##name(StrategyObject *self, void *Py_UNUSED(c))                       \
     {                                                                                            \
-        if (mp_strategy_closed(self)) return NULL;                                               \
+        if (mp_strategy_not(self, MP_KIND_SLAB, #name) || mp_strategy_closed(self)) return NULL; \
         mp_slab_info_t in;                                                                       \
         mp_slab_info(self->st, &in);                                                             \
         return PyLong_FromUnsignedLongLong(in.field);                                            \
