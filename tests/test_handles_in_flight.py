@@ -131,18 +131,18 @@ def test_a_thousand_arrays_from_two_workers(name):
 
 
 # ---- a lease's lifetime --------------------------------------------------------------------
+# (lease_timeout is a second in these: a stall of the test process between taking a
+# lease and looking at it, a GC pass or load, measured up to ~0.16 s, must not reach it)
 def test_a_lease_never_unpickled_expires_and_is_counted(name):
-    with SharedPool.create(name, "1MiB", lease_timeout=0.2) as p:
-        assert p.shared_stats().lease_timeout == pytest.approx(0.2)
+    with SharedPool.create(name, "1MiB", lease_timeout=1.0) as p:
+        assert p.shared_stats().lease_timeout == pytest.approx(1.0)
         a = p.zeros(N)
-        t0 = time.monotonic()
         h = pickle.dumps(a)
         blk_h = pickle.dumps(_block_of(a))
         del a  # the leases hold the range now
-        n, st = len(p), p.shared_stats()
-        if in_time(t0, 0.2):  # (else this process stalled past the deadline: load)
-            assert n == 1 and st.leases == 2 and st.leases_expired == 0
-        time.sleep(0.3)
+        st = p.shared_stats()
+        assert len(p) == 1 and st.leases == 2 and st.leases_expired == 0
+        time.sleep(1.1)
         assert p.used == 0  # the read's lock noticed the deadline: both released
         st = p.shared_stats()
         assert st.leases == 0 and st.leases_expired == 2
@@ -150,13 +150,6 @@ def test_a_lease_never_unpickled_expires_and_is_counted(name):
             with pytest.raises(mempool.NotAllocated, match=r"stale.*lease"):
                 pickle.loads(lost)
         settled(p)
-
-
-def in_time(t0: float, timeout: float) -> bool:
-    """The checks since t0 ran before a lease taken after t0 could reach its deadline:
-    only then may they expect it in flight (a stall of this process, under load or
-    in a GC pass, can outlast a lease_timeout of 0.2 s between two lines)."""
-    return time.monotonic() - t0 < timeout
 
 
 def _dying_sender(name: str) -> tuple[int, bytes]:
@@ -189,14 +182,11 @@ def test_reclaim_leaves_the_leases_of_a_dead_sender(name):
 
 
 def test_a_lost_message_of_a_dead_sender_expires(name):
-    with SharedPool.create(name, "1MiB", lease_timeout=0.3) as p:
-        t0 = time.monotonic()
+    with SharedPool.create(name, "1MiB", lease_timeout=1.0) as p:
         pid, blob = _dying_sender(name)
         p.reclaim(pid)
-        n, st = len(p), p.shared_stats()
-        if in_time(t0, 0.3):  # (else this process stalled past the deadline: load)
-            assert n == 1 and st.leases == 1
-        time.sleep(0.4)
+        assert len(p) == 1 and p.shared_stats().leases == 1
+        time.sleep(1.1)
         assert len(p) == 0 and p.shared_stats().leases_expired == 1
         with pytest.raises(mempool.NotAllocated, match="stale"):
             pickle.loads(blob)
@@ -237,24 +227,17 @@ def test_unpickled_twice_in_two_processes(name):
 
 
 def test_a_full_lease_table_releases_expired_leases_then_refuses(name):
-    with SharedPool.create(name, "1MiB", max_leases=4, lease_timeout=0.2) as p:
+    with SharedPool.create(name, "1MiB", max_leases=4, lease_timeout=1.0) as p:
         a = p.zeros(N)
-        t0 = time.monotonic()
         held = [pickle.dumps(a) for _ in range(4)]
-        try:
-            extra = pickle.dumps(a)
-        except mempool.OutOfSpace as e:
-            assert "lease table is full" in str(e)
-            extra = None
-        leases = p.shared_stats().leases
-        if in_time(t0, 0.2):  # (else this process stalled past the deadline: load)
-            assert extra is None, "a full lease table took a fifth lease"
-            assert leases == 4
-        time.sleep(0.3)
+        with pytest.raises(mempool.OutOfSpace, match="lease table is full"):
+            pickle.dumps(a)
+        assert p.shared_stats().leases == 4
+        time.sleep(1.1)
         h = pickle.dumps(a)  # the full table released the expired ones first
         st = p.shared_stats()
-        assert st.leases == 1 and st.leases_expired == 4 + (extra is not None)
-        del held, extra
+        assert st.leases == 1 and st.leases_expired == 4
+        del held
         assert (pickle.loads(h) == 0).all()
         del a
         settled(p)
