@@ -102,52 +102,64 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             self.m: Model | None = None
             self.by_handle: dict[int, int] = {}  # offset -> handle (alloc_handle's ranges)
 
+        def refused(self, call, what: str) -> None:
+            """call() raises NotAllocated and leaves the strategy as it was."""
+            before = self.s.stats()
+            try:
+                call()
+            except mempool.NotAllocated:
+                pass
+            else:
+                raise AssertionError(f"{what} succeeded")
+            assert self.s.stats() == before
+
         @precondition(lambda self: self.s is None)
         @rule(capacity=st.integers(1, capacity_max))
         def create(self, capacity: int) -> None:
             self.s = factory(capacity)
             self.m = Model(capacity)
 
-        @precondition(lambda self: self.s is not None)
-        @rule(target=ranges, size=st.one_of(st.integers(1, 64), st.integers(1, capacity_max)),
-              align=ALIGNS)
-        def alloc(self, size: int, align: int):
+        def _take(self, size: int, align: int, by_handle: bool):
+            """alloc(size, align), or alloc_handle: (offset, handle or None), or None when
+            it refused (and rightly: no free range holds it, nothing changed)."""
             s, m = self.s, self.m
             before = s.stats()
             try:
-                off = s.alloc(size, align)
+                off, h = s.alloc_handle(size, align) if by_handle else (s.alloc(size, align), None)
             except mempool.OutOfSpace as e:
                 assert not m.fits(size, align), "refused a request that a free range could hold"
-                assert e.size == size and e.available == before.available
+                if not by_handle:
+                    assert e.size == size and e.available == before.available
                 assert s.stats() == before
-                return mempool_nothing()
+                return None
             assert off % align == 0
             assert 0 <= off and off + size <= m.capacity
             if predicts_offsets:
                 assert off == m.best_fit(size, align)
             assert any(g <= off and off + size <= g + n for g, n in m.gaps())
-            assert s.size_of(off) == size
             m.live[off] = size
-            return off
+            return off, h
+
+        @precondition(lambda self: self.s is not None)
+        @rule(target=ranges, size=st.one_of(st.integers(1, 64), st.integers(1, capacity_max)),
+              align=ALIGNS)
+        def alloc(self, size: int, align: int):
+            got = self._take(size, align, by_handle=False)
+            if got is None:
+                return mempool_nothing()
+            assert self.s.size_of(got[0]) == size
+            return got[0]
 
         @precondition(lambda self: self.s is not None and hasattr(self.s, "alloc_handle"))
         @rule(target=handles, size=st.one_of(st.integers(1, 64), st.integers(1, capacity_max)),
               align=ALIGNS)
         def alloc_by_handle(self, size: int, align: int):
             # the handle form places as alloc does; the offset calls do not see its range
-            s, m = self.s, self.m
-            before = s.stats()
-            try:
-                off, h = s.alloc_handle(size, align)
-            except mempool.OutOfSpace:
-                assert not m.fits(size, align), "refused a request that a free range could hold"
-                assert s.stats() == before
+            got = self._take(size, align, by_handle=True)
+            if got is None:
                 return mempool_nothing()
-            assert off % align == 0 and off + size <= m.capacity and h >> 32 == off
-            if predicts_offsets:
-                assert off == m.best_fit(size, align)
-            assert any(g <= off and off + size <= g + n for g, n in m.gaps())
-            m.live[off] = size
+            off, h = got
+            assert h >> 32 == off
             self.by_handle[off] = h
             return h
 
@@ -158,14 +170,8 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
                 return
             off = h >> 32
             if self.by_handle.get(off) != h:  # freed (or reset) since: refused, unchanged
-                before = self.s.stats()
-                try:
-                    self.s.free_handle(h)
-                except mempool.NotAllocated:
-                    pass
-                else:
-                    raise AssertionError(f"free_handle({h:#x}) of a freed range succeeded")
-                assert self.s.stats() == before
+                self.refused(lambda: self.s.free_handle(h),
+                             f"free_handle({h:#x}) of a freed range")
                 return
             self.s.free_handle(h)
             del self.m.live[off], self.by_handle[off]
@@ -176,14 +182,8 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             if off is None or off not in self.m.live:
                 return
             if off in self.by_handle:  # (its range went back and was handed out by handle)
-                before = self.s.stats()
-                try:
-                    self.s.free(off)
-                except mempool.NotAllocated:
-                    pass
-                else:
-                    raise AssertionError(f"free({off}) of a range allocated by handle")
-                assert self.s.stats() == before
+                self.refused(lambda: self.s.free(off),
+                             f"free({off}) of a range allocated by handle")
                 return
             self.s.free(off)
             del self.m.live[off]
@@ -193,17 +193,10 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
         def double_or_interior_free(self, off):
             if off is None:
                 return
-            before = self.s.stats()
             bad = off if off not in self.m.live else off + 1 if self.m.live[off] > 1 else None
             if bad is None or bad in self.m.live:
                 return
-            try:
-                self.s.free(bad)
-            except mempool.NotAllocated:
-                pass
-            else:
-                raise AssertionError(f"free({bad}) of a range that is not live succeeded")
-            assert self.s.stats() == before
+            self.refused(lambda: self.s.free(bad), f"free({bad}) of a range that is not live")
 
         @precondition(lambda self: self.s is not None)
         @rule(target=ranges, off=consumes(ranges), size=st.integers(1, 1 << 12), align=ALIGNS)
@@ -268,12 +261,7 @@ def exact_machine(factory: Callable[[int], mempool.Strategy], capacity_max: int 
             assert s.largest_free == max((n for _, n in gaps), default=0)
             assert s.stats().free_ranges == len(gaps)
             for off in list(self.by_handle)[:4]:  # the offset calls do not see them
-                try:
-                    s.size_of(off)
-                except mempool.NotAllocated:
-                    pass
-                else:
-                    raise AssertionError(f"size_of({off}) of a range allocated by handle")
+                self.refused(lambda: s.size_of(off), f"size_of({off}) of a range allocated by handle")
 
     return ExactMachine
 

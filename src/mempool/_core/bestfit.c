@@ -918,7 +918,7 @@ static int bestfit_realloc(void *st, uint64_t offset, uint64_t size, uint64_t al
 {
     return mpi_ranges_realloc(st, &bestfit_fidx, offset, size, align, out);
 }
-RS_HANDLE_FORM(bestfit, bestfit, &bestfit_fidx)
+RS_HANDLE_FORM(bestfit, &bestfit_fidx)
 /* mp_ops_t.replay: the trace replay loop with alloc and free inlined, in the handle form
  * (replay_loop.h; debug builds' public table leaves it out, internal.h) */
 MPI_REPLAY_LOOP(bestfit_replay, bestfit_alloc_h, bestfit_free_h, bestfit_realloc_h)

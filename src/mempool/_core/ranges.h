@@ -492,12 +492,6 @@ RS_HOT uint32_t rs_carve_as(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t 
     return a;
 }
 
-/* (the offset form: the allocated range is filed by offset) */
-RS_HOT uint32_t rs_carve(void *st, const mp_fidx_t *fi, uint32_t i, uint64_t at, uint64_t size)
-{
-    return rs_carve_as(st, fi, i, at, size, 0);
-}
-
 /* The allocated node of a request (carved in the form asked for), or an error. */
 RS_HOT int rs_alloc_node(void *st, const mp_fidx_t *fi, uint64_t size, uint64_t align,
                          int by_handle, uint32_t *node, uint64_t *offset)
@@ -643,11 +637,12 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
     return MP_OK;
 }
 
-/* A strategy's handle form over its free index FI (&its mp_fidx_t): PRE##_alloc_h,
- * _free_h and _realloc_h for its replay loop (replay_loop.h: by node, unchecked; the
- * first two inline), PRE##_alloc_handle and _free_handle for its table (checked after
- * each call in debug builds: MPI_CHECKED(SNAME, ...)). */
-#define RS_HANDLE_FORM(PRE, SNAME, FI)                                                           \
+/* The handle form of strategy PRE (its name: tlsf, bestfit) over its free index FI
+ * (&its mp_fidx_t): PRE##_alloc_h, _free_h and _realloc_h for its replay loop
+ * (replay_loop.h: by node, unchecked; the first two inline), PRE##_alloc_handle,
+ * _free_handle and _by_handle for its table (checked after each call in debug builds:
+ * MPI_CHECKED(PRE, ...)). */
+#define RS_HANDLE_FORM(PRE, FI)                                                                  \
     RS_HOT int PRE##_alloc_h(void *st, uint64_t size, uint64_t align, uint64_t *node)            \
     {                                                                                            \
         uint64_t off; /* most requests are unaligned: a copy with align folded to 1 */          \
@@ -663,12 +658,12 @@ RS_HOT int rs_size_of(const void *st, const mp_fidx_t *fi, uint64_t offset, uint
     static int PRE##_alloc_handle(void *st, uint64_t size, uint64_t align, uint64_t *offset,     \
                                   uint64_t *node)                                                \
     {                                                                                            \
-        return MPI_CHECKED(SNAME, st, "alloc_handle",                                            \
+        return MPI_CHECKED(PRE, st, "alloc_handle",                                              \
                            rs_alloc_handle(st, FI, size, align, offset, node));                  \
     }                                                                                            \
     static int PRE##_free_handle(void *st, uint64_t node, uint64_t offset)                       \
     {                                                                                            \
-        return MPI_CHECKED(SNAME, st, "free_handle", rs_free_handle(st, FI, node, offset));      \
+        return MPI_CHECKED(PRE, st, "free_handle", rs_free_handle(st, FI, node, offset));        \
     }                                                                                            \
     static uint64_t PRE##_by_handle(const void *st) { return mpi_ranges_by_handle(st, FI); }
 

@@ -240,7 +240,7 @@ static int tlsf_realloc(void *st, uint64_t offset, uint64_t size, uint64_t align
 {
     return mpi_ranges_realloc(st, &tlsf_fidx, offset, size, align, out);
 }
-RS_HANDLE_FORM(tlsf, tlsf, &tlsf_fidx)
+RS_HANDLE_FORM(tlsf, &tlsf_fidx)
 /* mp_ops_t.replay: the trace replay loop with alloc and free inlined, in the handle form
  * (replay_loop.h; debug builds' public table leaves it out, internal.h) */
 MPI_REPLAY_LOOP(tlsf_replay, tlsf_alloc_h, tlsf_free_h, tlsf_realloc_h)
