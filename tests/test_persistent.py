@@ -3,6 +3,7 @@ on open, and consistent (or refused) after a writer is killed mid-call."""
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -541,3 +542,44 @@ def test_the_warning_turned_error_still_frees_and_is_reported_as_unraisable(tmp_
     finally:
         sys.unraisablehook = old
     assert seen == [mempool.errors.UnnamedArrayWarning]
+
+
+@pytest.mark.parametrize("kind", ["file", "shared"])
+@pytest.mark.parametrize("strategy", mempool.STRATEGIES)
+def test_the_strategy_of_a_journaled_pool_refuses_its_own_changes(tmp_path, name, kind, strategy):
+    # a change made through the strategy object bypasses the journal (the next recovery
+    # would undo it, the shadow no longer matches) and, in a shared pool, the lock: only
+    # the pool's own calls may change the state; reading it stays allowed
+    opts = {"item_size": 64} if strategy == "slab" else {}
+    if kind == "file":
+        p = Pool.create(tmp_path / "j.mp", "1MiB", strategy, **opts)
+    else:
+        p = mempool.SharedPool.create(name, "1MiB", strategy, **opts)
+    try:
+        b = p.alloc(64)
+        s = p._strategy
+        before = s.snapshot()
+        calls = [("alloc()", lambda: s.alloc(64)), ("free()", lambda: s.free(b.offset)),
+                 ("realloc()", lambda: s.realloc(b.offset, 128)),
+                 ("alloc_many()", lambda: s.alloc_many([64, 64])),
+                 ("free_many()", lambda: s.free_many([b.offset])), ("reset()", s.reset)]
+        if strategy == "slab":
+            calls += [("alloc_array()", lambda: s.alloc_array(2)),
+                      ("free_array()", lambda: s.free_array(b.offset, 1))]
+        if strategy == "bump":
+            mark = s.mark()                     # (reading: allowed)
+            calls.append(("rewind()", lambda: s.rewind(mark)))
+        for what, fn in calls:
+            with pytest.raises(TypeError, match=rf"^{re.escape(what)}: this strategy serves a "
+                               "file or shared pool"):
+                fn()
+        assert s.snapshot() == before
+        assert s.size_of(b.offset) >= 64 and s.used == p.used and s.stats().live == 1
+        s.check()
+        b.free()
+        assert p.used == 0
+        p.check()
+    finally:
+        p.close()
+        if kind == "shared":
+            p.unlink()

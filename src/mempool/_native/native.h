@@ -34,7 +34,7 @@ typedef struct {
     void *st;           /* the state block                                   */
     uint64_t st_len;    /* its length in bytes                               */
     int owns;           /* st was malloc'd by us                             */
-    int served;         /* a Pool serves it: its ranges are held by offset   */
+    int served;         /* a Pool serves it (MP_SERVED_*): 0, POOL or TX       */
     PyObject *owner;    /* keeps external state memory alive, or NULL        */
     Py_buffer owner_view; /* the view of owner that st points into         */
     PyObject *weakreflist;
@@ -392,6 +392,22 @@ static inline int mp_strategy_closed(StrategyObject *self)
     PyErr_SetString(mp_PoolClosed, "the pool behind this strategy is closed");
     return 1;
 }
+/* StrategyObject.served: a Pool holds its ranges by offset (no handle form, no trace
+ * replay); TX: a file or shared pool's, whose every change is a journal transaction
+ * under the pool's lock (place.c, journal.h), so the strategy's own methods may read
+ * it but not change it. */
+enum { MP_SERVED_POOL = 1, MP_SERVED_TX = 2 };
+/* A method that changes the state may run: 0, or 1 with PoolClosed (the state is gone)
+ * or TypeError (it serves a file or shared pool: a change made past the journal and the
+ * lock would be undone by the next recovery, or race another process). */
+static inline int mp_strategy_unwritable(StrategyObject *self, const char *fn)
+{
+    if (mp_strategy_closed(self)) return 1;
+    if (self->served != MP_SERVED_TX) return 0;
+    PyErr_Format(PyExc_TypeError, "%s: this strategy serves a file or shared pool, whose "
+                 "changes are journal transactions (use the pool's own calls)", fn);
+    return 1;
+}
 /* A type's own methods read the state of its own kind: 0, or 1 with TypeError when the
  * object holds another strategy's (a class that mixes two strategy types past
  * __init_subclass__, or whose __bases__ were changed: its methods and its constructor
@@ -503,7 +519,7 @@ static inline int mp_realloc_args(StrategyObject *self, PyObject *const *args, P
     int big = mp_arg_size(vals[1], "size", size);
     if (big < 0) return -1;
     if (vals[2] && mp_arg_align(vals[2], align) < 0) return -1;
-    if (mp_strategy_closed(self)) return -1;
+    if (mp_strategy_unwritable(self, "realloc()")) return -1;
     uint64_t cur;
     int rc = self->ops->size_of(self->st, *off, &cur);
     if (rc) {

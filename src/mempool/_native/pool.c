@@ -300,7 +300,7 @@ int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObje
     }
     Py_INCREF(strategy);
     self->strategy = s;
-    s->served = 1; /* (no handle form: the pool's blocks, journal and registry hold offsets) */
+    s->served = MP_SERVED_POOL; /* (no handle form: the pool's blocks, journal and registry hold offsets) */
     Py_INCREF(source);
     self->source = source;
     self->capacity = capacity;
@@ -689,6 +689,7 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     mp_tx_setup(self->tx, (mp_journal_t *)(base + joff), OPS(self), ST(self), base + soff,
                 st_len, NULL, NULL);
     self->has_j = 1;
+    self->strategy->served = MP_SERVED_TX; /* its own methods may no longer change it */
     /* fd, placement: the state grows into pairs past the file's end (place.c) */
     if (mp_place_setup(self, fd, base, len, place, (uint64_t)((char *)ST(self) - base), soff,
                        1) < 0)

@@ -693,6 +693,7 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         goto fail;
     }
     if (mp_pool_setup(&self->pool, strategy, buffer, source, 1, align) < 0) goto fail;
+    so->served = MP_SERVED_TX; /* its own methods may no longer change it (the lock) */
     self->pool.bound_pid = 0; /* a shared pool serves forked children by its own rules */
     self->has_ctl = 1;
     self->ctl = c;

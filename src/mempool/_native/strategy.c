@@ -208,7 +208,7 @@ static PyObject *ext_strategy_alloc(StrategyObject *self, PyObject *const *args,
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
     int rc = mp_alloc_args(self, "alloc", args, nargs, kwnames, vals, &size, &align);
-    if (rc < 0) return NULL;
+    if (rc < 0 || mp_strategy_unwritable(self, "alloc()")) return NULL;
     if (rc > 0) return mp_raise_oos(self, vals[0], size, "", "larger than the capacity");
     rc = self->ops->alloc(self->st, size, align, &off);
     if (rc) return alloc_failed(self, rc, size, align);
@@ -222,7 +222,7 @@ static PyObject *ext_strategy_free(StrategyObject *self, PyObject *const *args, 
         PyErr_Format(PyExc_TypeError, "free() takes exactly one argument (%zd given)", nargs);
         return NULL;
     }
-    if (mp_arg_offset(args[0], &off) < 0 || mp_strategy_closed(self)) return NULL;
+    if (mp_arg_offset(args[0], &off) < 0 || mp_strategy_unwritable(self, "free()")) return NULL;
     int rc = self->ops->free(self->st, off);
     if (rc) return mp_raise(self, rc, 0, 1, off);
     Py_RETURN_NONE;
@@ -371,7 +371,7 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
     /* converting may run Python code (__index__, __iter__): check closed after it */
     uint64_t *sz = u64_items(vals[0], "sizes", 1, &n);
     if (!sz) return NULL;
-    if (mp_strategy_closed(self)) goto done;
+    if (mp_strategy_unwritable(self, "alloc_many()")) goto done;
     PyObject *count = PyLong_FromSsize_t(n);
     if (!count) goto done;
     out = np_call("empty", count);
@@ -381,7 +381,7 @@ static PyObject *ext_strategy_alloc_many(StrategyObject *self, PyObject *const *
         Py_CLEAR(out);
         goto done;
     }
-    if (mp_strategy_closed(self)) { /* np.empty ran Python code too */
+    if (mp_strategy_unwritable(self, "alloc_many()")) { /* np.empty ran Python code too */
         PyBuffer_Release(&res);
         Py_CLEAR(out);
         goto done;
@@ -451,7 +451,7 @@ static PyObject *ext_strategy_free_many(StrategyObject *self, PyObject *const *a
     uint64_t *off = u64_items(args[0], "offsets", 0, &n);
     if (!off) return NULL;
     uint64_t *sorted = NULL;
-    if (mp_strategy_closed(self)) goto done; /* after converting: it may run Python code */
+    if (mp_strategy_unwritable(self, "free_many()")) goto done; /* after converting: it may run Python code */
     sorted = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *sorted);
     if (!sorted) {
         PyErr_NoMemory();
@@ -596,7 +596,7 @@ static PyObject *ext_strategy_check(StrategyObject *self, PyObject *Py_UNUSED(ig
 
 static PyObject *ext_strategy_reset(StrategyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (mp_strategy_closed(self)) return NULL;
+    if (mp_strategy_unwritable(self, "reset()")) return NULL;
     self->ops->reset(self->st);
     Py_RETURN_NONE;
 }

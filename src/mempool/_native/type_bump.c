@@ -23,7 +23,7 @@ static PyObject *bump_rewind(StrategyObject *self, PyObject *const *args, Py_ssi
     }
     uint64_t serial = 0, depth = 0;
     int rc = mp_pair_split(args[0], "mark", "mark()", &serial, &depth);
-    if (rc < 0 || mp_strategy_closed(self)) return NULL;
+    if (rc < 0 || mp_strategy_unwritable(self, "rewind()")) return NULL;
     if (rc > 0 || mp_bump_rewind(self->st, serial, depth) != MP_OK) {
         PyErr_Format(PyExc_ValueError,
                      "rewind(%S): not a valid mark of this allocator (stale: a reset, an older "

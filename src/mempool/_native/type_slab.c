@@ -28,7 +28,7 @@ static PyObject *slab_alloc_meth(StrategyObject *self, PyObject *const *args, Py
     PyObject *vals[2] = {NULL, NULL};
     uint64_t size, align = 1, off;
     int rc = mp_alloc_args(self, "alloc", args, nargs, kwnames, vals, &size, &align);
-    if (rc < 0) return NULL;
+    if (rc < 0 || mp_strategy_unwritable(self, "alloc()")) return NULL;
     if (rc > 0) return slab_raise(self, MP_ENOSPACE, vals[0], size, align, 0);
     rc = self->ops->alloc(self->st, size, align, &off);
     if (rc) return slab_raise(self, rc, NULL, size, align, 0);
@@ -66,7 +66,7 @@ static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, P
         return NULL;
     }
     int big = mp_arg_size(args[0], "n", &n);
-    if (big < 0 || mp_strategy_closed(self)) return NULL;
+    if (big < 0 || mp_strategy_unwritable(self, "alloc_array()")) return NULL;
     int rc = big ? MP_ENOSPACE : mp_slab_alloc_array(self->st, n, &off);
     if (rc == MP_OK) return PyLong_FromUnsignedLongLong(off);
     if (rc != MP_ENOSPACE) return mp_raise(self, rc, 0, 1, 0);
@@ -108,7 +108,7 @@ static PyObject *slab_free_array(StrategyObject *self, PyObject *const *args, Py
     }
     if (mp_arg_offset(args[0], &off) < 0) return NULL;
     int big = mp_arg_size(args[1], "n", &n);
-    if (big < 0 || mp_strategy_closed(self)) return NULL;
+    if (big < 0 || mp_strategy_unwritable(self, "free_array()")) return NULL;
     int rc = mp_slab_items_at(self->st, off, &have);
     if (rc) return mp_raise(self, rc, 0, 1, off);
     if (big || n != have) {
