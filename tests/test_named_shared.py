@@ -260,6 +260,51 @@ def test_crafted_root_is_refused_on_attach(sp, field, value):
         SharedPool.attach(sp.name)
 
 
+def test_views_and_unpickled_arrays_hold_the_pool_open(sp):
+    # a named view and an unpickled array each count as an export of the pool: close()
+    # refuses (BufferError) while one lives, instead of unmapping memory it reads
+    sp.named["a"] = np.arange(5.0)
+    v = sp.named["a"]
+    w = v[1:]
+    u = pickle.loads(pickle.dumps(sp.zeros(3)))
+    assert type(u) is mempool.SharedArray and u.sum() == 0
+    for keep in (v, w, u):
+        with pytest.raises(BufferError, match="cannot close the pool"):
+            sp.close()
+        assert not sp.closed
+    del v
+    with pytest.raises(BufferError):
+        sp.close()
+    assert w.tolist() == [1.0, 2.0, 3.0, 4.0]
+    del w, u, keep
+    sp.close()
+    assert sp.closed
+
+
+@pytest.mark.parametrize("stride", [-(1 << 63) + 8, 1 << 62, 1 << 41, -(1 << 41), 8 * 30])
+def test_crafted_strides_of_a_named_record_are_refused(sp, stride):
+    # the record's first stride, made huge or just past the range: CorruptionError, no
+    # view that reaches outside the segment (NumPy's own bound check overflows on these)
+    sp.named["victim"] = np.arange(29.0)
+    path = f"/dev/shm/{sp.name}"
+    with open(path, "r+b") as f:
+        raw = f.read()
+        at = raw.find(struct.pack("<Q", 0x31434552454d414e))  # the record's magic
+        assert raw[at + 64 + 16:at + 64 + 22] == b"victim"
+        f.seek(at + 64 + 8)
+        f.write(struct.pack("<q", stride))
+    q = SharedPool.attach(sp.name)
+    try:
+        used = q.used
+        with pytest.raises(CorruptionError, match="an array's record"):
+            q.named["victim"]
+        assert q.used == used and q.shared_stats().entries == sp.shared_stats().entries
+    finally:
+        q.close()
+    with pytest.raises(CorruptionError, match="an array's record"):
+        sp.named["victim"]
+
+
 # ---- killed writers ---------------------------------------------------------------------
 STORM = """
 import random, sys, numpy as np, mempool

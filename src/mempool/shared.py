@@ -151,9 +151,11 @@ def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: 
                    dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...],
                    lease: int = 0) -> SharedArray:
     blk = _rebuild_block(name, segment_id, offset, tag, lease)
-    # a Block is a buffer; NumPy's stubs take any buffer only for Python >= 3.12
-    arr: SharedArray = np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk, offset=byte_off,  # type: ignore[arg-type]
-                                          strides=strides)
+    # the array owns the Block, one export of the pool: close() refuses while it lives
+    # (NumPy's buffer= would keep the Block, not a view of it); a crafted extent is a
+    # CorruptionError
+    arr: SharedArray = blk.pool._array_over(blk, np.dtype(dtype), tuple(shape),
+                                            tuple(strides), byte_off, SharedArray)
     return arr
 
 
@@ -206,13 +208,9 @@ class SharedPool(SharedPoolCore, Pool):
     def _named_array(self, blk: Block, dtype: np.dtype[Any], shape: tuple[int, ...],
                      strides: tuple[int, ...], offset: int) -> SharedArray:
         """pool.named's view of a named range: an array over ``blk`` (a handle of the
-        range) that pickles as a handle too."""
-        try:
-            arr: SharedArray = np.ndarray.__new__(SharedArray, shape, dtype, buffer=blk,  # type: ignore[arg-type]
-                                                  offset=offset, strides=strides)
-        except (TypeError, ValueError) as e:
-            raise CorruptionError(f"named array: its record does not fit its range ({e})"
-                                  ) from None
+        range, which the array owns: an export, so close() refuses while it lives) that
+        pickles as a handle too; CorruptionError when the record reaches outside it."""
+        arr: SharedArray = self._array_over(blk, dtype, shape, strides, offset, SharedArray)
         return arr
 
     # ---- construction -----------------------------------------------------------------

@@ -280,6 +280,7 @@ PyObject *mp_ext_named_owns(PoolObject *self, PyObject *offset);
 PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mp_ext_named_del(PoolObject *self, PyObject *name);
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mp_ext_named_names(PoolObject *self, PyObject *ignored);
 PyObject *mp_ext_named_state(PoolObject *self, PyObject *ignored);
 PyObject *mp_ext_named_check(PoolObject *self, PyObject *ignored);

@@ -403,6 +403,97 @@ PyObject *mp_ext_named_del(PoolObject *self, PyObject *name)
     Py_RETURN_NONE;
 }
 
+/* An array of `type` over b's range from byte `off`, with descr (a reference stolen),
+ * shape and strides (tuples of as many ints, at most MP_NAMED_MAX_NDIM): the array owns
+ * b, its one export (b->array: b's reference to the range goes when the array does),
+ * so close() and b.free() refuse while it lives.  A shape, strides or offset that
+ * reaches outside the range (crafted bytes: a directory record, a pickle) is a
+ * CorruptionError, checked here in 128-bit arithmetic (NumPy's own check of a buffer's
+ * bounds overflows on strides near 2**63). */
+static PyObject *array_over(PoolObject *self, BlockObject *b, PyTypeObject *type,
+                            PyArray_Descr *descr, PyObject *shape, PyObject *strides,
+                            PyObject *offset)
+{
+    int nd = (int)PyTuple_GET_SIZE(shape);
+    npy_intp dims[MP_NAMED_MAX_NDIM], st[MP_NAMED_MAX_NDIM];
+    Py_ssize_t off = PyLong_AsSsize_t(offset);
+    if (off == -1 && PyErr_Occurred()) goto fail;
+    /* the extent: [lo, hi) relative to element 0, inside the range */
+    __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr); /* (no overflow: 64 terms
+                                                                  of at most 2**80) */
+    int empty = 0;
+    for (int k = 0; k < nd; k++) {
+        dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
+        st[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, k));
+        if (PyErr_Occurred()) goto fail;
+        if (dims[k] < 0 || dims[k] > ((npy_intp)1 << 40) || st[k] > ((npy_intp)1 << 40) ||
+            st[k] < -((npy_intp)1 << 40)) {
+            PyErr_SetString(mp_CorruptionError, "an array's record: bad shape or strides");
+            goto fail;
+        }
+        if (dims[k] == 0) empty = 1;
+        else if (st[k] > 0) hi += (__int128)st[k] * (dims[k] - 1);
+        else lo += (__int128)st[k] * (dims[k] - 1);
+    }
+    if (off < 0 || (!empty && (off + lo < 0 || off + hi > (__int128)b->size)) ||
+        (uint64_t)off > b->size) {
+        PyErr_SetString(mp_CorruptionError, "an array's record: its extent lies outside its "
+                        "range");
+        goto fail;
+    }
+    if (!b->live || b->exports || b->array || b->pool != self || !self->base) {
+        PyErr_SetString(PyExc_ValueError, "an array over a block takes a live block of this "
+                        "pool with no views");
+        goto fail;
+    }
+    PyObject *arr = PyArray_NewFromDescr(type, descr, nd, dims, st,
+                                         self->base + b->offset + off, NPY_ARRAY_WRITEABLE,
+                                         NULL); /* (steals descr) */
+    if (!arr) return NULL;
+    b->array = 1;
+    b->exports = 1;
+    self->exports++;
+    Py_INCREF(b);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)b) < 0) { /* (steals b) */
+        /* (not reached for a fresh array; b outlives it only through the caller) */
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+fail:
+    Py_DECREF(descr);
+    return NULL;
+}
+
+static int array_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, const char *usage)
+{
+    if (nargs < n || nargs > n + 1 || !PyObject_TypeCheck(args[0], &BlockType) ||
+        !PyArray_DescrCheck(args[1]) || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) ||
+        PyTuple_GET_SIZE(args[2]) != PyTuple_GET_SIZE(args[3]) ||
+        PyTuple_GET_SIZE(args[2]) > MP_NAMED_MAX_NDIM || !PyLong_Check(args[4]) ||
+        (nargs == n + 1 && (!PyType_Check(args[n]) || !mp_is_ndarray_type(args[n])))) {
+        PyErr_Format(PyExc_TypeError, "%s", usage);
+        return -1;
+    }
+    return 0;
+}
+
+/* _array_over(block, dtype, shape, strides, offset[, type]) -> an array over the block's
+ * range, which owns the block (array_over): a shared pool's views of a named range and
+ * of an unpickled handle, made by shared.py over a Block of their own. */
+PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (array_args(args, nargs, 5, "_array_over(block, dtype, shape, strides, offset[, type])") <
+            0 ||
+        mp_pool_check_open(self) < 0)
+        return NULL;
+    PyArray_Descr *descr = (PyArray_Descr *)args[1];
+    Py_INCREF(descr);
+    return array_over(self, (BlockObject *)args[0],
+                      nargs == 6 ? (PyTypeObject *)args[5] : &PyArray_Type, descr, args[2],
+                      args[3], args[4]);
+}
+
 /* _named_view(pin, dtype, shape, strides, offset) -> ndarray over the pin's range, a
  * view of its own (a twin Block, counted as an export) */
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -419,61 +510,21 @@ PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t 
         if (b) mp_block_join(b, pin);
         return (PyObject *)b;
     }
-    if (nargs != 5 || !PyObject_TypeCheck(args[0], &BlockType) || !PyArray_DescrCheck(args[1]) ||
-        !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) ||
-        PyTuple_GET_SIZE(args[2]) != PyTuple_GET_SIZE(args[3]) ||
-        PyTuple_GET_SIZE(args[2]) > MP_NAMED_MAX_NDIM) {
-        PyErr_SetString(PyExc_TypeError, "_named_view(pin, dtype, shape, strides, offset)");
+    if (array_args(args, nargs, 5, "_named_view(pin, dtype, shape, strides, offset)") < 0)
         return NULL;
-    }
     BlockObject *pin = (BlockObject *)args[0];
     if (mp_pool_check_open(self) < 0) return NULL;
     if (pin->pool != self || !pin->live || !pin->pin) {
         PyErr_SetString(PyExc_KeyError, "the name was deleted");
         return NULL;
     }
-    PyArray_Descr *descr = (PyArray_Descr *)args[1];
-    int nd = (int)PyTuple_GET_SIZE(args[2]);
-    npy_intp dims[MP_NAMED_MAX_NDIM], strides[MP_NAMED_MAX_NDIM];
-    Py_ssize_t off = PyLong_AsSsize_t(args[4]);
-    if (off == -1 && PyErr_Occurred()) return NULL;
-    /* the extent: [lo, hi) relative to element 0, inside the range */
-    __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr); /* (no overflow: 64 terms
-                                                                  of at most 2**80) */
-    int empty = 0;
-    for (int k = 0; k < nd; k++) {
-        dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[2], k));
-        strides[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[3], k));
-        if (PyErr_Occurred()) return NULL;
-        if (dims[k] < 0 || dims[k] > ((npy_intp)1 << 40) || strides[k] > ((npy_intp)1 << 40) ||
-            strides[k] < -((npy_intp)1 << 40)) {
-            PyErr_SetString(mp_CorruptionError, "named array: bad shape or strides");
-            return NULL;
-        }
-        if (dims[k] == 0) empty = 1;
-        else if (strides[k] > 0) hi += (__int128)strides[k] * (dims[k] - 1);
-        else lo += (__int128)strides[k] * (dims[k] - 1);
-    }
-    if (off < 0 || (!empty && (off + lo < 0 || off + hi > (__int128)pin->size)) ||
-        (uint64_t)off > pin->size) {
-        PyErr_SetString(mp_CorruptionError, "named array: its extent lies outside its range");
-        return NULL;
-    }
     BlockObject *b = mp_block_new(self, pin->offset, pin->size, pin->align, 0);
     if (!b) return NULL;
-    b->array = 1;
-    b->exports = 1;
-    self->exports++;
     mp_block_join(b, pin);
-    Py_INCREF(descr); /* stolen */
-    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, strides,
-                                         self->base + pin->offset + off, NPY_ARRAY_WRITEABLE,
-                                         NULL);
-    if (!arr) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)b) < 0) Py_CLEAR(arr);
+    PyArray_Descr *descr = (PyArray_Descr *)args[1];
+    Py_INCREF(descr);
+    PyObject *arr = array_over(self, b, &PyArray_Type, descr, args[2], args[3], args[4]);
+    Py_DECREF(b); /* the array's now (or gone with it) */
     return arr;
 }
 
