@@ -4,6 +4,7 @@ Real files, real reopen in new processes, real SIGKILLs of a writer mid-storm.""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 
 import mempool
 from mempool import CorruptionError, Pool, PoolClosed
+from mempool import named as named_mod
 from mempool._segment import NAMED_ROOT_OFFSET
 
 # the mempool this test imported (the source tree when built in place, else the installed one)
@@ -32,6 +34,13 @@ def run_py(code: str, timeout: float = 60) -> str:
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def filled(dt: np.dtype, *values: int) -> np.ndarray:
+    a = np.zeros(2, dt)
+    for name, v in zip(dt.names or (), values):
+        a[name] = v
+    return a
 
 
 def samples() -> dict[str, np.ndarray]:
@@ -54,6 +63,17 @@ def samples() -> dict[str, np.ndarray]:
         "datetime": np.array(["2026-01-01", "2026-12-05"], dtype="M8[ns]"),
         "structured": rec,
         "ünïcödé ✓": np.arange(3, dtype="i8"),
+        # dtypes whose descr does not give them back (padding, offsets, itemsize, an
+        # aligned struct) or that have none (out-of-order fields), a non-ASCII field
+        # (padding is not data: zeroed here, so that the bytes compare)
+        "aligned struct": filled(np.dtype([("a", "i1"), ("b", "<i8")], align=True), 1, 2),
+        "offsets": filled(np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i2"],
+                                    "offsets": [4, 0]}), 5, 6),
+        "itemsize": filled(np.dtype({"names": ["a"], "formats": ["<i4"], "offsets": [0],
+                                     "itemsize": 16}), 7),
+        "titles": np.array([(1.5, (b"xy",))], np.dtype([(("a title", "a"), ">f8"),
+                                                        ("n", [("y", "S2")])])),
+        "field names": np.array([(1, 2)], np.dtype([("é", "<i4"), ("✓", "<u2")])),
     }
 
 
@@ -106,11 +126,12 @@ def test_round_trip_after_reopen_in_new_process(tmp_path):
     out = run_py(f"""
         import numpy as np, pickle, sys
         from mempool import Pool
+        from mempool.named import _dtype_spec
         with Pool.open({str(path)!r}) as p:
             p.check()
             d = {{k: p.named[k] for k in p.named if k != "block"}}
-            d = {{k: (v.dtype.str if v.dtype.fields is None else v.dtype.descr, v.shape,
-                     v.strides, v.tobytes()) for k, v in d.items()}}
+            d = {{k: (ascii(_dtype_spec(v.dtype)), v.shape, v.strides, v.tobytes())
+                  for k, v in d.items()}}
             b = p.named["block"]
             d["block"] = bytes(memoryview(b))
             del b
@@ -118,8 +139,11 @@ def test_round_trip_after_reopen_in_new_process(tmp_path):
     """)
     got = eval(out)  # our own child's repr
     for k, v in samples().items():
-        _, shape, strides, values = got[k]
-        assert shape == v.shape and values == v.tobytes(), k
+        spec, shape, strides, values = got[k]
+        assert np.dtype(ast.literal_eval(spec)) == v.dtype, k  # exactly, in another process
+        assert shape == v.shape, k
+        # (values, not bytes: a structured copy leaves padding undefined)
+        same(np.frombuffer(values, v.dtype).reshape(shape), v)
         c = np.ascontiguousarray(v) if v.ndim else v
         assert strides == c.strides, k
     _, shape, strides, values = got["adopted view"]
@@ -225,6 +249,26 @@ def test_named_block_and_bytes(pool):
 
 
 # ---- bad input -------------------------------------------------------------------------
+def test_a_dtype_too_long_to_describe_is_refused_and_nothing_changes(pool):
+    # 300 fields: a description of ~6.9 KB, past the record's 4096 bytes; before, the
+    # record was written and every later lookup, listing, check and delete failed
+    dt = np.dtype([(f"field_{i:04d}", "<f8") for i in range(300)])
+    pool.named["keep"] = np.arange(4)
+    used = pool.used
+    with pytest.raises(ValueError, match="description takes 6901 bytes.*at most 4096"):
+        pool.named["big"] = np.zeros(2, dt)
+    assert list(pool.named) == ["keep"] and pool.used == used and "big" not in pool.named
+    pool.check()
+    # the binding refuses a record the directory could not read back, whoever makes it
+    good = named_mod._record(named_mod.KIND_ARRAY, b"r", (4,), (8,), b"s<i8")
+    for bad in (good[:-1], good[:32] + struct.pack("<IIII", 0, 1, 1, 5000) + good[48:],
+                good[:32] + struct.pack("<IIII", 3, 1, 1, 4) + good[48:]):
+        with pytest.raises(ValueError, match="not a record this directory can hold"):
+            pool._named_put("r", bad, np.arange(4), None, 0)
+    assert list(pool.named) == ["keep"] and pool.used == used
+    pool.check()
+
+
 def test_bad_names_and_values(pool):
     pool.named["a"] = np.arange(3)
     pool.named["x" * 255] = np.arange(2)  # the longest name
@@ -291,6 +335,10 @@ def test_closed_pool_and_external():
     p.close()
     with pytest.raises(PoolClosed):
         named["a"]
+    for fn in (lambda: "a" in named, lambda: "b" in named, lambda: list(named),
+               lambda: len(named), lambda: named.__setitem__("c", b"x")):
+        with pytest.raises(PoolClosed):  # (not the answer a cache of this process had)
+            fn()
     with pytest.raises(PoolClosed):
         p.named
     with pytest.raises(TypeError, match="External"):

@@ -39,10 +39,11 @@ from .errors import CorruptionError, NotAllocated
 if TYPE_CHECKING:
     from ._mempool import PoolCore
 
-__all__ = ["MAX_NAME_BYTES", "NamedArrays"]
+__all__ = ["MAX_DTYPE_BYTES", "MAX_NAME_BYTES", "NamedArrays"]
 
 MAX_NAME_BYTES = 255  #: the longest name, in bytes of UTF-8 (MP_NAMED_MAX_NAME)
 MAX_NDIM = 64
+MAX_DTYPE_BYTES = 4096  #: the longest dtype description a record holds (MP_NAMED_MAX_DTYPE)
 _HEAD = struct.Struct("<QQQQQIIIIQ")  # mp_named_rec_t: 64 bytes
 assert _HEAD.size == 64
 KIND_ARRAY, KIND_BYTES, KIND_BLOCK = 0, 1, 2
@@ -70,13 +71,47 @@ def check_name(name: object) -> bytes:
     return raw
 
 
+def _dtype_spec(dt: np.dtype[Any]) -> Any:
+    """A literal that np.dtype() turns back into exactly ``dt``: its fields' names, formats,
+    offsets and titles, its itemsize and whether it is an aligned struct (``dt.descr``
+    loses padding, which reads back as extra ``f1`` fields, and has no form at all for
+    overlapping or out-of-order fields)."""
+    if dt.fields is None:
+        if dt.subdtype is not None:
+            base, shape = dt.subdtype
+            return (_dtype_spec(base), shape)
+        return dt.str
+    names = list(dt.names or ())
+    fields = [dt.fields[n] for n in names]
+    spec: dict[str, Any] = {"names": names, "formats": [_dtype_spec(f[0]) for f in fields],
+                            "offsets": [f[1] for f in fields], "itemsize": dt.itemsize}
+    if any(len(f) > 2 for f in fields):
+        spec["titles"] = [f[2] if len(f) > 2 else None for f in fields]
+    if dt.isalignedstruct:
+        spec["aligned"] = True
+    return spec
+
+
 def _encode_dtype(dt: np.dtype[Any]) -> bytes:
+    """A record's dtype: b"s" + dt.str for a plain dtype, else b"d" + its descr (the form
+    every version reads) where that gives ``dt`` back exactly, else b"D" + _dtype_spec;
+    ascii() escapes non-ASCII field names.  ValueError past MAX_DTYPE_BYTES."""
     if dt.hasobject:
         raise TypeError(f"dtype {dt} holds Python object references, which cannot live in "
                         "pool memory")
     if dt.fields is None and dt.subdtype is None:
-        return b"s" + str(dt.str).encode("ascii")
-    return b"d" + repr(dt.descr).encode("ascii")
+        raw = b"s" + str(dt.str).encode("ascii")
+    else:
+        try:
+            same = np.dtype(dt.descr) == dt and not dt.isalignedstruct
+        except (TypeError, ValueError):  # no descr: overlapping or out-of-order fields
+            same = False
+        raw = (b"d" + ascii(dt.descr).encode("ascii") if same
+               else b"D" + ascii(_dtype_spec(dt)).encode("ascii"))
+    if len(raw) > MAX_DTYPE_BYTES:
+        raise ValueError(f"the dtype's description takes {len(raw)} bytes; a named array's "
+                         f"is at most {MAX_DTYPE_BYTES}")
+    return raw
 
 
 def _decode_dtype(raw: bytes) -> np.dtype[Any]:
@@ -87,7 +122,7 @@ def _decode_dtype(raw: bytes) -> np.dtype[Any]:
         text = raw[1:].decode("ascii")
         if raw[:1] == b"s":
             dt = np.dtype(text)
-        elif raw[:1] == b"d":
+        elif raw[:1] in (b"d", b"D"):
             dt = np.dtype(ast.literal_eval(text))
         else:
             raise ValueError(raw[:1])
@@ -175,7 +210,7 @@ class NamedArrays(MutableMapping[str, Any]):
         return pool._named_array(blk, dt, shape, strides, view)
 
     def __contains__(self, name: object) -> bool:
-        if not self._shared and name in self._cache:
+        if not self._shared and name in self._cache and not self._pool.closed:
             return True
         check_name(name)
         assert isinstance(name, str)

@@ -230,6 +230,20 @@ int mp_named_put_args(PyObject *const *args, Py_ssize_t nargs, mp_named_put_args
         PyErr_SetString(PyExc_TypeError, "record must be bytes of a record");
         return -1;
     }
+    /* never write a record the directory's own check would call corrupt (mp_named_rec_ok:
+     * it would stay there, unreadable and undeletable) */
+    mp_named_rec_t h;
+    memcpy(&h, PyBytes_AS_STRING(args[1]), sizeof h);
+    if (h.kind > 2 || h.ndim > MP_NAMED_MAX_NDIM || h.name_len != a->n ||
+        h.dtype_len > MP_NAMED_MAX_DTYPE ||
+        (uint64_t)PyBytes_GET_SIZE(args[1]) !=
+            MP_NAMED_REC_HEAD + 16ull * h.ndim + h.name_len + h.dtype_len) {
+        PyErr_Format(PyExc_ValueError, "not a record this directory can hold (kind %u, %u "
+                     "dimensions, a name of %u bytes, a dtype of %u: at most 2, %d, the "
+                     "name's, %d)", h.kind, h.ndim, h.name_len, h.dtype_len,
+                     MP_NAMED_MAX_NDIM, MP_NAMED_MAX_DTYPE);
+        return -1;
+    }
     if (mp_arg_u64(args[4], "view", &a->view)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "view out of range");
         return -1;
