@@ -9,6 +9,7 @@ import gc
 import itertools
 import warnings
 
+import numpy as np
 import pytest
 
 import mempool
@@ -494,3 +495,44 @@ def test_block_at_of_an_array_numpy_made_in_a_file_pool(tmp_path):
         p.free(b)
         assert p.used == 0
         p.check()
+
+
+@pytest.mark.parametrize("kind", ["private", "private+numpy", "file", "shared"])
+def test_the_named_directorys_own_ranges_are_not_blocks(tmp_path, name, kind):
+    # a record and the table of pool.named: block_at refuses them (a Block of one could
+    # free it or write over it: the directory, and a file with it, was lost); the name's
+    # data range stays block_at's like any other
+    if kind == "file":
+        p = Pool.create(tmp_path / "d.mp", CAP)
+    elif kind == "shared":
+        p = mempool.SharedPool.create(name, CAP)
+    else:
+        p = Pool(CAP)
+    try:
+        if kind == "private+numpy":  # a pool NumPy took from: Block-less ranges are arrays'
+            with p.activate(numpy=True):
+                t = np.ones(4)
+            del t
+        p.named["w"] = np.arange(10.0)
+        data = p.named["w"].ctypes.data - p.address
+        meta = [off for off, size, allocated in p.segments() if allocated and off != data]
+        assert len(meta) == 2  # the record and the table
+        used, live = p.used, len(p)
+        for off in meta:
+            with pytest.raises(NotAllocated, match="directory of named arrays"):
+                p.block_at(off)
+        assert (p.used, len(p)) == (used, live)
+        d = p.block_at(data)
+        d.free()
+        for i in range(40):  # the table grows and moves: nothing pins the old one
+            p.named[f"k{i}"] = np.full(1, float(i))
+        assert p.named["w"].tolist() == list(range(10)) and len(p.named) == 41
+        p.check()
+    finally:
+        p.close()
+        if kind == "shared":
+            p.unlink()
+    if kind == "file":
+        with Pool.open(tmp_path / "d.mp") as q:
+            q.check()
+            assert q.named["k39"].tolist() == [39.0]

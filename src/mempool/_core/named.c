@@ -181,6 +181,15 @@ int mp_named_owns(const mp_named_t *d, uint64_t data)
     return mp_named_walk(d, owns_one, &o);
 }
 
+static int is_rec(void *ctx, uint64_t rec) { return rec == ((owns_ctx_t *)ctx)->data; }
+
+int mp_named_meta(const mp_named_t *d, uint64_t off)
+{
+    if (d->root->table != MP_NAMED_NONE && d->root->table == off) return 1;
+    owns_ctx_t o = {d, off};
+    return mp_named_walk(d, is_rec, &o);
+}
+
 /* ---- changes --------------------------------------------------------------------- */
 static void set64(mp_named_t *d, uint64_t *w, uint64_t v)
 {

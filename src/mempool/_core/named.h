@@ -91,6 +91,9 @@ int mp_named_find(const mp_named_t *d, const void *name, uint32_t n, uint64_t ha
 int mp_named_rec_ok(const mp_named_t *d, uint64_t off, char *msg, size_t msglen);
 /* Is `data` the range of some name?  1 / 0 / MP_ECORRUPT. */
 int mp_named_owns(const mp_named_t *d, uint64_t data);
+/* Is `off` one of the directory's own ranges (its table or a record), which no Block
+ * may hold?  1 / 0 / MP_ECORRUPT. */
+int mp_named_meta(const mp_named_t *d, uint64_t off);
 /* Allocate and free ranges the way the directory does (through tx and the hooks). */
 int mp_named_alloc(mp_named_t *d, uint64_t size, uint64_t align, uint64_t *off);
 int mp_named_free(mp_named_t *d, uint64_t off);

@@ -467,6 +467,7 @@ static PyObject *ext_pool_block_at(PoolObject *self, PyObject *const *args, Py_s
         PyErr_Format(mp_NotAllocated, "offset %S is not the start of a live range", args[0]);
         return NULL;
     }
+    if (mp_named_not_meta(self, off, args[0]) < 0) return NULL;
     BlockObject *b = mp_block_new(self, off, size, 1, self->auto_free);
     if (!b) return NULL;
     /* no Python code runs from here: the list holds every Block of the pool, b first

@@ -508,6 +508,19 @@ PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t 
                       args[3], args[4]);
 }
 
+int mp_named_not_meta(PoolObject *self, uint64_t off, PyObject *what)
+{
+    int rc = self->named ? mp_named_meta(self->named, off) : 0;
+    if (rc == 0) return 0;
+    if (rc == 1)
+        PyErr_Format(mp_NotAllocated, "offset %S is a range of the pool's directory of named "
+                     "arrays (its table or a record), not a block", what);
+    else
+        PyErr_SetString(mp_CorruptionError, "named directory: a record offset outside the "
+                        "pool");
+    return -1;
+}
+
 /* _named_view(pin, dtype, shape, strides, offset) -> ndarray over the pin's range, a
  * view of its own (a twin Block, counted as an export) */
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)

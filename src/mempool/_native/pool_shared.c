@@ -256,6 +256,10 @@ static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint6
 {
     if (sh_lock(s) < 0) return NULL;
     uint32_t i = off == UINT64_MAX ? MP_NIL : mp_reg_lookup(s->ctl, off);
+    if (i != MP_NIL && !tag && mp_named_not_meta(&s->pool, off, what) < 0) { /* block_at */
+        sh_unlock(s);
+        return NULL;
+    }
     int disp = 0, rc = MP_ENOTALLOC;
     if (i != MP_NIL && lease && tag) rc = mp_lease_adopt(s->ctl, lease, i, tag, mp_getpid());
     if (i != MP_NIL && rc != MP_OK) rc = mp_ref_take(s->ctl, i, tag, mp_getpid(), &disp);
