@@ -891,3 +891,25 @@ def test_a_call_left_half_done_is_rolled_back_or_forward(name, strategy, phase):
         b = p.alloc(48)  # and carries on
         b.free()
         p.check()
+
+
+def test_unlink_on_exit_is_the_creators_exit_not_a_forked_childs(name):
+    # a child made by a plain fork() runs the parent's atexit handlers when it exits
+    # normally: it must not remove the name under its parent
+    code = textwrap.dedent(f"""
+        import os, sys
+        from mempool import SharedPool
+        sp = SharedPool.create({name!r}, 1 << 20, unlink_on_exit=True)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)                               # atexit runs in the child
+        _, st = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(st) == 0
+        assert os.path.exists("/dev/shm/" + {name!r})
+        SharedPool.attach({name!r}).close()
+        sp.close()
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert not os.path.exists(f"/dev/shm/{name}")    # the creator's exit removed it

@@ -287,8 +287,8 @@ class SharedPool(SharedPoolCore, Pool):
             mem.unlink()
             raise
         pool._creator = True
-        if unlink_on_exit:
-            atexit.register(_unlink_quietly, mem.path)
+        if unlink_on_exit:  # (this process's exit: not a forked child's, which runs it too)
+            atexit.register(_unlink_at_exit, mem.path, os.getpid())
         return pool
 
     @classmethod
@@ -508,6 +508,11 @@ def _slot_gens(buf: Any) -> bytes:
     whenever a growth writes a slot."""
     return bytes(buf[PLACEMENT_OFFSET + 8:PLACEMENT_OFFSET + 16]) + bytes(
         buf[PLACEMENT_OFFSET + 72:PLACEMENT_OFFSET + 80])
+
+
+def _unlink_at_exit(path: Any, pid: int) -> None:
+    if os.getpid() == pid:
+        _unlink_quietly(path)
 
 
 def _unlink_quietly(path: Any, missing_ok: bool = True) -> None:
