@@ -236,3 +236,19 @@ def leader_exits(name: str, ready) -> None:
     ready.set()
     assert keep.size == 4096
     ctypes.CDLL(None).syscall(60, 0)
+
+
+def replace_name(name: str, key: str, seconds: float) -> int:
+    """Replace pool.named[key] with the same 16 values for `seconds`: the name exists at
+    every instant; returns the replacements made."""
+    import time
+    pool = mempool.SharedPool.attach(name)
+    end, n = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        try:
+            pool.named[key] = np.arange(16)
+            n += 1
+        except BufferError:  # a view of the old value is alive in the reader
+            pass
+    pool.close()
+    return n

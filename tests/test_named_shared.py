@@ -305,6 +305,25 @@ def test_crafted_strides_of_a_named_record_are_refused(sp, stride):
         sp.named["victim"]
 
 
+def test_a_name_replaced_by_another_process_is_never_missing(sp):
+    # a lookup finds the record and then takes the range under two locks; a replacement
+    # in between made it a KeyError, for a name that existed at every instant
+    import multiprocessing as mp
+    from shared_workers import replace_name
+    sp.named["x"] = np.arange(16)
+    with mp.get_context("spawn").Pool(1) as workers:
+        r = workers.apply_async(replace_name, (sp.name, "x", 1.5))
+        lookups = 0
+        while not r.ready():
+            v = sp.named["x"]                      # never KeyError
+            assert v.tolist() == list(range(16))
+            del v
+            lookups += 1
+        assert r.get(timeout=60) > 0 and lookups > 0
+    assert sp.named["x"].tolist() == list(range(16))
+    sp.check()
+
+
 # ---- killed writers ---------------------------------------------------------------------
 STORM = """
 import random, sys, numpy as np, mempool

@@ -43,6 +43,7 @@ __all__ = ["MAX_DTYPE_BYTES", "MAX_NAME_BYTES", "NamedArrays"]
 
 MAX_NAME_BYTES = 255  #: the longest name, in bytes of UTF-8 (MP_NAMED_MAX_NAME)
 MAX_NDIM = 64
+_LOOKUPS = 1000  # a shared lookup's tries when another process replaces the name meanwhile
 MAX_DTYPE_BYTES = 4096  #: the longest dtype description a record holds (MP_NAMED_MAX_DTYPE)
 _HEAD = struct.Struct("<QQQQQIIIIQ")  # mp_named_rec_t: 64 bytes
 assert _HEAD.size == 64
@@ -196,18 +197,20 @@ class NamedArrays(MutableMapping[str, Any]):
     def _shared_get(self, name: str) -> Any:
         check_name(name)
         pool: Any = self._pool
-        found = pool._named_find(name)
-        if found is None:
-            raise KeyError(name)
-        rec, data, tag = found
-        dt, shape, strides, view, kind = _decode(rec, name)
-        try:
-            blk = pool._handle(data, tag)  # a reference of this process's own
-        except NotAllocated:  # deleted or replaced by another process meanwhile
-            raise KeyError(name) from None
-        if kind == KIND_BLOCK:
-            return blk
-        return pool._named_array(blk, dt, shape, strides, view)
+        for _ in range(_LOOKUPS):
+            found = pool._named_find(name)
+            if found is None:
+                raise KeyError(name)
+            rec, data, tag = found
+            dt, shape, strides, view, kind = _decode(rec, name)
+            try:
+                blk = pool._handle(data, tag)  # a reference of this process's own
+            except NotAllocated:  # replaced (or deleted) by another process meanwhile:
+                continue          # the name's next value, or KeyError if it is gone
+            if kind == KIND_BLOCK:
+                return blk
+            return pool._named_array(blk, dt, shape, strides, view)
+        raise KeyError(name)  # (replaced _LOOKUPS times in a row between two locks)
 
     def __contains__(self, name: object) -> bool:
         if not self._shared and name in self._cache and not self._pool.closed:
