@@ -349,3 +349,27 @@ def test_named_bad_input_and_closed():
     r.close()
     with pytest.raises(mempool.PoolClosed):
         r.named
+
+
+def test_a_named_array_moving_region_with_a_live_view_changes_nothing():
+    # the new value adopted in another region, then the old one's delete refused: the
+    # rollback could not take the adopted one back, which stayed there unreachable
+    rp = RegionPool(region_size="1MiB")
+    rp.named["x"] = np.arange(10.0)
+    v = rp.named["x"]
+    big = rp.zeros(200_000)                  # 1.6 MB: a region of its own
+    used = [r.used for r in rp.regions]
+    with pytest.raises(BufferError, match="cannot replace the array named 'x': 1 view"):
+        rp.named["x"] = big                  # adopt: another region
+    with pytest.raises(BufferError, match="cannot replace"):
+        rp.named["x"] = np.ones(300_000)     # a copy too large for the old one's region
+    assert [list(r.named) for r in rp.regions] == [["x"], []]
+    assert [r.used for r in rp.regions] == used and rp.named["x"].tolist() == list(range(10))
+    del v
+    rp.named["x"] = big                      # now it moves
+    assert [list(r.named) for r in rp.regions] == [[], ["x"]] and rp.named["x"].shape == (200_000,)
+    del big
+    del rp.named["x"]
+    assert len(rp.named) == 0 and sum(r.used for r in rp.regions) == 0
+    rp.check()
+    rp.close()

@@ -441,6 +441,8 @@ class RegionNamedArrays(MutableMapping[str, Any]):
         if home is None and old is not None:
             home = old  # a copy replaces the old one in place where it fits
         if home is not None:
+            if home is not old:
+                self._movable(name, old)
             try:
                 home.named[name] = value
             except OutOfSpace:
@@ -448,6 +450,7 @@ class RegionNamedArrays(MutableMapping[str, Any]):
                     raise
                 home = None  # the old one's region is full: another region
         if home is None:
+            self._movable(name, old)
             nbytes = value.nbytes if isinstance(value, np.ndarray) else len(memoryview(value).cast("B"))
 
             def attempt(region: Pool) -> Pool | None:
@@ -473,6 +476,16 @@ class RegionNamedArrays(MutableMapping[str, Any]):
         self._where[name] = home
         if old is not None and old is not home:
             pool._sweep()
+
+    @staticmethod
+    def _movable(name: str, old: Pool | None) -> None:
+        """Before the new value goes to another region than the old one's: the old one
+        must be deletable after it (no view alive), checked first, since an adopted new
+        value cannot be taken back (its own array is a view of it) and was left orphaned
+        in its region, unreachable and never freed."""
+        if old is not None and (n := old._named_views(name)):
+            raise BufferError(f"cannot replace the array named {name!r}: {n} view(s) of it "
+                              "are alive")
 
     def __delitem__(self, name: str) -> None:
         check_name(name)

@@ -281,6 +281,7 @@ PyObject *mp_ext_named_put(PoolObject *self, PyObject *const *args, Py_ssize_t n
 PyObject *mp_ext_named_del(PoolObject *self, PyObject *name);
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mp_ext_named_views(PoolObject *self, PyObject *name);
 /* block_at's guard (lock held in a shared pool): 0, or -1 with NotAllocated when off is
  * one of the named directory's own ranges (its table, a record: no Block may hold or
  * free them), CorruptionError when the directory is broken. */

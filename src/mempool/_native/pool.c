@@ -819,6 +819,7 @@ static PyMethodDef pool_methods[] = {
     {"_named_del", (PyCFunction)mp_ext_named_del, METH_O, NULL},
     {"_named_view", (PyCFunction)(void (*)(void))mp_ext_named_view, METH_FASTCALL, NULL},
     {"_array_over", (PyCFunction)(void (*)(void))mp_ext_array_over, METH_FASTCALL, NULL},
+    {"_named_views", (PyCFunction)mp_ext_named_views, METH_O, NULL},
     {"_named_names", (PyCFunction)mp_ext_named_names, METH_NOARGS, NULL},
     {"_named_state", (PyCFunction)mp_ext_named_state, METH_NOARGS, NULL},
     {"_named_check", (PyCFunction)mp_ext_named_check, METH_NOARGS, NULL},

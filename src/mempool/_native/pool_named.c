@@ -521,6 +521,21 @@ int mp_named_not_meta(PoolObject *self, uint64_t off, PyObject *what)
     return -1;
 }
 
+/* _named_views(name) -> the views of the name's range alive in this process (what makes
+ * its deletion a BufferError); KeyError when absent. */
+PyObject *mp_ext_named_views(PoolObject *self, PyObject *name)
+{
+    uint64_t slot, rec;
+    int rc = lookup(self, name, &slot, &rec);
+    if (rc < 0) return NULL;
+    if (rc) {
+        PyErr_SetObject(PyExc_KeyError, name);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(
+        views_of(self, ((const mp_named_rec_t *)(self->named->base + rec))->data));
+}
+
 /* _named_view(pin, dtype, shape, strides, offset) -> ndarray over the pin's range, a
  * view of its own (a twin Block, counted as an export) */
 PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
