@@ -189,6 +189,30 @@ def test_nesting_restores_the_outer_pool_and_handler():
     assert mempool.current() is None and not inside(p, np.empty(4))
 
 
+def test_activations_left_out_of_order_restore_what_was_before():
+    # an ExitStack or interleaved generators can leave activations in another order than
+    # they were entered: leaving them all restores no pool and NumPy's own handler (the
+    # outer one left first re-installed itself when the inner one ended, before)
+    import contextlib
+    p1, p2, p3 = Pool("1MiB"), Pool("1MiB"), Pool("1MiB")
+    a1, a2, a3 = p1.activate(numpy=True), p2.activate(), p3.activate(numpy=True)
+    with contextlib.ExitStack() as st:
+        for a in (a1, a2, a3):
+            st.enter_context(a)
+        a1.__exit__(None, None, None)           # out of order: a3 is still in force
+        assert mempool.current() is p3 and inside(p3, np.empty(4) + 0)
+        st.pop_all()
+    a3.__exit__(None, None, None)               # the handler before a1, not a1's
+    assert mempool.current() is p2 and not inside(p1, np.empty(64) + 0)
+    a2.__exit__(None, None, None)
+    assert mempool.current() is None
+    x = np.empty(64)
+    assert not any(inside(p, x) for p in (p1, p2, p3))
+    with pytest.raises(RuntimeError, match="not entered"):
+        a2.__exit__(None, None, None)
+    assert mempool.current() is None
+
+
 def test_a_full_pool_falls_back_to_malloc_counted_or_raises():
     p = Pool("64KiB")
     act = p.activate(numpy=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,12 @@ def default_align(strat: Strategy) -> int:
 CURRENT: ContextVar[Any] = ContextVar("mempool.current", default=None)
 
 
+#: The activations entered in this thread or asyncio task, innermost last: (activation,
+#: the NumPy handler its entry replaced, or _NONE when it set none).
+_ACTIVE: ContextVar[tuple[tuple[Any, Any], ...]] = ContextVar("mempool.active", default=())
+_NONE = object()
+
+
 class Activation:
     """What ``pool.activate(numpy=...)`` returns: a context manager that makes the pool
     the current one (``mempool.current()``) in this thread or asyncio task, and with
@@ -73,11 +79,6 @@ class Activation:
         self.numpy = numpy
         self.fallback = fallback
         self._handler: Any = None
-        # what each `with` restores, per thread and asyncio task (a contextvar of this
-        # activation's own): one Activation entered from several threads at once keeps
-        # their exits apart
-        self._stack: ContextVar[tuple[tuple[Token[Any], Any], ...]] = ContextVar(
-            "mempool.activation", default=())
 
     def __enter__(self) -> Any:
         if self.numpy and self._handler is None:
@@ -89,15 +90,29 @@ class Activation:
             if self.numpy:
                 handler = _mempool._rec_wrap(handler)
         prev = _mempool.set_numpy_handler(handler) if self.numpy else None
-        self._stack.set((*self._stack.get(), (CURRENT.set(self.pool), prev)))
+        _ACTIVE.set((*_ACTIVE.get(), (self, prev if self.numpy else _NONE)))
+        CURRENT.set(self.pool)
         return self.pool
 
     def __exit__(self, *exc: object) -> None:
-        *rest, (token, prev) = self._stack.get()
-        self._stack.set(tuple(rest))
-        if self.numpy:
-            _mempool.set_numpy_handler(prev)
-        CURRENT.reset(token)
+        # this activation's innermost entry in this thread's or task's stack; exits in
+        # another order than the entries (ExitStacks, generators) take it out of the
+        # middle: the handler it replaced passes to the next NumPy entry above it, which
+        # restores that one when it ends, so that leaving them all restores what was
+        # before the first (not the pool of an activation already left)
+        stack = list(_ACTIVE.get())
+        k = max((i for i, e in enumerate(stack) if e[0] is self), default=-1)
+        if k < 0:
+            raise RuntimeError("this activation was not entered in this thread or task")
+        _, prev = stack.pop(k)
+        if prev is not _NONE:
+            above = next((j for j in range(k, len(stack)) if stack[j][1] is not _NONE), None)
+            if above is None:
+                _mempool.set_numpy_handler(prev)
+            else:
+                stack[above] = (stack[above][0], prev)
+        _ACTIVE.set(tuple(stack))
+        CURRENT.set(stack[-1][0].pool if stack else None)
 
     def numpy_stats(self) -> dict[str, int]:
         """The NumPy handler's counters (zeros before the first ``with``)."""
