@@ -72,7 +72,7 @@ def check_name(name: object) -> bytes:
     return raw
 
 
-def _dtype_spec(dt: np.dtype[Any]) -> Any:
+def _dtype_spec(dt: np.dtype[Any], flags: bool = True) -> Any:
     """A literal that np.dtype() turns back into exactly ``dt``: its fields' names, formats,
     offsets and titles, its itemsize and whether it is an aligned struct (``dt.descr``
     loses padding, which reads back as extra ``f1`` fields, and has no form at all for
@@ -80,39 +80,57 @@ def _dtype_spec(dt: np.dtype[Any]) -> Any:
     if dt.fields is None:
         if dt.subdtype is not None:
             base, shape = dt.subdtype
-            return (_dtype_spec(base), shape)
+            return (_dtype_spec(base, flags), shape)
         return dt.str
     names = list(dt.names or ())
     fields = [dt.fields[n] for n in names]
-    spec: dict[str, Any] = {"names": names, "formats": [_dtype_spec(f[0]) for f in fields],
+    spec: dict[str, Any] = {"names": names, "formats": [_dtype_spec(f[0], flags) for f in fields],
                             "offsets": [f[1] for f in fields], "itemsize": dt.itemsize}
     if any(len(f) > 2 for f in fields):
         spec["titles"] = [f[2] if len(f) > 2 else None for f in fields]
-    if dt.isalignedstruct:
+    if flags and dt.isalignedstruct:
         spec["aligned"] = True
     return spec
 
 
 def _encode_dtype(dt: np.dtype[Any]) -> bytes:
-    """A record's dtype: b"s" + dt.str for a plain dtype, else b"d" + its descr (the form
-    every version reads) where that gives ``dt`` back exactly, else b"D" + _dtype_spec;
-    ascii() escapes non-ASCII field names.  ValueError past MAX_DTYPE_BYTES."""
+    """A record's dtype: b"s" + dt.str for a plain dtype; else the first of b"d" + its
+    descr (the form every version reads), b"D" + _dtype_spec (with, then without the
+    aligned flags: NumPy applies one to the structs nested in it too) that reads back equal to
+    ``dt``, its aligned flag kept where one does; ascii() escapes non-ASCII field names.
+    ValueError when none does, or past MAX_DTYPE_BYTES: nothing is stored that cannot
+    be read back."""
     if dt.hasobject:
         raise TypeError(f"dtype {dt} holds Python object references, which cannot live in "
                         "pool memory")
     if dt.fields is None and dt.subdtype is None:
         raw = b"s" + str(dt.str).encode("ascii")
     else:
+        forms = []
         try:
-            same = np.dtype(dt.descr) == dt and not dt.isalignedstruct
+            forms.append(b"d" + ascii(dt.descr).encode("ascii"))
         except (TypeError, ValueError):  # no descr: overlapping or out-of-order fields
-            same = False
-        raw = (b"d" + ascii(dt.descr).encode("ascii") if same
-               else b"D" + ascii(_dtype_spec(dt)).encode("ascii"))
+            pass
+        forms.append(b"D" + ascii(_dtype_spec(dt)).encode("ascii"))
+        forms.append(b"D" + ascii(_dtype_spec(dt, flags=False)).encode("ascii"))
+        back = [(f, _read_back(f)) for f in forms]
+        equal = [f for f, b in back if b is not None and b == dt]
+        flagged = [f for f, b in back if b is not None and b == dt and
+                   b.isalignedstruct == dt.isalignedstruct]
+        if not equal:
+            raise ValueError(f"dtype {dt} has no description that reads back equal to it")
+        raw = (flagged or equal)[0]
     if len(raw) > MAX_DTYPE_BYTES:
         raise ValueError(f"the dtype's description takes {len(raw)} bytes; a named array's "
                          f"is at most {MAX_DTYPE_BYTES}")
     return raw
+
+
+def _read_back(raw: bytes) -> np.dtype[Any] | None:
+    try:
+        return _decode_dtype(raw)
+    except CorruptionError:
+        return None
 
 
 def _decode_dtype(raw: bytes) -> np.dtype[Any]:
