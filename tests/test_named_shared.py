@@ -281,6 +281,20 @@ def test_views_and_unpickled_arrays_hold_the_pool_open(sp):
     assert sp.closed
 
 
+def test_a_broadcast_view_reads_back(sp):
+    # stride 0 along 2**41 elements: inside its 8 bytes, so stored and read back (the
+    # bound on a record's shape once refused it on reading only)
+    z = sp.zeros(1)
+    z[0] = 2.5
+    sp.named["b"] = np.broadcast_to(z, (1 << 41,))
+    del z
+    v = sp.named["b"]
+    assert v.shape == (1 << 41,) and v.strides == (0,) and v[(1 << 41) - 1] == 2.5
+    del v
+    del sp.named["b"]
+    assert sp.used == 0
+
+
 @pytest.mark.parametrize("stride", [-(1 << 63) + 8, 1 << 62, 1 << 41, -(1 << 41), 8 * 30])
 def test_crafted_strides_of_a_named_record_are_refused(sp, stride):
     # the record's first stride, made huge or just past the range: CorruptionError, no

@@ -431,28 +431,32 @@ static PyObject *array_over(PoolObject *self, BlockObject *b, PyTypeObject *type
     int nd = (int)PyTuple_GET_SIZE(shape);
     npy_intp dims[MP_NAMED_MAX_NDIM], st[MP_NAMED_MAX_NDIM];
     Py_ssize_t off = PyLong_AsSsize_t(offset);
-    if (off == -1 && PyErr_Occurred()) goto fail;
-    /* the extent: [lo, hi) relative to element 0, inside the range */
-    __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr); /* (no overflow: 64 terms
-                                                                  of at most 2**80) */
-    int empty = 0;
-    for (int k = 0; k < nd; k++) {
+    /* the extent: [lo, hi) relative to element 0, inside the range; each term is under
+     * 2**124 and the sums stop at the first that leaves the range, so nothing overflows
+     * (a broadcast view has stride 0 along dimensions of any length) */
+    __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr), size = (__int128)b->size;
+    int empty = 0, out = (off == -1 && PyErr_Occurred()) || off < 0 || (uint64_t)off > b->size;
+    for (int k = 0; k < nd && !out; k++) {
         dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
         st[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, k));
-        if (PyErr_Occurred()) goto fail;
-        if (dims[k] < 0 || dims[k] > ((npy_intp)1 << 40) || st[k] > ((npy_intp)1 << 40) ||
-            st[k] < -((npy_intp)1 << 40)) {
-            PyErr_SetString(mp_CorruptionError, "an array's record: bad shape or strides");
-            goto fail;
+        if (PyErr_Occurred() || dims[k] < 0 || dims[k] >= ((npy_intp)1 << 62) ||
+            st[k] >= ((npy_intp)1 << 62) || st[k] <= -((npy_intp)1 << 62)) {
+            out = 1;
+            break;
         }
-        if (dims[k] == 0) empty = 1;
-        else if (st[k] > 0) hi += (__int128)st[k] * (dims[k] - 1);
-        else lo += (__int128)st[k] * (dims[k] - 1);
+        if (dims[k] == 0) {
+            empty = 1; /* (no element: the extent is nothing) */
+        } else if (!empty) {
+            if (st[k] > 0) hi += (__int128)st[k] * (dims[k] - 1);
+            else lo += (__int128)st[k] * (dims[k] - 1);
+            out = off + lo < 0 || off + hi > size;
+        }
     }
-    if (off < 0 || (!empty && (off + lo < 0 || off + hi > (__int128)b->size)) ||
-        (uint64_t)off > b->size) {
-        PyErr_SetString(mp_CorruptionError, "an array's record: its extent lies outside its "
-                        "range");
+    if (!out && !empty) out = off + lo < 0 || off + hi > size;
+    if (out) { /* (an overflow of a crafted int, too: a CorruptionError like the rest) */
+        PyErr_Clear();
+        PyErr_SetString(mp_CorruptionError, "an array's record: its shape, strides or "
+                        "offset reach outside its range");
         goto fail;
     }
     if (!b->live || b->exports || b->array || b->pool != self || !self->base) {
@@ -463,13 +467,22 @@ static PyObject *array_over(PoolObject *self, BlockObject *b, PyTypeObject *type
     PyObject *arr = PyArray_NewFromDescr(type, descr, nd, dims, st,
                                          self->base + b->offset + off, NPY_ARRAY_WRITEABLE,
                                          NULL); /* (steals descr) */
-    if (!arr) return NULL;
+    if (!arr) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) { /* NumPy's own limits: too big */
+            PyErr_Clear();
+            PyErr_SetString(mp_CorruptionError, "an array's record: NumPy refuses its shape");
+        }
+        return NULL;
+    }
     b->array = 1;
     b->exports = 1;
     self->exports++;
     Py_INCREF(b);
     if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)b) < 0) { /* (steals b) */
-        /* (not reached for a fresh array; b outlives it only through the caller) */
+        /* (not reached for a fresh array): the export goes with the array that failed */
+        b->array = 0;
+        b->exports = 0;
+        self->exports--;
         Py_DECREF(arr);
         return NULL;
     }
@@ -479,9 +492,10 @@ fail:
     return NULL;
 }
 
-static int array_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, const char *usage)
+static int array_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, int typed,
+                      const char *usage)
 {
-    if (nargs < n || nargs > n + 1 || !PyObject_TypeCheck(args[0], &BlockType) ||
+    if (nargs < n || nargs > n + typed || !PyObject_TypeCheck(args[0], &BlockType) ||
         !PyArray_DescrCheck(args[1]) || !PyTuple_Check(args[2]) || !PyTuple_Check(args[3]) ||
         PyTuple_GET_SIZE(args[2]) != PyTuple_GET_SIZE(args[3]) ||
         PyTuple_GET_SIZE(args[2]) > MP_NAMED_MAX_NDIM || !PyLong_Check(args[4]) ||
@@ -497,7 +511,7 @@ static int array_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, con
  * of an unpickled handle, made by shared.py over a Block of their own. */
 PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (array_args(args, nargs, 5, "_array_over(block, dtype, shape, strides, offset[, type])") <
+    if (array_args(args, nargs, 5, 1, "_array_over(block, dtype, shape, strides, offset[, type])") <
             0 ||
         mp_pool_check_open(self) < 0)
         return NULL;
@@ -552,7 +566,7 @@ PyObject *mp_ext_named_view(PoolObject *self, PyObject *const *args, Py_ssize_t 
         if (b) mp_block_join(b, pin);
         return (PyObject *)b;
     }
-    if (array_args(args, nargs, 5, "_named_view(pin, dtype, shape, strides, offset)") < 0)
+    if (array_args(args, nargs, 5, 0, "_named_view(pin, dtype, shape, strides, offset)") < 0)
         return NULL;
     BlockObject *pin = (BlockObject *)args[0];
     if (mp_pool_check_open(self) < 0) return NULL;
