@@ -213,6 +213,24 @@ def test_activations_left_out_of_order_restore_what_was_before():
     assert mempool.current() is None
 
 
+def test_a_recording_and_an_activation_left_out_of_order(tmp_path):
+    # trace.record() installs a handler too (a recording wrapper): the same stack
+    from mempool import trace
+    p = Pool("1MiB")
+    a, rec = p.activate(numpy=True), trace.record(tmp_path / "t.trace")
+    a.__enter__()
+    rec.__enter__()
+    a.__exit__(None, None, None)            # the recording's wrapper of p's handler stays
+    assert mempool.current() is None and inside(p, np.empty(8) + 0)
+    rec.__exit__(None, None, None)          # NumPy's own handler, not p's
+    assert not inside(p, np.empty(64) + 0)
+    with rec.__class__(tmp_path / "u.trace"):      # and the other way round
+        a.__enter__()
+    assert mempool.current() is p and inside(p, np.empty(8) + 0)
+    a.__exit__(None, None, None)
+    assert mempool.current() is None and not inside(p, np.empty(64) + 0)
+
+
 def test_a_full_pool_falls_back_to_malloc_counted_or_raises():
     p = Pool("64KiB")
     act = p.activate(numpy=True)

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .pool import CURRENT, Pool
+from ._active import CURRENT
+from .pool import Pool
 from .sources import AnonymousMemory, NumaPolicy
 
 __all__ = ["current", "numpy_pool"]

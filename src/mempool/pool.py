@@ -15,13 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import _mempool
+from . import _active, _mempool
 from ._mempool import PoolCore, Strategy
 from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, home, layout,
                        named_root, placement)
@@ -45,17 +44,6 @@ def default_align(strat: Strategy) -> int:
     """alloc()'s default alignment: 16, or less where the strategy aligns every range
     less (a Slab of 40-byte items: 8), so that ``alloc(size)`` works without ``align``."""
     return min(16, getattr(strat, "item_align", 16))
-
-
-#: The current pool of this thread or asyncio task (``mempool.current()``): set by
-#: ``activate()``, None outside every activation.
-CURRENT: ContextVar[Any] = ContextVar("mempool.current", default=None)
-
-
-#: The activations entered in this thread or asyncio task, innermost last: (activation,
-#: the NumPy handler its entry replaced, or _NONE when it set none).
-_ACTIVE: ContextVar[tuple[tuple[Any, Any], ...]] = ContextVar("mempool.active", default=())
-_NONE = object()
 
 
 class Activation:
@@ -89,30 +77,12 @@ class Activation:
                 _mempool._rec_watch(p)
             if self.numpy:
                 handler = _mempool._rec_wrap(handler)
-        prev = _mempool.set_numpy_handler(handler) if self.numpy else None
-        _ACTIVE.set((*_ACTIVE.get(), (self, prev if self.numpy else _NONE)))
-        CURRENT.set(self.pool)
+        prev = _mempool.set_numpy_handler(handler) if self.numpy else _active.NONE
+        _active.enter(self, prev, self.pool)
         return self.pool
 
     def __exit__(self, *exc: object) -> None:
-        # this activation's innermost entry in this thread's or task's stack; exits in
-        # another order than the entries (ExitStacks, generators) take it out of the
-        # middle: the handler it replaced passes to the next NumPy entry above it, which
-        # restores that one when it ends, so that leaving them all restores what was
-        # before the first (not the pool of an activation already left)
-        stack = list(_ACTIVE.get())
-        k = max((i for i, e in enumerate(stack) if e[0] is self), default=-1)
-        if k < 0:
-            raise RuntimeError("this activation was not entered in this thread or task")
-        _, prev = stack.pop(k)
-        if prev is not _NONE:
-            above = next((j for j in range(k, len(stack)) if stack[j][1] is not _NONE), None)
-            if above is None:
-                _mempool.set_numpy_handler(prev)
-            else:
-                stack[above] = (stack[above][0], prev)
-        _ACTIVE.set(tuple(stack))
-        CURRENT.set(stack[-1][0].pool if stack else None)
+        _active.leave(self)  # (in any order: see _active)
 
     def numpy_stats(self) -> dict[str, int]:
         """The NumPy handler's counters (zeros before the first ``with``)."""

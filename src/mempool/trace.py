@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _mempool
+from . import _active, _mempool
 from ._mempool import Strategy
 from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
@@ -428,7 +428,6 @@ class Recording:
         self.ops = 0
         self.maxlive = 0
         self._body: str | None = None
-        self._prev: Any = None
 
     def __enter__(self) -> Recording:
         if self._body is not None:
@@ -449,7 +448,7 @@ class Recording:
             raise
         self._body = body
         try:
-            self._prev = _mempool._rec_numpy_begin()
+            _active.enter(self, _mempool._rec_numpy_begin(), _active.NONE)
         except BaseException:
             self._finish()
             raise
@@ -457,9 +456,8 @@ class Recording:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            _mempool.set_numpy_handler(self._prev)
+            _active.leave(self)  # (in any order with activations: see _active)
         finally:
-            self._prev = None
             self._finish()
 
     def _finish(self) -> None:
