@@ -913,3 +913,21 @@ def test_unlink_on_exit_is_the_creators_exit_not_a_forked_childs(name):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     assert not os.path.exists(f"/dev/shm/{name}")    # the creator's exit removed it
+
+
+def test_unlink_on_exit_leaves_a_segment_made_anew_under_the_name(name):
+    # the creator unlinked its pool and another process made a new one with the name:
+    # the creator's exit must not remove that one
+    code = textwrap.dedent(f"""
+        from mempool import SharedPool
+        sp = SharedPool.create({name!r}, 1 << 20, unlink_on_exit=True)
+        sp.close()
+        sp.unlink()
+        SharedPool.create({name!r}, 1 << 20).close()   # (another creator, in effect)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    q = SharedPool.attach(name)                       # still there
+    q.close()
+    q.unlink()

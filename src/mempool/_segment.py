@@ -55,6 +55,7 @@ READABLE = (3, 4)  # a format-3 file opens as before, and its state does not gro
 _FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q 8s")  # 120 bytes
 assert _FMT.size == 120
 CHECKSUM_OFFSET = 120
+CREATED_NS_OFFSET = 96  #: the header's created_ns (a shared pool's segment_id)
 JOURNAL_OFFSET = 1024  #: the journal of a file pool (a shared pool's is in its lock area)
 JOURNAL_SIZE = 2048  #: MP_JOURNAL_BYTES
 NAMED_ROOT_OFFSET = 3072  #: a file pool's directory of named arrays (_core/named.h): its root

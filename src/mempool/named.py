@@ -215,6 +215,7 @@ class NamedArrays(MutableMapping[str, Any]):
     def _shared_get(self, name: str) -> Any:
         check_name(name)
         pool: Any = self._pool
+        last = None
         for _ in range(_LOOKUPS):
             found = pool._named_find(name)
             if found is None:
@@ -224,7 +225,12 @@ class NamedArrays(MutableMapping[str, Any]):
             try:
                 blk = pool._handle(data, tag)  # a reference of this process's own
             except NotAllocated:  # replaced (or deleted) by another process meanwhile:
-                continue          # the name's next value, or KeyError if it is gone
+                if (data, tag) == last:  # (not replaced: the same range twice, refused)
+                    raise CorruptionError(f"named directory: the range of {name!r} at "
+                                          f"{data} is not a live block of the registry"
+                                          ) from None
+                last = (data, tag)
+                continue  # the name's next value, or KeyError if it is gone
             if kind == KIND_BLOCK:
                 return blk
             return pool._named_array(blk, dt, shape, strides, view)

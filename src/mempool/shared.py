@@ -51,8 +51,8 @@ import numpy as np
 
 from . import _mempool
 from ._mempool import Block, SharedPoolCore, Strategy
-from ._segment import (NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header, Placement, home, layout,
-                       placement)
+from ._segment import (CREATED_NS_OFFSET, NAMED_ROOT_OFFSET, PLACEMENT_OFFSET, Header,
+                       Placement, home, layout, placement)
 from ._units import parse_size
 from .errors import CorruptionError, NotAllocated
 from .pool import Pool, default_align
@@ -288,7 +288,7 @@ class SharedPool(SharedPoolCore, Pool):
             raise
         pool._creator = True
         if unlink_on_exit:  # (this process's exit: not a forked child's, which runs it too)
-            atexit.register(_unlink_at_exit, mem.path, os.getpid())
+            atexit.register(_unlink_at_exit, mem.path, os.getpid(), pool._segment_id)
         return pool
 
     @classmethod
@@ -510,8 +510,17 @@ def _slot_gens(buf: Any) -> bytes:
         buf[PLACEMENT_OFFSET + 72:PLACEMENT_OFFSET + 80])
 
 
-def _unlink_at_exit(path: Any, pid: int) -> None:
-    if os.getpid() == pid:
+def _unlink_at_exit(path: Any, pid: int, segment_id: int) -> None:
+    # the creator's exit, and the name still this pool's: not one made anew by another
+    # process after an unlink()
+    if os.getpid() != pid:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(CREATED_NS_OFFSET + 8)
+    except OSError:
+        return
+    if int.from_bytes(head[CREATED_NS_OFFSET:CREATED_NS_OFFSET + 8], "little") == segment_id:
         _unlink_quietly(path)
 
 

@@ -539,6 +539,10 @@ int mp_named_not_meta(PoolObject *self, uint64_t off, PyObject *what)
  * its deletion a BufferError); KeyError when absent. */
 PyObject *mp_ext_named_views(PoolObject *self, PyObject *name)
 {
+    if (self->hooks) { /* (a shared pool's directory is read under its lock, elsewhere) */
+        PyErr_SetString(PyExc_TypeError, "_named_views() is for private and file pools");
+        return NULL;
+    }
     uint64_t slot, rec;
     int rc = lookup(self, name, &slot, &rec);
     if (rc < 0) return NULL;
