@@ -5,6 +5,7 @@
  * gives MP_ECORRUPT, never a crash or a hang.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -163,6 +164,80 @@ int mp_named_check(const mp_named_t *d, char *msg, size_t msglen)
     return MP_OK;
 }
 
+/* ---- which ranges are the directory's: an index, rebuilt when the directory changed -- */
+typedef struct named_idx {
+    uint64_t gen, table, mask; /* the root's gen and table it was made at; slots - 1 */
+    uint64_t key[];            /* offset + 1 (0: empty), then the kinds: uint8_t[slots] */
+} named_idx_t;
+enum { IDX_DATA = 1, IDX_REC = 2 };
+
+static uint8_t *idx_kinds(named_idx_t *x) { return (uint8_t *)(x->key + x->mask + 1); }
+static uint64_t idx_home(const named_idx_t *x, uint64_t off)
+{
+    return ((off >> 3) * 0x9E3779B97F4A7C15ull) & x->mask;
+}
+static void idx_put(named_idx_t *x, uint64_t off, uint8_t kind)
+{
+    uint64_t i = idx_home(x, off);
+    while (x->key[i] && x->key[i] != off + 1) i = (i + 1) & x->mask;
+    x->key[i] = off + 1;
+    idx_kinds(x)[i] |= kind;
+}
+
+void mp_named_forget(mp_named_t *d)
+{
+    free(d->idx);
+    d->idx = NULL;
+}
+
+/* The index as of the directory now: NULL when it cannot be made (no memory) or a
+ * record lies outside the pool (*bad). */
+static named_idx_t *index_of(mp_named_t *d, int *bad)
+{
+    const mp_named_root_t *r = d->root;
+    named_idx_t *x = d->idx;
+    *bad = 0;
+    if (x && x->gen == r->gen && x->table == r->table) return x;
+    mp_named_forget(d);
+    if (r->table == MP_NAMED_NONE || r->count > r->slots) return NULL; /* (walk: bounded) */
+    uint64_t slots = 16;
+    while (slots < 4 * r->count + 4) slots *= 2;
+    x = calloc(1, sizeof *x + slots * (sizeof(uint64_t) + 1));
+    if (!x) return NULL;
+    x->gen = r->gen;
+    x->table = r->table;
+    x->mask = slots - 1;
+    const slot_t *t = table_of(d);
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < r->slots; i++) {
+        if (t[i].ref <= SLOT_TOMB) continue;
+        uint64_t rec = t[i].ref - 2;
+        if (++n > r->count || rec >= d->cap || d->cap - rec < MP_NAMED_REC_HEAD) {
+            free(x); /* (a damaged table: the callers' walk reports it) */
+            *bad = 1;
+            return NULL;
+        }
+        idx_put(x, rec, IDX_REC);
+        idx_put(x, ((const mp_named_rec_t *)(d->base + rec))->data, IDX_DATA);
+    }
+    d->idx = x;
+    return x;
+}
+
+static int idx_kind(mp_named_t *d, uint64_t off, int *kind)
+{
+    int bad;
+    named_idx_t *x = index_of(d, &bad);
+    if (!x) return bad ? MP_ECORRUPT : MP_ENONODES; /* (the callers walk instead) */
+    *kind = 0;
+    for (uint64_t i = idx_home(x, off); x->key[i]; i = (i + 1) & x->mask)
+        if (x->key[i] == off + 1) {
+            *kind = idx_kinds(x)[i];
+            break;
+        }
+    return MP_OK;
+}
+
 typedef struct owns_ctx {
     const mp_named_t *d;
     uint64_t data;
@@ -175,17 +250,21 @@ static int owns_one(void *ctx, uint64_t rec)
     return ((const mp_named_rec_t *)(o->d->base + rec))->data == o->data;
 }
 
-int mp_named_owns(const mp_named_t *d, uint64_t data)
+int mp_named_owns(mp_named_t *d, uint64_t data)
 {
-    owns_ctx_t o = {d, data};
+    int kind, rc = idx_kind(d, data, &kind);
+    if (rc == MP_OK) return (kind & IDX_DATA) != 0;
+    owns_ctx_t o = {d, data}; /* (no index: the walk) */
     return mp_named_walk(d, owns_one, &o);
 }
 
 static int is_rec(void *ctx, uint64_t rec) { return rec == ((owns_ctx_t *)ctx)->data; }
 
-int mp_named_meta(const mp_named_t *d, uint64_t off)
+int mp_named_meta(mp_named_t *d, uint64_t off)
 {
     if (d->root->table != MP_NAMED_NONE && d->root->table == off) return 1;
+    int kind, rc = idx_kind(d, off, &kind);
+    if (rc == MP_OK) return (kind & IDX_REC) != 0;
     owns_ctx_t o = {d, off};
     return mp_named_walk(d, is_rec, &o);
 }

@@ -75,6 +75,10 @@ typedef struct mp_named {
     int (*on_alloc)(void *arg, uint64_t off, uint64_t size);
     void (*on_free)(void *arg, uint64_t off);
     void *arg;
+    /* this process's index of the directory's ranges (which offsets are a name's data,
+     * which a record), made on demand and kept while the root's gen and table say the
+     * directory has not changed: mp_named_owns / mp_named_meta in O(1); NULL: none */
+    void *idx;
 } mp_named_t;
 
 void mp_named_root_init(mp_named_root_t *r);
@@ -89,11 +93,13 @@ int mp_named_find(const mp_named_t *d, const void *name, uint32_t n, uint64_t ha
                   uint64_t *slot, uint64_t *rec, char *msg, size_t msglen);
 /* Validate a record head at off (bounds, magic, sizes). */
 int mp_named_rec_ok(const mp_named_t *d, uint64_t off, char *msg, size_t msglen);
+/* Let the index go (the caller frees d). */
+void mp_named_forget(mp_named_t *d);
 /* Is `data` the range of some name?  1 / 0 / MP_ECORRUPT. */
-int mp_named_owns(const mp_named_t *d, uint64_t data);
+int mp_named_owns(mp_named_t *d, uint64_t data);
 /* Is `off` one of the directory's own ranges (its table or a record), which no Block
  * may hold?  1 / 0 / MP_ECORRUPT. */
-int mp_named_meta(const mp_named_t *d, uint64_t off);
+int mp_named_meta(mp_named_t *d, uint64_t off);
 /* Allocate and free ranges the way the directory does (through tx and the hooks). */
 int mp_named_alloc(mp_named_t *d, uint64_t size, uint64_t align, uint64_t *off);
 int mp_named_free(mp_named_t *d, uint64_t off);

@@ -115,6 +115,7 @@ PyObject *mp_ext_named_bind(PoolObject *self, PyObject *args)
 
 void mp_named_release(PoolObject *self)
 {
+    if (self->named) mp_named_forget(self->named);
     PyMem_Free(self->named);
     self->named = NULL;
     if (self->has_named) {
