@@ -48,6 +48,7 @@ MUTEX = 64  # the pthread mutex; glibc's words: __lock +0, __owner +8, __kind +1
 WHY = 128
 JOURNAL = 192  # the journal (journal.h): magic, phase, seq, nundo, ... undo records
 CTL_SIZE = 192 + 2048 + 64  # ..., the journal, the lease counters (then index, entries, leases)
+LEASES, LEASE_DUE = 192 + 2048 + 4, 192 + 2048 + 24  # ctl.leases, ctl.lease_due
 OWNER_DIED = 0x40000000
 WAITERS = 0x80000000
 
@@ -226,6 +227,7 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
     max_entries = struct.unpack_from("<I", data, lo + 8)[0]
     bits = struct.unpack_from("<I", data, lo + 4)[0]
     entries = struct.unpack_from("<I", data, lo + 12)[0]
+    magic = struct.unpack_from("<I", data, lo)[0]
 
     def ctl(field: str, value: int) -> bytes:
         off, fmt = CTL[field]
@@ -254,6 +256,14 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "journal-undo-outside": poke(poke(poke(data, lo + JOURNAL + 8, "<Q", 1),
                                           lo + JOURNAL + 24, "<Q", 1),
                                      lo + JOURNAL + 64, "<q", -(1 << 20)),
+        # an interrupted call whose one undo record restores a word no call logs: the
+        # layout (bits: the index rebuilt over 2**31 slots, or one too small for the
+        # entries, walked for ever), the journal itself, the mutex
+        "journal-undo-bits-31": undo_one(data, lo, 0, magic | 31 << 32),
+        "journal-undo-bits-4": undo_one(data, lo, 0, magic | 4 << 32),
+        "journal-undo-max_entries": undo_one(data, lo, 8, (1 << 20) | entries << 32),
+        "journal-undo-journal": undo_one(data, lo, JOURNAL + 8, 2),
+        "journal-undo-mutex": undo_one(data, lo, MUTEX, 0x7FFF),
         # the mutex's kind: not robust, recursive, error-checking, priority-inheriting, nonsense
         "mutex-kind-plain": poke(data, lo + MUTEX + 16, "<i", 128),
         "mutex-kind-0": poke(data, lo + MUTEX + 16, "<i", 0),
@@ -280,6 +290,16 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
         junk = bytearray(data)
         junk[at:at + n] = b"\0" * n
         cases[f"registry-{label}-zero"] = bytes(junk)
+    # a lease slot in flight and past its deadline that names an entry beyond the table
+    # (expired at the first lock, before the registry's check: it used that entry)
+    leases = ent + max_entries * 64
+    lease = bytearray(data)
+    struct.pack_into("<QQI", lease, leases, 1, 0, 0x7FFFFFFF)  # tag, deadline, entry
+    struct.pack_into("<I", lease, lo + LEASES, 1)             # ctl.leases
+    struct.pack_into("<Q", lease, lo + LEASE_DUE, 0)          # ctl.lease_due
+    cases["lease-entry-beyond"] = bytes(lease)
+    struct.pack_into("<I", lease, leases + 16, 0)             # entry 0: a free one
+    cases["lease-entry-free"] = bytes(lease)
     live = next(i for i in range(max_entries)
                 if struct.unpack_from("<Q", data, ent + 64 * i)[0] != 2**64 - 1)
     for k, field in enumerate(("offset", "tag", "size", "state")):  # one live entry's words
@@ -289,6 +309,14 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
     junk[h.state_off + 64:h.state_off + h.state_size] = rng.randbytes(h.state_size - 64)
     cases["state-random"] = bytes(junk)
     return cases
+
+
+def undo_one(data: bytes, lo: int, at: int, old: int) -> bytes:
+    """data whose journal says a call was under way, with one undo record: the word at
+    lo + at had the value `old` before it."""
+    out = poke(poke(data, lo + JOURNAL + 8, "<Q", 1), lo + JOURNAL + 24, "<Q", 1)
+    out = poke(out, lo + JOURNAL + 64, "<q", at - JOURNAL)
+    return poke(out, lo + JOURNAL + 72, "<Q", old)
 
 
 def shape_cases(data: bytes, h: Header) -> dict[str, bytes]:
@@ -376,6 +404,16 @@ def test_lock_held_by_a_live_unrelated_process(good, seg):
         assert exc == "CorruptionError", r[n]
         assert f"held by pid {sleeper.pid}, which does not have the pool open" in msg, msg
         assert secs < 6, r[n]
+
+
+def test_lock_word_with_waiters_and_no_holder(good, seg):
+    # FUTEX_WAITERS with no owner tid: every wait for it times out, and no holder can be
+    # judged; glibc never leaves such a word (an unlock clears it whole): refused in ~2 s
+    data, h = good
+    name = seg("waiters-only", _lock_word(data, h, WAITERS))
+    exc, msg, secs = run_attaches([[name]], timeout=30)[name]
+    assert exc == "CorruptionError", (exc, msg)
+    assert "lock word 0x80000000 names no holder" in msg and secs < 6
 
 
 def test_lock_held_by_a_thread_id_that_does_not_exist(good, seg):

@@ -51,6 +51,7 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
     t->st_len = st_len;
     t->undo_lo = undo_lo;
     t->undo_hi = undo_hi;
+    t->out_lo = t->out_hi = NULL;
     t->nops = 0;
 }
 
@@ -58,6 +59,7 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
 static int undo_ok(const mp_tx_t *t, int64_t off)
 {
     const char *w = (const char *)t->j + off;
+    if (t->out_lo && w + 8 > t->out_lo && w < t->out_hi) return 0;
     return t->undo_lo && w >= t->undo_lo && w + 8 <= t->undo_hi && ((uintptr_t)w & 7) == 0;
 }
 

@@ -66,6 +66,9 @@ typedef struct mp_tx {
     uint64_t st_len;
     char *undo_lo;           /* words the undo log may name: [undo_lo, undo_hi)     */
     char *undo_hi;
+    char *out_lo;            /* ... but none in [out_lo, out_hi) (a shared pool's lock
+                                and journal: mp_shared_keep_out); NULL: no such span */
+    char *out_hi;
     uint32_t nops;
     mp_tx_op_t op[MP_TX_OPS];
 } mp_tx_t;

@@ -164,6 +164,12 @@ _Static_assert(sizeof(mp_lease_t) == 32, "two leases a cache line");
 static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c) { return &c->journal; }
 
+void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t)
+{
+    t->out_lo = (char *)&c->lock;        /* the mutex, why[], the journal: one span */
+    t->out_hi = (char *)(&c->journal + 1);
+}
+
 /* Undo-logged stores of the registry's words (lock held, inside a transaction).  The
  * index is not logged: a rollback rebuilds it from the entries (rebuild()). */
 /* (a word that already holds the value is neither logged nor written: a fresh entry's
@@ -1067,10 +1073,19 @@ static int probe_holder(const mp_shared_ctl_t *c, struct suspect *s, char *msg, 
     long pid;
     mutex_words(&c->lock.mutex, &word, &kind);
     uint32_t tid = word & TID_MASK;
-    if (!tid || (word & OWNER_DIED)) { /* free now, or the kernel recovered it */
+    if (!word || (word & OWNER_DIED)) { /* free now, or the kernel recovered it */
         s->strikes = 0;
         s->unknown = 0;
         return 0;
+    }
+    if (!tid) { /* bits (waiters) but no holder: glibc never leaves one (an unlock clears
+                   the whole word), yet taking it waits for a wake-up no one sends */
+        s->strikes = s->word == word ? s->strikes + 1 : 1;
+        s->word = word;
+        if (s->strikes < 2) return 0;
+        snprintf(msg, msglen, "the pool's lock word 0x%08x names no holder, yet it cannot be "
+                 "taken: it can never be released", word);
+        return MP_ECORRUPT;
     }
     enum holder h = judge_holder(c, tid, &pid);
     uint32_t again;
@@ -1150,7 +1165,13 @@ int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen)
 {
     int rc = mp_tx_validate(t, msg, msglen);
     if (rc) return rc;
-    if (mp_tx_recover(t) == MP_TX_ACTIVE) rebuild(c); /* the index was not logged */
+    /* the layout was validated at attach: no legitimate undo record changes it, so
+     * after the log is applied it must still be what it was (else a crafted record
+     * would have the index rebuilt at a size nobody checked) */
+    uint64_t len = mp_shared_ctl_size(c->max_entries, c->lease_max);
+    int phase = mp_tx_recover(t);
+    if ((rc = mp_shared_check_layout(c, len, msg, msglen))) return rc;
+    if (phase == MP_TX_ACTIVE) rebuild(c); /* the index was not logged */
     rc = t->ops->check(t->st, t->st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, t->ops, t->st, t, msg, msglen);
@@ -1293,6 +1314,12 @@ uint64_t mp_lease_expire_at(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64
             continue;
         }
         uint32_t i = l[k].entry;
+        /* (this runs at the first lock an attaching process takes, before its check of
+         * the registry: a slot that does not name a used entry with its tag is left for
+         * that check to report) */
+        if (i >= c->max_entries || entries_of(c)[i].tag != l[k].tag ||
+            entries_of(c)[i].offset == UNUSED)
+            continue;
         mp_tx_room(t, 1, 32); /* between leases the registry agrees with the state */
         lease_clear(c, k);
         J64(c, c->leases_expired, c->leases_expired + 1);

@@ -67,6 +67,10 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t);
  * mp_shared_reclaim: call them inside a transaction; the pool's own begin/commit are
  * around its lock). */
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);
+/* Keep t's undo log off the control block's lock, its message and the journal itself:
+ * no call logs those words, so a record that names one is crafted (mp_tx_validate
+ * refuses it, a recovery skips it). */
+void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t);
 /* Is there an unused entry (mp_reg_add would succeed)? */
 int mp_reg_has_room(const mp_shared_ctl_t *c);
 void mp_shared_unlock(mp_shared_ctl_t *c);

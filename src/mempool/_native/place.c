@@ -159,7 +159,10 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
     so->st = st;
     so->st_len = s->size;
     mp_wrap_moved(old, st); /* a recorded or limited state's entry follows it */
+    char *out_lo = tx->out_lo, *out_hi = tx->out_hi;
     mp_tx_setup(tx, tx->j, tx->ops, st, sh, s->size, tx->undo_lo, tx->undo_hi);
+    tx->out_lo = out_lo; /* (the words no undo record may name stay where they were) */
+    tx->out_hi = out_hi;
     if (p->named) p->named->st = st;
     if (pl->tail) munmap(pl->tail, (size_t)pl->tail_len);
     pl->tail = tail;

@@ -692,6 +692,7 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         uhi = (char *)self->ctl_view.buf + vlen;
     }
     mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, ulo, uhi);
+    mp_shared_keep_out(c, self->tx);
     if (mp_tx_validate(self->tx, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto fail;
