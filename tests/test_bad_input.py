@@ -13,6 +13,7 @@ A new strategy fails test_every_strategy_has_a_row until it has a row in KINDS."
 from __future__ import annotations
 
 import pickle
+import resource
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -753,6 +754,44 @@ def test_restore_refuses_crafted_bytes(made, kind, bad, match):
     unchanged(s, lambda: cls.restore(data), mempool.CorruptionError, match)
     unchanged(s, lambda: cls.restore(bytearray(data)), mempool.CorruptionError, match)
     assert cls.restore(good).snapshot() == good  # the good bytes still restore
+
+
+def _claims_nodes(cls, good: bytes, n: int) -> bytes:
+    """A snapshot whose own node count says n (TLSF/BestFit: the rset's max_blocks after
+    the head; Bump: its stack's), the head's size made to match, the hole with it."""
+    b = bytearray(good)
+    at = 120  # right after mp_head_t
+    if cls is mempool.Bump:  # its header: capacity, max_blocks, depth; 24-byte entries
+        _, mb, top = struct.unpack_from("<QQQ", b, at)
+        node = 24
+        struct.pack_into("<Q", b, at + 8, n)
+    else:  # mp_rset_t: max_blocks, top (u32 each)
+        mb, top = struct.unpack_from("<II", b, at)
+        node = (_size(good) - len(good)) // (mb - top)
+        struct.pack_into("<I", b, at, n)
+    assert _size(good) - len(good) == (mb - top) * node  # (the hole the snapshot left)
+    struct.pack_into("<Q", b, 8, len(b) + (n - top) * node)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("cls", [mempool.TLSF, mempool.BestFit, mempool.Bump])
+def test_a_snapshot_claiming_a_huge_state_is_refused_before_it_is_allocated(cls):
+    # a snapshot leaves out the nodes never handed out (a hole restore fills): a node
+    # count and a head size saying gigabytes, the head's parameters saying otherwise,
+    # allocated and zeroed them before the check found out
+    s = cls(1 << 16)
+    s.alloc(100)
+    good = s.snapshot()
+    assert _size(good) > len(good)  # (a hole)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for n in (50_000_000, 2**32 - 2):
+        data = _claims_nodes(cls, good, n)
+        with pytest.raises(mempool.CorruptionError,
+                           match=f"state says {_size(data)} bytes, its parameters need "
+                                 f"{_size(good)}"):
+            cls.restore(data)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 64 << 10  # KiB
+    assert cls.restore(good).snapshot() == good
 
 
 @per_strategy

@@ -151,3 +151,26 @@ def test_trace_arrays_types():
     t = trace.read(next(p for p in trace.bundled() if p.name.startswith("sqlite"))).head(10)
     assert t.op.dtype == np.uint8 and t.id.dtype == np.uint32
     assert t.size.dtype == np.uint64 and t.align.dtype == np.uint32
+
+
+@pytest.mark.parametrize("big", [500_000_000, 2**32 - 2])
+def test_sparse_ids_are_numbered_anew(tmp_path, big):
+    # an ID is a label: what a replay keeps per ID used to be sized by the largest one
+    # (a 50-byte file with ID 500,000,000 took ~8 GB and 27 s; 2**32 - 2: MemoryError)
+    import resource
+    p = tmp_path / "sparse.trace"
+    p.write_text(f"# {trace.MAGIC} program=x\na {big} 16\na 7 8\nr {big} 32\nf {big}\nf 7\n")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = trace.read(p)
+    assert t.id.tolist() == [1, 0, 1, 1, 0] and t.max_id == 1 and t.maxlive == 40
+    for s in ("tlsf", "bestfit"):
+        r = trace.replay(t, s)
+        assert r.ops == 5 and r.failures == 0
+    assert trace.python_replay(t, "tlsf")[1] == 0  # (no failure)
+    made = trace.Trace(t.op, np.array([big, 7, big, big, 7], np.uint32), t.size, t.align,
+                       "x", 40, "x")  # made by hand: the same
+    assert made.id.tolist() == [1, 0, 1, 1, 0]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 64 << 10  # KiB
+    p.write_text(f"# {trace.MAGIC} program=x\na {big} 16\nf 5\n")
+    with pytest.raises(trace.TraceError, match=r"line 3: free of an ID that is not live \(ID 5\)"):
+        trace.read(p)

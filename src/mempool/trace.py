@@ -56,7 +56,8 @@ class Trace:
     op : numpy.ndarray of uint8
         0 = alloc, 1 = free, 2 = realloc.
     id : numpy.ndarray of uint32
-        The allocation's ID.
+        The allocation's ID (a label: sparse IDs, the largest above twice their count
+        plus 4096, are numbered anew densely, in the order of their values).
     size : numpy.ndarray of uint64
         Requested bytes (0 for free; an alloc may ask for 0).
     align : numpy.ndarray of uint32
@@ -80,6 +81,12 @@ class Trace:
     name: str
     header: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # IDs are labels: sparse ones (the largest far above the number of operations)
+        # are numbered anew, densely and in order, so that what a replay keeps per ID
+        # stays as large as the trace (a 50-byte file with ID 500,000,000 took 8 GB)
+        object.__setattr__(self, "id", _dense_ids(self.id))  # (a frozen dataclass)
+
     def __len__(self) -> int:
         return len(self.op)
 
@@ -98,6 +105,14 @@ class Trace:
             self.op[:n], self.id[:n], self.size[:n], self.align[:n],
             self.program, int(maxlive), self.name, dict(self.header),
         )
+
+
+def _dense_ids(ids: np.ndarray) -> np.ndarray:
+    """``ids`` as they are, or numbered 0, 1, ... in the order of their values when the
+    largest is above twice their count (+4096)."""
+    if len(ids) and int(ids.max()) >= 2 * len(ids) + 4096:
+        return np.unique(ids, return_inverse=True)[1].astype(np.uint32).reshape(ids.shape)
+    return ids
 
 
 def _open_bytes(path: Path) -> bytes:
@@ -160,8 +175,9 @@ def _parse(text: bytes, path: Path) -> Trace:
     except ValueError as e:
         raise TraceError(f"{path}: {e}") from None
     op, ids, size, align = op[:n].copy(), ids[:n].copy(), size[:n].copy(), align[:n].copy()
-    max_id = int(ids.max()) if n else 0
-    ok, value, why = _mempool.validate_trace(op, ids, size, align, max_id)
+    dense = _dense_ids(ids)
+    max_id = int(dense.max()) if n else 0
+    ok, value, why = _mempool.validate_trace(op, dense, size, align, max_id)
     if not ok:
         kind = {0: "alloc of an ID that is live", 1: "free of an ID that is not live",
                 2: "realloc of an ID that is not live"}[int(op[value])]

@@ -87,6 +87,17 @@ int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, ch
     return MP_OK;
 }
 
+uint64_t mp_head_state_size(const mp_head_t *h)
+{
+    switch (h->kind) {
+    case MP_KIND_TLSF: return mp_tlsf_state_size(h->capacity, h->param[0]);
+    case MP_KIND_BESTFIT: return mp_bestfit_state_size(h->capacity, h->param[0]);
+    case MP_KIND_BUMP: return mp_bump_state_size(h->capacity, h->param[0]);
+    case MP_KIND_HEAP: return mp_heap_state_size(h->capacity, h->param[0], h->param[1]);
+    default: return 0;
+    }
+}
+
 uint64_t mpi_head_available(const void *st)
 {
     const mp_head_t *h = st;

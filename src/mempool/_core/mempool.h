@@ -181,6 +181,11 @@ static inline int mp_is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; 
 int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, char *msg,
                      size_t msglen);
 
+/* The state size a head's own kind, capacity and parameters need (what init and grow
+ * make), for the strategies whose snapshot may leave a hole (mp_ops_t.hole: TLSF,
+ * BestFit, Bump, Heap); 0 for the others or for parameters no state has. */
+uint64_t mp_head_state_size(const mp_head_t *h);
+
 /* Look a strategy's table up by kind, or NULL. */
 const mp_ops_t *mp_ops_by_kind(unsigned kind);
 

@@ -642,6 +642,15 @@ static PyObject *restore_into(PyTypeObject *cls, PyObject *data)
      * else is taken as the whole block, and validated as such below */
     if (len >= sizeof h && h.state_size > len && ops->hole &&
         mp_head_validate(view.buf, h.state_size, ops, msg, sizeof msg) == MP_OK) {
+        /* the size its parameters need, before anything that size is allocated: a
+         * crafted head and parameters made a 9 KB snapshot allocate and zero 2 GB */
+        if (h.state_size != mp_head_state_size(&h)) {
+            PyErr_Format(mp_CorruptionError, "cannot restore: the state says %llu bytes, "
+                         "its parameters need %llu",
+                         (unsigned long long)h.state_size,
+                         (unsigned long long)mp_head_state_size(&h));
+            goto done;
+        }
         uint64_t o = 0, n = ops->hole(view.buf, len, &o);
         if (n == h.state_size - len && o <= len) {
             hole = n;
