@@ -931,3 +931,62 @@ def test_unlink_on_exit_leaves_a_segment_made_anew_under_the_name(name):
     q = SharedPool.attach(name)                       # still there
     q.close()
     q.unlink()
+
+
+def test_a_worker_takes_handles_of_a_pool_made_anew_under_its_name(name):
+    # the worker attached the first pool (to read a handle of it); the name is then
+    # unlinked and made anew: handles of the new segment are not stale (they were
+    # refused, and under an executor the unpickling error broke the pool of workers)
+    from concurrent.futures import ProcessPoolExecutor
+    from shared_workers import array_sum
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        p1 = SharedPool.create(name, 1 << 20)
+        a = p1.zeros(4)
+        a[:] = 1
+        assert ex.submit(array_sum, a).result(timeout=60) == 4.0
+        del a
+        p1.unlink()
+        p1.close()
+        p2 = SharedPool.create(name, 1 << 20)
+        try:
+            b = p2.zeros(4)
+            b[:] = 2
+            assert ex.submit(array_sum, b).result(timeout=60) == 8.0
+            stale = pickle.dumps(b)
+            del b
+        finally:
+            p2.unlink()
+            p2.close()
+    # a handle of a segment no longer under any name: stale (not FileNotFoundError)
+    with pytest.raises(mempool.NotAllocated, match="stale handle.*unlinked"):
+        pickle.loads(stale)
+
+
+def test_a_shared_pool_collected_without_close_lets_its_fd_go(name):
+    # attach() again replaces the name's pool in this process's registry, and the old
+    # one is collected: it kept one fd on the segment for good (and an unlinked
+    # segment's memory with it)
+    import gc
+    path = f"/dev/shm/{name}"
+
+    def fds() -> int:
+        n = 0
+        for f in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{f}") == path
+            except OSError:
+                pass
+        return n
+
+    pool = SharedPool.create(name, 1 << 20)
+    base = fds()
+    for _ in range(20):
+        q = SharedPool.attach(name)
+        del q
+    gc.collect()
+    mempool.shared._attached.pop(name, None)
+    gc.collect()
+    assert fds() == base
+    pool.unlink()
+    pool.close()
+    assert fds() == 0

@@ -43,6 +43,7 @@ import atexit
 import multiprocessing.util
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, SupportsIndex, cast
@@ -63,8 +64,12 @@ __all__ = ["SharedArray", "SharedPool", "SharedStats"]
 
 MAGIC = b"MPSHARED"
 
-#: the shared pools this process has open, by name: handles attach through it
+#: the shared pool each name was last opened as in this process: handles attach
+#: through it
 _attached: dict[str, SharedPool] = {}
+#: every shared pool open in this process (two may have one name: attached twice, or a
+#: name made anew): their caches go back at exit, and a handle finds its segment's
+_open_pools: weakref.WeakSet[SharedPool] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -134,9 +139,20 @@ class SharedArray(np.ndarray):
 
 
 def _pool_for(name: str, segment_id: int) -> SharedPool:
+    """The open pool of the handle's segment: this process's, or the one attached now
+    under the name.  A segment no longer under the name and not open here is stale."""
     pool = _attached.get(name)
-    if pool is None or pool.closed:
+    if pool is not None and not pool.closed and pool.segment_id == segment_id:
+        return pool
+    for p in list(_open_pools):
+        if not p.closed and p._name == name and p.segment_id == segment_id:
+            return p
+    # not open here: what the name holds now (made anew since this process attached it,
+    # a handle of that new segment is not stale)
+    try:
         pool = SharedPool.attach(name)
+    except FileNotFoundError:
+        raise NotAllocated(f"stale handle: shared pool {name!r} was unlinked") from None
     if pool.segment_id != segment_id:
         raise NotAllocated(f"stale handle: shared pool {name!r} was created anew since")
     return pool
@@ -394,6 +410,7 @@ class SharedPool(SharedPoolCore, Pool):
         pool._segment_id = h.created_ns
         pool._creator = False
         _attached[name] = pool
+        _open_pools.add(pool)
         return pool
 
     # ---- identity ---------------------------------------------------------------------
@@ -463,6 +480,7 @@ class SharedPool(SharedPoolCore, Pool):
 
     def close(self) -> None:
         super().close()
+        _open_pools.discard(self)
         if _attached.get(getattr(self, "_name", "")) is self:
             del _attached[self._name]
 
@@ -477,7 +495,7 @@ class SharedPool(SharedPoolCore, Pool):
 def _give_back_caches() -> None:
     """At exit (normal, or a multiprocessing child's): every open shared pool gives its
     cache back, so ranges a process freed do not outlive it."""
-    for pool in list(_attached.values()):
+    for pool in list(_open_pools):
         if not pool.closed:
             try:
                 pool._flush_cache()

@@ -670,13 +670,16 @@ class SharedMemory(_Mapped):
                 os.unlink(self.path)
             raise
         self._fd = fd  # the segment itself, whatever its name names later (a state grows)
+        # (collected without close(), as a SharedPool replaced in shared._attached is:
+        # the fd goes with it, else it kept an unlinked segment's memory for good)
+        self._fd_closer = weakref.finalize(self, os.close, fd)
         self.size = want
         self.buffer = self._mmap
 
     def close(self) -> None:
         super().close()
         if self._closed and self._fd >= 0:
-            os.close(self._fd)
+            self._fd_closer()  # (closes it once)
             self._fd = -1
 
     def unlink(self) -> None:
