@@ -392,18 +392,27 @@ out:
     return result;
 }
 
+/* A name's slot, record and data range: 0, or -1 with KeyError (absent) or another
+ * error set. */
+static int find_name(PoolObject *self, PyObject *name, uint64_t *slot, uint64_t *rec,
+                     uint64_t *data)
+{
+    int rc = lookup(self, name, slot, rec);
+    if (rc < 0) return -1;
+    if (rc) {
+        PyErr_SetObject(PyExc_KeyError, name);
+        return -1;
+    }
+    *data = ((const mp_named_rec_t *)(self->named->base + *rec))->data;
+    return 0;
+}
+
 /* _named_del(name): KeyError when absent, BufferError while a view is alive. */
 PyObject *mp_ext_named_del(PoolObject *self, PyObject *name)
 {
-    uint64_t slot, rec;
-    int rc = lookup(self, name, &slot, &rec);
-    if (rc < 0) return NULL;
-    if (rc) {
-        PyErr_SetObject(PyExc_KeyError, name);
-        return NULL;
-    }
+    uint64_t slot, rec, data;
+    if (find_name(self, name, &slot, &rec, &data) < 0) return NULL;
     mp_named_t *d = self->named;
-    uint64_t data = ((const mp_named_rec_t *)(d->base + rec))->data;
     Py_ssize_t v = views_of(self, data);
     if (v) {
         PyErr_Format(PyExc_BufferError, "cannot delete the array named %R: %zd view(s) of it "
@@ -544,15 +553,9 @@ PyObject *mp_ext_named_views(PoolObject *self, PyObject *name)
         PyErr_SetString(PyExc_TypeError, "_named_views() is for private and file pools");
         return NULL;
     }
-    uint64_t slot, rec;
-    int rc = lookup(self, name, &slot, &rec);
-    if (rc < 0) return NULL;
-    if (rc) {
-        PyErr_SetObject(PyExc_KeyError, name);
-        return NULL;
-    }
-    return PyLong_FromSsize_t(
-        views_of(self, ((const mp_named_rec_t *)(self->named->base + rec))->data));
+    uint64_t slot, rec, data;
+    if (find_name(self, name, &slot, &rec, &data) < 0) return NULL;
+    return PyLong_FromSsize_t(views_of(self, data));
 }
 
 /* _named_view(pin, dtype, shape, strides, offset) -> ndarray over the pin's range, a
