@@ -628,3 +628,20 @@ def test_random_structured_dtypes_read_back_equal():
     del p.named["x"]
     assert p.used == 0
     p.check()
+
+
+@pytest.mark.parametrize("strategy", ["tlsf", "bestfit", "heap", "bump"])
+def test_check_after_the_state_grew_reads_the_state_of_now(strategy):
+    # a private pool's state moves when it grows: check() read the directory through
+    # the state it had before (freed: a segfault, or under ASan a use after free; the
+    # Heap's said the table was not live)
+    p = Pool(1 << 20, strategy, max_blocks=32)
+    p.named["w"] = np.arange(4.0)
+    before = p.stats().metadata
+    keep = [p.alloc(16) for _ in range(300)]
+    assert p.stats().metadata > before  # (it grew)
+    junk = [bytearray(n) for n in range(4000, 60000, 8)]  # malloc reuses the old block
+    p.check()
+    assert p.named["w"].tolist() == [0.0, 1.0, 2.0, 3.0] and list(p.named) == ["w"]
+    del junk, keep
+    p.check()

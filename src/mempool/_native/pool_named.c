@@ -21,6 +21,14 @@
 #include <numpy/arrayobject.h>
 #include <string.h>
 
+/* The directory reads the strategy's state as it is now: every entry point calls this
+ * (check() did not, and read a private state freed by its growth: a segfault). */
+static void named_sync(PoolObject *self)
+{
+    self->named->st = self->strategy->st; /* (a private state moves when it grows) */
+    self->named->ops = self->strategy->ops; /* (set_limit / a recording wrap the table) */
+}
+
 static int named_ready(PoolObject *self)
 {
     if (mp_pool_check_open(self) < 0) return -1;
@@ -28,8 +36,7 @@ static int named_ready(PoolObject *self)
         PyErr_SetString(PyExc_TypeError, "this pool has no directory of named arrays");
         return -1;
     }
-    self->named->st = self->strategy->st; /* (a private state moves when it grows) */
-    self->named->ops = self->strategy->ops; /* (set_limit / a recording wrap the table) */
+    named_sync(self);
     return 0;
 }
 
@@ -534,6 +541,7 @@ PyObject *mp_ext_array_over(PoolObject *self, PyObject *const *args, Py_ssize_t 
 
 int mp_named_not_meta(PoolObject *self, uint64_t off, PyObject *what)
 {
+    if (self->named && !self->hooks) named_sync(self); /* (a shared pool's is the lock's) */
     int rc = self->named ? mp_named_meta(self->named, off) : 0;
     if (rc == 0) return 0;
     if (rc == 1)
@@ -639,6 +647,7 @@ PyObject *mp_ext_named_check(PoolObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (mp_pool_check_open(self) < 0) return NULL;
     if (!self->named) Py_RETURN_NONE; /* a pool without one (External memory) */
+    named_sync(self);
     char msg[200];
     if (mp_named_check(self->named, msg, sizeof msg)) return corrupt(msg);
     Py_RETURN_NONE;
