@@ -646,3 +646,21 @@ def test_check_after_the_state_grew_reads_the_state_of_now(strategy):
     assert p.named["w"].tolist() == [0.0, 1.0, 2.0, 3.0] and list(p.named) == ["w"]
     del junk, keep
     p.check()
+
+
+@pytest.mark.filterwarnings("ignore::mempool.UnnamedArrayWarning")  # (the file pool's)
+def test_adopted_views_of_any_legal_shape_read_back(pool):
+    # what NumPy allows, stored by adoption, reads back: an empty view whose earlier
+    # dimension strides far (its extent is nothing), a broadcast over 2**62 bytes
+    c = pool.zeros(1000)
+    pool.named["empty"] = np.lib.stride_tricks.as_strided(c, shape=(5, 0), strides=(8000, 8))
+    z = pool.zeros(1, "u1")
+    z[0] = 7
+    pool.named["wide"] = np.broadcast_to(z, (1 << 62,))
+    one = pool.zeros(3)
+    pool.named["one"] = np.lib.stride_tricks.as_strided(one, shape=(1, 3), strides=(1 << 62, 8))
+    e, w, o = pool.named["empty"], pool.named["wide"], pool.named["one"]
+    assert e.shape == (5, 0) and w.shape == (1 << 62,) and w[(1 << 62) - 1] == 7
+    assert o.shape == (1, 3) and o.tolist() == [[0.0, 0.0, 0.0]]
+    del e, w, o, c, z, one
+    pool.check()

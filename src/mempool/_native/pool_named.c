@@ -449,25 +449,23 @@ static PyObject *array_over(PoolObject *self, BlockObject *b, PyTypeObject *type
     npy_intp dims[MP_NAMED_MAX_NDIM], st[MP_NAMED_MAX_NDIM];
     Py_ssize_t off = PyLong_AsSsize_t(offset);
     /* the extent: [lo, hi) relative to element 0, inside the range; each term is under
-     * 2**124 and the sums stop at the first that leaves the range, so nothing overflows
+     * 2**125 and the sums stop at the first that leaves the range, so nothing overflows
      * (a broadcast view has stride 0 along dimensions of any length) */
     __int128 lo = 0, hi = (__int128)PyDataType_ELSIZE(descr), size = (__int128)b->size;
     int empty = 0, out = (off == -1 && PyErr_Occurred()) || off < 0 || (uint64_t)off > b->size;
-    for (int k = 0; k < nd && !out; k++) {
+    for (int k = 0; k < nd && !out; k++) { /* every dimension first: one of length 0 */
         dims[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
         st[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(strides, k));
-        if (PyErr_Occurred() || dims[k] < 0 || dims[k] >= ((npy_intp)1 << 62) ||
-            st[k] >= ((npy_intp)1 << 62) || st[k] <= -((npy_intp)1 << 62)) {
-            out = 1;
-            break;
-        }
-        if (dims[k] == 0) {
-            empty = 1; /* (no element: the extent is nothing) */
-        } else if (!empty) {
-            if (st[k] > 0) hi += (__int128)st[k] * (dims[k] - 1);
-            else lo += (__int128)st[k] * (dims[k] - 1);
-            out = off + lo < 0 || off + hi > size;
-        }
+        /* (a stride matters only along more than one element: there it is under 2**62) */
+        out = PyErr_Occurred() || dims[k] < 0 ||
+              (dims[k] > 1 && (st[k] >= ((npy_intp)1 << 62) || st[k] <= -((npy_intp)1 << 62)));
+        empty |= dims[k] == 0;
+    }
+    for (int k = 0; k < nd && !out && !empty; k++) { /* (no element: no extent) */
+        if (dims[k] <= 1) continue;
+        if (st[k] > 0) hi += (__int128)st[k] * (dims[k] - 1);
+        else lo += (__int128)st[k] * (dims[k] - 1);
+        out = off + lo < 0 || off + hi > size;
     }
     if (!out && !empty) out = off + lo < 0 || off + hi > size;
     if (out) { /* (an overflow of a crafted int, too: a CorruptionError like the rest) */
