@@ -648,7 +648,7 @@ def test_check_after_the_state_grew_reads_the_state_of_now(strategy):
     p.check()
 
 
-X
+@pytest.mark.filterwarnings("ignore::mempool.errors.UnnamedArrayWarning")  # (a file pool's)
 def test_adopted_views_of_any_legal_shape_read_back(pool):
     # what NumPy allows, stored by adoption, reads back: an empty view whose earlier
     # dimension strides far (its extent is nothing), a broadcast over 2**62 bytes
