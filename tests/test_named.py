@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import mempool
-from mempool import CorruptionError, Pool, PoolClosed
+from mempool import CorruptionError, NotAllocated, Pool, PoolClosed
 from mempool import named as named_mod
 from mempool._segment import NAMED_ROOT_OFFSET
 
@@ -663,4 +663,47 @@ def test_adopted_views_of_any_legal_shape_read_back(pool):
     assert e.shape == (5, 0) and w.shape == (1 << 62,) and w[(1 << 62) - 1] == 7
     assert o.shape == (1, 3) and o.tolist() == [[0.0, 0.0, 0.0]]
     del e, w, o, c, z, one
+    pool.check()
+
+
+@pytest.mark.filterwarnings("ignore::mempool.errors.UnnamedArrayWarning")  # (a file pool's)
+def test_the_directory_index_follows_every_change(pool):
+    # block_at and adoption ask an index of which ranges are names' data and which the
+    # directory's own (made at the second query without a change, then kept in step with
+    # every put, replace and delete of this process): after each random step, every
+    # allocated range answers as a walk of the records would
+    rng = random.Random(5)
+    keep: list = []
+    for step in range(400):
+        names = list(pool.named)
+        r = rng.random()
+        if r < 0.35 or not names:
+            v = pool.zeros(rng.randrange(1, 40)) if rng.random() < 0.5 else np.arange(rng.randrange(1, 40))
+            pool.named[f"n{rng.randrange(30)}"] = v  # adopt or copy; a new name or a replacement
+            del v
+        elif r < 0.55:
+            del pool.named[rng.choice(names)]
+        elif r < 0.7:
+            keep.append(pool.alloc(rng.randrange(1, 200)))
+        elif keep:
+            keep.pop(rng.randrange(len(keep))).free()
+        data = {struct.unpack_from("<Q", pool._named_find(k)[0], 16)[0] for k in pool.named}
+        mine = {b.offset for b in keep}
+        for off, size, allocated in pool.segments():
+            if not allocated:
+                continue
+            assert pool._named_owns(off) == (off in data), (step, off)
+            if off in data or off in mine:
+                b = pool.block_at(off)   # (a name's range: this Block only leaves it)
+                b.free()
+            else:  # the directory's own: a record, the table
+                try:
+                    b = pool.block_at(off)
+                except NotAllocated as e:
+                    assert "directory of named arrays" in str(e)
+                else:
+                    raise AssertionError(f"step {step}: block_at({off}) of a directory range")
+    for k in list(pool.named):
+        del pool.named[k]
+    del keep
     pool.check()

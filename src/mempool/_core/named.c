@@ -166,7 +166,8 @@ int mp_named_check(const mp_named_t *d, char *msg, size_t msglen)
 
 /* ---- which ranges are the directory's: an index, rebuilt when the directory changed -- */
 typedef struct named_idx {
-    uint64_t gen, table, mask; /* the root's gen and table it was made at; slots - 1 */
+    uint64_t gen, table, mask; /* the root's gen and table it is current at; slots - 1 */
+    uint64_t used;             /* keys (a key whose kinds went to 0 stays: a tombstone) */
     uint64_t key[];            /* offset + 1 (0: empty), then the kinds: uint8_t[slots] */
 } named_idx_t;
 enum { IDX_DATA = 1, IDX_REC = 2 };
@@ -180,8 +181,47 @@ static void idx_put(named_idx_t *x, uint64_t off, uint8_t kind)
 {
     uint64_t i = idx_home(x, off);
     while (x->key[i] && x->key[i] != off + 1) i = (i + 1) & x->mask;
+    if (!x->key[i]) x->used++;
     x->key[i] = off + 1;
     idx_kinds(x)[i] |= kind;
+}
+
+static void idx_clear(named_idx_t *x, uint64_t off, uint8_t kind)
+{
+    for (uint64_t i = idx_home(x, off); x->key[i]; i = (i + 1) & x->mask)
+        if (x->key[i] == off + 1) {
+            idx_kinds(x)[i] &= (uint8_t)~kind;
+            return;
+        }
+}
+
+/* The index when it is current (before a change this process makes), else NULL. */
+static named_idx_t *idx_current(const mp_named_t *d)
+{
+    named_idx_t *x = d->idx;
+    return x && x->gen == d->root->gen && x->table == d->root->table ? x : NULL;
+}
+
+/* A change this process makes: the record rec and its data range added to the index
+ * or taken out (the record still readable), then done: the index is current at the
+ * root's new gen and table, or let go when too full or the table is gone. */
+static void idx_apply(const mp_named_t *d, named_idx_t *x, uint64_t rec, int add)
+{
+    uint64_t data = ((const mp_named_rec_t *)(d->base + rec))->data;
+    if (add) {
+        idx_put(x, rec, IDX_REC);
+        idx_put(x, data, IDX_DATA);
+    } else {
+        idx_clear(x, rec, IDX_REC);
+        idx_clear(x, data, IDX_DATA);
+    }
+}
+
+static void idx_done(mp_named_t *d, named_idx_t *x)
+{
+    x->gen = d->root->gen;
+    x->table = d->root->table;
+    if (x->used * 2 > x->mask + 1 || x->table == MP_NAMED_NONE) mp_named_forget(d);
 }
 
 void mp_named_forget(mp_named_t *d)
@@ -197,9 +237,13 @@ static named_idx_t *index_of(mp_named_t *d, int *bad)
     const mp_named_root_t *r = d->root;
     named_idx_t *x = d->idx;
     *bad = 0;
-    if (x && x->gen == r->gen && x->table == r->table) return x;
+    if (x && x->gen == r->gen && x->table == r->table) return x; /* (idx_current) */
     mp_named_forget(d);
     if (r->table == MP_NAMED_NONE || r->count > r->slots) return NULL; /* (walk: bounded) */
+    if (d->idx_asked != r->gen + 1) { /* the first query since a change: walk this time */
+        d->idx_asked = r->gen + 1;
+        return NULL;
+    }
     uint64_t slots = 16;
     while (slots < 4 * r->count + 4) slots *= 2;
     x = calloc(1, sizeof *x + slots * (sizeof(uint64_t) + 1));
@@ -306,6 +350,7 @@ static uint64_t free_slot(const slot_t *t, uint64_t slots, uint64_t hash)
 int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec)
 {
     mp_named_root_t *r = d->root;
+    named_idx_t *x = idx_current(d);
     if ((r->count + r->tombs + 1) * 4 > r->slots * 3) { /* grow (or clean tombstones) */
         uint64_t slots = r->slots ? r->slots : MIN_SLOTS;
         while ((r->count + 1) * 2 > slots) slots *= 2;
@@ -333,18 +378,31 @@ int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec)
     set64(d, &t[i].ref, rec + 2);
     set64(d, &r->count, r->count + 1);
     set64(d, &r->gen, r->gen + 1);
+    if (x) {
+        idx_apply(d, x, rec, 1);
+        idx_done(d, x);
+    }
     return MP_OK;
 }
 
 void mp_named_replace(mp_named_t *d, uint64_t slot, uint64_t rec)
 {
+    named_idx_t *x = idx_current(d);
+    uint64_t old = table_of(d)[slot].ref - 2; /* (its caller frees it after) */
     set64(d, &table_of(d)[slot].ref, rec + 2);
     set64(d, &d->root->gen, d->root->gen + 1);
+    if (x) {
+        idx_apply(d, x, old, 0);
+        idx_apply(d, x, rec, 1);
+        idx_done(d, x);
+    }
 }
 
 void mp_named_remove(mp_named_t *d, uint64_t slot)
 {
     mp_named_root_t *r = d->root;
+    named_idx_t *x = idx_current(d);
+    uint64_t old = table_of(d)[slot].ref - 2; /* (its caller frees it after) */
     set64(d, &r->gen, r->gen + 1);
     if (r->count == 1) { /* the last name: the table goes too */
         mp_named_free(d, r->table);
@@ -352,11 +410,15 @@ void mp_named_remove(mp_named_t *d, uint64_t slot)
         set64(d, &r->slots, 0);
         set64(d, &r->tombs, 0);
         set64(d, &r->count, 0);
-        return;
+    } else {
+        set64(d, &table_of(d)[slot].ref, SLOT_TOMB);
+        set64(d, &r->count, r->count - 1);
+        set64(d, &r->tombs, r->tombs + 1);
     }
-    set64(d, &table_of(d)[slot].ref, SLOT_TOMB);
-    set64(d, &r->count, r->count - 1);
-    set64(d, &r->tombs, r->tombs + 1);
+    if (x) {
+        idx_apply(d, x, old, 0);
+        idx_done(d, x);
+    }
 }
 
 void mp_named_rec_write(mp_named_t *d, uint64_t rec, const void *bytes, uint64_t rlen,

@@ -79,6 +79,9 @@ typedef struct mp_named {
      * which a record), made on demand and kept while the root's gen and table say the
      * directory has not changed: mp_named_owns / mp_named_meta in O(1); NULL: none */
     void *idx;
+    uint64_t idx_asked; /* 1 + the root's gen at the last query the index did not serve:
+                           the index is made at the second query with no change between
+                           (a loop that changes the directory between queries walks) */
 } mp_named_t;
 
 void mp_named_root_init(mp_named_root_t *r);
