@@ -385,3 +385,10 @@ def test_sigkill_in_a_storm_leaves_names_whole_and_nothing_leaked(sp, seed):
         for i in range(3):
             same(sp.named[f"keep{i}"], np.full(20 + i, -i - 1, dtype="<i8"))
         assert len(sp) == ranges_of_names(sp)   # nothing but the names' ranges is left
+
+
+def test_named_views_is_for_private_and_file_pools(sp):
+    sp.named["a"] = np.arange(3)
+    with pytest.raises(TypeError, match="private and file pools"):
+        sp._named_views("a")
+

@@ -990,3 +990,24 @@ def test_a_shared_pool_collected_without_close_lets_its_fd_go(name):
     pool.unlink()
     pool.close()
     assert fds() == 0
+
+
+def test_a_stale_handle_is_refused_without_attaching_the_name_again(name):
+    # the segment under the name is another: told from its header, with no attach (an
+    # attach checks the whole pool under its lock, and took the name's place here)
+    p1 = SharedPool.create(name, 1 << 20)
+    a = p1.zeros(3)
+    stale = pickle.dumps(a)
+    del a
+    p1.close()
+    p1.unlink()
+    p2 = SharedPool.create(name, 1 << 20)
+    try:
+        for _ in range(3):
+            with pytest.raises(mempool.NotAllocated, match="stale handle.*created anew"):
+                pickle.loads(stale)
+        # (an attach would have taken the name's place in this process)
+        assert mempool.shared._attached[name] is p2 and pickle.loads(pickle.dumps(p2)) is p2
+    finally:
+        p2.close()
+        p2.unlink()

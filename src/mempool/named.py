@@ -113,7 +113,11 @@ def _encode_dtype(dt: np.dtype[Any]) -> bytes:
             pass
         forms.append(b"D" + ascii(_dtype_spec(dt)).encode("ascii"))
         forms.append(b"D" + ascii(_dtype_spec(dt, flags=False)).encode("ascii"))
-        back = [(f, _read_back(f)) for f in forms]
+        fits = [f for f in forms if len(f) <= MAX_DTYPE_BYTES]  # (before any decoding)
+        if not fits:
+            raise ValueError(f"the dtype's description takes {min(map(len, forms))} bytes; "
+                             f"a named array's is at most {MAX_DTYPE_BYTES}")
+        back = [(f, _read_back(f)) for f in fits]
         equal = [f for f, b in back if b is not None and b == dt]
         flagged = [f for f, b in back if b is not None and b == dt and
                    b.isalignedstruct == dt.isalignedstruct]

@@ -147,15 +147,32 @@ def _pool_for(name: str, segment_id: int) -> SharedPool:
     for p in list(_open_pools):
         if not p.closed and p._name == name and p.segment_id == segment_id:
             return p
-    # not open here: what the name holds now (made anew since this process attached it,
-    # a handle of that new segment is not stale)
-    try:
-        pool = SharedPool.attach(name)
-    except FileNotFoundError:
-        raise NotAllocated(f"stale handle: shared pool {name!r} was unlinked") from None
-    if pool.segment_id != segment_id:
+    # not open here: the segment under the name now, if it is the handle's (made anew
+    # since this process attached the name); its header says which, read without
+    # attaching (an attach checks the whole pool under its lock)
+    now = _segment_id_of(name)
+    if now is None:
+        raise NotAllocated(f"stale handle: shared pool {name!r} was unlinked")
+    if now != segment_id:
+        raise NotAllocated(f"stale handle: shared pool {name!r} was created anew since")
+    pool = SharedPool.attach(name)
+    if pool.segment_id != segment_id:  # (made anew once more meanwhile)
         raise NotAllocated(f"stale handle: shared pool {name!r} was created anew since")
     return pool
+
+
+def _segment_id_of(path_or_name: Any) -> int | None:
+    """The segment id (its header's created_ns) of the segment at a path or under a name
+    now, or None when there is none to read."""
+    try:
+        path = path_or_name if os.sep in str(path_or_name) else _shm_path(path_or_name)
+        with open(path, "rb") as f:
+            head = f.read(CREATED_NS_OFFSET + 8)
+    except (OSError, TypeError, ValueError):
+        return None
+    if len(head) < CREATED_NS_OFFSET + 8:
+        return None
+    return int.from_bytes(head[CREATED_NS_OFFSET:CREATED_NS_OFFSET + 8], "little")
 
 
 def _rebuild_block(name: str, segment_id: int, offset: int, tag: int, lease: int = 0) -> Block:
@@ -531,14 +548,7 @@ def _slot_gens(buf: Any) -> bytes:
 def _unlink_at_exit(path: Any, pid: int, segment_id: int) -> None:
     # the creator's exit, and the name still this pool's: not one made anew by another
     # process after an unlink()
-    if os.getpid() != pid:
-        return
-    try:
-        with open(path, "rb") as f:
-            head = f.read(CREATED_NS_OFFSET + 8)
-    except OSError:
-        return
-    if int.from_bytes(head[CREATED_NS_OFFSET:CREATED_NS_OFFSET + 8], "little") == segment_id:
+    if os.getpid() == pid and _segment_id_of(path) == segment_id:
         _unlink_quietly(path)
 
 

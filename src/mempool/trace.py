@@ -56,8 +56,9 @@ class Trace:
     op : numpy.ndarray of uint8
         0 = alloc, 1 = free, 2 = realloc.
     id : numpy.ndarray of uint32
-        The allocation's ID (a label: sparse IDs, the largest above twice their count
-        plus 4096, are numbered anew densely, in the order of their values).
+        The allocation's ID (a label: sparse IDs, the largest at least twice the number
+        of operations plus 4096, are numbered anew densely, in the order of their
+        values).
     size : numpy.ndarray of uint64
         Requested bytes (0 for free; an alloc may ask for 0).
     align : numpy.ndarray of uint32
@@ -109,7 +110,7 @@ class Trace:
 
 def _dense_ids(ids: np.ndarray) -> np.ndarray:
     """``ids`` as they are, or numbered 0, 1, ... in the order of their values when the
-    largest is above twice their count (+4096)."""
+    largest is at least twice their count (the operations) plus 4096."""
     if len(ids) and int(ids.max()) >= 2 * len(ids) + 4096:
         return np.unique(ids, return_inverse=True)[1].astype(np.uint32).reshape(ids.shape)
     return ids
@@ -187,7 +188,7 @@ def _parse(text: bytes, path: Path) -> Trace:
     name = path.name
     for suffix in (".gz", ".trace", ".txt"):
         name = name.removesuffix(suffix)
-    return Trace(op, ids, size, align, header.get("program", ""), int(value), name, header)
+    return Trace(op, dense, size, align, header.get("program", ""), int(value), name, header)
 
 
 def bundled() -> list[Path]:
