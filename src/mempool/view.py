@@ -199,7 +199,7 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
     """
     path = Path(path)
     what = str(path)
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO would block the open)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -218,7 +218,8 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
             notes.append("the pool is open in another process: read as it was at this moment")
         for attempt in range(20):
             try:  # (the size again: a writer's state may have grown the file)
-                return _read_file(fd, os.fstat(fd).st_size if attempt else size, what, notes)
+                return _read_file(fd, os.fstat(fd).st_size if attempt else size, what, notes,
+                                  busy)
             except CorruptionError:
                 if not busy or attempt == 19:
                     raise
@@ -228,7 +229,8 @@ def view_file(path: str | os.PathLike[str]) -> PoolView:
         os.close(fd)  # lets the shared lock go too
 
 
-def _read_file(fd: int, size: int, what: str, notes: list[str]) -> PoolView:
+def _read_file(fd: int, size: int, what: str, notes: list[str], busy: bool = False
+               ) -> PoolView:
     from .pool import FILE_MAGIC
 
     mm = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)  # private: writes never reach the file
@@ -241,6 +243,8 @@ def _read_file(fd: int, size: int, what: str, notes: list[str]) -> PoolView:
             h.check_kind(view, what, pl.state_off)
         finally:
             view.release()
+        if busy:  # a writer has it open: one copy of its state, between two of its calls
+            return _view_copy(mm, h, pl, what, notes)
         # the journal: recovered in the private copy (copy on write), never in the file
         recovered = _mempool.journal_recover(mm, JOURNAL_OFFSET, pl.state_off, pl.shadow_off,
                                              pl.state_size, NAMED_ROOT_OFFSET,
@@ -261,6 +265,28 @@ def _read_file(fd: int, size: int, what: str, notes: list[str]) -> PoolView:
         if strat is not None:
             strat._detach()
         mm.close()
+
+
+def _view_copy(mm: mmap.mmap, h: Header, pl: Any, what: str, notes: list[str]) -> PoolView:
+    """The state of a file a writer has open, copied at one moment: the pages of a
+    private mapping the reader has not written still follow the writer's, so a view
+    read from the mapping itself could count one moment and walk another (its stats
+    and its map disagreed).  The journal says IDLE and the same count of committed calls
+    before and after the copy, else CorruptionError (the caller reads again)."""
+    def journal() -> bytes:  # magic, phase, calls committed
+        return bytes(mm[JOURNAL_OFFSET:JOURNAL_OFFSET + 24])
+
+    before = journal()
+    state = bytes(mm[pl.state_off:pl.state_off + pl.state_size])
+    if journal() != before or int.from_bytes(before[8:16], "little") != 0:
+        raise CorruptionError(f"{what}: caught inside a call of its writer")
+    try:
+        strat = STRATEGIES[h.strategy].restore(state)  # checks the copy: CorruptionError
+    except (CorruptionError, ValueError) as e:
+        raise CorruptionError(f"{what}: {e}") from None
+    if strat.capacity != h.capacity:
+        raise CorruptionError(f"{what}: the header and the state disagree")
+    return _view_strategy(strat, f"file pool {what!r}", list(notes))
 
 
 def view_shared(name: str) -> PoolView:
