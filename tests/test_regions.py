@@ -159,9 +159,9 @@ def test_failed_allocs_map_nothing_new():
 
 
 def test_buddy_retain_zero_refusing_a_large_request_keeps_no_region():
-    r = RegionPool("buddy", region_size="64KiB", max_size="1MiB", retain=0)
-    with pytest.raises(mempool.OutOfSpace, match="max_block"):
-        r.alloc(300_000)  # its own region of 303104 bytes: larger than its largest class
+    r = RegionPool("buddy", region_size="64KiB", max_size="256KiB", retain=0)
+    with pytest.raises(mempool.OutOfSpace, match="max_size"):
+        r.alloc(300_000)  # its own region: 512 KiB (a Buddy's blocks are powers of two)
     assert r.regions == [] and r.stats().bytes_mapped == 0
     b = r.alloc(1000)
     assert r.stats().regions == 1
@@ -373,3 +373,57 @@ def test_a_named_array_moving_region_with_a_live_view_changes_nothing():
     assert len(rp.named) == 0 and sum(r.used for r in rp.regions) == 0
     rp.check()
     rp.close()
+
+
+def test_a_buddy_region_for_a_large_request_is_a_power_of_two():
+    # a Buddy splits a region into power-of-two blocks: one of 100,000 bytes (page
+    # rounded) held none large enough, and the request was refused
+    r = RegionPool("buddy", region_size="64KiB")
+    b = r.alloc(100_000)
+    assert b.size >= 100_000 and max(g.capacity for g in r.regions) == 1 << 17
+    memoryview(b)[:] = b"\x01" * b.size
+    r.free(b)
+    r.check()
+    r.close()
+
+
+def test_retained_empty_regions_give_way_under_max_size():
+    # an empty region kept for reuse (retain) counted against max_size and refused a
+    # request the limit allows (the error itself said 2 MiB were available)
+    r = RegionPool("tlsf", region_size="1MiB", max_size="2MiB", retain=1)
+    a = r.alloc(100)
+    r.free(a)
+    assert r.stats().empty_regions == 1
+    b = r.alloc(1536 << 10)
+    assert b.size == 1536 << 10 and r.stats().bytes_mapped <= 2 << 20
+    r.free(b)
+    r.close()
+
+
+def test_sizes_and_alignments_are_any_integer_as_for_a_pool():
+    class N:
+        def __index__(self):
+            return 100
+    r = RegionPool()
+    assert r.alloc(100, np.int64(64)).address % 64 == 0
+    assert r.alloc(N()).size == 100 and r.alloc(np.uint16(7)).size == 7
+    assert r.realloc(r.alloc(10), N()).size == 100
+    for bad in (1.5, True, "3", None):
+        with pytest.raises(TypeError, match="size must be an integer"):
+            r.alloc(bad)
+    with pytest.raises(TypeError, match="align must be an integer"):
+        r.alloc(8, 2.0)
+    r.close()
+
+
+def test_a_realloc_that_moves_is_limited_by_its_growth_only():
+    # as in a Pool: the old block still counts until it is freed, so only the growth is
+    # asked of the limit (the move asked for the whole new size on top)
+    r = RegionPool(region_size="1MiB")
+    r.set_limit(1000)
+    x, y = r.alloc(600), r.alloc(300)
+    x2 = r.realloc(x, 700)                  # 900 in use + 100 of growth: at the limit
+    assert x2.size == 700 and sum(g.used for g in r.regions) == 1000
+    with pytest.raises(mempool.OutOfSpace, match="limit"):
+        r.realloc(y, 301)
+    r.close()

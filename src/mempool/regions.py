@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import operator
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +52,14 @@ def _none_if_full(attempt: Callable[[Pool], T]) -> Callable[[Pool], T | None]:
             return None
 
     return quiet
+
+
+def _integer(value: Any, what: str) -> int:
+    """An int from anything with __index__ (NumPy's integers too), as Pool takes it;
+    TypeError for bool, float and the rest."""
+    if isinstance(value, (bool, float)) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    return operator.index(value)
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ class RegionPool:
         beyond ``max_size`` or when the system or the strategy cannot have a region
         that large."""
         if self.max_size is not None and self._mapped() + size > self.max_size:
+            self._sweep(keep=0)  # (empty regions kept for reuse give way to a new one)
+        if self.max_size is not None and self._mapped() + size > self.max_size:
             raise self._out_of_space(request, f"a region of {size} bytes would pass max_size "
                                               f"{self.max_size} ({self._mapped()} mapped)")
         try:
@@ -189,15 +200,20 @@ class RegionPool:
         gets its own (a retained one that is large enough, else a new one)."""
         # (align <= PAGE: a fresh region of `size` bytes holds the range aligned)
         if size > self.region_size:
-            return [r for r in self._regions if r.capacity >= size], _round_up(size, PAGE)
+            fresh = _round_up(size, PAGE)
+            if strategy_type(self.strategy).__name__ == "Buddy":  # (its blocks: powers of two)
+                fresh = 1 << (fresh - 1).bit_length()
+            return [r for r in self._regions if r.capacity >= size], fresh
         return list(self._regions), self.region_size
 
     def _place(self, size: int, attempt: Callable[[Pool], T | None],
-               fresh_attempt: Callable[[Pool], T]) -> T:
+               fresh_attempt: Callable[[Pool], T], counted: int | None = None) -> T:
         """``attempt(region)`` in the first region where it fits (None where it does
         not), else ``fresh_attempt`` in a region mapped for it (:meth:`_in_new_region`),
-        which raises OutOfSpace saying why when even that refuses."""
-        self._within_limit(size)
+        which raises OutOfSpace saying why when even that refuses.  ``counted``: the
+        limit was asked already (else it is asked for ``size``)."""
+        if counted is None:
+            self._within_limit(size)
         tries, fresh = self._regions_for(size)
         for region in tries:
             got = attempt(region)
@@ -227,21 +243,26 @@ class RegionPool:
         could hold it can be mapped; a refused request leaves no region behind.
         ``align`` defaults to the regions' (16, or a Slab's item alignment if less)."""
         self._check_open()
-        if isinstance(size, bool) or not hasattr(type(size), "__index__") or isinstance(size, float):
-            raise TypeError(f"size must be an integer, not {type(size).__name__}")
+        return self._alloc(size, align, None)
+
+    def _alloc(self, size: Any, align: Any, counted: int | None) -> Block:
+        """alloc(); ``counted``: bytes of the request the limit has been asked for already
+        (a realloc that moves: the old block still counts until it is freed)."""
+        size = _integer(size, "size")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         args: tuple[int, ...] = (size,)
         if align is not None:
-            if not isinstance(align, int) or align < 1 or align & (align - 1):
+            align = _integer(align, "align")
+            if align < 1 or align & (align - 1):
                 raise ValueError(f"align must be a positive power of two, got {align!r}")
             if align > PAGE:  # regions are mappings: their addresses are page-aligned only
                 raise ValueError(f"align {align} is above the alignment of the regions' "
                                  f"memory ({PAGE}): the address would not be aligned")
             args = (size, align)
         # no exception per region that cannot take it (try_alloc: None)
-        return self._place(int(size), lambda region: region.try_alloc(*args),
-                           lambda region: region.alloc(*args))
+        return self._place(size, lambda region: region.try_alloc(*args),
+                           lambda region: region.alloc(*args), counted)
 
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""
@@ -254,13 +275,15 @@ class RegionPool:
         copied, the old block freed: the Block returned is then a new one)."""
         self._check_open()
         region = self._own(block)
+        size = _integer(size, "size")
         if size > block.size:
             self._within_limit(size - block.size)
         try:
             return region.realloc(block, size)
         except OutOfSpace:
             pass
-        new = self.alloc(size, block.align)  # the alignment it was made with, as Pool keeps
+        # the alignment it was made with, as Pool keeps; the limit was asked for the growth
+        new = self._alloc(size, block.align, size)
         n = min(size, block.size)
         memoryview(new)[:n] = memoryview(block)[:n]
         region.free(block)
