@@ -556,3 +556,23 @@ def test_view_file_of_every_strategy_agrees_with_the_pool(tmp_path, strategy, ca
         del keep
     assert cli("show", path, "--rows", "2", "--width", "8") == 0
     assert capsys.readouterr().out.startswith(f"file pool {str(path)!r}: {strategy}")
+
+
+def test_views_of_spans_past_2_52_bytes():
+    # the edges of the map's cells were k * capacity in int64: wrong labels and glyphs
+    # above ~2**52 bytes, an IndexError in the plot; a span the int64 offsets cannot
+    # hold is a ValueError, not an OverflowError
+    s = mempool.TLSF(1 << 60)
+    s.alloc(1 << 59)
+    v = view_pool(s)
+    assert v.text_map(4, 8, ascii=True) == ["         0 B |########|",
+                                            "262144.0 TiB |########|",
+                                            "524288.0 TiB |........|",
+                                            "786432.0 TiB |........|"]
+    assert list(v.cell_fractions(4)) == [1.0, 1.0, 0.0, 0.0]
+    t = mempool.TLSF(1 << 63)
+    t.alloc(1 << 62)
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        view_pool(t)
+    with pytest.raises(TypeError, match="view each of its regions"):
+        view_pool(mempool.RegionPool())

@@ -107,7 +107,7 @@ def map_cells(view: PoolView, rows: int, cols: int) -> tuple[np.ndarray, np.ndar
     """
     n = rows * cols
     frac = view.cell_fractions(n)
-    edges = (np.arange(n + 1, dtype=np.int64) * view.capacity) // n
+    edges = view.edges(n)
     off, size, alloc = view.offsets, view.sizes, view.allocated
     vals = np.where(alloc, size, 0)
     # ranges overlapping cell k: from the one holding its first byte to the one holding

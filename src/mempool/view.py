@@ -93,6 +93,8 @@ class PoolView:
     def from_segments(cls, segments: Any, stats: Stats, *, source: str = "pool",
                       strategy: str = "", notes: list[str] | None = None) -> PoolView:
         """A view from ``segments()``'s (offset, size, allocated) tuples and ``stats``."""
+        if stats.capacity >= 1 << 63:
+            raise ValueError(f"a view covers spans below 2**63 bytes, not {stats.capacity}")
         seg = np.asarray(list(segments), dtype=np.int64).reshape(-1, 3)
         off, size, alloc = _cover(seg[:, 0], seg[:, 1], seg[:, 2].astype(bool), stats.capacity)
         return cls(source, strategy, stats, off, size, alloc, list(notes or []))
@@ -105,10 +107,17 @@ class PoolView:
         order = np.lexsort((self.offsets[free], -self.sizes[free]))[:max(int(n), 0)]
         return [(int(self.offsets[free[k]]), int(self.sizes[free[k]])) for k in order]
 
+    def edges(self, cells: int) -> np.ndarray:
+        """Where each of ``cells`` equal slices of the span starts, and the span's end:
+        ``k * capacity // cells`` (in Python's integers: the product passes int64 for a
+        span above 2**52 bytes)."""
+        cap = self.capacity
+        return np.array([k * cap // cells for k in range(cells + 1)], dtype=np.int64)
+
     def cell_fractions(self, cells: int) -> np.ndarray:
         """The fraction of allocated bytes in each of ``cells`` equal slices of the span
         (slice ``k`` covers ``[k * capacity // cells, (k + 1) * capacity // cells)``)."""
-        edges = (np.arange(cells + 1, dtype=np.int64) * self.capacity) // cells
+        edges = self.edges(cells)
         used = np.diff(self.allocated_below(edges)).astype(np.float64)
         width = np.diff(edges).astype(np.float64)
         return np.divide(used, width, out=np.zeros(cells), where=width > 0)
@@ -140,7 +149,7 @@ class PoolView:
         f = self.cell_fractions(cells)
         level = np.where(f <= 0, 0, np.where(f >= 1, 4, 1 + np.minimum((f * 3).astype(int), 2)))
         glyph = np.array(list(chars))[level]
-        edges = (np.arange(cells + 1, dtype=np.int64) * self.capacity) // cells
+        edges = self.edges(cells)
         starts = [format_bytes(int(edges[k * width])) for k in range(rows)]
         label = max(len(x) for x in starts)
         bar = "|" if ascii else "│"
@@ -175,7 +184,12 @@ def _cover(off: np.ndarray, size: np.ndarray, alloc: np.ndarray, capacity: int
 
 def view_pool(pool: Any, *, source: str = "pool") -> PoolView:
     """A view of an open pool or strategy object of this process (anything with
-    ``stats()``, ``segments()`` and ``strategy``)."""
+    ``stats()``, ``segments()`` and ``strategy``; a RegionPool's are its ``regions``);
+    TypeError for anything else."""
+    if not all(hasattr(pool, a) for a in ("segments", "stats", "strategy")):
+        hint = "; view each of its regions (.regions)" if hasattr(pool, "regions") else ""
+        raise TypeError(f"view_pool takes a pool or a strategy, not a "
+                        f"{type(pool).__name__}{hint}")
     return PoolView.from_segments(pool.segments(), pool.stats(), source=source,
                                   strategy=str(pool.strategy))
 
