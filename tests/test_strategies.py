@@ -239,6 +239,18 @@ def test_alloc_many_free_many(cls):
     assert s.segments() == [(0, 1000, False)]
 
 
+@pytest.mark.parametrize("dt", [">i8", ">u8", ">i4", ">u2", "<i2", "=u4"])
+def test_the_batch_forms_take_integer_arrays_of_either_byte_order(cls, dt):
+    # "any integer array": a big-endian one was a TypeError
+    s = cls(1000)
+    offs = s.alloc_many(np.array([10, 20, 30], dtype=dt))
+    assert offs.tolist() == [0, 10, 30]
+    s.free_many(offs.astype(">i8" if dt[1] == "i" else ">u8"))
+    assert s.segments() == [(0, 1000, False)]
+    with pytest.raises(ValueError, match=r"sizes\[1\] must be >= 1, got 0"):
+        s.alloc_many(np.array([5, 0], dtype=dt))
+
+
 def test_alloc_many_is_all_or_nothing(cls):
     s = cls(100)
     s.alloc(10)

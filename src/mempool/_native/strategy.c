@@ -278,7 +278,13 @@ static uint64_t *u64_items(PyObject *obj, const char *name, int minimum, Py_ssiz
     uint64_t *out;
     if (PyObject_CheckBuffer(obj) && PyObject_GetBuffer(obj, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
         const char *f = v.format ? v.format : "B";
-        if (*f == '<' || *f == '=' || *f == '@') f++; /* native order (x86-64, aarch64: little) */
+        /* the byte order: native (x86-64, aarch64: little) or swapped ('>', '!') */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        int swap = *f == '>' || *f == '!';
+#else
+        int swap = *f == '<';
+#endif
+        if (*f == '<' || *f == '>' || *f == '!' || *f == '=' || *f == '@') f++;
         int sgn = f[0] && !f[1] && strchr("bhilqn", f[0]);
         int uns = f[0] && !f[1] && strchr("BHILQN", f[0]);
         Py_ssize_t isz = v.itemsize;
@@ -301,9 +307,28 @@ static uint64_t *u64_items(PyObject *obj, const char *name, int minimum, Py_ssiz
             uint64_t uv = 0;
             switch (isz) {
             case 1: if (sgn) sv = *(const int8_t *)p; else uv = *(const uint8_t *)p; break;
-            case 2: { int16_t a; uint16_t b; memcpy(&a, p, 2); memcpy(&b, p, 2); sv = a; uv = b; break; }
-            case 4: { int32_t a; uint32_t b; memcpy(&a, p, 4); memcpy(&b, p, 4); sv = a; uv = b; break; }
-            default: { memcpy(&sv, p, 8); memcpy(&uv, p, 8); break; }
+            case 2: {
+                uint16_t b;
+                memcpy(&b, p, 2);
+                if (swap) b = __builtin_bswap16(b);
+                sv = (int16_t)b;
+                uv = b;
+                break;
+            }
+            case 4: {
+                uint32_t b;
+                memcpy(&b, p, 4);
+                if (swap) b = __builtin_bswap32(b);
+                sv = (int32_t)b;
+                uv = b;
+                break;
+            }
+            default: {
+                memcpy(&uv, p, 8);
+                if (swap) uv = __builtin_bswap64(uv);
+                sv = (int64_t)uv;
+                break;
+            }
             }
             if (sgn) {
                 if (sv < minimum) {
