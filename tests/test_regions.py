@@ -375,12 +375,15 @@ def test_a_named_array_moving_region_with_a_live_view_changes_nothing():
     rp.close()
 
 
-def test_a_buddy_region_for_a_large_request_is_a_power_of_two():
-    # a Buddy splits a region into power-of-two blocks: one of 100,000 bytes (page
-    # rounded) held none large enough, and the request was refused
-    r = RegionPool("buddy", region_size="64KiB")
-    b = r.alloc(100_000)
-    assert b.size >= 100_000 and max(g.capacity for g in r.regions) == 1 << 17
+@pytest.mark.parametrize("region_size, asked", [("64KiB", 100_000), ("100KiB", 70_000),
+                                                ("96KiB", 90_000)])
+def test_a_buddy_region_for_a_large_request_is_a_power_of_two(region_size, asked):
+    # a Buddy's largest block in a region is the power of two below its size: a request
+    # above it gets a power-of-two region of its own (100,000 bytes in 64 KiB regions and
+    # 70,000 in 100 KiB ones were refused)
+    r = RegionPool("buddy", region_size=region_size)
+    b = r.alloc(asked)
+    assert b.size >= asked and b.pool.capacity == 1 << (asked - 1).bit_length()
     memoryview(b)[:] = b"\x01" * b.size
     r.free(b)
     r.check()
@@ -394,9 +397,28 @@ def test_retained_empty_regions_give_way_under_max_size():
     a = r.alloc(100)
     r.free(a)
     assert r.stats().empty_regions == 1
+    st = r.stats()
+    with pytest.raises(mempool.OutOfSpace, match="max_size"):
+        r.alloc(3 << 20)                     # refused: the retained region stays
+    assert r.stats() == st
     b = r.alloc(1536 << 10)
     assert b.size == 1536 << 10 and r.stats().bytes_mapped <= 2 << 20
+    assert r.stats().peak_mapped <= 2 << 20 and r.stats().regions == 1
     r.free(b)
+    r.close()
+
+
+def test_a_request_refused_in_its_new_region_leaves_the_pool_usable():
+    # the region mapped for it is taken out by identity (the list may have changed
+    # meanwhile): a closed region left in the list made every later call PoolClosed
+    r = RegionPool("slab", region_size="64KiB", max_size="128KiB", retain=1)
+    r.free(r.alloc(16))
+    st = r.stats()
+    with pytest.raises(mempool.OutOfSpace):
+        r.alloc(65537)                       # larger than a Slab item
+    assert r.stats() == st and not any(g.closed for g in r.regions)
+    assert r.alloc(16).size == 16
+    r.check()
     r.close()
 
 
@@ -418,12 +440,14 @@ def test_sizes_and_alignments_are_any_integer_as_for_a_pool():
 
 def test_a_realloc_that_moves_is_limited_by_its_growth_only():
     # as in a Pool: the old block still counts until it is freed, so only the growth is
-    # asked of the limit (the move asked for the whole new size on top)
-    r = RegionPool(region_size="1MiB")
-    r.set_limit(1000)
-    x, y = r.alloc(600), r.alloc(300)
-    x2 = r.realloc(x, 700)                  # 900 in use + 100 of growth: at the limit
-    assert x2.size == 700 and sum(g.used for g in r.regions) == 1000
+    # asked of the limit (a move into another region asked for the whole new size on
+    # top: 60,000 in use and 50,000 more refused under a limit of 70,000)
+    r = RegionPool(region_size="64KiB")
+    r.set_limit(70_000)
+    x, y = r.alloc(40_000), r.alloc(20_000)
+    x2 = r.realloc(x, 50_000)                # into another region: 60,000 + 10,000
+    assert x2.size == 50_000 and x2.pool is not y.pool
+    assert sum(g.used for g in r.regions) == 70_000
     with pytest.raises(mempool.OutOfSpace, match="limit"):
-        r.realloc(y, 301)
+        r.realloc(y, 20_001)
     r.close()

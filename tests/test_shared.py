@@ -1011,3 +1011,20 @@ def test_a_stale_handle_is_refused_without_attaching_the_name_again(name):
     finally:
         p2.close()
         p2.unlink()
+
+
+def test_a_handle_whose_name_is_a_fifo_now_is_stale_not_a_hang(name):
+    # the name's segment is read without blocking: a FIFO under it (anyone may make one
+    # in /dev/shm) is no segment, not an open waiting for a writer
+    p = SharedPool.create(name, 1 << 20)
+    a = p.zeros(3)
+    stale = pickle.dumps(a)
+    del a
+    p.close()
+    p.unlink()
+    os.mkfifo(f"/dev/shm/{name}")
+    try:
+        with pytest.raises(mempool.NotAllocated, match="stale handle.*unlinked"):
+            pickle.loads(stale)
+    finally:
+        os.unlink(f"/dev/shm/{name}")

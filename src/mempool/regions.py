@@ -137,9 +137,10 @@ class RegionPool:
         """A new region of ``size`` bytes for a request of ``request`` bytes; OutOfSpace
         beyond ``max_size`` or when the system or the strategy cannot have a region
         that large."""
-        if self.max_size is not None and self._mapped() + size > self.max_size:
-            self._sweep(keep=0)  # (empty regions kept for reuse give way to a new one)
-        if self.max_size is not None and self._mapped() + size > self.max_size:
+        # (empty regions kept for reuse give way to a new one: counted out here, unmapped
+        # once the request has its range, so that a refused one changes nothing)
+        spare = sum(r.capacity for r in self._regions if len(r) == 0 and r.exports == 0)
+        if self.max_size is not None and self._mapped() - spare + size > self.max_size:
             raise self._out_of_space(request, f"a region of {size} bytes would pass max_size "
                                               f"{self.max_size} ({self._mapped()} mapped)")
         try:
@@ -199,9 +200,13 @@ class RegionPool:
         the region to map for it when none takes it.  A request larger than a region
         gets its own (a retained one that is large enough, else a new one)."""
         # (align <= PAGE: a fresh region of `size` bytes holds the range aligned)
-        if size > self.region_size:
+        largest = self.region_size
+        buddy = strategy_type(self.strategy).__name__ == "Buddy"
+        if buddy:  # its blocks are powers of two: a region's largest is the one below it
+            largest = 1 << (largest.bit_length() - 1)
+        if size > largest:
             fresh = _round_up(size, PAGE)
-            if strategy_type(self.strategy).__name__ == "Buddy":  # (its blocks: powers of two)
+            if buddy:
                 fresh = 1 << (fresh - 1).bit_length()
             return [r for r in self._regions if r.capacity >= size], fresh
         return list(self._regions), self.region_size
@@ -225,17 +230,21 @@ class RegionPool:
         """``attempt(region)`` in a new region of ``fresh`` bytes, for a request of
         ``size`` bytes.  A failed call changes nothing: the region it mapped is
         unmapped, and the counters (maps, peak) put back, before the error goes out."""
-        n, maps, peak = len(self._regions), self._maps, self._peak
+        maps, peak = self._maps, self._peak
         region = self._map(fresh, size)
         try:
-            return attempt(region)
+            got = attempt(region)
         except BaseException:
             # an empty region of this size refuses it: keeping the region (retain
             # notwithstanding) would only grow the mapping with every failed call
-            del self._regions[n:]
+            self._regions.remove(region)
             region.close()
             self._maps, self._peak = maps, peak
             raise
+        if self.max_size is not None and self._mapped() > self.max_size:
+            self._sweep(keep=0)  # the empty regions it was mapped in the room of
+            self._peak = max(peak, self._mapped())
+        return got
 
     def alloc(self, size: int, align: int | None = None) -> Block:
         """A Block of ``size`` bytes from the first region where it fits, mapping a new

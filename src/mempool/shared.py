@@ -42,6 +42,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing.util
 import os
+import stat
 import time
 import weakref
 from collections.abc import Callable
@@ -150,7 +151,7 @@ def _pool_for(name: str, segment_id: int) -> SharedPool:
     # not open here: the segment under the name now, if it is the handle's (made anew
     # since this process attached the name); its header says which, read without
     # attaching (an attach checks the whole pool under its lock)
-    now = _segment_id_of(name)
+    now = _segment_id_at(_shm_path(name))  # (a bad name: ValueError, as attach gives)
     if now is None:
         raise NotAllocated(f"stale handle: shared pool {name!r} was unlinked")
     if now != segment_id:
@@ -161,15 +162,21 @@ def _pool_for(name: str, segment_id: int) -> SharedPool:
     return pool
 
 
-def _segment_id_of(path_or_name: Any) -> int | None:
-    """The segment id (its header's created_ns) of the segment at a path or under a name
-    now, or None when there is none to read."""
+def _segment_id_at(path: Any) -> int | None:
+    """The segment id (its header's created_ns) of the segment at ``path`` now, or None
+    when there is none to read (no file, not a regular one: a FIFO is not waited on)."""
     try:
-        path = path_or_name if os.sep in str(path_or_name) else _shm_path(path_or_name)
-        with open(path, "rb") as f:
-            head = f.read(CREATED_NS_OFFSET + 8)
-    except (OSError, TypeError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.pread(fd, CREATED_NS_OFFSET + 8, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if len(head) < CREATED_NS_OFFSET + 8:
         return None
     return int.from_bytes(head[CREATED_NS_OFFSET:CREATED_NS_OFFSET + 8], "little")
@@ -548,7 +555,7 @@ def _slot_gens(buf: Any) -> bytes:
 def _unlink_at_exit(path: Any, pid: int, segment_id: int) -> None:
     # the creator's exit, and the name still this pool's: not one made anew by another
     # process after an unlink()
-    if os.getpid() == pid and _segment_id_of(path) == segment_id:
+    if os.getpid() == pid and _segment_id_at(path) == segment_id:
         _unlink_quietly(path)
 
 
