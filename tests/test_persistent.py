@@ -18,6 +18,8 @@ import mempool
 from mempool import Pool
 from mempool._segment import JOURNAL_OFFSET
 
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
+
 PHASE_OFFSET = JOURNAL_OFFSET + 8  # journal.h: magic, phase (0 idle, 1 active, 2 committed)
 
 
@@ -583,3 +585,92 @@ def test_the_strategy_of_a_journaled_pool_refuses_its_own_changes(tmp_path, name
         p.close()
         if kind == "shared":
             p.unlink()
+
+
+def test_a_file_pool_dropped_unclosed_lets_the_file_go(tmp_path):
+    # its lock and descriptor went only with close(): another open or create of the
+    # file was refused (BlockingIOError) until this process ended
+    import gc
+    import weakref
+    path = tmp_path / "drop.mp"
+    Pool.create(path, "1MiB").close()
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def peek():
+        p = Pool.open(path)
+        p.alloc(8)
+        return weakref.ref(p)
+    r = peek()
+    gc.collect()
+    assert r() is None and len(os.listdir("/proc/self/fd")) == fds
+    with Pool.open(path) as q:  # not BlockingIOError
+        assert len(q) == 1
+    Pool.create(path, "1MiB", exist_ok=True).close()
+
+
+def test_a_forked_childs_blocks_of_the_parents_file_pool_are_closed(tmp_path):
+    # the child may not read or write through the parent's Blocks either: the parent
+    # may free and reuse the range (a child's write landed in the parent's new block)
+    path = tmp_path / "fork.mp"
+    with Pool.create(path, 65536) as p:
+        b = p.alloc(64)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            for fn in (lambda: memoryview(b), lambda: bytes(b), lambda: b.address,
+                       lambda: len(p), lambda: p.stats(), lambda: p.used, lambda: p.flush(),
+                       lambda: p.named):
+                try:
+                    fn()
+                    code += 1
+                except mempool.PoolClosed:
+                    pass
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        memoryview(b)[:4] = b"mine"           # the parent's own, as before
+        assert bytes(b)[:4] == b"mine"
+
+
+def test_open_while_another_process_creates_the_file_is_busy_not_corrupt(tmp_path):
+    # create(exist_ok=True) of a missing path holds an empty locked placeholder while it
+    # builds: an opener read its size before asking for the lock (CorruptionError)
+    path = tmp_path / "race.mp"
+    code = textwrap.dedent(f"""
+        from mempool import Pool
+        Pool.create({str(path)!r}, "1GiB", exist_ok=True).close()
+    """)
+    c = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC})
+    seen = set()
+    try:
+        while c.poll() is None:
+            try:
+                Pool.open(path).close()
+                seen.add("opened")
+            except (BlockingIOError, FileNotFoundError) as e:
+                seen.add(type(e).__name__)
+    finally:
+        c.wait()
+    assert c.returncode == 0 and seen <= {"opened", "BlockingIOError", "FileNotFoundError"}
+
+
+def test_a_killed_replacing_create_leaves_no_temporary_for_long(tmp_path):
+    # create(exist_ok=True) builds the new file beside the old one: killed, its
+    # temporary (a whole pool's bytes) stayed for good; the next create sweeps those of
+    # processes that no longer run
+    path = tmp_path / "heap.mp"
+    with Pool.create(path, "1MiB") as p:
+        keep = p.alloc(8).offset
+    code = f"from mempool import Pool; Pool.create({str(path)!r}, '2GiB', exist_ok=True)"
+    w = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC})
+    deadline = time.monotonic() + 60
+    while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)):
+        assert time.monotonic() < deadline and w.poll() is None
+        time.sleep(0.001)
+    os.kill(w.pid, signal.SIGKILL)
+    w.wait()
+    with Pool.open(path) as p:  # the old pool, intact
+        assert p.block_at(keep).size == 8
+    assert any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+    Pool.create(path, "1MiB", exist_ok=True).close()
+    assert sorted(os.listdir(tmp_path)) == ["heap.mp"]

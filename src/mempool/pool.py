@@ -254,6 +254,7 @@ class Pool(PoolCore):
     def _check_open(self) -> None:
         if self.closed:
             raise PoolClosed("the pool is closed")
+        self._check_usable()  # (a forked child of a file pool's owner: PoolClosed too)
 
     def flush(self) -> None:
         """Make state and data durable (msync) for pools over files; a no-op otherwise."""
@@ -332,10 +333,18 @@ class Pool(PoolCore):
         ``pool.recovered`` is True.
         """
         path = Path(path)
-        size = path.stat().st_size
-        if size < 4096:
+        # the lock first: a file another process is creating is locked (BlockingIOError),
+        # not read as a short one (its empty placeholder was a CorruptionError)
+        try:
+            mem = FileMemory(path, exclusive=True)
+        except ValueError:  # empty (FileMemory needs a size for one)
+            raise CorruptionError(f"{path}: 0 bytes, too short for a mempool file (an empty "
+                                  "file: a create killed before it wrote leaves one; "
+                                  "create(..., exist_ok=True) replaces it)") from None
+        if mem.size < 4096:
+            size = mem.size
+            mem.close()
             raise CorruptionError(f"{path}: {size} bytes, too short for a mempool file")
-        mem = FileMemory(path, exclusive=True)
         try:
             view = memoryview(mem.buffer)
             try:

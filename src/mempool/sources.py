@@ -345,7 +345,7 @@ class FileMemory(_Mapped):
                  *, readonly: bool = False, exclusive: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
-        self._lock_fd, self._lock_pid = -1, 0  # the flock's descriptor, the process that took it
+        self._holds()
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):
@@ -355,7 +355,7 @@ class FileMemory(_Mapped):
                     lock_fd = _lock(self.path, fd)
                     if lock_fd < 0:  # the path was replaced meanwhile: open the new file
                         continue
-                    self._lock_fd, self._lock_pid = lock_fd, os.getpid()
+                    self._lk.fd, self._lk.pid = lock_fd, os.getpid()
                     _LOCKED.add(self)
                 have = os.fstat(fd).st_size
                 if want is None:
@@ -404,6 +404,7 @@ class FileMemory(_Mapped):
             finally:
                 os.close(fd)
         target = Path(os.path.realpath(path))  # a link: replace the file it names
+        _sweep_temporaries(target)
         old_fd, made = _open_target(target)
         try:
             old_lock = _lock(target, old_fd)
@@ -444,8 +445,9 @@ class FileMemory(_Mapped):
         mem = cls.__new__(cls)
         Source.__init__(mem)
         mem.path = path
-        mem._lock_fd, mem._lock_pid = _lock(where, fd), os.getpid()
-        if mem._lock_fd < 0:  # removed or replaced before we locked it
+        mem._holds()
+        mem._lk.fd, mem._lk.pid = _lock(where, fd), os.getpid()
+        if mem._lk.fd < 0:  # removed or replaced before we locked it
             raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
         _LOCKED.add(mem)
         try:
@@ -474,13 +476,20 @@ class FileMemory(_Mapped):
 
         Only the process that took the lock unlocks it: a forked child's copy of this
         object never does (it would unlock the parent, see _after_fork_in_child)."""
-        if self._lock_fd >= 0:
-            if self._lock_pid == os.getpid():
-                _unlock(self._lock_fd)
-            else:
-                os.close(self._lock_fd)
-            self._lock_fd = -1
+        if self._lk.fd >= 0:
+            self._lk.release()
             _LOCKED.discard(self)
+
+    def _holds(self) -> None:
+        # the lock, in a box the finalizer shares: a FileMemory collected without
+        # close() (its Pool dropped unclosed) lets the file go with it, where it kept it
+        # locked, and a descriptor, until the process ended
+        self._lk = _Lock()
+        weakref.finalize(self, self._lk.release)
+
+    @property
+    def _lock_fd(self) -> int:
+        return self._lk.fd
 
     def flush(self) -> None:
         """Write the mapped bytes back to the file (msync)."""
@@ -512,6 +521,53 @@ class FileMemory(_Mapped):
 _LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
 
 
+def _sweep_temporaries(target: Path) -> None:
+    """Remove the files an earlier create(exist_ok=True) of ``target`` was building when
+    its process was killed (``.<name>.<pid>.<hex>.tmp`` of a pid that no longer runs):
+    each held a whole pool's bytes that nothing else would give back."""
+    prefix = f".{target.name}."
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for n in names:
+        if not (n.startswith(prefix) and n.endswith(".tmp")):
+            continue
+        parts = n[len(prefix):-len(".tmp")].split(".")
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        try:
+            os.kill(int(parts[0]), 0)
+            continue  # (it runs: its create may be under way)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        try:
+            os.unlink(target.parent / n)
+        except OSError:
+            pass
+
+
+class _Lock:
+    """A FileMemory's flock: its descriptor and the process that took it (-1, 0: none)."""
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self) -> None:
+        self.fd, self.pid = -1, 0
+
+    def release(self) -> None:
+        """Let it go once: unlocked in the process that took it, else only closed."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        if self.pid == os.getpid():
+            _unlock(fd)
+        else:
+            os.close(fd)
+
+
 def _unlock(fd: int) -> None:
     """Unlock the flock held through ``fd`` and close it; in the process that locked
     it only.  LOCK_UN first: it unlocks every copy a forked child may still hold."""
@@ -523,12 +579,12 @@ def _unlock(fd: int) -> None:
 
 def _after_fork_in_child() -> None:
     for mem in list(_LOCKED):
-        if mem._lock_fd >= 0:
+        if mem._lk.fd >= 0:
             try:
-                os.close(mem._lock_fd)
+                os.close(mem._lk.fd)
             except OSError:
                 pass
-            mem._lock_fd = -1
+            mem._lk.fd = -1
     _LOCKED.clear()
 
 

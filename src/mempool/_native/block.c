@@ -91,6 +91,12 @@ static int block_usable(BlockObject *b)
         PyErr_SetString(mp_PoolClosed, "the block's pool is closed");
         return -1;
     }
+    if (!mp_pool_here(b->pool)) { /* a forked child: the range may be the parent's anew */
+        PyErr_Format(mp_PoolClosed, "the block's pool is shared with process %u, which "
+                     "opened it: a forked child must open the file itself",
+                     (unsigned)b->pool->bound_pid);
+        return -1;
+    }
     if (!b->live) {
         PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
                      (unsigned long long)b->offset);

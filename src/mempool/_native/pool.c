@@ -735,6 +735,14 @@ static PyObject *get_strategy(PoolObject *self, void *Py_UNUSED(c))
     Py_INCREF(self->strategy);
     return (PyObject *)self->strategy;
 }
+/* _check_usable(): None, or PoolClosed (closed; or a forked child of the process whose
+ * file mapping the pool is: the calls composed in Python check this too) */
+static PyObject *ext_pool_check_usable(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (mp_pool_check_open(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *get_closed(PoolObject *self, void *Py_UNUSED(c))
 {
     /* closed, being closed, or never initialised: not usable */
@@ -811,6 +819,7 @@ static PyMethodDef pool_methods[] = {
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
     {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
     {"_sync_state", (PyCFunction)ext_pool_sync_state, METH_NOARGS, NULL},
+    {"_check_usable", (PyCFunction)ext_pool_check_usable, METH_NOARGS, NULL},
     /* pool.named (pool_named.c) */
     {"_named_bind", (PyCFunction)mp_ext_named_bind, METH_VARARGS, NULL},
     {"_named_find", (PyCFunction)mp_ext_named_find, METH_O, NULL},
