@@ -8,10 +8,11 @@ import platform
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mempool
-from mempool import AnonymousMemory, FileMemory, NumaPolicy, _mempool, sources
+from mempool import AnonymousMemory, BufferMemory, FileMemory, NumaPolicy, Pool, _mempool, sources
 from mempool.sources import numa_nodes
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -455,3 +456,73 @@ def test_a_forked_child_neither_holds_nor_drops_the_parents_lock(tmp_path):
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     FileMemory(path, exclusive=True).close()
+
+
+def test_buffer_memory_refuses_buffers_of_python_objects():
+    # a pool over them wrote over the object pointers: a segfault at the next use
+    import ctypes
+    for obj in (np.array([object()] * 8, dtype=object), (ctypes.py_object * 8)(),
+                np.zeros(2, [("a", "i4"), ("o", "O")])):
+        with pytest.raises(ValueError, match="Python object references"):
+            BufferMemory(obj)
+    BufferMemory(np.zeros(2, [("Oscar", "i4")]))  # (a field named O... is plain bytes)
+
+
+def test_a_pool_over_a_shared_buffer_serves_only_its_process():
+    # an mmap (MAP_SHARED by default) through BufferMemory: a forked child's copy of the
+    # pool's state handed out the parent's live range again
+    import mmap
+    mm = mmap.mmap(-1, 1 << 16)
+    src = BufferMemory(mm)
+    assert src._shared_mapping and not BufferMemory(bytearray(64))._shared_mapping
+    pool = Pool(1 << 16, source=src)
+    a = pool.alloc(64)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool.alloc(64)
+            os._exit(1)
+        except mempool.PoolClosed:
+            os._exit(0)
+    _, st = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(st) == 0
+    a.free()
+    pool.close()
+    src.close()
+
+
+def test_one_pool_per_source():
+    # two pools over one source handed out the same bytes
+    src = AnonymousMemory("1MiB")
+    p1 = Pool("1MiB", source=src)
+    with pytest.raises(ValueError, match="already serves"):
+        Pool("1MiB", source=src)
+    p1.close()
+    p2 = Pool("1MiB", source=src)  # free again once the first pool is closed
+    p2.close()
+    src.close()
+    ext = mempool.External("1MiB")
+    pe = Pool("1MiB", source=ext)
+    b = pe.alloc(100)
+    with pytest.raises(BufferError, match="uses it"):
+        ext.close()  # (it has no buffer export to keep it open: it says so itself)
+    assert not ext.closed and pe.alloc(100).offset != b.offset
+    pe.close()
+    ext.close()
+
+
+def test_a_file_memory_that_fails_to_be_made_leaves_no_file(tmp_path):
+    path = tmp_path / "data"
+    with pytest.raises(OSError):
+        FileMemory(path, "100TiB")  # EFBIG / ENOSPC
+    assert not path.exists()
+    path.write_bytes(b"x" * 10)
+    with pytest.raises(OSError):
+        FileMemory(path, "100TiB")  # a file that was there stays
+    assert path.read_bytes() == b"x" * 10
+
+
+def test_numpy_pool_hugepages_is_true_or_false():
+    with pytest.raises(TypeError, match="hugepages must be True or False"):
+        with mempool.numpy_pool("1MiB", hugepages="explicit"):
+            pass

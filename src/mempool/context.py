@@ -40,6 +40,9 @@ def numpy_pool(capacity: int | str, strategy: str = "tlsf", *, hugepages: bool =
     is collected).  ``fallback``: requests the pool
     cannot serve go to malloc (True) or raise MemoryError.
     """
+    if not isinstance(hugepages, bool):  # ("explicit" gave transparent huge pages)
+        raise TypeError(f"hugepages must be True or False (transparent huge pages), not "
+                        f"{hugepages!r}; AnonymousMemory(..., hugepages=...) takes the rest")
     src_opts: dict[str, Any] = {}
     if hugepages:
         src_opts["hugepages"] = "transparent"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,8 @@ class Pool(PoolCore):
             raise PoolClosed("the source is closed")
         elif source.size < capacity:
             raise ValueError(f"the source holds {source.size} bytes, fewer than capacity {capacity}")
+        elif (other := source._user()) is not None:  # (two would hand out the same bytes)
+            raise ValueError(f"the source already serves {other!r}: one pool per source")
         try:
             strat = make(strategy, capacity, **options)
             super().__init__(strat, source.buffer, source, align=default_align(strat))
@@ -138,6 +141,7 @@ class Pool(PoolCore):
             if owns:
                 source.close()
             raise
+        source._used_by = weakref.ref(self)
         self._owns_source = owns
         self.path: Path | None = None
         self.recovered = False

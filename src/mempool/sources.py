@@ -24,6 +24,7 @@ import fcntl
 import mmap
 import os
 import platform
+import re
 import secrets
 import stat
 import weakref
@@ -72,10 +73,16 @@ class Source:
 
     def __init__(self) -> None:
         self._closed = False
+        self._used_by: Any = None  # a weakref to the open Pool over it (Pool sets it)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _user(self) -> Any:
+        """The open pool over this source, or None."""
+        p = self._used_by() if self._used_by is not None else None
+        return p if p is not None and not p.closed else None
 
     @property
     def address(self) -> int | None:
@@ -349,7 +356,15 @@ class FileMemory(_Mapped):
         want = parse_size(size, "size") if size is not None else None
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):
-            fd = os.open(self.path, flags, 0o600)
+            made = False
+            if flags & os.O_CREAT:  # (a file this call makes goes again if it fails)
+                try:
+                    fd = os.open(self.path, flags | os.O_EXCL, 0o600)
+                    made = True
+                except FileExistsError:
+                    fd = os.open(self.path, flags, 0o600)
+            else:
+                fd = os.open(self.path, flags, 0o600)
             try:
                 if exclusive:
                     lock_fd = _lock(self.path, fd)
@@ -370,6 +385,8 @@ class FileMemory(_Mapped):
                 return
             except BaseException:
                 self._release_lock()
+                if made:
+                    _unlink_if(self.path, fd)
                 raise
             finally:
                 os.close(fd)
@@ -747,6 +764,23 @@ class SharedMemory(_Mapped):
 
 
 # ---- someone else's buffer ------------------------------------------------------------
+def _maps_shared(address: int, size: int) -> bool:
+    """Whether any of [address, address + size) is a shared mapping of this process
+    (/proc/self/maps: an 's' in the permissions); False where that cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return False
+    end = address + size
+    for line in lines:
+        span, perms = line.split(None, 2)[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if lo < end and address < hi and perms.endswith("s"):
+            return True
+    return False
+
+
 class BufferMemory(Source):
     """Any writable C-contiguous buffer (bytearray, NumPy array, mmap) without a copy.
 
@@ -770,10 +804,20 @@ class BufferMemory(Source):
         if view.nbytes == 0:
             view.release()
             raise ValueError("BufferMemory needs a buffer of at least one byte")
+        if "O" in re.sub(r":[^:]*:", "", view.format or ""):  # (a struct's object fields
+            # are 'O' too; its field names, between colons, are not formats)
+            fmt = view.format
+            view.release()
+            raise ValueError(f"BufferMemory needs plain bytes, not a buffer of Python object "
+                             f"references (format {fmt!r}): a pool would write over them")
         self.obj = obj
         self.buffer = view.cast("B") if view.ndim != 1 or view.format != "B" else view
         self._view = view
         self.size = view.nbytes
+        # memory other processes map too (an mmap, np.memmap, a SharedMemory's buf): a
+        # pool over it serves only this process, as over a file (a forked child's copy
+        # of the pool's state would hand out the parent's live ranges again)
+        self._shared_mapping = _maps_shared(_mempool.address_of(self.buffer), self.size)
 
     def close(self) -> None:
         if self._closed:
@@ -795,3 +839,9 @@ class External(Source):
         super().__init__()
         self.size = parse_size(capacity, "capacity")
         self.buffer = None
+
+    def close(self) -> None:
+        """BufferError while an open pool uses it (no buffer export keeps it open)."""
+        if (p := self._user()) is not None:
+            raise BufferError(f"cannot close the source: {p!r} uses it")
+        super().close()
