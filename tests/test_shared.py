@@ -992,15 +992,21 @@ def test_a_shared_pool_collected_without_close_lets_its_fd_go(name):
     assert fds() == 0
 
 
+def _handle_of_an_unlinked_pool(name: str) -> bytes:
+    """A pickled array of a shared pool made under ``name``, then closed and unlinked."""
+    p = SharedPool.create(name, 1 << 20)
+    a = p.zeros(3)
+    stale = pickle.dumps(a)
+    del a
+    p.close()
+    p.unlink()
+    return stale
+
+
 def test_a_stale_handle_is_refused_without_attaching_the_name_again(name):
     # the segment under the name is another: told from its header, with no attach (an
     # attach checks the whole pool under its lock, and took the name's place here)
-    p1 = SharedPool.create(name, 1 << 20)
-    a = p1.zeros(3)
-    stale = pickle.dumps(a)
-    del a
-    p1.close()
-    p1.unlink()
+    stale = _handle_of_an_unlinked_pool(name)
     p2 = SharedPool.create(name, 1 << 20)
     try:
         for _ in range(3):
@@ -1016,12 +1022,7 @@ def test_a_stale_handle_is_refused_without_attaching_the_name_again(name):
 def test_a_handle_whose_name_is_a_fifo_now_is_stale_not_a_hang(name):
     # the name's segment is read without blocking: a FIFO under it (anyone may make one
     # in /dev/shm) is no segment, not an open waiting for a writer
-    p = SharedPool.create(name, 1 << 20)
-    a = p.zeros(3)
-    stale = pickle.dumps(a)
-    del a
-    p.close()
-    p.unlink()
+    stale = _handle_of_an_unlinked_pool(name)
     os.mkfifo(f"/dev/shm/{name}")
     try:
         with pytest.raises(mempool.NotAllocated, match="stale handle.*unlinked"):

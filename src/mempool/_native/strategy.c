@@ -303,33 +303,12 @@ static uint64_t *u64_items(PyObject *obj, const char *name, int minimum, Py_ssiz
         }
         const char *p = v.buf;
         for (Py_ssize_t k = 0; k < n; k++, p += isz) {
-            int64_t sv = 0;
             uint64_t uv = 0;
-            switch (isz) {
-            case 1: if (sgn) sv = *(const int8_t *)p; else uv = *(const uint8_t *)p; break;
-            case 2: {
-                uint16_t b;
-                memcpy(&b, p, 2);
-                if (swap) b = __builtin_bswap16(b);
-                sv = (int16_t)b;
-                uv = b;
-                break;
-            }
-            case 4: {
-                uint32_t b;
-                memcpy(&b, p, 4);
-                if (swap) b = __builtin_bswap32(b);
-                sv = (int32_t)b;
-                uv = b;
-                break;
-            }
-            default: {
-                memcpy(&uv, p, 8);
-                if (swap) uv = __builtin_bswap64(uv);
-                sv = (int64_t)uv;
-                break;
-            }
-            }
+            memcpy((char *)&uv + (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? 8 - isz : 0), p,
+                   (size_t)isz);
+            if (swap) uv = __builtin_bswap64(uv) >> (64 - 8 * isz);
+            /* (signed: the item's top bit extended) */
+            int64_t sv = (int64_t)(uv << (64 - 8 * isz)) >> (64 - 8 * isz);
             if (sgn) {
                 if (sv < minimum) {
                     PyErr_Format(PyExc_ValueError, "%s[%zd] must be >= %d, got %lld", name, k,
