@@ -666,3 +666,39 @@ def test_a_killed_replacing_create_leaves_no_temporary_for_long(tmp_path):
     assert any(n.endswith(".tmp") for n in os.listdir(tmp_path))
     Pool.create(path, "1MiB", exist_ok=True).close()
     assert sorted(os.listdir(tmp_path)) == ["heap.mp"]
+
+
+def test_openers_racing_creates_of_a_missing_path(tmp_path):
+    # a create makes an empty placeholder, then locks it: an opener in between took the
+    # placeholder's lock (the create failed busy and left it, the opener said
+    # CorruptionError); now the opener waits that moment out and says BlockingIOError,
+    # and the create waits out an opener's moment on its own placeholder
+    path = tmp_path / "r.mp"
+    code = textwrap.dedent(f"""
+        import os, time
+        from mempool import Pool
+        end, busy = time.monotonic() + 2.0, 0
+        while time.monotonic() < end:
+            try:
+                Pool.create({str(path)!r}, "1MiB", exist_ok=True).close()
+            except BlockingIOError:
+                busy += 1
+            try:
+                os.unlink({str(path)!r})
+            except FileNotFoundError:
+                pass
+        print(busy)
+    """)
+    c = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC})
+    seen: dict[str, int] = {}
+    while c.poll() is None:
+        try:
+            Pool.open(path).close()
+            k = "opened"
+        except (BlockingIOError, FileNotFoundError) as e:
+            k = type(e).__name__
+        seen[k] = seen.get(k, 0) + 1
+    out, _ = c.communicate()
+    assert c.returncode == 0 and int(out) == 0, (out, seen)
+    assert set(seen) <= {"opened", "BlockingIOError", "FileNotFoundError"}

@@ -27,6 +27,7 @@ import platform
 import re
 import secrets
 import stat
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -384,9 +385,12 @@ class FileMemory(_Mapped):
                 self._map(fd, want, readonly)
                 return
             except BaseException:
-                self._release_lock()
-                if made:
+                # a file this call made goes again while still ours: locked by us, or
+                # (not exclusive) still empty, sized by no one else (a lost lock race
+                # leaves the winner's file alone)
+                if made and (self._lk.fd >= 0 or (not exclusive and os.fstat(fd).st_size == 0)):
                     _unlink_if(self.path, fd)
+                self._release_lock()
                 raise
             finally:
                 os.close(fd)
@@ -421,13 +425,18 @@ class FileMemory(_Mapped):
             finally:
                 os.close(fd)
         target = Path(os.path.realpath(path))  # a link: replace the file it names
-        _sweep_temporaries(target)
         old_fd, made = _open_target(target)
         try:
-            old_lock = _lock(target, old_fd)
+            try:
+                old_lock = _lock_made(target, old_fd, made)
+            except BlockingIOError:
+                if made:  # (our placeholder, locked by an opener meanwhile: it goes again)
+                    _unlink_if(target, old_fd)
+                raise
             if old_lock < 0:  # replaced between open and lock: another creator is at work
                 raise _busy(target)
             try:  # the old file is ours now: build the new one beside it, then rename
+                _sweep_temporaries(target)  # (under its lock: every build of it is dead)
                 mode = 0o600 if made else stat.S_IMODE(os.fstat(old_fd).st_mode)
                 tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -463,7 +472,7 @@ class FileMemory(_Mapped):
         Source.__init__(mem)
         mem.path = path
         mem._holds()
-        mem._lk.fd, mem._lk.pid = _lock(where, fd), os.getpid()
+        mem._lk.fd, mem._lk.pid = _lock_made(where, fd, True), os.getpid()
         if mem._lk.fd < 0:  # removed or replaced before we locked it
             raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
         _LOCKED.add(mem)
@@ -538,32 +547,40 @@ class FileMemory(_Mapped):
 _LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
 
 
+_TEMPORARY = re.compile(r"[0-9]+\.[0-9a-f]{8}\.tmp", re.ASCII)
+
+
 def _sweep_temporaries(target: Path) -> None:
-    """Remove the files an earlier create(exist_ok=True) of ``target`` was building when
-    its process was killed (``.<name>.<pid>.<hex>.tmp`` of a pid that no longer runs):
-    each held a whole pool's bytes that nothing else would give back."""
+    """Remove the files earlier create(exist_ok=True)s of ``target`` were building when
+    their processes were killed (``.<name>.<pid>.<8 hex>.tmp``): each held a whole
+    pool's bytes that nothing else would give back.  Called with ``target``'s lock held,
+    which every create of it holds for its whole build: any such file is an orphan,
+    whatever its pid says (another pid namespace, another host)."""
     prefix = f".{target.name}."
     try:
         names = os.listdir(target.parent)
     except OSError:
         return
     for n in names:
-        if not (n.startswith(prefix) and n.endswith(".tmp")):
-            continue
-        parts = n[len(prefix):-len(".tmp")].split(".")
-        if len(parts) != 2 or not parts[0].isdigit():
-            continue
+        if n.startswith(prefix) and _TEMPORARY.fullmatch(n[len(prefix):]):
+            try:
+                os.unlink(target.parent / n)
+            except OSError:
+                pass
+
+
+def _lock_made(path: Path, fd: int, made: bool) -> int:
+    """_lock(path, fd); for a file this process has just made (``made``), an opener that
+    happens to hold it for a moment (it finds it empty, and lets go) is waited for a
+    little instead of failing the create."""
+    for _ in range(200 if made else 1):
         try:
-            os.kill(int(parts[0]), 0)
-            continue  # (it runs: its create may be under way)
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError, ValueError):
-            continue
-        try:
-            os.unlink(target.parent / n)
-        except OSError:
-            pass
+            return _lock(path, fd)
+        except BlockingIOError:
+            if not made:
+                raise
+            time.sleep(0.001)
+    return _lock(path, fd)
 
 
 class _Lock:
