@@ -13,9 +13,7 @@ unmapped memory through mempool.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import stat
 import time
 import weakref
 from pathlib import Path
@@ -41,27 +39,6 @@ from .tracking import tracking as _tracking
 __all__ = ["Pool"]
 
 FILE_MAGIC = b"MEMPOOL\0"
-
-
-def _being_created(path: Path) -> bool:
-    """Whether the empty file at ``path`` is a create's placeholder: locked by its creator
-    for the whole build (a shared lock asked without waiting is refused)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def default_align(strat: Strategy) -> int:
@@ -360,20 +337,17 @@ class Pool(PoolCore):
         ``pool.recovered`` is True.
         """
         path = Path(path)
-        for _ in range(20):  # (a create makes its placeholder, then locks it: a moment)
-            size = path.stat().st_size
-            if size != 0:
-                break
-            if _being_created(path):
-                raise BlockingIOError(errno.EWOULDBLOCK, f"{path} is being created by "
-                                      "another process (its empty placeholder is locked)")
-            time.sleep(0.001)
+        size = path.stat().st_size
         if size < 4096:
             raise CorruptionError(f"{path}: {size} bytes, too short for a mempool file"
                                   + (" (an empty file: a create killed before it wrote "
-                                     "leaves one; create(..., exist_ok=True) replaces it)"
-                                     if size == 0 and path.is_file() else ""))
-        mem = FileMemory(path, exclusive=True)
+                                     "leaves one, and one under way shows one for a moment; "
+                                     "create(..., exist_ok=True) replaces it)"
+                                     if size == 0 else ""))
+        try:
+            mem = FileMemory(path, exclusive=True)
+        except ValueError:  # (emptied meanwhile: another create's placeholder)
+            raise CorruptionError(f"{path}: 0 bytes, too short for a mempool file") from None
         try:
             view = memoryview(mem.buffer)
             try:

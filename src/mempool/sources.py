@@ -27,7 +27,6 @@ import platform
 import re
 import secrets
 import stat
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -427,16 +426,10 @@ class FileMemory(_Mapped):
         target = Path(os.path.realpath(path))  # a link: replace the file it names
         old_fd, made = _open_target(target)
         try:
-            try:
-                old_lock = _lock_made(target, old_fd, made)
-            except BlockingIOError:
-                if made:  # (our placeholder, locked by an opener meanwhile: it goes again)
-                    _unlink_if(target, old_fd)
-                raise
+            old_lock = _lock(target, old_fd)
             if old_lock < 0:  # replaced between open and lock: another creator is at work
                 raise _busy(target)
             try:  # the old file is ours now: build the new one beside it, then rename
-                _sweep_temporaries(target)  # (under its lock: every build of it is dead)
                 mode = 0o600 if made else stat.S_IMODE(os.fstat(old_fd).st_mode)
                 tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -472,7 +465,7 @@ class FileMemory(_Mapped):
         Source.__init__(mem)
         mem.path = path
         mem._holds()
-        mem._lk.fd, mem._lk.pid = _lock_made(where, fd, True), os.getpid()
+        mem._lk.fd, mem._lk.pid = _lock(where, fd), os.getpid()
         if mem._lk.fd < 0:  # removed or replaced before we locked it
             raise FileExistsError(errno.EEXIST, f"{path} was replaced while being created")
         _LOCKED.add(mem)
@@ -545,42 +538,6 @@ class FileMemory(_Mapped):
 # parent's close() unlocks them all the same.  Only a parent that dies without
 # closing (killed) leaves the lock to such a child until it exits or execs.
 _LOCKED: weakref.WeakSet[FileMemory] = weakref.WeakSet()
-
-
-_TEMPORARY = re.compile(r"[0-9]+\.[0-9a-f]{8}\.tmp", re.ASCII)
-
-
-def _sweep_temporaries(target: Path) -> None:
-    """Remove the files earlier create(exist_ok=True)s of ``target`` were building when
-    their processes were killed (``.<name>.<pid>.<8 hex>.tmp``): each held a whole
-    pool's bytes that nothing else would give back.  Called with ``target``'s lock held,
-    which every create of it holds for its whole build: any such file is an orphan,
-    whatever its pid says (another pid namespace, another host)."""
-    prefix = f".{target.name}."
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return
-    for n in names:
-        if n.startswith(prefix) and _TEMPORARY.fullmatch(n[len(prefix):]):
-            try:
-                os.unlink(target.parent / n)
-            except OSError:
-                pass
-
-
-def _lock_made(path: Path, fd: int, made: bool) -> int:
-    """_lock(path, fd); for a file this process has just made (``made``), an opener that
-    happens to hold it for a moment (it finds it empty, and lets go) is waited for a
-    little instead of failing the create."""
-    for _ in range(200 if made else 1):
-        try:
-            return _lock(path, fd)
-        except BlockingIOError:
-            if not made:
-                raise
-            time.sleep(0.001)
-    return _lock(path, fd)
 
 
 class _Lock:
