@@ -256,9 +256,8 @@ class Pool(PoolCore):
         return self._strategy.segments()
 
     def _check_open(self) -> None:
-        if self.closed:
-            raise PoolClosed("the pool is closed")
-        self._check_usable()  # (a forked child of a file pool's owner: PoolClosed too)
+        # PoolClosed when closed, or in a forked child of a file pool's owner (one C check)
+        self._check_usable()
 
     def flush(self) -> None:
         """Make state and data durable (msync) for pools over files; a no-op otherwise."""

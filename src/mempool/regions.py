@@ -96,9 +96,14 @@ class RegionPool:
     def __init__(self, strategy: str = "tlsf", *, region_size: int | str = "1MiB",
                  max_size: int | str | None = None, retain: int = 1, **options: Any) -> None:
         self._named: RegionNamedArrays | None = None
-        strategy_type(strategy)
+        kind = strategy_type(strategy)  # (ValueError for an unknown name, first)
         self.strategy = strategy
         self.region_size = max(_round_up(parse_size(region_size, "region_size"), PAGE), MIN_REGION)
+        # a Buddy's blocks are powers of two: the largest a region holds is the one below
+        # its size, and a region of its own for a larger request is a power of two
+        self._buddy = kind.__name__ == "Buddy"
+        self._largest = (1 << (self.region_size.bit_length() - 1) if self._buddy
+                         else self.region_size)
         self.max_size = parse_size(max_size, "max_size") if max_size is not None else None
         if isinstance(retain, bool) or not isinstance(retain, int) or retain < 0:
             raise ValueError(f"retain must be an integer >= 0, got {retain!r}")
@@ -200,13 +205,9 @@ class RegionPool:
         the region to map for it when none takes it.  A request larger than a region
         gets its own (a retained one that is large enough, else a new one)."""
         # (align <= PAGE: a fresh region of `size` bytes holds the range aligned)
-        largest = self.region_size
-        buddy = strategy_type(self.strategy).__name__ == "Buddy"
-        if buddy:  # its blocks are powers of two: a region's largest is the one below it
-            largest = 1 << (largest.bit_length() - 1)
-        if size > largest:
+        if size > self._largest:
             fresh = _round_up(size, PAGE)
-            if buddy:
+            if self._buddy:
                 fresh = 1 << (fresh - 1).bit_length()
             return [r for r in self._regions if r.capacity >= size], fresh
         return list(self._regions), self.region_size

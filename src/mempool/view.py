@@ -112,6 +112,8 @@ class PoolView:
         ``k * capacity // cells`` (in Python's integers: the product passes int64 for a
         span above 2**52 bytes)."""
         cap = self.capacity
+        if cap <= ((1 << 63) - 1) // max(cells, 1):  # (the products fit int64)
+            return (np.arange(cells + 1, dtype=np.int64) * cap) // cells
         return np.array([k * cap // cells for k in range(cells + 1)], dtype=np.int64)
 
     def cell_fractions(self, cells: int) -> np.ndarray:
