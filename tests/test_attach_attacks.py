@@ -41,8 +41,9 @@ SRC = str(Path(mempool.__file__).resolve().parent.parent)
 CTL = {
     "magic": (0, "<I"), "bits": (4, "<I"), "max_entries": (8, "<I"), "entries": (12, "<I"),
     "corrupt": (16, "<I"), "recoveries": (20, "<I"), "serial": (24, "<Q"),
-    "free_head": (32, "<I"), "lock_waits": (40, "<Q"), "lock_wait_ns": (48, "<Q"),
-    "repaired": (56, "<Q"),
+    "free_head": (32, "<I"), "top": (36, "<I"), "lock_waits": (40, "<Q"),
+    "lock_wait_ns": (48, "<Q"), "repaired": (56, "<Q"),
+    "committed": (2288, "<I"), "bits_max": (2292, "<I"),
 }
 MUTEX = 64  # the pthread mutex; glibc's words: __lock +0, __owner +8, __kind +16
 WHY = 128
@@ -136,7 +137,7 @@ def seg():
 def good() -> tuple[bytes, Header]:
     """A valid segment's bytes with live blocks in its registry, and its header."""
     name = f"mptest-atk-{os.getpid()}-good"
-    with SharedPool.create(name, "256KiB", max_entries=16) as p:
+    with SharedPool.create(name, "256KiB", max_entries=600) as p:
         keep = [p.alloc(100 * (i + 1)) for i in range(5)]
         p.free(keep[1])
         data = (SHM / name).read_bytes()
@@ -227,6 +228,8 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
     max_entries = struct.unpack_from("<I", data, lo + 8)[0]
     bits = struct.unpack_from("<I", data, lo + 4)[0]
     entries = struct.unpack_from("<I", data, lo + 12)[0]
+    top = struct.unpack_from("<I", data, lo + 36)[0]
+    committed, bits_max = struct.unpack_from("<II", data, lo + 2288)
     magic = struct.unpack_from("<I", data, lo)[0]
 
     def ctl(field: str, value: int) -> bytes:
@@ -248,6 +251,16 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "ctl-free_head-0": ctl("free_head", 0),
         "ctl-free_head-over": ctl("free_head", max_entries + 5),
         "ctl-free_head-loop": ctl("free_head", 0xFFFFFFFE),
+        "ctl-free_head-beyond-top": ctl("free_head", top),
+        # the reserve: entries handed out or committed beyond it, an index too small for
+        # the committed entries (it could fill up: probed for ever) or beyond its room
+        "ctl-top-over": ctl("top", committed + 1),
+        "ctl-committed-over": ctl("committed", max_entries + 1),
+        "ctl-committed-index": ctl("committed", min(1 << bits, max_entries)),
+        "ctl-bits-less": ctl("bits", bits - 1),
+        "ctl-bits-beyond-room": ctl("bits", bits_max + 1),
+        "ctl-bits_max-more": ctl("bits_max", bits_max + 1),
+        "ctl-bits_max-0": ctl("bits_max", 0),
         # the journal: its magic, a phase it never has, undo records it cannot hold or
         # that name words outside the registry
         "journal-magic": poke(data, lo + JOURNAL, "<Q", 0),
@@ -262,6 +275,8 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "journal-undo-bits-31": undo_one(data, lo, 0, magic | 31 << 32),
         "journal-undo-bits-4": undo_one(data, lo, 0, magic | 4 << 32),
         "journal-undo-max_entries": undo_one(data, lo, 8, (1 << 20) | entries << 32),
+        "journal-undo-top": undo_one(data, lo, 32, 0xFFFFFFFF | 0x7FFFFFFF << 32),
+        "journal-undo-committed": undo_one(data, lo, 2288, (1 << 27) | bits_max << 32),
         "journal-undo-journal": undo_one(data, lo, JOURNAL + 8, 2),
         "journal-undo-mutex": undo_one(data, lo, MUTEX, 0x7FFF),
         # the mutex's kind: not robust, recursive, error-checking, priority-inheriting, nonsense
@@ -279,11 +294,11 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
     junk = bytearray(data)
     junk[lo + MUTEX:lo + MUTEX + 64] = rng.randbytes(64)
     cases["mutex-random"] = bytes(junk)
-    # the index and the entry table
+    # the index and the entry table (their prefixes in use; the reserve follows each)
     slots = 1 << bits
     ix = lo + CTL_SIZE
-    ent = ix + ((slots * 4 + 63) & ~63)
-    for label, at, n in (("index", ix, slots * 4), ("entries", ent, max_entries * 64)):
+    ent = ix + (((1 << bits_max) * 4 + 63) & ~63)
+    for label, at, n in (("index", ix, slots * 4), ("entries", ent, top * 64)):
         junk = bytearray(data)
         junk[at:at + n] = rng.randbytes(n)
         cases[f"registry-{label}-random"] = bytes(junk)

@@ -261,8 +261,9 @@ LEASE_MAX, LEASES, LEASE_FREE, LEASE_TIMEOUT, LEASE_DUE = (2048 + x for x in (19
 
 def _lease_table(data: bytes, h: Header) -> int:
     """The offset of the lease table in the segment (shared.c's layout)."""
-    bits, max_entries = struct.unpack_from("<II", data, h.lock_off + 4)
-    index = ((4 << bits) + 63) & ~63
+    max_entries, = struct.unpack_from("<I", data, h.lock_off + 8)
+    bits_max, = struct.unpack_from("<I", data, h.lock_off + CTL - 12)  # the index's reserve
+    index = ((4 << bits_max) + 63) & ~63
     return h.lock_off + CTL + index + max_entries * 64
 
 
@@ -332,8 +333,8 @@ def test_the_repair_after_a_dead_lock_owner_counts_leases(name):
         del a  # only the lease holds the range: refs 1, no owner reference
         data = shm.read_bytes()
         hdr = Header.unpack(data, len(data), b"MPSHARED", name)
-        bits, _ = struct.unpack_from("<II", data, hdr.lock_off + 4)
-        state_at = hdr.lock_off + CTL + (((4 << bits) + 63) & ~63) + entry * 64 + 24
+        bits_max, = struct.unpack_from("<I", data, hdr.lock_off + CTL - 12)
+        state_at = hdr.lock_off + CTL + (((4 << bits_max) + 63) & ~63) + entry * 64 + 24
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=W.hold_lock, args=(name, 0, child))
         proc.start()

@@ -259,10 +259,12 @@ def test_reclaim_of_a_dead_borrower_skips_a_crafted_pinned_slot(name):
             with open(f"/dev/shm/{name}", "r+b") as f:
                 m = mmap.mmap(f.fileno(), 0)
                 lo = Header.unpack(m, len(m), b"MPSHARED", name).lock_off
-                bits, max_entries = struct.unpack_from("<II", m, lo + 4)
+                max_entries, = struct.unpack_from("<I", m, lo + 8)
+                lease_max, = struct.unpack_from("<I", m, lo + 2240)
+                bits_max, = struct.unpack_from("<I", m, lo + 2292)  # the index's reserve
                 # mp_shared_ctl_t (2,304 bytes), the index, the entries, then the leases
-                table = lo + 2304 + ((4 << bits) + 63) // 64 * 64 + 64 * max_entries
-                pinned = [at for at in range(table, table + 32 * max_entries, 32)
+                table = lo + 2304 + ((4 << bits_max) + 63) // 64 * 64 + 64 * max_entries
+                pinned = [at for at in range(table, table + 32 * lease_max, 32)
                           if struct.unpack_from("<QQ", m, at) == (b.tag, 2**64 - 1)]
                 assert len(pinned) == 2  # the fourth and fifth borrowers
                 victim = struct.unpack_from("<I", m, pinned[0] + 24)[0]

@@ -79,7 +79,7 @@ class SharedStats:
     for ``lock_calls``)."""
 
     entries: int  #: live blocks in the registry
-    max_entries: int  #: the registry's capacity
+    max_entries: int  #: the registry's capacity (its reservation)
     allocations: int  #: blocks allocated so far (the last tag)
     lock_calls: int  #: lock acquisitions by this process
     lock_waits: int  #: acquisitions that found the lock taken
@@ -93,6 +93,8 @@ class SharedStats:
     lease_timeout: float = 0.0  #: seconds a lease lives in flight before it is released
     rolled_back: int = 0  #: calls a dead process was in, undone from the journal
     rolled_forward: int = 0  #: ... and completed (the process died after their commit)
+    committed_entries: int = 0  #: registry entries whose pages are allocated (grows by doubling)
+    registry_bytes: int = 0  #: bytes of the segment the lock, registry and leases use now
 
 
 # ---- arrays and handles --------------------------------------------------------------
@@ -208,6 +210,12 @@ def _block_reduce(block: Block, lease: int
 
 # ---- the pool -------------------------------------------------------------------------
 def _default_entries(capacity: int) -> int:
+    """The registry's reservation: a block per 16 bytes, in [1024, 2**28] (reserved, not
+    allocated: the segment's pages for it are allocated as the registry grows)."""
+    return min(max(capacity // 16, 1024), 1 << 28)
+
+
+def _default_leases(capacity: int) -> int:
     return min(max(capacity // 4096, 1024), 1 << 18)
 
 
@@ -271,11 +279,15 @@ class SharedPool(SharedPoolCore, Pool):
         mode : int
             Permissions of the segment (default 0o600: this user only).
         max_entries : int, optional
-            The most blocks live at once (the block registry's size); default
-            ``capacity // 4096`` clamped to [1024, 2**18].
+            The most blocks live at once: the block registry's reservation, default
+            ``capacity // 16`` clamped to [1024, 2**28].  Only address space and a
+            sparse stretch of the segment until used: the registry starts with 256
+            entries' pages allocated and doubles them as blocks need (64 bytes an
+            entry, 8 of index).
         max_leases : int, optional
             The most handles in flight at once (pickled, not yet unpickled): the
-            lease table's size; default ``max_entries``.  Pickling beyond it, with no
+            lease table's size (allocated up front, 32 bytes a lease); default
+            ``capacity // 4096`` clamped to [1024, 2**18], at most ``max_entries``.  Pickling beyond it, with no
             lease past its deadline, raises OutOfSpace.
         lease_timeout : float
             Seconds a pickled handle keeps its range alive until it is unpickled
@@ -294,7 +306,7 @@ class SharedPool(SharedPoolCore, Pool):
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"max_entries must be an integer >= 1, got {max_entries!r}")
         if max_leases is None:
-            max_leases = min(max_entries, 1 << 28)
+            max_leases = min(max_entries, _default_leases(capacity))
         if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
             raise ValueError(f"max_leases must be an integer >= 1, got {max_leases!r}")
         if isinstance(lease_timeout, bool) or not isinstance(lease_timeout, (int, float)):
@@ -310,7 +322,9 @@ class SharedPool(SharedPoolCore, Pool):
         h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
                    len(state), lock_size=ctl_size, created_ns=time.time_ns())
         del template
-        mem = SharedMemory(name, h.total_size, create=True, mode=mode)
+        holes = [(h.lock_off + off, n)
+                 for off, n in _mempool.shared_ctl_reserved(max_entries, max_leases)]
+        mem = SharedMemory(name, h.total_size, create=True, mode=mode, unallocated=holes)
         try:
             mm = memoryview(mem.buffer)
             mm[h.state_off:h.state_off + h.state_size] = state
@@ -465,7 +479,9 @@ class SharedPool(SharedPoolCore, Pool):
                            cached=d["cached"], leases=d["leases"], max_leases=d["max_leases"],
                            leases_expired=d["leases_expired"],
                            lease_timeout=d["lease_timeout_ns"] / 1e9,
-                           rolled_back=d["rolled_back"], rolled_forward=d["rolled_forward"])
+                           rolled_back=d["rolled_back"], rolled_forward=d["rolled_forward"],
+                           committed_entries=d["committed"],
+                           registry_bytes=d["registry_bytes"])
 
     # ---- lifetime ----------------------------------------------------------------------
     def reclaim(self, pid: int | None = None, *, force: bool = False) -> int:

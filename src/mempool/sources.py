@@ -673,12 +673,28 @@ def _shm_path(name: str) -> Path:
     return SHM_DIR / name
 
 
+def _allocated_spans(size: int, holes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[0, size) less the whole pages of each hole (offset, length), as (start, end)s."""
+    cut = sorted((-(-off // PAGE) * PAGE, (off + n) // PAGE * PAGE) for off, n in holes)
+    spans, at = [], 0
+    for lo, hi in cut:
+        lo, hi = max(lo, at), min(hi, size)
+        if hi <= lo:
+            continue
+        spans.append((at, lo))
+        at = hi
+    spans.append((at, size))
+    return [(lo, hi) for lo, hi in spans if hi > lo]
+
+
 class SharedMemory(_Mapped):
     """A POSIX shared memory segment (``/dev/shm/<name>``) mapped shared.
 
     ``SharedMemory(name, size, create=True, mode=0o600)`` makes a new segment
     (FileExistsError when the name is taken) and allocates its pages up front, so a
-    full /dev/shm is an error now rather than a SIGBUS later; ``SharedMemory(name)``
+    full /dev/shm is an error now rather than a SIGBUS later (but for the whole pages
+    of the ``unallocated`` spans, ``(offset, length)`` pairs: a reserve its user
+    allocates before it touches it, as a shared pool's registry does); ``SharedMemory(name)``
     maps an existing one (FileNotFoundError, PermissionError).  Unlike
     ``multiprocessing.shared_memory``, nothing is registered with a resource tracker:
     the segment lives until :meth:`unlink`, and attaching never unlinks.
@@ -687,7 +703,7 @@ class SharedMemory(_Mapped):
     _shared_mapping = True
 
     def __init__(self, name: str, size: int | str | None = None, *, create: bool = False,
-                 mode: int = 0o600) -> None:
+                 mode: int = 0o600, unallocated: Sequence[tuple[int, int]] = ()) -> None:
         super().__init__()
         self.name = name
         self.path = _shm_path(name)
@@ -698,7 +714,9 @@ class SharedMemory(_Mapped):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             try:
                 os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
-                os.posix_fallocate(fd, 0, want)
+                os.ftruncate(fd, want)
+                for lo, hi in _allocated_spans(want, unallocated):
+                    os.posix_fallocate(fd, lo, hi - lo)
             except BaseException:
                 os.close(fd)
                 os.unlink(self.path)

@@ -41,7 +41,7 @@
 
 /* ---- the segment: state | shadow | registry | counter ------------------------------------ */
 #define CAP (1u << 20)
-#define MAX_ENTRIES 64
+#define MAX_ENTRIES 1024 /* reserved; MP_REG_COMMIT0 (256) committed: C_GROW grows it */
 static char *seg, *before, *after, *mid;
 static uint64_t seg_len, st_len, ctl_len;
 static void *st, *shadow;
@@ -148,10 +148,10 @@ static void populate(void)
 }
 
 enum call { C_ALLOC, C_FREE, C_REALLOC_GROW, C_REALLOC_SHRINK, C_TAKE, C_RELEASE_BORROWED,
-            C_RECLAIM, C_FLUSH, C_LEASE, C_ADOPT, C_EXPIRE, NCALLS };
+            C_RECLAIM, C_FLUSH, C_LEASE, C_ADOPT, C_EXPIRE, C_GROW, NCALLS };
 static const char *call_names[] = {"alloc", "free", "realloc+", "realloc-", "take",
                                    "release_borrowed", "reclaim", "flush", "lease", "adopt",
-                                   "expire"};
+                                   "expire", "grow"};
 
 static void run_call(enum call c)
 {
@@ -200,6 +200,14 @@ static void run_call(enum call c)
         break;
     case C_EXPIRE: /* every lease past its deadline released (the clock moved on) */
         mp_lease_expire_at(ctl, &tx, ALIVE, UINT64_MAX - 1);
+        break;
+    case C_GROW: /* the registry grows into its reserve (the index rebuilt twice as
+                  * large), then an allocation, as the binding's reg_room does */
+        if (mp_reg_grow(ctl) != MP_OK) die("reg_grow");
+        if (mp_tx_alloc(&tx, 40, 16, &off) == MP_OK) {
+            uint32_t e;
+            if (mp_reg_add(ctl, off, 40, ALIVE, 900, &e)) die("reg_add after grow");
+        }
         break;
     case C_FLUSH: /* a cache given back: three ranges disposed in one call */
         for (int k = 6; k <= 10; k += 2) {
@@ -321,7 +329,7 @@ int main(void)
         for (int k = 0; k < 7; k++) {
             long points = 0, nested = 0;
             for (int c = 0; c < NCALLS; c++) {
-                if (!reg && c >= C_TAKE && c != C_FLUSH) continue;
+                if (!reg && c >= C_TAKE && c != C_FLUSH) continue; /* (C_GROW: registry) */
                 setup(k);
                 populate();
                 memcpy(before, seg, seg_len);

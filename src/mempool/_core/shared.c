@@ -6,15 +6,27 @@
  * Layout (inside the shared segment, after the strategy state):
  *
  *   +-----------------+-----------------------------+------------------------------+---
- *   | mp_shared_ctl_t | uint32_t index[1 << bits]   | mp_entry_t entries[max]      |
- *   | magic, counters,| offset -> entry (linear     | stable while in use; unused  |
- *   | pthread_mutex_t | probing, backward shift)    | ones form a free list        |
+ *   | mp_shared_ctl_t | uint32_t index[1 << bits_max]| mp_entry_t entries[max]     |
+ *   | magic, counters,| offset -> entry (linear     | never move; unused ones      |
+ *   | pthread_mutex_t | probing, backward shift)    | below top form a free list   |
  *   +-----------------+-----------------------------+------------------------------+---
  *   ---+--------------------------------+
  *      | mp_lease_t leases[lease_max]   |
  *      | references in flight; unused   |
  *      | ones form a free list          |
  *   ---+--------------------------------+
+ *
+ * Reserved, committed as needed.  The index and the entries are reserved for max_entries
+ * (address space and a sparse segment), and only a prefix of each is in use: the index's
+ * first 1 << bits slots, the entries below `committed` (their pages allocated when the
+ * registry grew to them: mp_reg_grow_span, then mp_reg_grow) of which those below `top`
+ * were ever handed out.  Nothing reads or writes beyond those prefixes, so the pages
+ * past them stay unallocated: a registry costs what its live entries need, and
+ * max_entries is a cap, not a size paid up front.  Growing doubles `committed` (and the
+ * index with it: 2 * committed <= 1 << bits, so the index is never more than half
+ * full) inside a transaction: the two words are undo-logged, and the index, rebuilt at
+ * the new size, is rebuilt again from the entries by a rollback.  Entries never move,
+ * so the lock-free paths below keep working on theirs while the registry grows.
  *
  * One entry per live range of the strategy:
  *   offset  the range                    tag   unique per handing-out (see tags)
@@ -77,8 +89,9 @@
  * MP_ECORRUPT.  No one waits on a dead owner.
  *
  * Invariants (mp_shared_check, lock held):
- *  S1. magic, bits and max_entries agree with the size the segment gives.
- *  S2. used entries + the free list == max_entries; entries == used entries; every
+ *  S1. magic, bits_max and max_entries agree with the size the segment gives;
+ *      top <= committed <= max_entries; 4 <= bits <= bits_max; 2 * committed <= 1 << bits.
+ *  S2. used entries + the free list == top; entries == used entries; every
  *      used entry is found from its offset through the index, and every index slot
  *      names a used entry; tags are non-zero and <= serial; refs == 0 only with an
  *      owner (a cached range); refs == owner_ref + holder counts + overflow + the
@@ -106,7 +119,7 @@
 #include "journal_log.h"
 #include "shared.h"
 
-#define CTL_MAGIC 0x3253504dU /* "MPS2" */
+#define CTL_MAGIC 0x3353504dU /* "MPS3": the registry reserved and committed as needed */
 #define UNUSED UINT64_MAX
 #define REFS_MASK 0x7fffffffull
 #define OWNER_REF (1ull << 31)
@@ -120,8 +133,9 @@ struct mp_shared_ctl {
     uint32_t corrupt;      /* a dead owner left a broken strategy state      */
     uint32_t recoveries;   /* EOWNERDEAD takeovers so far                    */
     uint64_t serial;       /* tags reserved so far (atomic)                  */
-    uint32_t free_head;    /* first unused entry (linked through .size)      */
-    uint32_t pad0;
+    uint32_t free_head;    /* first unused entry below top (linked through .size) */
+    uint32_t top;          /* entries [0, top) were ever used; the rest were never
+                              touched (pages of the segment not even allocated)  */
     uint64_t lock_waits;   /* acquisitions that found the lock taken         */
     uint64_t lock_wait_ns; /* time spent waiting for it                      */
     uint64_t repaired;     /* registry repairs after a dead owner            */
@@ -142,7 +156,9 @@ struct mp_shared_ctl {
     uint64_t leases_expired;   /* leases released by their deadline so far         */
     uint64_t pidns;            /* the creator's pid namespace (the inode of
                                   /proc/self/ns/pid; 0: not known, an older segment) */
-    uint64_t pad2[2];
+    uint32_t committed;    /* entries whose pages are allocated: top <= committed */
+    uint32_t bits_max;     /* bits_for(max_entries): the index's reserved room    */
+    uint64_t pad2;
 };
 
 /* A reference in flight: used while tag != 0 (written last when taken, first when
@@ -184,10 +200,14 @@ void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t)
         uint32_t j_v_ = (v);                                                                \
         if ((lv) != j_v_) mp_jset32(&(c)->journal, &(lv), j_v_);                            \
     } while (0)
+static uint64_t index_bytes(uint32_t bits)
+{
+    return (((uint64_t)1 << bits) * sizeof(uint32_t) + 63) & ~(uint64_t)63;
+}
+
 static mp_entry_t *entries_of(mp_shared_ctl_t *c)
 {
-    uint64_t slots = (uint64_t)1 << c->bits;
-    return (mp_entry_t *)((char *)(c + 1) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63));
+    return (mp_entry_t *)((char *)(c + 1) + index_bytes(c->bits_max));
 }
 
 static mp_lease_t *leases_of(mp_shared_ctl_t *c) { return (mp_lease_t *)(entries_of(c) + c->max_entries); }
@@ -203,9 +223,25 @@ uint64_t mp_shared_ctl_size(uint64_t max_entries, uint64_t max_leases)
 {
     if (max_entries == 0 || max_entries > ((uint64_t)1 << 28)) return 0;
     if (max_leases == 0 || max_leases > ((uint64_t)1 << 28)) return 0;
-    uint64_t slots = (uint64_t)1 << bits_for(max_entries);
-    return sizeof(mp_shared_ctl_t) + ((slots * sizeof(uint32_t) + 63) & ~(uint64_t)63) +
+    return sizeof(mp_shared_ctl_t) + index_bytes(bits_for(max_entries)) +
            max_entries * sizeof(mp_entry_t) + ((max_leases * sizeof(mp_lease_t) + 63) & ~(uint64_t)63);
+}
+
+/* The entries a new registry commits (MP_REG_COMMIT0, at most max_entries). */
+static uint32_t commit0(uint64_t max_entries)
+{
+    return (uint32_t)(max_entries < MP_REG_COMMIT0 ? max_entries : MP_REG_COMMIT0);
+}
+
+void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t max_leases, uint64_t out[4])
+{
+    (void)max_leases;
+    uint32_t bits = bits_for(max_entries), b0 = bits_for(commit0(max_entries));
+    uint64_t ix = sizeof(mp_shared_ctl_t), en = ix + index_bytes(bits);
+    out[0] = ix + index_bytes(b0);
+    out[1] = en - out[0];
+    out[2] = en + (uint64_t)commit0(max_entries) * sizeof(mp_entry_t);
+    out[3] = en + max_entries * sizeof(mp_entry_t) - out[2];
 }
 
 static void leases_init(mp_shared_ctl_t *c, uint64_t max_leases, uint64_t timeout_ns)
@@ -240,15 +276,12 @@ int mp_shared_ctl_init(mp_shared_ctl_t *c, uint64_t max_entries, uint64_t max_le
     mp_journal_init(&c->journal);
     c->magic = CTL_MAGIC;
     c->max_entries = (uint32_t)max_entries;
-    c->bits = bits_for(max_entries);
+    c->bits_max = bits_for(max_entries);
+    c->committed = commit0(max_entries);
+    c->bits = bits_for(c->committed);
     for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) index_of(c)[s] = MP_NIL;
-    mp_entry_t *e = entries_of(c);
-    for (uint32_t i = 0; i < c->max_entries; i++) {
-        e[i].offset = UNUSED;
-        e[i].tag = e[i].state = 0;
-        e[i].size = i + 1 < c->max_entries ? i + 1 : MP_NIL;
-    }
-    c->free_head = 0;
+    c->top = 0; /* (the entries are written when first handed out: mp_reg_add) */
+    c->free_head = MP_NIL;
     c->pidns = mp_pidns();
     leases_init(c, max_leases, lease_timeout_ns);
     pthread_mutexattr_t a;
@@ -302,13 +335,27 @@ uint32_t mp_reg_lookup(mp_shared_ctl_t *c, uint64_t offset)
     for (uint64_t n = 0; n <= mask; n++, s = (s + 1) & mask) {
         uint32_t i = ix[s];
         if (i == MP_NIL) return MP_NIL;
-        if (i < c->max_entries && e[i].offset == offset) return i;
+        if (i < c->top && e[i].offset == offset) return i;
     }
     return MP_NIL;
 }
 
 mp_entry_t *mp_reg_entry(mp_shared_ctl_t *c, uint32_t i) { return &entries_of(c)[i]; }
-int mp_reg_has_room(const mp_shared_ctl_t *c) { return c->free_head != MP_NIL; }
+int mp_reg_has_room(const mp_shared_ctl_t *c)
+{
+    return c->free_head != MP_NIL || c->top < c->committed;
+}
+
+uint64_t mp_shared_used_bytes(const mp_shared_ctl_t *c)
+{
+    return sizeof *c + index_bytes(c->bits) + (uint64_t)c->committed * sizeof(mp_entry_t) +
+           (((uint64_t)c->lease_max * sizeof(mp_lease_t) + 63) & ~(uint64_t)63);
+}
+
+uint64_t mp_reg_room(const mp_shared_ctl_t *c)
+{
+    return c->entries < c->committed ? c->committed - c->entries : 0;
+}
 
 static void index_insert(mp_shared_ctl_t *c, uint32_t i)
 {
@@ -342,9 +389,18 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
                uint32_t *out)
 {
     uint32_t i = c->free_head;
-    if (i == MP_NIL) return MP_ENONODES;
-    mp_entry_t *e = &entries_of(c)[i];
-    J32(c, c->free_head, (uint32_t)e->size);
+    mp_entry_t *e;
+    if (i != MP_NIL) {
+        e = &entries_of(c)[i];
+        J32(c, c->free_head, (uint32_t)e->size);
+    } else if (c->top < c->committed) { /* one never used (its words are zero, or what a
+                                           rollback restored: each is written below) */
+        i = c->top;
+        e = &entries_of(c)[i];
+        J32(c, c->top, i + 1);
+    } else {
+        return MP_ENONODES;
+    }
     J64(c, e->size, size);
     J64(c, e->tag, tag);
     for (int k = 0; k < MP_HOLDERS; k++) /* (an empty slot is count 0: its pid is stale) */
@@ -356,6 +412,43 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     index_insert(c, i);
     J32(c, c->entries, c->entries + 1);
     *out = i;
+    return MP_OK;
+}
+
+/* The next growth: to twice the committed entries (at most max_entries), the index to
+ * twice that. */
+static uint32_t grown_entries(const mp_shared_ctl_t *c)
+{
+    uint64_t n = (uint64_t)c->committed * 2;
+    return (uint32_t)(n < c->max_entries ? n : c->max_entries);
+}
+
+int mp_reg_grow_span(const mp_shared_ctl_t *c, uint64_t out[4])
+{
+    if (c->committed >= c->max_entries) return MP_ENONODES;
+    uint32_t n = grown_entries(c), bits = bits_for(n);
+    uint64_t en = sizeof *c + index_bytes(c->bits_max);
+    if (bits < c->bits) bits = c->bits;
+    out[0] = sizeof *c + index_bytes(c->bits);
+    out[1] = index_bytes(bits) - index_bytes(c->bits);
+    out[2] = en + (uint64_t)c->committed * sizeof(mp_entry_t);
+    out[3] = (uint64_t)(n - c->committed) * sizeof(mp_entry_t);
+    return MP_OK;
+}
+
+int mp_reg_grow(mp_shared_ctl_t *c)
+{
+    if (c->committed >= c->max_entries) return MP_ENONODES;
+    uint32_t n = grown_entries(c), bits = bits_for(n);
+    J32(c, c->committed, n);
+    if (bits > c->bits) { /* the index moves to its larger prefix (not logged: rebuild) */
+        J32(c, c->bits, bits);
+        uint32_t *ix = index_of(c);
+        mp_entry_t *e = entries_of(c);
+        for (uint64_t s = 0, m = (uint64_t)1 << bits; s < m; s++) ix[s] = MP_NIL;
+        for (uint32_t i = 0; i < c->top; i++)
+            if (e[i].offset != UNUSED) index_insert(c, i);
+    }
     return MP_OK;
 }
 
@@ -395,7 +488,7 @@ void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size)
 int mp_reg_walk(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t i, mp_entry_t *e), void *ctx)
 {
     mp_entry_t *e = entries_of(c);
-    for (uint32_t i = 0; i < c->max_entries; i++)
+    for (uint32_t i = 0; i < c->top; i++)
         if (e[i].offset != UNUSED) {
             int r = fn(ctx, i, &e[i]);
             if (r) return r;
@@ -552,7 +645,10 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
 {
     if (len < sizeof *c) MPI_FAIL("lock area of %llu bytes is too short", (unsigned long long)len);
     if (c->magic != CTL_MAGIC) MPI_FAIL("bad lock area magic 0x%08x", c->magic);
-    if (c->max_entries == 0 || c->bits != bits_for(c->max_entries) || c->bits > 31)
+    if (c->max_entries == 0 || c->max_entries > ((uint64_t)1 << 28) ||
+        c->bits_max != bits_for(c->max_entries) || c->bits < 4 || c->bits > c->bits_max ||
+        c->committed > c->max_entries || c->top > c->committed ||
+        (uint64_t)c->committed * 2 > ((uint64_t)1 << c->bits))
         MPI_FAIL("registry size fields are inconsistent");
     if (c->lease_max == 0 || c->lease_max > ((uint64_t)1 << 28))
         MPI_FAIL("lease table size %u is out of range", c->lease_max);
@@ -565,8 +661,10 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
     mutex_words(&c->lock.mutex, &word, &kind);
     if (want >= 0 && kind != want)
         MPI_FAIL("the lock is not a robust process-shared mutex (kind %d, expected %d)", kind, want);
-    if (c->entries > c->max_entries) MPI_FAIL("registry holds %u entries, at most %u", c->entries,
-                                              c->max_entries);
+    if (c->entries > c->top) MPI_FAIL("registry holds %u entries, at most %u", c->entries,
+                                      c->top);
+    if (c->free_head != MP_NIL && c->free_head >= c->top)
+        MPI_FAIL("the free entry list starts at %u, beyond the entries in use", c->free_head);
     if (c->leases > c->lease_max) MPI_FAIL("lease table holds %u leases, at most %u", c->leases,
                                            c->lease_max);
     if (c->lease_timeout_ns == 0 || c->lease_timeout_ns > MP_LEASE_TIMEOUT_MAX)
@@ -602,7 +700,7 @@ static void rebuild(mp_shared_ctl_t *c)
     for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) index_of(c)[s] = MP_NIL;
     c->free_head = MP_NIL;
     c->entries = 0;
-    for (uint32_t i = c->max_entries; i-- > 0;) {
+    for (uint32_t i = c->top; i-- > 0;) {
         if (e[i].offset != UNUSED) {
             index_insert(c, i);
             c->entries++;
@@ -628,7 +726,7 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
     for (uint32_t k = 0; k < c->lease_max; k++) {
         if (!l[k].tag) continue;
         uint32_t i = l[k].entry;
-        int bad = i >= c->max_entries || e[i].offset == UNUSED ||
+        int bad = i >= c->top || e[i].offset == UNUSED ||
                   __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE) != l[k].tag;
         if (bad || l[k].gen == 0) {
             if (!repair && bad)
@@ -648,7 +746,7 @@ static int check_leases(mp_shared_ctl_t *c, uint32_t *tally, int repair, char *m
     if (repair) return MP_OK;
     /* every pinned slot is on its entry's chain, and the chains hold nothing else */
     uint64_t chained = 0;
-    for (uint32_t i = 0; i < c->max_entries; i++) {
+    for (uint32_t i = 0; i < c->top; i++) {
         uint32_t n = 0;
         for (uint32_t k = e[i].pins - 1; e[i].pins; k = l[k].next) {
             if (k >= c->lease_max || !l[k].tag || l[k].deadline != PINNED || l[k].entry != i ||
@@ -691,9 +789,10 @@ static void leases_rebuild(mp_shared_ctl_t *c)
     c->leases = 0;
     c->pinned = 0;
     c->lease_due = UINT64_MAX;
-    for (uint32_t i = 0; i < c->max_entries; i++) e[i].pins = 0; /* chains: below */
+    for (uint32_t i = 0; i < c->top; i++) e[i].pins = 0; /* chains: below */
     for (uint32_t k = c->lease_max; k-- > 0;) {
-        if (l[k].tag && (e[l[k].entry].offset == UNUSED || e[l[k].entry].tag != l[k].tag)) {
+        if (l[k].tag && (l[k].entry >= c->top || e[l[k].entry].offset == UNUSED ||
+                         e[l[k].entry].tag != l[k].tag)) {
             l[k].tag = 0;
             c->repaired++;
         }
@@ -723,7 +822,7 @@ static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_t
     uint32_t *ix = index_of(c);
     uint64_t slots = (uint64_t)1 << c->bits, used = 0, indexed = 0, nfree = 0;
     uint64_t serial = __atomic_load_n(&c->serial, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < c->max_entries; i++) {
+    for (uint32_t i = 0; i < c->top; i++) {
         if (e[i].offset == UNUSED) continue;
         uint64_t s = st_load(&e[i]), size, tag = __atomic_load_n(&e[i].tag, __ATOMIC_ACQUIRE);
         uint64_t borrowed = e[i].overflow, want;
@@ -764,16 +863,16 @@ static int check_entries(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_t
     if (!repair) {
         for (uint64_t s = 0; s < slots; s++) {
             if (ix[s] == MP_NIL) continue;
-            if (ix[s] >= c->max_entries || e[ix[s]].offset == UNUSED)
+            if (ix[s] >= c->top || e[ix[s]].offset == UNUSED)
                 MPI_FAIL("index slot %llu names entry %u, which is not in use",
                          (unsigned long long)s, ix[s]);
             indexed++;
         }
         for (uint32_t i = c->free_head; i != MP_NIL; i = (uint32_t)e[i].size) {
-            if (i >= c->max_entries || e[i].offset != UNUSED || ++nfree > c->max_entries)
+            if (i >= c->top || e[i].offset != UNUSED || ++nfree > c->top)
                 MPI_FAIL("the free entry list is broken at %u", i);
         }
-        if (used != c->entries || indexed != used || used + nfree != c->max_entries)
+        if (used != c->entries || indexed != used || used + nfree != c->top)
             MPI_FAIL("registry counts disagree: %u counted, %llu used, %llu indexed, %llu free",
                      c->entries, (unsigned long long)used, (unsigned long long)indexed,
                      (unsigned long long)nfree);
@@ -810,7 +909,7 @@ static int check_registry(mp_shared_ctl_t *c, const mp_ops_t *ops, void *st, mp_
     /* a pool holds its ranges by offset: its registry, its journal, its blocks */
     if (ops->by_handle && ops->by_handle(st))
         MPI_FAIL("the strategy holds ranges allocated by handle, which a pool never makes");
-    uint32_t *tally = calloc(c->max_entries, sizeof *tally); /* NULL: counted slowly */
+    uint32_t *tally = calloc(c->top ? c->top : 1, sizeof *tally); /* NULL: counted slowly */
     int rc = check_leases(c, tally, repair != NULL, msg, msglen);
     if (rc == MP_OK) rc = check_entries(c, ops, st, repair, tally, msg, msglen);
     if (repair) leases_rebuild(c);
@@ -842,7 +941,7 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
  * range (one out of range is a crafted slot: left alone here, check() names it). */
 static int pinned_slot(const mp_shared_ctl_t *c, const mp_lease_t *s)
 {
-    return s->tag && s->deadline == PINNED && s->entry < c->max_entries;
+    return s->tag && s->deadline == PINNED && s->entry < c->top;
 }
 
 /* mp_shared_reclaim for every pid `gone` says yes to, in one pass over the pinned
@@ -869,7 +968,7 @@ uint64_t mp_shared_reclaim_if(mp_shared_ctl_t *c, mp_tx_t *t, int (*gone)(void *
             freed++;
         }
     }
-    for (uint32_t i = 0; i < c->max_entries; i++) {
+    for (uint32_t i = 0; i < c->top; i++) {
         if (e[i].offset == UNUSED) continue;
         /* between entries the registry and the strategy agree: room for the next one */
         mp_tx_room(t, 1, 2 * MP_HOLDERS + 8);
@@ -919,7 +1018,7 @@ int mp_shared_pids(mp_shared_ctl_t *c, int (*fn)(void *ctx, uint32_t pid), void 
     mp_entry_t *e = entries_of(c);
     mp_lease_t *l = leases_of(c);
     int r;
-    for (uint32_t i = 0; i < c->max_entries; i++) {
+    for (uint32_t i = 0; i < c->top; i++) {
         if (e[i].offset == UNUSED) continue;
         uint32_t owner = mp_entry_owner(&e[i]);
         if (owner != MP_NAME_PID && (r = fn(ctx, owner))) return r;
@@ -1219,7 +1318,7 @@ void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8])
     out[0] = c->entries;
     out[1] = c->max_entries;
     out[2] = __atomic_load_n(&c->serial, __ATOMIC_RELAXED);
-    out[3] = 0;
+    out[3] = c->committed;
     out[4] = c->lock_waits;
     out[5] = c->lock_wait_ns;
     out[6] = c->recoveries;
@@ -1317,7 +1416,7 @@ uint64_t mp_lease_expire_at(mp_shared_ctl_t *c, mp_tx_t *t, uint32_t pid, uint64
         /* (this runs at the first lock an attaching process takes, before its check of
          * the registry: a slot that does not name a used entry with its tag is left for
          * that check to report) */
-        if (i >= c->max_entries || entries_of(c)[i].tag != l[k].tag ||
+        if (i >= c->top || entries_of(c)[i].tag != l[k].tag ||
             entries_of(c)[i].offset == UNUSED)
             continue;
         mp_tx_room(t, 1, 32); /* between leases the registry agrees with the state */

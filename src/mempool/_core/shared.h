@@ -73,12 +73,28 @@ mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);
 void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t);
 /* Is there an unused entry (mp_reg_add would succeed)? */
 int mp_reg_has_room(const mp_shared_ctl_t *c);
+/* The registry is reserved for max_entries and committed as needed (shared.c): a new one
+ * commits MP_REG_COMMIT0 entries (at most max_entries), and each growth twice as many.
+ * mp_shared_ctl_reserved: the two spans of a new control area (offset, length, offset,
+ * length from its start: the index's and the entries' reserved tails) that nothing
+ * touches until the registry grows into them, so that the segment need not allocate
+ * them.  mp_reg_grow_span: the two spans the next growth will touch (allocate them
+ * first), MP_ENONODES when max_entries are committed.  mp_reg_grow (lock held, in a
+ * transaction): commits them (undo-logged; the index is rebuilt at its new size). */
+#define MP_REG_COMMIT0 256u
+void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t max_leases, uint64_t out[4]);
+int mp_reg_grow_span(const mp_shared_ctl_t *c, uint64_t out[4]);
+int mp_reg_grow(mp_shared_ctl_t *c);
+/* The bytes of the control area in use: all but the reserve not grown into yet. */
+uint64_t mp_shared_used_bytes(const mp_shared_ctl_t *c);
+/* Entries mp_reg_add can hand out before the registry must grow. */
+uint64_t mp_reg_room(const mp_shared_ctl_t *c);
 void mp_shared_unlock(mp_shared_ctl_t *c);
 /* Let the lock go right after taking it (rc: what taking it returned), before
  * mp_shared_locked: nothing was read or written (a pending journal stays pending for the
  * next taker). */
 void mp_shared_unlock_raw(mp_shared_ctl_t *c, int rc);
-/* entries, max_entries, serial, 0, lock_waits, lock_wait_ns, recoveries, repaired */
+/* entries, max_entries, serial, committed, lock_waits, lock_wait_ns, recoveries, repaired */
 void mp_shared_stats(const mp_shared_ctl_t *c, uint64_t out[8]);
 /* n fresh tags (the first is returned); any time, atomic. */
 uint64_t mp_shared_reserve_tags(mp_shared_ctl_t *c, uint64_t n);

@@ -236,6 +236,24 @@ static PyObject *ext_shared_ctl_size(PyObject *Py_UNUSED(mod), PyObject *args)
     return PyLong_FromUnsignedLongLong(size);
 }
 
+/* shared_ctl_reserved(max_entries, max_leases) -> ((offset, length), (offset, length)):
+ * the spans of a new control area that stay untouched until its registry grows into them
+ * (from the area's start), which a new segment need not allocate */
+static PyObject *ext_shared_ctl_reserved(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+    unsigned long long n, leases;
+    if (!PyArg_ParseTuple(args, "KK:shared_ctl_reserved", &n, &leases)) return NULL;
+    if (!mp_shared_ctl_size(n, leases)) {
+        PyErr_Format(PyExc_ValueError, "max_entries and max_leases must be in [1, 2**28], got "
+                     "%llu and %llu", n, leases);
+        return NULL;
+    }
+    uint64_t r[4];
+    mp_shared_ctl_reserved(n, leases, r);
+    return Py_BuildValue("((KK)(KK))", (unsigned long long)r[0], (unsigned long long)r[1],
+                         (unsigned long long)r[2], (unsigned long long)r[3]);
+}
+
 /* journal_recover(buffer, journal_offset, state_offset, shadow_offset, state_size)
  * -> 0 (nothing to do), 1 (a call was rolled back), 2 (rolled forward): a persistent
  * pool's file before its state is attached (journal.h).  CorruptionError for a journal
@@ -314,6 +332,9 @@ static PyMethodDef module_methods[] = {
     {"shared_ctl_size", ext_shared_ctl_size, METH_VARARGS,
      "shared_ctl_size($module, max_entries, max_leases, /)\n--\n\n"
      "Bytes of a shared pool's lock, block registry and lease table."},
+    {"shared_ctl_reserved", ext_shared_ctl_reserved, METH_VARARGS,
+     "shared_ctl_reserved($module, max_entries, max_leases, /)\n--\n\n"
+     "The spans (offset, length) of a new lock area that its registry grows into later."},
     {"address_of", ext_address_of, METH_O,
      "address_of($module, buffer, /)\n--\n\nThe address of the buffer's first byte (an int)."},
     {"_restore", mp_ext_restore_fn, METH_VARARGS, "_restore(type, data): unpickle a strategy"},

@@ -236,6 +236,9 @@ int mp_place_follow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);
 /* The journal idle, the GIL held: move the state into a grown pair and follow it.
  * MP_OK; MP_ENONODES (it cannot grow); MP_EINVAL (the file refused: errno, msg). */
 int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);
+/* The tests' kill switch: MEMPOOL_GROW_FAULT=<step> kills the process at that step of a
+ * growth (place.c). */
+void mp_grow_fault(const char *step);
 int mp_place_sync(PoolObject *p);     /* msync a pair mapped on its own: 0, or -1 (OSError) */
 void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go       */
 /* a status besides the MP_E* codes: the call failed with a Python exception set */
@@ -307,6 +310,9 @@ int mp_named_put_args(PyObject *const *args, Py_ssize_t nargs, mp_named_put_args
 int mp_sh_lock(PoolObject *p); /* 0 with the lock held (a transaction begun), or -1 */
 /* lock held, nothing of the call done: the state grows (pool_shared.c); MP_OK: retry */
 int mp_sh_grow(PoolObject *p);
+/* Lock held, nothing of the call done yet: room for n more registry entries (grown
+ * into its reserve as needed); 0: none (pool_shared.c). */
+int mp_sh_reg_room(PoolObject *p, uint64_t n);
 void mp_sh_unlock(PoolObject *p); /* commits the transaction */
 uint64_t mp_sh_next_tag(PoolObject *p);
 mp_shared_ctl_t *mp_sh_ctl(PoolObject *p);

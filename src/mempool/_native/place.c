@@ -61,8 +61,9 @@ static inline volatile place_slot_t *slot_of(const mp_place_t *pl, int k)
 static inline int movable(const mp_place_t *pl) { return pl->fd >= 3; }
 
 /* Fault injection for the tests (tests/test_file_growth.py, test_shared_growth.py):
- * MEMPOOL_GROW_FAULT=<step> kills the process at that step of a growth. */
-static void grow_fault(const char *step)
+ * MEMPOOL_GROW_FAULT=<step> kills the process at that step of a growth (of the state
+ * here, "registry" of a shared pool's registry: pool_shared.c). */
+void mp_grow_fault(const char *step)
 {
     const char *f = getenv("MEMPOOL_GROW_FAULT");
     if (f && strcmp(f, step) == 0) raise(SIGKILL);
@@ -224,7 +225,7 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
         snprintf(msg, msglen, "cannot map the grown state: %s", strerror(errno));
         return MP_EINVAL;
     }
-    grow_fault("mapped");
+    mp_grow_fault("mapped");
     if (ops->grow(so->st, m, len) != MP_OK) {
         munmap(m, (size_t)(end - st));
         snprintf(msg, msglen, "the state could not be grown");
@@ -232,7 +233,7 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
     }
     memcpy(m + (sh - st), m, (size_t)len);
     if (pl->durable) msync(m, (size_t)(end - st), MS_SYNC); /* on disk before it is named */
-    grow_fault("grown");
+    mp_grow_fault("grown");
     int k = pl->slot < 0 ? 0 : 1 - pl->slot;
     place_slot_t s = {SLOT_MAGIC, pl->gen + 1, st, sh, len, end, 0, 0};
     s.sum = slot_sum(&s);
@@ -241,18 +242,18 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
     d->gen = s.gen;
     d->st = s.st;
     d->sh = s.sh;
-    grow_fault("slot-half");
+    mp_grow_fault("slot-half");
     d->size = s.size;
     d->end = s.end;
     d->pad = 0;
     d->sum = s.sum;
     if (pl->durable) msync(pl->first, PAGE, MS_SYNC);
-    grow_fault("flipped");
+    mp_grow_fault("flipped");
     /* retire the pair it replaced: a damaged slot can never fall back to it silently */
     uint64_t old_st = pl->st_off, old_sh = pl->sh_off, old_len = so->st_len;
     memset(so->st, 0, 4);
     memset(tx->shadow, 0, 4);
-    grow_fault("retired");
+    mp_grow_fault("retired");
     munmap(m, (size_t)(end - st));
     int rc = follow_pair(p, tx, &s, k, msg, msglen);
     if (rc) return rc; /* (the slot names the new pair: the next call follows it) */

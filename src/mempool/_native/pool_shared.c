@@ -34,6 +34,7 @@
  */
 #include "native.h"
 
+#include <fcntl.h>
 #include <errno.h>
 #include <string.h>
 #include <time.h>
@@ -58,6 +59,8 @@ typedef struct {
     mp_shared_ctl_t *ctl;     /* lock + block registry, in the segment (NULL until
                                  __init__ and after close)                          */
     uint64_t ctl_len;
+    uint64_t ctl_at;          /* the control area's offset in the segment's file (0:
+                                 not in one: the registry's growth allocates nothing) */
     Py_buffer ctl_view;       /* the segment buffer ctl points into (has_ctl)      */
     int has_ctl;
     int lock_refused;         /* a call found the lock unusable (CorruptionError)   */
@@ -121,6 +124,36 @@ static int sh_grow(SharedPoolObject *s)
     s->grow_why[0] = 0;
     return rc;
 }
+
+/* Lock held, in a transaction with nothing of the current call done: room for n more
+ * registry entries, the registry grown into its reserve as far as it takes (shared.c).
+ * The pages it grows into are allocated first, so a full /dev/shm is an OutOfSpace
+ * now rather than a SIGBUS later.  1: room; 0: none (max_entries reached, or no
+ * pages: grow_why says). */
+static int reg_room(SharedPoolObject *s, uint64_t n)
+{
+    mp_shared_ctl_t *c = s->ctl;
+    uint64_t span[4];
+    while (mp_reg_room(c) < n) {
+        if (mp_reg_grow_span(c, span) != MP_OK) return 0;
+        for (int k = 0; k < 4 && s->ctl_at && s->pool.place.fd >= 0; k += 2) {
+            int e = span[k + 1] ? posix_fallocate(s->pool.place.fd, (off_t)(s->ctl_at + span[k]),
+                                                  (off_t)span[k + 1])
+                                : 0;
+            if (e) {
+                snprintf(s->grow_why, sizeof s->grow_why,
+                         "the shared pool's block registry cannot grow: %s", strerror(e));
+                return 0;
+            }
+        }
+        mp_grow_fault("registry"); /* (its pages allocated, nothing written yet) */
+        mp_tx_room(s->tx, 0, 4);
+        (void)mp_reg_grow(c); /* (span said it can) */
+    }
+    return 1;
+}
+
+int mp_sh_reg_room(PoolObject *p, uint64_t n) { return reg_room(SH(p), n); }
 
 /* ---- the lock -------------------------------------------------------------------------- */
 /* 0 with the segment's lock held, or -1 with the exception set (made after the lock
@@ -321,8 +354,9 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     if (sh_lock(s) < 0) return -1;
     uint64_t want = rounded(s, size);
     int rc = MP_OK, reg = MP_OK;
-    /* the registry is full: the cache's ranges hold entries; give them back first */
-    if (!mp_reg_has_room(s->ctl)) flush(s);
+    /* the registry is full (grown as far as it may): the cache's ranges hold entries;
+     * give them back first */
+    if (!reg_room(s, 1)) flush(s);
     if (!mp_reg_has_room(s->ctl)) {
         reg = MP_ENONODES;
     } else {
@@ -351,7 +385,11 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     } else if (rc) {
         mp_err_raise(&err);
     }
-    else if (reg)
+    else if (reg && s->grow_why[0]) {
+        PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: %s", (unsigned long long)size,
+                     s->grow_why);
+        s->grow_why[0] = 0;
+    } else if (reg)
         PyErr_Format(mp_OutOfSpace, "cannot allocate %llu bytes: the shared pool's block "
                      "registry is full (max_entries)", (unsigned long long)size);
     return rc || reg ? -1 : 0;
@@ -703,6 +741,7 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
     self->has_ctl = 1;
     self->ctl = c;
     self->ctl_len = length;
+    self->ctl_at = offset >= 4096 ? offset : 0; /* (in a whole segment: see ulo above) */
     Py_INCREF(reducer);
     self->reducer = reducer;
     Py_INCREF(array_type);
@@ -1003,7 +1042,9 @@ static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ig
     unsigned long long cached = 0;
     for (int k = 0; k < MAG_CLASSES; k++) cached += l->n[k];
     const mp_journal_t *j = mp_shared_journal(self->ctl);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "rolled_back",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "committed",
+                         (unsigned long long)v[3], "registry_bytes",
+                         (unsigned long long)mp_shared_used_bytes(self->ctl), "rolled_back",
                          (unsigned long long)j->rolled_back, "rolled_forward",
                          (unsigned long long)j->rolled_forward, "leases", (unsigned long long)ls[0],
                          "max_leases", (unsigned long long)ls[1], "leases_expired",

@@ -249,6 +249,7 @@ PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t
     mp_named_t *d = self->named;
     mp_shared_ctl_t *c = mp_sh_ctl(self);
     mp_tx_t *tx = mp_sh_tx(self);
+    (void)mp_sh_reg_room(self, 4); /* (a name takes up to 4 entries: else E_REGISTRY) */
     mp_tx_room(tx, 16, MP_JOURNAL_UNDO - 8); /* the whole change in one transaction */
     int grown = 0;
 retry:;
