@@ -54,6 +54,15 @@ def files() -> None:
                   f"(state {state} B, twice: state + shadow), allocated "
                   f"{st.st_blocks * 512} B")
             os.unlink(path)
+    for name, cap in (("64 MiB", 64 * MiB), ("1 GiB", GiB)):
+        with mempool.SharedPool.create(f"mp-meta-{os.getpid()}", cap) as p:
+            ss = p.shared_stats()
+            st = os.stat(f"/dev/shm/mp-meta-{os.getpid()}")
+            p.unlink()
+        print(f"shared pool {name}: segment {st.st_size} B long, allocated {st.st_blocks * 512} B "
+              f"= {st.st_blocks * 512 / cap:.4f} x capacity; lock area in use {ss.registry_bytes} B "
+              f"({ss.committed_entries} of {ss.max_entries} registry entries committed, "
+              f"{ss.max_leases} lease slots)")
 
 
 def storm() -> None:
@@ -87,12 +96,15 @@ def pool_storm() -> None:
         if kind == "file":
             p = Pool.create(os.path.join(d, "s.pool"), 64 * MiB, **opts)
         else:
-            p = mempool.SharedPool.create(f"mp-storm-{os.getpid()}", 64 * MiB,
-                                          max_entries=1 << 21, **opts)
+            # (the registry grows from its 256 entries either way: only the state is
+            # sized up front)
+            p = mempool.SharedPool.create(f"mp-storm-{os.getpid()}", 64 * MiB, **opts)
         t = time.perf_counter()
         blocks = [p.alloc(16) for _ in range(1 << 20)]
         dt = time.perf_counter() - t
         size = p._strategy.state_size
+        if kind == "shared":
+            assert p.shared_stats().committed_entries == 1 << 20
         t = time.perf_counter()
         if kind == "file":
             p.close()
