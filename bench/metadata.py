@@ -96,9 +96,10 @@ def pool_storm() -> None:
         if kind == "file":
             p = Pool.create(os.path.join(d, "s.pool"), 64 * MiB, **opts)
         else:
-            # (the registry grows from its 256 entries either way: only the state is
-            # sized up front)
-            p = mempool.SharedPool.create(f"mp-storm-{os.getpid()}", 64 * MiB, **opts)
+            # (the registry is reserved for 2 Mi entries and grows from its 256 either
+            # way: only the state is sized up front)
+            p = mempool.SharedPool.create(f"mp-storm-{os.getpid()}", 64 * MiB,
+                                          max_entries=1 << 21, **opts)
         t = time.perf_counter()
         blocks = [p.alloc(16) for _ in range(1 << 20)]
         dt = time.perf_counter() - t

@@ -49,12 +49,12 @@ def value(b) -> int:
 def test_a_default_registry_is_reserved_not_allocated(name):
     with SharedPool.create(name, "64MiB") as p:
         s = p.shared_stats()
-        assert (s.max_entries, s.committed_entries, s.max_leases) == (4 * MiB, 256, 16384)
+        assert (s.max_entries, s.committed_entries, s.max_leases) == (MiB, 256, 16384)
         # the lock area in use: control block, index, 256 entries, the lease table
         assert s.registry_bytes == CTL + index_bytes(256) + 256 * 64 + 16384 * 32 == 545024
         size = os.stat(f"/dev/shm/{name}").st_size
-        # 4 Mi entries (256 MiB) and their index (32 MiB) reserved, not allocated
-        assert size - allocated(name) >= 4 * MiB * 64 + 32 * MiB - 64 * 1024
+        # 1 Mi entries (64 MiB) and their index (8 MiB) reserved, not allocated
+        assert size - allocated(name) >= MiB * 64 + 8 * MiB - 64 * 1024
         assert allocated(name) < 64 * MiB + 2 * MiB
         assert s.registry_bytes / (64 * MiB) < 0.01
 
@@ -72,7 +72,7 @@ def test_the_registry_doubles_as_blocks_live_and_keeps_what_it_grew(name):
             if i == 256:
                 assert p.shared_stats().committed_entries == 512
         s = p.shared_stats()
-        assert (s.entries, s.committed_entries, s.max_entries) == (5000, 8192, 65536)
+        assert (s.entries, s.committed_entries, s.max_entries) == (5000, 8192, 16384)
         assert s.registry_bytes == CTL + index_bytes(8192) + 8192 * 64 + 1024 * 32
         # the grown entries and index were allocated in the segment as they were committed
         assert allocated(name) - before >= (8192 - 256) * 64 + index_bytes(8192) - index_bytes(256)

@@ -210,9 +210,11 @@ def _block_reduce(block: Block, lease: int
 
 # ---- the pool -------------------------------------------------------------------------
 def _default_entries(capacity: int) -> int:
-    """The registry's reservation: a block per 16 bytes, in [1024, 2**28] (reserved, not
-    allocated: the segment's pages for it are allocated as the registry grows)."""
-    return min(max(capacity // 16, 1024), 1 << 28)
+    """The registry's reservation: a block per 64 bytes of capacity, in [1024, 2**28]
+    (reserved, not allocated: the segment's pages for it are allocated as the registry
+    grows; a process maps the reserve with the segment: 72 bytes of address space an
+    entry)."""
+    return min(max(capacity // 64, 1024), 1 << 28)
 
 
 def _default_leases(capacity: int) -> int:
@@ -280,7 +282,7 @@ class SharedPool(SharedPoolCore, Pool):
             Permissions of the segment (default 0o600: this user only).
         max_entries : int, optional
             The most blocks live at once: the block registry's reservation, default
-            ``capacity // 16`` clamped to [1024, 2**28].  Only address space and a
+            ``capacity // 64`` clamped to [1024, 2**28].  Only address space and a
             sparse stretch of the segment until used: the registry starts with 256
             entries' pages allocated and doubles them as blocks need (64 bytes an
             entry, 8 of index).
