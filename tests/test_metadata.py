@@ -16,13 +16,89 @@ GROWING = [TLSF, BestFit, Bump, Heap]
 
 
 # ---- default sizes --------------------------------------------------------------------
-# state_size / capacity with the defaults (measured: bench/metadata.py).  TLSF's and
-# BestFit's bins are a fixed 7.9 KB / 15.6 KB, so they reach 2% from 1 MiB (TLSF) and
-# 2 MiB (BestFit) up; Heap keeps a byte per 16 bytes of capacity (6.25%, its waste map).
-@pytest.mark.parametrize("cap", [1 * MiB, 4 * MiB, 64 * MiB, 1 * GiB, 1 * TiB])
+# state_size / capacity with the defaults (measured: bench/metadata.py).  TLSF's bins are
+# 7.9 KB from 1 MiB up, 0.6 KB in its compact layout below (8 bins per power of two, only
+# up to 1 MiB), so a default pool's state is <= 2 % from 64 KiB up; BestFit's bins are a
+# fixed 15.6 KB (2 % from 2 MiB up); Heap keeps a byte per 16 bytes of capacity (6.25 %,
+# its waste map).
+@pytest.mark.parametrize("cap", [64 * KiB, 64 * KiB + 1, 96 * KiB, 128 * KiB, 256 * KiB,
+                                 512 * KiB, 768 * KiB, MiB - 1, 1 * MiB, 4 * MiB, 64 * MiB,
+                                 1 * GiB, 1 * TiB])
 def test_tlsf_and_bump_default_state_is_at_most_2_percent(cap):
     for cls in (TLSF, Bump):
-        assert cls(cap).state_size <= cap // 50, cls
+        assert cls(cap).state_size <= cap / 50, cls
+
+
+@pytest.mark.parametrize("cap", [64 * KiB, 200 * KiB, MiB - 16, 1 * MiB, 64 * MiB, 1 * GiB])
+def test_a_default_pool_reports_at_most_2_percent_of_metadata(cap):
+    with Pool(cap) as p:  # (TLSF; anonymous memory: the capacity is not touched)
+        blocks = [p.alloc(100) for _ in range(4)]
+        assert p.stats().metadata == p._strategy.state_size <= cap / 50
+        del blocks
+
+
+def _param1(data: bytes, value: int) -> bytes:
+    """A TLSF state or snapshot whose head.param[1] (its layout) is `value`."""
+    return data[:80] + value.to_bytes(8, "little") + data[88:]
+
+
+def test_tlsf_below_1_mib_is_compact_and_works_like_the_full_one():
+    for cap in (64 * KiB, MiB - 1):
+        s, full_size = TLSF(cap), TLSF(2 * MiB).state_size
+        assert s.state_size < full_size / 2
+        rng = np.random.default_rng(cap)
+        live = {}
+        for k in range(3000):  # exact sizes, alignments, frees: check() holds throughout
+            if live and rng.random() < 0.45:
+                off = list(live)[rng.integers(len(live))]
+                s.free(off)
+                del live[off]
+            else:
+                n, a = int(rng.integers(1, 3000)), 1 << int(rng.integers(0, 7))
+                try:
+                    off = s.alloc(n, a)
+                except mempool.OutOfSpace:
+                    assert s.largest_free < n + a
+                    continue
+                assert off % a == 0 and s.size_of(off) == n
+                live[off] = n
+            if k % 100 == 0:
+                s.check()
+        s.check()
+        r = TLSF.restore(s.snapshot())  # the layout travels with the state
+        assert r.segments() == s.segments() and r.state_size == s.state_size
+        with pytest.raises(mempool.OutOfSpace):
+            s.alloc(cap + 1)  # beyond every bin of the compact index: no fit, no overrun
+        for off in list(live):
+            s.free(off)
+        assert s.used == 0 and s.largest_free == cap
+        s.check()
+
+
+def test_a_full_layout_state_of_a_small_pool_from_before_still_restores():
+    # made by the version before the compact layout: TLSF(64 KiB) with 5 allocations,
+    # the second freed; its state keeps the full layout (head.param[1] = 0)
+    data = open(os.path.join(os.path.dirname(__file__), "data",
+                             "tlsf-64KiB-full-layout.snapshot"), "rb").read()
+    s = TLSF.restore(data)
+    assert s.state_size == 10144 and s.capacity == 64 * KiB and s.used == 100 + 300 + 42 + 1000
+    assert [o for o, n, a in s.segments() if a] == [0, 128, 432, 480]
+    s.check()
+    offs = [s.alloc(16) for _ in range(200)]  # grows, still the full layout
+    assert s.state_size > 10144
+    s.check()
+    for o in offs:
+        s.free(o)
+    s.check()
+    assert TLSF.restore(s.snapshot()).segments() == s.segments()
+
+
+def test_a_crafted_layout_word_is_refused():
+    small = TLSF(64 * KiB).snapshot()
+    full = TLSF(2 * MiB).snapshot()
+    for data in (_param1(small, 2), _param1(small, 0), _param1(full, 1), _param1(full, 7)):
+        with pytest.raises(mempool.CorruptionError):
+            TLSF.restore(data)
 
 
 @pytest.mark.parametrize("cap", [2 * MiB, 64 * MiB, 1 * GiB, 1 * TiB])
@@ -31,8 +107,10 @@ def test_bestfit_default_state_is_at_most_2_percent(cap):
 
 
 def test_default_state_sizes_exactly():
-    # one node per 8 KiB, at least 32, at most 2**20
-    assert TLSF(64 * KiB).state_size == 10144
+    # one node per 8 KiB, at least 8, at most 2**20; TLSF's compact index below 1 MiB
+    assert TLSF(64 * KiB).state_size == 168 + 608 + 8 * 40 + (16 + 8) * 8 == 1288
+    assert TLSF(MiB - 1).state_size == 168 + 608 + 127 * 40 + (256 + 128) * 8 == 8928
+    assert TLSF(MiB).state_size == 168 + 7928 + 128 * 40 + (256 + 128) * 8 == 16288
     assert TLSF(64 * MiB).state_size == 532384
     assert TLSF(1 * GiB).state_size == 7610272
     assert Bump(64 * MiB).state_size == 8192 * 24 + 160

@@ -119,8 +119,8 @@ static void worker(int id, int forever)
         int op = (int)rnd(12);
         if (op == 10 && ninflight < 16) { /* pickle a handle of a random live block */
             lock();
-            for (int k = 0; k < 16; k++) { /* a few random entries: the first live one */
-                uint32_t i = (uint32_t)rnd(MAX_ENTRIES);
+            for (int k = 0; k < 16 && mp_reg_top(ctl); k++) { /* the first live one of a few */
+                uint32_t i = (uint32_t)rnd(mp_reg_top(ctl)); /* (the rest were never used) */
                 mp_entry_t *e = mp_reg_entry(ctl, i);
                 uint64_t token;
                 if (e->offset == UINT64_MAX) continue;
@@ -162,6 +162,10 @@ static void worker(int id, int forever)
             } else {
                 lock();
                 uint64_t off;
+                if (!mp_reg_has_room(ctl)) { /* grown into its reserve, as reg_room does */
+                    mp_tx_room(&tx, 0, 4);
+                    (void)mp_reg_grow(ctl);
+                }
                 if (!mp_reg_has_room(ctl) || mp_tx_alloc(&tx, 16 + rnd(64), 8, &off) != MP_OK) {
                     unlock();
                     continue;
@@ -174,8 +178,8 @@ static void worker(int id, int forever)
             mine[nmine++] = h;
         } else if (op < 6 && nmine < 64) { /* a reference to another block, by handle */
             lock();
-            for (int k = 0; k < 16; k++) { /* a few random entries: the first live one */
-                uint32_t i = (uint32_t)rnd(MAX_ENTRIES);
+            for (int k = 0; k < 16 && mp_reg_top(ctl); k++) { /* the first live one of a few */
+                uint32_t i = (uint32_t)rnd(mp_reg_top(ctl)); /* (the rest were never used) */
                 mp_entry_t *e = mp_reg_entry(ctl, i);
                 if (e->offset == UINT64_MAX) continue;
                 /* the handle as a pickle would carry it, found again through the index */

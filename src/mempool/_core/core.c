@@ -90,7 +90,10 @@ int mp_head_validate(const void *st, uint64_t state_len, const mp_ops_t *ops, ch
 uint64_t mp_head_state_size(const mp_head_t *h)
 {
     switch (h->kind) {
-    case MP_KIND_TLSF: return mp_tlsf_state_size(h->capacity, h->param[0]);
+    case MP_KIND_TLSF: /* (head.param[1]: the layout, tlsf.c) */
+        if (h->param[1] > 1) return 0;
+        return h->param[1] ? mp_tlsf_compact_state_size(h->capacity, h->param[0])
+                           : mp_tlsf_state_size(h->capacity, h->param[0]);
     case MP_KIND_BESTFIT: return mp_bestfit_state_size(h->capacity, h->param[0]);
     case MP_KIND_BUMP: return mp_bump_state_size(h->capacity, h->param[0]);
     case MP_KIND_HEAP: return mp_heap_state_size(h->capacity, h->param[0], h->param[1]);
@@ -104,14 +107,15 @@ uint64_t mpi_head_available(const void *st)
     return h->capacity - h->used;
 }
 
-/* One node per 8 KiB of capacity, at least 32 and at most 2^20, and never more than
+/* One node per 8 KiB of capacity, at least 8 and at most 2^20, and never more than
  * the capacity (every range holds >= 1 byte, so a pool of n bytes never needs more
  * than n nodes).  A TLSF node costs ~40 B and ~12-24 B of hash slots: ~0.9% of the
- * capacity, plus the fixed bins (7.9 KB TLSF, 15.6 KB BestFit). */
+ * capacity, plus the bins (7.9 KB TLSF, 0.66 KB in its compact layout below 1 MiB;
+ * 15.6 KB BestFit).  The budget grows when it is spent. */
 uint64_t mp_default_max_blocks(uint64_t capacity)
 {
     uint64_t n = capacity / 8192;
-    if (n < 32) n = 32;
+    if (n < 8) n = 8;
     if (n > ((uint64_t)1 << 20)) n = (uint64_t)1 << 20;
     if (n > capacity) n = capacity;
     return n;

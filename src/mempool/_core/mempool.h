@@ -198,6 +198,13 @@ MP_STRATEGIES(MP_OPS_DECL_)
 /* TLSF: O(1) two-level segregated fit, exact sizes, merges on free. */
 uint64_t mp_tlsf_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks);
+/* TLSF's compact layout, for a capacity below MP_TLSF_COMPACT_CAP (0 / MP_EINVAL at or
+ * above it): 8 second-level bins per power of two, and only the bins such a pool's sizes
+ * need (tlsf.c); the same operation table serves both layouts (head.param[1] says which).
+ * The binding's TLSF type makes a pool below the cap compact. */
+#define MP_TLSF_COMPACT_CAP ((uint64_t)1 << 20)
+uint64_t mp_tlsf_compact_state_size(uint64_t capacity, uint64_t max_blocks);
+int mp_tlsf_compact_init(void *st, uint64_t capacity, uint64_t max_blocks);
 
 /* BestFit: exact best fit in O(log n): per size bin an AVL tree keyed by (size, offset),
  * whose nodes carry the largest aligned fit of their subtree (bestfit.c). */

@@ -37,88 +37,135 @@ typedef struct rs_binmap {
     uint32_t sl[RS_FL_COUNT]; /* bit sl of sl[fl] set <=> bin fl * 32 + sl non-empty */
 } rs_binmap_t;
 
-RS_HOT unsigned rs_bin_down(uint64_t s)
+/* The map's operations for any second-level count 1 << sli (sli in [3, 5]) over a map of
+ * nfl first levels: the `_n` forms, which the strategies call with constants (TLSF's
+ * compact layout uses sli 3: tlsf.c); the plain names are the layout above.  A
+ * second-level word is as wide as its bins: a byte for sli 3, 16 bits for 4, 32 for 5. */
+RS_HOT uint32_t rs_slw_get(const void *slw, unsigned fl, unsigned sli)
 {
-    unsigned e = (unsigned)(63 - __builtin_clzll(s | RS_SL_COUNT)) - RS_SLI;
-    return (e << RS_SLI) + (unsigned)(s >> e);
+    if (sli <= 3) return ((const uint8_t *)slw)[fl];
+    if (sli == 4) return ((const uint16_t *)slw)[fl];
+    return ((const uint32_t *)slw)[fl];
+}
+
+RS_HOT void rs_slw_set(void *slw, unsigned fl, uint32_t v, unsigned sli)
+{
+    if (sli <= 3) ((uint8_t *)slw)[fl] = (uint8_t)v;
+    else if (sli == 4) ((uint16_t *)slw)[fl] = (uint16_t)v;
+    else ((uint32_t *)slw)[fl] = v;
+}
+
+RS_HOT unsigned rs_bin_down_n(uint64_t s, unsigned sli)
+{
+    unsigned e = (unsigned)(63 - __builtin_clzll(s | ((uint64_t)1 << sli))) - sli;
+    return (e << sli) + (unsigned)(s >> e);
 }
 
 /* The first bin whose every range is >= s; 0 when s is beyond all bins. */
-RS_HOT int rs_bin_up(uint64_t s, unsigned *b)
+RS_HOT int rs_bin_up_n(uint64_t s, unsigned *b, unsigned sli)
 {
-    unsigned e = (unsigned)(63 - __builtin_clzll(s | RS_SL_COUNT)) - RS_SLI;
+    unsigned e = (unsigned)(63 - __builtin_clzll(s | ((uint64_t)1 << sli))) - sli;
     uint64_t round = ((uint64_t)1 << e) - 1;
     if (s > UINT64_MAX - round) return 0;
-    *b = rs_bin_down(s + round);
+    *b = rs_bin_down_n(s + round, sli);
     return 1;
 }
 
-/* The first non-empty bin at or after bin *b (< RS_BINS); 0 when none.  No branch
- * on whether it is in b's own first level: the candidates are this level's bins at
- * or after b (when there are any) and every later level. */
-RS_HOT int rs_next_bin(const rs_binmap_t *m, unsigned *b)
+/* The first non-empty bin at or after bin *b (whose level is below the map's count); 0
+ * when none.  No branch on whether it is in b's own first level: the candidates are
+ * this level's bins at or after b (when there are any) and every later level. */
+RS_HOT int rs_next_bin_n(uint64_t flw, const void *slw, unsigned *b, unsigned sli)
 {
-    unsigned fl = *b >> RS_SLI, sl = *b & (RS_SL_COUNT - 1);
-    uint32_t slmap = m->sl[fl] & (~0u << sl);
-    /* fl + 1 <= RS_FL_COUNT < 64: the shift is defined */
-    uint64_t flmap = (m->fl & (~0ull << (fl + 1))) | ((uint64_t)(slmap != 0) << fl);
+    unsigned fl = *b >> sli, sl = *b & ((1u << sli) - 1);
+    uint32_t slmap = rs_slw_get(slw, fl, sli) & (~0u << sl);
+    /* fl + 1 <= 64 - sli < 64: the shift is defined */
+    uint64_t flmap = (flw & (~0ull << (fl + 1))) | ((uint64_t)(slmap != 0) << fl);
     if (__builtin_expect(!flmap, 0)) return 0;
     unsigned f = (unsigned)__builtin_ctzll(flmap);
-    uint32_t w = rs_sel32(f == fl, slmap, m->sl[f]);
-    *b = (f << RS_SLI) + (unsigned)__builtin_ctz(w);
+    uint32_t w = rs_sel32(f == fl, slmap, rs_slw_get(slw, f, sli));
+    *b = (f << sli) + (unsigned)__builtin_ctz(w);
     return 1;
 }
 
 /* The last non-empty bin; 0 when all are empty. */
-static inline int rs_last_bin(const rs_binmap_t *m, unsigned *b)
+static inline int rs_last_bin_n(uint64_t flw, const void *slw, unsigned *b, unsigned sli)
 {
-    if (!m->fl) return 0;
-    unsigned fl = (unsigned)(63 - __builtin_clzll(m->fl));
-    *b = (fl << RS_SLI) + (unsigned)(31 - __builtin_clz(m->sl[fl]));
+    if (!flw) return 0;
+    unsigned fl = (unsigned)(63 - __builtin_clzll(flw));
+    *b = (fl << sli) + (unsigned)(31 - __builtin_clz(rs_slw_get(slw, fl, sli)));
     return 1;
 }
 
-RS_HOT void rs_bin_mark(rs_binmap_t *m, unsigned b)
+RS_HOT void rs_bin_mark_n(uint64_t *flw, void *slw, unsigned b, unsigned sli)
 {
-    m->sl[b >> RS_SLI] |= 1u << (b & (RS_SL_COUNT - 1));
-    m->fl |= 1ull << (b >> RS_SLI);
+    unsigned fl = b >> sli;
+    rs_slw_set(slw, fl, rs_slw_get(slw, fl, sli) | 1u << (b & ((1u << sli) - 1)), sli);
+    *flw |= 1ull << fl;
 }
 
 /* Clear bin b's bit when `empty` (0 or 1), without a branch. */
-RS_HOT void rs_bin_unmark_if(rs_binmap_t *m, unsigned b, unsigned empty)
+RS_HOT void rs_bin_unmark_if_n(uint64_t *flw, void *slw, unsigned b, unsigned empty,
+                               unsigned sli)
 {
-    unsigned fl = b >> RS_SLI;
-    uint32_t sl = m->sl[fl] & ~((uint32_t)empty << (b & (RS_SL_COUNT - 1)));
-    m->sl[fl] = sl;
-    m->fl &= ~((uint64_t)(sl == 0) << fl);
+    unsigned fl = b >> sli;
+    uint32_t sl = rs_slw_get(slw, fl, sli) & ~((uint32_t)empty << (b & ((1u << sli) - 1)));
+    rs_slw_set(slw, fl, sl, sli);
+    *flw &= ~((uint64_t)(sl == 0) << fl);
 }
 
-RS_HOT void rs_bin_unmark(rs_binmap_t *m, unsigned b) { rs_bin_unmark_if(m, b, 1); }
-
-/* The bitmaps agree with the bins' heads (MP_NIL = empty) and have no stray bits. */
-static inline int rs_binmap_check(const rs_binmap_t *m, const uint32_t *heads, char *msg,
-                                  size_t msglen)
+/* The bitmaps (nfl levels) agree with the bins' heads (MP_NIL = empty) and have no
+ * stray bits. */
+static inline int rs_binmap_check_n(uint64_t flw, const void *slw, const uint32_t *heads,
+                                    unsigned nfl, unsigned sli, char *msg, size_t msglen)
 {
-    /* bits at or above RS_FL_COUNT have no sl word: next_bin would index past it */
-    uint64_t fl_valid = RS_FL_COUNT >= 64 ? ~0ull : ((uint64_t)1 << (RS_FL_COUNT & 63)) - 1;
-    if (m->fl & ~fl_valid) {
+    /* bits at or above nfl have no sl word: next_bin would index past it */
+    uint64_t fl_valid = nfl >= 64 ? ~0ull : ((uint64_t)1 << (nfl & 63)) - 1;
+    if (flw & ~fl_valid) {
         snprintf(msg, msglen, "first-level bitmap 0x%llx has bits beyond level %u",
-                 (unsigned long long)m->fl, RS_FL_COUNT - 1);
+                 (unsigned long long)flw, nfl - 1);
         return MP_ECORRUPT;
     }
-    for (unsigned fl = 0; fl < RS_FL_COUNT; fl++) {
-        if (((m->fl >> fl) & 1) != (m->sl[fl] != 0)) {
+    for (unsigned fl = 0; fl < nfl; fl++) {
+        uint32_t w = rs_slw_get(slw, fl, sli);
+        if (((flw >> fl) & 1) != (w != 0)) {
             snprintf(msg, msglen, "first-level bit %u disagrees with its second-level bitmap",
                      fl);
             return MP_ECORRUPT;
         }
-        for (unsigned sl = 0; sl < RS_SL_COUNT; sl++)
-            if (((m->sl[fl] >> sl) & 1) != (heads[fl * RS_SL_COUNT + sl] != MP_NIL)) {
+        if ((1u << sli) < 32 && (w >> (1u << sli))) {
+            snprintf(msg, msglen, "second-level bitmap %u has bits beyond bin %u", fl,
+                     (1u << sli) - 1);
+            return MP_ECORRUPT;
+        }
+        for (unsigned sl = 0; sl < (1u << sli); sl++)
+            if (((w >> sl) & 1) != (heads[(fl << sli) + sl] != MP_NIL)) {
                 snprintf(msg, msglen, "bitmap bit (%u, %u) disagrees with its bin", fl, sl);
                 return MP_ECORRUPT;
             }
     }
     return MP_OK;
+}
+
+RS_HOT unsigned rs_bin_down(uint64_t s) { return rs_bin_down_n(s, RS_SLI); }
+RS_HOT int rs_bin_up(uint64_t s, unsigned *b) { return rs_bin_up_n(s, b, RS_SLI); }
+RS_HOT int rs_next_bin(const rs_binmap_t *m, unsigned *b)
+{
+    return rs_next_bin_n(m->fl, m->sl, b, RS_SLI);
+}
+static inline int rs_last_bin(const rs_binmap_t *m, unsigned *b)
+{
+    return rs_last_bin_n(m->fl, m->sl, b, RS_SLI);
+}
+RS_HOT void rs_bin_mark(rs_binmap_t *m, unsigned b) { rs_bin_mark_n(&m->fl, m->sl, b, RS_SLI); }
+RS_HOT void rs_bin_unmark_if(rs_binmap_t *m, unsigned b, unsigned empty)
+{
+    rs_bin_unmark_if_n(&m->fl, m->sl, b, empty, RS_SLI);
+}
+RS_HOT void rs_bin_unmark(rs_binmap_t *m, unsigned b) { rs_bin_unmark_if(m, b, 1); }
+static inline int rs_binmap_check(const rs_binmap_t *m, const uint32_t *heads, char *msg,
+                                  size_t msglen)
+{
+    return rs_binmap_check_n(m->fl, m->sl, heads, RS_FL_COUNT, RS_SLI, msg, msglen);
 }
 
 #endif /* MEMPOOL_RANGES_BINS_H */

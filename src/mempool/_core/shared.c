@@ -352,6 +352,8 @@ uint64_t mp_shared_used_bytes(const mp_shared_ctl_t *c)
            (((uint64_t)c->lease_max * sizeof(mp_lease_t) + 63) & ~(uint64_t)63);
 }
 
+uint32_t mp_reg_top(const mp_shared_ctl_t *c) { return c->top; }
+
 uint64_t mp_reg_room(const mp_shared_ctl_t *c)
 {
     return c->entries < c->committed ? c->committed - c->entries : 0;

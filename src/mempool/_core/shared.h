@@ -87,6 +87,8 @@ int mp_reg_grow_span(const mp_shared_ctl_t *c, uint64_t out[4]);
 int mp_reg_grow(mp_shared_ctl_t *c);
 /* The bytes of the control area in use: all but the reserve not grown into yet. */
 uint64_t mp_shared_used_bytes(const mp_shared_ctl_t *c);
+/* Entries [0, top) were ever handed out: any other index names no entry (lock held). */
+uint32_t mp_reg_top(const mp_shared_ctl_t *c);
 /* Entries mp_reg_add can hand out before the registry must grow. */
 uint64_t mp_reg_room(const mp_shared_ctl_t *c);
 void mp_shared_unlock(mp_shared_ctl_t *c);
