@@ -25,7 +25,7 @@ import mempool
 from mempool import Pool
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
-CAPS = [("64 KiB", 64 * KiB), ("1 MiB", MiB), ("64 MiB", 64 * MiB), ("1 GiB", GiB),
+CAPS = [("64 KiB", 64 * KiB), ("256 KiB", 256 * KiB), ("1 MiB", MiB), ("64 MiB", 64 * MiB), ("1 GiB", GiB),
         ("1 TiB", TiB)]
 
 
