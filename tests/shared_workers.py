@@ -1,6 +1,7 @@
 """Worker functions for tests/test_shared.py (importable by spawned processes)."""
 
 import os
+import pickle
 import random
 import threading
 
@@ -257,3 +258,33 @@ def replace_name(name: str, key: str, seconds: float) -> int:
 def array_sum(arr: np.ndarray) -> float:
     """A worker's use of a pool array it was sent (it attaches the pool)."""
     return float(arr.sum())
+
+
+def _word(b) -> int:
+    with memoryview(b) as m:
+        return int.from_bytes(m[:8], "little")
+
+
+def _stamp(b, v: int) -> None:
+    with memoryview(b) as m:
+        m[:8] = v.to_bytes(8, "little")
+
+
+def attached_before(name: str, q, back) -> None:
+    """tests/test_shared_registry.py: attach before the parent grows the registry; then
+    read the parent's blocks beyond the first 256 entries, allocate 3,000 of its own
+    (growing it further), hand the last 100 back, and drop everything once told."""
+    p = mempool.SharedPool.attach(name)
+    q.put("attached")
+    theirs = pickle.loads(back.get())
+    ok = all(_word(b) == 7_000_000 + b.offset for b in theirs)
+    mine = []
+    for _ in range(3000):
+        b = p.alloc(24)
+        _stamp(b, 9_000_000 + b.offset)
+        mine.append(b)
+    q.put((ok, pickle.dumps(mine[-100:]), p.shared_stats().committed_entries))
+    back.get()
+    del theirs, mine
+    p.check()
+    p.close()

@@ -303,3 +303,16 @@ def test_a_heap_file_pool_fills_with_small_objects(tmp_path):
                 n += 1
         assert n > 9000
         p.check()
+
+
+def test_a_small_tlsf_that_may_not_grow_keeps_the_usual_budget():
+    # the compact layout starts at 8 nodes only where the budget grows: with grow=False
+    # it is a hard bound, and a 64 KiB pool still holds 31 ranges (and a free one)
+    for cls in (TLSF, BestFit, Bump):
+        s = cls(64 * KiB, grow=False)
+        offs = []
+        with pytest.raises(mempool.OutOfSpace, match="max_blocks"):
+            while True:
+                offs.append(s.alloc(100))
+        assert len(offs) == (32 if cls is Bump else 31), cls
+    assert TLSF(64 * KiB).state_size == 1288 < TLSF(64 * KiB, grow=False).state_size == 2824

@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import shared_workers as W
 
 import mempool
 from mempool import SharedPool
@@ -104,32 +105,12 @@ def test_max_entries_is_still_a_cap(name):
         p.check()
 
 
-def _attached_before(name: str, q, back) -> None:
-    """Attach before the parent grows the registry; then read the parent's blocks beyond
-    the first 256 entries, allocate 3,000 of its own (growing it further), hand them
-    back, and free everything the parent sent once told."""
-    p = SharedPool.attach(name)
-    q.put("attached")
-    theirs = pickle.loads(back.get())
-    ok = all(value(b) == 7_000_000 + b.offset for b in theirs)
-    mine = []
-    for _ in range(3000):
-        b = p.alloc(24)
-        stamp(b, 9_000_000 + b.offset)
-        mine.append(b)
-    q.put((ok, pickle.dumps(mine[-100:]), p.shared_stats().committed_entries))
-    back.get()
-    del theirs, mine
-    p.check()
-    p.close()
-
-
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_processes_attached_before_a_growth_use_the_grown_registry(name, method):
     ctx = mp.get_context(method)
     with SharedPool.create(name, "4MiB") as p:
         q, back = ctx.Queue(), ctx.Queue()
-        child = ctx.Process(target=_attached_before, args=(name, q, back))
+        child = ctx.Process(target=W.attached_before, args=(name, q, back))
         child.start()
         try:
             assert q.get(timeout=60) == "attached"
@@ -201,3 +182,133 @@ def test_killed_while_the_registry_grows(name):
         assert p.shared_stats().committed_entries == 1024
         p.check()
         del blocks
+
+
+def test_a_name_that_needs_both_the_state_and_the_registry_to_grow(name):
+    # 255 blocks live of 256 committed entries and a state at its budget of 32 nodes:
+    # each name then grows both; the state's growth rolls the call back, and the retry
+    # grows the registry again (it used to report the registry full at max_entries 4096)
+    for n in (254, 255):
+        with SharedPool.create(f"{name}-{n}", "1MiB", max_blocks=32, max_entries=4096) as p:
+            keep = [p.alloc(16) for _ in range(n)]
+            for i in range(40):
+                p.named[f"x{i}"] = np.full(4, i, dtype=np.int32)
+            assert p.shared_stats().committed_entries == 512
+            assert all((p.named[f"x{i}"] == i).all() for i in range(40))
+            p.check()
+            del keep
+            p.unlink()
+
+
+FULL_SHM = r"""
+import os, sys
+import numpy as np
+import mempool
+from mempool import SharedPool
+
+p = SharedPool.create("mpfull", "1MiB", max_entries=2048, max_blocks=20000)
+st = os.statvfs("/dev/shm")
+with open("/dev/shm/filler", "wb") as f:  # leave 100 KiB: room for a few growths only
+    f.write(b"x" * (st.f_bavail * st.f_frsize - 100 * 1024))
+blocks = []
+try:
+    while True:
+        blocks.append(p.alloc(16))
+except mempool.OutOfSpace as e:
+    assert "registry cannot grow: No space left on device" in str(e), e
+s = p.shared_stats()
+assert s.entries == len(blocks) == s.committed_entries < 2048, s
+used = p.used
+try:
+    p.named["n"] = np.zeros(2, dtype=np.int8)
+    raise AssertionError("named put with a full /dev/shm")
+except mempool.OutOfSpace as e:
+    assert "registry cannot grow: No space left on device" in str(e), e
+assert p.used == used and len(p.named) == 0
+p.check()
+os.unlink("/dev/shm/filler")  # room again: the registry grows on to max_entries
+try:
+    while True:
+        blocks.append(p.alloc(16))
+except mempool.OutOfSpace as e:
+    assert "registry is full (max_entries)" in str(e), e  # (not the stale reason)
+assert p.shared_stats().entries == 2048
+p.check()
+print("ok")
+"""
+
+
+def _can_mount_a_private_shm() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs -o size=1M tmpfs /dev/shm"],
+                           capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_private_shm(),
+                    reason="needs root and unshare -m (a private tmpfs on /dev/shm)")
+def test_a_full_dev_shm_is_out_of_space_never_sigbus(tmp_path):
+    script = tmp_path / "full.py"
+    script.write_text(FULL_SHM)
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs -o size=8M tmpfs /dev/shm && "
+                        f"{sys.executable} {script}"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC},
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr)
+
+
+def test_an_expired_lease_of_an_unindexed_entry_does_not_hang_attach(name):
+    # A crafted segment: the index names no entry, and a lease past its deadline holds a
+    # live entry's last reference.  Attach's first lock expires the lease before check()
+    # and drops the entry, whose removal from the index used to probe for ever.
+    import mmap
+    import struct
+
+    from mempool._segment import Header
+    from mempool.shared import MAGIC
+
+    SharedPool.create(name, "1MiB").close()
+    code = textwrap.dedent(f"""
+        import os, pickle
+        from mempool import SharedPool
+        p = SharedPool.attach({name!r})
+        b = p.alloc(64)
+        blob = pickle.dumps(b)  # a lease: refs 2
+        b.free()                # the lease holds the last reference
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": SRC})
+    with open(f"/dev/shm/{name}", "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 0)
+        c = Header.unpack(memoryview(mm), len(mm), MAGIC, name).lock_off
+        bits, max_entries, entries = struct.unpack_from("<III", mm, c + 4)
+        leases, = struct.unpack_from("<I", mm, c + CTL - 60)
+        bits_max, = struct.unpack_from("<I", mm, c + CTL - 12)
+        assert (entries, leases) == (1, 1)
+        mm[c + CTL:c + CTL + (4 << bits)] = b"\xff" * (4 << bits)  # every index slot empty
+        lease = c + CTL + (((4 << bits_max) + 63) & ~63) + max_entries * 64
+        struct.pack_into("<Q", mm, lease + 8, 1)  # its deadline: long past
+        struct.pack_into("<Q", mm, c + CTL - 40, 1)  # ctl.lease_due
+        mm.flush()
+        mm.close()
+    attach = textwrap.dedent(f"""
+        import mempool
+        from mempool import SharedPool
+        try:
+            with SharedPool.attach({name!r}) as p:
+                p.check()
+                print("attached", len(p), p.shared_stats().leases)
+        except mempool.CorruptionError as e:
+            print("CorruptionError")
+    """)
+    r = subprocess.run([sys.executable, "-c", attach], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+    # the lease released its range (the entry dropped, the range freed): a clean pool
+    assert r.stdout.strip() in ("attached 0 0", "CorruptionError"), (r.stdout, r.stderr)

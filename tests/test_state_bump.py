@@ -110,7 +110,7 @@ class BumpMachine(RuleBasedStateMachine):
     def create(self, capacity, max_blocks):
         if max_blocks is None:
             self.s = mempool.Bump(capacity, grow=False)
-            max_blocks = min(max(capacity // 8192, 8), 1 << 20, capacity)
+            max_blocks = min(max(capacity // 8192, 32), 1 << 20, capacity)
         else:
             self.s = mempool.Bump(capacity, max_blocks=max_blocks, grow=False)
         assert self.s.max_blocks == max_blocks

@@ -344,6 +344,16 @@ int main(void)
                     memcpy(seg, before, seg_len);
                     in_child(run_call, (enum call)c, n);
                     memcpy(mid, seg, seg_len); /* a dead call's leftovers */
+                    if (reg) { /* what an attach checks first, before any lock or recovery:
+                                * the dead call's leftovers must pass it (the recovery under
+                                * the lock then rolls them back or forward) */
+                        char lm[256];
+                        if (mp_shared_check_layout(ctl, ctl_len, lm, sizeof lm)) {
+                            fprintf(stderr, "%s, killed at store %ld: an attach would refuse "
+                                    "the pool: %s\n", what, n, lm);
+                            exit(1);
+                        }
+                    }
                     recover_call((enum call)c);
                     verify(what, n);
                     points++;

@@ -107,18 +107,25 @@ uint64_t mpi_head_available(const void *st)
     return h->capacity - h->used;
 }
 
-/* One node per 8 KiB of capacity, at least 8 and at most 2^20, and never more than
+/* One node per 8 KiB of capacity, at least 32 and at most 2^20, and never more than
  * the capacity (every range holds >= 1 byte, so a pool of n bytes never needs more
  * than n nodes).  A TLSF node costs ~40 B and ~12-24 B of hash slots: ~0.9% of the
- * capacity, plus the bins (7.9 KB TLSF, 0.66 KB in its compact layout below 1 MiB;
- * 15.6 KB BestFit).  The budget grows when it is spent. */
+ * capacity, plus the fixed bins (7.9 KB TLSF, 15.6 KB BestFit; a compact TLSF below
+ * 1 MiB: mp_tlsf_compact_max_blocks). */
 uint64_t mp_default_max_blocks(uint64_t capacity)
 {
     uint64_t n = capacity / 8192;
-    if (n < 8) n = 8;
+    if (n < 32) n = 32;
     if (n > ((uint64_t)1 << 20)) n = (uint64_t)1 << 20;
     if (n > capacity) n = capacity;
     return n;
+}
+
+uint64_t mp_tlsf_compact_max_blocks(uint64_t capacity)
+{
+    uint64_t n = capacity / 8192;
+    if (n < 8) n = 8;
+    return n > capacity ? capacity : n;
 }
 
 uint64_t mp_fixed_max_blocks(uint64_t capacity)

@@ -274,6 +274,11 @@ int mp_bitmap_init(void *st, uint64_t capacity, uint64_t block_size, int first_f
  * that the state stays near 1% of the capacity (bench/metadata.py); a state that runs
  * out grows (mp_ops_t.grow). */
 uint64_t mp_default_max_blocks(uint64_t capacity);
+/* A compact TLSF's (below MP_TLSF_COMPACT_CAP) that may grow: one node per 8 KiB, at
+ * least 8, so that its state stays under 2 % of the capacity from 64 KiB up (it
+ * grows on the fifth to eighth live block of a 64 KiB pool); one that may not grow
+ * (grow=False) keeps mp_default_max_blocks. */
+uint64_t mp_tlsf_compact_max_blocks(uint64_t capacity);
 /* The budget where the state cannot grow (file and shared pools): the same, at least
  * 1024 (never more than the capacity). */
 uint64_t mp_fixed_max_blocks(uint64_t capacity);

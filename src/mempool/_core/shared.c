@@ -359,11 +359,14 @@ uint64_t mp_reg_room(const mp_shared_ctl_t *c)
     return c->entries < c->committed ? c->committed - c->entries : 0;
 }
 
+/* (Both walks are bounded: the index is never more than half full, but a crafted one
+ * may be full, or lack the entry a lease expiry drops before check() has run.) */
 static void index_insert(mp_shared_ctl_t *c, uint32_t i)
 {
     uint32_t *ix = index_of(c);
     uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(entries_of(c)[i].offset, c->bits);
-    while (ix[s] != MP_NIL) s = (s + 1) & mask;
+    for (uint64_t n = 0; ix[s] != MP_NIL; s = (s + 1) & mask)
+        if (++n > mask) return; /* full: crafted (check() reports the entry unindexed) */
     ix[s] = i;
 }
 
@@ -372,7 +375,8 @@ static void index_remove(mp_shared_ctl_t *c, uint32_t i)
     uint32_t *ix = index_of(c);
     mp_entry_t *e = entries_of(c);
     uint64_t mask = ((uint64_t)1 << c->bits) - 1, s = home(e[i].offset, c->bits);
-    while (ix[s] != i) s = (s + 1) & mask;
+    for (uint64_t n = 0; ix[s] != i; s = (s + 1) & mask)
+        if (ix[s] == MP_NIL || ++n > mask) return; /* not indexed: crafted (check() says) */
     uint64_t hole = s;
     for (;;) { /* backward shift: every probe chain stays unbroken */
         s = (s + 1) & mask;
@@ -442,7 +446,9 @@ int mp_reg_grow(mp_shared_ctl_t *c)
 {
     if (c->committed >= c->max_entries) return MP_ENONODES;
     uint32_t n = grown_entries(c), bits = bits_for(n);
-    J32(c, c->committed, n);
+    /* the index first, committed last: every state in between (left by a kill, or seen
+     * by an attach's layout check, which runs before it takes the lock) keeps
+     * 2 * committed <= 1 << bits (tests/fault checks the layout at each kill point) */
     if (bits > c->bits) { /* the index moves to its larger prefix (not logged: rebuild) */
         J32(c, c->bits, bits);
         uint32_t *ix = index_of(c);
@@ -451,6 +457,7 @@ int mp_reg_grow(mp_shared_ctl_t *c)
         for (uint32_t i = 0; i < c->top; i++)
             if (e[i].offset != UNUSED) index_insert(c, i);
     }
+    J32(c, c->committed, n);
     return MP_OK;
 }
 

@@ -313,6 +313,9 @@ int mp_sh_grow(PoolObject *p);
 /* Lock held, nothing of the call done yet: room for n more registry entries (grown
  * into its reserve as needed); 0: none (pool_shared.c). */
 int mp_sh_reg_room(PoolObject *p, uint64_t n);
+/* Why the last growth of the state or the registry failed ("" when none did; the
+ * caller that reports it clears it). */
+char *mp_sh_grow_why(PoolObject *p);
 void mp_sh_unlock(PoolObject *p); /* commits the transaction */
 uint64_t mp_sh_next_tag(PoolObject *p);
 mp_shared_ctl_t *mp_sh_ctl(PoolObject *p);

@@ -150,10 +150,13 @@ static int reg_room(SharedPoolObject *s, uint64_t n)
         mp_tx_room(s->tx, 0, 4);
         (void)mp_reg_grow(c); /* (span said it can) */
     }
+    s->grow_why[0] = 0; /* (a reason from an earlier call is stale now) */
     return 1;
 }
 
 int mp_sh_reg_room(PoolObject *p, uint64_t n) { return reg_room(SH(p), n); }
+
+char *mp_sh_grow_why(PoolObject *p) { return SH(p)->grow_why; }
 
 /* ---- the lock -------------------------------------------------------------------------- */
 /* 0 with the segment's lock held, or -1 with the exception set (made after the lock
@@ -372,6 +375,7 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     }
     if (quiet && (mp_no_fit(rc) || (rc == MP_OK && reg))) { /* try_alloc: nothing fits */
         sh_unlock(s);
+        s->grow_why[0] = 0;
         return 1;
     }
     mp_err_t err;

@@ -78,8 +78,11 @@ static PyObject *raise_fail(const fail_t *f, PyObject *name, const char *verb)
     case E_VIEW: PyErr_SetString(PyExc_ValueError, "view lies outside the data range"); break;
     case E_ALLOC: mp_err_raise(&f->err); break;
     case E_REGISTRY:
-        PyErr_Format(mp_OutOfSpace, "cannot name %R: the shared pool's block registry is full "
-                     "(max_entries)", name);
+        if (f->msg[0]) /* (the registry could not grow: /dev/shm is full) */
+            PyErr_Format(mp_OutOfSpace, "cannot name %R: %s", name, f->msg);
+        else
+            PyErr_Format(mp_OutOfSpace, "cannot name %R: the shared pool's block registry "
+                         "is full (max_entries)", name);
         break;
     case E_ABSENT: PyErr_SetObject(PyExc_KeyError, name); break;
     default: break;
@@ -249,10 +252,10 @@ PyObject *mp_ext_shnamed_put(PoolObject *self, PyObject *const *args, Py_ssize_t
     mp_named_t *d = self->named;
     mp_shared_ctl_t *c = mp_sh_ctl(self);
     mp_tx_t *tx = mp_sh_tx(self);
+    int grown = 0;
+retry:; /* (again after a rollback too: it undid a growth of the registry) */
     (void)mp_sh_reg_room(self, 4); /* (a name takes up to 4 entries: else E_REGISTRY) */
     mp_tx_room(tx, 16, MP_JOURNAL_UNDO - 8); /* the whole change in one transaction */
-    int grown = 0;
-retry:;
     fail_t f = {0};
     uint64_t hash = mp_named_hash(s, n), slot = 0, old = 0, old_data = 0, data = 0, dsize = 0;
     uint64_t rlen = (uint64_t)PyBytes_GET_SIZE(args[1]), rec = 0, asked = 0, aalign = 64;
@@ -323,6 +326,9 @@ retry:;
 fail:
     if (rc == MP_ENONODES && !mp_reg_has_room(c)) {
         f.kind = E_REGISTRY;
+        char *why = mp_sh_grow_why(self);
+        snprintf(f.msg, sizeof f.msg, "%s", why);
+        why[0] = 0;
     } else {
         f.kind = E_ALLOC;
         mp_err_capture(self->strategy, rc, asked, aalign, 0, &f.err); /* reads the state */

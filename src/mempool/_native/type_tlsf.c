@@ -31,9 +31,14 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
                           MP_NEW_NPOS_EXACT | MP_NEW_REPEAT_UNEXPECTED, vals) < 0)
         return NULL;
     uint64_t capacity, max_blocks;
-    if (mp_arg_size64(vals[0], "capacity", &capacity) < 0 ||
-        mp_arg_max_blocks(vals[1], mp_default_max_blocks(capacity), &max_blocks) < 0)
-        return NULL;
+    if (mp_arg_size64(vals[0], "capacity", &capacity) < 0) return NULL;
+    /* a compact TLSF that may grow starts smaller (mempool.h) */
+    int grows = vals[2] ? PyObject_IsTrue(vals[2]) : 1;
+    if (grows < 0) return NULL;
+    uint64_t dflt = ops == &mp_tlsf_ops && capacity < MP_TLSF_COMPACT_CAP && grows
+                        ? mp_tlsf_compact_max_blocks(capacity)
+                        : mp_default_max_blocks(capacity);
+    if (mp_arg_max_blocks(vals[1], dflt, &max_blocks) < 0) return NULL;
     StrategyObject *self = mp_strategy_alloc(cls, ops, state_size(capacity, max_blocks));
     if (!self) return NULL;
     return mp_strategy_fix_budget(
@@ -74,7 +79,9 @@ static PyTypeObject TLSFType = {
               "max_blocks is the number of ranges (free and allocated) the state tracks\n"
               "before it grows (to twice as many, keeping every offset); the default is\n"
               "capacity // 8192 clamped to [32, 2**20] (and to capacity): a state of ~0.8%\n"
-              "of the capacity.  grow=False makes max_blocks a hard bound (OutOfSpace).",
+              "of the capacity.  grow=False makes max_blocks a hard bound (OutOfSpace).\n"
+              "Below 1 MiB the index is compact (8 bins per power of two, 608 bytes) and a\n"
+              "state that may grow starts at 8 nodes: at most 2% of the capacity from 64 KiB.",
 };
 
 int mp_tlsf_type_ready(PyObject *module)
