@@ -62,21 +62,10 @@ typedef struct strat {
 #define BF_CAP 0x7fffu
 static const unsigned BF_LEVEL[] = {4, 6, 8, 12};
 
-/* TLSF as the binding makes it: its compact layout below MP_TLSF_COMPACT_CAP (tlsf.c) */
-static uint64_t tlsf_auto_size(uint64_t cap, uint64_t maxb)
-{
-    return cap < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_state_size(cap, maxb)
-                                     : mp_tlsf_state_size(cap, maxb);
-}
-static int tlsf_auto_init(void *st, uint64_t cap, uint64_t maxb)
-{
-    return cap < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_init(st, cap, maxb)
-                                     : mp_tlsf_init(st, cap, maxb);
-}
-
 static const strat_t STRATS[] = {
     {"tlsf", &mp_tlsf_ops, mp_tlsf_state_size, mp_tlsf_init, 0, sizeof(mp_rnode_t)},
-    {"tlsf-c", &mp_tlsf_ops, tlsf_auto_size, tlsf_auto_init, 0, sizeof(mp_rnode_t)},
+    /* as the binding makes it: compact below MP_TLSF_COMPACT_CAP (tlsf.c) */
+    {"tlsf-c", &mp_tlsf_ops, mp_tlsf_sized_state_size, mp_tlsf_sized_init, 0, sizeof(mp_rnode_t)},
     {"bestfit", &mp_bestfit_ops, mp_bestfit_state_size, mp_bestfit_init, 1, BF_NODE_SIZE},
 };
 

@@ -205,6 +205,10 @@ int mp_tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks);
 #define MP_TLSF_COMPACT_CAP ((uint64_t)1 << 20)
 uint64_t mp_tlsf_compact_state_size(uint64_t capacity, uint64_t max_blocks);
 int mp_tlsf_compact_init(void *st, uint64_t capacity, uint64_t max_blocks);
+/* The layout a pool of this capacity gets (what the binding's TLSF type makes): the
+ * compact one below MP_TLSF_COMPACT_CAP, else the full one. */
+uint64_t mp_tlsf_sized_state_size(uint64_t capacity, uint64_t max_blocks);
+int mp_tlsf_sized_init(void *st, uint64_t capacity, uint64_t max_blocks);
 
 /* BestFit: exact best fit in O(log n): per size bin an AVL tree keyed by (size, offset),
  * whose nodes carry the largest aligned fit of their subtree (bestfit.c). */

@@ -104,6 +104,18 @@ int mp_tlsf_compact_init(void *st, uint64_t capacity, uint64_t max_blocks)
     return rc;
 }
 
+uint64_t mp_tlsf_sized_state_size(uint64_t capacity, uint64_t max_blocks)
+{
+    return capacity < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_state_size(capacity, max_blocks)
+                                          : mp_tlsf_state_size(capacity, max_blocks);
+}
+
+int mp_tlsf_sized_init(void *st, uint64_t capacity, uint64_t max_blocks)
+{
+    return capacity < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_init(st, capacity, max_blocks)
+                                          : mp_tlsf_init(st, capacity, max_blocks);
+}
+
 /* Each operation goes to its layout's copy (one predictable branch on the head). */
 #define TLSF_BOTH(call) (compact(st) ? tlsfc_##call : tlsf_##call)
 static inline const mp_fidx_t *fidx_of(const void *st)

@@ -47,23 +47,12 @@ PyObject *mp_range_strategy_new(PyTypeObject *cls, PyObject *args, PyObject *kw,
         vals[2]);
 }
 
-/* A pool below MP_TLSF_COMPACT_CAP gets TLSF's compact layout (its index 604 bytes, not
+/* A pool below MP_TLSF_COMPACT_CAP gets TLSF's compact layout (its index 608 bytes, not
  * 7,928: tlsf.c), so that its state is a small part of its capacity. */
-static uint64_t tlsf_size(uint64_t capacity, uint64_t max_blocks)
-{
-    return capacity < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_state_size(capacity, max_blocks)
-                                          : mp_tlsf_state_size(capacity, max_blocks);
-}
-
-static int tlsf_init(void *st, uint64_t capacity, uint64_t max_blocks)
-{
-    return capacity < MP_TLSF_COMPACT_CAP ? mp_tlsf_compact_init(st, capacity, max_blocks)
-                                          : mp_tlsf_init(st, capacity, max_blocks);
-}
-
 static PyObject *tlsf_new(PyTypeObject *cls, PyObject *args, PyObject *kw)
 {
-    return mp_range_strategy_new(cls, args, kw, &mp_tlsf_ops, tlsf_size, tlsf_init);
+    return mp_range_strategy_new(cls, args, kw, &mp_tlsf_ops, mp_tlsf_sized_state_size,
+                                 mp_tlsf_sized_init);
 }
 
 static PyTypeObject TLSFType = {
