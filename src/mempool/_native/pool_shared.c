@@ -363,6 +363,7 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
     if (!mp_reg_has_room(s->ctl)) {
         reg = MP_ENONODES;
     } else {
+        s->grow_why[0] = 0; /* (room after all: a failed growth of it is no one's reason) */
         rc = mp_tx_alloc(s->tx, want, align, off);
         if (rc != MP_OK && flush(s)) rc = mp_tx_alloc(s->tx, want, align, off); /* the cache */
         while (rc == MP_ENONODES && sh_grow(s) == MP_OK) /* the state's budget is spent */
