@@ -8,14 +8,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 import shared_workers as W
+from conftest import SLOW
 
 import mempool
 from mempool import SharedPool
@@ -312,3 +315,52 @@ def test_an_expired_lease_of_an_unindexed_entry_does_not_hang_attach(name):
                        timeout=60, env={**os.environ, "PYTHONPATH": SRC})
     # the lease released its range (the entry dropped, the range freed): a clean pool
     assert r.stdout.strip() in ("attached 0 0", "CorruptionError"), (r.stdout, r.stderr)
+
+
+def _grow_until_killed(name: str, w: int) -> None:
+    p = SharedPool.attach(name)
+    os.write(w, b"r")
+    keep = []
+    for k in range(4000):  # 256 -> 512 -> ... -> 4096 committed entries, then the cap
+        try:
+            keep.append(p.alloc(16 + 16 * (k % 3)))
+        except mempool.OutOfSpace:
+            break
+    os.write(w, b"d")
+    while True:
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("seed", range(40 if SLOW else 6))
+def test_processes_killed_while_they_grow_the_registry(name, seed):
+    # Real SIGKILLs at random moments of a process growing a fresh registry from 256 to
+    # 4096 entries: the next locked call recovers, reclaim gives back what the dead held,
+    # and the registry goes on growing from where the dead left it.
+    rng = random.Random(seed)
+    for k in range(8):
+        with SharedPool.create(f"{name}-{seed}-{k}", "1MiB", max_entries=4096) as p:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # (the child never returns to pytest)
+                try:
+                    os.close(r)
+                    _grow_until_killed(f"{name}-{seed}-{k}", w)
+                finally:
+                    os._exit(1)
+            os.close(w)
+            assert os.read(r, 1) == b"r"
+            time.sleep(rng.uniform(0.0, 0.002))  # (the 4,000 allocations take ~2 ms)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            p.check()  # (the lock taken over and the call rolled back, if it was in one)
+            s = p.shared_stats()
+            assert s.entries <= s.committed_entries <= 4096
+            p.reclaim(pid)
+            assert p.used == 0 and len(p) == 0 and p.shared_stats().entries == 0
+            p.check()
+            mine = [p.alloc(16) for _ in range(3000)]
+            assert p.shared_stats().committed_entries == 4096 and len(p) == 3000
+            p.check()
+            del mine
+            p.unlink()
