@@ -260,12 +260,13 @@ def array_sum(arr: np.ndarray) -> float:
     return float(arr.sum())
 
 
-def _word(b) -> int:
+def word(b) -> int:
+    """The first 8 bytes of a block, as an int (stamp writes it)."""
     with memoryview(b) as m:
         return int.from_bytes(m[:8], "little")
 
 
-def _stamp(b, v: int) -> None:
+def stamp(b, v: int) -> None:
     with memoryview(b) as m:
         m[:8] = v.to_bytes(8, "little")
 
@@ -277,11 +278,11 @@ def attached_before(name: str, q, back) -> None:
     p = mempool.SharedPool.attach(name)
     q.put("attached")
     theirs = pickle.loads(back.get())
-    ok = all(_word(b) == 7_000_000 + b.offset for b in theirs)
+    ok = all(word(b) == 7_000_000 + b.offset for b in theirs)
     mine = []
     for _ in range(3000):
         b = p.alloc(24)
-        _stamp(b, 9_000_000 + b.offset)
+        stamp(b, 9_000_000 + b.offset)
         mine.append(b)
     q.put((ok, pickle.dumps(mine[-100:]), p.shared_stats().committed_entries))
     back.get()

@@ -40,16 +40,6 @@ def allocated(name: str) -> int:
     return os.stat(f"/dev/shm/{name}").st_blocks * 512
 
 
-def stamp(b, v: int) -> None:
-    with memoryview(b) as m:
-        m[:8] = v.to_bytes(8, "little")
-
-
-def value(b) -> int:
-    with memoryview(b) as m:
-        return int.from_bytes(m[:8], "little")
-
-
 def test_a_default_registry_is_reserved_not_allocated(name):
     with SharedPool.create(name, "64MiB") as p:
         s = p.shared_stats()
@@ -69,7 +59,7 @@ def test_the_registry_doubles_as_blocks_live_and_keeps_what_it_grew(name):
         blocks = []
         for i in range(5000):
             b = p.alloc(16)
-            stamp(b, i)
+            W.stamp(b, i)
             blocks.append(b)
             if i == 255:
                 assert p.shared_stats().committed_entries == 256  # full, not grown yet
@@ -81,7 +71,7 @@ def test_the_registry_doubles_as_blocks_live_and_keeps_what_it_grew(name):
         # the grown entries and index were allocated in the segment as they were committed
         assert allocated(name) - before >= (8192 - 256) * 64 + index_bytes(8192) - index_bytes(256)
         p.check()
-        assert [value(b) for b in blocks] == list(range(5000))
+        assert [W.word(b) for b in blocks] == list(range(5000))
         del b, blocks
         assert p.used == 0  # (reading it gives this process's cache back first)
         s = p.shared_stats()
@@ -120,14 +110,14 @@ def test_processes_attached_before_a_growth_use_the_grown_registry(name, method)
             blocks = []
             for _ in range(3000):  # 256 -> 4096 entries while the child is attached
                 b = p.alloc(32)
-                stamp(b, 7_000_000 + b.offset)
+                W.stamp(b, 7_000_000 + b.offset)
                 blocks.append(b)
             assert p.shared_stats().committed_entries == 4096
             back.put(pickle.dumps(blocks[-100:]))  # entries beyond the first 256
             ok, mine, committed = q.get(timeout=60)
             assert ok and committed == 8192
             theirs = pickle.loads(mine)
-            assert all(value(b) == 9_000_000 + b.offset for b in theirs)
+            assert all(W.word(b) == 9_000_000 + b.offset for b in theirs)
             assert p.shared_stats().committed_entries == 8192
             p.check()
             back.put("done")

@@ -233,15 +233,26 @@ static uint32_t commit0(uint64_t max_entries)
     return (uint32_t)(max_entries < MP_REG_COMMIT0 ? max_entries : MP_REG_COMMIT0);
 }
 
-void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t max_leases, uint64_t out[4])
+/* What a registry of a reserve for 1 << bits_max index slots touches when it goes from
+ * `from` committed entries and 1 << bits index slots to `to` and 1 << bits_to: the tail
+ * of the index's prefix and of the entries (offset, length, offset, length from the
+ * control block's start). */
+static void spans(uint32_t bits_max, uint32_t bits, uint32_t bits_to, uint64_t from,
+                  uint64_t to, uint64_t out[4])
 {
-    (void)max_leases;
-    uint32_t bits = bits_for(max_entries), b0 = bits_for(commit0(max_entries));
-    uint64_t ix = sizeof(mp_shared_ctl_t), en = ix + index_bytes(bits);
-    out[0] = ix + index_bytes(b0);
-    out[1] = en - out[0];
-    out[2] = en + (uint64_t)commit0(max_entries) * sizeof(mp_entry_t);
-    out[3] = en + max_entries * sizeof(mp_entry_t) - out[2];
+    uint64_t en = sizeof(mp_shared_ctl_t) + index_bytes(bits_max);
+    out[0] = sizeof(mp_shared_ctl_t) + index_bytes(bits);
+    out[1] = index_bytes(bits_to) - index_bytes(bits);
+    out[2] = en + from * sizeof(mp_entry_t);
+    out[3] = (to - from) * sizeof(mp_entry_t);
+}
+
+void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t out[4])
+{
+    /* what a new registry leaves for its growths: all it reserves beyond its first commit */
+    uint32_t bits_max = bits_for(max_entries);
+    spans(bits_max, bits_for(commit0(max_entries)), bits_max, commit0(max_entries), max_entries,
+          out);
 }
 
 static void leases_init(mp_shared_ctl_t *c, uint64_t max_leases, uint64_t timeout_ns)
@@ -421,41 +432,36 @@ int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owne
     return MP_OK;
 }
 
-/* The next growth: to twice the committed entries (at most max_entries), the index to
- * twice that. */
-static uint32_t grown_entries(const mp_shared_ctl_t *c)
+/* The next growth: twice the committed entries (at most max_entries), and the index
+ * bits that keep it at most half full (never fewer than it has). */
+static uint32_t grown(const mp_shared_ctl_t *c, uint32_t *bits)
 {
     uint64_t n = (uint64_t)c->committed * 2;
-    return (uint32_t)(n < c->max_entries ? n : c->max_entries);
+    if (n > c->max_entries) n = c->max_entries;
+    *bits = bits_for(n) > c->bits ? bits_for(n) : c->bits;
+    return (uint32_t)n;
 }
 
 int mp_reg_grow_span(const mp_shared_ctl_t *c, uint64_t out[4])
 {
     if (c->committed >= c->max_entries) return MP_ENONODES;
-    uint32_t n = grown_entries(c), bits = bits_for(n);
-    uint64_t en = sizeof *c + index_bytes(c->bits_max);
-    if (bits < c->bits) bits = c->bits;
-    out[0] = sizeof *c + index_bytes(c->bits);
-    out[1] = index_bytes(bits) - index_bytes(c->bits);
-    out[2] = en + (uint64_t)c->committed * sizeof(mp_entry_t);
-    out[3] = (uint64_t)(n - c->committed) * sizeof(mp_entry_t);
+    uint32_t bits, n = grown(c, &bits);
+    spans(c->bits_max, c->bits, bits, c->committed, n, out);
     return MP_OK;
 }
+
+static void reindex(mp_shared_ctl_t *c);
 
 int mp_reg_grow(mp_shared_ctl_t *c)
 {
     if (c->committed >= c->max_entries) return MP_ENONODES;
-    uint32_t n = grown_entries(c), bits = bits_for(n);
+    uint32_t bits, n = grown(c, &bits);
     /* the index first, committed last: every state in between (left by a kill, or seen
      * by an attach's layout check, which runs before it takes the lock) keeps
      * 2 * committed <= 1 << bits (tests/fault checks the layout at each kill point) */
     if (bits > c->bits) { /* the index moves to its larger prefix (not logged: rebuild) */
         J32(c, c->bits, bits);
-        uint32_t *ix = index_of(c);
-        mp_entry_t *e = entries_of(c);
-        for (uint64_t s = 0, m = (uint64_t)1 << bits; s < m; s++) ix[s] = MP_NIL;
-        for (uint32_t i = 0; i < c->top; i++)
-            if (e[i].offset != UNUSED) index_insert(c, i);
+        reindex(c);
     }
     J32(c, c->committed, n);
     return MP_OK;
@@ -702,16 +708,25 @@ static int orphan_cb(void *ctx, uint64_t offset, uint64_t size, int allocated)
     return 0;
 }
 
-/* Rebuild the index and the free list from the entries (repair after a death). */
-static void rebuild(mp_shared_ctl_t *c)
+/* The index (its 1 << bits slots) from the used entries. */
+static void reindex(mp_shared_ctl_t *c)
 {
     mp_entry_t *e = entries_of(c);
     for (uint64_t s = 0, n = (uint64_t)1 << c->bits; s < n; s++) index_of(c)[s] = MP_NIL;
+    for (uint32_t i = 0; i < c->top; i++)
+        if (e[i].offset != UNUSED) index_insert(c, i);
+}
+
+/* Rebuild the index, the count and the free list from the entries (repair after a
+ * death). */
+static void rebuild(mp_shared_ctl_t *c)
+{
+    mp_entry_t *e = entries_of(c);
+    reindex(c);
     c->free_head = MP_NIL;
     c->entries = 0;
     for (uint32_t i = c->top; i-- > 0;) {
         if (e[i].offset != UNUSED) {
-            index_insert(c, i);
             c->entries++;
         } else {
             e[i].size = c->free_head;

@@ -82,7 +82,7 @@ int mp_reg_has_room(const mp_shared_ctl_t *c);
  * first), MP_ENONODES when max_entries are committed.  mp_reg_grow (lock held, in a
  * transaction): commits them (undo-logged; the index is rebuilt at its new size). */
 #define MP_REG_COMMIT0 256u
-void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t max_leases, uint64_t out[4]);
+void mp_shared_ctl_reserved(uint64_t max_entries, uint64_t out[4]);
 int mp_reg_grow_span(const mp_shared_ctl_t *c, uint64_t out[4]);
 int mp_reg_grow(mp_shared_ctl_t *c);
 /* The bytes of the control area in use: all but the reserve not grown into yet. */

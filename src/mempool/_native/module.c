@@ -249,7 +249,7 @@ static PyObject *ext_shared_ctl_reserved(PyObject *Py_UNUSED(mod), PyObject *arg
         return NULL;
     }
     uint64_t r[4];
-    mp_shared_ctl_reserved(n, leases, r);
+    mp_shared_ctl_reserved(n, r);
     return Py_BuildValue("((KK)(KK))", (unsigned long long)r[0], (unsigned long long)r[1],
                          (unsigned long long)r[2], (unsigned long long)r[3]);
 }
