@@ -146,10 +146,13 @@ def test_set_journal_refuses_offsets_outside_the_buffer():
     b.free()
 
 
-def _close_while_an_alloc_waits(name: str) -> bool:
-    """One round of the test below: True when close() got the lock first (alloc() left
-    with PoolClosed), False when alloc() did (it got its block, which close() then gave
-    back); either way the segment lost nothing."""
+@needs_syscall_names
+def test_shared_close_while_a_thread_waits_for_the_lock(name):
+    # An alloc() queued for the lock, then close() (it gives this process's cache and
+    # handles back under the lock), then another alloc(): the first is refused with
+    # PoolClosed before it touches the segment, whichever of the two waiters the lock
+    # goes to first (they queue again every 100 ms of their wait: mp_shared_lock_wait);
+    # the second at once.
     p = SharedPool.create(name, "1MiB")
     q = SharedPool.attach(name)  # a second mapping: its lock holder blocks p's calls
     p.check()
@@ -166,44 +169,73 @@ def _close_while_an_alloc_waits(name: str) -> bool:
             results["alloc"] = e
 
     with LockHolder(q) as held:
+        a = threading.Thread(target=allocer)
+        a.start()
+        wait_until(lambda: waits_for_segment_lock(a.native_id, name), "alloc() waits for the lock")
         c = threading.Thread(target=closer)
         c.start()
         wait_until(lambda: waits_for_segment_lock(c.native_id, name), "close() waits for the lock")
-        a = threading.Thread(target=allocer)
-        a.start()
-        wait_until(lambda: waits_for_segment_lock(a.native_id, name),
-                   "alloc() waits for the lock, behind close()")
+        with pytest.raises(mempool.PoolClosed):
+            p.alloc(4096)  # close() has begun: refused without waiting
         held.release()
     for t in (c, a):
         t.join(30)
         assert not t.is_alive()
     assert results["closed"] is True and p.closed
-    got = results["alloc"]
-    first = isinstance(got, mempool.PoolClosed)
-    if not first:  # alloc() had the lock before close(): a block, given back by close()
-        assert isinstance(got, mempool.Block) and not got.live, got
+    assert isinstance(results["alloc"], mempool.PoolClosed), results["alloc"]
     # the segment lost nothing: q sees no live range and a clean state
     assert q.stats().live == 0
     q.check()
     q.close()
     q.unlink()
-    return first
 
 
 @needs_syscall_names
-def test_shared_close_while_a_thread_waits_for_the_lock(name):
-    # close() itself takes the lock first (it gives this process's cache and handles
-    # back); a call that queued for the lock behind it must find the pool closing when
-    # its turn comes, and leave with PoolClosed before it touches the segment.
-    # The lock's waiters are woken in the order they queued, but a waiter queues again
-    # at the end of each 100 ms slice of its wait (mp_shared_lock_wait): this thread
-    # stalled for that long between alloc() queuing and the release (load) lets alloc()
-    # in first, a legitimate order that tests nothing here.  Such a round is run again.
-    for _ in range(5):
-        if _close_while_an_alloc_waits(name):
-            break
-    else:
-        pytest.fail("alloc() had the lock before close() in 5 rounds out of 5")
+def test_shared_nothing_new_while_close_waits_for_the_lock(name):
+    # close() found no export alive and waits for the segment's lock (another process
+    # holds it) without the GIL: what this process's other threads ask for meanwhile
+    # needs no lock -- a range in the process's cache, an array NumPy makes in an
+    # activation entered before, a view of a live Block -- and must be refused (or go to
+    # malloc), or close() would unmap the segment under it (it did: a SIGSEGV).
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)
+    b = p.alloc(64)
+    p.empty(8)  # made and dropped: its range waits in the process's cache
+    act = p.activate(numpy=True)
+    act.__enter__()
+    lo, hi = p.address, p.address + p.capacity
+    try:
+        x = np.ones(8)
+        assert lo <= x.ctypes.data < hi
+        del x  # (a free: the lock is free yet)
+        with LockHolder(q) as held:
+            c = threading.Thread(target=p.close)
+            c.start()
+            wait_until(lambda: waits_for_segment_lock(c.native_id, name),
+                       "close() waits for the lock")
+            with pytest.raises(mempool.PoolClosed):
+                p.empty(8)  # the cache has one: no lock needed
+            with pytest.raises(mempool.PoolClosed):
+                memoryview(b)
+            with pytest.raises(mempool.PoolClosed):
+                p.activate(numpy=True).__enter__()
+            before = act.numpy_stats()["fallbacks"]
+            y = np.empty(8)  # the activation in force: NumPy's request goes to malloc
+            assert not lo <= y.ctypes.data < hi
+            assert act.numpy_stats()["fallbacks"] == before + 1
+            assert p.exports == 0
+            held.release()
+        c.join(30)
+        assert not c.is_alive() and p.closed
+        y[:] = 5  # (malloc's memory: alive after the close)
+        assert y.sum() == 40
+    finally:
+        act.__exit__(None, None, None)
+    assert not b.live
+    assert q.stats().live == 0  # b and the cached range went back with the close
+    q.check()
+    q.close()
+    q.unlink()
 
 
 @needs_syscall_names

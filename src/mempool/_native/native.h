@@ -69,6 +69,10 @@ typedef struct {
     int has_view;
     int closed;
     int closing;              /* close() under way: new calls raise PoolClosed      */
+    int shutting;             /* close() has begun (it passed its check of exports and
+                                 may wait for a shared pool's lock without the GIL):
+                                 no new range or export, so none outlives the memory;
+                                 what is live may still be given back meanwhile     */
     int auto_free;            /* blocks give their range back when collected   */
     int warned_unnamed;       /* UnnamedArrayWarning given (persistent pools: once) */
     PyObject *source;         /* the memory source, kept alive                  */

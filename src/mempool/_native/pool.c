@@ -28,15 +28,17 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 int mp_pool_check_open(PoolObject *pool)
 {
-    if (!pool->closed && !pool->closing && pool->strategy && pool->strategy->st) {
+    if (!pool->closed && !pool->closing && !pool->shutting && pool->strategy &&
+        pool->strategy->st) {
         if (mp_pool_here(pool)) return 0;
         PyErr_Format(mp_PoolClosed, "the pool's memory is shared with process %u, which opened "
                      "it: a forked child must open the file itself",
                      (unsigned)pool->bound_pid);
         return -1;
     }
-    PyErr_SetString(mp_PoolClosed, pool->strategy ? "the pool is closed"
-                                                  : "the pool is not initialised");
+    PyErr_SetString(mp_PoolClosed, !pool->strategy                      ? "the pool is not initialised"
+                                   : pool->shutting && !pool->closed ? "the pool is being closed"
+                                                                     : "the pool is closed");
     return -1;
 }
 
@@ -627,7 +629,10 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
         return NULL;
     }
     /* shared pools give back what this process holds and let the calls that wait for
-     * their lock leave (they find the pool closing) before the memory goes */
+     * their lock leave (they find the pool closing) before the memory goes; from here on
+     * nothing new is handed out, by a call made while close() waits for that lock
+     * (another thread's, without the GIL) or one that waited for the lock before it */
+    self->shutting = 1;
     if (self->hooks) self->hooks->close(self);
     mp_pool_settle(self); /* NumPy's freed ranges go back, and the cache with them */
     mp_hcache_drop(self);

@@ -196,6 +196,21 @@ static int sh_lock(SharedPoolObject *s)
     return -1;
 }
 
+/* sh_lock for a call that hands out a new range or handle: refused once close() has
+ * begun (it may have waited for the lock while close() did: PoolCore.shutting); calls
+ * that give back, close() among them, take the lock until the pool is closing. */
+static void sh_unlock(SharedPoolObject *s);
+static int sh_lock_taking(SharedPoolObject *s)
+{
+    if (sh_lock(s) < 0) return -1;
+    if (s->pool.shutting) {
+        sh_unlock(s);
+        PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
+        return -1;
+    }
+    return 0;
+}
+
 static void sh_unlock(SharedPoolObject *s)
 {
     mp_tx_commit(s->tx);
@@ -290,7 +305,7 @@ static void give_back(SharedPoolObject *s)
 static PyObject *handle(SharedPoolObject *s, PyObject *what, uint64_t off, uint64_t tag,
                         uint64_t lease)
 {
-    if (sh_lock(s) < 0) return NULL;
+    if (sh_lock_taking(s) < 0) return NULL;
     uint32_t i = off == UINT64_MAX ? MP_NIL : mp_reg_lookup(s->ctl, off);
     if (i != MP_NIL && !tag && mp_named_not_meta(&s->pool, off, what) < 0) { /* block_at */
         sh_unlock(s);
@@ -354,7 +369,7 @@ static int sh_take(PoolObject *p, uint64_t size, uint64_t align, int quiet, uint
             }
         }
     }
-    if (sh_lock(s) < 0) return -1;
+    if (sh_lock_taking(s) < 0) return -1;
     uint64_t want = rounded(s, size);
     int rc = MP_OK, reg = MP_OK;
     /* the registry is full (grown as far as it may): the cache's ranges hold entries;
