@@ -354,3 +354,50 @@ def test_the_repair_after_a_dead_lock_owner_counts_leases(name):
         assert is_view_of(b, p)
         del b
         settled(p)
+
+
+@pytest.mark.parametrize("dtype, match", [
+    ("O", "Python objects"), ([("a", "<f8"), ("b", "O")], "Python objects"),
+    ("not a dtype", "names no dtype"), (3.5, "names no dtype"),
+])
+def test_a_crafted_array_handle_naming_no_plain_dtype_is_refused(name, dtype, match):
+    # an object dtype over the pool's bytes would read floats as pointers (a crash on
+    # the first element); the handle is refused before any reference is taken
+    sp = SharedPool.create(name, "1MiB")
+    a = sp.zeros(4)
+    fn, args = a.__reduce__()
+    crafted = args[:5] + (dtype,) + args[6:]
+    with pytest.raises(mempool.CorruptionError, match=match):
+        fn(*crafted)
+    blk = _block_of(a)
+    assert sp.shared_stats().entries == 1 and blk.live
+    real = fn(*args)  # the real handle adopts the lease __reduce__ took
+    assert (real == 0).all() and _block_of(real).offset == blk.offset
+    del a, blk, real
+    assert sp.used == 0
+    sp.check()
+    sp.close()
+    sp.unlink()
+
+
+@pytest.mark.parametrize("field", [2, 3])  # the offset, the tag
+@pytest.mark.parametrize("delta", [2**64, 2**65 + 7])
+def test_a_crafted_handle_beyond_64_bits_does_not_wrap(name, field, delta):
+    # offset 2**64 + o must not name offset o (nor tag 2**64 + t tag t): NotAllocated
+    sp = SharedPool.create(name, "1MiB")
+    b = sp.alloc(64)
+    fn, args = b.__reduce__()
+    crafted = list(args)
+    crafted[field] += delta
+    with pytest.raises(mempool.NotAllocated):
+        fn(*crafted)
+    crafted[field] = -1
+    with pytest.raises(ValueError, match=">= 0"):
+        fn(*crafted)
+    c = fn(*args)  # the real handle still works, once
+    assert c.offset == b.offset and c.live
+    del c
+    b.free()
+    assert sp.used == 0
+    sp.close()
+    sp.unlink()

@@ -192,12 +192,18 @@ def _rebuild_block(name: str, segment_id: int, offset: int, tag: int, lease: int
 def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: int,
                    dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...],
                    lease: int = 0) -> SharedArray:
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise CorruptionError(f"an array handle names no dtype: {dtype!r:.80}") from None
+    if dt.hasobject:  # (a pickle of ours never names one: pool arrays hold no objects)
+        raise CorruptionError("an array handle names a dtype with Python objects")
     blk = _rebuild_block(name, segment_id, offset, tag, lease)
     # the array owns the Block, one export of the pool: close() refuses while it lives
     # (NumPy's buffer= would keep the Block, not a view of it); a crafted extent is a
     # CorruptionError
-    arr: SharedArray = blk.pool._array_over(blk, np.dtype(dtype), tuple(shape),
-                                            tuple(strides), byte_off, SharedArray)
+    arr: SharedArray = blk.pool._array_over(blk, dt, tuple(shape), tuple(strides), byte_off,
+                                            SharedArray)
     return arr
 
 

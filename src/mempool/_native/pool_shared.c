@@ -1081,8 +1081,14 @@ static PyObject *ext_shared_stats(SharedPoolObject *self, PyObject *Py_UNUSED(ig
 /* _handle(offset, tag, lease=0): unpickle a shared block handle (adopting its lease) */
 static PyObject *ext_shared_handle(SharedPoolObject *self, PyObject *args)
 {
-    unsigned long long off, tag, lease = 0;
-    if (!PyArg_ParseTuple(args, "KK|K", &off, &tag, &lease)) return NULL;
+    PyObject *o_off, *o_tag, *o_lease = NULL;
+    uint64_t off, tag, lease = 0;
+    if (!PyArg_ParseTuple(args, "OO|O", &o_off, &o_tag, &o_lease)) return NULL;
+    /* (not "K", which wraps: 2**64 + o named offset o; a value of 2**64 or more reads as
+     * 2**64 - 1, which no live range, tag or lease has: NotAllocated below) */
+    if (mp_arg_u64(o_off, "offset", &off) < 0 || mp_arg_u64(o_tag, "tag", &tag) < 0 ||
+        (o_lease && mp_arg_u64(o_lease, "lease", &lease) < 0))
+        return NULL;
     if (mp_pool_check_open(&self->pool) < 0) return NULL;
     if (!self->ctl || !tag) {
         PyErr_SetString(PyExc_TypeError, "handles name blocks of shared pools");
