@@ -220,8 +220,8 @@ def test_a_recording_and_an_activation_left_out_of_order(tmp_path):
     a, rec = p.activate(numpy=True), trace.record(tmp_path / "t.trace")
     a.__enter__()
     rec.__enter__()
-    a.__exit__(None, None, None)            # the recording's wrapper of p's handler stays
-    assert mempool.current() is None and inside(p, np.empty(8) + 0)
+    a.__exit__(None, None, None)            # the recording now wraps NumPy's own handler
+    assert mempool.current() is None and not inside(p, np.empty(8) + 0)
     rec.__exit__(None, None, None)          # NumPy's own handler, not p's
     assert not inside(p, np.empty(64) + 0)
     with rec.__class__(tmp_path / "u.trace"):      # and the other way round
@@ -229,6 +229,59 @@ def test_a_recording_and_an_activation_left_out_of_order(tmp_path):
     assert mempool.current() is p and inside(p, np.empty(8) + 0)
     a.__exit__(None, None, None)
     assert mempool.current() is None and not inside(p, np.empty(64) + 0)
+
+
+@pytest.mark.parametrize("entered", ["ABR", "ARB", "RAB"])
+@pytest.mark.parametrize("left", ["012", "021", "102", "120", "201", "210"])
+def test_activations_and_a_recording_left_in_every_order(tmp_path, entered, left):
+    # after each exit, in any order: NumPy allocates in the pool of the innermost
+    # activation still in force (recorded while the recording is), and current() names
+    # it.  Leaving an activation below a recording once left the recording's wrapper
+    # around the left pool's handler: NumPy went on allocating there.
+    from mempool import trace
+    pools = {"A": Pool("1MiB"), "B": Pool("1MiB")}
+    objs = {n: trace.record(tmp_path / "t.trace") if n == "R" else pools[n].activate(numpy=True)
+            for n in entered}
+    for n in entered:
+        objs[n].__enter__()
+    alive = list(entered)
+    for i in left:
+        n = entered[int(i)]
+        objs[n].__exit__(None, None, None)
+        alive.remove(n)
+        acts = [a for a in alive if a != "R"]
+        want = pools[acts[-1]] if acts else None
+        x = np.empty(100)
+        assert mempool.current() is want
+        assert [k for k, p in pools.items() if inside(p, x)] == ([acts[-1]] if acts else [])
+        del x
+    assert mempool.current() is None
+    for p in pools.values():
+        assert p.used == 0
+        p.close()
+
+
+def test_a_second_recording_records_under_an_ended_ones_wrapper(tmp_path):
+    # an activation entered inside recording 1 installed its handler wrapped for it; with
+    # recording 1 over, recording 2 must wrap what that wrapper wraps (it recorded nothing:
+    # the ended recording's wrapper was taken as its own)
+    from mempool import trace
+    pool = Pool("8MiB")
+    act = pool.activate(numpy=True)
+    r1 = trace.record(tmp_path / "1.trace")
+    r1.__enter__()
+    act.__enter__()
+    r1.__exit__(None, None, None)
+    with trace.record(tmp_path / "2.trace") as r2:
+        xs = [np.ones(1000) for _ in range(10)]
+        assert all(inside(pool, x) for x in xs)
+        del xs
+    act.__exit__(None, None, None)
+    with pool.activate(numpy=True), trace.record(tmp_path / "3.trace") as r3:
+        xs = [np.ones(1000) for _ in range(10)]
+        del xs
+    assert r2.ops == r3.ops > 0
+    assert pool.used == 0
 
 
 def test_a_full_pool_falls_back_to_malloc_counted_or_raises():

@@ -6,7 +6,9 @@ Entries may be left in another order than they were entered (an ``ExitStack``,
 interleaved generators): leaving one takes it out of the middle, and the NumPy handler
 it replaced passes to the next entry above it that installed one, which restores it
 when it ends.  So leaving them all, in any order, restores the pool and the handler of
-before the first.  (One object entered twice at once is ambiguous: its innermost entry
+before the first.  An entry whose handler wraps the one below it (``trace.record()``:
+it records what that handler does) wraps anew what is below it now, and that passes on
+up the same way.  (One object entered twice at once is ambiguous: its innermost entry
 is the one left.)
 """
 
@@ -26,14 +28,19 @@ CURRENT: ContextVar[Any] = ContextVar("mempool.current", default=None)
 #: No handler was installed / no pool is set by an entry.
 NONE = object()
 
-#: (owner, the NumPy handler its entry replaced or NONE, its pool or NONE), innermost last
-_STACK: ContextVar[tuple[tuple[Any, Any, Any], ...]] = ContextVar("mempool.active", default=())
+#: (owner, the NumPy handler its entry replaced or NONE, its pool or NONE, and for an
+#: entry whose handler wraps the one it replaced the function that wraps one, else None),
+#: innermost last
+_STACK: ContextVar[tuple[tuple[Any, Any, Any, Any], ...]] = ContextVar("mempool.active",
+                                                                       default=())
 
 
-def enter(owner: Any, prev: Any, pool: Any) -> None:
+def enter(owner: Any, prev: Any, pool: Any, wrap: Any = None) -> None:
     """Record an entry of ``owner``: ``prev`` is the handler it replaced (it installed its
-    own already) or NONE, ``pool`` the pool it makes current or NONE."""
-    _STACK.set((*_STACK.get(), (owner, prev, pool)))
+    own already) or NONE, ``pool`` the pool it makes current or NONE; ``wrap(h)``, when
+    given, is what the entry's handler would be over handler ``h`` (it installed
+    ``wrap(prev)``)."""
+    _STACK.set((*_STACK.get(), (owner, prev, pool, wrap)))
     if pool is not NONE:
         CURRENT.set(pool)
 
@@ -44,12 +51,20 @@ def leave(owner: Any) -> None:
     k = max((i for i, e in enumerate(stack) if e[0] is owner), default=-1)
     if k < 0:
         raise RuntimeError(f"{type(owner).__name__} was not entered in this thread or task")
-    _, prev, _ = stack.pop(k)
+    _, prev, _, _ = stack.pop(k)
     if prev is not NONE:
-        above = next((j for j in range(k, len(stack)) if stack[j][1] is not NONE), None)
-        if above is None:
-            _mempool.set_numpy_handler(prev)
-        else:  # it restores what this one replaced, when it ends
-            stack[above] = (stack[above][0], prev, stack[above][2])
+        # the handler in force below each entry above, up to one whose handler does not
+        # depend on it; the last is installed when no entry above has a handler
+        below = prev
+        for j in range(k, len(stack)):
+            o, p, pool, wrap = stack[j]
+            if p is NONE:
+                continue
+            stack[j] = (o, below, pool, wrap)  # it restores that, when it ends
+            if wrap is None:
+                break
+            below = wrap(below)  # (a recording's: now over what is below it)
+        else:
+            _mempool.set_numpy_handler(below)
     _STACK.set(tuple(stack))
     CURRENT.set(next((e[2] for e in reversed(stack) if e[2] is not NONE), None))

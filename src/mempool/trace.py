@@ -465,7 +465,7 @@ class Recording:
             raise
         self._body = body
         try:
-            _active.enter(self, _mempool._rec_numpy_begin(), _active.NONE)
+            _active.enter(self, _mempool._rec_numpy_begin(), _active.NONE, _mempool._rec_wrap)
         except BaseException:
             self._finish()
             raise

@@ -645,8 +645,13 @@ static void np_capsule_free(PyObject *cap)
 static PyObject *wrap_handler(PyObject *inner)
 {
     if (PyCapsule_CheckExact(inner) && PyCapsule_GetDestructor(inner) == np_capsule_free) {
-        Py_INCREF(inner); /* already ours */
-        return inner;
+        np_wrap_t *old = PyCapsule_GetPointer(inner, CAPSULE_NAME);
+        if (!old) return NULL;
+        if (old->session == session) { /* already this recording's */
+            Py_INCREF(inner);
+            return inner;
+        }
+        inner = old->inner_cap; /* an ended recording's (it records nothing): what it wraps */
     }
     PyDataMem_Handler *ih = PyCapsule_GetPointer(inner, CAPSULE_NAME);
     if (!ih) return NULL;
