@@ -286,3 +286,163 @@ def test_shared_realloc_of_a_block_freed_while_waiting(name):
     q.close()
     p.close()
     p.unlink()
+
+
+@needs_syscall_names
+@pytest.mark.parametrize("size", [64, 4096])  # a free into the process's cache / under the lock
+def test_shared_named_put_of_a_block_freed_while_the_put_waits(name, size):
+    # the put checked the Block before it waited for the lock; freed meanwhile, the
+    # range keeps its offset and tag until reused, and the name took it: the next
+    # alloc() got the named bytes (found by a helper).  Now NotAllocated.
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)
+    b = p.alloc(size)
+    memoryview(b)[:8] = b"NAMEDATA"
+    owned, go = threading.Event(), threading.Event()
+    real_owns = type(p)._named_owns
+
+    def owns(off):  # (ordering only: the real check, then a pause before _named_put)
+        r = real_owns(p, off)
+        owned.set()
+        go.wait(30)
+        return r
+
+    p._named_owns = owns
+    res: dict[str, object] = {}
+
+    def putter():
+        try:
+            p.named["x"] = b
+            res["put"] = "ok"
+        except Exception as e:
+            res["put"] = e
+
+    t = threading.Thread(target=putter)
+    t.start()
+    owned.wait(30)
+    with LockHolder(q) as held:
+        go.set()
+        wait_until(lambda: waits_for_segment_lock(t.native_id, name), "the put waits for the lock")
+        f = threading.Thread(target=b.free)
+        f.start()
+        wait_until(lambda: not f.is_alive() or waits_for_segment_lock(f.native_id, name),
+                   "the free is done or waits for the lock")
+        held.release()
+    t.join(30)
+    f.join(30)
+    del p._named_owns
+    assert isinstance(res["put"], mempool.NotAllocated) and not b.live
+    assert "x" not in p.named
+    c = p.alloc(size)  # the same range, and no name holds it
+    memoryview(c)[:8] = b"CLOBBER!"
+    assert "x" not in q.named
+    c.free()
+    p.close()  # (gives back the process's cache too)
+    assert q.used == 0
+    q.check()
+    q.close()
+    q.unlink()
+
+
+@needs_syscall_names
+def test_shared_block_dropped_while_close_waits_gives_its_range_back(name):
+    # the dropping thread released its reference, then waited for the lock to free the
+    # range behind close(), which had given back what was live and then refused it
+    # (PoolClosed, unraisable): the range stayed in the segment (found by a helper)
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)
+    blocks = [p.alloc(4096)]  # beyond the process's cache: freed under the lock
+    with LockHolder(q) as held:
+        c = threading.Thread(target=p.close)
+        c.start()
+        wait_until(lambda: waits_for_segment_lock(c.native_id, name), "close() waits")
+        d = threading.Thread(target=blocks.clear)  # the last reference: dealloc frees
+        d.start()
+        wait_until(lambda: waits_for_segment_lock(d.native_id, name), "the free waits")
+        held.release()
+    c.join(30)
+    d.join(30)
+    assert p.closed
+    assert q.used == 0 and len(q) == 0
+    q.check()
+    q.close()
+    q.unlink()
+
+
+@needs_syscall_names
+def test_shared_fork_while_a_thread_waits_then_close_in_the_child(name):
+    # the child's copy counted the parent's waiting thread, which it does not have:
+    # its close() waited for it forever (found by a helper)
+    import os
+    import time
+    p = SharedPool.create(name, "1MiB")
+    q = SharedPool.attach(name)
+    with LockHolder(q) as held:
+        t = threading.Thread(target=lambda: p.alloc(4096).free())
+        t.start()
+        wait_until(lambda: waits_for_segment_lock(t.native_id, name), "alloc() waits")
+        pid = os.fork()
+        if pid == 0:  # (the child: no pytest from here)
+            try:
+                p.close()
+                os._exit(0)
+            finally:
+                os._exit(1)
+        held.release()
+    t.join(30)
+    deadline = time.monotonic() + 30
+    while True:
+        r, status = os.waitpid(pid, os.WNOHANG)
+        if r:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child's close() did not return")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert q.used == 0
+    q.check()
+    p.close()
+    q.close()
+    q.unlink()
+
+
+@pytest.mark.parametrize("make", ["zeros", "empty"])
+def test_close_from_the_tracking_hook_of_an_array_is_refused(make):
+    # pool.track()'s hook runs Python code after the array's range is taken and before
+    # the array exists; close() from another thread then found no export and let the
+    # memory go under the array (a SIGSEGV; found by a helper).  Now it refuses.
+    from mempool import tracking
+    p = Pool("1MiB")
+    p.track()
+    in_hook, closed = threading.Event(), threading.Event()
+
+    class PausingDict(dict):  # (ordering only: a thread switch in the hook's store)
+        def __setitem__(self, k, v):
+            super().__setitem__(k, v)
+            if not in_hook.is_set():
+                in_hook.set()
+                closed.wait(30)
+
+    tracking._TRACKED[p] = PausingDict()
+    res: dict[str, object] = {}
+
+    def closer():
+        in_hook.wait(30)
+        try:
+            p.close()
+            res["close"] = "closed"
+        except Exception as e:
+            res["close"] = e
+        closed.set()
+
+    t = threading.Thread(target=closer)
+    t.start()
+    a = getattr(p, make)(1000)
+    t.join(30)
+    assert isinstance(res["close"], BufferError), res["close"]
+    a[:] = 1
+    assert a.sum() == 1000 and p.address <= a.ctypes.data < p.address + p.capacity
+    del a
+    p.close()

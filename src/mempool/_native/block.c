@@ -64,8 +64,10 @@ static void block_dealloc(BlockObject *b)
         pool->exports--;
         b->array = 0;
     }
-    if (b->live && b->owned && !pool->closed && !pool->closing && pool->strategy &&
-        pool->strategy->st && mp_pool_here(pool)) {
+    /* (a shared pool's close() waits for the lock without the GIL, closing already: a
+     * Block dropped meanwhile still gives its range back, sh_release) */
+    if (b->live && b->owned && !pool->closed && (!pool->closing || pool->hooks) &&
+        pool->strategy && pool->strategy->st && mp_pool_here(pool)) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* may run while an exception is set */
         /* not b itself: its refcount is 0, and the hook would take and drop a reference */

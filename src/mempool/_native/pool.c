@@ -580,11 +580,17 @@ static PyObject *make_array(PoolObject *self, PyObject *const *args, Py_ssize_t 
     uint64_t size = nbytes ? nbytes : 1, tag = 0;
     uint32_t entry = 0;
     if (pool_take(self, size, align, 0, &off, &tag, &entry) < 0) goto done;
+    /* the array's export is counted before its Block is made: pool.track()'s hook runs
+     * Python code in new_owned_block, where another thread may call close(), which must
+     * then refuse (it would let the memory go under the array made below) */
+    self->exports++;
     BlockObject *b = new_owned_block(self, off, size, align, 1, tag, entry);
-    if (!b) goto done;
+    if (!b) {
+        self->exports--;
+        goto done;
+    }
     b->array = 1;      /* the array's life is an export of the block */
     b->exports = 1;
-    self->exports++;
     if (zero) memset(self->base + off, 0, (size_t)nbytes);
     Py_INCREF(descr); /* NewFromDescr steals it */
     arr = PyArray_NewFromDescr(self->array_type ? self->array_type : &PyArray_Type, descr,

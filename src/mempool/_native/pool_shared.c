@@ -66,6 +66,8 @@ typedef struct {
     int lock_refused;         /* a call found the lock unusable (CorruptionError)   */
     Py_ssize_t waiting;       /* calls of this process waiting for the lock without
                                  the GIL (close() waits for them to leave)          */
+    unsigned waiting_pid;     /* the process `waiting` counts in (a forked child's copy
+                                 counts threads it does not have: reset)            */
     uint64_t lock_calls;      /* acquisitions by this process                      */
     PyObject *reducer;        /* reducer(block) -> pickle handle                   */
     mp_shared_local_t *local; /* this process's cache and tags                     */
@@ -159,18 +161,33 @@ int mp_sh_reg_room(PoolObject *p, uint64_t n) { return reg_room(SH(p), n); }
 char *mp_sh_grow_why(PoolObject *p) { return SH(p)->grow_why; }
 
 /* ---- the lock -------------------------------------------------------------------------- */
+/* This process's count of waiting calls (a forked child's copy starts at 0). */
+static Py_ssize_t *waiting_of(SharedPoolObject *s)
+{
+    unsigned pid = mp_getpid();
+    if (s->waiting_pid != pid) {
+        s->waiting_pid = pid;
+        s->waiting = 0;
+    }
+    return &s->waiting;
+}
+
 /* 0 with the segment's lock held, or -1 with the exception set (made after the lock
- * was let go). */
-static int sh_lock(SharedPoolObject *s)
+ * was let go).  `giving`: the call gives back what this process holds (a Block's
+ * range), which it may still do once close() has begun to wait for the calls that
+ * wait for the lock (p->closing): it holds the GIL from the lock to sh_unlock, and
+ * close() needs the GIL to go on and unmap. */
+static int sh_lock_as(SharedPoolObject *s, int giving)
 {
     s->lock_calls++;
     char msg[256];
     int rc = mp_shared_trylock(s->ctl);
     if (rc == EBUSY) { /* another process holds it: wait without the GIL */
-        s->waiting++;  /* close() waits for us to leave before it unmaps the segment */
+        Py_ssize_t *waiting = waiting_of(s);
+        (*waiting)++;  /* close() waits for us to leave before it unmaps the segment */
         Py_BEGIN_ALLOW_THREADS rc = mp_shared_lock_wait(s->ctl, msg, sizeof msg);
         Py_END_ALLOW_THREADS
-        s->waiting--;
+        (*waiting)--;
     }
     /* the state may have moved (grown by another process): follow it first (place.c) */
     int r = rc == 0 || rc == EOWNERDEAD ? mp_place_follow(&s->pool, s->tx, msg, sizeof msg)
@@ -181,7 +198,7 @@ static int sh_lock(SharedPoolObject *s)
         return -1;
     }
     r = mp_shared_locked(s->ctl, rc, s->tx, msg, sizeof msg);
-    if (r == MP_OK && s->pool.closing) { /* closed by another thread while we waited */
+    if (r == MP_OK && s->pool.closing && !giving) { /* closed by another thread meanwhile */
         mp_shared_unlock(s->ctl);
         PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
         return -1;
@@ -199,6 +216,8 @@ static int sh_lock(SharedPoolObject *s)
 /* sh_lock for a call that hands out a new range or handle: refused once close() has
  * begun (it may have waited for the lock while close() did: PoolCore.shutting); calls
  * that give back, close() among them, take the lock until the pool is closing. */
+static int sh_lock(SharedPoolObject *s) { return sh_lock_as(s, 0); }
+
 static void sh_unlock(SharedPoolObject *s);
 static int sh_lock_taking(SharedPoolObject *s)
 {
@@ -220,7 +239,7 @@ static void sh_unlock(SharedPoolObject *s)
 /* Wait until no call of this process waits for the lock. */
 static void drain(SharedPoolObject *s)
 {
-    while (s->waiting > 0) { /* they hold no lock of ours: let them run and leave */
+    while (*waiting_of(s) > 0) { /* they hold no lock of ours: let them run and leave */
         Py_BEGIN_ALLOW_THREADS
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
@@ -430,7 +449,8 @@ static void sh_untake(PoolObject *p, uint64_t off, uint32_t entry)
 static int sh_release(PoolObject *p, BlockObject *b)
 {
     SharedPoolObject *s = SH(p);
-    if (b->pid != mp_getpid()) { /* inherited through fork(): the parent's handle */
+    if (b->pid != mp_getpid() || !s->ctl) { /* inherited through fork(): the parent's
+                                               handle (or the segment is gone) */
         b->live = 0;
         return 0;
     }
@@ -441,7 +461,7 @@ static int sh_release(PoolObject *p, BlockObject *b)
         return -1;
     }
     if (!b->owner) { /* a borrowed reference: given back under the lock */
-        if (sh_lock(s) < 0) return -1;
+        if (sh_lock_as(s, 1) < 0) return -1;
         if (!b->live) { /* another thread gave it back while we waited for the lock */
             sh_unlock(s);
             PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
@@ -458,13 +478,14 @@ static int sh_release(PoolObject *p, BlockObject *b)
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
     mp_shared_local_t *l = local_of(s);
     int k = mag_class(s, b->size);
-    if (k >= 0 && l->n[k] < MAG_DEPTH) { /* keep it for the next alloc */
+    if (k >= 0 && l->n[k] < MAG_DEPTH && !p->shutting) { /* keep it for the next alloc
+                                                           (not once close() gave the cache back) */
         l->slot[k][l->n[k]].entry = b->entry;
         l->slot[k][l->n[k]].offset = b->offset;
         l->n[k]++;
         return 0;
     }
-    if (sh_lock(s) < 0) return -1; /* the range stays ours: reclaim finds it */
+    if (sh_lock_as(s, 1) < 0) return -1; /* the range stays ours: reclaim finds it */
     dispose(s, b->entry);
     sh_unlock(s);
     return 0;
@@ -601,7 +622,7 @@ static int sh_raw_put(PoolObject *p, uint64_t off)
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     int rc = MP_ENOTALLOC;
-    if (sh_lock(s) == 0) {
+    if (sh_lock_as(s, 1) == 0) {
         uint32_t i = mp_reg_lookup(s->ctl, off);
         /* -1: not this process's owner reference (a forked child's copy of an array
          * of its parent: the parent still holds the range) */
@@ -610,7 +631,7 @@ static int sh_raw_put(PoolObject *p, uint64_t off)
         if (last == 1) {
             mp_shared_local_t *l = local_of(s);
             int k = mag_class(s, mp_reg_entry(s->ctl, i)->size);
-            if (k >= 0 && l->n[k] < MAG_DEPTH) { /* for the next alloc, as sh_release */
+            if (k >= 0 && l->n[k] < MAG_DEPTH && !p->shutting) { /* as sh_release */
                 l->slot[k][l->n[k]].entry = i;
                 l->slot[k][l->n[k]].offset = off;
                 l->n[k]++;

@@ -278,7 +278,9 @@ retry:; /* (again after a rollback too: it undid a growth of the registry) */
     if (blk) {
         mp_entry_t *e = mp_reg_entry(c, blk->entry);
         data = blk->offset;
-        if (e->offset != data || e->tag != blk->tag ||
+        /* (again under the lock: another thread may have freed the block while this
+         * call waited for it; a freed range keeps its offset and tag until reused) */
+        if (!blk->live || mp_entry_refs(e) == 0 || e->offset != data || e->tag != blk->tag ||
             d->ops->size_of(d->st, data, &dsize) != MP_OK) {
             f.kind = E_NOTLIVE;
             goto unlock;
