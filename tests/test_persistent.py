@@ -391,6 +391,53 @@ def test_create_exist_ok_replaces_empty_and_foreign_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["empty.mp", "foreign.mp"]
 
 
+def test_create_exist_ok_refuses_what_is_not_a_regular_file_at_once(tmp_path):
+    # opening a FIFO to read waits for a writer: create(exist_ok=True) hung there
+    fifo = tmp_path / "fifo.mp"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        Pool.create(fifo, 65536, exist_ok=True)
+    link = tmp_path / "link.mp"
+    link.symlink_to(fifo)  # (the target is what would be replaced)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        Pool.create(link, 65536, exist_ok=True)
+    assert sorted(os.listdir(tmp_path)) == ["fifo.mp", "link.mp"] and fifo.is_fifo()
+
+
+@pytest.mark.parametrize("strategy, capacity, options", [
+    ("buddy", 4097, {}), ("buddy", (1 << 20) + 5, {"min_block": 64}),
+    ("bitmap", 17, {}), ("bitmap", 65537, {"block_size": 64}), ("slab", 200_000, {}),
+    ("tlsf", 4097, {}),
+])
+def test_create_takes_the_strategys_capacity_as_a_private_pool_does(tmp_path, strategy,
+                                                                    capacity, options):
+    # Buddy and Bitmap round the capacity down: the header took the one asked for, the
+    # create failed on its own file (CorruptionError) and left it there -- with
+    # exist_ok, over the good pool it replaced
+    want = Pool(capacity, strategy, **options).capacity
+    good = tmp_path / "good.mp"
+    with Pool.create(good, "1MiB") as p:
+        b = p.alloc(100)
+        memoryview(b)[:5] = b"hello"
+        keep = b.offset
+    with Pool.create(tmp_path / "new.mp", capacity, strategy, **options) as p:
+        assert p.capacity == want
+        b = p.alloc(1)
+    with Pool.open(tmp_path / "new.mp") as p:
+        assert p.capacity == want and len(p) == 1
+        p.check()
+    with Pool.create(good, capacity, strategy, exist_ok=True) as p:
+        assert p.capacity == want
+    with Pool.open(good) as p:
+        assert p.capacity == want and len(p) == 0
+    sp = mempool.SharedPool.create(f"cap-{os.getpid()}-{strategy}-{capacity}", capacity,
+                                   strategy, **options)
+    assert sp.capacity == want
+    sp.close()
+    sp.unlink()
+    del keep
+
+
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     path = tmp_path / "fork.mp"
     p = Pool.create(path, 65536)

@@ -307,8 +307,9 @@ class Pool(PoolCore):
         capacity = parse_size(capacity, "capacity")
         template = make_fixed(strategy, capacity, **options)
         state = template._full_snapshot()
-        h = layout(FILE_MAGIC, _kind_of(state), template.strategy, capacity, len(state),
-                   created_ns=time.time_ns())
+        # (the strategy's capacity: Buddy and Bitmap round the one asked for down)
+        h = layout(FILE_MAGIC, _kind_of(state), template.strategy, template.capacity,
+                   len(state), created_ns=time.time_ns())
         path = Path(path)
 
         def fill(view: memoryview) -> None:
@@ -319,6 +320,8 @@ class Pool(PoolCore):
         try:
             mem = FileMemory._create(path, h.total_size, fill, exist_ok=exist_ok)
         except FileExistsError:
+            if exist_ok:  # (not a regular file: nothing a pool could replace)
+                raise
             raise FileExistsError(errno.EEXIST, f"{path} exists; Pool.open() it, or pass "
                                   "exist_ok=True") from None
         return cls._over_file(mem, h, str(path))

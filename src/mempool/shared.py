@@ -327,8 +327,9 @@ class SharedPool(SharedPoolCore, Pool):
         template = make_fixed(strategy, capacity, **options)
         state = template._full_snapshot()
         ctl_size = _mempool.shared_ctl_size(max_entries, max_leases)
-        h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy, capacity,
-                   len(state), lock_size=ctl_size, created_ns=time.time_ns())
+        # (the strategy's capacity: Buddy and Bitmap round the one asked for down)
+        h = layout(MAGIC, int.from_bytes(state[4:6], "little"), template.strategy,
+                   template.capacity, len(state), lock_size=ctl_size, created_ns=time.time_ns())
         del template
         holes = [(h.lock_off + off, n)
                  for off, n in _mempool.shared_ctl_reserved(max_entries, max_leases)]

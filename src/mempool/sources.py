@@ -638,16 +638,22 @@ def _allocate(fd: int, size: int) -> None:
 
 
 def _open_target(path: Path) -> tuple[int, bool]:
-    """Open the file to be replaced, making it when missing: (fd, made)."""
+    """Open the file to be replaced, making it when missing: (fd, made).  Only a regular
+    file is replaced (FileExistsError for anything else: a FIFO, a device)."""
     while True:
         try:
             return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600), True
         except FileExistsError:
             pass
-        try:
-            return os.open(path, os.O_RDONLY), False
+        try:  # (non-blocking: opening a FIFO to read waits for a writer)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd, False
+        os.close(fd)
+        raise FileExistsError(errno.EEXIST, "exists and is not a regular file (exist_ok "
+                              "replaces a regular file only)", str(path))
 
 
 def _unlink_if(path: Path, fd: int) -> None:
