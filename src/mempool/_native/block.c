@@ -110,7 +110,7 @@ static int block_usable(BlockObject *b)
 static int block_getbuffer(BlockObject *b, Py_buffer *view, int flags)
 {
     if (block_usable(b) < 0) return -1;
-    if (b->pool->shutting) { /* close() has begun: no export may outlive the memory */
+    if (mp_pool_shutting(b->pool)) { /* close() has begun: no export may outlive the memory */
         PyErr_SetString(mp_PoolClosed, "the block's pool is being closed");
         return -1;
     }

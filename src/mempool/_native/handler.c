@@ -136,7 +136,7 @@ static inline int in_pool(const PoolObject *p, const void *ptr)
 /* The pool can take a request now. */
 static inline int usable(const PoolObject *p)
 {
-    return !p->closed && !p->closing && !p->shutting && p->base && p->strategy &&
+    return !p->closed && !p->closing && !mp_pool_shutting(p) && p->base && p->strategy &&
            p->strategy->st &&
            mp_pool_here(p);
 }

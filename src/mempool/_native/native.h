@@ -69,10 +69,12 @@ typedef struct {
     int has_view;
     int closed;
     int closing;              /* close() under way: new calls raise PoolClosed      */
-    int shutting;             /* close() has begun (it passed its check of exports and
-                                 may wait for a shared pool's lock without the GIL):
-                                 no new range or export, so none outlives the memory;
-                                 what is live may still be given back meanwhile     */
+    uint32_t shutting;        /* close() has begun in this process (its pid; 0: not):
+                                 it passed its check of exports and may wait for a
+                                 shared pool's lock without the GIL: no new range or
+                                 export, so none outlives the memory; what is live may
+                                 still be given back meanwhile (mp_pool_shutting: a
+                                 forked child's copy is not closing)                */
     int auto_free;            /* blocks give their range back when collected   */
     int warned_unnamed;       /* UnnamedArrayWarning given (persistent pools: once) */
     PyObject *source;         /* the memory source, kept alive                  */
@@ -217,6 +219,11 @@ uint32_t mp_getpid(void);
 static inline int mp_pool_here(const PoolObject *p)
 {
     return !p->bound_pid || p->bound_pid == mp_getpid();
+}
+/* close() has begun in this process (PoolObject.shutting). */
+static inline int mp_pool_shutting(const PoolObject *p)
+{
+    return p->shutting && p->shutting == mp_getpid();
 }
 int mp_is_ndarray_type(PyObject *type); /* an ndarray subclass? */
 /* A range of a pool without a Block (the NEP 49 handler, GIL held): MP_* codes, no

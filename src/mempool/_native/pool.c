@@ -28,7 +28,7 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 int mp_pool_check_open(PoolObject *pool)
 {
-    if (!pool->closed && !pool->closing && !pool->shutting && pool->strategy &&
+    if (!pool->closed && !pool->closing && !mp_pool_shutting(pool) && pool->strategy &&
         pool->strategy->st) {
         if (mp_pool_here(pool)) return 0;
         PyErr_Format(mp_PoolClosed, "the pool's memory is shared with process %u, which opened "
@@ -37,7 +37,7 @@ int mp_pool_check_open(PoolObject *pool)
         return -1;
     }
     PyErr_SetString(mp_PoolClosed, !pool->strategy                      ? "the pool is not initialised"
-                                   : pool->shutting && !pool->closed ? "the pool is being closed"
+                                   : mp_pool_shutting(pool) && !pool->closed ? "the pool is being closed"
                                                                      : "the pool is closed");
     return -1;
 }
@@ -624,7 +624,8 @@ static PyObject *ext_pool_zeros(PoolObject *self, PyObject *const *args, Py_ssiz
 static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->closed || !self->strategy) Py_RETURN_FALSE;
-    if (self->closing) {
+    if (self->closing && self->shutting == mp_getpid()) { /* (a forked child's copy of a
+                                                              closing pool may close) */
         PyErr_SetString(PyExc_RuntimeError, "the pool is being closed by another thread");
         return NULL;
     }
@@ -638,7 +639,7 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
      * their lock leave (they find the pool closing) before the memory goes; from here on
      * nothing new is handed out, by a call made while close() waits for that lock
      * (another thread's, without the GIL) or one that waited for the lock before it */
-    self->shutting = 1;
+    self->shutting = mp_getpid();
     if (self->hooks) self->hooks->close(self);
     mp_pool_settle(self); /* NumPy's freed ranges go back, and the cache with them */
     mp_hcache_drop(self);

@@ -222,7 +222,7 @@ static void sh_unlock(SharedPoolObject *s);
 static int sh_lock_taking(SharedPoolObject *s)
 {
     if (sh_lock(s) < 0) return -1;
-    if (s->pool.shutting) {
+    if (mp_pool_shutting(&s->pool)) {
         sh_unlock(s);
         PyErr_SetString(mp_PoolClosed, "the pool was closed while this call waited for its lock");
         return -1;
@@ -464,6 +464,7 @@ static int sh_release(PoolObject *p, BlockObject *b)
         if (sh_lock_as(s, 1) < 0) return -1;
         if (!b->live) { /* another thread gave it back while we waited for the lock */
             sh_unlock(s);
+            if (mp_pool_shutting(p)) return 0; /* close() did: nothing to say */
             PyErr_Format(mp_NotAllocated, "the block at offset %llu was freed",
                          (unsigned long long)b->offset);
             return -1;
@@ -478,7 +479,7 @@ static int sh_release(PoolObject *p, BlockObject *b)
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
     mp_shared_local_t *l = local_of(s);
     int k = mag_class(s, b->size);
-    if (k >= 0 && l->n[k] < MAG_DEPTH && !p->shutting) { /* keep it for the next alloc
+    if (k >= 0 && l->n[k] < MAG_DEPTH && !mp_pool_shutting(p)) { /* keep it for the next alloc
                                                            (not once close() gave the cache back) */
         l->slot[k][l->n[k]].entry = b->entry;
         l->slot[k][l->n[k]].offset = b->offset;
@@ -569,7 +570,7 @@ static void sh_close(PoolObject *p)
  * exception set. */
 static int take_lease(SharedPoolObject *s, BlockObject *b, uint64_t *token)
 {
-    if (sh_lock(s) < 0) return -1;
+    if (sh_lock_taking(s) < 0) return -1; /* (a reference in flight is a new one) */
     int rc = entry_matches(s, b)
                  ? mp_lease_add(s->ctl, s->tx, b->entry, b->tag, mp_getpid(), token)
                  : MP_ENOTALLOC;
@@ -631,7 +632,7 @@ static int sh_raw_put(PoolObject *p, uint64_t off)
         if (last == 1) {
             mp_shared_local_t *l = local_of(s);
             int k = mag_class(s, mp_reg_entry(s->ctl, i)->size);
-            if (k >= 0 && l->n[k] < MAG_DEPTH && !p->shutting) { /* as sh_release */
+            if (k >= 0 && l->n[k] < MAG_DEPTH && !mp_pool_shutting(p)) { /* as sh_release */
                 l->slot[k][l->n[k]].entry = i;
                 l->slot[k][l->n[k]].offset = off;
                 l->n[k]++;
