@@ -297,7 +297,9 @@ class Pool(PoolCore):
         The file holds a header (magic, format version, sizes, checksum), the
         strategy's state block and the data, so :meth:`open` finds the allocations
         again.  Raises FileExistsError when the file exists (unless ``exist_ok``, which
-        replaces any file not open elsewhere: BlockingIOError while it is).  The file
+        replaces any regular file not open elsewhere: BlockingIOError while it is; a FIFO or
+        a device is a FileExistsError).  The capacity is the strategy's (Buddy and
+        Bitmap round it down, as in a private pool).  The file
         is locked before any byte is written, and a failed create leaves the path as
         it was: a file it made is removed again, and with ``exist_ok`` the new file is
         built beside the old one and renamed over it only once complete, so a size
