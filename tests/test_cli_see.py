@@ -578,3 +578,15 @@ def test_views_of_spans_past_2_52_bytes():
         view_pool(t)
     with pytest.raises(TypeError, match="view each of its regions"):
         view_pool(mempool.RegionPool())
+
+
+def test_bench_skips_what_cannot_be_made_and_refuses_an_infinite_factor(known, capsys):
+    # a trace whose maxlive is below Slab's page: bench ended in a traceback
+    assert cli("bench", known, "--quick", "-q", "--repeat", "1") == 0
+    out = capsys.readouterr().out
+    assert "skipped slab on known: mempool.Slab(): capacity 4096 is smaller than one page" in out
+    names = [ln.split()[1] for ln in out.splitlines() if ln.startswith("known ")]
+    assert names == ["libc", "tlsf", "bestfit", "buddy", "bitmap", "bump", "heap"]
+    for bad in ("inf", "nan", "0", "-1"):
+        assert cli("bench", known, "--capacity-factor", bad, "-q") == 2
+        assert "--capacity-factor must be > 0 and finite" in capsys.readouterr().err

@@ -121,3 +121,45 @@ def test_a_static_program_is_refused(tmp_path, capsys):
 def test_the_recorder_is_in_the_package():
     lib = trace.malloc_recorder()
     assert lib.parent == Path(mempool.__file__).resolve().parent and lib.suffix == ".so"
+
+
+ALLOC_LOOP = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+ps = []
+for i in range(100000):
+    ps.append(libc.malloc(123456789))
+    if len(ps) > 10:
+        libc.free(ps.pop(0))
+"""
+
+
+def _can_mount_a_tmpfs() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="needs root and unshare -m (a small tmpfs)")
+@pytest.mark.parametrize("size", ["128k", "256k"])
+def test_a_full_disk_is_an_error_not_a_cut_trace(tmp_path, size):
+    # the recorder stopped writing when the disk filled and told nobody: `record` said
+    # it recorded 12,382 calls of ~400,000, and the last line was cut mid-number
+    script = tmp_path / "loop.py"
+    script.write_text(ALLOC_LOOP)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o size={size} tmpfs {mnt} && "
+         f"{sys.executable} -m mempool record --malloc -o {mnt}/x.trace.gz -- "
+         f"{sys.executable} {script}; echo rc=$?; ls -A {mnt}"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+    out = r.stdout.split()
+    assert out[0] == "rc=2" and out[1:] == [], (r.stdout, r.stderr)  # and no file left
+    assert "No space left on device" in r.stderr

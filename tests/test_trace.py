@@ -2,6 +2,7 @@
 baseline, the Python-loop replay."""
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +175,34 @@ def test_sparse_ids_are_numbered_anew(tmp_path, big):
     p.write_text(f"# {trace.MAGIC} program=x\na {big} 16\nf 5\n")
     with pytest.raises(trace.TraceError, match=r"line 3: free of an ID that is not live \(ID 5\)"):
         trace.read(p)
+
+
+def test_read_refuses_what_is_not_a_regular_file(tmp_path):
+    # a FIFO waited for a writer and /dev/zero filled the memory
+    fifo = tmp_path / "f.trace"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(trace.TraceError, match="not a regular file"):
+            trace.read(path)
+
+
+def test_read_takes_version_1_exactly_and_utf8_program_names(tmp_path):
+    for head in ("v12", "v1.5-incompatible", "v10"):
+        p = tmp_path / "x.trace"
+        p.write_text(f"# mempool-trace {head} program=x\na 0 1\n")
+        with pytest.raises(trace.TraceError, match="not a mempool-trace v1 header"):
+            trace.read(p)
+    with trace.record(tmp_path / "u.trace", program="café"):
+        mempool.TLSF(1 << 16).alloc(10)
+    t = trace.read(tmp_path / "u.trace")
+    assert t.program == "café" and len(t) == 1
+
+
+def test_head_refuses_a_negative_count(tmp_path):
+    with trace.record(tmp_path / "h.trace"):
+        s = mempool.TLSF(1 << 16)
+        s.free(s.alloc(10))
+    t = trace.read(tmp_path / "h.trace")
+    with pytest.raises(ValueError, match=">= 0"):
+        t.head(-1)
+    assert len(t.head(0)) == 0 and len(t.head(5)) == 2

@@ -127,18 +127,24 @@ def bench(
     csv_path: str | None = None,
     quiet: bool = False,
 ) -> list[dict[str, object]]:
-    """Run the bench; returns one row per (trace, strategy) and prints the table."""
+    """Run the bench; returns one row per (trace, strategy) and prints the table.  A
+    strategy that cannot be made over a trace's capacity (Slab below its page size) is
+    left out of that trace's rows, and the reason printed after the table."""
     rows: list[dict[str, object]] = []
+    skipped: list[str] = []
     names = ["libc", *strategies]
     total = len(paths) * len(names)
     progress = Progress(total, "bench", quiet)
     try:
         for path in paths:
             _bench_trace(path, names, rows, progress, quick=quick, repeat=repeat,
-                         python_sample=python_sample, capacity_factor=capacity_factor)
+                         python_sample=python_sample, capacity_factor=capacity_factor,
+                         skipped=skipped)
     finally:
         progress.close()
     print(format_table(rows))
+    for why in skipped:
+        print(f"skipped {why}")
     if csv_path:
         with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -169,7 +175,7 @@ def _row(trace: tr.Trace, name: str, r: tr.ReplayResult, ns: float, base: float 
 
 def _bench_trace(path: str | os.PathLike[str], names: list[str], rows: list[dict[str, object]],
                  progress: Progress, *, quick: bool, repeat: int, python_sample: int,
-                 capacity_factor: float) -> None:
+                 capacity_factor: float, skipped: list[str]) -> None:
     trace = tr.read(path)
     if quick:
         trace = trace.head(50_000)
@@ -178,7 +184,13 @@ def _bench_trace(path: str | os.PathLike[str], names: list[str], rows: list[dict
     base = None
     for name in names:
         progress.step(f"{trace.name}: {name}")
-        r, ns = _replay_cell(trace, name, 1 if quick else repeat, capacity_factor)
+        try:
+            r, ns = _replay_cell(trace, name, 1 if quick else repeat, capacity_factor)
+        except (ValueError, TypeError, MempoolError) as e:
+            if name == "libc":
+                raise
+            skipped.append(f"{name} on {trace.name}: {e}")
+            continue
         if name == "libc":
             base = ns
             py_ns = float("nan")
@@ -392,9 +404,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     paths = args.traces or tr.bundled()
     for path in args.traces:
         if not os.path.isfile(path):
-            raise UsageError(f"cannot read {path}: no such file")
-    if not args.capacity_factor > 0:
-        raise UsageError(f"--capacity-factor must be > 0, got {args.capacity_factor}")
+            raise UsageError(f"cannot read {path}: "
+                             f"{'not a regular file' if os.path.exists(path) else 'no such file'}")
+    if not 0 < args.capacity_factor < float("inf"):
+        raise UsageError(f"--capacity-factor must be > 0 and finite, got {args.capacity_factor}")
     try:
         rows = bench(
             paths, args.strategy or list(STRATEGIES), quick=args.quick, repeat=args.repeat,

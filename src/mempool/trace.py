@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -98,7 +99,10 @@ class Trace:
 
     def head(self, n: int) -> Trace:
         """The first ``n`` operations (a prefix of a trace is a valid trace)."""
-        n = min(int(n), len(self))
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"head takes a count of operations >= 0, got {n}")
+        n = min(n, len(self))
         _ok, maxlive, _why = _mempool.validate_trace(
             self.op[:n], self.id[:n], self.size[:n], self.align[:n], self.max_id
         )
@@ -117,7 +121,12 @@ def _dense_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def _open_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
+    # (a FIFO would wait for a writer, even to be opened, and /dev/zero never end: a
+    # trace is a regular file)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TraceError(f"{path}: not a regular file")
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         try:
@@ -157,11 +166,11 @@ def read(path: str | os.PathLike[str]) -> Trace:
 def _parse(text: bytes, path: Path) -> Trace:
     """:func:`read`'s work on the bytes of a trace (``path`` names it in errors)."""
     first, _, _ = text.partition(b"\n")
-    try:
-        header_line = first.decode("ascii").strip()
+    try:  # (UTF-8: the recorders write the program's name as it is)
+        header_line = first.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise TraceError(f"{path}: line 1: not a {MAGIC} header") from None
-    if not header_line.startswith("# " + MAGIC):
+    if header_line.split()[:3] != ["#", *MAGIC.split()]:  # (v1 exactly: not v12, v1.5)
         raise TraceError(f"{path}: line 1: not a {MAGIC} header: {header_line[:60]!r}")
     header = dict(
         kv.split("=", 1) for kv in header_line[len("# " + MAGIC):].split() if "=" in kv
@@ -570,6 +579,11 @@ def _record_malloc(cmd: list[str], out: Path, lib: Path, program: str | None
         rc = proc.wait()
         bodies = os.listdir(tmp)
         mine = f"body.{proc.pid}"
+        failed = [b for b in bodies if b.startswith(mine + ".failed-")]
+        if failed:  # the recorder could not write (a full disk): no cut trace
+            err = int(failed[0].rsplit("-", 1)[1])
+            raise OSError(err, f"the recording stopped: {os.strerror(err)} (the program "
+                               f"exited with status {rc})", str(out))
         if mine not in bodies:
             raise RuntimeError(f"{cmd[0]} did not load the malloc recorder (statically linked, "
                                f"setuid, or not a glibc program; it exited with status {rc})")

@@ -67,13 +67,22 @@ static void *map(size_t n)
     return p == MAP_FAILED ? NULL : p;
 }
 
+static char path[4096]; /* the body's file (start) */
+
 static void flush(void)
 {
     size_t off = 0;
     while (off < blen) {
         ssize_t w = write(fd, buf + off, blen - off);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) { /* the disk is full or the file is gone: stop recording */
+        if (w <= 0) { /* the disk is full or the file is gone: stop recording, and say so
+                         in the file's name (a rename needs no room): body.<pid>.failed-<errno>,
+                         which record_malloc reports instead of a cut trace */
+            int e = w < 0 ? errno : ENOSPC;
+            char failed[4096 + 32];
+            if ((size_t)snprintf(failed, sizeof failed, "%s.failed-%d", path, e) < sizeof failed)
+                (void)rename(path, failed);
+            close(fd);
             fd = -1;
             break;
         }
@@ -317,7 +326,6 @@ static void after_fork_child(void)
 __attribute__((constructor)) static void start(void)
 {
     const char *out = getenv("MEMPOOL_MALLOC_OUT");
-    static char path[4096];
     if (!out || !*out || (size_t)snprintf(path, sizeof path, "%s.%ld", out, (long)getpid()) >= sizeof path)
         return;
     /* O_TRUNC: a program that exec()s another (a launcher script) leaves the file to
