@@ -229,6 +229,47 @@ def test_views_travel_as_views(pool):
     np.testing.assert_array_equal(deserialize(header, frames), v)
 
 
+def test_a_full_lease_table_sends_the_bytes(name):
+    # more pool arrays in flight than max_leases: the serializer raised OutOfSpace and
+    # Dask's transfer hung (the receiver's task stayed in processing); now the bytes go
+    pool = SharedPool.create(name, "1MiB", max_leases=2)
+    token = md._token(pool)
+    ctx = {"recipient": {md.HANDSHAKE_KEY: token}}
+    arrays = [pool.zeros(4) for k in range(3)]
+    for k, a in enumerate(arrays):
+        a[:] = k
+    sent = [serialize(a, context=ctx) for a in arrays]
+    assert [h["sub-header"].get("mempool-handle", False) for h, _ in sent] == [True, True, False]
+    got = [deserialize(h, f) for h, f in sent]
+    assert [type(g) for g in got] == [SharedArray, SharedArray, np.ndarray]
+    for k, g in enumerate(got):
+        np.testing.assert_array_equal(g, k)
+    del arrays, sent, got, a, g
+    assert pool.shared_stats().leases == 0
+    q = SharedPool.attach(name)
+    pool.close()  # (gives back the process's cache of small ranges)
+    assert q.used == 0
+    q.close()
+    q.unlink()
+
+
+def test_a_read_only_view_arrives_read_only(pool):
+    # the handle carried no flag: the receiver could write what the sender had marked
+    # read-only (the same memory); Dask's bytes path kept it
+    import pickle
+    a = pool.zeros(4)
+    ro = a.view()
+    ro.flags.writeable = False
+    for b in (pickle.loads(pickle.dumps(ro)),
+              deserialize(*serialize(ro, context={"recipient": {md.HANDSHAKE_KEY:
+                                                                md._token(pool)}}))):
+        assert type(b) is SharedArray and not b.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            b[0] = 5
+    assert pickle.loads(pickle.dumps(a)).flags.writeable
+    assert a[0] == 0
+
+
 def test_workers_leaving_at_once_unlink_the_segment(name):
     # before: a leaving worker decided "not last" while the other still mapped the
     # segment and closed after; the other, deciding in between, saw it mapped too:

@@ -62,6 +62,7 @@ from distributed.protocol.numpy import deserialize_numpy_ndarray, serialize_nump
 from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
 from ._units import parse_size
+from .errors import OutOfSpace
 from .shared import SharedArray, SharedPool, _alive, _block_of
 from .sources import SHM_DIR, _shm_path
 
@@ -248,8 +249,13 @@ def _serialize_shared(x: SharedArray, context: dict[str, Any] | None = None
         blk = _block_of(x)
         if blk is not None and blk.live and isinstance(blk.pool, SharedPool) \
                 and want == _token(blk.pool):
-            # SharedArray.__reduce__: a handle that holds a lease until unpickled
-            return {"mempool-handle": True}, [pickle.dumps(x, protocol=5)]
+            # SharedArray.__reduce__: a handle that holds a lease until unpickled; with
+            # the lease table full (more arrays in flight than max_leases), the bytes
+            # (an exception here left Dask's transfer hanging)
+            try:
+                return {"mempool-handle": True}, [pickle.dumps(x, protocol=5)]
+            except OutOfSpace:
+                pass
     header, frames = serialize_numpy_ndarray(x.view(np.ndarray), context=context)
     return header, frames
 

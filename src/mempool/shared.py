@@ -132,8 +132,11 @@ class SharedArray(np.ndarray):
         # a plain dtype travels as its type string: pickling a dtype object costs ~10 us
         dtype = dt.str if dt.fields is None and dt.subdtype is None else dt
         lease = pool._lease(blk)  # last: nothing after it can fail and strand the lease
-        return (_rebuild_array, (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off,
-                                 dtype, self.shape, self.strides, lease))
+        args = (pool.name, pool.segment_id, blk.offset, blk.tag, byte_off, dtype, self.shape,
+                self.strides, lease)
+        # a read-only view arrives read-only (the same memory: writable, it would let
+        # the receiver write what the sender had marked read-only)
+        return (_rebuild_array, args if self.flags.writeable else (*args, True))
 
     def __array_wrap__(self, arr: np.ndarray, context: tuple[Any, ...] | None = None,
                        return_scalar: bool = False) -> Any:
@@ -191,7 +194,7 @@ def _rebuild_block(name: str, segment_id: int, offset: int, tag: int, lease: int
 
 def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: int,
                    dtype: np.dtype | str, shape: tuple[int, ...], strides: tuple[int, ...],
-                   lease: int = 0) -> SharedArray:
+                   lease: int = 0, readonly: bool = False) -> SharedArray:
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError):
@@ -204,6 +207,8 @@ def _rebuild_array(name: str, segment_id: int, offset: int, tag: int, byte_off: 
     # CorruptionError
     arr: SharedArray = blk.pool._array_over(blk, dt, tuple(shape), tuple(strides), byte_off,
                                             SharedArray)
+    if readonly:
+        arr.flags.writeable = False
     return arr
 
 
