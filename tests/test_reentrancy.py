@@ -183,11 +183,7 @@ def test_shared_close_while_a_thread_waits_for_the_lock(name):
         assert not t.is_alive()
     assert results["closed"] is True and p.closed
     assert isinstance(results["alloc"], mempool.PoolClosed), results["alloc"]
-    # the segment lost nothing: q sees no live range and a clean state
-    assert q.stats().live == 0
-    q.check()
-    q.close()
-    q.unlink()
+    _all_given_back(q)  # the segment lost nothing
 
 
 @needs_syscall_names
@@ -232,10 +228,7 @@ def test_shared_nothing_new_while_close_waits_for_the_lock(name):
     finally:
         act.__exit__(None, None, None)
     assert not b.live
-    assert q.stats().live == 0  # b and the cached range went back with the close
-    q.check()
-    q.close()
-    q.unlink()
+    _all_given_back(q)  # b and the cached range went back with the close
 
 
 @needs_syscall_names
@@ -338,10 +331,7 @@ def test_shared_named_put_of_a_block_freed_while_the_put_waits(name, size):
     assert "x" not in q.named
     c.free()
     p.close()  # (gives back the process's cache too)
-    assert q.used == 0
-    q.check()
-    q.close()
-    q.unlink()
+    _all_given_back(q)
 
 
 @needs_syscall_names
@@ -352,17 +342,29 @@ def test_shared_block_dropped_while_close_waits_gives_its_range_back(name):
     p = SharedPool.create(name, "1MiB")
     q = SharedPool.attach(name)
     blocks = [p.alloc(4096)]  # beyond the process's cache: freed under the lock
+    _drop_while_close_waits(name, p, q, blocks)
+    _all_given_back(q)
+
+
+def _drop_while_close_waits(name: str, p, q, blocks: list) -> None:
+    """p.close() waits for the lock (q's holder has it), then another thread drops the
+    last references of `blocks` (their dealloc frees) and waits behind it; then the
+    lock goes free and both finish."""
     with LockHolder(q) as held:
         c = threading.Thread(target=p.close)
         c.start()
         wait_until(lambda: waits_for_segment_lock(c.native_id, name), "close() waits")
-        d = threading.Thread(target=blocks.clear)  # the last reference: dealloc frees
+        d = threading.Thread(target=blocks.clear)
         d.start()
-        wait_until(lambda: waits_for_segment_lock(d.native_id, name), "the free waits")
+        wait_until(lambda: waits_for_segment_lock(d.native_id, name), "the drop waits")
         held.release()
     c.join(30)
     d.join(30)
-    assert p.closed
+    assert p.closed and not c.is_alive() and not d.is_alive()
+
+
+def _all_given_back(q) -> None:
+    """The segment holds no range (q: another mapping of it); q goes, and the segment."""
     assert q.used == 0 and len(q) == 0
     q.check()
     q.close()
@@ -401,11 +403,8 @@ def test_shared_fork_while_a_thread_waits_then_close_in_the_child(name):
             pytest.fail("the child's close() did not return")
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert q.used == 0
-    q.check()
     p.close()
-    q.close()
-    q.unlink()
+    _all_given_back(q)
 
 
 @pytest.mark.parametrize("make", ["zeros", "empty"])
@@ -462,23 +461,11 @@ def test_shared_borrowed_handle_dropped_while_close_waits_says_nothing(name):
     old_hook = sys.unraisablehook
     sys.unraisablehook = lambda u: seen.append(u.exc_value)
     try:
-        with LockHolder(q) as held:
-            c = threading.Thread(target=p.close)
-            c.start()
-            wait_until(lambda: waits_for_segment_lock(c.native_id, name), "close() waits")
-            d = threading.Thread(target=blocks.clear)
-            d.start()
-            wait_until(lambda: waits_for_segment_lock(d.native_id, name), "the drop waits")
-            held.release()
-        c.join(30)
-        d.join(30)
+        _drop_while_close_waits(name, p, q, blocks)
     finally:
         sys.unraisablehook = old_hook
-    assert p.closed and seen == []
-    assert q.used == 0 and len(q) == 0
-    q.check()
-    q.close()
-    q.unlink()
+    assert seen == []
+    _all_given_back(q)
 
 
 @needs_syscall_names
@@ -509,7 +496,4 @@ def test_shared_child_forked_while_close_waits_has_a_pool_of_its_own(name):
     c.join(30)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0 and p.closed
-    assert q.used == 0
-    q.check()
-    q.close()
-    q.unlink()
+    _all_given_back(q)
