@@ -624,8 +624,8 @@ static PyObject *ext_pool_zeros(PoolObject *self, PyObject *const *args, Py_ssiz
 static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->closed || !self->strategy) Py_RETURN_FALSE;
-    if (self->closing && self->shutting == mp_getpid()) { /* (a forked child's copy of a
-                                                              closing pool may close) */
+    if (self->closing && mp_pool_shutting(self)) { /* (a forked child's copy of a closing
+                                                      pool may close) */
         PyErr_SetString(PyExc_RuntimeError, "the pool is being closed by another thread");
         return NULL;
     }

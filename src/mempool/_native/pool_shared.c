@@ -66,8 +66,6 @@ typedef struct {
     int lock_refused;         /* a call found the lock unusable (CorruptionError)   */
     Py_ssize_t waiting;       /* calls of this process waiting for the lock without
                                  the GIL (close() waits for them to leave)          */
-    unsigned waiting_pid;     /* the process `waiting` counts in (a forked child's copy
-                                 counts threads it does not have: reset)            */
     uint64_t lock_calls;      /* acquisitions by this process                      */
     PyObject *reducer;        /* reducer(block) -> pickle handle                   */
     mp_shared_local_t *local; /* this process's cache and tags                     */
@@ -97,7 +95,9 @@ static uint64_t rounded(SharedPoolObject *s, uint64_t size)
 static mp_shared_local_t *local_of(SharedPoolObject *s)
 {
     mp_shared_local_t *l = s->local;
-    if (l->pid != mp_getpid()) { /* forked: the cache and the tags are the parent's */
+    if (l->pid != mp_getpid()) { /* forked: the cache, the tags and the waiting calls are
+                                    the parent's */
+        s->waiting = 0;
         memset(l->n, 0, sizeof l->n);
         l->tag_next = l->tag_end = 0;
         l->pid = mp_getpid();
@@ -161,14 +161,10 @@ int mp_sh_reg_room(PoolObject *p, uint64_t n) { return reg_room(SH(p), n); }
 char *mp_sh_grow_why(PoolObject *p) { return SH(p)->grow_why; }
 
 /* ---- the lock -------------------------------------------------------------------------- */
-/* This process's count of waiting calls (a forked child's copy starts at 0). */
+/* This process's count of waiting calls (a forked child's copy starts at 0: local_of). */
 static Py_ssize_t *waiting_of(SharedPoolObject *s)
 {
-    unsigned pid = mp_getpid();
-    if (s->waiting_pid != pid) {
-        s->waiting_pid = pid;
-        s->waiting = 0;
-    }
+    (void)local_of(s);
     return &s->waiting;
 }
 
@@ -213,11 +209,11 @@ static int sh_lock_as(SharedPoolObject *s, int giving)
     return -1;
 }
 
+static int sh_lock(SharedPoolObject *s) { return sh_lock_as(s, 0); }
+
 /* sh_lock for a call that hands out a new range or handle: refused once close() has
  * begun (it may have waited for the lock while close() did: PoolCore.shutting); calls
  * that give back, close() among them, take the lock until the pool is closing. */
-static int sh_lock(SharedPoolObject *s) { return sh_lock_as(s, 0); }
-
 static void sh_unlock(SharedPoolObject *s);
 static int sh_lock_taking(SharedPoolObject *s)
 {
@@ -245,6 +241,20 @@ static void drain(SharedPoolObject *s)
         nanosleep(&ts, NULL);
         Py_END_ALLOW_THREADS
     }
+}
+
+/* Keep the range of entry i (refs 0, this process's) in the process's cache for the next
+ * alloc: 1, or 0 when it has no room for its class, or close() has begun (it gave the
+ * cache back already). */
+static int cache_keep(SharedPoolObject *s, uint32_t i, uint64_t off, uint64_t size)
+{
+    mp_shared_local_t *l = local_of(s);
+    int k = mag_class(s, size);
+    if (k < 0 || l->n[k] >= MAG_DEPTH || mp_pool_shutting(&s->pool)) return 0;
+    l->slot[k][l->n[k]].entry = i;
+    l->slot[k][l->n[k]].offset = off;
+    l->n[k]++;
+    return 1;
 }
 
 /* Drop an entry this process holds with refs 0 and free its range (lock held). */
@@ -477,15 +487,7 @@ static int sh_release(PoolObject *p, BlockObject *b)
     int last = mp_ref_release(s->ctl, b->entry, b->pid, 1);
     b->live = 0;
     if (last <= 0) return 0; /* others still hold it (-1: cannot happen with a matching entry) */
-    mp_shared_local_t *l = local_of(s);
-    int k = mag_class(s, b->size);
-    if (k >= 0 && l->n[k] < MAG_DEPTH && !mp_pool_shutting(p)) { /* keep it for the next alloc
-                                                           (not once close() gave the cache back) */
-        l->slot[k][l->n[k]].entry = b->entry;
-        l->slot[k][l->n[k]].offset = b->offset;
-        l->n[k]++;
-        return 0;
-    }
+    if (cache_keep(s, b->entry, b->offset, b->size)) return 0;
     if (sh_lock_as(s, 1) < 0) return -1; /* the range stays ours: reclaim finds it */
     dispose(s, b->entry);
     sh_unlock(s);
@@ -629,17 +631,7 @@ static int sh_raw_put(PoolObject *p, uint64_t off)
          * of its parent: the parent still holds the range) */
         int last = i == MP_NIL ? -1 : mp_ref_release(s->ctl, i, mp_getpid(), 1);
         if (i != MP_NIL) rc = MP_OK;
-        if (last == 1) {
-            mp_shared_local_t *l = local_of(s);
-            int k = mag_class(s, mp_reg_entry(s->ctl, i)->size);
-            if (k >= 0 && l->n[k] < MAG_DEPTH && !mp_pool_shutting(p)) { /* as sh_release */
-                l->slot[k][l->n[k]].entry = i;
-                l->slot[k][l->n[k]].offset = off;
-                l->n[k]++;
-            } else {
-                dispose(s, i);
-            }
-        }
+        if (last == 1 && !cache_keep(s, i, off, mp_reg_entry(s->ctl, i)->size)) dispose(s, i);
         sh_unlock(s);
     } else {
         PyErr_Clear(); /* the range stays this process's: reclaim finds it after exit */
