@@ -125,14 +125,29 @@ def test_cli_records_a_script_and_passes_its_exit_code(tmp_path):
     assert t.program == "s.py" and t.maxlive == 32000
 
 
+def test_cli_records_python_c_with_its_arguments(tmp_path):
+    import sys
+    out = tmp_path / "c.trace"
+    code = "import sys, numpy as np\nkeep = np.empty(5000)\nassert sys.argv == ['-c', 'x']\nsys.exit(4)"
+    r = _cli("record", "-o", str(out), "--", sys.executable, "-c", code, "x")
+    assert r.returncode == 4, r.stderr
+    t = trace.read(out)
+    assert t.program == "python_-c" and t.maxlive >= 40000
+
+
 @pytest.mark.parametrize("args, msg", [
     (["-o", "OUT", "python", "s.py"], "put the command after --"),
     (["-o", "OUT", "--"], "no command to record"),
     (["-o", "/no/such/dir/o.trace", "--", "python", "s.py"], "cannot write"),
     (["-o", "OUT", "--", "gzip", "-h"], "not a Python interpreter"),
+    (["-o", "OUT", "--", "python", "-c"], "-c needs the code"),
+    (["-o", "OUT", "--", "python", "-m"], "-m needs a module name"),
+    (["-o", "OUT", "--", "python", "-u", "s.py"], "option -u is not supported"),
+    (["-o", "OUT", "--", "python", "no_such.py"], "cannot open no_such.py"),
 ])
 def test_cli_bad_arguments_one_line(tmp_path, args, msg):
     args = [a.replace("OUT", str(tmp_path / "o.trace")) for a in args]
+    (tmp_path / "s.py").write_text("")  # a script that exists: the fault is elsewhere
     r = _cli("record", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -243,10 +243,15 @@ _BOOT = """\
 import os, runpy, sys
 from mempool import trace
 out, args = os.environ.pop("MEMPOOL_RECORD_OUT"), sys.argv[1:]
-with trace.record(out, program=os.path.basename(args[1] if args[0] == "-m" else args[0])):
+name = {"-m": args[1:2], "-c": ["python -c"]}.get(args[0], [os.path.basename(args[0])])[0]
+with trace.record(out, program=name):
     if args[0] == "-m":
         sys.argv = args[1:]
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    elif args[0] == "-c":
+        sys.argv = ["-c", *args[2:]]
+        import __main__
+        exec(compile(args[1], "<string>", "exec"), __main__.__dict__)
     else:
         sys.argv = args
         runpy.run_path(args[0], run_name="__main__")
@@ -256,7 +261,7 @@ with trace.record(out, program=os.path.basename(args[1] if args[0] == "-m" else 
 def _add_record_parser(sub: Any) -> None:
     r = sub.add_parser("record", help="record a program's allocations as a trace",
                        description="python -m mempool record -o OUT[.gz] -- python script.py "
-                       "ARGS (or -- python -m module ARGS): NumPy's allocations and the pool "
+                       "ARGS (or -- python -m module ARGS, -- python -c CODE ARGS): NumPy's allocations and the pool "
                        "operations of the whole program, as trace.record() writes them.  "
                        "With --malloc, any program's C heap calls (malloc, calloc, realloc, "
                        "free, the aligned ones), through a preload recorder: "
@@ -300,8 +305,13 @@ def _cmd_record(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not os.path.basename(cmd[0]).startswith("python"):
         return fail(f"{cmd[0]} is not a Python interpreter (record --malloc records any program's "
                     "C heap calls)")
-    if cmd[1] == "-m" and len(cmd) < 3:
-        return fail("-m needs a module name")
+    if cmd[1] in ("-m", "-c") and len(cmd) < 3:
+        return fail(f"{cmd[1]} needs {'a module name' if cmd[1] == '-m' else 'the code'}")
+    if cmd[1].startswith("-") and cmd[1] not in ("-m", "-c"):
+        return fail(f"the interpreter's option {cmd[1]} is not supported here: record -o OUT -- "
+                    "python script.py ARGS, python -m module ARGS or python -c CODE ARGS")
+    if cmd[1] not in ("-m", "-c") and not os.path.isfile(cmd[1]):
+        return fail(f"cannot open {cmd[1]}: no such file")
     try:
         with open(args.output, "wb"):
             pass
