@@ -17,7 +17,7 @@ import pytest
 import mempool
 from mempool import Pool, SharedPool
 from mempool import trace as tr
-from mempool.cli import main
+from mempool.cli import bench, main
 from mempool.view import PoolView, format_bytes, view_file, view_pool, view_shared
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
@@ -590,3 +590,17 @@ def test_bench_skips_what_cannot_be_made_and_refuses_an_infinite_factor(known, c
     for bad in ("inf", "nan", "0", "-1"):
         assert cli("bench", known, "--capacity-factor", bad, "-q") == 2
         assert "--capacity-factor must be > 0 and finite" in capsys.readouterr().err
+
+
+def test_bench_csv_path_is_checked_before_the_run(known, tmp_path, capsys):
+    # the bench ran its whole table, then failed on the CSV's path
+    for bad, why in ((tmp_path / "no" / "x.csv", "no folder"), (tmp_path, "is a folder")):
+        assert cli("bench", known, "--csv", str(bad), "-q") == 2
+        err = capsys.readouterr()
+        assert f"argument --csv: {bad}: {why}" in err.err and err.out == ""
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        bench([known], ["tlsf"], csv_path=str(tmp_path / "no" / "x.csv"), quiet=True)
+    assert capsys.readouterr().out == ""
+    good = tmp_path / "rows.csv"
+    assert cli("bench", known, "--csv", str(good), "-q", "--repeat", "1", "-s", "tlsf") == 0
+    assert good.read_text().splitlines()[0].startswith("trace,")

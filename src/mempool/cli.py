@@ -130,6 +130,10 @@ def bench(
     """Run the bench; returns one row per (trace, strategy) and prints the table.  A
     strategy that cannot be made over a trace's capacity (Slab below its page size) is
     left out of that trace's rows, and the reason printed after the table."""
+    if csv_path:
+        from .plot import check_writable
+
+        check_writable(csv_path)  # before the run, not after it
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
     names = ["libc", *strategies]
@@ -363,6 +367,17 @@ def _plot_path(text: str) -> str:
     return text
 
 
+def _csv_path(text: str) -> str:
+    """--csv FILE: checked before the bench runs (folder, permission)."""
+    from .plot import check_writable
+
+    try:
+        check_writable(text)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _add_plot_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--plot", metavar="FILE", type=_plot_path,
                    help=f"also draw {what} into FILE (.png or .svg; needs matplotlib: "
@@ -404,7 +419,7 @@ def _add_bench_parser(sub: Any) -> None:
                    help="ops of each trace timed from a Python loop")
     b.add_argument("--capacity-factor", type=float, default=2.0,
                    help="span = factor x maxlive of the trace (default 2)")
-    b.add_argument("--csv", help="also write the rows to this CSV file")
+    b.add_argument("--csv", type=_csv_path, help="also write the rows to this CSV file")
     _add_plot_arg(b, "the strategies side by side")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 

@@ -76,9 +76,19 @@ def check_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise ValueError(f"{p}: the picture's suffix must be .png or .svg")
+    return check_writable(p)
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, if a file can be written there (before a long run makes what
+    goes in it): OSError when its folder is missing or not writable, or it is a folder
+    or not writable itself."""
+    p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"{p}: no folder {folder}")
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a folder")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise PermissionError(f"{p}: not writable")
     return p
