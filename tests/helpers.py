@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -212,3 +214,12 @@ class LockHolder:
             self.release()
         finally:
             signal.signal(signal.SIGUSR1, self._old)
+
+
+def can_mount_a_tmpfs() -> bool:
+    """Root with unshare -m: a test can mount a small private tmpfs (a disk that fills)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30)
+    return r.returncode == 0

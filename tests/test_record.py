@@ -9,6 +9,8 @@ import pytest
 import mempool
 from mempool import trace
 
+from helpers import can_mount_a_tmpfs
+
 
 def test_numpy_script_replays_to_its_peak(tmp_path):
     # a known workload: the live data bytes, counted here from nbytes, peak at `expected`
@@ -173,3 +175,39 @@ def test_a_recorded_strategy_replays_through_the_recorder(tmp_path, name):
     ids = [o[1] for o in mine]
     frees = [o[1] for o in ops[ops.index(mine[1]) + 1:] if o[0] == "f" and o[1] in ids]
     assert frees[:2] == ids
+
+
+FILL = """\
+import os, sys, numpy as np
+from mempool import trace
+out = sys.argv[1]
+try:
+    with trace.record(out):
+        for i in range(6000):
+            a = np.empty(1000 + i % 7)
+            del a
+    print("recorded", os.path.getsize(out))
+except OSError as e:
+    print("OSError", e.errno, sorted(os.listdir(os.path.dirname(out))))
+"""
+
+
+@pytest.mark.skipif(not can_mount_a_tmpfs(), reason="needs root and unshare -m (a small tmpfs)")
+@pytest.mark.parametrize("size", ["64k", "128k"])
+def test_a_full_disk_leaves_no_cut_trace(tmp_path, size):
+    # 6,000 recorded pairs: a 78 KB body.  In 64k the body fills the disk while recording;
+    # in 128k the body fits and the copy into the output fills it.  Both raised OSError
+    # but left the output behind, empty or cut mid-line
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "fill.py"
+    script.write_text(FILL)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o size={size} tmpfs {mnt} && {sys.executable} {script} {mnt}/x.trace"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+    assert r.stdout.split() == ["OSError", "28", "[]"], (r.stdout, r.stderr)

@@ -13,6 +13,8 @@ import pytest
 import mempool
 from mempool import cli, trace
 
+from helpers import can_mount_a_tmpfs
+
 SQLITE = shutil.which("sqlite3")
 
 
@@ -136,15 +138,7 @@ for i in range(100000):
 """
 
 
-def _can_mount_a_tmpfs() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                        "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30)
-    return r.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="needs root and unshare -m (a small tmpfs)")
+@pytest.mark.skipif(not can_mount_a_tmpfs(), reason="needs root and unshare -m (a small tmpfs)")
 # (.ci/run's sanitizer step: `record` runs in a process of its own there, whose
 # instrumented mempool needs ASan preloaded, which the recorded program then gets second)
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),

@@ -501,6 +501,11 @@ class Recording:
             with open(body, "rb") as src, opener(self.path, "wb") as out:
                 out.write(header)
                 shutil.copyfileobj(src, out, 1 << 20)
+        except BaseException:
+            # no cut trace left behind (a full disk while recording or copying): the file
+            # is this recording's own, made empty by __enter__
+            self.path.unlink(missing_ok=True)
+            raise
         finally:
             os.unlink(body)
 
@@ -593,8 +598,12 @@ def _record_malloc(cmd: list[str], out: Path, lib: Path, program: str | None
     t = _parse(f"# {MAGIC} program={name}\n".encode() + body, out)
     header = f"# {MAGIC} program={name} maxlive={t.maxlive} ops={len(t)}\n".encode()
     # (gzip level 3: a quarter of level 9's time on these texts, ~10 % larger)
-    with gzip.open(out, "wb", compresslevel=3) if out.name.endswith(".gz") \
-            else open(out, "wb") as dst:
-        dst.write(header)
-        dst.write(body)
+    try:
+        with gzip.open(out, "wb", compresslevel=3) if out.name.endswith(".gz") \
+                else open(out, "wb") as dst:
+            dst.write(header)
+            dst.write(body)
+    except BaseException:
+        out.unlink(missing_ok=True)  # no cut trace (a full disk)
+        raise
     return MallocRecording(rc, out, len(t), t.maxlive, len(bodies) - 1)
