@@ -55,9 +55,9 @@ def _none_if_full(attempt: Callable[[Pool], T]) -> Callable[[Pool], T | None]:
 
 
 def _integer(value: Any, what: str) -> int:
-    """An int from anything with __index__ (NumPy's integers too), as Pool takes it;
-    TypeError for bool, float and the rest."""
-    if isinstance(value, (bool, float)) or not hasattr(type(value), "__index__"):
+    """An int from anything with __index__ (NumPy's integers, and bool: True is 1), as
+    Pool takes it; TypeError for float and the rest."""
+    if isinstance(value, float) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
     return operator.index(value)
 
