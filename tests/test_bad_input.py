@@ -738,7 +738,10 @@ CRAFTED = [  # id, bad(good snapshot, made), message (or message(good))
     ("used+1", lambda g, m: _field(g, 24, "Q", lambda v: v + 1), "cannot restore"),
     ("requested-0", lambda g, m: _field(g, 32, "Q", lambda v: 0), "cannot restore"),
     ("live+1", lambda g, m: _field(g, 40, "Q", lambda v: v + 1), "cannot restore"),
-    ("peak_used-below-used", lambda g, m: _field(g, 48, "Q", lambda v: 0), "peak_used below used"),
+    ("peak_used-below-used", lambda g, m: _field(g, 48, "Q", lambda v: 0), "peak_used 0 outside"),
+    # (no byte was ever in use above high_water: 2**63 was taken, check() clean)
+    ("peak_used-above-high_water", lambda g, m: _field(g, 48, "Q", lambda v: 2**63),
+     "peak_used 9223372036854775808 outside"),
     ("high_water-below-a-live-range", lambda g, m: _field(g, 56, "Q", lambda v: 0), "cannot restore"),
 ]
 
@@ -791,6 +794,32 @@ def test_a_snapshot_claiming_a_huge_state_is_refused_before_it_is_allocated(cls)
             cls.restore(data)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 64 << 10  # KiB
     assert cls.restore(good).snapshot() == good
+
+
+def test_a_heap_snapshot_whose_tlsf_sits_at_its_end_is_not_read_past():
+    # the Heap's TLSF offset set to the snapshot's last word: the hole search read the
+    # TLSF's head past the end of the bytes (a guard page after them: SIGSEGV)
+    import ctypes
+    import mmap
+    h = mempool.Heap(1 << 16)
+    h.alloc(100)
+    snap = bytearray(h.snapshot())
+    struct.pack_into("<Q", snap, 120 + 56, len(snap) & ~7)  # heap_ctl.tlsf_off
+    page = mmap.PAGESIZE
+    npages = -(-len(snap) // page) + 1
+    mm = mmap.mmap(-1, npages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base + (npages - 1) * page, page, 0) == 0  # PROT_NONE after it
+    start = (npages - 1) * page - len(snap)
+    mm[start:start + len(snap)] = snap
+    view = memoryview(mm)[start:start + len(snap)]
+    with pytest.raises(mempool.CorruptionError, match="cannot restore"):
+        mempool.Heap.restore(view)
+    view.release()
+    assert libc.mprotect(base + (npages - 1) * page, page, 3) == 0
+    mm.close()
 
 
 @per_strategy

@@ -551,7 +551,7 @@ static int bm_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (h->requested != h->used - waste)
         MPI_FAIL("requested %llu, used %llu minus waste %llu", (ull)h->requested, (ull)h->used,
                  (ull)waste);
-    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(h);
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
     for (uint64_t q = NW; q-- > 0;) { /* the end of the highest used block */
         uint64_t u = q == NW - 1 ? used[q] & ~pad : used[q]; /* (not the padding's ones) */

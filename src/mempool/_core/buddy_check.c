@@ -142,7 +142,7 @@ int mpi_buddy_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (used != h->used || requested != h->requested)
         MPI_FAIL("live blocks hold %llu bytes (%llu asked for), head says %llu (%llu)", (ull)used,
                  (ull)requested, (ull)h->used, (ull)h->requested);
-    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(h);
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
     if (h->high_water < maxend)
         MPI_FAIL("a live block ends at %llu, above high_water %llu", (ull)maxend,

@@ -362,7 +362,7 @@ static int bump_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (used != m->used || used != m->requested)
         MPI_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu", (ull)used,
                  (ull)m->used, (ull)m->requested);
-    if (m->peak_used < m->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(m);
     if (m->high_water > m->capacity || m->high_water < h->top)
         MPI_FAIL("high_water %llu, top %llu, capacity %llu", (ull)m->high_water, (ull)h->top,
                  (ull)m->capacity);

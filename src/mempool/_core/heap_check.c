@@ -504,7 +504,7 @@ int mpi_heap_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (used - wasted != h->requested)
         MPI_FAIL("live ranges were asked %llu bytes, requested says %llu", (ull)(used - wasted),
                  (ull)h->requested);
-    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(h);
     return MP_OK;
 }
 

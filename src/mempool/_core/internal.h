@@ -136,6 +136,17 @@ static inline void mpi_head_init(mp_head_t *h, uint16_t kind, uint64_t state_siz
     h->capacity = capacity;
 }
 
+/* check(): peak_used lies in [used, high_water] (every byte ever in use lay below the
+ * highest end handed out, and neither counter goes down but with the head restored
+ * whole); an untrusted state with peak_used 2**63 was taken. */
+#define MPI_CHECK_PEAK(h)                                                                        \
+    do {                                                                                         \
+        if ((h)->peak_used < (h)->used || (h)->peak_used > (h)->high_water)                      \
+            MPI_FAIL("peak_used %llu outside [used %llu, high_water %llu]",                      \
+                     (unsigned long long)(h)->peak_used, (unsigned long long)(h)->used,          \
+                     (unsigned long long)(h)->high_water);                                       \
+    } while (0)
+
 /* Something now reaches up to `end`: high_water covers it. */
 static inline void mpi_head_reach(mp_head_t *h, uint64_t end)
 {

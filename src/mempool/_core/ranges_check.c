@@ -140,7 +140,7 @@ int mpi_ranges_check(const void *st, uint64_t state_len, const mp_fidx_t *fi, ui
         MPI_FAIL("live ranges hold %llu bytes, used says %llu, requested %llu",
                  (unsigned long long)used, (unsigned long long)h->used,
                  (unsigned long long)h->requested);
-    if (h->peak_used < h->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(h);
     if (h->high_water > h->capacity) MPI_FAIL("high_water beyond capacity");
     if (h->high_water < maxend)
         MPI_FAIL("a live range ends at %llu, above high_water %llu", (unsigned long long)maxend,

@@ -216,7 +216,7 @@ int mpi_slab_check(const void *st, uint64_t len, char *msg, size_t msglen)
     if (used != m->used || asked != m->requested)
         MPI_FAIL("live ranges hold %llu bytes (%llu asked), head says %llu (%llu)", (ull)used,
                  (ull)asked, (ull)m->used, (ull)m->requested);
-    if (m->peak_used < m->used) MPI_FAIL("peak_used below used");
+    MPI_CHECK_PEAK(m);
     if (m->high_water > m->capacity || m->high_water < maxend)
         MPI_FAIL("high_water %llu: live ranges end at %llu, capacity %llu", (ull)m->high_water,
                  (ull)maxend, (ull)m->capacity);

@@ -228,6 +228,9 @@ static uint64_t tlsf_largest_any(const void *st) { return TLSF_BOTH(largest)(st)
 
 static uint64_t tlsf_hole(const void *st, uint64_t len, uint64_t *off)
 {
+    /* (the head's layout word before anything reads it: the Heap asks with the bytes
+     * left after its own part of an untrusted snapshot, which may be fewer) */
+    if (len < sizeof(mp_head_t)) return 0;
     return mpi_ranges_hole(st, fidx_of(st), len, off);
 }
 static uint64_t tlsf_grow_size(const void *st)
