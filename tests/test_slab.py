@@ -304,3 +304,44 @@ def test_smallest_slab():
     s.free(0)
     assert s.segments() == [(0, 1, False)]
     s.check()
+
+
+def test_a_refused_array_reports_its_size_as_an_int_whatever_the_count_was():
+    # the message and OutOfSpace.size came from the caller's own `count * stride`: a
+    # NumPy scalar overflowed to 0 (a RuntimeWarning under -W error, outside the error
+    # tree), an object with __index__ and __mul__ put its own answer there
+    import warnings
+
+    import numpy as np
+
+    class N:
+        def __index__(self):
+            return 10**6
+
+        def __mul__(self, other):
+            return "not a number"
+
+    s = Slab(1 << 16, 40, page_size=1024)
+    before = s.snapshot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for count, size in ((np.int64(2**62), 2**62 * 40), (N(), 10**6 * 40)):
+            with pytest.raises(mempool.OutOfSpace, match=f"an array of {size // 40} items, "
+                               f"{size} bytes: more items than the 1638") as e:
+                s.alloc_array(count)
+            assert type(e.value.size) is int and e.value.size == size
+    assert s.snapshot() == before
+
+
+@pytest.mark.parametrize("cls", [mempool.TLSF, mempool.Buddy, mempool.Bump, mempool.Heap])
+def test_out_of_space_size_is_an_int_for_an_index_object(cls):
+    class Big:
+        def __index__(self):
+            return 2**70
+
+        def __str__(self):
+            return "Big()"
+
+    with pytest.raises(mempool.OutOfSpace, match=f"cannot allocate {2**70} bytes") as e:
+        cls(1 << 16).alloc(Big())
+    assert type(e.value.size) is int and e.value.size == 2**70

@@ -115,7 +115,8 @@ static const mp_head_t *head(StrategyObject *self) { return (const mp_head_t *)s
 static PyObject *raise_oos(PyObject *size_obj, uint64_t size, const char *what, const char *why,
                            uint64_t avail, uint64_t largest)
 {
-    PyObject *sz = size_obj ? (Py_INCREF(size_obj), size_obj) : PyLong_FromUnsignedLongLong(size);
+    /* (OutOfSpace.size is an int: a caller's __index__ object, as an int) */
+    PyObject *sz = size_obj ? PyNumber_Index(size_obj) : PyLong_FromUnsignedLongLong(size);
     if (!sz) return NULL;
     PyObject *msg = PyUnicode_FromFormat("cannot allocate %s%S bytes: %s (%llu bytes available, "
                                          "largest free range %llu)",

@@ -83,11 +83,18 @@ static PyObject *slab_alloc_array(StrategyObject *self, PyObject *const *args, P
     else
         snprintf(why, sizeof why, "no run of enough free pages (%llu of %llu pages free)",
                  (unsigned long long)in.free_pages, (unsigned long long)in.pages);
-    PyObject *stride = PyLong_FromUnsignedLongLong(in.stride);
-    PyObject *bytes = stride ? PyNumber_Multiply(args[0], stride) : NULL;
+    /* (the count as an int: the caller's own * or a NumPy scalar's overflow warning
+     * made the message, OutOfSpace.size, or a RuntimeWarning under -W error) */
+    PyObject *count = PyNumber_Index(args[0]);
+    PyObject *stride = count ? PyLong_FromUnsignedLongLong(in.stride) : NULL;
+    PyObject *bytes = stride ? PyNumber_Multiply(count, stride) : NULL;
     Py_XDECREF(stride);
-    if (!bytes) return NULL;
-    PyObject *what = PyUnicode_FromFormat("an array of %S items, ", args[0]);
+    if (!bytes) {
+        Py_XDECREF(count);
+        return NULL;
+    }
+    PyObject *what = PyUnicode_FromFormat("an array of %S items, ", count);
+    Py_DECREF(count);
     if (what) {
         const char *w = PyUnicode_AsUTF8(what);
         if (w) mp_raise_oos(self, bytes, 0, w, why);
