@@ -419,6 +419,48 @@ def test_crafted_records_are_refused_on_lookup(tmp_path):
     assert rec  # (read through the private door too)
 
 
+@pytest.mark.parametrize("names", [2, 12])  # 12: the put grows the table first
+def test_a_crafted_table_without_an_empty_slot_is_refused_and_nothing_is_written(tmp_path,
+                                                                                   names):
+    # the root says `names` names in 16 slots, the table has every slot in use: the put
+    # wrote its slot at table[-1] (16 bytes before the table: another record's bytes),
+    # len() counted a name no lookup found, and a name stored before went missing
+    from mempool._segment import Header
+    path = tmp_path / "c.pool"
+    with Pool.create(path, 1 << 20) as p:
+        for i in range(names):
+            p.named[f"k{i}"] = np.arange(8) + i
+        h = Header.unpack(memoryview(p.source.buffer), p.source.size, b"MEMPOOL\0", "x")
+    _, table, slots, count, _, _, _, _ = _root(path)
+    assert (slots, count) == (16, names)
+    with open(path, "r+b") as f:
+        f.seek(h.data_off + table)
+        tbl = bytearray(f.read(16 * slots))
+        ref = next(r for _, r in struct.iter_unpack("<QQ", tbl) if r > 1)
+        for i in range(slots):
+            if struct.unpack_from("<QQ", tbl, 16 * i)[1] == 0:
+                struct.pack_into("<QQ", tbl, 16 * i, 0x1234 + i, ref)
+        f.seek(h.data_off + table)
+        f.write(tbl)
+    crafted = path.read_bytes()
+    with Pool.open(path) as p:  # (the root is valid: open reads it alone)
+        used, segs = p.stats().used, p.segments()
+        with pytest.raises(CorruptionError, match="more names than its root counts"):
+            p.named["zzz"] = b"hello"
+        assert p.stats().used == used and p.segments() == segs and len(p.named) == names
+        with pytest.raises(KeyError):
+            p.named["zzz"]
+    # nothing written (the failed call was undone): the root, the table and the 16 bytes
+    # before it as they were (the rest of the heap: used and segments, above)
+    after = path.read_bytes()
+    root = slice(NAMED_ROOT_OFFSET, NAMED_ROOT_OFFSET + 64)
+    near = slice(h.data_off + table - 16, h.data_off + table + 16 * slots)
+    assert after[root] == crafted[root] and after[near] == crafted[near]
+    with Pool.open(path) as p:
+        for i in range(names):
+            assert list(p.named[f"k{i}"]) == list(np.arange(8) + i)
+
+
 def test_old_format_is_refused(tmp_path):
     path = tmp_path / "v.pool"
     Pool.create(path, 1 << 16, max_blocks=64).close()

@@ -260,6 +260,30 @@ def test_crafted_root_is_refused_on_attach(sp, field, value):
         SharedPool.attach(sp.name)
 
 
+def test_a_crafted_table_without_an_empty_slot_is_refused_and_a_is_kept(sp):
+    # every slot of the table in use, the root saying one name: the put wrote its slot
+    # 16 bytes before the table, over the record of "a", which then was gone (KeyError)
+    import mmap
+    sp.named["a"] = np.arange(4.0)
+    with open(f"/dev/shm/{sp.name}", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        _, table, slots, count = struct.unpack_from("<4Q", mm, NAMED_ROOT_OFFSET)
+        data_off = struct.unpack_from("<8sIIII QQQQQ", mm, 0)[8]
+        t = data_off + table
+        ref = next(r for _, r in struct.iter_unpack("<QQ", mm[t:t + 16 * slots]) if r > 1)
+        for i in range(slots):
+            if struct.unpack_from("<QQ", mm, t + 16 * i)[1] == 0:
+                struct.pack_into("<QQ", mm, t + 16 * i, 0x5555 + i, ref)
+        near = bytes(mm[t - 16:t + 16 * slots])
+        used, segs = sp.stats().used, sp.segments()
+        with pytest.raises(CorruptionError, match="more names than its root counts"):
+            sp.named["new"] = np.arange(3.0)
+        assert bytes(mm[t - 16:t + 16 * slots]) == near
+    assert sp.stats().used == used and sp.segments() == segs
+    assert list(sp.named["a"]) == [0.0, 1.0, 2.0, 3.0] and (slots, count) == (16, 1)
+    with pytest.raises(KeyError):
+        sp.named["new"]
+
+
 def test_views_and_unpickled_arrays_hold_the_pool_open(sp):
     # a named view and an unpickled array each count as an export of the pool: close()
     # refuses (BufferError) while one lives, instead of unmapping memory it reads

@@ -361,9 +361,16 @@ int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec)
         memset(t, 0, slots * sizeof(slot_t));
         if (r->table != MP_NAMED_NONE) {
             const slot_t *old = table_of(d);
+            uint64_t n = 0;
             for (uint64_t i = 0; i < r->slots; i++) {
                 if (old[i].ref <= SLOT_TOMB) continue;
-                t[free_slot(t, slots, old[i].hash)] = old[i];
+                /* more names than the root counts (a crafted table): no room was kept */
+                uint64_t k = ++n > r->count ? MP_NAMED_NONE : free_slot(t, slots, old[i].hash);
+                if (k == MP_NAMED_NONE) {
+                    mp_named_free(d, nt);
+                    return MP_ECORRUPT;
+                }
+                t[k] = old[i];
             }
             mp_named_free(d, r->table);
         }
@@ -373,6 +380,7 @@ int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec)
     }
     slot_t *t = table_of(d);
     uint64_t i = free_slot(t, r->slots, hash);
+    if (i == MP_NAMED_NONE) return MP_ECORRUPT; /* a crafted table without an empty slot */
     if (t[i].ref == SLOT_TOMB) set64(d, &r->tombs, r->tombs - 1);
     set64(d, &t[i].hash, hash);
     set64(d, &t[i].ref, rec + 2);

@@ -106,8 +106,12 @@ int mp_named_meta(mp_named_t *d, uint64_t off);
 /* Allocate and free ranges the way the directory does (through tx and the hooks). */
 int mp_named_alloc(mp_named_t *d, uint64_t size, uint64_t align, uint64_t *off);
 int mp_named_free(mp_named_t *d, uint64_t off);
-/* Publish a new record (the name absent): grows the table when needed.  MP_OK or
- * an allocation error (then nothing of the directory changed; the caller undoes). */
+/* Publish a new record (the name absent): grows the table when needed.  MP_OK, an
+ * allocation error, or MP_ECORRUPT (MP_NAMED_FULL: a crafted table with more names
+ * than its root counts had no slot to give); then nothing of the directory changed
+ * (the caller undoes the allocations). */
+#define MP_NAMED_FULL "named directory: the table holds more names than its root counts " \
+                      "(no empty slot)"
 int mp_named_insert(mp_named_t *d, uint64_t hash, uint64_t rec);
 /* Fill the record at rec (rlen bytes allocated): the caller's bytes (name, dtype,
  * shape...) then the head naming the data range and the view's offset in it. */

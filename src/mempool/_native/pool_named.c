@@ -392,7 +392,8 @@ fail:;
             goto retry;
         }
     }
-    mp_raise(self->strategy, rc, asked, aalign, 0);
+    if (rc == MP_ECORRUPT) PyErr_SetString(mp_CorruptionError, MP_NAMED_FULL);
+    else mp_raise(self->strategy, rc, asked, aalign, 0);
 out:
     Py_XDECREF(pin);
     if (has_src) PyBuffer_Release(&a.src);

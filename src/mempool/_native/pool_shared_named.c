@@ -331,6 +331,9 @@ fail:
         char *why = mp_sh_grow_why(self);
         snprintf(f.msg, sizeof f.msg, "%s", why);
         why[0] = 0;
+    } else if (rc == MP_ECORRUPT) {
+        f.kind = E_CORRUPT;
+        snprintf(f.msg, sizeof f.msg, "%s", MP_NAMED_FULL);
     } else {
         f.kind = E_ALLOC;
         mp_err_capture(self->strategy, rc, asked, aalign, 0, &f.err); /* reads the state */
