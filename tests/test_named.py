@@ -461,6 +461,35 @@ def test_a_crafted_table_without_an_empty_slot_is_refused_and_nothing_is_written
             assert list(p.named[f"k{i}"]) == list(np.arange(8) + i)
 
 
+@pytest.mark.parametrize("target", ["a's data", "the table", "a's record"])
+def test_check_finds_one_range_named_twice(tmp_path, target):
+    # b's record made to name a's data range (or the table, or a's record): check()
+    # passed, and deleting a freed a range that b still named (the next alloc got it)
+    from mempool._segment import Header
+    path = tmp_path / "c.pool"
+    with Pool.create(path, 1 << 20) as p:
+        p.named["a"] = np.arange(8)
+        p.named["b"] = np.arange(8) + 100
+        h = Header.unpack(memoryview(p.source.buffer), p.source.size, b"MEMPOOL\0", "x")
+        data_a, data_b = p._named_find("a")[1].offset, p._named_find("b")[1].offset
+        p.check()
+    _, table, slots = _root(path)[:3]
+    with open(path, "rb") as f:  # the records: the slots' refs, told apart by their data
+        f.seek(h.data_off + table)
+        recs = [r - 2 for _, r in struct.iter_unpack("<QQ", f.read(16 * slots)) if r > 1]
+        data_of = {}
+        for r in recs:
+            f.seek(h.data_off + r + 16)
+            data_of[struct.unpack("<Q", f.read(8))[0]] = r
+    rec_a, rec_b = data_of[data_a], data_of[data_b]
+    off = {"a's data": data_a, "the table": table, "a's record": rec_a}[target]
+    _poke(path, h.data_off + rec_b + 16, struct.pack("<Q", off))  # b's record: data
+    with Pool.open(path) as p:
+        with pytest.raises(CorruptionError, match=f"the range at offset {off} is the "
+                                                  "directory's twice"):
+            p.check()
+
+
 def test_old_format_is_refused(tmp_path):
     path = tmp_path / "v.pool"
     Pool.create(path, 1 << 16, max_blocks=64).close()

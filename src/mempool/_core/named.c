@@ -139,6 +139,38 @@ int mp_named_walk(const mp_named_t *d, int (*fn)(void *ctx, uint64_t rec), void 
     return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Every range the directory owns is its own: the table, each record, each data range
+ * (after mp_named_check's walk: count names, each record readable).  A crafted
+ * directory naming one range twice passed check(), and freed it under one name while
+ * the other still named it. */
+static int named_distinct(const mp_named_t *d, char *msg, size_t msglen)
+{
+    uint64_t n = 0, *o = malloc((2 * d->root->count + 1) * sizeof *o);
+    if (!o) return MP_OK; /* (no memory: everything else was checked) */
+    const slot_t *t = table_of(d);
+    o[n++] = d->root->table;
+    for (uint64_t i = 0; i < d->root->slots; i++) {
+        if (t[i].ref <= SLOT_TOMB) continue;
+        o[n++] = t[i].ref - 2;
+        o[n++] = ((const mp_named_rec_t *)(d->base + t[i].ref - 2))->data;
+    }
+    qsort(o, (size_t)n, sizeof *o, cmp_u64);
+    uint64_t twice = MP_NAMED_NONE;
+    for (uint64_t k = 1; k < n && twice == MP_NAMED_NONE; k++)
+        if (o[k] == o[k - 1]) twice = o[k];
+    free(o);
+    if (twice != MP_NAMED_NONE)
+        MPI_FAIL("named directory: the range at offset %llu is the directory's twice (two "
+                 "names' data, a record or the table)", (unsigned long long)twice);
+    return MP_OK;
+}
+
 int mp_named_check(const mp_named_t *d, char *msg, size_t msglen)
 {
     int rc = mp_named_check_root(d, msg, msglen);
@@ -161,7 +193,7 @@ int mp_named_check(const mp_named_t *d, char *msg, size_t msglen)
         MPI_FAIL("named directory: %llu names and %llu tombstones found, the root says %llu "
                  "and %llu", (unsigned long long)used, (unsigned long long)tombs,
                  (unsigned long long)d->root->count, (unsigned long long)d->root->tombs);
-    return MP_OK;
+    return named_distinct(d, msg, msglen);
 }
 
 /* ---- which ranges are the directory's: an index, rebuilt when the directory changed -- */
@@ -261,8 +293,14 @@ static named_idx_t *index_of(mp_named_t *d, int *bad)
             *bad = 1;
             return NULL;
         }
+        uint64_t data = ((const mp_named_rec_t *)(d->base + rec))->data, u = x->used;
         idx_put(x, rec, IDX_REC);
-        idx_put(x, ((const mp_named_rec_t *)(d->base + rec))->data, IDX_DATA);
+        idx_put(x, data, IDX_DATA);
+        if (x->used != u + 2 || rec == r->table || data == r->table) {
+            free(x); /* one range named twice (named_distinct): a crafted directory */
+            *bad = 1;
+            return NULL;
+        }
     }
     d->idx = x;
     return x;
