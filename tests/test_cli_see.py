@@ -398,8 +398,11 @@ def test_show_map_of_small_spans_and_views():
     assert g.sizes.tolist() == [10, 10, 20, 20, 40]
     assert g.allocated.tolist() == [False, True, False, True, False]
     assert g.allocated_below(np.array([0, 15, 20, 50, 100])).tolist() == [0, 5, 10, 20, 30]
-    with pytest.raises(ValueError, match="rows and width must be >= 1"):
-        v.text_map(0, 10)
+    for rows, width in ((0, 10), (10, 0), (-1, 5)):
+        # (legend divided by zero, or said "each character -819 B")
+        for draw in (v.text_map, v.legend):
+            with pytest.raises(ValueError, match="rows and width must be >= 1"):
+                draw(rows, width)
     assert format_bytes(0) == "0 B" and format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 << 30) == "3.0 GiB"
 

@@ -135,6 +135,12 @@ class PoolView:
         inside = np.clip(x - self.offsets[i], 0, self.sizes[i])
         return np.asarray(before[i] + np.where(self.allocated[i], inside, 0), dtype=np.int64)
 
+    def _cells(self, rows: int, width: int) -> int:
+        """The cells of a text map of rows x width (a cell holds one byte at least)."""
+        if rows < 1 or width < 1:
+            raise ValueError(f"rows and width must be >= 1, got {rows} and {width}")
+        return min(rows * width, self.capacity)
+
     def text_map(self, rows: int = 32, width: int = 64, *, ascii: bool = False) -> list[str]:
         """The memory map for a terminal: one line per slice of the span, ``width``
         cells each, a cell's character by the fraction of its bytes allocated
@@ -142,10 +148,8 @@ class PoolView:
         with ``ascii``: ``.:-=#``), the slice's start offset on the left.  Fewer lines
         when the span has fewer bytes than cells.  ValueError for rows or width < 1.
         """
-        if rows < 1 or width < 1:
-            raise ValueError(f"rows and width must be >= 1, got {rows} and {width}")
         chars = ASCII_BLOCKS if ascii else BLOCKS
-        cells = min(rows * width, self.capacity)  # a cell holds one byte at least
+        cells = self._cells(rows, width)
         width = min(width, cells)
         rows = -(-cells // width)
         f = self.cell_fractions(cells)
@@ -159,8 +163,9 @@ class PoolView:
                 for k in range(rows)]
 
     def legend(self, rows: int = 32, width: int = 64, *, ascii: bool = False) -> str:
-        """The line that explains :meth:`text_map` (cell size and characters)."""
-        cells = min(rows * width, self.capacity)
+        """The line that explains :meth:`text_map` (cell size and characters); the same
+        ValueError for rows or width < 1."""
+        cells = self._cells(rows, width)
         c = ASCII_BLOCKS if ascii else BLOCKS
         return (f"each character {format_bytes(self.capacity / cells)} of the span: "
                 f"{c[4]} allocated  {c[3]} >= 2/3  {c[2]} >= 1/3  {c[1]} < 1/3  {c[0]} free")
