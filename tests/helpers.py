@@ -223,3 +223,19 @@ def can_mount_a_tmpfs() -> bool:
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                         "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30)
     return r.returncode == 0
+
+
+def can_mount_an_ext4() -> bool:
+    """Root with unshare -m, mkfs.ext4 and loop devices: a small ext4 a test can fill
+    (tmpfs gives back what a failed posix_fallocate took; ext4 keeps it)."""
+    if not can_mount_a_tmpfs() or not shutil.which("mkfs.ext4"):
+        return False
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        img = os.path.join(d, "t.img")
+        with open(img, "wb") as f:
+            f.truncate(4 << 20)
+        r = subprocess.run(f"mkfs.ext4 -q -F {img} && mkdir {d}/m && unshare -m "
+                           f"--propagation private sh -c 'mount -o loop {img} {d}/m'",
+                           shell=True, capture_output=True, timeout=60)
+        return r.returncode == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import can_mount_an_ext4
 
 import mempool
 from mempool import AnonymousMemory, BufferMemory, FileMemory, NumaPolicy, Pool, _mempool, sources
@@ -526,3 +527,90 @@ def test_numpy_pool_hugepages_is_true_or_false():
     with pytest.raises(TypeError, match="hugepages must be True or False"):
         with mempool.numpy_pool("1MiB", hugepages="explicit"):
             pass
+
+
+FILL_EXT4 = """\
+import os, sys
+from mempool import Pool
+from mempool.sources import FileMemory
+d = sys.argv[1]
+def free():
+    st = os.statvfs(d)
+    return st.f_bavail * st.f_frsize
+# 1. an existing 4 KiB file asked to be 1 GiB on a 16 MiB file system
+p = os.path.join(d, "data.bin")
+with open(p, "wb") as f:
+    f.write(b"A" * 4096)
+f0 = free()
+try:
+    FileMemory(p, "1GiB")
+except OSError as e:
+    print("raised", e.errno)
+with open(p, "rb") as f:
+    print(os.path.getsize(p), f.read() == b"A" * 4096, f0 - free() < 65536)
+os.unlink(p)
+# 2. a file pool whose state grows on a file system with ~1 MiB left
+path = os.path.join(d, "heap.mp")
+pool = Pool.create(path, "1MiB", max_blocks=32)
+with open(os.path.join(d, "filler"), "wb") as f:
+    os.posix_fallocate(f.fileno(), 0, free() - (1 << 20))
+blocks = []
+while True:
+    size0, free0 = os.path.getsize(path), free()
+    try:
+        blocks.append(pool.alloc(16))
+    except OSError as e:
+        print("raised", e.errno)
+        break
+pool.check()
+print(os.path.getsize(path) == size0, free0 - free() < 65536, len(pool) == len(blocks))
+"""
+
+
+@pytest.mark.skipif(not can_mount_an_ext4(), reason="needs root, unshare -m, mkfs.ext4 and loop")
+def test_a_full_disk_leaves_the_file_as_it_was(tmp_path):
+    # posix_fallocate that runs out of room keeps what it got: FileMemory over an
+    # existing 4 KiB file asked for 1 GiB left it 14 MB long and the file system full,
+    # and a file pool's state growth left its file 3.3 MB longer
+    import subprocess
+    import sys
+    img, mnt, script = tmp_path / "fs.img", tmp_path / "mnt", tmp_path / "fill.py"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    mnt.mkdir()
+    script.write_text(FILL_EXT4)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
+    r = subprocess.run(
+        f"mkfs.ext4 -q -F {img} && unshare -m --propagation private sh -c "
+        f"'mount -o loop {img} {mnt} && {sys.executable} {script} {mnt}'",
+        shell=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src},
+        timeout=300)
+    assert r.stdout.split() == ["raised", "28", "4096", "True", "True",
+                                "raised", "28", "True", "True", "True"], (r.stdout, r.stderr)
+
+
+def test_a_fifo_is_refused_read_only_too(tmp_path):
+    # FileMemory(fifo, readonly=True) opened it O_RDONLY and waited for a writer forever
+    import threading
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    seen = []
+
+    def opens():
+        for kw in ({"readonly": True}, {}, {"size": 4096, "readonly": True}):
+            try:
+                FileMemory(fifo, **kw)
+            except ValueError as e:
+                seen.append(str(e))
+
+    t = threading.Thread(target=opens, daemon=True)
+    t.start()
+    t.join(10)
+    hung = t.is_alive()
+    if hung:  # (a writer lets the stuck open go)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+    assert not hung, "FileMemory waited for a writer"
+    assert [m.replace(str(fifo), "F") for m in seen] == [
+        "F is empty: give a size to create it", "F is empty: give a size to create it",
+        "F holds 0 bytes, fewer than 4096"]

@@ -354,7 +354,8 @@ class FileMemory(_Mapped):
         self.path = Path(path)
         self._holds()
         want = parse_size(size, "size") if size is not None else None
-        flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
+        # (O_NONBLOCK: opening a FIFO to read waited for a writer; the mapping refuses it)
+        flags = os.O_RDONLY | os.O_NONBLOCK if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):
             made = False
             if flags & os.O_CREAT:  # (a file this call makes goes again if it fails)
@@ -628,11 +629,15 @@ def _lock(path: Path, fd: int) -> int:
 
 
 def _allocate(fd: int, size: int) -> None:
-    """Give the file ``size`` bytes with their blocks allocated (a full disk: an error)."""
+    """Give the file ``size`` bytes with their blocks allocated (a full disk: an error,
+    and the file back at its size: posix_fallocate keeps what it got when it fails)."""
+    before = os.fstat(fd).st_size
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            if os.fstat(fd).st_size > before:
+                os.ftruncate(fd, before)
             raise
         os.ftruncate(fd, size)
 

@@ -201,6 +201,14 @@ static void punch(const mp_place_t *pl, uint64_t off, uint64_t len)
                         (off_t)(hi - lo));
 }
 
+/* A growth that failed gives back what it added to the file: posix_fallocate that
+ * runs out of room leaves the file extended by what it got (a full disk stayed full). */
+static void unextend(int fd, off_t before)
+{
+    struct stat sb;
+    if (before >= 0 && fstat(fd, &sb) == 0 && sb.st_size > before) (void)ftruncate(fd, before);
+}
+
 int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
 {
     mp_place_t *pl = &p->place;
@@ -212,8 +220,11 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
         return MP_ENONODES;
     }
     uint64_t st = page_up(pl->end), sh = st + page_up(len), end = sh + page_up(len);
+    struct stat sb;
+    off_t before = fstat(pl->fd, &sb) == 0 ? sb.st_size : -1;
     int e = posix_fallocate(pl->fd, (off_t)st, (off_t)(end - st));
     if (e) {
+        unextend(pl->fd, before);
         snprintf(msg, msglen, "cannot grow the state to %llu bytes: %s",
                  (unsigned long long)len, strerror(e));
         errno = e;
@@ -222,12 +233,16 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
     char *m = mmap(NULL, (size_t)(end - st), PROT_READ | PROT_WRITE, MAP_SHARED, pl->fd,
                    (off_t)st);
     if (m == MAP_FAILED) {
-        snprintf(msg, msglen, "cannot map the grown state: %s", strerror(errno));
+        e = errno;
+        unextend(pl->fd, before);
+        snprintf(msg, msglen, "cannot map the grown state: %s", strerror(e));
+        errno = e;
         return MP_EINVAL;
     }
     mp_grow_fault("mapped");
     if (ops->grow(so->st, m, len) != MP_OK) {
         munmap(m, (size_t)(end - st));
+        unextend(pl->fd, before);
         snprintf(msg, msglen, "the state could not be grown");
         return MP_ENONODES;
     }
