@@ -669,3 +669,29 @@ def test_a_file_pool_dropped_unclosed_lets_the_file_go(tmp_path):
     with Pool.open(path) as q:  # not BlockingIOError
         assert len(q) == 1
     Pool.create(path, "1MiB", exist_ok=True).close()
+
+
+def test_a_pool_that_keeps_its_own_block_is_collected(tmp_path):
+    # pool -> __dict__ -> Block -> pool: the collector could not see the Block's
+    # reference, so the cycle lived forever: the mapping stayed, and the file's lock
+    # refused every later open in this process (BlockingIOError)
+    import gc
+    import weakref
+
+    class Store(Pool):
+        pass
+
+    path = tmp_path / "store.mp"
+    refs = []
+    # (a SharedPool is not here: the process keeps it by its name, for the handles that
+    # unpickle into it, until close())
+    for make in (lambda: Store.create(path, "1MiB"), lambda: Store("1MiB")):
+        p = make()
+        p.header = p.alloc(64)
+        p.ring = [p.alloc(8), p.alloc(8)]
+        refs.append(weakref.ref(p))
+        del p
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    with Pool.open(path) as q:  # (a file pool keeps its ranges: close() runs, not free)
+        assert len(q) == 3

@@ -16,7 +16,7 @@
 BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint64_t align,
                           int owned)
 {
-    BlockObject *b = PyObject_New(BlockObject, &BlockType);
+    BlockObject *b = PyObject_GC_New(BlockObject, &BlockType);
     if (!b) return NULL;
     Py_INCREF(pool);
     b->pool = pool;
@@ -37,7 +37,18 @@ BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint
     b->next = pool->blocks;
     if (pool->blocks) pool->blocks->prev = b;
     pool->blocks = b;
+    PyObject_GC_Track(b);
     return b;
+}
+
+/* A Block is seen by the cycle collector through its pool: a pool subclass that keeps
+ * one of its Blocks (self.header = self.alloc(64)) is a cycle that is collected, its
+ * lock and mapping let go.  No tp_clear: clearing the pool's __dict__ breaks the cycle,
+ * and the Block then gives its range back to a pool that is still whole. */
+static int block_traverse(BlockObject *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->pool);
+    return 0;
 }
 
 /* The first unnamed array of a persistent pool whose range went with it (its data is
@@ -57,6 +68,7 @@ static void warn_unnamed(PoolObject *pool, BlockObject *b)
 
 static void block_dealloc(BlockObject *b)
 {
+    PyObject_GC_UnTrack(b);
     PoolObject *pool = b->pool;
     int was_array = b->array;
     if (b->array) { /* the array that owned the block is gone: so is its export */
@@ -83,7 +95,7 @@ static void block_dealloc(BlockObject *b)
         if (b->next) b->next->prev = b->prev;
     }
     Py_DECREF(pool);
-    PyObject_Free(b);
+    PyObject_GC_Del(b);
 }
 
 /* 0 when the block can be used; else an exception is set. */
@@ -255,7 +267,8 @@ PyTypeObject BlockType = {
     .tp_dealloc = (destructor)block_dealloc,
     .tp_repr = (reprfunc)ext_block_repr,
     .tp_as_buffer = &block_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)block_traverse,
     .tp_doc = "A range of a pool: offset, size, address, pool; the buffer protocol\n"
               "(memoryview(b), numpy.asarray(b), bytes(b)) without a copy; free(); a\n"
               "context manager that frees on exit.  Made by Pool.alloc, never directly.",
