@@ -796,6 +796,14 @@ def test_a_snapshot_claiming_a_huge_state_is_refused_before_it_is_allocated(cls)
     assert cls.restore(good).snapshot() == good
 
 
+@pytest.mark.parametrize("cls", [mempool.Bitmap, mempool.Slab, mempool.Heap])
+def test_a_state_too_large_for_memory_says_what_did_not_fit(cls):
+    # (a bare MemoryError() with no message for a 1 TiB Bitmap, Slab or Heap)
+    with pytest.raises(MemoryError, match=f"cannot allocate the {cls.__name__.lower()} state "
+                                          r"of \d+ bytes \(its metadata for this capacity\)"):
+        cls(1 << 42)
+
+
 def test_a_heap_snapshot_whose_tlsf_sits_at_its_end_is_not_read_past():
     # the Heap's TLSF offset set to the snapshot's last word: the hole search read the
     # TLSF's head past the end of the bytes (a guard page after them: SIGSEGV)

@@ -74,6 +74,24 @@ def test_bad_limits(bad, exc):
         assert p.limit is None
 
 
+def test_a_limit_is_any_integer():
+    # (sizes took NumPy's integers; set_limit refused np.int64(100) with TypeError)
+    import numpy as np
+
+    class N:
+        def __index__(self):
+            return 300
+
+    for pool in (mempool.Pool(1 << 16), mempool.RegionPool()):
+        for good, want in ((np.int64(100), 100), (np.uint16(200), 200), (N(), 300)):
+            pool.set_limit(good)
+            assert pool.limit == want and type(pool.limit) is int
+        with pytest.raises(ValueError, match="limit must be >= 0"):
+            pool.set_limit(np.int64(-1))
+        assert pool.limit == 300
+        pool.close()
+
+
 def test_shared_pool_limit(name):
     # (a journaled pool: under MP_DEBUG every commit replays the call on the shadow
     # copy and asserts the same answers; before, the shadow ignored the limit)

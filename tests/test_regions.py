@@ -454,3 +454,23 @@ def test_a_realloc_that_moves_is_limited_by_its_growth_only():
     with pytest.raises(mempool.OutOfSpace, match="limit"):
         r.realloc(y, 20_001)
     r.close()
+
+
+def test_retain_is_any_integer_and_a_region_pool_is_not_copied():
+    import copy
+    import pickle
+    r = RegionPool(retain=np.int64(2))  # (refused: sizes took NumPy's integers, retain not)
+    assert r.retain == 2 and type(r.retain) is int
+    for bad in (-1, 1.0, True, "2"):
+        with pytest.raises(ValueError, match="retain must be an integer >= 0"):
+            RegionPool(retain=bad)
+    # a copy shared the original's list of regions (its mappings); a pickle of one with
+    # no regions made a second pool over nothing; with regions it failed deep inside
+    for empty in (True, False):
+        if not empty:
+            b = r.alloc(100)
+        for how in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="cannot pickle 'RegionPool' object"):
+                how(r)
+    b.free()
+    r.close()

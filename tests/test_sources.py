@@ -614,3 +614,12 @@ def test_a_fifo_is_refused_read_only_too(tmp_path):
     assert [m.replace(str(fifo), "F") for m in seen] == [
         "F is empty: give a size to create it", "F is empty: give a size to create it",
         "F holds 0 bytes, fewer than 4096"]
+
+
+def test_a_file_larger_than_any_is_an_os_error(tmp_path):
+    # (OverflowError from inside os.posix_fallocate for 2**63)
+    for size in (2**63, 2**64 + 5):
+        with pytest.raises(OSError, match=f"size {size} is larger than any file") as e:
+            FileMemory(tmp_path / "big", size)
+        assert e.value.errno == errno.EFBIG
+    assert not (tmp_path / "big").exists()

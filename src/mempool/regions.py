@@ -105,9 +105,10 @@ class RegionPool:
         self._largest = (1 << (self.region_size.bit_length() - 1) if self._buddy
                          else self.region_size)
         self.max_size = parse_size(max_size, "max_size") if max_size is not None else None
-        if isinstance(retain, bool) or not isinstance(retain, int) or retain < 0:
+        if (isinstance(retain, (bool, float)) or not hasattr(type(retain), "__index__")
+                or operator.index(retain) < 0):
             raise ValueError(f"retain must be an integer >= 0, got {retain!r}")
-        self.retain = retain
+        self.retain = operator.index(retain)  # (NumPy's integers too)
         self._options = options
         self._regions: list[Pool] = []
         self._closed = False
@@ -404,6 +405,12 @@ class RegionPool:
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._regions)
+
+    def __reduce__(self) -> Any:
+        # (as a Pool: its regions are this process's mappings.  A copy shared the list
+        # of regions with the original, and a pickle of one with no regions made a pool
+        # no one could close twice over)
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def close(self) -> None:
         """Unmap every region.  BufferError while a view or array of one is alive."""

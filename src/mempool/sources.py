@@ -354,6 +354,8 @@ class FileMemory(_Mapped):
         self.path = Path(path)
         self._holds()
         want = parse_size(size, "size") if size is not None else None
+        if want is not None and want >= 1 << 63:  # (an OverflowError from the os calls)
+            raise OSError(errno.EFBIG, f"size {want} is larger than any file", str(path))
         # (O_NONBLOCK: opening a FIFO to read waited for a writer; the mapping refuses it)
         flags = os.O_RDONLY | os.O_NONBLOCK if readonly else os.O_RDWR | (os.O_CREAT if want else 0)
         for _ in range(10):

@@ -14,6 +14,8 @@ the pool's live Blocks.  No pool tracking: one flag test per Block, nothing else
 
 from __future__ import annotations
 
+import operator
+
 import os
 import sys
 import time
@@ -119,10 +121,11 @@ def check_limit(size: Any, capacity: int) -> int | None:
     """set_limit's argument: None, or bytes in [0, capacity] (an int or "64MiB")."""
     if size is None:
         return None
-    if isinstance(size, bool) or not isinstance(size, (int, str)):
+    if isinstance(size, (bool, float)) or not (isinstance(size, str)
+                                               or hasattr(type(size), "__index__")):
         raise TypeError(f"limit must be an int, a size string or None, not {type(size).__name__}")
-    if isinstance(size, str):
-        size = parse_size(size, "limit")
+    # (any integer: NumPy's too, as sizes are)
+    size = parse_size(size, "limit") if isinstance(size, str) else operator.index(size)
     if size < 0:
         raise ValueError(f"limit must be >= 0, got {size}")
     if size > capacity:

@@ -38,13 +38,12 @@ PyTypeObject *mp_type_of_ops(const mp_ops_t *ops)
 
 StrategyObject *mp_strategy_alloc(PyTypeObject *cls, const mp_ops_t *ops, uint64_t st_len)
 {
-    if (st_len > (uint64_t)PY_SSIZE_T_MAX) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    void *st = PyMem_RawMalloc((size_t)st_len);
+    /* (a MemoryError that says what did not fit: a bare one told a user of a 1 TiB
+     * Bitmap nothing) */
+    void *st = st_len > (uint64_t)PY_SSIZE_T_MAX ? NULL : PyMem_RawMalloc((size_t)st_len);
     if (!st) {
-        PyErr_NoMemory();
+        PyErr_Format(PyExc_MemoryError, "cannot allocate the %s state of %llu bytes (its "
+                     "metadata for this capacity)", ops->name, (unsigned long long)st_len);
         return NULL;
     }
     StrategyObject *self = (StrategyObject *)cls->tp_alloc(cls, 0);
