@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -36,6 +37,7 @@ SHM = Path("/dev/shm")
 MAGIC = b"MPSHARED"
 FILE_MAGIC = b"MEMPOOL\0"
 SRC = str(Path(mempool.__file__).resolve().parent.parent)
+ENV = dict(os.environ, PYTHONPATH=SRC)
 
 # mp_shared_ctl_t (src/mempool/_core/shared.c): offset and struct format of each field
 CTL = {
@@ -323,6 +325,15 @@ def control_cases(data: bytes, h: Header) -> dict[str, bytes]:
     junk = bytearray(data)
     junk[h.state_off + 64:h.state_off + h.state_size] = rng.randbytes(h.state_size - 64)
     cases["state-random"] = bytes(junk)
+    # its shadow apart from it in an idle journal (taken: the next roll-back copied it
+    # over a heap with live ranges, and an alloc overlapped one), and undo records that
+    # name a word of the state or the shadow (only the commit writes them)
+    cases["shadow-apart"] = poke(data, h.shadow_off + 24, "<Q",
+                                 struct.unpack_from("<Q", data, h.shadow_off + 24)[0] + 16)
+    for label, at in (("state", h.state_off), ("shadow", h.shadow_off)):
+        word = at + 24  # (head.used)
+        cases[f"journal-undo-{label}"] = undo_one(
+            data, lo, word - lo, struct.unpack_from("<Q", data, word)[0] + 16)
     return cases
 
 
@@ -640,3 +651,70 @@ def test_pool_open_refuses_crafted_files(good_file, tmp_path):
     assert results[f"file:{good_path}"][0] is None, results[f"file:{good_path}"]
     wrong = {label: results[a] for a, label in args.items() if results[a][0] != "CorruptionError"}
     assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
+
+
+@pytest.mark.skipif(not shutil.which("setarch"), reason="needs setarch -R (a fixed mapping)")
+def test_an_undo_record_that_wraps_the_address_space_is_refused(good_file, tmp_path):
+    # with the mapping's address known (no ASLR), an undo offset chosen so that the
+    # word's address + 8 wraps to 0 passed the range check, and the recovery wrote at
+    # 0xfff...8: SIGSEGV in Pool.open
+    from mempool._segment import JOURNAL_OFFSET as J
+    data, _ = good_file
+    path = tmp_path / "wrap.pool"
+    path.write_bytes(data)
+    probe = ("import sys\nfrom mempool import Pool\np = Pool.open(sys.argv[1])\n"
+             "print(next(int(ln.split('-')[0], 16) for ln in open('/proc/self/maps')\n"
+             "           if sys.argv[1] in ln and ln.split()[2] == '00000000'))\np.close()")
+    run = ["setarch", "-R", sys.executable, "-c"]
+    base = int(subprocess.run(run + [probe, str(path)], capture_output=True, text=True,
+                              check=True, env=ENV).stdout)
+    off = (2**64 - 8) - (base + J)
+    crafted = bytearray(data)
+    struct.pack_into("<QQQ", crafted, J + 8, 1, 0, 1)  # ACTIVE, seq, one undo record
+    struct.pack_into("<qQ", crafted, J + 64, off - 2**64 if off >= 2**63 else off, 0)
+    path.write_bytes(crafted)
+    r = subprocess.run(run + ["import sys\nfrom mempool import Pool, CorruptionError\n"
+                              "try:\n    Pool.open(sys.argv[1])\n"
+                              "except CorruptionError as e:\n    print(e)", str(path)],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 0 and "undo record 0 names a word outside" in r.stdout, r
+
+
+def test_a_grown_pair_another_process_named_is_checked_before_it_is_used(tmp_path):
+    # a valid slot naming a pair whose head is valid and whose body is garbage, written
+    # while a process has the pool attached: its next alloc followed it and crashed
+    # (SIGSEGV in TLSF's search); now CorruptionError, and the pool stays on its pair
+    code = textwrap.dedent("""
+        import os, random, struct, sys
+        from pathlib import Path
+        from mempool import SharedPool, CorruptionError
+        from mempool._segment import Header, PLACEMENT_OFFSET, slot_sum
+        name = sys.argv[1]
+        p = SharedPool.create(name, "256KiB", unlink_on_exit=True)
+        keep = [p.alloc(1000) for _ in range(3)]
+        path = Path("/dev/shm") / name
+        data = path.read_bytes()
+        h = Header.unpack(data, len(data), b"MPSHARED", "x")
+        st = bytearray(data[h.state_off:h.state_off + h.state_size])
+        st[64:] = random.Random(1).randbytes(len(st) - 64)
+        pg = (h.state_size + 4095) // 4096 * 4096
+        S, SH, END = len(data), len(data) + pg, len(data) + 2 * pg
+        with open(path, "r+b") as f:
+            f.truncate(END)
+            os.pwrite(f.fileno(), bytes(st), S)
+            os.pwrite(f.fileno(), bytes(st), SH)
+            body = struct.pack("<8sQQQQQ8s", b"MPPLACE1", 1, S, SH, h.state_size, END, bytes(8))
+            os.pwrite(f.fileno(), body + slot_sum(body).to_bytes(8, "little"), PLACEMENT_OFFSET)
+        for _ in range(2):
+            try:
+                p.alloc(64)
+            except CorruptionError as e:
+                print("CorruptionError:", e)
+        os._exit(0)  # (its Blocks cannot go back through a pair it refuses)
+    """)
+    r = subprocess.run([sys.executable, "-c", code, f"mptest-follow-{os.getpid()}"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    (SHM / f"mptest-follow-{os.getpid()}").unlink(missing_ok=True)
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines() == ["CorruptionError: layout 1164115433906158532 is neither "
+                                     "the full (0) nor the compact one (1)"] * 2, r

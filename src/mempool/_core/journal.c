@@ -56,11 +56,29 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
 }
 
 /* Does the record name an aligned word inside t's undo range? */
-static int undo_ok(const mp_tx_t *t, int64_t off)
+/* Does [w, w + 8) overlap [lo, lo + n)?  (addresses as integers: no pointer leaves
+ * its object) */
+static int overlaps(uintptr_t w, const void *lo, uint64_t n)
 {
-    const char *w = (const char *)t->j + off;
-    if (t->out_lo && w + 8 > t->out_lo && w < t->out_hi) return 0;
-    return t->undo_lo && w >= t->undo_lo && w + 8 <= t->undo_hi && ((uintptr_t)w & 7) == 0;
+    uintptr_t l = (uintptr_t)lo;
+    return lo && w + 8 > l && w - l < n;
+}
+
+/* The word an undo record names, or NULL when it names none the log may restore: in
+ * the undo range, aligned, outside the keep-out span, the state and its shadow.  In
+ * integers, wrapping as the machine does, then range-checked: an offset chosen to
+ * wrap the pointer past the top of the address space passed `w + 8 <= hi` as 0, and
+ * the recovery wrote at 0xfff...8.  Neither the state nor its shadow: only the commit
+ * writes them, never an undo record (one naming the shadow put it apart from the
+ * state, and the next roll-back copied the wrong heap over it). */
+static char *undo_word(const mp_tx_t *t, int64_t off)
+{
+    uintptr_t w = (uintptr_t)t->j + (uintptr_t)off, lo = (uintptr_t)t->undo_lo;
+    uintptr_t hi = (uintptr_t)t->undo_hi;
+    if (!t->undo_lo || hi - lo < 8 || w < lo || w > hi - 8 || (w & 7)) return NULL;
+    if (t->out_lo && overlaps(w, t->out_lo, (uint64_t)(t->out_hi - t->out_lo))) return NULL;
+    if (overlaps(w, t->st, t->st_len) || overlaps(w, t->shadow, t->st_len)) return NULL;
+    return (char *)w;
 }
 
 int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
@@ -72,7 +90,7 @@ int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
         MPI_FAIL("the journal holds %llu undo records, at most %d", (unsigned long long)j->nundo,
                  MP_JOURNAL_UNDO);
     for (uint64_t k = 0; k < j->nundo; k++)
-        if (!undo_ok(t, j->undo[k].off))
+        if (!undo_word(t, j->undo[k].off))
             MPI_FAIL("undo record %llu names a word outside the registry", (unsigned long long)k);
     return MP_OK;
 }
@@ -196,8 +214,9 @@ void mp_tx_abort(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
     memcpy(t->st, t->shadow, t->st_len); /* the shadow: the state before the call */
+    char *w;
     for (uint64_t k = j->nundo; k-- > 0;)
-        if (undo_ok(t, j->undo[k].off)) memcpy((char *)j + j->undo[k].off, &j->undo[k].old, 8);
+        if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
     t->nops = 0;
     j->nundo = 0;
     mpi_publish(&j->phase, MP_TX_IDLE);
@@ -210,9 +229,9 @@ int mp_tx_recover(mp_tx_t *t)
     t->nops = 0;
     if (phase == MP_TX_ACTIVE) {
         memcpy(t->st, t->shadow, t->st_len);
+        char *w;
         for (uint64_t k = j->nundo; k-- > 0;) /* validated: inside the undo range */
-            if (undo_ok(t, j->undo[k].off))
-                memcpy((char *)j + j->undo[k].off, &j->undo[k].old, 8);
+            if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
         j->rolled_back++;
     } else if (phase == MP_TX_COMMITTED) {
         memcpy(t->shadow, t->st, t->st_len);

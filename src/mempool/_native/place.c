@@ -133,8 +133,8 @@ static int read_placement(const mp_place_t *pl, place_slot_t *best, int *k, char
 /* Make the pair s (named by slot k) the pool's state: map it where the first mapping
  * does not reach, repoint the strategy, the journal and pool.named, let the previous
  * own mapping go. */
-static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k, char *msg,
-                       size_t msglen)
+static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k, int verify,
+                       char *msg, size_t msglen)
 {
     mp_place_t *pl = &p->place;
     StrategyObject *so = p->strategy;
@@ -152,7 +152,18 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
         st = tail;
         sh = tail + (s->sh - s->st);
     }
-    if (mp_head_validate(st, s->size, so->ops, msg, msglen)) {
+    /* a pair another process grew: checked whole before it is used, as an attach
+     * checks (its head alone let a crafted body crash the next alloc), and equal to
+     * its shadow unless a call is pending (the recovery then checks what it keeps) */
+    int bad = mp_head_validate(st, s->size, so->ops, msg, msglen);
+    if (!bad && verify && !mp_tx_pending(tx)) {
+        bad = so->ops->check(st, s->size, msg, msglen);
+        if (!bad && memcmp(st, sh, (size_t)s->size)) {
+            snprintf(msg, msglen, "the grown state and its shadow copy differ");
+            bad = MP_ECORRUPT;
+        }
+    }
+    if (bad) {
         if (tail) munmap(tail, (size_t)(s->end - s->st));
         return MP_ECORRUPT;
     }
@@ -189,7 +200,7 @@ int mp_place_follow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
         snprintf(msg, msglen, "the placement slots went back to an older state");
         return MP_ECORRUPT;
     }
-    return follow_pair(p, tx, &s, k, msg, msglen);
+    return follow_pair(p, tx, &s, k, 1, msg, msglen);
 }
 
 /* Give back the whole pages of [off, off + len) of the file (best effort). */
@@ -270,7 +281,7 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
     memset(tx->shadow, 0, 4);
     mp_grow_fault("retired");
     munmap(m, (size_t)(end - st));
-    int rc = follow_pair(p, tx, &s, k, msg, msglen);
+    int rc = follow_pair(p, tx, &s, k, 0, msg, msglen);
     if (rc) return rc; /* (the slot names the new pair: the next call follows it) */
     punch(pl, old_st, old_len); /* its pages go back (whole ones: a lock area may share) */
     punch(pl, old_sh, old_len);

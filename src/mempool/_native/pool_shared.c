@@ -829,8 +829,15 @@ static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ig
 {
     if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     char msg[256];
+    /* between calls the state and its shadow are equal (journal.h), and this call has
+     * changed nothing yet: a shadow apart from the state (crafted) was taken, and the
+     * next roll-back copied it over a heap with live ranges (a file pool's open
+     * compares them too, journal_recover) */
+    int rc = memcmp(ST(self), self->tx->shadow, (size_t)self->pool.strategy->st_len) ? -1 : 0;
+    if (rc) snprintf(msg, sizeof msg, "the state and its shadow copy differ");
     flush(self);
-    int rc = mp_shared_check(self->ctl, self->ctl_len, OPS(self), ST(self),
+    if (!rc)
+        rc = mp_shared_check(self->ctl, self->ctl_len, OPS(self), ST(self),
                              self->pool.strategy->st_len, msg, sizeof msg);
     sh_unlock(self);
     if (rc) {
