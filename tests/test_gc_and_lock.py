@@ -146,3 +146,39 @@ def test_shared_realloc_keeps_its_bytes_while_another_process_allocates(name):
     pool.check()
     pool.close()
     pool.unlink()
+
+
+FINALIZER_IN_A_PUT = """
+import gc, sys, numpy as np, mempool
+for T in range(40):
+    p = mempool.Pool(1 << 20)
+    p.named["a"] = np.zeros(4)
+    class Closer:
+        def __del__(self):
+            try:
+                p.close()
+            except BufferError:
+                pass
+    val = np.arange(1000.0)
+    gc.collect()
+    c = Closer(); c.me = c; del c  # a garbage cycle with a finalizer
+    gc.set_threshold(T)
+    try:
+        p.named["b"] = val
+    except mempool.PoolClosed:
+        pass
+    gc.set_threshold(700)
+    gc.collect()
+    if not p.closed:
+        p.check()
+print("ok")
+"""
+
+
+def test_a_collection_cannot_run_inside_the_making_of_a_block():
+    # Blocks are tracked by the collector; on 3.11 making one could run a collection on
+    # the spot, and a finalizer there closed the pool in the middle of a named put,
+    # which went on with the freed state (SIGSEGV; ASan: heap-use-after-free)
+    r = subprocess.run([sys.executable, "-c", FINALIZER_IN_A_PUT], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -130,7 +130,10 @@ def test_cli_records_a_script_and_passes_its_exit_code(tmp_path):
 def test_cli_records_python_c_with_its_arguments(tmp_path):
     import sys
     out = tmp_path / "c.trace"
-    code = "import sys, numpy as np\nkeep = np.empty(5000)\nassert sys.argv == ['-c', 'x']\nsys.exit(4)"
+    # (its own __main__, as python -c: the boot script's names are not its globals)
+    code = ("import sys, numpy as np\nkeep = np.empty(5000)\nassert sys.argv == ['-c', 'x']\n"
+            "assert sorted(k for k in globals() if k[:2] != '__') == ['keep', 'np', 'sys']\n"
+            "assert __name__ == '__main__' and sys.modules['__main__'].keep is keep\nsys.exit(4)")
     r = _cli("record", "-o", str(out), "--", sys.executable, "-c", code, "x")
     assert r.returncode == 4, r.stderr
     t = trace.read(out)
@@ -188,13 +191,16 @@ try:
             del a
     print("recorded", os.path.getsize(out))
 except OSError as e:
-    print("OSError", e.errno, sorted(os.listdir(os.path.dirname(out))))
+    d = os.path.dirname(out)
+    print("OSError", e.errno, sorted((f, os.path.islink(os.path.join(d, f)),
+                                      os.path.getsize(os.path.join(d, f))) for f in os.listdir(d)))
 """
 
 
 @pytest.mark.skipif(not can_mount_a_tmpfs(), reason="needs root and unshare -m (a small tmpfs)")
 @pytest.mark.parametrize("size", ["64k", "128k"])
-def test_a_full_disk_leaves_no_cut_trace(tmp_path, size):
+@pytest.mark.parametrize("link", [False, True])
+def test_a_full_disk_leaves_no_cut_trace(tmp_path, size, link):
     # 6,000 recorded pairs: a 78 KB body.  In 64k the body fills the disk while recording;
     # in 128k the body fits and the copy into the output fills it.  Both raised OSError
     # but left the output behind, empty or cut mid-line
@@ -208,6 +214,11 @@ def test_a_full_disk_leaves_no_cut_trace(tmp_path, size):
     src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs -o size={size} tmpfs {mnt} && {sys.executable} {script} {mnt}/x.trace"],
+         f"mount -t tmpfs -o size={size} tmpfs {mnt} && "
+         + (f"ln -s {mnt}/real.trace {mnt}/x.trace && " if link else "")
+         + f"{sys.executable} {script} {mnt}/x.trace"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
-    assert r.stdout.split() == ["OSError", "28", "[]"], (r.stdout, r.stderr)
+    # (through a symbolic link: the user's link stays, its target emptied; the link
+    # itself was removed)
+    left = "[('real.trace', False, 0), ('x.trace', True, 0)]" if link else "[]"
+    assert r.stdout.strip() == f"OSError 28 {left}", (r.stdout, r.stderr)

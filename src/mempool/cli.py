@@ -252,10 +252,12 @@ with trace.record(out, program=name):
     if args[0] == "-m":
         sys.argv = args[1:]
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-    elif args[0] == "-c":
+    elif args[0] == "-c":  # (in a __main__ of its own, as python -c runs it)
+        import types
         sys.argv = ["-c", *args[2:]]
-        import __main__
-        exec(compile(args[1], "<string>", "exec"), __main__.__dict__)
+        main = sys.modules["__main__"] = types.ModuleType("__main__")
+        main.__builtins__ = __builtins__
+        exec(compile(args[1], "<string>", "exec"), main.__dict__)
     else:
         sys.argv = args
         runpy.run_path(args[0], run_name="__main__")

@@ -504,10 +504,24 @@ class Recording:
         except BaseException:
             # no cut trace left behind (a full disk while recording or copying): the file
             # is this recording's own, made empty by __enter__
-            self.path.unlink(missing_ok=True)
+            _discard(self.path)
             raise
         finally:
             os.unlink(body)
+
+
+def _discard(path: Path) -> None:
+    """A trace that could not be written whole goes: the file is removed, or emptied
+    when the path is a symbolic link (the user's link stays); a failure to do either
+    leaves the error that brought us here to be the one raised."""
+    try:
+        if path.is_symlink():
+            with open(path, "wb"):
+                pass
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def record(path: str | os.PathLike[str], *, program: str | None = None) -> Recording:
@@ -604,6 +618,6 @@ def _record_malloc(cmd: list[str], out: Path, lib: Path, program: str | None
             dst.write(header)
             dst.write(body)
     except BaseException:
-        out.unlink(missing_ok=True)  # no cut trace (a full disk)
+        _discard(out)  # no cut trace (a full disk)
         raise
     return MallocRecording(rc, out, len(t), t.maxlive, len(bodies) - 1)

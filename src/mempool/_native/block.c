@@ -16,7 +16,17 @@
 BlockObject *mp_block_new(PoolObject *pool, uint64_t offset, uint64_t size, uint64_t align,
                           int owned)
 {
+#if PY_VERSION_HEX < 0x030C0000
+    /* Before 3.12 an allocation the collector tracks may run a collection on the spot,
+     * and with it any __del__ or weakref callback: Python code in the middle of the C
+     * paths that make Blocks (a finalizer closing the pool inside a named put freed its
+     * state under it).  3.12 and later only schedule it for the next safe point. */
+    int gc_was = PyGC_Disable();
     BlockObject *b = PyObject_GC_New(BlockObject, &BlockType);
+    if (gc_was) PyGC_Enable();
+#else
+    BlockObject *b = PyObject_GC_New(BlockObject, &BlockType);
+#endif
     if (!b) return NULL;
     Py_INCREF(pool);
     b->pool = pool;
