@@ -239,3 +239,16 @@ def can_mount_an_ext4() -> bool:
                            f"--propagation private sh -c 'mount -o loop {img} {d}/m'",
                            shell=True, capture_output=True, timeout=60)
         return r.returncode == 0
+
+
+def on_a_small_tmpfs(tmp_path, size: str, then: str) -> subprocess.CompletedProcess[str]:
+    """Run the shell command ``then`` ({mnt} in it: the mount point) in a private mount
+    namespace over a fresh tmpfs of ``size`` (a disk that fills), with this mempool on
+    PYTHONPATH; its output as text."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o size={size} tmpfs {mnt} && " + then.format(mnt=mnt)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)

@@ -9,7 +9,7 @@ import pytest
 import mempool
 from mempool import trace
 
-from helpers import can_mount_a_tmpfs
+from helpers import can_mount_a_tmpfs, on_a_small_tmpfs
 
 
 def test_numpy_script_replays_to_its_peak(tmp_path):
@@ -204,20 +204,11 @@ def test_a_full_disk_leaves_no_cut_trace(tmp_path, size, link):
     # 6,000 recorded pairs: a 78 KB body.  In 64k the body fills the disk while recording;
     # in 128k the body fits and the copy into the output fills it.  Both raised OSError
     # but left the output behind, empty or cut mid-line
-    import os
-    import subprocess
     import sys
     script = tmp_path / "fill.py"
     script.write_text(FILL)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs -o size={size} tmpfs {mnt} && "
-         + (f"ln -s {mnt}/real.trace {mnt}/x.trace && " if link else "")
-         + f"{sys.executable} {script} {mnt}/x.trace"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+    r = on_a_small_tmpfs(tmp_path, size, ("ln -s {mnt}/real.trace {mnt}/x.trace && " if link
+                                          else "") + f"{sys.executable} {script} {{mnt}}/x.trace")
     # (through a symbolic link: the user's link stays, its target emptied; the link
     # itself was removed)
     left = "[('real.trace', False, 0), ('x.trace', True, 0)]" if link else "[]"

@@ -13,7 +13,7 @@ import pytest
 import mempool
 from mempool import cli, trace
 
-from helpers import can_mount_a_tmpfs
+from helpers import can_mount_a_tmpfs, on_a_small_tmpfs
 
 SQLITE = shutil.which("sqlite3")
 
@@ -149,15 +149,9 @@ def test_a_full_disk_is_an_error_not_a_cut_trace(tmp_path, size):
     # it recorded 12,382 calls of ~400,000, and the last line was cut mid-number
     script = tmp_path / "loop.py"
     script.write_text(ALLOC_LOOP)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs -o size={size} tmpfs {mnt} && "
-         f"{sys.executable} -m mempool record --malloc -o {mnt}/x.trace.gz -- "
-         f"{sys.executable} {script}; echo rc=$?; ls -A {mnt}"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+    r = on_a_small_tmpfs(tmp_path, size,
+                         f"{sys.executable} -m mempool record --malloc -o {{mnt}}/x.trace.gz -- "
+                         f"{sys.executable} {script}; echo rc=$?; ls -A {{mnt}}")
     out = r.stdout.split()
     assert out[0] == "rc=2" and out[1:] == [], (r.stdout, r.stderr)  # and no file left
     assert "No space left on device" in r.stderr
