@@ -163,3 +163,49 @@ def test_track_live_names_the_line():
         assert not p.tracking
         with pytest.raises(TypeError):
             p.track(1)
+
+
+def test_live_while_other_threads_allocate():
+    # live() walked the tracking notes while another thread's alloc added to them:
+    # RuntimeError (dictionary changed size) or KeyError in ~15 % of the calls
+    import sys
+    import threading
+    pool = mempool.Pool("16MiB")
+    pool.track()
+    stop, errors, counts = threading.Event(), [], []
+
+    def allocate():
+        blocks = []
+        while not stop.is_set():
+            blocks.append(pool.alloc(64))
+            if len(blocks) > 1000:
+                for b in blocks[:500]:
+                    b.free()
+                del blocks[:500]
+        for b in blocks:
+            b.free()
+
+    def look():
+        for _ in range(100):
+            try:
+                counts.append(len(pool.live()))
+            except Exception as e:
+                errors.append(repr(e))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        ts = [threading.Thread(target=allocate) for _ in range(2)]
+        ls = [threading.Thread(target=look) for _ in range(2)]
+        for t in ts + ls:
+            t.start()
+        for t in ls:
+            t.join()
+        stop.set()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == [] and len(counts) == 200 and max(counts) > 0
+    assert pool.live() == [] and len(pool) == 0
+    pool.close()

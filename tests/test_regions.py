@@ -474,3 +474,50 @@ def test_retain_is_any_integer_and_a_region_pool_is_not_copied():
                 how(r)
     b.free()
     r.close()
+
+
+def test_threads_at_once_see_only_errors_of_their_own():
+    # a RegionPool is Python: two threads allocating and freeing got PoolClosed (a
+    # region swept under the other's attempt), ValueError from two sweeps removing one
+    # region, TypeError from a limit set to None between its check and its use, and a
+    # Block of a region another thread swept lost its range
+    import collections
+    import sys
+    import threading
+    seen: collections.Counter[str] = collections.Counter()
+    rp = RegionPool("tlsf", region_size="64KiB", retain=0)
+    held = rp.alloc(100)
+    memoryview(held)[:] = b"h" * 100
+    stop = threading.Event()
+
+    def work():
+        for _ in range(8000):
+            try:
+                b = rp.alloc(64)
+                memoryview(b)[:1] = b"x"
+                rp.free(b)
+            except Exception as e:  # (any: each is a failure of the pool)
+                seen[f"{type(e).__name__}: {e}"] += 1
+
+    def toggle():
+        while not stop.is_set():
+            rp.set_limit(1 << 20)
+            rp.set_limit(None)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ts = [threading.Thread(target=work) for _ in range(2)] + [threading.Thread(target=toggle)]
+        for t in ts:
+            t.start()
+        for t in ts[:2]:
+            t.join()
+        stop.set()
+        ts[2].join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not seen, dict(seen)
+    assert held.live and bytes(held) == b"h" * 100 and len(rp) == 1
+    rp.check()
+    held.free()
+    rp.close()

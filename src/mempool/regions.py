@@ -15,11 +15,13 @@ the system cannot map (ENOMEM, absurd sizes) is OutOfSpace too.
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import operator
+import threading
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -52,6 +54,22 @@ def _none_if_full(attempt: Callable[[Pool], T]) -> Callable[[Pool], T | None]:
             return None
 
     return quiet
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """The method under its pool's lock (``self._lock``, or the named arrays' pool's):
+    a RegionPool is Python, and threads changed its list of regions, its sweeps and
+    its limit at once (a region another thread had just allocated in was unmapped
+    under its Block; PoolClosed, ValueError and TypeError from an open pool)."""
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, locked)
 
 
 def _integer(value: Any, what: str) -> int:
@@ -111,6 +129,7 @@ class RegionPool:
         self.retain = operator.index(retain)  # (NumPy's integers too)
         self._options = options
         self._regions: list[Pool] = []
+        self._lock = threading.RLock()  # (reentrant: a finalizer may call back in)
         self._closed = False
         self._limit: int | None = None
         self._track = False
@@ -248,6 +267,7 @@ class RegionPool:
             self._peak = max(peak, self._mapped())
         return got
 
+    @_locked
     def alloc(self, size: int, align: int | None = None) -> Block:
         """A Block of ``size`` bytes from the first region where it fits, mapping a new
         region when none does.  OutOfSpace beyond ``max_size``, or when no region that
@@ -275,12 +295,14 @@ class RegionPool:
         return self._place(size, lambda region: region.try_alloc(*args),
                            lambda region: region.alloc(*args), counted)
 
+    @_locked
     def free(self, block: Block) -> None:
         """Give a block back; its region is unmapped when it empties (beyond ``retain``)."""
         self._check_open()
         self._own(block).free(block)
         self._sweep()
 
+    @_locked
     def realloc(self, block: Block, size: int) -> Block:
         """Resize, in place where the region allows, else into another region (bytes
         copied, the old block freed: the Block returned is then a new one)."""
@@ -301,6 +323,7 @@ class RegionPool:
         self._sweep()
         return new
 
+    @_locked
     def empty(self, shape: Any, dtype: Any = "float64") -> np.ndarray:
         """As :meth:`Pool.empty`, from the first region with room."""
         self._check_open()
@@ -329,6 +352,7 @@ class RegionPool:
                 raise self._out_of_space(size, f"the pool's limit is {self._limit} bytes "
                                                f"(set_limit) and {used} are in use")
 
+    @_locked
     def set_limit(self, size: int | str | None) -> None:
         """Let the regions together hand out at most ``size`` bytes (the sum of their
         ``used``; a request is checked at its size, so a strategy's rounding can pass
@@ -343,6 +367,7 @@ class RegionPool:
         """The byte limit set by :meth:`set_limit`, or None."""
         return self._limit
 
+    @_locked
     def track(self, enabled: bool = True) -> None:
         """As :meth:`Pool.track`, for every region, those mapped later included."""
         self._check_open()
@@ -352,6 +377,7 @@ class RegionPool:
         for r in self._regions:
             _track(r, enabled)
 
+    @_locked
     def live(self) -> list[LiveBlock]:
         """As :meth:`Pool.live`, over every region (``LiveBlock.pool`` is the region)."""
         self._check_open()
@@ -386,6 +412,7 @@ class RegionPool:
                             "mempool.numpy_pool())")
         return Activation(self, False, fallback)
 
+    @_locked
     def stats(self) -> RegionStats:
         self._check_open()
         self._sweep()
@@ -398,11 +425,13 @@ class RegionPool:
             peak_mapped=self._peak, maps=self._maps, unmaps=self._unmaps,
         )
 
+    @_locked
     def check(self) -> None:
         self._check_open()
         for r in self._regions:
             r.check()
 
+    @_locked
     def __len__(self) -> int:
         return sum(len(r) for r in self._regions)
 
@@ -412,6 +441,7 @@ class RegionPool:
         # no one could close twice over)
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
+    @_locked
     def close(self) -> None:
         """Unmap every region.  BufferError while a view or array of one is alive."""
         if self._closed:
@@ -454,6 +484,10 @@ class RegionNamedArrays(MutableMapping[str, Any]):
         self._pool = pool
         self._where: dict[str, Pool] = {}
 
+    @property
+    def _lock(self) -> threading.RLock:
+        return self._pool._lock
+
     def _home(self, value: Any) -> Pool | None:
         """The region a value lives in (adopted there), or None (copied in)."""
         for region in self._pool._regions:
@@ -464,6 +498,7 @@ class RegionNamedArrays(MutableMapping[str, Any]):
                 return region
         return None
 
+    @_locked
     def __getitem__(self, name: str) -> Any:
         check_name(name)
         self._pool._check_open()
@@ -472,6 +507,7 @@ class RegionNamedArrays(MutableMapping[str, Any]):
             raise KeyError(name)
         return region.named[name]
 
+    @_locked
     def __setitem__(self, name: str, value: Any) -> None:
         check_name(name)
         pool = self._pool
@@ -527,6 +563,7 @@ class RegionNamedArrays(MutableMapping[str, Any]):
             raise BufferError(f"cannot replace the array named {name!r}: {n} view(s) of it "
                               "are alive")
 
+    @_locked
     def __delitem__(self, name: str) -> None:
         check_name(name)
         self._pool._check_open()
@@ -537,13 +574,16 @@ class RegionNamedArrays(MutableMapping[str, Any]):
         del self._where[name]
         self._pool._sweep()
 
+    @_locked
     def __contains__(self, name: object) -> bool:
         check_name(name)
         return name in self._where
 
+    @_locked
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._where))
 
+    @_locked
     def __len__(self) -> int:
         return len(self._where)
 

@@ -108,11 +108,17 @@ def live(pool: Any) -> list[LiveBlock]:
     if d is None:
         raise ValueError("the pool does not track its allocations: call pool.track() first")
     now = time.monotonic()
+    # (another thread's alloc notes into d meanwhile: the notes are read as one copy
+    # taken before the live Blocks, so a note whose Block is not among them was freed;
+    # a Block noted after the copy is left for the next call, and a note made anew at
+    # the same offset meanwhile is kept; two calls may forget one offset at once)
+    notes = dict(d)
     blocks = dict(_mempool._live_blocks(pool))
-    for off in [o for o in d if o not in blocks]:  # freed since: forgotten
-        del d[off]
+    for off in [o for o in notes if o not in blocks]:  # freed since: forgotten
+        if d.get(off) is notes[off]:
+            d.pop(off, None)
     out = [LiveBlock(off, blocks[off], now - t, where, pool)
-           for off, (t, _size, where) in d.items()]
+           for off, (t, _size, where) in notes.items() if off in blocks]
     out.sort(key=lambda b: -b.age)
     return out
 
