@@ -521,3 +521,34 @@ def test_threads_at_once_see_only_errors_of_their_own():
     rp.check()
     held.free()
     rp.close()
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_can_use_its_copy():
+    # (the lock of a RegionPool: a child forked while a thread of the parent held it
+    # would wait for it for ever; the child gets a fresh one)
+    import os
+    import signal
+    import threading
+    rp = RegionPool()
+    held, go = threading.Event(), threading.Event()
+
+    def hold():
+        with rp._lock:
+            held.set()
+            go.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        signal.alarm(10)  # a wait for ever ends the child with SIGALRM
+        b = rp.alloc(100)
+        memoryview(b)[:] = b"c" * 100
+        rp.free(b)
+        os._exit(0 if len(rp) == 0 else 3)
+    go.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rp.close()

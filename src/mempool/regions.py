@@ -18,7 +18,9 @@ import errno
 import functools
 import mmap
 import operator
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -70,6 +72,19 @@ def _locked(method: F) -> F:
             return method(self, *args, **kwargs)
 
     return cast(F, locked)
+
+
+#: every RegionPool of this process: a child forked while another thread held one's
+#: lock would wait for it for ever (its regions are the child's own copy)
+_ALL: weakref.WeakSet[RegionPool] = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    for pool in list(_ALL):
+        pool._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 def _integer(value: Any, what: str) -> int:
@@ -130,6 +145,7 @@ class RegionPool:
         self._options = options
         self._regions: list[Pool] = []
         self._lock = threading.RLock()  # (reentrant: a finalizer may call back in)
+        _ALL.add(self)
         self._closed = False
         self._limit: int | None = None
         self._track = False
