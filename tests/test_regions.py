@@ -542,6 +542,7 @@ def test_a_child_forked_while_another_thread_holds_the_lock_can_use_its_copy():
     held.wait()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (not pytest-timeout's handler)
         signal.alarm(10)  # a wait for ever ends the child with SIGALRM
         b = rp.alloc(100)
         memoryview(b)[:] = b"c" * 100
