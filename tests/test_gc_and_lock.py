@@ -182,3 +182,47 @@ def test_a_collection_cannot_run_inside_the_making_of_a_block():
     r = subprocess.run([sys.executable, "-c", FINALIZER_IN_A_PUT], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+A_COLLECTION_CLOSES_A_SHARED_GET = """
+import gc, os
+import numpy as np
+from mempool import SharedPool
+state = {"k": -1, "pool": None}
+def cb(phase, info):
+    if phase != "start" or state["k"] < 0: return
+    state["k"] -= 1
+    if state["k"] == 0:
+        try: state["pool"].close()
+        except BufferError: pass
+gc.callbacks.append(cb)
+for k in range(1, 40):
+    name = f"mptest-gcget-{os.getpid()}_{k}"
+    p = SharedPool.create(name, 1 << 20, unlink_on_exit=True)
+    try:
+        p.named["x"] = np.arange(100000.0)
+        state["pool"] = p; gc.set_threshold(1, 1, 1); state["k"] = k
+        try:
+            a = p.named["x"]
+        except Exception:
+            a = None
+        finally:
+            state["k"] = -1; gc.set_threshold(700, 10, 10)
+        if a is not None:
+            assert not p.closed and a.sum() == 4999950000.0
+        del a
+    finally:
+        gc.collect()
+        if not p.closed:
+            p.close()
+print("ok")
+"""
+
+
+def test_a_collection_inside_the_making_of_a_shared_array_cannot_close_its_pool():
+    # a SharedArray is an instance of a Python subclass: making one may run a
+    # collection on 3.11, and a gc callback there closed the pool before the array's
+    # export was counted; the array came back over unmapped memory (SIGSEGV on reading)
+    r = subprocess.run([sys.executable, "-c", A_COLLECTION_CLOSES_A_SHARED_GET],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -152,6 +152,21 @@ def test_a_lease_never_unpickled_expires_and_is_counted(name):
         settled(p)
 
 
+def test_check_when_taking_the_lock_expires_a_lease(name):
+    # the lock's taking released an expired lease's range inside check()'s transaction,
+    # before check() compared the state with its shadow: a healthy pool was "corrupt"
+    with SharedPool.create(name, "1MiB", lease_timeout=1.0) as p:
+        b = p.alloc(100)
+        lost = pickle.dumps(b)
+        b.free()
+        del b
+        time.sleep(1.1)
+        p.check()  # (its lock expires the lease and frees the range)
+        assert p.used == 0 and p.shared_stats().leases_expired == 1
+        with pytest.raises(mempool.NotAllocated):
+            pickle.loads(lost)
+
+
 def _dying_sender(name: str) -> tuple[int, bytes]:
     """A process that makes an array, pickles it and dies without freeing anything:
     (its pid, the pickle)."""

@@ -480,19 +480,25 @@ static PyObject *array_over(PoolObject *self, BlockObject *b, PyTypeObject *type
                         "pool with no views");
         goto fail;
     }
+    /* the export is counted before the array is made: making an instance of a Python
+     * subclass (SharedArray) may run a collection on 3.11, and a finalizer there closed
+     * the pool, which then unmapped the memory the new array was over (SIGSEGV) */
+    b->array = 1;
+    b->exports = 1;
+    self->exports++;
     PyObject *arr = PyArray_NewFromDescr(type, descr, nd, dims, st,
                                          self->base + b->offset + off, NPY_ARRAY_WRITEABLE,
                                          NULL); /* (steals descr) */
     if (!arr) {
+        b->array = 0;
+        b->exports = 0;
+        self->exports--;
         if (PyErr_ExceptionMatches(PyExc_ValueError)) { /* NumPy's own limits: too big */
             PyErr_Clear();
             PyErr_SetString(mp_CorruptionError, "an array's record: NumPy refuses its shape");
         }
         return NULL;
     }
-    b->array = 1;
-    b->exports = 1;
-    self->exports++;
     Py_INCREF(b);
     if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)b) < 0) { /* (steals b) */
         /* (not reached for a fresh array): the export goes with the array that failed */

@@ -829,11 +829,16 @@ static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ig
 {
     if (need_shared(self) < 0 || sh_lock(self) < 0) return NULL;
     char msg[256];
-    /* between calls the state and its shadow are equal (journal.h), and this call has
-     * changed nothing yet: a shadow apart from the state (crafted) was taken, and the
-     * next roll-back copied it over a heap with live ranges (a file pool's open
-     * compares them too, journal_recover) */
-    int rc = memcmp(ST(self), self->tx->shadow, (size_t)self->pool.strategy->st_len) ? -1 : 0;
+    /* between calls the state and its shadow are equal (journal.h): a shadow apart from
+     * the state (crafted) was taken, and the next roll-back copied it over a heap with
+     * live ranges (a file pool's open compares them too, journal_recover).  Compared
+     * when this call has changed nothing yet (taking the lock may have freed the range
+     * of an expired lease: then the commit brings the shadow along) */
+    const mp_tx_t *tx = self->tx;
+    int rc = tx->nops == 0 && tx->j->nundo == 0 &&
+                     memcmp(ST(self), tx->shadow, (size_t)self->pool.strategy->st_len)
+                 ? -1
+                 : 0;
     if (rc) snprintf(msg, sizeof msg, "the state and its shadow copy differ");
     flush(self);
     if (!rc)
