@@ -55,13 +55,12 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
     t->nops = 0;
 }
 
-/* Does the record name an aligned word inside t's undo range? */
-/* Does [w, w + 8) overlap [lo, lo + n)?  (addresses as integers: no pointer leaves
- * its object) */
+/* Does the word [w, w + 8) overlap [lo, lo + n)?  (addresses as integers: no pointer
+ * leaves its object; w <= the undo range's end - 8, so w + 8 does not wrap) */
 static int overlaps(uintptr_t w, const void *lo, uint64_t n)
 {
     uintptr_t l = (uintptr_t)lo;
-    return lo && w + 8 > l && w - l < n;
+    return lo && w < l + n && l < w + 8;
 }
 
 /* The word an undo record names, or NULL when it names none the log may restore: in
