@@ -216,39 +216,43 @@ class LockHolder:
             signal.signal(signal.SIGUSR1, self._old)
 
 
-def can_mount_a_tmpfs() -> bool:
-    """Root with unshare -m: a test can mount a small private tmpfs (a disk that fills)."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                        "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30)
-    return r.returncode == 0
-
-
-def can_mount_an_ext4() -> bool:
-    """Root with unshare -m, mkfs.ext4 and loop devices: a small ext4 a test can fill
-    (tmpfs gives back what a failed posix_fallocate took; ext4 keeps it)."""
-    if not can_mount_a_tmpfs() or not shutil.which("mkfs.ext4"):
-        return False
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        img = os.path.join(d, "t.img")
-        with open(img, "wb") as f:
-            f.truncate(4 << 20)
-        r = subprocess.run(f"mkfs.ext4 -q -F {img} && mkdir {d}/m && unshare -m "
-                           f"--propagation private sh -c 'mount -o loop {img} {d}/m'",
-                           shell=True, capture_output=True, timeout=60)
-        return r.returncode == 0
-
-
-def on_a_small_tmpfs(tmp_path, size: str, then: str) -> subprocess.CompletedProcess[str]:
+def on_a_small_fs(tmp_path, size: int | str, then: str, *,
+                  ext4: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the shell command ``then`` ({mnt} in it: the mount point) in a private mount
-    namespace over a fresh tmpfs of ``size`` (a disk that fills), with this mempool on
-    PYTHONPATH; its output as text."""
+    namespace over a fresh file system of ``size`` bytes (a disk that fills): a tmpfs
+    (``size`` as mount takes it: "64k"), or with ``ext4`` an ext4 in a loop-mounted
+    image (tmpfs gives back what a failed posix_fallocate took; ext4 keeps it).  This
+    mempool is on PYTHONPATH; the output comes back as text."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    if ext4:
+        img = tmp_path / "fs.img"
+        with open(img, "wb") as f:
+            f.truncate(int(size))
+        mount = f"mkfs.ext4 -q -F {img} && mount -o loop {img} {mnt}"
+    else:
+        mount = f"mount -t tmpfs -o size={size} tmpfs {mnt}"
     src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
     return subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs -o size={size} tmpfs {mnt} && " + then.format(mnt=mnt)],
+         f"{mount} && " + then.format(mnt=mnt)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=300)
+
+
+def _can_mount(ext4: bool) -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare") or (ext4 and not shutil.which("mkfs.ext4")):
+        return False
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        return on_a_small_fs(Path(d), 4 << 20 if ext4 else "64k", "true", ext4=ext4).returncode == 0
+
+
+def can_mount_a_tmpfs() -> bool:
+    """Root with unshare -m: a test can mount a small private tmpfs (on_a_small_fs)."""
+    return _can_mount(ext4=False)
+
+
+def can_mount_an_ext4() -> bool:
+    """... and mkfs.ext4 and loop devices: a small ext4 (on_a_small_fs(ext4=True))."""
+    return _can_mount(ext4=True)

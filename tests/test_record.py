@@ -9,7 +9,7 @@ import pytest
 import mempool
 from mempool import trace
 
-from helpers import can_mount_a_tmpfs, on_a_small_tmpfs
+from helpers import can_mount_a_tmpfs, on_a_small_fs
 
 
 def test_numpy_script_replays_to_its_peak(tmp_path):
@@ -207,7 +207,7 @@ def test_a_full_disk_leaves_no_cut_trace(tmp_path, size, link):
     import sys
     script = tmp_path / "fill.py"
     script.write_text(FILL)
-    r = on_a_small_tmpfs(tmp_path, size, ("ln -s {mnt}/real.trace {mnt}/x.trace && " if link
+    r = on_a_small_fs(tmp_path, size, ("ln -s {mnt}/real.trace {mnt}/x.trace && " if link
                                           else "") + f"{sys.executable} {script} {{mnt}}/x.trace")
     # (through a symbolic link: the user's link stays, its target emptied; the link
     # itself was removed)

@@ -13,7 +13,7 @@ import pytest
 import mempool
 from mempool import cli, trace
 
-from helpers import can_mount_a_tmpfs, on_a_small_tmpfs
+from helpers import can_mount_a_tmpfs, on_a_small_fs
 
 SQLITE = shutil.which("sqlite3")
 
@@ -149,7 +149,7 @@ def test_a_full_disk_is_an_error_not_a_cut_trace(tmp_path, size):
     # it recorded 12,382 calls of ~400,000, and the last line was cut mid-number
     script = tmp_path / "loop.py"
     script.write_text(ALLOC_LOOP)
-    r = on_a_small_tmpfs(tmp_path, size,
+    r = on_a_small_fs(tmp_path, size,
                          f"{sys.executable} -m mempool record --malloc -o {{mnt}}/x.trace.gz -- "
                          f"{sys.executable} {script}; echo rc=$?; ls -A {{mnt}}")
     out = r.stdout.split()

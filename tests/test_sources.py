@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import can_mount_an_ext4
+from helpers import can_mount_an_ext4, on_a_small_fs
 
 import mempool
 from mempool import AnonymousMemory, BufferMemory, FileMemory, NumaPolicy, Pool, _mempool, sources
@@ -572,19 +572,10 @@ def test_a_full_disk_leaves_the_file_as_it_was(tmp_path):
     # posix_fallocate that runs out of room keeps what it got: FileMemory over an
     # existing 4 KiB file asked for 1 GiB left it 14 MB long and the file system full,
     # and a file pool's state growth left its file 3.3 MB longer
-    import subprocess
     import sys
-    img, mnt, script = tmp_path / "fs.img", tmp_path / "mnt", tmp_path / "fill.py"
-    with open(img, "wb") as f:
-        f.truncate(16 << 20)
-    mnt.mkdir()
+    script = tmp_path / "fill.py"
     script.write_text(FILL_EXT4)
-    src = os.path.dirname(os.path.dirname(os.path.abspath(mempool.__file__)))
-    r = subprocess.run(
-        f"mkfs.ext4 -q -F {img} && unshare -m --propagation private sh -c "
-        f"'mount -o loop {img} {mnt} && {sys.executable} {script} {mnt}'",
-        shell=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src},
-        timeout=300)
+    r = on_a_small_fs(tmp_path, 16 << 20, f"{sys.executable} {script} {{mnt}}", ext4=True)
     assert r.stdout.split() == ["raised", "28", "4096", "True", "True",
                                 "raised", "28", "True", "True", "True"], (r.stdout, r.stderr)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
+from typing import Any
 
 __all__ = ["parse_size", "round_up"]
 
@@ -18,6 +19,15 @@ _UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 }
 _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def as_integer(value: Any, *, bool_ok: bool) -> int | None:
+    """``value`` as an int when it is an integer (anything with ``__index__``: NumPy's
+    integers too; a bool only with ``bool_ok``), else None (a float never)."""
+    if isinstance(value, float) or (isinstance(value, bool) and not bool_ok) \
+            or not hasattr(type(value), "__index__"):
+        return None
+    return operator.index(value)
 
 
 def parse_size(value: int | str, name: str = "size") -> int:
@@ -41,10 +51,11 @@ def parse_size(value: int | str, name: str = "size") -> int:
         n, rest = divmod(scaled, unit)
         if rest:
             raise ValueError(f"{name} {value!r} is not a whole number of bytes")
-    elif isinstance(value, float) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name} must be an integer or a size string, not {type(value).__name__}")
     else:
-        n = operator.index(value)
+        i = as_integer(value, bool_ok=True)
+        if i is None:
+            raise TypeError(f"{name} must be an integer or a size string, not {type(value).__name__}")
+        n = i
     if n < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return n

@@ -267,8 +267,9 @@ with trace.record(out, program=name):
 def _add_record_parser(sub: Any) -> None:
     r = sub.add_parser("record", help="record a program's allocations as a trace",
                        description="python -m mempool record -o OUT[.gz] -- python script.py "
-                       "ARGS (or -- python -m module ARGS, -- python -c CODE ARGS): NumPy's allocations and the pool "
-                       "operations of the whole program, as trace.record() writes them.  "
+                       "ARGS (or -- python -m module ARGS, -- python -c CODE ARGS): NumPy's "
+                       "allocations and the pool operations of the whole program, as "
+                       "trace.record() writes them.  "
                        "With --malloc, any program's C heap calls (malloc, calloc, realloc, "
                        "free, the aligned ones), through a preload recorder: "
                        "record --malloc -o OUT -- CMD ARGS")

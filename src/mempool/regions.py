@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import functools
 import mmap
-import operator
 import os
 import threading
 import weakref
@@ -28,7 +27,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from ._mempool import Block
-from ._units import parse_size
+from ._units import as_integer, parse_size
 from ._units import round_up as _round_up
 from .errors import NotAllocated, OutOfSpace, PoolClosed
 from .named import _pool_block, check_name
@@ -90,9 +89,10 @@ os.register_at_fork(after_in_child=_fresh_locks_in_child)
 def _integer(value: Any, what: str) -> int:
     """An int from anything with __index__ (NumPy's integers, and bool: True is 1), as
     Pool takes it; TypeError for float and the rest."""
-    if isinstance(value, float) or not hasattr(type(value), "__index__"):
+    n = as_integer(value, bool_ok=True)
+    if n is None:
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
-    return operator.index(value)
+    return n
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,10 @@ class RegionPool:
         self._largest = (1 << (self.region_size.bit_length() - 1) if self._buddy
                          else self.region_size)
         self.max_size = parse_size(max_size, "max_size") if max_size is not None else None
-        if (isinstance(retain, (bool, float)) or not hasattr(type(retain), "__index__")
-                or operator.index(retain) < 0):
+        kept = as_integer(retain, bool_ok=False)  # (NumPy's integers too)
+        if kept is None or kept < 0:
             raise ValueError(f"retain must be an integer >= 0, got {retain!r}")
-        self.retain = operator.index(retain)  # (NumPy's integers too)
+        self.retain = kept
         self._options = options
         self._regions: list[Pool] = []
         self._lock = threading.RLock()  # (reentrant: a finalizer may call back in)

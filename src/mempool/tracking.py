@@ -14,8 +14,6 @@ the pool's live Blocks.  No pool tracking: one flag test per Block, nothing else
 
 from __future__ import annotations
 
-import operator
-
 import os
 import sys
 import time
@@ -24,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _mempool
-from ._units import parse_size
+from ._units import as_integer, parse_size
 
 __all__ = ["Frame", "LiveBlock"]
 
@@ -127,11 +125,11 @@ def check_limit(size: Any, capacity: int) -> int | None:
     """set_limit's argument: None, or bytes in [0, capacity] (an int or "64MiB")."""
     if size is None:
         return None
-    if isinstance(size, (bool, float)) or not (isinstance(size, str)
-                                               or hasattr(type(size), "__index__")):
-        raise TypeError(f"limit must be an int, a size string or None, not {type(size).__name__}")
     # (any integer: NumPy's too, as sizes are)
-    size = parse_size(size, "limit") if isinstance(size, str) else operator.index(size)
+    n = parse_size(size, "limit") if isinstance(size, str) else as_integer(size, bool_ok=False)
+    if n is None:
+        raise TypeError(f"limit must be an int, a size string or None, not {type(size).__name__}")
+    size = n
     if size < 0:
         raise ValueError(f"limit must be >= 0, got {size}")
     if size > capacity:
