@@ -228,6 +228,11 @@ def _with_a_handle_range(raw: bytearray, h) -> None:
     assert len(st) == h.state_size
     for at in offs:
         raw[at:at + h.state_size] = st
+    # equal copies, so an empty redo log: the journal's phase word IDLE | 0 entries (a
+    # shared pool's journal is in its control block, a file pool's in the header page)
+    from mempool._segment import JOURNAL_OFFSET
+    ph = (h.lock_off + 192 if h.lock_size else JOURNAL_OFFSET) + 8
+    raw[ph:ph + 8] = bytes(8)
 
 
 def test_a_file_pool_state_holding_a_handle_range_is_refused(tmp_path):

@@ -179,7 +179,7 @@ def header_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "version-0": with_header(data, h, version=0),
         "version-1": with_header(data, h, version=1),
         "version-2": with_header(data, h, version=2),
-        "version-5": with_header(data, h, version=5),
+        "version-6": with_header(data, h, version=6),
         "shadow_off-0": with_header(data, h, shadow_off=0),
         "shadow_off-odd": with_header(data, h, shadow_off=h.shadow_off + 64),
         "shadow_off-data": with_header(data, h, shadow_off=h.data_off),

@@ -210,7 +210,7 @@ def test_a_format_3_file_opens_and_does_not_grow(tmp_path):
         p.alloc(96)
     data = bytearray(path.read_bytes())
     h = Header.unpack(bytes(data), len(data), FILE_MAGIC, "v3")
-    data[:4096] = dataclasses.replace(h, version=3).pack()  # what the last version wrote
+    data[:4096] = dataclasses.replace(h, version=3, log_entries=0).pack()  # what the last version wrote
     data[4096:4096 + h.state_size] = path.read_bytes()[4096:4096 + h.state_size]
     path.write_bytes(bytes(data))
     with Pool.open(path) as p:

@@ -43,8 +43,10 @@ _JOURNAL_FIELDS = ("magic", "phase", "seq", "nundo", "rolled_back", "rolled_forw
 
 
 def journal_at(buf: bytes, off: int) -> dict:
-    return {k: int.from_bytes(buf[off + 8 * i:off + 8 * i + 8], "little")
-            for i, k in enumerate(_JOURNAL_FIELDS)}
+    j = {k: int.from_bytes(buf[off + 8 * i:off + 8 * i + 8], "little")
+         for i, k in enumerate(_JOURNAL_FIELDS)}
+    j["phase"] &= 0xFF  # (the redo log's count of committed entries is above it)
+    return j
 
 
 def shared_journal(name: str) -> dict:

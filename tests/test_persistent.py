@@ -24,10 +24,11 @@ PHASE_OFFSET = JOURNAL_OFFSET + 8  # journal.h: magic, phase (0 idle, 1 active, 
 
 
 def phase(path) -> int:
-    """The journal's phase: non-zero when the last writer was killed inside a call."""
+    """The journal's phase: non-zero when the last writer was killed inside a call (the
+    phase word's low byte; the redo log's count of committed entries is above it)."""
     with open(path, "rb") as f:
         f.seek(PHASE_OFFSET)
-        return int.from_bytes(f.read(8), "little")
+        return f.read(1)[0]
 
 
 def run_child(code: str, *args: str) -> subprocess.CompletedProcess:

@@ -13,8 +13,10 @@
     data   +------------------------------+  page aligned
            | data: capacity bytes         |
     shadow +------------------------------+  page aligned
-           | the state's shadow copy      |  equal to the state between calls
-           +------------------------------+
+           | the state's shadow copy      |  the state as of the last checkpoint
+           +------------------------------+  page aligned
+           | the redo log (format 5)      |  the calls since then (journal.h): 40-byte
+           +------------------------------+  entries, as many as the state has bytes / 40
            | a grown state and its shadow |  format 4: a state whose node
            | (page aligned, each)         |  budget ran out moves to a larger pair here,
            +------------------------------+  named by a placement slot in the header
@@ -29,7 +31,7 @@ then marked retired (its head's magic cleared), so a damaged winning slot can ne
 fall back to a stale state silently: attaching a retired state is a CorruptionError.
 
 The header's first 120 bytes are immutable after creation and covered by a
-checksum.  The journal (``_core/journal.h``) and the shadow make every allocator
+checksum.  The journal (``_core/journal.h``), the shadow and the redo log make every allocator
 call all-or-nothing for a process killed in it: the next opener (file pools) or lock
 taker (shared pools) rolls the call back or forward.  Every field is validated
 against the segment's real length before anything is trusted, so a truncated,
@@ -45,14 +47,15 @@ from dataclasses import dataclass
 from .errors import CorruptionError
 
 __all__ = ["HEADER_SIZE", "JOURNAL_OFFSET", "JOURNAL_SIZE", "NAMED_ROOT_OFFSET",
-           "PLACEMENT_OFFSET", "Header", "Placement", "base_end", "home", "layout",
+           "LOG_ENTRY", "PLACEMENT_OFFSET", "Header", "Placement", "base_end", "home", "layout", "log_of",
            "named_root", "placement", "slot_sum"]
 
 HEADER_SIZE = 4096
-VERSION = 4  # 4: placement slots (a grown state); 3: the directory of named arrays; 2: the
-#             journal and the shadow (1 had neither)
-READABLE = (3, 4)  # a format-3 file opens as before, and its state does not grow
-_FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q 8s")  # 120 bytes
+VERSION = 5  # 5: the redo log; 4: placement slots (a grown state); 3: the directory of
+#             named arrays; 2: the journal and the shadow (1 had neither)
+READABLE = (3, 4, 5)  # a format-3 file opens as before, and its state does not grow; 3
+#                      and 4 journal without a log (each call replays on the shadow)
+_FMT = struct.Struct("<8sIIII QQQQQ QQ 16s Q Q Q")  # 120 bytes
 assert _FMT.size == 120
 CHECKSUM_OFFSET = 120
 CREATED_NS_OFFSET = 96  #: the header's created_ns (a shared pool's segment_id)
@@ -65,6 +68,9 @@ _SLOT = struct.Struct("<8sQQQQQ8s")  # magic, gen, state_off, shadow_off, state_
 _SLOT_MAGIC = b"MPPLACE1"
 _JOURNAL_MAGIC = (0x314c4e524a504d).to_bytes(8, "little")
 _PAGE = 4096
+LOG_ENTRY = 40  #: bytes per redo log entry (MP_TX_LOG_ENTRY)
+_LOG_MIN = 10 * _PAGE  #: a log of at least 1024 entries (the 64 of one transaction, twice, and more)
+_LOG_MAX = 64 << 20  #: and at most 64 MiB (a state larger than that checkpoints more often)
 
 
 def named_root() -> bytes:
@@ -96,8 +102,14 @@ class Header:
     strategy: str
     created_ns: int = 0
     shadow_off: int = 0
+    log_entries: int = 0  # the redo log's entries (format 5), after the shadow
     version: int = VERSION
     flags: int = 0
+
+    @property
+    def log_off(self) -> int:
+        """Where the redo log is: the page after the header's shadow."""
+        return self.shadow_off + _align(self.state_size, _PAGE)
 
     def pack(self) -> bytes:
         """The header page: fields, checksum, an empty journal area."""
@@ -105,7 +117,7 @@ class Header:
             self.magic, self.version, HEADER_SIZE, self.kind, self.flags,
             self.capacity, self.state_off, self.state_size, self.data_off, self.total_size,
             self.lock_off, self.lock_size, self.strategy.encode("ascii").ljust(16, b"\0"),
-            self.created_ns, self.shadow_off, b"\0" * 8,
+            self.created_ns, self.shadow_off, self.log_entries,
         )
         page = bytearray(HEADER_SIZE)
         page[:120] = body
@@ -140,7 +152,7 @@ class Header:
             raise CorruptionError(f"{what}: bad strategy name in the header") from None
         h = cls(magic=f[0], version=f[1], kind=f[3], flags=f[4], capacity=f[5], state_off=f[6],
                 state_size=f[7], data_off=f[8], total_size=f[9], lock_off=f[10], lock_size=f[11],
-                strategy=name, created_ns=f[13], shadow_off=f[14])
+                strategy=name, created_ns=f[13], shadow_off=f[14], log_entries=f[15])
         if f[2] != HEADER_SIZE or h.state_off != HEADER_SIZE:
             raise CorruptionError(f"{what}: unexpected header size")
         state_end = h.state_off + h.state_size
@@ -150,7 +162,10 @@ class Header:
                 or (h.lock_size and h.lock_off < state_end) or (h.lock_off and not h.lock_size)
                 or h.data_off + h.capacity > h.total_size
                 or h.shadow_off % _PAGE or h.shadow_off < h.data_off + h.capacity
-                or h.shadow_off + h.state_size > h.total_size):
+                or h.shadow_off + h.state_size > h.total_size
+                or (h.version < 5 and h.log_entries)
+                or (h.version >= 5 and not 128 < h.log_entries <= _LOG_MAX // LOG_ENTRY)
+                or h.log_off + h.log_entries * LOG_ENTRY > h.total_size):
             raise CorruptionError(f"{what}: inconsistent sizes in the header")
         if h.total_size > length:
             raise CorruptionError(
@@ -197,8 +212,14 @@ def slot_sum(body: bytes) -> int:
 
 
 def base_end(h: Header) -> int:
-    """The end of the header's own pair (its shadow's last page): grown pairs lie past it."""
-    return h.shadow_off + _align(h.state_size, _PAGE)
+    """The end of the header's own pair (its shadow's last page) and of the redo log
+    after it: grown pairs lie past it."""
+    return h.log_off + _align(h.log_entries * LOG_ENTRY, _PAGE)
+
+
+def log_of(h: Header) -> tuple[int, ...]:
+    """The redo log's (offset, entries) for the C core, or () (format 3 and 4: none)."""
+    return (h.log_off, h.log_entries) if h.log_entries else ()
 
 
 def home(h: Header) -> Placement:
@@ -246,8 +267,12 @@ def layout(magic: bytes, kind: int, strategy: str, capacity: int, state_size: in
     end = (lock_off + lock_size) if lock_size else state_off + state_size
     data_off = _align(end, _PAGE)
     shadow_off = data_off + _align(capacity, _PAGE)
+    # the redo log: as many bytes as the state (a checkpoint copies ~one byte per byte
+    # logged), whole pages, at least 1024 entries and at most 64 MiB
+    log_bytes = _align(min(max(state_size, _LOG_MIN), _LOG_MAX), _PAGE)
+    log_off = shadow_off + _align(state_size, _PAGE)
     return Header(magic=magic, kind=kind, capacity=capacity, state_off=state_off,
                   state_size=state_size, data_off=data_off,
-                  total_size=shadow_off + _align(state_size, _PAGE), lock_off=lock_off,
+                  total_size=log_off + log_bytes, lock_off=lock_off,
                   lock_size=lock_size, strategy=strategy, created_ns=created_ns,
-                  shadow_off=shadow_off)
+                  shadow_off=shadow_off, log_entries=log_bytes // LOG_ENTRY)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _active, _mempool
 from ._mempool import PoolCore, Strategy
-from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, home, layout,
+from ._segment import (JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, Placement, home, layout, log_of,
                        named_root, placement)
 from ._units import parse_size
 from .errors import CorruptionError, PoolClosed
@@ -378,7 +378,7 @@ class Pool(PoolCore):
             # a call the last writer was killed in: rolled back or forward first
             recovered = _mempool.journal_recover(mem.buffer, JOURNAL_OFFSET, pl.state_off,
                                                  pl.shadow_off, pl.state_size, NAMED_ROOT_OFFSET,
-                                                 h.data_off + h.capacity)
+                                                 h.data_off + h.capacity, *log_of(h))
             strat = _mempool.attach(mem.buffer, pl.state_off, pl.state_size)
             if strat.strategy != h.strategy:
                 raise CorruptionError(f"{what}: header says {h.strategy}, state is {strat.strategy}")
@@ -411,7 +411,7 @@ class Pool(PoolCore):
             fd = os.open(f"/proc/self/fd/{mem._lock_fd}", os.O_RDWR | os.O_CLOEXEC)
             try:
                 pool._set_journal(mem.buffer, JOURNAL_OFFSET, pl.shadow_off, fd,
-                                  pl.for_core(h))
+                                  pl.for_core(h), *log_of(h))
             finally:
                 os.close(fd)
         else:  # format 3: it stays where it is

@@ -432,7 +432,8 @@ class SharedPool(SharedPoolCore, Pool):
                                     align=default_align(strat), max_leases=leases[0],
                                     lease_timeout_ns=leases[1], shadow_offset=pl.shadow_off,
                                     fd=mem._fd if grows else -1,
-                                    placement=pl.for_core(h))
+                                    placement=pl.for_core(h), log_offset=h.log_off,
+                                    log_entries=h.log_entries)
             core = True
             if verify:
                 pool.check()

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _mempool
-from ._segment import HEADER_SIZE, JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, placement
+from ._segment import HEADER_SIZE, JOURNAL_OFFSET, NAMED_ROOT_OFFSET, Header, log_of, placement
 from .errors import CorruptionError
 from .stats import Stats
 from .strategies import STRATEGIES
@@ -269,7 +269,7 @@ def _read_file(fd: int, size: int, what: str, notes: list[str], busy: bool = Fal
         # the journal: recovered in the private copy (copy on write), never in the file
         recovered = _mempool.journal_recover(mm, JOURNAL_OFFSET, pl.state_off, pl.shadow_off,
                                              pl.state_size, NAMED_ROOT_OFFSET,
-                                             h.data_off + h.capacity)
+                                             h.data_off + h.capacity, *log_of(h))
         try:
             strat = _mempool.attach(mm, pl.state_off, pl.state_size)
         except CorruptionError as e:
@@ -294,12 +294,12 @@ def _view_copy(mm: mmap.mmap, h: Header, pl: Any, what: str, notes: list[str]) -
     read from the mapping itself could count one moment and walk another (its stats
     and its map disagreed).  The journal says IDLE and the same count of committed calls
     before and after the copy, else CorruptionError (the caller reads again)."""
-    def journal() -> bytes:  # magic, phase, calls committed
+    def journal() -> bytes:  # magic, phase (and the redo log's count above it), calls committed
         return bytes(mm[JOURNAL_OFFSET:JOURNAL_OFFSET + 24])
 
     before = journal()
     state = bytes(mm[pl.state_off:pl.state_off + pl.state_size])
-    if journal() != before or int.from_bytes(before[8:16], "little") != 0:
+    if journal() != before or before[8] != 0:  # (the phase: the word's low byte)
         raise CorruptionError(f"{what}: caught inside a call of its writer")
     try:
         strat = STRATEGIES[h.strategy].restore(state)  # checks the copy: CorruptionError

@@ -20,3 +20,4 @@ for t in fault_journal fault_named; do
 done
 "$out/fault_journal"
 "$out/fault_named"
+"$out/fault_named" log

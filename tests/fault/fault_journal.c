@@ -20,6 +20,10 @@
  *      handle or reclaim reads, and mp_shared_check() clean;
  *   4. also kills the recovery itself at each of its stores (for the kill points in
  *      the middle of the call) and recovers again.
+ * Three journals each: without a redo log (formats 3 and 4: the operations replay on
+ * the shadow at each commit), with one whose entries the call appends to (format 5:
+ * "the shadow equal to it" is then the shadow with the log replayed on it,
+ * mp_tx_verify), and with one so nearly full that the call begins with a checkpoint.
  * Any state that is neither before nor after fails the run.  It prints, per strategy,
  * the calls and kill points covered.
  */
@@ -39,8 +43,11 @@
 
 #include "store_hooks.h" /* the kill points */
 
-/* ---- the segment: state | shadow | registry | counter ------------------------------------ */
+/* ---- the segment: state | shadow | log | registry | counter --------------------------------- */
 #define CAP (1u << 20)
+#define LOG_ROOM 256 /* entries (populate makes 14, a call at most MP_TX_OPS) */
+static int logmode;   /* 0: no redo log; 1: a roomy one; 2: one the call checkpoints first */
+static const char *log_names[] = {"", "+log", "+ckpt"};
 #define MAX_ENTRIES 1024 /* reserved; MP_REG_COMMIT0 (256) committed: C_GROW grows it */
 static char *seg, *before, *after, *mid;
 static uint64_t seg_len, st_len, ctl_len;
@@ -73,16 +80,16 @@ static const mp_ops_t *setup(int k)
     default: st_len = mp_heap_state_size(CAP, 4096, mb); break;
     }
     ctl_len = mp_shared_ctl_size(MAX_ENTRIES, 16);
-    uint64_t sl = (st_len + 63) & ~(uint64_t)63;
-    seg_len = 2 * sl + ctl_len + 64;
+    uint64_t sl = (st_len + 63) & ~(uint64_t)63, ll = (uint64_t)LOG_ROOM * MP_TX_LOG_ENTRY;
+    seg_len = 2 * sl + ll + ctl_len + 64;
     seg = mmap(NULL, seg_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (seg == MAP_FAILED) die("mmap");
     free(before), free(after), free(mid);
     before = malloc(seg_len), after = malloc(seg_len), mid = malloc(seg_len);
     st = seg;
     shadow = seg + sl;
-    ctl = (mp_shared_ctl_t *)(seg + 2 * sl);
-    store_count = (volatile long *)(seg + 2 * sl + ctl_len);
+    ctl = (mp_shared_ctl_t *)(seg + 2 * sl + ll);
+    store_count = (volatile long *)(seg + 2 * sl + ll + ctl_len);
     seg_lo = seg;
     seg_hi = (char *)store_count; /* the counter itself is no kill point */
     int rc;
@@ -98,6 +105,9 @@ static const mp_ops_t *setup(int k)
     if (rc || mp_shared_ctl_init(ctl, MAX_ENTRIES, 16, 1000000000ull)) die("init");
     memcpy(shadow, st, st_len);
     mp_tx_setup(&tx, mp_shared_journal(ctl), ops[k], st, shadow, st_len, ctl, (char *)ctl + ctl_len);
+    /* +ckpt: populate's 14 operations fit, the call's begin finds less than a
+     * transaction's room (MP_TX_OPS) left and checkpoints first */
+    if (logmode) mp_tx_set_log(&tx, seg + 2 * sl, logmode == 1 ? LOG_ROOM : MP_TX_OPS + 13);
     return ops[k];
 }
 
@@ -229,7 +239,11 @@ static int same_registry(const char *a_img, const char *b_img)
 {
     const mp_shared_ctl_t *ca = (const mp_shared_ctl_t *)(a_img + ((char *)ctl - seg));
     const mp_shared_ctl_t *cb = (const mp_shared_ctl_t *)(b_img + ((char *)ctl - seg));
-    for (uint32_t i = 0; i < MAX_ENTRIES; i++) {
+    /* entries at or past top were never handed out: their words are what a rolled-back
+     * add left (shared.c: only the offset and top are logged), read by no one */
+    uint32_t top = mp_reg_top(ca);
+    if (top != mp_reg_top(cb)) return 0;
+    for (uint32_t i = 0; i < top; i++) {
         const mp_entry_t *x = mp_reg_entry((mp_shared_ctl_t *)ca, i);
         const mp_entry_t *y = mp_reg_entry((mp_shared_ctl_t *)cb, i);
         if ((x->offset == UINT64_MAX) != (y->offset == UINT64_MAX)) return 0;
@@ -265,8 +279,9 @@ static void verify(const char *what, long n)
                 (unsigned long long)mj->phase, (unsigned long long)mj->nundo, (unsigned long long)i);
         exit(1);
     }
-    if (memcmp(st, shadow, st_len)) {
-        fprintf(stderr, "%s, killed at store %ld: the shadow differs from the state\n", what, n);
+    if (mp_tx_verify(&tx, st, shadow, st_len, msg, sizeof msg)) {
+        fprintf(stderr, "%s, killed at store %ld: the shadow (and log) differ from the state: "
+                "%s\n", what, n, msg);
         exit(1);
     }
     if (with_registry) {
@@ -316,8 +331,8 @@ static void recover_call(enum call c)
     char msg[256];
     if (with_registry) {
         if (mp_shared_recover(ctl, &tx, msg, sizeof msg)) die(msg);
-    } else {
-        mp_tx_recover(&tx);
+    } else if (mp_tx_recover(&tx, msg, sizeof msg) < 0) {
+        die(msg);
     }
 }
 
@@ -326,7 +341,9 @@ int main(void)
     long total = 0;
     for (int reg = 0; reg < 2; reg++) {
         with_registry = reg;
+        for (int lm = 0; lm < 3; lm++)
         for (int k = 0; k < 7; k++) {
+            logmode = lm;
             long points = 0, nested = 0;
             for (int c = 0; c < NCALLS; c++) {
                 if (!reg && c >= C_TAKE && c != C_FLUSH) continue; /* (C_GROW: registry) */
@@ -336,9 +353,17 @@ int main(void)
                 long s = in_child(run_call, (enum call)c, 0); /* to the end: "after" */
                 memcpy(after, seg, seg_len);
                 if (s == 0) die("a call made no store");
+                {
+                    const char *jo = (const char *)mp_shared_journal(ctl);
+                    const mp_journal_t *jb = (const mp_journal_t *)(before + (jo - seg));
+                    const mp_journal_t *ja = (const mp_journal_t *)(after + (jo - seg));
+                    if ((logmode == 2) != (ja->checkpoints > jb->checkpoints))
+                        die(logmode == 2 ? "+ckpt: the call made no checkpoint"
+                                         : "a checkpoint where none was due");
+                }
                 if (getenv("FJ_VERBOSE")) printf("    %s %s %s: %ld stores\n", reg ? "shared" : "file", strategy_names[k], call_names[c], s);
                 char what[96];
-                snprintf(what, sizeof what, "%s %s %s", reg ? "shared" : "file",
+                snprintf(what, sizeof what, "%s%s %s %s", reg ? "shared" : "file", log_names[lm],
                          strategy_names[k], call_names[c]);
                 for (long n = 1; n <= s; n++) {
                     memcpy(seg, before, seg_len);
@@ -357,7 +382,9 @@ int main(void)
                     recover_call((enum call)c);
                     verify(what, n);
                     points++;
-                    if (n == (s + 1) / 2) { /* the recovery killed too, at each of its stores */
+                    /* the recovery killed too, at each of its stores (not after a
+                     * checkpoint: the same recovery as without a log, swept there) */
+                    if (n == (s + 1) / 2 && logmode != 2) {
                         memcpy(seg, mid, seg_len);
                         long r = in_child(recover_call, (enum call)c, 0);
                         for (long m = 1; m <= r; m++) {
@@ -370,8 +397,10 @@ int main(void)
                     }
                 }
             }
-            printf("  %-6s %-8s %6ld kill points in calls, %6ld in recoveries: all before or after\n",
-                   reg ? "shared" : "file", strategy_names[k], points, nested);
+            char kind[24];
+            snprintf(kind, sizeof kind, "%s%s", reg ? "shared" : "file", log_names[lm]);
+            printf("  %-11s %-8s %6ld kill points in calls, %6ld in recoveries: all before or after\n",
+                   kind, strategy_names[k], points, nested);
             total += points + nested;
         }
     }

@@ -35,6 +35,8 @@ static char *seg, *before, *after;
 static uint64_t seg_len, st_len, st_off, data_off;
 static mp_tx_t tx;
 static mp_named_t dir;
+#define LOG_CAP (MP_TX_OPS + 8) /* small: a checkpoint every few calls */
+static int with_log;            /* argv[1] == "log": a redo log after the data (format 5) */
 
 static void die(const char *why)
 {
@@ -47,6 +49,7 @@ static void bind(void)
     tx.nops = 0;
     mp_tx_setup(&tx, (mp_journal_t *)seg, &mp_tlsf_ops, seg + st_off, seg + st_off + st_len,
                 st_len, seg + 2048, seg + data_off + CAP);
+    if (with_log) mp_tx_set_log(&tx, seg + data_off + CAP, LOG_CAP);
     memset(&dir, 0, sizeof dir);
     dir.root = (mp_named_root_t *)(seg + 2048);
     dir.base = seg + data_off;
@@ -61,7 +64,7 @@ static void setup(void)
     st_len = (mp_tlsf_state_size(CAP, 512) + 63) & ~(uint64_t)63;
     st_off = 4096;
     data_off = (st_off + 2 * st_len + 4095) & ~(uint64_t)4095;
-    seg_len = data_off + CAP + 64;
+    seg_len = data_off + CAP + LOG_CAP * MP_TX_LOG_ENTRY + 64;
     seg = mmap(NULL, seg_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (seg == MAP_FAILED) die("mmap");
     before = malloc(seg_len);
@@ -197,7 +200,8 @@ static void sweep(const call_t *c)
         waitpid(pid, &status, 0);
         fault_at = 0;
         bind();
-        mp_tx_recover(&tx);
+        char rmsg[160];
+        if (mp_tx_recover(&tx, rmsg, sizeof rmsg) < 0) die(rmsg);
         int b = !memcmp(seg + st_off, before + st_off, st_len) &&
                 !memcmp(seg + 2048, before + 2048, 64);
         int a = !memcmp(seg + st_off, after + st_off, st_len) &&
@@ -207,7 +211,8 @@ static void sweep(const call_t *c)
                     c->what, N, S);
             exit(1);
         }
-        if (memcmp(seg + st_off, seg + st_off + st_len, st_len)) die("shadow differs");
+        if (mp_tx_verify(&tx, seg + st_off, seg + st_off + st_len, st_len, rmsg, sizeof rmsg))
+            die(rmsg);
         seen(s);
         if (memcmp(s, b ? sb : sa, sizeof s)) {
             fprintf(stderr, "%s: killed at store %ld: the names are not the %s side's\n",
@@ -221,8 +226,9 @@ static void sweep(const call_t *c)
     printf("  %-40s %ld kill points\n", c->what, S);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    with_log = argc > 1 && strcmp(argv[1], "log") == 0;
     setup();
     const call_t first = {"put: the first name (makes the table)", 0, 0, 1};
     sweep(&first);
@@ -247,6 +253,7 @@ int main(void)
     const call_t last = {"del: the last name (frees the table)", 1, 7, 0};
     sweep(&last);
     if (dir.root->table != MP_NAMED_NONE) die("the table outlived the last name");
-    printf("fault_named: tlsf, %ld kill points, every one before or after\n", points_total);
+    printf("fault_named: tlsf%s, %ld kill points, every one before or after\n",
+           with_log ? " with a redo log" : "", points_total);
     return 0;
 }

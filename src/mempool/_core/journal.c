@@ -19,12 +19,30 @@
  * A recovery killed half-way leaves the phase as it found it, and each recovery step
  * is idempotent (copies from the copy the phase trusts; restores logged values).
  *
- * The operations a transaction ran are listed in this process's memory, not in the
- * journal: only the committing process replays them, and a recovery never needs them.
+ * With a redo log (journal.h) the phase word also counts the log's committed entries,
+ * so the commit is one store, and at any kill point:
+ *   IDLE | n         st is the shadow with entries 0..n-1 replayed on it (the shadow
+ *                    is written only by a checkpoint, under COMMITTED): nothing to do.
+ *   ACTIVE | n       the shadow with entries 0..n-1 replayed on it is the state before
+ *                    the call (the call's own entries, from n on, are not counted
+ *                    yet); the undo log as above.
+ *   COMMITTED | n    a checkpoint (st complete, no call under way): copy st over the
+ *                    shadow, then IDLE | 0.
+ * Recovery of ACTIVE replays on st (a copy of the shadow) and ends in a checkpoint;
+ * killed half-way, the phase is still ACTIVE and the shadow untouched: it starts
+ * again.  The replay goes through the strategy's own table (t->raw), and an
+ * operation that a wrapper refused or undid itself (a limit) is never logged: its
+ * transaction ends in a checkpoint instead.
+ *
+ * Without a log, the operations a transaction ran are listed in this process's memory,
+ * not in the journal: only the committing process replays them, and a recovery never
+ * needs them.
  * An operation that failed is listed too: a failed call changes nothing by the error
  * model, but replaying it is what keeps the copies equal even where a strategy does
  * not live up to that (the Heap's spare page, see the known bugs).
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -34,6 +52,13 @@
 #define JOURNAL_MAGIC 0x314c4e524a504dull /* "MPJRNL1" */
 
 enum { OP_ALLOC = 1, OP_FREE, OP_REALLOC, OP_RESET };
+
+_Thread_local int mp_tx_intervened;
+
+static inline uint64_t phase_word(const mp_journal_t *j)
+{
+    return __atomic_load_n(&j->phase, __ATOMIC_ACQUIRE);
+}
 
 void mp_journal_init(mp_journal_t *j)
 {
@@ -52,7 +77,25 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
     t->undo_lo = undo_lo;
     t->undo_hi = undo_hi;
     t->out_lo = t->out_hi = NULL;
+    t->log = NULL;
+    t->log_cap = t->base = 0;
+    t->raw = ops ? mp_ops_by_kind(ops->kind) : NULL;
+    t->full = 0;
     t->nops = 0;
+}
+
+void mp_tx_set_log(mp_tx_t *t, void *log, uint64_t cap)
+{
+    mpi_assert(!log || cap > MP_TX_OPS);
+    t->log = log;
+    t->log_cap = log ? cap : 0;
+}
+
+void mp_tx_move(mp_tx_t *t, void *st, void *shadow, uint64_t st_len)
+{
+    t->st = st;
+    t->shadow = shadow;
+    t->st_len = st_len;
 }
 
 /* Does the word [w, w + 8) overlap [lo, lo + n)?  (addresses as integers: no pointer
@@ -84,7 +127,13 @@ int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
 {
     const mp_journal_t *j = t->j;
     if (j->magic != JOURNAL_MAGIC) MPI_FAIL("bad journal magic");
-    if (j->phase > MP_TX_COMMITTED) MPI_FAIL("bad journal phase %llu", (unsigned long long)j->phase);
+    uint64_t w = j->phase, n = MP_TX_NLOG(w);
+    if (MP_TX_PHASE(w) > MP_TX_COMMITTED || n > t->log_cap)
+        MPI_FAIL("bad journal phase %llu", (unsigned long long)w);
+    for (uint64_t k = 0; k < n; k++)
+        if (t->log[k].code < OP_ALLOC || t->log[k].code > OP_RESET)
+            MPI_FAIL("redo log entry %llu has code %u", (unsigned long long)k, t->log[k].code);
+    if (n && !t->raw) MPI_FAIL("a redo log to replay and no strategy");
     if (j->nundo > MP_JOURNAL_UNDO)
         MPI_FAIL("the journal holds %llu undo records, at most %d", (unsigned long long)j->nundo,
                  MP_JOURNAL_UNDO);
@@ -94,19 +143,55 @@ int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
     return MP_OK;
 }
 
-void mp_tx_begin(mp_tx_t *t)
+void mp_tx_checkpoint(mp_tx_t *t)
 {
-    t->nops = 0;
-    t->j->nundo = 0;
-    mpi_publish(&t->j->phase, MP_TX_ACTIVE);
+    mp_journal_t *j = t->j;
+    uint64_t w = phase_word(j);
+    mpi_assert(MP_TX_PHASE(w) == MP_TX_IDLE);
+    if (!t->log || MP_TX_NLOG(w) == 0) return;
+    mpi_publish(&j->phase, MP_TX_COMMITTED | (MP_TX_NLOG(w) << 8));
+    memcpy(t->shadow, t->st, t->st_len);
+    j->checkpoints++;
+    mpi_publish(&j->phase, MP_TX_IDLE);
 }
 
-/* One more operation to replay (after room_for_one). */
-static void note(mp_tx_t *t, uint32_t code, uint64_t a, uint64_t b, uint64_t c, int rc,
-                 uint64_t out)
+static inline __attribute__((always_inline)) void tx_begin(mp_tx_t *t)
+{
+    mp_journal_t *j = t->j;
+    t->nops = 0;
+    t->full = 0;
+    j->nundo = 0;
+    uint64_t n = 0;
+    if (t->log) {
+        n = MP_TX_NLOG(j->phase);
+        if (n + MP_TX_OPS > t->log_cap) { /* the log is full: copy the state instead */
+            mp_tx_checkpoint(t);
+            n = 0;
+        }
+        t->base = n;
+    }
+    mpi_publish(&j->phase, MP_TX_ACTIVE | (n << 8));
+}
+
+void mp_tx_begin(mp_tx_t *t) { tx_begin(t); }
+
+/* One more operation to replay (after room_for_one): to the log, past its committed
+ * entries, or to this process's list. */
+static inline __attribute__((always_inline)) void note(mp_tx_t *t, uint32_t code, uint64_t a,
+                                                      uint64_t b, uint64_t c, int rc,
+                                                      uint64_t out)
 {
     mpi_assert(t->nops < MP_TX_OPS); /* each mp_tx_* op made room first */
-    mp_tx_op_t *o = &t->op[t->nops++];
+    mp_tx_op_t *o;
+    if (t->log) {
+        if (__builtin_expect(t->ops != t->raw, 0) && mp_tx_intervened) {
+            t->full = 1; /* not what the strategy's own op does: not logged */
+            return;
+        }
+        o = &t->log[t->base + t->nops++];
+    } else {
+        o = &t->op[t->nops++];
+    }
     o->code = code;
     o->a = a;
     o->b = b;
@@ -121,28 +206,39 @@ static inline void room_for_one(mp_tx_t *t)
     if (t->nops == MP_TX_OPS) mp_tx_room(t, 1, 0);
 }
 
-int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+static inline __attribute__((always_inline)) int tx_alloc(mp_tx_t *t, uint64_t size,
+                                                          uint64_t align, uint64_t *out)
 {
     room_for_one(t);
     uint64_t o = MP_NO_SPACE;
+    if (t->ops != t->raw) mp_tx_intervened = 0; /* (only a wrapper sets it) */
     int rc = t->ops->alloc(t->st, size, align, &o);
     note(t, OP_ALLOC, size, align, 0, rc, o);
     *out = o;
     return rc;
 }
 
-int mp_tx_free(mp_tx_t *t, uint64_t offset)
+static inline __attribute__((always_inline)) int tx_free(mp_tx_t *t, uint64_t offset)
 {
     room_for_one(t);
+    if (t->ops != t->raw) mp_tx_intervened = 0; /* (only a wrapper sets it) */
     int rc = t->ops->free(t->st, offset);
     note(t, OP_FREE, offset, 0, 0, rc, 0);
     return rc;
 }
 
+int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+{
+    return tx_alloc(t, size, align, out);
+}
+
+int mp_tx_free(mp_tx_t *t, uint64_t offset) { return tx_free(t, offset); }
+
 int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out)
 {
     room_for_one(t);
     uint64_t o = MP_NO_SPACE;
+    if (t->ops != t->raw) mp_tx_intervened = 0; /* (only a wrapper sets it) */
     int rc = t->ops->realloc(t->st, offset, size, align, &o);
     note(t, OP_REALLOC, offset, size, align, rc, o);
     *out = o;
@@ -152,6 +248,7 @@ int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, ui
 void mp_tx_reset(mp_tx_t *t)
 {
     room_for_one(t);
+    if (t->ops != t->raw) mp_tx_intervened = 0; /* (only a wrapper sets it) */
     t->ops->reset(t->st);
     note(t, OP_RESET, 0, 0, 0, MP_OK, 0);
 }
@@ -166,15 +263,13 @@ void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
 
 _Thread_local const mp_tx_t *mp_tx_replaying;
 
-/* Replay the listed operations on the shadow. */
-static void replay(mp_tx_t *t)
+/* Run n listed operations on the copy sh through ops; MP_OK, or MP_ECORRUPT at the
+ * first whose answer is not the one listed (deterministic strategies give the same
+ * answers on the same state: only a damaged log or copy does not). */
+static int run_ops(const mp_ops_t *ops, void *sh, const mp_tx_op_t *op, uint64_t n, uint64_t *bad)
 {
-    const mp_ops_t *ops = t->ops;
-    void *sh = t->shadow;
-    int mark = ops->reads_replaying;
-    if (mark) mp_tx_replaying = t;
-    for (uint32_t k = 0; k < t->nops; k++) {
-        const mp_tx_op_t *o = &t->op[k];
+    for (uint64_t k = 0; k < n; k++) {
+        const mp_tx_op_t *o = &op[k];
         uint64_t out = MP_NO_SPACE;
         int rc = MP_OK;
         switch (o->code) {
@@ -183,62 +278,182 @@ static void replay(mp_tx_t *t)
         case OP_REALLOC: rc = ops->realloc(sh, o->a, o->b, o->c, &out); break;
         default: ops->reset(sh); out = 0; break;
         }
-        /* deterministic strategies give the same answers on the same state */
-        mpi_assert((uint32_t)rc == o->rc && (rc != MP_OK || out == o->out));
-        (void)rc;
-        (void)out;
+        if ((uint32_t)rc != o->rc || (rc == MP_OK && out != o->out)) {
+            *bad = k;
+            return MP_ECORRUPT;
+        }
     }
+    return MP_OK;
+}
+
+/* Replay the listed operations on the shadow (no log). */
+static void replay(mp_tx_t *t)
+{
+    const mp_ops_t *ops = t->ops;
+    int mark = ops->reads_replaying;
+    if (mark) mp_tx_replaying = t;
+    uint64_t bad = 0;
+    int rc = run_ops(ops, t->shadow, t->op, t->nops, &bad);
+    mpi_assert(rc == MP_OK);
+    (void)rc;
     if (mark) mp_tx_replaying = NULL;
 }
 
-void mp_tx_commit(mp_tx_t *t)
+#ifdef MP_DEBUG
+/* the copies agree after every commit (small states: the check costs a copy; with a
+ * long log, every 64th commit: the check replays it) */
+static void debug_verify(const mp_tx_t *t)
+{
+    char msg[160];
+    if (t->st_len <= ((uint64_t)1 << 20) && (t->base <= 64 || t->j->seq % 64 == 0))
+        mpi_assert(mp_tx_verify(t, t->st, t->shadow, t->st_len, msg, sizeof msg) == MP_OK);
+}
+#else
+static inline void debug_verify(const mp_tx_t *t) { (void)t; }
+#endif
+
+static inline __attribute__((always_inline)) void tx_commit(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
-    if (t->nops == 0 && j->nundo == 0) { /* nothing changed */
-        mpi_publish(&j->phase, MP_TX_IDLE);
+    if (t->nops == 0 && j->nundo == 0 && !t->full) { /* nothing changed */
+        mpi_publish(&j->phase, MP_TX_IDLE | (t->base << 8));
         return;
     }
-    mpi_publish(&j->phase, MP_TX_COMMITTED);
-    replay(t);
+    if (t->log && !t->full) { /* the commit: the count of committed entries, one store */
+        j->seq++;
+        t->base += t->nops;
+        mpi_publish(&j->phase, MP_TX_IDLE | (t->base << 8));
+        t->nops = 0;
+        debug_verify(t);
+        return;
+    }
+    mpi_publish(&j->phase, MP_TX_COMMITTED | (t->base << 8));
+    if (t->log) { /* an operation a wrapper changed: the state is copied, the log emptied */
+        memcpy(t->shadow, t->st, t->st_len);
+        j->checkpoints++;
+        t->base = 0;
+        t->full = 0;
+    } else {
+        replay(t);
+    }
     j->seq++;
     t->nops = 0;
     mpi_publish(&j->phase, MP_TX_IDLE);
-#ifdef MP_DEBUG
-    /* the copies agree after every commit (small states: the compare costs a copy) */
-    if (t->st_len <= ((uint64_t)1 << 20)) mpi_assert(memcmp(t->st, t->shadow, t->st_len) == 0);
-#endif
+    debug_verify(t);
+}
+
+void mp_tx_commit(mp_tx_t *t) { tx_commit(t); }
+
+int mp_tx_alloc1(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out)
+{
+    tx_begin(t);
+    int rc = tx_alloc(t, size, align, out);
+    tx_commit(t);
+    return rc;
+}
+
+int mp_tx_free1(mp_tx_t *t, uint64_t offset)
+{
+    tx_begin(t);
+    int rc = tx_free(t, offset);
+    tx_commit(t);
+    return rc;
+}
+
+/* The undo log applied backwards (the words outside the state as they were). */
+static void undo_all(mp_tx_t *t)
+{
+    mp_journal_t *j = t->j;
+    char *w;
+    for (uint64_t k = j->nundo; k-- > 0;) /* validated: inside the undo range */
+        if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
+}
+
+/* st from the shadow and the log's first n entries (a roll-back). */
+static int roll_back(mp_tx_t *t, uint64_t n, char *msg, size_t msglen)
+{
+    memcpy(t->st, t->shadow, t->st_len);
+    if (!n) return MP_OK;
+    int rc = t->raw->check(t->st, t->st_len, msg, msglen);
+    if (rc) return rc;
+    uint64_t bad = 0;
+    if (run_ops(t->raw, t->st, t->log, n, &bad))
+        MPI_FAIL("redo log entry %llu does not replay as it was logged", (unsigned long long)bad);
+    return MP_OK;
 }
 
 void mp_tx_abort(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
-    memcpy(t->st, t->shadow, t->st_len); /* the shadow: the state before the call */
-    char *w;
-    for (uint64_t k = j->nundo; k-- > 0;)
-        if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
+    uint64_t n = t->log ? t->base : 0;
+    char msg[160];
+    int rc = roll_back(t, n, msg, sizeof msg); /* the state before the call */
+    mpi_assert(rc == MP_OK);                   /* (it was replayed once already) */
+    (void)rc;
+    undo_all(t);
     t->nops = 0;
+    t->full = 0;
     j->nundo = 0;
-    mpi_publish(&j->phase, MP_TX_IDLE);
+    mpi_publish(&j->phase, MP_TX_IDLE | (n << 8));
 }
 
-int mp_tx_recover(mp_tx_t *t)
+int mp_tx_recover(mp_tx_t *t, char *msg, size_t msglen)
 {
     mp_journal_t *j = t->j;
-    uint64_t phase = __atomic_load_n(&j->phase, __ATOMIC_ACQUIRE);
+    uint64_t w = phase_word(j), n = MP_TX_NLOG(w);
+    int phase = (int)MP_TX_PHASE(w);
     t->nops = 0;
+    t->full = 0;
     if (phase == MP_TX_ACTIVE) {
-        memcpy(t->st, t->shadow, t->st_len);
-        char *w;
-        for (uint64_t k = j->nundo; k-- > 0;) /* validated: inside the undo range */
-            if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
+        int rc = roll_back(t, n, msg, msglen);
+        if (rc) return rc;
+        undo_all(t);
         j->rolled_back++;
+        if (n) { /* the shadow brought up to date (a checkpoint): the log is empty */
+            j->nundo = 0;
+            mpi_publish(&j->phase, MP_TX_COMMITTED | (n << 8));
+            memcpy(t->shadow, t->st, t->st_len);
+            j->checkpoints++;
+        }
     } else if (phase == MP_TX_COMMITTED) {
         memcpy(t->shadow, t->st, t->st_len);
         j->rolled_forward++;
     } else {
+        t->base = n;
         return MP_TX_IDLE;
     }
     j->nundo = 0;
+    t->base = 0;
     mpi_publish(&j->phase, MP_TX_IDLE);
-    return (int)phase;
+    return phase;
+}
+
+int mp_tx_verify(const mp_tx_t *t, const void *st, const void *sh, uint64_t len, char *msg,
+                 size_t msglen)
+{
+    uint64_t n = t->log ? MP_TX_NLOG(phase_word(t->j)) : 0;
+    if (!n) {
+        if (memcmp(st, sh, (size_t)len)) MPI_FAIL("the state and its shadow copy differ");
+        return MP_OK;
+    }
+    void *x = malloc((size_t)len);
+    if (!x) {
+        snprintf(msg, msglen, "no memory for a copy of the state (%llu bytes)",
+                 (unsigned long long)len);
+        return MP_EINVAL;
+    }
+    memcpy(x, sh, (size_t)len);
+    uint64_t bad = 0;
+    int rc = t->raw->check(x, len, msg, msglen);
+    if (!rc && run_ops(t->raw, x, t->log, n, &bad)) {
+        snprintf(msg, msglen, "redo log entry %llu does not replay as it was logged",
+                 (unsigned long long)bad);
+        rc = MP_ECORRUPT;
+    }
+    if (!rc && memcmp(x, st, (size_t)len)) {
+        snprintf(msg, msglen, "the state differs from its shadow copy with the redo log replayed");
+        rc = MP_ECORRUPT;
+    }
+    free(x);
+    return rc;
 }

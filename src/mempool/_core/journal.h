@@ -22,6 +22,18 @@
  * over the shadow.  Both are idempotent (a recovery killed half-way is recovered
  * again).  The cost on the hot path: each operation runs twice, and the two phase
  * stores; the memory cost: a second copy of the state.
+ *
+ * With a redo log (mp_tx_set_log: format 5 files and segments) the operations are not
+ * run again at each commit.  Each is written to the log in the file or segment
+ * instead, and the commit is one store: the phase word (IDLE) with the count of the
+ * log's committed entries in its upper bits.  Between calls st is the shadow with the
+ * log's entries replayed on it (strategies are deterministic); a checkpoint (every
+ * log_cap - MP_TX_OPS entries, the state's size in log bytes: ~one byte of copy per
+ * byte logged) copies st over the shadow and empties the log.  Recovery: ACTIVE ->
+ * the shadow copied over st, checked, the committed entries replayed on it, the undo
+ * log applied backwards, then a checkpoint; COMMITTED (a checkpoint under way) -> st
+ * copied over the shadow.  The cost on the hot path: a 40-byte entry and two phase
+ * stores per call, and the amortised copy; the memory cost: the log.
  */
 #ifndef MEMPOOL_JOURNAL_H
 #define MEMPOOL_JOURNAL_H
@@ -45,7 +57,8 @@ typedef struct mp_journal {
     uint64_t nundo;          /* undo records in use                               */
     uint64_t rolled_back;    /* recoveries of an interrupted call: undone         */
     uint64_t rolled_forward; /* ... and completed                                 */
-    uint64_t pad[2];
+    uint64_t checkpoints;    /* redo log: the shadow brought up to date           */
+    uint64_t pad;
     struct {
         int64_t off;  /* the word's byte offset from the journal (position-free) */
         uint64_t old; /* its value before the call                           */
@@ -57,6 +70,13 @@ typedef struct mp_tx_op {
     uint32_t code, rc;
     uint64_t a, b, c, out;
 } mp_tx_op_t;
+#define MP_TX_LOG_ENTRY 40 /* bytes per entry of a redo log (_segment.LOG_ENTRY) */
+_Static_assert(sizeof(mp_tx_op_t) == MP_TX_LOG_ENTRY, "a log entry is 40 bytes");
+
+/* The journal's phase word: MP_TX_* in its low byte, the redo log's committed entries
+ * above it (0 without a log). */
+#define MP_TX_PHASE(w) ((w) & 0xff)
+#define MP_TX_NLOG(w) ((w) >> 8)
 
 /* A transaction context: this process's view of one journaled state. */
 typedef struct mp_tx {
@@ -69,9 +89,21 @@ typedef struct mp_tx {
     char *out_lo;            /* ... but none in [out_lo, out_hi) (a shared pool's lock
                                 and journal: mp_shared_keep_out); NULL: no such span */
     char *out_hi;
+    mp_tx_op_t *log;         /* the redo log (NULL: none, the operations replay on the
+                                shadow at each commit) and its entries                */
+    uint64_t log_cap;
+    uint64_t base;           /* redo log: its committed entries when this call began  */
+    const mp_ops_t *raw;     /* the strategy's own table: what a log replays through  */
+    int full;                /* an operation a wrapper changed (a limit refused it): the
+                                commit copies the state instead of logging it          */
     uint32_t nops;
     mp_tx_op_t op[MP_TX_OPS];
 } mp_tx_t;
+
+/* Set by a wrapped operation table (the binding's limits) when it refused or undid
+ * an operation itself: the strategy's own operation replayed from a log would not do
+ * the same, so the transaction ends in a checkpoint instead (mp_tx_t.full). */
+extern _Thread_local int mp_tx_intervened;
 
 /* The transaction whose operations this thread is replaying on its shadow (inside
  * mp_tx_commit) with a table whose reads_replaying is set, else NULL.  A wrapped operation table (the binding's limits and
@@ -85,15 +117,33 @@ void mp_journal_init(mp_journal_t *j);
  * words in [undo_lo, undo_hi) (NULL, NULL: none). */
 void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, void *shadow,
                  uint64_t st_len, void *undo_lo, void *undo_hi);
+/* Give t a redo log of cap entries (MP_TX_LOG_ENTRY bytes each, cap > MP_TX_OPS)
+ * in the file or segment; before mp_tx_validate.  t's ops must be set. */
+void mp_tx_set_log(mp_tx_t *t, void *log, uint64_t cap);
+/* The state pair moved (grown, followed): the rest of t stays. */
+void mp_tx_move(mp_tx_t *t, void *st, void *shadow, uint64_t st_len);
 /* Validate the journal t is bound to, as read from a segment or a file: magic, phase,
- * and every undo record naming an aligned word in t's undo range. */
+ * every undo record naming an aligned word in t's undo range, the log's count and
+ * its entries' codes. */
 int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen);
+/* Between calls (journal idle): is st what the shadow with the log's committed
+ * entries replayed on it gives (without a log: equal to the shadow)?  MP_OK, or
+ * MP_ECORRUPT / MP_ENOMEM with the reason in msg.  st and sh: t's, or a pair that is
+ * about to become t's (len bytes each). */
+int mp_tx_verify(const mp_tx_t *t, const void *st, const void *sh, uint64_t len, char *msg,
+                 size_t msglen);
+/* Bring the shadow up to date and empty the log (journal idle; nothing without a log). */
+void mp_tx_checkpoint(mp_tx_t *t);
 
 void mp_tx_begin(mp_tx_t *t);
 int mp_tx_alloc(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out);
 int mp_tx_free(mp_tx_t *t, uint64_t offset);
 int mp_tx_realloc(mp_tx_t *t, uint64_t offset, uint64_t size, uint64_t align, uint64_t *out);
 void mp_tx_reset(mp_tx_t *t);
+/* One operation as a whole transaction (begin, the operation, commit): a file pool's
+ * alloc and free, in one call. */
+int mp_tx_alloc1(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out);
+int mp_tx_free1(mp_tx_t *t, uint64_t offset);
 /* Commit and carry on in a new transaction when fewer than `ops` operations or
  * `undo` undo records are left (loops call it between their steps, at points where
  * the state is consistent). */
@@ -106,11 +156,13 @@ void mp_tx_abort(mp_tx_t *t);
  * inline in journal_log.h (for the core files). */
 
 /* Bring an interrupted call to an end: MP_TX_ACTIVE (rolled back), MP_TX_COMMITTED
- * (rolled forward) or MP_TX_IDLE (nothing to do). */
-int mp_tx_recover(mp_tx_t *t);
+ * (rolled forward) or MP_TX_IDLE (nothing to do); MP_ECORRUPT with the reason in msg
+ * when a redo log's replay fails (a shadow that fails its check, an entry whose
+ * replay does not give what it logged). */
+int mp_tx_recover(mp_tx_t *t, char *msg, size_t msglen);
 static inline int mp_tx_pending(const mp_tx_t *t)
 {
-    return __atomic_load_n(&t->j->phase, __ATOMIC_ACQUIRE) != MP_TX_IDLE;
+    return MP_TX_PHASE(__atomic_load_n(&t->j->phase, __ATOMIC_ACQUIRE)) != MP_TX_IDLE;
 }
 
 #endif /* MEMPOOL_JOURNAL_H */

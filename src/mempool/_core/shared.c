@@ -188,8 +188,7 @@ void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t)
 
 /* Undo-logged stores of the registry's words (lock held, inside a transaction).  The
  * index is not logged: a rollback rebuilds it from the entries (rebuild()). */
-/* (a word that already holds the value is neither logged nor written: a fresh entry's
- * holder slots are zero already, so mp_reg_add logs 6 words, not 13) */
+/* (a word that already holds the value is neither logged nor written) */
 #define J64(c, lv, v)                                                                       \
     do {                                                                                    \
         uint64_t j_v_ = (v);                                                                \
@@ -405,29 +404,36 @@ static void index_remove(mp_shared_ctl_t *c, uint32_t i)
 int mp_reg_add(mp_shared_ctl_t *c, uint64_t offset, uint64_t size, uint32_t owner, uint64_t tag,
                uint32_t *out)
 {
+    /* Only two words are undo-logged: the entry's offset (UNUSED while it is free) and
+     * `top`.  A rollback rebuilds the free list, its links (a free entry's size) and
+     * the count from the offsets below top (rebuild()), and a free entry's other words
+     * are read by no one (its tag is one no handle has: it was drawn by the call that
+     * is rolled back), so they are plain stores: each is written again by the next add.
+     * (Eleven records a pair fewer: bench/journal_before_after.sh.) */
     uint32_t i = c->free_head;
     mp_entry_t *e;
     if (i != MP_NIL) {
         e = &entries_of(c)[i];
-        J32(c, c->free_head, (uint32_t)e->size);
-    } else if (c->top < c->committed) { /* one never used (its words are zero, or what a
-                                           rollback restored: each is written below) */
+        c->free_head = (uint32_t)e->size;
+    } else if (c->top < c->committed) { /* one never used (its words are zero, or what
+                                           a rollback left: each is written below) */
         i = c->top;
         e = &entries_of(c)[i];
         J32(c, c->top, i + 1);
     } else {
         return MP_ENONODES;
     }
-    J64(c, e->size, size);
-    J64(c, e->tag, tag);
+    e->size = size;
+    e->tag = tag;
     for (int k = 0; k < MP_HOLDERS; k++) /* (an empty slot is count 0: its pid is stale) */
-        J32(c, e->holder[k].count, 0);
-    J32(c, e->overflow, 0);
-    J32(c, e->pins, 0);
-    J64(c, e->state, mk(owner, 1, 1)); /* a free entry: no one else touches its word */
-    J64(c, e->offset, offset);
+        e->holder[k].count = 0;
+    e->overflow = 0;
+    e->pins = 0;
+    e->state = mk(owner, 1, 1); /* a free entry: no one else touches its word */
+    J64(c, e->offset, offset);  /* (its record is published before the store: ordered
+                                   after the words above, journal_log.h) */
     index_insert(c, i);
-    J32(c, c->entries, c->entries + 1);
+    c->entries++;
     *out = i;
     return MP_OK;
 }
@@ -488,8 +494,8 @@ void mp_reg_drop(mp_shared_ctl_t *c, uint32_t i)
     J64(c, e->tag, 0);
     J64(c, e->state, 0); /* refs 0 and its dropper's: no one else touches it */
     J64(c, e->size, c->free_head);
-    J32(c, c->free_head, i);
-    J32(c, c->entries, c->entries - 1);
+    c->free_head = i;    /* (the list and the count: rebuilt by a rollback, see add) */
+    c->entries--;
 }
 
 void mp_reg_move(mp_shared_ctl_t *c, uint32_t i, uint64_t offset, uint64_t size)
@@ -1292,7 +1298,8 @@ int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen)
      * after the log is applied it must still be what it was (else a crafted record
      * would have the index rebuilt at a size nobody checked) */
     uint64_t len = mp_shared_ctl_size(c->max_entries, c->lease_max);
-    int phase = mp_tx_recover(t);
+    int phase = mp_tx_recover(t, msg, msglen);
+    if (phase < 0) return phase;
     if ((rc = mp_shared_check_layout(c, len, msg, msglen))) return rc;
     if (phase == MP_TX_ACTIVE) rebuild(c); /* the index was not logged */
     rc = t->ops->check(t->st, t->st_len, msg, msglen);
@@ -1333,7 +1340,7 @@ void mp_shared_unlock_raw(mp_shared_ctl_t *c, int rc)
 void mp_shared_unlock(mp_shared_ctl_t *c)
 {
     /* a transaction left open would be rolled back by the next taker: commit first */
-    mpi_assert(__atomic_load_n(&c->journal.phase, __ATOMIC_ACQUIRE) == MP_TX_IDLE);
+    mpi_assert(MP_TX_PHASE(__atomic_load_n(&c->journal.phase, __ATOMIC_ACQUIRE)) == MP_TX_IDLE);
     pthread_mutex_unlock(&c->lock.mutex);
 }
 

@@ -254,18 +254,21 @@ static PyObject *ext_shared_ctl_reserved(PyObject *Py_UNUSED(mod), PyObject *arg
                          (unsigned long long)r[2], (unsigned long long)r[3]);
 }
 
-/* journal_recover(buffer, journal_offset, state_offset, shadow_offset, state_size)
+/* journal_recover(buffer, journal_offset, state_offset, shadow_offset, state_size
+ *                 [, undo_lo, undo_hi[, log_offset, log_entries]])
  * -> 0 (nothing to do), 1 (a call was rolled back), 2 (rolled forward): a persistent
  * pool's file before its state is attached (journal.h).  CorruptionError for a journal
- * that is not one (its undo log is always empty in a file pool). */
+ * that is not one, and for a state that is not its shadow with the redo log replayed
+ * (format 5: log_offset, log_entries) or, without a log, equal to its shadow. */
 static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
 {
-    PyObject *buffer, *o[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
-    uint64_t x[6] = {0, 0, 0, 0, 0, 0};
-    if (!PyArg_ParseTuple(args, "OOOOO|OO", &buffer, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
+    PyObject *buffer, *o[8] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    uint64_t x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOOOO|OOOO", &buffer, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &o[6], &o[7]))
         return NULL;
     int big = 0;
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 8; k++) {
         if (!o[k]) continue;
         int r = mp_arg_u64(o[k], "offset", &x[k]);
         if (r < 0) return NULL;
@@ -275,7 +278,7 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_SetString(mp_CorruptionError, "the journal, the state and its shadow do not fit");
         return NULL;
     }
-    uint64_t joff = x[0], stoff = x[1], shoff = x[2], len = x[3];
+    uint64_t joff = x[0], stoff = x[1], shoff = x[2], len = x[3], loff = x[6], lcap = x[7];
     Py_buffer v;
     if (PyObject_GetBuffer(buffer, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     uint64_t n = (uint64_t)v.len;
@@ -286,7 +289,15 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_SetString(mp_CorruptionError, "the journal, the state and its shadow do not fit");
         goto out;
     }
-    mp_tx_t t; /* recovery needs no strategy: it copies one copy over the other */
+    if (o[7] && (loff % 64 || lcap <= 2 * MP_TX_OPS || lcap > n / MP_TX_LOG_ENTRY ||
+                 !mp_fits(n, loff, lcap * MP_TX_LOG_ENTRY) ||
+                 !mp_apart(loff, lcap * MP_TX_LOG_ENTRY, stoff, len) ||
+                 !mp_apart(loff, lcap * MP_TX_LOG_ENTRY, shoff, len) ||
+                 !mp_apart(loff, lcap * MP_TX_LOG_ENTRY, joff, MP_JOURNAL_BYTES))) {
+        PyErr_SetString(mp_CorruptionError, "the journal's redo log does not fit");
+        goto out;
+    }
+    mp_tx_t t;
     char msg[160], *b = v.buf;
     /* undo_lo, undo_hi (optional): the words the undo log may name (a file pool's
      * directory of named arrays: its root in the header page up to the data's end) */
@@ -295,15 +306,31 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_SetString(mp_CorruptionError, "the journal's undo range does not fit");
         goto out;
     }
-    mp_tx_setup(&t, (mp_journal_t *)(b + joff), NULL, b + stoff, b + shoff, len,
+    /* without a log, recovery needs no strategy (it copies one copy over the other);
+     * with one, it replays through the strategy the shadow's head names (checked
+     * before the replay; the caller compares it with the header's after) */
+    const mp_ops_t *ops = o[7] && len >= sizeof(mp_head_t)
+                              ? mp_ops_by_kind(((const mp_head_t *)(b + shoff))->kind)
+                              : NULL;
+    mp_tx_setup(&t, (mp_journal_t *)(b + joff), ops, b + stoff, b + shoff, len,
                 o[4] ? b + ulo : NULL, o[4] ? b + uhi : NULL);
+    if (o[7]) mp_tx_set_log(&t, b + loff, lcap);
     if (mp_tx_validate(&t, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto out;
     }
-    int phase = mp_tx_recover(&t);
-    if (memcmp(b + stoff, b + shoff, len)) { /* equal between calls: damaged bytes */
-        PyErr_SetString(mp_CorruptionError, "the state and its shadow copy differ");
+    int phase = mp_tx_recover(&t, msg, sizeof msg);
+    if (phase < 0) {
+        PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
+        goto out;
+    }
+    int rc = mp_tx_verify(&t, b + stoff, b + shoff, len, msg, sizeof msg);
+    if (rc == MP_EINVAL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (rc) { /* equal between calls: damaged bytes */
+        PyErr_SetString(mp_CorruptionError, msg);
         goto out;
     }
     r = PyLong_FromLong(phase);

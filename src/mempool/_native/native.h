@@ -244,6 +244,15 @@ int mp_place_setup(PoolObject *p, int fd, char *first, uint64_t first_len, PyObj
 /* Lock held (shared pools), before anything reads the state: follow the pair the slots
  * name now.  MP_OK; MP_ECORRUPT (a crafted slot) or MP_ENONODES (cannot map) with msg. */
 int mp_place_follow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);
+/* May the slots name another pair than this process's (mp_place_follow's first test,
+ * inline: two loads, the generations of the two slots at 512 + 64 k + 8, place.c)? */
+static inline int mp_place_moved(const mp_place_t *pl)
+{
+    if (pl->fd < 3) return 0;
+    const volatile uint64_t *g = (const volatile uint64_t *)(pl->first + 512 + 8);
+    uint64_t g0 = g[0], g1 = g[8];
+    return (g0 > g1 ? g0 : g1) != pl->gen;
+}
 /* The journal idle, the GIL held: move the state into a grown pair and follow it.
  * MP_OK; MP_ENONODES (it cannot grow); MP_EINVAL (the file refused: errno, msg). */
 int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen);

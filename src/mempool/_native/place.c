@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,6 +41,9 @@
 typedef struct {
     uint64_t magic, gen, st, sh, size, end, pad, sum;
 } place_slot_t;
+
+_Static_assert(SLOT_AT == 512 && offsetof(place_slot_t, gen) == 8 && sizeof(place_slot_t) == 64,
+               "mp_place_moved (native.h) reads the generations there");
 
 static uint64_t slot_sum(const place_slot_t *p) /* _segment.slot_sum */
 {
@@ -158,10 +162,8 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
     int bad = mp_head_validate(st, s->size, so->ops, msg, msglen);
     if (!bad && verify && !mp_tx_pending(tx)) {
         bad = so->ops->check(st, s->size, msg, msglen);
-        if (!bad && memcmp(st, sh, (size_t)s->size)) {
-            snprintf(msg, msglen, "the grown state and its shadow copy differ");
-            bad = MP_ECORRUPT;
-        }
+        /* (and the redo log's entries since the growth replay on its shadow to it) */
+        if (!bad && mp_tx_verify(tx, st, sh, s->size, msg, msglen)) bad = MP_ECORRUPT;
     }
     if (bad) {
         if (tail) munmap(tail, (size_t)(s->end - s->st));
@@ -171,10 +173,7 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
     so->st = st;
     so->st_len = s->size;
     mp_wrap_moved(old, st); /* a recorded or limited state's entry follows it */
-    char *out_lo = tx->out_lo, *out_hi = tx->out_hi;
-    mp_tx_setup(tx, tx->j, tx->ops, st, sh, s->size, tx->undo_lo, tx->undo_hi);
-    tx->out_lo = out_lo; /* (the words no undo record may name stay where they were) */
-    tx->out_hi = out_hi;
+    mp_tx_move(tx, st, sh, s->size);
     if (p->named) p->named->st = st;
     if (pl->tail) munmap(pl->tail, (size_t)pl->tail_len);
     pl->tail = tail;
@@ -230,6 +229,10 @@ int mp_place_grow(PoolObject *p, mp_tx_t *tx, char *msg, size_t msglen)
         snprintf(msg, msglen, "the state cannot grow");
         return MP_ENONODES;
     }
+    /* the log's entries are operations on the state it replaces: the shadow is brought
+     * up to date first (a process killed after the new slot is written finds an empty
+     * log; before it, the old pair and its log as they were) */
+    mp_tx_checkpoint(tx);
     uint64_t st = page_up(pl->end), sh = st + page_up(len), end = sh + page_up(len);
     struct stat sb;
     off_t before = fstat(pl->fd, &sb) == 0 ? sb.st_size : -1;

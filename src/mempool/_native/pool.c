@@ -50,10 +50,7 @@ static inline void *ST(PoolObject *p) { return p->strategy->st; }
 static inline int st_alloc_once(PoolObject *p, uint64_t size, uint64_t align, uint64_t *off)
 {
     if (!p->tx) return OPS(p)->alloc(ST(p), size, align, off);
-    mp_tx_begin(p->tx);
-    int rc = mp_tx_alloc(p->tx, size, align, off);
-    mp_tx_commit(p->tx);
-    return rc;
+    return mp_tx_alloc1(p->tx, size, align, off);
 }
 
 /* alloc after MP_ENONODES: the state grows (mp_pool_grow) and the call is retried; out
@@ -86,10 +83,7 @@ static inline int st_realloc(PoolObject *p, uint64_t off, uint64_t size, uint64_
 static inline int st_free(PoolObject *p, uint64_t off)
 {
     if (!p->tx) return OPS(p)->free(ST(p), off);
-    mp_tx_begin(p->tx);
-    int rc = mp_tx_free(p->tx, off);
-    mp_tx_commit(p->tx);
-    return rc;
+    return mp_tx_free1(p->tx, off);
 }
 
 /* The NEP 49 handler's way in (handler.c): a range without a Block, with the GIL
@@ -311,10 +305,21 @@ int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObje
     return 0;
 }
 
+/* A file pool's last act: its shadow brought up to date, its redo log emptied (the
+ * next open replays nothing).  Not in a forked child's copy (the file is its parent's),
+ * nor in a call left open (the next open recovers it). */
+static void checkpoint_at_close(PoolObject *self)
+{
+    if (self->tx && self->has_j && !self->hooks && mp_pool_here(self) &&
+        !mp_tx_pending(self->tx))
+        mp_tx_checkpoint(self->tx);
+}
+
 static void pool_dealloc(PoolObject *self)
 {
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
+    if (!self->closed) checkpoint_at_close(self);
     if (self->has_j) PyBuffer_Release(&self->j_view);
     mp_place_release(self);
     mp_named_release(self);
@@ -646,6 +651,7 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     self->closing = 1;
     self->closed = 1;
     mp_named_release(self);
+    checkpoint_at_close(self);
     PyMem_Free(self->tx);
     self->tx = NULL;
     if (self->has_j) {
@@ -664,15 +670,18 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     Py_RETURN_TRUE;
 }
 
-/* _set_journal(buffer, journal_offset, shadow_offset): a persistent pool's journal and
- * the shadow copy of its state, in the file's mapping (recovered and validated before:
+/* _set_journal(buffer, journal_offset, shadow_offset[, fd, placement[, log_offset,
+ * log_entries]]): a persistent pool's journal, the shadow copy of its state and (format
+ * 5) the redo log, in the file's mapping (recovered and validated before:
  * journal_recover()).  From now on every state change is a transaction. */
 static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
 {
     PyObject *buffer, *jo, *so, *place = NULL;
     uint64_t joff, soff;
+    unsigned long long log_off = 0, log_n = 0;
     int fd = -1;
-    if (!PyArg_ParseTuple(args, "OOO|iO", &buffer, &jo, &so, &fd, &place)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO|iOKK", &buffer, &jo, &so, &fd, &place, &log_off, &log_n))
+        return NULL;
     int big = mp_arg_u64(jo, "journal_offset", &joff);
     if (big < 0 || (big |= mp_arg_u64(so, "shadow_offset", &soff)) < 0) return NULL;
     if (big) {
@@ -686,8 +695,12 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     if (PyObject_GetBuffer(buffer, &self->j_view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     uint64_t len = (uint64_t)self->j_view.len, st_len = self->strategy->st_len;
+    uint64_t lb = (uint64_t)log_n * MP_TX_LOG_ENTRY;
     if (joff % 64 || soff % 64 || !mp_fits(len, joff, MP_JOURNAL_BYTES) ||
-        !mp_fits(len, soff, st_len) || !mp_apart(joff, MP_JOURNAL_BYTES, soff, st_len)) {
+        !mp_fits(len, soff, st_len) || !mp_apart(joff, MP_JOURNAL_BYTES, soff, st_len) ||
+        (log_n && (log_off % 64 || log_n <= 2 * MP_TX_OPS || log_n > len / MP_TX_LOG_ENTRY ||
+                   !mp_fits(len, log_off, lb) || !mp_apart(log_off, lb, soff, st_len) ||
+                   !mp_apart(log_off, lb, joff, MP_JOURNAL_BYTES)))) {
         PyBuffer_Release(&self->j_view);
         PyErr_SetString(PyExc_ValueError, "the journal and the shadow must be inside the buffer, "
                     "apart");
@@ -701,6 +714,7 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     char *base = self->j_view.buf;
     mp_tx_setup(self->tx, (mp_journal_t *)(base + joff), OPS(self), ST(self), base + soff,
                 st_len, NULL, NULL);
+    if (log_n) mp_tx_set_log(self->tx, base + log_off, log_n);
     self->has_j = 1;
     self->strategy->served = MP_SERVED_TX; /* its own methods may no longer change it */
     /* fd, placement: the state grows into pairs past the file's end (place.c) */

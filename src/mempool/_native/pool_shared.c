@@ -186,8 +186,9 @@ static int sh_lock_as(SharedPoolObject *s, int giving)
         (*waiting)--;
     }
     /* the state may have moved (grown by another process): follow it first (place.c) */
-    int r = rc == 0 || rc == EOWNERDEAD ? mp_place_follow(&s->pool, s->tx, msg, sizeof msg)
-                                        : MP_OK;
+    int r = (rc == 0 || rc == EOWNERDEAD) && mp_place_moved(&s->pool.place)
+                ? mp_place_follow(&s->pool, s->tx, msg, sizeof msg)
+                : MP_OK;
     if (r != MP_OK) { /* the slots name no usable pair: nothing of the state is read */
         mp_shared_unlock_raw(s->ctl, rc);
         PyErr_SetString(r == MP_ECORRUPT ? mp_CorruptionError : PyExc_MemoryError, msg);
@@ -323,7 +324,9 @@ static void give_back(SharedPoolObject *s)
             dispose(s, b->entry);
         b->live = 0;
     }
-    sh_unlock(s);
+    mp_tx_commit(s->tx);
+    mp_tx_checkpoint(s->tx); /* the shadow up to date: the log empty for the next attach */
+    mp_shared_unlock(s->ctl);
 }
 
 /* A new handle (a Block holding a borrowed reference) for the live range at off
@@ -683,7 +686,7 @@ static const char *const init_names[] = {"strategy", "buffer", "source", "lock_b
                                          "lock_offset", "lock_size", "max_entries", "reducer",
                                          "array_type", "align", "max_leases",
                                          "lease_timeout_ns", "shadow_offset", "fd",
-                                         "placement", NULL};
+                                         "placement", "log_offset", "log_entries", NULL};
 
 /* SharedPoolCore(strategy, buffer, source, lock_buffer, lock_offset, lock_size,
  *                max_entries, reducer, array_type, *, align=16, max_leases=0,
@@ -699,14 +702,14 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *strategy, *buffer, *source, *lock_buffer, *reducer, *array_type;
     unsigned long long offset, length, max_entries, align = 16, max_leases = 0, timeout = 0;
-    unsigned long long shadow = 0;
+    unsigned long long shadow = 0, log_off = 0, log_n = 0;
     int fd = -1;
     PyObject *place = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KKKKiO:SharedPoolCore",
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOKKKOO!|$KKKKiOKK:SharedPoolCore",
                                      (char **)init_names, &StrategyType, &strategy, &buffer,
                                      &source, &lock_buffer, &offset, &length, &max_entries,
                                      &reducer, &PyType_Type, &array_type, &align, &max_leases,
-                                     &timeout, &shadow, &fd, &place))
+                                     &timeout, &shadow, &fd, &place, &log_off, &log_n))
         return -1;
     if (self->pool.strategy || self->has_ctl) {
         PyErr_SetString(PyExc_RuntimeError, "the pool is initialised already");
@@ -765,6 +768,18 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
     }
     mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, ulo, uhi);
     mp_shared_keep_out(c, self->tx);
+    if (log_n) { /* the redo log (format 5): after the header's shadow, apart from all */
+        uint64_t lb = (uint64_t)log_n * MP_TX_LOG_ENTRY;
+        char *lg = (char *)self->ctl_view.buf + log_off;
+        if (log_off % 64 || log_n <= 2 * MP_TX_OPS || log_n > vlen / MP_TX_LOG_ENTRY ||
+            !mp_fits(vlen, log_off, lb) || !mp_apart(log_off, lb, offset, length) ||
+            !mp_apart(log_off, lb, shadow, st_len) ||
+            !mp_apart((uintptr_t)so->st, st_len, (uintptr_t)lg, lb)) {
+            PyErr_SetString(mp_CorruptionError, "the journal's redo log does not fit the segment");
+            goto fail;
+        }
+        mp_tx_set_log(self->tx, lg, log_n);
+    }
     if (mp_tx_validate(self->tx, msg, sizeof msg)) {
         PyErr_Format(mp_CorruptionError, "invalid journal: %s", msg);
         goto fail;
@@ -835,11 +850,15 @@ static PyObject *ext_shared_check(SharedPoolObject *self, PyObject *Py_UNUSED(ig
      * when this call has changed nothing yet (taking the lock may have freed the range
      * of an expired lease: then the commit brings the shadow along) */
     const mp_tx_t *tx = self->tx;
-    int rc = tx->nops == 0 && tx->j->nundo == 0 &&
-                     memcmp(ST(self), tx->shadow, (size_t)self->pool.strategy->st_len)
-                 ? -1
+    int rc = tx->nops == 0 && tx->j->nundo == 0 && !tx->full
+                 ? mp_tx_verify(tx, ST(self), tx->shadow, self->pool.strategy->st_len, msg,
+                                sizeof msg)
                  : 0;
-    if (rc) snprintf(msg, sizeof msg, "the state and its shadow copy differ");
+    if (rc == MP_EINVAL) {
+        sh_unlock(self);
+        PyErr_NoMemory();
+        return NULL;
+    }
     flush(self);
     if (!rc)
         rc = mp_shared_check(self->ctl, self->ctl_len, OPS(self), ST(self),

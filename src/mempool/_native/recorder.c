@@ -294,6 +294,7 @@ static int w_take(const mp_ops_t *real, void *st, uint64_t size, uint64_t align,
     int rc;
     if (limit != NO_LIMIT && (head_of(st)->used > limit || size > limit - head_of(st)->used)) {
         rc = MP_ENOSPACE;
+        mp_tx_intervened = 1; /* (a journal's redo log cannot replay this: journal.h) */
     } else {
         mp_head_t before = *head_of(st);
         rc = W_TAKE_CALL();
@@ -305,6 +306,7 @@ static int w_take(const mp_ops_t *real, void *st, uint64_t size, uint64_t align,
             head_of(st)->high_water = before.high_water;
             head_of(st)->cursor = before.cursor;
             rc = MP_ENOSPACE;
+            mp_tx_intervened = 1;
         }
     }
     if (rc == MP_OK && R && token && !in_np) rec_alloc(R, token, *out, size, align);
@@ -352,6 +354,7 @@ static int w_realloc(const mp_ops_t *real, void *st, uint64_t off, uint64_t size
             rc = MP_ENOSPACE;
     }
     if (rc == MP_OK) rc = real->realloc(st, off, size, align, out);
+    else mp_tx_intervened = 1; /* (not the strategy's answer: journal.h) */
     if (rc == MP_OK && R && token && !in_np) rec_realloc(R, token, off, *out, size);
     pthread_mutex_unlock(&M);
     return rc;
