@@ -180,6 +180,13 @@ def header_cases(data: bytes, h: Header) -> dict[str, bytes]:
         "version-1": with_header(data, h, version=1),
         "version-2": with_header(data, h, version=2),
         "version-6": with_header(data, h, version=6),
+        # the redo log (format 5): none, too short for a transaction, past the end, or
+        # one in a format that has none
+        "log_entries-0": with_header(data, h, log_entries=0),
+        "log_entries-128": with_header(data, h, log_entries=128),
+        "log_entries-more": with_header(data, h, log_entries=h.log_entries + 4096 // 40 + 1),
+        "log_entries-huge": with_header(data, h, log_entries=big),
+        "log_entries-v4": with_header(data, h, version=4),
         "shadow_off-0": with_header(data, h, shadow_off=0),
         "shadow_off-odd": with_header(data, h, shadow_off=h.shadow_off + 64),
         "shadow_off-data": with_header(data, h, shadow_off=h.data_off),

@@ -352,7 +352,7 @@ static PyMethodDef module_methods[] = {
      "The default max_blocks of a state that cannot grow (file and shared pools)."},
     {"journal_recover", ext_journal_recover, METH_VARARGS,
      "journal_recover($module, buffer, journal_offset, state_offset, shadow_offset, state_size,\n"
-     "                undo_lo=None, undo_hi=None, /)\n"
+     "                undo_lo=None, undo_hi=None, log_offset=None, log_entries=None, /)\n"
      "--\n\nRoll an interrupted call of a persistent pool back (1) or forward (2); 0: none."},
     {"data_address", ext_data_address, METH_O,
      "data_address($module, obj, /)\n--\n\nAddress of the first byte of a (strided) buffer or array."},
