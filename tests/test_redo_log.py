@@ -305,3 +305,41 @@ def test_files_of_the_formats_before_the_log_open_and_journal(tmp_path, version)
         p.check()
         assert p.segments() == held
         assert len(p) == 5
+
+
+UNCLOSED = """
+import sys
+from mempool import Pool
+p = Pool.open(sys.argv[1])
+keep = [p.alloc(64) for _ in range(900)]
+sys.stdout.write("go\\n"); sys.stdout.flush()
+"""  # ends without close(): its lock goes with the process's objects
+
+
+def test_a_writer_ending_without_close_writes_nothing_after_its_lock(tmp_path):
+    # a dealloc's checkpoint ran after the lock's finalizer had let the file go: the
+    # next opener read a shadow being copied over (CorruptionError at open) or had its
+    # own calls' log count overwritten (the file refused later)
+    path = tmp_path / "race.mp"
+    for trial in range(4):
+        Pool.create(path, "4MiB", max_blocks=1 << 19).close()  # a 28 MiB state: a slow copy
+        child = subprocess.Popen([sys.executable, "-c", UNCLOSED, str(path)],
+                                 stdout=subprocess.PIPE, env=ENV)
+        assert child.stdout.readline() == b"go\n"
+        while True:
+            try:
+                q = Pool.open(path)  # as soon as the child lets go
+                break
+            except BlockingIOError:
+                continue
+        ks = [q.alloc(64) for _ in range(200)]
+        for k in ks[::2]:
+            k.free()
+        n = len(q)
+        q.close()
+        assert child.wait() == 0
+        child.stdout.close()
+        with Pool.open(path) as r:
+            r.check()
+            assert len(r) == n == 1000
+        path.unlink()

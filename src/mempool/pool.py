@@ -270,6 +270,8 @@ class Pool(PoolCore):
     def close(self) -> None:
         """Release the memory.  BufferError while a view or array of it is alive (the
         pool then stays open).  Blocks of a closed pool raise PoolClosed."""
+        if getattr(self.source, "_lock_fd", -1) >= 0 and self._owns_source:
+            self._checkpoint()  # a file pool's redo log emptied while the file is ours
         if self._close_core() and self._owns_source:
             self.source.close()
 

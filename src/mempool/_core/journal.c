@@ -110,9 +110,10 @@ static int overlaps(uintptr_t w, const void *lo, uint64_t n)
  * the undo range, aligned, outside the keep-out span, the state and its shadow.  In
  * integers, wrapping as the machine does, then range-checked: an offset chosen to
  * wrap the pointer past the top of the address space passed `w + 8 <= hi` as 0, and
- * the recovery wrote at 0xfff...8.  Neither the state nor its shadow: only the commit
- * writes them, never an undo record (one naming the shadow put it apart from the
- * state, and the next roll-back copied the wrong heap over it). */
+ * the recovery wrote at 0xfff...8.  Neither the state, its shadow nor the redo log:
+ * only the calls and the checkpoints write them, never an undo record (one naming the
+ * shadow put it apart from the state, and the next roll-back copied the wrong heap
+ * over it). */
 static char *undo_word(const mp_tx_t *t, int64_t off)
 {
     uintptr_t w = (uintptr_t)t->j + (uintptr_t)off, lo = (uintptr_t)t->undo_lo;
@@ -120,6 +121,7 @@ static char *undo_word(const mp_tx_t *t, int64_t off)
     if (!t->undo_lo || hi - lo < 8 || w < lo || w > hi - 8 || (w & 7)) return NULL;
     if (t->out_lo && overlaps(w, t->out_lo, (uint64_t)(t->out_hi - t->out_lo))) return NULL;
     if (overlaps(w, t->st, t->st_len) || overlaps(w, t->shadow, t->st_len)) return NULL;
+    if (t->log && overlaps(w, t->log, t->log_cap * MP_TX_LOG_ENTRY)) return NULL;
     return (char *)w;
 }
 

@@ -305,21 +305,10 @@ int mp_pool_setup(PoolObject *self, PyObject *strategy, PyObject *buffer, PyObje
     return 0;
 }
 
-/* A file pool's last act: its shadow brought up to date, its redo log emptied (the
- * next open replays nothing).  Not in a forked child's copy (the file is its parent's),
- * nor in a call left open (the next open recovers it). */
-static void checkpoint_at_close(PoolObject *self)
-{
-    if (self->tx && self->has_j && !self->hooks && mp_pool_here(self) &&
-        !mp_tx_pending(self->tx))
-        mp_tx_checkpoint(self->tx);
-}
-
 static void pool_dealloc(PoolObject *self)
 {
     if (self->weakreflist) PyObject_ClearWeakRefs((PyObject *)self);
     if (self->has_view) PyBuffer_Release(&self->view);
-    if (!self->closed) checkpoint_at_close(self);
     if (self->has_j) PyBuffer_Release(&self->j_view);
     mp_place_release(self);
     mp_named_release(self);
@@ -651,7 +640,6 @@ static PyObject *ext_pool_close_core(PoolObject *self, PyObject *Py_UNUSED(ignor
     self->closing = 1;
     self->closed = 1;
     mp_named_release(self);
-    checkpoint_at_close(self);
     PyMem_Free(self->tx);
     self->tx = NULL;
     if (self->has_j) {
@@ -721,6 +709,19 @@ static PyObject *ext_pool_set_journal(PoolObject *self, PyObject *args)
     if (mp_place_setup(self, fd, base, len, place, (uint64_t)((char *)ST(self) - base), soff,
                        1) < 0)
         return NULL; /* (the journal is set: the pool works, its state does not grow) */
+    Py_RETURN_NONE;
+}
+
+/* _checkpoint(): a file pool's shadow brought up to date and its redo log emptied (the
+ * next open replays nothing): Pool.close() calls it while this process still holds the
+ * file's lock, never a dealloc (a process ending without close() has let the lock go
+ * by then, and the next opener may be at work in the file).  Not in a forked child's
+ * copy (the file is its parent's), nor in a call left open. */
+static PyObject *ext_pool_checkpoint(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->closed && self->tx && self->has_j && !self->hooks && mp_pool_here(self) &&
+        !mp_tx_pending(self->tx))
+        mp_tx_checkpoint(self->tx);
     Py_RETURN_NONE;
 }
 
@@ -845,6 +846,7 @@ static PyMethodDef pool_methods[] = {
     {"_close_core", (PyCFunction)ext_pool_close_core, METH_NOARGS, NULL},
     {"_set_journal", (PyCFunction)ext_pool_set_journal, METH_VARARGS, NULL},
     {"_sync_state", (PyCFunction)ext_pool_sync_state, METH_NOARGS, NULL},
+    {"_checkpoint", (PyCFunction)ext_pool_checkpoint, METH_NOARGS, NULL},
     {"_check_usable", (PyCFunction)ext_pool_check_usable, METH_NOARGS, NULL},
     /* pool.named (pool_named.c) */
     {"_named_bind", (PyCFunction)mp_ext_named_bind, METH_VARARGS, NULL},
