@@ -5,7 +5,9 @@
 
 Every allocator call of a file pool (Pool.create) and of a SharedPool is a transaction
 of the journal (src/mempool/_core/journal.h): the strategy operation runs on the state
-and again on its shadow, plus the phase stores.  A private Pool has no journal: it is
+and is written to the redo log (format 5; format 4 and before ran it again on the
+shadow), plus the phase stores and, every ~state_size/40 operations, a copy of the state
+(a checkpoint).  A private Pool has no journal: it is
 the control (whatever moves it moved for reasons other than the journal).
 
 Cases, for each strategy (TLSF, BestFit by default) and each pool kind

@@ -51,7 +51,7 @@ def files() -> None:
                 p.alloc(1000)
             st = os.stat(path)
             print(f"file pool {name}: file {st.st_size} B = {st.st_size / cap:.4f} x capacity "
-                  f"(state {state} B, twice: state + shadow), allocated "
+                  f"(state {state} B, three times: state, shadow, redo log), allocated "
                   f"{st.st_blocks * 512} B")
             os.unlink(path)
     for name, cap in (("64 MiB", 64 * MiB), ("1 GiB", GiB)):

@@ -255,12 +255,10 @@ void mp_tx_reset(mp_tx_t *t)
     note(t, OP_RESET, 0, 0, 0, MP_OK, 0);
 }
 
-void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
+void mpi_tx_renew(mp_tx_t *t)
 {
-    if (t->nops + ops > MP_TX_OPS || t->j->nundo + undo > MP_JOURNAL_UNDO) {
-        mp_tx_commit(t);
-        mp_tx_begin(t);
-    }
+    mp_tx_commit(t);
+    mp_tx_begin(t);
 }
 
 _Thread_local const mp_tx_t *mp_tx_replaying;
@@ -317,16 +315,19 @@ static inline void debug_verify(const mp_tx_t *t) { (void)t; }
 static inline __attribute__((always_inline)) void tx_commit(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
-    if (t->nops == 0 && j->nundo == 0 && !t->full) { /* nothing changed */
+    if (__builtin_expect(t->log != NULL, 1) && !t->full) {
+        /* the commit: the count of committed entries, one store (the same count when
+         * nothing changed) */
+        uint32_t n = t->nops;
+        if (n || j->nundo) j->seq++;
+        t->base += n;
+        t->nops = 0;
         mpi_publish(&j->phase, MP_TX_IDLE | (t->base << 8));
+        debug_verify(t);
         return;
     }
-    if (t->log && !t->full) { /* the commit: the count of committed entries, one store */
-        j->seq++;
-        t->base += t->nops;
+    if (t->nops == 0 && j->nundo == 0 && !t->full) { /* nothing changed */
         mpi_publish(&j->phase, MP_TX_IDLE | (t->base << 8));
-        t->nops = 0;
-        debug_verify(t);
         return;
     }
     mpi_publish(&j->phase, MP_TX_COMMITTED | (t->base << 8));

@@ -146,8 +146,13 @@ int mp_tx_alloc1(mp_tx_t *t, uint64_t size, uint64_t align, uint64_t *out);
 int mp_tx_free1(mp_tx_t *t, uint64_t offset);
 /* Commit and carry on in a new transaction when fewer than `ops` operations or
  * `undo` undo records are left (loops call it between their steps, at points where
- * the state is consistent). */
-void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo);
+ * the state is consistent).  The test inline (it stores nothing), the rest in
+ * journal.c. */
+void mpi_tx_renew(mp_tx_t *t);
+static inline void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
+{
+    if (t->nops + ops > MP_TX_OPS || t->j->nundo + undo > MP_JOURNAL_UNDO) mpi_tx_renew(t);
+}
 void mp_tx_commit(mp_tx_t *t);
 /* Give the transaction up (a call that failed half-way, nothing committed in it since
  * mp_tx_begin): the state back from the shadow, the undo log applied backwards. */
