@@ -115,11 +115,12 @@ def test_a_call_killed_with_a_log_is_rolled_back(tmp_path):
     (tmp_path / "w.mp").write_bytes(crafted)
     with Pool.open(tmp_path / "w.mp") as p:
         assert p.recovered
+        # read before close (which checkpoints): the recovery itself ended in one
+        j = journal((tmp_path / "w.mp").read_bytes(), JOURNAL_OFFSET)
+        assert (j["phase"], j["nlog"], j["rolled_back"], j["checkpoints"]) == (0, 0, 1, 1)
         p.check()
         assert p.segments() == held
         assert len(p) == 13
-    j = journal((tmp_path / "w.mp").read_bytes(), JOURNAL_OFFSET)
-    assert (j["phase"], j["nlog"], j["rolled_back"]) == (0, 0, 1)
 
 
 def crafted_logs(raw: bytes, h: Header) -> dict[str, bytes]:
@@ -198,7 +199,7 @@ def segment_bytes(name: str) -> bytearray:
         return bytearray(f.read())
 
 
-def test_a_shared_pool_logs_and_its_last_close_checkpoints(name):
+def test_a_shared_pool_logs_and_each_close_checkpoints(name):
     with SharedPool.create(name, "1MiB") as p:
         keep = [p.alloc(4096) for _ in range(4)]
         raw = segment_bytes(name)
@@ -206,13 +207,18 @@ def test_a_shared_pool_logs_and_its_last_close_checkpoints(name):
         j = journal(raw, h.lock_off + CTL_JOURNAL)
         assert j["phase"] == 0 and j["nlog"] == 4 and j["checkpoints"] == 0
         assert [e[0] for e in entries(raw, h, 4)] == [ALLOC] * 4
-        q = SharedPool.attach(name)  # the attach verifies the shadow and log
-        q.check()
-        q.close()  # a close checkpoints
+        q = SharedPool.attach(name)  # the attach replays the log on a copy of the shadow
+        assert q.segments() == p.segments()
+        q.close()  # a close checkpoints (under the lock)
         raw = segment_bytes(name)
         j = journal(raw, h.lock_off + CTL_JOURNAL)
         assert (j["nlog"], j["checkpoints"]) == (0, 1)
+        assert raw[h.state_off:h.state_off + h.state_size] == raw[h.shadow_off:h.shadow_off + h.state_size]
+        keep.append(p.alloc(64))
+        assert journal(segment_bytes(name), h.lock_off + CTL_JOURNAL)["nlog"] == 1
         del keep
+    j = journal(segment_bytes(name), h.lock_off + CTL_JOURNAL)  # and the creator's close
+    assert (j["nlog"], j["checkpoints"]) == (0, 2)
 
 
 def test_a_crafted_shared_log_is_refused_at_attach(name):
@@ -256,6 +262,16 @@ for size in (8192, 4096 * 10, 100):
         keep.append(p.alloc(size))
     except mempool.OutOfSpace:
         refused += 1
+p.set_limit(p.used + 4100)
+try:  # within the limit as asked; a Buddy rounds it past: allocated, then undone
+    keep.append(p.alloc(4097))
+except mempool.OutOfSpace:
+    refused += 1
+try:  # a realloc the limit refuses before the strategy sees it
+    p.realloc(keep[0], 4096 * 4)
+except mempool.OutOfSpace:
+    refused += 1
+p.set_limit(None)
 keep.append(p.alloc(64))
 print(refused, p.segments())
 sys.stdout.flush()
@@ -263,17 +279,19 @@ os._exit(0)
 """
 
 
-def test_calls_a_limit_refused_reopen_as_the_writer_saw_them(tmp_path):
+@pytest.mark.parametrize("strategy, refusals, live", [("tlsf", 3, 5), ("buddy", 4, 4)])
+def test_calls_a_limit_refused_reopen_as_the_writer_saw_them(tmp_path, strategy, refusals, live):
     # the limit is this process's: a reopening process replays the log without it, so
-    # a call the limit refused is not logged (its transaction checkpoints instead)
+    # a call the limit refused or undid is not logged (its transaction checkpoints
+    # instead)
     path = tmp_path / "l.mp"
-    Pool.create(path, "1MiB").close()
+    Pool.create(path, "1MiB", strategy).close()
     out = subprocess.run([sys.executable, "-c", LIMITED, str(path)], capture_output=True,
                          text=True, env=ENV, check=True).stdout.split(maxsplit=1)
     refused, held = int(out[0]), eval(out[1])
-    assert refused == 2 and sum(a for _, _, a in held) == 4
+    assert refused == refusals and sum(a for _, _, a in held) == live
     raw = path.read_bytes()
-    assert journal(raw, JOURNAL_OFFSET)["checkpoints"] == 2  # one per refused call
+    assert journal(raw, JOURNAL_OFFSET)["checkpoints"] == refusals  # one per refused call
     with Pool.open(path) as p:
         p.check()
         assert p.segments() == held

@@ -39,7 +39,8 @@ class Stats:
     metadata : int
         Bytes of the strategy's state block (its tables: what managing the capacity
         costs).  A private pool's state grows when more blocks are live than it was
-        sized for; file and shared pools keep a second (shadow) copy of it.
+        sized for; file and shared pools keep a second (shadow) copy of it and a redo log
+        as large.
     """
 
     capacity: int

@@ -6,7 +6,8 @@
  * store a killed process made is seen by the next one, which takes the lock or opens
  * the file after the kernel has ended it), and a killed process stops between two
  * stores.  So at any kill point:
- *   phase IDLE       st == shadow, the undo log is empty: nothing to do.
+ *   phase IDLE       (no redo log) st == shadow; the undo log's records are stale
+ *                    (the next begin empties it): nothing to do.
  *   phase ACTIVE     the shadow has not been written since the last commit (only the
  *                    commit writes it), so it is the state before the call; st is
  *                    anything.  Every word outside the state the call changed was

@@ -5,8 +5,8 @@
  * after it, once the next process opens the file or takes the lock and calls
  * mp_tx_recover().  (journal.c has the protocol and why it is correct.)
  *
- * Two copies of the strategy state, `st` and its `shadow`, identical between calls.
- * A call is a transaction:
+ * Without a redo log (formats 3 and 4): two copies of the strategy state, `st` and its
+ * `shadow`, identical between calls.  A call is a transaction:
  *
  *   mp_tx_begin        the journal says ACTIVE
  *   mp_tx_alloc/...    each strategy operation runs on st, and is listed (in this
@@ -128,7 +128,7 @@ void mp_tx_move(mp_tx_t *t, void *st, void *shadow, uint64_t st_len);
 int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen);
 /* Between calls (journal idle): is st what the shadow with the log's committed
  * entries replayed on it gives (without a log: equal to the shadow)?  MP_OK, or
- * MP_ECORRUPT / MP_ENOMEM with the reason in msg.  st and sh: t's, or a pair that is
+ * MP_ECORRUPT with the reason in msg, or MP_EINVAL: no memory for the copy.  st and sh: t's, or a pair that is
  * about to become t's (len bytes each). */
 int mp_tx_verify(const mp_tx_t *t, const void *st, const void *sh, uint64_t len, char *msg,
                  size_t msglen);
@@ -155,7 +155,8 @@ static inline void mp_tx_room(mp_tx_t *t, unsigned ops, unsigned undo)
 }
 void mp_tx_commit(mp_tx_t *t);
 /* Give the transaction up (a call that failed half-way, nothing committed in it since
- * mp_tx_begin): the state back from the shadow, the undo log applied backwards. */
+ * mp_tx_begin): the state back from the shadow (with the log's committed entries
+ * replayed on it: O(entries)), the undo log applied backwards. */
 void mp_tx_abort(mp_tx_t *t);
 /* Undo-logged stores of words outside the strategy state (lock held): mp_jset64/32,
  * inline in journal_log.h (for the core files). */

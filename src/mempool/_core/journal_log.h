@@ -2,9 +2,9 @@
  * journal_log.h -- the journal's ordering stores and its undo-logged stores, inline
  * (journal.h has the protocol): the core files that write journaled words (journal.c,
  * shared.c's registry, named.c's directory) include it after internal.h.  Inline
- * because a shared pool's alloc+free pair logs a dozen registry words: as calls they
- * were ~11 % of the pair (bench/journal_before_after.sh, shared 4 KiB TLSF: 162.8 ->
- * 144.8 ns).
+ * because a shared pool's alloc+free pair logged a dozen registry words (5 since the
+ * redo log): as calls they were ~11 % of the pair (bench/journal_before_after.sh,
+ * shared 4 KiB TLSF: 162.8 -> 144.8 ns).
  */
 #ifndef MEMPOOL_JOURNAL_LOG_H
 #define MEMPOOL_JOURNAL_LOG_H

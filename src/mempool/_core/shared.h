@@ -63,7 +63,9 @@ int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen);
 void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t);
 /* The journal of the locked calls: every state change under the lock is a
  * transaction over the strategy state and its shadow (t), and every registry word
- * those calls write is undo-logged (mp_reg_*, mp_ref_take, mp_ref_release_borrowed,
+ * those calls write that a rollback needs is undo-logged (not the free list, the
+ * count, nor a new entry's words but its offset: a rollback rebuilds those from the
+ * offsets) (mp_reg_*, mp_ref_take, mp_ref_release_borrowed,
  * mp_shared_reclaim: call them inside a transaction; the pool's own begin/commit are
  * around its lock). */
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);

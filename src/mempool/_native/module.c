@@ -329,7 +329,7 @@ static PyObject *ext_journal_recover(PyObject *Py_UNUSED(mod), PyObject *args)
         PyErr_NoMemory();
         goto out;
     }
-    if (rc) { /* equal between calls: damaged bytes */
+    if (rc) { /* st is the shadow with the log replayed between calls: damaged bytes */
         PyErr_SetString(mp_CorruptionError, msg);
         goto out;
     }

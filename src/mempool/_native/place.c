@@ -157,13 +157,19 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
         sh = tail + (s->sh - s->st);
     }
     /* a pair another process grew: checked whole before it is used, as an attach
-     * checks (its head alone let a crafted body crash the next alloc), and equal to
-     * its shadow unless a call is pending (the recovery then checks what it keeps) */
+     * checks (its head alone let a crafted body crash the next alloc), and its shadow
+     * with the log replayed equal to it unless a call is pending (the recovery then
+     * checks what it keeps); no memory for that copy is MP_ENONODES (MemoryError),
+     * not a corrupt pair */
     int bad = mp_head_validate(st, s->size, so->ops, msg, msglen);
     if (!bad && verify && !mp_tx_pending(tx)) {
         bad = so->ops->check(st, s->size, msg, msglen);
         /* (and the redo log's entries since the growth replay on its shadow to it) */
-        if (!bad && mp_tx_verify(tx, st, sh, s->size, msg, msglen)) bad = MP_ECORRUPT;
+        if (!bad) bad = mp_tx_verify(tx, st, sh, s->size, msg, msglen);
+        if (bad == MP_EINVAL) {
+            if (tail) munmap(tail, (size_t)(s->end - s->st));
+            return MP_ENONODES;
+        }
     }
     if (bad) {
         if (tail) munmap(tail, (size_t)(s->end - s->st));
