@@ -146,15 +146,22 @@ int mp_tx_validate(const mp_tx_t *t, char *msg, size_t msglen)
     return MP_OK;
 }
 
+/* The state trusted (COMMITTED, n committed entries), copied over the shadow: the
+ * caller then publishes IDLE | 0 (the log empty).  Every checkpoint's first half. */
+static void to_shadow(mp_tx_t *t, uint64_t n)
+{
+    mpi_publish(&t->j->phase, MP_TX_COMMITTED | (n << 8));
+    memcpy(t->shadow, t->st, t->st_len);
+    t->j->checkpoints++;
+}
+
 void mp_tx_checkpoint(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
     uint64_t w = phase_word(j);
     mpi_assert(MP_TX_PHASE(w) == MP_TX_IDLE);
     if (!t->log || MP_TX_NLOG(w) == 0) return;
-    mpi_publish(&j->phase, MP_TX_COMMITTED | (MP_TX_NLOG(w) << 8));
-    memcpy(t->shadow, t->st, t->st_len);
-    j->checkpoints++;
+    to_shadow(t, MP_TX_NLOG(w));
     mpi_publish(&j->phase, MP_TX_IDLE);
 }
 
@@ -334,13 +341,12 @@ static inline __attribute__((always_inline)) void tx_commit(mp_tx_t *t)
         mpi_publish(&j->phase, MP_TX_IDLE | (t->base << 8));
         return;
     }
-    mpi_publish(&j->phase, MP_TX_COMMITTED | (t->base << 8));
     if (t->log) { /* an operation a wrapper changed: the state is copied, the log emptied */
-        memcpy(t->shadow, t->st, t->st_len);
-        j->checkpoints++;
+        to_shadow(t, t->base);
         t->base = 0;
         t->full = 0;
     } else {
+        mpi_publish(&j->phase, MP_TX_COMMITTED);
         replay(t);
     }
     j->seq++;
@@ -376,17 +382,24 @@ static void undo_all(mp_tx_t *t)
         if ((w = undo_word(t, j->undo[k].off))) memcpy(w, &j->undo[k].old, 8);
 }
 
+/* The log's first n entries replayed on x, a copy of a shadow of len bytes (checked
+ * first: it may come from a crafted file); MP_OK or MP_ECORRUPT with the reason in msg. */
+static int replay_log(const mp_tx_t *t, void *x, uint64_t len, uint64_t n, char *msg,
+                      size_t msglen)
+{
+    int rc = t->raw->check(x, len, msg, msglen);
+    if (rc) return rc;
+    uint64_t bad = 0;
+    if (run_ops(t->raw, x, t->log, n, &bad))
+        MPI_FAIL("redo log entry %llu does not replay as it was logged", (unsigned long long)bad);
+    return MP_OK;
+}
+
 /* st from the shadow and the log's first n entries (a roll-back). */
 static int roll_back(mp_tx_t *t, uint64_t n, char *msg, size_t msglen)
 {
     memcpy(t->st, t->shadow, t->st_len);
-    if (!n) return MP_OK;
-    int rc = t->raw->check(t->st, t->st_len, msg, msglen);
-    if (rc) return rc;
-    uint64_t bad = 0;
-    if (run_ops(t->raw, t->st, t->log, n, &bad))
-        MPI_FAIL("redo log entry %llu does not replay as it was logged", (unsigned long long)bad);
-    return MP_OK;
+    return n ? replay_log(t, t->st, t->st_len, n, msg, msglen) : MP_OK;
 }
 
 void mp_tx_abort(mp_tx_t *t)
@@ -418,9 +431,7 @@ int mp_tx_recover(mp_tx_t *t, char *msg, size_t msglen)
         j->rolled_back++;
         if (n) { /* the shadow brought up to date (a checkpoint): the log is empty */
             j->nundo = 0;
-            mpi_publish(&j->phase, MP_TX_COMMITTED | (n << 8));
-            memcpy(t->shadow, t->st, t->st_len);
-            j->checkpoints++;
+            to_shadow(t, n);
         }
     } else if (phase == MP_TX_COMMITTED) {
         memcpy(t->shadow, t->st, t->st_len);
@@ -450,13 +461,7 @@ int mp_tx_verify(const mp_tx_t *t, const void *st, const void *sh, uint64_t len,
         return MP_EINVAL;
     }
     memcpy(x, sh, (size_t)len);
-    uint64_t bad = 0;
-    int rc = t->raw->check(x, len, msg, msglen);
-    if (!rc && run_ops(t->raw, x, t->log, n, &bad)) {
-        snprintf(msg, msglen, "redo log entry %llu does not replay as it was logged",
-                 (unsigned long long)bad);
-        rc = MP_ECORRUPT;
-    }
+    int rc = replay_log(t, x, len, n, msg, msglen);
     if (!rc && memcmp(x, st, (size_t)len)) {
         snprintf(msg, msglen, "the state differs from its shadow copy with the redo log replayed");
         rc = MP_ECORRUPT;

@@ -166,14 +166,10 @@ static int follow_pair(PoolObject *p, mp_tx_t *tx, const place_slot_t *s, int k,
         bad = so->ops->check(st, s->size, msg, msglen);
         /* (and the redo log's entries since the growth replay on its shadow to it) */
         if (!bad) bad = mp_tx_verify(tx, st, sh, s->size, msg, msglen);
-        if (bad == MP_EINVAL) {
-            if (tail) munmap(tail, (size_t)(s->end - s->st));
-            return MP_ENONODES;
-        }
     }
     if (bad) {
         if (tail) munmap(tail, (size_t)(s->end - s->st));
-        return MP_ECORRUPT;
+        return bad == MP_EINVAL ? MP_ENONODES : MP_ECORRUPT;
     }
     void *old = so->st;
     so->st = st;
