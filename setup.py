@@ -9,6 +9,8 @@ Build switches (environment; they combine):
     MEMPOOL_DEBUG=1      MP_DEBUG: the core's assertions, and check() after every call
                          that changes a strategy's state, aborting with its message
                          (_core/internal.h); -O0 -g unless sanitizing too
+    MEMPOOL_NO_JOURNAL=1 MP_NO_JOURNAL: the journal compiled out (no crash consistency),
+                         only to measure what it costs (bench/journal_before_after.sh)
 """
 
 import os
@@ -43,6 +45,8 @@ else:
     cflags += ["-O2"]
 if debug:
     cflags += ["-DMP_DEBUG=1"]
+if os.environ.get("MEMPOOL_NO_JOURNAL") == "1":
+    cflags += ["-DMP_NO_JOURNAL=1"]
 
 setup(
     cmdclass={"build_ext": always_build_ext},

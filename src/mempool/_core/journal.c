@@ -160,7 +160,7 @@ void mp_tx_checkpoint(mp_tx_t *t)
     mp_journal_t *j = t->j;
     uint64_t w = phase_word(j);
     mpi_assert(MP_TX_PHASE(w) == MP_TX_IDLE);
-    if (!t->log || MP_TX_NLOG(w) == 0) return;
+    if (!MP_JOURNAL_ON || !t->log || MP_TX_NLOG(w) == 0) return;
     to_shadow(t, MP_TX_NLOG(w));
     mpi_publish(&j->phase, MP_TX_IDLE);
 }
@@ -170,6 +170,7 @@ static inline __attribute__((always_inline)) void tx_begin(mp_tx_t *t)
     mp_journal_t *j = t->j;
     t->nops = 0;
     t->full = 0;
+    if (!MP_JOURNAL_ON) return;
     j->nundo = 0;
     uint64_t n = 0;
     if (t->log) {
@@ -192,6 +193,7 @@ static inline __attribute__((always_inline)) void note(mp_tx_t *t, uint32_t code
                                                       uint64_t out)
 {
     mpi_assert(t->nops < MP_TX_OPS); /* each mp_tx_* op made room first */
+    if (!MP_JOURNAL_ON) return;
     mp_tx_op_t *o;
     if (t->log) {
         if (__builtin_expect(t->ops != t->raw, 0) && mp_tx_intervened) {
@@ -323,6 +325,7 @@ static inline void debug_verify(const mp_tx_t *t) { (void)t; }
 static inline __attribute__((always_inline)) void tx_commit(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
+    if (!MP_JOURNAL_ON) return;
     if (__builtin_expect(t->log != NULL, 1) && !t->full) {
         /* the commit: the count of committed entries, one store (the same count when
          * nothing changed) */
@@ -406,6 +409,11 @@ void mp_tx_abort(mp_tx_t *t)
 {
     mp_journal_t *j = t->j;
     uint64_t n = t->log ? t->base : 0;
+    if (!MP_JOURNAL_ON) {
+        t->nops = 0;
+        j->nundo = 0;
+        return;
+    }
     char msg[160];
     int rc = roll_back(t, n, msg, sizeof msg); /* the state before the call */
     mpi_assert(rc == MP_OK);                   /* (it was replayed once already) */
@@ -424,6 +432,7 @@ int mp_tx_recover(mp_tx_t *t, char *msg, size_t msglen)
     int phase = (int)MP_TX_PHASE(w);
     t->nops = 0;
     t->full = 0;
+    if (!MP_JOURNAL_ON) phase = MP_TX_IDLE;
     if (phase == MP_TX_ACTIVE) {
         int rc = roll_back(t, n, msg, msglen);
         if (rc) return rc;
@@ -450,6 +459,7 @@ int mp_tx_verify(const mp_tx_t *t, const void *st, const void *sh, uint64_t len,
                  size_t msglen)
 {
     uint64_t n = t->log ? MP_TX_NLOG(phase_word(t->j)) : 0;
+    if (!MP_JOURNAL_ON) return MP_OK;
     if (!n) {
         if (memcmp(st, sh, (size_t)len)) MPI_FAIL("the state and its shadow copy differ");
         return MP_OK;

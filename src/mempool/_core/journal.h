@@ -43,6 +43,17 @@
 
 #include "mempool.h"
 
+/* MP_NO_JOURNAL (setup.py: MEMPOOL_NO_JOURNAL=1): a build for measuring the journal's
+ * cost and nothing else (bench/journal_before_after.sh's "nojournal" tree).  Every
+ * transaction is empty: no phase stores, no log, no undo records, no checkpoints; a
+ * recovery finds nothing to do, mp_tx_verify accepts any pair and mp_tx_abort leaves
+ * the state as the failed call left it.  No crash consistency: never a build to use. */
+#ifdef MP_NO_JOURNAL
+#define MP_JOURNAL_ON 0
+#else
+#define MP_JOURNAL_ON 1
+#endif
+
 #define MP_JOURNAL_BYTES 2048 /* what a segment reserves for its journal */
 #define MP_JOURNAL_UNDO ((MP_JOURNAL_BYTES - 64) / 16)
 #define MP_TX_OPS 64 /* operations per transaction (mp_tx_room: commit sooner) */

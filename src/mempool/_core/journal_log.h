@@ -34,6 +34,7 @@ static inline void mpi_publish(uint64_t *word, uint64_t v)
  * the record is complete before the caller's store can happen. */
 static inline void mpi_jlog(mp_journal_t *j, const char *w)
 {
+    if (!MP_JOURNAL_ON) return;
     uint64_t n = j->nundo;
     mpi_assert(n < MP_JOURNAL_UNDO); /* callers keep room (mp_tx_room) */
     if (n >= MP_JOURNAL_UNDO) return;
