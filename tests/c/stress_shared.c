@@ -41,6 +41,7 @@ static void *st, *shadow;
 static mp_tx_t tx; /* this process's (a forked worker has its own copy) */
 static mp_shared_ctl_t *ctl;
 static uint64_t st_len, ctl_len;
+static mp_shared_bind_t bind; /* tx's registry (a roll-back rebuilds it) */
 static unsigned char *data;
 
 static void die(const char *what)
@@ -252,6 +253,7 @@ static int run(int kill_one)
     memcpy(shadow, st, st_len);
     mp_tx_setup(&tx, mp_shared_journal(ctl), &mp_tlsf_ops, st, shadow, st_len, ctl,
                 (char *)ctl + ctl_len);
+    mp_shared_bind_tx(&bind, ctl, ctl_len, &tx);
     const mp_journal_t *j = mp_shared_journal(ctl);
     pid_t kids[WORKERS + 1];
     for (int w = 0; w < WORKERS; w++)

@@ -54,6 +54,7 @@ static uint64_t seg_len, st_len, ctl_len;
 static void *st, *shadow;
 static mp_shared_ctl_t *ctl;
 static mp_tx_t tx;
+static mp_shared_bind_t bind; /* tx's registry, in a shared pool (a roll-back rebuilds it) */
 static int with_registry;
 
 static void die(const char *why)
@@ -105,6 +106,7 @@ static const mp_ops_t *setup(int k)
     if (rc || mp_shared_ctl_init(ctl, MAX_ENTRIES, 16, 1000000000ull)) die("init");
     memcpy(shadow, st, st_len);
     mp_tx_setup(&tx, mp_shared_journal(ctl), ops[k], st, shadow, st_len, ctl, (char *)ctl + ctl_len);
+    if (with_registry) mp_shared_bind_tx(&bind, ctl, ctl_len, &tx); /* as the binding does */
     /* +ckpt: populate's 14 operations fit, the call's begin finds less than a
      * transaction's room (MP_TX_OPS) left and checkpoints first */
     if (logmode) mp_tx_set_log(&tx, seg + 2 * sl, logmode == 1 ? LOG_ROOM : MP_TX_OPS + 13);
@@ -158,10 +160,10 @@ static void populate(void)
 }
 
 enum call { C_ALLOC, C_FREE, C_REALLOC_GROW, C_REALLOC_SHRINK, C_TAKE, C_RELEASE_BORROWED,
-            C_RECLAIM, C_FLUSH, C_LEASE, C_ADOPT, C_EXPIRE, C_GROW, NCALLS };
+            C_RECLAIM, C_FLUSH, C_LEASE, C_ADOPT, C_EXPIRE, C_GROW, C_FRESH, NCALLS };
 static const char *call_names[] = {"alloc", "free", "realloc+", "realloc-", "take",
                                    "release_borrowed", "reclaim", "flush", "lease", "adopt",
-                                   "expire", "grow"};
+                                   "expire", "grow", "fresh"};
 
 static void run_call(enum call c)
 {
@@ -219,6 +221,26 @@ static void run_call(enum call c)
             if (mp_reg_add(ctl, off, 40, ALIVE, 900, &e)) die("reg_add after grow");
         }
         break;
+    case C_FRESH: /* an entry never used: allocations empty the registry's free list,
+                   * one more raises top, and it is dropped again in the same call (it
+                   * heads the free list: a roll-back puts top back below it, and below
+                   * the count that counted it) */
+    {
+        uint32_t top = 0; /* populate's entries were the first ones: a fresh one is above */
+        for (int k = 0; k < LIVE; k++)
+            if (live_entry[k] + 1 > top) top = live_entry[k] + 1;
+        for (uint64_t tag = 900;; tag++) {
+            uint32_t e;
+            mp_tx_room(&tx, 2, 8);
+            if (mp_tx_alloc(&tx, 40, 16, &off) != MP_OK) die("alloc (fresh)");
+            if (mp_reg_add(ctl, off, 40, ALIVE, tag, &e)) die("reg_add (fresh)");
+            if (e < top) continue; /* (one of the free list's) */
+            mp_reg_drop(ctl, e);
+            mp_tx_free(&tx, off);
+            break;
+        }
+        break;
+    }
     case C_FLUSH: /* a cache given back: three ranges disposed in one call */
         for (int k = 6; k <= 10; k += 2) {
             if (live_off[k] == MP_NO_SPACE) continue;

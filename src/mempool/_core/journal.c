@@ -78,6 +78,8 @@ void mp_tx_setup(mp_tx_t *t, mp_journal_t *j, const mp_ops_t *ops, void *st, voi
     t->undo_lo = undo_lo;
     t->undo_hi = undo_hi;
     t->out_lo = t->out_hi = NULL;
+    t->undone = NULL;
+    t->undone_arg = NULL;
     t->log = NULL;
     t->log_cap = t->base = 0;
     t->raw = ops ? mp_ops_by_kind(ops->kind) : NULL;
@@ -417,8 +419,10 @@ void mp_tx_abort(mp_tx_t *t)
     char msg[160];
     int rc = roll_back(t, n, msg, sizeof msg); /* the state before the call */
     mpi_assert(rc == MP_OK);                   /* (it was replayed once already) */
-    (void)rc;
     undo_all(t);
+    if (t->undone) rc = t->undone(t->undone_arg, msg, sizeof msg);
+    mpi_assert(rc == MP_OK); /* (the words it reads were checked when the pool opened) */
+    (void)rc;
     t->nops = 0;
     t->full = 0;
     j->nundo = 0;
@@ -437,6 +441,7 @@ int mp_tx_recover(mp_tx_t *t, char *msg, size_t msglen)
         int rc = roll_back(t, n, msg, msglen);
         if (rc) return rc;
         undo_all(t);
+        if (t->undone && (rc = t->undone(t->undone_arg, msg, msglen))) return rc;
         j->rolled_back++;
         if (n) { /* the shadow brought up to date (a checkpoint): the log is empty */
             j->nundo = 0;

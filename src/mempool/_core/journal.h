@@ -98,8 +98,16 @@ typedef struct mp_tx {
     char *undo_lo;           /* words the undo log may name: [undo_lo, undo_hi)     */
     char *undo_hi;
     char *out_lo;            /* ... but none in [out_lo, out_hi) (a shared pool's lock
-                                and journal: mp_shared_keep_out); NULL: no such span */
+                                and journal: mp_shared_bind_tx); NULL: no such span */
     char *out_hi;
+    /* Run by a roll-back (a recovery's, an abort's) once the undo log is applied and
+     * before the phase leaves ACTIVE: what derives from the logged words and is not
+     * logged itself (a shared pool's registry index, count and free list:
+     * mp_shared_bind_tx) is made again there, so that no kill point leaves IDLE with
+     * it stale.  Idempotent (a roll-back killed in it runs again).  MP_OK, or
+     * MP_ECORRUPT with the reason in msg (the phase stays ACTIVE).  NULL: none. */
+    int (*undone)(void *arg, char *msg, size_t msglen);
+    void *undone_arg;
     mp_tx_op_t *log;         /* the redo log (NULL: none, the operations replay on the
                                 shadow at each commit) and its entries                */
     uint64_t log_cap;

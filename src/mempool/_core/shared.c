@@ -180,10 +180,16 @@ _Static_assert(sizeof(mp_lease_t) == 32, "two leases a cache line");
 static uint32_t *index_of(mp_shared_ctl_t *c) { return (uint32_t *)(c + 1); }
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c) { return &c->journal; }
 
-void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t)
+static int registry_undone(void *arg, char *msg, size_t msglen);
+
+void mp_shared_bind_tx(mp_shared_bind_t *b, mp_shared_ctl_t *c, uint64_t len, mp_tx_t *t)
 {
+    b->c = c;
+    b->len = len;
     t->out_lo = (char *)&c->lock;        /* the mutex, why[], the journal: one span */
     t->out_hi = (char *)(&c->journal + 1);
+    t->undone = registry_undone;
+    t->undone_arg = b;
 }
 
 /* Undo-logged stores of the registry's words (lock held, inside a transaction).  The
@@ -663,7 +669,8 @@ int mp_ref_reuse(mp_shared_ctl_t *c, uint32_t i, uint32_t pid, uint64_t tag, uin
 static void mutex_words(const pthread_mutex_t *m, uint32_t *word, int *kind); /* the lock */
 static int expected_kind(void);
 
-int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen)
+/* The registry's size fields (what bounds every walk of it, rebuild()'s among them). */
+static int check_sizes(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen)
 {
     if (len < sizeof *c) MPI_FAIL("lock area of %llu bytes is too short", (unsigned long long)len);
     if (c->magic != CTL_MAGIC) MPI_FAIL("bad lock area magic 0x%08x", c->magic);
@@ -678,6 +685,13 @@ int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, si
         MPI_FAIL("registry needs %llu bytes, the segment gives %llu",
                  (unsigned long long)mp_shared_ctl_size(c->max_entries, c->lease_max),
                  (unsigned long long)len);
+    return MP_OK;
+}
+
+int mp_shared_check_layout(const mp_shared_ctl_t *c, uint64_t len, char *msg, size_t msglen)
+{
+    int rc = check_sizes(c, len, msg, msglen);
+    if (rc) return rc;
     int kind, want = expected_kind();
     uint32_t word;
     mutex_words(&c->lock.mutex, &word, &kind);
@@ -960,10 +974,27 @@ int mp_shared_check(mp_shared_ctl_t *c, uint64_t len, const mp_ops_t *ops, void 
     return check_registry(c, ops, st, NULL, msg, msglen);
 }
 
+/* A roll-back of a bound transaction (mp_shared_bind_tx), the undo log applied and the
+ * phase still ACTIVE: the logged words are back (an entry's offset, top), not the
+ * index, the count and the free list, which are rebuilt from the offsets below top
+ * here, before any kill point can leave the phase IDLE with them stale (a death after
+ * an add that raised top and counted its entry left count > top once top was put back,
+ * and the layout's check refused the pool), and after the size fields that bound the
+ * rebuild are checked against the length the binding accepted. */
+static int registry_undone(void *arg, char *msg, size_t msglen)
+{
+    const mp_shared_bind_t *b = arg;
+    int rc = check_sizes(b->c, b->len, msg, msglen);
+    if (rc) return rc;
+    rebuild(b->c);
+    return MP_OK;
+}
+
 void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
 {
+    (void)c;
+    mpi_assert(t->undone == registry_undone); /* (the roll-back rebuilds the registry) */
     mp_tx_abort(t);
-    rebuild(c); /* the index is not logged */
     mp_tx_begin(t);
 }
 
@@ -1299,10 +1330,10 @@ int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen)
      * after the log is applied it must still be what it was (else a crafted record
      * would have the index rebuilt at a size nobody checked) */
     uint64_t len = mp_shared_ctl_size(c->max_entries, c->lease_max);
+    mpi_assert(t->undone == registry_undone); /* (a roll-back rebuilds the registry) */
     int phase = mp_tx_recover(t, msg, msglen);
     if (phase < 0) return phase;
     if ((rc = mp_shared_check_layout(c, len, msg, msglen))) return rc;
-    if (phase == MP_TX_ACTIVE) rebuild(c); /* the index was not logged */
     rc = t->ops->check(t->st, t->st_len, msg, msglen);
     if (rc) return rc;
     return check_registry(c, t->ops, t->st, t, msg, msglen);

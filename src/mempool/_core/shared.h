@@ -69,10 +69,20 @@ void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t);
  * mp_shared_reclaim: call them inside a transaction; the pool's own begin/commit are
  * around its lock). */
 mp_journal_t *mp_shared_journal(mp_shared_ctl_t *c);
-/* Keep t's undo log off the control block's lock, its message and the journal itself:
- * no call logs those words, so a record that names one is crafted (mp_tx_validate
- * refuses it, a recovery skips it). */
-void mp_shared_keep_out(mp_shared_ctl_t *c, mp_tx_t *t);
+/* Bind t to the control block c of len bytes (the length mp_shared_check_layout
+ * accepted): t's undo log is kept off the block's lock, its message and the journal
+ * itself (no call logs those words, so a record that names one is crafted:
+ * mp_tx_validate refuses it, a recovery skips it), and a roll-back of t rebuilds the
+ * registry's unlogged words (its index, count and free list) from the logged ones
+ * before the phase leaves ACTIVE (journal.h: mp_tx_t.undone), once the size fields
+ * that bound the rebuild are checked against len.  b holds the binding: it must live
+ * as long as t.  Every transaction over a registry is bound so (mp_shared_recover and
+ * mp_shared_abort rely on it). */
+typedef struct mp_shared_bind {
+    mp_shared_ctl_t *c;
+    uint64_t len;
+} mp_shared_bind_t;
+void mp_shared_bind_tx(mp_shared_bind_t *b, mp_shared_ctl_t *c, uint64_t len, mp_tx_t *t);
 /* Is there an unused entry (mp_reg_add would succeed)? */
 int mp_reg_has_room(const mp_shared_ctl_t *c);
 /* The registry is reserved for max_entries and committed as needed (shared.c): a new one

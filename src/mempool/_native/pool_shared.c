@@ -71,6 +71,7 @@ typedef struct {
     mp_shared_local_t *local; /* this process's cache and tags                     */
     mp_tx_t *tx;              /* the journal's transactions: every locked call is one
                                  (sh_lock begins it, sh_unlock commits it)          */
+    mp_shared_bind_t bind;    /* tx's binding to the registry (mp_shared_bind_tx)   */
     char grow_why[200];       /* why the last growth failed (/dev/shm full), or ""  */
 } SharedPoolObject;
 
@@ -767,7 +768,7 @@ static int shared_init(SharedPoolObject *self, PyObject *args, PyObject *kw)
         uhi = (char *)self->ctl_view.buf + vlen;
     }
     mp_tx_setup(self->tx, mp_shared_journal(c), so->ops, so->st, sh, st_len, ulo, uhi);
-    mp_shared_keep_out(c, self->tx);
+    mp_shared_bind_tx(&self->bind, c, length, self->tx);
     if (log_n) { /* the redo log (format 5): after the header's shadow, apart from all */
         uint64_t lb = (uint64_t)log_n * MP_TX_LOG_ENTRY;
         char *lg = (char *)self->ctl_view.buf + log_off;
