@@ -21,11 +21,27 @@ ARGS=${*:---repeat 7 --number 20000 --rt-number 400}
 VARIANTS="base${NOJ:+ nojournal} this"
 echo "# bench/journal_before_after.sh  BASE=$BASE ($(git -C "$BASE" rev-parse --short HEAD))${NOJ:+  NOJ=$NOJ} this=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)  ROUNDS=$ROUNDS  journal.py $ARGS"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/\s\+/ /g'); $(python -V); $(uname -r)"
+# each variant imports the build it names (not another mempool on the path), and the
+# nojournal one is that build
+for v in $VARIANTS; do
+  case $v in base) src=$BASE/src ;; nojournal) src=$NOJ/src ;; *) src=./src ;; esac
+  PYTHONPATH=$src python -W ignore - "$src" "$v" <<'PY'
+import os, sys
+import mempool
+src, v = os.path.realpath(sys.argv[1]), sys.argv[2]
+at = os.path.realpath(os.path.dirname(mempool.__file__))
+if at != os.path.join(src, "mempool"):
+    sys.exit(f"{v}: imported mempool from {at}, not {src}/mempool (built in place?)")
+journal = getattr(mempool._mempool, "JOURNAL_BUILD", True)
+if journal != (v != "nojournal"):
+    sys.exit(f"{v}: its build has JOURNAL_BUILD={journal}")
+PY
+done
 for r in $(seq 1 "$ROUNDS"); do
   for v in $VARIANTS; do
     case $v in base) src=$BASE/src ;; nojournal) src=$NOJ/src ;; *) src=./src ;; esac
     # shellcheck disable=SC2086
-    PYTHONPATH=$src python bench/journal.py $ARGS --out "$TMP/$v-$r.csv" > "$TMP/$v-$r.txt"
+    PYTHONPATH=$src python -W ignore::RuntimeWarning bench/journal.py $ARGS --out "$TMP/$v-$r.csv" > "$TMP/$v-$r.txt"
   done
 done
 ROUNDS=$ROUNDS TMP=$TMP VARIANTS=$VARIANTS python - <<'PY'

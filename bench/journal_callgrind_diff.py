@@ -26,7 +26,7 @@ VARIANTS = ("base", "nojournal", "this")
 
 def per_fn(path):
     out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, check=True).stdout
     d = collections.Counter()
     for line in out.splitlines():
         m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(\S+?):(\S+)", line)
@@ -37,8 +37,11 @@ def per_fn(path):
 
 def pair(v, s, k):
     f = f"/tmp/cg2-{v}-{s}-{k}-%d.out"
-    if not os.path.exists(f % 20000):
+    have = [os.path.exists(f % n) for n in (20000, 40000)]
+    if not any(have):
         return None
+    if not all(have):
+        sys.exit(f"{f % 20000} and {f % 40000}: one of the two runs is missing")
     a, b = per_fn(f % 20000), per_fn(f % 40000)
     return {fn: (b[fn] - a[fn]) / 20000 for fn in set(a) | set(b)}
 

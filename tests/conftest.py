@@ -1,9 +1,11 @@
-"""Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long), and the
-`name` fixture of the shared-pool tests, `oos_made` (the OutOfSpace objects made)."""
+"""Shared test settings: Hypothesis profiles (MEMPOOL_SLOW_TESTS=1 runs long), the
+`name` fixture of the shared-pool tests, `oos_made` (the OutOfSpace objects made), and
+MEMPOOL_SHARD=k/n (run the k-th of n shards: .ci/run's ASan run, two processes)."""
 
 import itertools
 import os
 import sys
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -52,3 +54,22 @@ def oos_made(monkeypatch):
 
     monkeypatch.setattr(mempool.OutOfSpace, "__init__", counting_init)
     return made
+
+
+def pytest_collection_modifyitems(config, items):
+    """MEMPOOL_SHARD=k/n keeps the k-th of n shards of the collected tests: every n-th
+    test from the k-th, and an xdist_group's tests all in the shard its name picks
+    (n processes, each with its own shard, run the suite once between them)."""
+    shard = os.environ.get("MEMPOOL_SHARD")
+    if not shard:
+        return
+    k, n = (int(x) for x in shard.split("/"))
+    if not 0 <= k < n:
+        raise pytest.UsageError(f"MEMPOOL_SHARD={shard}: expected k/n with 0 <= k < n")
+    keep, drop = [], []
+    for i, item in enumerate(items):
+        g = item.get_closest_marker("xdist_group")
+        at = zlib.crc32(str(g.args[0] if g.args else g.kwargs["name"]).encode()) if g else i
+        (keep if at % n == k else drop).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)

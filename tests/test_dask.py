@@ -27,6 +27,11 @@ from mempool.shared import SharedArray, _block_of  # noqa: E402
 
 SHM = Path("/dev/shm")
 
+# every test of this module runs in one process (pytest-xdist's loadgroup; .ci/run's
+# shards keep a group together too): a plugin's setup and cleanup_leaked sweep every
+# members file of the host, and would clean what a test running beside it writes
+pytestmark = pytest.mark.xdist_group("dask")
+
 
 def _wait_for(pred, timeout=15.0, what="condition"):
     end = time.monotonic() + timeout

@@ -68,9 +68,10 @@ def file_journal(path) -> dict:
 
 
 #: where a watchdog's stacks go: pytest captures fd 2, and a process that exits takes
-#: the captured output with it (a run died silently once); .ci/run prints the file
-WATCHDOG_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog.txt"
-CHILD_DUMP = Path(tempfile.gettempdir()) / "mempool-watchdog-child.txt"
+#: the captured output with it (a run died silently once); .ci/run prints the files
+#: (one per test process: pytest-xdist's workers, .ci/run's shards)
+WATCHDOG_DUMP = Path(tempfile.gettempdir()) / f"mempool-watchdog-{os.getpid()}.txt"
+CHILD_DUMP = Path(tempfile.gettempdir()) / f"mempool-watchdog-{os.getpid()}-child.txt"
 
 
 @contextmanager

@@ -63,4 +63,11 @@ __all__ = [
 ]
 __all__ += _mempool.__all__
 
+if not _mempool.JOURNAL_BUILD:  # (setup.py's MEMPOOL_NO_JOURNAL=1: bench/journal_nojournal.sh)
+    import warnings as _warnings
+
+    _warnings.warn("this mempool was built with MEMPOOL_NO_JOURNAL=1, the journal compiled "
+                   "out: file and shared pools are not crash consistent (a build for "
+                   "measuring the journal's cost only)", RuntimeWarning, stacklevel=2)
+
 __version__ = "0.1.0"

@@ -33,6 +33,8 @@ STRATEGIES: Final[dict[str, type[Strategy]]]
 SAMPLE_COLUMNS: Final[tuple[str, ...]]
 # MEMPOOL_DEBUG=1 builds: the core checks its state after every call
 DEBUG_BUILD: Final[bool]
+# False in a MEMPOOL_NO_JOURNAL=1 build (the journal compiled out: a bench build only)
+JOURNAL_BUILD: Final[bool]
 
 # ---- strategies (strategy.c, type_*.c) ---------------------------------------------------
 @disjoint_base

@@ -474,6 +474,9 @@ PyMODINIT_FUNC PyInit__mempool(void)
     /* a build with the core's checks after every call (MEMPOOL_DEBUG=1): tests whose
      * size makes those O(n) checks quadratic scale themselves down */
     if (PyModule_AddObject(m, "DEBUG_BUILD", PyBool_FromLong(debug_build)) < 0) goto fail;
+    /* False in a MEMPOOL_NO_JOURNAL=1 build (journal.h): for measuring the journal's cost
+     * only, no crash consistency; mempool warns at import, the bench says which it ran */
+    if (PyModule_AddObject(m, "JOURNAL_BUILD", PyBool_FromLong(MP_JOURNAL_ON)) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);
