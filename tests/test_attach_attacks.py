@@ -403,6 +403,35 @@ def test_every_crafted_field_is_refused_with_corruption_error(good, seg):
     assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
 
 
+def test_a_dead_roll_back_that_put_top_back_below_the_count_attaches(good, seg):
+    """What a recovery killed in its roll-back leaves, after it put `top` back and before
+    it rebuilt the count of entries from them (the count is not undo-logged): the phase
+    ACTIVE, the count above top.  An attach must not refuse it (the layout's check holds
+    the count to top only between calls: ctl-entries-more above is that count when the
+    journal is idle), and the recovery under the lock rebuilds the count."""
+    data, h = good
+    lo = h.lock_off
+    top = struct.unpack_from("<I", data, lo + CTL["top"][0])[0]
+    word = struct.unpack_from("<Q", data, lo + CTL["free_head"][0])[0]  # free_head | top << 32
+    crafted = poke(undo_one(data, lo, CTL["free_head"][0], word), lo + CTL["entries"][0], "<I",
+                   top + 1)
+    phase = struct.unpack_from("<Q", data, lo + JOURNAL + 8)[0]  # IDLE | committed entries << 8
+    crafted = poke(crafted, lo + JOURNAL + 8, "<Q", phase | 1)  # ACTIVE: the log's kept
+    stats = {}
+    for label, blob in (("count-above-top", crafted), ("as-it-was", data)):
+        name = seg(label, blob)
+        assert run_attaches([[name]])[name][0] is None  # (another process, which recovers it)
+        q = SharedPool.attach(name)
+        try:
+            q.check()
+            stats[label] = q.shared_stats()
+        finally:
+            q.close()
+    # the count rebuilt: as the same segment without the dead roll-back gives it
+    assert stats["count-above-top"].entries == stats["as-it-was"].entries
+    assert (stats["count-above-top"].rolled_back, stats["as-it-was"].rolled_back) == (1, 0)
+
+
 def test_corruption_messages_name_the_segment(good, seg):
     data, h = good
     name = seg("named", with_header(data, h, capacity=0))

@@ -54,6 +54,9 @@ static uint64_t seg_len, st_len, ctl_len;
 static void *st, *shadow;
 static mp_shared_ctl_t *ctl;
 static mp_tx_t tx;
+/* A call may name the kill point whose recovery is swept too (else its middle one):
+ * C_FRESH's, where the count of entries is above the top a roll-back puts back. */
+static volatile long *nest_mark;
 static mp_shared_bind_t bind; /* tx's registry, in a shared pool (a roll-back rebuilds it) */
 static int with_registry;
 
@@ -91,6 +94,7 @@ static const mp_ops_t *setup(int k)
     shadow = seg + sl;
     ctl = (mp_shared_ctl_t *)(seg + 2 * sl + ll);
     store_count = (volatile long *)(seg + 2 * sl + ll + ctl_len);
+    nest_mark = store_count + 1;
     seg_lo = seg;
     seg_hi = (char *)store_count; /* the counter itself is no kill point */
     int rc;
@@ -222,9 +226,8 @@ static void run_call(enum call c)
         }
         break;
     case C_FRESH: /* an entry never used: allocations empty the registry's free list,
-                   * one more raises top, and it is dropped again in the same call (it
-                   * heads the free list: a roll-back puts top back below it, and below
-                   * the count that counted it) */
+                   * one more raises top, and it is dropped again in the same call (a
+                   * roll-back puts top back below the count that counted it) */
     {
         uint32_t top = 0; /* populate's entries were the first ones: a fresh one is above */
         for (int k = 0; k < LIVE; k++)
@@ -235,6 +238,7 @@ static void run_call(enum call c)
             if (mp_tx_alloc(&tx, 40, 16, &off) != MP_OK) die("alloc (fresh)");
             if (mp_reg_add(ctl, off, 40, ALIVE, tag, &e)) die("reg_add (fresh)");
             if (e < top) continue; /* (one of the free list's) */
+            *nest_mark = *store_count + 1; /* killed here: counted, top to be put back */
             mp_reg_drop(ctl, e);
             mp_tx_free(&tx, off);
             break;
@@ -372,7 +376,9 @@ int main(void)
                 setup(k);
                 populate();
                 memcpy(before, seg, seg_len);
+                *nest_mark = 0;
                 long s = in_child(run_call, (enum call)c, 0); /* to the end: "after" */
+                long nest = *nest_mark ? *nest_mark : (s + 1) / 2;
                 memcpy(after, seg, seg_len);
                 if (s == 0) die("a call made no store");
                 {
@@ -406,12 +412,19 @@ int main(void)
                     points++;
                     /* the recovery killed too, at each of its stores (not after a
                      * checkpoint: the same recovery as without a log, swept there) */
-                    if (n == (s + 1) / 2 && logmode != 2) {
+                    if (n == nest && logmode != 2) {
                         memcpy(seg, mid, seg_len);
                         long r = in_child(recover_call, (enum call)c, 0);
                         for (long m = 1; m <= r; m++) {
                             memcpy(seg, mid, seg_len);
                             in_child(recover_call, (enum call)c, m);
+                            char lm[256]; /* an attach beside a dead recovery, too */
+                            if (reg && mp_shared_check_layout(ctl, ctl_len, lm, sizeof lm)) {
+                                fprintf(stderr, "%s, killed at store %ld, its recovery at "
+                                        "store %ld: an attach would refuse the pool: %s\n",
+                                        what, n, m, lm);
+                                exit(1);
+                            }
                             recover_call((enum call)c);
                             verify(what, n);
                             nested++;
