@@ -21,10 +21,11 @@ ARGS=${*:---repeat 7 --number 20000 --rt-number 400}
 VARIANTS="base${NOJ:+ nojournal} this"
 echo "# bench/journal_before_after.sh  BASE=$BASE ($(git -C "$BASE" rev-parse --short HEAD))${NOJ:+  NOJ=$NOJ} this=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)  ROUNDS=$ROUNDS  journal.py $ARGS"
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/\s\+/ /g'); $(python -V); $(uname -r)"
+src_of() { case $1 in base) echo "$BASE/src" ;; nojournal) echo "$NOJ/src" ;; *) echo ./src ;; esac; }
 # each variant imports the build it names (not another mempool on the path), and the
 # nojournal one is that build
 for v in $VARIANTS; do
-  case $v in base) src=$BASE/src ;; nojournal) src=$NOJ/src ;; *) src=./src ;; esac
+  src=$(src_of "$v")
   PYTHONPATH=$src python -W ignore - "$src" "$v" <<'PY'
 import os, sys
 import mempool
@@ -39,7 +40,7 @@ PY
 done
 for r in $(seq 1 "$ROUNDS"); do
   for v in $VARIANTS; do
-    case $v in base) src=$BASE/src ;; nojournal) src=$NOJ/src ;; *) src=./src ;; esac
+    src=$(src_of "$v")
     # shellcheck disable=SC2086
     PYTHONPATH=$src python -W ignore::RuntimeWarning bench/journal.py $ARGS --out "$TMP/$v-$r.csv" > "$TMP/$v-$r.txt"
   done

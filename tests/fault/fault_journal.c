@@ -351,6 +351,20 @@ static long in_child(void (*f)(enum call), enum call c, long n)
     return *store_count;
 }
 
+/* What an attach checks first, before any lock or recovery: a dead call's leftovers
+ * (killed at store n), or a dead recovery's (killed at its store m, m > 0), must pass it
+ * (the recovery under the lock then rolls them back or forward).  Shared pools only. */
+static void attach_check(const char *what, long n, long m)
+{
+    char lm[256];
+    if (!with_registry || !mp_shared_check_layout(ctl, ctl_len, lm, sizeof lm)) return;
+    if (m) fprintf(stderr, "%s, killed at store %ld, its recovery at store %ld: an attach would "
+                   "refuse the pool: %s\n", what, n, m, lm);
+    else fprintf(stderr, "%s, killed at store %ld: an attach would refuse the pool: %s\n",
+                 what, n, lm);
+    exit(1);
+}
+
 static void recover_call(enum call c)
 {
     (void)c;
@@ -397,16 +411,7 @@ int main(void)
                     memcpy(seg, before, seg_len);
                     in_child(run_call, (enum call)c, n);
                     memcpy(mid, seg, seg_len); /* a dead call's leftovers */
-                    if (reg) { /* what an attach checks first, before any lock or recovery:
-                                * the dead call's leftovers must pass it (the recovery under
-                                * the lock then rolls them back or forward) */
-                        char lm[256];
-                        if (mp_shared_check_layout(ctl, ctl_len, lm, sizeof lm)) {
-                            fprintf(stderr, "%s, killed at store %ld: an attach would refuse "
-                                    "the pool: %s\n", what, n, lm);
-                            exit(1);
-                        }
-                    }
+                    attach_check(what, n, 0);
                     recover_call((enum call)c);
                     verify(what, n);
                     points++;
@@ -418,13 +423,7 @@ int main(void)
                         for (long m = 1; m <= r; m++) {
                             memcpy(seg, mid, seg_len);
                             in_child(recover_call, (enum call)c, m);
-                            char lm[256]; /* an attach beside a dead recovery, too */
-                            if (reg && mp_shared_check_layout(ctl, ctl_len, lm, sizeof lm)) {
-                                fprintf(stderr, "%s, killed at store %ld, its recovery at "
-                                        "store %ld: an attach would refuse the pool: %s\n",
-                                        what, n, m, lm);
-                                exit(1);
-                            }
+                            attach_check(what, n, m);
                             recover_call((enum call)c);
                             verify(what, n);
                             nested++;

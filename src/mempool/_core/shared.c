@@ -996,9 +996,8 @@ static int registry_undone(void *arg, char *msg, size_t msglen)
     return MP_OK;
 }
 
-void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t)
+void mp_shared_abort(mp_tx_t *t)
 {
-    (void)c;
     mpi_assert(t->undone == registry_undone); /* (the roll-back rebuilds the registry) */
     mp_tx_abort(t);
     mp_tx_begin(t);
@@ -1332,11 +1331,11 @@ int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen)
 {
     int rc = mp_tx_validate(t, msg, msglen);
     if (rc) return rc;
-    /* the layout was validated at attach: no legitimate undo record changes it, so
-     * after the log is applied it must still be what it was (else a crafted record
-     * would have the index rebuilt at a size nobody checked) */
-    uint64_t len = mp_shared_ctl_size(c->max_entries, c->lease_max);
+    /* the layout was validated at attach, at the length t is bound with: no legitimate
+     * undo record changes it, so after the log is applied it must still be what it was
+     * (else a crafted record would have the index rebuilt at a size nobody checked) */
     mpi_assert(t->undone == registry_undone); /* (a roll-back rebuilds the registry) */
+    uint64_t len = ((const mp_shared_bind_t *)t->undone_arg)->len;
     int phase = mp_tx_recover(t, msg, msglen);
     if (phase < 0) return phase;
     if ((rc = mp_shared_check_layout(c, len, msg, msglen))) return rc;

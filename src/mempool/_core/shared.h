@@ -60,7 +60,7 @@ int mp_shared_locked(mp_shared_ctl_t *c, int rc, mp_tx_t *t, char *msg, size_t m
 int mp_shared_recover(mp_shared_ctl_t *c, mp_tx_t *t, char *msg, size_t msglen);
 /* Undo the transaction under way (lock held): the state, the registry (its index
  * rebuilt) and every logged word as when it began; a new, empty one begins. */
-void mp_shared_abort(mp_shared_ctl_t *c, mp_tx_t *t);
+void mp_shared_abort(mp_tx_t *t); /* (t bound: mp_shared_bind_tx) */
 /* The journal of the locked calls: every state change under the lock is a
  * transaction over the strategy state and its shadow (t), and every registry word
  * those calls write that a rollback needs is undo-logged (not the free list, the

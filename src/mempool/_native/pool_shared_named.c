@@ -338,7 +338,7 @@ fail:
         f.kind = E_ALLOC;
         mp_err_capture(self->strategy, rc, asked, aalign, 0, &f.err); /* reads the state */
     }
-    mp_shared_abort(c, tx); /* the state, registry and directory as before the call */
+    mp_shared_abort(tx); /* the state, registry and directory as before the call */
     if (f.kind == E_ALLOC && rc == MP_ENONODES && grown < 32 && mp_sh_grow(self) == MP_OK) {
         grown++; /* the state's budget was spent: it grew, and the change starts over */
         d->st = self->strategy->st;
