@@ -14,9 +14,13 @@
    (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer faults,
    no slowdown.
 
-Part 1 takes one size at a time (warmed, then its three handlers in turn each round);
-part 2 runs every case once per round, in turn; figures are medians of rounds.  The
-numpy-allocator column needs ``pip install '.[bench]'``.  Writes
+Part 1 takes one size at a time (warmed, then its three handlers back to back each
+round, in a rotating order: 41 rounds of ~10 ms each); part 2 runs every case once per
+round (20 rounds of 50 iterations, rotating; a fresh pool each round, so its faults are
+those of 20 pools' first touch).  Times are medians of rounds; a ratio is the median of
+the rounds' own ratios, with its quartiles: this VM's speed drifts by up to a third
+between seconds, which moves a round's handlers together and the ratio of two medians
+apart.  The numpy-allocator column needs ``pip install '.[bench]'``.  Writes
 bench/results/numpy_handler.txt (command, date, machine, tables).
 """
 
@@ -97,8 +101,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer rounds/iterations (~10 s)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "numpy_handler.txt"))
     a = ap.parse_args()
-    rounds1, target_s = (3, 0.02) if a.quick else (7, 0.04)
-    rounds2, iters = (3, 30) if a.quick else (5, 1000)
+    rounds1, target_s = (9, 0.005) if a.quick else (41, 0.01)
+    rounds2, iters = (3, 30) if a.quick else (20, 1000)
     per_round = max(1, iters // rounds2)
 
     out: list[str] = []
@@ -119,7 +123,9 @@ def main() -> None:
     if other is not None:
         variants["numpy-allocator"] = other
     say()
-    say(f"1. np.empty(n_bytes // 8): ns per call, median of {rounds1} rounds")
+    say(f"1. np.empty(n_bytes // 8): ns per call, median of {rounds1} rounds; ratios: median")
+    say("   of the rounds' own ratios (each round times the handlers back to back, in a")
+    say("   rotating order), [first quartile, third quartile] after it")
     say(f"   (c) {why}")
     env = {"np": np}
     number: dict[str, int] = {}
@@ -129,28 +135,38 @@ def main() -> None:
         number[label] = max(10, int(n * target_s / 0.2))
     # one size at a time, its variants interleaved round by round: a size's figures
     # are not disturbed by the sizes around it (NumPy's default took ~6 % longer at
-    # 64 B right after the 64 MiB cases than on its own; the pool's did not)
+    # 64 B right after the 64 MiB cases than on its own; the pool's did not).  Many
+    # short rounds, each a ratio of its own: a VM whose speed drifts by a third from
+    # one second to the next (the AMD one) moves the round's handlers together
     times = {(s, v): [] for s, _ in SIZES for v in variants}
+    names = list(variants)
     for label, nb in SIZES:
         t = timeit.Timer(f"np.empty({nb // 8})", globals=env)
         for v, cm in variants.items():  # warm: every cache and bin of this size
             with cm:  # type: ignore[attr-defined]
                 t.timeit(number[label] // 10 + 1)
         for r in range(rounds1):
-            for v, cm in variants.items():
-                with cm:  # type: ignore[attr-defined]
+            for i in range(len(names)):
+                v = names[(r + i) % len(names)]
+                with variants[v]:  # type: ignore[attr-defined]
                     times[(label, v)].append(t.timeit(number[label]) / number[label] * 1e9)
-        print(f"\rpart 1 {label}", end="", file=sys.stderr)
+        print(f"\rpart 1 {label}  ", end="", file=sys.stderr)
     print(file=sys.stderr)
-    hdr = f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13} {'b/a':>6} {'c/a':>6}"
+
+    def ratio(label: str, v: str) -> str:
+        rs = [x / d for x, d in zip(times[(label, v)], times[(label, "default")])]
+        q = statistics.quantiles(rs, n=4)
+        return f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
+
+    hdr = (f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13}  "
+           f"{'b/a':<20} {'c/a':<20}")
     say(hdr)
     for label, _ in SIZES:
         m = {v: statistics.median(times[(label, v)]) for v in variants}
         c = m.get("numpy-allocator")
-        d = m["default"]
         say(f"   {label:>7} {m['default']:>12.1f} {m['pool']:>10.1f} "
-            f"{(f'{c:.1f}' if c else 'n/a'):>13} {m['pool'] / m['default']:>5.2f}x "
-            f"{(f'{c / d:.2f}x' if c else 'n/a'):>6}")
+            f"{(f'{c:.1f}' if c else 'n/a'):>13}  {ratio(label, 'pool'):<20} "
+            f"{(ratio(label, 'numpy-allocator') if c else 'n/a'):<20}")
     st = act.numpy_stats()
     say(f"   pool handler stats: {st}")
     del act
@@ -162,16 +178,19 @@ def main() -> None:
              "numpy_pool": lambda: mempool.numpy_pool("1GiB")}
     say()
     say(f"2. (a * b + c) / d, float64: {rounds2} rounds x {per_round} iterations = "
-        f"{rounds2 * per_round} per case; us/iter median of rounds, minor faults summed")
+        f"{rounds2 * per_round} per case; us/iter median of rounds, ratio: median of the")
+    say("   rounds' own ratios [quartiles] (cases in a rotating order), minor faults summed")
     rng = np.random.default_rng(0)
     data = {mib: [rng.random(mib * 2**20 // 8) + 1.0 for _ in range(4)] for mib in LOOP_MIB}
     t2 = {(m, c): [] for m in LOOP_MIB for c in cases}
     f2 = {(m, c): 0 for m in LOOP_MIB for c in cases}
+    cnames = list(cases)
     for r in range(rounds2):
         for mib in LOOP_MIB:
             x, y, z, w = data[mib]
-            for cname, mk in cases.items():
-                with mk():
+            for i in range(len(cnames)):
+                cname = cnames[(r + i) % len(cnames)]
+                with cases[cname]():
                     f0 = minflt()
                     t0 = time.perf_counter()
                     for _ in range(per_round):
@@ -179,14 +198,16 @@ def main() -> None:
                     dt = time.perf_counter() - t0
                     f2[(mib, cname)] += minflt() - f0
                 t2[(mib, cname)].append(dt / per_round * 1e6)
-        print(f"\rpart 2 round {r + 1}/{rounds2}", end="", file=sys.stderr)
+        print(f"\rpart 2 round {r + 1}/{rounds2}  ", end="", file=sys.stderr)
     print(file=sys.stderr)
-    say(f"   {'size':>5} {'case':<21} {'us/iter':>9} {'ratio':>6} {'minor faults':>13}")
+    say(f"   {'size':>5} {'case':<21} {'us/iter':>9}  {'ratio':<20} {'minor faults':>13}")
     for mib in LOOP_MIB:
-        base = statistics.median(t2[(mib, "default")])
         for cname in cases:
             med = statistics.median(t2[(mib, cname)])
-            say(f"   {mib:>3}Mi {cname:<21} {med:>9.1f} {med / base:>5.2f}x {f2[(mib, cname)]:>13}")
+            rs = [x / d for x, d in zip(t2[(mib, cname)], t2[(mib, "default")])]
+            q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+            rat = f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
+            say(f"   {mib:>3}Mi {cname:<21} {med:>9.1f}  {rat:<20} {f2[(mib, cname)]:>13}")
 
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(out) + "\n")

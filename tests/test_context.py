@@ -318,21 +318,27 @@ def test_the_handlers_hot_paths_read_the_gil_holder_inline_where_they_can():
     assert _mempool.handler_gil_check() == want
 
 
+def handler_calls(act, gil=False):
+    """(ctx, malloc, free) of an activation's NEP 49 handler, callable through ctypes:
+    each call releases the GIL, or holds it with gil=True (as NumPy's calls do)."""
+    ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    h = ctypes.pythonapi.PyCapsule_GetPointer(act._handler, b"mem_handler")
+    words = (ctypes.c_void_p * 5).from_address(h + 128)  # name[127], version: then the allocator
+    kind = ctypes.PYFUNCTYPE if gil else ctypes.CFUNCTYPE
+    malloc = kind(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[1])
+    free = kind(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[4])
+    return words[0], malloc, free
+
+
 def test_the_handler_is_safe_without_the_gil():
     # NumPy may call a handler without the GIL: call its malloc and free from threads
     # through ctypes, which releases the GIL around a foreign call
     p = Pool("16MiB")
     act = p.activate(numpy=True)
-    with act:
+    with act:                              # (makes its handler)
         pass
-    cap = act._handler
-    ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    h = ctypes.pythonapi.PyCapsule_GetPointer(cap, b"mem_handler")
-    words = (ctypes.c_void_p * 5).from_address(h + 128)  # name[127], version: then the allocator
-    ctx = words[0]
-    malloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[1])
-    free = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(words[4])
+    ctx, malloc, free = handler_calls(act)
 
     def storm():
         for i in range(2000):
@@ -348,6 +354,42 @@ def test_the_handler_is_safe_without_the_gil():
     assert p.used == 0
     p.check()
 
+
+def test_the_handlers_size_edges_keep_and_serve_the_ranges_of_their_class():
+    # the hot paths split sizes at 1 KiB (classes of 16 bytes: size - 1 >> 4) and at
+    # 4 MiB (the list of larger ranges, rounded to 64); 0 is the class of 1.  A freed
+    # range of each size serves the next request of its class from the cache, with the
+    # GIL (the hot paths) and without (the general way).  A Bump pool with a Block
+    # alive and a witness range after each one tells: a range freed to the strategy
+    # (a miss settles the cache) is never handed out again, so a miss lands elsewhere
+    cases = [(0, 1), (1, 16), (16, 1), (17, 32), (1008, 993), (1024, 1009), (1025, 1088),
+             (4 << 20, (4 << 20) - 63)]
+    beyond = (4 << 20) + 1                 # beyond the cache: the strategy's
+    for gil in (True, False):
+        p = Pool("64MiB", "bump")
+        keep = p.alloc(16)
+        act = p.activate(numpy=True, fallback=False)
+        with act:                          # (makes its handler)
+            pass
+        ctx, malloc, free = handler_calls(act, gil=gil)
+        for size, same_class in cases + [(beyond, beyond)]:
+            a = malloc(ctx, size)
+            w = malloc(ctx, 2000)          # the witness: a is not the top
+            assert a and p.address <= a < p.address + p.capacity, size
+            free(ctx, a, size)
+            b = malloc(ctx, same_class)
+            assert (b == a) == (size != beyond), (gil, size, same_class)
+            free(ctx, b, same_class)
+            free(ctx, w, 2000)
+        free(ctx, None, 0)                 # NumPy may free NULL: nothing happens
+        free(ctx, None, 64)
+        st = act.numpy_stats()
+        assert st["allocs"] == st["frees"] == 3 * (len(cases) + 1), gil
+        assert st["fallbacks"] == st["failures"] == 0
+        assert p.exports == 0 and p.used == 16
+        p.check()
+        p.free(keep)
+        p.close()
 
 def test_freed_ranges_are_kept_for_reuse_and_settled_before_anyone_looks():
     p = Pool("8MiB")

@@ -153,7 +153,7 @@ typedef struct mp_hcache {
     unsigned depth; /* ranges kept per small class: HC_DEPTH, fewer in a small pool   */
     int fast;      /* pushes need no check: the hot path may push (not in a debug build,
                       which checks every push)                                     */
-    unsigned hot;  /* the depth h_free's small pushes may fill: depth while fast and no
+    size_t hot;    /* the depth h_free's small pushes may fill: depth while fast and no
                       Block pins an array's range (np_pins), else 0 (mp_hcache_pins) */
     uint32_t nbig;
     uint64_t big_bytes, big_cap;
@@ -437,14 +437,10 @@ static void *fallback_get(mp_handler_t *H, size_t size, int zero)
 }
 
 /* The hot paths: a small request with the GIL held, served from the cache or kept in
- * it, in a few loads and stores; all else goes the general way (pool_get,
- * pool_put_sized, which also handle every case these do). */
-static inline int hc_fast_class(size_t size, unsigned *k)
-{
-    *k = (unsigned)((size + 15) >> 4) - 1;
-    return size - 1 < HC_SMALL_MAX;
-}
-
+ * it, in a few loads and stores (t = size - 1: class t >> 4, small while t < 1 KiB; 0
+ * wraps to large); all else goes the general way (pool_get, pool_put_sized, which also
+ * handle every case these do).  A large one first tries the cache's list out of line,
+ * so that the small paths stay leaf functions that save no register. */
 static __attribute__((noinline)) void *h_malloc_slow(mp_handler_t *H, size_t size)
 {
     gil_t g = gil_take();
@@ -475,28 +471,55 @@ static __attribute__((noinline)) void h_free_slow(mp_handler_t *H, void *ptr, si
     gil_give(g);
 }
 
+static __attribute__((noinline)) void *h_malloc_large(mp_handler_t *H, size_t size)
+{
+    PoolObject *p = H->pool;
+    mp_hcache_t *c = p->hcache;
+    uint64_t off;
+    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && c->nbig && gil_held() &&
+        hc_pop(c, hc_round(size), &off)) {
+        p->exports++;
+        H->allocs++;
+        return p->base + off;
+    }
+    return h_malloc_slow(H, size);
+}
+
 static void *h_malloc(void *ctx, size_t size)
 {
     mp_handler_t *H = ctx;
-    mp_hcache_t *c;
-    unsigned k;
-    uint64_t off;
-    if (gil_held() && (c = H->pool->hcache)) {
-        if (hc_fast_class(size, &k)) {
-            if (c->n[k]) {
-                off = c->small[k][--c->n[k]];
-                goto got;
-            }
-        } else if (size > HC_SMALL_MAX && size <= HC_BIG_MAX && c->nbig &&
-                   hc_pop(c, hc_round(size), &off)) {
-            goto got;
+    PoolObject *p = H->pool;
+    mp_hcache_t *c = p->hcache;
+    size_t t = size - 1;
+    if (t < HC_SMALL_MAX && c && gil_held()) {
+        size_t k = t >> 4, n = c->n[k];
+        if (n) {
+            c->n[k] = (uint8_t)--n;
+            p->exports++;
+            H->allocs++;
+            return p->base + c->small[k][n];
+        }
+        return h_malloc_slow(H, size);
+    }
+    return h_malloc_large(H, size);
+}
+
+/* (a cache exists in an open pool only: base is its span's start; NULL lands far
+ * outside the span, so the general way sees it) */
+static __attribute__((noinline)) void h_free_large(mp_handler_t *H, void *ptr, size_t size)
+{
+    PoolObject *p = H->pool;
+    mp_hcache_t *c = p->hcache;
+    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && c->fast && !p->np_pins &&
+        gil_held()) {
+        uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->base);
+        if (off < p->capacity && hc_push(p, c, hc_round(size), off)) {
+            p->exports--;
+            H->frees++;
+            return;
         }
     }
-    return h_malloc_slow(H, size);
-got:
-    H->pool->exports++;
-    H->allocs++;
-    return H->pool->base + off;
+    if (ptr) h_free_slow(H, ptr, size);
 }
 
 static void h_free(void *ctx, void *ptr, size_t size)
@@ -504,26 +527,22 @@ static void h_free(void *ctx, void *ptr, size_t size)
     mp_handler_t *H = ctx;
     PoolObject *p = H->pool;
     mp_hcache_t *c = p->hcache;
-    unsigned k;
-    /* (a cache exists in an open pool only: base is its span's start; NULL lands far
-     * outside the span, so the general way sees it) */
-    if (c && gil_held()) {
+    size_t t = size - 1;
+    if (t < HC_SMALL_MAX && c && gil_held()) {
         uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->base);
-        if (off >= p->capacity) goto slow;
-        if (hc_fast_class(size, &k)) {
-            if (c->n[k] >= c->hot) goto slow;
-            c->small[k][c->n[k]++] = off;
+        size_t k = t >> 4, n = c->n[k];
+        if (off < p->capacity && n < c->hot) {
+            c->small[k][n] = off;
+            c->n[k] = (uint8_t)(n + 1);
             c->full = 1;
-        } else if (size <= HC_SMALL_MAX || size > HC_BIG_MAX || !c->fast || p->np_pins ||
-                   !hc_push(p, c, hc_round(size), off)) { /* (0: the general way) */
-            goto slow;
+            p->exports--;
+            H->frees++;
+            return;
         }
-        p->exports--;
-        H->frees++;
+        if (ptr) h_free_slow(H, ptr, size);
         return;
     }
-slow:
-    if (ptr) h_free_slow(H, ptr, size);
+    h_free_large(H, ptr, size);
 }
 
 static void *h_realloc(void *ctx, void *ptr, size_t new_size)
