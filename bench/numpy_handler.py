@@ -9,15 +9,15 @@
 2. Temporaries-heavy loop ``(a * b + c) / d`` on float64 arrays of 1, 4, 8 MiB,
    1,000 iterations in all per case (split over the rounds), with the default
    handler vs ``mempool.numpy_pool("1GiB", hugepages=True)`` vs
-   ``mempool.numpy_pool("1GiB")`` (a fresh pool each round, entered before the
-   clock starts): time per iteration, ratio to default, and minor page faults
-   (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer faults,
-   no slowdown.
+   ``mempool.numpy_pool("1GiB")`` (one pool per case for all 1,000 iterations, made
+   before the clock starts): time per iteration, ratio to default, and minor page
+   faults (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer
+   faults, no slowdown.
 
 Part 1 takes one size at a time (warmed, then its three handlers back to back each
 round, in a rotating order: 41 rounds of ~10 ms each); part 2 runs every case once per
-round (20 rounds of 50 iterations, rotating; a fresh pool each round, so its faults are
-those of 20 pools' first touch).  Times are medians of rounds; a ratio is the median of
+round (20 rounds of 50 iterations, rotating; each case's ``with`` entered once for
+all its rounds, in a contextvars context of its own, so its faults are one pool's).  Times are medians of rounds; a ratio is the median of
 the rounds' own ratios, with its quartiles: this VM's speed drifts by up to a third
 between seconds, which moves a round's handlers together and the ratio of two medians
 apart.  The numpy-allocator column needs ``pip install '.[bench]'``.  Writes
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import datetime
@@ -75,6 +76,14 @@ def libc_handler() -> tuple[object | None, str]:
         return libc_malloc, "numpy-allocator type over libc malloc/calloc/realloc/free (ctypes)"
     except Exception as e:
         return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
+
+
+def loop(x: np.ndarray, y: np.ndarray, z: np.ndarray, w: np.ndarray, n: int) -> float:
+    """n iterations of the temporaries-heavy expression: seconds."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        (x * y + z) / w
+    return time.perf_counter() - t0
 
 
 def machine() -> str:
@@ -173,9 +182,16 @@ def main() -> None:
     pool.close()
 
     # ---- 2. temporaries loop -----------------------------------------------------
-    cases = {"default": lambda: contextlib.nullcontext(),
-             "numpy_pool hugepages": lambda: mempool.numpy_pool("1GiB", hugepages=True),
-             "numpy_pool": lambda: mempool.numpy_pool("1GiB")}
+    # each case's `with` is entered once, for all its rounds, in a context of its own
+    # (contextvars: NumPy's handler and the current pool are per context), so the
+    # 1,000 iterations run in one pool as under one `with numpy_pool(...)` in a script
+    makers = {"default": lambda: contextlib.nullcontext(),
+              "numpy_pool hugepages": lambda: mempool.numpy_pool("1GiB", hugepages=True),
+              "numpy_pool": lambda: mempool.numpy_pool("1GiB")}
+    cases = {c: contextvars.Context() for c in makers}
+    stacks = {c: contextlib.ExitStack() for c in makers}
+    for c, mk in makers.items():
+        cases[c].run(stacks[c].enter_context, mk())
     say()
     say(f"2. (a * b + c) / d, float64: {rounds2} rounds x {per_round} iterations = "
         f"{rounds2 * per_round} per case; us/iter median of rounds, ratio: median of the")
@@ -190,16 +206,14 @@ def main() -> None:
             x, y, z, w = data[mib]
             for i in range(len(cnames)):
                 cname = cnames[(r + i) % len(cnames)]
-                with cases[cname]():
-                    f0 = minflt()
-                    t0 = time.perf_counter()
-                    for _ in range(per_round):
-                        (x * y + z) / w
-                    dt = time.perf_counter() - t0
-                    f2[(mib, cname)] += minflt() - f0
+                f0 = minflt()
+                dt = cases[cname].run(loop, x, y, z, w, per_round)
+                f2[(mib, cname)] += minflt() - f0
                 t2[(mib, cname)].append(dt / per_round * 1e6)
         print(f"\rpart 2 round {r + 1}/{rounds2}  ", end="", file=sys.stderr)
     print(file=sys.stderr)
+    for c in makers:
+        cases[c].run(stacks[c].close)
     say(f"   {'size':>5} {'case':<21} {'us/iter':>9}  {'ratio':<20} {'minor faults':>13}")
     for mib in LOOP_MIB:
         for cname in cases:
