@@ -80,6 +80,41 @@ def test_bad_header_and_files(tmp_path):
     assert issubclass(trace.TraceError, ValueError)
 
 
+def test_a_trace_over_max_bytes_is_refused_before_it_is_read_whole(tmp_path):
+    body = HEADER + "a 0 100\nf 0\n" * 500         # 6,051 bytes of text
+    n = len(body.encode())
+    for gz in (False, True):
+        p = write(tmp_path, body, gz=gz)
+        assert len(trace.read(p, max_bytes=n)) == 1000
+        with pytest.raises(trace.TraceError, match=f"more than max_bytes={n - 1:,} bytes of"):
+            trace.read(p, max_bytes=n - 1)
+    # a gzip bomb: 17 KiB of gzip that inflates to 16 MiB, refused at 1 MiB; several
+    # members inflate as one text, as gzip's own reader has them
+    member = gzip.compress(b"\n" * (1 << 20), compresslevel=9)
+    bomb = tmp_path / "bomb.trace.gz"
+    bomb.write_bytes(gzip.compress(HEADER.encode()) + member * 16)
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(trace.TraceError, match="once inflated"):
+        trace.read(bomb, max_bytes=1 << 20)
+    assert len(trace.read(bomb, max_bytes=17 << 20)) == 0   # (blank lines: no operations)
+    assert trace.MAX_TRACE_BYTES == 1 << 30
+    with pytest.raises(TypeError, match="max_bytes must be an int"):
+        trace.read(bomb, max_bytes=1.5)
+    with pytest.raises(TypeError, match="max_bytes must be an int"):
+        trace.read(bomb, max_bytes=True)
+    with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+        trace.read(bomb, max_bytes=-1)
+    # a truncated gzip: a clear error, not EOFError
+    whole = gzip.compress(body.encode())
+    cut = tmp_path / "cut.trace.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(trace.TraceError, match="not a valid gzip"):
+        trace.read(cut)
+    corrupt = tmp_path / "corrupt.trace.gz"
+    corrupt.write_bytes(whole[:12] + bytes(b ^ 0x55 for b in whole[12:-8]) + whole[-8:])
+    with pytest.raises(trace.TraceError, match="not a valid gzip"):
+        trace.read(corrupt)
+
 def test_bundled_traces_are_packaged():
     names = sorted(p.name for p in trace.bundled())
     assert names == ["ffmpeg-x264-aac.trace.gz", "python3-compileall.trace.gz",

@@ -23,6 +23,7 @@ import stat
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,9 +37,9 @@ from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
 
 __all__ = [
-    "MallocRecording", "Recording", "ReplayResult", "ReplaySeries", "Trace", "TraceError",
-    "bundled", "malloc_recorder", "python_replay", "read", "record", "record_malloc", "replay",
-    "replay_series", "strategy_for",
+    "MAX_TRACE_BYTES", "MallocRecording", "Recording", "ReplayResult", "ReplaySeries",
+    "Trace", "TraceError", "bundled", "malloc_recorder", "python_replay", "read", "record",
+    "record_malloc", "replay", "replay_series", "strategy_for",
 ]
 
 MAGIC = "mempool-trace v1"
@@ -120,19 +121,33 @@ def _dense_ids(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _open_bytes(path: Path) -> bytes:
+MAX_TRACE_BYTES = 1 << 30
+"""What :func:`read` takes by default: a trace's text of at most 1 GiB (plain, or as it
+inflates from gzip), ~50 million operations."""
+
+
+def _open_bytes(path: Path, max_bytes: int) -> bytes:
     # (a FIFO would wait for a writer, even to be opened, and /dev/zero never end: a
-    # trace is a regular file)
+    # trace is a regular file.  Never more than max_bytes + 1 in memory: a few KiB of
+    # gzip can inflate to any size)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise TraceError(f"{path}: not a regular file")
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise TraceError(f"{path}: not a valid gzip file ({e})") from None
+        zipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not zipped:
+            data = f.read(max_bytes + 1)
+        else:
+            try:
+                with gzip.GzipFile(fileobj=f) as g:
+                    data = g.read(max_bytes + 1)
+            except (OSError, EOFError, zlib.error) as e:
+                raise TraceError(f"{path}: not a valid gzip file ({e})") from None
+    if len(data) > max_bytes:
+        raise TraceError(f"{path}: more than max_bytes={max_bytes:,} bytes of trace"
+                         f"{' once inflated' if zipped else ''} (read(path, max_bytes=...) "
+                         f"takes a larger one)")
     return data
 
 
@@ -148,19 +163,27 @@ def _line_of_op(text: bytes, k: int) -> int:
     return 0
 
 
-def read(path: str | os.PathLike[str]) -> Trace:
+def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_TRACE_BYTES) -> Trace:
     """Read a ``mempool-trace v1`` file (plain text or gzip) into a :class:`Trace`.
+
+    ``max_bytes`` bounds the trace's text (plain, or as it inflates from gzip: a small
+    file can inflate to any size); the default is :data:`MAX_TRACE_BYTES` (1 GiB).
 
     Raises
     ------
     TraceError
         (a ValueError) naming the file and the line of the first malformed record, of
-        an operation on an ID that is not live, or an allocation of a live ID.
+        an operation on an ID that is not live, or an allocation of a live ID; or a
+        text over ``max_bytes``, or a file that is not regular or not valid gzip.
     OSError
         When the file cannot be read.
     """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
     path = Path(path)
-    return _parse(_open_bytes(path), path)
+    return _parse(_open_bytes(path, max_bytes), path)
 
 
 def _parse(text: bytes, path: Path) -> Trace:
