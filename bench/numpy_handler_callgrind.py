@@ -44,7 +44,7 @@ def profile(d: Path, mode: str, n: int) -> dict[str, int]:
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                     sys.executable, str(d / "child.py"), mode, str(n)],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)],
+    text = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", str(out)],
                           check=True, capture_output=True, text=True).stdout
     fns: dict[str, int] = {"(total)": 0}
     for line in text.splitlines():

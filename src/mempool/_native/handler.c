@@ -476,7 +476,8 @@ static __attribute__((noinline)) void *h_malloc_large(mp_handler_t *H, size_t si
     PoolObject *p = H->pool;
     mp_hcache_t *c = p->hcache;
     uint64_t off;
-    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && c->nbig && gil_held() &&
+    /* (the GIL before the cache is read: a close() beside a caller without it frees it) */
+    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && gil_held() && c->nbig &&
         hc_pop(c, hc_round(size), &off)) {
         p->exports++;
         H->allocs++;
@@ -510,8 +511,8 @@ static __attribute__((noinline)) void h_free_large(mp_handler_t *H, void *ptr, s
 {
     PoolObject *p = H->pool;
     mp_hcache_t *c = p->hcache;
-    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && c->fast && !p->np_pins &&
-        gil_held()) {
+    if (c && size > HC_SMALL_MAX && size <= HC_BIG_MAX && gil_held() && c->fast &&
+        !p->np_pins) {
         uint64_t off = (uint64_t)((uintptr_t)ptr - (uintptr_t)p->base);
         if (off < p->capacity && hc_push(p, c, hc_round(size), off)) {
             p->exports--;
