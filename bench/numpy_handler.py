@@ -5,7 +5,9 @@
 1. ``np.empty(n_bytes // 8)`` for 64 B, 1 KiB, 64 KiB, 1 MiB, 64 MiB, ns per call with
    (a) NumPy's default handler, (b) inside ``Pool("256MiB").activate(numpy=True)``
    (TLSF), (c) a numpy-allocator handler wrapping libc malloc/calloc/realloc/free
-   (ctypes).  Ratios (b)/(a), (c)/(a); target (b) <= 1.0x (a).
+   (ctypes), (d) a numpy-allocator handler over a mempool TLSF pool (the same idea
+   as (b) the way numpy-allocator offers it: ctypes callbacks into Python).  Ratios
+   to (a); target (b) <= 1.0x (a).
 2. Temporaries-heavy loop ``(a * b + c) / d`` on float64 arrays of 1, 4, 8 MiB,
    1,000 iterations in all per case (split over the rounds), with the default
    handler vs ``mempool.numpy_pool("1GiB", hugepages=True)`` vs
@@ -14,7 +16,7 @@
    faults (``ru_minflt`` deltas around each run, summed over rounds).  Goal: fewer
    faults, no slowdown.
 
-Part 1 takes one size at a time (warmed, then its three handlers back to back each
+Part 1 takes one size at a time (warmed, then its four handlers back to back each
 round, in a rotating order: 41 rounds of ~10 ms each); part 2 runs every case once per
 round (20 rounds of 50 iterations, rotating; each case's ``with`` entered once for
 all its rounds, in a contextvars context of its own, so its faults are one pool's).  Times are medians of rounds; a ratio is the median of
@@ -78,6 +80,65 @@ def libc_handler() -> tuple[object | None, str]:
         return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
 
 
+def pool_callback_handler(pool: mempool.Pool) -> tuple[object | None, str]:
+    """The same idea as (b) through numpy-allocator: its handler over a mempool TLSF
+    pool, by ctypes callbacks into Python (what numpy-allocator offers a user who
+    wants a pool: C function pointers with libc's signatures, no context argument)."""
+    try:
+        import numpy_allocator
+        live: dict[int, mempool.Block] = {}
+
+        def _malloc(size: int) -> int | None:
+            try:
+                b = pool.alloc(size or 1)
+            except MemoryError:
+                return None
+            live[b.address] = b
+            return b.address
+
+        def _calloc(n: int, size: int) -> int | None:
+            ptr = _malloc(n * size)
+            if ptr:
+                ctypes.memset(ptr, 0, n * size)
+            return ptr
+
+        def _free(ptr: int | None) -> None:
+            if ptr:
+                pool.free(live.pop(ptr))
+
+        def _realloc(ptr: int | None, size: int) -> int | None:
+            if not ptr:
+                return _malloc(size)
+            new = _malloc(size)
+            if new:
+                ctypes.memmove(new, ptr, min(live[ptr].size, size))
+                _free(ptr)
+            return new
+
+        cbs = {"malloc": ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t)(_malloc),
+               "calloc": ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_size_t,
+                                          ctypes.c_size_t)(_calloc),
+               "free": ctypes.CFUNCTYPE(None, ctypes.c_void_p)(_free),
+               "realloc": ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p,
+                                           ctypes.c_size_t)(_realloc)}
+
+        class pool_malloc(metaclass=numpy_allocator.type):  # type: ignore[misc]
+            _cbs = cbs  # (the callbacks must outlive the handler: see libc_handler)
+            _calloc_ = ctypes.addressof(cbs["calloc"])
+            _free_ = ctypes.addressof(cbs["free"])
+            _malloc_ = ctypes.addressof(cbs["malloc"])
+            _realloc_ = ctypes.addressof(cbs["realloc"])
+
+        with pool_malloc:
+            x = np.empty(16)
+        if not (pool.address <= x.ctypes.data < pool.address + pool.capacity):
+            return None, "numpy-allocator over a pool: array not served by it"
+        return pool_malloc, ("numpy-allocator type over a mempool Pool (TLSF), ctypes "
+                             "callbacks into Python")
+    except Exception as e:
+        return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
+
+
 def loop(x: np.ndarray, y: np.ndarray, z: np.ndarray, w: np.ndarray, n: int) -> float:
     """n iterations of the temporaries-heavy expression: seconds."""
     t0 = time.perf_counter()
@@ -128,14 +189,19 @@ def main() -> None:
     pool = mempool.Pool("256MiB")
     act = pool.activate(numpy=True)
     other, why = libc_handler()
+    cb_pool = mempool.Pool("256MiB")
+    cb, why_cb = pool_callback_handler(cb_pool)
     variants: dict[str, object] = {"default": contextlib.nullcontext(), "pool": act}
     if other is not None:
         variants["numpy-allocator"] = other
+    if cb is not None:
+        variants["np-alloc pool"] = cb
     say()
     say(f"1. np.empty(n_bytes // 8): ns per call, median of {rounds1} rounds; ratios: median")
     say("   of the rounds' own ratios (each round times the handlers back to back, in a")
     say("   rotating order), [first quartile, third quartile] after it")
     say(f"   (c) {why}")
+    say(f"   (d) {why_cb}")
     env = {"np": np}
     number: dict[str, int] = {}
     for label, nb in SIZES:  # calibrate on the default handler
@@ -167,19 +233,22 @@ def main() -> None:
         q = statistics.quantiles(rs, n=4)
         return f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
 
-    hdr = (f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13}  "
-           f"{'b/a':<20} {'c/a':<20}")
+    hdr = (f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13} "
+           f"{'(d) np-alloc pool':>18}  {'b/a':<20} {'c/a':<20} {'d/a':<20}")
     say(hdr)
     for label, _ in SIZES:
         m = {v: statistics.median(times[(label, v)]) for v in variants}
-        c = m.get("numpy-allocator")
+        c, d = m.get("numpy-allocator"), m.get("np-alloc pool")
         say(f"   {label:>7} {m['default']:>12.1f} {m['pool']:>10.1f} "
-            f"{(f'{c:.1f}' if c else 'n/a'):>13}  {ratio(label, 'pool'):<20} "
-            f"{(ratio(label, 'numpy-allocator') if c else 'n/a'):<20}")
+            f"{(f'{c:.1f}' if c else 'n/a'):>13} {(f'{d:.1f}' if d else 'n/a'):>18}  "
+            f"{ratio(label, 'pool'):<20} "
+            f"{(ratio(label, 'numpy-allocator') if c else 'n/a'):<20} "
+            f"{(ratio(label, 'np-alloc pool') if d else 'n/a'):<20}")
     st = act.numpy_stats()
     say(f"   pool handler stats: {st}")
     del act
     pool.close()
+    cb_pool.close()
 
     # ---- 2. temporaries loop -----------------------------------------------------
     # each case's `with` is entered once, for all its rounds, in a context of its own
@@ -201,19 +270,21 @@ def main() -> None:
     t2 = {(m, c): [] for m in LOOP_MIB for c in cases}
     f2 = {(m, c): 0 for m in LOOP_MIB for c in cases}
     cnames = list(cases)
-    for r in range(rounds2):
-        for mib in LOOP_MIB:
-            x, y, z, w = data[mib]
-            for i in range(len(cnames)):
-                cname = cnames[(r + i) % len(cnames)]
-                f0 = minflt()
-                dt = cases[cname].run(loop, x, y, z, w, per_round)
-                f2[(mib, cname)] += minflt() - f0
-                t2[(mib, cname)].append(dt / per_round * 1e6)
-        print(f"\rpart 2 round {r + 1}/{rounds2}  ", end="", file=sys.stderr)
-    print(file=sys.stderr)
-    for c in makers:
-        cases[c].run(stacks[c].close)
+    try:
+        for r in range(rounds2):
+            for mib in LOOP_MIB:
+                x, y, z, w = data[mib]
+                for i in range(len(cnames)):
+                    cname = cnames[(r + i) % len(cnames)]
+                    f0 = minflt()
+                    dt = cases[cname].run(loop, x, y, z, w, per_round)
+                    f2[(mib, cname)] += minflt() - f0
+                    t2[(mib, cname)].append(dt / per_round * 1e6)
+            print(f"\rpart 2 round {r + 1}/{rounds2}  ", end="", file=sys.stderr)
+        print(file=sys.stderr)
+    finally:
+        for c in makers:  # (each left in its own context, where it was entered)
+            cases[c].run(stacks[c].close)
     say(f"   {'size':>5} {'case':<21} {'us/iter':>9}  {'ratio':<20} {'minor faults':>13}")
     for mib in LOOP_MIB:
         for cname in cases:
