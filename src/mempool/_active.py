@@ -14,10 +14,15 @@ is the one left.)
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from typing import Any
 
 from . import _mempool
+
+# (in a forked child CPython 3.11 makes anew the key under which each thread keeps its
+# own state: the handler's hot paths find it again, or take the general way)
+os.register_at_fork(after_in_child=_mempool.handler_after_fork)
 
 __all__ = ["CURRENT", "NONE", "enter", "leave"]
 

@@ -70,12 +70,18 @@ typedef struct {
     int taken;
     PyGILState_STATE st;
 } gil_t;
-/* This thread holds the GIL: the thread state that runs now (the holder's in 3.11, this
- * thread's attached one from 3.12) was made by this thread.  A third of the cost of
- * PyGILState_Check (a TSS lookup), which is as blind to a thread state moved between
- * threads: such a caller takes the GIL below, as it did with PyGILState_Check.  In 3.11
- * the running state is read inline from the interpreter's own word (tstate.c): no call,
- * so the hot paths below are leaf functions. */
+/* This thread holds the GIL.  From 3.12: the thread state this thread has attached
+ * (a thread-local word, NULL while it has let the GIL go) was made by this thread (a
+ * state moved between threads takes the general way below).  In 3.11 the running state
+ * is the holder's, whoever that is, and a caller without the GIL must not read it: the
+ * holder may be a thread that is exiting and frees it between two loads (a helper's
+ * ASan run: a use after free of the thread_id read there).  So in 3.11 the holder's
+ * state is only compared, as a pointer, with this thread's own, which CPython keeps in
+ * a thread-specific slot (PyGILState's key: set while the state lives, NULL once it is
+ * deleted).  Both words are read inline where they were found and checked at import
+ * (tstate.c: the interpreter's word, and the slot in glibc's layout): no call, so the
+ * hot paths are leaf functions; elsewhere every call takes the general way, which asks
+ * PyGILState_GetThisThreadState. */
 static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
 #if defined(__x86_64__) && defined(__GLIBC__)
 static inline unsigned long fs16(void)
@@ -93,17 +99,18 @@ static inline unsigned long thread_self(void)
     return (unsigned long)pthread_self();
 }
 #ifdef MP_TSTATE_WORD
-/* &_PyRuntime.gilstate.tstate_current once checked at import; else a word that stays 0
- * (every call then takes the general way) */
+/* &_PyRuntime.gilstate.tstate_current once checked at import, with the place of this
+ * thread's own state (own_spec, own_off); else a word that stays 0 (every call then
+ * takes the general way) */
 static const volatile uintptr_t *tstate_slot;
 static const uintptr_t tstate_none;
+static size_t own_spec, own_off;
 #endif
-static inline int gil_held(void)
+/* exact, and a call in 3.11: for the general way (and the hot paths where the inline
+ * words were not found) */
+static inline int gil_held_general(void)
 {
-#ifdef MP_TSTATE_WORD
-    PyThreadState *ts = (PyThreadState *)*tstate_slot;
-    return ts && ts->thread_id == fs16(); /* (fs_self was checked with the slot) */
-#else
+#if PY_VERSION_HEX >= 0x030C0000
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *ts = PyThreadState_GetUnchecked();
 #else
@@ -112,12 +119,26 @@ static inline int gil_held(void)
     /* (CPython stores PyThread_get_thread_ident(), which is pthread_self(): glibc's on
      * x86-64 reads the thread control block's self pointer at %fs:16, inline here) */
     return ts && ts->thread_id == thread_self();
+#else
+    PyThreadState *ts = _PyThreadState_UncheckedGet(); /* (the holder's: not read) */
+    return ts && ts == PyGILState_GetThisThreadState();
+#endif
+}
+static inline int gil_held(void)
+{
+#ifdef MP_TSTATE_WORD
+    uintptr_t ts = *tstate_slot;
+    return ts && ts == *(const uintptr_t *)(*(const char *const *)(fs16() + own_spec) + own_off);
+#elif PY_VERSION_HEX >= 0x030C0000
+    return gil_held_general();
+#else
+    return 0; /* (3.11 without the inline words: the general way asks) */
 #endif
 }
 static inline gil_t gil_take(void)
 {
     gil_t g = {0, PyGILState_UNLOCKED};
-    if (!gil_held()) {
+    if (!gil_held_general()) {
         g.st = PyGILState_Ensure();
         g.taken = 1;
     }
@@ -647,15 +668,38 @@ static PyObject *ext_handler_stats(PyObject *Py_UNUSED(m), PyObject *h)
                          (unsigned long long)H->failures);
 }
 
-/* How the hot paths tell that this thread holds the GIL: "inline" (3.11's word, checked
- * at import), "none" (that check failed: every call takes the general way) or "call". */
+/* How the hot paths tell that this thread holds the GIL: "inline" (3.11's words, checked
+ * at import), "none" (that check failed: every call takes the general way), "call"
+ * (3.12 on: this thread's own state, through the getter) or "general" (3.11 without
+ * CPython's internal headers: every call takes the general way). */
 static PyObject *ext_handler_gil_check(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
 {
 #ifdef MP_TSTATE_WORD
     return PyUnicode_FromString(tstate_slot == &tstate_none ? "none" : "inline");
-#else
+#elif PY_VERSION_HEX >= 0x030C0000
     return PyUnicode_FromString("call");
+#else
+    return PyUnicode_FromString("general");
 #endif
+}
+
+/* In a forked child, CPython 3.11 makes PyGILState's key anew (_PyGILState_Reinit): the
+ * hot paths look for this thread's own state again (os.register_at_fork, _active.py),
+ * or take the general way from now on. */
+static PyObject *ext_handler_after_fork(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a))
+{
+#ifdef MP_TSTATE_WORD
+    size_t spec, off;
+    if (tstate_slot != &tstate_none) {
+        if (mp_own_tstate_word(&spec, &off) == 0) {
+            own_spec = spec;
+            own_off = off;
+        } else {
+            tstate_slot = &tstate_none;
+        }
+    }
+#endif
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef handler_methods[] = {
@@ -667,7 +711,10 @@ static PyMethodDef handler_methods[] = {
      "Install handler (None: NumPy's default) for the current context; the previous one."},
     {"handler_gil_check", ext_handler_gil_check, METH_NOARGS,
      "handler_gil_check($module, /)\n--\n\n"
-     "How the handler's hot paths test the GIL: 'inline', 'call' or 'none'."},
+     "How the handler's hot paths test the GIL: 'inline', 'call', 'general' or 'none'."},
+    {"handler_after_fork", ext_handler_after_fork, METH_NOARGS,
+     "handler_after_fork($module, /)\n--\n\n"
+     "In a forked child: the hot paths find this thread's own state again."},
     {"handler_stats", ext_handler_stats, METH_O,
      "handler_stats($module, handler, /)\n--\n\nThe handler's counters, a dict."},
     {NULL, NULL, 0, NULL},
@@ -688,7 +735,10 @@ int mp_handler_ready(PyObject *module)
         released = *slot;
         Py_END_ALLOW_THREADS
     }
-    tstate_slot = fs_self && slot && held == me && released != me ? slot : &tstate_none;
+    tstate_slot = fs_self && slot && held == me && released != me &&
+                          mp_own_tstate_word(&own_spec, &own_off) == 0
+                      ? slot
+                      : &tstate_none;
 #endif
     return PyModule_AddFunctions(module, handler_methods);
 }

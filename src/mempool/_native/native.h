@@ -22,6 +22,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 
 #include "../_core/mempool.h"
 #include "../_core/journal.h"
@@ -274,6 +275,10 @@ int mp_handler_ready(PyObject *module);
 #endif
 #endif
 const volatile uintptr_t *mp_tstate_slot(void);
+/* tstate.c: where each thread's own state is in 3.11 (PyGILState's thread-specific
+ * key, in glibc's layout): the word at *(%fs:16 + *spec) + *off; 0, or -1 where that
+ * cannot be found and checked (then the handler asks PyGILState_GetThisThreadState) */
+int mp_own_tstate_word(size_t *spec, size_t *off);
 /* The ranges NumPy freed that the handler keeps for reuse (private pools only) go back
  * to the strategy: before anything reads or changes the state other than the handler
  * (the strategy getter, block_at, realloc, close) and before an allocation is refused.
