@@ -214,6 +214,18 @@ def test_replay_bad_arguments(known, tmp_path, capsys):
     assert "not a valid gzip file" in one_line_error(capsys, cli("replay", gz), "mempool replay")
     folder = tmp_path
     one_line_error(capsys, cli("replay", folder), "mempool replay: cannot read")
+    # --max-bytes bounds the text (a gzip bomb's, here a small one): refused, then read
+    size = len(KNOWN.encode())
+    e = one_line_error(capsys, cli("replay", known, "--max-bytes", size - 1, "-q"),
+                       "mempool replay: ")
+    assert f"more than max_bytes={size - 1:,} bytes of trace" in e and "--max-bytes" in e
+    e = one_line_error(capsys, cli("bench", known, "--max-bytes", size - 1, "-q"),
+                       "mempool bench: ")
+    assert f"more than max_bytes={size - 1:,}" in e
+    assert cli("replay", known, "--max-bytes", size, "-q", "-s", "tlsf") == 0
+    capsys.readouterr()
+    e = one_line_error(capsys, cli("replay", known, "--max-bytes", "lots"),
+                       "python -m mempool replay: error: argument --max-bytes")
     for cap in ("abc", "-1", "0", "1.5B", "12XB"):
         e = one_line_error(capsys, cli("replay", known, "--capacity", cap),
                            "python -m mempool replay: error: argument --capacity")

@@ -104,6 +104,9 @@ def test_a_trace_over_max_bytes_is_refused_before_it_is_read_whole(tmp_path):
         trace.read(bomb, max_bytes=True)
     with pytest.raises(ValueError, match="max_bytes must be >= 0"):
         trace.read(bomb, max_bytes=-1)
+    assert len(trace.read(p, max_bytes=np.int64(n))) == 1000   # (any integer)
+    with pytest.raises(trace.TraceError, match="once inflated"):
+        trace.read(bomb, max_bytes=np.uint32(1 << 20))
     # a truncated gzip: a clear error, not EOFError
     whole = gzip.compress(body.encode())
     cut = tmp_path / "cut.trace.gz"
@@ -114,6 +117,29 @@ def test_a_trace_over_max_bytes_is_refused_before_it_is_read_whole(tmp_path):
     corrupt.write_bytes(whole[:12] + bytes(b ^ 0x55 for b in whole[12:-8]) + whole[-8:])
     with pytest.raises(trace.TraceError, match="not a valid gzip"):
         trace.read(corrupt)
+
+def test_reading_a_small_trace_asks_for_no_more_memory_than_it_needs(tmp_path):
+    # (a reviewer's find) read(max_bytes + 1) at once allocated max_bytes first: under
+    # an address-space limit of 900 MiB a 50-line trace raised MemoryError.  A child
+    # process with that limit reads a plain and a gzip trace, and a text of exactly
+    # max_bytes, with the default bound (1 GiB) and the largest there is
+    import subprocess
+    import sys
+    body = HEADER + "a 0 100\nf 0\n" * 25
+    plain, gz = write(tmp_path, body), write(tmp_path, body, name="z.trace", gz=True)
+    code = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (900 << 20, 900 << 20))
+from mempool import trace
+for p in ({str(plain)!r}, {str(gz)!r}):
+    assert len(trace.read(p)) == 50
+    assert len(trace.read(p, max_bytes=sys.maxsize)) == 50
+    assert len(trace.read(p, max_bytes={len(body.encode())})) == 50
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 def test_bundled_traces_are_packaged():
     names = sorted(p.name for p in trace.bundled())

@@ -126,6 +126,7 @@ def bench(
     capacity_factor: float = 2.0,
     csv_path: str | None = None,
     quiet: bool = False,
+    max_bytes: int = tr.MAX_TRACE_BYTES,
 ) -> list[dict[str, object]]:
     """Run the bench; returns one row per (trace, strategy) and prints the table.  A
     strategy that cannot be made over a trace's capacity (Slab below its page size) is
@@ -143,7 +144,7 @@ def bench(
         for path in paths:
             _bench_trace(path, names, rows, progress, quick=quick, repeat=repeat,
                          python_sample=python_sample, capacity_factor=capacity_factor,
-                         skipped=skipped)
+                         skipped=skipped, max_bytes=max_bytes)
     finally:
         progress.close()
     print(format_table(rows))
@@ -179,8 +180,8 @@ def _row(trace: tr.Trace, name: str, r: tr.ReplayResult, ns: float, base: float 
 
 def _bench_trace(path: str | os.PathLike[str], names: list[str], rows: list[dict[str, object]],
                  progress: Progress, *, quick: bool, repeat: int, python_sample: int,
-                 capacity_factor: float, skipped: list[str]) -> None:
-    trace = tr.read(path)
+                 capacity_factor: float, skipped: list[str], max_bytes: int) -> None:
+    trace = tr.read(path, max_bytes=max_bytes)
     if quick:
         trace = trace.head(50_000)
         python_sample = min(python_sample, 10_000)
@@ -387,6 +388,12 @@ def _add_plot_arg(p: argparse.ArgumentParser, what: str) -> None:
                    "pip install 'mempool[plot]')")
 
 
+def _add_max_bytes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-bytes", type=_size_arg, default=tr.MAX_TRACE_BYTES,
+                   help="the largest trace text read, plain or as a gzip file inflates "
+                   "(default 1GiB)")
+
+
 def _need_matplotlib(args: argparse.Namespace) -> None:
     if getattr(args, "plot", None):
         from .plot import require_matplotlib
@@ -397,9 +404,9 @@ def _need_matplotlib(args: argparse.Namespace) -> None:
             raise UsageError(str(e)) from None
 
 
-def _read_trace(path: str) -> tr.Trace:
+def _read_trace(path: str, max_bytes: int) -> tr.Trace:
     try:
-        return tr.read(path)
+        return tr.read(path, max_bytes=max_bytes)
     except tr.TraceError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
@@ -423,6 +430,7 @@ def _add_bench_parser(sub: Any) -> None:
     b.add_argument("--capacity-factor", type=float, default=2.0,
                    help="span = factor x maxlive of the trace (default 2)")
     b.add_argument("--csv", type=_csv_path, help="also write the rows to this CSV file")
+    _add_max_bytes_arg(b)
     _add_plot_arg(b, "the strategies side by side")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
@@ -440,7 +448,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rows = bench(
             paths, args.strategy or list(STRATEGIES), quick=args.quick, repeat=args.repeat,
             python_sample=args.python_sample, capacity_factor=args.capacity_factor,
-            csv_path=args.csv, quiet=args.quiet,
+            csv_path=args.csv, quiet=args.quiet, max_bytes=args.max_bytes,
         )
     except tr.TraceError as e:
         raise UsageError(str(e)) from None
@@ -469,6 +477,7 @@ def _add_replay_parser(sub: Any) -> None:
                    help="the span, e.g. 64MiB (default: 2 x the trace's peak live bytes)")
     r.add_argument("--samples", type=_positive_int, default=1000,
                    help="figures sampled along each replay (default 1000)")
+    _add_max_bytes_arg(r)
     _add_plot_arg(r, "used / high water / largest free / fragmentation over the ops")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
@@ -546,7 +555,7 @@ def format_story(trace: tr.Trace, series: Sequence[tr.ReplaySeries]) -> str:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     _need_matplotlib(args)
-    trace = _read_trace(args.trace)
+    trace = _read_trace(args.trace, args.max_bytes)
     if len(trace) == 0:
         raise UsageError(f"{args.trace}: the trace has no operations")
     strategies = list(dict.fromkeys(args.strategy or STRATEGIES))

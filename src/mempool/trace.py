@@ -17,6 +17,7 @@ writes the allocations of a block of code as a trace.
 from __future__ import annotations
 
 import gzip
+import operator
 import os
 import shutil
 import stat
@@ -128,27 +129,43 @@ inflates from gzip), ~50 million operations."""
 
 def _open_bytes(path: Path, max_bytes: int) -> bytes:
     # (a FIFO would wait for a writer, even to be opened, and /dev/zero never end: a
-    # trace is a regular file.  Never more than max_bytes + 1 in memory: a few KiB of
-    # gzip can inflate to any size)
+    # trace is a regular file.  Never more than max_bytes + 1 in memory, nor asked for
+    # up front: a few KiB of gzip can inflate to any size)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise TraceError(f"{path}: not a regular file")
         zipped = f.read(2) == b"\x1f\x8b"
         f.seek(0)
         if not zipped:
-            data = f.read(max_bytes + 1)
+            data = _read_at_most(f, max_bytes, st.st_size)
         else:
             try:
                 with gzip.GzipFile(fileobj=f) as g:
-                    data = g.read(max_bytes + 1)
+                    data = _read_at_most(g, max_bytes, 0)
             except (OSError, EOFError, zlib.error) as e:
                 raise TraceError(f"{path}: not a valid gzip file ({e})") from None
     if len(data) > max_bytes:
         raise TraceError(f"{path}: more than max_bytes={max_bytes:,} bytes of trace"
-                         f"{' once inflated' if zipped else ''} (read(path, max_bytes=...) "
-                         f"takes a larger one)")
+                         f"{' once inflated' if zipped else ''} (a larger max_bytes reads "
+                         f"it: read(path, max_bytes=...), or --max-bytes)")
     return data
+
+
+def _read_at_most(f: Any, max_bytes: int, expect: int) -> bytes:
+    """Up to max_bytes + 1 bytes of f, in chunks of 1 MiB (a read of max_bytes + 1 at
+    once asks for that much memory first, however small the file), but ``expect`` bytes
+    (a plain file's size) at once when that is within the bound."""
+    data = f.read(expect) if 0 < expect <= max_bytes else b""
+    more = f.read(min(1 << 20, max_bytes + 1 - len(data)))
+    if not more:
+        return bytes(data)
+    out = bytearray(data)
+    while more:
+        out += more
+        more = f.read(min(1 << 20, max_bytes + 1 - len(out))) if len(out) <= max_bytes else b""
+    return bytes(out)
 
 
 def _line_of_op(text: bytes, k: int) -> int:
@@ -178,8 +195,9 @@ def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_TRACE_BYTES) -> T
     OSError
         When the file cannot be read.
     """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+    if isinstance(max_bytes, (bool, np.bool_)) or not hasattr(type(max_bytes), "__index__"):
         raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    max_bytes = operator.index(max_bytes)
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
     path = Path(path)
