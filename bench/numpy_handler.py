@@ -18,11 +18,11 @@
 
 Part 1 takes one size at a time (warmed, then its four handlers back to back each
 round, in a rotating order: 41 rounds of ~10 ms each); part 2 runs every case once per
-round (20 rounds of 50 iterations, rotating; each case's ``with`` entered once for
-all its rounds, in a contextvars context of its own, so its faults are one pool's).  Times are medians of rounds; a ratio is the median of
-the rounds' own ratios, with its quartiles: this VM's speed drifts by up to a third
-between seconds, which moves a round's handlers together and the ratio of two medians
-apart.  The numpy-allocator column needs ``pip install '.[bench]'``.  Writes
+round (20 rounds of 50 iterations, rotating; each case's ``with`` entered once for all
+its rounds, in a contextvars context of its own, so its faults are one pool's).  Times
+are medians of rounds; a ratio is the median of the rounds' own ratios, with its
+quartiles: this VM's speed drifts by up to a third between seconds, which moves a
+round's handlers together and the ratio of two medians apart.  The numpy-allocator column needs ``pip install '.[bench]'``.  Writes
 bench/results/numpy_handler.txt (command, date, machine, tables).
 """
 

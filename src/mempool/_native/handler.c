@@ -66,22 +66,20 @@ typedef struct mp_handler {
 
 #define CAPSULE_NAME "mem_handler"
 
-typedef struct {
-    int taken;
-    PyGILState_STATE st;
-} gil_t;
-/* This thread holds the GIL.  From 3.12: the thread state this thread has attached
- * (a thread-local word, NULL while it has let the GIL go) was made by this thread (a
- * state moved between threads takes the general way below).  In 3.11 the running state
- * is the holder's, whoever that is, and a caller without the GIL must not read it: the
- * holder may be a thread that is exiting and frees it between two loads (a helper's
- * ASan run: a use after free of the thread_id read there).  So in 3.11 the holder's
- * state is only compared, as a pointer, with this thread's own, which CPython keeps in
- * a thread-specific slot (PyGILState's key: set while the state lives, NULL once it is
- * deleted).  Both words are read inline where they were found and checked at import
- * (tstate.c: the interpreter's word, and the slot in glibc's layout): no call, so the
- * hot paths are leaf functions; elsewhere every call takes the general way, which asks
- * PyGILState_GetThisThreadState. */
+/* This thread holds the GIL, on the hot paths (mp_gil_held in native.h is the general
+ * way, exact, with calls).  From 3.12: the thread state this thread has attached (a
+ * thread-local word, NULL while it has let the GIL go) was made by this thread, its
+ * thread_id against pthread_self() read inline (a state moved between threads takes the
+ * general way).  In 3.11 the running state is the holder's, whoever that is, and a
+ * caller without the GIL must not read it: the holder may be a thread that is exiting
+ * and frees it between two loads (a helper's ASan run: a use after free of the
+ * thread_id read there).  So in 3.11 the holder's state is only compared, as a pointer,
+ * with this thread's own, which CPython keeps in a thread-specific slot (PyGILState's
+ * key: set while the state lives, NULL once it is deleted).  Both words are read inline
+ * where they were found and checked at import (tstate.c: the interpreter's word, and
+ * the slot in glibc's layout): no call, so the hot paths are leaf functions; elsewhere
+ * (and for a sub-interpreter's state, which is not in that slot) every call takes the
+ * general way. */
 static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
 #if defined(__x86_64__) && defined(__GLIBC__)
 static inline unsigned long fs16(void)
@@ -106,11 +104,12 @@ static const volatile uintptr_t *tstate_slot;
 static const uintptr_t tstate_none;
 static size_t own_spec, own_off;
 #endif
-/* exact, and a call in 3.11: for the general way (and the hot paths where the inline
- * words were not found) */
-static inline int gil_held_general(void)
+static inline int gil_held(void)
 {
-#if PY_VERSION_HEX >= 0x030C0000
+#ifdef MP_TSTATE_WORD
+    uintptr_t ts = *tstate_slot;
+    return ts && ts == *(const uintptr_t *)(*(const char *const *)(fs16() + own_spec) + own_off);
+#elif PY_VERSION_HEX >= 0x030C0000
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *ts = PyThreadState_GetUnchecked();
 #else
@@ -120,33 +119,8 @@ static inline int gil_held_general(void)
      * x86-64 reads the thread control block's self pointer at %fs:16, inline here) */
     return ts && ts->thread_id == thread_self();
 #else
-    PyThreadState *ts = _PyThreadState_UncheckedGet(); /* (the holder's: not read) */
-    return ts && ts == PyGILState_GetThisThreadState();
-#endif
-}
-static inline int gil_held(void)
-{
-#ifdef MP_TSTATE_WORD
-    uintptr_t ts = *tstate_slot;
-    return ts && ts == *(const uintptr_t *)(*(const char *const *)(fs16() + own_spec) + own_off);
-#elif PY_VERSION_HEX >= 0x030C0000
-    return gil_held_general();
-#else
     return 0; /* (3.11 without the inline words: the general way asks) */
 #endif
-}
-static inline gil_t gil_take(void)
-{
-    gil_t g = {0, PyGILState_UNLOCKED};
-    if (!gil_held_general()) {
-        g.st = PyGILState_Ensure();
-        g.taken = 1;
-    }
-    return g;
-}
-static inline void gil_give(gil_t g)
-{
-    if (g.taken) PyGILState_Release(g.st);
 }
 
 static inline int in_pool(const PoolObject *p, const void *ptr)
@@ -464,10 +438,10 @@ static void *fallback_get(mp_handler_t *H, size_t size, int zero)
  * so that the small paths stay leaf functions that save no register. */
 static __attribute__((noinline)) void *h_malloc_slow(mp_handler_t *H, size_t size)
 {
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     void *r = pool_get(H, size);
     if (!r) r = fallback_get(H, size, 0);
-    gil_give(g);
+    mp_gil_give(g);
     return r;
 }
 
@@ -476,20 +450,20 @@ static void *h_calloc(void *ctx, size_t nelem, size_t elsize)
     mp_handler_t *H = ctx;
     if (elsize && nelem > SIZE_MAX / elsize) return NULL;
     size_t size = nelem * elsize;
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     void *r = pool_get(H, size);
     if (r) memset(r, 0, size);
     else r = fallback_get(H, size, 1);
-    gil_give(g);
+    mp_gil_give(g);
     return r;
 }
 
 static __attribute__((noinline)) void h_free_slow(mp_handler_t *H, void *ptr, size_t size)
 {
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     if (in_pool(H->pool, ptr)) pool_put_sized(H, ptr, size);
     else free(ptr);
-    gil_give(g);
+    mp_gil_give(g);
 }
 
 static __attribute__((noinline)) void *h_malloc_large(mp_handler_t *H, size_t size)
@@ -571,7 +545,7 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size)
 {
     mp_handler_t *H = ctx;
     if (!ptr) return h_malloc(ctx, new_size);
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     void *r = NULL;
     if (in_pool(H->pool, ptr)) {
         PoolObject *p = H->pool;
@@ -590,7 +564,7 @@ static void *h_realloc(void *ctx, void *ptr, size_t new_size)
         r = realloc(ptr, new_size ? new_size : 1); /* a fallback range stays one */
         if (!r) H->failures++;
     }
-    gil_give(g);
+    mp_gil_give(g);
     return r;
 }
 

@@ -264,6 +264,50 @@ int mp_place_sync(PoolObject *p);     /* msync a pair mapped on its own: 0, or -
 void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go       */
 /* a status besides the MP_E* codes: the call failed with a Python exception set */
 #define MP_EPYERR (-100)
+/* This thread holds the GIL, exactly, for C code that NumPy (a NEP 49 handler) or a
+ * tracer may call without it (handler.c's general way, recorder.c).  From 3.12 the
+ * state this thread has attached is its own (a thread-local).  In 3.11 the running state
+ * is the GIL holder's, which a caller without the GIL must not read (a holder exiting
+ * frees it): it is compared, as a pointer, with this thread's own from PyGILState's
+ * slot.  PyGILState_Check is no answer there: it says "held" to everyone once a
+ * sub-interpreter has been made.  A sub-interpreter's state is in no such slot: only
+ * while one exists is the holder's state read (its thread_id; else PyGILState_Ensure
+ * would wait for the GIL this thread holds). */
+static inline int mp_gil_held(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyThreadState *ts = PyThreadState_GetUnchecked();
+    return ts && ts->thread_id == PyThread_get_thread_ident();
+#elif PY_VERSION_HEX >= 0x030C0000
+    PyThreadState *ts = _PyThreadState_UncheckedGet();
+    return ts && ts->thread_id == PyThread_get_thread_ident();
+#else
+    PyThreadState *ts = _PyThreadState_UncheckedGet(); /* (the holder's) */
+    if (!ts) return 0;
+    if (ts == PyGILState_GetThisThreadState()) return 1;
+    return PyInterpreterState_Next(PyInterpreterState_Head()) != NULL &&
+           ts->thread_id == PyThread_get_thread_ident();
+#endif
+}
+typedef struct {
+    int taken;
+    PyGILState_STATE st;
+} mp_gil_t;
+/* The GIL, taken when this thread does not hold it; mp_gil_give lets it go again. */
+static inline mp_gil_t mp_gil_take(void)
+{
+    mp_gil_t g = {0, PyGILState_UNLOCKED};
+    if (!mp_gil_held()) {
+        g.st = PyGILState_Ensure();
+        g.taken = 1;
+    }
+    return g;
+}
+static inline void mp_gil_give(mp_gil_t g)
+{
+    if (g.taken) PyGILState_Release(g.st);
+}
+
 /* handler.c */
 int mp_handler_ready(PyObject *module);
 /* tstate.c: CPython 3.11's word that holds the running thread state, or NULL; read

@@ -537,24 +537,6 @@ typedef struct {
 
 #define CAPSULE_NAME "mem_handler"
 
-typedef struct {
-    int taken;
-    PyGILState_STATE st;
-} gil_t;
-static inline gil_t gil_take(void)
-{
-    gil_t g = {0, PyGILState_UNLOCKED};
-    if (!PyGILState_Check()) {
-        g.st = PyGILState_Ensure();
-        g.taken = 1;
-    }
-    return g;
-}
-static inline void gil_give(gil_t g)
-{
-    if (g.taken) PyGILState_Release(g.st);
-}
-
 /* Lock and return the recording this wrapper writes to, or NULL (not locked). */
 static rec_t *np_rec(np_wrap_t *w)
 {
@@ -568,7 +550,7 @@ static rec_t *np_rec(np_wrap_t *w)
 static void *np_malloc(void *ctx, size_t size)
 {
     np_wrap_t *w = ctx;
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     in_np++;
     void *p = w->inner->allocator.malloc(w->inner->allocator.ctx, size);
     in_np--;
@@ -577,14 +559,14 @@ static void *np_malloc(void *ctx, size_t size)
         rec_alloc(r, 0, (uint64_t)(uintptr_t)p, size, 1);
         pthread_mutex_unlock(&M);
     }
-    gil_give(g);
+    mp_gil_give(g);
     return p;
 }
 
 static void *np_calloc(void *ctx, size_t n, size_t elsize)
 {
     np_wrap_t *w = ctx;
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     in_np++;
     void *p = w->inner->allocator.calloc(w->inner->allocator.ctx, n, elsize);
     in_np--;
@@ -593,14 +575,14 @@ static void *np_calloc(void *ctx, size_t n, size_t elsize)
         rec_alloc(r, 0, (uint64_t)(uintptr_t)p, (uint64_t)n * elsize, 1);
         pthread_mutex_unlock(&M);
     }
-    gil_give(g);
+    mp_gil_give(g);
     return p;
 }
 
 static void *np_realloc(void *ctx, void *ptr, size_t size)
 {
     np_wrap_t *w = ctx;
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     in_np++;
     void *p = w->inner->allocator.realloc(w->inner->allocator.ctx, ptr, size);
     in_np--;
@@ -613,7 +595,7 @@ static void *np_realloc(void *ctx, void *ptr, size_t size)
         } else rec_realloc(r, 0, (uint64_t)(uintptr_t)ptr, (uint64_t)(uintptr_t)p, size);
         pthread_mutex_unlock(&M);
     }
-    gil_give(g);
+    mp_gil_give(g);
     return p;
 }
 
@@ -621,7 +603,7 @@ static void np_free(void *ctx, void *ptr, size_t size)
 {
     np_wrap_t *w = ctx;
     if (!ptr) return;
-    gil_t g = gil_take();
+    mp_gil_t g = mp_gil_take();
     rec_t *r;
     if ((r = np_rec(w))) { /* before the free: then no other thread has this address */
         rec_free(r, 0, (uint64_t)(uintptr_t)ptr);
@@ -630,7 +612,7 @@ static void np_free(void *ctx, void *ptr, size_t size)
     in_np++;
     w->inner->allocator.free(w->inner->allocator.ctx, ptr, size);
     in_np--;
-    gil_give(g);
+    mp_gil_give(g);
 }
 
 static void np_capsule_free(PyObject *cap)

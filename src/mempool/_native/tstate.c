@@ -2,10 +2,17 @@
  * tstate.c -- the two words of CPython 3.11 that tell the NumPy handler, on its hot
  * path, that this thread holds the GIL (handler.c): the thread state that runs now (the
  * GIL holder's), _PyRuntime.gilstate.tstate_current, and this thread's own state, in
- * the thread-specific slot of PyGILState's key.  They are equal exactly when this
- * thread holds the GIL, and neither is another thread's memory to read: the holder's
- * state is compared as a pointer, never read (a caller without the GIL that read it
- * raced with a holder exiting, which frees it).  Read inline, each is two or three
+ * the thread-specific slot of PyGILState's key.  They are equal when this thread holds
+ * the GIL, and neither is another thread's memory to read: the holder's state is
+ * compared as a pointer, never read (a caller without the GIL that read it raced with
+ * a holder exiting, which frees it).  They are equal otherwise only where PyGILState's
+ * own check is wrong too: a state moved to another thread, or a slot left pointing at a
+ * state another thread freed (CPython clears the slot when the owner deletes its state;
+ * Py_FinalizeEx and zapthreads delete daemon threads' states from the main thread, and
+ * an embedder may) whose memory a later state that holds the GIL reuses.  A runtime
+ * finalized and initialized again makes the key anew and is not followed (NumPy does
+ * not support that either).  A sub-interpreter's state is in no such slot: the
+ * general way (native.h: mp_gil_held) sees to it.  Read inline, each is two or three
  * loads; the exported getters (_PyThreadState_UncheckedGet, PyGILState_GetThisThreadState
  * or pthread_getspecific) are calls through the PLT, which made the handler's fast
  * paths non-leaf functions (five registers saved and restored per call: ~100
@@ -74,11 +81,11 @@ int mp_own_tstate_word(size_t *spec, size_t *off)
     void *mine = pthread_getspecific(k->_key);
     if (!mine || mine != (void *)PyThreadState_Get() || self_word(sp, py) != (uintptr_t)mine)
         return -1;
-    pthread_key_t t;
+    pthread_key_t t; /* (a process with 32 keys already: CPython's key was checked) */
     if (pthread_key_create(&t, NULL)) return -1;
     static int marks[2];
-    int ok = t < 32;
-    for (int i = 0; ok && i < 3; i++) {
+    int ok = 1;
+    for (int i = 0; t < 32 && ok && i < 3; i++) {
         void *v = i < 2 ? (void *)&marks[i] : NULL;
         ok = pthread_setspecific(t, v) == 0 &&
              self_word(sp, (size_t)t * size + data) == (uintptr_t)v;
