@@ -81,18 +81,10 @@ typedef struct mp_handler {
  * (and for a sub-interpreter's state, which is not in that slot) every call takes the
  * general way. */
 static int fs_self; /* %fs:16 is pthread_self() here (checked once at import) */
-#if defined(__x86_64__) && defined(__GLIBC__)
-static inline unsigned long fs16(void)
-{
-    unsigned long self;
-    __asm__("mov %%fs:16, %0" : "=r"(self));
-    return self;
-}
-#endif
 static inline unsigned long thread_self(void)
 {
 #if defined(__x86_64__) && defined(__GLIBC__)
-    if (__builtin_expect(fs_self, 1)) return fs16();
+    if (__builtin_expect(fs_self, 1)) return (unsigned long)mp_fs16();
 #endif
     return (unsigned long)pthread_self();
 }
@@ -108,7 +100,7 @@ static inline int gil_held(void)
 {
 #ifdef MP_TSTATE_WORD
     uintptr_t ts = *tstate_slot;
-    return ts && ts == *(const uintptr_t *)(*(const char *const *)(fs16() + own_spec) + own_off);
+    return ts && ts == *(const uintptr_t *)(*(const char *const *)(mp_fs16() + own_spec) + own_off);
 #elif PY_VERSION_HEX >= 0x030C0000
 #if PY_VERSION_HEX >= 0x030D0000
     PyThreadState *ts = PyThreadState_GetUnchecked();

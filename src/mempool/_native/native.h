@@ -319,6 +319,16 @@ int mp_handler_ready(PyObject *module);
 #endif
 #endif
 const volatile uintptr_t *mp_tstate_slot(void);
+#if defined(__x86_64__) && defined(__GLIBC__)
+/* glibc's struct pthread of this thread (its thread control block's self pointer, which
+ * pthread_self() returns: handler.c checks that at import) */
+static inline uintptr_t mp_fs16(void)
+{
+    uintptr_t self;
+    __asm__("mov %%fs:16, %0" : "=r"(self));
+    return self;
+}
+#endif
 /* tstate.c: where each thread's own state is in 3.11 (PyGILState's thread-specific
  * key, in glibc's layout): the word at *(%fs:16 + *spec) + *off; 0, or -1 where that
  * cannot be found and checked (then the handler asks PyGILState_GetThisThreadState) */

@@ -51,9 +51,7 @@ static uint32_t tdb(const char *name, int i)
 
 static uintptr_t self_word(size_t spec, size_t off)
 {
-    uintptr_t self;
-    __asm__("mov %%fs:16, %0" : "=r"(self));
-    return *(const uintptr_t *)(*(const char *const *)(self + spec) + off);
+    return *(const uintptr_t *)(*(const char *const *)(mp_fs16() + spec) + off);
 }
 
 int mp_own_tstate_word(size_t *spec, size_t *off)
@@ -65,8 +63,7 @@ int mp_own_tstate_word(size_t *spec, size_t *off)
     uint32_t data = tdb("_thread_db_pthread_key_data_data", 2);
     uint32_t size = tdb("_thread_db_sizeof_pthread_key_data", 0);
     uint32_t whole = tdb("_thread_db_sizeof_pthread", 0);
-    uintptr_t self;
-    __asm__("mov %%fs:16, %0" : "=r"(self));
+    uintptr_t self = mp_fs16();
     if (!k->_is_initialized || k->_key >= 32 || sp_bits < 64 || data_bits != 64 ||
         data + 8 > size || size < 8 || (uintptr_t)self != (uintptr_t)pthread_self() ||
         (size_t)sp + 8 > whole)
