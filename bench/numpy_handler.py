@@ -139,6 +139,13 @@ def pool_callback_handler(pool: mempool.Pool) -> tuple[object | None, str]:
         return None, f"numpy-allocator unusable: {type(e).__name__}: {e}"
 
 
+def round_ratios(xs: list[float], base: list[float]) -> str:
+    """The median of the rounds' own ratios x / base, with its quartiles."""
+    rs = [x / d for x, d in zip(xs, base)]
+    q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+    return f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
+
+
 def loop(x: np.ndarray, y: np.ndarray, z: np.ndarray, w: np.ndarray, n: int) -> float:
     """n iterations of the temporaries-heavy expression: seconds."""
     t0 = time.perf_counter()
@@ -229,9 +236,7 @@ def main() -> None:
     print(file=sys.stderr)
 
     def ratio(label: str, v: str) -> str:
-        rs = [x / d for x, d in zip(times[(label, v)], times[(label, "default")])]
-        q = statistics.quantiles(rs, n=4)
-        return f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
+        return round_ratios(times[(label, v)], times[(label, "default")])
 
     hdr = (f"   {'size':>7} {'(a) default':>12} {'(b) pool':>10} {'(c) np-alloc':>13} "
            f"{'(d) np-alloc pool':>18}  {'b/a':<20} {'c/a':<20} {'d/a':<20}")
@@ -289,9 +294,7 @@ def main() -> None:
     for mib in LOOP_MIB:
         for cname in cases:
             med = statistics.median(t2[(mib, cname)])
-            rs = [x / d for x, d in zip(t2[(mib, cname)], t2[(mib, "default")])]
-            q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
-            rat = f"{statistics.median(rs):.3f}x [{q[0]:.2f}, {q[2]:.2f}]"
+            rat = round_ratios(t2[(mib, cname)], t2[(mib, "default")])
             say(f"   {mib:>3}Mi {cname:<21} {med:>9.1f}  {rat:<20} {f2[(mib, cname)]:>13}")
 
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

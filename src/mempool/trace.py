@@ -17,7 +17,6 @@ writes the allocations of a block of code as a trace.
 from __future__ import annotations
 
 import gzip
-import operator
 import os
 import shutil
 import stat
@@ -34,6 +33,7 @@ import numpy as np
 
 from . import _active, _mempool
 from ._mempool import Strategy
+from ._units import as_integer
 from .errors import OutOfSpace
 from .strategies import RANGE_STRATEGIES, strategy_type
 
@@ -160,7 +160,7 @@ def _read_at_most(f: Any, max_bytes: int, expect: int) -> bytes:
     data = f.read(expect) if 0 < expect <= max_bytes else b""
     more = f.read(min(1 << 20, max_bytes + 1 - len(data)))
     if not more:
-        return bytes(data)
+        return data
     out = bytearray(data)
     while more:
         out += more
@@ -195,9 +195,10 @@ def read(path: str | os.PathLike[str], *, max_bytes: int = MAX_TRACE_BYTES) -> T
     OSError
         When the file cannot be read.
     """
-    if isinstance(max_bytes, (bool, np.bool_)) or not hasattr(type(max_bytes), "__index__"):
+    n = as_integer(max_bytes, bool_ok=False)
+    if n is None:
         raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
-    max_bytes = operator.index(max_bytes)
+    max_bytes = n
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
     path = Path(path)

@@ -102,11 +102,7 @@ static inline int gil_held(void)
     uintptr_t ts = *tstate_slot;
     return ts && ts == *(const uintptr_t *)(*(const char *const *)(mp_fs16() + own_spec) + own_off);
 #elif PY_VERSION_HEX >= 0x030C0000
-#if PY_VERSION_HEX >= 0x030D0000
-    PyThreadState *ts = PyThreadState_GetUnchecked();
-#else
-    PyThreadState *ts = _PyThreadState_UncheckedGet();
-#endif
+    PyThreadState *ts = MP_OWN_TSTATE();
     /* (CPython stores PyThread_get_thread_ident(), which is pthread_self(): glibc's on
      * x86-64 reads the thread control block's self pointer at %fs:16, inline here) */
     return ts && ts->thread_id == thread_self();

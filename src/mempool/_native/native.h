@@ -273,13 +273,15 @@ void mp_place_release(PoolObject *p); /* close(): its own mapping and the fd go 
  * sub-interpreter has been made.  A sub-interpreter's state is in no such slot: only
  * while one exists is the holder's state read (its thread_id; else PyGILState_Ensure
  * would wait for the GIL this thread holds). */
+#if PY_VERSION_HEX >= 0x030D0000
+#define MP_OWN_TSTATE() PyThreadState_GetUnchecked()
+#else
+#define MP_OWN_TSTATE() _PyThreadState_UncheckedGet()
+#endif
 static inline int mp_gil_held(void)
 {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyThreadState *ts = PyThreadState_GetUnchecked();
-    return ts && ts->thread_id == PyThread_get_thread_ident();
-#elif PY_VERSION_HEX >= 0x030C0000
-    PyThreadState *ts = _PyThreadState_UncheckedGet();
+#if PY_VERSION_HEX >= 0x030C0000
+    PyThreadState *ts = MP_OWN_TSTATE(); /* (this thread's: from 3.12, a thread-local) */
     return ts && ts->thread_id == PyThread_get_thread_ident();
 #else
     PyThreadState *ts = _PyThreadState_UncheckedGet(); /* (the holder's) */
